@@ -1,0 +1,38 @@
+# tvm-sparse: `make demo` sets everything up from a bare python3 and runs the demo;
+# `make test` runs the test suite (CI calls it through .ci/run).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv demo test test-fast lint bench deepsparse clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m tvm_sparse.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check tvm_sparse tests benchmarks tutorials
+	$(BIN)/ruff format --check tvm_sparse tests benchmarks tutorials
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_models.py
+
+deepsparse:
+	bash benchmarks/setup_deepsparse.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,154 @@
+"""The ``tvm-sparse`` command line, modelled on TVMC (removed from TVM in 0.20).
+
+    tvm-sparse compile MODEL --target T -o OUT.so [--tuning-records DIR] [--input-shapes ...]
+    tvm-sparse run OUT.so [--inputs in.npz] [-o out.npz] [--print-time] [--repeat N]
+    tvm-sparse analyze MODEL [--format table|json] [--input-shapes ...]
+
+Every error a user can cause prints one line ``tvm-sparse: error: ...`` and exits non-zero;
+tracebacks are kept for bugs (set TVM_SPARSE_DEBUG=1 to see them for user errors too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import zipfile
+
+import numpy as np
+
+EXIT_USER_ERROR = 2
+
+
+def _add_shapes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input-shapes",
+        metavar="NAME:DxD,...",
+        help="static input shapes, e.g. input:1x1x32x32 (needed for dynamic models)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tvm-sparse", description="Compile sparse neural networks with Apache TVM."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="compile an ONNX model into a deployable module")
+    c.add_argument("model", help="ONNX file")
+    c.add_argument("--target", default="llvm", help="llvm (this CPU), cuda, or a JSON target")
+    c.add_argument("-o", "--output", required=True, help="output library (.so)")
+    c.add_argument("--tuning-records", metavar="DIR", help="MetaSchedule database directory")
+    c.add_argument("--dense", action="store_true", help="dense kernels only (baseline)")
+    c.add_argument("--measure", action="store_true", help="time candidate kernels per layer")
+    c.add_argument("--report", action="store_true", help="print the per-layer report")
+    _add_shapes(c)
+
+    r = sub.add_parser("run", help="run a compiled module")
+    r.add_argument("module", help="library written by 'compile' (manifest beside it)")
+    r.add_argument("--inputs", help=".npz with one array per model input (default: random)")
+    r.add_argument("-o", "--outputs", help="write outputs to this .npz")
+    r.add_argument("--print-time", action="store_true", help="print the time per run")
+    r.add_argument("--repeat", type=int, default=10, help="runs to time (with --print-time)")
+
+    a = sub.add_parser("analyze", help="report weight and activation sparsity per layer")
+    a.add_argument("model", help="ONNX file")
+    a.add_argument("--format", choices=("table", "json"), default="table")
+    _add_shapes(a)
+    return parser
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    import tvm_sparse
+
+    mod = tvm_sparse.compile(
+        args.model,
+        args.target,
+        tuning_records=args.tuning_records,
+        input_shapes=args.input_shapes,
+        sparse=not args.dense,
+        measure=args.measure,
+    )
+    manifest = mod.export(args.output)
+    if args.report:
+        print(mod.report.table())
+    print(f"wrote {args.output} and {manifest}")
+    return 0
+
+
+def _load_inputs(path: str, module) -> list[np.ndarray]:
+    from .errors import RunInputError
+
+    if not os.path.exists(path):
+        raise RunInputError(f"{path}: no such inputs file")
+    try:
+        data = np.load(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise RunInputError(f"{path}: not a readable .npz file ({err})") from err
+    names = [s.name for s in module.inputs]
+    if isinstance(data, np.ndarray):  # a bare .npy for single-input models
+        return [data]
+    missing = [n for n in names if n not in data.files]
+    if missing and len(data.files) == len(names):
+        return [data[f] for f in data.files]  # positional: arr_0, arr_1, ...
+    if missing:
+        raise RunInputError(f"{path}: missing input(s) {missing}; file has {data.files}")
+    return [data[n] for n in names]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import tvm_sparse
+
+    module = tvm_sparse.load(args.module)
+    inputs = _load_inputs(args.inputs, module) if args.inputs else module.random_inputs()
+    outputs = module.run(*inputs)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    if args.outputs:
+        np.savez(args.outputs, **{f"output_{i}": o for i, o in enumerate(outputs)})
+        print(f"wrote {args.outputs}")
+    for i, out in enumerate(outputs):
+        print(f"output_{i}: shape {list(out.shape)} {out.dtype}, mean {float(np.mean(out)):.6g}")
+    if args.print_time:
+        stats = module.benchmark(*inputs, repeat=max(args.repeat, 1))
+        print(
+            f"time: median {stats['median_s'] * 1e3:.3f} ms, min {stats['min_s'] * 1e3:.3f} ms "
+            f"over {stats['runs']} runs"
+        )
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import tvm_sparse
+
+    report = tvm_sparse.analyze(args.model, input_shapes=args.input_shapes)
+    print(report.to_json() if args.format == "json" else report.table())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="tvm-sparse: %(message)s",
+    )
+    from .errors import TvmSparseError
+
+    commands = {"compile": _cmd_compile, "run": _cmd_run, "analyze": _cmd_analyze}
+    try:
+        return commands[args.command](args)
+    except TvmSparseError as err:
+        if os.environ.get("TVM_SPARSE_DEBUG"):
+            raise
+        print(f"tvm-sparse: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("tvm-sparse: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Small helpers for walking Relax functions: bindings, use counts, constants, shapes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import tvm
+from tvm import relax
+
+
+def main_function(mod: tvm.IRModule) -> relax.Function:
+    return mod["main"]
+
+
+def iter_bindings(func: relax.Function) -> Iterator[relax.VarBinding]:
+    """All VarBindings of a function body's blocks, in order."""
+    body = func.body
+    if not isinstance(body, relax.SeqExpr):
+        return
+    for block in body.blocks:
+        for binding in block.bindings:
+            if isinstance(binding, relax.VarBinding):
+                yield binding
+
+
+def use_counts(func: relax.Function) -> Counter:
+    """How many times each Var is used (the function's result counts as a use)."""
+    counts: Counter = Counter()
+    for binding in iter_bindings(func):
+        for v in relax.analysis.free_vars(binding.value):
+            counts[v] += 1
+    if isinstance(func.body, relax.SeqExpr):
+        for v in relax.analysis.free_vars(func.body.body):
+            counts[v] += 1
+    return counts
+
+
+def binding_map(func: relax.Function) -> dict[relax.Var, relax.Expr]:
+    return {b.var: b.value for b in iter_bindings(func)}
+
+
+def const_array(expr: relax.Expr) -> np.ndarray | None:
+    """The numpy value of a relax.Constant, else None."""
+    if isinstance(expr, tvm.ir.Constant):
+        return expr.value.numpy()
+    return None
+
+
+def static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    """The static shape of a tensor expression, or None when unknown or symbolic."""
+    ty = getattr(expr, "ty", None)
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    dims = []
+    for d in ty.shape.values:
+        if not isinstance(d, tvm.tirx.IntImm):
+            return None
+        dims.append(int(d.value))
+    return tuple(dims)
+
+
+def dtype_of(expr: relax.Expr) -> str | None:
+    ty = getattr(expr, "ty", None)
+    return str(ty.dtype) if isinstance(ty, relax.TensorType) else None
+
+
+def op_name(expr: relax.Expr) -> str | None:
+    """``relax.nn.conv2d`` etc. for an operator call, else None."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return str(expr.op.name)
+    return None

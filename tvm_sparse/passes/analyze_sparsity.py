@@ -1,0 +1,55 @@
+"""Sparsity analysis: per weighted layer, its shapes, MACs, weight patterns and input activation."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ..formats.patterns import detect_patterns
+from ..report import LayerReport
+from ._relax_utils import binding_map
+from .activation_sparsity import ActivationInfo, producer_of
+from .layers import LayerSpec, find_layers
+
+
+def name_layers(layers: list[LayerSpec], names: list[tuple[str, str]]) -> None:
+    """Give layers the model's node names when the counts line up, else ``linear3``-style names."""
+    usable = len(names) == len(layers) and all(
+        (op == "Conv") == (layer.kind == "conv2d") for layer, (_, op) in zip(layers, names)
+    )
+    for i, layer in enumerate(layers):
+        layer.name = names[i][0] if usable else f"{layer.kind}{i}"
+
+
+def analyze_function(
+    func: relax.Function, names: list[tuple[str, str]] | None = None
+) -> list[tuple[LayerSpec, ActivationInfo]]:
+    """Layers of ``func`` (canonical form) with the activation that feeds each."""
+    layers = find_layers(func)
+    name_layers(layers, names or [])
+    bindings = binding_map(func)
+    relu_tails = {layer.tail_var for layer in layers if layer.activation == "relu"}
+    return [(layer, producer_of(layer.x_var, bindings, relu_tails)) for layer in layers]
+
+
+def layer_report(layer: LayerSpec, act: ActivationInfo) -> LayerReport:
+    """The report row of one layer (before a kernel is chosen)."""
+    w2d = layer.weight_2d
+    nnz = int(np.count_nonzero(w2d))
+    patterns = detect_patterns(w2d).to_dict()
+    epilogue = (["bias"] if layer.bias is not None else []) + (
+        [layer.activation] if layer.activation else []
+    )
+    return LayerReport(
+        name=layer.name,
+        op=layer.kind,
+        input_shape=list(layer.x_shape),
+        weight_shape=list(layer.weight.shape),
+        output_shape=list(layer.out_shape),
+        macs_dense=int(layer.macs_dense),
+        weight_density=nnz / max(w2d.size, 1),
+        weight_nnz=nnz,
+        patterns=patterns,
+        activation=act.to_dict(),
+        epilogue=epilogue,
+    )

@@ -1,0 +1,30 @@
+"""Canonicalization: one form per layer for the analysis and rewrite passes.
+
+Inference-mode BatchNorm is decomposed and folded into the preceding layer; transposed constant
+weights (ONNX Gemm transB, ``permute_dims`` of a constant) are folded to constants; tuple plumbing
+from the importer is removed. What is left: ``matmul(x, W_kn) [+ bias]`` and
+``conv2d(x, W_oihw) [+ bias]``, each optionally followed by ReLU.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .fold_affine import FoldAffineIntoLayers
+
+
+def canonicalize_passes() -> list[tvm.transform.Pass]:
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.FoldConstant(),
+        relax.transform.CanonicalizeBindings(),
+        FoldAffineIntoLayers(),
+        relax.transform.FoldConstant(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
+def canonicalize(mod: tvm.IRModule) -> tvm.IRModule:
+    """Apply the canonicalization passes (used directly by analyze() and compile())."""
+    return tvm.transform.Sequential(canonicalize_passes(), name="tvm_sparse.Canonicalize")(mod)

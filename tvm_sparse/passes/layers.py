@@ -1,0 +1,153 @@
+"""Find the weighted layers of a canonical Relax function.
+
+Canonical form (what ``canonicalize`` leaves): ``matmul(x, W_kn)`` or ``nn.conv2d(x, W_oihw)`` with a
+constant weight, optionally followed by ``add(., bias)`` with a per-output-channel constant, then
+optionally by ``nn.relu``. A layer is that whole chain; its tail var is what the rest of the graph
+reads, so a rewrite replaces the tail and lets dead-code elimination drop the interior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tvm import relax
+
+from ._relax_utils import const_array, dtype_of, iter_bindings, op_name, static_shape, use_counts
+
+LINEAR = "linear"
+CONV2D = "conv2d"
+
+
+@dataclass
+class LayerSpec:
+    """One weighted layer: its weight, epilogue and where it sits in the Relax function."""
+
+    index: int
+    kind: str
+    x_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    weight: np.ndarray  # linear: [N, K] (out, in); conv2d: OIHW
+    bias: np.ndarray | None
+    activation: str | None
+    x_var: relax.Expr
+    tail_var: relax.Var
+    conv_attrs: dict = field(default_factory=dict)
+    name: str = ""
+
+    @property
+    def rows(self) -> int:
+        """Rows of the linear kernel: every leading dim of x flattened (batch*seq)."""
+        return int(np.prod(self.x_shape[:-1])) if self.kind == LINEAR else self.x_shape[0]
+
+    @property
+    def macs_dense(self) -> int:
+        if self.kind == LINEAR:
+            n, k = self.weight.shape
+            return self.rows * n * k
+        o, c, kh, kw = self.weight.shape
+        groups = self.conv_attrs.get("groups", 1)
+        return int(np.prod(self.out_shape)) * (c * kh * kw) if groups else 0
+
+    @property
+    def weight_2d(self) -> np.ndarray:
+        """The weight as [outputs, inputs] (conv filters flattened to C*KH*KW)."""
+        return self.weight.reshape(self.weight.shape[0], -1)
+
+
+def _per_channel(value: np.ndarray, channels: int, kind: str) -> np.ndarray | None:
+    """A constant that broadcasts along the output channel only, as a [channels] vector."""
+    shape = value.shape
+    if value.size == 1:
+        return np.full(channels, value.reshape(()), dtype=value.dtype)
+    if kind == LINEAR:
+        ok = shape[-1] == channels and all(s == 1 for s in shape[:-1])
+    else:
+        ok = (
+            len(shape) in (3, 4)
+            and shape[-3] == channels
+            and all(s == 1 for s in shape[-2:])
+            and all(s == 1 for s in shape[:-3])
+        )
+    return value.reshape(channels) if ok else None
+
+
+def _anchor(value: relax.Expr) -> tuple[str, np.ndarray, dict] | None:
+    """(kind, weight, conv attrs) when ``value`` is a constant-weight matmul or conv2d."""
+    name = op_name(value)
+    if name == "relax.matmul":
+        x, w = value.args
+        weight = const_array(w)
+        x_shape = static_shape(x)
+        if weight is None or weight.ndim != 2 or x_shape is None or len(x_shape) < 2:
+            return None
+        if dtype_of(x) != "float32" or weight.dtype != np.float32:
+            return None
+        return LINEAR, np.ascontiguousarray(weight.T), {}
+    if name == "relax.nn.conv2d":
+        x, w = value.args
+        weight = const_array(w)
+        attrs = value.attrs
+        if weight is None or static_shape(x) is None or dtype_of(x) != "float32":
+            return None
+        if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
+            return None
+        if attrs.out_layout not in ("NCHW", "") or weight.dtype != np.float32:
+            return None
+        conv = {
+            "strides": tuple(int(s) for s in attrs.strides),
+            "padding": tuple(int(p) for p in attrs.padding),
+            "dilation": tuple(int(d) for d in attrs.dilation),
+            "groups": int(attrs.groups),
+        }
+        return CONV2D, weight, conv
+    return None
+
+
+def find_layers(func: relax.Function) -> list[LayerSpec]:
+    """Every canonical layer chain in ``func``, in program order."""
+    counts = use_counts(func)
+    users: dict[relax.Var, relax.VarBinding] = {}
+    for b in iter_bindings(func):
+        for v in relax.analysis.free_vars(b.value):
+            users.setdefault(v, b)
+
+    def single_user(var: relax.Var) -> relax.VarBinding | None:
+        return users.get(var) if counts[var] == 1 else None
+
+    layers: list[LayerSpec] = []
+    for binding in iter_bindings(func):
+        found = _anchor(binding.value)
+        if found is None:
+            continue
+        kind, weight, conv = found
+        x = binding.value.args[0]
+        tail = binding.var
+        bias = None
+        activation = None
+        nxt = single_user(tail)
+        if nxt is not None and op_name(nxt.value) == "relax.add":
+            a, b = nxt.value.args
+            other = b if a.same_as(tail) else a
+            c = const_array(other)
+            vec = None if c is None else _per_channel(c, weight.shape[0], kind)
+            if vec is not None and static_shape(nxt.var) == static_shape(tail):
+                bias, tail = vec.astype(np.float32), nxt.var
+                nxt = single_user(tail)
+        if nxt is not None and op_name(nxt.value) == "relax.nn.relu":
+            activation, tail = "relu", nxt.var
+        layers.append(
+            LayerSpec(
+                index=len(layers),
+                kind=kind,
+                x_shape=static_shape(x),
+                out_shape=static_shape(tail),
+                weight=weight,
+                bias=bias,
+                activation=activation,
+                x_var=x,
+                tail_var=tail,
+                conv_attrs=conv,
+            )
+        )
+    return layers

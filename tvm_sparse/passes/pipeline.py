@@ -1,0 +1,117 @@
+"""The tvm-sparse compiler, phase by phase. Reading this file tells you the whole pipeline.
+
+1. canonicalize  BatchNorm/scale folded into layers, constant transposes folded
+2. sparsify      analyze every layer, choose dense / sparse kernel, rewrite to call_tir
+3. legalize      remaining Relax ops -> TIR (TVM), fused
+4. schedule      tuned records first, then rules for dense leftovers (dlight + ours)
+5. lower         TVM's VM lowering (memory planning, shape lowering)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax
+from tvm.s_tir import dlight as dl
+
+from ..report import LayerReport
+from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
+from .analyze_sparsity import analyze_function, layer_report
+from .canonicalize import canonicalize_passes
+from .choose_kernels import choose_layer
+from .rewrite_layers import rewrite_layers
+
+
+@dataclass
+class SparsifyOptions:
+    """Knobs of the sparsify phase (``compile(**options)`` forwards them)."""
+
+    sparse: bool = True  # False: dense kernels only (the dense baseline)
+    measure: bool = False  # time candidates on this machine instead of trusting estimates
+    layer_names: list = field(default_factory=list)  # (name, op) from the frontend, for the report
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvm_sparse.Sparsify")
+class Sparsify:
+    """Analyze, choose and rewrite every layer; the rows of the report land in ``self.layers``."""
+
+    def __init__(self, options: SparsifyOptions | None = None):
+        self.options = options or SparsifyOptions()
+        self.layers: list[LayerReport] = []
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        target = tvm.target.Target.current(allow_none=False)
+        plan = {}
+        self.layers = []
+        for layer, act in analyze_function(mod["main"], self.options.layer_names):
+            row = layer_report(layer, act)
+            choice = choose_layer(
+                layer, target, sparse=self.options.sparse, measure=self.options.measure
+            )
+            row.chosen, row.reason = choice.chosen, choice.reason
+            row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
+            self.layers.append(row)
+            if choice.kernel is not None:
+                plan[layer.tail_var] = (layer, choice.kernel)
+        return rewrite_layers(mod, plan)
+
+
+def legalize_passes() -> list[tvm.transform.Pass]:
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
+def schedule_passes(target: tvm.target.Target, database=None) -> list[tvm.transform.Pass]:
+    passes = []
+    if database is not None:
+        passes.append(relax.transform.MetaScheduleApplyDatabase(database=database))
+    rules = cpu_leftover_rules() if str(target.kind.name) == "llvm" else gpu_leftover_rules()
+    passes.append(dl.ApplyDefaultSchedule(*rules))
+    return passes
+
+
+def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    if str(target.kind.name) == "llvm":
+        # TVM 0.27's cpu_generic/__init__ does not export dataflow_lower_passes, so the generic
+        # relax.pipeline.dataflow_lower_passes(llvm) raises AttributeError: use the module itself.
+        from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+        return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+    import tvm.relax.backend.cuda  # noqa: F401 - registers the CUDA pipeline pieces
+    from tvm.relax import pipeline as tvm_pipeline
+
+    return tvm_pipeline.dataflow_lower_passes(target) + tvm_pipeline.finalize_passes(target)
+
+
+def build_pipeline(
+    target: tvm.target.Target | None = None,
+    sparsify: Sparsify | None = None,
+    database=None,
+) -> tvm.transform.Pass:
+    """The full Relax pipeline; ``target`` defaults to the one ``tvm.compile`` enters."""
+    sparsify = sparsify or Sparsify()
+
+    @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.Pipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        from tvm.relax import pipeline as tvm_pipeline
+
+        tgt = target or tvm.target.Target.current(allow_none=False)
+        with tgt:
+            phases = [
+                *canonicalize_passes(),
+                sparsify,
+                *tvm_pipeline.library_dispatch_passes(tgt),
+                *legalize_passes(),
+                *schedule_passes(tgt, database),
+                *lower_passes(tgt),
+            ]
+            return tvm.transform.Sequential(phases, name="tvm_sparse")(mod)
+
+    return _pipeline

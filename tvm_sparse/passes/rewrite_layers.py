@@ -1,0 +1,67 @@
+"""Replace each planned layer chain (op + bias + activation) by ``call_tir`` on its kernel.
+
+The kernel is a scheduled PrimFunc from ``tvm_sparse.schedules``; its packed weight arrays become
+Relax constants. Linear layers on 3-D activations ([batch, seq, hidden]) are flattened to rows
+before the kernel and reshaped back after, so one kernel serves MLPs and transformers.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..schedules.kernel import KernelCall
+from .layers import LINEAR, LayerSpec
+
+
+def _scheduled(func: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
+    """Name a kernel uniquely, mark it scheduled (dlight leaves it alone) and alias-free."""
+    return (
+        func.with_attr("global_symbol", name)
+        .with_attr("tirx.is_scheduled", True)
+        .with_attr("tirx.noalias", True)
+    )
+
+
+@mutator
+class _LayerRewriter(PyExprMutator):
+    def __init__(self, plan: dict[relax.Var, tuple[LayerSpec, KernelCall]], mod: tvm.IRModule):
+        super().__init__(mod)
+        self.plan = plan
+        self.func_cache: dict[int, relax.GlobalVar] = {}
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        entry = self.plan.get(binding.var)
+        if entry is None:
+            super().visit_var_binding_(binding)
+            return
+        layer, kernel = entry
+        x = self.visit_expr(layer.x_var)
+        flatten = layer.kind == LINEAR and len(layer.x_shape) != 2
+        if flatten:
+            x = self.builder_.emit(relax.op.reshape(x, (layer.rows, layer.x_shape[-1])), "rows")
+        name = f"{kernel.name}_{layer.index}"
+        gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
+        args = [x] + [relax.const(c) for c in kernel.consts]
+        out = relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
+        if flatten:
+            out = relax.op.reshape(self.builder_.emit(out, "rows_out"), layer.out_shape)
+        if isinstance(binding.var, relax.DataflowVar):
+            new_var = self.builder_.emit(out, binding.var.name)
+        else:
+            new_var = self.builder_.emit_output(out, binding.var.name)
+        self.set_var_remap(binding.var, new_var)
+
+
+def rewrite_layers(
+    mod: tvm.IRModule, plan: dict[relax.Var, tuple[LayerSpec, KernelCall]]
+) -> tvm.IRModule:
+    """Apply a plan (tail var -> (layer, kernel)) to ``main`` and drop the replaced chains."""
+    if not plan:
+        return mod
+    rewriter = _LayerRewriter(plan, mod)
+    new_main = rewriter.visit_expr(mod["main"])
+    rewriter.builder_.update_func(mod.get_global_var("main"), new_main)
+    new_mod = rewriter.builder_.get()
+    return relax.transform.DeadCodeElimination()(new_mod)

@@ -1,0 +1,123 @@
+"""The per-layer sparsity report: what each layer is, how sparse, and what the compiler chose."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerReport:
+    """One weighted layer of the model."""
+
+    name: str
+    op: str  # "linear" or "conv2d"
+    input_shape: list[int]
+    weight_shape: list[int]
+    output_shape: list[int]
+    macs_dense: int
+    weight_density: float
+    weight_nnz: int
+    patterns: dict = field(default_factory=dict)
+    activation: dict = field(default_factory=dict)  # ActivationInfo.to_dict()
+    epilogue: list[str] = field(default_factory=list)  # ["bias", "relu"]
+    chosen: str = "dense"
+    reason: str = ""
+    estimated_ms: dict = field(default_factory=dict)  # candidate -> estimated ms
+    measured_ms: dict = field(default_factory=dict)  # candidate -> measured ms
+
+    @property
+    def macs_weight_sparse(self) -> int:
+        return int(round(self.macs_dense * self.weight_density))
+
+    @property
+    def macs_sparse_sparse(self) -> int | None:
+        density = self.activation.get("density")
+        if density is None:
+            return None
+        return int(round(self.macs_dense * self.weight_density * density))
+
+    def activation_text(self) -> str:
+        kind = self.activation.get("kind", "dense")
+        if kind == "kwta":
+            return f"kwta {self.activation['density']:.1%}"
+        return kind
+
+
+@dataclass
+class Report:
+    """Sparsity report of a whole model; prints as a table and round-trips through JSON."""
+
+    model: str
+    target: str = ""
+    layers: list[LayerReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for layer, d in zip(self.layers, out["layers"]):
+            d["macs_weight_sparse"] = layer.macs_weight_sparse
+            d["macs_sparse_sparse"] = layer.macs_sparse_sparse
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @staticmethod
+    def from_dict(d: dict) -> Report:
+        keys = LayerReport.__dataclass_fields__
+        layers = [LayerReport(**{k: v for k, v in ld.items() if k in keys}) for ld in d["layers"]]
+        return Report(d["model"], d.get("target", ""), layers, list(d.get("notes", [])))
+
+    @staticmethod
+    def from_json(text: str) -> Report:
+        return Report.from_dict(json.loads(text))
+
+    @property
+    def total_macs_dense(self) -> int:
+        return sum(layer.macs_dense for layer in self.layers)
+
+    def table(self) -> str:
+        """A fixed-width table, one row per layer (what the CLI and the demo print)."""
+        header = (
+            "layer",
+            "op",
+            "weight",
+            "density",
+            "pattern",
+            "input act.",
+            "MACs dense",
+            "MACs sparse",
+            "chosen",
+            "est/meas ms",
+        )
+        rows = [header]
+        for layer in self.layers:
+            sparse_macs = layer.macs_sparse_sparse
+            if sparse_macs is None:
+                sparse_macs = layer.macs_weight_sparse
+            chosen_ms = layer.measured_ms.get(layer.chosen, layer.estimated_ms.get(layer.chosen))
+            rows.append(
+                (
+                    layer.name[:28],
+                    layer.op,
+                    "x".join(str(d) for d in layer.weight_shape),
+                    f"{layer.weight_density:.1%}",
+                    str(layer.patterns.get("summary", "unstructured"))[:22],
+                    layer.activation_text(),
+                    f"{layer.macs_dense:,}",
+                    f"{sparse_macs:,}",
+                    layer.chosen,
+                    "-" if chosen_ms is None else f"{chosen_ms:.3f}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        title = f"tvm-sparse report: {self.model}" + (f" (target {self.target})" if self.target else "")
+        out = [title, *lines]
+        out.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.table()

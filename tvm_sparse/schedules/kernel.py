@@ -1,0 +1,72 @@
+"""The contract between kernel builders and the rewrite passes.
+
+A kernel builder turns one operator (static shapes, the constant weight) into a scheduled TIR
+PrimFunc plus the constant arrays it reads (packed weights, indices, bias). The rewrite pass
+emits ``call_tir(func, [activation, *consts], out_sinfo)``; nothing else couples the two sides,
+so a kernel can be built, run and tested without Relax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """A scheduled kernel and the constants it is called with.
+
+    ``func`` takes ``(activation, *consts, out)`` in that order (destination-passing style).
+    """
+
+    func: tvm.tirx.PrimFunc
+    name: str
+    consts: tuple[np.ndarray, ...]
+    out_shape: tuple[int, ...]
+    out_dtype: str = "float32"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def const_bytes(self) -> int:
+        """Bytes of constant data the kernel reads (what moves at batch 1)."""
+        return int(sum(c.nbytes for c in self.consts))
+
+
+def build_kernel(call: KernelCall, target: tvm.target.Target) -> tvm.runtime.Module:
+    """Compile a kernel alone (for tests, measurement and the per-layer choice)."""
+    func = call.func.with_attr("global_symbol", "main")
+    return tvm.compile(tvm.IRModule({"main": func}), target=target)
+
+
+def run_kernel(
+    call: KernelCall, target: tvm.target.Target, x: np.ndarray, module=None
+) -> np.ndarray:
+    """Run a kernel once on CPU and return its output (the reference path in tests)."""
+    module = module or build_kernel(call, target)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(x, dev)] + [tvm.runtime.tensor(c, dev) for c in call.consts]
+    out = tvm.runtime.tensor(np.zeros(call.out_shape, dtype=call.out_dtype), dev)
+    module["main"](*args, out)
+    return out.numpy()
+
+
+def time_kernel(
+    call: KernelCall,
+    target: tvm.target.Target,
+    x: np.ndarray,
+    module=None,
+    number: int = 10,
+    repeat: int = 5,
+    min_repeat_ms: int = 50,
+) -> float:
+    """Median seconds per call, measured with TVM's time_evaluator on this machine."""
+    module = module or build_kernel(call, target)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(x, dev)] + [tvm.runtime.tensor(c, dev) for c in call.consts]
+    out = tvm.runtime.tensor(np.zeros(call.out_shape, dtype=call.out_dtype), dev)
+    timer = module.time_evaluator(
+        "main", dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+    )
+    return float(np.median(timer(*args, out).results))

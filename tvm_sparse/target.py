@@ -1,0 +1,74 @@
+"""Target parsing: strings, dicts and Target objects become one ``tvm.target.Target``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import tvm
+
+from .errors import TargetError
+
+FPGA_KIND = "fpga"
+
+
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (``znver3``, ``sapphirerapids``...)."""
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def host_num_cores() -> int:
+    """Cores this process may use (respects affinity and TVM_NUM_THREADS)."""
+    env = os.environ.get("TVM_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def resolve_target(target: Any = "llvm") -> tvm.target.Target:
+    """Turn a user's target into a ``tvm.target.Target``.
+
+    ``"llvm"`` means this host's CPU with its real ``mcpu`` and core count (TVM 0.27 ignores
+    ``mcpu=native`` and would otherwise compile for a generic x86 without AVX).
+    """
+    if isinstance(target, tvm.target.Target):
+        return target
+    if isinstance(target, str):
+        name = target.strip()
+        if name in ("llvm", "cpu", "x86", "host"):
+            return tvm.target.Target(
+                {"kind": "llvm", "mcpu": host_cpu(), "num-cores": host_num_cores()}
+            )
+        if name == "cuda":
+            return tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+        if name.startswith("{"):
+            import json
+
+            return resolve_target(json.loads(name))
+        raise TargetError(
+            f"unknown target {target!r}: use 'llvm', 'cuda', 'fpga', a JSON dict or a tvm Target"
+        )
+    if isinstance(target, dict):
+        spec = dict(target)
+        if spec.get("kind") == FPGA_KIND:
+            raise TargetError("the fpga target is compiled by tvm_sparse.codegen.fpga, not llvm")
+        if spec.get("kind") == "llvm":
+            if spec.get("mcpu") in (None, "native"):
+                spec["mcpu"] = host_cpu()
+            spec.setdefault("num-cores", host_num_cores())
+        try:
+            return tvm.target.Target(spec)
+        except Exception as err:  # TVM raises several types for bad specs
+            raise TargetError(f"invalid target {target!r}: {err}") from err
+    raise TargetError(f"target must be a str, dict or tvm.target.Target, not {type(target)}")
+
+
+def is_cpu(target: tvm.target.Target) -> bool:
+    return str(target.kind.name) == "llvm"
+
+
+def is_cuda(target: tvm.target.Target) -> bool:
+    return str(target.kind.name) == "cuda"

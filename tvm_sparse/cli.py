@@ -11,7 +11,6 @@ tracebacks are kept for bugs (set TVM_SPARSE_DEBUG=1 to see them for user errors
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

@@ -53,9 +53,7 @@ class ImportedModel:
 def parse_input_shapes(spec: str | dict | None) -> ShapeDict | None:
     """Parse ``"input:1x1x32x32,mask:1x128"`` (the CLI form) or pass a dict through."""
     if spec is None or isinstance(spec, dict):
-        return (
-            None if spec is None else {k: tuple(int(d) for d in v) for k, v in spec.items()}
-        )
+        return None if spec is None else {k: tuple(int(d) for d in v) for k, v in spec.items()}
     shapes: ShapeDict = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, sep, dims = item.rpartition(":")
@@ -114,15 +112,18 @@ def onnx_input_specs(model: onnx.ModelProto, shapes: ShapeDict | None) -> list[T
             dims = _dims_of(vi)
             if any(not isinstance(d, int) for d in dims):
                 shown = "x".join(str(d) for d in dims)
+                example = "x".join(str(d) if isinstance(d, int) else "1" for d in dims)
                 raise InputShapeError(
                     f"input {vi.name!r} has dynamic shape [{shown}]: give static shapes with "
-                    f"--input-shapes {vi.name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in dims)}"
+                    f"--input-shapes {vi.name}:{example}"
                 )
             shape = tuple(dims)
         specs.append(TensorSpec(vi.name, tuple(int(s) for s in shape), dtype))
     if shapes:
         names = ", ".join(s.name for s in specs)
-        raise InputShapeError(f"--input-shapes names unknown input(s) {sorted(shapes)}; inputs: {names}")
+        raise InputShapeError(
+            f"--input-shapes names unknown input(s) {sorted(shapes)}; inputs: {names}"
+        )
     return specs
 
 
@@ -189,7 +190,7 @@ def import_relax(mod: tvm.IRModule, source: str = "<IRModule>") -> ImportedModel
             isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values
         ):
             raise InputShapeError(
-                f"{source}: parameter {param.name} has a dynamic shape: bind it to static dims first"
+                f"{source}: parameter {param.name} has a dynamic shape: bind static dims first"
             )
         dims = tuple(int(d.value) for d in ty.shape.values)
         specs.append(TensorSpec(param.name, dims, str(ty.dtype)))

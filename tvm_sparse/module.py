@@ -51,7 +51,9 @@ class CompiledModule:
     def _check_inputs(self, inputs: tuple) -> list[np.ndarray]:
         if len(inputs) != len(self.inputs):
             names = ", ".join(f"{s.name}{list(s.shape)}" for s in self.inputs)
-            raise RunInputError(f"expected {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
+            raise RunInputError(
+                f"expected {len(self.inputs)} input(s) ({names}), got {len(inputs)}"
+            )
         arrays = []
         for spec, value in zip(self.inputs, inputs):
             arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)

@@ -114,7 +114,9 @@ class Report:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        title = f"tvm-sparse report: {self.model}" + (f" (target {self.target})" if self.target else "")
+        title = f"tvm-sparse report: {self.model}" + (
+            f" (target {self.target})" if self.target else ""
+        )
         out = [title, *lines]
         out.extend(f"note: {n}" for n in self.notes)
         return "\n".join(out)

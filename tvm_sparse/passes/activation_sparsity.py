@@ -77,7 +77,7 @@ class KwtaMatch:
     out_var: relax.Var  # the where/multiply result
     x: relax.Expr  # the unboosted values that are kept ([B, n])
     ranked: relax.Expr  # what TopK ranks (x or x * boost)
-    boost: np.ndarray | None  # the boost constant when ranked = x * boost
+    boost: np.ndarray | None  # per-sample boost factors [n] when TopK ranks x * boost
     k: int
     n: int
 
@@ -88,8 +88,8 @@ def _strip(expr: relax.Expr, bindings: dict, ops: tuple[str, ...]) -> relax.Expr
         value = bindings.get(expr) if isinstance(expr, relax.Var) else None
         if value is not None and op_name(value) in ops:
             expr = value.args[0]
-        elif value is not None and not isinstance(value, relax.Call) and isinstance(
-            value, relax.Var
+        elif (
+            value is not None and not isinstance(value, relax.Call) and isinstance(value, relax.Var)
         ):
             expr = value
         else:
@@ -112,13 +112,12 @@ def match_kwta(var: relax.Var, bindings: dict) -> KwtaMatch | None:
         compare = _value(cond, bindings)
     elif name == "relax.multiply":
         a, b = value.args
-        for kept, mask in ((a, b), (b, a)):
-            cast = _value(mask, bindings)
-            if op_name(cast) == "relax.astype":
-                compare = _value(cast.args[0], bindings)
-                break
-        else:
+        casts = [(k, _value(m, bindings)) for k, m in ((a, b), (b, a))]
+        casts = [(k, c) for k, c in casts if op_name(c) == "relax.astype"]
+        if not casts:
             return None
+        kept, cast = casts[0]
+        compare = _value(cast.args[0], bindings)
     else:
         return None
     if op_name(compare) != "relax.greater_equal":
@@ -137,16 +136,26 @@ def match_kwta(var: relax.Var, bindings: dict) -> KwtaMatch | None:
     if shape is None or int(topk.attrs.axis) not in (-1, len(shape) - 1):
         return None
     boost = None
-    if not kept.same_as(ranked):
-        scaled = _value(ranked, bindings)
+    ranked_base = _strip(ranked, bindings, ("relax.reshape",))
+    kept_base = _strip(kept, bindings, ("relax.reshape",))
+    if not ranked_base.same_as(kept_base):
+        # boosting: TopK ranks reshape(y * boost) while Where keeps reshape(y)
+        scaled = _value(ranked_base, bindings)
         if op_name(scaled) != "relax.multiply":
             return None
         a, b = scaled.args
-        if a.same_as(kept):
+        if a.same_as(kept_base):
             boost = const_array(b)
-        elif b.same_as(kept):
+        elif b.same_as(kept_base):
             boost = const_array(a)
-        if boost is None:
+        base_shape = static_shape(kept_base)
+        if boost is None or base_shape is None:
+            return None
+        try:  # the per-sample boost factor in the flattened [n] order the kernel sees
+            boost = np.broadcast_to(boost, base_shape)[0].reshape(-1)
+        except ValueError:
+            return None
+        if boost.size != int(shape[-1]):
             return None
     return KwtaMatch(var, kept, ranked, boost, int(topk.attrs.k), int(shape[-1]))
 

@@ -75,6 +75,8 @@ def choose_layer(
     try:
         kernel = best.build()
     except Exception as err:  # noqa: BLE001 - fall back to TVM's lowering with a warning
-        log.warning("layer %s: kernel %s failed to build (%s); using TVM", layer.name, best.name, err)
+        log.warning(
+            "layer %s: kernel %s failed to build (%s); using TVM", layer.name, best.name, err
+        )
         return Choice(layer, "tvm", None, f"{best.name} failed: {err}", estimated)
     return Choice(layer, best.name, kernel, reason, estimated)

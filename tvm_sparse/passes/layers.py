@@ -1,8 +1,8 @@
 """Find the weighted layers of a canonical Relax function.
 
-Canonical form (what ``canonicalize`` leaves): ``matmul(x, W_kn)`` or ``nn.conv2d(x, W_oihw)`` with a
-constant weight, optionally followed by ``add(., bias)`` with a per-output-channel constant, then
-optionally by ``nn.relu``. A layer is that whole chain; its tail var is what the rest of the graph
+Canonical form (what ``canonicalize`` leaves): ``matmul(x, W_kn)`` or ``nn.conv2d(x, W_oihw)``
+with a constant weight, optionally followed by ``add(., bias)`` with a per-output-channel
+constant, then optionally by ``nn.relu``. A layer is that whole chain; its tail var is what the rest of the graph
 reads, so a rewrite replaces the tail and lets dead-code elimination drop the interior.
 """
 

@@ -1,0 +1,244 @@
+"""Peer runtimes for benchmarks (onnxruntime, DeepSparse) and the timing/table helpers.
+
+Every runner times with the same `median_time`, so ratios between runtimes measured in one run
+mean something on a shared, noisy machine. DeepSparse 1.8 needs numpy<2 and onnx 1.14, so it
+lives in its own venv (`.venv-deepsparse/`, made by benchmarks/setup_deepsparse.sh); this file
+doubles as the worker that venv's python runs (`python peers.py --deepsparse-worker ...`), which
+is why it imports only numpy at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time as _time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEEPSPARSE_PYTHON = REPO_ROOT / ".venv-deepsparse" / "bin" / "python"
+_RESULT_TAG = "PEERS_RESULT "
+
+
+# --------------------------------------------------------------------------------------------
+# Timing and tables
+# --------------------------------------------------------------------------------------------
+def median_time(
+    fn: Callable[[], Any], min_time: float = 0.5, min_repeats: int = 5, warmup: int = 2
+) -> float:
+    """Median seconds per call of `fn`, sampled until `min_time` has passed and `min_repeats`
+    samples exist.
+
+    Fast calls (batch 1 is often tens of microseconds) are grouped so one sample lasts about
+    1 ms, which keeps timer resolution and loop overhead out of the number. The median, not
+    the mean, so a neighbour's burst on a shared machine does not move it much.
+    """
+    for _ in range(warmup):
+        fn()
+    start = _time.perf_counter()
+    fn()
+    once = _time.perf_counter() - start
+    number = max(1, int(1e-3 / max(once, 1e-9)))
+    samples: list[float] = []
+    deadline = _time.perf_counter() + min_time
+    while len(samples) < min_repeats or _time.perf_counter() < deadline:
+        start = _time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((_time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Print `rows` (dicts) as an aligned Markdown table of `columns`; returns the text.
+
+    Missing values and None print as "-", floats with 4 significant digits.
+    """
+    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
+    widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.rjust(w) for v, w in zip(values, widths, strict=True)) + " |"
+
+    text = "\n".join(
+        [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        + [line(r) for r in cells]
+    )
+    print(text)
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# onnxruntime
+# --------------------------------------------------------------------------------------------
+def _as_feed(names: Sequence[str], inputs: Any) -> dict[str, np.ndarray]:
+    """Accept a dict name->array, a list of arrays (in model input order) or one array."""
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    if isinstance(inputs, np.ndarray):
+        inputs = [inputs]
+    if len(inputs) != len(names):
+        raise ValueError(f"model takes {len(names)} inputs {list(names)}, got {len(inputs)}")
+    return dict(zip(names, inputs, strict=True))
+
+
+class OrtRunner:
+    """onnxruntime on CPU with `threads` intra-op threads, sequential execution, all graph
+    optimizations: ORT at its best on this machine, the baseline to beat."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: Any, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        is_path = isinstance(model, (str, os.PathLike))
+        source = os.fspath(model) if is_path else model.SerializeToString()
+        self.session = ort.InferenceSession(
+            source, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.threads = threads
+
+    def run(self, inputs: Any) -> list[np.ndarray]:
+        """Outputs of the model, in graph order."""
+        return self.session.run(None, _as_feed(self.input_names, inputs))
+
+    def time(self, inputs: Any, min_time: float = 0.5, min_repeats: int = 5) -> float:
+        """Median seconds per inference."""
+        feed = _as_feed(self.input_names, inputs)
+        return median_time(lambda: self.session.run(None, feed), min_time, min_repeats)
+
+
+# --------------------------------------------------------------------------------------------
+# DeepSparse (in its own venv, as a subprocess)
+# --------------------------------------------------------------------------------------------
+class DeepSparseRunner:
+    """DeepSparse 1.8 (Neural Magic's sparse CPU engine) run in `.venv-deepsparse` as a
+    subprocess. Each `run`/`time` compiles the model anew in a fresh worker, so call
+    `run_and_time` once when you want both. When the venv is missing, the methods return None
+    and `skip_reason` says why (printed once to stderr).
+
+    Check its outputs against onnxruntime in every benchmark: on this AVX2 machine DeepSparse
+    1.8 returned wrong values for sparse Gemms with 200 or 216 input features (multiples of 8
+    but not of 16; 192, 208, 256, 1600 were right), which includes the tiny GSC model."""
+
+    name = "deepsparse"
+
+    def __init__(self, model: Any, threads: int = 1, python: str | os.PathLike | None = None):
+        self.python = Path(python) if python is not None else DEEPSPARSE_PYTHON
+        self.threads = threads
+        self._tmp = tempfile.TemporaryDirectory(prefix="peers_ds_")
+        if isinstance(model, (str, os.PathLike)):
+            self.model_path = os.fspath(model)
+        else:
+            self.model_path = os.path.join(self._tmp.name, "model.onnx")
+            with open(self.model_path, "wb") as f:
+                f.write(model.SerializeToString())
+        self.skip_reason: str | None = None
+        if not self.python.exists():
+            self.skip_reason = (
+                f"DeepSparse skipped: {self.python} not found (run benchmarks/setup_deepsparse.sh)"
+            )
+        self._warned = False
+
+    @property
+    def available(self) -> bool:
+        return self.skip_reason is None
+
+    def _skip(self) -> None:
+        if not self._warned:
+            print(self.skip_reason, file=sys.stderr)
+            self._warned = True
+
+    def run_and_time(
+        self, inputs: Sequence[np.ndarray] | np.ndarray, min_time: float = 0.5, min_repeats: int = 5
+    ) -> tuple[list[np.ndarray], float] | None:
+        """(outputs, median seconds per inference), or None when DeepSparse is not installed.
+
+        Inputs are arrays in model input order; the batch size is the first dim of the first.
+        """
+        if not self.available:
+            self._skip()
+            return None
+        arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+        in_path = os.path.join(self._tmp.name, "inputs.npz")
+        out_path = os.path.join(self._tmp.name, "outputs.npz")
+        np.savez(in_path, *arrays)
+        cmd = [
+            os.fspath(self.python),
+            os.fspath(Path(__file__).resolve()),
+            "--deepsparse-worker",
+            json.dumps(
+                {
+                    "model": self.model_path,
+                    "inputs": in_path,
+                    "outputs": out_path,
+                    "threads": self.threads,
+                    "min_time": min_time,
+                    "min_repeats": min_repeats,
+                }
+            ),
+        ]
+        env = dict(os.environ, NM_DISABLE_ANALYTICS="1")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT_TAG)]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr or proc.stdout)[-2000:]
+            raise RuntimeError(f"DeepSparse worker failed (exit {proc.returncode}):\n{tail}")
+        result = json.loads(lines[-1][len(_RESULT_TAG) :])
+        with np.load(out_path) as data:
+            outputs = [data[f"arr_{i}"] for i in range(len(data.files))]
+        return outputs, float(result["median_s"])
+
+    def run(self, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray] | None:
+        result = self.run_and_time(inputs, min_time=0.0, min_repeats=1)
+        return None if result is None else result[0]
+
+    def time(
+        self, inputs: Sequence[np.ndarray] | np.ndarray, min_time: float = 0.5, min_repeats: int = 5
+    ) -> float | None:
+        result = self.run_and_time(inputs, min_time, min_repeats)
+        return None if result is None else result[1]
+
+
+def _deepsparse_worker(spec: dict) -> None:
+    """Runs inside .venv-deepsparse: compile, run once, time, write outputs, print JSON."""
+    os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+    import deepsparse
+
+    with np.load(spec["inputs"]) as data:
+        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
+    engine = deepsparse.compile_model(
+        spec["model"], batch_size=int(arrays[0].shape[0]), num_cores=int(spec["threads"])
+    )
+    outputs = engine.run(arrays)
+    np.savez(spec["outputs"], *outputs)
+    seconds = median_time(lambda: engine.run(arrays), spec["min_time"], spec["min_repeats"])
+    print(_RESULT_TAG + json.dumps({"median_s": seconds, "version": deepsparse.__version__}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--deepsparse-worker":
+        _deepsparse_worker(json.loads(sys.argv[2]))
+    else:
+        sys.exit("usage: peers.py --deepsparse-worker JSON  (used by DeepSparseRunner)")

@@ -1,0 +1,38 @@
+"""Shared fixtures: the host target and small generated models written to a temp dir."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Keep TVM's thread pool small and deterministic on the 2-core CI machine.
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def target():
+    from tvm_sparse.target import resolve_target
+
+    return resolve_target("llvm")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def ort_run(model, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's output for one input (the reference for end-to-end checks)."""
+    import onnxruntime as ort
+
+    payload = model if isinstance(model, (str, bytes)) else model.SerializeToString()
+    sess = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-3) -> None:
+    """Relative to the output's scale: k-WTA/ReLU outputs contain many exact zeros."""
+    scale = max(float(np.max(np.abs(expected))), 1e-6)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)

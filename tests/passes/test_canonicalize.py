@@ -1,0 +1,117 @@
+"""Canonicalization: BatchNorm and scales fold into the layer, numerics and zeros are kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from tvm_sparse.frontend import import_model
+from tvm_sparse.passes._relax_utils import iter_bindings, op_name
+from tvm_sparse.passes.canonicalize import canonicalize
+from tvm_sparse.passes.layers import find_layers
+
+
+def _model(nodes, inits, in_shape, out_shape):
+    graph = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _bn_inits(rng, c, gamma=None):
+    return {
+        "s": (rng.random(c) + 0.5 if gamma is None else gamma).astype(np.float32),
+        "b": rng.standard_normal(c).astype(np.float32),
+        "m": rng.standard_normal(c).astype(np.float32),
+        "v": (rng.random(c) + 0.5).astype(np.float32),
+    }
+
+
+def _conv_bn(rng, gamma=None):
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    w[:, :, 0, :] = 0  # sparsity that must survive folding
+    w[2] = 0  # one all-zero filter
+    inits = {"W": w, "cb": rng.standard_normal(6).astype(np.float32), **_bn_inits(rng, 6, gamma)}
+    nodes = [
+        helper.make_node("Conv", ["input", "W", "cb"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["output"]),
+    ]
+    return _model(nodes, inits, [2, 3, 8, 8], [2, 6, 8, 8]), w
+
+
+def _gemm_bn(rng):
+    w = rng.standard_normal((10, 12)).astype(np.float32) * (rng.random((10, 12)) < 0.3)
+    inits = {"W": w, "gb": rng.standard_normal(10).astype(np.float32), **_bn_inits(rng, 10)}
+    nodes = [
+        helper.make_node("Gemm", ["input", "W", "gb"], ["g"], transB=1, alpha=0.5, beta=2.0),
+        helper.make_node("BatchNormalization", ["g", "s", "b", "m", "v"], ["output"]),
+    ]
+    return _model(nodes, inits, [3, 12], [3, 10]), w
+
+
+def _run(mod, x):
+    ex = tvm.compile(mod, target="llvm")
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.mark.parametrize("build", [_conv_bn, _gemm_bn], ids=["conv_bn", "gemm_bn"])
+def test_batchnorm_folds_into_layer(build):
+    rng = np.random.default_rng(1)
+    model, w = build(rng)
+    imported = import_model(model)
+    canon = canonicalize(imported.mod)
+    ops = [op_name(b.value) for b in iter_bindings(canon["main"])]
+    assert not any(
+        o and ("batch_norm" in o or o in ("relax.divide", "relax.subtract")) for o in ops
+    )
+    (layer,) = find_layers(canon["main"])
+    assert layer.bias is not None
+    # zeros of the pruned weight stay exactly zero after folding the BN scale
+    weight = layer.weight.reshape(w.shape)
+    assert np.all(weight[w == 0] == 0)
+    assert np.count_nonzero(weight) == np.count_nonzero(w)
+    x = rng.standard_normal([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim])
+    x = x.astype(np.float32)
+    np.testing.assert_allclose(_run(canon, x), _run(imported.mod, x), rtol=1e-4, atol=1e-4)
+
+
+def test_relu_becomes_layer_activation():
+    model, _ = _conv_bn(np.random.default_rng(2))
+    (layer,) = find_layers(canonicalize(import_model(model).mod)["main"])
+    assert layer.activation == "relu" and layer.kind == "conv2d"
+    assert layer.conv_attrs["padding"] == (1, 1, 1, 1)
+
+
+def test_zero_bn_scale_is_not_folded():
+    """gamma = 0 would turn NaN/Inf activations into 0: keep the multiply separate."""
+    rng = np.random.default_rng(3)
+    gamma = np.ones(6, np.float32)
+    gamma[4] = 0.0
+    model, _ = _conv_bn(rng, gamma)
+    canon = canonicalize(import_model(model).mod)
+    ops = [op_name(b.value) for b in iter_bindings(canon["main"])]
+    assert "relax.multiply" in ops
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(
+        _run(canon, x), _run(import_model(model).mod, x), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_matmul_with_constant_weight_is_a_layer():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((12, 7)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "W"], ["output"])]
+    model = _model(nodes, {"W": w}, [2, 5, 12], [2, 5, 7])
+    onnx.checker.check_model(model)
+    (layer,) = find_layers(canonicalize(import_model(model).mod)["main"])
+    assert layer.kind == "linear" and layer.rows == 10
+    np.testing.assert_array_equal(layer.weight, w.T)

@@ -1,0 +1,84 @@
+"""End to end: generated models compile, export, load in a fresh process and match onnxruntime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import tvm_sparse
+from tvm_sparse import models
+
+from .conftest import assert_close, ort_run
+
+pytestmark = pytest.mark.slow
+
+
+def _input(model, seed=0):
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "name, build",
+    [
+        ("mlp", lambda: models.pruned_mlp(layers=4, hidden=512, density=0.1)),
+        ("mlp_b16", lambda: models.pruned_mlp(layers=3, hidden=256, density=0.1, batch=16)),
+        ("gsc", lambda: models.gsc_sparse_cnn()),
+        ("gsc_super_boost", lambda: models.gsc_sparse_cnn(super_sparse=True, boosting=True)),
+        ("gsc_b4", lambda: models.gsc_sparse_cnn(super_sparse=True, batch=4)),
+    ],
+)
+def test_model_matches_onnxruntime_after_reload(name, build, tmp_path):
+    model = build()
+    path = models.save(model, tmp_path / f"{name}.onnx")
+    x = _input(model)
+    expected = ort_run(path, x)
+    compiled = tvm_sparse.compile(path, "llvm")
+    assert_close(compiled.run(x), expected)
+    assert [layer.name for layer in compiled.report.layers]
+    lib = tmp_path / f"{name}.so"
+    compiled.export(lib)
+    np.save(tmp_path / "x.npy", x)
+    # a fresh interpreter: nothing but TVM's runtime and this package
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, tvm_sparse
+        m = tvm_sparse.load({str(lib)!r})
+        np.save({str(tmp_path / "y.npy")!r}, m.run(np.load({str(tmp_path / "x.npy")!r})))
+        print(m.report.layers[0].name)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert_close(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_dense_baseline_matches_too():
+    model = models.tiny_sparse_cnn(boosting=True)
+    x = _input(model, seed=3)
+    dense = tvm_sparse.compile(model, "llvm", sparse=False)
+    assert all(layer.chosen == "dense" for layer in dense.report.layers)
+    assert_close(dense.run(x), ort_run(model, x))
+
+
+def test_relax_module_input():
+    from tvm_sparse.frontend import import_model
+
+    model = models.pruned_mlp(layers=2, hidden=64, density=0.3)
+    mod = import_model(model).mod
+    x = _input(model)
+    assert_close(tvm_sparse.compile(mod, "llvm").run(x), ort_run(model, x))
+
+
+def test_run_rejects_wrong_inputs():
+    compiled = tvm_sparse.compile(models.pruned_mlp(layers=1, hidden=16, density=1.0), "llvm")
+    with pytest.raises(tvm_sparse.RunInputError, match=r"expected shape \[1, 16\], got \[2, 16\]"):
+        compiled.run(np.zeros((2, 16), np.float32))
+    with pytest.raises(tvm_sparse.RunInputError, match="expected dtype float32, got float64"):
+        compiled.run(np.zeros((1, 16)))
+    with pytest.raises(tvm_sparse.RunInputError, match="expected 1 input"):
+        compiled.run()

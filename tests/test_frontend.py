@@ -1,0 +1,76 @@
+"""Model import: the forms accepted and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tvm_sparse import models
+from tvm_sparse.errors import InputShapeError, ModelLoadError, UnsupportedModelError
+from tvm_sparse.frontend import import_model, parse_input_shapes
+
+
+def test_missing_file_is_named(tmp_path):
+    path = tmp_path / "nope.onnx"
+    with pytest.raises(ModelLoadError, match="nope.onnx: no such file"):
+        import_model(str(path))
+
+
+def test_text_file_is_not_onnx(tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("this is not a protobuf\n" * 10)
+    with pytest.raises(ModelLoadError, match="notes.onnx"):
+        import_model(str(path))
+
+
+def test_truncated_file(tmp_path):
+    full = models.save(models.pruned_mlp(layers=2, hidden=64, density=0.5), tmp_path / "m.onnx")
+    data = open(full, "rb").read()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="cut.onnx"):
+        import_model(str(cut))
+
+
+def test_unsupported_op_names_node_and_op():
+    with pytest.raises(UnsupportedModelError, match=r"det0.*'Det'") as info:
+        import_model(models.model_with_unsupported_op())
+    assert info.value.op == "Det"
+
+
+def test_dynamic_batch_needs_shapes():
+    model = models.model_with_dynamic_batch(features=16)
+    with pytest.raises(InputShapeError, match="input.*dynamic.*--input-shapes input:1x16"):
+        import_model(model)
+    imported = import_model(model, "input:4x16")
+    assert imported.inputs[0].shape == (4, 16)
+
+
+def test_shape_for_unknown_input_is_rejected():
+    with pytest.raises(InputShapeError, match="unknown input"):
+        import_model(models.pruned_mlp(layers=1, hidden=8, density=1.0), {"x": (1, 8)})
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("input:1x1x32x32", {"input": (1, 1, 32, 32)}),
+        ("a:2x3, b:4", {"a": (2, 3), "b": (4,)}),
+        ("ns:x:1x2", {"ns:x": (1, 2)}),
+    ],
+)
+def test_parse_input_shapes(spec, expected):
+    assert parse_input_shapes(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["input", "input:", "input:1xx2", ":1x2", "input:-1x2"])
+def test_parse_input_shapes_rejects(spec):
+    with pytest.raises(InputShapeError, match="bad input shape"):
+        parse_input_shapes(spec)
+
+
+def test_weighted_nodes_follow_graph_order():
+    imported = import_model(models.tiny_sparse_cnn())
+    assert [op for _, op in imported.weighted_nodes] == ["Conv", "Conv", "Gemm", "Gemm"]
+    assert imported.inputs[0].shape == (1, 1, 32, 32)
+    assert np.dtype(imported.inputs[0].dtype) == np.float32

@@ -1,0 +1,50 @@
+"""The report: analysis results, table and JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import tvm_sparse
+from tvm_sparse import models
+from tvm_sparse.report import Report
+
+
+@pytest.fixture(scope="module")
+def gsc_report():
+    return tvm_sparse.analyze(models.gsc_sparse_cnn(super_sparse=True))
+
+
+def test_gsc_densities_and_kwta(gsc_report):
+    by_name = {layer.name: layer for layer in gsc_report.layers}
+    assert list(by_name) == ["cnn1", "cnn2", "linear", "output_linear"]
+    assert by_name["cnn1"].weight_density == pytest.approx(12 / 25)
+    assert by_name["cnn2"].weight_density == pytest.approx(0.20)
+    assert by_name["linear"].weight_density == pytest.approx(0.05)
+    assert by_name["output_linear"].weight_density == pytest.approx(1.0)
+    assert by_name["cnn1"].activation["kind"] == "dense"
+    assert by_name["cnn2"].activation["kind"] == "kwta"
+    assert by_name["cnn2"].activation["density"] == pytest.approx(
+        round(0.095 * 64 * 28 * 28) / (64 * 28 * 28)
+    )
+    assert by_name["linear"].activation["density"] == pytest.approx(0.125)
+    assert by_name["linear"].macs_dense == 1600 * 1500
+    assert by_name["linear"].macs_sparse_sparse == round(1600 * 1500 * 0.05 * 0.125)
+
+
+def test_table_and_json_round_trip(gsc_report):
+    table = gsc_report.table()
+    for name in ("cnn1", "cnn2", "linear", "output_linear", "kwta 12.5%"):
+        assert name in table
+    data = json.loads(gsc_report.to_json())
+    assert data["layers"][2]["macs_sparse_sparse"] == gsc_report.layers[2].macs_sparse_sparse
+    again = Report.from_json(gsc_report.to_json())
+    assert again.to_dict() == gsc_report.to_dict()
+
+
+def test_mlp_patterns_are_reported():
+    report = tvm_sparse.analyze(models.pruned_mlp(layers=2, hidden=64, pattern="nm", nm=(2, 4)))
+    first = report.layers[0]
+    assert first.weight_density == pytest.approx(0.5)
+    assert first.patterns["best_nm"] == [2, 4]

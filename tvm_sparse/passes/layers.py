@@ -2,8 +2,8 @@
 
 Canonical form (what ``canonicalize`` leaves): ``matmul(x, W_kn)`` or ``nn.conv2d(x, W_oihw)``
 with a constant weight, optionally followed by ``add(., bias)`` with a per-output-channel
-constant, then optionally by ``nn.relu``. A layer is that whole chain; its tail var is what the rest of the graph
-reads, so a rewrite replaces the tail and lets dead-code elimination drop the interior.
+constant, then optionally by ``nn.relu``. A layer is that whole chain; its tail var is what the
+rest of the graph reads, so a rewrite replaces the tail and dead-code elimination drops the rest.
 """
 
 from __future__ import annotations

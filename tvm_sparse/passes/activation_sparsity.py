@@ -42,7 +42,9 @@ class ActivationInfo:
     """The producer of a layer input and the activation density it implies."""
 
     kind: str  # "kwta", "relu" or "dense"
-    density: float | None = None  # known statically for k-WTA; None when data dependent
+    # expected non-zero fraction of the layer input: k/n for k-WTA, adjusted for max-pooling on
+    # the way (see pooled_density); None when data dependent (ReLU)
+    density: float | None = None
     k: int | None = None
     n: int | None = None
     boosted: bool = False
@@ -51,7 +53,8 @@ class ActivationInfo:
     def describe(self) -> str:
         if self.kind == "kwta":
             boost = ", boosted" if self.boosted else ""
-            return f"k-WTA k={self.k}/{self.n} ({self.density:.1%}{boost})"
+            pooled = ", after max_pool2d" if "max_pool2d" in self.through else ""
+            return f"k-WTA k={self.k}/{self.n} ({self.density:.1%}{pooled}{boost})"
         if self.kind == "relu":
             return "ReLU (data dependent)"
         return "dense"
@@ -160,9 +163,19 @@ def match_kwta(var: relax.Var, bindings: dict) -> KwtaMatch | None:
     return KwtaMatch(var, kept, ranked, boost, int(topk.attrs.k), int(shape[-1]))
 
 
+def pooled_density(density: float, window: int) -> float:
+    """Expected density after max-pooling ``window`` values of which ``density`` are non-zero.
+
+    A pooled output is non-zero when any input of its window is (positions assumed independent,
+    which k-WTA's global ranking makes close to true): ``1 - (1 - d) ** window``.
+    """
+    return 1.0 - (1.0 - density) ** window
+
+
 def producer_of(x: relax.Expr, bindings: dict, relu_layers: set | None = None) -> ActivationInfo:
     """What makes ``x`` sparse, looking back through reshapes and max-pooling."""
     through = []
+    windows = []
     expr = x
     while True:
         value = _value(expr, bindings)
@@ -171,19 +184,24 @@ def producer_of(x: relax.Expr, bindings: dict, relu_layers: set | None = None) -
         name = op_name(value)
         if name in _TRANSPARENT:
             through.append(name.split(".")[-1])
+            if name == "relax.nn.max_pool2d":
+                windows.append(int(np.prod([int(p) for p in value.attrs.pool_size])))
             expr = value.args[0]
             continue
         if name == "relax.nn.relu" or (relu_layers and expr in relu_layers):
-            return ActivationInfo("relu", through=tuple(through))
+            return ActivationInfo("relu", through=tuple(reversed(through)))
         match = match_kwta(expr, bindings)
         if match is not None:
+            density = match.k / match.n
+            for window in reversed(windows):
+                density = pooled_density(density, window)
             return ActivationInfo(
                 "kwta",
-                density=match.k / match.n,
+                density=density,
                 k=match.k,
                 n=match.n,
                 boosted=match.boost is not None,
-                through=tuple(through),
+                through=tuple(reversed(through)),
             )
         return DENSE
 

@@ -35,9 +35,12 @@ class KernelCall:
 
 
 def build_kernel(call: KernelCall, target: tvm.target.Target) -> tvm.runtime.Module:
-    """Compile a kernel alone (for tests, measurement and the per-layer choice)."""
+    """Compile a kernel alone (for tests, measurement and the per-layer choice).
+
+    Returns the loaded runtime module (``Executable.jit()``): it has ``time_evaluator``.
+    """
     func = call.func.with_attr("global_symbol", "main")
-    return tvm.compile(tvm.IRModule({"main": func}), target=target)
+    return tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
 
 
 def run_kernel(

@@ -1,0 +1,186 @@
+"""Dense x86 kernels against numpy: odd sizes, tails, batch 1, bias, relu / gelu, conv geometry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvm_sparse.schedules.dense_x86 import (
+    GemmTiling,
+    choose_conv_tiling,
+    choose_tiling,
+    dense_conv2d,
+    dense_linear,
+    pack_panels,
+)
+from tvm_sparse.schedules.kernel import run_kernel
+from tvm_sparse.target import resolve_target
+
+TARGET = resolve_target("llvm")
+_erf = np.vectorize(math.erf)
+
+
+def _act(y: np.ndarray, activation: str | None) -> np.ndarray:
+    if activation == "relu":
+        return np.maximum(y, 0.0)
+    if activation == "gelu":
+        return 0.5 * y * (1.0 + _erf(y / math.sqrt(2.0)))
+    return y
+
+
+def _ref_linear(x, w, b, activation):
+    y = x.astype(np.float64) @ w.astype(np.float64).T
+    return _act(y + (0 if b is None else b), activation)
+
+
+def _ref_conv(x, w, b, strides, padding, dilation, groups, activation):
+    n, _, _, _ = x.shape
+    co, cg, kh, kw = w.shape
+    top, left, bottom, right = padding
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    oh = (xp.shape[2] - dilation[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (xp.shape[3] - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+    out = np.zeros((n, co, oh, ow))
+    cog = co // groups
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dilation[0], j * dilation[1]
+            patch = xp[
+                :,
+                :,
+                y0 : y0 + strides[0] * (oh - 1) + 1 : strides[0],
+                x0 : x0 + strides[1] * (ow - 1) + 1 : strides[1],
+            ]
+            for g in range(groups):
+                out[:, g * cog : (g + 1) * cog] += np.einsum(
+                    "nchw,oc->nohw",
+                    patch[:, g * cg : (g + 1) * cg],
+                    w[g * cog : (g + 1) * cog, :, i, j],
+                )
+    if b is not None:
+        out += b[None, :, None, None]
+    return _act(out, activation)
+
+
+def _check_linear(m, k, n, with_bias, activation, seed=0, tiling=None):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32) if with_bias else None
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    call = dense_linear(m, w, b, activation, TARGET, tiling=tiling)
+    y = run_kernel(call, TARGET, x)
+    assert y.shape == (m, n)
+    np.testing.assert_allclose(y, _ref_linear(x, w, b, activation), rtol=1e-4, atol=1e-4)
+    return call
+
+
+def _check_conv(x_shape, w_shape, strides, padding, dilation, groups, with_bias, activation):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+    b = rng.standard_normal(w_shape[0], dtype=np.float32) if with_bias else None
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    call = dense_conv2d(x_shape, w, b, strides, padding, dilation, groups, activation, TARGET)
+    y = run_kernel(call, TARGET, x)
+    ref = _ref_conv(x, w, b, strides, padding, dilation, groups, activation)
+    assert y.shape == ref.shape == call.out_shape
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    return call
+
+
+@pytest.mark.parametrize(
+    "m, k, n, with_bias, activation",
+    [
+        (1, 64, 48, True, None),  # GEMV path, exact tile
+        (1, 37, 20, False, "relu"),  # GEMV, column tail
+        (3, 50, 17, True, "gelu"),  # 3 rows, wide tile
+        (7, 33, 20, True, "relu"),  # row tail (7 -> 8) and column tail
+        (64, 96, 40, False, "gelu"),  # micro-kernel rows, column tail
+    ],
+)
+def test_linear_matches_numpy(m, k, n, with_bias, activation):
+    call = _check_linear(m, k, n, with_bias, activation)
+    assert call.info["macs"] == m * k * n
+    assert call.func.attrs["tir.is_scheduled"]
+    assert call.func.attrs["tir.noalias"]
+    assert len(call.consts) == 1 + int(with_bias)
+
+
+def test_linear_explicit_tiling_with_parallel_and_k_unroll():
+    _check_linear(9, 24, 33, True, None, tiling=GemmTiling(mr=4, nb=16, k_unroll=4))
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, strides, padding, dilation, groups, with_bias, activation",
+    [
+        ((1, 1, 12, 12), (8, 1, 5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, "relu"),  # GSC1
+        ((2, 3, 9, 8), (20, 3, 3, 2), (2, 1), (1, 0, 2, 1), (2, 1), 1, True, "gelu"),
+        ((2, 16, 7, 7), (24, 16, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, False, None),  # 1x1
+        ((1, 4, 5, 3), (6, 4, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, False, "relu"),  # ow=3
+        ((2, 6, 11, 9), (6, 2, 3, 3), (2, 1), (1, 0, 2, 1), (1, 2), 3, True, None),  # groups
+        ((1, 8, 10, 10), (8, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8, True, "relu"),  # dw
+    ],
+)
+def test_conv2d_matches_numpy(
+    x_shape, w_shape, strides, padding, dilation, groups, with_bias, activation
+):
+    call = _check_conv(x_shape, w_shape, strides, padding, dilation, groups, with_bias, activation)
+    assert call.info["macs"] > 0
+    assert call.func.attrs["tir.is_scheduled"]
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    k=st.integers(1, 40),
+    n=st.integers(1, 40),
+    with_bias=st.booleans(),
+    activation=st.sampled_from([None, "relu", "gelu"]),
+)
+def test_linear_random_shapes(m, k, n, with_bias, activation):
+    _check_linear(m, k, n, with_bias, activation, seed=m * 1000 + k * 40 + n)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    hw=st.tuples(st.integers(3, 9), st.integers(3, 9)),
+    ci=st.integers(1, 5),
+    co=st.integers(1, 20),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.integers(1, 2),
+    pad=st.integers(0, 1),
+)
+def test_conv2d_random_shapes(hw, ci, co, kernel, stride, pad):
+    _check_conv(
+        (1, ci, *hw), (co, ci, *kernel), (stride, stride), (pad,) * 4, (1, 1), 1, True, None
+    )
+
+
+def test_pack_panels_layout_and_padding():
+    w = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
+    packed = pack_panels(w, 4)
+    assert packed.shape == (2, 3, 4)
+    np.testing.assert_array_equal(packed[1, :, 0], w[4])
+    np.testing.assert_array_equal(packed[1, :, 1:], 0)
+    np.testing.assert_array_equal(packed[0, 2], w[:4, 2])
+
+
+def test_tiling_choices_keep_enough_accumulators():
+    assert choose_tiling(1, 2048).nb * choose_tiling(1, 2048).mr >= 64
+    assert choose_tiling(1, 12).nb == 16  # no padding a 12-output layer to 64
+    assert choose_tiling(64, 2048).mr in (4, 5, 6)
+    assert choose_conv_tiling(10).mr == 5
+    assert choose_conv_tiling(2).mr == 2
+
+
+def test_rejects_bad_arguments():
+    w = np.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match="activation"):
+        dense_linear(1, w, activation="tanh", target=TARGET)
+    with pytest.raises(ValueError, match="disagree"):
+        dense_conv2d((1, 3, 8, 8), np.zeros((4, 2, 3, 3), np.float32), target=TARGET)
+    with pytest.raises(ValueError, match="empty"):
+        dense_conv2d((1, 2, 2, 2), np.zeros((4, 2, 3, 3), np.float32), target=TARGET)

@@ -25,17 +25,20 @@ def test_gsc_densities_and_kwta(gsc_report):
     assert by_name["output_linear"].weight_density == pytest.approx(1.0)
     assert by_name["cnn1"].activation["kind"] == "dense"
     assert by_name["cnn2"].activation["kind"] == "kwta"
-    assert by_name["cnn2"].activation["density"] == pytest.approx(
-        round(0.095 * 64 * 28 * 28) / (64 * 28 * 28)
-    )
-    assert by_name["linear"].activation["density"] == pytest.approx(0.125)
+    k1 = round(0.095 * 64 * 28 * 28)
+    assert (by_name["cnn2"].activation["k"], by_name["cnn2"].activation["n"]) == (k1, 64 * 28 * 28)
+    # k-WTA then a 2x2 max-pool: a pooled value is non-zero when any of its 4 inputs is
+    pooled = 1 - (1 - k1 / (64 * 28 * 28)) ** 4
+    assert by_name["cnn2"].activation["density"] == pytest.approx(pooled)
+    assert by_name["linear"].activation["density"] == pytest.approx(1 - 0.875**4)
+    assert by_name["output_linear"].activation["density"] == pytest.approx(100 / 1500)
     assert by_name["linear"].macs_dense == 1600 * 1500
-    assert by_name["linear"].macs_sparse_sparse == round(1600 * 1500 * 0.05 * 0.125)
+    assert by_name["linear"].macs_sparse_sparse == round(1600 * 1500 * 0.05 * (1 - 0.875**4))
 
 
 def test_table_and_json_round_trip(gsc_report):
     table = gsc_report.table()
-    for name in ("cnn1", "cnn2", "linear", "output_linear", "kwta 12.5%"):
+    for name in ("cnn1", "cnn2", "linear", "output_linear", "kwta 12.5% pool 41%"):
         assert name in table
     data = json.loads(gsc_report.to_json())
     assert data["layers"][2]["macs_sparse_sparse"] == gsc_report.layers[2].macs_sparse_sparse

@@ -40,7 +40,11 @@ class LayerReport:
     def activation_text(self) -> str:
         kind = self.activation.get("kind", "dense")
         if kind == "kwta":
-            return f"kwta {self.activation['density']:.1%}"
+            act = self.activation
+            text = f"kwta {act['k'] / act['n']:.1%}"
+            if "max_pool2d" in act.get("through", ()):
+                text += f" pool {act['density']:.0%}"
+            return text
         return kind
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from tvm_sparse import models
 from tvm_sparse.frontend import import_model
-from tvm_sparse.passes.activation_sparsity import find_kwta
+from tvm_sparse.passes.activation_sparsity import find_kwta, pooled_density
 from tvm_sparse.passes.analyze_sparsity import analyze_function
 from tvm_sparse.passes.canonicalize import canonicalize
 
@@ -33,8 +33,11 @@ def test_layer_inputs_of_gsc_cnn(boosting):
     assert kinds == ["dense", "kwta", "kwta", "kwta"]
     cfg = models.GSC_TINY
     densities = [act.density for _, act in rows[1:]]
-    expected = [k / n for k, n in zip(cfg.kwta_ks, cfg.kwta_sizes)]
+    kwta = [k / n for k, n in zip(cfg.kwta_ks, cfg.kwta_sizes)]
+    # the two conv-side k-WTAs reach their layer through a 2x2 max-pool; the last does not
+    expected = [pooled_density(kwta[0], 4), pooled_density(kwta[1], 4), kwta[2]]
     np.testing.assert_allclose(densities, expected)
+    assert [(act.k, act.n) for _, act in rows[1:]] == list(zip(cfg.kwta_ks, cfg.kwta_sizes))
     assert "max_pool2d" in rows[1][1].through
     assert all(act.boosted == boosting for _, act in rows[1:])
     assert [layer.name for layer, _ in rows] == ["cnn1", "cnn2", "linear", "output_linear"]
@@ -57,3 +60,10 @@ def test_where_with_nonzero_fill_is_not_kwta():
                 init.raw_data = np.array(1.0, np.float32).tobytes()
     func = canonicalize(import_model(model).mod)["main"]
     assert find_kwta(func) == []
+
+
+def test_pooled_density():
+    assert pooled_density(0.0, 4) == 0.0
+    assert pooled_density(1.0, 4) == 1.0
+    assert pooled_density(0.5, 1) == 0.5
+    np.testing.assert_allclose(pooled_density(0.125, 4), 1 - 0.875**4)

@@ -1,0 +1,210 @@
+"""Sparse-dense kernels against dense numpy: shapes, densities, blocks, batches, NaN/Inf."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tvm
+
+from tvm_sparse.formats.csr import CSR
+from tvm_sparse.schedules.kernel import run_kernel
+from tvm_sparse.schedules.sparse_x86 import bsr_linear, csr_linear, pack_gather_rows, sparse_conv2d
+from tvm_sparse.target import resolve_target
+
+TARGET = resolve_target("llvm")
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def act(v: np.ndarray, activation: str | None) -> np.ndarray:
+    if activation == "relu":
+        return np.where(v < 0, 0.0, v)
+    if activation == "gelu":
+        return 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))
+    return v
+
+
+def linear_ref(x, w, bias=None, activation=None):
+    with np.errstate(invalid="ignore"):  # NaN / Inf weights: NaN rows, as expected
+        y = x.astype(np.float64) @ w.T.astype(np.float64)
+    if bias is not None:
+        y = y + bias
+    return act(y, activation)
+
+
+def weight(rng, shape, density, block=(1, 1)):
+    r, c = block
+    grid = rng.random((-(-shape[0] // r), -(-shape[1] // c))) < density
+    mask = np.kron(grid, np.ones((r, c), dtype=bool))[: shape[0], : shape[1]]
+    return (rng.standard_normal(shape) * mask).astype(np.float32)
+
+
+def one_nonzero(shape):
+    w = np.zeros(shape, np.float32)
+    w[shape[0] // 2, shape[1] - 1] = 1.5
+    return w
+
+
+def check(call, x, expected):
+    out = run_kernel(call, TARGET, x)
+    assert out.shape == call.out_shape
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("m", [1, 3, 16, 64])
+@pytest.mark.parametrize("density", [0.0, "one", 0.01, 0.5, 1.0])
+def test_csr_linear_matches_dense(m, density):
+    rng = np.random.default_rng(hash((m, str(density))) % 2**32)
+    shape = (37, 70)
+    w = one_nonzero(shape) if density == "one" else weight(rng, shape, density)
+    x = rng.standard_normal((m, shape[1])).astype(np.float32)
+    check(csr_linear(m, w, target=TARGET), x, linear_ref(x, w))
+
+
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_csr_linear_bias_activation(m, activation):
+    rng = np.random.default_rng(7)
+    w = weight(rng, (24, 40), 0.2)
+    bias = rng.standard_normal(24).astype(np.float32)
+    x = rng.standard_normal((m, 40)).astype(np.float32)
+    call = csr_linear(m, w, bias, activation, TARGET)
+    check(call, x, linear_ref(x, w, bias, activation))
+
+
+@pytest.mark.parametrize("m", [1, 16])
+def test_all_zero_weight_gives_bias(m):
+    bias = np.linspace(-1, 1, 10, dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((m, 12)).astype(np.float32)
+    out = run_kernel(csr_linear(m, np.zeros((10, 12), np.float32), bias, "relu", TARGET), TARGET, x)
+    np.testing.assert_array_equal(out, np.broadcast_to(np.maximum(bias, 0), (m, 10)))
+
+
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("kind", ["csr", "bsr"])
+def test_nan_inf_weights_propagate_like_dense(m, kind):
+    rng = np.random.default_rng(3)
+    w = weight(rng, (16, 24), 0.3)
+    w[2, 5], w[7, 0], w[11, 23] = np.nan, np.inf, -np.inf
+    x = rng.standard_normal((m, 24)).astype(np.float32)
+    x[:, 23] = 0.0  # -inf * 0 is NaN in the dense product too
+    ref = linear_ref(x, w)
+    call = (
+        csr_linear(m, w, target=TARGET)
+        if kind == "csr"
+        else bsr_linear(m, w, (4, 1), target=TARGET)
+    )
+    out = run_kernel(call, TARGET, x)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("block", [(1, 8), (4, 1), (8, 1), (16, 1), (3, 5)])
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_bsr_linear_matches_dense(block, m):
+    rng = np.random.default_rng(11)
+    shape = (45, 67)  # not a multiple of any block: padding on both sides
+    w = weight(rng, shape, 0.3, block)
+    bias = rng.standard_normal(shape[0]).astype(np.float32)
+    x = rng.standard_normal((m, shape[1])).astype(np.float32)
+    call = bsr_linear(m, w, block, bias, "relu", TARGET)
+    assert call.info["format"]["block"] == block
+    check(call, x, linear_ref(x, w, bias, "relu"))
+
+
+def test_panel_kernel_many_column_panels():
+    rng = np.random.default_rng(5)
+    w = weight(rng, (50, 300), 0.1)
+    x = rng.standard_normal((20, 300)).astype(np.float32)
+    call = csr_linear(20, w, target=TARGET, panel_cols=32, m_tile=8)
+    assert call.info["panels"] == 10
+    check(call, x, linear_ref(x, w))
+
+
+def test_int32_indices_when_columns_exceed_int16():
+    rng = np.random.default_rng(2)
+    w = weight(rng, (3, 40000), 0.001)
+    w[0, 39999] = 2.0
+    x = rng.standard_normal((1, 40000)).astype(np.float32)
+    call = csr_linear(1, w, target=TARGET)
+    assert call.consts[1].dtype == np.int32
+    check(call, x, linear_ref(x, w))
+
+
+def test_scalar_fallback_without_avx2():
+    rng = np.random.default_rng(4)
+    w = weight(rng, (20, 33), 0.3)
+    x = rng.standard_normal((1, 33)).astype(np.float32)
+    generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
+    call = csr_linear(1, w, target=generic)
+    assert call.info["kernel"] == "csr_rows"
+    out = run_kernel(call, generic, x)
+    np.testing.assert_allclose(out, linear_ref(x, w), rtol=1e-4, atol=1e-4)
+
+
+def test_gather_packing_pads_with_read_columns():
+    w = np.zeros((3, 20), np.float32)
+    w[0, [1, 4, 19]] = 1.0
+    w[2, :9] = 2.0
+    vals, cols, ptr = pack_gather_rows(CSR.from_dense(w), 8)
+    assert ptr.tolist() == [0, 1, 1, 3]
+    assert cols[:8].tolist() == [1, 4, 19, 19, 19, 19, 19, 19]
+    assert vals[3:8].tolist() == [0.0] * 5
+    assert vals.sum() == w.sum()
+
+
+def test_info_reports_cost():
+    w = weight(np.random.default_rng(0), (64, 64), 0.25)
+    info = csr_linear(4, w, target=TARGET).info
+    assert info["nnz"] == np.count_nonzero(w)
+    assert info["macs_sparse"] >= 4 * info["nnz"] and info["bytes"] > 0
+
+
+def conv_ref(x, w, bias, strides, padding, dilation, activation):
+    x = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[2]), (padding[1], padding[3])))
+    _, _, h, wd = x.shape
+    _, _, kh, kw = w.shape
+    oh = (h - dilation[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (wd - dilation[1] * (kw - 1) - 1) // strides[1] + 1
+    out = 0.0
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilation[0], j * dilation[1]
+            patch = x[:, :, r0 : r0 + strides[0] * (oh - 1) + 1 : strides[0]]
+            patch = patch[:, :, :, c0 : c0 + strides[1] * (ow - 1) + 1 : strides[1]]
+            out = out + np.einsum("bchw,oc->bohw", patch.astype(np.float64), w[:, :, i, j])
+    if bias is not None:
+        out = out + bias[None, :, None, None]
+    return act(out, activation)
+
+
+CONV_CASES = [
+    # x shape, weight shape, density, strides, padding, dilation, activation
+    ((1, 64, 14, 14), (64, 64, 5, 5), 0.2, (1, 1), (0, 0, 0, 0), (1, 1), None),
+    ((1, 1, 32, 32), (64, 1, 5, 5), 0.5, (1, 1), (0, 0, 0, 0), (1, 1), "relu"),
+    ((2, 3, 9, 11), (5, 3, 3, 3), 0.4, (2, 1), (1, 2, 0, 1), (1, 2), "gelu"),
+    ((1, 4, 8, 8), (6, 4, 3, 3), 0.0, (1, 1), (1, 1, 1, 1), (1, 1), "relu"),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_sparse_conv2d_matches_dense(case):
+    x_shape, w_shape, density, strides, padding, dilation, activation = case
+    rng = np.random.default_rng(9)
+    w = weight(rng, (w_shape[0], int(np.prod(w_shape[1:]))), density).reshape(w_shape)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    call = sparse_conv2d(x_shape, w, bias, strides, padding, dilation, 1, activation, TARGET)
+    ref = conv_ref(x, w, bias, strides, padding, dilation, activation)
+    check(call, x, ref)
+
+
+def test_sparse_conv2d_rejects_groups():
+    with pytest.raises(ValueError, match="groups"):
+        sparse_conv2d((1, 4, 8, 8), np.ones((4, 2, 3, 3), np.float32), groups=2)
+
+
+def test_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        csr_linear(1, np.eye(4, dtype=np.float32), activation="tanh")

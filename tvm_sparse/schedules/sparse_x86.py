@@ -1,0 +1,733 @@
+"""Sparse-weight x dense-activation kernels for x86 CPUs (AVX2 + FMA), as block-free TIR.
+
+Every builder takes the dense float32 weight (torch / Gemm-transB layout ``[N, K]``, conv OIHW),
+packs it into the layout its kernel streams, and returns a ``KernelCall`` whose PrimFunc takes
+``(activation, *consts, out)``. The kernels are written as plain TIR loops over static shapes
+(closures over Python ints), because their reduction extents are data dependent.
+
+Three kernels, picked by shape:
+
+- ``gather`` (CSR, small batch): one output row is a dot product of the row's non-zeros with
+  ``x`` gathered at their columns. Rows are padded to a multiple of 8 non-zeros so the inner
+  loop is one AVX2 ``vgatherdps`` + one FMA per 8 non-zeros, with two accumulators in flight.
+- ``panel`` (CSR or BSR, batch >= ``min_batch``): ``x`` is transposed inside the kernel to
+  ``xT[K, m]`` so one weight non-zero multiplies a contiguous vector of batch values:
+  ``yT[n, :] += w[n, k] * xT[k, :]``, with the ``yT`` tile held in registers.
+- ``block`` (BSR, small batch): one block row at a time, vectorized over the block.
+
+``sparse_conv2d`` is a direct sparse convolution: every non-zero ``w[o, c, kh, kw]`` becomes a
+flat offset into the (padded) input, and an output tile accumulates ``w * x[offset + p]`` over
+contiguous output positions ``p``.
+
+Padding entries (zeros added to fill a vector) multiply activations the row already reads, so a
+finite activation gives exactly the dense result (up to summation order); NaN / Inf weights
+propagate as they would in the dense product.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from ..formats._index import as_index
+from ..formats.bsr import BSR
+from ..formats.csr import CSR
+from .kernel import KernelCall
+
+ACTIVATIONS = (None, "relu", "gelu")
+_GATHER8 = "llvm.x86.avx2.gather.d.ps.256"
+_SQRT1_2 = 0.7071067811865476
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_activation(activation: str | None) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def _epilogue(v, activation: str | None):
+    """act(v) as a TIR expression; ReLU keeps NaN (like numpy / onnxruntime), GELU is erf form."""
+    if activation == "relu":
+        return T.if_then_else(v < T.float32(0), T.float32(0), v)
+    if activation == "gelu":
+        return T.float32(0.5) * v * (T.float32(1) + T.erf(v * T.float32(_SQRT1_2)))
+    return v
+
+
+def _bias_const(bias: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
+    """The bias array passed to the kernel; a 1-element placeholder when there is none."""
+    if bias is None:
+        return np.zeros((1,), dtype=np.float32), False
+    bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    if bias.shape != (n,):
+        raise ValueError(f"bias must have {n} entries, got {bias.shape}")
+    return bias, True
+
+
+def _has_avx2(target) -> bool:
+    if target is None:
+        return False
+    try:
+        return bool(tvm.target.codegen.target_has_features("avx2", target))
+    except Exception:  # a target LLVM cannot parse has no x86 gather either
+        return False
+
+
+def _resolve(target):
+    from ..target import resolve_target
+
+    return resolve_target("llvm" if target is None else target)
+
+
+def _finish(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    return func.with_attr({"tir.is_scheduled": True, "tir.noalias": True})
+
+
+def _as_weight(weight: np.ndarray, ndim: int) -> np.ndarray:
+    weight = np.asarray(weight)
+    if weight.ndim != ndim:
+        raise ValueError(f"expected a {ndim}-D weight, got shape {weight.shape}")
+    return np.ascontiguousarray(weight, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def pack_gather_rows(csr: CSR, lanes: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR with every row padded to a multiple of ``lanes`` entries.
+
+    Returns ``(values, columns, chunk_ptr)``: row ``i`` owns chunks ``chunk_ptr[i]..[i+1]`` of
+    ``lanes`` entries each. Padding entries are 0.0 at the row's last column, so they read an
+    activation the row reads anyway.
+    """
+    counts = csr.row_nnz()
+    padded = counts + (-counts) % lanes
+    starts = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
+    total = int(starts[-1])
+    values = np.zeros(total, dtype=np.float32)
+    columns = np.zeros(total, dtype=csr.indices.dtype)
+    rows = csr.row_ids()
+    offset = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1].astype(np.int64), counts)
+    dest = starts[rows] + offset
+    values[dest] = csr.data
+    columns[dest] = csr.indices
+    for i in np.nonzero(padded > counts)[0]:  # pad with the row's last column
+        columns[starts[i] + counts[i] : starts[i + 1]] = csr.indices[csr.indptr[i + 1] - 1]
+    chunk_ptr = (starts // lanes).astype(np.int32)
+    return values, columns, chunk_ptr
+
+
+def _block_values(bsr: BSR, vec_rows: bool) -> np.ndarray:
+    """Block values flattened; each block transposed to [c, r] when the kernel vectorizes rows."""
+    data = bsr.data.transpose(0, 2, 1) if vec_rows else bsr.data
+    return np.ascontiguousarray(data.reshape(-1), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _gather_kernel(m, n, k, nchunks, idx_dtype, ptr_dtype, nbias, has_bias, activation, parallel):
+    """CSR rows x dense x, 8 non-zeros per vgatherdps; two accumulators hide FMA latency."""
+    nval = max(nchunks * 8, 8)
+    rows = T.parallel if parallel else T.serial
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((m, k), "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        cols: T.Buffer((nval,), idx_dtype),
+        ptr: T.Buffer((n + 1,), ptr_dtype),
+        bias: T.Buffer((nbias,), "float32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        for i in rows(n):
+            lo: T.let = T.Cast("int32", ptr[i])
+            hi: T.let = T.Cast("int32", ptr[i + 1])
+            half: T.let = (hi - lo) // 2
+            for b in range(m):
+                acc = T.alloc_buffer((16,), "float32", scope="global")
+                for lane in T.vectorized(16):
+                    acc[lane] = T.float32(0)
+                for c in range(half):
+                    for u in T.unroll(2):
+                        at: T.let = (lo + c * 2 + u) * 8
+                        g: T.let = T.call_llvm_pure_intrin(
+                            "float32x8",
+                            _GATHER8,
+                            T.broadcast(T.float32(0), 8),
+                            T.address_of(x[b, 0]),
+                            T.Cast("int32x8", cols[T.ramp(at, 1, 8)]),
+                            T.reinterpret("float32x8", T.broadcast(T.int32(-1), 8)),
+                            T.int8(4),
+                        )
+                        acc[T.ramp(u * 8, 1, 8)] = (
+                            acc[T.ramp(u * 8, 1, 8)] + vals[T.ramp(at, 1, 8)] * g
+                        )
+                for c in range(lo + half * 2, hi):
+                    g1: T.let = T.call_llvm_pure_intrin(
+                        "float32x8",
+                        _GATHER8,
+                        T.broadcast(T.float32(0), 8),
+                        T.address_of(x[b, 0]),
+                        T.Cast("int32x8", cols[T.ramp(c * 8, 1, 8)]),
+                        T.reinterpret("float32x8", T.broadcast(T.int32(-1), 8)),
+                        T.int8(4),
+                    )
+                    acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + vals[T.ramp(c * 8, 1, 8)] * g1
+                s = T.alloc_buffer((1,), "float32", scope="global")
+                s[0] = T.float32(0)
+                for lane in T.unroll(16):
+                    s[0] = s[0] + acc[lane]
+                if has_bias:
+                    y[b, i] = _epilogue(s[0] + bias[i], activation)
+                else:
+                    y[b, i] = _epilogue(s[0], activation)
+
+    return kernel
+
+
+def _scalar_rows_kernel(
+    m, n, k, nchunks, idx_dtype, ptr_dtype, nbias, has_bias, activation, parallel
+):
+    """The gather kernel without the AVX2 intrinsic (8 scalar loads per chunk, for non-x86)."""
+    nval = max(nchunks * 8, 8)
+    rows = T.parallel if parallel else T.serial
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((m, k), "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        cols: T.Buffer((nval,), idx_dtype),
+        ptr: T.Buffer((n + 1,), ptr_dtype),
+        bias: T.Buffer((nbias,), "float32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        for i in rows(n):
+            lo: T.let = T.Cast("int32", ptr[i])
+            hi: T.let = T.Cast("int32", ptr[i + 1])
+            for b in range(m):
+                acc = T.alloc_buffer((8,), "float32", scope="global")
+                for lane in T.vectorized(8):
+                    acc[lane] = T.float32(0)
+                for c in range(lo, hi):
+                    for lane in T.unroll(8):
+                        acc[lane] = (
+                            acc[lane]
+                            + vals[c * 8 + lane] * x[b, T.Cast("int32", cols[c * 8 + lane])]
+                        )
+                s = T.alloc_buffer((1,), "float32", scope="global")
+                s[0] = T.float32(0)
+                for lane in T.unroll(8):
+                    s[0] = s[0] + acc[lane]
+                if has_bias:
+                    y[b, i] = _epilogue(s[0] + bias[i], activation)
+                else:
+                    y[b, i] = _epilogue(s[0], activation)
+
+    return kernel
+
+
+def _panel_kernel(m, n, k, block, nblocks, npanels, idx_dtype, ptr_dtype, nbias, has_bias,
+                  activation, m_tile, parallel):  # fmt: skip
+    """BSR (CSR = 1x1 blocks) x dense x with x transposed: yT[row, :] += w * xT[col, :].
+
+    ``xT`` is a zero-padded [Kp, Mp] scratch, so padded batch lanes and padded block columns read
+    zeros. The weight is cut into ``npanels`` column panels (segment ``(p, ib)`` of the blocks is
+    ``seg[p * nbr + ib] .. seg[p * nbr + ib + 1]``) so the ``xT`` rows one panel reads stay in L1;
+    a tile of ``r x m_tile`` partial sums lives in registers within a segment and in ``yT``
+    between panels. Both transposes move 16 elements per cache line (a plain column walk with a
+    power-of-two row stride thrashes one L1 set).
+    """
+    r, c = block
+    nbr = -(-n // r)
+    kp = -(-k // c) * c
+    mp = -(-m // m_tile) * m_tile
+    ntiles = mp // m_tile
+    rc = r * c
+    nval = max(nblocks * rc, 1)
+    nidx = max(nblocks, 1)
+    kblocks = -(-kp // 16)
+    nblk = -(-n // 16)
+    rows = T.parallel if parallel else T.serial
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((m, k), "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        cols: T.Buffer((nidx,), idx_dtype),
+        seg: T.Buffer((npanels * nbr + 1,), ptr_dtype),
+        bias: T.Buffer((nbias,), "float32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        xt = T.alloc_buffer((kp, mp), "float32", scope="global")
+        yt = T.alloc_buffer((nbr * r, m_tile), "float32", scope="global")
+        for kb in rows(kblocks):
+            for bb in range(mp):
+                for kk in T.unroll(16):
+                    if kb * 16 + kk < kp:
+                        xt[kb * 16 + kk, bb] = T.if_then_else(
+                            kb * 16 + kk < k and bb < m,
+                            x[T.min(bb, m - 1), T.min(kb * 16 + kk, k - 1)],
+                            T.float32(0),
+                        )
+        for t in range(ntiles):
+            for p in range(npanels):
+                for ib in rows(nbr):
+                    lo: T.let = T.Cast("int32", seg[p * nbr + ib])
+                    hi: T.let = T.Cast("int32", seg[p * nbr + ib + 1])
+                    acc = T.alloc_buffer((r * m_tile,), "float32", scope="global")
+                    if p == 0:
+                        for lane in T.vectorized(r * m_tile):
+                            acc[lane] = T.float32(0)
+                    else:
+                        for a in T.unroll(r):
+                            for v in T.vectorized(m_tile):
+                                acc[a * m_tile + v] = yt[ib * r + a, v]
+                    for j in range(lo, hi):
+                        col: T.let = T.Cast("int32", cols[j]) * c
+                        for e in T.unroll(c):
+                            for a in T.unroll(r):
+                                w: T.let = vals[j * rc + a * c + e]
+                                for v in T.vectorized(m_tile):
+                                    acc[a * m_tile + v] = (
+                                        acc[a * m_tile + v] + w * xt[col + e, t * m_tile + v]
+                                    )
+                    for a in T.unroll(r):
+                        for v in T.vectorized(m_tile):
+                            yt[ib * r + a, v] = acc[a * m_tile + v]
+            # yT -> y, 16 outputs at a time, so each y cache line is written once
+            for nb in rows(nblk):
+                for v in range(m_tile):
+                    for q in T.unroll(16):
+                        if nb * 16 + q < n and t * m_tile + v < m:
+                            if has_bias:
+                                y[t * m_tile + v, nb * 16 + q] = _epilogue(
+                                    yt[nb * 16 + q, v] + bias[nb * 16 + q], activation
+                                )
+                            else:
+                                y[t * m_tile + v, nb * 16 + q] = _epilogue(
+                                    yt[nb * 16 + q, v], activation
+                                )
+
+    return kernel
+
+
+def _block_kernel(m, n, k, block, nblocks, idx_dtype, ptr_dtype, nbias, has_bias, activation,
+                  parallel):  # fmt: skip
+    """BSR x dense x at small batch: vectorized over the block's longer side.
+
+    Wide blocks (c >= r) load c contiguous activations and keep r x c partial sums; tall blocks
+    (r > c, values stored [c, r]) broadcast one activation over r outputs.
+    """
+    r, c = block
+    nbr = -(-n // r)
+    kp = -(-k // c) * c
+    rc = r * c
+    nval = max(nblocks * rc, 1)
+    nidx = max(nblocks, 1)
+    vec_rows = r > c
+    rows = T.parallel if parallel else T.serial
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((m, k), "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        cols: T.Buffer((nidx,), idx_dtype),
+        ptr: T.Buffer((nbr + 1,), ptr_dtype),
+        bias: T.Buffer((nbias,), "float32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        xp = T.alloc_buffer((m, kp), "float32", scope="global")
+        for bb in range(m):
+            for kk in range(kp):
+                xp[bb, kk] = T.if_then_else(kk < k, x[bb, T.min(kk, k - 1)], T.float32(0))
+        for ib in rows(nbr):
+            lo: T.let = T.Cast("int32", ptr[ib])
+            hi: T.let = T.Cast("int32", ptr[ib + 1])
+            for b in range(m):
+                acc = T.alloc_buffer((rc,), "float32", scope="global")
+                for lane in T.vectorized(rc):
+                    acc[lane] = T.float32(0)
+                for j in range(lo, hi):
+                    col: T.let = T.Cast("int32", cols[j]) * c
+                    if vec_rows:
+                        for e in T.unroll(c):
+                            xv: T.let = xp[b, col + e]
+                            for a in T.vectorized(r):
+                                acc[e * r + a] = acc[e * r + a] + vals[j * rc + e * r + a] * xv
+                    else:
+                        for a in T.unroll(r):
+                            for e in T.vectorized(c):
+                                acc[a * c + e] = (
+                                    acc[a * c + e] + vals[j * rc + a * c + e] * xp[b, col + e]
+                                )
+                for a in range(r):
+                    if ib * r + a < n:
+                        s = T.alloc_buffer((1,), "float32", scope="global")
+                        s[0] = T.float32(0)
+                        for e in T.unroll(c):
+                            if vec_rows:
+                                s[0] = s[0] + acc[e * r + a]
+                            else:
+                                s[0] = s[0] + acc[a * c + e]
+                        if has_bias:
+                            y[b, ib * r + a] = _epilogue(s[0] + bias[ib * r + a], activation)
+                        else:
+                            y[b, ib * r + a] = _epilogue(s[0], activation)
+
+    return kernel
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _linear_info(kind, m, n, k, nnz, stored, value_bytes, index_bytes, extra):
+    return {
+        "kernel": kind,
+        "m": m,
+        "n": n,
+        "k": k,
+        "nnz": int(nnz),
+        "stored": int(stored),
+        "density": nnz / (n * k) if n * k else 0.0,
+        "macs_sparse": int(stored) * m,
+        "macs_dense": n * k * m,
+        "bytes": int(value_bytes + index_bytes + 4 * m * (n + k)),
+        "weight_bytes": int(value_bytes + index_bytes),
+        **extra,
+    }
+
+
+def csr_linear(
+    m: int,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    activation: str | None = None,
+    target=None,
+    *,
+    min_batch: int = 2,
+    m_tile: int = 64,
+    panel_cols: int | None = None,
+    parallel: bool = True,
+) -> KernelCall:
+    """y[m, N] = act(x[m, K] @ weight.T + bias) with the weight stored CSR.
+
+    Knobs: ``min_batch`` (from this batch on the transposed-panel kernel is used), ``m_tile``
+    (batch lanes per register tile of the panel kernel), ``panel_cols`` (weight columns per
+    panel; default keeps a panel's activations in L1), ``parallel`` (rows over threads).
+    """
+    _check_activation(activation)
+    weight = _as_weight(weight, 2)
+    n, k = weight.shape
+    csr = CSR.from_dense(weight)
+    bias_arr, has_bias = _bias_const(bias, n)
+    if m >= min_batch:
+        bsr = BSR.from_dense(weight, (1, 1))
+        return _panel_call(
+            "csr_linear", m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols, parallel
+        )
+    vals, cols, chunk_ptr = pack_gather_rows(csr, 8)
+    if vals.size == 0:  # keep buffers non-empty
+        vals, cols = np.zeros(8, np.float32), np.zeros(8, csr.indices.dtype)
+    chunk_ptr = chunk_ptr.astype(np.int32)
+    nchunks = int(chunk_ptr[-1])
+    args = (
+        m,
+        n,
+        k,
+        nchunks,
+        str(cols.dtype),
+        "int32",
+        bias_arr.size,
+        has_bias,
+        activation,
+        parallel,
+    )
+    use_gather = _has_avx2(_resolve(target))
+    func = (_gather_kernel if use_gather else _scalar_rows_kernel)(*args)
+    info = _linear_info(
+        "csr_gather" if use_gather else "csr_rows",
+        m, n, k, csr.nnz, nchunks * 8, vals.nbytes, cols.nbytes + chunk_ptr.nbytes,
+        {"format": csr.stats()},
+    )  # fmt: skip
+    return KernelCall(
+        func=_finish(func),
+        name="csr_linear",
+        consts=(vals, cols, chunk_ptr, bias_arr),
+        out_shape=(m, n),
+        info=info,
+    )
+
+
+def pack_panels(bsr: BSR, panel_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """BSR blocks regrouped by column panel, then block row: ``(values, cols, seg, npanels)``.
+
+    ``panel_cols`` is the panel width in weight columns (rounded to whole blocks). ``seg`` has
+    ``npanels * block_rows + 1`` entries; segment ``(p, ib)`` holds the blocks of block row
+    ``ib`` whose columns fall in panel ``p``, in column order.
+    """
+    r, c = bsr.block
+    nbr, nbc = bsr.block_shape
+    per_panel = max(1, panel_cols // c)
+    npanels = max(1, -(-nbc // per_panel))
+    brow = np.repeat(np.arange(nbr), np.diff(bsr.indptr.astype(np.int64)))
+    bcol = bsr.indices.astype(np.int64)
+    panel = bcol // per_panel
+    order = np.lexsort((bcol, brow, panel))
+    counts = np.bincount(panel * nbr + brow, minlength=npanels * nbr)
+    seg = np.concatenate([[0], np.cumsum(counts)])
+    values = np.ascontiguousarray(bsr.data[order].reshape(-1), dtype=np.float32)
+    return values, np.ascontiguousarray(bsr.indices[order]), as_index(seg), npanels
+
+
+def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols, parallel):
+    n, k = bsr.shape
+    r, c = bsr.block
+    m_tile = max(1, min(m_tile, -(-m // 8) * 8))
+    if panel_cols is None:  # 256 columns x 64 lanes measured best (xT rows of a panel: 64 KiB)
+        panel_cols = max(c, 16384 // m_tile)
+    vals, cols, seg, npanels = pack_panels(bsr, panel_cols)
+    if bsr.nblocks == 0:
+        vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
+    func = _panel_kernel(
+        m, n, k, (r, c), bsr.nblocks, npanels, str(cols.dtype), str(seg.dtype), bias_arr.size,
+        has_bias, activation, m_tile, parallel,
+    )  # fmt: skip
+    info = _linear_info(
+        "panel", m, n, k, bsr.nnz, bsr.stored, vals.nbytes, cols.nbytes + seg.nbytes,
+        {"format": bsr.stats(), "m_tile": m_tile, "panels": npanels},
+    )  # fmt: skip
+    return KernelCall(
+        func=_finish(func),
+        name=name,
+        consts=(vals, cols, seg, bias_arr),
+        out_shape=(m, n),
+        info=info,
+    )
+
+
+def bsr_linear(
+    m: int,
+    weight: np.ndarray,
+    block: tuple[int, int],
+    bias: np.ndarray | None = None,
+    activation: str | None = None,
+    target=None,
+    *,
+    min_batch: int = 2,
+    m_tile: int | None = None,
+    panel_cols: int | None = None,
+    parallel: bool = True,
+) -> KernelCall:
+    """y[m, N] = act(x[m, K] @ weight.T + bias) with the weight stored BSR with ``block=(r, c)``.
+
+    Shapes that are not multiples of the block are padded inside. ``m_tile`` defaults to about
+    64 / r batch lanes so the ``r x m_tile`` accumulator tile fits the 16 ymm registers.
+    """
+    _check_activation(activation)
+    weight = _as_weight(weight, 2)
+    n, k = weight.shape
+    bsr = BSR.from_dense(weight, block)
+    r, c = bsr.block
+    bias_arr, has_bias = _bias_const(bias, n)
+    if m >= min_batch:
+        tile = m_tile or max(8, (64 // r) // 8 * 8)
+        return _panel_call(
+            "bsr_linear", m, bsr, bias_arr, has_bias, activation, tile, panel_cols, parallel
+        )
+    vec_rows = r > c
+    vals, cols, ptr = _block_values(bsr, vec_rows), np.asarray(bsr.indices), bsr.indptr
+    if bsr.nblocks == 0:
+        vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
+    func = _block_kernel(
+        m, n, k, (r, c), bsr.nblocks, str(cols.dtype), str(ptr.dtype), bias_arr.size, has_bias,
+        activation, parallel,
+    )  # fmt: skip
+    info = _linear_info(
+        "bsr_block", m, n, k, bsr.nnz, bsr.stored, vals.nbytes, cols.nbytes + ptr.nbytes,
+        {"format": bsr.stats()},
+    )  # fmt: skip
+    return KernelCall(
+        func=_finish(func),
+        name="bsr_linear",
+        consts=(vals, np.ascontiguousarray(cols), np.ascontiguousarray(ptr), bias_arr),
+        out_shape=(m, n),
+        info=info,
+    )
+
+
+# --------------------------------------------------------------------------- conv2d
+
+
+def _conv_tiles(oh: int, ow: int, budget: int = 64) -> tuple[int, int]:
+    """(rows, cols) of an output tile whose sums fit in registers; both divide the output."""
+    cols = ow if ow <= budget else max(d for d in range(1, budget + 1) if ow % d == 0)
+    rows = max(d for d in range(1, oh + 1) if oh % d == 0 and d * cols <= max(budget, cols))
+    return rows, cols
+
+
+def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, ptr_dtype, nbias,
+                 has_bias, activation, tile, parallel):  # fmt: skip
+    """Direct sparse conv: out[n, o, tile] += w * xp_flat[n, offset(w) + position(tile)]."""
+    bn, ci, h, wd = x_shape
+    oh, ow = out_hw
+    hp, wp = padded_hw
+    top, left = pads
+    sh, sw = strides
+    th, tw = tile
+    chw = ci * hp * wp
+    nval = max(nnz, 1)
+    need_pad = (hp, wp) != (h, wd)
+    rows = T.parallel if parallel else T.serial
+    vec = T.vectorized if sw == 1 else T.unroll
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((bn, ci, h, wd), "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        offs: T.Buffer((nval,), idx_dtype),
+        ptr: T.Buffer((o + 1,), ptr_dtype),
+        bias: T.Buffer((nbias,), "float32"),
+        y: T.Buffer((bn, o, oh, ow), "float32"),
+    ):
+        xf = T.alloc_buffer((bn * chw,), "float32", scope="global")
+        if need_pad:
+            for nc in rows(bn * ci):
+                for ph in range(hp):
+                    for pw in range(wp):
+                        xf[nc * hp * wp + ph * wp + pw] = T.if_then_else(
+                            top <= ph and ph < top + h and left <= pw and pw < left + wd,
+                            x[
+                                nc // ci,
+                                nc % ci,
+                                T.min(T.max(ph - top, 0), h - 1),
+                                T.min(T.max(pw - left, 0), wd - 1),
+                            ],
+                            T.float32(0),
+                        )
+        else:
+            for nc in rows(bn * ci):
+                for ph in range(hp):
+                    for pw in T.vectorized(wp):
+                        xf[nc * hp * wp + ph * wp + pw] = x[nc // ci, nc % ci, ph, pw]
+        for no in rows(bn * o):
+            nb: T.let = no // o
+            oc: T.let = no % o
+            lo: T.let = T.Cast("int32", ptr[oc])
+            hi: T.let = T.Cast("int32", ptr[oc + 1])
+            for tr in range(oh // th):
+                for tcol in range(ow // tw):
+                    acc = T.alloc_buffer((th * tw,), "float32", scope="global")
+                    for lane in T.vectorized(th * tw):
+                        acc[lane] = T.float32(0)
+                    for j in range(lo, hi):
+                        w: T.let = vals[j]
+                        base: T.let = (
+                            nb * chw + T.Cast("int32", offs[j]) + tr * th * sh * wp + tcol * tw * sw
+                        )
+                        for rr in T.unroll(th):
+                            for v in vec(tw):
+                                acc[rr * tw + v] = (
+                                    acc[rr * tw + v] + w * xf[base + rr * sh * wp + v * sw]
+                                )
+                    for rr in range(th):
+                        for v in range(tw):
+                            if has_bias:
+                                y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
+                                    acc[rr * tw + v] + bias[oc], activation
+                                )
+                            else:
+                                y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
+                                    acc[rr * tw + v], activation
+                                )
+
+    return kernel
+
+
+def sparse_conv2d(
+    x_shape: tuple[int, int, int, int],
+    weight_oihw: np.ndarray,
+    bias: np.ndarray | None = None,
+    strides: tuple[int, int] = (1, 1),
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    activation: str | None = None,
+    target=None,
+    *,
+    tile: tuple[int, int] | None = None,
+    parallel: bool = True,
+) -> KernelCall:
+    """y = act(conv2d(x, weight) + bias), NCHW / OIHW, ``padding=(top, left, bottom, right)``.
+
+    Each non-zero weight is stored with its flat offset into the padded input,
+    ``c * Hp * Wp + kh * dh * Wp + kw * dw``, so the kernel needs no im2col buffer.
+    ``tile=(rows, cols)`` of output positions per register tile (both must divide the output).
+    """
+    _check_activation(activation)
+    if groups != 1:
+        raise ValueError(f"sparse_conv2d supports groups=1 only, got groups={groups}")
+    weight = _as_weight(weight_oihw, 4)
+    bn, ci, h, wd = (int(s) for s in x_shape)
+    o, wci, kh, kw = weight.shape
+    if wci != ci:
+        raise ValueError(f"weight has {wci} input channels, input has {ci}")
+    top, left, bottom, right = (int(p) for p in padding)
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilation)
+    hp, wp = h + top + bottom, wd + left + right
+    oh = (hp - dh * (kh - 1) - 1) // sh + 1
+    ow = (wp - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"empty conv output for input {x_shape} and kernel {(kh, kw)}")
+    csr = CSR.from_dense(weight.reshape(o, ci * kh * kw))
+    cols = csr.indices.astype(np.int64)
+    c_idx, rem = cols // (kh * kw), cols % (kh * kw)
+    offsets = c_idx * hp * wp + (rem // kw) * dh * wp + (rem % kw) * dw
+    offs = as_index(offsets, max(ci * hp * wp - 1, 0))
+    vals = np.asarray(csr.data, dtype=np.float32)
+    if vals.size == 0:
+        vals, offs = np.zeros(1, np.float32), np.zeros(1, offs.dtype)
+    ptr = np.ascontiguousarray(csr.indptr)
+    bias_arr, has_bias = _bias_const(bias, o)
+    tile = tuple(tile) if tile else _conv_tiles(oh, ow)
+    if oh % tile[0] or ow % tile[1]:
+        raise ValueError(f"tile {tile} must divide the output {(oh, ow)}")
+    func = _conv_kernel(
+        (bn, ci, h, wd), o, (oh, ow), (hp, wp), (top, left), (sh, sw), csr.nnz, str(offs.dtype),
+        str(ptr.dtype), bias_arr.size, has_bias, activation, tile, parallel,
+    )  # fmt: skip
+    positions = bn * oh * ow
+    info = {
+        "kernel": "conv_direct",
+        "nnz": csr.nnz,
+        "density": csr.density,
+        "macs_sparse": csr.nnz * positions,
+        "macs_dense": o * ci * kh * kw * positions,
+        "bytes": int(
+            vals.nbytes + offs.nbytes + ptr.nbytes + 4 * (bn * ci * h * wd + bn * o * oh * ow)
+        ),
+        "weight_bytes": int(vals.nbytes + offs.nbytes + ptr.nbytes),
+        "tile": tile,
+        "format": csr.stats(),
+    }
+    return KernelCall(
+        func=_finish(func),
+        name="sparse_conv2d",
+        consts=(vals, offs, ptr, bias_arr),
+        out_shape=(bn, o, oh, ow),
+        info=info,
+    )
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "bsr_linear",
+    "csr_linear",
+    "pack_gather_rows",
+    "pack_panels",
+    "sparse_conv2d",
+]

@@ -21,6 +21,11 @@ def name_layers(layers: list[LayerSpec], names: list[tuple[str, str]]) -> None:
         layer.name = names[i][0] if usable else f"{layer.kind}{i}"
 
 
+# ReLU density is data dependent; half the values of a trained network's pre-activations are
+# negative to a first approximation. Used for estimates only; measure=True samples real inputs.
+ASSUMED_RELU_DENSITY = 0.5
+
+
 def analyze_function(
     func: relax.Function, names: list[tuple[str, str]] | None = None
 ) -> list[tuple[LayerSpec, ActivationInfo]]:
@@ -29,7 +34,15 @@ def analyze_function(
     name_layers(layers, names or [])
     bindings = binding_map(func)
     relu_tails = {layer.tail_var for layer in layers if layer.activation == "relu"}
-    return [(layer, producer_of(layer.x_var, bindings, relu_tails)) for layer in layers]
+    rows = []
+    for layer in layers:
+        act = producer_of(layer.x_var, bindings, relu_tails)
+        if act.kind == "kwta":
+            layer.input_density = act.density
+        elif act.kind == "relu":
+            layer.input_density = ASSUMED_RELU_DENSITY
+        rows.append((layer, act))
+    return rows
 
 
 def layer_report(layer: LayerSpec, act: ActivationInfo) -> LayerReport:

@@ -36,6 +36,8 @@ def _measure(cand: Candidate, layer: LayerSpec, target: tvm.target.Target):
     rng = np.random.default_rng(0)
     x_shape = (layer.rows, layer.x_shape[-1]) if layer.kind == "linear" else layer.x_shape
     x = rng.standard_normal(x_shape).astype("float32")
+    if layer.input_density is not None:  # sparse inputs for sparse-sparse kernels to see
+        x *= rng.random(x_shape) < layer.input_density
     return kernel, time_kernel(kernel, target, x, number=5, repeat=3, min_repeat_ms=20)
 
 

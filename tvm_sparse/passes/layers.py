@@ -17,6 +17,8 @@ from ._relax_utils import const_array, dtype_of, iter_bindings, op_name, static_
 
 LINEAR = "linear"
 CONV2D = "conv2d"
+# Epilogue activations every kernel builder fuses (``gelu`` is the exact erf form).
+_ACTIVATIONS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu"}
 
 
 @dataclass
@@ -34,6 +36,8 @@ class LayerSpec:
     tail_var: relax.Var
     conv_attrs: dict = field(default_factory=dict)
     name: str = ""
+    # expected non-zero fraction of x (k-WTA: k/n, pooled; ReLU: assumed); None = dense input
+    input_density: float | None = None
 
     @property
     def rows(self) -> int:
@@ -134,8 +138,8 @@ def find_layers(func: relax.Function) -> list[LayerSpec]:
             if vec is not None and static_shape(nxt.var) == static_shape(tail):
                 bias, tail = vec.astype(np.float32), nxt.var
                 nxt = single_user(tail)
-        if nxt is not None and op_name(nxt.value) == "relax.nn.relu":
-            activation, tail = "relu", nxt.var
+        if nxt is not None and op_name(nxt.value) in _ACTIVATIONS:
+            activation, tail = _ACTIVATIONS[op_name(nxt.value)], nxt.var
         layers.append(
             LayerSpec(
                 index=len(layers),

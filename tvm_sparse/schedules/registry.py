@@ -66,6 +66,22 @@ def linear_candidates(
             lambda: sparse_x86.csr_linear(m, w, bias, act, target),
         )
     )
+    if layer.input_density is not None:
+        from . import sparse_sparse_x86
+
+        d = layer.input_density
+        active = max(m * k * d, 1.0)
+        ss_bytes = active * (nnz / max(k, 1)) * (4 + 2) + 4 * m * (n + k)
+        out.append(
+            Candidate(
+                "sparse_sparse",
+                machine.seconds(
+                    active * nnz / max(k, 1), machine.sparse_sparse_gmacs, ss_bytes, cores
+                )
+                + m * k * 0.3e-9,  # + the compaction scan of x
+                lambda: sparse_sparse_x86.sparse_sparse_linear(m, w, bias, act, target),
+            )
+        )
     for r, c in _BSR_BLOCKS:
         if n % r or k % c:
             continue
@@ -123,6 +139,21 @@ def conv2d_candidates(
             lambda: sparse_x86.sparse_conv2d(layer.x_shape, w, layer.bias, **common),
         )
     )
+    if layer.input_density is not None:
+        from . import sparse_sparse_x86
+
+        in_elems = int(np.prod(layer.x_shape))
+        ss_macs = macs * density * layer.input_density
+        out.append(
+            Candidate(
+                "sparse_sparse",
+                machine.seconds(ss_macs, machine.sparse_sparse_gmacs, nnz * 6 + io_bytes, cores)
+                + in_elems * 0.3e-9,
+                lambda: sparse_sparse_x86.sparse_sparse_conv2d(
+                    layer.x_shape, w, layer.bias, **common
+                ),
+            )
+        )
     return out
 
 

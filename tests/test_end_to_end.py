@@ -82,3 +82,18 @@ def test_run_rejects_wrong_inputs():
         compiled.run(np.zeros((1, 16)))
     with pytest.raises(tvm_sparse.RunInputError, match="expected 1 input"):
         compiled.run()
+
+
+def test_odd_input_names_are_sanitized_for_tvm_but_kept_for_users(tmp_path):
+    model = models.pruned_mlp(layers=2, hidden=32, density=0.25)
+    odd = "input:0/x y-1"
+    for node in model.graph.node:
+        node.input[:] = [odd if name == "input" else name for name in node.input]
+    model.graph.input[0].name = odd
+    x = _input(model)
+    compiled = tvm_sparse.compile(model, "llvm")
+    assert compiled.inputs[0].name == odd
+    assert_close(compiled.run(x), ort_run(model, x))
+    lib = tmp_path / "odd.so"
+    compiled.export(lib)
+    assert tvm_sparse.load(lib).inputs[0].name == odd

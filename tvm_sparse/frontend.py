@@ -167,7 +167,7 @@ def import_onnx(
             model,
             shape_dict={s.name: list(s.shape) for s in specs},
             keep_params_in_input=False,
-            sanitize_input_names=False,
+            sanitize_input_names=True,  # Relax names only; the manifest keeps ONNX names
         )
     except Exception as err:
         message = str(err).strip().splitlines()

@@ -1,7 +1,8 @@
 """The tvm-sparse compiler, phase by phase. Reading this file tells you the whole pipeline.
 
 1. canonicalize  BatchNorm/scale folded into layers, constant transposes folded
-2. sparsify      analyze every layer, choose dense / sparse kernel, rewrite to call_tir
+2. sparsify      analyze every layer, choose dense / sparse kernel, rewrite to call_tir;
+                 then k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel
 3. legalize      remaining Relax ops -> TIR (TVM), fused
 4. schedule      tuned records first, then rules for dense leftovers (dlight + ours)
 5. lower         TVM's VM lowering (memory planning, shape lowering)
@@ -20,6 +21,7 @@ from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
 from .analyze_sparsity import analyze_function, layer_report
 from .canonicalize import canonicalize_passes
 from .choose_kernels import choose_layer
+from .rewrite_kwta import rewrite_kwta_pass
 from .rewrite_layers import rewrite_layers
 
 
@@ -107,6 +109,7 @@ def build_pipeline(
             phases = [
                 *canonicalize_passes(),
                 sparsify,
+                rewrite_kwta_pass(tgt),  # after Sparsify: it reads the k-WTA pattern
                 *tvm_pipeline.library_dispatch_passes(tgt),
                 *legalize_passes(),
                 *schedule_passes(tgt, database),

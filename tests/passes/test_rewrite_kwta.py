@@ -1,0 +1,119 @@
+"""RewriteKwta: k-WTA subgraphs become one call_tir of the radix-select kernel, same results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_sparse import models
+from tvm_sparse.frontend import import_model
+from tvm_sparse.op import kwta
+from tvm_sparse.passes import pipeline
+from tvm_sparse.passes.activation_sparsity import find_kwta
+from tvm_sparse.passes.canonicalize import canonicalize
+from tvm_sparse.passes.rewrite_kwta import rewrite_kwta_pass
+
+from ..conftest import assert_close, ort_run
+
+
+def _run(mod: tvm.IRModule, target, x: np.ndarray, relax_pipeline="default") -> np.ndarray:
+    ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _rewrite(mod: tvm.IRModule, target) -> tvm.IRModule:
+    with target:
+        return rewrite_kwta_pass()(mod)
+
+
+def _kernels(mod: tvm.IRModule) -> list[str]:
+    return [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+def _pipeline_with_rewrite(target) -> tvm.transform.Pass:
+    """build_pipeline's phases with RewriteKwta right after Sparsify."""
+
+    @tvm.transform.module_pass(opt_level=0, name="test.PipelineWithKwta")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        from tvm.relax import pipeline as tvm_pipeline
+
+        with target:
+            phases = [
+                *pipeline.canonicalize_passes(),
+                pipeline.Sparsify(),
+                rewrite_kwta_pass(),
+                *tvm_pipeline.library_dispatch_passes(target),
+                *pipeline.legalize_passes(),
+                *pipeline.schedule_passes(target),
+                *pipeline.lower_passes(target),
+            ]
+            return tvm.transform.Sequential(phases)(mod)
+
+    return _pass
+
+
+@pytest.mark.parametrize("boosting", [False, True])
+@pytest.mark.parametrize("shape, k", [((2, 4, 6, 6), 14), ((3, 50), 5)])
+def test_kwta_model_matches_onnxruntime(target, rng, shape, k, boosting):
+    model = models.kwta_model(shape, k, boosting=boosting)
+    mod = _rewrite(canonicalize(import_model(model).mod), target)
+    assert "relax.topk" not in mod.script() and find_kwta(mod["main"]) == []
+    assert len(_kernels(mod)) == 1
+    x = rng.integers(-4, 5, shape).astype(np.float32)  # ties with the k-th value
+    np.testing.assert_array_equal(_run(mod, target, x), ort_run(model, x))
+
+
+def test_tiny_cnn_through_the_pipeline(target, rng):
+    model = models.tiny_sparse_cnn(batch=2, boosting=True)
+    x = rng.standard_normal((2, 1, 32, 32)).astype(np.float32)
+    got = _run(import_model(model).mod, target, x, _pipeline_with_rewrite(target))
+    assert_close(got, ort_run(model, x))
+
+
+def test_tiny_cnn_rewrites_all_three(target):
+    mod = _rewrite(canonicalize(import_model(models.tiny_sparse_cnn(batch=1)).mod), target)
+    assert len(_kernels(mod)) == 3 and "relax.topk" not in mod.script()
+    assert find_kwta(mod["main"]) == []
+
+
+def _kwta_module(shape, k, boost) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(kwta(x, k, boost)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("boosted", [False, True])
+@pytest.mark.parametrize("shape, k", [((2, 3, 4, 4), 7), ((3, 40), 4)])
+def test_relax_op_is_found_and_rewritten(target, rng, shape, k, boosted):
+    per_channel = (1, shape[1]) + (1,) * (len(shape) - 2)
+    boost = rng.uniform(0.5, 1.5, per_channel).astype(np.float32) if boosted else None
+    mod = _kwta_module(shape, k, boost)
+    (match,) = find_kwta(mod["main"])
+    assert (match.k, match.n, match.boost is not None) == (k, int(np.prod(shape[1:])), boosted)
+    x = rng.integers(-3, 4, shape).astype(np.float32)
+    expected = models.kwta_reference(x, k, boost)
+    np.testing.assert_array_equal(_run(mod, target, x), expected)  # TVM's topk
+    rewritten = _rewrite(mod, target)
+    assert len(_kernels(rewritten)) == 1
+    np.testing.assert_array_equal(_run(rewritten, target, x), expected)
+
+
+def test_relax_op_rejects_bad_arguments():
+    x = relax.Var("x", relax.TensorType((2, 10), "float32"))
+    with pytest.raises(ValueError):
+        kwta(x, 11)
+    with pytest.raises(ValueError):
+        kwta(x, 3, np.ones(7))
+
+
+def test_other_targets_are_left_alone():
+    mod = canonicalize(import_model(models.kwta_model((1, 20), 4)).mod)
+    with tvm.target.Target({"kind": "cuda", "arch": "sm_90"}):
+        assert rewrite_kwta_pass()(mod).same_as(mod)
+    assert rewrite_kwta_pass()(mod).same_as(mod)  # no target at all

@@ -24,7 +24,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--models", default="mlp,gsc,gsc_super")
     p.add_argument("--batches", default="1,64")
-    p.add_argument("--measure", action="store_true", help="compile with measured kernel choice")
+    p.add_argument("--measure", choices=("auto", "all", "none"), default="auto")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per runtime")
     p.add_argument("--no-deepsparse", action="store_true")
     p.add_argument("--json", help="write the rows here too")
@@ -69,7 +69,8 @@ def bench_one(name: str, batch: int, workdir: str) -> dict:
     row["ort_ms"] = ort.time([x], min_time=ARGS.min_time) * 1e3
 
     t0 = time.perf_counter()
-    sparse = tvm_sparse.compile(path, "llvm", measure=ARGS.measure)
+    measure = {"auto": "auto", "all": True, "none": False}[ARGS.measure]
+    sparse = tvm_sparse.compile(path, "llvm", measure=measure)
     row["compile_s"] = round(time.perf_counter() - t0, 1)
     dense = tvm_sparse.compile(path, "llvm", sparse=False)
     for label, module in (("tvm_sparse", sparse), ("tvm_dense", dense)):

@@ -7,8 +7,12 @@ import os
 import numpy as np
 import pytest
 
+import tempfile
+
 # Keep TVM's thread pool small and deterministic on the 2-core CI machine.
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+# Kernel timings are cached per session, not in the user's home (no state leaks between runs).
+os.environ["TVM_SPARSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="tvm-sparse-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output library (.so)")
     c.add_argument("--tuning-records", metavar="DIR", help="MetaSchedule database directory")
     c.add_argument("--dense", action="store_true", help="dense kernels only (baseline)")
-    c.add_argument("--measure", action="store_true", help="time candidate kernels per layer")
+    c.add_argument(
+        "--measure",
+        choices=("auto", "all", "none"),
+        default="auto",
+        help="kernel choice: time dense + best sparse candidates (auto), all, or none (estimates)",
+    )
     c.add_argument("--report", action="store_true", help="print the per-layer report")
     _add_shapes(c)
 
@@ -69,7 +74,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         tuning_records=args.tuning_records,
         input_shapes=args.input_shapes,
         sparse=not args.dense,
-        measure=args.measure,
+        measure={"auto": "auto", "all": True, "none": False}[args.measure],
     )
     manifest = mod.export(args.output)
     if args.report:

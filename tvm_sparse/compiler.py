@@ -62,7 +62,9 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     """Compile a model (ONNX path, ModelProto or Relax IRModule) into a runnable module.
 
     Options: ``sparse`` (default True; False compiles the dense baseline with the same dense
-    kernels), ``measure`` (default False; time the candidate kernels of every layer here).
+    kernels), ``measure`` ("auto" by default: time dense and the best sparse candidates of each
+    layer on this machine, cached on disk; True: time every candidate; False: trust the cost
+    model).
     """
     unknown = set(options) - _OPTIONS
     if unknown:

@@ -1,8 +1,10 @@
 """Choose, per layer, dense or the best sparse kernel: by estimate, or by measuring.
 
-A sparse kernel is taken on an estimate only when it is clearly faster than dense
-(``ESTIMATE_MARGIN``); with ``measure=True`` every candidate is built and timed on this machine and
-the fastest wins, dense included, so no layer ever gets a kernel slower than its dense version.
+The cost model ranks candidates; measuring decides. ``measure="auto"`` (the default) builds and
+times dense plus the best few sparse candidates on this machine, so no layer ever gets a kernel
+slower than its dense version; ``measure=True`` times every candidate; ``measure=False`` trusts
+the estimates (a sparse kernel then needs a safety margin, ``ESTIMATE_MARGIN``). Timings are cached
+on disk (``measure_cache``), so compiling the same model again does not re-measure.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import tvm
 from ..schedules.cost_model import DEFAULT_MACHINE, ESTIMATE_MARGIN
 from ..schedules.kernel import KernelCall, time_kernel
 from ..schedules.registry import Candidate, candidates_for
+from . import measure_cache
 from .layers import LayerSpec
 
 log = logging.getLogger("tvm_sparse")
+
+AUTO_SPARSE_CANDIDATES = 2  # sparse candidates measured per layer in "auto" mode
 
 
 @dataclass
@@ -31,54 +36,79 @@ class Choice:
     measured_ms: dict = field(default_factory=dict)
 
 
-def _measure(cand: Candidate, layer: LayerSpec, target: tvm.target.Target):
-    kernel = cand.build()
+def _sample_input(layer: LayerSpec) -> np.ndarray:
+    """A random input with the layer's expected activation density (sparse kernels see it)."""
     rng = np.random.default_rng(0)
-    x_shape = (layer.rows, layer.x_shape[-1]) if layer.kind == "linear" else layer.x_shape
-    x = rng.standard_normal(x_shape).astype("float32")
-    if layer.input_density is not None:  # sparse inputs for sparse-sparse kernels to see
-        x *= rng.random(x_shape) < layer.input_density
-    return kernel, time_kernel(kernel, target, x, number=5, repeat=3, min_repeat_ms=20)
+    shape = (layer.rows, layer.x_shape[-1]) if layer.kind == "linear" else layer.x_shape
+    x = rng.standard_normal(shape).astype("float32")
+    if layer.input_density is not None:
+        x *= rng.random(shape) < layer.input_density
+    return x
+
+
+def _measure(kernel: KernelCall, layer: LayerSpec, target: tvm.target.Target, name: str) -> float:
+    """Seconds per call of ``kernel`` on this machine (cached by kernel, weights and target)."""
+    key = measure_cache.key(name, kernel, layer.input_density, target)
+    cached = measure_cache.get(key)
+    if cached is not None:
+        return cached
+    seconds = time_kernel(
+        kernel, target, _sample_input(layer), number=5, repeat=3, min_repeat_ms=20
+    )
+    measure_cache.put(key, seconds)
+    return seconds
+
+
+def _to_measure(cands: list[Candidate], measure: bool | str) -> list[Candidate]:
+    if measure is True:
+        return cands
+    dense, sparse = cands[0], sorted(cands[1:], key=lambda c: c.estimate_s)
+    return [dense, *sparse[:AUTO_SPARSE_CANDIDATES]]
+
+
+def _choose_by_estimate(layer: LayerSpec, cands: list[Candidate], estimated: dict) -> Choice:
+    dense = cands[0]
+    best = min(cands, key=lambda c: c.estimate_s)
+    if best is not dense and best.estimate_s > ESTIMATE_MARGIN * dense.estimate_s:
+        best, reason = dense, "sparse not clearly faster by estimate"
+    elif best is dense:
+        reason = "dense estimated fastest"
+    else:
+        reason = f"estimated {dense.estimate_s / best.estimate_s:.1f}x faster than dense"
+    try:
+        kernel = best.build()
+    except Exception as err:  # noqa: BLE001 - fall back to TVM's lowering with a warning
+        log.warning("layer %s: %s failed to build (%s); using TVM", layer.name, best.name, err)
+        return Choice(layer, "tvm", None, f"{best.name} failed: {err}", estimated)
+    return Choice(layer, best.name, kernel, reason, estimated)
 
 
 def choose_layer(
-    layer: LayerSpec, target: tvm.target.Target, *, sparse: bool = True, measure: bool = False
+    layer: LayerSpec,
+    target: tvm.target.Target,
+    *,
+    sparse: bool = True,
+    measure: bool | str = "auto",
 ) -> Choice:
     """Pick the kernel for one layer; falls back to TVM's own lowering when none applies."""
     cands = candidates_for(layer, target, sparse=sparse, machine=DEFAULT_MACHINE)
     if not cands:
         return Choice(layer, "tvm", None, f"no tvm-sparse kernel for target {target.kind.name}")
     estimated = {c.name: c.estimate_s * 1e3 for c in cands}
-    dense = cands[0]
-    if measure:
-        measured, built = {}, {}
-        for cand in cands:
-            try:
-                built[cand.name], seconds = _measure(cand, layer, target)
-                measured[cand.name] = seconds * 1e3
-            except Exception as err:  # noqa: BLE001 - a failing candidate is skipped, not fatal
-                log.warning("layer %s: candidate %s failed: %s", layer.name, cand.name, err)
-        if not measured:
-            return Choice(layer, "tvm", None, "every candidate failed to build", estimated)
-        best = min(measured, key=measured.get)
-        reason = f"measured fastest ({measured[best]:.3f} ms"
-        if best != "dense" and "dense" in measured:
-            reason += f", dense {measured['dense']:.3f} ms"
-        return Choice(layer, best, built[best], reason + ")", estimated, measured)
-    best = min(cands, key=lambda c: c.estimate_s)
-    if best is not dense and best.estimate_s > ESTIMATE_MARGIN * dense.estimate_s:
-        best = dense
-        reason = "sparse not clearly faster by estimate"
-    elif best is dense:
-        reason = "dense estimated fastest"
-    else:
-        ratio = dense.estimate_s / best.estimate_s
-        reason = f"estimated {ratio:.1f}x faster than dense"
-    try:
-        kernel = best.build()
-    except Exception as err:  # noqa: BLE001 - fall back to TVM's lowering with a warning
-        log.warning(
-            "layer %s: kernel %s failed to build (%s); using TVM", layer.name, best.name, err
-        )
-        return Choice(layer, "tvm", None, f"{best.name} failed: {err}", estimated)
-    return Choice(layer, best.name, kernel, reason, estimated)
+    if measure is False or len(cands) == 1:
+        return _choose_by_estimate(layer, cands, estimated)
+    measured, built = {}, {}
+    for cand in _to_measure(cands, measure):
+        try:
+            kernel = cand.build()
+            measured[cand.name] = _measure(kernel, layer, target, cand.name) * 1e3
+            built[cand.name] = kernel
+        except Exception as err:  # noqa: BLE001 - a failing candidate is skipped, not fatal
+            log.warning("layer %s: candidate %s failed: %s", layer.name, cand.name, err)
+    if not measured:
+        return Choice(layer, "tvm", None, "every candidate failed to build", estimated)
+    best = min(measured, key=measured.get)
+    reason = f"measured fastest ({measured[best]:.3f} ms"
+    if best != "dense" and "dense" in measured:
+        reason += f", {measured['dense'] / measured[best]:.1f}x dense"
+    return Choice(layer, best, built[best], reason + ")", estimated, measured)

@@ -30,7 +30,8 @@ class SparsifyOptions:
     """Knobs of the sparsify phase (``compile(**options)`` forwards them)."""
 
     sparse: bool = True  # False: dense kernels only (the dense baseline)
-    measure: bool = False  # time candidates on this machine instead of trusting estimates
+    # "auto": time dense + the best sparse candidates here; True: time all; False: estimates only
+    measure: bool | str = "auto"
     layer_names: list = field(default_factory=list)  # (name, op) from the frontend, for the report
 
 

@@ -1,0 +1,83 @@
+"""On-disk cache of kernel timings, so re-compiling a model does not re-measure its kernels.
+
+Keyed by the kernel's name, its PrimFunc's structural hash, a digest of its constant arrays (the
+real sparsity structure), the activation density it was timed at and the target. Set
+``TVM_SPARSE_CACHE_DIR`` to move it, or to an empty string to turn it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+
+import tvm
+import tvm_ffi
+
+from ..schedules.kernel import KernelCall
+
+_LOCK = threading.Lock()
+_MEMORY: dict[str, float] = {}
+_FILE_NAME = "measurements.json"
+
+
+def _cache_dir() -> str | None:
+    value = os.environ.get("TVM_SPARSE_CACHE_DIR")
+    if value is not None:
+        return value or None
+    return os.path.join(os.path.expanduser("~"), ".cache", "tvm-sparse")
+
+
+def key(name: str, kernel: KernelCall, density: float | None, target: tvm.target.Target) -> str:
+    digest = hashlib.sha1()
+    digest.update(name.encode())
+    digest.update(str(tvm_ffi.structural_hash(kernel.func)).encode())
+    for const in kernel.consts:
+        digest.update(str(const.dtype).encode() + str(const.shape).encode())
+        digest.update(const.tobytes())
+    digest.update(repr(None if density is None else round(density, 4)).encode())
+    digest.update(str(target).encode())
+    return digest.hexdigest()
+
+
+def _path() -> str | None:
+    folder = _cache_dir()
+    return None if folder is None else os.path.join(folder, _FILE_NAME)
+
+
+def _load() -> dict[str, float]:
+    path = _path()
+    if path is None or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # a corrupt cache is ignored, then rewritten
+
+
+def get(cache_key: str) -> float | None:
+    with _LOCK:
+        if cache_key not in _MEMORY:
+            _MEMORY.update(_load())
+        return _MEMORY.get(cache_key)
+
+
+def put(cache_key: str, seconds: float) -> None:
+    with _LOCK:
+        _MEMORY[cache_key] = seconds
+        path = _path()
+        if path is None:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            data = _load()
+            data[cache_key] = seconds
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # caching is an optimization; a read-only home must not break compiles

@@ -122,17 +122,33 @@ def test_panel_kernel_many_column_panels():
     check(call, x, linear_ref(x, w))
 
 
+@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("row_batch", [1, 2, 4])
+def test_row_kernel_small_batches(m, row_batch):
+    """The row kernel serves ``row_batch`` batch rows per decoded chunk; leftovers are dropped."""
+    rng = np.random.default_rng(m * 10 + row_batch)
+    w = weight(rng, (19, 45), 0.3)
+    bias = rng.standard_normal(19).astype(np.float32)
+    x = rng.standard_normal((m, 45)).astype(np.float32)
+    call = csr_linear(m, w, bias, "relu", TARGET, min_batch=99, row_batch=row_batch)
+    assert call.info["kernel"] == "csr_rows"
+    check(call, x, linear_ref(x, w, bias, "relu"))
+
+
 def test_int32_indices_when_columns_exceed_int16():
     rng = np.random.default_rng(2)
     w = weight(rng, (3, 40000), 0.001)
     w[0, 39999] = 2.0
     x = rng.standard_normal((1, 40000)).astype(np.float32)
     call = csr_linear(1, w, target=TARGET)
-    assert call.consts[1].dtype == np.int32
+    assert call.info["format"]["index_dtype"] == "int32"
     check(call, x, linear_ref(x, w))
+    call3 = csr_linear(3, w, target=TARGET)  # row kernel at batch 3, two indices per word
+    x3 = rng.standard_normal((3, 40000)).astype(np.float32)
+    check(call3, x3, linear_ref(x3, w))
 
 
-def test_scalar_fallback_without_avx2():
+def test_row_kernel_on_generic_x86():
     rng = np.random.default_rng(4)
     w = weight(rng, (20, 33), 0.3)
     x = rng.standard_normal((1, 33)).astype(np.float32)
@@ -185,6 +201,7 @@ CONV_CASES = [
     ((1, 1, 32, 32), (64, 1, 5, 5), 0.5, (1, 1), (0, 0, 0, 0), (1, 1), "relu"),
     ((2, 3, 9, 11), (5, 3, 3, 3), 0.4, (2, 1), (1, 2, 0, 1), (1, 2), "gelu"),
     ((1, 4, 8, 8), (6, 4, 3, 3), 0.0, (1, 1), (1, 1, 1, 1), (1, 1), "relu"),
+    ((2, 3, 7, 30), (4, 3, 3, 3), 0.5, (1, 1), (1, 0, 2, 3), (2, 1), None),  # Wp > 96: tiles
 ]
 
 
@@ -198,6 +215,28 @@ def test_sparse_conv2d_matches_dense(case):
     call = sparse_conv2d(x_shape, w, bias, strides, padding, dilation, 1, activation, TARGET)
     ref = conv_ref(x, w, bias, strides, padding, dilation, activation)
     check(call, x, ref)
+
+
+@pytest.mark.parametrize("tile", [None, (2, 0), (1, 0), (4, 6), (1, 1)])
+def test_sparse_conv2d_tiles_agree(tile):
+    """The wide tile (rows over the padded width) and the classic tile give the same output."""
+    rng = np.random.default_rng(11)
+    w = weight(rng, (7, 3 * 9), 0.4).reshape(7, 3, 3, 3)
+    bias = rng.standard_normal(7).astype(np.float32)
+    x = rng.standard_normal((2, 3, 8, 12)).astype(np.float32)
+    pads = (1, 2, 1, 0)
+    call = sparse_conv2d(x.shape, w, bias, (1, 1), pads, (1, 1), 1, "relu", TARGET, tile=tile)
+    if tile is None:
+        assert call.info["tile"][1] == 0  # unit strides default to the wide tile
+    check(call, x, conv_ref(x, w, bias, (1, 1), pads, (1, 1), "relu"))
+
+
+def test_sparse_conv2d_rejects_bad_tiles():
+    w = np.ones((2, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="tile"):
+        sparse_conv2d((1, 1, 8, 8), w, tile=(4, 0), strides=(2, 2))
+    with pytest.raises(ValueError, match="tile"):
+        sparse_conv2d((1, 1, 8, 8), w, tile=(4, 4))
 
 
 def test_sparse_conv2d_rejects_groups():

@@ -7,9 +7,10 @@ packs it into the layout its kernel streams, and returns a ``KernelCall`` whose 
 
 Three kernels, picked by shape:
 
-- ``gather`` (CSR, small batch): one output row is a dot product of the row's non-zeros with
-  ``x`` gathered at their columns. Rows are padded to a multiple of 8 non-zeros so the inner
-  loop is one AVX2 ``vgatherdps`` + one FMA per 8 non-zeros, with two accumulators in flight.
+- ``rows`` (CSR, batch < ``min_batch``): one output row is a dot product of the row's non-zeros
+  with ``x`` gathered at their columns. Rows are padded to chunks of 8 non-zeros; a chunk's
+  indices are split out of int64 words in general-purpose registers and its 8 activations are
+  loaded as scalars into one vector for an 8-wide FMA (twice as fast as ``vgatherdps`` on Zen 3).
 - ``panel`` (CSR or BSR, batch >= ``min_batch``): ``x`` is transposed inside the kernel to
   ``xT[K, m]`` so one weight non-zero multiplies a contiguous vector of batch values:
   ``yT[n, :] += w[n, k] * xT[k, :]``, with the ``yT`` tile held in registers.
@@ -17,7 +18,8 @@ Three kernels, picked by shape:
 
 ``sparse_conv2d`` is a direct sparse convolution: every non-zero ``w[o, c, kh, kw]`` becomes a
 flat offset into the (padded) input, and an output tile accumulates ``w * x[offset + p]`` over
-contiguous output positions ``p``.
+contiguous output positions ``p`` (with unit strides: whole output rows over the padded width,
+so every tile is a run of full 8-wide vectors).
 
 Padding entries (zeros added to fill a vector) multiply activations the row already reads, so a
 finite activation gives exactly the dense result (up to summation order); NaN / Inf weights
@@ -36,7 +38,6 @@ from ..formats.csr import CSR
 from .kernel import KernelCall
 
 ACTIVATIONS = (None, "relu", "gelu")
-_GATHER8 = "llvm.x86.avx2.gather.d.ps.256"
 _SQRT1_2 = 0.7071067811865476
 
 
@@ -67,23 +68,8 @@ def _bias_const(bias: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
     return bias, True
 
 
-def _has_avx2(target) -> bool:
-    if target is None:
-        return False
-    try:
-        return bool(tvm.target.codegen.target_has_features("avx2", target))
-    except Exception:  # a target LLVM cannot parse has no x86 gather either
-        return False
-
-
-def _resolve(target):
-    from ..target import resolve_target
-
-    return resolve_target("llvm" if target is None else target)
-
-
 def _finish(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    return func.with_attr({"tir.is_scheduled": True, "tir.noalias": True})
+    return func.with_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
 
 
 def _as_weight(weight: np.ndarray, ndim: int) -> np.ndarray:
@@ -129,103 +115,110 @@ def _block_values(bsr: BSR, vec_rows: bool) -> np.ndarray:
 # --------------------------------------------------------------------------- kernels
 
 
-def _gather_kernel(m, n, k, nchunks, idx_dtype, ptr_dtype, nbias, has_bias, activation, parallel):
-    """CSR rows x dense x, 8 non-zeros per vgatherdps; two accumulators hide FMA latency."""
+def _index_words(cols: np.ndarray) -> tuple[np.ndarray, int]:
+    """Column indices reinterpreted as int64 words: ``(words, indices per word)``.
+
+    The row kernel loads one word and splits it with shifts in general-purpose registers, so
+    every non-zero costs one load (its activation) instead of two.
+    """
+    per_word = 8 // cols.itemsize
+    return np.ascontiguousarray(cols).view(np.int64), per_word
+
+
+def _word_index(word, lane: int, per_word: int):
+    """Index ``lane`` of an int64 word of ``per_word`` unsigned packed indices, as int32."""
+    bits = 64 // per_word
+    mask = T.int64((1 << bits) - 1)
+    if lane == 0:
+        return T.Cast("int32", T.bitwise_and(word, mask))
+    return T.Cast("int32", T.bitwise_and(T.shift_right(word, T.int64(bits * lane)), mask))
+
+
+def _rows_kernel(m, n, k, nchunks, per_word, nbias, has_bias, activation, unroll, mb, parallel):
+    """CSR rows x dense x: one output is a dot product of a row's non-zeros with gathered x.
+
+    Rows are padded to chunks of 8 non-zeros. A chunk's eight column indices come from two
+    (int16) or four (int32) int64 loads split with shifts, the eight activations are loaded as
+    scalars into a vector, and one 8-wide FMA consumes them: one load per non-zero, no
+    ``vpextrw``. On Zen 3 this runs about twice as fast as ``vgatherdps`` (measured 0.11 vs
+    0.21 ms for 2048x2048 at 10%). ``unroll`` chunks are in flight per batch row with
+    ``unroll`` independent accumulators; ``mb`` batch rows share each decoded chunk.
+    """
     nval = max(nchunks * 8, 8)
+    nwords = max(nval // per_word, 1)
     rows = T.parallel if parallel else T.serial
+    wpc = 8 // per_word  # int64 words per chunk
+    lanes = 8 * unroll
+    nbo = -(-m // mb)
 
     @T.prim_func
     def kernel(
         x: T.Buffer((m, k), "float32"),
         vals: T.Buffer((nval,), "float32"),
-        cols: T.Buffer((nval,), idx_dtype),
-        ptr: T.Buffer((n + 1,), ptr_dtype),
+        words: T.Buffer((nwords,), "int64"),
+        ptr: T.Buffer((n + 1,), "int32"),
         bias: T.Buffer((nbias,), "float32"),
         y: T.Buffer((m, n), "float32"),
     ):
         for i in rows(n):
-            lo: T.let = T.Cast("int32", ptr[i])
-            hi: T.let = T.Cast("int32", ptr[i + 1])
-            half: T.let = (hi - lo) // 2
-            for b in range(m):
-                acc = T.alloc_buffer((16,), "float32", scope="global")
-                for lane in T.vectorized(16):
+            lo: T.let = ptr[i]
+            hi: T.let = ptr[i + 1]
+            for bo in range(nbo):
+                acc = T.alloc_buffer((mb * lanes,), "float32", scope="global")
+                for lane in T.vectorized(mb * lanes):
                     acc[lane] = T.float32(0)
-                for c in range(half):
-                    for u in T.unroll(2):
-                        at: T.let = (lo + c * 2 + u) * 8
-                        g: T.let = T.call_llvm_pure_intrin(
-                            "float32x8",
-                            _GATHER8,
-                            T.broadcast(T.float32(0), 8),
-                            T.address_of(x[b, 0]),
-                            T.Cast("int32x8", cols[T.ramp(at, 1, 8)]),
-                            T.reinterpret("float32x8", T.broadcast(T.int32(-1), 8)),
-                            T.int8(4),
+                for c in range((hi - lo) // unroll):
+                    at: T.let = (lo + c * unroll) * 8
+                    idx = T.alloc_buffer((lanes,), "int32", scope="global")
+                    for u in T.unroll(unroll * wpc):
+                        wd: T.let = words[at // per_word + u]
+                        for j in T.unroll(per_word):
+                            idx[u * per_word + j] = _word_index(wd, j, per_word)
+                    for bi in T.unroll(mb):
+                        xv = T.alloc_buffer((lanes,), "float32", scope="global")
+                        for j in T.unroll(lanes):
+                            xv[j] = x[T.min(bo * mb + bi, m - 1), idx[j]]
+                        for u in T.unroll(unroll):
+                            acc[T.ramp(bi * lanes + u * 8, 1, 8)] = (
+                                acc[T.ramp(bi * lanes + u * 8, 1, 8)]
+                                + vals[T.ramp(at + u * 8, 1, 8)] * xv[T.ramp(u * 8, 1, 8)]
+                            )
+                for c in range(lo + (hi - lo) // unroll * unroll, hi):
+                    idx1 = T.alloc_buffer((8,), "int32", scope="global")
+                    for u in T.unroll(wpc):
+                        wd1: T.let = words[c * wpc + u]
+                        for j in T.unroll(per_word):
+                            idx1[u * per_word + j] = _word_index(wd1, j, per_word)
+                    for bi in T.unroll(mb):
+                        xv1 = T.alloc_buffer((8,), "float32", scope="global")
+                        for j in T.unroll(8):
+                            xv1[j] = x[T.min(bo * mb + bi, m - 1), idx1[j]]
+                        acc[T.ramp(bi * lanes, 1, 8)] = (
+                            acc[T.ramp(bi * lanes, 1, 8)]
+                            + vals[T.ramp(c * 8, 1, 8)] * xv1[T.ramp(0, 1, 8)]
                         )
-                        acc[T.ramp(u * 8, 1, 8)] = (
-                            acc[T.ramp(u * 8, 1, 8)] + vals[T.ramp(at, 1, 8)] * g
+                for bi in T.unroll(mb):
+                    # tree reduction: a serial 16-add chain per row costs more than the row
+                    for u in T.unroll(unroll - 1):
+                        acc[T.ramp(bi * lanes, 1, 8)] = (
+                            acc[T.ramp(bi * lanes, 1, 8)]
+                            + acc[T.ramp(bi * lanes + u * 8 + 8, 1, 8)]
                         )
-                for c in range(lo + half * 2, hi):
-                    g1: T.let = T.call_llvm_pure_intrin(
-                        "float32x8",
-                        _GATHER8,
-                        T.broadcast(T.float32(0), 8),
-                        T.address_of(x[b, 0]),
-                        T.Cast("int32x8", cols[T.ramp(c * 8, 1, 8)]),
-                        T.reinterpret("float32x8", T.broadcast(T.int32(-1), 8)),
-                        T.int8(4),
+                    acc[T.ramp(bi * lanes, 1, 4)] = (
+                        acc[T.ramp(bi * lanes, 1, 4)] + acc[T.ramp(bi * lanes + 4, 1, 4)]
                     )
-                    acc[T.ramp(0, 1, 8)] = acc[T.ramp(0, 1, 8)] + vals[T.ramp(c * 8, 1, 8)] * g1
-                s = T.alloc_buffer((1,), "float32", scope="global")
-                s[0] = T.float32(0)
-                for lane in T.unroll(16):
-                    s[0] = s[0] + acc[lane]
-                if has_bias:
-                    y[b, i] = _epilogue(s[0] + bias[i], activation)
-                else:
-                    y[b, i] = _epilogue(s[0], activation)
-
-    return kernel
-
-
-def _scalar_rows_kernel(
-    m, n, k, nchunks, idx_dtype, ptr_dtype, nbias, has_bias, activation, parallel
-):
-    """The gather kernel without the AVX2 intrinsic (8 scalar loads per chunk, for non-x86)."""
-    nval = max(nchunks * 8, 8)
-    rows = T.parallel if parallel else T.serial
-
-    @T.prim_func
-    def kernel(
-        x: T.Buffer((m, k), "float32"),
-        vals: T.Buffer((nval,), "float32"),
-        cols: T.Buffer((nval,), idx_dtype),
-        ptr: T.Buffer((n + 1,), ptr_dtype),
-        bias: T.Buffer((nbias,), "float32"),
-        y: T.Buffer((m, n), "float32"),
-    ):
-        for i in rows(n):
-            lo: T.let = T.Cast("int32", ptr[i])
-            hi: T.let = T.Cast("int32", ptr[i + 1])
-            for b in range(m):
-                acc = T.alloc_buffer((8,), "float32", scope="global")
-                for lane in T.vectorized(8):
-                    acc[lane] = T.float32(0)
-                for c in range(lo, hi):
-                    for lane in T.unroll(8):
-                        acc[lane] = (
-                            acc[lane]
-                            + vals[c * 8 + lane] * x[b, T.Cast("int32", cols[c * 8 + lane])]
-                        )
-                s = T.alloc_buffer((1,), "float32", scope="global")
-                s[0] = T.float32(0)
-                for lane in T.unroll(8):
-                    s[0] = s[0] + acc[lane]
-                if has_bias:
-                    y[b, i] = _epilogue(s[0] + bias[i], activation)
-                else:
-                    y[b, i] = _epilogue(s[0], activation)
+                    acc[T.ramp(bi * lanes, 1, 2)] = (
+                        acc[T.ramp(bi * lanes, 1, 2)] + acc[T.ramp(bi * lanes + 2, 1, 2)]
+                    )
+                    if bo * mb + bi < m:
+                        if has_bias:
+                            y[bo * mb + bi, i] = _epilogue(
+                                acc[bi * lanes] + acc[bi * lanes + 1] + bias[i], activation
+                            )
+                        else:
+                            y[bo * mb + bi, i] = _epilogue(
+                                acc[bi * lanes] + acc[bi * lanes + 1], activation
+                            )
 
     return kernel
 
@@ -252,6 +245,8 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, idx_dtype, ptr_dtype, nbias,
     kblocks = -(-kp // 16)
     nblk = -(-n // 16)
     rows = T.parallel if parallel else T.serial
+    exact_x = m == mp and k == kp and k % 16 == 0
+    exact_y = n % 16 == 0 and m % m_tile == 0
 
     @T.prim_func
     def kernel(
@@ -264,15 +259,21 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, idx_dtype, ptr_dtype, nbias,
     ):
         xt = T.alloc_buffer((kp, mp), "float32", scope="global")
         yt = T.alloc_buffer((nbr * r, m_tile), "float32", scope="global")
-        for kb in rows(kblocks):
-            for bb in range(mp):
-                for kk in T.unroll(16):
-                    if kb * 16 + kk < kp:
-                        xt[kb * 16 + kk, bb] = T.if_then_else(
-                            kb * 16 + kk < k and bb < m,
-                            x[T.min(bb, m - 1), T.min(kb * 16 + kk, k - 1)],
-                            T.float32(0),
-                        )
+        if exact_x:  # no padding: guard-free, 16 contiguous x loads per xT column piece
+            for kb in rows(kblocks):
+                for bb in range(mp):
+                    for kk in T.unroll(16):
+                        xt[kb * 16 + kk, bb] = x[bb, kb * 16 + kk]
+        else:
+            for kb in rows(kblocks):
+                for bb in range(mp):
+                    for kk in T.unroll(16):
+                        if kb * 16 + kk < kp:
+                            xt[kb * 16 + kk, bb] = T.if_then_else(
+                                kb * 16 + kk < k and bb < m,
+                                x[T.min(bb, m - 1), T.min(kb * 16 + kk, k - 1)],
+                                T.float32(0),
+                            )
         for t in range(ntiles):
             for p in range(npanels):
                 for ib in rows(nbr):
@@ -299,10 +300,10 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, idx_dtype, ptr_dtype, nbias,
                         for v in T.vectorized(m_tile):
                             yt[ib * r + a, v] = acc[a * m_tile + v]
             # yT -> y, 16 outputs at a time, so each y cache line is written once
-            for nb in rows(nblk):
-                for v in range(m_tile):
-                    for q in T.unroll(16):
-                        if nb * 16 + q < n and t * m_tile + v < m:
+            if exact_y:
+                for nb in rows(nblk):
+                    for v in range(m_tile):
+                        for q in T.vectorized(16):
                             if has_bias:
                                 y[t * m_tile + v, nb * 16 + q] = _epilogue(
                                     yt[nb * 16 + q, v] + bias[nb * 16 + q], activation
@@ -311,6 +312,19 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, idx_dtype, ptr_dtype, nbias,
                                 y[t * m_tile + v, nb * 16 + q] = _epilogue(
                                     yt[nb * 16 + q, v], activation
                                 )
+            else:
+                for nb in rows(nblk):
+                    for v in range(m_tile):
+                        for q in T.unroll(16):
+                            if nb * 16 + q < n and t * m_tile + v < m:
+                                if has_bias:
+                                    y[t * m_tile + v, nb * 16 + q] = _epilogue(
+                                        yt[nb * 16 + q, v] + bias[nb * 16 + q], activation
+                                    )
+                                else:
+                                    y[t * m_tile + v, nb * 16 + q] = _epilogue(
+                                        yt[nb * 16 + q, v], activation
+                                    )
 
     return kernel
 
@@ -408,14 +422,16 @@ def csr_linear(
     activation: str | None = None,
     target=None,
     *,
-    min_batch: int = 2,
+    min_batch: int = 5,
+    row_batch: int = 2,
     m_tile: int = 64,
     panel_cols: int | None = None,
     parallel: bool = True,
 ) -> KernelCall:
     """y[m, N] = act(x[m, K] @ weight.T + bias) with the weight stored CSR.
 
-    Knobs: ``min_batch`` (from this batch on the transposed-panel kernel is used), ``m_tile``
+    Knobs: ``min_batch`` (from this batch on the transposed-panel kernel is used; below it the
+    row kernel), ``row_batch`` (batch rows the row kernel serves per decoded chunk), ``m_tile``
     (batch lanes per register tile of the panel kernel), ``panel_cols`` (weight columns per
     panel; default keeps a panel's activations in L1), ``parallel`` (rows over threads).
     """
@@ -434,29 +450,19 @@ def csr_linear(
         vals, cols = np.zeros(8, np.float32), np.zeros(8, csr.indices.dtype)
     chunk_ptr = chunk_ptr.astype(np.int32)
     nchunks = int(chunk_ptr[-1])
-    args = (
-        m,
-        n,
-        k,
-        nchunks,
-        str(cols.dtype),
-        "int32",
-        bias_arr.size,
-        has_bias,
-        activation,
-        parallel,
+    words, per_word = _index_words(cols)
+    unroll, mb = (2, 1) if m == 1 else (1, min(m, row_batch))
+    func = _rows_kernel(
+        m, n, k, nchunks, per_word, bias_arr.size, has_bias, activation, unroll, mb, parallel
     )
-    use_gather = _has_avx2(_resolve(target))
-    func = (_gather_kernel if use_gather else _scalar_rows_kernel)(*args)
     info = _linear_info(
-        "csr_gather" if use_gather else "csr_rows",
-        m, n, k, csr.nnz, nchunks * 8, vals.nbytes, cols.nbytes + chunk_ptr.nbytes,
-        {"format": csr.stats()},
+        "csr_rows", m, n, k, csr.nnz, nchunks * 8, vals.nbytes, cols.nbytes + chunk_ptr.nbytes,
+        {"format": csr.stats(), "row_batch": mb},
     )  # fmt: skip
     return KernelCall(
         func=_finish(func),
         name="csr_linear",
-        consts=(vals, cols, chunk_ptr, bias_arr),
+        consts=(vals, words, chunk_ptr, bias_arr),
         out_shape=(m, n),
         info=info,
     )
@@ -569,6 +575,20 @@ def _conv_tiles(oh: int, ow: int, budget: int = 64) -> tuple[int, int]:
     return rows, cols
 
 
+def _wide_rows(oh: int, wp: int, sh: int, sw: int, max_lanes: int = 96) -> int:
+    """Output rows per "wide" tile (0 when the wide tile does not apply).
+
+    With unit strides, output row ``r`` column ``v`` reads the padded input at ``r * Wp + v`` plus
+    the tap's offset, so ``th`` whole output rows computed over the padded width ``Wp`` are one
+    contiguous run of ``th * Wp`` lanes: full 8-wide vectors with no per-row remainder (the
+    ``Wp - OW`` extra lanes per row are computed and dropped). 12 ymm accumulators at most.
+    """
+    if sh != 1 or sw != 1:
+        return 0
+    fits = [d for d in range(1, oh + 1) if oh % d == 0 and -(-d * wp // 8) * 8 <= max_lanes]
+    return max(fits) if fits else 0
+
+
 def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, ptr_dtype, nbias,
                  has_bias, activation, tile, parallel):  # fmt: skip
     """Direct sparse conv: out[n, o, tile] += w * xp_flat[n, offset(w) + position(tile)]."""
@@ -579,6 +599,9 @@ def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, p
     sh, sw = strides
     th, tw = tile
     chw = ci * hp * wp
+    wide = tw == 0  # tile = (th, 0): th output rows over the padded width, see _wide_rows
+    lanes = -(-th * wp // 8) * 8 if wide else th * tw
+    tail = lanes if wide else 0  # the last wide tile reads up to `lanes` past the input
     nval = max(nnz, 1)
     need_pad = (hp, wp) != (h, wd)
     rows = T.parallel if parallel else T.serial
@@ -593,7 +616,11 @@ def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, p
         bias: T.Buffer((nbias,), "float32"),
         y: T.Buffer((bn, o, oh, ow), "float32"),
     ):
-        xf = T.alloc_buffer((bn * chw,), "float32", scope="global")
+        xf = T.alloc_buffer((bn * chw + tail,), "float32", scope="global")
+        yw = T.alloc_buffer((bn * o * oh * wp + tail,), "float32", scope="global")
+        if wide:
+            for e in T.vectorized(tail):
+                xf[bn * chw + e] = T.float32(0)
         if need_pad:
             for nc in rows(bn * ci):
                 for ph in range(hp):
@@ -618,31 +645,62 @@ def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, p
             oc: T.let = no % o
             lo: T.let = T.Cast("int32", ptr[oc])
             hi: T.let = T.Cast("int32", ptr[oc + 1])
-            for tr in range(oh // th):
-                for tcol in range(ow // tw):
-                    acc = T.alloc_buffer((th * tw,), "float32", scope="global")
-                    for lane in T.vectorized(th * tw):
-                        acc[lane] = T.float32(0)
+            if wide:
+                for tr in range(oh // th):
+                    # 8-wide pieces and whole-vector stores only: a <72 x float> accumulator,
+                    # or a per-lane read of it, makes LLVM shuffle it through the stack inside
+                    # the reduction loop
+                    accw = T.alloc_buffer((lanes,), "float32", scope="global")
+                    for u in T.unroll(lanes // 8):
+                        accw[T.ramp(u * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
                     for j in range(lo, hi):
-                        w: T.let = vals[j]
-                        base: T.let = (
-                            nb * chw + T.Cast("int32", offs[j]) + tr * th * sh * wp + tcol * tw * sw
-                        )
-                        for rr in T.unroll(th):
-                            for v in vec(tw):
-                                acc[rr * tw + v] = (
-                                    acc[rr * tw + v] + w * xf[base + rr * sh * wp + v * sw]
-                                )
-                    for rr in range(th):
-                        for v in range(tw):
-                            if has_bias:
-                                y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
-                                    acc[rr * tw + v] + bias[oc], activation
-                                )
-                            else:
-                                y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
-                                    acc[rr * tw + v], activation
-                                )
+                        ww: T.let = T.broadcast(vals[j], 8)
+                        wbase: T.let = nb * chw + T.Cast("int32", offs[j]) + tr * th * wp
+                        for u in T.unroll(lanes // 8):
+                            accw[T.ramp(u * 8, 1, 8)] = (
+                                accw[T.ramp(u * 8, 1, 8)] + ww * xf[T.ramp(wbase + u * 8, 1, 8)]
+                            )
+                    for u in T.unroll(lanes // 8):
+                        yw[T.ramp(no * oh * wp + tr * th * wp + u * 8, 1, 8)] = accw[
+                            T.ramp(u * 8, 1, 8)
+                        ]
+                for rr in range(oh):
+                    for v in range(ow):
+                        if has_bias:
+                            y[nb, oc, rr, v] = _epilogue(
+                                yw[no * oh * wp + rr * wp + v] + bias[oc], activation
+                            )
+                        else:
+                            y[nb, oc, rr, v] = _epilogue(yw[no * oh * wp + rr * wp + v], activation)
+            else:
+                for tr in range(oh // th):
+                    for tcol in range(ow // tw):
+                        acc = T.alloc_buffer((th * tw,), "float32", scope="global")
+                        for lane in T.vectorized(th * tw):
+                            acc[lane] = T.float32(0)
+                        for j in range(lo, hi):
+                            w: T.let = vals[j]
+                            base: T.let = (
+                                nb * chw
+                                + T.Cast("int32", offs[j])
+                                + tr * th * sh * wp
+                                + tcol * tw * sw
+                            )
+                            for rr in T.unroll(th):
+                                for v in vec(tw):
+                                    acc[rr * tw + v] = (
+                                        acc[rr * tw + v] + w * xf[base + rr * sh * wp + v * sw]
+                                    )
+                        for rr in range(th):
+                            for v in range(tw):
+                                if has_bias:
+                                    y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
+                                        acc[rr * tw + v] + bias[oc], activation
+                                    )
+                                else:
+                                    y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
+                                        acc[rr * tw + v], activation
+                                    )
 
     return kernel
 
@@ -665,7 +723,9 @@ def sparse_conv2d(
 
     Each non-zero weight is stored with its flat offset into the padded input,
     ``c * Hp * Wp + kh * dh * Wp + kw * dw``, so the kernel needs no im2col buffer.
-    ``tile=(rows, cols)`` of output positions per register tile (both must divide the output).
+    ``tile=(rows, cols)`` of output positions per register tile (both must divide the output);
+    ``cols=0`` asks for ``rows`` whole output rows computed over the padded width (the default
+    with unit strides: contiguous 8-wide vectors, see ``_wide_rows``).
     """
     _check_activation(activation)
     if groups != 1:
@@ -693,8 +753,13 @@ def sparse_conv2d(
         vals, offs = np.zeros(1, np.float32), np.zeros(1, offs.dtype)
     ptr = np.ascontiguousarray(csr.indptr)
     bias_arr, has_bias = _bias_const(bias, o)
-    tile = tuple(tile) if tile else _conv_tiles(oh, ow)
-    if oh % tile[0] or ow % tile[1]:
+    if tile is None:
+        wide_rows = _wide_rows(oh, wp, sh, sw)
+        tile = (wide_rows, 0) if wide_rows else _conv_tiles(oh, ow)
+    tile = tuple(tile)
+    if tile[1] == 0 and (_wide_rows(oh, wp, sh, sw, 1 << 30) == 0 or oh % max(tile[0], 1)):
+        raise ValueError(f"wide tile {tile} needs unit strides and rows dividing {oh}")
+    if tile[0] < 1 or oh % tile[0] or (tile[1] and ow % tile[1]):
         raise ValueError(f"tile {tile} must divide the output {(oh, ow)}")
     func = _conv_kernel(
         (bn, ci, h, wd), o, (oh, ow), (hp, wp), (top, left), (sh, sw), csr.nnz, str(offs.dtype),

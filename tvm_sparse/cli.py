@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tvm-sparse", description="Compile sparse neural networks with Apache TVM."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="compile an ONNX model into a deployable module")
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.WARNING if args.quiet else logging.INFO,
         format="tvm-sparse: %(message)s",
     )
     from .errors import TvmSparseError

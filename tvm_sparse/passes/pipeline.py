@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
 import tvm
@@ -23,6 +25,8 @@ from .canonicalize import canonicalize_passes
 from .choose_kernels import choose_layer
 from .rewrite_kwta import rewrite_kwta_pass
 from .rewrite_layers import rewrite_layers
+
+log = logging.getLogger("tvm_sparse")
 
 
 @dataclass
@@ -47,10 +51,21 @@ class Sparsify:
         target = tvm.target.Target.current(allow_none=False)
         plan = {}
         self.layers = []
-        for layer, act in analyze_function(mod["main"], self.options.layer_names):
+        analyzed = analyze_function(mod["main"], self.options.layer_names)
+        for i, (layer, act) in enumerate(analyzed):
+            start = time.perf_counter()
             row = layer_report(layer, act)
             choice = choose_layer(
                 layer, target, sparse=self.options.sparse, measure=self.options.measure
+            )
+            log.info(
+                "layer %d/%d %s: %s (%s) [%.1f s]",
+                i + 1,
+                len(analyzed),
+                layer.name,
+                choice.chosen,
+                choice.reason,
+                time.perf_counter() - start,
             )
             row.chosen, row.reason = choice.chosen, choice.reason
             row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms

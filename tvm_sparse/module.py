@@ -44,8 +44,19 @@ class CompiledModule:
         self.report = report
         self.target = target
         self.device = device or (tvm.cuda() if target.startswith("cuda") else tvm.cpu())
-        self._vm = relax.VirtualMachine(executable, self.device)
-        self._main = self._vm["main"]  # looked up once: a lookup costs ~18 us
+        self._vm_main = None  # created on first run: a CUDA module can be built without a GPU
+
+    @property
+    def _main(self):
+        if self._vm_main is None:
+            if not self.device.exist:
+                raise RunInputError(
+                    f"cannot run a {self.target} module here: no {self.device} device present "
+                    "(export it and run it where one is)"
+                )
+            vm = relax.VirtualMachine(self.executable, self.device)
+            self._vm_main = vm["main"]  # looked up once: a lookup costs ~18 us
+        return self._vm_main
 
     # -- running ---------------------------------------------------------------------------
     def _check_inputs(self, inputs: tuple) -> list[np.ndarray]:
@@ -71,14 +82,15 @@ class CompiledModule:
     def run(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
         """Run on numpy inputs (in model input order); a tuple for several outputs."""
         arrays = self._check_inputs(inputs)
+        main = self._main  # first: names a missing device before any transfer
         args = [tvm.runtime.tensor(a, self.device) for a in arrays]
-        return _to_numpy(self._main(*args))
+        return _to_numpy(main(*args))
 
     def benchmark(self, *inputs: Any, repeat: int = 20, min_time: float = 0.2) -> dict:
         """Median/min seconds per run, inputs already on the device (no transfer timed)."""
         arrays = self._check_inputs(inputs)
-        args = [tvm.runtime.tensor(a, self.device) for a in arrays]
         main = self._main
+        args = [tvm.runtime.tensor(a, self.device) for a in arrays]
         main(*args)  # warm-up
         times: list[float] = []
         start = time.perf_counter()

@@ -102,10 +102,9 @@ def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         from tvm.relax.backend.cpu_generic import pipeline as cpu
 
         return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
-    import tvm.relax.backend.cuda  # noqa: F401 - registers the CUDA pipeline pieces
-    from tvm.relax import pipeline as tvm_pipeline
+    from tvm.relax.backend.cuda import pipeline as cuda  # same export gap as cpu_generic
 
-    return tvm_pipeline.dataflow_lower_passes(target) + tvm_pipeline.finalize_passes(target)
+    return cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
 
 
 def build_pipeline(

@@ -164,7 +164,12 @@ def candidates_for(
     machine: MachineModel = DEFAULT_MACHINE,
 ) -> list[Candidate]:
     """All kernels that can implement ``layer`` on ``target`` (dense first)."""
-    if str(target.kind.name) != "llvm":
+    kind = str(target.kind.name)
+    if kind == "cuda":
+        from .sparse_cuda import cuda_candidates
+
+        return cuda_candidates(layer, target, sparse, machine)
+    if kind != "llvm":
         return []
     if layer.kind == LINEAR:
         return linear_candidates(layer, target, sparse, machine)

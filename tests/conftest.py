@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
-
-import tempfile
 
 # Keep TVM's thread pool small and deterministic on the 2-core CI machine.
 os.environ.setdefault("TVM_NUM_THREADS", "2")

@@ -38,8 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile an ONNX model into a deployable module")
     c.add_argument("model", help="ONNX file")
-    c.add_argument("--target", default="llvm", help="llvm (this CPU), cuda, or a JSON target")
-    c.add_argument("-o", "--output", required=True, help="output library (.so)")
+    c.add_argument(
+        "--target", default="llvm", help="llvm (this CPU), cuda, fpga[:u250], or a JSON target"
+    )
+    c.add_argument(
+        "-o", "--output", required=True, help="output library (.so); a directory for fpga"
+    )
+    c.add_argument("--no-csim", action="store_true", help="fpga: skip the C simulation check")
     c.add_argument("--tuning-records", metavar="DIR", help="MetaSchedule database directory")
     c.add_argument("--dense", action="store_true", help="dense kernels only (baseline)")
     c.add_argument(
@@ -65,8 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_compile_fpga(args: argparse.Namespace) -> int:
+    from .codegen.fpga import compile_fpga
+
+    project = compile_fpga(
+        args.model,
+        args.target,
+        input_shapes=args.input_shapes,
+        output_dir=args.output,
+        run_csim=not args.no_csim,
+    )
+    print(project.estimate().table())
+    if project.csim_result is not None:
+        print(project.csim_result.summary())
+    print(f"wrote HLS project {args.output}")
+    return 0
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     import tvm_sparse
+
+    from .codegen.fpga import is_fpga_target
+
+    if is_fpga_target(args.target):
+        return _cmd_compile_fpga(args)
 
     mod = tvm_sparse.compile(
         args.model,

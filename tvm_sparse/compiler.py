@@ -9,7 +9,7 @@ from typing import Any
 
 import tvm
 
-from .errors import TargetError, TvmSparseError
+from .errors import TvmSparseError
 from .frontend import ImportedModel, import_model
 from .module import CompiledModule
 from .passes.analyze_sparsity import analyze_function, layer_report
@@ -20,7 +20,7 @@ from .target import resolve_target
 
 log = logging.getLogger("tvm_sparse")
 
-_OPTIONS = set(SparsifyOptions.__dataclass_fields__) - {"layer_names"}
+_OPTIONS = (set(SparsifyOptions.__dataclass_fields__) - {"layer_names"}) | {"output_dir"}
 
 
 def _load_database(tuning_records: str | os.PathLike | None):
@@ -61,6 +61,9 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
 ) -> CompiledModule:
     """Compile a model (ONNX path, ModelProto or Relax IRModule) into a runnable module.
 
+    ``target="fpga"`` (or a dict with ``kind: fpga``) returns an HLS project instead
+    (``tvm_sparse.codegen.fpga.FpgaProject``; ``output_dir=`` writes it and runs C simulation).
+
     Options: ``sparse`` (default True; False compiles the dense baseline with the same dense
     kernels), ``measure`` ("auto" by default: time dense and the best sparse candidates of each
     layer on this machine, cached on disk; True: time every candidate; False: trust the cost
@@ -69,10 +72,14 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     unknown = set(options) - _OPTIONS
     if unknown:
         raise TypeError(f"unknown compile option(s): {sorted(unknown)}; known: {sorted(_OPTIONS)}")
-    if isinstance(target, (str, dict)) and (
-        target == "fpga" or (isinstance(target, dict) and target.get("kind") == "fpga")
-    ):
-        raise TargetError("the fpga target is not available in this build yet")
+    from .codegen.fpga import compile_fpga, is_fpga_target
+
+    if is_fpga_target(target):
+        return compile_fpga(
+            model, target, input_shapes=input_shapes, output_dir=options.pop("output_dir", None)
+        )
+    if "output_dir" in options:
+        raise TypeError("output_dir is for the fpga target; CPU/CUDA modules use .export(path)")
     tgt = resolve_target(target)
     imported = import_model(model, input_shapes)
     sparsify = Sparsify(SparsifyOptions(layer_names=imported.weighted_nodes, **options))

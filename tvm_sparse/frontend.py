@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from tvm import relax
 
 from .errors import InputShapeError, ModelLoadError, UnsupportedModelError
+from .onnx_fold import fold_constants
 
 ShapeDict = dict[str, tuple[int, ...]]
 
@@ -158,6 +159,8 @@ def import_onnx(
     model: onnx.ModelProto, shapes: ShapeDict | None = None, source: str = "<model>"
 ) -> ImportedModel:
     """Import an ONNX model into Relax with weights as constants and static input shapes."""
+    # constant subgraphs (PyTorch's position-id / ConstantOfShape plumbing) crash TVM's importer
+    model = fold_constants(model)
     _check_supported_ops(model, source)
     specs = onnx_input_specs(model, shapes)
     from tvm.relax.frontend.onnx import from_onnx

@@ -6,6 +6,15 @@ import json
 from dataclasses import asdict, dataclass, field
 
 
+def _short_name(name: str, width: int = 36) -> str:
+    """Exporter names are paths (``/encoder/layer.0/attention/self/query/MatMul``): drop the op
+    suffix and keep the end, where the layer is named."""
+    for suffix in ("/MatMul", "/Gemm", "/Conv"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
 @dataclass
 class LayerReport:
     """One weighted layer of the model."""
@@ -103,7 +112,7 @@ class Report:
             chosen_ms = layer.measured_ms.get(layer.chosen, layer.estimated_ms.get(layer.chosen))
             rows.append(
                 (
-                    layer.name[:28],
+                    _short_name(layer.name),
                     layer.op,
                     "x".join(str(d) for d in layer.weight_shape),
                     f"{layer.weight_density:.1%}",

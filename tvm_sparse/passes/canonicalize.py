@@ -12,6 +12,7 @@ import tvm
 from tvm import relax
 
 from .fold_affine import FoldAffineIntoLayers
+from .fuse_gelu import FuseGelu
 
 
 def canonicalize_passes() -> list[tvm.transform.Pass]:
@@ -19,6 +20,7 @@ def canonicalize_passes() -> list[tvm.transform.Pass]:
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
         relax.transform.CanonicalizeBindings(),
+        FuseGelu(),  # erf-GELU subgraph -> nn.gelu, a fusable kernel epilogue
         FoldAffineIntoLayers(),
         relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination(),

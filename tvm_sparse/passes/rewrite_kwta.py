@@ -51,7 +51,9 @@ class _KwtaRewriter(PyExprMutator):
         self.count += 1
         func = kernel.func.with_attr("global_symbol", name)
         gvar = self.builder_.add_func(func, name)
-        args = [self.visit_expr(match.x)] + [relax.const(c) for c in kernel.consts]
+        args = [self.visit_expr(match.x)] + [
+            relax.const(c, str(c.dtype)) for c in kernel.consts
+        ]  # int64 stays int64
         out = relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
         if isinstance(binding.var, relax.DataflowVar):
             new_var = self.builder_.emit(out, binding.var.name)

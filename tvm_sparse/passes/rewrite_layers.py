@@ -43,7 +43,8 @@ class _LayerRewriter(PyExprMutator):
             x = self.builder_.emit(relax.op.reshape(x, (layer.rows, layer.x_shape[-1])), "rows")
         name = f"{kernel.name}_{layer.index}"
         gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
-        args = [x] + [relax.const(c) for c in kernel.consts]
+        # explicit dtype: relax.const turns int64 numpy arrays into int32 by default
+        args = [x] + [relax.const(c, str(c.dtype)) for c in kernel.consts]
         out = relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
         if flatten:
             out = relax.op.reshape(self.builder_.emit(out, "rows_out"), layer.out_shape)

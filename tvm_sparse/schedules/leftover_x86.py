@@ -83,8 +83,11 @@ class ParallelSpatial(ScheduleRule):
 
 
 def cpu_leftover_rules() -> list[ScheduleRule]:
-    """dlight's CPU rules first (GEMV, reductions), then the spatial fallback."""
-    return [dl.cpu.GEMV(), dl.cpu.Reduction(), ParallelSpatial()]
+    """Encoder rules (batched matmul, softmax/layernorm rows), dlight's CPU rules, then the
+    spatial fallback: the first rule that applies to a function wins."""
+    from .attention_x86 import encoder_leftover_rules
+
+    return [*encoder_leftover_rules(), dl.cpu.GEMV(), dl.cpu.Reduction(), ParallelSpatial()]
 
 
 def gpu_leftover_rules() -> list[ScheduleRule]:

@@ -1,0 +1,157 @@
+"""Pruned BERT encoder benchmark: tvm-sparse vs TVM dense vs onnxruntime vs DeepSparse.
+
+    python benchmarks/bench_bert.py [--threads 1] [--sparsities 0.9,0.0] [--seq 128]
+                                    [--layers 6 --hidden 384 --heads 12 --intermediate 1536]
+                                    [--measure auto|all|none] [--json out.json]
+
+The model is the MiniLM-L6 shape (6 layers, hidden 384, 12 heads, FFN 1536) with random weights,
+every encoder linear L1-pruned to the given sparsity in PyTorch and exported to ONNX
+(``tvm_sparse.models_bert``; needs torch + transformers). Every runtime runs the same ONNX file,
+is timed by the same ``median_time`` loop (DeepSparse in its own venv, same loop) and is checked
+against onnxruntime (rtol 1e-3) before its time is reported. Read the ratios: the machine is
+shared and noisy. The floor at 90%: ~136M non-zero MACs in the linears + ~75M dense MACs in the
+attention matmuls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sparsities", default="0.9,0.0")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--hidden", type=int, default=384)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--intermediate", type=int, default=1536)
+    p.add_argument("--measure", choices=("auto", "all", "none"), default="auto")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per runtime")
+    p.add_argument("--no-deepsparse", action="store_true")
+    p.add_argument("--workdir", help="keep the ONNX files here (default: a temporary dir)")
+    p.add_argument("--json", help="write the rows here too")
+    return p.parse_args()
+
+
+ARGS = _parse()
+os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)  # before tvm is imported
+
+import numpy as np  # noqa: E402
+import tvm  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import DeepSparseRunner, OrtRunner, median_time, print_table  # noqa: E402
+
+import tvm_sparse  # noqa: E402
+from tvm_sparse.models_bert import bert_inputs, pruned_bert_onnx  # noqa: E402
+
+
+def _close(out: np.ndarray, ref: np.ndarray) -> bool:
+    scale = max(float(np.abs(ref).max()), 1e-6)
+    return bool(np.allclose(out, ref, rtol=1e-3, atol=1e-3 * scale))
+
+
+def _model(sparsity: float, workdir: str) -> str:
+    name = (
+        f"bert_l{ARGS.layers}_h{ARGS.hidden}_a{ARGS.heads}_f{ARGS.intermediate}"
+        f"_s{ARGS.seq}_b{ARGS.batch}_p{int(round(sparsity * 100))}.onnx"
+    )
+    path = os.path.join(workdir, name)
+    if not os.path.exists(path):
+        pruned_bert_onnx(
+            path,
+            layers=ARGS.layers,
+            hidden=ARGS.hidden,
+            heads=ARGS.heads,
+            intermediate=ARGS.intermediate,
+            seq=ARGS.seq,
+            batch=ARGS.batch,
+            sparsity=sparsity,
+        )
+    return path
+
+
+def bench_one(sparsity: float, workdir: str) -> dict:
+    path = _model(sparsity, workdir)
+    feeds = bert_inputs(ARGS.batch, ARGS.seq, seed=1)
+    inputs = [feeds["input_ids"], feeds["attention_mask"]]
+    row = {"sparsity": sparsity, "seq": ARGS.seq, "batch": ARGS.batch, "threads": ARGS.threads}
+
+    ort = OrtRunner(path, threads=ARGS.threads)
+    ref = ort.run(inputs)[0]
+    row["ort_ms"] = ort.time(inputs, min_time=ARGS.min_time) * 1e3
+
+    t0 = time.perf_counter()
+    measure = {"auto": "auto", "all": True, "none": False}[ARGS.measure]
+    sparse = tvm_sparse.compile(path, "llvm", measure=measure)
+    row["compile_s"] = round(time.perf_counter() - t0, 1)
+    dense = tvm_sparse.compile(path, "llvm", sparse=False, measure=False)
+    for label, module in (("tvm_sparse", sparse), ("tvm_dense", dense)):
+        out = module.run(*inputs)
+        if not _close(out, ref):
+            row[f"{label}_ms"] = "MISMATCH"
+            continue
+        args = [tvm.runtime.tensor(a) for a in inputs]
+        row[f"{label}_ms"] = median_time(lambda m=module._main, a=args: m(*a), ARGS.min_time) * 1e3
+    chosen = [layer.chosen for layer in sparse.report.layers]
+    row["chosen"] = ",".join(sorted({f"{c}x{chosen.count(c)}" for c in chosen}))
+
+    if not ARGS.no_deepsparse:
+        ds = DeepSparseRunner(path, threads=ARGS.threads)
+        if ds.available:
+            result = ds.run_and_time(inputs, min_time=ARGS.min_time)
+            if result is not None:
+                outs, seconds = result
+                row["deepsparse_ms"] = seconds * 1e3 if _close(outs[0], ref) else "MISMATCH"
+    ts = row.get("tvm_sparse_ms")
+    if isinstance(ts, float):
+        for peer in ("ort", "tvm_dense", "deepsparse"):
+            value = row.get(f"{peer}_ms")
+            if isinstance(value, float):
+                row[f"x_{peer}"] = value / ts
+    td = row.get("tvm_dense_ms")
+    if isinstance(td, float):
+        row["dense_x_ort"] = row["ort_ms"] / td
+    return row
+
+
+def main() -> int:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tvm-sparse-bert-") as tmp:
+        workdir = ARGS.workdir or tmp
+        os.makedirs(workdir, exist_ok=True)
+        for sparsity in (float(s) for s in ARGS.sparsities.split(",")):
+            print(f"... sparsity {sparsity:.0%}", file=sys.stderr, flush=True)
+            rows.append(bench_one(sparsity, workdir))
+    columns = [
+        "sparsity",
+        "seq",
+        "threads",
+        "tvm_sparse_ms",
+        "tvm_dense_ms",
+        "ort_ms",
+        "deepsparse_ms",
+        "x_ort",
+        "x_deepsparse",
+        "x_tvm_dense",
+        "dense_x_ort",
+        "compile_s",
+        "chosen",
+    ]
+    print_table(rows, columns)
+    if ARGS.json:
+        with open(ARGS.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""C simulation of generated HLS projects against the CPU module (g++, no vendor tools)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from tvm_sparse import models
+from tvm_sparse.codegen.fpga import compile_fpga, golden_outputs
+from tvm_sparse.errors import TvmSparseError
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+
+@pytest.fixture(scope="module")
+def tb_data():
+    """Inputs and CPU-module outputs, one golden run per tiny model (with / without boosting)."""
+    x = np.random.default_rng(1).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    return {b: (x, golden_outputs(models.tiny_sparse_cnn(boosting=b), x)) for b in (False, True)}
+
+
+@pytest.mark.parametrize(
+    "variant,boosting",
+    [("sparse-sparse", False), ("sparse-sparse", True), ("sparse-dense", False), ("dense", False)],
+)
+def test_tiny_cnn_csim_matches_cpu(tmp_path, tb_data, variant, boosting):
+    project = compile_fpga(
+        models.tiny_sparse_cnn(boosting=boosting),
+        "fpga",
+        output_dir=tmp_path,
+        variant=variant,
+        tb_data=tb_data[boosting],
+    )
+    result = project._csim
+    assert result is not None and result.ok
+    np.testing.assert_allclose(result.output, project.tb_golden, rtol=1e-5, atol=1e-6)
+    assert result.output.shape == (3, 12)
+    # the engines the variant asks for are the ones generated
+    engines = [layer.engine for layer in project.hw.layers if layer.weighted]
+    expected = {
+        "sparse-sparse": ["sparse_dense", "sparse_sparse", "sparse_sparse", "sparse_sparse"],
+        "sparse-dense": ["sparse_dense", "sparse_dense", "sparse_dense", "dense"],
+        "dense": ["dense"] * 4,
+    }[variant]
+    assert engines == expected
+    for name in ("build_prj.tcl", "Makefile", "host/host.cpp", "myproject_test.cpp"):
+        assert (tmp_path / name).is_file()
+    assert (tmp_path / "tb_data" / "tb_output_predictions.dat").is_file()
+
+
+def test_csim_mismatch_is_an_error(tmp_path, tb_data):
+    project = compile_fpga(
+        models.tiny_sparse_cnn(), "fpga", output_dir=tmp_path, run_csim=False, tb_data=tb_data[0]
+    )
+    golden = tmp_path / "tb_data" / "tb_output_predictions.dat"
+    bad = project.tb_golden.copy()
+    bad[0, 0] += 1.0
+    golden.write_text("\n".join(" ".join(f"{v:.9g}" for v in row) for row in bad) + "\n")
+    with pytest.raises(TvmSparseError, match="does not match"):
+        project.csim()
+
+
+def test_mlp_with_relu_csim_and_fixed_point_error(tmp_path):
+    """ReLU activations feed sparse-sparse engines; ap_fixed reports its error, no exception."""
+    model = models.pruned_mlp(layers=3, hidden=64, in_features=32, out_features=10, density=0.3)
+    x = np.random.default_rng(2).standard_normal((4, 32)).astype(np.float32)
+    data = (x, golden_outputs(model, x))
+    exact = compile_fpga(model, "fpga", output_dir=tmp_path / "float", tb_data=data)
+    assert exact._csim.ok
+    fixed = compile_fpga(
+        model,
+        {"kind": "fpga", "precision": "ap_fixed<16,6>"},
+        output_dir=tmp_path / "fixed",
+        tb_data=data,
+    )
+    err = fixed._csim
+    assert err.max_abs_error > 0  # quantization changes the numbers...
+    assert err.max_rel_error < 0.01  # ...by little at 16 bits
+    assert "ap_fixed<16,6" in (tmp_path / "fixed" / "firmware" / "parameters.h").read_text()
+    int8 = compile_fpga(
+        model, {"kind": "fpga", "precision": "int8"}, output_dir=tmp_path / "int8", tb_data=data
+    )
+    assert int8._csim.max_rel_error > err.max_rel_error
+    assert int8._csim.to_dict()["mismatches"] > 0
+
+
+@pytest.mark.slow
+def test_gsc_super_sparse_csim_matches_cpu(tmp_path):
+    project = compile_fpga(
+        models.gsc_sparse_cnn(super_sparse=True), "fpga", output_dir=tmp_path, tb_samples=4
+    )
+    result = project._csim
+    np.testing.assert_allclose(result.output, project.tb_golden, rtol=1e-5, atol=1e-6)
+    assert result.top1_agreement == 1.0

@@ -1,0 +1,115 @@
+"""FuseGelu: every exporter spelling of erf-GELU becomes one ``nn.gelu``, with the same values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_sparse.passes.fuse_gelu import FuseGelu, fuse_gelu
+
+SHAPE = (2, 8, 16)
+
+
+def _c(value: float) -> relax.Constant:
+    return relax.const(value, "float32")
+
+
+# Each form builds gelu(x) from x with the ops a PyTorch exporter writes, in its own order.
+def _torchscript(bb, x):  # (x * (erf(x / sqrt2) + 1)) * 0.5
+    e = bb.emit(relax.op.erf(bb.emit(relax.op.divide(x, _c(math.sqrt(2.0))))))
+    a = bb.emit(relax.op.add(e, _c(1.0)))
+    return relax.op.multiply(bb.emit(relax.op.multiply(x, a)), _c(0.5))
+
+
+def _half_first(bb, x):  # (0.5 * x) * (1 + erf(x * 1/sqrt2))
+    e = bb.emit(relax.op.erf(bb.emit(relax.op.multiply(x, _c(math.sqrt(0.5))))))
+    a = bb.emit(relax.op.add(_c(1.0), e))
+    return relax.op.multiply(bb.emit(relax.op.multiply(_c(0.5), x)), a)
+
+
+def _half_last_const_left(bb, x):  # 0.5 * ((1 + erf(1/sqrt2 * x)) * x)
+    e = bb.emit(relax.op.erf(bb.emit(relax.op.multiply(_c(math.sqrt(0.5)), x))))
+    a = bb.emit(relax.op.add(e, _c(1.0)))
+    return relax.op.multiply(_c(0.5), bb.emit(relax.op.multiply(a, x)))
+
+
+def _wrong_half(bb, x):  # 0.6 instead of 0.5: not GELU, must stay as it is
+    e = bb.emit(relax.op.erf(bb.emit(relax.op.divide(x, _c(math.sqrt(2.0))))))
+    a = bb.emit(relax.op.add(e, _c(1.0)))
+    return relax.op.multiply(bb.emit(relax.op.multiply(x, a)), _c(0.6))
+
+
+def _wrong_scale(bb, x):  # erf(x / 2): not GELU
+    e = bb.emit(relax.op.erf(bb.emit(relax.op.divide(x, _c(2.0)))))
+    a = bb.emit(relax.op.add(e, _c(1.0)))
+    return relax.op.multiply(bb.emit(relax.op.multiply(x, a)), _c(0.5))
+
+
+def _module(form) -> tvm.IRModule:
+    """main(x, w) = form(x @ w + 1) + 2: the GELU sits between other ops, like in an FFN."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.add(x, _c(1.0)))
+            g = bb.emit(form(bb, h))
+            out = bb.emit_output(relax.op.add(g, _c(2.0)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _ops(mod: tvm.IRModule) -> list[str]:
+    names = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
+            names.append(e.op.name)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return names
+
+
+def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
+    ex = tvm.compile(mod, target="llvm")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    erf = np.vectorize(math.erf)
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+@pytest.mark.parametrize("form", [_torchscript, _half_first, _half_last_const_left])
+def test_every_spelling_becomes_one_gelu(form, rng):
+    mod = _module(form)
+    fused = FuseGelu()(mod)
+    ops = _ops(fused)
+    assert ops.count("relax.nn.gelu") == 1
+    assert "relax.erf" not in ops and "relax.multiply" not in ops and "relax.divide" not in ops
+    x = rng.standard_normal(SHAPE).astype(np.float32) * 3
+    expected = _gelu(x.astype(np.float64) + 1.0) + 2.0
+    np.testing.assert_allclose(_run(fused, x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_run(mod, x), _run(fused, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", [_wrong_half, _wrong_scale])
+def test_lookalikes_are_left_alone(form):
+    mod = _module(form)
+    assert "relax.nn.gelu" not in _ops(fuse_gelu(mod))
+    assert _ops(fuse_gelu(mod)) == _ops(mod)
+
+
+def test_module_without_gelu_is_returned_unchanged():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.erf(x))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert fuse_gelu(mod).same_as(mod)

@@ -1,0 +1,125 @@
+"""The encoder leftover rules: batched matmul (+ epilogue) and row reductions, against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, te
+
+from tvm_sparse.schedules.attention_x86 import BatchMatmul, RowReduction, encoder_leftover_rules
+
+
+def _build(func: tvm.tirx.PrimFunc, target):
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    return tvm.compile(mod, target=target)["main"]
+
+
+def _run(func, target, *arrays: np.ndarray, out_shape) -> np.ndarray:
+    args = [tvm.runtime.tensor(a) for a in arrays]
+    out = tvm.runtime.tensor(np.zeros(out_shape, dtype=np.float32))
+    _build(func, target)(*args, out)
+    return out.numpy()
+
+
+def _batch_matmul(b, m, n, k, b_transposed: bool, epilogue: bool):
+    """C = A @ B (B as [b, k, n] or [b, n, k]); with epilogue C * 0.5 + mask[m, n]."""
+    a = te.placeholder((b, m, k), name="A")
+    bshape = (b, n, k) if b_transposed else (b, k, n)
+    bt = te.placeholder(bshape, name="B")
+    r = te.reduce_axis((0, k), name="k")
+
+    def rhs(x, j, kk):
+        return bt[x, j, kk] if b_transposed else bt[x, kk, j]
+
+    c = te.compute((b, m, n), lambda x, i, j: te.sum(a[x, i, r] * rhs(x, j, r), axis=r), name="C")
+    if not epilogue:
+        return te.create_prim_func([a, bt, c]), (a, bt)
+    mask = te.placeholder((m, n), name="mask")
+    scaled = te.compute((b, m, n), lambda x, i, j: c[x, i, j] * 0.5, name="scaled")
+    out = te.compute((b, m, n), lambda x, i, j: scaled[x, i, j] + mask[i, j], name="out")
+    return te.create_prim_func([a, bt, mask, out]), (a, bt, mask)
+
+
+@pytest.mark.parametrize(
+    "b, m, n, k, b_transposed, epilogue",
+    [
+        (12, 128, 128, 32, False, True),  # Q K^T with scale and mask (K^T materialized)
+        (12, 128, 32, 128, False, False),  # P V
+        (3, 12, 20, 40, True, True),  # ragged tiles, B not transposed
+        (2, 6, 10, 33, False, False),  # nothing divides evenly
+    ],
+)
+def test_batch_matmul_matches_numpy(target, rng, b, m, n, k, b_transposed, epilogue):
+    func, _ = _batch_matmul(b, m, n, k, b_transposed, epilogue)
+    sch = BatchMatmul(min_macs=0).apply(func, target, False)
+    assert sch is not None
+    x = rng.standard_normal((b, m, k)).astype(np.float32)
+    w = rng.standard_normal((b, n, k) if b_transposed else (b, k, n)).astype(np.float32)
+    expected = x @ (w.transpose(0, 2, 1) if b_transposed else w)
+    inputs = [x, w]
+    if epilogue:
+        mask = rng.standard_normal((m, n)).astype(np.float32)
+        expected = expected * 0.5 + mask
+        inputs.append(mask)
+    out = _run(sch.mod["main"], target, *inputs, out_shape=(b, m, n))
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def _legalized(build, *shapes) -> tvm.tirx.PrimFunc:
+    """The PrimFunc TVM's legalization makes for a one-op Relax function."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"p{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(*params))
+        bb.emit_func_output(out)
+    mod = relax.transform.LegalizeOps()(bb.get())
+    funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(funcs) == 1
+    return funcs[0]
+
+
+def test_softmax_matches_numpy(target, rng):
+    shape = (1, 3, 16, 128)
+    func = _legalized(lambda x: relax.op.nn.softmax(x, axis=-1), shape)
+    sch = RowReduction().apply(func, target, False)
+    assert sch is not None
+    x = rng.standard_normal(shape).astype(np.float32) * 4
+    x[..., -3:] = -3.4e38  # masked positions, as BERT writes them
+    e = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    expected = e / e.sum(axis=-1, keepdims=True)
+    out = _run(sch.mod["main"], target, x, out_shape=shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("hidden", [384, 64, 20])
+def test_layer_norm_matches_numpy(target, rng, hidden):
+    shape = (1, 16, hidden)
+    func = _legalized(
+        lambda x, g, b: relax.op.nn.layer_norm(x, g, b, axes=[-1], epsilon=1e-12),
+        shape,
+        (hidden,),
+        (hidden,),
+    )
+    sch = RowReduction().apply(func, target, False)
+    assert sch is not None
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    g = rng.standard_normal(hidden).astype(np.float32)
+    b = rng.standard_normal(hidden).astype(np.float32)
+    x64 = x.astype(np.float64)
+    mean = x64.mean(-1, keepdims=True)
+    expected = (x64 - mean) / np.sqrt(x64.var(-1, keepdims=True) + 1e-12) * g + b
+    out = _run(sch.mod["main"], target, x, g, b, out_shape=shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_rules_decline_what_they_do_not_handle(target):
+    x = te.placeholder((64, 64), name="x")
+    add = te.create_prim_func([x, te.compute((64, 64), lambda i, j: x[i, j] + 1.0, name="y")])
+    for rule in encoder_leftover_rules():
+        assert rule.apply(add, target, False) is None
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+    func, _ = _batch_matmul(2, 16, 16, 16, False, False)
+    assert BatchMatmul(min_macs=0).apply(func, cuda, False) is None
+    assert BatchMatmul().apply(func, target, False) is None  # below min_macs

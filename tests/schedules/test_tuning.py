@@ -1,0 +1,245 @@
+"""Tuning: knob spaces, records and reuse, compile with records, the CLI, tuning over RPC."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import assert_close, ort_run
+from tvm_sparse.errors import TvmSparseError
+from tvm_sparse.passes.layers import LINEAR, LayerSpec
+from tvm_sparse.schedules import tuning
+
+
+def _sparse(rng, shape, density):
+    return (rng.standard_normal(shape) * (rng.random(shape) < density)).astype(np.float32)
+
+
+def leftover_mlp(hidden: int = 32, out: int = 8, seed: int = 0):
+    """Sigmoid -> Gemm -> Relu -> Gemm: two kernel layers and one leftover for MetaSchedule."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "w0": _sparse(rng, (hidden, hidden), 0.2),
+        "b0": rng.standard_normal(hidden).astype(np.float32),
+        "w1": _sparse(rng, (out, hidden), 0.3),
+        "b1": rng.standard_normal(out).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["s"], name="sigmoid"),
+        helper.make_node("Gemm", ["s", "w0", "b0"], ["h"], transB=1, name="fc0"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu0"),
+        helper.make_node("Gemm", ["r", "w1", "b1"], ["y"], transB=1, name="fc1"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "leftover_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _linear_layer(m: int, n: int, k: int, density: float, seed: int = 0) -> LayerSpec:
+    rng = np.random.default_rng(seed)
+    return LayerSpec(
+        index=0,
+        kind=LINEAR,
+        x_shape=(m, k),
+        out_shape=(m, n),
+        weight=_sparse(rng, (n, k), density),
+        bias=rng.standard_normal(n).astype(np.float32),
+        activation="relu",
+        x_var=None,
+        tail_var=None,
+        name="fc",
+    )
+
+
+@pytest.fixture(scope="module")
+def kernel_records(tmp_path_factory):
+    """A kernel-only tune of the small model (fast), and the messages it printed."""
+    path = tmp_path_factory.mktemp("records")
+    lines: list[str] = []
+    summary = tuning.tune(
+        leftover_mlp(), trials=3, records_dir=path, metaschedule=False, progress=lines.append
+    )
+    return path, summary, lines
+
+
+# ----------------------------------------------------------------------------- knob spaces
+
+
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_knob_space_starts_with_the_hand_schedule_and_has_no_duplicates(m, target):
+    layer = _linear_layer(m, 24, 40, 0.2)
+    for cand in ("dense", "csr", "bsr4x1", "sparse_sparse"):
+        space = tuning.knob_space(cand, layer, target)
+        assert space[0] == {}
+        keys = [json.dumps(s, sort_keys=True) for s in space]
+        assert len(keys) == len(set(keys)), cand
+    assert len(tuning.knob_space("csr", layer, target)) > 1
+
+
+def test_every_csr_and_dense_setting_computes_the_layer(target, rng):
+    """A knob changes the schedule, never the result: every setting matches numpy."""
+    from tvm_sparse.schedules.kernel import run_kernel
+
+    layer = _linear_layer(3, 24, 40, 0.2)
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    expected = np.maximum(x @ layer.weight.T + layer.bias, 0)
+    for cand in ("csr", "dense"):
+        space = tuning.knob_space(cand, layer, target)
+        for knobs in [space[1], space[len(space) // 2], space[-1]]:
+            call = tuning.build_candidate(cand, layer, target, knobs)
+            assert_close(run_kernel(call, target, x), expected)
+
+
+def test_kernel_key_depends_on_weights_and_candidate(target):
+    a, b = _linear_layer(1, 16, 16, 0.3, seed=0), _linear_layer(1, 16, 16, 0.3, seed=1)
+    assert tuning.kernel_key("csr", a, target) == tuning.kernel_key("csr", a, target)
+    assert tuning.kernel_key("csr", a, target) != tuning.kernel_key("csr", b, target)
+    assert tuning.kernel_key("csr", a, target) != tuning.kernel_key("dense", a, target)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def test_tune_writes_records_with_the_default_as_a_trial(kernel_records):
+    path, summary, lines = kernel_records
+    data = json.loads((path / tuning.KERNEL_RECORDS).read_text())["records"]
+    assert len(data) == len(summary.tasks) >= 4  # 2 layers x (dense, csr, ...)
+    for rec in data.values():
+        assert rec["trials"][0]["knobs"] == {}  # the hand schedule is always measured
+        assert rec["best"]["seconds"] <= rec["trials"][0]["seconds"]
+    assert (path / "database_workload.json").exists()  # compile can open the database
+    assert any("trial" in line for line in lines) and "reused 0 tasks" in lines[-1]
+
+
+def test_second_tune_reuses_every_task(kernel_records):
+    path, first, _ = kernel_records
+    lines: list[str] = []
+    again = tuning.tune(
+        leftover_mlp(), trials=3, records_dir=path, metaschedule=False, progress=lines.append
+    )
+    assert again.reused == len(first.tasks) and again.trials == 0
+    assert f"reused {len(first.tasks)} tasks" in lines[-1]
+    assert not any("trial " in line for line in lines)
+
+
+def test_best_knobs_and_tuned_kernel_read_the_records(kernel_records, target):
+    path, summary, _ = kernel_records
+    records = tuning.load_records(path)
+    key = next(iter(records.kernels.records))
+    rec = records.kernels.records[key]
+    assert tuning.best_knobs(rec["candidate"], key, path) == rec["best"]["knobs"]
+    assert tuning.best_knobs("no_such_kernel", key, path) is None
+    layer = _linear_layer(1, 16, 16, 0.3)
+    with tuning.use_records(path):
+        assert tuning.tuned_kernel("csr", layer, target) is None  # not a tuned layer
+    assert tuning.tuned_kernel("csr", layer, target) is None  # no records active
+
+
+def test_tuned_choice_compiles_to_the_same_answers(kernel_records, monkeypatch):
+    """The records drive the kernel choice and knobs; the model's output does not change."""
+    import tvm_sparse
+    import tvm_sparse.passes.pipeline as pipeline
+
+    path, _, _ = kernel_records
+    model = leftover_mlp()
+    x = np.random.default_rng(1).standard_normal((1, 32)).astype(np.float32)
+    monkeypatch.setattr(pipeline, "choose_layer", tuning.choose_layer_tuned)
+    with tuning.use_records(path):
+        module = tvm_sparse.compile(model)
+    assert all("tuned" in row.reason for row in module.report.layers)
+    assert_close(module.run(x), ort_run(model, x))
+
+
+def test_tune_rejects_half_an_rpc_address():
+    with pytest.raises(TvmSparseError, match="rpc"):
+        tuning.tune(leftover_mlp(), records_dir="unused", rpc_tracker="127.0.0.1:9190")
+
+
+def test_cli_tune_writes_records(tmp_path, capsys):
+    from tvm_sparse import models
+    from tvm_sparse.tune_cli import add_tune_parser, run_tune
+
+    path = models.save(leftover_mlp(hidden=16), tmp_path / "m.onnx")
+    parser = argparse.ArgumentParser()
+    add_tune_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            "tune",
+            str(path),
+            "--trials",
+            "2",
+            "-o",
+            str(tmp_path / "rec"),
+            "--no-metaschedule",
+            "--candidates",
+            "chosen",
+        ]  # fmt: skip
+    )
+    assert run_tune(args) == 0
+    out = capsys.readouterr().out
+    assert "tasks" in out and "records in" in out
+    assert (tmp_path / "rec" / tuning.KERNEL_RECORDS).exists()
+
+
+# ----------------------------------------------------------------------------- MetaSchedule
+
+
+@pytest.mark.slow
+def test_metaschedule_tunes_the_leftover_and_compile_applies_it(tmp_path):
+    import tvm_sparse
+
+    model = leftover_mlp()
+    summary = tuning.tune(model, trials=2, records_dir=tmp_path, candidates="chosen")
+    ms_rows = [t for t in summary.tasks if t.kind == "metaschedule"]
+    assert [t.name for t in ms_rows] == ["tir_sigmoid"]
+    assert ms_rows[0].best_s <= ms_rows[0].default_s  # the default is a record too
+    assert len(tuning.load_records(tmp_path).database) >= 1
+    x = np.random.default_rng(2).standard_normal((1, 32)).astype(np.float32)
+    module = tvm_sparse.compile(model, tuning_records=tmp_path)
+    assert_close(module.run(x), ort_run(model, x))
+    again = tuning.tune(model, trials=2, records_dir=tmp_path, candidates="chosen", progress=None)
+    assert again.reused == len(again.tasks)
+
+
+@pytest.mark.slow
+def test_tuning_through_an_rpc_tracker_and_server(tmp_path):
+    from tvm.rpc.server import Server
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
+    server = Server(
+        "127.0.0.1",
+        port=9300,
+        port_end=9400,
+        tracker_addr=("127.0.0.1", tracker.port),
+        key="tvm-sparse-test",
+        silent=True,
+    )
+    try:
+        lines: list[str] = []
+        summary = tuning.tune(
+            leftover_mlp(hidden=16),
+            trials=2,
+            records_dir=tmp_path,
+            candidates="chosen",
+            rpc_tracker=f"127.0.0.1:{tracker.port}",
+            rpc_key="tvm-sparse-test",
+            progress=lines.append,
+        )
+    finally:
+        server.terminate()
+        tracker.terminate()
+    assert f"127.0.0.1:{tracker.port}" in lines[0]
+    assert all(t.best_s and t.best_s > 0 for t in summary.tasks)
+    assert {t.kind for t in summary.tasks} == {"kernel", "metaschedule"}
+    assert os.path.exists(tmp_path / tuning.MS_TASKS)

@@ -1,0 +1,181 @@
+"""C simulation of a generated project with g++: build, run, compare with the CPU module.
+
+No vendor tool is needed: ``firmware/hls_compat`` stands in for ``hls_stream.h`` / ``ap_fixed.h``
+and is searched last (``-idirafter``), so real headers win when they are found: ``$AP_TYPES`` or
+``$TVM_SPARSE_AP_TYPES`` (the open-source github.com/Xilinx/HLS_arbitrary_Precision_Types),
+``$XILINX_HLS/include``, or the ap_types copy inside an installed ``hls4ml`` package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import TvmSparseError
+
+DEFAULT_FLAGS = ("-std=c++14", "-ffp-contract=off")
+
+
+@dataclass
+class CsimResult:
+    """Outcome of one C simulation against the golden outputs."""
+
+    output: np.ndarray  # [samples, outputs] from csim
+    golden: np.ndarray
+    max_abs_error: float
+    max_rel_error: float  # max |csim - golden| / max |golden|
+    mismatches: int  # values beyond atol + rtol * |golden|
+    top1_agreement: float  # fraction of samples whose argmax agrees
+    rtol: float
+    atol: float
+    headers: str  # "compat" or the real headers' directory
+    build_seconds: float
+    run_seconds: float
+    log: str
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatches == 0
+
+    def summary(self) -> str:
+        return (
+            f"csim ({self.headers} headers): {self.output.shape[0]} samples, "
+            f"max |csim - cpu| = {self.max_abs_error:.3g} (relative to max |cpu|: "
+            f"{self.max_rel_error:.3g}), {self.mismatches} values beyond "
+            f"rtol={self.rtol:g}/atol={self.atol:.3g}, top-1 agreement "
+            f"{self.top1_agreement:.0%}"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "samples": int(self.output.shape[0]),
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": self.max_rel_error,
+            "mismatches": self.mismatches,
+            "top1_agreement": self.top1_agreement,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "headers": self.headers,
+        }
+
+
+def vendor_header_dir() -> str | None:
+    """Directory of real ap_fixed.h / hls_stream.h headers, or None (use the compat ones)."""
+    for env in ("AP_TYPES", "TVM_SPARSE_AP_TYPES"):
+        path = os.environ.get(env)
+        if path and (Path(path) / "ap_fixed.h").is_file():
+            return path
+    xilinx = os.environ.get("XILINX_HLS")
+    if xilinx and (Path(xilinx) / "include" / "ap_fixed.h").is_file():
+        return str(Path(xilinx) / "include")
+    spec = importlib.util.find_spec("hls4ml")
+    if spec and spec.submodule_search_locations:
+        for root in spec.submodule_search_locations:
+            path = Path(root) / "templates" / "vivado" / "ap_types"
+            if (path / "ap_fixed.h").is_file():
+                return str(path)
+    return None
+
+
+def compare(
+    output: np.ndarray, golden: np.ndarray, rtol: float, atol: float
+) -> tuple[float, float, int, float]:
+    """(max abs error, max error relative to max |golden|, mismatches, top-1 agreement)."""
+    if output.shape != golden.shape:
+        raise TvmSparseError(f"csim produced {output.shape} values, golden has {golden.shape}")
+    diff = np.abs(output.astype(np.float64) - golden.astype(np.float64))
+    scale = float(np.max(np.abs(golden))) or 1.0
+    bad = int(np.count_nonzero(~(diff <= atol + rtol * np.abs(golden))))
+    top1 = float(np.mean(np.argmax(output, axis=1) == np.argmax(golden, axis=1)))
+    return float(diff.max(initial=0.0)), float(diff.max(initial=0.0)) / scale, bad, top1
+
+
+def read_dat(path: Path) -> np.ndarray:
+    rows = [list(map(float, line.split())) for line in path.read_text().splitlines() if line]
+    return np.asarray(rows, np.float32)
+
+
+def build(
+    project_dir: str | os.PathLike,
+    top: str,
+    *,
+    opt: str = "-O1",
+    vendor_headers: bool | None = None,
+    compiler: str | None = None,
+) -> tuple[Path, str, float]:
+    """Compile firmware + testbench with g++; (executable, headers used, seconds)."""
+    cxx = compiler or os.environ.get("CXX") or shutil.which("g++")
+    if not cxx:
+        raise TvmSparseError("C simulation needs g++ (or $CXX); none found")
+    root = Path(project_dir)
+    exe = root / "csim.exe"
+    real = vendor_header_dir() if vendor_headers in (None, True) else None
+    if vendor_headers is True and real is None:
+        raise TvmSparseError("vendor_headers=True but no ap_types / Vitis HLS headers were found")
+    cmd = [cxx, *DEFAULT_FLAGS, opt]
+    if real:
+        cmd += ["-I", real]
+    cmd += ["-Ifirmware", "-idirafter", "firmware/hls_compat"]
+    cmd += [f"firmware/{top}.cpp", f"{top}_test.cpp", "-o", str(exe.name)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        err = "\n".join(proc.stderr.strip().splitlines()[:30])
+        raise TvmSparseError(f"g++ failed to build the C simulation in {root}:\n{err}")
+    return exe, real or "compat", seconds
+
+
+def run_csim(
+    project_dir: str | os.PathLike,
+    top: str,
+    *,
+    rtol: float = 1e-5,
+    atol: float | None = None,
+    check: bool = True,
+    opt: str = "-O1",
+    vendor_headers: bool | None = None,
+) -> CsimResult:
+    """Build and run the testbench; compare ``tb_data/csim_results.log`` with the golden file.
+
+    ``atol`` defaults to ``rtol * max |golden|`` (errors measured at the scale of the outputs).
+    With ``check`` a mismatch raises ``TvmSparseError``.
+    """
+    root = Path(project_dir)
+    exe, headers, build_s = build(root, top, opt=opt, vendor_headers=vendor_headers)
+    start = time.perf_counter()
+    proc = subprocess.run([f"./{exe.name}", "tb_data"], cwd=root, capture_output=True, text=True)
+    run_s = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise TvmSparseError(
+            f"C simulation crashed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"
+        )
+    output = read_dat(root / "tb_data" / "csim_results.log")
+    golden = read_dat(root / "tb_data" / "tb_output_predictions.dat")
+    if atol is None:
+        atol = rtol * (float(np.max(np.abs(golden))) if golden.size else 1.0)
+    max_abs, max_rel, bad, top1 = compare(output, golden, rtol, atol)
+    result = CsimResult(
+        output,
+        golden,
+        max_abs,
+        max_rel,
+        bad,
+        top1,
+        rtol,
+        atol,
+        headers,
+        build_s,
+        run_s,
+        proc.stdout + proc.stderr,
+    )
+    if check and not result.ok:
+        raise TvmSparseError(f"C simulation does not match the CPU module: {result.summary()}")
+    return result

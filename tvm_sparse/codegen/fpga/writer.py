@@ -1,0 +1,399 @@
+"""Write an ``HwModel`` as a Vitis HLS project, hls4ml's way: templates filled with the model.
+
+Layout of the project directory::
+
+    firmware/<top>.cpp, <top>.h       the kernel: AXI ports, DATAFLOW of one stage per layer
+    firmware/defines.h, parameters.h  number formats, sizes, one config struct per layer
+    firmware/nnet_sparse.h            the engines (dense, sparse-dense, sparse-sparse, k-WTA...)
+    firmware/weights/<layer>.h        constant arrays: only what the engine reads
+    firmware/hls_compat/              hls_stream.h / ap_fixed.h stand-ins for g++ C simulation
+    <top>_test.cpp, tb_data/          testbench, inputs and golden outputs (CPU module)
+    build_prj.tcl, Makefile, host/    Vitis HLS script; v++ link + XRT host for the Alveo card
+
+Templates are real files under ``templates/`` with ``{{key}}`` placeholders; every placeholder
+must be filled (a missing key is a bug and raises).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .hw_model import HwLayer, HwModel, split
+
+TEMPLATES = Path(__file__).parent / "templates"
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_FUNCTIONS = {
+    ("conv2d", "dense"): "conv2d_dense",
+    ("conv2d", "sparse_dense"): "conv2d_sparse_dense",
+    ("conv2d", "sparse_sparse"): "conv2d_sparse_sparse",
+    ("linear", "dense"): "linear_dense",
+    ("linear", "sparse_dense"): "linear_sparse_dense",
+    ("linear", "sparse_sparse"): "linear_sparse_sparse",
+    ("kwta", "kwta"): "kwta",
+    ("maxpool2d", "maxpool"): "maxpool2d",
+    ("relu", "relu"): "relu",
+}
+_C_INT = {np.dtype(np.uint8): "uint8_t", np.dtype(np.uint16): "uint16_t"}
+
+
+def render(template: str, values: dict) -> str:
+    """Fill ``{{key}}`` placeholders of the template file ``template`` (relative to templates/)."""
+    text = (TEMPLATES / template).read_text()
+
+    def sub(m: re.Match) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise KeyError(f"template {template}: no value for {{{{{key}}}}}")
+        return str(values[key])
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def format_floats(values: np.ndarray, per_line: int = 8) -> str:
+    """C initializer text of float32 values, exact (9 significant digits round-trip)."""
+    items = []
+    for v in np.asarray(values, np.float32).ravel().tolist():
+        if v != v:
+            items.append("NAN")
+        elif v in (float("inf"), float("-inf")):
+            items.append("INFINITY" if v > 0 else "-INFINITY")
+        else:
+            text = f"{v:.9g}"
+            items.append(text + ("f" if any(c in text for c in ".e") else ".0f"))
+    return _lines(items, per_line)
+
+
+def format_ints(values: np.ndarray, per_line: int = 16) -> str:
+    return _lines([str(int(v)) for v in np.asarray(values).ravel().tolist()], per_line)
+
+
+def _lines(items: list[str], per_line: int) -> str:
+    rows = [", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)]
+    return "    " + ",\n    ".join(rows)
+
+
+def _array(c_type: str, name: str, values: np.ndarray) -> str:
+    body = format_floats(values) if values.dtype.kind == "f" else format_ints(values)
+    return f"static const {c_type} {name}[{values.size}] = {{\n{body}\n}};"
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer pieces
+# ---------------------------------------------------------------------------------------------
+def weight_arrays(layer: HwLayer) -> list[tuple[str, str, np.ndarray]]:
+    """(C type, array name, values) of a layer's constants, in the engine's argument order."""
+    cfg = f"config_{layer.name}"
+    out: list[tuple[str, str, np.ndarray]] = []
+    if layer.weights is not None:
+        for key, arr in layer.weights.arrays.items():
+            if arr.dtype.kind == "f":
+                c_type = f"{cfg}::weight_t"
+            elif key in ("owner", "ridx"):
+                c_type = f"{cfg}::owner_t"
+            else:
+                c_type = "uint32_t"
+            out.append((c_type, f"{key}_{layer.name}", arr))
+        out.append((f"{cfg}::bias_t", f"b_{layer.name}", layer.bias.astype(np.float32)))
+    elif layer.op == "kwta":
+        boost = layer.boost if layer.boost is not None else np.ones(1, np.float32)
+        out.append(("float", f"boost_{layer.name}", boost.astype(np.float32)))
+    return out
+
+
+def _describe(layer: HwLayer) -> str:
+    w = layer.weights
+    if w is None:
+        return layer.op
+    if w.fmt == "dense":
+        return f"dense weight [{layer.out_shape[0]} x {layer.n_kin}]"
+    if w.fmt == "csr":
+        return f"CSR of the {w.nnz} non-zero weights (of {layer.out_shape[0] * layer.n_kin})"
+    return (
+        f"complementary packed: {w.n_groups} groups x {layer.n_kin} inputs + residual "
+        f"{w.arrays['rptr'][-1]} ({w.nnz} non-zeros of {layer.out_shape[0] * layer.n_kin})"
+    )
+
+
+def _dims3(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
+
+
+def layer_config(layer: HwLayer) -> str:
+    in_c, in_h, in_w = _dims3(layer.in_shape)
+    out_c, out_h, out_w = _dims3(layer.out_shape)
+    a = layer.attrs
+    kh, kw = a.get("kernel", (1, 1))
+    hp, wp = a.get("padded", (in_h, in_w))
+    groups = layer.weights.n_groups if layer.weights is not None else 0
+    owner_t = "uint32_t"
+    if layer.weights is not None and "owner" in layer.weights.arrays:
+        owner_t = _C_INT.get(layer.weights.arrays["owner"].dtype, "uint32_t")
+    n_boost = layer.boost.size if layer.boost is not None else 1
+    note = f", k = {a['k']}" if layer.op == "kwta" else ""
+    par = split(layer)
+    values = {
+        "source": layer.source,
+        "op": layer.op,
+        "engine": layer.engine,
+        "in_shape": "x".join(map(str, layer.in_shape)),
+        "out_shape": "x".join(map(str, layer.out_shape)),
+        "note": note,
+        "name": layer.name,
+        "in_t": layer.in_t,
+        "out_t": layer.out_t,
+        "weight_t": layer.weight_t,
+        "bias_t": layer.bias_t,
+        "accum_t": layer.accum_t,
+        "owner_t": owner_t,
+        "n_in": layer.n_in,
+        "n_out": layer.n_out,
+        "in_c": in_c,
+        "in_h": in_h,
+        "in_w": in_w,
+        "out_c": out_c,
+        "out_h": out_h,
+        "out_w": out_w,
+        "kern_h": kh,
+        "kern_w": kw,
+        "n_kin": layer.n_kin if layer.weighted else 1,
+        "stride_h": a.get("stride", (1, 1))[0],
+        "stride_w": a.get("stride", (1, 1))[1],
+        "dil_h": a.get("dilation", (1, 1))[0],
+        "dil_w": a.get("dilation", (1, 1))[1],
+        "pad_top": a.get("pad", (0, 0))[0],
+        "pad_left": a.get("pad", (0, 0))[1],
+        "pad_h": hp,
+        "pad_w": wp,
+        "n_padded": in_c * hp * wp,
+        "pool_h": a.get("pool", (1, 1))[0],
+        "pool_w": a.get("pool", (1, 1))[1],
+        "groups": max(groups, 1),
+        "acc_banks": out_c + 1,
+        "taps": par.taps,
+        "pe": par.pe,
+        "simd": par.simd,
+        "slots": par.slots,
+        "res_lanes": par.res_lanes,
+        "k": a.get("k", 0),
+        "boosted": int(layer.boost is not None),
+        "n_boost": n_boost,
+        "boost_stride": max(1, layer.n_in // n_boost),
+        "relu": "true" if layer.relu else "false",
+        "lanes": layer.lanes,
+    }
+    return render("snippets/layer_config.h", values)
+
+
+def stream_type(model: HwModel, layer: HwLayer | None, sparse: bool) -> str:
+    """C type of the stream leaving ``layer`` (None: the input stream)."""
+    if layer is None:
+        return f"hls::stream<nnet::beat<input_t, {model.input_pack}> >"
+    if sparse:
+        return f"hls::stream<nnet::elem<{layer.out_t}> >"
+    return f"hls::stream<nnet::beat<{layer.out_t}, {layer.pack_out}> >"
+
+
+def stage_function(model: HwModel, layer: HwLayer) -> str:
+    prev = model.layers[layer.index - 1] if layer.index else None
+    args = "".join(f", {name}" for _, name, _ in weight_arrays(layer))
+    return render(
+        "snippets/stage.cpp",
+        {
+            "source": layer.source,
+            "engine": layer.engine,
+            "op": layer.op,
+            "lanes": layer.lanes,
+            "name": layer.name,
+            "in_stream_t": stream_type(model, prev, layer.in_sparse),
+            "out_stream_t": stream_type(model, layer, layer.out_sparse),
+            "function": _FUNCTIONS[(layer.op, layer.engine)],
+            "arguments": args,
+        },
+    )
+
+
+def weights_header(layer: HwLayer) -> str:
+    arrays = "\n\n".join(_array(t, n, v) for t, n, v in weight_arrays(layer))
+    return render(
+        "snippets/weights.h",
+        {
+            "source": layer.source,
+            "description": _describe(layer),
+            "guard": layer.name.upper(),
+            "arrays": arrays,
+        },
+    )
+
+
+def _summary(model: HwModel) -> str:
+    lines = [f"// {'layer':<24} {'op':<10} {'engine':<14} {'in':>12} -> {'out':<12} lanes"]
+    for layer in model.layers:
+        shape_in = "x".join(map(str, layer.in_shape)) + ("(sp)" if layer.in_sparse else "")
+        shape_out = "x".join(map(str, layer.out_shape)) + ("(sp)" if layer.out_sparse else "")
+        lines.append(
+            f"// {layer.name:<24} {layer.op:<10} {layer.engine:<14} {shape_in:>12} -> "
+            f"{shape_out:<12} {layer.lanes}"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The project
+# ---------------------------------------------------------------------------------------------
+def write_project(
+    model: HwModel,
+    out_dir: str | os.PathLike,
+    tb_inputs: np.ndarray | None = None,
+    tb_golden: np.ndarray | None = None,
+    copies: int = 1,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> Path:
+    """Write the whole project for ``model`` into ``out_dir`` (created; files overwritten)."""
+    out = Path(out_dir)
+    fw = out / "firmware"
+    (fw / "weights").mkdir(parents=True, exist_ok=True)
+    (out / "tb_data").mkdir(exist_ok=True)
+    (out / "host").mkdir(exist_ok=True)
+    top = model.target.top
+    last = model.layers[-1]
+    common = {
+        "top": top,
+        "model": model.name,
+        "variant": model.variant,
+        "precision": str(model.precision),
+        "n_input": int(np.prod(model.input_shape)),
+        "n_output": int(np.prod(model.output_shape)),
+    }
+    (fw / "defines.h").write_text(
+        render(
+            "firmware/defines.h",
+            common
+            | {
+                "input_t": model.input_t,
+                "input_pack": model.input_pack,
+                "output_pack": last.pack_out,
+            },
+        )
+    )
+    (fw / "parameters.h").write_text(
+        render(
+            "firmware/parameters.h",
+            common
+            | {
+                "layer_configs": "\n".join(layer_config(x) for x in model.layers),
+                "weight_includes": "\n".join(
+                    f'#include "weights/{x.name}.h"' for x in model.layers
+                ),
+            },
+        )
+    )
+    for layer in model.layers:
+        (fw / "weights" / f"{layer.name}.h").write_text(weights_header(layer))
+    (fw / f"{top}.h").write_text(
+        render(
+            "firmware/myproject.h",
+            common
+            | {
+                "guard": f"{top.upper()}_H_",
+                "input_shape": "x".join(map(str, model.input_shape)),
+            },
+        )
+    )
+    streams = ["    " + stream_type(model, None, False) + ' s_input("s_input");']
+    calls = []
+    prev_stream = "s_input"
+    for layer in model.layers:
+        s_name = f"s_{layer.name}"
+        streams.append(
+            f'    {stream_type(model, layer, layer.out_sparse)} {s_name}("{s_name}");\n'
+            f"#pragma HLS STREAM variable = {s_name} depth = 2"
+        )
+        calls.append(f"    stage_{layer.name}({prev_stream}, {s_name}, n_samples);")
+        prev_stream = s_name
+    (fw / f"{top}.cpp").write_text(
+        render(
+            "firmware/myproject.cpp",
+            common
+            | {
+                "layer_summary": _summary(model),
+                "stage_functions": "\n".join(stage_function(model, x) for x in model.layers),
+                "in_depth": common["n_input"],
+                "out_depth": common["n_output"],
+                "stream_declarations": "\n".join(streams),
+                "stage_calls": "\n".join(calls),
+                "output_t": last.out_t,
+                "last_stream": prev_stream,
+            },
+        )
+    )
+    shutil.copyfile(TEMPLATES / "firmware" / "nnet_sparse.h", fw / "nnet_sparse.h")
+    shutil.copytree(TEMPLATES / "firmware" / "hls_compat", fw / "hls_compat", dirs_exist_ok=True)
+
+    (out / f"{top}_test.cpp").write_text(
+        render(
+            "myproject_test.cpp",
+            common
+            | {"tb_check": int(model.precision.is_float), "rtol": f"{rtol:g}", "atol": f"{atol:g}"},
+        )
+    )
+    part = model.target.part
+    board = {
+        "part": part.name,
+        "board": part.board,
+        "platform": part.platform,
+        "clock_mhz": f"{model.target.clock_mhz:g}",
+        "clock_period_ns": f"{1000.0 / model.target.clock_mhz:.4g}",
+        "copies": max(1, int(copies)),
+    }
+    (out / "build_prj.tcl").write_text(render("build_prj.tcl", common | board))
+    (out / "Makefile").write_text(render("Makefile", common | board))
+    (out / "host" / "host.cpp").write_text(render("host/host.cpp", common | board))
+    if tb_inputs is not None:
+        write_dat(out / "tb_data" / "tb_input_features.dat", tb_inputs)
+    if tb_golden is not None:
+        write_dat(out / "tb_data" / "tb_output_predictions.dat", tb_golden)
+    (out / "tvm_sparse_project.json").write_text(json.dumps(project_manifest(model), indent=2))
+    return out
+
+
+def write_dat(path: Path, values: np.ndarray) -> None:
+    """One sample per line, values space separated, float32 exact (9 digits)."""
+    rows = np.asarray(values, np.float32).reshape(values.shape[0], -1)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(" ".join(f"{v:.9g}" for v in row.tolist()) + "\n")
+
+
+def project_manifest(model: HwModel) -> dict:
+    """What was generated, for tools and humans (names map back to the model's names)."""
+    return {
+        "model": model.name,
+        "variant": model.variant,
+        "target": model.target.to_dict(),
+        "input": {"name": model.input_name, "shape": list(model.input_shape)},
+        "output_shape": list(model.output_shape),
+        "layers": [
+            {
+                "name": x.name,
+                "source": x.source,
+                "op": x.op,
+                "engine": x.engine,
+                "in_shape": list(x.in_shape),
+                "out_shape": list(x.out_shape),
+                "in_sparse": x.in_sparse,
+                "out_sparse": x.out_sparse,
+                "lanes": x.lanes,
+                "weight_nnz": x.weights.nnz if x.weights else None,
+                "weight_words": x.weights.value_words if x.weights else None,
+                "types": {"in": x.in_t, "out": x.out_t, "weight": x.weight_t, "acc": x.accum_t},
+            }
+            for x in model.layers
+        ],
+    }

@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 import tvm
 
+from tvm_sparse.formats.bsr import BSR
 from tvm_sparse.formats.csr import CSR
 from tvm_sparse.schedules.kernel import run_kernel
-from tvm_sparse.schedules.sparse_x86 import bsr_linear, csr_linear, pack_gather_rows, sparse_conv2d
+from tvm_sparse.schedules.sparse_x86 import (
+    bsr_linear,
+    csr_linear,
+    pack_gather_rows,
+    pack_row_panels,
+    sparse_conv2d,
+)
 from tvm_sparse.target import resolve_target
 
 TARGET = resolve_target("llvm")
@@ -120,6 +127,44 @@ def test_panel_kernel_many_column_panels():
     call = csr_linear(20, w, target=TARGET, panel_cols=32, m_tile=8)
     assert call.info["panels"] == 10
     check(call, x, linear_ref(x, w))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+@pytest.mark.parametrize("row_block", [16, 24, None])
+def test_panel_kernel_row_blocks_and_register_transposes(activation, row_block):
+    """Shapes divisible by 8 take the 8 x 8 shuffle transposes (x in, y out with a vector
+    epilogue when the row block divides the output); row_block=24 leaves a short last block."""
+    rng = np.random.default_rng(13)
+    w = weight(rng, (64, 48), 0.2)
+    w[5] = 0.0  # an empty row: its slots have no blocks
+    bias = rng.standard_normal(64).astype(np.float32)
+    x = rng.standard_normal((16, 48)).astype(np.float32)
+    call = csr_linear(16, w, bias, activation, TARGET, panel_cols=16, m_tile=8, row_block=row_block)
+    assert call.info["kernel"] == "panel" and call.info["panels"] == 3
+    check(call, x, linear_ref(x, w, bias, activation))
+
+
+def test_row_panel_packing_sorts_slots_and_keeps_every_block():
+    rng = np.random.default_rng(4)
+    w = weight(rng, (10, 40), 0.3)
+    bsr = BSR.from_dense(w, (1, 1))
+    vals, cols, seg, rows, npanels = pack_row_panels(bsr, 16, 4)
+    assert npanels == 3 and seg.size == 3 * 10 + 1 and rows.size == 3 * 10
+    dense = np.zeros_like(w)
+    lengths = np.diff(seg.astype(np.int64))
+    slot = 0
+    for rb in range(3):  # row blocks of 4, 4, 2 rows
+        rl = min(4, 10 - rb * 4)
+        for p in range(npanels):
+            block = slice(slot, slot + rl)
+            assert sorted(rows[block]) == list(range(rb * 4, rb * 4 + rl))
+            assert np.all(np.diff(lengths[block]) >= 0)  # sorted by trip count
+            for s in range(slot, slot + rl):
+                c = cols[seg[s] : seg[s + 1]].astype(np.int64)
+                assert np.all((c // 16) == p) and np.all(np.diff(c) > 0)
+                dense[rows[s], c] = vals[seg[s] : seg[s + 1]]
+            slot += rl
+    np.testing.assert_array_equal(dense, w)
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])

@@ -49,13 +49,29 @@ def _check_activation(activation: str | None) -> None:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
-def _epilogue(v, activation: str | None):
-    """act(v) as a TIR expression; ReLU keeps NaN (like numpy / onnxruntime), GELU is erf form."""
+def _epilogue(v, activation: str | None, lanes: int = 1):
+    """act(v) as a TIR expression (``lanes``-wide); ReLU keeps NaN (like numpy / onnxruntime),
+    GELU is the erf form."""
+
+    def c(value: float):
+        return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
+
     if activation == "relu":
-        return T.if_then_else(v < T.float32(0), T.float32(0), v)
+        if lanes == 1:
+            return T.if_then_else(v < c(0), c(0), v)
+        return T.Select(v < c(0), c(0), v)
     if activation == "gelu":
-        return T.float32(0.5) * v * (T.float32(1) + T.erf(v * T.float32(_SQRT1_2)))
+        return c(0.5) * v * (c(1) + T.erf(v * c(_SQRT1_2)))
     return v
+
+
+def _lane8(rows, j):
+    """Lane ``j`` of eight 8-wide vectors as one vector: a column of an 8 x 8 transpose.
+
+    LLVM lowers the eight shuffles of one tile to unpack / shuffle / blend / 128-bit lane
+    permutes (about 3 per vector), where an element-wise transpose costs a load per element.
+    """
+    return T.Shuffle(list(rows), [j + 8 * i for i in range(8)])
 
 
 def _bias_const(bias: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
@@ -223,18 +239,23 @@ def _rows_kernel(m, n, k, nchunks, per_word, nbias, has_bias, activation, unroll
     return kernel
 
 
-def _panel_kernel(m, n, k, block, nblocks, npanels, idx_dtype, ptr_dtype, nbias, has_bias,
+def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, has_bias,
                   activation, m_tile, parallel):  # fmt: skip
     """BSR (CSR = 1x1 blocks) x dense x with x transposed: yT[row, :] += w * xT[col, :].
 
     ``xT`` is a zero-padded [Kp, Mp] scratch, so padded batch lanes and padded block columns read
-    zeros. The weight is cut into ``npanels`` column panels (segment ``(p, ib)`` of the blocks is
-    ``seg[p * nbr + ib] .. seg[p * nbr + ib + 1]``) so the ``xT`` rows one panel reads stay in L1;
-    a tile of ``r x m_tile`` partial sums lives in registers within a segment and in ``yT``
-    between panels. Both transposes move 16 elements per cache line (a plain column walk with a
-    power-of-two row stride thrashes one L1 set).
+    zeros. Block rows are grouped in row blocks of ``row_block`` and the weight columns in
+    ``npanels`` panels; slot ``s`` of (row block ``rb``, panel ``p``) is block row
+    ``rows[slot]`` with blocks ``seg[slot] .. seg[slot + 1]`` (see ``pack_row_panels``), where
+    ``slot = rb * row_block * npanels + p * rl + s`` and ``rl`` is the row block's length.
+    A tile of ``r x m_tile`` partial sums lives in registers within a slot and in ``yT``
+    between panels; a row block's ``yT`` (``row_block * r * m_tile`` floats) stays in cache
+    while all panels pass, and is written to ``y`` as soon as the last panel is done. The
+    slots of a panel are sorted by length, so the loop over a slot's blocks exits where the
+    branch predictor expects (random lengths cost a misprediction per slot).
     """
     r, c = block
+    idx_dtype, ptr_dtype, row_dtype = dtypes
     nbr = -(-n // r)
     kp = -(-k // c) * c
     mp = -(-m // m_tile) * m_tile
@@ -243,10 +264,14 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, idx_dtype, ptr_dtype, nbias,
     nval = max(nblocks * rc, 1)
     nidx = max(nblocks, 1)
     kblocks = -(-kp // 16)
-    nblk = -(-n // 16)
+    nrb = -(-nbr // row_block)
+    nslots = max(npanels * nbr, 1)
+    rb_out = row_block * r  # output rows per row block
+    nq = -(-rb_out // 16)  # groups of 16 output rows per row block
     rows = T.parallel if parallel else T.serial
-    exact_x = m == mp and k == kp and k % 16 == 0
-    exact_y = n % 16 == 0 and m % m_tile == 0
+    exact_x = m == mp and k == kp and k % 8 == 0 and m % 8 == 0
+    exact_y = rb_out % 8 == 0 and n % rb_out == 0 and m % m_tile == 0 and m_tile % 8 == 0
+    exact_y = exact_y and activation != "gelu"  # no vector erf in the LLVM codegen
 
     @T.prim_func
     def kernel(
@@ -254,16 +279,27 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, idx_dtype, ptr_dtype, nbias,
         vals: T.Buffer((nval,), "float32"),
         cols: T.Buffer((nidx,), idx_dtype),
         seg: T.Buffer((npanels * nbr + 1,), ptr_dtype),
+        slot_rows: T.Buffer((nslots,), row_dtype),
         bias: T.Buffer((nbias,), "float32"),
         y: T.Buffer((m, n), "float32"),
     ):
         xt = T.alloc_buffer((kp, mp), "float32", scope="global")
-        yt = T.alloc_buffer((nbr * r, m_tile), "float32", scope="global")
-        if exact_x:  # no padding: guard-free, 16 contiguous x loads per xT column piece
-            for kb in rows(kblocks):
-                for bb in range(mp):
-                    for kk in T.unroll(16):
-                        xt[kb * 16 + kk, bb] = x[bb, kb * 16 + kk]
+        yt = T.alloc_buffer((nrb * rb_out, m_tile), "float32", scope="global")
+        if exact_x:  # no padding: 8 x 8 register transposes
+            for kb in rows(k // 8):
+                for bb in range(m // 8):
+                    x0: T.let = x[bb * 8, T.ramp(kb * 8, 1, 8)]
+                    x1: T.let = x[bb * 8 + 1, T.ramp(kb * 8, 1, 8)]
+                    x2: T.let = x[bb * 8 + 2, T.ramp(kb * 8, 1, 8)]
+                    x3: T.let = x[bb * 8 + 3, T.ramp(kb * 8, 1, 8)]
+                    x4: T.let = x[bb * 8 + 4, T.ramp(kb * 8, 1, 8)]
+                    x5: T.let = x[bb * 8 + 5, T.ramp(kb * 8, 1, 8)]
+                    x6: T.let = x[bb * 8 + 6, T.ramp(kb * 8, 1, 8)]
+                    x7: T.let = x[bb * 8 + 7, T.ramp(kb * 8, 1, 8)]
+                    for j in T.unroll(8):
+                        xt[kb * 8 + j, T.ramp(bb * 8, 1, 8)] = _lane8(
+                            (x0, x1, x2, x3, x4, x5, x6, x7), j
+                        )
         else:
             for kb in rows(kblocks):
                 for bb in range(mp):
@@ -275,56 +311,71 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, idx_dtype, ptr_dtype, nbias,
                                 T.float32(0),
                             )
         for t in range(ntiles):
-            for p in range(npanels):
-                for ib in rows(nbr):
-                    lo: T.let = T.Cast("int32", seg[p * nbr + ib])
-                    hi: T.let = T.Cast("int32", seg[p * nbr + ib + 1])
-                    acc = T.alloc_buffer((r * m_tile,), "float32", scope="global")
-                    if p == 0:
-                        for lane in T.vectorized(r * m_tile):
-                            acc[lane] = T.float32(0)
-                    else:
+            for rb in rows(nrb):
+                rl: T.let = T.min(row_block, nbr - rb * row_block)
+                for p in range(npanels):
+                    for s in range(rl):
+                        slot: T.let = rb * row_block * npanels + p * rl + s
+                        ib: T.let = T.Cast("int32", slot_rows[slot])
+                        lo: T.let = T.Cast("int32", seg[slot])
+                        hi: T.let = T.Cast("int32", seg[slot + 1])
+                        acc = T.alloc_buffer((r * m_tile,), "float32", scope="global")
+                        if p == 0:
+                            for lane in T.vectorized(r * m_tile):
+                                acc[lane] = T.float32(0)
+                        else:
+                            for a in T.unroll(r):
+                                for v in T.vectorized(m_tile):
+                                    acc[a * m_tile + v] = yt[ib * r + a, v]
+                        for j in range(lo, hi):
+                            col: T.let = T.Cast("int32", cols[j]) * c
+                            for e in T.unroll(c):
+                                for a in T.unroll(r):
+                                    w: T.let = vals[j * rc + a * c + e]
+                                    for v in T.vectorized(m_tile):
+                                        acc[a * m_tile + v] = (
+                                            acc[a * m_tile + v] + w * xt[col + e, t * m_tile + v]
+                                        )
                         for a in T.unroll(r):
                             for v in T.vectorized(m_tile):
-                                acc[a * m_tile + v] = yt[ib * r + a, v]
-                    for j in range(lo, hi):
-                        col: T.let = T.Cast("int32", cols[j]) * c
-                        for e in T.unroll(c):
-                            for a in T.unroll(r):
-                                w: T.let = vals[j * rc + a * c + e]
-                                for v in T.vectorized(m_tile):
-                                    acc[a * m_tile + v] = (
-                                        acc[a * m_tile + v] + w * xt[col + e, t * m_tile + v]
-                                    )
-                    for a in T.unroll(r):
-                        for v in T.vectorized(m_tile):
-                            yt[ib * r + a, v] = acc[a * m_tile + v]
-            # yT -> y, 16 outputs at a time, so each y cache line is written once
-            if exact_y:
-                for nb in rows(nblk):
-                    for v in range(m_tile):
-                        for q in T.vectorized(16):
-                            if has_bias:
-                                y[t * m_tile + v, nb * 16 + q] = _epilogue(
-                                    yt[nb * 16 + q, v] + bias[nb * 16 + q], activation
-                                )
-                            else:
-                                y[t * m_tile + v, nb * 16 + q] = _epilogue(
-                                    yt[nb * 16 + q, v], activation
-                                )
-            else:
-                for nb in rows(nblk):
-                    for v in range(m_tile):
-                        for q in T.unroll(16):
-                            if nb * 16 + q < n and t * m_tile + v < m:
+                                yt[ib * r + a, v] = acc[a * m_tile + v]
+                # the row block's yT -> y, 16 outputs at a time (each y cache line written once)
+                if exact_y:  # 8 x 8 register transposes, 8 outputs per store
+                    for q in range(rb_out // 8):
+                        for vb in range(m_tile // 8):
+                            o: T.let = rb * rb_out + q * 8
+                            y0: T.let = yt[o, T.ramp(vb * 8, 1, 8)]
+                            y1: T.let = yt[o + 1, T.ramp(vb * 8, 1, 8)]
+                            y2: T.let = yt[o + 2, T.ramp(vb * 8, 1, 8)]
+                            y3: T.let = yt[o + 3, T.ramp(vb * 8, 1, 8)]
+                            y4: T.let = yt[o + 4, T.ramp(vb * 8, 1, 8)]
+                            y5: T.let = yt[o + 5, T.ramp(vb * 8, 1, 8)]
+                            y6: T.let = yt[o + 6, T.ramp(vb * 8, 1, 8)]
+                            y7: T.let = yt[o + 7, T.ramp(vb * 8, 1, 8)]
+                            for j in T.unroll(8):
                                 if has_bias:
-                                    y[t * m_tile + v, nb * 16 + q] = _epilogue(
-                                        yt[nb * 16 + q, v] + bias[nb * 16 + q], activation
+                                    y[t * m_tile + vb * 8 + j, T.ramp(o, 1, 8)] = _epilogue(
+                                        _lane8((y0, y1, y2, y3, y4, y5, y6, y7), j)
+                                        + bias[T.ramp(o, 1, 8)],
+                                        activation,
+                                        8,
                                     )
                                 else:
-                                    y[t * m_tile + v, nb * 16 + q] = _epilogue(
-                                        yt[nb * 16 + q, v], activation
+                                    y[t * m_tile + vb * 8 + j, T.ramp(o, 1, 8)] = _epilogue(
+                                        _lane8((y0, y1, y2, y3, y4, y5, y6, y7), j), activation, 8
                                     )
+                else:
+                    for q in range(nq):
+                        for v in range(m_tile):
+                            for e in T.unroll(16):
+                                o1: T.let = rb * rb_out + q * 16 + e
+                                if q * 16 + e < rb_out and o1 < n and t * m_tile + v < m:
+                                    if has_bias:
+                                        y[t * m_tile + v, o1] = _epilogue(
+                                            yt[o1, v] + bias[o1], activation
+                                        )
+                                    else:
+                                        y[t * m_tile + v, o1] = _epilogue(yt[o1, v], activation)
 
     return kernel
 
@@ -426,6 +477,7 @@ def csr_linear(
     row_batch: int = 2,
     m_tile: int = 64,
     panel_cols: int | None = None,
+    row_block: int | None = None,
     parallel: bool = True,
 ) -> KernelCall:
     """y[m, N] = act(x[m, K] @ weight.T + bias) with the weight stored CSR.
@@ -433,7 +485,8 @@ def csr_linear(
     Knobs: ``min_batch`` (from this batch on the transposed-panel kernel is used; below it the
     row kernel), ``row_batch`` (batch rows the row kernel serves per decoded chunk), ``m_tile``
     (batch lanes per register tile of the panel kernel), ``panel_cols`` (weight columns per
-    panel; default keeps a panel's activations in L1), ``parallel`` (rows over threads).
+    panel; default keeps a panel's activations in L1), ``row_block`` (output rows whose partial
+    sums stay in cache while all panels pass), ``parallel`` (row blocks over threads).
     """
     _check_activation(activation)
     weight = _as_weight(weight, 2)
@@ -443,7 +496,16 @@ def csr_linear(
     if m >= min_batch:
         bsr = BSR.from_dense(weight, (1, 1))
         return _panel_call(
-            "csr_linear", m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols, parallel
+            "csr_linear",
+            m,
+            bsr,
+            bias_arr,
+            has_bias,
+            activation,
+            m_tile,
+            panel_cols,
+            row_block,
+            parallel,
         )
     vals, cols, chunk_ptr = pack_gather_rows(csr, 8)
     if vals.size == 0:  # keep buffers non-empty
@@ -489,27 +551,77 @@ def pack_panels(bsr: BSR, panel_cols: int) -> tuple[np.ndarray, np.ndarray, np.n
     return values, np.ascontiguousarray(bsr.indices[order]), as_index(seg), npanels
 
 
-def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols, parallel):
+def pack_row_panels(
+    bsr: BSR, panel_cols: int, row_block: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """BSR blocks regrouped into slots: ``(values, cols, seg, slot_rows, npanels)``.
+
+    Block rows are cut into row blocks of ``row_block``, columns into panels of ``panel_cols``
+    (rounded to whole blocks). Slots run over row block, then panel, then the row block's rows
+    sorted by how many blocks they have in that panel (stable), so a kernel looping over a
+    slot's blocks sees runs of equal trip counts. Slot ``i`` is block row ``slot_rows[i]`` with
+    blocks ``seg[i] .. seg[i + 1]`` in column order.
+    """
+    r, c = bsr.block
+    nbr, nbc = bsr.block_shape
+    per_panel = max(1, panel_cols // c)
+    npanels = max(1, -(-nbc // per_panel))
+    brow = np.repeat(np.arange(nbr), np.diff(bsr.indptr.astype(np.int64)))
+    bcol = bsr.indices.astype(np.int64)
+    panel = bcol // per_panel
+    counts = np.bincount(panel * nbr + brow, minlength=npanels * nbr).reshape(npanels, nbr)
+    # slot order: (row block, panel, count within the panel, row)
+    row_ids = np.arange(nbr)
+    rblk = row_ids // row_block
+    slot_p = np.repeat(np.arange(npanels), nbr)
+    slot_r = np.tile(row_ids, npanels)
+    slot_n = counts.reshape(-1)
+    slots = np.lexsort((slot_r, slot_n, slot_p, rblk[slot_r]))
+    slot_p, slot_r = slot_p[slots], slot_r[slots]
+    seg = np.concatenate([[0], np.cumsum(counts[slot_p, slot_r])])
+    rank = np.empty(npanels * nbr, dtype=np.int64)  # slot of (panel, row)
+    rank[slot_p * nbr + slot_r] = np.arange(npanels * nbr)
+    order = np.lexsort((bcol, rank[panel * nbr + brow]))
+    values = np.ascontiguousarray(bsr.data[order].reshape(-1), dtype=np.float32)
+    if npanels * nbr == 0:
+        slot_r = np.zeros(1, np.int64)
+    return (
+        values,
+        np.ascontiguousarray(bsr.indices[order]),
+        as_index(seg),
+        as_index(slot_r),
+        npanels,
+    )
+
+
+def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols, row_block,
+                parallel):  # fmt: skip
     n, k = bsr.shape
     r, c = bsr.block
     m_tile = max(1, min(m_tile, -(-m // 8) * 8))
-    if panel_cols is None:  # 256 columns x 64 lanes measured best (xT rows of a panel: 64 KiB)
-        panel_cols = max(c, 16384 // m_tile)
-    vals, cols, seg, npanels = pack_panels(bsr, panel_cols)
+    if panel_cols is None:  # 128 columns x 64 lanes measured best (xT rows of a panel: 32 KiB)
+        panel_cols = max(c, 8192 // m_tile)
+    nbr = max(1, -(-n // r))
+    if row_block is None:  # 512 rows x 64 lanes: the row block's yT (128 KiB) stays in L2
+        row_block = max(1, 512 // r)
+    row_block = max(1, min(row_block, nbr))
+    vals, cols, seg, slot_rows, npanels = pack_row_panels(bsr, panel_cols, row_block)
     if bsr.nblocks == 0:
         vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
+    dtypes = (str(cols.dtype), str(seg.dtype), str(slot_rows.dtype))
     func = _panel_kernel(
-        m, n, k, (r, c), bsr.nblocks, npanels, str(cols.dtype), str(seg.dtype), bias_arr.size,
-        has_bias, activation, m_tile, parallel,
+        m, n, k, (r, c), bsr.nblocks, npanels, row_block, dtypes, bias_arr.size, has_bias,
+        activation, m_tile, parallel,
     )  # fmt: skip
     info = _linear_info(
-        "panel", m, n, k, bsr.nnz, bsr.stored, vals.nbytes, cols.nbytes + seg.nbytes,
-        {"format": bsr.stats(), "m_tile": m_tile, "panels": npanels},
+        "panel", m, n, k, bsr.nnz, bsr.stored, vals.nbytes,
+        cols.nbytes + seg.nbytes + slot_rows.nbytes,
+        {"format": bsr.stats(), "m_tile": m_tile, "panels": npanels, "row_block": row_block},
     )  # fmt: skip
     return KernelCall(
         func=_finish(func),
         name=name,
-        consts=(vals, cols, seg, bias_arr),
+        consts=(vals, cols, seg, slot_rows, bias_arr),
         out_shape=(m, n),
         info=info,
     )
@@ -526,6 +638,7 @@ def bsr_linear(
     min_batch: int = 2,
     m_tile: int | None = None,
     panel_cols: int | None = None,
+    row_block: int | None = None,
     parallel: bool = True,
 ) -> KernelCall:
     """y[m, N] = act(x[m, K] @ weight.T + bias) with the weight stored BSR with ``block=(r, c)``.
@@ -542,7 +655,16 @@ def bsr_linear(
     if m >= min_batch:
         tile = m_tile or max(8, (64 // r) // 8 * 8)
         return _panel_call(
-            "bsr_linear", m, bsr, bias_arr, has_bias, activation, tile, panel_cols, parallel
+            "bsr_linear",
+            m,
+            bsr,
+            bias_arr,
+            has_bias,
+            activation,
+            tile,
+            panel_cols,
+            row_block,
+            parallel,
         )
     vec_rows = r > c
     vals, cols, ptr = _block_values(bsr, vec_rows), np.asarray(bsr.indices), bsr.indptr
@@ -794,5 +916,6 @@ __all__ = [
     "csr_linear",
     "pack_gather_rows",
     "pack_panels",
+    "pack_row_panels",
     "sparse_conv2d",
 ]

@@ -23,15 +23,14 @@ log = logging.getLogger("tvm_sparse")
 _OPTIONS = (set(SparsifyOptions.__dataclass_fields__) - {"layer_names"}) | {"output_dir"}
 
 
-def _load_database(tuning_records: str | os.PathLike | None):
+def _records_dir(tuning_records: str | os.PathLike | None) -> str | None:
+    """The tuning records directory, checked before a long compile starts."""
     if tuning_records is None:
         return None
     path = os.fspath(tuning_records)
     if not os.path.isdir(path):
         raise TvmSparseError(f"{path}: tuning records directory not found")
-    from tvm.s_tir import meta_schedule as ms
-
-    return ms.database.JSONDatabase(work_dir=path, allow_missing=False)
+    return path
 
 
 def _model_name(imported: ImportedModel) -> str:
@@ -83,7 +82,7 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     tgt = resolve_target(target)
     imported = import_model(model, input_shapes)
     sparsify = Sparsify(SparsifyOptions(layer_names=imported.weighted_nodes, **options))
-    pipeline = build_pipeline(tgt, sparsify, _load_database(tuning_records))
+    pipeline = build_pipeline(tgt, sparsify, _records_dir(tuning_records))
     start = time.perf_counter()
     log.info("compiling %s for %s", imported.source, tgt)
     try:

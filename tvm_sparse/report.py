@@ -100,15 +100,14 @@ class Report:
             "pattern",
             "input act.",
             "MACs dense",
-            "MACs sparse",
+            "MACs w-sparse",
+            "MACs sparse-sparse",
             "chosen",
             "est/meas ms",
         )
         rows = [header]
         for layer in self.layers:
-            sparse_macs = layer.macs_sparse_sparse
-            if sparse_macs is None:
-                sparse_macs = layer.macs_weight_sparse
+            ss_macs = layer.macs_sparse_sparse
             chosen_ms = layer.measured_ms.get(layer.chosen, layer.estimated_ms.get(layer.chosen))
             rows.append(
                 (
@@ -119,7 +118,8 @@ class Report:
                     str(layer.patterns.get("summary", "unstructured"))[:22],
                     layer.activation_text(),
                     f"{layer.macs_dense:,}",
-                    f"{sparse_macs:,}",
+                    f"{layer.macs_weight_sparse:,}",
+                    "-" if ss_macs is None else f"{ss_macs:,}",
                     layer.chosen,
                     "-" if chosen_ms is None else f"{chosen_ms:.3f}",
                 )

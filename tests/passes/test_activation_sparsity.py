@@ -67,3 +67,32 @@ def test_pooled_density():
     assert pooled_density(1.0, 4) == 1.0
     assert pooled_density(0.5, 1) == 0.5
     np.testing.assert_allclose(pooled_density(0.125, 4), 1 - 0.875**4)
+
+
+def test_pytorch_export_of_boosted_kwinners_is_found(tmp_path):
+    """torch.where(boosted >= topk(...).values[:, k-1:], x, zeros_like(x)) as torch exports it."""
+    torch = pytest.importorskip("torch")
+
+    class KWinners(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("boost", torch.rand(1, 4, 1, 1) + 0.5)
+
+        def forward(self, x):
+            flat = x.flatten(1)
+            boosted = (x * self.boost).flatten(1)
+            kth = torch.topk(boosted, 7, dim=1).values[:, 6:]
+            return torch.where(boosted >= kth, flat, torch.zeros_like(flat)).view_as(x)
+
+    path = str(tmp_path / "kw.onnx")
+    torch.onnx.export(
+        KWinners(),
+        (torch.randn(2, 4, 5, 5),),
+        path,
+        input_names=["input"],
+        opset_version=17,
+        dynamo=False,
+    )
+    func = canonicalize(import_model(path).mod)["main"]
+    (match,) = find_kwta(func)
+    assert (match.k, match.n) == (7, 100) and match.boost is not None

@@ -117,3 +117,60 @@ def test_other_targets_are_left_alone():
     with tvm.target.Target({"kind": "cuda", "arch": "sm_90"}):
         assert rewrite_kwta_pass()(mod).same_as(mod)
     assert rewrite_kwta_pass()(mod).same_as(mod)  # no target at all
+
+
+def _kwta_pool_module(shape, k, boost, pool, also_return_kwta: bool) -> tvm.IRModule:
+    (size, strides) = pool
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(kwta(x, k, boost))
+            pooled = bb.emit(relax.op.nn.max_pool2d(y, size, strides))
+            out = bb.emit_output(relax.Tuple([pooled, y]) if also_return_kwta else pooled)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _pool_reference(y: np.ndarray, size, strides) -> np.ndarray:
+    (ph, pw), (sh, sw) = size, strides
+    oh, ow = (y.shape[2] - ph) // sh + 1, (y.shape[3] - pw) // sw + 1
+    windows = [
+        y[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+        for i in range(ph)
+        for j in range(pw)
+    ]
+    return np.max(windows, axis=0)
+
+
+@pytest.mark.parametrize("boosted", [False, True])
+@pytest.mark.parametrize("pool", [((2, 2), (2, 2)), ((3, 3), (2, 1))])
+def test_kwta_reshape_maxpool_becomes_one_kernel(target, rng, boosted, pool):
+    shape, k = (2, 3, 7, 6), 20
+    boost = rng.uniform(0.5, 1.5, (1, 3, 1, 1)).astype(np.float32) if boosted else None
+    mod = _rewrite(_kwta_pool_module(shape, k, boost, pool, False), target)
+    kernels = _kernels(mod)
+    assert len(kernels) == 1 and kernels[0].startswith("kwta_maxpool")
+    assert "relax.nn.max_pool2d" not in mod.script()
+    x = rng.integers(-3, 4, shape).astype(np.float32)  # ties with the k-th value
+    expected = _pool_reference(models.kwta_reference(x, k, boost), *pool)
+    np.testing.assert_array_equal(_run(mod, target, x), expected)
+
+
+def test_kwta_read_elsewhere_is_not_fused(target, rng):
+    shape, k, pool = (1, 2, 6, 6), 9, ((2, 2), (2, 2))
+    mod = _rewrite(_kwta_pool_module(shape, k, None, pool, True), target)
+    kernels = _kernels(mod)
+    assert len(kernels) == 1 and not kernels[0].startswith("kwta_maxpool")
+    x = rng.standard_normal(shape).astype(np.float32)
+    ex = tvm.compile(mod, target=target)
+    pooled, y = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    expected_y = models.kwta_reference(x, k)
+    np.testing.assert_array_equal(y.numpy(), expected_y)
+    np.testing.assert_array_equal(pooled.numpy(), _pool_reference(expected_y, *pool))
+
+
+def test_tiny_cnn_pools_are_fused(target):
+    mod = _rewrite(canonicalize(import_model(models.tiny_sparse_cnn(batch=1)).mod), target)
+    fused = [name for name in _kernels(mod) if name.startswith("kwta_maxpool")]
+    assert len(fused) == 2 and "relax.nn.max_pool2d" not in mod.script()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tvm_sparse import models
 from tvm_sparse.schedules.kernel import run_kernel
-from tvm_sparse.schedules.kwta_x86 import kwta_kernel
+from tvm_sparse.schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
 
 from ..conftest import ort_run
 
@@ -97,3 +97,66 @@ def test_nan_follows_onnxruntime(target):
 def test_bad_arguments(args):
     with pytest.raises(ValueError):
         kwta_kernel(*args)
+
+
+def _maxpool_reference(y: np.ndarray, size, strides) -> np.ndarray:
+    """NCHW max-pool, no padding, floor mode."""
+    (ph, pw), (sh, sw) = size, strides
+    b, c, h, w = y.shape
+    oh, ow = (h - ph) // sh + 1, (w - pw) // sw + 1
+    out = np.full((b, c, oh, ow), -np.inf, np.float32)
+    for i in range(ph):
+        for j in range(pw):
+            out = np.maximum(
+                out, y[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+            )
+    return out
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    batch=st.sampled_from([1, 2]),
+    chw=st.tuples(st.integers(1, 5), st.integers(2, 9), st.integers(2, 9)),
+    pool=st.sampled_from([((2, 2), (2, 2)), ((3, 2), (1, 2)), ((2, 3), (3, 1))]),
+    k_frac=st.floats(0.0, 1.0),
+    kind=st.sampled_from(["normal", "ties", "negative"]),
+    boosted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_kwta_maxpool_matches_reference(target, batch, chw, pool, k_frac, kind, boosted, seed):
+    (ph, pw), strides = pool
+    c, h, w = chw
+    h, w = max(h, ph), max(w, pw)
+    n = c * h * w
+    rng = np.random.default_rng(seed)
+    k = 1 + int(k_frac * (n - 1))
+    x = _data(kind, rng, (batch, c, h, w))
+    boost = rng.uniform(0.5, 1.5, n).astype(np.float32) if boosted else None
+    call = kwta_maxpool_kernel(x.shape, (c, h, w), k, (ph, pw), strides, boost)
+    ranked_boost = None if boost is None else boost.reshape(1, c, h, w)
+    expected = _maxpool_reference(models.kwta_reference(x, k, ranked_boost), (ph, pw), strides)
+    assert call.out_shape == expected.shape
+    np.testing.assert_array_equal(run_kernel(call, target, x), expected)
+
+
+def test_kwta_maxpool_gsc_size(target, rng):
+    x = rng.standard_normal((1, 64, 28, 28)).astype(np.float32)
+    call = kwta_maxpool_kernel(x.shape, (64, 28, 28), 4767, (2, 2))
+    expected = _maxpool_reference(models.kwta_reference(x, 4767), (2, 2), (2, 2))
+    np.testing.assert_array_equal(run_kernel(call, target, x), expected)
+
+
+def test_kwta_reads_any_row_major_input_shape(target, rng):
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    call = kwta_kernel(2, 105, 20, x_shape=x.shape)
+    expected = models.kwta_reference(x, 20).reshape(2, 105)
+    np.testing.assert_array_equal(run_kernel(call, target, x), expected)
+
+
+def test_bad_shapes_are_rejected():
+    with pytest.raises(ValueError):
+        kwta_kernel(2, 100, 5, x_shape=(2, 99))
+    with pytest.raises(ValueError):
+        kwta_maxpool_kernel((1, 2, 3, 3), (2, 3, 3), 4, (4, 4))
+    with pytest.raises(ValueError):
+        kwta_maxpool_kernel((1, 18), (2, 3, 3), 0, (2, 2))

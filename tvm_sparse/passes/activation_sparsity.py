@@ -109,8 +109,8 @@ def match_kwta(var: relax.Var, bindings: dict) -> KwtaMatch | None:
     name = op_name(value)
     if name == "relax.where":
         cond, kept, other = value.args
-        zero = const_array(other)
-        if zero is None or zero.size != 1 or float(zero.reshape(())) != 0.0:
+        zero = const_array(other)  # a scalar 0, or zeros_like(x) as torch.where exports it
+        if zero is None or not np.all(zero == 0):
             return None
         compare = _value(cond, bindings)
     elif name == "relax.multiply":
@@ -146,7 +146,7 @@ def match_kwta(var: relax.Var, bindings: dict) -> KwtaMatch | None:
         scaled = _value(ranked_base, bindings)
         if op_name(scaled) != "relax.multiply":
             return None
-        a, b = scaled.args
+        a, b = (_strip(arg, bindings, ("relax.reshape",)) for arg in scaled.args)
         if a.same_as(kept_base):
             boost = const_array(b)
         elif b.same_as(kept_base):

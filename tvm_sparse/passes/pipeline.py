@@ -86,10 +86,13 @@ def legalize_passes() -> list[tvm.transform.Pass]:
     ]
 
 
-def schedule_passes(target: tvm.target.Target, database=None) -> list[tvm.transform.Pass]:
+def schedule_passes(
+    target: tvm.target.Target, records_dir: str | None = None
+) -> list[tvm.transform.Pass]:
     passes = []
-    if database is not None:
-        passes.append(relax.transform.MetaScheduleApplyDatabase(database=database))
+    if records_dir is not None:
+        # MetaSchedule's JSON database in records_dir (database_{workload,tuning_record}.json)
+        passes.append(relax.transform.MetaScheduleApplyDatabase(work_dir=records_dir))
     rules = cpu_leftover_rules() if str(target.kind.name) == "llvm" else gpu_leftover_rules()
     passes.append(dl.ApplyDefaultSchedule(*rules))
     return passes
@@ -110,7 +113,7 @@ def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
 def build_pipeline(
     target: tvm.target.Target | None = None,
     sparsify: Sparsify | None = None,
-    database=None,
+    records_dir: str | None = None,
 ) -> tvm.transform.Pass:
     """The full Relax pipeline; ``target`` defaults to the one ``tvm.compile`` enters."""
     sparsify = sparsify or Sparsify()
@@ -127,7 +130,7 @@ def build_pipeline(
                 rewrite_kwta_pass(tgt),  # after Sparsify: it reads the k-WTA pattern
                 *tvm_pipeline.library_dispatch_passes(tgt),
                 *legalize_passes(),
-                *schedule_passes(tgt, database),
+                *schedule_passes(tgt, records_dir),
                 *lower_passes(tgt),
             ]
             return tvm.transform.Sequential(phases, name="tvm_sparse")(mod)

@@ -3,7 +3,12 @@
 TVM lowers ``topk`` to a full sort per sample; ``schedules.kwta_x86`` selects the k-th largest
 value by radix select instead. The subgraph's result ``where(x' >= kth, x, 0)`` (``[B, n]``)
 becomes ``call_tir(kwta, [x], [B, n])`` on the unboosted ``x``, with the boost factor a constant
-of the kernel; TopK and its plumbing are left dead and removed.
+of the kernel; TopK and its plumbing are left dead and removed. When ``x`` is a reshape
+(the flattening in front of a KWinners2d), the kernel reads the reshape's input directly.
+
+``kwta -> reshape [B, C, H, W] -> max_pool2d`` (KWinners2d then MaxPool2d, as in the GSC CNN),
+where nothing else reads the k-WTA result, becomes one ``kwta_maxpool`` call: the pool is done
+in the k-WTA's write pass, so the full-size result is never written nor read back.
 
 Runs after ``Sparsify``: that phase reads the k-WTA pattern to report the activation density of
 the layers that follow. Only on llvm targets (the kernel is CPU TIR); other targets and
@@ -12,13 +17,25 @@ float64/float16 activations keep TVM's topk.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..schedules.kwta_x86 import kwta_kernel
-from ._relax_utils import dtype_of, static_shape
+from ..schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
+from ._relax_utils import binding_map, dtype_of, op_name, static_shape, use_counts
 from .activation_sparsity import KwtaMatch, find_kwta
+
+
+@dataclass(frozen=True)
+class _PoolFusion:
+    """A max-pool that reads only a k-WTA result (through a reshape to NCHW)."""
+
+    match: KwtaMatch
+    chw: tuple[int, int, int]
+    pool_size: tuple[int, int]
+    strides: tuple[int, int]
 
 
 def _rewritable(match: KwtaMatch) -> bool:
@@ -32,26 +49,103 @@ def _rewritable(match: KwtaMatch) -> bool:
     )
 
 
+def _flat_source(x: relax.Expr, bindings: dict) -> relax.Expr:
+    """The input of the reshape that produced ``x`` (same values, row-major), else ``x``."""
+    value = bindings.get(x) if isinstance(x, relax.Var) else None
+    if op_name(value) != "relax.reshape":
+        return x
+    src = value.args[0]
+    shape, flat = static_shape(src), static_shape(x)
+    if shape is None or flat is None or len(shape) < 2 or shape[0] != flat[0]:
+        return x
+    return src if dtype_of(src) == "float32" else x
+
+
+def _pool_fusion(pool_value: relax.Call, match: KwtaMatch) -> _PoolFusion | None:
+    """The fusion of ``pool_value`` (a max_pool2d of reshape(match.out_var)) when supported."""
+    attrs = pool_value.attrs
+    ints = [int(v) for v in (*attrs.padding, *attrs.dilation)]
+    if (
+        str(attrs.layout) != "NCHW"
+        or str(attrs.out_layout) != "NCHW"
+        or bool(attrs.ceil_mode)
+        or ints != [0, 0, 0, 0, 1, 1]
+        or dtype_of(pool_value.args[0]) != "float32"
+    ):
+        return None
+    shape = static_shape(pool_value.args[0])
+    if shape is None or len(shape) != 4:
+        return None
+    pool_size = tuple(int(v) for v in attrs.pool_size)
+    strides = tuple(int(v) for v in attrs.strides)
+    return _PoolFusion(match, tuple(shape[1:]), pool_size, strides)
+
+
+def _plan_pools(func: relax.Function, matches: dict) -> dict[relax.Var, _PoolFusion]:
+    """The max-pools to fuse, keyed by the pool's var: pool(reshape(kwta)), each used once."""
+    bindings = binding_map(func)
+    uses = use_counts(func)
+    plan = {}
+    for var, value in bindings.items():
+        if op_name(value) != "relax.nn.max_pool2d":
+            continue
+        reshaped = value.args[0]
+        inner = bindings.get(reshaped) if isinstance(reshaped, relax.Var) else None
+        if op_name(inner) != "relax.reshape" or uses[reshaped] != 1:
+            continue
+        match = matches.get(inner.args[0])
+        if match is None or uses[match.out_var] != 1:
+            continue
+        fusion = _pool_fusion(value, match)
+        if fusion is not None:
+            plan[var] = fusion
+    return plan
+
+
 @mutator
 class _KwtaRewriter(PyExprMutator):
-    def __init__(self, plan: dict[relax.Var, KwtaMatch], mod: tvm.IRModule, target):
+    def __init__(
+        self,
+        plan: dict[relax.Var, KwtaMatch],
+        pools: dict[relax.Var, _PoolFusion],
+        bindings: dict,
+        mod: tvm.IRModule,
+        target,
+    ):
         super().__init__(mod)
         self.plan = plan
+        self.pools = pools
+        self.bindings = bindings
         self.target = target
         self.count = 0
 
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        match = self.plan.get(binding.var)
+    def _kernel(self, var: relax.Var):
+        fusion = self.pools.get(var)
+        match = fusion.match if fusion is not None else self.plan.get(var)
         if match is None:
+            return None, None
+        src = _flat_source(match.x, self.bindings)
+        x_shape = static_shape(src)
+        if fusion is not None:
+            kernel = kwta_maxpool_kernel(
+                x_shape, fusion.chw, match.k, fusion.pool_size, fusion.strides, match.boost,
+                self.target,
+            )  # fmt: skip
+        else:
+            batch, n = static_shape(match.out_var)
+            kernel = kwta_kernel(batch, n, match.k, match.boost, self.target, x_shape=x_shape)
+        return kernel, src
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        kernel, src = self._kernel(binding.var)
+        if kernel is None:
             super().visit_var_binding_(binding)
             return
-        batch, n = static_shape(match.out_var)
-        kernel = kwta_kernel(batch, n, match.k, match.boost, self.target)
         name = f"{kernel.name}_{self.count}"
         self.count += 1
         func = kernel.func.with_attr("global_symbol", name)
         gvar = self.builder_.add_func(func, name)
-        args = [self.visit_expr(match.x)] + [
+        args = [self.visit_expr(src)] + [
             relax.const(c, str(c.dtype)) for c in kernel.consts
         ]  # int64 stays int64
         out = relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
@@ -71,7 +165,10 @@ def rewrite_kwta(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         plan = {m.out_var: m for m in find_kwta(func) if _rewritable(m)}
         if not plan:
             continue
-        rewriter = _KwtaRewriter(plan, mod, target)
+        pools = _plan_pools(func, plan)
+        for fusion in pools.values():  # the fused call replaces the k-WTA's own
+            del plan[fusion.match.out_var]
+        rewriter = _KwtaRewriter(plan, pools, binding_map(func), mod, target)
         new_func = rewriter.visit_expr(func)
         rewriter.builder_.update_func(gvar, new_func)
         mod = rewriter.builder_.get()

@@ -47,6 +47,7 @@ BUILDERS = {
     "mlp": lambda b: models.pruned_mlp(layers=4, hidden=2048, density=0.1, batch=b),
     "mlp_dense": lambda b: models.pruned_mlp(layers=4, hidden=2048, density=1.0, batch=b),
     "mlp_50": lambda b: models.pruned_mlp(layers=4, hidden=2048, density=0.5, batch=b),
+    "mlp_0": lambda b: models.pruned_mlp(layers=4, hidden=2048, density=0.0, batch=b),
     "gsc": lambda b: models.gsc_sparse_cnn(batch=b),
     "gsc_super": lambda b: models.gsc_sparse_cnn(super_sparse=True, batch=b),
 }

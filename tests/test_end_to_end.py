@@ -97,3 +97,25 @@ def test_odd_input_names_are_sanitized_for_tvm_but_kept_for_users(tmp_path):
     lib = tmp_path / "odd.so"
     compiled.export(lib)
     assert tvm_sparse.load(lib).inputs[0].name == odd
+
+
+def test_layer_followed_by_elementwise_op():
+    """A kernel followed by Sigmoid: FuseOps must not fuse into our scheduled kernel."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((24, 16)) * (rng.random((24, 16)) < 0.2)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["input", "W"], ["g"], transB=1),
+            helper.make_node("Sigmoid", ["g"], ["output"]),
+        ],
+        "gs",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [2, 24])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = _input(model)
+    for sparse in (True, False):
+        assert_close(tvm_sparse.compile(model, "llvm", sparse=sparse).run(x), ort_run(model, x))

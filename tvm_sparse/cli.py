@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("model", help="ONNX file")
     a.add_argument("--format", choices=("table", "json"), default="table")
     _add_shapes(a)
+    from .tune_cli import add_tune_parser
+
+    add_tune_parser(sub)
     return parser
 
 
@@ -167,8 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         format="tvm-sparse: %(message)s",
     )
     from .errors import TvmSparseError
+    from .tune_cli import run_tune
 
-    commands = {"compile": _cmd_compile, "run": _cmd_run, "analyze": _cmd_analyze}
+    commands = {
+        "compile": _cmd_compile,
+        "run": _cmd_run,
+        "analyze": _cmd_analyze,
+        "tune": run_tune,
+    }
     try:
         return commands[args.command](args)
     except TvmSparseError as err:

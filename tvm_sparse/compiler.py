@@ -16,6 +16,7 @@ from .passes.analyze_sparsity import analyze_function, layer_report
 from .passes.canonicalize import canonicalize
 from .passes.pipeline import Sparsify, SparsifyOptions, build_pipeline
 from .report import Report
+from .schedules import tuning
 from .target import resolve_target
 
 log = logging.getLogger("tvm_sparse")
@@ -86,7 +87,8 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     start = time.perf_counter()
     log.info("compiling %s for %s", imported.source, tgt)
     try:
-        executable = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
+        with tuning.use_records(tuning_records):  # tuned kernel knobs and choices
+            executable = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
     except TvmSparseError:
         raise
     except Exception as err:

@@ -145,17 +145,14 @@ def test_best_knobs_and_tuned_kernel_read_the_records(kernel_records, target):
     assert tuning.tuned_kernel("csr", layer, target) is None  # no records active
 
 
-def test_tuned_choice_compiles_to_the_same_answers(kernel_records, monkeypatch):
+def test_tuned_choice_compiles_to_the_same_answers(kernel_records):
     """The records drive the kernel choice and knobs; the model's output does not change."""
     import tvm_sparse
-    import tvm_sparse.passes.pipeline as pipeline
 
     path, _, _ = kernel_records
     model = leftover_mlp()
     x = np.random.default_rng(1).standard_normal((1, 32)).astype(np.float32)
-    monkeypatch.setattr(pipeline, "choose_layer", tuning.choose_layer_tuned)
-    with tuning.use_records(path):
-        module = tvm_sparse.compile(model)
+    module = tvm_sparse.compile(model, tuning_records=path)
     assert all("tuned" in row.reason for row in module.report.layers)
     assert_close(module.run(x), ort_run(model, x))
 
@@ -243,3 +240,22 @@ def test_tuning_through_an_rpc_tracker_and_server(tmp_path):
     assert all(t.best_s and t.best_s > 0 for t in summary.tasks)
     assert {t.kind for t in summary.tasks} == {"kernel", "metaschedule"}
     assert os.path.exists(tmp_path / tuning.MS_TASKS)
+
+
+def test_xgboost_guided_search_prefers_the_fast_region():
+    """After the warm-up the cost model picks settings like the fastest ones measured."""
+    import random
+
+    space = [{}] + [{"a": a, "b": b} for a in range(8) for b in range(8)]
+
+    def cost(i):  # fastest at a = 6, b = 1
+        s = space[i]
+        return 1.0 if not s else 1e-3 * (1 + (s["a"] - 6) ** 2 + (s["b"] - 1) ** 2)
+
+    tried: dict[int, float] = {}
+    rng = random.Random(0)
+    while len(tried) < 16:
+        i = tuning._next_index(space, tried, rng)
+        assert i not in tried
+        tried[i] = cost(i)
+    assert 0 in tried and min(tried.values()) <= cost(space.index({"a": 6, "b": 1})) * 3

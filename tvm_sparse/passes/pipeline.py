@@ -20,9 +20,9 @@ from tvm.s_tir import dlight as dl
 
 from ..report import LayerReport
 from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
+from ..schedules.tuning import choose_layer_tuned
 from .analyze_sparsity import analyze_function, layer_report
 from .canonicalize import canonicalize_passes
-from .choose_kernels import choose_layer
 from .rewrite_kwta import rewrite_kwta_pass
 from .rewrite_layers import rewrite_layers
 
@@ -55,7 +55,7 @@ class Sparsify:
         for i, (layer, act) in enumerate(analyzed):
             start = time.perf_counter()
             row = layer_report(layer, act)
-            choice = choose_layer(
+            choice = choose_layer_tuned(
                 layer, target, sparse=self.options.sparse, measure=self.options.measure
             )
             log.info(
@@ -110,6 +110,20 @@ def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
 
 
+def pre_schedule_passes(target: tvm.target.Target, sparsify: Sparsify) -> list:
+    """Phases 1-3. Tuning extracts its MetaSchedule tasks from exactly this module, so that the
+    workloads it records match the ones compile looks up."""
+    from tvm.relax import pipeline as tvm_pipeline
+
+    return [
+        *canonicalize_passes(),
+        sparsify,
+        rewrite_kwta_pass(target),  # after Sparsify: it reads the k-WTA pattern
+        *tvm_pipeline.library_dispatch_passes(target),
+        *legalize_passes(),
+    ]
+
+
 def build_pipeline(
     target: tvm.target.Target | None = None,
     sparsify: Sparsify | None = None,
@@ -120,16 +134,10 @@ def build_pipeline(
 
     @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.Pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        from tvm.relax import pipeline as tvm_pipeline
-
         tgt = target or tvm.target.Target.current(allow_none=False)
         with tgt:
             phases = [
-                *canonicalize_passes(),
-                sparsify,
-                rewrite_kwta_pass(tgt),  # after Sparsify: it reads the k-WTA pattern
-                *tvm_pipeline.library_dispatch_passes(tgt),
-                *legalize_passes(),
+                *pre_schedule_passes(tgt, sparsify),
                 *schedule_passes(tgt, records_dir),
                 *lower_passes(tgt),
             ]

@@ -16,11 +16,14 @@ from .layers import LINEAR, LayerSpec
 
 
 def _scheduled(func: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
-    """Name a kernel uniquely, mark it scheduled (dlight leaves it alone) and alias-free."""
+    """Name a kernel uniquely, mark it scheduled (dlight leaves it alone), alias-free, and
+    opaque to FuseOps (op_pattern 8): fusing an elementwise op into a hand-scheduled kernel
+    breaks FuseTIR ("Inconsistent buffers")."""
     return (
         func.with_attr("global_symbol", name)
         .with_attr("tirx.is_scheduled", True)
         .with_attr("tirx.noalias", True)
+        .with_attr("op_pattern", 8)
     )
 
 

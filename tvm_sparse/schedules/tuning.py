@@ -275,7 +275,8 @@ def _panel_space(m: int, cores: int, block_cols: int) -> list[dict]:
         return small
     tiles = [t for t in (8, 16, 32, 64) if t <= _round_up(m, 8)]
     cols = [None] + [c for c in (64, 128, 256, 512, 1024, 2048) if c >= block_cols]
-    return small + _product(min_batch=[m], m_tile=tiles, panel_cols=cols, parallel=par)
+    panel = _product(min_batch=[m], m_tile=tiles, panel_cols=cols, row_block=[None, 64, 256])
+    return small + [{**p, "parallel": q} for p in panel for q in par]
 
 
 def _divisors(n: int) -> list[int]:
@@ -450,6 +451,9 @@ class LocalMeasurer:
         )
         return float(np.median(timer(*tensors).results)), out
 
+    def release(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -461,15 +465,29 @@ class RPCMeasurer(LocalMeasurer):
 
     def __init__(self, target: tvm.target.Target, tracker: str, key: str, **kwargs):
         super().__init__(target, **kwargs)
-        from tvm import rpc
 
         self.host, self.port = _split_tracker(tracker)
         self.key = key
-        self.session = rpc.connect_tracker(self.host, self.port).request(
-            key, priority=1, session_timeout=0
-        )
+        self._session = None
         self.tmp = tempfile.TemporaryDirectory(prefix="tvm_sparse_rpc_")
         self.count = 0
+
+    @property
+    def session(self):
+        """The device session, requested from the tracker on first use."""
+        if self._session is None:
+            from tvm import rpc
+
+            tracker = rpc.connect_tracker(self.host, self.port)
+            self._session = tracker.request(self.key, priority=1, session_timeout=0)
+        return self._session
+
+    def release(self) -> None:
+        """Give the device back to the tracker (MetaSchedule's runner requests its own)."""
+        import gc
+
+        self._session = None
+        gc.collect()  # the session closes when its last reference (modules, tensors) goes
 
     def _load(self, executable) -> tuple[Any, Any]:
         self.count += 1
@@ -480,6 +498,7 @@ class RPCMeasurer(LocalMeasurer):
         return self.session.load_module(name), self.session.cpu()
 
     def close(self) -> None:
+        self.release()
         self.tmp.cleanup()
 
 
@@ -539,9 +558,9 @@ def _next_index(space: list[dict], tried: dict[int, float | None], rng: random.R
 
     xs = np.array([row(i) for i, _ in measured])
     ys = np.log(np.array([s for _, s in measured]))
-    model = xgb.XGBRegressor(n_estimators=40, max_depth=3, learning_rate=0.3, n_jobs=1)
-    model.fit(xs, ys)
-    pred = model.predict(np.array([row(i) for i in untried]))
+    params = {"max_depth": 3, "eta": 0.3, "nthread": 1, "verbosity": 0}
+    booster = xgb.train(params, xgb.DMatrix(xs, label=ys), num_boost_round=40)
+    pred = booster.predict(xgb.DMatrix(np.array([row(i) for i in untried])))
     return untried[int(np.argmin(pred))]
 
 
@@ -649,20 +668,18 @@ class KernelTask:
 
 
 def _compile_phases(imported, target: tvm.target.Target):
-    """The module exactly as ``compile`` has it when the tuning database is applied."""
-    from tvm.relax import pipeline as tvm_pipeline
+    """The module exactly as ``compile`` has it when the tuning database is applied.
 
-    from ..passes.canonicalize import canonicalize_passes
-    from ..passes.pipeline import Sparsify, SparsifyOptions, legalize_passes
+    The same ``pre_schedule_passes`` as ``passes.pipeline.build_pipeline``, so the MetaSchedule
+    workloads recorded here match the ones compile looks up.
+    """
+    from ..passes import pipeline as tvm_sparse_pipeline
 
-    sparsify = Sparsify(SparsifyOptions(layer_names=imported.weighted_nodes))
+    sparsify = tvm_sparse_pipeline.Sparsify(
+        tvm_sparse_pipeline.SparsifyOptions(layer_names=imported.weighted_nodes)
+    )
     with target:
-        phases = [
-            *canonicalize_passes(),
-            sparsify,
-            *tvm_pipeline.library_dispatch_passes(target),
-            *legalize_passes(),
-        ]
+        phases = tvm_sparse_pipeline.pre_schedule_passes(target, sparsify)
         return tvm.transform.Sequential(phases, name="tvm_sparse.tune")(imported.mod), sparsify
 
 
@@ -852,6 +869,7 @@ def tune_ms_task(
         rand_state=len(state) + 1,
         num_threads="physical",
     ).clone()
+    measurer.release()  # an RPC device serves one session at a time
     with _quiet_ms():
         ms.tune_tasks(
             tasks=[context],

@@ -136,8 +136,10 @@ def _per_unit_mask(rng: np.random.Generator, out_units: int, fan_in: int, densit
 def _magnitude_mask(w: np.ndarray, density: float) -> np.ndarray:
     """Keep the round(density * size) largest |w| of the whole tensor (unstructured pruning)."""
     keep = int(round(density * w.size))
-    if not 0 < keep <= w.size:
+    if not 0 <= keep <= w.size:
         raise ValueError(f"density {density} keeps {keep} of {w.size} weights")
+    if keep == 0:
+        return np.zeros(w.shape, dtype=bool)
     flat = np.abs(w).ravel()
     idx = np.argpartition(-flat, keep - 1)[:keep]
     mask = np.zeros(w.size, dtype=bool)
@@ -277,7 +279,8 @@ def pruned_mlp(
     g = _Graph()
     x = "input"
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        w = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / (fan_in * keep))
+        # He init for the kept fan-in; density 0 (an all-zero layer) is allowed
+        w = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / (fan_in * max(keep, 1e-6)))
         if pattern == "unstructured":
             mask = _magnitude_mask(w, density)
         elif pattern == "block":

@@ -43,40 +43,18 @@ import tvm
 from tvm.script import tirx as T
 
 from ..formats.complementary import ComplementaryPacked
+from ._epilogue import ACTIVATIONS
+from ._epilogue import bias_const as _bias_const
+from ._epilogue import check_activation as _check_activation
+from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 
-ACTIVATIONS = (None, "relu", "gelu")
-_SQRT1_2 = 0.7071067811865476
 DEFAULT_ACTIVATION_DENSITY = 0.125  # what ``info`` costs the kernel at (k-WTA 12.5 %)
 _BYTE_LSBS = 0x0101010101010101  # pdep: mask bit i -> byte i
 _LANE_IDS = 0x0706050403020100  # pext: the indices of the selected bytes, packed
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_activation(activation: str | None) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-def _epilogue(v, activation: str | None):
-    """act(v) as a TIR expression; ReLU keeps NaN (like numpy / onnxruntime), GELU is erf form."""
-    if activation == "relu":
-        return T.if_then_else(v < T.float32(0), T.float32(0), v)
-    if activation == "gelu":
-        return T.float32(0.5) * v * (T.float32(1) + T.erf(v * T.float32(_SQRT1_2)))
-    return v
-
-
-def _bias_const(bias: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
-    """The bias array passed to the kernel; a 1-element placeholder when there is none."""
-    if bias is None:
-        return np.zeros((1,), dtype=np.float32), False
-    bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-    if bias.shape != (n,):
-        raise ValueError(f"bias must have {n} entries, got {bias.shape}")
-    return bias, True
 
 
 def _uint(max_value: int) -> np.dtype:

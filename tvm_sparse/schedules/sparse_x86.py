@@ -35,34 +35,13 @@ from tvm.script import tirx as T
 from ..formats._index import as_index
 from ..formats.bsr import BSR
 from ..formats.csr import CSR
+from ._epilogue import ACTIVATIONS
+from ._epilogue import bias_const as _bias_const
+from ._epilogue import check_activation as _check_activation
+from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 
-ACTIVATIONS = (None, "relu", "gelu")
-_SQRT1_2 = 0.7071067811865476
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_activation(activation: str | None) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-def _epilogue(v, activation: str | None, lanes: int = 1):
-    """act(v) as a TIR expression (``lanes``-wide); ReLU keeps NaN (like numpy / onnxruntime),
-    GELU is the erf form."""
-
-    def c(value: float):
-        return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
-
-    if activation == "relu":
-        if lanes == 1:
-            return T.if_then_else(v < c(0), c(0), v)
-        return T.Select(v < c(0), c(0), v)
-    if activation == "gelu":
-        return c(0.5) * v * (c(1) + T.erf(v * c(_SQRT1_2)))
-    return v
 
 
 def _lane8(rows, j):
@@ -72,16 +51,6 @@ def _lane8(rows, j):
     permutes (about 3 per vector), where an element-wise transpose costs a load per element.
     """
     return T.Shuffle(list(rows), [j + 8 * i for i in range(8)])
-
-
-def _bias_const(bias: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
-    """The bias array passed to the kernel; a 1-element placeholder when there is none."""
-    if bias is None:
-        return np.zeros((1,), dtype=np.float32), False
-    bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-    if bias.shape != (n,):
-        raise ValueError(f"bias must have {n} entries, got {bias.shape}")
-    return bias, True
 
 
 def _finish(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:

@@ -1,0 +1,44 @@
+"""What every kernel builder shares: the fused activations and the bias constant.
+
+One definition, so the CPU and CUDA kernels can never disagree on the NaN behaviour of ReLU or
+the form of GELU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm.script import tirx as T
+
+ACTIVATIONS = (None, "relu", "gelu")
+SQRT1_2 = 0.7071067811865476
+
+
+def check_activation(activation: str | None) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def epilogue(v, activation: str | None, lanes: int = 1):
+    """act(v) as a TIR expression (``lanes``-wide); ReLU keeps NaN (like numpy / onnxruntime),
+    GELU is the erf form."""
+
+    def c(value: float):
+        return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
+
+    if activation == "relu":
+        if lanes == 1:
+            return T.if_then_else(v < c(0), c(0), v)
+        return T.Select(v < c(0), c(0), v)
+    if activation == "gelu":
+        return c(0.5) * v * (c(1) + T.erf(v * c(SQRT1_2)))
+    return v
+
+
+def bias_const(bias: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
+    """The bias array passed to the kernel; a 1-element placeholder when there is none."""
+    if bias is None:
+        return np.zeros((1,), dtype=np.float32), False
+    bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    if bias.shape != (n,):
+        raise ValueError(f"bias must have {n} entries, got {bias.shape}")
+    return bias, True

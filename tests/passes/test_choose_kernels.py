@@ -72,3 +72,14 @@ def test_timings_are_cached(target, monkeypatch, tmp_path):
 def test_sample_input_follows_density():
     x = choose_kernels._sample_input(_linear(0.1, rows=64, input_density=0.1))
     assert 0.05 < np.count_nonzero(x) / x.size < 0.15
+
+
+def test_dense_weights_get_no_weight_sparse_candidates(target):
+    """A CSR/BSR of a dense weight skips nothing: it is never offered, timing noise aside."""
+    from tvm_sparse.schedules.registry import candidates_for
+
+    names = [c.name for c in candidates_for(_linear(1.0, rows=8), target)]
+    assert names == ["dense"]
+    # sparse activations still make sparse-sparse worth measuring
+    names = [c.name for c in candidates_for(_linear(1.0, input_density=0.05), target)]
+    assert names == ["dense", "sparse_sparse"]

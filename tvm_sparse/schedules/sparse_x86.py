@@ -693,6 +693,10 @@ def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, p
     wide = tw == 0  # tile = (th, 0): th output rows over the padded width, see _wide_rows
     lanes = -(-th * wp // 8) * 8 if wide else th * tw
     tail = lanes if wide else 0  # the last wide tile reads up to `lanes` past the input
+    # Each (n, o) plane of the wide scratch gets its own `lanes` of slack: the last tile row of a
+    # plane stores whole vectors past oh * wp, and with planes split across threads that tail
+    # must not land in the next plane (a data race that changed results run to run).
+    plane = oh * wp + tail
     nval = max(nnz, 1)
     need_pad = (hp, wp) != (h, wd)
     rows = T.parallel if parallel else T.serial
@@ -708,7 +712,7 @@ def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, p
         y: T.Buffer((bn, o, oh, ow), "float32"),
     ):
         xf = T.alloc_buffer((bn * chw + tail,), "float32", scope="global")
-        yw = T.alloc_buffer((bn * o * oh * wp + tail,), "float32", scope="global")
+        yw = T.alloc_buffer((bn * o * plane,), "float32", scope="global")
         if wide:
             for e in T.vectorized(tail):
                 xf[bn * chw + e] = T.float32(0)
@@ -752,17 +756,17 @@ def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, p
                                 accw[T.ramp(u * 8, 1, 8)] + ww * xf[T.ramp(wbase + u * 8, 1, 8)]
                             )
                     for u in T.unroll(lanes // 8):
-                        yw[T.ramp(no * oh * wp + tr * th * wp + u * 8, 1, 8)] = accw[
+                        yw[T.ramp(no * plane + tr * th * wp + u * 8, 1, 8)] = accw[
                             T.ramp(u * 8, 1, 8)
                         ]
                 for rr in range(oh):
                     for v in range(ow):
                         if has_bias:
                             y[nb, oc, rr, v] = _epilogue(
-                                yw[no * oh * wp + rr * wp + v] + bias[oc], activation
+                                yw[no * plane + rr * wp + v] + bias[oc], activation
                             )
                         else:
-                            y[nb, oc, rr, v] = _epilogue(yw[no * oh * wp + rr * wp + v], activation)
+                            y[nb, oc, rr, v] = _epilogue(yw[no * plane + rr * wp + v], activation)
             else:
                 for tr in range(oh // th):
                     for tcol in range(ow // tw):

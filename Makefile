@@ -28,8 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check tvm_sparse tests benchmarks tutorials
 	$(BIN)/ruff format --check tvm_sparse tests benchmarks tutorials
 
+# One process per thread count: TVM's thread pool is sized when tvm is imported.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_models.py --threads 1
+	$(BIN)/python benchmarks/bench_models.py --threads $$(nproc)
 
 deepsparse:
 	bash benchmarks/setup_deepsparse.sh

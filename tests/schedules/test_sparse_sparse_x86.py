@@ -10,8 +10,6 @@ summation order. The references therefore multiply only the non-zero activations
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -26,24 +24,9 @@ from tvm_sparse.schedules.sparse_sparse_x86 import (
 from tvm_sparse.sparsify import complementary_mask, random_mask
 from tvm_sparse.target import resolve_target
 
+from .reference import act, linear_ref
+
 TARGET = resolve_target("llvm")
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-
-def act(v: np.ndarray, activation: str | None) -> np.ndarray:
-    if activation == "relu":
-        return np.where(v < 0, 0.0, v)
-    if activation == "gelu":
-        return 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))
-    return v
-
-
-def linear_ref(x, w, bias=None, activation=None):
-    with np.errstate(invalid="ignore", over="ignore"):
-        y = x.astype(np.float64) @ w.T.astype(np.float64)
-    if bias is not None:
-        y = y + bias
-    return act(y, activation)
 
 
 def im2col(x, kh, kw, strides, padding, dilation):

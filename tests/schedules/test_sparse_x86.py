@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import tvm
@@ -20,24 +18,9 @@ from tvm_sparse.schedules.sparse_x86 import (
 )
 from tvm_sparse.target import resolve_target
 
+from .reference import act, linear_ref
+
 TARGET = resolve_target("llvm")
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-
-def act(v: np.ndarray, activation: str | None) -> np.ndarray:
-    if activation == "relu":
-        return np.where(v < 0, 0.0, v)
-    if activation == "gelu":
-        return 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))
-    return v
-
-
-def linear_ref(x, w, bias=None, activation=None):
-    with np.errstate(invalid="ignore"):  # NaN / Inf weights: NaN rows, as expected
-        y = x.astype(np.float64) @ w.T.astype(np.float64)
-    if bias is not None:
-        y = y + bias
-    return act(y, activation)
 
 
 def weight(rng, shape, density, block=(1, 1)):

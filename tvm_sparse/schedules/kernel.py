@@ -14,6 +14,19 @@ import numpy as np
 import tvm
 
 
+def finish(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """Mark a hand-scheduled kernel: dlight leaves it alone, and its buffers do not alias."""
+    return func.with_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+
+
+def as_weight(weight: np.ndarray, ndim: int) -> np.ndarray:
+    """The weight as a contiguous float32 array of ``ndim`` dimensions (else a clear error)."""
+    weight = np.asarray(weight)
+    if weight.ndim != ndim:
+        raise ValueError(f"expected a {ndim}-D weight, got shape {weight.shape}")
+    return np.ascontiguousarray(weight, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class KernelCall:
     """A scheduled kernel and the constants it is called with.

@@ -43,6 +43,8 @@ from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
+from .kernel import as_weight as _as_weight
+from .kernel import finish as _finish
 from .sparse_x86 import pack_panels
 
 _FULL_MASK = 0xFFFFFFFF
@@ -50,17 +52,6 @@ _SHARED_BUDGET = 40 * 1024  # bytes of static shared memory a kernel may take (4
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _as_weight(weight: np.ndarray) -> np.ndarray:
-    weight = np.asarray(weight)
-    if weight.ndim != 2:
-        raise ValueError(f"expected a 2-D weight [N, K], got shape {weight.shape}")
-    return np.ascontiguousarray(weight, dtype=np.float32)
-
-
-def _finish(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    return func.with_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
 
 
 def _shfl_down(value, offset):
@@ -425,7 +416,7 @@ def _block_linear(name, m, weight, block, bias, activation, warp_batch, warps, b
                   panel_cols) -> KernelCall:  # fmt: skip
     """The shared body of ``csr_linear`` (1x1 blocks) and ``bsr_linear``."""
     _check_activation(activation)
-    weight = _as_weight(weight)
+    weight = _as_weight(weight, 2)
     n, k = weight.shape
     bsr = BSR.from_dense(weight, block)
     r, c = bsr.block
@@ -538,7 +529,7 @@ def sparse_sparse_linear(
     sample), ``shared_acc`` (accumulate in shared memory; default when ``N + G`` floats fit).
     """
     _check_activation(activation)
-    weight = _as_weight(weight)
+    weight = _as_weight(weight, 2)
     n, k = weight.shape
     tab = gpu_scatter_tables(ComplementaryPacked.from_dense(weight, max_groups))
     bias_arr, has_bias = _bias_const(bias, n)
@@ -592,7 +583,7 @@ def dense_linear(
     from tvm.s_tir import dlight as dl
 
     _check_activation(activation)
-    weight = _as_weight(weight)
+    weight = _as_weight(weight, 2)
     n, k = weight.shape
     tgt = _cuda_target(target)
     x = te.placeholder((m, k), "float32", name="x")

@@ -48,6 +48,7 @@ from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
+from .kernel import finish as _finish
 
 DEFAULT_ACTIVATION_DENSITY = 0.125  # what ``info`` costs the kernel at (k-WTA 12.5 %)
 _BYTE_LSBS = 0x0101010101010101  # pdep: mask bit i -> byte i
@@ -75,10 +76,6 @@ def _cores(target) -> int:
     if target is None:
         return 1
     return max(int(_resolve(target).attrs.get("num-cores", 1)), 1)
-
-
-def _finish(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    return func.with_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
 
 
 # --------------------------------------------------------------------------- packing

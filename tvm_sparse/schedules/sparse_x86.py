@@ -16,10 +16,8 @@ Three kernels, picked by shape:
   ``yT[n, :] += w[n, k] * xT[k, :]``, with the ``yT`` tile held in registers.
 - ``block`` (BSR, small batch): one block row at a time, vectorized over the block.
 
-``sparse_conv2d`` is a direct sparse convolution: every non-zero ``w[o, c, kh, kw]`` becomes a
-flat offset into the (padded) input, and an output tile accumulates ``w * x[offset + p]`` over
-contiguous output positions ``p`` (with unit strides: whole output rows over the padded width,
-so every tile is a run of full 8-wide vectors).
+``sparse_conv2d`` (the direct sparse convolution) lives in ``sparse_conv_x86`` and is
+re-exported here.
 
 Padding entries (zeros added to fill a vector) multiply activations the row already reads, so a
 finite activation gives exactly the dense result (up to summation order); NaN / Inf weights
@@ -29,7 +27,6 @@ propagate as they would in the dense product.
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm.script import tirx as T
 
 from ..formats._index import as_index
@@ -40,6 +37,9 @@ from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
+from .kernel import as_weight as _as_weight
+from .kernel import finish as _finish
+from .sparse_conv_x86 import sparse_conv2d
 
 # --------------------------------------------------------------------------- helpers
 
@@ -51,17 +51,6 @@ def _lane8(rows, j):
     permutes (about 3 per vector), where an element-wise transpose costs a load per element.
     """
     return T.Shuffle(list(rows), [j + 8 * i for i in range(8)])
-
-
-def _finish(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    return func.with_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
-
-
-def _as_weight(weight: np.ndarray, ndim: int) -> np.ndarray:
-    weight = np.asarray(weight)
-    if weight.ndim != ndim:
-        raise ValueError(f"expected a {ndim}-D weight, got shape {weight.shape}")
-    return np.ascontiguousarray(weight, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- packing
@@ -652,233 +641,6 @@ def bsr_linear(
         name="bsr_linear",
         consts=(vals, np.ascontiguousarray(cols), np.ascontiguousarray(ptr), bias_arr),
         out_shape=(m, n),
-        info=info,
-    )
-
-
-# --------------------------------------------------------------------------- conv2d
-
-
-def _conv_tiles(oh: int, ow: int, budget: int = 64) -> tuple[int, int]:
-    """(rows, cols) of an output tile whose sums fit in registers; both divide the output."""
-    cols = ow if ow <= budget else max(d for d in range(1, budget + 1) if ow % d == 0)
-    rows = max(d for d in range(1, oh + 1) if oh % d == 0 and d * cols <= max(budget, cols))
-    return rows, cols
-
-
-def _wide_rows(oh: int, wp: int, sh: int, sw: int, max_lanes: int = 96) -> int:
-    """Output rows per "wide" tile (0 when the wide tile does not apply).
-
-    With unit strides, output row ``r`` column ``v`` reads the padded input at ``r * Wp + v`` plus
-    the tap's offset, so ``th`` whole output rows computed over the padded width ``Wp`` are one
-    contiguous run of ``th * Wp`` lanes: full 8-wide vectors with no per-row remainder (the
-    ``Wp - OW`` extra lanes per row are computed and dropped). 12 ymm accumulators at most.
-    """
-    if sh != 1 or sw != 1:
-        return 0
-    fits = [d for d in range(1, oh + 1) if oh % d == 0 and -(-d * wp // 8) * 8 <= max_lanes]
-    return max(fits) if fits else 0
-
-
-def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, ptr_dtype, nbias,
-                 has_bias, activation, tile, parallel):  # fmt: skip
-    """Direct sparse conv: out[n, o, tile] += w * xp_flat[n, offset(w) + position(tile)]."""
-    bn, ci, h, wd = x_shape
-    oh, ow = out_hw
-    hp, wp = padded_hw
-    top, left = pads
-    sh, sw = strides
-    th, tw = tile
-    chw = ci * hp * wp
-    wide = tw == 0  # tile = (th, 0): th output rows over the padded width, see _wide_rows
-    lanes = -(-th * wp // 8) * 8 if wide else th * tw
-    tail = lanes if wide else 0  # the last wide tile reads up to `lanes` past the input
-    # Each (n, o) plane of the wide scratch gets its own `lanes` of slack: the last tile row of a
-    # plane stores whole vectors past oh * wp, and with planes split across threads that tail
-    # must not land in the next plane (a data race that changed results run to run).
-    plane = oh * wp + tail
-    nval = max(nnz, 1)
-    need_pad = (hp, wp) != (h, wd)
-    rows = T.parallel if parallel else T.serial
-    vec = T.vectorized if sw == 1 else T.unroll
-
-    @T.prim_func
-    def kernel(
-        x: T.Buffer((bn, ci, h, wd), "float32"),
-        vals: T.Buffer((nval,), "float32"),
-        offs: T.Buffer((nval,), idx_dtype),
-        ptr: T.Buffer((o + 1,), ptr_dtype),
-        bias: T.Buffer((nbias,), "float32"),
-        y: T.Buffer((bn, o, oh, ow), "float32"),
-    ):
-        xf = T.alloc_buffer((bn * chw + tail,), "float32", scope="global")
-        yw = T.alloc_buffer((bn * o * plane,), "float32", scope="global")
-        if wide:
-            for e in T.vectorized(tail):
-                xf[bn * chw + e] = T.float32(0)
-        if need_pad:
-            for nc in rows(bn * ci):
-                for ph in range(hp):
-                    for pw in range(wp):
-                        xf[nc * hp * wp + ph * wp + pw] = T.if_then_else(
-                            top <= ph and ph < top + h and left <= pw and pw < left + wd,
-                            x[
-                                nc // ci,
-                                nc % ci,
-                                T.min(T.max(ph - top, 0), h - 1),
-                                T.min(T.max(pw - left, 0), wd - 1),
-                            ],
-                            T.float32(0),
-                        )
-        else:
-            for nc in rows(bn * ci):
-                for ph in range(hp):
-                    for pw in T.vectorized(wp):
-                        xf[nc * hp * wp + ph * wp + pw] = x[nc // ci, nc % ci, ph, pw]
-        for no in rows(bn * o):
-            nb: T.let = no // o
-            oc: T.let = no % o
-            lo: T.let = T.Cast("int32", ptr[oc])
-            hi: T.let = T.Cast("int32", ptr[oc + 1])
-            if wide:
-                for tr in range(oh // th):
-                    # 8-wide pieces and whole-vector stores only: a <72 x float> accumulator,
-                    # or a per-lane read of it, makes LLVM shuffle it through the stack inside
-                    # the reduction loop
-                    accw = T.alloc_buffer((lanes,), "float32", scope="global")
-                    for u in T.unroll(lanes // 8):
-                        accw[T.ramp(u * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
-                    for j in range(lo, hi):
-                        ww: T.let = T.broadcast(vals[j], 8)
-                        wbase: T.let = nb * chw + T.Cast("int32", offs[j]) + tr * th * wp
-                        for u in T.unroll(lanes // 8):
-                            accw[T.ramp(u * 8, 1, 8)] = (
-                                accw[T.ramp(u * 8, 1, 8)] + ww * xf[T.ramp(wbase + u * 8, 1, 8)]
-                            )
-                    for u in T.unroll(lanes // 8):
-                        yw[T.ramp(no * plane + tr * th * wp + u * 8, 1, 8)] = accw[
-                            T.ramp(u * 8, 1, 8)
-                        ]
-                for rr in range(oh):
-                    for v in range(ow):
-                        if has_bias:
-                            y[nb, oc, rr, v] = _epilogue(
-                                yw[no * plane + rr * wp + v] + bias[oc], activation
-                            )
-                        else:
-                            y[nb, oc, rr, v] = _epilogue(yw[no * plane + rr * wp + v], activation)
-            else:
-                for tr in range(oh // th):
-                    for tcol in range(ow // tw):
-                        acc = T.alloc_buffer((th * tw,), "float32", scope="global")
-                        for lane in T.vectorized(th * tw):
-                            acc[lane] = T.float32(0)
-                        for j in range(lo, hi):
-                            w: T.let = vals[j]
-                            base: T.let = (
-                                nb * chw
-                                + T.Cast("int32", offs[j])
-                                + tr * th * sh * wp
-                                + tcol * tw * sw
-                            )
-                            for rr in T.unroll(th):
-                                for v in vec(tw):
-                                    acc[rr * tw + v] = (
-                                        acc[rr * tw + v] + w * xf[base + rr * sh * wp + v * sw]
-                                    )
-                        for rr in range(th):
-                            for v in range(tw):
-                                if has_bias:
-                                    y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
-                                        acc[rr * tw + v] + bias[oc], activation
-                                    )
-                                else:
-                                    y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
-                                        acc[rr * tw + v], activation
-                                    )
-
-    return kernel
-
-
-def sparse_conv2d(
-    x_shape: tuple[int, int, int, int],
-    weight_oihw: np.ndarray,
-    bias: np.ndarray | None = None,
-    strides: tuple[int, int] = (1, 1),
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    groups: int = 1,
-    activation: str | None = None,
-    target=None,
-    *,
-    tile: tuple[int, int] | None = None,
-    parallel: bool = True,
-) -> KernelCall:
-    """y = act(conv2d(x, weight) + bias), NCHW / OIHW, ``padding=(top, left, bottom, right)``.
-
-    Each non-zero weight is stored with its flat offset into the padded input,
-    ``c * Hp * Wp + kh * dh * Wp + kw * dw``, so the kernel needs no im2col buffer.
-    ``tile=(rows, cols)`` of output positions per register tile (both must divide the output);
-    ``cols=0`` asks for ``rows`` whole output rows computed over the padded width (the default
-    with unit strides: contiguous 8-wide vectors, see ``_wide_rows``).
-    """
-    _check_activation(activation)
-    if groups != 1:
-        raise ValueError(f"sparse_conv2d supports groups=1 only, got groups={groups}")
-    weight = _as_weight(weight_oihw, 4)
-    bn, ci, h, wd = (int(s) for s in x_shape)
-    o, wci, kh, kw = weight.shape
-    if wci != ci:
-        raise ValueError(f"weight has {wci} input channels, input has {ci}")
-    top, left, bottom, right = (int(p) for p in padding)
-    sh, sw = (int(s) for s in strides)
-    dh, dw = (int(d) for d in dilation)
-    hp, wp = h + top + bottom, wd + left + right
-    oh = (hp - dh * (kh - 1) - 1) // sh + 1
-    ow = (wp - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"empty conv output for input {x_shape} and kernel {(kh, kw)}")
-    csr = CSR.from_dense(weight.reshape(o, ci * kh * kw))
-    cols = csr.indices.astype(np.int64)
-    c_idx, rem = cols // (kh * kw), cols % (kh * kw)
-    offsets = c_idx * hp * wp + (rem // kw) * dh * wp + (rem % kw) * dw
-    offs = as_index(offsets, max(ci * hp * wp - 1, 0))
-    vals = np.asarray(csr.data, dtype=np.float32)
-    if vals.size == 0:
-        vals, offs = np.zeros(1, np.float32), np.zeros(1, offs.dtype)
-    ptr = np.ascontiguousarray(csr.indptr)
-    bias_arr, has_bias = _bias_const(bias, o)
-    if tile is None:
-        wide_rows = _wide_rows(oh, wp, sh, sw)
-        tile = (wide_rows, 0) if wide_rows else _conv_tiles(oh, ow)
-    tile = tuple(tile)
-    if tile[1] == 0 and (_wide_rows(oh, wp, sh, sw, 1 << 30) == 0 or oh % max(tile[0], 1)):
-        raise ValueError(f"wide tile {tile} needs unit strides and rows dividing {oh}")
-    if tile[0] < 1 or oh % tile[0] or (tile[1] and ow % tile[1]):
-        raise ValueError(f"tile {tile} must divide the output {(oh, ow)}")
-    func = _conv_kernel(
-        (bn, ci, h, wd), o, (oh, ow), (hp, wp), (top, left), (sh, sw), csr.nnz, str(offs.dtype),
-        str(ptr.dtype), bias_arr.size, has_bias, activation, tile, parallel,
-    )  # fmt: skip
-    positions = bn * oh * ow
-    info = {
-        "kernel": "conv_direct",
-        "nnz": csr.nnz,
-        "density": csr.density,
-        "macs_sparse": csr.nnz * positions,
-        "macs_dense": o * ci * kh * kw * positions,
-        "bytes": int(
-            vals.nbytes + offs.nbytes + ptr.nbytes + 4 * (bn * ci * h * wd + bn * o * oh * ow)
-        ),
-        "weight_bytes": int(vals.nbytes + offs.nbytes + ptr.nbytes),
-        "tile": tile,
-        "format": csr.stats(),
-    }
-    return KernelCall(
-        func=_finish(func),
-        name="sparse_conv2d",
-        consts=(vals, offs, ptr, bias_arr),
-        out_shape=(bn, o, oh, ow),
         info=info,
     )
 

@@ -114,16 +114,18 @@ def test_panel_kernel_many_column_panels():
 
 @pytest.mark.parametrize("activation", [None, "relu", "gelu"])
 @pytest.mark.parametrize("row_block", [16, 24, None])
-def test_panel_kernel_row_blocks_and_register_transposes(activation, row_block):
-    """Shapes divisible by 8 take the 8 x 8 shuffle transposes (x in, y out with a vector
-    epilogue when the row block divides the output); row_block=24 leaves a short last block."""
+@pytest.mark.parametrize("k", [48, 64])
+def test_panel_kernel_row_blocks_and_register_transposes(activation, row_block, k):
+    """k % 16 == 0 takes the shuffle transposes of x (16 columns a step); a row block of a
+    multiple of 16 outputs that divides the output takes them for y (a vector epilogue, GELU
+    included); row_block=24 leaves a short last block and the scalar write."""
     rng = np.random.default_rng(13)
-    w = weight(rng, (64, 48), 0.2)
+    w = weight(rng, (64, k), 0.2)
     w[5] = 0.0  # an empty row: its slots have no blocks
     bias = rng.standard_normal(64).astype(np.float32)
-    x = rng.standard_normal((16, 48)).astype(np.float32)
+    x = rng.standard_normal((16, k)).astype(np.float32)
     call = csr_linear(16, w, bias, activation, TARGET, panel_cols=16, m_tile=8, row_block=row_block)
-    assert call.info["kernel"] == "panel" and call.info["panels"] == 3
+    assert call.info["kernel"] == "panel" and call.info["panels"] == k // 16
     check(call, x, linear_ref(x, w, bias, activation))
 
 

@@ -40,17 +40,61 @@ from .kernel import KernelCall
 from .kernel import as_weight as _as_weight
 from .kernel import finish as _finish
 from .sparse_conv_x86 import sparse_conv2d
+from .vector_math import install_llvm_lowering
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _lane8(rows, j):
-    """Lane ``j`` of eight 8-wide vectors as one vector: a column of an 8 x 8 transpose.
+# 8 x 8 transpose in three stages of two-input shuffles, each one AVX instruction:
+# unpcklps / unpckhps, shufps, vperm2f128 (24 in all). One shuffle of eight vectors (the
+# obvious form) makes LLVM emit ~40 shuffles and spills.
+_UNPACK_LO = [0, 8, 1, 9, 4, 12, 5, 13]
+_UNPACK_HI = [2, 10, 3, 11, 6, 14, 7, 15]
+_PAIRS_LO = [0, 1, 8, 9, 4, 5, 12, 13]
+_PAIRS_HI = [2, 3, 10, 11, 6, 7, 14, 15]
+_HALVES_LO = [0, 1, 2, 3, 8, 9, 10, 11]
+_HALVES_HI = [4, 5, 6, 7, 12, 13, 14, 15]
 
-    LLVM lowers the eight shuffles of one tile to unpack / shuffle / blend / 128-bit lane
-    permutes (about 3 per vector), where an element-wise transpose costs a load per element.
-    """
-    return T.Shuffle(list(rows), [j + 8 * i for i in range(8)])
+
+@T.macro
+def _transpose8(src, r0, c0, dst, d0):
+    """``dst[d0 + 8 j : d0 + 8 j + 8] = src[r0 : r0 + 8, c0 + j]``: column j as a vector."""
+    t0: T.let = T.Shuffle([src[r0, T.ramp(c0, 1, 8)], src[r0 + 1, T.ramp(c0, 1, 8)]], _UNPACK_LO)
+    t1: T.let = T.Shuffle([src[r0, T.ramp(c0, 1, 8)], src[r0 + 1, T.ramp(c0, 1, 8)]], _UNPACK_HI)
+    t2: T.let = T.Shuffle(
+        [src[r0 + 2, T.ramp(c0, 1, 8)], src[r0 + 3, T.ramp(c0, 1, 8)]], _UNPACK_LO
+    )
+    t3: T.let = T.Shuffle(
+        [src[r0 + 2, T.ramp(c0, 1, 8)], src[r0 + 3, T.ramp(c0, 1, 8)]], _UNPACK_HI
+    )
+    t4: T.let = T.Shuffle(
+        [src[r0 + 4, T.ramp(c0, 1, 8)], src[r0 + 5, T.ramp(c0, 1, 8)]], _UNPACK_LO
+    )
+    t5: T.let = T.Shuffle(
+        [src[r0 + 4, T.ramp(c0, 1, 8)], src[r0 + 5, T.ramp(c0, 1, 8)]], _UNPACK_HI
+    )
+    t6: T.let = T.Shuffle(
+        [src[r0 + 6, T.ramp(c0, 1, 8)], src[r0 + 7, T.ramp(c0, 1, 8)]], _UNPACK_LO
+    )
+    t7: T.let = T.Shuffle(
+        [src[r0 + 6, T.ramp(c0, 1, 8)], src[r0 + 7, T.ramp(c0, 1, 8)]], _UNPACK_HI
+    )
+    s0: T.let = T.Shuffle([t0, t2], _PAIRS_LO)
+    s1: T.let = T.Shuffle([t0, t2], _PAIRS_HI)
+    s2: T.let = T.Shuffle([t1, t3], _PAIRS_LO)
+    s3: T.let = T.Shuffle([t1, t3], _PAIRS_HI)
+    s4: T.let = T.Shuffle([t4, t6], _PAIRS_LO)
+    s5: T.let = T.Shuffle([t4, t6], _PAIRS_HI)
+    s6: T.let = T.Shuffle([t5, t7], _PAIRS_LO)
+    s7: T.let = T.Shuffle([t5, t7], _PAIRS_HI)
+    dst[T.ramp(d0, 1, 8)] = T.Shuffle([s0, s4], _HALVES_LO)
+    dst[T.ramp(d0 + 8, 1, 8)] = T.Shuffle([s1, s5], _HALVES_LO)
+    dst[T.ramp(d0 + 16, 1, 8)] = T.Shuffle([s2, s6], _HALVES_LO)
+    dst[T.ramp(d0 + 24, 1, 8)] = T.Shuffle([s3, s7], _HALVES_LO)
+    dst[T.ramp(d0 + 32, 1, 8)] = T.Shuffle([s0, s4], _HALVES_HI)
+    dst[T.ramp(d0 + 40, 1, 8)] = T.Shuffle([s1, s5], _HALVES_HI)
+    dst[T.ramp(d0 + 48, 1, 8)] = T.Shuffle([s2, s6], _HALVES_HI)
+    dst[T.ramp(d0 + 56, 1, 8)] = T.Shuffle([s3, s7], _HALVES_HI)
 
 
 # --------------------------------------------------------------------------- packing
@@ -227,9 +271,8 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, ha
     rb_out = row_block * r  # output rows per row block
     nq = -(-rb_out // 16)  # groups of 16 output rows per row block
     rows = T.parallel if parallel else T.serial
-    exact_x = m == mp and k == kp and k % 8 == 0 and m % 8 == 0
-    exact_y = rb_out % 8 == 0 and n % rb_out == 0 and m % m_tile == 0 and m_tile % 8 == 0
-    exact_y = exact_y and activation != "gelu"  # no vector erf in the LLVM codegen
+    exact_x = m == mp and k == kp and k % 16 == 0 and m_tile % 8 == 0
+    exact_y = rb_out % 16 == 0 and n % rb_out == 0 and m % m_tile == 0 and m_tile % 8 == 0
 
     @T.prim_func
     def kernel(
@@ -241,29 +284,26 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, ha
         bias: T.Buffer((nbias,), "float32"),
         y: T.Buffer((m, n), "float32"),
     ):
-        xt = T.alloc_buffer((kp, mp), "float32", scope="global")
+        # tile-major: a tile's rows are contiguous, so a panel of them covers every L1 set (rows
+        # of the full width would use 1 / ntiles of the sets and evict each other)
+        xt = T.alloc_buffer((ntiles * kp, m_tile), "float32", scope="global")
         yt = T.alloc_buffer((nrb * rb_out, m_tile), "float32", scope="global")
-        if exact_x:  # no padding: 8 x 8 register transposes
-            for kb in rows(k // 8):
+        if exact_x:  # no padding: 8 x 8 register transposes, 16 columns (a cache line) a step
+            for kb in rows(k // 16):
                 for bb in range(m // 8):
-                    x0: T.let = x[bb * 8, T.ramp(kb * 8, 1, 8)]
-                    x1: T.let = x[bb * 8 + 1, T.ramp(kb * 8, 1, 8)]
-                    x2: T.let = x[bb * 8 + 2, T.ramp(kb * 8, 1, 8)]
-                    x3: T.let = x[bb * 8 + 3, T.ramp(kb * 8, 1, 8)]
-                    x4: T.let = x[bb * 8 + 4, T.ramp(kb * 8, 1, 8)]
-                    x5: T.let = x[bb * 8 + 5, T.ramp(kb * 8, 1, 8)]
-                    x6: T.let = x[bb * 8 + 6, T.ramp(kb * 8, 1, 8)]
-                    x7: T.let = x[bb * 8 + 7, T.ramp(kb * 8, 1, 8)]
-                    for j in T.unroll(8):
-                        xt[kb * 8 + j, T.ramp(bb * 8, 1, 8)] = _lane8(
-                            (x0, x1, x2, x3, x4, x5, x6, x7), j
-                        )
+                    tr = T.alloc_buffer((128,), "float32", scope="local")
+                    _transpose8(x, bb * 8, kb * 16, tr, 0)
+                    _transpose8(x, bb * 8, kb * 16 + 8, tr, 64)
+                    for j in T.unroll(16):
+                        xt[bb * 8 // m_tile * kp + kb * 16 + j, T.ramp(bb * 8 % m_tile, 1, 8)] = tr[
+                            T.ramp(j * 8, 1, 8)
+                        ]
         else:
             for kb in rows(kblocks):
                 for bb in range(mp):
                     for kk in T.unroll(16):
                         if kb * 16 + kk < kp:
-                            xt[kb * 16 + kk, bb] = T.if_then_else(
+                            xt[bb // m_tile * kp + kb * 16 + kk, bb % m_tile] = T.if_then_else(
                                 kb * 16 + kk < k and bb < m,
                                 x[T.min(bb, m - 1), T.min(kb * 16 + kk, k - 1)],
                                 T.float32(0),
@@ -292,36 +332,36 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, ha
                                     w: T.let = vals[j * rc + a * c + e]
                                     for v in T.vectorized(m_tile):
                                         acc[a * m_tile + v] = (
-                                            acc[a * m_tile + v] + w * xt[col + e, t * m_tile + v]
+                                            acc[a * m_tile + v] + w * xt[t * kp + col + e, v]
                                         )
                         for a in T.unroll(r):
                             for v in T.vectorized(m_tile):
                                 yt[ib * r + a, v] = acc[a * m_tile + v]
-                # the row block's yT -> y, 16 outputs at a time (each y cache line written once)
-                if exact_y:  # 8 x 8 register transposes, 8 outputs per store
-                    for q in range(rb_out // 8):
+                # the row block's yT -> y, 16 outputs (one cache line of a y row) at a time
+                if exact_y:  # 8 x 8 register transposes
+                    for q in range(rb_out // 16):
                         for vb in range(m_tile // 8):
-                            o: T.let = rb * rb_out + q * 8
-                            y0: T.let = yt[o, T.ramp(vb * 8, 1, 8)]
-                            y1: T.let = yt[o + 1, T.ramp(vb * 8, 1, 8)]
-                            y2: T.let = yt[o + 2, T.ramp(vb * 8, 1, 8)]
-                            y3: T.let = yt[o + 3, T.ramp(vb * 8, 1, 8)]
-                            y4: T.let = yt[o + 4, T.ramp(vb * 8, 1, 8)]
-                            y5: T.let = yt[o + 5, T.ramp(vb * 8, 1, 8)]
-                            y6: T.let = yt[o + 6, T.ramp(vb * 8, 1, 8)]
-                            y7: T.let = yt[o + 7, T.ramp(vb * 8, 1, 8)]
+                            o: T.let = rb * rb_out + q * 16
+                            tr = T.alloc_buffer((128,), "float32", scope="local")
+                            _transpose8(yt, o, vb * 8, tr, 0)
+                            _transpose8(yt, o + 8, vb * 8, tr, 64)
                             for j in T.unroll(8):
-                                if has_bias:
-                                    y[t * m_tile + vb * 8 + j, T.ramp(o, 1, 8)] = _epilogue(
-                                        _lane8((y0, y1, y2, y3, y4, y5, y6, y7), j)
-                                        + bias[T.ramp(o, 1, 8)],
-                                        activation,
-                                        8,
-                                    )
-                                else:
-                                    y[t * m_tile + vb * 8 + j, T.ramp(o, 1, 8)] = _epilogue(
-                                        _lane8((y0, y1, y2, y3, y4, y5, y6, y7), j), activation, 8
-                                    )
+                                for h in T.unroll(2):
+                                    if has_bias:
+                                        y[t * m_tile + vb * 8 + j, T.ramp(o + h * 8, 1, 8)] = (
+                                            _epilogue(
+                                                tr[T.ramp(h * 64 + j * 8, 1, 8)]
+                                                + bias[T.ramp(o + h * 8, 1, 8)],
+                                                activation,
+                                                8,
+                                            )
+                                        )
+                                    else:
+                                        y[t * m_tile + vb * 8 + j, T.ramp(o + h * 8, 1, 8)] = (
+                                            _epilogue(
+                                                tr[T.ramp(h * 64 + j * 8, 1, 8)], activation, 8
+                                            )
+                                        )
                 else:
                     for q in range(nq):
                         for v in range(m_tile):
@@ -564,6 +604,8 @@ def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols
         row_block = max(1, 512 // r)
     row_block = max(1, min(row_block, nbr))
     vals, cols, seg, slot_rows, npanels = pack_row_panels(bsr, panel_cols, row_block)
+    if activation == "gelu":  # the vector erf polynomial, not a libm call per element
+        install_llvm_lowering()
     if bsr.nblocks == 0:
         vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
     dtypes = (str(cols.dtype), str(seg.dtype), str(slot_rows.dtype))

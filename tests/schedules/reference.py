@@ -25,3 +25,30 @@ def linear_ref(x, w, bias=None, activation=None):
     if bias is not None:
         y = y + bias
     return act(y, activation)
+
+
+def conv_ref(
+    x, w, bias=None, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), activation=None
+):
+    """act(conv2d(x, w) + bias) in float64 from strided windows (NaN / Inf weights propagate).
+
+    NCHW / OIHW, ``padding=(top, left, bottom, right)``.
+    """
+    x = np.pad(
+        x.astype(np.float64), ((0, 0), (0, 0), (padding[0], padding[2]), (padding[1], padding[3]))
+    )
+    o, _, kh, kw = w.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((x.shape[0], o, oh, ow))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+                patch = x[:, :, rows, cols]
+                out += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j].astype(np.float64))
+    if bias is not None:
+        out += bias[None, :, None, None]
+    return act(out, activation)

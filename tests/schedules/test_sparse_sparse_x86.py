@@ -24,36 +24,9 @@ from tvm_sparse.schedules.sparse_sparse_x86 import (
 from tvm_sparse.sparsify import complementary_mask, random_mask
 from tvm_sparse.target import resolve_target
 
-from .reference import act, linear_ref
+from .reference import conv_ref, linear_ref
 
 TARGET = resolve_target("llvm")
-
-
-def im2col(x, kh, kw, strides, padding, dilation):
-    """[B, C*KH*KW, OH*OW] patches, k = (c * KH + kh) * KW + kw (as the packing orders inputs)."""
-    b, c, h, w = x.shape
-    top, left, bottom, right = padding
-    (sh, sw), (dh, dw) = strides, dilation
-    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
-    cols = np.empty((b, c, kh, kw, oh, ow), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = xp[
-                :, :, i * dh : i * dh + sh * oh : sh, j * dw : j * dw + sw * ow : sw
-            ]
-    return cols.reshape(b, c * kh * kw, oh * ow), (oh, ow)
-
-
-def conv_ref(x, w, bias=None, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), act_=None):
-    o, c, kh, kw = w.shape
-    cols, (oh, ow) = im2col(x.astype(np.float64), kh, kw, strides, padding, dilation)
-    with np.errstate(invalid="ignore", over="ignore"):
-        y = np.einsum("ok,bkp->bop", w.reshape(o, -1).astype(np.float64), cols)
-    if bias is not None:
-        y = y + bias[None, :, None]
-    return act(y, act_).reshape(x.shape[0], o, oh, ow)
 
 
 def sparse_x(rng, shape, density):

@@ -2,7 +2,8 @@
 
 1. canonicalize  BatchNorm/scale folded into layers, constant transposes folded
 2. sparsify      analyze every layer, choose dense / sparse kernel, rewrite to call_tir;
-                 then k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel
+                 then k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel,
+                 and layer_norm(residual add) -> one kernel
 3. legalize      remaining Relax ops -> TIR (TVM), fused
 4. schedule      tuned records first, then rules for dense leftovers (dlight + ours)
 5. lower         TVM's VM lowering (memory planning, shape lowering)
@@ -23,6 +24,7 @@ from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
 from ..schedules.tuning import choose_layer_tuned
 from .analyze_sparsity import analyze_function, layer_report
 from .canonicalize import canonicalize_passes
+from .fuse_add_layernorm import FuseAddLayerNorm
 from .rewrite_kwta import rewrite_kwta_pass
 from .rewrite_layers import rewrite_layers
 
@@ -119,6 +121,7 @@ def pre_schedule_passes(target: tvm.target.Target, sparsify: Sparsify) -> list:
         *canonicalize_passes(),
         sparsify,
         rewrite_kwta_pass(target),  # after Sparsify: it reads the k-WTA pattern
+        FuseAddLayerNorm(),  # residual add + layer norm: one pass over each row
         *tvm_pipeline.library_dispatch_passes(target),
         *legalize_passes(),
     ]

@@ -1,0 +1,66 @@
+"""The fused residual add + layer norm kernel against a float64 numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvm_sparse.schedules.kernel import build_kernel
+from tvm_sparse.schedules.layernorm_x86 import add_layer_norm_kernel
+from tvm_sparse.target import resolve_target
+
+TARGET = resolve_target("llvm")
+
+
+def _reference(a, b, gamma, beta, eps):
+    x = (a.astype(np.float64) + b.astype(np.float64)).reshape(-1, gamma.size)
+    mean = x.mean(axis=1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def _run(a, b, gamma, beta, eps, out_shape):
+    import tvm
+
+    call = add_layer_norm_kernel(a.shape, b.shape, out_shape, eps)
+    func = build_kernel(call, TARGET)["main"]
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    args = [tvm.runtime.tensor(v) for v in (a, b, gamma, beta)]
+    func(*args, out)
+    return out.numpy()
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    channels=st.sampled_from([1, 7, 8, 13, 64, 384]),
+    eps=st.sampled_from([1e-12, 1e-5]),
+    seed=st.integers(0, 100),
+)
+def test_add_layer_norm_matches_reference(rows, channels, eps, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((1, rows, channels)).astype(np.float32) * 3
+    b = rng.standard_normal((rows, channels)).astype(np.float32)  # a reshape's source: 2-D
+    gamma = rng.standard_normal(channels).astype(np.float32)
+    beta = rng.standard_normal(channels).astype(np.float32)
+    out = _run(a, b, gamma, beta, eps, (1, rows, channels))
+    ref = _reference(a, b, gamma, beta, eps).reshape(1, rows, channels)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_nan_stays_in_its_row_and_constant_row_gives_beta():
+    a = np.ones((3, 16), np.float32)
+    b = np.zeros((3, 16), np.float32)
+    a[1, 5] = np.nan
+    gamma = np.full(16, 2.0, np.float32)
+    beta = np.arange(16, dtype=np.float32)
+    out = _run(a, b, gamma, beta, 1e-5, (3, 16))
+    assert np.isnan(out[1]).all()
+    np.testing.assert_allclose(out[[0, 2]], np.broadcast_to(beta, (2, 16)), atol=1e-6)
+
+
+def test_mismatched_shapes_are_refused():
+    with pytest.raises(ValueError, match="do not match"):
+        add_layer_norm_kernel((2, 8), (2, 9), (2, 8), 1e-5)

@@ -1,0 +1,150 @@
+"""The direct sparse conv (flat, wide and tiled layouts) against a float64 numpy conv."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvm_sparse.schedules.kernel import run_kernel
+from tvm_sparse.schedules.sparse_conv_x86 import _flat_tiles, sparse_conv2d
+from tvm_sparse.target import resolve_target
+
+from .reference import conv_ref
+
+TARGET = resolve_target("llvm")
+
+def sparse_weight(rng, shape, density):
+    if density == "one":
+        w = np.zeros(shape, np.float32)
+        w[shape[0] // 2, -1, -1, 0] = 1.5
+        return w
+    return (rng.standard_normal(shape) * (rng.random(shape) < density)).astype(np.float32)
+
+
+def check(call, x, expected):
+    out = run_kernel(call, TARGET, x)
+    assert out.shape == call.out_shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+CASES = [
+    # x shape, weight shape, density, strides, padding, dilation, activation
+    ((1, 64, 14, 14), (64, 64, 5, 5), 0.2, (1, 1), (0, 0, 0, 0), (1, 1), None),  # GSC cnn2
+    ((1, 1, 32, 32), (64, 1, 5, 5), 0.5, (1, 1), (0, 0, 0, 0), (1, 1), "relu"),  # GSC cnn1
+    ((2, 3, 9, 11), (5, 3, 3, 3), 0.4, (1, 2), (1, 2, 0, 1), (1, 2), "gelu"),  # OW 5: B only
+    ((1, 4, 8, 8), (6, 4, 3, 3), 0.0, (1, 1), (1, 1, 1, 1), (1, 1), "relu"),  # OW 8: A only
+    ((3, 3, 7, 30), (4, 3, 3, 3), 0.5, (1, 1), (1, 0, 2, 3), (2, 1), None),  # OW 31, odd Hp
+    ((1, 5, 12, 20), (7, 5, 3, 3), "one", (1, 1), (0, 0, 0, 0), (1, 1), None),
+    ((2, 6, 10, 19), (9, 6, 2, 4), 1.0, (1, 1), (0, 1, 1, 0), (1, 1), "relu"),  # dense
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_flat_layout_matches_dense(case, with_bias):
+    x_shape, w_shape, density, strides, padding, dilation, activation = case
+    rng = np.random.default_rng(3)
+    w = sparse_weight(rng, w_shape, density)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32) if with_bias else None
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    call = sparse_conv2d(x_shape, w, bias, strides, padding, dilation, 1, activation, TARGET)
+    assert call.info["layout"] == "flat"  # the default with a unit row stride
+    check(call, x, conv_ref(x, w, bias, strides, padding, dilation, activation))
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"vectors": 1},  # one vector a tile: many A tiles, B tiles
+        {"vectors": 3, "cblock": 1, "oblock": 3},  # A's rest and B apart; oblock not dividing O
+        {"vectors": 5, "cblock": 2, "oblock": 64},
+        {"vectors": 15, "cblock": 64, "parallel": False},
+    ],
+    ids=str,
+)
+def test_flat_knobs_agree(knobs):
+    rng = np.random.default_rng(5)
+    w = sparse_weight(rng, (7, 5, 3, 3), 0.3)
+    bias = rng.standard_normal(7).astype(np.float32)
+    x = rng.standard_normal((2, 5, 9, 13)).astype(np.float32)  # OW 11 = 8 + 3
+    call = sparse_conv2d(x.shape, w, bias, (1, 1), (1, 0, 0, 1), activation="relu", target=TARGET,
+                         layout="flat", **knobs)  # fmt: skip
+    check(call, x, conv_ref(x, w, bias, (1, 1), (1, 0, 0, 1), (1, 1), "relu"))
+
+
+@pytest.mark.parametrize("layout", ["wide", "tiled"])
+def test_other_layouts_still_match(layout):
+    rng = np.random.default_rng(8)
+    w = sparse_weight(rng, (16, 8, 5, 5), 0.2)
+    x = rng.standard_normal((1, 8, 14, 14)).astype(np.float32)
+    call = sparse_conv2d(x.shape, w, target=TARGET, layout=layout)
+    assert "layout" not in call.info or call.info["layout"] == layout
+    check(call, x, conv_ref(x, w))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_nan_inf_weights_propagate_like_dense(batch):
+    rng = np.random.default_rng(4)
+    w = sparse_weight(rng, (6, 3, 3, 3), 0.3)
+    w[1, 0, 0, 0], w[2, 2, 1, 2], w[4, 1, 2, 1] = np.nan, np.inf, -np.inf
+    x = rng.standard_normal((batch, 3, 8, 10)).astype(np.float32)
+    ref = conv_ref(x, w)
+    out = run_kernel(sparse_conv2d(x.shape, w, target=TARGET), TARGET, x)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+def test_all_zero_weight_gives_bias():
+    bias = np.linspace(-1, 1, 5, dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 11)).astype(np.float32)
+    call = sparse_conv2d(x.shape, np.zeros((5, 3, 3, 3), np.float32), bias, target=TARGET)
+    out = run_kernel(call, TARGET, x)
+    np.testing.assert_array_equal(out, np.broadcast_to(bias[None, :, None, None], out.shape))
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    h=st.integers(3, 12),
+    wd=st.integers(3, 21),
+    k=st.integers(1, 3),
+    sw=st.integers(1, 2),
+    dw=st.integers(1, 2),
+    pad=st.integers(0, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_flat_random_shapes(h, wd, k, sw, dw, pad, seed):
+    rng = np.random.default_rng(seed)
+    if min(h, wd) + 2 * pad < dw * (k - 1) + 1:
+        return  # empty output
+    w = sparse_weight(rng, (3, 2, k, k), 0.5)
+    x = rng.standard_normal((1, 2, h, wd)).astype(np.float32)
+    padding = (pad, pad, pad, pad)
+    call = sparse_conv2d(x.shape, w, None, (1, sw), padding, (dw, dw), target=TARGET)
+    check(call, x, conv_ref(x, w, None, (1, sw), padding, (dw, dw)))
+
+
+@given(va=st.integers(0, 200), vb=st.integers(0, 7), most=st.integers(1, 16))
+def test_flat_tiles_cover_every_vector_once(va, vb, most):
+    if va + vb == 0:
+        return  # an output has at least one position
+    kinds = _flat_tiles(va, vb, most)
+    assert len(kinds) <= 4  # the kernel has four tile slots
+    seen_a, seen_b = [], []
+    for count, na, nb, a0, b0 in kinds:
+        assert 0 < na + nb <= most
+        for t in range(count):
+            seen_a += range(a0 + t * na, a0 + (t + 1) * na)
+            seen_b += range(b0 + t * nb, b0 + (t + 1) * nb)
+    assert sorted(seen_a) == list(range(va)) and sorted(seen_b) == list(range(vb))
+
+
+def test_flat_rejects_row_strides_and_bad_knobs():
+    w = np.ones((2, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="row stride"):
+        sparse_conv2d((1, 1, 8, 8), w, strides=(2, 1), layout="flat")
+    with pytest.raises(ValueError, match="vectors"):
+        sparse_conv2d((1, 1, 8, 8), w, layout="flat", vectors=0)
+    with pytest.raises(ValueError, match="layout"):
+        sparse_conv2d((1, 1, 8, 8), w, layout="im2col")

@@ -27,6 +27,25 @@ def as_weight(weight: np.ndarray, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(weight, dtype=np.float32)
 
 
+def linear_info(kind: str, m: int, n: int, k: int, nnz: int, stored: int, weight_bytes: int,
+                extra: dict) -> dict:  # fmt: skip
+    """The ``info`` every linear kernel reports: sizes, MACs done vs dense, bytes moved."""
+    return {
+        "kernel": kind,
+        "m": m,
+        "n": n,
+        "k": k,
+        "nnz": int(nnz),
+        "stored": int(stored),
+        "density": nnz / (n * k) if n * k else 0.0,
+        "macs_sparse": int(stored) * m,
+        "macs_dense": n * k * m,
+        "bytes": int(weight_bytes + 4 * m * (n + k)),
+        "weight_bytes": int(weight_bytes),
+        **extra,
+    }
+
+
 @dataclass(frozen=True)
 class KernelCall:
     """A scheduled kernel and the constants it is called with.

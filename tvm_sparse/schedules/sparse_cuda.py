@@ -29,7 +29,7 @@ baseline. ``cuda_candidates`` lists these kernels for the per-layer choice on CU
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import numpy as np
 import tvm
@@ -45,6 +45,8 @@ from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import as_weight as _as_weight
 from .kernel import finish as _finish
+from .kernel import linear_info as _linear_info
+from .sparse_sparse_x86 import ScatterTables, scatter_tables
 from .sparse_x86 import pack_panels
 
 _FULL_MASK = 0xFFFFFFFF
@@ -76,23 +78,6 @@ def _pow2_at_least(v: int, cap: int = 32) -> int:
     return p
 
 
-def _linear_info(kind, m, n, k, nnz, stored, weight_bytes, extra):
-    return {
-        "kernel": kind,
-        "m": m,
-        "n": n,
-        "k": k,
-        "nnz": int(nnz),
-        "stored": int(stored),
-        "density": nnz / (n * k) if n * k else 0.0,
-        "macs_sparse": int(stored) * m,
-        "macs_dense": n * k * m,
-        "bytes": int(weight_bytes + 4 * m * (n + k)),
-        "weight_bytes": int(weight_bytes),
-        **extra,
-    }
-
-
 # --------------------------------------------------------------------------- packing
 
 
@@ -118,63 +103,15 @@ def pack_block_strips(bsr: BSR) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class GpuScatterTables:
-    """What the sparse-sparse kernel reads, input-major (column ``k`` is ``[k * G, (k + 1) * G)``).
-
-    Empty packed slots get value 0 and owner ``n_out + g``: a dummy accumulator per slot, so the
-    atomics of empty slots do not all hit one address. Arrays that would be empty hold one unused
-    element so every buffer has a shape.
-    """
-
-    n_out: int
-    n_in: int
-    groups: int
-    values: np.ndarray  # [K * G] float32
-    owner: np.ndarray  # [K * G] int32
-    res_ptr: np.ndarray  # [K + 1] int32
-    res_owner: np.ndarray  # int32
-    res_values: np.ndarray  # float32
-    packed: ComplementaryPacked
-
-    @property
-    def acc_size(self) -> int:
-        return self.n_out + self.groups
-
-    @property
-    def residual_nnz(self) -> int:
-        return self.packed.residual_nnz
-
-    @property
-    def nbytes(self) -> int:
-        arrays = (self.values, self.owner, self.res_ptr, self.res_owner, self.res_values)
-        return int(sum(a.nbytes for a in arrays))
-
-
-def gpu_scatter_tables(packed: ComplementaryPacked) -> GpuScatterTables:
-    """Lay a packed weight out for ``sparse_sparse_linear`` (int32 indices: GPUs load words)."""
-    view = packed.by_input()
-    n, k, g = packed.n_out, packed.n_in, packed.n_groups
-    owner = view.owner.astype(np.int64)
-    empty = owner == n
-    owner = np.where(empty, n + np.arange(g)[None, :], owner)
-    values = np.where(empty, np.float32(0), view.values.astype(np.float32))
-    if g == 0:
-        values, owner = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.int64)
-    res_owner = view.residual_indices.astype(np.int32)
-    res_values = view.residual_values.astype(np.float32)
-    if packed.residual_nnz == 0:
-        res_owner, res_values = np.zeros(1, np.int32), np.zeros(1, np.float32)
-    return GpuScatterTables(
-        n_out=n,
-        n_in=k,
-        groups=g,
-        values=np.ascontiguousarray(values.reshape(-1)),
-        owner=np.ascontiguousarray(owner.reshape(-1), dtype=np.int32),
-        res_ptr=np.ascontiguousarray(packed.residual_indptr, dtype=np.int32),
-        res_owner=np.ascontiguousarray(res_owner),
-        res_values=np.ascontiguousarray(res_values),
-        packed=packed,
+def gpu_scatter_tables(packed: ComplementaryPacked) -> ScatterTables:
+    """The CPU scalar-scatter layout (input-major, G slots an input, a dummy owner per empty
+    slot so their atomics do not all hit one address) with int32 indices: GPUs load words."""
+    tab = scatter_tables(packed, vector=False)
+    return dataclasses.replace(
+        tab,
+        owner=tab.owner.astype(np.int32),
+        res_ptr=tab.res_ptr.astype(np.int32),
+        res_owner=tab.res_owner.astype(np.int32),
     )
 
 

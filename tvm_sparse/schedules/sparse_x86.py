@@ -39,6 +39,7 @@ from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import as_weight as _as_weight
 from .kernel import finish as _finish
+from .kernel import linear_info as _linear_info
 from .sparse_conv_x86 import sparse_conv2d
 from .vector_math import install_llvm_lowering
 
@@ -447,23 +448,6 @@ def _block_kernel(m, n, k, block, nblocks, idx_dtype, ptr_dtype, nbias, has_bias
 # --------------------------------------------------------------------------- builders
 
 
-def _linear_info(kind, m, n, k, nnz, stored, value_bytes, index_bytes, extra):
-    return {
-        "kernel": kind,
-        "m": m,
-        "n": n,
-        "k": k,
-        "nnz": int(nnz),
-        "stored": int(stored),
-        "density": nnz / (n * k) if n * k else 0.0,
-        "macs_sparse": int(stored) * m,
-        "macs_dense": n * k * m,
-        "bytes": int(value_bytes + index_bytes + 4 * m * (n + k)),
-        "weight_bytes": int(value_bytes + index_bytes),
-        **extra,
-    }
-
-
 def csr_linear(
     m: int,
     weight: np.ndarray,
@@ -516,7 +500,7 @@ def csr_linear(
         m, n, k, nchunks, per_word, bias_arr.size, has_bias, activation, unroll, mb, parallel
     )
     info = _linear_info(
-        "csr_rows", m, n, k, csr.nnz, nchunks * 8, vals.nbytes, cols.nbytes + chunk_ptr.nbytes,
+        "csr_rows", m, n, k, csr.nnz, nchunks * 8, vals.nbytes + cols.nbytes + chunk_ptr.nbytes,
         {"format": csr.stats(), "row_batch": mb},
     )  # fmt: skip
     return KernelCall(
@@ -614,8 +598,8 @@ def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols
         activation, m_tile, parallel,
     )  # fmt: skip
     info = _linear_info(
-        "panel", m, n, k, bsr.nnz, bsr.stored, vals.nbytes,
-        cols.nbytes + seg.nbytes + slot_rows.nbytes,
+        "panel", m, n, k, bsr.nnz, bsr.stored,
+        vals.nbytes + cols.nbytes + seg.nbytes + slot_rows.nbytes,
         {"format": bsr.stats(), "m_tile": m_tile, "panels": npanels, "row_block": row_block},
     )  # fmt: skip
     return KernelCall(
@@ -675,7 +659,7 @@ def bsr_linear(
         activation, parallel,
     )  # fmt: skip
     info = _linear_info(
-        "bsr_block", m, n, k, bsr.nnz, bsr.stored, vals.nbytes, cols.nbytes + ptr.nbytes,
+        "bsr_block", m, n, k, bsr.nnz, bsr.stored, vals.nbytes + cols.nbytes + ptr.nbytes,
         {"format": bsr.stats()},
     )  # fmt: skip
     return KernelCall(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_sparse import models
-from tvm_sparse.schedules.kernel import run_kernel
+from tvm_sparse.schedules.kernel import build_kernel, run_kernel
 from tvm_sparse.schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
 
 from ..conftest import ort_run
@@ -160,3 +162,114 @@ def test_bad_shapes_are_rejected():
         kwta_maxpool_kernel((1, 2, 3, 3), (2, 3, 3), 4, (4, 4))
     with pytest.raises(ValueError):
         kwta_maxpool_kernel((1, 18), (2, 3, 3), 0, (2, 2))
+
+
+# ------------------------------------------------------------------ the sampled bracket path
+def _ranked_data(kind: str, rng: np.random.Generator, shape) -> np.ndarray:
+    if kind == "relu":  # half the row ties at 0
+        return np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
+    return _data(kind, rng, shape)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    batch=st.sampled_from([1, 3]),
+    n=st.integers(512, 2100),
+    k_frac=st.floats(0.0, 1.0),
+    kind=st.sampled_from(["normal", "ties", "negative", "equal", "relu"]),
+    boosted=st.booleans(),
+    margin=st.sampled_from([0.0, 0.5, 3.0]),  # 0: the bracket often misses, the fallback runs
+    seed=st.integers(0, 2**16),
+)
+def test_sampled_path_matches_reference(target, batch, n, k_frac, kind, boosted, margin, seed):
+    rng = np.random.default_rng(seed)
+    k = 1 + int(k_frac * (n - 1))
+    x = _ranked_data(kind, rng, (batch, n))
+    boost = rng.uniform(0.5, 1.5, n).astype(np.float32) if boosted else None
+    call = kwta_kernel(batch, n, k, boost, target, sample_stride=8, margin=margin)
+    assert call.info["sample_stride"] == 8
+    np.testing.assert_array_equal(run_kernel(call, target, x), models.kwta_reference(x, k, boost))
+
+
+def _with_k(call, k: int):
+    """The same kernel called with another k (k is data: one compiled kernel serves every k)."""
+    rank = call.consts[-1].copy()
+    rank[0] = k
+    return dataclasses.replace(call, consts=(*call.consts[:-1], rank))
+
+
+def test_bracket_decides_typical_rows(target, rng):
+    """Without the fallback a missed bracket leaves its row zero: typical rows never miss."""
+    call = kwta_kernel(4, 2048, 1, None, target, fallback=False)
+    module = build_kernel(call, target)
+    for kind in ["normal", "ties", "equal", "relu"]:
+        x = _ranked_data(kind, rng, (4, 2048))
+        for k in [1, 2, 300, 2047, 2048]:
+            got = run_kernel(_with_k(call, k), target, x, module)
+            np.testing.assert_array_equal(got, models.kwta_reference(x, k), err_msg=kind)
+
+
+def test_unrepresentative_sample_falls_back(target, rng):
+    """The sampled values (positions j * stride + stride // 2) rank far above their row."""
+    n, k, stride = 2048, 100, 16
+    x = rng.standard_normal((2, n)).astype(np.float32)
+    x[:, stride // 2 :: stride] += 100.0  # 128 huge values: the sample puts the k-th near 100
+    expected = models.kwta_reference(x, k)
+    kw = {"sample_stride": stride}
+    missed = run_kernel(kwta_kernel(2, n, k, None, target, fallback=False, **kw), target, x)
+    assert not missed.any()  # the bracket missed in both rows...
+    got = run_kernel(kwta_kernel(2, n, k, None, target, **kw), target, x)
+    np.testing.assert_array_equal(got, expected)  # ...and the full select got them right
+
+
+def test_sampled_path_nan_and_inf_follow_onnxruntime(target, rng):
+    n = 1024
+    x = rng.standard_normal((5, n)).astype(np.float32)
+    x[0, rng.choice(n, 30, replace=False)] = np.nan  # a few NaNs take winners' places
+    x[1, ::8] = np.nan  # NaNs at most sampled positions: the k-th may be NaN
+    x[2, rng.choice(n, 50, replace=False)] = np.inf
+    x[2, rng.choice(n, 50, replace=False)] = -np.inf
+    x[3, :] = np.nan  # all NaN: the row is zero
+    x[3, :10] = 1.0
+    x[4, rng.choice(n, 20, replace=False)] = -np.nan
+    call = kwta_kernel(5, n, 1, None, target, sample_stride=8)
+    module = build_kernel(call, target)
+    for k in [1, 5, 40, 1024]:
+        expected = ort_run(models.kwta_model(x.shape, k), x)
+        got = run_kernel(_with_k(call, k), target, x, module)
+        np.testing.assert_array_equal(got, expected, err_msg=str(k))
+
+
+def test_per_channel_boost_is_passed_per_plane(target, rng):
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    per_channel = rng.uniform(0.5, 1.5, (1, 4, 1, 1)).astype(np.float32)
+    boost = np.broadcast_to(per_channel, (1, 4, 8, 8)).reshape(-1)
+    expected = models.kwta_reference(x, 37, per_channel)
+    flat = kwta_kernel(2, 256, 37, boost, target, x_shape=x.shape, sample_stride=2)
+    assert flat.info["boost_block"] == 64 and flat.consts[0].shape == (4,)
+    got = run_kernel(flat, target, x)
+    np.testing.assert_array_equal(got, expected.reshape(2, 256))
+    pooled = kwta_maxpool_kernel(x.shape, (4, 8, 8), 37, (2, 2), boost=boost, target=target)
+    assert pooled.info["boost_block"] == 64
+    np.testing.assert_array_equal(
+        run_kernel(pooled, target, x), _maxpool_reference(expected, (2, 2), (2, 2))
+    )
+    uneven = boost.copy()
+    uneven[5] += 1.0  # no longer constant per plane
+    assert kwta_kernel(2, 256, 37, uneven, target, x_shape=x.shape).info["boost_block"] == 1
+
+
+def test_wide_rows_pool_without_the_vector_row(target, rng):
+    x = rng.standard_normal((1, 2, 4, 70)).astype(np.float32)
+    call = kwta_maxpool_kernel(x.shape, (2, 4, 70), 50, (2, 3), (2, 3))
+    expected = _maxpool_reference(models.kwta_reference(x, 50), (2, 3), (2, 3))
+    np.testing.assert_array_equal(run_kernel(call, target, x), expected)
+
+
+def test_sampling_needs_avx2_and_enough_values():
+    generic = {"kind": "llvm", "mcpu": "x86-64"}
+    assert kwta_kernel(1, 4096, 10, target=generic).info["sample_stride"] == 0
+    assert kwta_kernel(1, 1000, 10, sample_stride=16).info["sample_stride"] == 0  # 62 samples
+    assert kwta_kernel(1, 1024, 10, sample_stride=0).info["sample_stride"] == 0
+    with pytest.raises(ValueError):
+        kwta_kernel(1, 1024, 10, margin=-1.0)

@@ -32,6 +32,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_models.py --threads 1
 	$(BIN)/python benchmarks/bench_models.py --threads $$(nproc)
+	$(BIN)/python benchmarks/bench_bert.py --threads 1
 
 deepsparse:
 	bash benchmarks/setup_deepsparse.sh

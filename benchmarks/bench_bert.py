@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 
 def _parse() -> argparse.Namespace:
@@ -44,19 +43,12 @@ def _parse() -> argparse.Namespace:
 ARGS = _parse()
 os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)  # before tvm is imported
 
-import numpy as np  # noqa: E402
-import tvm  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import DeepSparseRunner, OrtRunner, median_time, print_table  # noqa: E402
+from harness import compare_runtimes  # noqa: E402
+from peers import print_table  # noqa: E402
 
-import tvm_sparse  # noqa: E402
 from tvm_sparse.models_bert import bert_inputs, pruned_bert_onnx  # noqa: E402
-
-
-def _close(out: np.ndarray, ref: np.ndarray) -> bool:
-    scale = max(float(np.abs(ref).max()), 1e-6)
-    return bool(np.allclose(out, ref, rtol=1e-3, atol=1e-3 * scale))
 
 
 def _model(sparsity: float, workdir: str) -> str:
@@ -83,43 +75,14 @@ def bench_one(sparsity: float, workdir: str) -> dict:
     path = _model(sparsity, workdir)
     feeds = bert_inputs(ARGS.batch, ARGS.seq, seed=1)
     inputs = [feeds["input_ids"], feeds["attention_mask"]]
-    row = {"sparsity": sparsity, "seq": ARGS.seq, "batch": ARGS.batch, "threads": ARGS.threads}
-
-    ort = OrtRunner(path, threads=ARGS.threads)
-    ref = ort.run(inputs)[0]
-    row["ort_ms"] = ort.time(inputs, min_time=ARGS.min_time) * 1e3
-
-    t0 = time.perf_counter()
-    measure = {"auto": "auto", "all": True, "none": False}[ARGS.measure]
-    sparse = tvm_sparse.compile(path, "llvm", measure=measure)
-    row["compile_s"] = round(time.perf_counter() - t0, 1)
-    dense = tvm_sparse.compile(path, "llvm", sparse=False, measure=False)
-    for label, module in (("tvm_sparse", sparse), ("tvm_dense", dense)):
-        out = module.run(*inputs)
-        if not _close(out, ref):
-            row[f"{label}_ms"] = "MISMATCH"
-            continue
-        args = [tvm.runtime.tensor(a) for a in inputs]
-        row[f"{label}_ms"] = median_time(lambda m=module._main, a=args: m(*a), ARGS.min_time) * 1e3
-    chosen = [layer.chosen for layer in sparse.report.layers]
+    row = {"sparsity": sparsity, "seq": ARGS.seq, "batch": ARGS.batch}
+    row.update(
+        compare_runtimes(
+            path, inputs, ARGS.threads, ARGS.min_time, ARGS.measure, not ARGS.no_deepsparse
+        )
+    )
+    chosen = [layer.chosen for layer in row.pop("module").report.layers]
     row["chosen"] = ",".join(sorted({f"{c}x{chosen.count(c)}" for c in chosen}))
-
-    if not ARGS.no_deepsparse:
-        ds = DeepSparseRunner(path, threads=ARGS.threads)
-        if ds.available:
-            result = ds.run_and_time(inputs, min_time=ARGS.min_time)
-            if result is not None:
-                outs, seconds = result
-                row["deepsparse_ms"] = seconds * 1e3 if _close(outs[0], ref) else "MISMATCH"
-    ts = row.get("tvm_sparse_ms")
-    if isinstance(ts, float):
-        for peer in ("ort", "tvm_dense", "deepsparse"):
-            value = row.get(f"{peer}_ms")
-            if isinstance(value, float):
-                row[f"x_{peer}"] = value / ts
-    td = row.get("tvm_dense_ms")
-    if isinstance(td, float):
-        row["dense_x_ort"] = row["ort_ms"] / td
     return row
 
 

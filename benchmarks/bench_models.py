@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 
 def _parse() -> argparse.Namespace:
@@ -35,12 +34,11 @@ ARGS = _parse()
 os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)  # before tvm is imported
 
 import numpy as np  # noqa: E402
-import tvm  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import DeepSparseRunner, OrtRunner, median_time, print_table  # noqa: E402
+from harness import compare_runtimes  # noqa: E402
+from peers import print_table  # noqa: E402
 
-import tvm_sparse  # noqa: E402
 from tvm_sparse import models  # noqa: E402
 
 BUILDERS = {
@@ -53,50 +51,18 @@ BUILDERS = {
 }
 
 
-def _close(out: np.ndarray, ref: np.ndarray) -> bool:
-    scale = max(float(np.abs(ref).max()), 1e-6)
-    return bool(np.allclose(out, ref, rtol=1e-3, atol=1e-3 * scale))
-
-
 def bench_one(name: str, batch: int, workdir: str) -> dict:
     model = BUILDERS[name](batch)
     path = models.save(model, os.path.join(workdir, f"{name}_b{batch}.onnx"))
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
-    row = {"model": name, "batch": batch, "threads": ARGS.threads}
-
-    ort = OrtRunner(path, threads=ARGS.threads)
-    ref = ort.run([x])[0]
-    row["ort_ms"] = ort.time([x], min_time=ARGS.min_time) * 1e3
-
-    t0 = time.perf_counter()
-    measure = {"auto": "auto", "all": True, "none": False}[ARGS.measure]
-    sparse = tvm_sparse.compile(path, "llvm", measure=measure)
-    row["compile_s"] = round(time.perf_counter() - t0, 1)
-    dense = tvm_sparse.compile(path, "llvm", sparse=False)
-    for label, module in (("tvm_sparse", sparse), ("tvm_dense", dense)):
-        out = module.run(x)
-        if not _close(out, ref):
-            row[f"{label}_ms"] = "MISMATCH"
-            continue
-        main = module._main
-        args = [tvm.runtime.tensor(x)]
-        row[f"{label}_ms"] = median_time(lambda m=main, a=args: m(*a), ARGS.min_time) * 1e3
-    row["chosen"] = ",".join(layer.chosen for layer in sparse.report.layers)
-
-    if not ARGS.no_deepsparse:
-        ds = DeepSparseRunner(path, threads=ARGS.threads)
-        if ds.available:
-            result = ds.run_and_time([x], min_time=ARGS.min_time)
-            if result is not None:
-                outs, seconds = result
-                row["deepsparse_ms"] = seconds * 1e3 if _close(outs[0], ref) else "MISMATCH"
-    ts = row.get("tvm_sparse_ms")
-    if isinstance(ts, float):
-        for peer in ("ort", "tvm_dense", "deepsparse"):
-            value = row.get(f"{peer}_ms")
-            if isinstance(value, float):
-                row[f"x_{peer}"] = value / ts
+    row = {"model": name, "batch": batch}
+    row.update(
+        compare_runtimes(
+            path, [x], ARGS.threads, ARGS.min_time, ARGS.measure, not ARGS.no_deepsparse
+        )
+    )
+    row["chosen"] = ",".join(layer.chosen for layer in row.pop("module").report.layers)
     return row
 
 

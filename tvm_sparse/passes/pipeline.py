@@ -3,6 +3,7 @@
 1. canonicalize  BatchNorm/scale folded into layers, constant transposes folded
 2. sparsify      analyze every layer, choose dense / sparse kernel, rewrite to call_tir;
                  then k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel,
+                 attention (Q K^T, mask, softmax, V, the head permutes) -> one kernel,
                  and layer_norm(residual add) -> one kernel
 3. legalize      remaining Relax ops -> TIR (TVM), fused
 4. schedule      tuned records first, then rules for dense leftovers (dlight + ours)
@@ -25,6 +26,7 @@ from ..schedules.tuning import choose_layer_tuned
 from .analyze_sparsity import analyze_function, layer_report
 from .canonicalize import canonicalize_passes
 from .fuse_add_layernorm import FuseAddLayerNorm
+from .fuse_attention import fuse_attention_pass
 from .rewrite_kwta import rewrite_kwta_pass
 from .rewrite_layers import rewrite_layers
 
@@ -121,6 +123,7 @@ def pre_schedule_passes(target: tvm.target.Target, sparsify: Sparsify) -> list:
         *canonicalize_passes(),
         sparsify,
         rewrite_kwta_pass(target),  # after Sparsify: it reads the k-WTA pattern
+        fuse_attention_pass(target),  # softmax(Q K^T + mask) V per head: one kernel
         FuseAddLayerNorm(),  # residual add + layer norm: one pass over each row
         *tvm_pipeline.library_dispatch_passes(target),
         *legalize_passes(),

@@ -12,6 +12,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..schedules.kernel import KernelCall
+from ._relax_utils import static_shape
 from .layers import LINEAR, LayerSpec
 
 
@@ -34,6 +35,17 @@ class _LayerRewriter(PyExprMutator):
         self.plan = plan
         self.func_cache: dict[int, relax.GlobalVar] = {}
 
+    def _rows_of(self, x: relax.Expr, rows_shape: tuple[int, int]) -> relax.Expr:
+        """``x`` as ``[rows, features]``. When ``x`` is itself a reshape of a tensor of that
+        shape (the previous kernel's output, put back into 3-D), that tensor: FuseOps would
+        turn the reshape pair into a copy kernel."""
+        value = self.builder_.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.reshape"):
+            src = value.args[0]
+            if static_shape(src) == rows_shape:
+                return src
+        return self.builder_.emit(relax.op.reshape(x, rows_shape), "rows")
+
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         entry = self.plan.get(binding.var)
         if entry is None:
@@ -43,7 +55,7 @@ class _LayerRewriter(PyExprMutator):
         x = self.visit_expr(layer.x_var)
         flatten = layer.kind == LINEAR and len(layer.x_shape) != 2
         if flatten:
-            x = self.builder_.emit(relax.op.reshape(x, (layer.rows, layer.x_shape[-1])), "rows")
+            x = self._rows_of(x, (layer.rows, layer.x_shape[-1]))
         name = f"{kernel.name}_{layer.index}"
         gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
         # explicit dtype: relax.const turns int64 numpy arrays into int32 by default

@@ -1,0 +1,464 @@
+"""Multi-head attention ``softmax(scale * Q K^T + mask) V`` as one hand-scheduled x86 kernel.
+
+Why: unfused, a BERT layer's attention is five TVM kernels (Q K^T with scale and mask, softmax,
+P V) plus permute and reshape copies: ~0.55 ms per MiniLM layer at 1 thread (seq 128, 12 heads
+of 32), a third of it copies and round trips of the ``[h, s, s]`` scores through memory. Here
+every head reads ``q``, ``k``, ``v`` where they lie (row-major ``[b, s, h, d]``, any shape), and
+the scores of a few rows at a time never leave L1: ~0.34 ms, of which the two matmuls at the
+FMA peak would take 0.25.
+
+Per (batch, head), in parallel over both:
+
+1. Scratch copies: ``kt[d, sp] = scale * log2(e) * K_h^T`` (8 x 8 shuffle transposes; ``sp`` is
+   ``s`` rounded up to 8, the padding zero) and ``vh[s, d] = V_h`` (contiguous: the rows of
+   ``V_h`` lie ``h * d`` floats apart, a stride that maps them onto a few L1 sets).
+2. For each block of ``mr`` (5) query rows:
+
+   a. Scores: an ``mr x 16`` register tile (``mr`` broadcast rows of ``Q_h``, two vectors of
+      ``kt``) accumulated over ``d`` from the mask, stored to a ``[mr, sp]`` scratch while
+      8-lane row maxima take it in. Padding columns get ``-inf``.
+   b. Softmax as ``relax.nn.softmax`` computes it: ``exp(x - max(x))`` and its sum, the
+      block's rows side by side. The scores are in log2 units, so ``exp`` is
+      ``_exp2_nonpositive``: a 2^x for ``x <= 0`` cheaper than any general ``exp``. A row
+      whose mask is all ``-3.4e38`` has ``x - max = 0`` everywhere and comes out uniform; a NaN
+      anywhere in a row makes the whole row NaN.
+   c. ``P V``: an ``mr x 16`` tile of the output (``mr`` broadcast probabilities, 16 columns of a
+      ``vh`` row) accumulated over the keys and scaled by ``1 / sum`` on the way out.
+
+10 of the 16 ymm registers hold accumulators (6 rows and 12 measured ~1.5% slower, the
+score and mask in natural units with the log2(e) multiply in the exp ~3% slower); rows past the
+last full block run as a smaller block. The mask enters in log2 units too, clamped to the
+float32 minimum, so the usual ``-3.4e38`` does not overflow to ``-inf`` (which would turn a
+fully masked row into NaN); a mask below -2.4e38 thus reads as -2.4e38.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from .kernel import KernelCall, finish
+
+_LANES = 8  # AVX2: 8 float32 per register
+_NR = 16  # columns of a register tile (two vectors)
+_OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves the call alone
+_NEG_INF = -math.inf
+# 8 x 8 transpose: the shuffle masks of its three stages (unpcklps / unpckhps, shufps, vperm2f128)
+_LO = [0, 8, 1, 9, 4, 12, 5, 13]
+_HI = [2, 10, 3, 11, 6, 14, 7, 15]
+_PAIRS_LO = [0, 1, 8, 9, 4, 5, 12, 13]
+_PAIRS_HI = [2, 3, 10, 11, 6, 7, 14, 15]
+_HALVES_LO = [0, 1, 2, 3, 8, 9, 10, 11]
+_HALVES_HI = [4, 5, 6, 7, 12, 13, 14, 15]
+# 2^x for x <= 0: x = n + r (|r| <= 1/2); 2^r by a degree-5 polynomial, the Chebyshev
+# interpolant on [-1/2, 1/2] in float32 with c0 set to 1 (numpy's
+# Chebyshev.interpolate(np.exp2, 5).convert()): relative error 2.1e-7, 2^0 exactly 1
+_LOG2E = 1.44269504088896341
+_EXP2_POLY = (1.0, 0.6931471824645996, 0.2402210682630539, 0.055503569543361664,
+              0.009676031768321991, 0.0013390863314270973)  # fmt: skip
+_EXP2_LO = -124.0  # clamp: 2^n then stays a normal float, so the exponent add is exact
+_ROUND = 12582912.0  # 1.5 * 2^23: x + _ROUND rounds x to an integer held in the low bits
+_FLT_MAX = 3.4028234663852886e38
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """The static sizes of one attention call: ``batch`` x ``heads`` heads of ``seq`` x ``dim``."""
+
+    batch: int
+    seq: int
+    heads: int
+    dim: int
+
+    @property
+    def hidden(self) -> int:
+        return self.heads * self.dim
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _exp2_nonpositive(x, lanes: int):
+    """2^x for ``x <= 0`` (or NaN), ``lanes`` wide: the softmax's ``exp``, in log2 units.
+
+    The kernel keeps its scores multiplied by log2(e), so ``exp(x - max)`` is
+    ``2^(x' - max')`` and the range reduction is exact float adds: ``n = round(x')`` by the
+    1.5 * 2^23 trick, ``r = x' - n``, no multiply by log2(e) and no ``ln 2`` split. 2^n is an
+    integer add to the exponent bits (the low bits of ``x' + 1.5 * 2^23`` shifted up), 2^r a
+    degree-5 polynomial in Estrin's form: a chain of 3 FMAs where Horner's has 5. That leaves
+    6 multiply/FMA operations per vector where ``vector_math.exp_f32`` (any input) takes 11:
+    the FMA ports are what the two matmuls around the softmax keep busy, and the dependency
+    chain is what limits how many exps are in flight. Below 2^-124 the result is 2^-124
+    (5e-38) instead of less: no float32 row sum (>= 1) can tell. The clamp is a select that
+    keeps NaN, and NaN flows through the arithmetic (its exponent add may change the payload,
+    never the NaN).
+    """
+
+    def f(value):
+        return T.broadcast(T.float32(value), lanes)
+
+    i32 = f"int32x{lanes}"
+    f32 = f"float32x{lanes}"
+
+    def bind(value, name, body):  # let name = value in body(name): computed once
+        var = tvm.tirx.Var(name, f32)
+        return tvm.tirx.Let(var, value, body(var))
+
+    def from_r2(r, r2, t):
+        c0, c1, c2, c3, c4, c5 = (f(v) for v in _EXP2_POLY)
+        poly = (c1 * r + c0) + r2 * ((c3 * r + c2) + r2 * (c5 * r + c4))
+        two_n = T.shift_left(T.reinterpret(i32, t), T.broadcast(T.int32(23), lanes))
+        return T.reinterpret(f32, T.reinterpret(i32, poly) + two_n)
+
+    def from_t(c, t):
+        def from_r(r):
+            return bind(r * r, "exp_r2", lambda r2: from_r2(r, r2, t))
+
+        return bind(c - (t - f(_ROUND)), "exp_r", from_r)
+
+    def from_c(c):
+        return bind(c + f(_ROUND), "exp_t", lambda t: from_t(c, t))
+
+    def from_x(v):
+        return bind(T.Select(v < f(_EXP2_LO), f(_EXP2_LO), v), "exp_c", from_c)
+
+    return bind(x, "exp_x", from_x)
+
+
+def _mask_strides(mask_shape: tuple[int, ...], shape: AttentionShape) -> tuple[int, int, int]:
+    """Element strides of the mask over (batch, head, query row); 0 where it broadcasts.
+
+    The mask is ``[..., s]`` right-aligned against ``[b, h, s, s]`` (numpy broadcasting); its
+    key axis must be full (``s``), the others full or 1.
+    """
+    full = (shape.batch, shape.heads, shape.seq, shape.seq)
+    if len(mask_shape) > 4 or len(mask_shape) < 1 or mask_shape[-1] != shape.seq:
+        raise ValueError(f"mask shape {mask_shape} does not broadcast to {full} along keys")
+    dims = (1,) * (4 - len(mask_shape)) + tuple(mask_shape)
+    strides = []
+    stride = 1
+    for dim, want in zip(reversed(dims), reversed(full)):
+        if dim not in (1, want):
+            raise ValueError(f"mask shape {mask_shape} does not broadcast to {full}")
+        strides.append(stride if dim == want else 0)
+        stride *= dim
+    _, row, head, batch = strides
+    return batch, head, row
+
+
+def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape, out_shape,
+                    scale: float, mr: int, parallel: bool):  # fmt: skip
+    """The PrimFunc ``(q, k, v, [mask,] out)`` for static sizes (see the module docstring)."""
+    nb, s, nh, d = shape.batch, shape.seq, shape.heads, shape.dim
+    hd = shape.hidden
+    sp = _round_up(s, _LANES)
+    has_mask = mask_shape is not None
+    mb, mh, mi = _mask_strides(mask_shape, shape) if has_mask else (0, 0, 0)
+    mask_size = int(np.prod(mask_shape)) if has_mask else 1
+    s_full = s // _NR  # 16-column score tiles entirely inside the real columns
+    s_rest = sp - s_full * _NR  # then one tile of 8 or 16 columns, partial when sp > s
+    rest_partial = s_full * _NR + s_rest > s
+    tasks = T.parallel if parallel else T.serial
+    flat = nb * s * hd
+    fscale = T.float32(scale * _LOG2E)  # scores in log2 units (see _exp2_nonpositive)
+    ninf = T.float32(_NEG_INF)
+
+    def vec(buf, start, lanes):
+        return buf[T.ramp(start, 1, lanes)]
+
+    def log2_units(m, lanes):
+        # mask * log2(e), the float32 minimum (the usual -3.4e38) kept finite: a row masked
+        # out entirely then holds equal scores and comes out uniform, as it does unfused
+        def f(value):
+            return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
+
+        scaled = m * f(_LOG2E)
+        return T.Select(scaled < f(-_FLT_MAX), f(-_FLT_MAX), scaled)
+
+    @T.macro
+    def copy_values(vf, vh, b, h):
+        # Step 1b. vh[j, c] = V[b, j, h, c]: contiguous, where the rows of V_h are hd apart (a
+        # power-of-two multiple that maps them onto a few L1 sets, evicting each other).
+        for j in range(s):
+            for c0 in T.unroll(d // _LANES):
+                vh[T.ramp(j * d + c0 * _LANES, 1, _LANES)] = vec(
+                    vf, (b * s + j) * hd + h * d + c0 * _LANES, _LANES
+                )
+
+    def key_row(kf, b, h, j, c0):
+        return vec(kf, (b * s + j) * hd + h * d + c0, _LANES)
+
+    @T.macro
+    def transpose8(kf, kt, b, h, j0, c0):
+        # kt[c0 + i, j0 : j0 + 8] = scale * K[b, j0 : j0 + 8, h, c0 + i]: an 8 x 8 block in three
+        # stages of two-input shuffles (unpck*ps, shufps, vperm2f128), 24 in all
+        t0: T.let = T.Shuffle([key_row(kf, b, h, j0, c0), key_row(kf, b, h, j0 + 1, c0)], _LO)
+        t1: T.let = T.Shuffle([key_row(kf, b, h, j0, c0), key_row(kf, b, h, j0 + 1, c0)], _HI)
+        t2: T.let = T.Shuffle([key_row(kf, b, h, j0 + 2, c0), key_row(kf, b, h, j0 + 3, c0)], _LO)
+        t3: T.let = T.Shuffle([key_row(kf, b, h, j0 + 2, c0), key_row(kf, b, h, j0 + 3, c0)], _HI)
+        t4: T.let = T.Shuffle([key_row(kf, b, h, j0 + 4, c0), key_row(kf, b, h, j0 + 5, c0)], _LO)
+        t5: T.let = T.Shuffle([key_row(kf, b, h, j0 + 4, c0), key_row(kf, b, h, j0 + 5, c0)], _HI)
+        t6: T.let = T.Shuffle([key_row(kf, b, h, j0 + 6, c0), key_row(kf, b, h, j0 + 7, c0)], _LO)
+        t7: T.let = T.Shuffle([key_row(kf, b, h, j0 + 6, c0), key_row(kf, b, h, j0 + 7, c0)], _HI)
+        u0: T.let = T.Shuffle([t0, t2], _PAIRS_LO)
+        u1: T.let = T.Shuffle([t0, t2], _PAIRS_HI)
+        u2: T.let = T.Shuffle([t1, t3], _PAIRS_LO)
+        u3: T.let = T.Shuffle([t1, t3], _PAIRS_HI)
+        u4: T.let = T.Shuffle([t4, t6], _PAIRS_LO)
+        u5: T.let = T.Shuffle([t4, t6], _PAIRS_HI)
+        u6: T.let = T.Shuffle([t5, t7], _PAIRS_LO)
+        u7: T.let = T.Shuffle([t5, t7], _PAIRS_HI)
+        scale8: T.let = T.broadcast(fscale, _LANES)
+        kt[T.ramp(c0 * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], _HALVES_LO) * scale8
+        kt[T.ramp((c0 + 1) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], _HALVES_LO) * scale8
+        kt[T.ramp((c0 + 2) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], _HALVES_LO) * scale8
+        kt[T.ramp((c0 + 3) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], _HALVES_LO) * scale8
+        kt[T.ramp((c0 + 4) * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], _HALVES_HI) * scale8
+        kt[T.ramp((c0 + 5) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], _HALVES_HI) * scale8
+        kt[T.ramp((c0 + 6) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], _HALVES_HI) * scale8
+        kt[T.ramp((c0 + 7) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], _HALVES_HI) * scale8
+
+    @T.macro
+    def transpose_keys(kf, kt, b, h):
+        # Step 1. kt[c, j] = scale * K[b, j, h, c], 8 x 8 blocks, then the last s % 8 keys one
+        # by one; padding columns zero.
+        for jb in range(s // _LANES):
+            for cb in range(d // _LANES):
+                transpose8(kf, kt, b, h, jb * _LANES, cb * _LANES)
+        for j in range(s % _LANES):
+            for c in range(d):
+                kt[c * sp + s - s % _LANES + j] = (
+                    kf[(b * s + s - s % _LANES + j) * hd + h * d + c] * fscale
+                )
+        for c in range(d):
+            for j in range(sp - s):
+                kt[c * sp + s + j] = T.float32(0)
+
+    @T.macro
+    def score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, j0, lanes, partial):
+        # Step 2a. sc[r, j0 : j0 + lanes] = q_r . kt[:, j0 : j0 + lanes] (+ mask) for `rows`
+        # rows, and the running row maxima (8 lanes per row) take the tile in.
+        acc = T.alloc_buffer((mr * _NR,), "float32", scope="global")
+        for r in T.unroll(rows):
+            if has_mask and not partial:  # the mask is where the sums start
+                acc[T.ramp(r * _NR, 1, lanes)] = log2_units(
+                    vec(mf, b * mb + h * mh + (r0 + r) * mi + j0, lanes), lanes
+                )
+            else:
+                acc[T.ramp(r * _NR, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+        for c in range(d):
+            for r in T.unroll(rows):
+                acc[T.ramp(r * _NR, 1, lanes)] = acc[T.ramp(r * _NR, 1, lanes)] + T.broadcast(
+                    qf[(b * s + r0 + r) * hd + h * d + c], lanes
+                ) * vec(kt, c * sp + j0, lanes)
+        if partial:  # the tile reaches into the padding: the real columns one by one
+            for r in T.unroll(rows):
+                for jj in range(s - j0):
+                    if has_mask:
+                        sc[r * sp + j0 + jj] = acc[r * _NR + jj] + log2_units(
+                            mf[b * mb + h * mh + (r0 + r) * mi + j0 + jj], 1
+                        )
+                    else:
+                        sc[r * sp + j0 + jj] = acc[r * _NR + jj]
+                for jj in range(j0 + lanes - s):
+                    sc[r * sp + s + jj] = ninf
+                for u in T.unroll(lanes // _LANES):
+                    rmax[T.ramp(r * _LANES, 1, _LANES)] = T.max(
+                        rmax[T.ramp(r * _LANES, 1, _LANES)],
+                        vec(sc, r * sp + j0 + u * _LANES, _LANES),
+                    )
+        else:
+            for r in T.unroll(rows):
+                for u in T.unroll(lanes // _LANES):
+                    val: T.let = vec(acc, r * _NR + u * _LANES, _LANES)
+                    sc[T.ramp(r * sp + j0 + u * _LANES, 1, _LANES)] = val
+                    rmax[T.ramp(r * _LANES, 1, _LANES)] = T.max(
+                        rmax[T.ramp(r * _LANES, 1, _LANES)], val
+                    )
+
+    @T.macro
+    def scores(qf, mf, kt, sc, rmax, b, h, r0, rows):
+        for r in T.unroll(rows):
+            rmax[T.ramp(r * _LANES, 1, _LANES)] = T.broadcast(ninf, _LANES)
+        for t in range(s_full):
+            score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, t * _NR, _NR, False)
+        if s_rest > 0:
+            score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, s_full * _NR, s_rest, rest_partial)
+
+    def lanes_max(buf, at):
+        return T.max(
+            T.max(T.max(buf[at], buf[at + 1]), T.max(buf[at + 2], buf[at + 3])),
+            T.max(T.max(buf[at + 4], buf[at + 5]), T.max(buf[at + 6], buf[at + 7])),
+        )
+
+    def lanes_sum(buf, at):
+        return ((buf[at] + buf[at + 1]) + (buf[at + 2] + buf[at + 3])) + (
+            (buf[at + 4] + buf[at + 5]) + (buf[at + 6] + buf[at + 7])
+        )
+
+    @T.macro
+    def softmax(sc, rmax, inv, rows):
+        # Step 2b. sc[r, :] = exp(sc[r, :] - max), inv[r] = 1 / sum, the block's rows side by
+        # side: independent exp and sum chains for the core to overlap (one row at a time ran
+        # ~5% slower end to end, two at a time ~3%).
+        mxb = T.alloc_buffer((mr * _LANES,), "float32", scope="global")
+        part = T.alloc_buffer((mr * _LANES,), "float32", scope="global")
+        for r in T.unroll(rows):
+            mxb[T.ramp(r * _LANES, 1, _LANES)] = T.broadcast(lanes_max(rmax, r * _LANES), _LANES)
+            part[T.ramp(r * _LANES, 1, _LANES)] = T.broadcast(T.float32(0), _LANES)
+        for j in range(sp // _LANES):
+            for r in T.unroll(rows):
+                sc[T.ramp(r * sp + j * _LANES, 1, _LANES)] = _exp2_nonpositive(
+                    vec(sc, r * sp + j * _LANES, _LANES) - vec(mxb, r * _LANES, _LANES), _LANES
+                )
+                part[T.ramp(r * _LANES, 1, _LANES)] = vec(part, r * _LANES, _LANES) + vec(
+                    sc, r * sp + j * _LANES, _LANES
+                )
+        for r in T.unroll(rows):
+            inv[r] = T.float32(1) / lanes_sum(part, r * _LANES)
+
+    @T.macro
+    def value_tile(vh, of, sc, inv, b, h, r0, rows, c0, lanes):
+        # Step 2c. out[r, c0 : c0 + lanes] = (sc[r, :] @ V_h[:, c0 : c0 + lanes]) * inv[r].
+        acc = T.alloc_buffer((mr * _NR,), "float32", scope="global")
+        for r in T.unroll(rows):
+            acc[T.ramp(r * _NR, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+        for j in range(s):
+            for r in T.unroll(rows):
+                acc[T.ramp(r * _NR, 1, lanes)] = acc[T.ramp(r * _NR, 1, lanes)] + T.broadcast(
+                    sc[r * sp + j], lanes
+                ) * vec(vh, j * d + c0, lanes)
+        for r in T.unroll(rows):
+            of[T.ramp((b * s + r0 + r) * hd + h * d + c0, 1, lanes)] = acc[
+                T.ramp(r * _NR, 1, lanes)
+            ] * T.broadcast(inv[r], lanes)
+
+    @T.macro
+    def weighted_values(vh, of, sc, inv, b, h, r0, rows):
+        for t in range(d // _NR):
+            value_tile(vh, of, sc, inv, b, h, r0, rows, t * _NR, _NR)
+        if d % _NR > 0:
+            value_tile(vh, of, sc, inv, b, h, r0, rows, d - d % _NR, d % _NR)
+
+    @T.macro
+    def row_block(qf, vh, mf, of, kt, sc, rmax, inv, b, h, r0, rows):
+        scores(qf, mf, kt, sc, rmax, b, h, r0, rows)
+        softmax(sc, rmax, inv, rows)
+        weighted_values(vh, of, sc, inv, b, h, r0, rows)
+
+    @T.macro
+    def head(qf, kf, vf, mf, of, bh):
+        b: T.let = bh // nh
+        h: T.let = bh % nh
+        kt = T.alloc_buffer((d * sp,), "float32", scope="global")
+        vh = T.alloc_buffer((s * d,), "float32", scope="global")
+        sc = T.alloc_buffer((mr * sp,), "float32", scope="global")
+        rmax = T.alloc_buffer((mr * _LANES,), "float32", scope="global")
+        inv = T.alloc_buffer((mr,), "float32", scope="global")
+        transpose_keys(kf, kt, b, h)
+        copy_values(vf, vh, b, h)
+        for blk in range(s // mr):
+            row_block(qf, vh, mf, of, kt, sc, rmax, inv, b, h, blk * mr, mr)
+        if s % mr > 0:
+            row_block(qf, vh, mf, of, kt, sc, rmax, inv, b, h, s - s % mr, s % mr)
+
+    if has_mask:
+
+        @T.prim_func
+        def kernel(
+            q: T.Buffer(q_shape, "float32"),
+            k: T.Buffer(k_shape, "float32"),
+            v: T.Buffer(v_shape, "float32"),
+            mask: T.Buffer(mask_shape, "float32"),
+            out: T.Buffer(out_shape, "float32"),
+        ):
+            qf = T.decl_buffer((flat,), "float32", data=q.data)
+            kf = T.decl_buffer((flat,), "float32", data=k.data)
+            vf = T.decl_buffer((flat,), "float32", data=v.data)
+            mf = T.decl_buffer((mask_size,), "float32", data=mask.data)
+            of = T.decl_buffer((flat,), "float32", data=out.data)
+            for bh in tasks(nb * nh):
+                head(qf, kf, vf, mf, of, bh)
+
+    else:
+
+        @T.prim_func
+        def kernel(
+            q: T.Buffer(q_shape, "float32"),
+            k: T.Buffer(k_shape, "float32"),
+            v: T.Buffer(v_shape, "float32"),
+            out: T.Buffer(out_shape, "float32"),
+        ):
+            qf = T.decl_buffer((flat,), "float32", data=q.data)
+            kf = T.decl_buffer((flat,), "float32", data=k.data)
+            vf = T.decl_buffer((flat,), "float32", data=v.data)
+            of = T.decl_buffer((flat,), "float32", data=out.data)
+            for bh in tasks(nb * nh):
+                head(qf, kf, vf, None, of, bh)
+
+    return kernel
+
+
+def _num_cores(target: tvm.target.Target | None) -> int:
+    if target is None or target.attrs is None:
+        return 1
+    return max(int(target.attrs.get("num-cores", 1)), 1)
+
+
+def _check(shape: AttentionShape, name: str, given: tuple[int, ...]) -> tuple[int, ...]:
+    given = tuple(int(x) for x in given)
+    want = shape.batch * shape.seq * shape.hidden
+    if int(np.prod(given)) != want:
+        raise ValueError(f"{name} shape {given} does not hold [b, s, h * d] = {shape}")
+    return given
+
+
+def attention_kernel(
+    shape: AttentionShape,
+    scale: float,
+    *,
+    mask_shape: tuple[int, ...] | None = None,
+    q_shape: tuple[int, ...] | None = None,
+    k_shape: tuple[int, ...] | None = None,
+    v_shape: tuple[int, ...] | None = None,
+    out_shape: tuple[int, ...] | None = None,
+    target: tvm.target.Target | None = None,
+    mr: int = 5,
+    parallel: bool | None = None,
+) -> KernelCall:
+    """Fused multi-head attention: ``out[b, i, h*d + c] = sum_j P[b, h, i, j] v[b, j, h*d + c]``.
+
+    ``P = softmax(scale * Q_h K_h^T + mask, axis=-1)`` with ``Q_h[i, c] = q[b, i, h*d + c]`` (the
+    same for ``k``, ``v``). ``q``, ``k``, ``v`` and ``out`` may arrive in any shape holding
+    ``[b, s, h, d]`` in row-major order (``[b, s, h*d]`` by default); ``mask`` (float32, additive)
+    in any shape that broadcasts to ``[b, h, s, s]`` with a full key axis. The kernel is called
+    ``(q, k, v, [mask,] out)``; there are no constants. ``dim`` must be a multiple of 8.
+    ``parallel`` (default: the target has more than one core) runs the (batch, head) pairs in
+    parallel.
+    """
+    if min(shape.batch, shape.seq, shape.heads, shape.dim) < 1:
+        raise ValueError(f"attention sizes must be >= 1, got {shape}")
+    if shape.dim % _LANES:
+        raise ValueError(f"head dim {shape.dim} is not a multiple of {_LANES}")
+    if not 1 <= mr <= 6:
+        raise ValueError(f"mr must be 1..6 rows (16 ymm registers), got {mr}")
+    default = (shape.batch, shape.seq, shape.hidden)
+    shapes = [
+        _check(shape, name, given or default)
+        for name, given in (("q", q_shape), ("k", k_shape), ("v", v_shape), ("out", out_shape))
+    ]
+    if mask_shape is not None:
+        mask_shape = tuple(int(x) for x in mask_shape)
+        _mask_strides(mask_shape, shape)
+    if parallel is None:
+        parallel = _num_cores(target) > 1 and shape.batch * shape.heads > 1
+    func = _attention_func(shape, *shapes[:3], mask_shape, shapes[3], float(scale), mr, parallel)
+    func = finish(func).with_attr("op_pattern", _OPAQUE)
+    name = f"attention_h{shape.heads}_s{shape.seq}_d{shape.dim}"
+    info = {"kind": "attention", "shape": shape, "scale": float(scale), "mask": mask_shape}
+    return KernelCall(func=func, name=name, consts=(), out_shape=shapes[3], info=info)

@@ -14,6 +14,7 @@ from tvm_sparse.schedules.sparse_x86 import (
     csr_linear,
     pack_gather_rows,
     pack_row_panels,
+    panel_records,
     sparse_conv2d,
 )
 from tvm_sparse.target import resolve_target
@@ -152,6 +153,65 @@ def test_row_panel_packing_sorts_slots_and_keeps_every_block():
     np.testing.assert_array_equal(dense, w)
 
 
+PANEL_DENSITIES = [0.0, "one", 0.01, 0.1, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("m", [5, 64, 130])
+@pytest.mark.parametrize("density", PANEL_DENSITIES)
+def test_panel_kernel_batches_and_densities(m, density):
+    """Batches that are and are not multiples of the tile (5: one short tile; 64: the register
+    transposes and per-panel x; 130: three tiles, the last one mostly padding) over densities
+    from empty to full; three panels, so the yT round trip (and its prefetch from 4 blocks per
+    slot on) runs; bias and activation vary with the case."""
+    rng = np.random.default_rng(hash((m, str(density))) % 2**32)
+    shape = (40, 96)
+    w = one_nonzero(shape) if density == "one" else weight(rng, shape, density)
+    case = PANEL_DENSITIES.index(density)
+    activation = [None, "relu", "gelu"][case % 3]
+    bias = rng.standard_normal(shape[0]).astype(np.float32) if case % 2 else None
+    x = rng.standard_normal((m, shape[1])).astype(np.float32)
+    call = csr_linear(m, w, bias, activation, TARGET, panel_cols=32)
+    assert call.info["kernel"] == "panel" and call.info["panels"] == 3
+    assert call.info["x_per_panel"] == (m == 64)
+    assert call.info["prefetch"] == (np.count_nonzero(w) >= 4 * 3 * shape[0])
+    check(call, x, linear_ref(x, w, bias, activation))
+
+
+@pytest.mark.parametrize(
+    "row_block, per_panel", [(None, True), (16, False)], ids=["x-per-panel", "x-upfront"]
+)
+def test_panel_kernel_x_transpose_paths_with_nan_inf(row_block, per_panel):
+    """One row block transposes x panel by panel (two tiles, a short last panel); several row
+    blocks transpose it up front. NaN / Inf weights reach the output through the int64 records
+    exactly where the dense product has them."""
+    rng = np.random.default_rng(21)
+    w = weight(rng, (48, 80), 0.5)  # 40 blocks per row: the prefetch path
+    w[3, 7], w[20, 79], w[33, 40] = np.nan, np.inf, -np.inf
+    bias = rng.standard_normal(48).astype(np.float32)
+    x = rng.standard_normal((32, 80)).astype(np.float32)
+    x[:, 40] = 0.0  # -inf * 0 is NaN in the dense product too
+    call = csr_linear(32, w, bias, "relu", TARGET, m_tile=16, panel_cols=32, row_block=row_block)
+    assert call.info["panels"] == 3 and call.info["prefetch"]
+    assert call.info["x_per_panel"] == per_panel
+    out = run_kernel(call, TARGET, x)
+    ref = linear_ref(x, w, bias, "relu")
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+def test_panel_records_keep_value_bits_and_offsets():
+    vals = np.array([1.5, -0.0, np.nan, np.inf, -np.inf, 1e-45, -3.25], np.float32)
+    vals[2] = np.frombuffer(np.uint32(0x7FC01234).tobytes(), np.float32)[0]  # a NaN payload
+    cols = np.array([0, 1, 2, 300, 301, 7, 65535], np.int32)
+    recs = panel_records(vals, cols, 64)
+    assert recs.dtype == np.int64
+    low = (recs & 0xFFFFFFFF).astype(np.uint32)
+    np.testing.assert_array_equal(low, vals.view(np.uint32))
+    np.testing.assert_array_equal(recs >> 32, cols.astype(np.int64) * 64)
+    with pytest.raises(ValueError, match="int32"):
+        panel_records(vals[:1], np.array([2**25], np.int64), 64)
+
+
 @pytest.mark.parametrize("m", [2, 3, 4])
 @pytest.mark.parametrize("row_batch", [1, 2, 4])
 def test_row_kernel_small_batches(m, row_batch):
@@ -205,6 +265,7 @@ def test_info_reports_cost():
     info = csr_linear(4, w, target=TARGET).info
     assert info["nnz"] == np.count_nonzero(w)
     assert info["macs_sparse"] >= 4 * info["nnz"] and info["bytes"] > 0
+
 
 CONV_CASES = [
     # x shape, weight shape, density, strides, padding, dilation, activation

@@ -58,8 +58,9 @@ _HALVES_HI = [4, 5, 6, 7, 12, 13, 14, 15]
 
 
 @T.macro
-def _transpose8(src, r0, c0, dst, d0):
-    """``dst[d0 + 8 j : d0 + 8 j + 8] = src[r0 : r0 + 8, c0 + j]``: column j as a vector."""
+def _transpose8(src, r0, c0, dst, d0, stride):
+    """``dst[d0 + stride j : d0 + stride j + 8] = src[r0 : r0 + 8, c0 + j]``: column j as a
+    vector (``stride`` 8 packs the columns into a scratch, a row length writes them in place)."""
     t0: T.let = T.Shuffle([src[r0, T.ramp(c0, 1, 8)], src[r0 + 1, T.ramp(c0, 1, 8)]], _UNPACK_LO)
     t1: T.let = T.Shuffle([src[r0, T.ramp(c0, 1, 8)], src[r0 + 1, T.ramp(c0, 1, 8)]], _UNPACK_HI)
     t2: T.let = T.Shuffle(
@@ -89,13 +90,20 @@ def _transpose8(src, r0, c0, dst, d0):
     s6: T.let = T.Shuffle([t5, t7], _PAIRS_LO)
     s7: T.let = T.Shuffle([t5, t7], _PAIRS_HI)
     dst[T.ramp(d0, 1, 8)] = T.Shuffle([s0, s4], _HALVES_LO)
-    dst[T.ramp(d0 + 8, 1, 8)] = T.Shuffle([s1, s5], _HALVES_LO)
-    dst[T.ramp(d0 + 16, 1, 8)] = T.Shuffle([s2, s6], _HALVES_LO)
-    dst[T.ramp(d0 + 24, 1, 8)] = T.Shuffle([s3, s7], _HALVES_LO)
-    dst[T.ramp(d0 + 32, 1, 8)] = T.Shuffle([s0, s4], _HALVES_HI)
-    dst[T.ramp(d0 + 40, 1, 8)] = T.Shuffle([s1, s5], _HALVES_HI)
-    dst[T.ramp(d0 + 48, 1, 8)] = T.Shuffle([s2, s6], _HALVES_HI)
-    dst[T.ramp(d0 + 56, 1, 8)] = T.Shuffle([s3, s7], _HALVES_HI)
+    dst[T.ramp(d0 + 1 * stride, 1, 8)] = T.Shuffle([s1, s5], _HALVES_LO)
+    dst[T.ramp(d0 + 2 * stride, 1, 8)] = T.Shuffle([s2, s6], _HALVES_LO)
+    dst[T.ramp(d0 + 3 * stride, 1, 8)] = T.Shuffle([s3, s7], _HALVES_LO)
+    dst[T.ramp(d0 + 4 * stride, 1, 8)] = T.Shuffle([s0, s4], _HALVES_HI)
+    dst[T.ramp(d0 + 5 * stride, 1, 8)] = T.Shuffle([s1, s5], _HALVES_HI)
+    dst[T.ramp(d0 + 6 * stride, 1, 8)] = T.Shuffle([s2, s6], _HALVES_HI)
+    dst[T.ramp(d0 + 7 * stride, 1, 8)] = T.Shuffle([s3, s7], _HALVES_HI)
+
+
+def _prefetch(buf, row, col):
+    """Prefetch the cache line of ``buf[row, col]`` into L1 for reading (``prefetcht0``)."""
+    return T.call_llvm_intrin(
+        "void", "llvm.prefetch.p0", T.address_of(buf[row, col]), T.int32(0), T.int32(3), T.int32(1)
+    )
 
 
 # --------------------------------------------------------------------------- packing
@@ -242,13 +250,15 @@ def _rows_kernel(m, n, k, nchunks, per_word, nbias, has_bias, activation, unroll
     return kernel
 
 
-def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, has_bias,
-                  activation, m_tile, parallel):  # fmt: skip
+def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, nbias,
+                  has_bias, activation, m_tile, parallel, prefetch, x_per_panel):  # fmt: skip
     """BSR (CSR = 1x1 blocks) x dense x with x transposed: yT[row, :] += w * xT[col, :].
 
-    ``xT`` is a zero-padded [Kp, Mp] scratch, so padded batch lanes and padded block columns read
-    zeros. Block rows are grouped in row blocks of ``row_block`` and the weight columns in
-    ``npanels`` panels; slot ``s`` of (row block ``rb``, panel ``p``) is block row
+    ``xT`` is a zero-padded [Kp, Mp] scratch (flat, tile-major), so padded batch lanes and
+    padded block columns read zeros; with ``x_per_panel`` it holds one panel of one tile,
+    transposed right before the panel's slots (see ``_x_per_panel``). Block rows are grouped in
+    row blocks of ``row_block`` and the weight columns in ``npanels`` panels of ``panel_w``
+    columns; slot ``s`` of (row block ``rb``, panel ``p``) is block row
     ``rows[slot]`` with blocks ``seg[slot] .. seg[slot + 1]`` (see ``pack_row_panels``), where
     ``slot = rb * row_block * npanels + p * rl + s`` and ``rl`` is the row block's length.
     A tile of ``r x m_tile`` partial sums lives in registers within a slot and in ``yT``
@@ -256,9 +266,17 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, ha
     while all panels pass, and is written to ``y`` as soon as the last panel is done. The
     slots of a panel are sorted by length, so the loop over a slot's blocks exits where the
     branch predictor expects (random lengths cost a misprediction per slot).
+
+    CSR weights come as one int64 record per non-zero (``panel_records``): a single integer
+    load gives both the value (moved to a vector register and broadcast, no second load) and
+    the ``xT`` offset (pre-scaled, no shift). The inner loop is bound by the load ports (eight
+    ``xT`` vectors per non-zero), so the load saved per non-zero is ~5% of the layer. The
+    ``yT`` row of the slot two ahead is prefetched when slots are long enough (``prefetch``):
+    it was evicted to L2 since the last panel.
     """
     r, c = block
     idx_dtype, ptr_dtype, row_dtype = dtypes
+    packed = (r, c) == (1, 1)
     nbr = -(-n // r)
     kp = -(-k // c) * c
     mp = -(-m // m_tile) * m_tile
@@ -271,48 +289,67 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, ha
     nslots = max(npanels * nbr, 1)
     rb_out = row_block * r  # output rows per row block
     nq = -(-rb_out // 16)  # groups of 16 output rows per row block
+    nline = -(-m_tile // 16)  # cache lines of one yT row
     rows = T.parallel if parallel else T.serial
     exact_x = m == mp and k == kp and k % 16 == 0 and m_tile % 8 == 0
     exact_y = rb_out % 16 == 0 and n % rb_out == 0 and m % m_tile == 0 and m_tile % 8 == 0
+    nxt = panel_w * m_tile if x_per_panel else ntiles * kp * m_tile
 
-    @T.prim_func
-    def kernel(
-        x: T.Buffer((m, k), "float32"),
-        vals: T.Buffer((nval,), "float32"),
-        cols: T.Buffer((nidx,), idx_dtype),
-        seg: T.Buffer((npanels * nbr + 1,), ptr_dtype),
-        slot_rows: T.Buffer((nslots,), row_dtype),
-        bias: T.Buffer((nbias,), "float32"),
-        y: T.Buffer((m, n), "float32"),
-    ):
+    @T.macro
+    def body(x, wts, cols, seg, slot_rows, bias, y):
         # tile-major: a tile's rows are contiguous, so a panel of them covers every L1 set (rows
-        # of the full width would use 1 / ntiles of the sets and evict each other)
-        xt = T.alloc_buffer((ntiles * kp, m_tile), "float32", scope="global")
+        # of the full width would use 1 / ntiles of the sets and evict each other); flat, so a
+        # record's pre-scaled offset indexes it directly
+        xt = T.alloc_buffer((nxt,), "float32", scope="global")
         yt = T.alloc_buffer((nrb * rb_out, m_tile), "float32", scope="global")
-        if exact_x:  # no padding: 8 x 8 register transposes, 16 columns (a cache line) a step
-            for kb in rows(k // 16):
-                for bb in range(m // 8):
-                    tr = T.alloc_buffer((128,), "float32", scope="local")
-                    _transpose8(x, bb * 8, kb * 16, tr, 0)
-                    _transpose8(x, bb * 8, kb * 16 + 8, tr, 64)
-                    for j in T.unroll(16):
-                        xt[bb * 8 // m_tile * kp + kb * 16 + j, T.ramp(bb * 8 % m_tile, 1, 8)] = tr[
-                            T.ramp(j * 8, 1, 8)
-                        ]
-        else:
-            for kb in rows(kblocks):
-                for bb in range(mp):
-                    for kk in T.unroll(16):
-                        if kb * 16 + kk < kp:
-                            xt[bb // m_tile * kp + kb * 16 + kk, bb % m_tile] = T.if_then_else(
-                                kb * 16 + kk < k and bb < m,
-                                x[T.min(bb, m - 1), T.min(kb * 16 + kk, k - 1)],
-                                T.float32(0),
-                            )
+        if not x_per_panel:
+            if exact_x:
+                # no padding: 8 x 8 register transposes straight into xT, 16 columns (a cache line
+                # of x) a step; 4 such steps per batch block, so each x row is read 256 contiguous
+                # bytes at a time (one line per row and step left x's 64 row streams to the
+                # prefetcher: 2x slower)
+                for ko in rows(-(-(k // 16) // 4)):
+                    for bb in range(m // 8):
+                        for ki in range(T.min(4, k // 16 - ko * 4)):
+                            kb: T.let = ko * 4 + ki
+                            at: T.let = (bb * 8 // m_tile * kp + kb * 16) * m_tile + bb * 8 % m_tile
+                            _transpose8(x, bb * 8, kb * 16, xt, at, m_tile)
+                            _transpose8(x, bb * 8, kb * 16 + 8, xt, at + 8 * m_tile, m_tile)
+            else:
+                for kb in rows(kblocks):
+                    for bb in range(mp):
+                        for kk in T.unroll(16):
+                            if kb * 16 + kk < kp:
+                                xt[(bb // m_tile * kp + kb * 16 + kk) * m_tile + bb % m_tile] = (
+                                    T.if_then_else(
+                                        kb * 16 + kk < k and bb < m,
+                                        x[T.min(bb, m - 1), T.min(kb * 16 + kk, k - 1)],
+                                        T.float32(0),
+                                    )
+                                )
         for t in range(ntiles):
             for rb in rows(nrb):
                 rl: T.let = T.min(row_block, nbr - rb * row_block)
                 for p in range(npanels):
+                    if x_per_panel:  # this panel of this tile into the panel-sized xT
+                        for bb in range(m_tile // 8):
+                            for kb in range(T.min(panel_w, k - p * panel_w) // 16):
+                                _transpose8(
+                                    x,
+                                    t * m_tile + bb * 8,
+                                    p * panel_w + kb * 16,
+                                    xt,
+                                    kb * 16 * m_tile + bb * 8,
+                                    m_tile,
+                                )
+                                _transpose8(
+                                    x,
+                                    t * m_tile + bb * 8,
+                                    p * panel_w + kb * 16 + 8,
+                                    xt,
+                                    (kb * 16 + 8) * m_tile + bb * 8,
+                                    m_tile,
+                                )
                     for s in range(rl):
                         slot: T.let = rb * row_block * npanels + p * rl + s
                         ib: T.let = T.Cast("int32", slot_rows[slot])
@@ -323,18 +360,37 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, ha
                             for lane in T.vectorized(r * m_tile):
                                 acc[lane] = T.float32(0)
                         else:
+                            if prefetch:
+                                ahead: T.let = T.Cast(
+                                    "int32", slot_rows[T.min(slot + 2, nslots - 1)]
+                                )
+                                for a in T.unroll(r):
+                                    for h in T.unroll(nline):
+                                        T.evaluate(_prefetch(yt, ahead * r + a, h * 16))
                             for a in T.unroll(r):
                                 for v in T.vectorized(m_tile):
                                     acc[a * m_tile + v] = yt[ib * r + a, v]
-                        for j in range(lo, hi):
-                            col: T.let = T.Cast("int32", cols[j]) * c
-                            for e in T.unroll(c):
-                                for a in T.unroll(r):
-                                    w: T.let = vals[j * rc + a * c + e]
-                                    for v in T.vectorized(m_tile):
-                                        acc[a * m_tile + v] = (
-                                            acc[a * m_tile + v] + w * xt[t * kp + col + e, v]
-                                        )
+                        if packed:
+                            xbase: T.let = T.Cast(
+                                "int64", -p * panel_w * m_tile if x_per_panel else t * kp * m_tile
+                            )
+                            for j in range(lo, hi):
+                                rec: T.let = wts[j]
+                                off: T.let = T.shift_right(rec, T.int64(32)) + xbase
+                                w1: T.let = T.reinterpret("float32", T.Cast("int32", rec))
+                                for v in T.vectorized(m_tile):
+                                    acc[v] = acc[v] + w1 * xt[off + T.Cast("int64", v)]
+                        else:
+                            for j in range(lo, hi):
+                                col: T.let = T.Cast("int32", cols[j]) * c
+                                for e in T.unroll(c):
+                                    for a in T.unroll(r):
+                                        w: T.let = wts[j * rc + a * c + e]
+                                        for v in T.vectorized(m_tile):
+                                            acc[a * m_tile + v] = (
+                                                acc[a * m_tile + v]
+                                                + w * xt[(t * kp + col + e) * m_tile + v]
+                                            )
                         for a in T.unroll(r):
                             for v in T.vectorized(m_tile):
                                 yt[ib * r + a, v] = acc[a * m_tile + v]
@@ -344,8 +400,8 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, ha
                         for vb in range(m_tile // 8):
                             o: T.let = rb * rb_out + q * 16
                             tr = T.alloc_buffer((128,), "float32", scope="local")
-                            _transpose8(yt, o, vb * 8, tr, 0)
-                            _transpose8(yt, o + 8, vb * 8, tr, 64)
+                            _transpose8(yt, o, vb * 8, tr, 0, 8)
+                            _transpose8(yt, o + 8, vb * 8, tr, 64, 8)
                             for j in T.unroll(8):
                                 for h in T.unroll(2):
                                     if has_bias:
@@ -375,6 +431,33 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, row_block, dtypes, nbias, ha
                                         )
                                     else:
                                         y[t * m_tile + v, o1] = _epilogue(yt[o1, v], activation)
+
+    if packed:
+
+        @T.prim_func
+        def kernel(
+            x: T.Buffer((m, k), "float32"),
+            recs: T.Buffer((nidx,), "int64"),
+            seg: T.Buffer((npanels * nbr + 1,), ptr_dtype),
+            slot_rows: T.Buffer((nslots,), row_dtype),
+            bias: T.Buffer((nbias,), "float32"),
+            y: T.Buffer((m, n), "float32"),
+        ):
+            body(x, recs, recs, seg, slot_rows, bias, y)
+
+    else:
+
+        @T.prim_func
+        def kernel(
+            x: T.Buffer((m, k), "float32"),
+            vals: T.Buffer((nval,), "float32"),
+            cols: T.Buffer((nidx,), idx_dtype),
+            seg: T.Buffer((npanels * nbr + 1,), ptr_dtype),
+            slot_rows: T.Buffer((nslots,), row_dtype),
+            bias: T.Buffer((nbias,), "float32"),
+            y: T.Buffer((m, n), "float32"),
+        ):
+            body(x, vals, cols, seg, slot_rows, bias, y)
 
     return kernel
 
@@ -576,6 +659,35 @@ def pack_row_panels(
     )
 
 
+def panel_records(vals: np.ndarray, cols: np.ndarray, m_tile: int) -> np.ndarray:
+    """CSR non-zeros as int64 records for the panel kernel: value bits low, xT offset high.
+
+    The high word is ``col * m_tile``, the non-zero's row offset in a tile of the flat ``xT``
+    scratch, so the kernel needs no shift; the low word is the float32 value's bit pattern
+    (NaN payloads and infinities survive).
+    """
+    offsets = np.asarray(cols, dtype=np.int64) * m_tile
+    if offsets.size and offsets.max() >= 2**31:
+        raise ValueError("the panel kernel's xT offsets must fit int32 (K * m_tile < 2**31)")
+    bits = np.ascontiguousarray(vals, dtype=np.float32).view(np.uint32).astype(np.int64)
+    return (offsets << 32) | bits
+
+
+def _x_per_panel(m, k, block, m_tile, nbr, row_block, panel_w) -> bool:
+    """Whether the panel kernel transposes x one panel at a time, right before the panel's slots.
+
+    Then xT is one panel (32 KiB at 64 lanes) that is hot in L1 when the slots start, instead of
+    all of x transposed up front and read back from L2 / L3 panel by panel: 384x1536 at batch
+    128 -5%, 384x384 -3% (A/B, one thread). Only for one row block of at most 512 rows (BERT's
+    384): with more rows in one block (2048x2048 at row_block 2048, 1536x384) it measured 5-8%
+    slower, and with several row blocks every block would transpose x again. CSR only (the
+    records carry the offsets it rebases), and only where the register transposes apply.
+    """
+    r, c = block
+    exact = m % m_tile == 0 and m_tile % 8 == 0 and k % 16 == 0 and k % c == 0
+    return (r, c) == (1, 1) and exact and row_block >= nbr and nbr <= 512 and panel_w % 16 == 0
+
+
 def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols, row_block,
                 parallel):  # fmt: skip
     n, k = bsr.shape
@@ -593,19 +705,26 @@ def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols
     if bsr.nblocks == 0:
         vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
     dtypes = (str(cols.dtype), str(seg.dtype), str(slot_rows.dtype))
+    # prefetching the yT row two slots ahead pays where a slot's blocks hide its latency; on
+    # short slots (1% density: ~1 block) its extra load and 4 prefetches cost more (+4%)
+    prefetch = bsr.nblocks >= 4 * npanels * nbr
+    panel_w = max(1, panel_cols // c) * c  # weight columns per panel, whole blocks
+    per_panel = _x_per_panel(m, k, (r, c), m_tile, nbr, row_block, panel_w)
     func = _panel_kernel(
-        m, n, k, (r, c), bsr.nblocks, npanels, row_block, dtypes, bias_arr.size, has_bias,
-        activation, m_tile, parallel,
+        m, n, k, (r, c), bsr.nblocks, npanels, panel_w, row_block, dtypes, bias_arr.size,
+        has_bias, activation, m_tile, parallel, prefetch, per_panel,
     )  # fmt: skip
+    weights = (panel_records(vals, cols, m_tile),) if (r, c) == (1, 1) else (vals, cols)
     info = _linear_info(
         "panel", m, n, k, bsr.nnz, bsr.stored,
-        vals.nbytes + cols.nbytes + seg.nbytes + slot_rows.nbytes,
-        {"format": bsr.stats(), "m_tile": m_tile, "panels": npanels, "row_block": row_block},
+        sum(a.nbytes for a in weights) + seg.nbytes + slot_rows.nbytes,
+        {"format": bsr.stats(), "m_tile": m_tile, "panels": npanels, "row_block": row_block,
+         "prefetch": prefetch, "x_per_panel": per_panel},
     )  # fmt: skip
     return KernelCall(
         func=_finish(func),
         name=name,
-        consts=(vals, cols, seg, slot_rows, bias_arr),
+        consts=(*weights, seg, slot_rows, bias_arr),
         out_shape=(m, n),
         info=info,
     )
@@ -678,5 +797,6 @@ __all__ = [
     "pack_gather_rows",
     "pack_panels",
     "pack_row_panels",
+    "panel_records",
     "sparse_conv2d",
 ]

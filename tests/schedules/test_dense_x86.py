@@ -104,8 +104,8 @@ def _check_conv(x_shape, w_shape, strides, padding, dilation, groups, with_bias,
 def test_linear_matches_numpy(m, k, n, with_bias, activation):
     call = _check_linear(m, k, n, with_bias, activation)
     assert call.info["macs"] == m * k * n
-    assert call.func.attrs["tir.is_scheduled"]
-    assert call.func.attrs["tir.noalias"]
+    assert call.func.attrs["tirx.is_scheduled"]
+    assert call.func.attrs["tirx.noalias"]
     assert len(call.consts) == 1 + int(with_bias)
 
 
@@ -129,7 +129,7 @@ def test_conv2d_matches_numpy(
 ):
     call = _check_conv(x_shape, w_shape, strides, padding, dilation, groups, with_bias, activation)
     assert call.info["macs"] > 0
-    assert call.func.attrs["tir.is_scheduled"]
+    assert call.func.attrs["tirx.is_scheduled"]
 
 
 @settings(max_examples=12, deadline=None)

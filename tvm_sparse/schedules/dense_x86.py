@@ -38,6 +38,7 @@ from tvm import s_tir, te, tirx
 
 from ..target import resolve_target
 from .kernel import KernelCall
+from .kernel import finish as _finish
 
 ACTIVATIONS = (None, "relu", "gelu")
 
@@ -86,10 +87,6 @@ def _apply_activation(value: te.Tensor, activation: str | None):
         half = tirx.const(0.5, "float32")
         return value * (half + half * te.erf(value * tirx.const(1.0 / math.sqrt(2.0), "float32")))
     raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
-
-
-def _finish(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    return func.with_attr("tir.noalias", True).with_attr("tir.is_scheduled", True)
 
 
 # --------------------------------------------------------------------------------------------

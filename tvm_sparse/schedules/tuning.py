@@ -724,7 +724,7 @@ def extract_ms_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[list
     for task in ms.relax_integration.extract_tasks(mod, target):
         func = task.dispatched[0]["main"]
         attrs = func.attrs or {}
-        if any(attrs.get(a, False) for a in ("tirx.is_scheduled", "tir.is_scheduled")):
+        if attrs.get("tirx.is_scheduled", False):
             continue
         if not _has_blocks(func):
             skipped.append(f"{task.task_name} (no blocks)")

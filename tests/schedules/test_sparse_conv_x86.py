@@ -15,6 +15,7 @@ from .reference import conv_ref
 
 TARGET = resolve_target("llvm")
 
+
 def sparse_weight(rng, shape, density):
     if density == "one":
         w = np.zeros(shape, np.float32)

@@ -75,9 +75,9 @@ def add_layer_norm_kernel(
                     part[lane] = part[lane] + v
             stat[0] = T.float32(0)
             for it in range(ntail):
-                row[nvec * _LANES + it] = af[base + nvec * _LANES + it] + bf[
-                    base + nvec * _LANES + it
-                ]
+                row[nvec * _LANES + it] = (
+                    af[base + nvec * _LANES + it] + bf[base + nvec * _LANES + it]
+                )
                 stat[0] = stat[0] + row[nvec * _LANES + it]
             for lane in range(_LANES):
                 stat[0] = stat[0] + part[lane]
@@ -113,4 +113,3 @@ def add_layer_norm_kernel(
         out_shape=tuple(int(s) for s in out_shape),
         info={"kernel": "add_layer_norm", "rows": rows_n, "channels": channels},
     )
-

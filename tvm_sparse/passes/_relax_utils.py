@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import tvm
@@ -71,3 +72,43 @@ def op_name(expr: relax.Expr) -> str | None:
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
         return str(expr.op.name)
     return None
+
+
+def rebind(mutator, var: relax.Var, value: relax.Expr) -> None:
+    """Emit ``value`` in place of ``var``'s binding (a dataflow var stays one, an output stays
+    an output, the name is kept) and make later uses of ``var`` read the new var."""
+    if isinstance(var, relax.DataflowVar):
+        new_var = mutator.builder_.emit(value, var.name)
+    else:
+        new_var = mutator.builder_.emit_output(value, var.name)
+    mutator.set_var_remap(var, new_var)
+
+
+def rewrite_functions(
+    mod: tvm.IRModule,
+    rewriter_for: Callable[[relax.Function, tvm.IRModule], Any | None],
+) -> tvm.IRModule:
+    """Run ``rewriter_for(func, mod)`` (an ``PyExprMutator``, or None: nothing to do) over every
+    Relax function of ``mod``; the replaced subgraphs are dead afterwards and removed."""
+    rewriter = None
+    for gvar, func in list(mod.functions.items()):
+        if not isinstance(func, relax.Function):
+            continue
+        candidate = rewriter_for(func, mod)
+        if candidate is None:
+            continue
+        rewriter = candidate
+        rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        mod = rewriter.builder_.get()
+    if rewriter is None:
+        return mod
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def llvm_target(target: tvm.target.Target | None) -> tvm.target.Target | None:
+    """``target`` (else the current one) when it is an llvm (CPU) target, else None: the
+    hand-written CPU kernel passes leave other targets alone."""
+    target = target or tvm.target.Target.current(allow_none=True)
+    if target is None or str(target.kind.name) != "llvm":
+        return None
+    return target

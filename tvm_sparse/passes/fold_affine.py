@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._relax_utils import const_array, iter_bindings, op_name, static_shape, use_counts
+from ._relax_utils import const_array, iter_bindings, op_name, rebind, static_shape, use_counts
 from .layers import CONV2D, _anchor, _per_channel
 
 _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
@@ -118,13 +118,7 @@ class _FoldMutator(PyExprMutator):
             bias = chain.bias
         y = self.builder_.emit(y, "folded")
         out = relax.op.add(y, relax.const(bias))
-        is_dataflow = isinstance(binding.var, relax.DataflowVar)
-        new_var = (
-            self.builder_.emit(out, binding.var.name)
-            if is_dataflow
-            else self.builder_.emit_output(out, binding.var.name)
-        )
-        self.set_var_remap(binding.var, new_var)
+        rebind(self, binding.var, out)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FoldAffineIntoLayers")

@@ -16,7 +16,16 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..schedules.layernorm_x86 import add_layer_norm_kernel
-from ._relax_utils import binding_map, dtype_of, op_name, static_shape, use_counts
+from ._relax_utils import (
+    binding_map,
+    dtype_of,
+    llvm_target,
+    op_name,
+    rebind,
+    rewrite_functions,
+    static_shape,
+    use_counts,
+)
 
 
 def _flat(expr: relax.Expr, bindings: dict) -> relax.Expr:
@@ -74,33 +83,22 @@ class _AddLayerNormRewriter(PyExprMutator):
         gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", name), name)
         args = [self.visit_expr(e) for e in (a, b, gamma, beta)]
         out = relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32"))
-        if isinstance(binding.var, relax.DataflowVar):
-            new_var = self.builder_.emit(out, binding.var.name)
-        else:
-            new_var = self.builder_.emit_output(out, binding.var.name)
-        self.set_var_remap(binding.var, new_var)
+        rebind(self, binding.var, out)
 
 
 def fuse_add_layer_norm(mod: tvm.IRModule) -> tvm.IRModule:
     """Rewrite every matching ``layer_norm(add(a, b))`` of every Relax function of ``mod``."""
-    rewriter = None
-    for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, relax.Function):
-            continue
+
+    def rewriter_for(func: relax.Function, current: tvm.IRModule):
         bindings, uses = binding_map(func), use_counts(func)
         plan = {}
         for var, value in bindings.items():
             match = _match(value, bindings, uses)
             if match is not None:
                 plan[var] = match
-        if not plan:
-            continue
-        rewriter = _AddLayerNormRewriter(plan, mod)
-        rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        mod = rewriter.builder_.get()
-    if rewriter is None:
-        return mod
-    return relax.transform.DeadCodeElimination()(mod)
+        return _AddLayerNormRewriter(plan, current) if plan else None
+
+    return rewrite_functions(mod, rewriter_for)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseAddLayerNorm")
@@ -108,7 +106,4 @@ class FuseAddLayerNorm:
     """The pass form of :func:`fuse_add_layer_norm`; a no-op on targets other than llvm."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = tvm.target.Target.current(allow_none=True)
-        if target is None or str(target.kind.name) != "llvm":
-            return mod
-        return fuse_add_layer_norm(mod)
+        return fuse_add_layer_norm(mod) if llvm_target(None) is not None else mod

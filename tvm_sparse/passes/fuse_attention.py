@@ -38,7 +38,17 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..schedules.attention_fused_x86 import AttentionShape, attention_kernel
-from ._relax_utils import binding_map, const_array, dtype_of, op_name, static_shape, use_counts
+from ._relax_utils import (
+    binding_map,
+    const_array,
+    dtype_of,
+    llvm_target,
+    op_name,
+    rebind,
+    rewrite_functions,
+    static_shape,
+    use_counts,
+)
 
 _Q_PERM = (0, 2, 1, 3)  # [b, s, h, d] -> [b, h, s, d]
 _K_PERM = (0, 2, 3, 1)  # [b, s, h, d] -> [b, h, d, s]
@@ -297,29 +307,17 @@ class _AttentionRewriter(PyExprMutator):
         if match.mask is not None:
             args.append(self.visit_expr(match.mask))
         out = relax.call_tir(gvar, args, relax.TensorType(match.out_shape, "float32"))
-        if isinstance(binding.var, relax.DataflowVar):
-            new_var = self.builder_.emit(out, binding.var.name)
-        else:
-            new_var = self.builder_.emit_output(out, binding.var.name)
-        self.set_var_remap(binding.var, new_var)
+        rebind(self, binding.var, out)
 
 
 def fuse_attention(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
     """Fuse the attention subgraphs of every Relax function of ``mod`` (no target check)."""
-    rewriter = None
-    for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, relax.Function):
-            continue
+
+    def rewriter_for(func: relax.Function, current: tvm.IRModule):
         plan = {m.out_var: m for m in find_attention(func)}
-        if not plan:
-            continue
-        rewriter = _AttentionRewriter(plan, mod, target)
-        new_func = rewriter.visit_expr(func)
-        rewriter.builder_.update_func(gvar, new_func)
-        mod = rewriter.builder_.get()
-    if rewriter is None:
-        return mod
-    return relax.transform.DeadCodeElimination()(mod)
+        return _AttentionRewriter(plan, current, target) if plan else None
+
+    return rewrite_functions(mod, rewriter_for)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseAttention")
@@ -330,10 +328,8 @@ class FuseAttention:
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = self.target or tvm.target.Target.current(allow_none=True)
-        if target is None or str(target.kind.name) != "llvm":
-            return mod
-        return fuse_attention(mod, target)
+        target = llvm_target(self.target)
+        return fuse_attention(mod, target) if target is not None else mod
 
 
 def fuse_attention_pass(target: tvm.target.Target | None = None) -> tvm.transform.Pass:

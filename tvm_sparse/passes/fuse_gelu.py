@@ -20,7 +20,15 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._relax_utils import const_array, dtype_of, iter_bindings, op_name, static_shape, use_counts
+from ._relax_utils import (
+    const_array,
+    dtype_of,
+    iter_bindings,
+    op_name,
+    rebind,
+    static_shape,
+    use_counts,
+)
 
 _RTOL = 1e-6
 
@@ -126,11 +134,7 @@ class _GeluRewriter(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         out = relax.op.nn.gelu(self.visit_expr(x))
-        if isinstance(binding.var, relax.DataflowVar):
-            new_var = self.builder_.emit(out, binding.var.name)
-        else:
-            new_var = self.builder_.emit_output(out, binding.var.name)
-        self.set_var_remap(binding.var, new_var)
+        rebind(self, binding.var, out)
 
 
 def fuse_gelu(mod: tvm.IRModule) -> tvm.IRModule:

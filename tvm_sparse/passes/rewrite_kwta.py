@@ -24,7 +24,16 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
-from ._relax_utils import binding_map, dtype_of, op_name, static_shape, use_counts
+from ._relax_utils import (
+    binding_map,
+    dtype_of,
+    llvm_target,
+    op_name,
+    rebind,
+    rewrite_functions,
+    static_shape,
+    use_counts,
+)
 from .activation_sparsity import KwtaMatch, find_kwta
 
 
@@ -149,32 +158,22 @@ class _KwtaRewriter(PyExprMutator):
             relax.const(c, str(c.dtype)) for c in kernel.consts
         ]  # int64 stays int64
         out = relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
-        if isinstance(binding.var, relax.DataflowVar):
-            new_var = self.builder_.emit(out, binding.var.name)
-        else:
-            new_var = self.builder_.emit_output(out, binding.var.name)
-        self.set_var_remap(binding.var, new_var)
+        rebind(self, binding.var, out)
 
 
 def rewrite_kwta(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Rewrite the k-WTA subgraphs of every Relax function of ``mod`` (no target check)."""
-    rewriter = None
-    for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, relax.Function):
-            continue
+
+    def rewriter_for(func: relax.Function, current: tvm.IRModule):
         plan = {m.out_var: m for m in find_kwta(func) if _rewritable(m)}
         if not plan:
-            continue
+            return None
         pools = _plan_pools(func, plan)
         for fusion in pools.values():  # the fused call replaces the k-WTA's own
             del plan[fusion.match.out_var]
-        rewriter = _KwtaRewriter(plan, pools, binding_map(func), mod, target)
-        new_func = rewriter.visit_expr(func)
-        rewriter.builder_.update_func(gvar, new_func)
-        mod = rewriter.builder_.get()
-    if rewriter is None:
-        return mod
-    return relax.transform.DeadCodeElimination()(mod)
+        return _KwtaRewriter(plan, pools, binding_map(func), current, target)
+
+    return rewrite_functions(mod, rewriter_for)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.RewriteKwta")
@@ -185,10 +184,8 @@ class RewriteKwta:
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = self.target or tvm.target.Target.current(allow_none=True)
-        if target is None or str(target.kind.name) != "llvm":
-            return mod
-        return rewrite_kwta(mod, target)
+        target = llvm_target(self.target)
+        return rewrite_kwta(mod, target) if target is not None else mod
 
 
 def rewrite_kwta_pass(target: tvm.target.Target | None = None) -> tvm.transform.Pass:

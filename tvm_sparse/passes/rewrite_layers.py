@@ -12,7 +12,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..schedules.kernel import KernelCall
-from ._relax_utils import static_shape
+from ._relax_utils import rebind, static_shape
 from .layers import LINEAR, LayerSpec
 
 
@@ -63,11 +63,7 @@ class _LayerRewriter(PyExprMutator):
         out = relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
         if flatten:
             out = relax.op.reshape(self.builder_.emit(out, "rows_out"), layer.out_shape)
-        if isinstance(binding.var, relax.DataflowVar):
-            new_var = self.builder_.emit(out, binding.var.name)
-        else:
-            new_var = self.builder_.emit_output(out, binding.var.name)
-        self.set_var_remap(binding.var, new_var)
+        rebind(self, binding.var, out)
 
 
 def rewrite_layers(

@@ -16,7 +16,6 @@ attention matmuls.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -45,8 +44,7 @@ os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)  # before tvm is imported
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import compare_runtimes  # noqa: E402
-from peers import print_table  # noqa: E402
+from harness import RUNTIME_COLUMNS, compare_runtimes, report  # noqa: E402
 
 from tvm_sparse.models_bert import bert_inputs, pruned_bert_onnx  # noqa: E402
 
@@ -94,25 +92,8 @@ def main() -> int:
         for sparsity in (float(s) for s in ARGS.sparsities.split(",")):
             print(f"... sparsity {sparsity:.0%}", file=sys.stderr, flush=True)
             rows.append(bench_one(sparsity, workdir))
-    columns = [
-        "sparsity",
-        "seq",
-        "threads",
-        "tvm_sparse_ms",
-        "tvm_dense_ms",
-        "ort_ms",
-        "deepsparse_ms",
-        "x_ort",
-        "x_deepsparse",
-        "x_tvm_dense",
-        "dense_x_ort",
-        "compile_s",
-        "chosen",
-    ]
-    print_table(rows, columns)
-    if ARGS.json:
-        with open(ARGS.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    columns = ["sparsity", "seq", *RUNTIME_COLUMNS, "dense_x_ort", "compile_s", "chosen"]
+    report(rows, columns, ARGS.json)
     return 0
 
 

@@ -12,7 +12,6 @@ be fixed before TVM is imported, so ``make bench`` runs this script once per thr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -36,8 +35,7 @@ os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)  # before tvm is imported
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import compare_runtimes  # noqa: E402
-from peers import print_table  # noqa: E402
+from harness import RUNTIME_COLUMNS, compare_runtimes, report  # noqa: E402
 
 from tvm_sparse import models  # noqa: E402
 
@@ -73,23 +71,8 @@ def main() -> int:
             for batch in (int(b) for b in ARGS.batches.split(",")):
                 print(f"... {name} batch {batch}", file=sys.stderr, flush=True)
                 rows.append(bench_one(name, batch, workdir))
-    columns = [
-        "model",
-        "batch",
-        "threads",
-        "tvm_sparse_ms",
-        "tvm_dense_ms",
-        "ort_ms",
-        "deepsparse_ms",
-        "x_ort",
-        "x_deepsparse",
-        "x_tvm_dense",
-        "chosen",
-    ]
-    print_table(rows, columns)
-    if ARGS.json:
-        with open(ARGS.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    columns = ["model", "batch", *RUNTIME_COLUMNS, "chosen"]
+    report(rows, columns, ARGS.json)
     return 0
 
 

@@ -9,16 +9,28 @@ within the row, i.e. within one run. Import after ``TVM_NUM_THREADS`` is set.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 
 import numpy as np
 import tvm
-from peers import DeepSparseRunner, OrtRunner, median_time
+from peers import DeepSparseRunner, OrtRunner, median_time, print_table
 
 import tvm_sparse
 
 _MEASURE = {"auto": "auto", "all": True, "none": False}
+# the columns compare_runtimes fills, in table order
+RUNTIME_COLUMNS = [
+    "threads",
+    "tvm_sparse_ms",
+    "tvm_dense_ms",
+    "ort_ms",
+    "deepsparse_ms",
+    "x_ort",
+    "x_deepsparse",
+    "x_tvm_dense",
+]
 
 
 def close(out: np.ndarray, ref: np.ndarray) -> bool:
@@ -71,3 +83,11 @@ def compare_runtimes(
     if isinstance(td, float):
         row["dense_x_ort"] = row["ort_ms"] / td
     return row
+
+
+def report(rows: list[dict], columns: Sequence[str], json_path: str | None) -> None:
+    """Print the rows as a table of ``columns``; also write them all as JSON when asked."""
+    print_table(rows, columns)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows, f, indent=2)

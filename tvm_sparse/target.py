@@ -66,6 +66,16 @@ def resolve_target(target: Any = "llvm") -> tvm.target.Target:
     raise TargetError(f"target must be a str, dict or tvm.target.Target, not {type(target)}")
 
 
+def num_cores(target: Any) -> int:
+    """The cores a kernel may use on ``target`` (its ``num-cores``); 1 when unknown or None."""
+    if target is None:
+        return 1
+    if not isinstance(target, tvm.target.Target):
+        target = resolve_target(target)
+    cores = target.attrs.get("num-cores", 1) if target.attrs is not None else 1
+    return max(int(cores), 1)
+
+
 def is_cpu(target: tvm.target.Target) -> bool:
     return str(target.kind.name) == "llvm"
 

@@ -41,6 +41,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from ..target import num_cores
 from .kernel import KernelCall, finish
 
 _LANES = 8  # AVX2: 8 float32 per register
@@ -404,12 +405,6 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
     return kernel
 
 
-def _num_cores(target: tvm.target.Target | None) -> int:
-    if target is None or target.attrs is None:
-        return 1
-    return max(int(target.attrs.get("num-cores", 1)), 1)
-
-
 def _check(shape: AttentionShape, name: str, given: tuple[int, ...]) -> tuple[int, ...]:
     given = tuple(int(x) for x in given)
     want = shape.batch * shape.seq * shape.hidden
@@ -456,7 +451,7 @@ def attention_kernel(
         mask_shape = tuple(int(x) for x in mask_shape)
         _mask_strides(mask_shape, shape)
     if parallel is None:
-        parallel = _num_cores(target) > 1 and shape.batch * shape.heads > 1
+        parallel = num_cores(target) > 1 and shape.batch * shape.heads > 1
     func = _attention_func(shape, *shapes[:3], mask_shape, shapes[3], float(scale), mr, parallel)
     func = finish(func).with_attr("op_pattern", _OPAQUE)
     name = f"attention_h{shape.heads}_s{shape.seq}_d{shape.dim}"

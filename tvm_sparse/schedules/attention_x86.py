@@ -28,6 +28,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
+from ..target import num_cores
 from .vector_math import install_llvm_lowering
 
 _VECTOR_LANES = 8  # AVX2: 8 float32 per register
@@ -35,10 +36,6 @@ _VECTOR_LANES = 8  # AVX2: 8 float32 per register
 
 def _is_llvm(func, target: tvm.target.Target) -> bool:
     return isinstance(func, tirx.PrimFunc) and target is not None and target.kind.name == "llvm"
-
-
-def _cores(target: tvm.target.Target) -> int:
-    return max(int(target.attrs.get("num-cores", 1)), 1)
 
 
 def _static_extents(sch: s_tir.Schedule, loops) -> list[int] | None:
@@ -120,7 +117,7 @@ class BatchMatmul(ScheduleRule):
         jo, ji = sch.split(j, factors=[None, nr])
         sch.reorder(*b_loops, io, jo, kk, ii, ji)
         outer = sch.fuse(*b_loops, io) if b_loops else io
-        if _cores(target) > 1:  # before decompose_reduction, which breaks the dataflow check
+        if num_cores(target) > 1:  # before decompose_reduction, which breaks the dataflow check
             sch.parallel(outer)
         sch.reverse_compute_at(store, jo, preserve_unit_loops=True)
 
@@ -192,7 +189,7 @@ class RowReduction(ScheduleRule):
         last = sch.get_sblock(names[-1])
         loops = sch.get_loops(last)
         rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
-        if _cores(target) > 1:
+        if num_cores(target) > 1:
             sch.parallel(rows)
         for rv in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
             sch.compute_at(rv, rows, preserve_unit_loops=True)

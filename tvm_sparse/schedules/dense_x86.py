@@ -36,7 +36,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from ..target import resolve_target
+from ..target import num_cores, resolve_target
 from .kernel import KernelCall
 from .kernel import finish as _finish
 
@@ -71,11 +71,6 @@ def choose_tiling(rows: int, cols: int, num_cores: int = 1) -> GemmTiling:
         return GemmTiling(mr=mr, nb=16, parallel=num_cores > 1)
     nb = {1: 64, 2: 32, 3: 32}[rows]
     return GemmTiling(mr=rows, nb=min(nb, col_cap), parallel=num_cores > 1)
-
-
-def _num_cores(target: tvm.target.Target) -> int:
-    cores = target.attrs.get("num-cores", 1) if target.attrs is not None else 1
-    return max(1, int(cores))
 
 
 def _apply_activation(value: te.Tensor, activation: str | None):
@@ -209,7 +204,7 @@ def dense_linear(
     target = resolve_target(target or "llvm")
     weight = np.asarray(weight, dtype=np.float32)
     n, k = weight.shape
-    tiling = tiling or choose_tiling(m, n, _num_cores(target))
+    tiling = tiling or choose_tiling(m, n, num_cores(target))
     params = linear_compute(m, k, n, tiling, bias is not None, activation)
     sch = s_tir.Schedule(te.create_prim_func(params))
     schedule_gemm(sch, tiling)
@@ -487,10 +482,10 @@ def dense_conv2d(
     )
     if min(geo.out_hw) <= 0:
         raise ValueError(f"conv2d output is empty: x {tuple(x_shape)}, weight {weight.shape}")
-    parallel = _num_cores(target) > 1
+    parallel = num_cores(target) > 1
     info = {"kind": "dense_conv2d", "macs": geo.macs, "activation": activation, "groups": groups}
     if groups == 1:
-        tiling = tiling or choose_conv_tiling(geo.out_hw[1], _num_cores(target))
+        tiling = tiling or choose_conv_tiling(geo.out_hw[1], num_cores(target))
         params = conv_implicit_gemm_compute(geo, tiling, bias is not None, activation)
         sch = s_tir.Schedule(te.create_prim_func(params))
         schedule_conv_implicit_gemm(sch, tiling)

@@ -15,12 +15,9 @@ from tvm import s_tir
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.base import ScheduleRule
 
+from ..target import num_cores
+
 _MIN_PARALLEL_WORK = 1 << 14  # iterations below which a parallel launch does not pay
-
-
-def _num_cores(target: tvm.target.Target) -> int:
-    cores = target.attrs.get("num-cores", 1) if target is not None else 1
-    return max(int(cores), 1)
 
 
 def _static_extent(loop_sref) -> int | None:
@@ -44,7 +41,7 @@ class ParallelSpatial(ScheduleRule):
         except Exception:  # noqa: BLE001 - functions without a root block are left alone
             return None
         changed = False
-        cores = _num_cores(target)
+        cores = num_cores(target)
         for block in sch.get_child_blocks(root):
             changed |= self._parallelize(sch, block, cores)
         return sch if changed else None

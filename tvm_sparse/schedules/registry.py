@@ -13,6 +13,7 @@ import numpy as np
 import tvm
 
 from ..passes.layers import LINEAR, LayerSpec
+from ..target import num_cores
 from .cost_model import DEFAULT_MACHINE, MachineModel
 from .kernel import KernelCall
 
@@ -30,10 +31,6 @@ class Candidate:
     build: Callable[[], KernelCall]
 
 
-def _cores(target: tvm.target.Target) -> int:
-    return max(int(target.attrs.get("num-cores", 1)), 1)
-
-
 def _index_bytes(extent: int) -> int:
     return 2 if extent < 2**15 else 4
 
@@ -45,7 +42,7 @@ def linear_candidates(
 
     w = layer.weight
     m, (n, k) = layer.rows, w.shape
-    cores = _cores(target)
+    cores = num_cores(target)
     act, bias = layer.activation, layer.bias
     gmacs = machine.gemv_gmacs if m < 4 else machine.dense_gmacs
     dense_bytes = w.nbytes + 4 * m * (n + k)
@@ -114,7 +111,7 @@ def conv2d_candidates(
     from . import dense_x86
 
     w, attrs = layer.weight, layer.conv_attrs
-    cores = _cores(target)
+    cores = num_cores(target)
     macs = layer.macs_dense
     io_bytes = 4 * (int(np.prod(layer.x_shape)) + int(np.prod(layer.out_shape)))
     common = {

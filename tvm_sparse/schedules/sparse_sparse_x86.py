@@ -43,6 +43,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ..formats.complementary import ComplementaryPacked
+from ..target import num_cores
 from ._epilogue import ACTIVATIONS
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
@@ -70,12 +71,6 @@ def _resolve(target) -> tvm.target.Target:
     from ..target import resolve_target
 
     return resolve_target(target)
-
-
-def _cores(target) -> int:
-    if target is None:
-        return 1
-    return max(int(_resolve(target).attrs.get("num-cores", 1)), 1)
 
 
 # --------------------------------------------------------------------------- packing
@@ -434,7 +429,7 @@ def sparse_sparse_linear(
     tab = _tables(ComplementaryPacked.from_dense(weight, max_groups), vector, simd)
     bias_arr, has_bias = _bias_const(bias, n)
     if parallel is None:
-        parallel = m > 1 and _cores(target) > 1
+        parallel = m > 1 and num_cores(target) > 1
     func = _linear_kernel(m, tab, bias_arr.size, has_bias, activation, parallel, simd, prefetch)
     slots = tab.slots_per_input
     bytes_per_slot = 4 + tab.owner_bits // 8
@@ -602,7 +597,7 @@ def sparse_sparse_conv2d(
     tab = _tables(ComplementaryPacked.from_conv_weight(weight, max_groups), vector, simd)
     bias_arr, has_bias = _bias_const(bias, o)
     if parallel is None:
-        parallel = bn > 1 and _cores(target) > 1
+        parallel = bn > 1 and num_cores(target) > 1
     func = _conv_kernel(
         (bn, ci, h, wd), tab, (kh, kw), (oh, ow), (top, left), (sh, sw), (dh, dw),
         bias_arr.size, has_bias, activation, parallel, simd,

@@ -47,6 +47,7 @@ import numpy as np
 import tvm
 
 from ..passes.layers import CONV2D, LINEAR, LayerSpec
+from ..target import num_cores
 from .kernel import KernelCall
 
 log = logging.getLogger("tvm_sparse")
@@ -242,10 +243,6 @@ def best_knobs(candidate: str, key: str, records_dir: str | os.PathLike | None =
 # =============================================================================== knob spaces
 
 
-def _cores(target: tvm.target.Target) -> int:
-    return max(int(target.attrs.get("num-cores", 1)), 1)
-
-
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -319,7 +316,7 @@ def knob_space(candidate: str, layer: LayerSpec, target: tvm.target.Target) -> l
     Knobs the builder does not take are dropped (and the duplicates this makes), so a builder
     that loses a knob narrows the space instead of breaking the tuner.
     """
-    cores = _cores(target)
+    cores = num_cores(target)
     if layer.kind == LINEAR and candidate == "dense":
         space = _dense_linear_space(layer, cores)
     elif layer.kind == LINEAR and candidate == "csr":

@@ -76,6 +76,15 @@ def num_cores(target: Any) -> int:
     return max(int(cores), 1)
 
 
+def has_cpu_features(target: Any, *features: str) -> bool:
+    """Whether LLVM says ``target`` (a spec or Target) has every one of ``features`` (e.g.
+    ``"avx2"``); False for a target LLVM cannot parse."""
+    try:
+        return bool(tvm.target.codegen.target_has_features(list(features), resolve_target(target)))
+    except Exception:  # a target LLVM cannot parse has none
+        return False
+
+
 def is_cpu(target: tvm.target.Target) -> bool:
     return str(target.kind.name) == "llvm"
 

@@ -50,6 +50,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from ..target import has_cpu_features
 from .kernel import KernelCall
 
 _SIGN = 0x80000000
@@ -546,13 +547,7 @@ def _check_sizes(batch: int, n: int, k: int) -> None:
 
 def _simd(target) -> bool:
     """AVX2 (the sampled bracket's compares and lane permutes); ``None`` means this host."""
-    from ..target import resolve_target
-
-    try:
-        tgt = resolve_target("llvm" if target is None else target)
-        return bool(tvm.target.codegen.target_has_features(["avx2"], tgt))
-    except Exception:  # a target LLVM cannot parse has neither
-        return False
+    return has_cpu_features("llvm" if target is None else target, "avx2")
 
 
 def _sample_stride(n: int, stride: int | None, simd: bool) -> int:

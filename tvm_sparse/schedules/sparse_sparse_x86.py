@@ -39,11 +39,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 from tvm.script import tirx as T
 
 from ..formats.complementary import ComplementaryPacked
-from ..target import num_cores
+from ..target import has_cpu_features, num_cores
 from ._epilogue import ACTIVATIONS
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
@@ -65,12 +64,6 @@ def _uint(max_value: int) -> np.dtype:
         if max_value <= np.iinfo(dt).max:
             return np.dtype(dt)
     raise ValueError(f"index {max_value} does not fit in 32 bits")
-
-
-def _resolve(target) -> tvm.target.Target:
-    from ..target import resolve_target
-
-    return resolve_target(target)
 
 
 # --------------------------------------------------------------------------- packing
@@ -358,14 +351,8 @@ def _linear_kernel(m, tab, nbias, has_bias, activation, parallel, simd, prefetch
 
 
 def _simd(target) -> bool:
-    """AVX2 + BMI2 (the vector compaction and scatter); False for an unknown target."""
-    if target is None:
-        return False
-    try:
-        tgt = _resolve(target)
-        return bool(tvm.target.codegen.target_has_features(["avx2", "bmi2"], tgt))
-    except Exception:  # a target LLVM cannot parse has neither
-        return False
+    """AVX2 + BMI2 (the vector compaction and scatter); False for no or an unknown target."""
+    return target is not None and has_cpu_features(target, "avx2", "bmi2")
 
 
 def _cost_info(tab: ScatterTables, macs_dense, useful_per_density, kernel_per_density, density,

@@ -25,12 +25,19 @@ from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
 from ..schedules.tuning import choose_layer_tuned
 from .analyze_sparsity import analyze_function, layer_report
 from .canonicalize import canonicalize_passes
+from .chain_layouts import chain_tile_layouts
 from .fuse_add_layernorm import FuseAddLayerNorm
 from .fuse_attention import fuse_attention_pass
 from .rewrite_kwta import rewrite_kwta_pass
 from .rewrite_layers import rewrite_layers
 
 log = logging.getLogger("tvm_sparse")
+
+_LAYOUT_NOTES = {
+    ("tiles", "rows"): "reads the previous layer's transposed output",
+    ("rows", "tiles"): "output stays transposed for the next layer",
+    ("tiles", "tiles"): "input and output stay transposed",
+}
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Sparsify:
         target = tvm.target.Target.current(allow_none=False)
         plan = {}
         self.layers = []
+        rows_by_tail = {}
         analyzed = analyze_function(mod["main"], self.options.layer_names)
         for i, (layer, act) in enumerate(analyzed):
             start = time.perf_counter()
@@ -74,8 +82,14 @@ class Sparsify:
             row.chosen, row.reason = choice.chosen, choice.reason
             row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
             self.layers.append(row)
+            rows_by_tail[layer.tail_var] = row
             if choice.kernel is not None:
                 plan[layer.tail_var] = (layer, choice.kernel)
+        plan, pairs = chain_tile_layouts(plan, mod["main"])
+        for tail, (layer, kernel) in plan.items():
+            layout = (kernel.info.get("x_layout"), kernel.info.get("y_layout"))
+            if "tiles" in layout:
+                rows_by_tail[tail].reason += "; " + _LAYOUT_NOTES[layout]
         return rewrite_layers(mod, plan)
 
 

@@ -34,6 +34,7 @@ class _LayerRewriter(PyExprMutator):
         super().__init__(mod)
         self.plan = plan
         self.func_cache: dict[int, relax.GlobalVar] = {}
+        self.tile_vars: set[relax.Var] = set()  # original vars now bound to tile-layout tensors
 
     def _rows_of(self, x: relax.Expr, rows_shape: tuple[int, int]) -> relax.Expr:
         """``x`` as ``[rows, features]``. When ``x`` is itself a reshape of a tensor of that
@@ -49,20 +50,27 @@ class _LayerRewriter(PyExprMutator):
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         entry = self.plan.get(binding.var)
         if entry is None:
-            super().visit_var_binding_(binding)
+            # the consumer's own matmul (dead after the rewrite) can't type-check on a tile tensor
+            if not self.tile_vars.intersection(relax.analysis.free_vars(binding.value)):
+                super().visit_var_binding_(binding)
             return
         layer, kernel = entry
         x = self.visit_expr(layer.x_var)
         flatten = layer.kind == LINEAR and len(layer.x_shape) != 2
-        if flatten:
+        # an activation in the tile layout (chain_layouts) passes between kernels as it is
+        x_rows = kernel.info.get("x_layout", "rows") == "rows"
+        y_rows = kernel.info.get("y_layout", "rows") == "rows"
+        if flatten and x_rows:
             x = self._rows_of(x, (layer.rows, layer.x_shape[-1]))
         name = f"{kernel.name}_{layer.index}"
         gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
         # explicit dtype: relax.const turns int64 numpy arrays into int32 by default
         args = [x] + [relax.const(c, str(c.dtype)) for c in kernel.consts]
         out = relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
-        if flatten:
+        if flatten and y_rows:
             out = relax.op.reshape(self.builder_.emit(out, "rows_out"), layer.out_shape)
+        if not y_rows:
+            self.tile_vars.add(binding.var)
         rebind(self, binding.var, out)
 
 

@@ -8,6 +8,7 @@ so a kernel can be built, run and tested without Relax.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,9 @@ class KernelCall:
     """A scheduled kernel and the constants it is called with.
 
     ``func`` takes ``(activation, *consts, out)`` in that order (destination-passing style).
+    ``relayout(x_tiles, y_tiles)``, where a kernel has it, builds the same kernel reading x
+    and/or writing y in the transposed tile layout ``info["m_tile"]`` defines (see
+    ``sparse_x86.tiles_shape``), so two such kernels in a row skip a transpose each.
     """
 
     func: tvm.tirx.PrimFunc
@@ -59,6 +63,7 @@ class KernelCall:
     out_shape: tuple[int, ...]
     out_dtype: str = "float32"
     info: dict = field(default_factory=dict)
+    relayout: Callable[[bool, bool], KernelCall] | None = field(default=None, compare=False)
 
     @property
     def const_bytes(self) -> int:

@@ -251,7 +251,8 @@ def _rows_kernel(m, n, k, nchunks, per_word, nbias, has_bias, activation, unroll
 
 
 def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, nbias,
-                  has_bias, activation, m_tile, parallel, prefetch, x_per_panel):  # fmt: skip
+                  has_bias, activation, m_tile, parallel, prefetch, x_per_panel,
+                  x_tiles=False, y_tiles=False):  # fmt: skip
     """BSR (CSR = 1x1 blocks) x dense x with x transposed: yT[row, :] += w * xT[col, :].
 
     ``xT`` is a zero-padded [Kp, Mp] scratch (flat, tile-major), so padded batch lanes and
@@ -273,6 +274,12 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
     ``xT`` vectors per non-zero), so the load saved per non-zero is ~5% of the layer. The
     ``yT`` row of the slot two ahead is prefetched when slots are long enough (``prefetch``):
     it was evicted to L2 since the last panel.
+
+    ``x_tiles`` / ``y_tiles``: x comes in, or y goes out, already transposed in the tile layout
+    ``[m / m_tile, features, m_tile]`` (``tiles_shape``), which is xT / yT itself. Between two
+    panel kernels this drops the producer's y transpose and the consumer's x transpose (~0.09 ms
+    of a 1 ms 2048x2048 layer at batch 64); with ``y_tiles`` the partial sums accumulate in y
+    itself and the last panel's slot writes act(acc + bias) in place, with no transposing pass.
     """
     r, c = block
     idx_dtype, ptr_dtype, row_dtype = dtypes
@@ -294,15 +301,26 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
     exact_x = m == mp and k == kp and k % 16 == 0 and m_tile % 8 == 0
     exact_y = rb_out % 16 == 0 and n % rb_out == 0 and m % m_tile == 0 and m_tile % 8 == 0
     nxt = panel_w * m_tile if x_per_panel else ntiles * kp * m_tile
+    if x_tiles or y_tiles:
+        assert m == mp and k == kp and n == nbr * r and m_tile % 8 == 0
+    assert not (x_tiles and x_per_panel)
+    x_shape = (ntiles, k, m_tile) if x_tiles else (m, k)
+    y_shape = (ntiles, n, m_tile) if y_tiles else (m, n)
 
     @T.macro
     def body(x, wts, cols, seg, slot_rows, bias, y):
         # tile-major: a tile's rows are contiguous, so a panel of them covers every L1 set (rows
         # of the full width would use 1 / ntiles of the sets and evict each other); flat, so a
         # record's pre-scaled offset indexes it directly
-        xt = T.alloc_buffer((nxt,), "float32", scope="global")
-        yt = T.alloc_buffer((nrb * rb_out, m_tile), "float32", scope="global")
-        if not x_per_panel:
+        if x_tiles:  # x is xT already
+            xt = T.decl_buffer((nxt,), "float32", data=x.data)
+        else:
+            xt = T.alloc_buffer((nxt,), "float32", scope="global")
+        if y_tiles:  # y is yT already: accumulate there (no yT scratch in L2 beside y)
+            yt = T.decl_buffer((ntiles * n, m_tile), "float32", data=y.data)
+        else:
+            yt = T.alloc_buffer((nrb * rb_out, m_tile), "float32", scope="global")
+        if not x_per_panel and not x_tiles:
             if exact_x:
                 # no padding: 8 x 8 register transposes straight into xT, 16 columns (a cache line
                 # of x) a step; 4 such steps per batch block, so each x row is read 256 contiguous
@@ -330,6 +348,7 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
         for t in range(ntiles):
             for rb in rows(nrb):
                 rl: T.let = T.min(row_block, nbr - rb * row_block)
+                ybase: T.let = t * n if y_tiles else 0
                 for p in range(npanels):
                     if x_per_panel:  # this panel of this tile into the panel-sized xT
                         for bb in range(m_tile // 8):
@@ -366,10 +385,10 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
                                 )
                                 for a in T.unroll(r):
                                     for h in T.unroll(nline):
-                                        T.evaluate(_prefetch(yt, ahead * r + a, h * 16))
+                                        T.evaluate(_prefetch(yt, ybase + ahead * r + a, h * 16))
                             for a in T.unroll(r):
                                 for v in T.vectorized(m_tile):
-                                    acc[a * m_tile + v] = yt[ib * r + a, v]
+                                    acc[a * m_tile + v] = yt[ybase + ib * r + a, v]
                         if packed:
                             xbase: T.let = T.Cast(
                                 "int64", -p * panel_w * m_tile if x_per_panel else t * kp * m_tile
@@ -391,11 +410,28 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
                                                 acc[a * m_tile + v]
                                                 + w * xt[(t * kp + col + e) * m_tile + v]
                                             )
-                        for a in T.unroll(r):
-                            for v in T.vectorized(m_tile):
-                                yt[ib * r + a, v] = acc[a * m_tile + v]
+                        if y_tiles and p == npanels - 1:  # the finished row, straight to y
+                            for a in T.unroll(r):
+                                for vb in T.unroll(m_tile // 8):
+                                    if has_bias:
+                                        y[t, ib * r + a, T.ramp(vb * 8, 1, 8)] = _epilogue(
+                                            acc[T.ramp(a * m_tile + vb * 8, 1, 8)]
+                                            + T.broadcast(bias[ib * r + a], 8),
+                                            activation,
+                                            8,
+                                        )
+                                    else:
+                                        y[t, ib * r + a, T.ramp(vb * 8, 1, 8)] = _epilogue(
+                                            acc[T.ramp(a * m_tile + vb * 8, 1, 8)], activation, 8
+                                        )
+                        else:
+                            for a in T.unroll(r):
+                                for v in T.vectorized(m_tile):
+                                    yt[ybase + ib * r + a, v] = acc[a * m_tile + v]
                 # the row block's yT -> y, 16 outputs (one cache line of a y row) at a time
-                if exact_y:  # 8 x 8 register transposes
+                if y_tiles:
+                    pass
+                elif exact_y:  # 8 x 8 register transposes
                     for q in range(rb_out // 16):
                         for vb in range(m_tile // 8):
                             o: T.let = rb * rb_out + q * 16
@@ -436,12 +472,12 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
 
         @T.prim_func
         def kernel(
-            x: T.Buffer((m, k), "float32"),
+            x: T.Buffer(x_shape, "float32"),
             recs: T.Buffer((nidx,), "int64"),
             seg: T.Buffer((npanels * nbr + 1,), ptr_dtype),
             slot_rows: T.Buffer((nslots,), row_dtype),
             bias: T.Buffer((nbias,), "float32"),
-            y: T.Buffer((m, n), "float32"),
+            y: T.Buffer(y_shape, "float32"),
         ):
             body(x, recs, recs, seg, slot_rows, bias, y)
 
@@ -449,13 +485,13 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
 
         @T.prim_func
         def kernel(
-            x: T.Buffer((m, k), "float32"),
+            x: T.Buffer(x_shape, "float32"),
             vals: T.Buffer((nval,), "float32"),
             cols: T.Buffer((nidx,), idx_dtype),
             seg: T.Buffer((npanels * nbr + 1,), ptr_dtype),
             slot_rows: T.Buffer((nslots,), row_dtype),
             bias: T.Buffer((nbias,), "float32"),
-            y: T.Buffer((m, n), "float32"),
+            y: T.Buffer(y_shape, "float32"),
         ):
             body(x, vals, cols, seg, slot_rows, bias, y)
 
@@ -688,11 +724,18 @@ def _x_per_panel(m, k, block, m_tile, nbr, row_block, panel_w) -> bool:
     return (r, c) == (1, 1) and exact and row_block >= nbr and nbr <= 512 and panel_w % 16 == 0
 
 
+def tiles_shape(m: int, features: int, m_tile: int) -> tuple[int, int, int]:
+    """Shape of an activation [m, features] in the panel kernels' transposed tile layout."""
+    return (m // m_tile, features, m_tile)
+
+
 def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols, row_block,
-                parallel):  # fmt: skip
+                parallel, x_tiles=False, y_tiles=False):  # fmt: skip
     n, k = bsr.shape
     r, c = bsr.block
     m_tile = max(1, min(m_tile, -(-m // 8) * 8))
+    # the tile layout needs whole tiles and whole blocks (xT / yT hold no padding then)
+    tileable = m % m_tile == 0 and m_tile % 8 == 0 and k % c == 0 and n % r == 0
     if panel_cols is None:  # 128 columns x 64 lanes measured best (xT rows of a panel: 32 KiB)
         panel_cols = max(c, 8192 // m_tile)
     nbr = max(1, -(-n // r))
@@ -706,27 +749,38 @@ def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols
         vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
     dtypes = (str(cols.dtype), str(seg.dtype), str(slot_rows.dtype))
     # prefetching the yT row two slots ahead pays where a slot's blocks hide its latency; on
-    # short slots (1% density: ~1 block) its extra load and 4 prefetches cost more (+4%)
-    prefetch = bsr.nblocks >= 4 * npanels * nbr
+    # short slots (1% density: ~1 block) its extra load and 4 prefetches cost more (+4%); and
+    # with y in the tile layout (yT is y itself) it measured 1.5-3.5% slower (A/B, 2048x2048 at
+    # batch 64, 1536x384 at 128 rows)
+    prefetch = bsr.nblocks >= 4 * npanels * nbr and not y_tiles
     panel_w = max(1, panel_cols // c) * c  # weight columns per panel, whole blocks
-    per_panel = _x_per_panel(m, k, (r, c), m_tile, nbr, row_block, panel_w)
+    if (x_tiles or y_tiles) and not tileable:
+        raise ValueError(f"{name}: no tile layout for batch {m}, m_tile {m_tile}, block {r}x{c}")
+    per_panel = _x_per_panel(m, k, (r, c), m_tile, nbr, row_block, panel_w) and not x_tiles
     func = _panel_kernel(
         m, n, k, (r, c), bsr.nblocks, npanels, panel_w, row_block, dtypes, bias_arr.size,
-        has_bias, activation, m_tile, parallel, prefetch, per_panel,
+        has_bias, activation, m_tile, parallel, prefetch, per_panel, x_tiles, y_tiles,
     )  # fmt: skip
     weights = (panel_records(vals, cols, m_tile),) if (r, c) == (1, 1) else (vals, cols)
     info = _linear_info(
         "panel", m, n, k, bsr.nnz, bsr.stored,
         sum(a.nbytes for a in weights) + seg.nbytes + slot_rows.nbytes,
         {"format": bsr.stats(), "m_tile": m_tile, "panels": npanels, "row_block": row_block,
-         "prefetch": prefetch, "x_per_panel": per_panel},
+         "prefetch": prefetch, "x_per_panel": per_panel,
+         "x_layout": "tiles" if x_tiles else "rows", "y_layout": "tiles" if y_tiles else "rows"},
     )  # fmt: skip
+
+    def relayout(x_tiles: bool, y_tiles: bool) -> KernelCall:
+        return _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols,
+                           row_block, parallel, x_tiles, y_tiles)  # fmt: skip
+
     return KernelCall(
         func=_finish(func),
         name=name,
         consts=(*weights, seg, slot_rows, bias_arr),
-        out_shape=(m, n),
+        out_shape=tiles_shape(m, n, m_tile) if y_tiles else (m, n),
         info=info,
+        relayout=relayout if tileable else None,
     )
 
 
@@ -796,6 +850,7 @@ __all__ = [
     "csr_linear",
     "pack_gather_rows",
     "pack_panels",
+    "tiles_shape",
     "pack_row_panels",
     "panel_records",
     "sparse_conv2d",

@@ -319,3 +319,59 @@ def test_sparse_conv2d_rejects_groups():
 def test_rejects_unknown_activation():
     with pytest.raises(ValueError, match="activation"):
         csr_linear(1, np.eye(4, dtype=np.float32), activation="tanh")
+
+
+def to_tiles(a: np.ndarray, m_tile: int) -> np.ndarray:
+    """[m, features] -> the panel kernels' tile layout [m / m_tile, features, m_tile]."""
+    m, f = a.shape
+    return np.ascontiguousarray(a.reshape(m // m_tile, m_tile, f).transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("layout", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize(
+    "m, density, block, panel_cols",
+    [
+        (64, 0.1, (1, 1), 32),  # three panels: y accumulates in place across them
+        (128, "one", (1, 1), None),  # two tiles, one panel
+        (32, 0.0, (1, 1), 32),  # empty weight: bias only, written by the last panel
+        (64, 1.0, (1, 1), 48),
+        (64, 0.3, (2, 4), 32),  # BSR blocks
+    ],
+)
+def test_panel_kernel_tile_layouts(layout, m, density, block, panel_cols):
+    """x read, y written, or both in the transposed tile layout: the same values as the row
+    layout, for every activation (chosen by the case) and with the x-per-panel path (m=64)."""
+    x_tiles, y_tiles = layout
+    rng = np.random.default_rng(hash((m, str(density), block)) % 2**32)
+    shape = (48, 96)
+    w = one_nonzero(shape) if density == "one" else weight(rng, shape, density, block)
+    activation = [None, "relu", "gelu"][m % 3]
+    bias = rng.standard_normal(shape[0]).astype(np.float32)
+    x = rng.standard_normal((m, shape[1])).astype(np.float32)
+    if block == (1, 1):
+        base = csr_linear(m, w, bias, activation, TARGET, panel_cols=panel_cols)
+    else:
+        base = bsr_linear(m, w, block, bias, activation, TARGET, panel_cols=panel_cols)
+    m_tile = base.info["m_tile"]
+    call = base.relayout(x_tiles, y_tiles)
+    assert (call.info["x_layout"], call.info["y_layout"]) == (
+        "tiles" if x_tiles else "rows",
+        "tiles" if y_tiles else "rows",
+    )
+    assert not (x_tiles and call.info["x_per_panel"])
+    assert call.info["prefetch"] is False or not y_tiles
+    ref = linear_ref(x, w, bias, activation)
+    out = run_kernel(call, TARGET, to_tiles(x, m_tile) if x_tiles else x)
+    assert out.shape == call.out_shape
+    expected = to_tiles(ref, m_tile) if y_tiles else ref
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tile_layout_needs_whole_tiles():
+    """A batch that is no multiple of the tile has no tile form (the layout would need padding);
+    the row kernel (small batches) has none either."""
+    rng = np.random.default_rng(3)
+    w = weight(rng, (16, 32), 0.2)
+    assert csr_linear(70, w, target=TARGET).relayout is None
+    assert csr_linear(2, w, target=TARGET).relayout is None
+    assert csr_linear(64, w, target=TARGET).relayout is not None

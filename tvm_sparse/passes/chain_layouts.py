@@ -52,6 +52,6 @@ def chain_tile_layouts(plan: Plan, func: relax.Function) -> tuple[Plan, list[tup
         if tail in x_tiles or tail in y_tiles:
             kernel = kernel.relayout(tail in x_tiles, tail in y_tiles)
         chained[tail] = (layer, kernel)
-    for producer, consumer in pairs:
-        log.info("%s -> %s: activations stay transposed (tile layout)", producer, consumer)
+    for src, dst in pairs:
+        log.info("%s -> %s: activations stay transposed (tile layout)", src, dst)
     return chained, pairs

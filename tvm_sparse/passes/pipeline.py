@@ -1,7 +1,8 @@
 """The tvm-sparse compiler, phase by phase. Reading this file tells you the whole pipeline.
 
 1. canonicalize  BatchNorm/scale folded into layers, constant transposes folded
-2. sparsify      analyze every layer, choose dense / sparse kernel, rewrite to call_tir;
+2. sparsify      analyze every layer, choose dense / sparse kernel, keep activations
+                 transposed between consecutive batched sparse linears, rewrite to call_tir;
                  then k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel,
                  attention (Q K^T, mask, softmax, V, the head permutes) -> one kernel,
                  and layer_norm(residual add) -> one kernel

@@ -74,6 +74,16 @@ def op_name(expr: relax.Expr) -> str | None:
     return None
 
 
+def reshape_input(expr: relax.Expr, binding_of: Callable[[relax.Var], Any]) -> relax.Expr | None:
+    """The input of the ``reshape`` bound to ``expr`` (the same values, row-major), else None.
+
+    ``binding_of`` looks a var's value up (a bindings dict's ``get``, or a mutator's
+    ``builder_.lookup_binding``); callers add their own conditions on the input's shape.
+    """
+    value = binding_of(expr) if isinstance(expr, relax.Var) else None
+    return value.args[0] if op_name(value) == "relax.reshape" else None
+
+
 def rebind(mutator, var: relax.Var, value: relax.Expr) -> None:
     """Emit ``value`` in place of ``var``'s binding (a dataflow var stays one, an output stays
     an output, the name is kept) and make later uses of ``var`` read the new var."""

@@ -22,6 +22,7 @@ from ._relax_utils import (
     llvm_target,
     op_name,
     rebind,
+    reshape_input,
     rewrite_functions,
     static_shape,
     use_counts,
@@ -30,10 +31,9 @@ from ._relax_utils import (
 
 def _flat(expr: relax.Expr, bindings: dict) -> relax.Expr:
     """The input of the reshape that produced ``expr`` (the same values row-major), else it."""
-    value = bindings.get(expr) if isinstance(expr, relax.Var) else None
-    if op_name(value) == "relax.reshape" and dtype_of(value.args[0]) == "float32":
-        if static_shape(value.args[0]) is not None:
-            return value.args[0]
+    src = reshape_input(expr, bindings.get)
+    if src is not None and dtype_of(src) == "float32" and static_shape(src) is not None:
+        return src
     return expr
 
 

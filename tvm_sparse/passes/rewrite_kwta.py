@@ -30,6 +30,7 @@ from ._relax_utils import (
     llvm_target,
     op_name,
     rebind,
+    reshape_input,
     rewrite_functions,
     static_shape,
     use_counts,
@@ -60,10 +61,9 @@ def _rewritable(match: KwtaMatch) -> bool:
 
 def _flat_source(x: relax.Expr, bindings: dict) -> relax.Expr:
     """The input of the reshape that produced ``x`` (same values, row-major), else ``x``."""
-    value = bindings.get(x) if isinstance(x, relax.Var) else None
-    if op_name(value) != "relax.reshape":
+    src = reshape_input(x, bindings.get)
+    if src is None:
         return x
-    src = value.args[0]
     shape, flat = static_shape(src), static_shape(x)
     if shape is None or flat is None or len(shape) < 2 or shape[0] != flat[0]:
         return x

@@ -12,7 +12,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..schedules.kernel import KernelCall
-from ._relax_utils import rebind, static_shape
+from ._relax_utils import rebind, reshape_input, static_shape
 from .layers import LINEAR, LayerSpec
 
 
@@ -40,11 +40,9 @@ class _LayerRewriter(PyExprMutator):
         """``x`` as ``[rows, features]``. When ``x`` is itself a reshape of a tensor of that
         shape (the previous kernel's output, put back into 3-D), that tensor: FuseOps would
         turn the reshape pair into a copy kernel."""
-        value = self.builder_.lookup_binding(x) if isinstance(x, relax.Var) else None
-        if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.reshape"):
-            src = value.args[0]
-            if static_shape(src) == rows_shape:
-                return src
+        src = reshape_input(x, self.builder_.lookup_binding)
+        if src is not None and static_shape(src) == rows_shape:
+            return src
         return self.builder_.emit(relax.op.reshape(x, rows_shape), "rows")
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:

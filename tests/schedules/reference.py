@@ -18,6 +18,21 @@ def act(v: np.ndarray, activation: str | None) -> np.ndarray:
     return v
 
 
+def sparse_weight(rng, shape, density, block=(1, 1)) -> np.ndarray:
+    """A float32 weight keeping about ``density`` of the (r x c) blocks of its [rows, -1] view
+    (conv filters flattened OIHW); ``density="one"``: a single non-zero, 1.5, in the middle
+    row's last column (the last block of a panel or tile, where off-by-ones hide)."""
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    if density == "one":
+        w = np.zeros((rows, cols), np.float32)
+        w[rows // 2, -1] = 1.5
+        return w.reshape(shape)
+    r, c = block
+    grid = rng.random((-(-rows // r), -(-cols // c))) < density
+    mask = np.kron(grid, np.ones((r, c), dtype=bool))[:rows, :cols]
+    return (rng.standard_normal((rows, cols)) * mask).astype(np.float32).reshape(shape)
+
+
 def linear_ref(x, w, bias=None, activation=None):
     """act(x @ w.T + bias) in float64; NaN / Inf weights give NaN rows, as expected."""
     with np.errstate(invalid="ignore", over="ignore"):

@@ -11,17 +11,9 @@ from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.sparse_conv_x86 import _flat_tiles, sparse_conv2d
 from tvm_sparse.target import resolve_target
 
-from .reference import conv_ref
+from .reference import conv_ref, sparse_weight
 
 TARGET = resolve_target("llvm")
-
-
-def sparse_weight(rng, shape, density):
-    if density == "one":
-        w = np.zeros(shape, np.float32)
-        w[shape[0] // 2, -1, -1, 0] = 1.5
-        return w
-    return (rng.standard_normal(shape) * (rng.random(shape) < density)).astype(np.float32)
 
 
 def check(call, x, expected):

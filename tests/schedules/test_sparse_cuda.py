@@ -19,6 +19,8 @@ from tvm_sparse.formats.bsr import BSR
 from tvm_sparse.passes.layers import LINEAR, LayerSpec
 from tvm_sparse.schedules import sparse_cuda as sc
 
+from .reference import sparse_weight
+
 CUDA = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
 HAS_GPU = tvm.cuda(0).exist
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
@@ -26,9 +28,7 @@ needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU on this machine"
 
 
 def _weight(n, k, density, seed=0):
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    return w * (rng.random((n, k)) < density)
+    return sparse_weight(np.random.default_rng(seed), (n, k), density)
 
 
 def _cuda_source(call) -> str:

@@ -24,7 +24,7 @@ from tvm_sparse.schedules.sparse_sparse_x86 import (
 from tvm_sparse.sparsify import complementary_mask, random_mask
 from tvm_sparse.target import resolve_target
 
-from .reference import conv_ref, linear_ref
+from .reference import conv_ref, linear_ref, sparse_weight
 
 TARGET = resolve_target("llvm")
 
@@ -40,11 +40,12 @@ def sparse_x(rng, shape, density):
 
 
 def sparse_w(rng, shape, density, kind="random"):
-    w = rng.standard_normal(shape).astype(np.float32)
+    """``reference.sparse_weight`` with an exact non-zero count (``random_mask``), or with
+    disjoint-support groups (``complementary_mask``) that the packing overlays."""
     if density == "one":
-        mask = np.zeros(shape, dtype=bool)
-        mask.reshape(shape[0], -1)[shape[0] // 2, -1] = True
-    elif kind == "complementary":
+        return sparse_weight(rng, shape, "one")
+    w = rng.standard_normal(shape).astype(np.float32)
+    if kind == "complementary":
         mask = complementary_mask(shape, density, seed=rng)
     else:
         mask = random_mask(shape, density, seed=rng)

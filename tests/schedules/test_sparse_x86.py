@@ -19,22 +19,9 @@ from tvm_sparse.schedules.sparse_x86 import (
 )
 from tvm_sparse.target import resolve_target
 
-from .reference import conv_ref, linear_ref
+from .reference import conv_ref, linear_ref, sparse_weight
 
 TARGET = resolve_target("llvm")
-
-
-def weight(rng, shape, density, block=(1, 1)):
-    r, c = block
-    grid = rng.random((-(-shape[0] // r), -(-shape[1] // c))) < density
-    mask = np.kron(grid, np.ones((r, c), dtype=bool))[: shape[0], : shape[1]]
-    return (rng.standard_normal(shape) * mask).astype(np.float32)
-
-
-def one_nonzero(shape):
-    w = np.zeros(shape, np.float32)
-    w[shape[0] // 2, shape[1] - 1] = 1.5
-    return w
 
 
 def check(call, x, expected):
@@ -48,7 +35,7 @@ def check(call, x, expected):
 def test_csr_linear_matches_dense(m, density):
     rng = np.random.default_rng(hash((m, str(density))) % 2**32)
     shape = (37, 70)
-    w = one_nonzero(shape) if density == "one" else weight(rng, shape, density)
+    w = sparse_weight(rng, shape, density)
     x = rng.standard_normal((m, shape[1])).astype(np.float32)
     check(csr_linear(m, w, target=TARGET), x, linear_ref(x, w))
 
@@ -57,7 +44,7 @@ def test_csr_linear_matches_dense(m, density):
 @pytest.mark.parametrize("activation", [None, "relu", "gelu"])
 def test_csr_linear_bias_activation(m, activation):
     rng = np.random.default_rng(7)
-    w = weight(rng, (24, 40), 0.2)
+    w = sparse_weight(rng, (24, 40), 0.2)
     bias = rng.standard_normal(24).astype(np.float32)
     x = rng.standard_normal((m, 40)).astype(np.float32)
     call = csr_linear(m, w, bias, activation, TARGET)
@@ -76,7 +63,7 @@ def test_all_zero_weight_gives_bias(m):
 @pytest.mark.parametrize("kind", ["csr", "bsr"])
 def test_nan_inf_weights_propagate_like_dense(m, kind):
     rng = np.random.default_rng(3)
-    w = weight(rng, (16, 24), 0.3)
+    w = sparse_weight(rng, (16, 24), 0.3)
     w[2, 5], w[7, 0], w[11, 23] = np.nan, np.inf, -np.inf
     x = rng.standard_normal((m, 24)).astype(np.float32)
     x[:, 23] = 0.0  # -inf * 0 is NaN in the dense product too
@@ -96,7 +83,7 @@ def test_nan_inf_weights_propagate_like_dense(m, kind):
 def test_bsr_linear_matches_dense(block, m):
     rng = np.random.default_rng(11)
     shape = (45, 67)  # not a multiple of any block: padding on both sides
-    w = weight(rng, shape, 0.3, block)
+    w = sparse_weight(rng, shape, 0.3, block)
     bias = rng.standard_normal(shape[0]).astype(np.float32)
     x = rng.standard_normal((m, shape[1])).astype(np.float32)
     call = bsr_linear(m, w, block, bias, "relu", TARGET)
@@ -106,7 +93,7 @@ def test_bsr_linear_matches_dense(block, m):
 
 def test_panel_kernel_many_column_panels():
     rng = np.random.default_rng(5)
-    w = weight(rng, (50, 300), 0.1)
+    w = sparse_weight(rng, (50, 300), 0.1)
     x = rng.standard_normal((20, 300)).astype(np.float32)
     call = csr_linear(20, w, target=TARGET, panel_cols=32, m_tile=8)
     assert call.info["panels"] == 10
@@ -121,7 +108,7 @@ def test_panel_kernel_row_blocks_and_register_transposes(activation, row_block, 
     multiple of 16 outputs that divides the output takes them for y (a vector epilogue, GELU
     included); row_block=24 leaves a short last block and the scalar write."""
     rng = np.random.default_rng(13)
-    w = weight(rng, (64, k), 0.2)
+    w = sparse_weight(rng, (64, k), 0.2)
     w[5] = 0.0  # an empty row: its slots have no blocks
     bias = rng.standard_normal(64).astype(np.float32)
     x = rng.standard_normal((16, k)).astype(np.float32)
@@ -132,7 +119,7 @@ def test_panel_kernel_row_blocks_and_register_transposes(activation, row_block, 
 
 def test_row_panel_packing_sorts_slots_and_keeps_every_block():
     rng = np.random.default_rng(4)
-    w = weight(rng, (10, 40), 0.3)
+    w = sparse_weight(rng, (10, 40), 0.3)
     bsr = BSR.from_dense(w, (1, 1))
     vals, cols, seg, rows, npanels = pack_row_panels(bsr, 16, 4)
     assert npanels == 3 and seg.size == 3 * 10 + 1 and rows.size == 3 * 10
@@ -165,7 +152,7 @@ def test_panel_kernel_batches_and_densities(m, density):
     slot on) runs; bias and activation vary with the case."""
     rng = np.random.default_rng(hash((m, str(density))) % 2**32)
     shape = (40, 96)
-    w = one_nonzero(shape) if density == "one" else weight(rng, shape, density)
+    w = sparse_weight(rng, shape, density)
     case = PANEL_DENSITIES.index(density)
     activation = [None, "relu", "gelu"][case % 3]
     bias = rng.standard_normal(shape[0]).astype(np.float32) if case % 2 else None
@@ -185,7 +172,7 @@ def test_panel_kernel_x_transpose_paths_with_nan_inf(row_block, per_panel):
     blocks transpose it up front. NaN / Inf weights reach the output through the int64 records
     exactly where the dense product has them."""
     rng = np.random.default_rng(21)
-    w = weight(rng, (48, 80), 0.5)  # 40 blocks per row: the prefetch path
+    w = sparse_weight(rng, (48, 80), 0.5)  # 40 blocks per row: the prefetch path
     w[3, 7], w[20, 79], w[33, 40] = np.nan, np.inf, -np.inf
     bias = rng.standard_normal(48).astype(np.float32)
     x = rng.standard_normal((32, 80)).astype(np.float32)
@@ -217,7 +204,7 @@ def test_panel_records_keep_value_bits_and_offsets():
 def test_row_kernel_small_batches(m, row_batch):
     """The row kernel serves ``row_batch`` batch rows per decoded chunk; leftovers are dropped."""
     rng = np.random.default_rng(m * 10 + row_batch)
-    w = weight(rng, (19, 45), 0.3)
+    w = sparse_weight(rng, (19, 45), 0.3)
     bias = rng.standard_normal(19).astype(np.float32)
     x = rng.standard_normal((m, 45)).astype(np.float32)
     call = csr_linear(m, w, bias, "relu", TARGET, min_batch=99, row_batch=row_batch)
@@ -227,7 +214,7 @@ def test_row_kernel_small_batches(m, row_batch):
 
 def test_int32_indices_when_columns_exceed_int16():
     rng = np.random.default_rng(2)
-    w = weight(rng, (3, 40000), 0.001)
+    w = sparse_weight(rng, (3, 40000), 0.001)
     w[0, 39999] = 2.0
     x = rng.standard_normal((1, 40000)).astype(np.float32)
     call = csr_linear(1, w, target=TARGET)
@@ -240,7 +227,7 @@ def test_int32_indices_when_columns_exceed_int16():
 
 def test_row_kernel_on_generic_x86():
     rng = np.random.default_rng(4)
-    w = weight(rng, (20, 33), 0.3)
+    w = sparse_weight(rng, (20, 33), 0.3)
     x = rng.standard_normal((1, 33)).astype(np.float32)
     generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
     call = csr_linear(1, w, target=generic)
@@ -261,7 +248,7 @@ def test_gather_packing_pads_with_read_columns():
 
 
 def test_info_reports_cost():
-    w = weight(np.random.default_rng(0), (64, 64), 0.25)
+    w = sparse_weight(np.random.default_rng(0), (64, 64), 0.25)
     info = csr_linear(4, w, target=TARGET).info
     assert info["nnz"] == np.count_nonzero(w)
     assert info["macs_sparse"] >= 4 * info["nnz"] and info["bytes"] > 0
@@ -281,7 +268,7 @@ CONV_CASES = [
 def test_sparse_conv2d_matches_dense(case):
     x_shape, w_shape, density, strides, padding, dilation, activation = case
     rng = np.random.default_rng(9)
-    w = weight(rng, (w_shape[0], int(np.prod(w_shape[1:]))), density).reshape(w_shape)
+    w = sparse_weight(rng, w_shape, density)
     bias = rng.standard_normal(w_shape[0]).astype(np.float32)
     x = rng.standard_normal(x_shape).astype(np.float32)
     call = sparse_conv2d(x_shape, w, bias, strides, padding, dilation, 1, activation, TARGET)
@@ -293,7 +280,7 @@ def test_sparse_conv2d_matches_dense(case):
 def test_sparse_conv2d_tiles_agree(tile):
     """The wide tile (rows over the padded width) and the classic tile give the same output."""
     rng = np.random.default_rng(11)
-    w = weight(rng, (7, 3 * 9), 0.4).reshape(7, 3, 3, 3)
+    w = sparse_weight(rng, (7, 3, 3, 3), 0.4)
     bias = rng.standard_normal(7).astype(np.float32)
     x = rng.standard_normal((2, 3, 8, 12)).astype(np.float32)
     pads = (1, 2, 1, 0)
@@ -344,7 +331,7 @@ def test_panel_kernel_tile_layouts(layout, m, density, block, panel_cols):
     x_tiles, y_tiles = layout
     rng = np.random.default_rng(hash((m, str(density), block)) % 2**32)
     shape = (48, 96)
-    w = one_nonzero(shape) if density == "one" else weight(rng, shape, density, block)
+    w = sparse_weight(rng, shape, density, block)
     activation = [None, "relu", "gelu"][m % 3]
     bias = rng.standard_normal(shape[0]).astype(np.float32)
     x = rng.standard_normal((m, shape[1])).astype(np.float32)
@@ -371,7 +358,7 @@ def test_tile_layout_needs_whole_tiles():
     """A batch that is no multiple of the tile has no tile form (the layout would need padding);
     the row kernel (small batches) has none either."""
     rng = np.random.default_rng(3)
-    w = weight(rng, (16, 32), 0.2)
+    w = sparse_weight(rng, (16, 32), 0.2)
     assert csr_linear(70, w, target=TARGET).relayout is None
     assert csr_linear(2, w, target=TARGET).relayout is None
     assert csr_linear(64, w, target=TARGET).relayout is not None

@@ -1,0 +1,112 @@
+"""Timing a built kernel: in this process on this CPU, or on a device an RPC tracker hands out.
+
+Building always happens here; only loading and running move to the device with
+:class:`RPCMeasurer`. Both return (seconds, output), so the search can check every setting's
+output against the hand schedule's.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import tvm
+
+from ..kernel import KernelCall
+
+
+class LocalMeasurer:
+    """Builds and times kernels in this process, on this machine's CPU."""
+
+    where = "local"
+
+    def __init__(self, target: tvm.target.Target, repeat: int = 3, min_repeat_ms: int = 30):
+        self.target = target
+        self.repeat = repeat
+        self.min_repeat_ms = min_repeat_ms
+
+    def _load(self, executable) -> tuple[Any, Any]:
+        return executable.jit(), tvm.cpu()
+
+    def run(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1):
+        """Build ``mod`` (its ``main``), time it on ``args`` and return (seconds, output)."""
+        executable = tvm.compile(mod, target=self.target)
+        lib, dev = self._load(executable)
+        tensors = [tvm.runtime.tensor(a, dev) for a in args]
+        lib["main"](*tensors)
+        out = tensors[out_index].numpy()
+        timer = lib.time_evaluator(
+            "main", dev, number=1, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms
+        )
+        return float(np.median(timer(*tensors).results)), out
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RPCMeasurer(LocalMeasurer):
+    """Builds here, runs on a device that a TVM RPC tracker hands out for ``key``."""
+
+    where = "rpc"
+
+    def __init__(self, target: tvm.target.Target, tracker: str, key: str, **kwargs):
+        super().__init__(target, **kwargs)
+
+        self.host, self.port = _split_tracker(tracker)
+        self.key = key
+        self._session = None
+        self.tmp = tempfile.TemporaryDirectory(prefix="tvm_sparse_rpc_")
+        self.count = 0
+
+    @property
+    def session(self):
+        """The device session, requested from the tracker on first use."""
+        if self._session is None:
+            from tvm import rpc
+
+            tracker = rpc.connect_tracker(self.host, self.port)
+            self._session = tracker.request(self.key, priority=1, session_timeout=0)
+        return self._session
+
+    def release(self) -> None:
+        """Give the device back to the tracker (MetaSchedule's runner requests its own)."""
+        import gc
+
+        self._session = None
+        gc.collect()  # the session closes when its last reference (modules, tensors) goes
+
+    def _load(self, executable) -> tuple[Any, Any]:
+        self.count += 1
+        name = f"k{self.count}.so"
+        path = os.path.join(self.tmp.name, name)
+        executable.export_library(path)
+        self.session.upload(path)
+        return self.session.load_module(name), self.session.cpu()
+
+    def close(self) -> None:
+        self.release()
+        self.tmp.cleanup()
+
+
+def _split_tracker(tracker: str) -> tuple[str, int]:
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit():
+        from ...errors import TvmSparseError
+
+        raise TvmSparseError(f"--rpc-tracker must be HOST:PORT, got {tracker!r}")
+    return host, int(port)
+
+
+def _kernel_module(call: KernelCall) -> tvm.IRModule:
+    return tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")})
+
+
+def measure_kernel(measurer: LocalMeasurer, call: KernelCall, x: np.ndarray):
+    """(seconds, output) of one kernel on ``x`` with its constants."""
+    out = np.zeros(call.out_shape, dtype=call.out_dtype)
+    return measurer.run(_kernel_module(call), [x, *call.consts, out])

@@ -86,7 +86,7 @@ class Sparsify:
             rows_by_tail[layer.tail_var] = row
             if choice.kernel is not None:
                 plan[layer.tail_var] = (layer, choice.kernel)
-        plan, _pairs = chain_tile_layouts(plan, mod["main"])
+        plan = chain_tile_layouts(plan, mod["main"])
         for tail, (_layer, kernel) in plan.items():
             layout = (kernel.info.get("x_layout"), kernel.info.get("y_layout"))
             if "tiles" in layout:

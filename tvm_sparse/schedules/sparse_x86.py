@@ -99,6 +99,11 @@ def _transpose8(src, r0, c0, dst, d0, stride):
     dst[T.ramp(d0 + 7 * stride, 1, 8)] = T.Shuffle([s3, s7], _HALVES_HI)
 
 
+def _plus_bias(v, bias_v, has_bias: bool):
+    """``v + bias_v`` when the kernel has a bias (both TIR expressions of the same lanes)."""
+    return v + bias_v if has_bias else v
+
+
 def _prefetch(buf, row, col):
     """Prefetch the cache line of ``buf[row, col]`` into L1 for reading (``prefetcht0``)."""
     return T.call_llvm_intrin(
@@ -277,8 +282,8 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
 
     ``x_tiles`` / ``y_tiles``: x comes in, or y goes out, already transposed in the tile layout
     ``[m / m_tile, features, m_tile]`` (``tiles_shape``), which is xT / yT itself. Between two
-    panel kernels this drops the producer's y transpose and the consumer's x transpose (~0.09 ms
-    of a 1 ms 2048x2048 layer at batch 64); with ``y_tiles`` the partial sums accumulate in y
+    panel kernels this drops the producer's y transpose and the consumer's x transpose (2048x2048
+    at batch 64: 0.98 -> 0.94 ms with both, A/B); with ``y_tiles`` the partial sums accumulate in y
     itself and the last panel's slot writes act(acc + bias) in place, with no transposing pass.
     """
     r, c = block
@@ -413,24 +418,22 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
                         if y_tiles and p == npanels - 1:  # the finished row, straight to y
                             for a in T.unroll(r):
                                 for vb in T.unroll(m_tile // 8):
-                                    if has_bias:
-                                        y[t, ib * r + a, T.ramp(vb * 8, 1, 8)] = _epilogue(
-                                            acc[T.ramp(a * m_tile + vb * 8, 1, 8)]
-                                            + T.broadcast(bias[ib * r + a], 8),
-                                            activation,
-                                            8,
-                                        )
-                                    else:
-                                        y[t, ib * r + a, T.ramp(vb * 8, 1, 8)] = _epilogue(
-                                            acc[T.ramp(a * m_tile + vb * 8, 1, 8)], activation, 8
-                                        )
+                                    y[t, ib * r + a, T.ramp(vb * 8, 1, 8)] = _epilogue(
+                                        _plus_bias(
+                                            acc[T.ramp(a * m_tile + vb * 8, 1, 8)],
+                                            T.broadcast(bias[ib * r + a], 8),
+                                            has_bias,
+                                        ),
+                                        activation,
+                                        8,
+                                    )
                         else:
                             for a in T.unroll(r):
                                 for v in T.vectorized(m_tile):
                                     yt[ybase + ib * r + a, v] = acc[a * m_tile + v]
                 # the row block's yT -> y, 16 outputs (one cache line of a y row) at a time
                 if y_tiles:
-                    pass
+                    pass  # the last panel's slots wrote y
                 elif exact_y:  # 8 x 8 register transposes
                     for q in range(rb_out // 16):
                         for vb in range(m_tile // 8):
@@ -440,33 +443,24 @@ def _panel_kernel(m, n, k, block, nblocks, npanels, panel_w, row_block, dtypes, 
                             _transpose8(yt, o + 8, vb * 8, tr, 64, 8)
                             for j in T.unroll(8):
                                 for h in T.unroll(2):
-                                    if has_bias:
-                                        y[t * m_tile + vb * 8 + j, T.ramp(o + h * 8, 1, 8)] = (
-                                            _epilogue(
-                                                tr[T.ramp(h * 64 + j * 8, 1, 8)]
-                                                + bias[T.ramp(o + h * 8, 1, 8)],
-                                                activation,
-                                                8,
-                                            )
-                                        )
-                                    else:
-                                        y[t * m_tile + vb * 8 + j, T.ramp(o + h * 8, 1, 8)] = (
-                                            _epilogue(
-                                                tr[T.ramp(h * 64 + j * 8, 1, 8)], activation, 8
-                                            )
-                                        )
+                                    y[t * m_tile + vb * 8 + j, T.ramp(o + h * 8, 1, 8)] = _epilogue(
+                                        _plus_bias(
+                                            tr[T.ramp(h * 64 + j * 8, 1, 8)],
+                                            bias[T.ramp(o + h * 8, 1, 8)],
+                                            has_bias,
+                                        ),
+                                        activation,
+                                        8,
+                                    )
                 else:
                     for q in range(nq):
                         for v in range(m_tile):
                             for e in T.unroll(16):
                                 o1: T.let = rb * rb_out + q * 16 + e
                                 if q * 16 + e < rb_out and o1 < n and t * m_tile + v < m:
-                                    if has_bias:
-                                        y[t * m_tile + v, o1] = _epilogue(
-                                            yt[o1, v] + bias[o1], activation
-                                        )
-                                    else:
-                                        y[t * m_tile + v, o1] = _epilogue(yt[o1, v], activation)
+                                    y[t * m_tile + v, o1] = _epilogue(
+                                        _plus_bias(yt[o1, v], bias[o1], has_bias), activation
+                                    )
 
     if packed:
 
@@ -730,7 +724,7 @@ def tiles_shape(m: int, features: int, m_tile: int) -> tuple[int, int, int]:
 
 
 def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols, row_block,
-                parallel, x_tiles=False, y_tiles=False):  # fmt: skip
+                parallel):  # fmt: skip
     n, k = bsr.shape
     r, c = bsr.block
     m_tile = max(1, min(m_tile, -(-m // 8) * 8))
@@ -748,40 +742,43 @@ def _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols
     if bsr.nblocks == 0:
         vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
     dtypes = (str(cols.dtype), str(seg.dtype), str(slot_rows.dtype))
-    # prefetching the yT row two slots ahead pays where a slot's blocks hide its latency; on
-    # short slots (1% density: ~1 block) its extra load and 4 prefetches cost more (+4%); and
-    # with y in the tile layout (yT is y itself) it measured 1.5-3.5% slower (A/B, 2048x2048 at
-    # batch 64, 1536x384 at 128 rows)
-    prefetch = bsr.nblocks >= 4 * npanels * nbr and not y_tiles
     panel_w = max(1, panel_cols // c) * c  # weight columns per panel, whole blocks
-    if (x_tiles or y_tiles) and not tileable:
-        raise ValueError(f"{name}: no tile layout for batch {m}, m_tile {m_tile}, block {r}x{c}")
-    per_panel = _x_per_panel(m, k, (r, c), m_tile, nbr, row_block, panel_w) and not x_tiles
-    func = _panel_kernel(
-        m, n, k, (r, c), bsr.nblocks, npanels, panel_w, row_block, dtypes, bias_arr.size,
-        has_bias, activation, m_tile, parallel, prefetch, per_panel, x_tiles, y_tiles,
-    )  # fmt: skip
     weights = (panel_records(vals, cols, m_tile),) if (r, c) == (1, 1) else (vals, cols)
-    info = _linear_info(
-        "panel", m, n, k, bsr.nnz, bsr.stored,
-        sum(a.nbytes for a in weights) + seg.nbytes + slot_rows.nbytes,
-        {"format": bsr.stats(), "m_tile": m_tile, "panels": npanels, "row_block": row_block,
-         "prefetch": prefetch, "x_per_panel": per_panel,
-         "x_layout": "tiles" if x_tiles else "rows", "y_layout": "tiles" if y_tiles else "rows"},
-    )  # fmt: skip
+    weight_bytes = sum(a.nbytes for a in weights) + seg.nbytes + slot_rows.nbytes
 
-    def relayout(x_tiles: bool, y_tiles: bool) -> KernelCall:
-        return _panel_call(name, m, bsr, bias_arr, has_bias, activation, m_tile, panel_cols,
-                           row_block, parallel, x_tiles, y_tiles)  # fmt: skip
+    def build(x_tiles: bool = False, y_tiles: bool = False) -> KernelCall:
+        """The kernel for one layout of x and y; the packed weights are shared by every layout."""
+        if (x_tiles or y_tiles) and not tileable:
+            raise ValueError(
+                f"{name}: no tile layout for batch {m}, m_tile {m_tile}, block {r}x{c}"
+            )
+        # prefetching the yT row two slots ahead pays where a slot's blocks hide its latency; on
+        # short slots (1% density: ~1 block) its extra load and 4 prefetches cost more (+4%);
+        # and with y in the tile layout (yT is y itself) it measured 1.5-3.5% slower (A/B,
+        # 2048x2048 at batch 64, 1536x384 at 128 rows)
+        prefetch = bsr.nblocks >= 4 * npanels * nbr and not y_tiles
+        per_panel = _x_per_panel(m, k, (r, c), m_tile, nbr, row_block, panel_w) and not x_tiles
+        func = _panel_kernel(
+            m, n, k, (r, c), bsr.nblocks, npanels, panel_w, row_block, dtypes, bias_arr.size,
+            has_bias, activation, m_tile, parallel, prefetch, per_panel, x_tiles, y_tiles,
+        )  # fmt: skip
+        info = _linear_info(
+            "panel", m, n, k, bsr.nnz, bsr.stored, weight_bytes,
+            {"format": bsr.stats(), "m_tile": m_tile, "panels": npanels,
+             "row_block": row_block, "prefetch": prefetch, "x_per_panel": per_panel,
+             "x_layout": "tiles" if x_tiles else "rows",
+             "y_layout": "tiles" if y_tiles else "rows"},
+        )  # fmt: skip
+        return KernelCall(
+            func=_finish(func),
+            name=name,
+            consts=(*weights, seg, slot_rows, bias_arr),
+            out_shape=tiles_shape(m, n, m_tile) if y_tiles else (m, n),
+            info=info,
+            relayout=build if tileable else None,
+        )
 
-    return KernelCall(
-        func=_finish(func),
-        name=name,
-        consts=(*weights, seg, slot_rows, bias_arr),
-        out_shape=tiles_shape(m, n, m_tile) if y_tiles else (m, n),
-        info=info,
-        relayout=relayout if tileable else None,
-    )
+    return build()
 
 
 def bsr_linear(

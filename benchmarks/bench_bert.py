@@ -2,15 +2,16 @@
 
     python benchmarks/bench_bert.py [--threads 1] [--sparsities 0.9,0.0] [--seq 128]
                                     [--layers 6 --hidden 384 --heads 12 --intermediate 1536]
+                                    [--rounds 8] [--round-time 0.5]
                                     [--measure auto|all|none] [--json out.json]
 
 The model is the MiniLM-L6 shape (6 layers, hidden 384, 12 heads, FFN 1536) with random weights,
 every encoder linear L1-pruned to the given sparsity in PyTorch and exported to ONNX
 (``tvm_sparse.models_bert``; needs torch + transformers). Every runtime runs the same ONNX file,
-is timed by the same ``median_time`` loop (DeepSparse in its own venv, same loop) and is checked
-against onnxruntime (rtol 1e-3) before its time is reported. Read the ratios: the machine is
-shared and noisy. The floor at 90%: ~136M non-zero MACs in the linears + ~75M dense MACs in the
-attention matmuls.
+is checked against onnxruntime (rtol 1e-3) and timed by the same ``median_time`` loop
+(DeepSparse served from its own venv, same loop), the runtimes taking turns in rounds
+(``harness.compare_runtimes``). Read the ratios: the machine is shared and noisy. The floor at
+90%: ~136M non-zero MACs in the linears + ~75M dense MACs in the attention matmuls.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--intermediate", type=int, default=1536)
     p.add_argument("--measure", choices=("auto", "all", "none"), default="auto")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per runtime")
+    p.add_argument("--rounds", type=int, default=8, help="rounds in which the runtimes take turns")
+    p.add_argument("--round-time", type=float, default=0.5, help="seconds per runtime per round")
     p.add_argument("--no-deepsparse", action="store_true")
     p.add_argument("--workdir", help="keep the ONNX files here (default: a temporary dir)")
     p.add_argument("--json", help="write the rows here too")
@@ -76,7 +78,13 @@ def bench_one(sparsity: float, workdir: str) -> dict:
     row = {"sparsity": sparsity, "seq": ARGS.seq, "batch": ARGS.batch}
     row.update(
         compare_runtimes(
-            path, inputs, ARGS.threads, ARGS.min_time, ARGS.measure, not ARGS.no_deepsparse
+            path,
+            inputs,
+            ARGS.threads,
+            ARGS.round_time,
+            ARGS.measure,
+            not ARGS.no_deepsparse,
+            ARGS.rounds,
         )
     )
     chosen = [layer.chosen for layer in row.pop("module").report.layers]

@@ -1,12 +1,14 @@
 """Whole-model benchmark: tvm-sparse vs TVM dense vs onnxruntime vs DeepSparse, in one run.
 
     python benchmarks/bench_models.py [--threads 1] [--models mlp,gsc,gsc_super] [--batches 1,64]
-                                      [--measure] [--json out.json]
+                                      [--rounds 8] [--round-time 0.5] [--measure] [--json out.json]
 
-Every runtime runs the same ONNX file, is timed by the same ``median_time`` loop in this process
-(DeepSparse in its own venv, same loop), and is checked against onnxruntime's output before its
-time is reported. Ratios are what to read: the machine is shared and noisy. The thread count must
-be fixed before TVM is imported, so ``make bench`` runs this script once per thread count.
+Every runtime runs the same ONNX file, is checked against onnxruntime's output, and is timed by
+the same ``median_time`` loop (DeepSparse served from its own venv, same loop). The runtimes take
+turns: ``--rounds`` rounds of ``--round-time`` seconds each, so a ratio compares two runtimes in
+the same seconds of this shared, noisy machine (``harness.compare_runtimes``); ``x_*`` is the
+median per-round ratio, ``x_deepsparse_range`` its min-max. The thread count must be fixed before
+TVM is imported, so ``make bench`` runs this script once per thread count.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--models", default="mlp,gsc,gsc_super")
     p.add_argument("--batches", default="1,64")
     p.add_argument("--measure", choices=("auto", "all", "none"), default="auto")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per runtime")
+    p.add_argument("--rounds", type=int, default=8, help="rounds in which the runtimes take turns")
+    p.add_argument("--round-time", type=float, default=0.5, help="seconds per runtime per round")
     p.add_argument("--no-deepsparse", action="store_true")
     p.add_argument("--json", help="write the rows here too")
     return p.parse_args()
@@ -57,7 +60,13 @@ def bench_one(name: str, batch: int, workdir: str) -> dict:
     row = {"model": name, "batch": batch}
     row.update(
         compare_runtimes(
-            path, [x], ARGS.threads, ARGS.min_time, ARGS.measure, not ARGS.no_deepsparse
+            path,
+            [x],
+            ARGS.threads,
+            ARGS.round_time,
+            ARGS.measure,
+            not ARGS.no_deepsparse,
+            ARGS.rounds,
         )
     )
     row["chosen"] = ",".join(layer.chosen for layer in row.pop("module").report.layers)

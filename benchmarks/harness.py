@@ -1,25 +1,37 @@
 """One model file, every runtime, one row: what bench_models.py and bench_bert.py share.
 
-onnxruntime gives the reference output and its time; tvm-sparse (sparse plan) and TVM dense (the
-same compiler with ``sparse=False``) are compiled, checked against that reference (rtol 1e-3)
-and timed by the same ``median_time`` loop; DeepSparse runs in its own venv when installed. A
-runtime whose output does not match gets ``MISMATCH`` instead of a time. Ratios are taken
-within the row, i.e. within one run. Import after ``TVM_NUM_THREADS`` is set.
+onnxruntime gives the reference output; tvm-sparse (sparse plan) and TVM dense (the same
+compiler with ``sparse=False``) are compiled and checked against it (rtol 1e-3); DeepSparse is
+served from its own venv when installed and checked the same way. A runtime whose output does
+not match gets ``MISMATCH`` instead of a time. Then the runtimes that match take turns
+(``peers.interleaved_times``): ``rounds`` rounds of ``round_time`` seconds each, so every ratio
+compares two runtimes timed in the same seconds of a noisy machine. A time is the median of its
+per-round medians; a ratio is the median of its per-round ratios, with their range. Import after
+``TVM_NUM_THREADS`` is set.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Sequence
 
 import numpy as np
 import tvm
-from peers import DeepSparseRunner, OrtRunner, median_time, print_table
+from peers import (
+    DeepSparseRunner,
+    OrtRunner,
+    interleaved_times,
+    median_time,
+    print_table,
+    ratio_summary,
+)
 
 import tvm_sparse
 
 _MEASURE = {"auto": "auto", "all": True, "none": False}
+_PEERS = ("ort", "tvm_dense", "deepsparse")
 # the columns compare_runtimes fills, in table order
 RUNTIME_COLUMNS = [
     "threads",
@@ -29,6 +41,7 @@ RUNTIME_COLUMNS = [
     "deepsparse_ms",
     "x_ort",
     "x_deepsparse",
+    "x_deepsparse_range",
     "x_tvm_dense",
 ]
 
@@ -39,20 +52,29 @@ def close(out: np.ndarray, ref: np.ndarray) -> bool:
     return bool(np.allclose(out, ref, rtol=1e-3, atol=1e-3 * scale))
 
 
+def _module_timer(module, args):
+    """``timer(seconds)`` -> median seconds per call of a compiled module's main."""
+    main = module._main  # looked up once (a lookup costs ~18 us)
+    return lambda seconds: median_time(lambda: main(*args), seconds, min_repeats=3, warmup=1)
+
+
 def compare_runtimes(
     path: str,
     inputs: Sequence[np.ndarray],
     threads: int,
-    min_time: float,
+    round_time: float,
     measure: str = "auto",
     deepsparse: bool = True,
+    rounds: int = 8,
 ) -> dict:
-    """Time every runtime on ``path``; returns ``*_ms`` columns, ``x_<peer>`` ratios (peer time /
-    tvm-sparse time), ``dense_x_ort``, ``compile_s`` and the sparse module as ``module``."""
+    """Time every runtime on ``path`` in turns; returns ``*_ms`` columns, ``x_<peer>`` ratios
+    (peer time / tvm-sparse time, median over rounds) with ``x_<peer>_range`` (min-max over
+    rounds), ``dense_x_ort``, ``compile_s``, the per-round times as ``rounds_ms`` and the sparse
+    module as ``module``."""
     row: dict = {"threads": threads}
     ort = OrtRunner(path, threads=threads)
     ref = ort.run(inputs)[0]
-    row["ort_ms"] = ort.time(inputs, min_time=min_time) * 1e3
+    timers = {"ort": ort.timer(inputs)}
 
     start = time.perf_counter()
     sparse = tvm_sparse.compile(path, "llvm", measure=_MEASURE[measure])
@@ -60,28 +82,38 @@ def compare_runtimes(
     dense = tvm_sparse.compile(path, "llvm", sparse=False, measure=False)
     args = [tvm.runtime.tensor(a) for a in inputs]
     for label, module in (("tvm_sparse", sparse), ("tvm_dense", dense)):
-        if not close(module.run(*inputs), ref):
+        if close(module.run(*inputs), ref):
+            timers[label] = _module_timer(module, args)
+        else:
             row[f"{label}_ms"] = "MISMATCH"
-            continue
-        row[f"{label}_ms"] = median_time(lambda m=module._main: m(*args), min_time) * 1e3
     row["module"] = sparse
 
-    if deepsparse:
-        ds = DeepSparseRunner(path, threads=threads)
-        if ds.available:
-            result = ds.run_and_time(inputs, min_time=min_time)
-            if result is not None:
-                outs, seconds = result
-                row["deepsparse_ms"] = seconds * 1e3 if close(outs[0], ref) else "MISMATCH"
-    ts = row.get("tvm_sparse_ms")
-    if isinstance(ts, float):
-        for peer in ("ort", "tvm_dense", "deepsparse"):
-            value = row.get(f"{peer}_ms")
-            if isinstance(value, float):
-                row[f"x_{peer}"] = value / ts
-    td = row.get("tvm_dense_ms")
-    if isinstance(td, float):
-        row["dense_x_ort"] = row["ort_ms"] / td
+    ds = DeepSparseRunner(path, threads=threads) if deepsparse else None
+    try:
+        outs = ds.start(inputs) if ds is not None else None
+        if outs is not None:
+            if close(outs[0], ref):
+                timers["deepsparse"] = ds.time_for
+            else:
+                row["deepsparse_ms"] = "MISMATCH"
+        samples = interleaved_times(timers, rounds, round_time)
+    finally:
+        if ds is not None:
+            ds.close()
+
+    row["rounds_ms"] = {label: [t * 1e3 for t in ts] for label, ts in samples.items()}
+    for label, ts in samples.items():
+        row[f"{label}_ms"] = statistics.median(ts) * 1e3
+    if "tvm_sparse" in samples:
+        for peer in _PEERS:
+            if peer in samples:
+                mid, lo, hi = ratio_summary(samples[peer], samples["tvm_sparse"])
+                row[f"x_{peer}"] = mid
+                row[f"x_{peer}_range"] = f"{lo:.2f}-{hi:.2f}"
+    if "tvm_dense" in samples:
+        row["dense_x_ort"] = statistics.median(
+            o / d for o, d in zip(samples["ort"], samples["tvm_dense"], strict=True)
+        )
     return row
 
 

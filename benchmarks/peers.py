@@ -1,10 +1,11 @@
 """Peer runtimes for benchmarks (onnxruntime, DeepSparse) and the timing/table helpers.
 
-Every runner times with the same `median_time`, so ratios between runtimes measured in one run
-mean something on a shared, noisy machine. DeepSparse 1.8 needs numpy<2 and onnx 1.14, so it
-lives in its own venv (`.venv-deepsparse/`, made by benchmarks/setup_deepsparse.sh); this file
-doubles as the worker that venv's python runs (`python peers.py --deepsparse-worker ...`), which
-is why it imports only numpy at module level.
+Every runner times with the same `median_time`, and `interleaved_times` makes the runtimes take
+turns in short rounds, so ratios between runtimes measured in one run mean something on a
+shared, noisy machine. DeepSparse 1.8 needs numpy<2 and onnx 1.14, so it lives in its own venv
+(`.venv-deepsparse/`, made by benchmarks/setup_deepsparse.sh); this file doubles as the server
+that venv's python runs (`python peers.py --deepsparse-server ...`), which is why it imports
+only numpy at module level.
 """
 
 from __future__ import annotations
@@ -54,6 +55,33 @@ def median_time(
             fn()
         samples.append((_time.perf_counter() - start) / number)
     return statistics.median(samples)
+
+
+def interleaved_times(
+    timers: Mapping[str, Callable[[float], float]], rounds: int, round_time: float
+) -> dict[str, list[float]]:
+    """Per-round median seconds per call of every runtime, the runtimes taking turns.
+
+    ``timers[name](seconds)`` times one runtime for about ``seconds`` and returns its median
+    seconds per call. Why turns: this machine's speed moves within a second (another tenant shares
+    the core; a fixed FMA + load loop swings 4.1-7.4 cycles per iteration between 0.2 s samples),
+    so runtimes timed one after the other, seconds apart, are timed on different machines. In
+    short rounds every runtime sees the same spells; the order rotates each round, so none is
+    always first or always right after the same other.
+    """
+    names = list(timers)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names) if names else 0
+        for name in names[k:] + names[:k]:
+            samples[name].append(timers[name](round_time))
+    return samples
+
+
+def ratio_summary(peer: Sequence[float], ours: Sequence[float]) -> tuple[float, float, float]:
+    """(median, min, max) over rounds of peer time / our time, each pair from the same round."""
+    ratios = [p / o for p, o in zip(peer, ours, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def _cell(value: Any) -> str:
@@ -125,18 +153,25 @@ class OrtRunner:
 
     def time(self, inputs: Any, min_time: float = 0.5, min_repeats: int = 5) -> float:
         """Median seconds per inference."""
+        return self.timer(inputs, min_repeats)(min_time)
+
+    def timer(self, inputs: Any, min_repeats: int = 3) -> Callable[[float], float]:
+        """``timer(seconds)`` -> median seconds per inference (one round of `interleaved_times`)."""
         feed = _as_feed(self.input_names, inputs)
-        return median_time(lambda: self.session.run(None, feed), min_time, min_repeats)
+        return lambda seconds: median_time(
+            lambda: self.session.run(None, feed), seconds, min_repeats, warmup=1
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # DeepSparse (in its own venv, as a subprocess)
 # --------------------------------------------------------------------------------------------
 class DeepSparseRunner:
-    """DeepSparse 1.8 (Neural Magic's sparse CPU engine) run in `.venv-deepsparse` as a
-    subprocess. Each `run`/`time` compiles the model anew in a fresh worker, so call
-    `run_and_time` once when you want both. When the venv is missing, the methods return None
-    and `skip_reason` says why (printed once to stderr).
+    """DeepSparse 1.8 (Neural Magic's sparse CPU engine) served from `.venv-deepsparse` by a
+    subprocess that compiles the model once and then times it on request, so it can take turns
+    with the in-process runtimes (`interleaved_times`): `start`, then `time_for` per round, then
+    `close` (or use it in a `with`). When the venv is missing, `start` returns None and
+    `skip_reason` says why (printed once to stderr).
 
     Check its outputs against onnxruntime in every benchmark: on this AVX2 machine DeepSparse
     1.8 returned wrong values for sparse Gemms with 200 or 216 input features (multiples of 8
@@ -160,6 +195,8 @@ class DeepSparseRunner:
                 f"DeepSparse skipped: {self.python} not found (run benchmarks/setup_deepsparse.sh)"
             )
         self._warned = False
+        self._proc: subprocess.Popen | None = None
+        self._stderr = None
 
     @property
     def available(self) -> bool:
@@ -170,59 +207,74 @@ class DeepSparseRunner:
             print(self.skip_reason, file=sys.stderr)
             self._warned = True
 
-    def run_and_time(
-        self, inputs: Sequence[np.ndarray] | np.ndarray, min_time: float = 0.5, min_repeats: int = 5
-    ) -> tuple[list[np.ndarray], float] | None:
-        """(outputs, median seconds per inference), or None when DeepSparse is not installed.
-
-        Inputs are arrays in model input order; the batch size is the first dim of the first.
-        """
+    def start(self, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray] | None:
+        """Compile the model in the server and run it once on ``inputs``: its outputs, or None
+        when DeepSparse is not installed. The batch size is the first dim of the first input."""
         if not self.available:
             self._skip()
             return None
+        self.close()
         arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
         in_path = os.path.join(self._tmp.name, "inputs.npz")
         out_path = os.path.join(self._tmp.name, "outputs.npz")
         np.savez(in_path, *arrays)
-        cmd = [
-            os.fspath(self.python),
-            os.fspath(Path(__file__).resolve()),
-            "--deepsparse-worker",
-            json.dumps(
-                {
-                    "model": self.model_path,
-                    "inputs": in_path,
-                    "outputs": out_path,
-                    "threads": self.threads,
-                    "min_time": min_time,
-                    "min_repeats": min_repeats,
-                }
-            ),
-        ]
+        spec = {
+            "model": self.model_path,
+            "inputs": in_path,
+            "outputs": out_path,
+            "threads": self.threads,
+        }
+        cmd = [os.fspath(self.python), os.fspath(Path(__file__).resolve())]
+        cmd += ["--deepsparse-server", json.dumps(spec)]
         env = dict(os.environ, NM_DISABLE_ANALYTICS="1")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT_TAG)]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr or proc.stdout)[-2000:]
-            raise RuntimeError(f"DeepSparse worker failed (exit {proc.returncode}):\n{tail}")
-        result = json.loads(lines[-1][len(_RESULT_TAG) :])
+        # stderr to a file, not a pipe: DeepSparse logs there, and a full pipe would block it
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            env=env,
+        )  # fmt: skip
+        self._reply()  # the server answers once the model is compiled and has run once
         with np.load(out_path) as data:
-            outputs = [data[f"arr_{i}"] for i in range(len(data.files))]
-        return outputs, float(result["median_s"])
+            return [data[f"arr_{i}"] for i in range(len(data.files))]
 
-    def run(self, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray] | None:
-        result = self.run_and_time(inputs, min_time=0.0, min_repeats=1)
-        return None if result is None else result[0]
+    def time_for(self, seconds: float, min_repeats: int = 3) -> float:
+        """Median seconds per inference, timed in the server for about ``seconds``."""
+        if self._proc is None:
+            raise RuntimeError("DeepSparseRunner.time_for before start()")
+        self._proc.stdin.write(json.dumps({"seconds": seconds, "min_repeats": min_repeats}) + "\n")
+        self._proc.stdin.flush()
+        return float(self._reply()["median_s"])
 
-    def time(
-        self, inputs: Sequence[np.ndarray] | np.ndarray, min_time: float = 0.5, min_repeats: int = 5
-    ) -> float | None:
-        result = self.run_and_time(inputs, min_time, min_repeats)
-        return None if result is None else result[1]
+    def _reply(self) -> dict:
+        for line in self._proc.stdout:
+            if line.startswith(_RESULT_TAG):
+                return json.loads(line[len(_RESULT_TAG) :])
+        code = self._proc.wait()
+        self._stderr.seek(0)
+        tail = self._stderr.read()[-2000:]
+        self._proc = None
+        raise RuntimeError(f"DeepSparse server failed (exit {code}):\n{tail}")
+
+    def close(self) -> None:
+        """Stop the server (it exits at the end of its input)."""
+        if self._proc is not None:
+            self._proc.stdin.close()
+            self._proc.wait()
+            self._proc = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def __enter__(self) -> DeepSparseRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _deepsparse_worker(spec: dict) -> None:
-    """Runs inside .venv-deepsparse: compile, run once, time, write outputs, print JSON."""
+def _deepsparse_server(spec: dict) -> None:
+    """Runs inside .venv-deepsparse: compile, run once, write outputs, answer; then one timing
+    per input line ({"seconds", "min_repeats"}), each answered with its median, until EOF."""
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
     import deepsparse
 
@@ -231,14 +283,18 @@ def _deepsparse_worker(spec: dict) -> None:
     engine = deepsparse.compile_model(
         spec["model"], batch_size=int(arrays[0].shape[0]), num_cores=int(spec["threads"])
     )
-    outputs = engine.run(arrays)
-    np.savez(spec["outputs"], *outputs)
-    seconds = median_time(lambda: engine.run(arrays), spec["min_time"], spec["min_repeats"])
-    print(_RESULT_TAG + json.dumps({"median_s": seconds, "version": deepsparse.__version__}))
+    np.savez(spec["outputs"], *engine.run(arrays))
+    print(_RESULT_TAG + json.dumps({"version": deepsparse.__version__}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        seconds = median_time(
+            lambda: engine.run(arrays), request["seconds"], request["min_repeats"], warmup=1
+        )
+        print(_RESULT_TAG + json.dumps({"median_s": seconds}), flush=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--deepsparse-worker":
-        _deepsparse_worker(json.loads(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--deepsparse-server":
+        _deepsparse_server(json.loads(sys.argv[2]))
     else:
-        sys.exit("usage: peers.py --deepsparse-worker JSON  (used by DeepSparseRunner)")
+        sys.exit("usage: peers.py --deepsparse-server JSON  (used by DeepSparseRunner)")

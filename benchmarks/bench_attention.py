@@ -25,6 +25,7 @@ from tvm_sparse.passes.fuse_attention import fuse_attention  # noqa: E402
 from tvm_sparse.schedules.attention_fused_x86 import AttentionShape, attention_kernel  # noqa: E402
 from tvm_sparse.schedules.kernel import build_kernel  # noqa: E402
 from tvm_sparse.target import resolve_target  # noqa: E402
+from tvm_sparse.timing import take_turns  # noqa: E402
 
 _NEG = np.float32(-3.4028234663852886e38)
 
@@ -87,7 +88,7 @@ def _vm_timer(compiled, args, number: int):
     vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
     vm.set_input("main", *args)
     timer = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=number, repeat=1)
-    return lambda: timer("main")
+    return lambda: timer("main").mean
 
 
 def main() -> None:
@@ -123,7 +124,7 @@ def main() -> None:
     module = build_kernel(kernel, target)
     out = tvm.runtime.tensor(np.zeros(kernel.out_shape, np.float32))
     kernel_timer = module.time_evaluator("main", tvm.cpu(), number=opts.number, repeat=1)
-    timers["fused kernel alone"] = lambda: kernel_timer(*args, out)
+    timers["fused kernel alone"] = lambda: kernel_timer(*args, out).mean
     try:
         import onnxruntime as ort
 
@@ -146,11 +147,7 @@ def main() -> None:
     except ImportError:
         pass
 
-    samples: dict[str, list[float]] = {name: [] for name in timers}
-    for _ in range(opts.rounds):  # interleaved: every path sees the same machine load
-        for name, timer in timers.items():
-            result = timer()
-            samples[name].append(result if isinstance(result, float) else result.mean)
+    samples = take_turns(timers, opts.rounds)  # every path sees the same machine load
     threads = os.environ["TVM_NUM_THREADS"]
     macs = 2 * shape.batch * shape.heads * shape.seq * shape.seq * shape.dim
     print(f"attention b={b} h={shape.heads} s={s} d={shape.dim}, {threads} thread(s), ms per call")

@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tvm_sparse.schedules.dense_x86 import dense_conv2d, dense_linear  # noqa: E402
 from tvm_sparse.schedules.kernel import build_kernel  # noqa: E402
 from tvm_sparse.target import resolve_target  # noqa: E402
+from tvm_sparse.timing import take_turns  # noqa: E402
 
 # (name, m, K, N)
 LINEAR_CASES = [
@@ -125,11 +126,14 @@ def _measure(name, call, graph, x, target, threads, seconds, macs):
     ort_out = session.run(None, feed)[0]
     tvm_run()
     err = float(np.abs(tvm_out.numpy() - ort_out).max() / (np.abs(ort_out).max() + 1e-12))
-    t_tvm, t_ort = [], []
-    for _ in range(3):  # interleave so both see the same machine load
-        t_tvm.append(_median_seconds(tvm_run, seconds))
-        t_ort.append(_median_seconds(lambda: session.run(None, feed), seconds))
-    tt, to = min(t_tvm), min(t_ort)
+    samples = take_turns(  # both see the same machine load
+        {
+            "tvm": lambda: _median_seconds(tvm_run, seconds),
+            "ort": lambda: _median_seconds(lambda: session.run(None, feed), seconds),
+        },
+        3,
+    )
+    tt, to = min(samples["tvm"]), min(samples["ort"])
     tiling = call.info.get("tiling")
     knobs = f"{tiling.mr}x{tiling.nb}" if tiling else "direct"
     print(

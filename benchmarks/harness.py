@@ -4,7 +4,7 @@ onnxruntime gives the reference output; tvm-sparse (sparse plan) and TVM dense (
 compiler with ``sparse=False``) are compiled and checked against it (rtol 1e-3); DeepSparse is
 served from its own venv when installed and checked the same way. A runtime whose output does
 not match gets ``MISMATCH`` instead of a time. Then the runtimes that match take turns
-(``peers.interleaved_times``): ``rounds`` rounds of ``round_time`` seconds each, so every ratio
+(``tvm_sparse.timing.take_turns``): ``rounds`` rounds of ``round_time`` seconds each, so every ratio
 compares two runtimes timed in the same seconds of a noisy machine. A time is the median of its
 per-round medians; a ratio is the median of its per-round ratios, with their range. Import after
 ``TVM_NUM_THREADS`` is set.
@@ -12,6 +12,7 @@ per-round medians; a ratio is the median of its per-round ratios, with their ran
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -22,13 +23,13 @@ import tvm
 from peers import (
     DeepSparseRunner,
     OrtRunner,
-    interleaved_times,
     median_time,
     print_table,
     ratio_summary,
 )
 
 import tvm_sparse
+from tvm_sparse.timing import take_turns
 
 _MEASURE = {"auto": "auto", "all": True, "none": False}
 _PEERS = ("ort", "tvm_dense", "deepsparse")
@@ -96,7 +97,9 @@ def compare_runtimes(
                 timers["deepsparse"] = ds.time_for
             else:
                 row["deepsparse_ms"] = "MISMATCH"
-        samples = interleaved_times(timers, rounds, round_time)
+        samples = take_turns(
+            {k: functools.partial(t, round_time) for k, t in timers.items()}, rounds
+        )
     finally:
         if ds is not None:
             ds.close()

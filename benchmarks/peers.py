@@ -1,11 +1,11 @@
 """Peer runtimes for benchmarks (onnxruntime, DeepSparse) and the timing/table helpers.
 
-Every runner times with the same `median_time`, and `interleaved_times` makes the runtimes take
-turns in short rounds, so ratios between runtimes measured in one run mean something on a
-shared, noisy machine. DeepSparse 1.8 needs numpy<2 and onnx 1.14, so it lives in its own venv
-(`.venv-deepsparse/`, made by benchmarks/setup_deepsparse.sh); this file doubles as the server
-that venv's python runs (`python peers.py --deepsparse-server ...`), which is why it imports
-only numpy at module level.
+Every runner times with the same `median_time`, and the harness makes the runtimes take turns in
+short rounds (`tvm_sparse.timing.take_turns`), so ratios between runtimes measured in one run
+mean something on a shared, noisy machine. DeepSparse 1.8 needs numpy<2 and onnx 1.14, so it
+lives in its own venv (`.venv-deepsparse/`, made by benchmarks/setup_deepsparse.sh); this file
+doubles as the server that venv's python runs (`python peers.py --deepsparse-server ...`), which
+is why it imports only numpy at module level.
 """
 
 from __future__ import annotations
@@ -55,27 +55,6 @@ def median_time(
             fn()
         samples.append((_time.perf_counter() - start) / number)
     return statistics.median(samples)
-
-
-def interleaved_times(
-    timers: Mapping[str, Callable[[float], float]], rounds: int, round_time: float
-) -> dict[str, list[float]]:
-    """Per-round median seconds per call of every runtime, the runtimes taking turns.
-
-    ``timers[name](seconds)`` times one runtime for about ``seconds`` and returns its median
-    seconds per call. Why turns: this machine's speed moves within a second (another tenant shares
-    the core; a fixed FMA + load loop swings 4.1-7.4 cycles per iteration between 0.2 s samples),
-    so runtimes timed one after the other, seconds apart, are timed on different machines. In
-    short rounds every runtime sees the same spells; the order rotates each round, so none is
-    always first or always right after the same other.
-    """
-    names = list(timers)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        k = r % len(names) if names else 0
-        for name in names[k:] + names[:k]:
-            samples[name].append(timers[name](round_time))
-    return samples
 
 
 def ratio_summary(peer: Sequence[float], ours: Sequence[float]) -> tuple[float, float, float]:
@@ -156,7 +135,7 @@ class OrtRunner:
         return self.timer(inputs, min_repeats)(min_time)
 
     def timer(self, inputs: Any, min_repeats: int = 3) -> Callable[[float], float]:
-        """``timer(seconds)`` -> median seconds per inference (one round of `interleaved_times`)."""
+        """``timer(seconds)`` -> median seconds per inference, timed for about ``seconds``."""
         feed = _as_feed(self.input_names, inputs)
         return lambda seconds: median_time(
             lambda: self.session.run(None, feed), seconds, min_repeats, warmup=1
@@ -169,8 +148,8 @@ class OrtRunner:
 class DeepSparseRunner:
     """DeepSparse 1.8 (Neural Magic's sparse CPU engine) served from `.venv-deepsparse` by a
     subprocess that compiles the model once and then times it on request, so it can take turns
-    with the in-process runtimes (`interleaved_times`): `start`, then `time_for` per round, then
-    `close` (or use it in a `with`). When the venv is missing, `start` returns None and
+    with the in-process runtimes (`tvm_sparse.timing.take_turns`): `start`, then `time_for` per
+    round, then `close` (or use it in a `with`). When the venv is missing, `start` returns None and
     `skip_reason` says why (printed once to stderr).
 
     Check its outputs against onnxruntime in every benchmark: on this AVX2 machine DeepSparse

@@ -1,7 +1,7 @@
-"""The benchmark harness's timing protocol: turns, per-round ratios, the DeepSparse server.
+"""The benchmark harness's timing protocol: per-round ratios and the DeepSparse server.
 
-No timing is asserted (the machine is shared); these check who runs when, how the rounds are
-paired, and that the DeepSparse server speaks its protocol and fails loudly. A stand-in
+No timing is asserted (the machine is shared); these check how the rounds are paired and that
+the DeepSparse server speaks its protocol and fails loudly. A stand-in
 ``deepsparse`` package (an engine that doubles its input) replaces the real one, which lives in
 its own venv and is not installed here.
 """
@@ -19,25 +19,7 @@ import pytest
 BENCHMARKS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
 sys.path.insert(0, os.path.abspath(BENCHMARKS))
 
-from peers import DeepSparseRunner, interleaved_times, ratio_summary  # noqa: E402
-
-
-def test_interleaved_times_rotates_the_order_and_keeps_rounds_apart():
-    calls = []
-
-    def timer(name, value):
-        def run(seconds):
-            calls.append((name, seconds))
-            return value + len(calls)  # a different answer per call: samples keep their round
-
-        return run
-
-    samples = interleaved_times(
-        {"a": timer("a", 0), "b": timer("b", 100), "c": timer("c", 200)}, 3, 0.25
-    )
-    assert [name for name, _ in calls] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
-    assert {seconds for _, seconds in calls} == {0.25}
-    assert samples == {"a": [1, 6, 8], "b": [102, 104, 109], "c": [203, 205, 207]}
+from peers import DeepSparseRunner, ratio_summary  # noqa: E402
 
 
 def test_ratio_summary_pairs_rounds_instead_of_dividing_medians():

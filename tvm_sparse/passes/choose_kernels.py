@@ -1,29 +1,33 @@
 """Choose, per layer, dense or the best sparse kernel: by estimate, or by measuring.
 
 The cost model ranks candidates; measuring decides. ``measure="auto"`` (the default) builds and
-times dense plus the best few sparse candidates on this machine, so no layer ever gets a kernel
-slower than its dense version; ``measure=True`` times every candidate; ``measure=False`` trusts
-the estimates (a sparse kernel then needs a safety margin, ``ESTIMATE_MARGIN``). Timings are cached
-on disk (``measure_cache``), so compiling the same model again does not re-measure.
+times dense plus the best few sparse candidates on this machine, in turns (so a noisy spell hits
+them all), and a sparse kernel must measure ``MEASURE_MARGIN`` of dense or better, so no layer gets
+a kernel slower than its dense version; ``measure=True`` times every candidate; ``measure=False``
+trusts the estimates (a sparse kernel then needs ``ESTIMATE_MARGIN``). Timings are cached on disk
+(``measure_cache``), so compiling the same model again does not re-measure.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
 
-from ..schedules.cost_model import DEFAULT_MACHINE, ESTIMATE_MARGIN
-from ..schedules.kernel import KernelCall, time_kernel
+from ..schedules.cost_model import DEFAULT_MACHINE, ESTIMATE_MARGIN, MEASURE_MARGIN
+from ..schedules.kernel import KernelCall, kernel_timer
 from ..schedules.registry import Candidate, candidates_for
+from ..timing import take_turns
 from . import measure_cache
 from .layers import LayerSpec
 
 log = logging.getLogger("tvm_sparse")
 
 AUTO_SPARSE_CANDIDATES = 2  # sparse candidates measured per layer in "auto" mode
+MEASURE_ROUNDS = 3  # rounds in which a layer's candidates are timed in turns
 
 
 @dataclass
@@ -46,17 +50,27 @@ def _sample_input(layer: LayerSpec) -> np.ndarray:
     return x
 
 
-def _measure(kernel: KernelCall, layer: LayerSpec, target: tvm.target.Target, name: str) -> float:
-    """Seconds per call of ``kernel`` on this machine (cached by kernel, weights and target)."""
-    key = measure_cache.key(name, kernel, layer.input_density, target)
-    cached = measure_cache.get(key)
-    if cached is not None:
-        return cached
-    seconds = time_kernel(
-        kernel, target, _sample_input(layer), number=5, repeat=3, min_repeat_ms=20
-    )
-    measure_cache.put(key, seconds)
-    return seconds
+def _measure(kernels: dict[str, KernelCall], layer: LayerSpec, target: tvm.target.Target
+             ) -> dict[str, float]:  # fmt: skip
+    """Seconds per call of each kernel on this machine, timed in turns; cached per kernel (by
+    name, kernel, weights and target). A kernel that fails to build is logged and left out."""
+    keys = {
+        name: measure_cache.key(name, k, layer.input_density, target) for name, k in kernels.items()
+    }
+    seconds = {name: measure_cache.get(key) for name, key in keys.items()}
+    timers = {}
+    x = _sample_input(layer)
+    for name in [n for n, s in seconds.items() if s is None]:
+        try:
+            timers[name] = kernel_timer(
+                kernels[name], target, x, number=5, repeat=1, min_repeat_ms=20
+            )
+        except Exception as err:  # noqa: BLE001 - a failing candidate is skipped, not fatal
+            log.warning("layer %s: candidate %s failed: %s", layer.name, name, err)
+    for name, times in take_turns(timers, MEASURE_ROUNDS).items():
+        seconds[name] = statistics.median(times)
+        measure_cache.put(keys[name], seconds[name])
+    return {name: s for name, s in seconds.items() if s is not None}
 
 
 def _to_measure(cands: list[Candidate], measure: bool | str) -> list[Candidate]:
@@ -99,18 +113,24 @@ def choose_layer(
         measure = False  # kernels are timed on the host CPU only (no device timing here yet)
     if measure is False or len(cands) == 1:
         return _choose_by_estimate(layer, cands, estimated)
-    measured, built = {}, {}
+    built = {}
     for cand in _to_measure(cands, measure):
         try:
-            kernel = cand.build()
-            measured[cand.name] = _measure(kernel, layer, target, cand.name) * 1e3
-            built[cand.name] = kernel
+            built[cand.name] = cand.build()
         except Exception as err:  # noqa: BLE001 - a failing candidate is skipped, not fatal
             log.warning("layer %s: candidate %s failed: %s", layer.name, cand.name, err)
+    measured = {name: s * 1e3 for name, s in _measure(built, layer, target).items()}
     if not measured:
         return Choice(layer, "tvm", None, "every candidate failed to build", estimated)
     best = min(measured, key=measured.get)
+    dense_ms = measured.get("dense")
+    if best != "dense" and dense_ms is not None and measured[best] > MEASURE_MARGIN * dense_ms:
+        reason = (
+            f"dense kept ({dense_ms:.3f} ms): {best} measured only "
+            f"{dense_ms / measured[best]:.2f}x dense, under the {1 / MEASURE_MARGIN:.2f}x it needs"
+        )
+        return Choice(layer, "dense", built["dense"], reason, estimated, measured)
     reason = f"measured fastest ({measured[best]:.3f} ms"
-    if best != "dense" and "dense" in measured:
-        reason += f", {measured['dense'] / measured[best]:.1f}x dense"
+    if best != "dense" and dense_ms is not None:
+        reason += f", {dense_ms / measured[best]:.1f}x dense"
     return Choice(layer, best, built[best], reason + ")", estimated, measured)

@@ -92,7 +92,7 @@ def run_kernel(
     return out.numpy()
 
 
-def time_kernel(
+def kernel_timer(
     call: KernelCall,
     target: tvm.target.Target,
     x: np.ndarray,
@@ -100,13 +100,16 @@ def time_kernel(
     number: int = 10,
     repeat: int = 5,
     min_repeat_ms: int = 50,
-) -> float:
-    """Median seconds per call, measured with TVM's time_evaluator on this machine."""
+) -> Callable[[], float]:
+    """Build once, then ``timer()`` -> median seconds per call (TVM's time_evaluator).
+
+    A timer can be called again and again, so several kernels can be timed in turns.
+    """
     module = module or build_kernel(call, target)
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(x, dev)] + [tvm.runtime.tensor(c, dev) for c in call.consts]
     out = tvm.runtime.tensor(np.zeros(call.out_shape, dtype=call.out_dtype), dev)
-    timer = module.time_evaluator(
+    evaluator = module.time_evaluator(
         "main", dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
     )
-    return float(np.median(timer(*args, out).results))
+    return lambda: float(np.median(evaluator(*args, out).results))

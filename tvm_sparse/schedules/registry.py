@@ -60,12 +60,13 @@ def linear_candidates(
     nnz = int(np.count_nonzero(w))
     csr_bytes = nnz * (4 + _index_bytes(k)) + 4 * (n + 1) + 4 * m * (n + k)
     rate = machine.sparse_gmacs if m < 4 else machine.sparse_batched_gmacs
+    stream_gbs = machine.gather_bandwidth_gbs if m < 4 else None  # the row kernel gathers
     weight_sparse = nnz < _NO_SKIP_FILL * w.size
     if weight_sparse:
         out.append(
             Candidate(
                 "csr",
-                machine.seconds(m * nnz, rate, csr_bytes, cores),
+                machine.seconds(m * nnz, rate, csr_bytes, cores, stream_gbs),
                 lambda: sparse_x86.csr_linear(m, w, bias, act, target),
             )
         )

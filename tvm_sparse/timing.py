@@ -1,0 +1,23 @@
+"""Timing several things on a shared machine: in turns, so a noisy spell hits all of them.
+
+This machine's speed moves within a second (another tenant shares the core: a fixed FMA + load
+loop swings 4.1-7.4 cycles per iteration between 0.2 s samples), so two kernels or runtimes timed
+one after the other are timed on different machines. The per-layer kernel choice and the
+benchmarks both time their contenders in short rounds instead; the order rotates each round, so
+none is always first or always right after the same other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+
+def take_turns(timers: Mapping[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """``rounds`` samples of every ``timers[name]()`` (one time each), the timers taking turns."""
+    names = list(timers)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds if names else 0):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(timers[name]())
+    return samples

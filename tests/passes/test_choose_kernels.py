@@ -120,6 +120,32 @@ def test_timings_are_cached(target, monkeypatch, tmp_path):
     assert (tmp_path / "measurements.json").exists()
 
 
+def test_cached_timings_are_reused_only_with_their_group(target, monkeypatch, tmp_path):
+    """A choice never compares a fresh timing with one cached from another spell of the machine:
+    adding a candidate re-times the whole group."""
+    from tvm_sparse.schedules.registry import candidates_for
+
+    monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(measure_cache, "_MEMORY", {})
+    timed = []
+
+    def fake_timer(call, *args, **kwargs):
+        return lambda: (timed.append(call.name), 1e-3)[1]
+
+    monkeypatch.setattr(choose_kernels, "kernel_timer", fake_timer)
+    layer = _linear(0.1, rows=2, n=64, k=64, input_density=0.5)  # dense, csr, sparse-sparse
+    kernels = {c.name: c.build() for c in candidates_for(layer, target)}
+    assert len(kernels) >= 3
+    pair = dict(list(kernels.items())[:2])
+    assert set(choose_kernels._measure(pair, layer, target)) == set(pair)
+    assert len(timed) == 2 * choose_kernels.MEASURE_ROUNDS
+    timed.clear()
+    assert set(choose_kernels._measure(pair, layer, target)) == set(pair)
+    assert timed == []  # the same group: cached
+    choose_kernels._measure(kernels, layer, target)
+    assert sorted(set(timed)) == sorted({k.name for k in kernels.values()})  # all re-timed
+
+
 def test_sample_input_follows_density():
     x = choose_kernels._sample_input(_linear(0.1, rows=64, input_density=0.1))
     assert 0.05 < np.count_nonzero(x) / x.size < 0.15

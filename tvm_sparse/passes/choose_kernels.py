@@ -53,10 +53,13 @@ def _sample_input(layer: LayerSpec) -> np.ndarray:
 def _measure(kernels: dict[str, KernelCall], layer: LayerSpec, target: tvm.target.Target
              ) -> dict[str, float]:  # fmt: skip
     """Seconds per call of each kernel on this machine, timed in turns; cached per kernel (by
-    name, kernel, weights and target). A kernel that fails to build is logged and left out."""
+    name, kernel, weights and target) and per group: a time is reused only beside the times it
+    was measured with, so one choice never compares a fresh timing with one from another
+    (quieter or busier) spell of the machine. A kernel that fails to build is left out."""
     keys = {
         name: measure_cache.key(name, k, layer.input_density, target) for name, k in kernels.items()
     }
+    keys = measure_cache.group_keys(keys)
     seconds = {name: measure_cache.get(key) for name, key in keys.items()}
     timers = {}
     x = _sample_input(layer)

@@ -1,8 +1,9 @@
 """On-disk cache of kernel timings, so re-compiling a model does not re-measure its kernels.
 
 Keyed by the kernel's name, its PrimFunc's structural hash, a digest of its constant arrays (the
-real sparsity structure), the activation density it was timed at and the target. Set
-``TVM_SPARSE_CACHE_DIR`` to move it, or to an empty string to turn it off.
+real sparsity structure), the activation density it was timed at, the target, and the group of
+kernels it was timed with (``group_keys``). Set ``TVM_SPARSE_CACHE_DIR`` to move it, or to an
+empty string to turn it off.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def key(name: str, kernel: KernelCall, density: float | None, target: tvm.target
     digest.update(repr(None if density is None else round(density, 4)).encode())
     digest.update(str(target).encode())
     return digest.hexdigest()
+
+
+def group_keys(keys: dict[str, str]) -> dict[str, str]:
+    """The keys of kernels timed together, each tied to the whole group: a group hits the cache
+    only as the same group (timings of one choice come from the same spell of the machine)."""
+    group = hashlib.sha1("".join(sorted(keys.values())).encode()).hexdigest()
+    return {name: hashlib.sha1((k + group).encode()).hexdigest() for name, k in keys.items()}
 
 
 def _path() -> str | None:

@@ -1,10 +1,11 @@
 """Timing several things on a shared machine: in turns, so a noisy spell hits all of them.
 
-This machine's speed moves within a second (another tenant shares the core: a fixed FMA + load
-loop swings 4.1-7.4 cycles per iteration between 0.2 s samples), so two kernels or runtimes timed
-one after the other are timed on different machines. The per-layer kernel choice and the
-benchmarks both time their contenders in short rounds instead; the order rotates each round, so
-none is always first or always right after the same other.
+This machine's speed moves within a second (other tenants share the host: a fixed loop of eight
+FMAs on L1 loads, 4 cycles ideally, took 4.1 to 7.4 cycles at 2.95 GHz per iteration across 0.2 s
+samples), so two kernels or runtimes timed one after the other are timed on different machines.
+The per-layer kernel choice and the benchmarks both time their contenders in short rounds
+instead; the order rotates each round, so none is always first or always right after the same
+other.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_bert.py [--threads 1] [--sparsities 0.9,0.0] [--seq 128]
                                     [--layers 6 --hidden 384 --heads 12 --intermediate 1536]
-                                    [--rounds 8] [--round-time 0.5]
+                                    [--rounds 24] [--round-time 0.25]
                                     [--measure auto|all|none] [--json out.json]
 
 The model is the MiniLM-L6 shape (6 layers, hidden 384, 12 heads, FFN 1536) with random weights,
@@ -33,8 +33,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--intermediate", type=int, default=1536)
     p.add_argument("--measure", choices=("auto", "all", "none"), default="auto")
-    p.add_argument("--rounds", type=int, default=8, help="rounds in which the runtimes take turns")
-    p.add_argument("--round-time", type=float, default=0.5, help="seconds per runtime per round")
+    p.add_argument("--rounds", type=int, default=24, help="rounds in which the runtimes take turns")
+    p.add_argument("--round-time", type=float, default=0.25, help="seconds per runtime per round")
     p.add_argument("--no-deepsparse", action="store_true")
     p.add_argument("--workdir", help="keep the ONNX files here (default: a temporary dir)")
     p.add_argument("--json", help="write the rows here too")

@@ -1,7 +1,8 @@
 """Whole-model benchmark: tvm-sparse vs TVM dense vs onnxruntime vs DeepSparse, in one run.
 
     python benchmarks/bench_models.py [--threads 1] [--models mlp,gsc,gsc_super] [--batches 1,64]
-                                      [--rounds 8] [--round-time 0.5] [--measure] [--json out.json]
+                                      [--rounds 24] [--round-time 0.25] [--measure]
+                                      [--json out.json]
 
 Every runtime runs the same ONNX file, is checked against onnxruntime's output, and is timed by
 the same ``median_time`` loop (DeepSparse served from its own venv, same loop). The runtimes take
@@ -25,8 +26,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--models", default="mlp,gsc,gsc_super")
     p.add_argument("--batches", default="1,64")
     p.add_argument("--measure", choices=("auto", "all", "none"), default="auto")
-    p.add_argument("--rounds", type=int, default=8, help="rounds in which the runtimes take turns")
-    p.add_argument("--round-time", type=float, default=0.5, help="seconds per runtime per round")
+    p.add_argument("--rounds", type=int, default=24, help="rounds in which the runtimes take turns")
+    p.add_argument("--round-time", type=float, default=0.25, help="seconds per runtime per round")
     p.add_argument("--no-deepsparse", action="store_true")
     p.add_argument("--json", help="write the rows here too")
     return p.parse_args()

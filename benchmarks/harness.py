@@ -66,7 +66,7 @@ def compare_runtimes(
     round_time: float,
     measure: str = "auto",
     deepsparse: bool = True,
-    rounds: int = 8,
+    rounds: int = 24,
 ) -> dict:
     """Time every runtime on ``path`` in turns; returns ``*_ms`` columns, ``x_<peer>`` ratios
     (peer time / tvm-sparse time, median over rounds) with ``x_<peer>_range`` (min-max over

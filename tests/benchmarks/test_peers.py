@@ -1,9 +1,8 @@
 """The benchmark harness's timing protocol: per-round ratios and the DeepSparse server.
 
 No timing is asserted (the machine is shared); these check how the rounds are paired and that
-the DeepSparse server speaks its protocol and fails loudly. A stand-in
-``deepsparse`` package (an engine that doubles its input) replaces the real one, which lives in
-its own venv and is not installed here.
+the DeepSparse server speaks its protocol and fails loudly. A stand-in ``deepsparse`` package (an
+engine that doubles its input) replaces the real one, which lives in its own venv.
 """
 
 from __future__ import annotations

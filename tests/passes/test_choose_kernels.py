@@ -145,6 +145,24 @@ def test_cached_timings_are_reused_only_with_their_group(target, monkeypatch, tm
     choose_kernels._measure(kernels, layer, target)
     assert sorted(set(timed)) == sorted({k.name for k in kernels.values()})  # all re-timed
 
+    # a kernel that failed to build is timed next time together with its group, not alone
+    monkeypatch.setattr(measure_cache, "_MEMORY", {})
+    monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path / "second"))
+    failing = next(iter(kernels))
+
+    def failing_once(call, *args, **kwargs):
+        if call is kernels[failing] and not failed:
+            failed.append(1)
+            raise RuntimeError("build failed")
+        return fake_timer(call, *args, **kwargs)
+
+    failed = []
+    monkeypatch.setattr(choose_kernels, "kernel_timer", failing_once)
+    assert failing not in choose_kernels._measure(kernels, layer, target)
+    timed.clear()
+    assert set(choose_kernels._measure(kernels, layer, target)) == set(kernels)
+    assert len(timed) == len(kernels) * choose_kernels.MEASURE_ROUNDS
+
 
 def test_sample_input_follows_density():
     x = choose_kernels._sample_input(_linear(0.1, rows=64, input_density=0.1))

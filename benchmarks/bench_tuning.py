@@ -37,8 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peers import OrtRunner  # noqa: E402
 
 import tvm_sparse  # noqa: E402
-from tvm_sparse import models  # noqa: E402
-from tvm_sparse.schedules import tuning  # noqa: E402
+from tvm_sparse import models, tuner  # noqa: E402
 
 BUILDERS = {
     "mlp": lambda: models.pruned_mlp(layers=4, hidden=2048, density=0.1, batch=1),
@@ -108,7 +107,7 @@ def bench(name: str, workdir: str) -> None:
     records = os.path.join(workdir, name)
     conv = Convergence()
     print(f"== {name}: tune, {ARGS.trials} trials per task -> {records}")
-    summary = tuning.tune(
+    summary = tuner.tune(
         model, trials=ARGS.trials, records_dir=records, progress=lambda s: (conv(s), print(s))
     )
     print(summary.table())

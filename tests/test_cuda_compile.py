@@ -20,8 +20,8 @@ from tvm.relax import pipeline as tvm_pipeline
 import tvm_sparse
 from tvm_sparse import models
 from tvm_sparse.frontend import import_model
-from tvm_sparse.passes import choose_kernels
 from tvm_sparse.passes import pipeline as P
+from tvm_sparse.schedules import choice as choose_kernels
 from tvm_sparse.schedules import sparse_cuda
 from tvm_sparse.target import resolve_target
 

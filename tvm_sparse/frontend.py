@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import onnx
 import tvm
-from onnx import numpy_helper
 from tvm import relax
 
 from .errors import InputShapeError, ModelLoadError, UnsupportedModelError
@@ -213,11 +212,3 @@ def import_model(model: Any, input_shapes: str | dict | None = None) -> Imported
         f"unsupported model type {type(model).__name__}: give an ONNX path, onnx.ModelProto or "
         "tvm.IRModule"
     )
-
-
-def onnx_initializer(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    """An initializer's value by name (used by tests and the report)."""
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from .passes._relax_utils import static_shape
+from .ir.relax_utils import static_shape
 
 
 def _boost_const(boost: np.ndarray, shape: tuple[int, ...], dtype: str) -> relax.Constant:

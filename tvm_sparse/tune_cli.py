@@ -44,7 +44,7 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
 def run_tune(args: argparse.Namespace) -> int:
     """Run ``tune`` for parsed arguments; prints progress and the summary table."""
     from .errors import TvmSparseError
-    from .schedules.tuning import tune
+    from .tuner import tune
 
     if args.trials < 1:
         raise TvmSparseError(f"--trials must be >= 1, got {args.trials}")

@@ -63,7 +63,7 @@ def test_weight_words_are_the_non_zeros(tmp_path, canonical, variant):
 
 def test_hw_model_weights_rebuild_the_model_weights(canonical):
     """The stores are lossless: rebuilt weights equal the canonical model's weights."""
-    from tvm_sparse.passes.layers import find_layers
+    from tvm_sparse.ir.layers import find_layers
 
     mod, names = canonical
     reference = [spec.weight_2d for spec in find_layers(mod["main"])]

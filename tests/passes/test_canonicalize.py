@@ -10,9 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
 from tvm_sparse.frontend import import_model
-from tvm_sparse.passes._relax_utils import iter_bindings, op_name
+from tvm_sparse.ir.layers import find_layers
+from tvm_sparse.ir.relax_utils import iter_bindings, op_name
 from tvm_sparse.passes.canonicalize import canonicalize
-from tvm_sparse.passes.layers import find_layers
 
 
 def _model(nodes, inits, in_shape, out_shape):

@@ -16,7 +16,7 @@ import pytest
 import tvm
 
 from tvm_sparse.formats.bsr import BSR
-from tvm_sparse.passes.layers import LINEAR, LayerSpec
+from tvm_sparse.ir.layers import LINEAR, LayerSpec
 from tvm_sparse.schedules import sparse_cuda as sc
 
 from .reference import sparse_weight

@@ -11,9 +11,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import assert_close, ort_run
+from tvm_sparse import tuner
 from tvm_sparse.errors import TvmSparseError
-from tvm_sparse.passes.layers import LINEAR, LayerSpec
+from tvm_sparse.ir.layers import LINEAR, LayerSpec
 from tvm_sparse.schedules import tuning
+from tvm_sparse.schedules.tuning import search
 
 
 def _sparse(rng, shape, density):
@@ -66,7 +68,7 @@ def kernel_records(tmp_path_factory):
     """A kernel-only tune of the small model (fast), and the messages it printed."""
     path = tmp_path_factory.mktemp("records")
     lines: list[str] = []
-    summary = tuning.tune(
+    summary = tuner.tune(
         leftover_mlp(), trials=3, records_dir=path, metaschedule=False, progress=lines.append
     )
     return path, summary, lines
@@ -124,7 +126,7 @@ def test_tune_writes_records_with_the_default_as_a_trial(kernel_records):
 def test_second_tune_reuses_every_task(kernel_records):
     path, first, _ = kernel_records
     lines: list[str] = []
-    again = tuning.tune(
+    again = tuner.tune(
         leftover_mlp(), trials=3, records_dir=path, metaschedule=False, progress=lines.append
     )
     assert again.reused == len(first.tasks) and again.trials == 0
@@ -159,7 +161,7 @@ def test_tuned_choice_compiles_to_the_same_answers(kernel_records):
 
 def test_tune_rejects_half_an_rpc_address():
     with pytest.raises(TvmSparseError, match="rpc"):
-        tuning.tune(leftover_mlp(), records_dir="unused", rpc_tracker="127.0.0.1:9190")
+        tuner.tune(leftover_mlp(), records_dir="unused", rpc_tracker="127.0.0.1:9190")
 
 
 def test_cli_tune_writes_records(tmp_path, capsys):
@@ -196,7 +198,7 @@ def test_metaschedule_tunes_the_leftover_and_compile_applies_it(tmp_path):
     import tvm_sparse
 
     model = leftover_mlp()
-    summary = tuning.tune(model, trials=2, records_dir=tmp_path, candidates="chosen")
+    summary = tuner.tune(model, trials=2, records_dir=tmp_path, candidates="chosen")
     ms_rows = [t for t in summary.tasks if t.kind == "metaschedule"]
     assert [t.name for t in ms_rows] == ["tir_sigmoid"]
     assert ms_rows[0].best_s <= ms_rows[0].default_s  # the default is a record too
@@ -204,7 +206,7 @@ def test_metaschedule_tunes_the_leftover_and_compile_applies_it(tmp_path):
     x = np.random.default_rng(2).standard_normal((1, 32)).astype(np.float32)
     module = tvm_sparse.compile(model, tuning_records=tmp_path)
     assert_close(module.run(x), ort_run(model, x))
-    again = tuning.tune(model, trials=2, records_dir=tmp_path, candidates="chosen", progress=None)
+    again = tuner.tune(model, trials=2, records_dir=tmp_path, candidates="chosen", progress=None)
     assert again.reused == len(again.tasks)
 
 
@@ -224,7 +226,7 @@ def test_tuning_through_an_rpc_tracker_and_server(tmp_path):
     )
     try:
         lines: list[str] = []
-        summary = tuning.tune(
+        summary = tuner.tune(
             leftover_mlp(hidden=16),
             trials=2,
             records_dir=tmp_path,
@@ -255,7 +257,7 @@ def test_xgboost_guided_search_prefers_the_fast_region():
     tried: dict[int, float] = {}
     rng = random.Random(0)
     while len(tried) < 16:
-        i = tuning._next_index(space, tried, rng)
+        i = search._next_index(space, tried, rng)
         assert i not in tried
         tried[i] = cost(i)
     assert 0 in tried and min(tried.values()) <= cost(space.index({"a": 6, "b": 1})) * 3

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax
 
-from ._relax_utils import binding_map, const_array, op_name, static_shape
+from ..ir.relax_utils import binding_map, const_array, op_name, static_shape
 
 # Ops that keep a sparse activation sparse (zeros stay zeros, positions move): walked through.
 _TRANSPARENT = (

@@ -6,10 +6,10 @@ import numpy as np
 from tvm import relax
 
 from ..formats.patterns import detect_patterns
+from ..ir.layers import LayerSpec, find_layers
+from ..ir.relax_utils import binding_map
 from ..report import LayerReport
-from ._relax_utils import binding_map
 from .activation_sparsity import ActivationInfo, producer_of
-from .layers import LayerSpec, find_layers
 
 
 def name_layers(layers: list[LayerSpec], names: list[tuple[str, str]]) -> None:

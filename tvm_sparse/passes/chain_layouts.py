@@ -13,9 +13,9 @@ import logging
 
 from tvm import relax
 
+from ..ir.layers import LayerSpec
+from ..ir.relax_utils import use_counts
 from ..schedules.kernel import KernelCall
-from ._relax_utils import use_counts
-from .layers import LayerSpec
 
 log = logging.getLogger("tvm_sparse")
 

@@ -13,8 +13,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._relax_utils import const_array, iter_bindings, op_name, rebind, static_shape, use_counts
-from .layers import CONV2D, _anchor, _per_channel
+from ..ir.layers import CONV2D, _anchor, _per_channel
+from ..ir.relax_utils import const_array, iter_bindings, op_name, rebind, static_shape, use_counts
 
 _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 

@@ -15,8 +15,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..schedules.layernorm_x86 import add_layer_norm_kernel
-from ._relax_utils import (
+from ..ir.relax_utils import (
     binding_map,
     dtype_of,
     llvm_target,
@@ -27,6 +26,7 @@ from ._relax_utils import (
     static_shape,
     use_counts,
 )
+from ..schedules.layernorm_x86 import add_layer_norm_kernel
 
 
 def _flat(expr: relax.Expr, bindings: dict) -> relax.Expr:

@@ -37,8 +37,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..schedules.attention_fused_x86 import AttentionShape, attention_kernel
-from ._relax_utils import (
+from ..ir.relax_utils import (
     binding_map,
     const_array,
     dtype_of,
@@ -49,6 +48,7 @@ from ._relax_utils import (
     static_shape,
     use_counts,
 )
+from ..schedules.attention_fused_x86 import AttentionShape, attention_kernel
 
 _Q_PERM = (0, 2, 1, 3)  # [b, s, h, d] -> [b, h, s, d]
 _K_PERM = (0, 2, 3, 1)  # [b, s, h, d] -> [b, h, d, s]

@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._relax_utils import (
+from ..ir.relax_utils import (
     const_array,
     dtype_of,
     iter_bindings,

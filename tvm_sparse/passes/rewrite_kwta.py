@@ -23,8 +23,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
-from ._relax_utils import (
+from ..ir.relax_utils import (
     binding_map,
     dtype_of,
     llvm_target,
@@ -35,6 +34,7 @@ from ._relax_utils import (
     static_shape,
     use_counts,
 )
+from ..schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
 from .activation_sparsity import KwtaMatch, find_kwta
 
 

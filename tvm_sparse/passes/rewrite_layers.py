@@ -11,9 +11,9 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..ir.layers import LINEAR, LayerSpec
+from ..ir.relax_utils import rebind, reshape_input, static_shape
 from ..schedules.kernel import KernelCall
-from ._relax_utils import rebind, reshape_input, static_shape
-from .layers import LINEAR, LayerSpec
 
 
 def _scheduled(func: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 
-from ..passes.layers import LINEAR, LayerSpec
+from ..ir.layers import LINEAR, LayerSpec
 from ..target import num_cores
 from .cost_model import DEFAULT_MACHINE, MachineModel
 from .kernel import KernelCall

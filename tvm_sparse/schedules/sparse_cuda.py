@@ -592,7 +592,7 @@ def cuda_candidates(layer, target, sparse: bool, machine=None) -> list:
     ``machine`` (the CPU model) is accepted for the registry's signature and unused. Conv layers
     get no candidates: TVM's own lowering (legalize + dlight) handles them.
     """
-    from ..passes.layers import LINEAR
+    from ..ir.layers import LINEAR
     from .registry import Candidate
 
     if layer.kind != LINEAR:

@@ -29,10 +29,10 @@ from tvm import relax
 
 from ...errors import UnsupportedModelError
 from ...formats.complementary import ComplementaryPacked
-from ...passes._relax_utils import binding_map, iter_bindings, op_name, static_shape
+from ...ir.layers import CONV2D, LINEAR, find_layers
+from ...ir.relax_utils import binding_map, iter_bindings, op_name, static_shape
 from ...passes.activation_sparsity import find_kwta, pooled_density
 from ...passes.analyze_sparsity import ASSUMED_RELU_DENSITY, name_layers
-from ...passes.layers import CONV2D, LINEAR, find_layers
 from .names import NameTable
 from .target import FpgaTarget, Precision
 

@@ -12,8 +12,9 @@ Two kinds of tasks, because the two kinds of kernels are built differently:
   legalization that no tvm-sparse kernel covers, tuned by MetaSchedule into its JSON database
   in ``RECORDS_DIR``, which ``compile(tuning_records=RECORDS_DIR)`` applies.
 
-:func:`tune` (here) extracts both kinds of tasks, steps the kernel searches round-robin, then
-tunes the MetaSchedule tasks one by one, and returns a :class:`~.results.TuneSummary`.
+``tvm_sparse.tuner.tune`` (beside ``compiler.py``) extracts both kinds of tasks, steps the
+kernel searches round-robin, then tunes the MetaSchedule tasks one by one, and returns a
+:class:`~.results.TuneSummary`.
 Re-running ``tune`` on the same model finds the records and measures nothing again. With more
 trials than before, a task continues where it stopped.
 
@@ -22,176 +23,29 @@ At compile time, :func:`use_records` makes a records directory active and
 (:mod:`.lookup`).
 """
 
-from __future__ import annotations
-
-import dataclasses
-import os
-import time
-from collections.abc import Callable
-from typing import Any
-
-import tvm
-
-from ...passes.layers import LayerSpec
 from .lookup import choose_layer_tuned, tuned_choice, tuned_kernel
 from .measure import LocalMeasurer, RPCMeasurer, measure_kernel
-from .metaschedule import (
-    _ms_runner,
-    default_schedule,
-    extract_ms_tasks,
-    in_process_builder,
-    tune_ms_task,
-)
+from .metaschedule import default_schedule, extract_ms_tasks, in_process_builder, tune_ms_task
 from .records import (
     KERNEL_RECORDS,
     MS_TASKS,
     KernelRecords,
     Records,
-    _read_json,
     best_knobs,
     kernel_key,
     load_records,
     open_database,
     use_records,
 )
-from .results import TaskResult, TuneSummary, _result_line
+from .results import TaskResult, TuneSummary
 from .search import KernelSearch
-from .search import _next_index as _next_index  # re-exported: tests drive the search directly
-from .space import _builder, build_candidate, knob_space, layer_input
-
-
-@dataclasses.dataclass
-class KernelTask:
-    """One knob search to run: a layer and one of its candidate kernels."""
-
-    layer: LayerSpec
-    candidate: str
-
-
-def _compile_phases(imported, target: tvm.target.Target):
-    """The module exactly as ``compile`` has it when the tuning database is applied.
-
-    The same ``pre_schedule_passes`` as ``passes.pipeline.build_pipeline``, so the MetaSchedule
-    workloads recorded here match the ones compile looks up.
-    """
-    from ...passes import pipeline as tvm_sparse_pipeline
-
-    sparsify = tvm_sparse_pipeline.Sparsify(
-        tvm_sparse_pipeline.SparsifyOptions(layer_names=imported.weighted_nodes)
-    )
-    with target:
-        phases = tvm_sparse_pipeline.pre_schedule_passes(target, sparsify)
-        return tvm.transform.Sequential(phases, name="tvm_sparse.tune")(imported.mod), sparsify
-
-
-def extract_kernel_tasks(imported, target: tvm.target.Target, candidates: str = "all"):
-    """One task per (layer, candidate kernel); ``candidates="chosen"``: only the kernel that
-    compile picks by estimate for each layer."""
-    from ...passes.analyze_sparsity import analyze_function
-    from ...passes.canonicalize import canonicalize
-    from ...passes.choose_kernels import choose_layer
-    from ..registry import candidates_for
-
-    mod = canonicalize(imported.mod)
-    tasks = []
-    for layer, _act in analyze_function(mod["main"], imported.weighted_nodes):
-        names = [c.name for c in candidates_for(layer, target, sparse=True)]
-        if candidates == "chosen":
-            names = [choose_layer(layer, target).chosen]
-        tasks += [KernelTask(layer, n) for n in names if _builder(n, layer) is not None]
-    return tasks
-
-
-def tune(
-    model: Any,
-    target: Any = "llvm",
-    *,
-    trials: int = 64,
-    records_dir: str | os.PathLike,
-    input_shapes: str | dict | None = None,
-    rpc_tracker: str | None = None,
-    rpc_key: str | None = None,
-    progress: Callable[[str], None] | None = print,
-    candidates: str = "all",
-    metaschedule: bool = True,
-) -> TuneSummary:
-    """Tune every kernel of ``model`` and write the records to ``records_dir``.
-
-    ``trials`` is the most settings measured per task. ``candidates``: "all" tunes every
-    candidate kernel of every layer (the tuned times then decide dense vs sparse per layer at
-    compile), "chosen" only the kernel compile picks by estimate. ``metaschedule=False`` skips
-    the leftovers. With ``rpc_tracker="HOST:PORT"`` and ``rpc_key`` every measurement runs on
-    the device the tracker hands out; building stays here.
-    """
-    from ...frontend import import_model
-    from ...target import resolve_target
-
-    if trials < 1:
-        raise ValueError(f"trials must be >= 1, got {trials}")
-    if candidates not in ("all", "chosen"):
-        raise ValueError(f"candidates must be 'all' or 'chosen', got {candidates!r}")
-    if (rpc_tracker is None) != (rpc_key is None):
-        from ...errors import TvmSparseError
-
-        raise TvmSparseError("RPC tuning needs both --rpc-tracker and --rpc-key")
-    say = progress or (lambda _msg: None)
-    start = time.perf_counter()
-    tgt = resolve_target(target)
-    records_dir = os.fspath(records_dir)
-    os.makedirs(records_dir, exist_ok=True)
-    imported = import_model(model, input_shapes)
-    kernel_tasks = extract_kernel_tasks(imported, tgt, candidates)
-    ms_tasks, skipped = [], []
-    if metaschedule:
-        mod, _ = _compile_phases(imported, tgt)
-        ms_tasks, skipped = extract_ms_tasks(mod, tgt)
-    db = open_database(records_dir)  # compile needs the database files even when empty
-    say(
-        f"tuning {imported.source}: {len(kernel_tasks)} kernel tasks, {len(ms_tasks)} "
-        f"MetaSchedule tasks, up to {trials} trials each, on {rpc_tracker or 'this machine'}"
-    )
-    if skipped:
-        say(f"  not tuned: {', '.join(skipped)}")
-    measurer = (
-        RPCMeasurer(tgt, rpc_tracker, rpc_key) if rpc_tracker else LocalMeasurer(tgt)
-    )  # fmt: skip
-    results: list[TaskResult] = []
-    try:
-        records = KernelRecords(records_dir)
-        total = len(kernel_tasks) + len(ms_tasks)
-        searches = [
-            KernelSearch(t.candidate, t.layer, tgt, records, measurer, trials, say,
-                         f"[{i}/{total}] {t.layer.name} {t.candidate}")
-            for i, t in enumerate(kernel_tasks, 1)
-        ]  # fmt: skip
-        while any(not s.done for s in searches):  # round-robin: one trial per task per round
-            for search in searches:
-                if not search.done:
-                    search.step()
-        for search in searches:
-            results.append(search.result())
-            say(_result_line(search.label, results[-1]))
-        state = _read_json(os.path.join(records_dir, MS_TASKS))
-        tools = (in_process_builder(), _ms_runner(rpc_tracker, rpc_key)) if ms_tasks else ()
-        for j, task in enumerate(ms_tasks, len(kernel_tasks) + 1):
-            label = f"[{j}/{total}] {task.task_name}"
-            res = tune_ms_task(task, tgt, records_dir, db, state, measurer, trials, tools, say)
-            results.append(res)
-            say(_result_line(label, res))
-    finally:
-        measurer.close()
-    summary = TuneSummary(records_dir, str(tgt), results, time.perf_counter() - start)
-    say(f"done: {len(results)} tasks, reused {summary.reused} tasks, {summary.trials} new trials "
-        f"in {summary.wall_s:.1f} s")  # fmt: skip
-    return summary
-
+from .space import build_candidate, knob_space, layer_input
 
 __all__ = [
     "KERNEL_RECORDS",
     "MS_TASKS",
     "KernelRecords",
     "KernelSearch",
-    "KernelTask",
     "LocalMeasurer",
     "RPCMeasurer",
     "Records",
@@ -201,7 +55,6 @@ __all__ = [
     "build_candidate",
     "choose_layer_tuned",
     "default_schedule",
-    "extract_kernel_tasks",
     "extract_ms_tasks",
     "in_process_builder",
     "kernel_key",
@@ -210,7 +63,6 @@ __all__ = [
     "load_records",
     "measure_kernel",
     "open_database",
-    "tune",
     "tune_ms_task",
     "tuned_choice",
     "tuned_kernel",

@@ -3,7 +3,7 @@
 :func:`~.records.use_records` makes a records directory active; :func:`choose_layer_tuned`
 (what the pipeline calls per layer) then picks the candidate the records measured fastest and
 builds it with its best knobs. When the records do not cover every candidate of the layer (or
-a measured choice is asked for) it falls back to ``choose_kernels.choose_layer``, and still
+a measured choice is asked for) it falls back to ``schedules.choice.choose_layer``, and still
 builds the kernel that picks with its tuned knobs where there are some.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tvm
 
-from ...passes.layers import LayerSpec
+from ...ir.layers import LayerSpec
 from ..kernel import KernelCall
 from .records import _ACTIVE, kernel_key
 from .space import _builder, build_candidate
@@ -56,8 +56,8 @@ def tuned_kernel(candidate: str, layer: LayerSpec, target: tvm.target.Target) ->
 
 
 def choose_layer_tuned(layer: LayerSpec, target: tvm.target.Target, **kwargs):
-    """``choose_kernels.choose_layer`` with tuning records first (a drop-in for the pipeline)."""
-    from ...passes.choose_kernels import Choice, choose_layer
+    """``schedules.choice.choose_layer`` with tuning records first (a drop-in for the pipeline)."""
+    from ..choice import Choice, choose_layer
     from ..registry import candidates_for
 
     if _ACTIVE.get() is not None and kwargs.get("measure") is not True:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tvm
 
-from ...passes.layers import LayerSpec
+from ...ir.layers import LayerSpec
 
 log = logging.getLogger("tvm_sparse")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import tvm
 
-from ...passes.layers import CONV2D, LINEAR, LayerSpec
+from ...ir.layers import CONV2D, LINEAR, LayerSpec
 from ...target import num_cores
 from ..kernel import KernelCall
 

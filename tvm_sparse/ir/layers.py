@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tvm import relax
 
-from ._relax_utils import const_array, dtype_of, iter_bindings, op_name, static_shape, use_counts
+from .relax_utils import const_array, dtype_of, iter_bindings, op_name, static_shape, use_counts
 
 LINEAR = "linear"
 CONV2D = "conv2d"

@@ -11,10 +11,6 @@ import tvm
 from tvm import relax
 
 
-def main_function(mod: tvm.IRModule) -> relax.Function:
-    return mod["main"]
-
-
 def iter_bindings(func: relax.Function) -> Iterator[relax.VarBinding]:
     """All VarBindings of a function body's blocks, in order."""
     body = func.body

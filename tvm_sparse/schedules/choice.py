@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 
-from ..schedules.cost_model import DEFAULT_MACHINE, ESTIMATE_MARGIN, MEASURE_MARGIN
-from ..schedules.kernel import KernelCall, kernel_timer
-from ..schedules.registry import Candidate, candidates_for
+from ..ir.layers import LayerSpec
 from ..timing import take_turns
 from . import measure_cache
-from .layers import LayerSpec
+from .cost_model import DEFAULT_MACHINE, ESTIMATE_MARGIN, MEASURE_MARGIN
+from .kernel import KernelCall, kernel_timer
+from .registry import Candidate, candidates_for
 
 log = logging.getLogger("tvm_sparse")
 

@@ -16,7 +16,7 @@ import threading
 import tvm
 import tvm_ffi
 
-from ..schedules.kernel import KernelCall
+from .kernel import KernelCall
 
 _LOCK = threading.Lock()
 _MEMORY: dict[str, float] = {}

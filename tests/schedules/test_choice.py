@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tvm_sparse.passes import choose_kernels, measure_cache
-from tvm_sparse.passes.layers import LINEAR, LayerSpec
+from tvm_sparse.ir.layers import LINEAR, LayerSpec
+from tvm_sparse.schedules import choice as choose_kernels
+from tvm_sparse.schedules import measure_cache
 from tvm_sparse.schedules.cost_model import MEASURE_MARGIN
 
 

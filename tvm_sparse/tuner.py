@@ -1,0 +1,157 @@
+"""``tune()``: auto-tune every kernel of a model, the driver over ``schedules.tuning``.
+
+It sits beside ``compiler.py`` because, like compile, it runs the whole front of the pipeline
+(import, canonicalize, sparsify, legalize) to find its tasks; ``schedules.tuning`` holds the
+parts (knob spaces, search, measurers, records) and imports no pass.
+
+It extracts two kinds of tasks: kernel tasks (one per layer and candidate kernel, searched over
+the builders' knobs) and MetaSchedule tasks (the fused dense leftovers), steps the kernel
+searches round-robin, then tunes the MetaSchedule tasks one by one, and returns a
+:class:`~tvm_sparse.schedules.tuning.TuneSummary`. Re-running on the same model measures nothing
+again; with more trials than before, a task continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import tvm
+
+from .errors import TvmSparseError
+from .frontend import import_model
+from .ir.layers import LayerSpec
+from .passes import pipeline as tvm_sparse_pipeline
+from .passes.analyze_sparsity import analyze_function
+from .passes.canonicalize import canonicalize
+from .schedules.choice import choose_layer
+from .schedules.registry import candidates_for
+from .schedules.tuning.measure import LocalMeasurer, RPCMeasurer
+from .schedules.tuning.metaschedule import (
+    _ms_runner,
+    extract_ms_tasks,
+    in_process_builder,
+    tune_ms_task,
+)
+from .schedules.tuning.records import MS_TASKS, KernelRecords, _read_json, open_database
+from .schedules.tuning.results import TaskResult, TuneSummary, _result_line
+from .schedules.tuning.search import KernelSearch
+from .schedules.tuning.space import _builder
+from .target import resolve_target
+
+
+@dataclasses.dataclass
+class KernelTask:
+    """One knob search to run: a layer and one of its candidate kernels."""
+
+    layer: LayerSpec
+    candidate: str
+
+
+def _compile_phases(imported, target: tvm.target.Target):
+    """The module exactly as ``compile`` has it when the tuning database is applied.
+
+    The same ``pre_schedule_passes`` as ``passes.pipeline.build_pipeline``, so the MetaSchedule
+    workloads recorded here match the ones compile looks up.
+    """
+    sparsify = tvm_sparse_pipeline.Sparsify(
+        tvm_sparse_pipeline.SparsifyOptions(layer_names=imported.weighted_nodes)
+    )
+    with target:
+        phases = tvm_sparse_pipeline.pre_schedule_passes(target, sparsify)
+        return tvm.transform.Sequential(phases, name="tvm_sparse.tune")(imported.mod), sparsify
+
+
+def extract_kernel_tasks(imported, target: tvm.target.Target, candidates: str = "all"):
+    """One task per (layer, candidate kernel); ``candidates="chosen"``: only the kernel that
+    compile picks by estimate for each layer."""
+    mod = canonicalize(imported.mod)
+    tasks = []
+    for layer, _act in analyze_function(mod["main"], imported.weighted_nodes):
+        names = [c.name for c in candidates_for(layer, target, sparse=True)]
+        if candidates == "chosen":
+            names = [choose_layer(layer, target).chosen]
+        tasks += [KernelTask(layer, n) for n in names if _builder(n, layer) is not None]
+    return tasks
+
+
+def tune(
+    model: Any,
+    target: Any = "llvm",
+    *,
+    trials: int = 64,
+    records_dir: str | os.PathLike,
+    input_shapes: str | dict | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    progress: Callable[[str], None] | None = print,
+    candidates: str = "all",
+    metaschedule: bool = True,
+) -> TuneSummary:
+    """Tune every kernel of ``model`` and write the records to ``records_dir``.
+
+    ``trials`` is the most settings measured per task. ``candidates``: "all" tunes every
+    candidate kernel of every layer (the tuned times then decide dense vs sparse per layer at
+    compile), "chosen" only the kernel compile picks by estimate. ``metaschedule=False`` skips
+    the leftovers. With ``rpc_tracker="HOST:PORT"`` and ``rpc_key`` every measurement runs on
+    the device the tracker hands out; building stays here.
+    """
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    if candidates not in ("all", "chosen"):
+        raise ValueError(f"candidates must be 'all' or 'chosen', got {candidates!r}")
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise TvmSparseError("RPC tuning needs both --rpc-tracker and --rpc-key")
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    tgt = resolve_target(target)
+    records_dir = os.fspath(records_dir)
+    os.makedirs(records_dir, exist_ok=True)
+    imported = import_model(model, input_shapes)
+    kernel_tasks = extract_kernel_tasks(imported, tgt, candidates)
+    ms_tasks, skipped = [], []
+    if metaschedule:
+        mod, _ = _compile_phases(imported, tgt)
+        ms_tasks, skipped = extract_ms_tasks(mod, tgt)
+    db = open_database(records_dir)  # compile needs the database files even when empty
+    say(
+        f"tuning {imported.source}: {len(kernel_tasks)} kernel tasks, {len(ms_tasks)} "
+        f"MetaSchedule tasks, up to {trials} trials each, on {rpc_tracker or 'this machine'}"
+    )
+    if skipped:
+        say(f"  not tuned: {', '.join(skipped)}")
+    measurer = (
+        RPCMeasurer(tgt, rpc_tracker, rpc_key) if rpc_tracker else LocalMeasurer(tgt)
+    )  # fmt: skip
+    results: list[TaskResult] = []
+    try:
+        records = KernelRecords(records_dir)
+        total = len(kernel_tasks) + len(ms_tasks)
+        searches = [
+            KernelSearch(t.candidate, t.layer, tgt, records, measurer, trials, say,
+                         f"[{i}/{total}] {t.layer.name} {t.candidate}")
+            for i, t in enumerate(kernel_tasks, 1)
+        ]  # fmt: skip
+        while any(not s.done for s in searches):  # round-robin: one trial per task per round
+            for search in searches:
+                if not search.done:
+                    search.step()
+        for search in searches:
+            results.append(search.result())
+            say(_result_line(search.label, results[-1]))
+        state = _read_json(os.path.join(records_dir, MS_TASKS))
+        tools = (in_process_builder(), _ms_runner(rpc_tracker, rpc_key)) if ms_tasks else ()
+        for j, task in enumerate(ms_tasks, len(kernel_tasks) + 1):
+            label = f"[{j}/{total}] {task.task_name}"
+            res = tune_ms_task(task, tgt, records_dir, db, state, measurer, trials, tools, say)
+            results.append(res)
+            say(_result_line(label, res))
+    finally:
+        measurer.close()
+    summary = TuneSummary(records_dir, str(tgt), results, time.perf_counter() - start)
+    say(f"done: {len(results)} tasks, reused {summary.reused} tasks, {summary.trials} new trials "
+        f"in {summary.wall_s:.1f} s")  # fmt: skip
+    return summary

@@ -36,9 +36,9 @@ def _conv(rng, groups=1):
 
 
 def _two_of_four(rng, n=32, k=64):
-    """A 2:4-pruned weight in 8 x 8 blocks (every block shape's fill is perfect and every
-    group of 4 inputs keeps 2): every CPU linear family applies."""
-    w = sparse_weight(rng, (n, k), 0.5, block=(16, 8))
+    """Inputs 1 and 2 of every 4 pruned: 2:4 (and 1:2) sparse, and every r x 1 block is full,
+    so the N:M and the tall BSR families apply too."""
+    w = rng.standard_normal((n, k)).astype(np.float32)
     w[:, 1::4] = 0
     w[:, 2::4] = 0
     return w
@@ -67,7 +67,7 @@ def test_families_apply_only_to_their_target(target, rng):
     layer = _linear(_two_of_four(rng))
     cpu = [f.name for f in registry.families_for(layer, target)]
     cuda = [f.name for f in registry.families_for(layer, CUDA)]
-    assert cpu[:3] == ["dense", "csr", "sparse_sparse"] and "bsr16x1" in cpu
+    assert cpu[:3] == ["dense", "csr", "sparse_sparse"] and {"bsr16x1", "nm"} <= set(cpu)
     assert cuda[:2] == ["dense", "csr"] and "bsr8x1" in cuda
     for family in registry.families_for(layer, target):
         assert family.applies(layer, target) and not family.applies(layer, CUDA)
@@ -97,11 +97,14 @@ def test_candidates_carry_estimates_and_build(target, rng):
 
 @pytest.mark.parametrize("rows", [1, 5])
 def test_every_cpu_linear_family_computes_the_layer(target, rng, rows):
-    """``build`` with the first settings of each knob space matches numpy (float64)."""
+    """``build`` with the first settings of each knob space matches numpy (float64), for every
+    family, whether or not it would be offered for this weight."""
     layer = _linear(_two_of_four(rng), rows=rows)
     x = rng.standard_normal((rows, 64)).astype(np.float32)
     expected = linear_ref(x, layer.weight, layer.bias, "relu")
-    for family in registry.families_for(layer, target):
+    families = [f for f in FAMILIES if f.targets(target) and f.layer_kind == LINEAR]
+    assert len(families) == 8  # dense, csr, sparse_sparse, 4 BSR blocks, N:M
+    for family in families:
         space = family.knob_space(layer, target)
         assert space[0] == {}, family.name
         keys = [json.dumps(s, sort_keys=True) for s in space]

@@ -11,6 +11,7 @@ from .base import Candidate, CpuKernel, CudaKernel, KernelFamily
 from .cpu_bsr import BsrLinear
 from .cpu_csr import CsrLinear
 from .cpu_dense import DenseConv2d, DenseLinear
+from .cpu_nm import NMLinear
 from .cpu_sparse_conv import SparseConv2d
 from .cpu_sparse_sparse import SparseSparseConv2d, SparseSparseLinear
 from .cuda_bsr import CudaBsrLinear
@@ -29,6 +30,7 @@ FAMILIES: tuple[KernelFamily, ...] = (
     BsrLinear(4, 1),
     BsrLinear(8, 1),
     BsrLinear(16, 1),
+    NMLinear(),
     CudaDenseLinear(),
     CudaCsrLinear(),
     CudaBsrLinear(4, 1),

@@ -33,12 +33,6 @@ def skips_work(stored: int, size: int) -> bool:
     return stored < DENSE_FILL_THRESHOLD * size
 
 
-def block_count(weight: np.ndarray, rows: int, cols: int) -> int:
-    """Non-empty ``rows x cols`` blocks of a weight whose shape they divide."""
-    n, k = weight.shape
-    return np.count_nonzero(weight.reshape(n // rows, rows, k // cols, cols).any(axis=(1, 3)))
-
-
 def index_bytes(extent: int) -> int:
     """Bytes of one stored column index into ``extent`` columns (the builders' index dtype)."""
     return 2 if extent < 2**15 else 4
@@ -136,7 +130,6 @@ def conv_kwargs(layer: LayerSpec, target: tvm.target.Target) -> dict:
 __all__ = [
     "DENSE_FILL_THRESHOLD",
     "Candidate",
-    "block_count",
     "conv_io_bytes",
     "CpuKernel",
     "CudaKernel",

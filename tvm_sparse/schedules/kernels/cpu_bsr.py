@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import tvm
 
 from ...ir.layers import LayerSpec
@@ -12,40 +11,22 @@ from ...target import num_cores
 from .. import sparse_x86
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
-from .base import CpuKernel, block_count, index_bytes, linear_args, skips_work
+from .base import CpuKernel, index_bytes, linear_args, skips_work
+from .blocks import BLOCK_RATE_GAIN, BlockShape
 from .knobs import panel_space, settings_for
-
-# Stored blocks may hold at most this many times the non-zeros: with a poorer fill BSR
-# multiplies more zeros than its dense-block arithmetic saves over CSR.
-MAX_BLOCK_OVERHEAD = 1.5
-# A dense r x c block reuses each loaded input r times and vectorizes without gathers, so BSR
-# reaches this multiple of the CSR rate on the MACs it stores.
-BLOCK_RATE_GAIN = 1.5
 
 
 @dataclass(frozen=True)
-class BsrLinear(CpuKernel):
-    rows: int
-    cols: int
-
-    @property
-    def name(self) -> str:
-        return f"bsr{self.rows}x{self.cols}"
-
+class BsrLinear(BlockShape, CpuKernel):
     def fits(self, layer: LayerSpec) -> bool:
-        w = layer.weight
-        n, k = w.shape
-        if n % self.rows or k % self.cols:
-            return False
-        stored = block_count(w, self.rows, self.cols) * self.rows * self.cols
-        nnz = int(np.count_nonzero(w))
-        return stored <= MAX_BLOCK_OVERHEAD * max(nnz, 1) and skips_work(stored, w.size)
+        stored = self.stored_if_filled(layer.weight)
+        return stored is not None and skips_work(stored, layer.weight.size)
 
     def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
                  ) -> float:  # fmt: skip
         w = layer.weight
         m, (n, k) = layer.rows, w.shape
-        blocks = block_count(w, self.rows, self.cols)
+        blocks = self.blocks(w)
         stored = blocks * self.rows * self.cols
         rate = machine.sparse_gmacs if m < 4 else machine.sparse_batched_gmacs
         bsr_bytes = stored * 4 + blocks * index_bytes(k) + 4 * m * (n + k)

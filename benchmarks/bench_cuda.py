@@ -73,6 +73,7 @@ def main() -> int:
     if importlib.util.find_spec("cuda.bindings") is None:
         os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
 
+    from tvm_sparse.schedules import dense_cuda
     from tvm_sparse.schedules import sparse_cuda as sc
 
     dev = tvm.cuda(0)
@@ -86,7 +87,7 @@ def main() -> int:
 
     rows = []
     builds = [
-        ("tvm dense (dlight)", lambda: sc.dense_linear(args.batch, w, target=target), x),
+        ("tvm dense (dlight)", lambda: dense_cuda.dense_linear(args.batch, w, target=target), x),
         ("csr (sparse_cuda)", lambda: sc.csr_linear(args.batch, w, target=target), x),
         ("bsr4x1 (sparse_cuda)", lambda: sc.bsr_linear(args.batch, w, (4, 1), target=target), x),
         (

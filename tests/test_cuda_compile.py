@@ -2,9 +2,8 @@
 
 ``test_pipeline_phases_with_cuda_lowering`` runs the phases of ``passes/pipeline.py`` with the CUDA
 lowering TVM 0.27 needs (``tvm.relax.backend.cuda.pipeline``; the generic
-``relax.pipeline.dataflow_lower_passes`` raises AttributeError for cuda) and with
-``sparse_cuda.cuda_candidates`` as the registry for cuda targets: the fix proposed for
-``pipeline.py`` / ``registry.py``. The public ``tvm_sparse.compile`` test passes once that lands.
+``relax.pipeline.dataflow_lower_passes`` raises AttributeError for cuda); the kernel registry
+lists the CUDA families for a cuda target, and ``only`` narrows them to one to force it.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ from tvm_sparse import models
 from tvm_sparse.frontend import import_model
 from tvm_sparse.passes import pipeline as P
 from tvm_sparse.schedules import choice as choose_kernels
-from tvm_sparse.schedules import sparse_cuda
-from tvm_sparse.target import resolve_target
+from tvm_sparse.schedules.cost_model import DEFAULT_MACHINE
+from tvm_sparse.target import is_cuda, resolve_target
 
 
 def _cuda_lower_passes(target):
@@ -36,12 +35,10 @@ def _compile_with_phases(model, monkeypatch, only: str | None = None):
     """The pipeline's phases with the CUDA fixes; ``only`` forces one candidate (by name)."""
     orig = choose_kernels.candidates_for
 
-    def candidates(layer, target, sparse=True, machine=None):
-        if str(target.kind.name) != "cuda":
-            return orig(layer, target, sparse, machine)
-        if only == "sparse_sparse":
+    def candidates(layer, target, sparse=True, machine=DEFAULT_MACHINE):
+        if only == "sparse_sparse" and is_cuda(target):
             layer.input_density = 0.25  # pretend the input is known to be sparse
-        cands = sparse_cuda.cuda_candidates(layer, target, sparse, machine)
+        cands = orig(layer, target, sparse, machine)
         return [c for c in cands if c.name == only] if only else cands
 
     monkeypatch.setattr(choose_kernels, "candidates_for", candidates)

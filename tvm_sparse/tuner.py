@@ -28,7 +28,7 @@ from .passes import pipeline as tvm_sparse_pipeline
 from .passes.analyze_sparsity import analyze_function
 from .passes.canonicalize import canonicalize
 from .schedules.choice import choose_layer
-from .schedules.registry import candidates_for
+from .schedules.registry import candidates_for, find_family
 from .schedules.tuning.measure import LocalMeasurer, RPCMeasurer
 from .schedules.tuning.metaschedule import (
     _ms_runner,
@@ -39,7 +39,6 @@ from .schedules.tuning.metaschedule import (
 from .schedules.tuning.records import MS_TASKS, KernelRecords, _read_json, open_database
 from .schedules.tuning.results import TaskResult, TuneSummary, _result_line
 from .schedules.tuning.search import KernelSearch
-from .schedules.tuning.space import _builder
 from .target import resolve_target
 
 
@@ -74,7 +73,7 @@ def extract_kernel_tasks(imported, target: tvm.target.Target, candidates: str = 
         names = [c.name for c in candidates_for(layer, target, sparse=True)]
         if candidates == "chosen":
             names = [choose_layer(layer, target).chosen]
-        tasks += [KernelTask(layer, n) for n in names if _builder(n, layer) is not None]
+        tasks += [KernelTask(layer, n) for n in names if find_family(n, layer, target)]
     return tasks
 
 

@@ -14,15 +14,17 @@ import logging
 import statistics
 from dataclasses import dataclass, field
 
-import numpy as np
 import tvm
 
 from ..ir.layers import LayerSpec
+from ..target import is_cpu
 from ..timing import take_turns
 from . import measure_cache
 from .cost_model import DEFAULT_MACHINE, ESTIMATE_MARGIN, MEASURE_MARGIN
 from .kernel import KernelCall, kernel_timer
-from .registry import Candidate, candidates_for
+from .kernels import Candidate
+from .measure_input import layer_input
+from .registry import candidates_for
 
 log = logging.getLogger("tvm_sparse")
 
@@ -38,16 +40,6 @@ class Choice:
     reason: str
     estimated_ms: dict = field(default_factory=dict)
     measured_ms: dict = field(default_factory=dict)
-
-
-def _sample_input(layer: LayerSpec) -> np.ndarray:
-    """A random input with the layer's expected activation density (sparse kernels see it)."""
-    rng = np.random.default_rng(0)
-    shape = (layer.rows, layer.x_shape[-1]) if layer.kind == "linear" else layer.x_shape
-    x = rng.standard_normal(shape).astype("float32")
-    if layer.input_density is not None:
-        x *= rng.random(shape) < layer.input_density
-    return x
 
 
 def _measure(kernels: dict[str, KernelCall], layer: LayerSpec, target: tvm.target.Target
@@ -66,7 +58,7 @@ def _measure(kernels: dict[str, KernelCall], layer: LayerSpec, target: tvm.targe
     # one missing (a kernel that failed to build last time, say): the whole group is timed again
     seconds = dict.fromkeys(kernels)
     timers = {}
-    x = _sample_input(layer)
+    x = layer_input(layer)
     for name in kernels:
         try:
             timers[name] = kernel_timer(
@@ -116,7 +108,7 @@ def choose_layer(
     if not cands:
         return Choice(layer, "tvm", None, f"no tvm-sparse kernel for target {target.kind.name}")
     estimated = {c.name: c.estimate_s * 1e3 for c in cands}
-    if str(target.kind.name) != "llvm":
+    if not is_cpu(target):
         measure = False  # kernels are timed on the host CPU only (no device timing here yet)
     if measure is False or len(cands) == 1:
         return _choose_by_estimate(layer, cands, estimated)

@@ -17,16 +17,16 @@ class MachineModel:
     """Throughputs of one core; scaled by the core count for parallel kernels."""
 
     bandwidth_gbs: float = 12.0  # streaming read bandwidth of one core (GB/s)
-    # what the batch-1 CSR row kernel streams: index decode and x gathers slow the stream (2048^2
-    # at 50%: 12.6 MB in 1.5 ms, where dense streams its 16.8 MB in 1.0 ms)
+    # what the batch-1 CSR row kernel streams: decoding indices and gathering x between the loads
+    # keep it below the plain streaming bandwidth dense reaches
     gather_bandwidth_gbs: float = 8.0
     dense_gmacs: float = 30.0  # register-blocked dense GEMM (GMAC/s)
     gemv_gmacs: float = 6.0  # batch-1 dense (bound by bandwidth in practice)
-    sparse_gmacs: float = 3.0  # CSR sparse-dense, batch 1 (gather-bound; 2.8 measured at 10%)
+    sparse_gmacs: float = 3.0  # CSR sparse-dense, batch 1 (bound by the gathers of x)
     sparse_batched_gmacs: float = 12.0  # sparse-dense with a weight value reused over a batch
-    # scatter-add per (active input x packed weight): 0.8-1.8 measured over 2048^2 layers at
-    # batch 1 and 64, weight density 5-100%, input density 10-50% (2.0 chose it where it ran
-    # 2.5x slower than dense)
+    # scatter-add per (active input x packed weight): every MAC is an indexed read-modify-write
+    # of an output, far slower than a streamed MAC; the low end of what it reaches, so the
+    # estimate never prefers it where dense is faster
     sparse_sparse_gmacs: float = 1.0
     conv_dense_gmacs: float = 20.0
     launch_us: float = 2.0  # fixed cost per kernel call
@@ -46,7 +46,6 @@ DEFAULT_MACHINE = MachineModel()
 ESTIMATE_MARGIN = 0.8
 # ... and on a measurement only when it measured this much faster. A per-layer timing on a shared
 # machine moves by ~10% between runs, and one timed alone with hot caches flatters a kernel that
-# streams about as many bytes as dense: at 50% density the CSR of a 2048^2 layer measured 7%
-# faster than dense alone and ran 7% slower inside the model (whole model 0.91x dense). A near tie
-# goes to dense, the kernel the plan must never be slower than.
+# streams about as many bytes as dense (inside the model its inputs come from memory, not from
+# the cache). A near tie goes to dense, the kernel the plan must never be slower than.
 MEASURE_MARGIN = 0.9

@@ -3,11 +3,11 @@
 Two kinds of tasks, because the two kinds of kernels are built differently:
 
 - **Kernel tasks** (one per layer and candidate kernel: dense GEMM, CSR, BSR, sparse conv,
-  sparse-sparse). Their schedule lives in the builders' keyword knobs (:mod:`.space`), so
-  tuning builds the kernel with a knob setting on the layer's real weights, times it
-  (:mod:`.measure`) and keeps the fastest (:mod:`.search`, an XGBoost-guided search that
-  always measures the hand schedule first). Records: ``RECORDS_DIR/kernel_records.json``
-  (:mod:`.records`).
+  sparse-sparse). Their schedule lives in the builders' keyword knobs (each kernel family's
+  ``knob_space``, read through :mod:`.space`), so tuning builds the kernel with a knob setting
+  on the layer's real weights, times it (:mod:`.measure`) and keeps the fastest
+  (:mod:`.search`, an XGBoost-guided search that always measures the hand schedule first).
+  Records: ``RECORDS_DIR/kernel_records.json`` (:mod:`.records`).
 - **MetaSchedule tasks** (:mod:`.metaschedule`): the fused TIR functions left after
   legalization that no tvm-sparse kernel covers, tuned by MetaSchedule into its JSON database
   in ``RECORDS_DIR``, which ``compile(tuning_records=RECORDS_DIR)`` applies.
@@ -23,6 +23,7 @@ At compile time, :func:`use_records` makes a records directory active and
 (:mod:`.lookup`).
 """
 
+from ..measure_input import layer_input
 from .lookup import choose_layer_tuned, tuned_choice, tuned_kernel
 from .measure import LocalMeasurer, RPCMeasurer, measure_kernel
 from .metaschedule import default_schedule, extract_ms_tasks, in_process_builder, tune_ms_task
@@ -39,7 +40,7 @@ from .records import (
 )
 from .results import TaskResult, TuneSummary
 from .search import KernelSearch
-from .space import build_candidate, knob_space, layer_input
+from .space import build_candidate, knob_space
 
 __all__ = [
     "KERNEL_RECORDS",

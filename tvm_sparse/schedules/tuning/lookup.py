@@ -12,9 +12,11 @@ from __future__ import annotations
 import tvm
 
 from ...ir.layers import LayerSpec
+from ..choice import Choice, choose_layer
 from ..kernel import KernelCall
+from ..registry import candidates_for, find_family
 from .records import _ACTIVE, kernel_key
-from .space import _builder, build_candidate
+from .space import build_candidate
 
 
 def tuned_choice(layer: LayerSpec, target: tvm.target.Target, candidates: list) -> tuple | None:
@@ -47,7 +49,7 @@ def tuned_choice(layer: LayerSpec, target: tvm.target.Target, candidates: list) 
 def tuned_kernel(candidate: str, layer: LayerSpec, target: tvm.target.Target) -> KernelCall | None:
     """``candidate`` built with its best recorded knobs; None without an active record."""
     records = _ACTIVE.get()
-    if records is None or _builder(candidate, layer) is None:
+    if records is None or find_family(candidate, layer, target) is None:
         return None
     knobs = records.best_knobs(kernel_key(candidate, layer, target))
     if knobs is None:
@@ -55,11 +57,8 @@ def tuned_kernel(candidate: str, layer: LayerSpec, target: tvm.target.Target) ->
     return build_candidate(candidate, layer, target, knobs)
 
 
-def choose_layer_tuned(layer: LayerSpec, target: tvm.target.Target, **kwargs):
+def choose_layer_tuned(layer: LayerSpec, target: tvm.target.Target, **kwargs) -> Choice:
     """``schedules.choice.choose_layer`` with tuning records first (a drop-in for the pipeline)."""
-    from ..choice import Choice, choose_layer
-    from ..registry import candidates_for
-
     if _ACTIVE.get() is not None and kwargs.get("measure") is not True:
         cands = candidates_for(layer, target, sparse=kwargs.get("sparse", True))
         tuned = tuned_choice(layer, target, cands) if cands else None

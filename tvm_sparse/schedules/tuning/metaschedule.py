@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import tvm
 
+from ...target import is_cpu
 from .measure import LocalMeasurer, _split_tracker
 from .records import _VERSION, MS_TASKS, _atomic_write_json
 from .results import TaskResult, _ms
@@ -80,7 +81,7 @@ def default_schedule(func: tvm.tirx.PrimFunc, target: tvm.target.Target):
     Schedule; None when no rule applies (the function runs unscheduled)."""
     from ..leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
 
-    rules = cpu_leftover_rules() if str(target.kind.name) == "llvm" else gpu_leftover_rules()
+    rules = cpu_leftover_rules() if is_cpu(target) else gpu_leftover_rules()
     with target:
         for rule in rules:
             sch = rule.apply(func, target, False)

@@ -13,10 +13,11 @@ import random
 
 import numpy as np
 
+from ..measure_input import layer_input
 from .measure import measure_kernel
 from .records import kernel_key
 from .results import TaskResult
-from .space import build_candidate, knob_space, layer_input
+from .space import build_candidate, knob_space
 
 _XGB_WARMUP = 4  # trials measured (default first, then random) before the model guides the rest
 

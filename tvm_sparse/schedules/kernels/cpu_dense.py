@@ -1,0 +1,80 @@
+"""Dense x86 kernels: the register-blocked GEMM and the implicit-GEMM convolution.
+
+Always the first candidate of a layer, so the choice can never be forced onto a slower sparse
+kernel, and offered even when sparse kernels are turned off.
+"""
+
+from __future__ import annotations
+
+import tvm
+
+from ...ir.layers import CONV2D, LayerSpec
+from ...target import num_cores
+from .. import dense_x86
+from ..cost_model import MachineModel
+from ..kernel import KernelCall
+from .base import CpuKernel, conv_io_bytes, conv_kwargs, linear_args
+from .knobs import parallel_choices, product, round_up, settings_for
+
+
+def _tiling(knobs: dict) -> dict:
+    """JSON knobs -> keyword arguments: the ``tiling`` dict becomes a ``GemmTiling``."""
+    if "tiling" in knobs:
+        knobs = {**knobs, "tiling": dense_x86.GemmTiling(**knobs["tiling"])}
+    return knobs
+
+
+class DenseLinear(CpuKernel):
+    name = "dense"
+    skips_zeros = False
+
+    def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
+                 ) -> float:  # fmt: skip
+        w = layer.weight
+        m, (n, k) = layer.rows, w.shape
+        gmacs = machine.gemv_gmacs if m < 4 else machine.dense_gmacs
+        dense_bytes = w.nbytes + 4 * m * (n + k)
+        return machine.seconds(m * n * k, gmacs, dense_bytes, num_cores(target))
+
+    def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
+        m, n = layer.rows, layer.weight.shape[0]
+        mrs = [4, 5, 6] if m >= 4 else [m]
+        col_cap = max(16, round_up(n, 16))
+        nbs = [nb for nb in (16, 32, 64, 128) if nb <= col_cap and (m < 4 or nb <= 32)]
+        par = parallel_choices(num_cores(target))
+        space = [{"tiling": t} for t in product(mr=mrs, nb=nbs, k_unroll=[1, 4], parallel=par)]
+        return settings_for(dense_x86.dense_linear, space)
+
+    def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
+        return dense_x86.dense_linear(
+            *linear_args(layer), layer.bias, layer.activation, target, **_tiling(knobs)
+        )
+
+
+class DenseConv2d(CpuKernel):
+    name = "dense"
+    layer_kind = CONV2D
+    skips_zeros = False
+
+    def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
+                 ) -> float:  # fmt: skip
+        return machine.seconds(
+            layer.macs_dense,
+            machine.conv_dense_gmacs,
+            layer.weight.nbytes + conv_io_bytes(layer),
+            num_cores(target),
+        )
+
+    def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
+        if layer.conv_attrs.get("groups", 1) != 1:  # the direct loop nest has no knobs
+            return [{}]
+        ow = layer.out_shape[3]
+        mrs = [4, 5, 6] if ow >= 4 else [ow]
+        par = parallel_choices(num_cores(target))
+        space = [{"tiling": t} for t in product(mr=mrs, nb=[16, 32], parallel=par)]
+        return settings_for(dense_x86.dense_conv2d, space)
+
+    def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
+        return dense_x86.dense_conv2d(
+            layer.x_shape, layer.weight, layer.bias, **conv_kwargs(layer, target), **_tiling(knobs)
+        )

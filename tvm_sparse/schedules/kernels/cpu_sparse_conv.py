@@ -1,0 +1,60 @@
+"""The direct sparse convolution on x86 (weights stored sparse, activations dense)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+
+from ...ir.layers import CONV2D, LayerSpec
+from ...target import num_cores
+from .. import sparse_x86
+from ..cost_model import MachineModel
+from ..kernel import KernelCall
+from .base import CpuKernel, conv_io_bytes, conv_kwargs, skips_work
+from .knobs import parallel_choices, product, settings_for
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+class SparseConv2d(CpuKernel):
+    name = "sparse_conv"
+    layer_kind = CONV2D
+
+    def fits(self, layer: LayerSpec) -> bool:
+        w = layer.weight
+        return layer.conv_attrs["groups"] == 1 and skips_work(int(np.count_nonzero(w)), w.size)
+
+    def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
+                 ) -> float:  # fmt: skip
+        w = layer.weight
+        density = np.count_nonzero(w) / max(w.size, 1)
+        nnz = int(np.count_nonzero(w))
+        return machine.seconds(
+            layer.macs_dense * density,
+            machine.sparse_batched_gmacs,
+            nnz * 6 + conv_io_bytes(layer),
+            num_cores(target),
+        )
+
+    def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
+        oh, ow = layer.out_shape[2], layer.out_shape[3]
+        tiles = [
+            (th, tw)
+            for th in _divisors(oh)
+            for tw in _divisors(ow)
+            if 8 <= th * tw <= 128 or (oh * ow < 8 and (th, tw) == (oh, ow))
+        ]
+        # prefer whole rows (contiguous vectors), then bigger tiles: a bounded, sensible subset
+        tiles.sort(key=lambda t: (t[1] != ow, -t[0] * t[1]))
+        par = parallel_choices(num_cores(target))
+        space = product(tile=[list(t) for t in tiles[:12]], parallel=par)
+        return settings_for(sparse_x86.sparse_conv2d, space)
+
+    def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
+        if "tile" in knobs:  # JSON lists -> the builder's tuple
+            knobs = {**knobs, "tile": tuple(knobs["tile"])}
+        return sparse_x86.sparse_conv2d(
+            layer.x_shape, layer.weight, layer.bias, **conv_kwargs(layer, target), **knobs
+        )

@@ -1,0 +1,40 @@
+"""BSR sparse-dense linear on CUDA, one family instance per block shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+
+from ...ir.layers import LayerSpec
+from .. import sparse_cuda
+from ..cost_model import MachineModel
+from ..gpu_cost_model import GATHER_EFFICIENCY, gpu_seconds
+from ..kernel import KernelCall
+from .base import CudaKernel, index_bytes, linear_args
+from .blocks import BLOCK_RATE_GAIN, BlockShape
+from .cuda_dense import linear_io_bytes
+
+
+@dataclass(frozen=True)
+class CudaBsrLinear(BlockShape, CudaKernel):
+    def fits(self, layer: LayerSpec) -> bool:
+        return self.stored_if_filled(layer.weight) is not None
+
+    def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
+                 ) -> float:  # fmt: skip
+        k = layer.weight.shape[1]
+        blocks = self.blocks(layer.weight)
+        stored = blocks * self.rows * self.cols
+        moved = stored * 4 + blocks * index_bytes(k) + linear_io_bytes(layer)
+        return gpu_seconds(moved, GATHER_EFFICIENCY * BLOCK_RATE_GAIN)
+
+    def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
+        return sparse_cuda.bsr_linear(
+            *linear_args(layer),
+            (self.rows, self.cols),
+            layer.bias,
+            layer.activation,
+            target,
+            **knobs,
+        )

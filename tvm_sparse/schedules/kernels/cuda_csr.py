@@ -1,0 +1,30 @@
+"""CSR sparse-dense linear on CUDA: warp-per-row (small batch) or shared-memory panel tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+
+from ...ir.layers import LayerSpec
+from .. import sparse_cuda
+from ..cost_model import MachineModel
+from ..gpu_cost_model import GATHER_EFFICIENCY, gpu_seconds
+from ..kernel import KernelCall
+from .base import CudaKernel, index_bytes, linear_args
+from .cuda_dense import linear_io_bytes
+
+
+class CudaCsrLinear(CudaKernel):
+    name = "csr"
+
+    def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
+                 ) -> float:  # fmt: skip
+        n, k = layer.weight.shape
+        nnz = int(np.count_nonzero(layer.weight))
+        moved = nnz * (4 + index_bytes(k)) + 4 * (n + 1) + linear_io_bytes(layer)
+        return gpu_seconds(moved, GATHER_EFFICIENCY)
+
+    def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
+        return sparse_cuda.csr_linear(
+            *linear_args(layer), layer.bias, layer.activation, target, **knobs
+        )

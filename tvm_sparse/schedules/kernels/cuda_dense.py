@@ -1,0 +1,32 @@
+"""The dense CUDA baseline family (dlight's GPU rules), first among the CUDA candidates."""
+
+from __future__ import annotations
+
+import tvm
+
+from ...ir.layers import LayerSpec
+from .. import dense_cuda
+from ..cost_model import MachineModel
+from ..gpu_cost_model import gpu_seconds
+from ..kernel import KernelCall
+from .base import CudaKernel, linear_args
+
+
+def linear_io_bytes(layer: LayerSpec) -> int:
+    """Bytes of the activations a linear layer reads and writes."""
+    n, k = layer.weight.shape
+    return 4 * layer.rows * (n + k)
+
+
+class CudaDenseLinear(CudaKernel):
+    name = "dense"
+    skips_zeros = False
+
+    def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
+                 ) -> float:  # fmt: skip
+        return gpu_seconds(layer.weight.nbytes + linear_io_bytes(layer))
+
+    def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
+        return dense_cuda.dense_linear(
+            *linear_args(layer), layer.bias, layer.activation, target, **knobs
+        )

@@ -1,0 +1,56 @@
+"""Knob-space helpers shared by the CPU families.
+
+The sparse kernels are block-free TIR whose loop extents come from the packed weight, so
+MetaSchedule cannot transform them: their schedule lives in the builders' keyword knobs
+(register tile, batch tile, column panel, output tile, packing budget, parallel), and a family's
+``knob_space`` lists the settings worth trying.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def product(**axes: list) -> list[dict]:
+    """Every combination of the axes' values, the first axis varying slowest."""
+    out: list[dict] = [{}]
+    for name, values in axes.items():
+        out = [{**o, name: v} for o in out for v in values]
+    return out
+
+
+def parallel_choices(cores: int) -> list[bool]:
+    return [True, False] if cores > 1 else [False]
+
+
+def panel_space(m: int, cores: int, block_cols: int) -> list[dict]:
+    """CSR / BSR: the row / block kernel (``min_batch = m + 1``; ``row_batch`` rows per decoded
+    chunk) or the transposed batch-panel kernel (``min_batch = m``; batch tile, panel width)."""
+    par = parallel_choices(cores)
+    small = product(min_batch=[m + 1], row_batch=[1, 2, 4] if m > 1 else [1], parallel=par)
+    if m < 2:
+        return small
+    tiles = [t for t in (8, 16, 32, 64) if t <= round_up(m, 8)]
+    cols = [None] + [c for c in (64, 128, 256, 512, 1024, 2048) if c >= block_cols]
+    panel = product(min_batch=[m], m_tile=tiles, panel_cols=cols, row_block=[None, 64, 256])
+    return small + [{**p, "parallel": q} for p in panel for q in par]
+
+
+def settings_for(builder: Callable, space: list[dict]) -> list[dict]:
+    """``{}`` then ``space``, each setting cut to the knobs ``builder`` takes, without repeats:
+    a builder that loses a knob narrows the space instead of breaking the tuner."""
+    params = set(inspect.signature(builder).parameters)
+    out, seen = [{}], {"{}"}
+    for setting in space:
+        setting = {k: v for k, v in setting.items() if k in params}
+        key = json.dumps(setting, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(setting)
+    return out

@@ -70,14 +70,38 @@ def op_name(expr: relax.Expr) -> str | None:
     return None
 
 
-def reshape_input(expr: relax.Expr, binding_of: Callable[[relax.Var], Any]) -> relax.Expr | None:
-    """The input of the ``reshape`` bound to ``expr`` (the same values, row-major), else None.
+def scalar_const(expr: relax.Expr, dtype: str | None) -> float | None:
+    """The value of a one-element constant, else None.
 
-    ``binding_of`` looks a var's value up (a bindings dict's ``get``, or a mutator's
-    ``builder_.lookup_binding``); callers add their own conditions on the input's shape.
+    The dtype rule is the caller's, stated at the call: ``dtype`` names the one dtype accepted
+    (a kernel that computes in float32 takes only float32 scalars), None accepts any float dtype.
+    """
+    value = const_array(expr)
+    if value is None or value.size != 1 or value.dtype.kind != "f":
+        return None
+    if dtype is not None and value.dtype != np.dtype(dtype):
+        return None
+    return float(value.reshape(()))
+
+
+def through_reshape(
+    expr: relax.Expr,
+    binding_of: Callable[[relax.Var], Any],
+    accept: Callable[[relax.Expr], bool],
+) -> relax.Expr:
+    """The input of the ``reshape`` bound to ``expr`` when ``accept(input)``, else ``expr``.
+
+    A reshape keeps row-major order, so a kernel that reads its operand flat may read the
+    reshape's input instead: after FuseOps a reshape is a copy kernel, not a view. ``binding_of``
+    looks a var's value up (a bindings dict's ``get``, or a mutator's
+    ``builder_.lookup_binding``); ``accept`` is the caller's condition on the input (its shape,
+    dtype, producer).
     """
     value = binding_of(expr) if isinstance(expr, relax.Var) else None
-    return value.args[0] if op_name(value) == "relax.reshape" else None
+    if op_name(value) != "relax.reshape":
+        return expr
+    src = value.args[0]
+    return src if accept(src) else expr
 
 
 def rebind(mutator, var: relax.Var, value: relax.Expr) -> None:
@@ -109,12 +133,3 @@ def rewrite_functions(
     if rewriter is None:
         return mod
     return relax.transform.DeadCodeElimination()(mod)
-
-
-def llvm_target(target: tvm.target.Target | None) -> tvm.target.Target | None:
-    """``target`` (else the current one) when it is an llvm (CPU) target, else None: the
-    hand-written CPU kernel passes leave other targets alone."""
-    target = target or tvm.target.Target.current(allow_none=True)
-    if target is None or str(target.kind.name) != "llvm":
-        return None
-    return target

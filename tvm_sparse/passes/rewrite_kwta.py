@@ -11,7 +11,7 @@ where nothing else reads the k-WTA result, becomes one ``kwta_maxpool`` call: th
 in the k-WTA's write pass, so the full-size result is never written nor read back.
 
 Runs after ``Sparsify``: that phase reads the k-WTA pattern to report the activation density of
-the layers that follow. Only on llvm targets (the kernel is CPU TIR); other targets and
+the layers that follow. Only on CPU targets (the kernel is CPU TIR); other targets and
 float64/float16 activations keep TVM's topk.
 """
 
@@ -26,16 +26,16 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..ir.relax_utils import (
     binding_map,
     dtype_of,
-    llvm_target,
     op_name,
     rebind,
-    reshape_input,
     rewrite_functions,
     static_shape,
+    through_reshape,
     use_counts,
 )
 from ..schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
 from .activation_sparsity import KwtaMatch, find_kwta
+from .cpu_only import cpu_target
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,21 @@ def _rewritable(match: KwtaMatch) -> bool:
 
 
 def _flat_source(x: relax.Expr, bindings: dict) -> relax.Expr:
-    """The input of the reshape that produced ``x`` (same values, row-major), else ``x``."""
-    src = reshape_input(x, bindings.get)
-    if src is None:
-        return x
-    shape, flat = static_shape(src), static_shape(x)
-    if shape is None or flat is None or len(shape) < 2 or shape[0] != flat[0]:
-        return x
-    return src if dtype_of(src) == "float32" else x
+    """The input of the reshape that produced ``x`` when it has the same batch (the kernel reads
+    each sample flat), else ``x``."""
+    flat = static_shape(x)
+
+    def same_batch(src: relax.Expr) -> bool:
+        shape = static_shape(src)
+        return (
+            shape is not None
+            and flat is not None
+            and len(shape) >= 2
+            and shape[0] == flat[0]
+            and dtype_of(src) == "float32"
+        )
+
+    return through_reshape(x, bindings.get, same_batch)
 
 
 def _pool_fusion(pool_value: relax.Call, match: KwtaMatch) -> _PoolFusion | None:
@@ -161,33 +168,26 @@ class _KwtaRewriter(PyExprMutator):
         rebind(self, binding.var, out)
 
 
-def rewrite_kwta(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Rewrite the k-WTA subgraphs of every Relax function of ``mod`` (no target check)."""
-
-    def rewriter_for(func: relax.Function, current: tvm.IRModule):
-        plan = {m.out_var: m for m in find_kwta(func) if _rewritable(m)}
-        if not plan:
-            return None
-        pools = _plan_pools(func, plan)
-        for fusion in pools.values():  # the fused call replaces the k-WTA's own
-            del plan[fusion.match.out_var]
-        return _KwtaRewriter(plan, pools, binding_map(func), current, target)
-
-    return rewrite_functions(mod, rewriter_for)
-
-
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.RewriteKwta")
 class RewriteKwta:
-    """The pass form of ``rewrite_kwta``; ``target`` defaults to ``Target.current()``."""
+    """Rewrite the k-WTA subgraphs of every Relax function; a no-op on targets other than CPU
+    (``target`` defaults to the one in scope)."""
 
     def __init__(self, target: tvm.target.Target | None = None):
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = llvm_target(self.target)
-        return rewrite_kwta(mod, target) if target is not None else mod
+        target = cpu_target(self.target)
+        if target is None:
+            return mod
 
+        def rewriter_for(func: relax.Function, current: tvm.IRModule):
+            plan = {m.out_var: m for m in find_kwta(func) if _rewritable(m)}
+            if not plan:
+                return None
+            pools = _plan_pools(func, plan)
+            for fusion in pools.values():  # the fused call replaces the k-WTA's own
+                del plan[fusion.match.out_var]
+            return _KwtaRewriter(plan, pools, binding_map(func), current, target)
 
-def rewrite_kwta_pass(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """The pass to put after ``Sparsify`` in the pipeline."""
-    return RewriteKwta(target)
+        return rewrite_functions(mod, rewriter_for)

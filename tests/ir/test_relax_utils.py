@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from tvm_sparse.ir.relax_utils import binding_map, scalar_const, through_reshape
+from tvm_sparse.ir.relax_utils import binding_map, bound_vars, scalar_const, through_reshape
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,11 @@ def test_through_reshape_reads_the_input_when_accepted():
 def test_through_reshape_leaves_other_producers():
     func, _x, _flat, out = _reshaped()
     assert through_reshape(out, binding_map(func).get, lambda src: True).same_as(out)
+
+
+def test_bound_vars_maps_a_value_back_to_its_var():
+    func, x, flat, out = _reshaped()
+    var2val = relax.analysis.get_var2val(func)
+    bound = bound_vars(var2val)
+    assert bound[var2val[flat]].same_as(flat) and bound[var2val[out]].same_as(out)
+    assert bound.get(x, x).same_as(x)  # a parameter is its own var

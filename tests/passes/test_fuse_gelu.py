@@ -166,3 +166,16 @@ def test_inner_product_read_elsewhere_is_left_alone():
 
     mod = _module(form)
     assert _ops(FuseGelu()(mod)) == _ops(mod)
+
+
+def test_gelu_input_read_elsewhere_is_computed_once():
+    """x = h + 1 feeds the GELU and a residual add: the GELU reads x, it does not recompute it."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.add(x, _c(1.0)))
+            g = bb.emit(_torchscript(bb, h))
+            out = bb.emit_output(relax.op.add(g, h))
+        bb.emit_func_output(out)
+    assert _ops(FuseGelu()(bb.get())) == ["relax.add", "relax.nn.gelu", "relax.add"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,17 @@ def use_counts(func: relax.Function) -> Counter:
 
 def binding_map(func: relax.Function) -> dict[relax.Var, relax.Expr]:
     return {b.var: b.value for b in iter_bindings(func)}
+
+
+def bound_vars(var2val: Mapping[relax.Var, relax.Expr]) -> dict[relax.Expr, relax.Var]:
+    """Each bound call (by identity) -> its var.
+
+    A ``relax.dpl`` pattern matched with ``var2val`` follows vars into their values, so a
+    wildcard that stood for a bound var reports the var's value; ``bound.get(e, e)`` gives the var
+    back (a parameter or constant is reported as itself).
+    """
+    leaves = (relax.Var, tvm.ir.Constant)
+    return {value: var for var, value in var2val.items() if not isinstance(value, leaves)}
 
 
 def const_array(expr: relax.Expr) -> np.ndarray | None:

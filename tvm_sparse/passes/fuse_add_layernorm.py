@@ -5,7 +5,7 @@ out and read back twice; ``schedules.layernorm_x86`` does both in one pass over 
 BERT encoder has two of these per layer). Matched: ``layer_norm`` over the last axis only, with
 ``center`` and ``scale``, float32, whose input is an ``add`` of two tensors of the input's own
 shape (no broadcasting) that nothing else reads. A ``reshape`` feeding the add is looked through
-(the kernel reads rows flat). Runs after ``Sparsify`` (the sublayer output is then a sparse
+(the kernel reads rows flat). Runs after the Sparsify phase (the sublayer output is then a sparse
 kernel's result), CPU targets only; anything else is left as it is.
 """
 

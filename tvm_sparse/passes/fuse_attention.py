@@ -24,8 +24,8 @@ reshape absent (the call then returns ``[b, s, h, d]``). The scores, the mask ad
 float32 or does not broadcast over a full key axis, a head dim that is not a multiple of 8, or
 cross-attention (query and key lengths differ) keep the whole subgraph.
 
-Runs on Relax operators: after ``Sparsify`` (the projections are call_tir kernels by then; their
-outputs are the ``q``, ``k``, ``v`` here) and before ``LegalizeOps``. Only for CPU targets.
+Runs on Relax operators: after the Sparsify phase (the projections are call_tir kernels by then;
+their outputs are the ``q``, ``k``, ``v`` here) and before ``LegalizeOps``. Only for CPU targets.
 """
 
 from __future__ import annotations

@@ -22,7 +22,14 @@ from tvm import relax
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..ir.relax_utils import dtype_of, rebind, scalar_const, static_shape, use_counts
+from ..ir.relax_utils import (
+    bound_vars,
+    dtype_of,
+    rebind,
+    scalar_const,
+    static_shape,
+    use_counts,
+)
 
 _RTOL = 1e-6
 
@@ -54,9 +61,10 @@ class _GeluPattern:
         p["root"] = is_op("relax.multiply")(p["inner"], p[last])
         return p
 
-    def match(self, value: relax.Expr, var2val: dict) -> tuple[relax.Expr, relax.Var] | None:
+    def match(self, value: relax.Expr, var2val: dict, bound: dict) -> tuple | None:
         """``(x, inner)`` when ``value`` is the erf-GELU of ``x`` with the right constants;
-        ``inner`` is the var of the inner product (the caller checks nothing else reads it)."""
+        ``inner`` is the var of the inner product (the caller checks nothing else reads it).
+        ``bound`` maps the values dpl reports back to their vars (``bound_vars``)."""
         found = self.pattern.extract_matched_expr(value, var2val)
         if found is None:
             return None
@@ -68,8 +76,7 @@ class _GeluPattern:
         constants = (scale, (p["one"], 1.0), (p["half"], 0.5))
         if not found[p["x"]].same_as(erf_x) or not all(_close(found[c], v) for c, v in constants):
             return None
-        inner = [arg for arg in value.args if found[p["inner"]].same_as(var2val.get(arg))]
-        return found[p["x"]], inner[0]
+        return bound.get(erf_x, erf_x), bound[found[p["inner"]]]
 
 
 def _close(expr: relax.Expr, expected: float) -> bool:
@@ -85,12 +92,12 @@ def _same_type(out: relax.Var, x: relax.Expr) -> bool:
 def _gelu_roots(func: relax.Function, pattern: _GeluPattern) -> dict[relax.Var, relax.Expr]:
     """The var of each GELU's last multiply -> its x."""
     var2val = relax.analysis.get_var2val(func)
-    uses = use_counts(func)
+    bound, uses = bound_vars(var2val), use_counts(func)
     roots = {}
     for var, value in var2val.items():
         if not isinstance(value, relax.Call):
             continue
-        match = pattern.match(value, var2val)
+        match = pattern.match(value, var2val, bound)
         if match is not None and uses[match[1]] == 1 and _same_type(var, match[0]):
             roots[var] = match[0]
     return roots

@@ -10,9 +10,9 @@ of the kernel; TopK and its plumbing are left dead and removed. When ``x`` is a 
 where nothing else reads the k-WTA result, becomes one ``kwta_maxpool`` call: the pool is done
 in the k-WTA's write pass, so the full-size result is never written nor read back.
 
-Runs after ``Sparsify``: that phase reads the k-WTA pattern to report the activation density of
-the layers that follow. Only on CPU targets (the kernel is CPU TIR); other targets and
-float64/float16 activations keep TVM's topk.
+Runs after the Sparsify phase: its AnalyzeLayers reads the k-WTA pattern to report the activation
+density of the layers that follow. Only on CPU targets (the kernel is CPU TIR); other targets
+and float64/float16 activations keep TVM's topk.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import tvm
 from tvm import relax
+from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..ir.relax_utils import (
     binding_map,
+    bound_vars,
     dtype_of,
-    op_name,
     rebind,
     rewrite_functions,
     static_shape,
@@ -97,19 +98,23 @@ def _pool_fusion(pool_value: relax.Call, match: KwtaMatch) -> _PoolFusion | None
     return _PoolFusion(match, tuple(shape[1:]), pool_size, strides)
 
 
+# max_pool2d(reshape(k-WTA result)): which k-WTA, and that nothing else reads it, is _plan_pools'
+_KWTA_OUT = wildcard()
+_POOL_OF_RESHAPE = is_op("relax.nn.max_pool2d")(is_op("relax.reshape")(_KWTA_OUT, wildcard()))
+
+
 def _plan_pools(func: relax.Function, matches: dict) -> dict[relax.Var, _PoolFusion]:
     """The max-pools to fuse, keyed by the pool's var: pool(reshape(kwta)), each used once."""
-    bindings = binding_map(func)
-    uses = use_counts(func)
+    var2val = relax.analysis.get_var2val(func)
+    bound, uses = bound_vars(var2val), use_counts(func)
     plan = {}
-    for var, value in bindings.items():
-        if op_name(value) != "relax.nn.max_pool2d":
+    for var, value in var2val.items():
+        if not isinstance(value, relax.Call):
             continue
-        reshaped = value.args[0]
-        inner = bindings.get(reshaped) if isinstance(reshaped, relax.Var) else None
-        if op_name(inner) != "relax.reshape" or uses[reshaped] != 1:
+        found = _POOL_OF_RESHAPE.extract_matched_expr(value, var2val)
+        if found is None or uses[value.args[0]] != 1:
             continue
-        match = matches.get(inner.args[0])
+        match = matches.get(bound.get(found[_KWTA_OUT]))
         if match is None or uses[match.out_var] != 1:
             continue
         fusion = _pool_fusion(value, match)

@@ -128,12 +128,12 @@ class FoldAffineIntoLayers:
     """Fold BatchNorm / scale / bias chains into constant-weight conv2d and matmul."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        folded = mod.clone()  # assigning functions edits a module in place: not the caller's
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, relax.Function):
                 continue
             plan = _plan_affine_folds(func)
             if not plan:
                 continue
-            new_func = _FoldMutator(plan, mod).visit_expr(func)
-            mod[gv] = new_func
-        return relax.transform.DeadCodeElimination()(mod)
+            folded[gv] = _FoldMutator(plan, folded).visit_expr(func)
+        return relax.transform.DeadCodeElimination()(folded)

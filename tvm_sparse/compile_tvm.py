@@ -55,8 +55,8 @@ def compile_tvm(
         raise TypeError(f"unknown compile option(s): {sorted(unknown)}; known: {sorted(OPTIONS)}")
     tgt = resolve_target(target)
     imported = import_model(model, input_shapes)
-    sparsify = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
-    pipeline = build_pipeline(tgt, sparsify, _records_dir(tuning_records))
+    sparsify_options = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
+    pipeline = build_pipeline(tgt, sparsify_options, _records_dir(tuning_records))
     start = time.perf_counter()
     log.info("compiling %s for %s", imported.source, tgt)
     try:

@@ -49,8 +49,12 @@ def sparsify_passes(
 ) -> list[tvm.transform.Pass]:
     """The four sparsify passes, sharing one plan (run them together, in this order)."""
     plan = LayerPlan(options or SparsifyOptions())
-    return [AnalyzeLayers(plan, target), ChooseKernels(plan, target), ChainLayouts(plan),
-            RewriteLayers(plan)]  # fmt: skip
+    return [
+        AnalyzeLayers(plan, target),
+        ChooseKernels(plan, target),
+        ChainLayouts(plan),
+        RewriteLayers(plan),
+    ]
 
 
 def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:

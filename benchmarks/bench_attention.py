@@ -21,7 +21,7 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 import tvm_sparse  # noqa: E402
-from tvm_sparse.passes.fuse_attention import fuse_attention  # noqa: E402
+from tvm_sparse.passes.fuse_attention import FuseAttention  # noqa: E402
 from tvm_sparse.schedules.attention_fused_x86 import AttentionShape, attention_kernel  # noqa: E402
 from tvm_sparse.schedules.kernel import build_kernel  # noqa: E402
 from tvm_sparse.target import resolve_target  # noqa: E402
@@ -113,7 +113,7 @@ def main() -> None:
 
     mod = attention_module(shape, scale)
     unfused = tvm_sparse.compile(mod, target, measure=False)
-    fused = tvm_sparse.compile(fuse_attention(mod, target), target, measure=False)
+    fused = tvm_sparse.compile(FuseAttention(target)(mod), target, measure=False)
     expected = unfused.run(*arrays)
     np.testing.assert_allclose(fused.run(*arrays), expected, rtol=1e-4, atol=1e-5)
     timers = {

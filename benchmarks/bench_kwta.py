@@ -31,7 +31,7 @@ from peers import OrtRunner, median_time, print_table  # noqa: E402
 from tvm_sparse import models  # noqa: E402
 from tvm_sparse.frontend import import_model  # noqa: E402
 from tvm_sparse.passes.canonicalize import canonicalize  # noqa: E402
-from tvm_sparse.passes.rewrite_kwta import rewrite_kwta  # noqa: E402
+from tvm_sparse.passes.rewrite_kwta import RewriteKwta  # noqa: E402
 from tvm_sparse.target import resolve_target  # noqa: E402
 
 # (per-sample shape, k, boosted k-WTA + 2x2 max-pool): the GSC (super) sparse CNN's k-WTAs, alone
@@ -75,7 +75,7 @@ def bench_case(shape, k: int, pool: bool, batch: int, target, min_time: float) -
     ort = OrtRunner(model, threads=1)
     expected = ort.run(x)[0]
     row = {"n": int(np.prod(shape)), "k": k, "pool": "2x2" if pool else "-", "batch": batch}
-    for label, m in (("tvm_topk_ms", mod), ("ours_ms", rewrite_kwta(mod, target))):
+    for label, m in (("tvm_topk_ms", mod), ("ours_ms", RewriteKwta(target)(mod))):
         call = _vm_call(m, target, x)
         np.testing.assert_array_equal(call().numpy(), expected)
         row[label] = median_time(call, min_time=min_time) * 1e3

@@ -52,17 +52,20 @@ def _sha(data: bytes) -> str:
 def fingerprint(path: str, target: tvm.target.Target) -> dict:
     """What one model compiles to, as hashes and the report's choices."""
     import tvm_sparse
-    from tvm_sparse.passes.pipeline import Sparsify, SparsifyOptions, build_pipeline
+    from tvm_sparse.passes.module_report import REPORT_ATTR, read_report
+    from tvm_sparse.passes.pipeline import SparsifyOptions, build_pipeline
 
     imported = import_model(path)
-    sparsify = Sparsify(SparsifyOptions(layer_names=imported.weighted_nodes, measure=False))
+    options = SparsifyOptions(layer_names=imported.weighted_nodes, measure=False)
     with target:
-        lowered = build_pipeline(target, sparsify)(imported.mod)
+        lowered = build_pipeline(target, options)(imported.mod)
+    report = read_report(lowered)
+    lowered = lowered.without_attr(REPORT_ATTR)  # the report is hashed below, as choices
     result = {
         "module": _sha(lowered.script(show_meta=False).encode()),
         # with the metadata section: every constant (packed weights, indices) in full
         "constants": _sha(lowered.script(show_meta=True).encode()),
-        "choices": [[r.name, r.chosen, r.reason] for r in sparsify.layers],
+        "choices": [[r.name, r.chosen, r.reason] for r in report.layers],
     }
     if str(target.kind.name) != "llvm":
         return result  # built without a device to run on

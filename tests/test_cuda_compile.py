@@ -20,6 +20,7 @@ import tvm_sparse
 from tvm_sparse import models
 from tvm_sparse.frontend import import_model
 from tvm_sparse.passes import pipeline as P
+from tvm_sparse.passes.module_report import capture_report
 from tvm_sparse.schedules import choice as choose_kernels
 from tvm_sparse.schedules.cost_model import DEFAULT_MACHINE
 from tvm_sparse.target import is_cuda, resolve_target
@@ -44,14 +45,14 @@ def _compile_with_phases(model, monkeypatch, only: str | None = None):
     monkeypatch.setattr(choose_kernels, "candidates_for", candidates)
     tgt = resolve_target("cuda")
     imported = import_model(model, None)
-    sparsify = P.Sparsify(P.SparsifyOptions(layer_names=imported.weighted_nodes, measure=False))
+    options = P.SparsifyOptions(layer_names=imported.weighted_nodes, measure=False)
 
     @tvm.transform.module_pass(opt_level=0, name="test.CudaPipeline")
     def pipeline(mod, _ctx):
         with tgt:
             phases = [
                 *P.canonicalize_passes(),
-                sparsify,
+                *P.sparsify_passes(tgt, options),
                 *tvm_pipeline.library_dispatch_passes(tgt),
                 *P.legalize_passes(),
                 *P.schedule_passes(tgt, None),
@@ -59,7 +60,9 @@ def _compile_with_phases(model, monkeypatch, only: str | None = None):
             ]
             return tvm.transform.Sequential(phases)(mod)
 
-    return tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline), sparsify.layers
+    with capture_report() as captured:
+        executable = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
+    return executable, captured.report.layers
 
 
 @pytest.mark.parametrize("only", [None, "csr", "sparse_sparse"])

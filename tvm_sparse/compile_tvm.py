@@ -6,6 +6,7 @@ CPU module its C simulation is checked against.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -16,8 +17,8 @@ import tvm
 from .errors import TvmSparseError
 from .frontend import ImportedModel, import_model
 from .module import CompiledModule
-from .passes.pipeline import Sparsify, SparsifyOptions, build_pipeline
-from .report import Report
+from .passes.module_report import capture_report
+from .passes.pipeline import SparsifyOptions, build_pipeline
 from .schedules import tuning
 from .target import resolve_target
 
@@ -54,12 +55,13 @@ def compile_tvm(
         raise TypeError(f"unknown compile option(s): {sorted(unknown)}; known: {sorted(OPTIONS)}")
     tgt = resolve_target(target)
     imported = import_model(model, input_shapes)
-    sparsify = Sparsify(SparsifyOptions(layer_names=imported.weighted_nodes, **options))
-    pipeline = build_pipeline(tgt, sparsify, _records_dir(tuning_records))
+    sparsify_options = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
+    pipeline = build_pipeline(tgt, sparsify_options, _records_dir(tuning_records))
     start = time.perf_counter()
     log.info("compiling %s for %s", imported.source, tgt)
     try:
-        with tuning.use_records(tuning_records):  # tuned kernel knobs and choices
+        # tuned kernel knobs and choices; the report, as a user of the TVM plugin reads it
+        with tuning.use_records(tuning_records), capture_report() as captured:
             executable = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
     except TvmSparseError:
         raise
@@ -69,5 +71,5 @@ def compile_tvm(
             f"{imported.source}: TVM failed to compile: {lines[-1] if lines else err}"
         ) from err
     log.info("compiled in %.1f s", time.perf_counter() - start)
-    report = Report(model_name(imported), str(tgt.kind.name), sparsify.layers)
+    report = dataclasses.replace(captured.report, model=model_name(imported))
     return CompiledModule(executable, imported.inputs, report, str(tgt.kind.name))

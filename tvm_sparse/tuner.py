@@ -50,18 +50,16 @@ class KernelTask:
     candidate: str
 
 
-def _compile_phases(imported, target: tvm.target.Target):
+def _compile_phases(imported, target: tvm.target.Target) -> tvm.IRModule:
     """The module exactly as ``compile`` has it when the tuning database is applied.
 
     The same ``pre_schedule_passes`` as ``passes.pipeline.build_pipeline``, so the MetaSchedule
     workloads recorded here match the ones compile looks up.
     """
-    sparsify = tvm_sparse_pipeline.Sparsify(
-        tvm_sparse_pipeline.SparsifyOptions(layer_names=imported.weighted_nodes)
-    )
+    options = tvm_sparse_pipeline.SparsifyOptions(layer_names=imported.weighted_nodes)
     with target:
-        phases = tvm_sparse_pipeline.pre_schedule_passes(target, sparsify)
-        return tvm.transform.Sequential(phases, name="tvm_sparse.tune")(imported.mod), sparsify
+        phases = tvm_sparse_pipeline.pre_schedule_passes(target, options)
+        return tvm.transform.Sequential(phases, name="tvm_sparse.tune")(imported.mod)
 
 
 def extract_kernel_tasks(imported, target: tvm.target.Target, candidates: str = "all"):
@@ -113,7 +111,7 @@ def tune(
     kernel_tasks = extract_kernel_tasks(imported, tgt, candidates)
     ms_tasks, skipped = [], []
     if metaschedule:
-        mod, _ = _compile_phases(imported, tgt)
+        mod = _compile_phases(imported, tgt)
         ms_tasks, skipped = extract_ms_tasks(mod, tgt)
     db = open_database(records_dir)  # compile needs the database files even when empty
     say(

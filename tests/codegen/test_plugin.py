@@ -1,4 +1,5 @@
-"""The TVM plugin: a fresh interpreter gets relax_pipeline="sparse" from `import tvm` alone."""
+"""The TVM plugin: a fresh interpreter gets relax_pipeline="sparse" from `import tvm` alone, and
+the report of what it compiled through ``capture_report``."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ def test_sparse_pipeline_registered_on_import_tvm(tmp_path):
         model = models.pruned_mlp(layers=2, hidden=64, density=0.1)
         mod = from_onnx(model, keep_params_in_input=False)
         target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
-        ex = tvm.compile(mod, target, relax_pipeline="sparse")
+        from tvm_sparse.passes.module_report import capture_report
+        with capture_report() as captured:
+            ex = tvm.compile(mod, target, relax_pipeline="sparse")
+        report = captured.report
+        assert [row.op for row in report.layers] == ["linear", "linear"], report.table()
+        assert all(row.chosen and row.reason for row in report.layers), report.table()
         x = np.random.default_rng(0).standard_normal((1, 64)).astype("float32")
         y = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
         import onnxruntime as ort

@@ -9,10 +9,12 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
+from tvm_sparse import models
 from tvm_sparse.frontend import import_model
 from tvm_sparse.ir.layers import find_layers
 from tvm_sparse.ir.relax_utils import iter_bindings, op_name
 from tvm_sparse.passes.canonicalize import canonicalize
+from tvm_sparse.passes.fold_affine import FoldAffineIntoLayers
 
 
 def _model(nodes, inits, in_shape, out_shape):
@@ -115,3 +117,12 @@ def test_matmul_with_constant_weight_is_a_layer():
     (layer,) = find_layers(canonicalize(import_model(model).mod)["main"])
     assert layer.kind == "linear" and layer.rows == 10
     np.testing.assert_array_equal(layer.weight, w.T)
+
+
+def test_folding_leaves_the_callers_module_as_it_was():
+    mod = import_model(models.gsc_sparse_cnn(super_sparse=True)).mod
+    mod = relax.transform.FoldConstant()(relax.transform.DecomposeOpsForInference()(mod))
+    main = mod["main"]
+    folded = FoldAffineIntoLayers()(mod)
+    assert mod["main"].same_as(main)
+    assert not folded["main"].same_as(main)

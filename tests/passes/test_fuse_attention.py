@@ -7,7 +7,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_sparse.passes.fuse_attention import FuseAttention, find_attention, fuse_attention
+from tvm_sparse.passes.fuse_attention import FuseAttention, find_attention
 from tvm_sparse.schedules.attention_fused_x86 import AttentionShape
 
 from ..schedules.test_attention_fused_x86 import NEG, attention_ref
@@ -116,7 +116,7 @@ def ops(mod: tvm.IRModule) -> set[str]:
 )
 def test_fuses_and_matches_numpy(target, rng, variation):
     mod = build(**variation)
-    fused = fuse_attention(mod, target)
+    fused = FuseAttention(target)(mod)
     assert "relax.nn.softmax" not in ops(fused) and "relax.matmul" not in ops(fused)
     assert "relax.permute_dims" not in ops(fused)
     mask_shape = variation.get("mask", (1, 1, S, S))
@@ -143,7 +143,7 @@ def test_fuses_and_matches_numpy(target, rng, variation):
 def test_leaves_what_it_cannot_fuse(target, variation):
     mod = build(**variation)
     assert find_attention(mod["main"]) == []
-    tvm.ir.assert_structural_equal(fuse_attention(mod, target), mod)
+    tvm.ir.assert_structural_equal(FuseAttention(target)(mod), mod)
 
 
 def test_cross_attention_is_left_alone(target):
@@ -192,7 +192,7 @@ def test_layers_share_one_kernel(target, rng):
         with bb.dataflow():
             out = bb.emit_output(attention(attention(x)))
         bb.emit_func_output(out)
-    fused = fuse_attention(bb.get(), target)
+    fused = FuseAttention(target)(bb.get())
     prims = [f for f in fused.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert len(prims) == 1
     a = rng.standard_normal((B, S, H * D)).astype(np.float32)
@@ -220,18 +220,17 @@ def test_tiny_bert_matches_onnxruntime(tmp_path, target):
 
     imported = import_model(path)
     assert len(find_attention(imported.mod["main"])) == TINY_BERT.layers
-    sparsify = P.Sparsify(P.SparsifyOptions(layer_names=imported.weighted_nodes, measure=False))
+    options = P.SparsifyOptions(layer_names=imported.weighted_nodes, measure=False)
     with target:
-        pre = P.pre_schedule_passes(target, sparsify)
-        legalize = len(P.legalize_passes())
-        fused = tvm.transform.Sequential(pre[:-legalize])(imported.mod)
+        *before_legalize, legalize = P.pre_schedule_passes(target, options)
+        fused = tvm.transform.Sequential(before_legalize)(imported.mod)
         calls = [
             f for f in fused.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
             if str(f.attrs["global_symbol"]).startswith("attention")
         ]  # fmt: skip
         assert "relax.nn.softmax" not in ops(fused)
         assert 1 <= len(calls) <= TINY_BERT.layers  # one per distinct q / k / v source shape
-        rest = [*pre[-legalize:], *P.schedule_passes(target), *P.lower_passes(target)]
+        rest = [legalize, *P.schedule_passes(target), *P.lower_passes(target)]
         ex = tvm.compile(fused, target=target, relax_pipeline=tvm.transform.Sequential(rest))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     names = [p.name for p in fused["main"].params]

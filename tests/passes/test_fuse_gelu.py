@@ -9,7 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_sparse.passes.fuse_gelu import FuseGelu, fuse_gelu
+from tvm_sparse.passes.fuse_gelu import FuseGelu
 
 SHAPE = (2, 8, 16)
 
@@ -100,8 +100,8 @@ def test_every_spelling_becomes_one_gelu(form, rng):
 @pytest.mark.parametrize("form", [_wrong_half, _wrong_scale])
 def test_lookalikes_are_left_alone(form):
     mod = _module(form)
-    assert "relax.nn.gelu" not in _ops(fuse_gelu(mod))
-    assert _ops(fuse_gelu(mod)) == _ops(mod)
+    assert "relax.nn.gelu" not in _ops(FuseGelu()(mod))
+    assert _ops(FuseGelu()(mod)) == _ops(mod)
 
 
 def test_module_without_gelu_is_returned_unchanged():
@@ -112,4 +112,70 @@ def test_module_without_gelu_is_returned_unchanged():
             out = bb.emit_output(relax.op.erf(x))
         bb.emit_func_output(out)
     mod = bb.get()
-    assert fuse_gelu(mod).same_as(mod)
+    assert FuseGelu()(mod).same_as(mod)
+
+
+def _spelling(z_form: int, one_first: bool, grouping: int, inner_swap: bool, outer_swap: bool):
+    """One of the 72 spellings: x/sqrt2, x*(1/sqrt2) or (1/sqrt2)*x; erf+1 or 1+erf; each
+    grouping of the three factors with each operand order."""
+
+    def form(bb, x):
+        z = (
+            relax.op.divide(x, _c(math.sqrt(2.0))),
+            relax.op.multiply(x, _c(math.sqrt(0.5))),
+            relax.op.multiply(_c(math.sqrt(0.5)), x),
+        )[z_form]
+        e = bb.emit(relax.op.erf(bb.emit(z)))
+        a = bb.emit(relax.op.add(_c(1.0), e) if one_first else relax.op.add(e, _c(1.0)))
+        factors = {"x": x, "a": a, "h": _c(0.5)}
+        (p, q), r = ((("x", "a"), "h"), (("x", "h"), "a"), (("a", "h"), "x"))[grouping]
+        p, q = (q, p) if inner_swap else (p, q)
+        inner = bb.emit(relax.op.multiply(factors[p], factors[q]))
+        return (
+            relax.op.multiply(factors[r], inner)
+            if outer_swap
+            else relax.op.multiply(inner, factors[r])
+        )
+
+    return form
+
+
+SPELLINGS = [
+    (z, one, g, i, o)
+    for z in range(3)
+    for one in (False, True)
+    for g in range(3)
+    for i in (False, True)
+    for o in (False, True)
+]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_every_operand_order_and_grouping_is_fused(spelling):
+    ops = _ops(FuseGelu()(_module(_spelling(*spelling))))
+    assert ops.count("relax.nn.gelu") == 1
+    assert "relax.erf" not in ops and "relax.multiply" not in ops and "relax.divide" not in ops
+
+
+def test_inner_product_read_elsewhere_is_left_alone():
+    def form(bb, x):
+        e = bb.emit(relax.op.erf(bb.emit(relax.op.divide(x, _c(math.sqrt(2.0))))))
+        a = bb.emit(relax.op.add(e, _c(1.0)))
+        inner = bb.emit(relax.op.multiply(x, a))
+        return relax.op.add(bb.emit(relax.op.multiply(inner, _c(0.5))), inner)
+
+    mod = _module(form)
+    assert _ops(FuseGelu()(mod)) == _ops(mod)
+
+
+def test_gelu_input_read_elsewhere_is_computed_once():
+    """x = h + 1 feeds the GELU and a residual add: the GELU reads x, it does not recompute it."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.add(x, _c(1.0)))
+            g = bb.emit(_torchscript(bb, h))
+            out = bb.emit_output(relax.op.add(g, h))
+        bb.emit_func_output(out)
+    assert _ops(FuseGelu()(bb.get())) == ["relax.add", "relax.nn.gelu", "relax.add"]

@@ -13,7 +13,7 @@ from tvm_sparse.op import kwta
 from tvm_sparse.passes import pipeline
 from tvm_sparse.passes.activation_sparsity import find_kwta
 from tvm_sparse.passes.canonicalize import canonicalize
-from tvm_sparse.passes.rewrite_kwta import rewrite_kwta_pass
+from tvm_sparse.passes.rewrite_kwta import RewriteKwta
 
 from ..conftest import assert_close, ort_run
 
@@ -25,7 +25,7 @@ def _run(mod: tvm.IRModule, target, x: np.ndarray, relax_pipeline="default") -> 
 
 def _rewrite(mod: tvm.IRModule, target) -> tvm.IRModule:
     with target:
-        return rewrite_kwta_pass()(mod)
+        return RewriteKwta()(mod)
 
 
 def _kernels(mod: tvm.IRModule) -> list[str]:
@@ -33,7 +33,7 @@ def _kernels(mod: tvm.IRModule) -> list[str]:
 
 
 def _pipeline_with_rewrite(target) -> tvm.transform.Pass:
-    """build_pipeline's phases with RewriteKwta right after Sparsify."""
+    """build_pipeline's phases with RewriteKwta right after the sparsify passes."""
 
     @tvm.transform.module_pass(opt_level=0, name="test.PipelineWithKwta")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -42,8 +42,8 @@ def _pipeline_with_rewrite(target) -> tvm.transform.Pass:
         with target:
             phases = [
                 *pipeline.canonicalize_passes(),
-                pipeline.Sparsify(),
-                rewrite_kwta_pass(),
+                *pipeline.sparsify_passes(target),
+                RewriteKwta(),
                 *tvm_pipeline.library_dispatch_passes(target),
                 *pipeline.legalize_passes(),
                 *pipeline.schedule_passes(target),
@@ -115,8 +115,8 @@ def test_relax_op_rejects_bad_arguments():
 def test_other_targets_are_left_alone():
     mod = canonicalize(import_model(models.kwta_model((1, 20), 4)).mod)
     with tvm.target.Target({"kind": "cuda", "arch": "sm_90"}):
-        assert rewrite_kwta_pass()(mod).same_as(mod)
-    assert rewrite_kwta_pass()(mod).same_as(mod)  # no target at all
+        assert RewriteKwta()(mod).same_as(mod)
+    assert RewriteKwta()(mod).same_as(mod)  # no target at all
 
 
 def _kwta_pool_module(shape, k, boost, pool, also_return_kwta: bool) -> tvm.IRModule:

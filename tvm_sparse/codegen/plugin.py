@@ -1,8 +1,9 @@
 """The TVM plugin: ``import tvm`` runs this through the ``tvm.backends`` entry point.
 
 It registers the Relax pipeline ``"sparse"``, so any TVM user with tvm-sparse installed can write
-``tvm.compile(mod, target, relax_pipeline="sparse")``. It must stay cheap and must not import
-``tvm_sparse`` eagerly: it runs inside ``import tvm``.
+``tvm.compile(mod, target, relax_pipeline="sparse")`` (``passes/pipeline.py`` says how to read the
+report of such a compile). It must stay cheap and must not import ``tvm_sparse`` eagerly: it runs
+inside ``import tvm``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ PIPELINE_NAME = "sparse"
 
 def _sparse_pipeline(**options):
     """Pipeline factory for ``relax.get_pipeline("sparse", sparse=..., measure=...)``."""
-    from ..passes.pipeline import Sparsify, SparsifyOptions, build_pipeline
+    from ..passes.pipeline import SparsifyOptions, build_pipeline
 
-    return build_pipeline(sparsify=Sparsify(SparsifyOptions(**options)))
+    return build_pipeline(options=SparsifyOptions(**options))
 
 
 def register() -> None:

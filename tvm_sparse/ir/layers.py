@@ -59,7 +59,7 @@ class LayerSpec:
         return self.weight.reshape(self.weight.shape[0], -1)
 
 
-def _per_channel(value: np.ndarray, channels: int, kind: str) -> np.ndarray | None:
+def per_channel(value: np.ndarray, channels: int, kind: str) -> np.ndarray | None:
     """A constant that broadcasts along the output channel only, as a [channels] vector."""
     shape = value.shape
     if value.size == 1:
@@ -76,7 +76,7 @@ def _per_channel(value: np.ndarray, channels: int, kind: str) -> np.ndarray | No
     return value.reshape(channels) if ok else None
 
 
-def _anchor(value: relax.Expr) -> tuple[str, np.ndarray, dict] | None:
+def anchor_of(value: relax.Expr) -> tuple[str, np.ndarray, dict] | None:
     """(kind, weight, conv attrs) when ``value`` is a constant-weight matmul or conv2d."""
     name = op_name(value)
     if name == "relax.matmul":
@@ -121,7 +121,7 @@ def find_layers(func: relax.Function) -> list[LayerSpec]:
 
     layers: list[LayerSpec] = []
     for binding in iter_bindings(func):
-        found = _anchor(binding.value)
+        found = anchor_of(binding.value)
         if found is None:
             continue
         kind, weight, conv = found
@@ -134,7 +134,7 @@ def find_layers(func: relax.Function) -> list[LayerSpec]:
             a, b = nxt.value.args
             other = b if a.same_as(tail) else a
             c = const_array(other)
-            vec = None if c is None else _per_channel(c, weight.shape[0], kind)
+            vec = None if c is None else per_channel(c, weight.shape[0], kind)
             if vec is not None and static_shape(nxt.var) == static_shape(tail):
                 bias, tail = vec.astype(np.float32), nxt.var
                 nxt = single_user(tail)

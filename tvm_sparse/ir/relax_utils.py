@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,17 @@ def binding_map(func: relax.Function) -> dict[relax.Var, relax.Expr]:
     return {b.var: b.value for b in iter_bindings(func)}
 
 
+def bound_vars(var2val: Mapping[relax.Var, relax.Expr]) -> dict[relax.Expr, relax.Var]:
+    """Each bound call (by identity) -> its var.
+
+    A ``relax.dpl`` pattern matched with ``var2val`` follows vars into their values, so a
+    wildcard that stood for a bound var reports the var's value; ``bound.get(e, e)`` gives the var
+    back (a parameter or constant is reported as itself).
+    """
+    leaves = (relax.Var, tvm.ir.Constant)
+    return {value: var for var, value in var2val.items() if not isinstance(value, leaves)}
+
+
 def const_array(expr: relax.Expr) -> np.ndarray | None:
     """The numpy value of a relax.Constant, else None."""
     if isinstance(expr, tvm.ir.Constant):
@@ -70,14 +81,38 @@ def op_name(expr: relax.Expr) -> str | None:
     return None
 
 
-def reshape_input(expr: relax.Expr, binding_of: Callable[[relax.Var], Any]) -> relax.Expr | None:
-    """The input of the ``reshape`` bound to ``expr`` (the same values, row-major), else None.
+def scalar_const(expr: relax.Expr, dtype: str | None) -> float | None:
+    """The value of a one-element constant, else None.
 
-    ``binding_of`` looks a var's value up (a bindings dict's ``get``, or a mutator's
-    ``builder_.lookup_binding``); callers add their own conditions on the input's shape.
+    The dtype rule is the caller's, stated at the call: ``dtype`` names the one dtype accepted
+    (a kernel that computes in float32 takes only float32 scalars), None accepts any float dtype.
+    """
+    value = const_array(expr)
+    if value is None or value.size != 1 or value.dtype.kind != "f":
+        return None
+    if dtype is not None and value.dtype != np.dtype(dtype):
+        return None
+    return float(value.reshape(()))
+
+
+def through_reshape(
+    expr: relax.Expr,
+    binding_of: Callable[[relax.Var], Any],
+    accept: Callable[[relax.Expr], bool],
+) -> relax.Expr:
+    """The input of the ``reshape`` bound to ``expr`` when ``accept(input)``, else ``expr``.
+
+    A reshape keeps row-major order, so a kernel that reads its operand flat may read the
+    reshape's input instead: after FuseOps a reshape is a copy kernel, not a view. ``binding_of``
+    looks a var's value up (a bindings dict's ``get``, or a mutator's
+    ``builder_.lookup_binding``); ``accept`` is the caller's condition on the input (its shape,
+    dtype, producer).
     """
     value = binding_of(expr) if isinstance(expr, relax.Var) else None
-    return value.args[0] if op_name(value) == "relax.reshape" else None
+    if op_name(value) != "relax.reshape":
+        return expr
+    src = value.args[0]
+    return src if accept(src) else expr
 
 
 def rebind(mutator, var: relax.Var, value: relax.Expr) -> None:
@@ -109,12 +144,3 @@ def rewrite_functions(
     if rewriter is None:
         return mod
     return relax.transform.DeadCodeElimination()(mod)
-
-
-def llvm_target(target: tvm.target.Target | None) -> tvm.target.Target | None:
-    """``target`` (else the current one) when it is an llvm (CPU) target, else None: the
-    hand-written CPU kernel passes leave other targets alone."""
-    target = target or tvm.target.Target.current(allow_none=True)
-    if target is None or str(target.kind.name) != "llvm":
-        return None
-    return target

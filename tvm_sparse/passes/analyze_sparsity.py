@@ -1,15 +1,22 @@
-"""Sparsity analysis: per weighted layer, its shapes, MACs, weight patterns and input activation."""
+"""Sparsity analysis: per weighted layer, its shapes, MACs, weight patterns and input activation.
+
+``AnalyzeLayers`` is the first of the four sparsify passes: it finds the layers of ``main`` for
+the plan and starts the report on the module (one row per layer, no kernel chosen yet).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from ..formats.patterns import detect_patterns
 from ..ir.layers import LayerSpec, find_layers
 from ..ir.relax_utils import binding_map
-from ..report import LayerReport
+from ..report import LayerReport, Report
 from .activation_sparsity import ActivationInfo, producer_of
+from .layer_plan import LayerPlan
+from .module_report import attach_report
 
 
 def name_layers(layers: list[LayerSpec], names: list[tuple[str, str]]) -> None:
@@ -66,3 +73,18 @@ def layer_report(layer: LayerSpec, act: ActivationInfo) -> LayerReport:
         activation=act.to_dict(),
         epilogue=epilogue,
     )
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvm_sparse.AnalyzeLayers")
+class AnalyzeLayers:
+    """Find the layers of ``main`` (canonical form) for ``plan`` and attach their report rows."""
+
+    def __init__(self, plan: LayerPlan, target: tvm.target.Target):
+        self.plan = plan
+        self.target = target
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        analyzed = analyze_function(mod["main"], self.plan.options.layer_names)
+        self.plan.start(mod["main"], [layer for layer, _act in analyzed])
+        rows = [layer_report(layer, act) for layer, act in analyzed]
+        return attach_report(mod, Report("", str(self.target.kind.name), rows))

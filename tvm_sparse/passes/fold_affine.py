@@ -11,12 +11,21 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..ir.layers import CONV2D, _anchor, _per_channel
+from ..ir.layers import CONV2D, anchor_of, per_channel
 from ..ir.relax_utils import const_array, iter_bindings, op_name, rebind, static_shape, use_counts
 
-_AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
+# One link of a chain: ``layer (op) const``. dpl also matches ``const (op) layer`` for the
+# commutative add and multiply, and only for those, which is what folding allows.
+_LAYER, _CONST = wildcard(), is_const()
+_STEP = (
+    is_op("relax.add")(_LAYER, _CONST)
+    | is_op("relax.subtract")(_LAYER, _CONST)
+    | is_op("relax.multiply")(_LAYER, _CONST)
+    | is_op("relax.divide")(_LAYER, _CONST)
+)
 
 
 class _Chain:
@@ -52,36 +61,29 @@ class _Chain:
         return True
 
 
-def plan_affine_folds(func: relax.Function) -> dict[relax.Var, _Chain]:
+def _plan_affine_folds(func: relax.Function) -> dict[relax.Var, _Chain]:
     """Map each chain's last var to the folded layer that replaces it (chains of >= 1 fold)."""
     counts = use_counts(func)
     chains: dict[relax.Var, _Chain] = {}
     for binding in iter_bindings(func):
         value = binding.value
-        found = _anchor(value)
+        found = anchor_of(value)
         if found is not None:
             kind, weight, conv = found
             chains[binding.var] = _Chain(kind, weight, conv, value)
             continue
-        name = op_name(value)
-        if name not in _AFFINE:
+        step = _STEP.extract_matched_expr(value) if isinstance(value, relax.Call) else None
+        if step is None:
             continue
-        a, b = value.args
-        # only `layer (op) const`; for add and multiply also `const (op) layer`
-        if isinstance(a, relax.Var) and a in chains and counts[a] == 1:
-            src, other = a, b
-        elif name in ("relax.add", "relax.multiply") and isinstance(b, relax.Var) and b in chains:
-            src, other = b, a
-            if counts[b] != 1:
-                continue
-        else:
+        src = step[_LAYER]
+        if not isinstance(src, relax.Var) or src not in chains or counts[src] != 1:
             continue
-        c = const_array(other)
-        if c is None or static_shape(binding.var) != static_shape(src):
+        if static_shape(binding.var) != static_shape(src):
             continue
         chain = chains[src]
-        vec = _per_channel(c.astype(np.float32), chain.weight.shape[0], chain.kind)
-        if vec is None or not chain.apply(name, vec):
+        c = const_array(step[_CONST])
+        vec = per_channel(c.astype(np.float32), chain.weight.shape[0], chain.kind)
+        if vec is None or not chain.apply(op_name(value), vec):
             continue
         del chains[src]
         chains[binding.var] = chain
@@ -126,12 +128,12 @@ class FoldAffineIntoLayers:
     """Fold BatchNorm / scale / bias chains into constant-weight conv2d and matmul."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        folded = mod.clone()  # assigning functions edits a module in place: not the caller's
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, relax.Function):
                 continue
-            plan = plan_affine_folds(func)
+            plan = _plan_affine_folds(func)
             if not plan:
                 continue
-            new_func = _FoldMutator(plan, mod).visit_expr(func)
-            mod[gv] = new_func
-        return relax.transform.DeadCodeElimination()(mod)
+            folded[gv] = _FoldMutator(plan, folded).visit_expr(func)
+        return relax.transform.DeadCodeElimination()(folded)

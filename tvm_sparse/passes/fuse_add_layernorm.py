@@ -5,62 +5,57 @@ out and read back twice; ``schedules.layernorm_x86`` does both in one pass over 
 BERT encoder has two of these per layer). Matched: ``layer_norm`` over the last axis only, with
 ``center`` and ``scale``, float32, whose input is an ``add`` of two tensors of the input's own
 shape (no broadcasting) that nothing else reads. A ``reshape`` feeding the add is looked through
-(the kernel reads rows flat). Runs after ``Sparsify`` (the sublayer output is then a sparse
-kernel's result), llvm targets only; anything else is left as it is.
+(the kernel reads rows flat). Runs after the Sparsify phase (the sublayer output is then a sparse
+kernel's result), CPU targets only; anything else is left as it is.
 """
 
 from __future__ import annotations
 
 import tvm
 from tvm import relax
+from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..ir.relax_utils import (
-    binding_map,
     dtype_of,
-    llvm_target,
-    op_name,
     rebind,
-    reshape_input,
     rewrite_functions,
     static_shape,
+    through_reshape,
     use_counts,
 )
 from ..schedules.layernorm_x86 import add_layer_norm_kernel
+from .cpu_only import cpu_target
+
+# layer_norm(add(a, b), gamma, beta): the conditions on shapes and attributes are _check's
+_PATTERN = is_op("relax.nn.layer_norm")(
+    is_op("relax.add")(wildcard(), wildcard()), wildcard(), wildcard()
+)
 
 
-def _flat(expr: relax.Expr, bindings: dict) -> relax.Expr:
-    """The input of the reshape that produced ``expr`` (the same values row-major), else it."""
-    src = reshape_input(expr, bindings.get)
-    if src is not None and dtype_of(src) == "float32" and static_shape(src) is not None:
-        return src
-    return expr
+def _float32(*exprs: relax.Expr) -> bool:
+    return all(dtype_of(e) == "float32" for e in exprs)
 
 
-def _match(value: relax.Expr, bindings: dict, uses) -> tuple | None:
-    """``(a, b, gamma, beta, epsilon)`` when ``value`` is a fusable layer_norm(add(a, b))."""
-    if op_name(value) != "relax.nn.layer_norm":
-        return None
+def _check(value: relax.Call, var2val: dict, uses) -> tuple | None:
+    """``(a, b, gamma, beta, epsilon)`` when the matched ``layer_norm(add(a, b))`` is fusable."""
     x, gamma, beta = value.args
     shape, attrs = static_shape(x), value.attrs
-    if shape is None or dtype_of(x) != "float32" or not isinstance(x, relax.Var):
+    if shape is None or not _float32(x, gamma, beta) or not isinstance(x, relax.Var):
         return None
     axes = [int(a) for a in attrs.axes]
     if axes not in ([-1], [len(shape) - 1]) or not (attrs.center and attrs.scale):
         return None
-    if static_shape(gamma) != (shape[-1],) or static_shape(beta) != (shape[-1],):
+    if static_shape(gamma) != (shape[-1],) or static_shape(beta) != (shape[-1],) or uses[x] != 1:
         return None
-    if dtype_of(gamma) != "float32" or dtype_of(beta) != "float32" or uses[x] != 1:
+    a, b = var2val[x].args
+    if static_shape(a) != shape or static_shape(b) != shape or not _float32(a, b):
         return None
-    add = bindings.get(x)
-    if op_name(add) != "relax.add":
-        return None
-    a, b = add.args
-    if static_shape(a) != shape or static_shape(b) != shape:
-        return None
-    if dtype_of(a) != "float32" or dtype_of(b) != "float32":
-        return None
-    return _flat(a, bindings), _flat(b, bindings), gamma, beta, float(attrs.epsilon)
+    flat = [
+        through_reshape(e, var2val.get, lambda s: _float32(s) and static_shape(s) is not None)
+        for e in (a, b)
+    ]
+    return *flat, gamma, beta, float(attrs.epsilon)
 
 
 @mutator
@@ -86,24 +81,26 @@ class _AddLayerNormRewriter(PyExprMutator):
         rebind(self, binding.var, out)
 
 
-def fuse_add_layer_norm(mod: tvm.IRModule) -> tvm.IRModule:
-    """Rewrite every matching ``layer_norm(add(a, b))`` of every Relax function of ``mod``."""
-
-    def rewriter_for(func: relax.Function, current: tvm.IRModule):
-        bindings, uses = binding_map(func), use_counts(func)
-        plan = {}
-        for var, value in bindings.items():
-            match = _match(value, bindings, uses)
+def _rewriter_for(func: relax.Function, mod: tvm.IRModule) -> _AddLayerNormRewriter | None:
+    var2val, uses = relax.analysis.get_var2val(func), use_counts(func)
+    plan = {}
+    for var, value in var2val.items():
+        if isinstance(value, relax.Call) and _PATTERN.match(value, var2val):
+            match = _check(value, var2val, uses)
             if match is not None:
                 plan[var] = match
-        return _AddLayerNormRewriter(plan, current) if plan else None
-
-    return rewrite_functions(mod, rewriter_for)
+    return _AddLayerNormRewriter(plan, mod) if plan else None
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseAddLayerNorm")
 class FuseAddLayerNorm:
-    """The pass form of :func:`fuse_add_layer_norm`; a no-op on targets other than llvm."""
+    """Rewrite every fusable ``layer_norm(add(a, b))`` of every Relax function; a no-op on
+    targets other than CPU (``target`` defaults to the one in scope)."""
+
+    def __init__(self, target: tvm.target.Target | None = None):
+        self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return fuse_add_layer_norm(mod) if llvm_target(None) is not None else mod
+        if cpu_target(self.target) is None:
+            return mod
+        return rewrite_functions(mod, _rewriter_for)

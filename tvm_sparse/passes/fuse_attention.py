@@ -24,31 +24,31 @@ reshape absent (the call then returns ``[b, s, h, d]``). The scores, the mask ad
 float32 or does not broadcast over a full key axis, a head dim that is not a multiple of 8, or
 cross-attention (query and key lengths differ) keep the whole subgraph.
 
-Runs on Relax operators: after ``Sparsify`` (the projections are call_tir kernels by then; their
-outputs are the ``q``, ``k``, ``v`` here) and before ``LegalizeOps``. Only for llvm targets.
+Runs on Relax operators: after the Sparsify phase (the projections are call_tir kernels by then;
+their outputs are the ``q``, ``k``, ``v`` here) and before ``LegalizeOps``. Only for CPU targets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..ir.relax_utils import (
     binding_map,
-    const_array,
     dtype_of,
-    llvm_target,
     op_name,
     rebind,
     rewrite_functions,
+    scalar_const,
     static_shape,
+    through_reshape,
     use_counts,
 )
 from ..schedules.attention_fused_x86 import AttentionShape, attention_kernel
+from .cpu_only import cpu_target
 
 _Q_PERM = (0, 2, 1, 3)  # [b, s, h, d] -> [b, h, s, d]
 _K_PERM = (0, 2, 3, 1)  # [b, s, h, d] -> [b, h, d, s]
@@ -78,26 +78,19 @@ class _Operand:
     factor: float
 
 
-def _scalar(expr: relax.Expr) -> float | None:
-    """The value of a one-element float32 constant, else None."""
-    value = const_array(expr)
-    if value is None or value.size != 1 or value.dtype != np.float32:
-        return None
-    return float(value.reshape(-1)[0])
-
-
 def _peel_scale(value: relax.Expr) -> tuple[relax.Expr, float] | None:
-    """``(x, c)`` when ``value`` is ``x * c``, ``c * x`` or ``x / c`` with a scalar constant c."""
+    """``(x, c)`` when ``value`` is ``x * c``, ``c * x`` or ``x / c`` with a scalar constant c
+    (float32: the kernel computes in float32)."""
     name = op_name(value)
     if name == "relax.multiply":
         a, b = value.args
         for x, c in ((a, b), (b, a)):
-            factor = _scalar(c)
+            factor = scalar_const(c, "float32")
             if factor is not None and static_shape(x) == static_shape(value):
                 return x, factor
     elif name == "relax.divide":
         x, c = value.args
-        factor = _scalar(c)
+        factor = scalar_const(c, "float32")
         if factor is not None and factor != 0.0 and static_shape(x) == static_shape(value):
             return x, 1.0 / factor
     return None
@@ -150,14 +143,16 @@ class _Graph:
         if shape is None or len(shape) != 4 or dtype_of(expr) != "float32":
             return None
         while True:  # the data behind it: reshapes keep row-major order, so read through them
+            source = through_reshape(expr, self.bindings.get, self._plain)
             value = self.value(expr)
             peeled = _peel_scale(value) if value is not None else None
-            if op_name(value) == "relax.reshape":
-                peeled = (value.args[0], 1.0)
-            if peeled is None or not self._plain(peeled[0]):
+            if not source.same_as(expr):
+                expr = source
+            elif peeled is not None and self._plain(peeled[0]):
+                expr, scale = peeled
+                factor *= scale
+            else:
                 break
-            expr, scale = peeled
-            factor *= scale
         if dtype_of(expr) != "float32" or static_shape(expr) is None:
             return None
         return _Operand(expr, shape, perm, factor)
@@ -310,28 +305,21 @@ class _AttentionRewriter(PyExprMutator):
         rebind(self, binding.var, out)
 
 
-def fuse_attention(mod: tvm.IRModule, target: tvm.target.Target | None = None) -> tvm.IRModule:
-    """Fuse the attention subgraphs of every Relax function of ``mod`` (no target check)."""
-
-    def rewriter_for(func: relax.Function, current: tvm.IRModule):
-        plan = {m.out_var: m for m in find_attention(func)}
-        return _AttentionRewriter(plan, current, target) if plan else None
-
-    return rewrite_functions(mod, rewriter_for)
-
-
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseAttention")
 class FuseAttention:
-    """The pass form of ``fuse_attention``; ``target`` defaults to ``Target.current()``."""
+    """Fuse the attention subgraphs of every Relax function; a no-op on targets other than CPU
+    (``target`` defaults to the one in scope)."""
 
     def __init__(self, target: tvm.target.Target | None = None):
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = llvm_target(self.target)
-        return fuse_attention(mod, target) if target is not None else mod
+        target = cpu_target(self.target)
+        if target is None:
+            return mod
 
+        def rewriter_for(func: relax.Function, current: tvm.IRModule):
+            plan = {m.out_var: m for m in find_attention(func)}
+            return _AttentionRewriter(plan, current, target) if plan else None
 
-def fuse_attention_pass(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """The pass to put after ``RewriteKwta`` (after Sparsify, before LegalizeOps)."""
-    return FuseAttention(target)
+        return rewrite_functions(mod, rewriter_for)

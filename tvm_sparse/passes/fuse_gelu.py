@@ -9,7 +9,8 @@ the (sparse or dense) kernel. The math is unchanged: gelu(x) = 0.5 x (1 + erf(x 
 Matched forms (every association and operand order the PyTorch exporters write):
 ``z = x / sqrt(2)`` or ``z = x * (1/sqrt(2))``; ``a = erf(z) + 1`` (either order); and the product
 of the three factors ``x``, ``a`` and ``0.5`` in any grouping, e.g. ``(x * a) * 0.5`` (TorchScript
-exporter), ``(x * 0.5) * a`` or ``0.5 * (x * a)``.
+exporter), ``(x * 0.5) * a`` or ``0.5 * (x * a)``. The three groupings are three ``relax.dpl``
+patterns; dpl tries both operand orders of ``add`` and ``multiply`` itself.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import math
 
 import tvm
 from tvm import relax
+from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..ir.relax_utils import (
-    const_array,
+    bound_vars,
     dtype_of,
-    iter_bindings,
-    op_name,
     rebind,
+    scalar_const,
     static_shape,
     use_counts,
 )
@@ -33,93 +34,73 @@ from ..ir.relax_utils import (
 _RTOL = 1e-6
 
 
-def _scalar(expr: relax.Expr) -> float | None:
-    """The value of a one-element float constant, else None."""
-    value = const_array(expr)
-    if value is None or value.size != 1 or value.dtype.kind != "f":
-        return None
-    return float(value.reshape(()))
+class _GeluPattern:
+    """``x * (1 + erf(x / sqrt(2))) * 0.5`` in each grouping of its three factors.
+
+    Each grouping (and each spelling of ``x / sqrt(2)``) is built from its own pattern objects,
+    so which one matched is read off the match and the constants are checked against it.
+    """
+
+    _GROUPINGS = ((("x", "a"), "half"), (("x", "half"), "a"), (("a", "half"), "x"))
+
+    def __init__(self):
+        self.groupings = [self._grouping(inner, last) for inner, last in self._GROUPINGS]
+        self.pattern: DFPattern = self.groupings[0]["root"]
+        for grouping in self.groupings[1:]:
+            self.pattern = self.pattern | grouping["root"]
+
+    @staticmethod
+    def _grouping(inner: tuple[str, str], last: str) -> dict[str, DFPattern]:
+        p = {"x": wildcard(), "one": is_const(), "half": is_const()}
+        p["x_div"], p["sqrt2"] = wildcard(), is_const()
+        p["x_mul"], p["rsqrt2"] = wildcard(), is_const()
+        p["divided"] = is_op("relax.divide")(p["x_div"], p["sqrt2"])
+        scaled = is_op("relax.multiply")(p["x_mul"], p["rsqrt2"])
+        p["a"] = is_op("relax.add")(is_op("relax.erf")(p["divided"] | scaled), p["one"])
+        p["inner"] = is_op("relax.multiply")(p[inner[0]], p[inner[1]])
+        p["root"] = is_op("relax.multiply")(p["inner"], p[last])
+        return p
+
+    def match(self, value: relax.Expr, var2val: dict, bound: dict) -> tuple | None:
+        """``(x, inner)`` when ``value`` is the erf-GELU of ``x`` with the right constants;
+        ``inner`` is the var of the inner product (the caller checks nothing else reads it).
+        ``bound`` maps the values dpl reports back to their vars (``bound_vars``)."""
+        found = self.pattern.extract_matched_expr(value, var2val)
+        if found is None:
+            return None
+        p = next(g for g in self.groupings if g["root"] in found)
+        if p["divided"] in found:
+            erf_x, scale = found[p["x_div"]], (p["sqrt2"], math.sqrt(2.0))
+        else:
+            erf_x, scale = found[p["x_mul"]], (p["rsqrt2"], math.sqrt(0.5))
+        constants = (scale, (p["one"], 1.0), (p["half"], 0.5))
+        if not found[p["x"]].same_as(erf_x) or not all(_close(found[c], v) for c, v in constants):
+            return None
+        return bound.get(erf_x, erf_x), bound[found[p["inner"]]]
 
 
-def _close(value: float | None, expected: float) -> bool:
+def _close(expr: relax.Expr, expected: float) -> bool:
+    value = scalar_const(expr, None)  # any float dtype: the GELU's own dtype is checked apart
     return value is not None and math.isclose(value, expected, rel_tol=_RTOL)
 
 
-def _erf_argument(value: relax.Expr) -> relax.Expr | None:
-    """x when ``value`` is ``x / sqrt(2)`` or ``x * (1/sqrt(2))``."""
-    name = op_name(value)
-    if name == "relax.divide":
-        x, c = value.args
-        return x if _close(_scalar(c), math.sqrt(2.0)) else None
-    if name == "relax.multiply":
-        a, b = value.args
-        if _close(_scalar(b), math.sqrt(0.5)):
-            return a
-        if _close(_scalar(a), math.sqrt(0.5)):
-            return b
-    return None
+def _same_type(out: relax.Var, x: relax.Expr) -> bool:
+    shape = static_shape(x)
+    return shape is not None and shape == static_shape(out) and dtype_of(x) == dtype_of(out)
 
 
-class _Matcher:
-    """Finds GELU roots in one function: the var of the last multiply -> x."""
-
-    def __init__(self, func: relax.Function):
-        self.values = {b.var: b.value for b in iter_bindings(func)}
-        self.counts = use_counts(func)
-
-    def one_plus_erf(self) -> dict[relax.Var, relax.Expr]:
-        """Vars bound to ``1 + erf(x / sqrt(2))`` -> x."""
-        found = {}
-        for var, value in self.values.items():
-            if op_name(value) != "relax.add":
-                continue
-            a, b = value.args
-            erf_var = a if _close(_scalar(b), 1.0) else b if _close(_scalar(a), 1.0) else None
-            erf = self.values.get(erf_var) if isinstance(erf_var, relax.Var) else None
-            if erf is None or op_name(erf) != "relax.erf":
-                continue
-            arg = erf.args[0]
-            inner = self.values.get(arg) if isinstance(arg, relax.Var) else None
-            x = _erf_argument(inner) if inner is not None else None
-            if x is not None:
-                found[var] = x
-        return found
-
-    def factors(self, expr: relax.Expr, depth: int = 0) -> list[relax.Expr]:
-        """Leaves of a multiply tree; inner multiplies are expanded only when used once."""
-        value = self.values.get(expr) if isinstance(expr, relax.Var) else None
-        if depth > 0 and (value is None or self.counts[expr] != 1):
-            return [expr]
-        if value is None or op_name(value) != "relax.multiply" or depth > 2:
-            return [expr]
-        a, b = value.args
-        return self.factors(a, depth + 1) + self.factors(b, depth + 1)
-
-    def roots(self) -> dict[relax.Var, relax.Expr]:
-        ones = self.one_plus_erf()
-        roots: dict[relax.Var, relax.Expr] = {}
-        if not ones:
-            return roots
-        for var, value in self.values.items():
-            if op_name(value) != "relax.multiply":
-                continue
-            leaves = self.factors(var)
-            if len(leaves) != 3:
-                continue
-            half = [leaf for leaf in leaves if _close(_scalar(leaf), 0.5)]
-            ones_here = [leaf for leaf in leaves if isinstance(leaf, relax.Var) and leaf in ones]
-            if len(half) != 1 or len(ones_here) != 1:
-                continue
-            x = ones[ones_here[0]]
-            rest = [leaf for leaf in leaves if leaf is not half[0] and leaf is not ones_here[0]]
-            if len(rest) == 1 and rest[0].same_as(x) and self._same_type(var, x):
-                roots[var] = x
-        return roots
-
-    @staticmethod
-    def _same_type(out: relax.Var, x: relax.Expr) -> bool:
-        shape = static_shape(x)
-        return shape is not None and shape == static_shape(out) and dtype_of(x) == dtype_of(out)
+def _gelu_roots(func: relax.Function, pattern: _GeluPattern) -> dict[relax.Var, relax.Expr]:
+    """The var of each GELU's last multiply -> its x."""
+    var2val = relax.analysis.get_var2val(func)
+    bound, uses = bound_vars(var2val), use_counts(func)
+    roots = {}
+    for var, value in var2val.items():
+        if not isinstance(value, relax.Call):
+            continue
+        match = pattern.match(value, var2val, bound)
+        if match is not None and uses[match[1]] == 1 and _same_type(var, match[0]):
+            roots[var] = match[0]
+    return roots
 
 
 @mutator
@@ -137,26 +118,22 @@ class _GeluRewriter(PyExprMutator):
         rebind(self, binding.var, out)
 
 
-def fuse_gelu(mod: tvm.IRModule) -> tvm.IRModule:
-    """Rewrite every erf-GELU subgraph of every Relax function into ``nn.gelu``."""
-    found = {
-        gvar: _Matcher(func).roots()
-        for gvar, func in mod.functions.items()
-        if isinstance(func, relax.Function)
-    }
-    roots = {var: x for per_func in found.values() for var, x in per_func.items()}
-    if not roots:
-        return mod
-    rewriter = _GeluRewriter(roots, mod)
-    for gvar, per_func in found.items():
-        if per_func:
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(mod[gvar]))
-    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
-
-
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseGelu")
 class FuseGelu:
-    """Module pass form of :func:`fuse_gelu` (for ``canonicalize_passes()``)."""
+    """Rewrite every erf-GELU subgraph of every Relax function into ``nn.gelu``."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return fuse_gelu(mod)
+        pattern = _GeluPattern()
+        found = {
+            gvar: _gelu_roots(func, pattern)
+            for gvar, func in mod.functions.items()
+            if isinstance(func, relax.Function)
+        }
+        roots = {var: x for per_func in found.values() for var, x in per_func.items()}
+        if not roots:
+            return mod
+        rewriter = _GeluRewriter(roots, mod)
+        for gvar, per_func in found.items():
+            if per_func:
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(mod[gvar]))
+        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())

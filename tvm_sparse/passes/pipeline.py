@@ -1,97 +1,69 @@
 """The tvm-sparse compiler, phase by phase. Reading this file tells you the whole pipeline.
 
-1. canonicalize  BatchNorm/scale folded into layers, constant transposes folded
-2. sparsify      analyze every layer, choose dense / sparse kernel, keep activations
-                 transposed between consecutive batched sparse linears, rewrite to call_tir;
-                 then k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel,
+1. Canonicalize  BatchNorm/scale folded into layers, constant transposes folded, erf-GELU fused
+2. Sparsify      AnalyzeLayers -> ChooseKernels -> ChainLayouts -> RewriteLayers: find every
+                 layer, choose its dense / sparse kernel, keep activations transposed between
+                 consecutive batched sparse linears, rewrite each layer to call_tir
+3. FuseKernels   k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel,
                  attention (Q K^T, mask, softmax, V, the head permutes) -> one kernel,
-                 and layer_norm(residual add) -> one kernel
-3. legalize      remaining Relax ops -> TIR (TVM), fused
-4. schedule      tuned records first, then rules for dense leftovers (dlight + ours)
-5. lower         TVM's VM lowering (memory planning, shape lowering)
+                 layer_norm(residual add) -> one kernel
+4. Legalize      library dispatch, remaining Relax ops -> TIR (TVM), fused
+5. Schedule      tuned records first, then rules for dense leftovers (dlight + ours)
+6. Lower         TVM's VM lowering (memory planning, shape lowering)
+
+The report. The sparsify passes write the per-layer report (``tvm_sparse.report.Report``) into
+the module attribute ``tvm_sparse.report``; ``module_report.read_report(mod)`` reads it from any
+module they ran on. Through the TVM plugin, where ``tvm.compile`` returns only an executable::
+
+    from tvm_sparse.passes.module_report import capture_report
+
+    with capture_report() as captured:
+        ex = tvm.compile(mod, target, relax_pipeline="sparse")
+    print(captured.report.table())
+
+``tvm_sparse.compile`` reads it the same way.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass, field
-
 import tvm
 from tvm import relax
+from tvm.relax import pipeline as tvm_pipeline
 from tvm.s_tir import dlight as dl
 
-from ..report import LayerReport
 from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
-from ..schedules.tuning import choose_layer_tuned
-from .analyze_sparsity import analyze_function, layer_report
+from ..target import is_cpu
+from .analyze_sparsity import AnalyzeLayers
 from .canonicalize import canonicalize_passes
-from .chain_layouts import chain_tile_layouts
+from .chain_layouts import ChainLayouts
+from .choose_kernels import ChooseKernels
 from .fuse_add_layernorm import FuseAddLayerNorm
-from .fuse_attention import fuse_attention_pass
-from .rewrite_kwta import rewrite_kwta_pass
-from .rewrite_layers import rewrite_layers
-
-log = logging.getLogger("tvm_sparse")
-
-_LAYOUT_NOTES = {
-    ("tiles", "rows"): "reads the previous layer's transposed output",
-    ("rows", "tiles"): "output stays transposed for the next layer",
-    ("tiles", "tiles"): "input and output stay transposed",
-}
+from .fuse_attention import FuseAttention
+from .layer_plan import LayerPlan, SparsifyOptions
+from .rewrite_kwta import RewriteKwta
+from .rewrite_layers import RewriteLayers
 
 
-@dataclass
-class SparsifyOptions:
-    """Knobs of the sparsify phase (``compile(**options)`` forwards them)."""
+def sparsify_passes(
+    target: tvm.target.Target, options: SparsifyOptions | None = None
+) -> list[tvm.transform.Pass]:
+    """The four sparsify passes, sharing one plan (run them together, in this order)."""
+    plan = LayerPlan(options or SparsifyOptions())
+    return [
+        AnalyzeLayers(plan, target),
+        ChooseKernels(plan, target),
+        ChainLayouts(plan),
+        RewriteLayers(plan),
+    ]
 
-    sparse: bool = True  # False: dense kernels only (the dense baseline)
-    # "auto": time dense + the best sparse candidates here; True: time all; False: estimates only
-    measure: bool | str = "auto"
-    layer_names: list = field(default_factory=list)  # (name, op) from the frontend, for the report
 
-
-@tvm.transform.module_pass(opt_level=0, name="tvm_sparse.Sparsify")
-class Sparsify:
-    """Analyze, choose and rewrite every layer; the rows of the report land in ``self.layers``."""
-
-    def __init__(self, options: SparsifyOptions | None = None):
-        self.options = options or SparsifyOptions()
-        self.layers: list[LayerReport] = []
-
-    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = tvm.target.Target.current(allow_none=False)
-        plan = {}
-        self.layers = []
-        rows_by_tail = {}
-        analyzed = analyze_function(mod["main"], self.options.layer_names)
-        for i, (layer, act) in enumerate(analyzed):
-            start = time.perf_counter()
-            row = layer_report(layer, act)
-            choice = choose_layer_tuned(
-                layer, target, sparse=self.options.sparse, measure=self.options.measure
-            )
-            log.info(
-                "layer %d/%d %s: %s (%s) [%.1f s]",
-                i + 1,
-                len(analyzed),
-                layer.name,
-                choice.chosen,
-                choice.reason,
-                time.perf_counter() - start,
-            )
-            row.chosen, row.reason = choice.chosen, choice.reason
-            row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
-            self.layers.append(row)
-            rows_by_tail[layer.tail_var] = row
-            if choice.kernel is not None:
-                plan[layer.tail_var] = (layer, choice.kernel)
-        plan = chain_tile_layouts(plan, mod["main"])
-        for tail, (_layer, kernel) in plan.items():
-            layout = (kernel.info.get("x_layout"), kernel.info.get("y_layout"))
-            if "tiles" in layout:
-                rows_by_tail[tail].reason += "; " + _LAYOUT_NOTES[layout]
-        return rewrite_layers(mod, plan)
+def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Hand-written kernels for what is left around the layers (CPU targets only)."""
+    return [
+        RewriteKwta(target),  # after Sparsify: AnalyzeLayers reads the k-WTA pattern
+        FuseAttention(target),  # softmax(Q K^T + mask) V per head: one kernel
+        FuseAddLayerNorm(target),  # residual add + layer norm: one pass over each row
+    ]
 
 
 def legalize_passes() -> list[tvm.transform.Pass]:
@@ -112,13 +84,13 @@ def schedule_passes(
     if records_dir is not None:
         # MetaSchedule's JSON database in records_dir (database_{workload,tuning_record}.json)
         passes.append(relax.transform.MetaScheduleApplyDatabase(work_dir=records_dir))
-    rules = cpu_leftover_rules() if str(target.kind.name) == "llvm" else gpu_leftover_rules()
+    rules = cpu_leftover_rules() if is_cpu(target) else gpu_leftover_rules()
     passes.append(dl.ApplyDefaultSchedule(*rules))
     return passes
 
 
 def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    if str(target.kind.name) == "llvm":
+    if is_cpu(target):
         # TVM 0.27's cpu_generic/__init__ does not export dataflow_lower_passes, so the generic
         # relax.pipeline.dataflow_lower_passes(llvm) raises AttributeError: use the module itself.
         from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -129,38 +101,39 @@ def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
 
 
-def pre_schedule_passes(target: tvm.target.Target, sparsify: Sparsify) -> list:
-    """Phases 1-3. Tuning extracts its MetaSchedule tasks from exactly this module, so that the
-    workloads it records match the ones compile looks up."""
-    from tvm.relax import pipeline as tvm_pipeline
+def _phase(name: str, passes: list[tvm.transform.Pass]) -> tvm.transform.Pass:
+    return tvm.transform.Sequential(passes, name=f"tvm_sparse.{name}")
 
+
+def pre_schedule_passes(
+    target: tvm.target.Target, options: SparsifyOptions | None = None
+) -> list[tvm.transform.Pass]:
+    """Phases 1-4. Tuning extracts its MetaSchedule tasks from exactly this module, so that the
+    workloads it records match the ones compile looks up."""
     return [
-        *canonicalize_passes(),
-        sparsify,
-        rewrite_kwta_pass(target),  # after Sparsify: it reads the k-WTA pattern
-        fuse_attention_pass(target),  # softmax(Q K^T + mask) V per head: one kernel
-        FuseAddLayerNorm(),  # residual add + layer norm: one pass over each row
-        *tvm_pipeline.library_dispatch_passes(target),
-        *legalize_passes(),
+        _phase("Canonicalize", canonicalize_passes()),
+        _phase("Sparsify", sparsify_passes(target, options)),
+        _phase("FuseKernels", fusion_passes(target)),
+        _phase("Legalize", [*tvm_pipeline.library_dispatch_passes(target), *legalize_passes()]),
     ]
 
 
 def build_pipeline(
     target: tvm.target.Target | None = None,
-    sparsify: Sparsify | None = None,
+    options: SparsifyOptions | None = None,
     records_dir: str | None = None,
 ) -> tvm.transform.Pass:
-    """The full Relax pipeline; ``target`` defaults to the one ``tvm.compile`` enters."""
-    sparsify = sparsify or Sparsify()
+    """The full Relax pipeline; ``target`` defaults to the one ``tvm.compile`` enters. Each run
+    builds its passes afresh, so one pipeline object compiles any number of modules."""
 
     @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.Pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         tgt = target or tvm.target.Target.current(allow_none=False)
         with tgt:
             phases = [
-                *pre_schedule_passes(tgt, sparsify),
-                *schedule_passes(tgt, records_dir),
-                *lower_passes(tgt),
+                *pre_schedule_passes(tgt, options),
+                _phase("Schedule", schedule_passes(tgt, records_dir)),
+                _phase("Lower", lower_passes(tgt)),
             ]
             return tvm.transform.Sequential(phases, name="tvm_sparse")(mod)
 

@@ -10,9 +10,9 @@ of the kernel; TopK and its plumbing are left dead and removed. When ``x`` is a 
 where nothing else reads the k-WTA result, becomes one ``kwta_maxpool`` call: the pool is done
 in the k-WTA's write pass, so the full-size result is never written nor read back.
 
-Runs after ``Sparsify``: that phase reads the k-WTA pattern to report the activation density of
-the layers that follow. Only on llvm targets (the kernel is CPU TIR); other targets and
-float64/float16 activations keep TVM's topk.
+Runs after the Sparsify phase: its AnalyzeLayers reads the k-WTA pattern to report the activation
+density of the layers that follow. Only on CPU targets (the kernel is CPU TIR); other targets
+and float64/float16 activations keep TVM's topk.
 """
 
 from __future__ import annotations
@@ -21,21 +21,22 @@ from dataclasses import dataclass
 
 import tvm
 from tvm import relax
+from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..ir.relax_utils import (
     binding_map,
+    bound_vars,
     dtype_of,
-    llvm_target,
-    op_name,
     rebind,
-    reshape_input,
     rewrite_functions,
     static_shape,
+    through_reshape,
     use_counts,
 )
 from ..schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
 from .activation_sparsity import KwtaMatch, find_kwta
+from .cpu_only import cpu_target
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,21 @@ def _rewritable(match: KwtaMatch) -> bool:
 
 
 def _flat_source(x: relax.Expr, bindings: dict) -> relax.Expr:
-    """The input of the reshape that produced ``x`` (same values, row-major), else ``x``."""
-    src = reshape_input(x, bindings.get)
-    if src is None:
-        return x
-    shape, flat = static_shape(src), static_shape(x)
-    if shape is None or flat is None or len(shape) < 2 or shape[0] != flat[0]:
-        return x
-    return src if dtype_of(src) == "float32" else x
+    """The input of the reshape that produced ``x`` when it has the same batch (the kernel reads
+    each sample flat), else ``x``."""
+    flat = static_shape(x)
+
+    def same_batch(src: relax.Expr) -> bool:
+        shape = static_shape(src)
+        return (
+            shape is not None
+            and flat is not None
+            and len(shape) >= 2
+            and shape[0] == flat[0]
+            and dtype_of(src) == "float32"
+        )
+
+    return through_reshape(x, bindings.get, same_batch)
 
 
 def _pool_fusion(pool_value: relax.Call, match: KwtaMatch) -> _PoolFusion | None:
@@ -90,19 +98,23 @@ def _pool_fusion(pool_value: relax.Call, match: KwtaMatch) -> _PoolFusion | None
     return _PoolFusion(match, tuple(shape[1:]), pool_size, strides)
 
 
+# max_pool2d(reshape(k-WTA result)): which k-WTA, and that nothing else reads it, is _plan_pools'
+_KWTA_OUT = wildcard()
+_POOL_OF_RESHAPE = is_op("relax.nn.max_pool2d")(is_op("relax.reshape")(_KWTA_OUT, wildcard()))
+
+
 def _plan_pools(func: relax.Function, matches: dict) -> dict[relax.Var, _PoolFusion]:
     """The max-pools to fuse, keyed by the pool's var: pool(reshape(kwta)), each used once."""
-    bindings = binding_map(func)
-    uses = use_counts(func)
+    var2val = relax.analysis.get_var2val(func)
+    bound, uses = bound_vars(var2val), use_counts(func)
     plan = {}
-    for var, value in bindings.items():
-        if op_name(value) != "relax.nn.max_pool2d":
+    for var, value in var2val.items():
+        if not isinstance(value, relax.Call):
             continue
-        reshaped = value.args[0]
-        inner = bindings.get(reshaped) if isinstance(reshaped, relax.Var) else None
-        if op_name(inner) != "relax.reshape" or uses[reshaped] != 1:
+        found = _POOL_OF_RESHAPE.extract_matched_expr(value, var2val)
+        if found is None or uses[value.args[0]] != 1:
             continue
-        match = matches.get(inner.args[0])
+        match = matches.get(bound.get(found[_KWTA_OUT]))
         if match is None or uses[match.out_var] != 1:
             continue
         fusion = _pool_fusion(value, match)
@@ -161,33 +173,26 @@ class _KwtaRewriter(PyExprMutator):
         rebind(self, binding.var, out)
 
 
-def rewrite_kwta(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Rewrite the k-WTA subgraphs of every Relax function of ``mod`` (no target check)."""
-
-    def rewriter_for(func: relax.Function, current: tvm.IRModule):
-        plan = {m.out_var: m for m in find_kwta(func) if _rewritable(m)}
-        if not plan:
-            return None
-        pools = _plan_pools(func, plan)
-        for fusion in pools.values():  # the fused call replaces the k-WTA's own
-            del plan[fusion.match.out_var]
-        return _KwtaRewriter(plan, pools, binding_map(func), current, target)
-
-    return rewrite_functions(mod, rewriter_for)
-
-
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.RewriteKwta")
 class RewriteKwta:
-    """The pass form of ``rewrite_kwta``; ``target`` defaults to ``Target.current()``."""
+    """Rewrite the k-WTA subgraphs of every Relax function; a no-op on targets other than CPU
+    (``target`` defaults to the one in scope)."""
 
     def __init__(self, target: tvm.target.Target | None = None):
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = llvm_target(self.target)
-        return rewrite_kwta(mod, target) if target is not None else mod
+        target = cpu_target(self.target)
+        if target is None:
+            return mod
 
+        def rewriter_for(func: relax.Function, current: tvm.IRModule):
+            plan = {m.out_var: m for m in find_kwta(func) if _rewritable(m)}
+            if not plan:
+                return None
+            pools = _plan_pools(func, plan)
+            for fusion in pools.values():  # the fused call replaces the k-WTA's own
+                del plan[fusion.match.out_var]
+            return _KwtaRewriter(plan, pools, binding_map(func), current, target)
 
-def rewrite_kwta_pass(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """The pass to put after ``Sparsify`` in the pipeline."""
-    return RewriteKwta(target)
+        return rewrite_functions(mod, rewriter_for)

@@ -2,7 +2,8 @@
 
 The kernel is a scheduled PrimFunc from ``tvm_sparse.schedules``; its packed weight arrays become
 Relax constants. Linear layers on 3-D activations ([batch, seq, hidden]) are flattened to rows
-before the kernel and reshaped back after, so one kernel serves MLPs and transformers.
+before the kernel and reshaped back after, so one kernel serves MLPs and transformers. The last
+sparsify pass: it applies the plan; the module keeps the report the passes before it wrote.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..ir.layers import LINEAR, LayerSpec
-from ..ir.relax_utils import rebind, reshape_input, static_shape
+from ..ir.relax_utils import rebind, static_shape, through_reshape
 from ..schedules.kernel import KernelCall
+from .layer_plan import LayerPlan
 
 
 def _scheduled(func: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
@@ -40,8 +42,10 @@ class _LayerRewriter(PyExprMutator):
         """``x`` as ``[rows, features]``. When ``x`` is itself a reshape of a tensor of that
         shape (the previous kernel's output, put back into 3-D), that tensor: FuseOps would
         turn the reshape pair into a copy kernel."""
-        src = reshape_input(x, self.builder_.lookup_binding)
-        if src is not None and static_shape(src) == rows_shape:
+        src = through_reshape(
+            x, self.builder_.lookup_binding, lambda s: static_shape(s) == rows_shape
+        )
+        if not src.same_as(x):
             return src
         return self.builder_.emit(relax.op.reshape(x, rows_shape), "rows")
 
@@ -72,14 +76,18 @@ class _LayerRewriter(PyExprMutator):
         rebind(self, binding.var, out)
 
 
-def rewrite_layers(
-    mod: tvm.IRModule, plan: dict[relax.Var, tuple[LayerSpec, KernelCall]]
-) -> tvm.IRModule:
-    """Apply a plan (tail var -> (layer, kernel)) to ``main`` and drop the replaced chains."""
-    if not plan:
-        return mod
-    rewriter = _LayerRewriter(plan, mod)
-    new_main = rewriter.visit_expr(mod["main"])
-    rewriter.builder_.update_func(mod.get_global_var("main"), new_main)
-    new_mod = rewriter.builder_.get()
-    return relax.transform.DeadCodeElimination()(new_mod)
+@tvm.transform.module_pass(opt_level=0, name="tvm_sparse.RewriteLayers")
+class RewriteLayers:
+    """Apply ``plan`` (tail var -> (layer, kernel)) to ``main`` and drop the replaced chains."""
+
+    def __init__(self, plan: LayerPlan):
+        self.plan = plan
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        self.plan.check(mod, "RewriteLayers")
+        if not self.plan.kernels:
+            return mod
+        rewriter = _LayerRewriter(self.plan.kernels, mod)
+        new_main = rewriter.visit_expr(mod["main"])
+        rewriter.builder_.update_func(mod.get_global_var("main"), new_main)
+        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())

@@ -1,0 +1,52 @@
+"""Choose each layer's kernel (dense or one of the sparse ones): the second sparsify pass.
+
+The choice itself is ``schedules.tuning.choose_layer_tuned`` (tuned records, else estimates,
+timed on this machine when ``measure`` says so); this pass puts it in the plan and writes the
+choice and its reason into the module's report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import tvm
+
+from ..schedules.tuning.lookup import choose_layer_tuned
+from .layer_plan import LayerPlan
+from .module_report import attach_report, read_report
+
+log = logging.getLogger("tvm_sparse")
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvm_sparse.ChooseKernels")
+class ChooseKernels:
+    """Choose a kernel for every layer of ``plan`` for ``target``."""
+
+    def __init__(self, plan: LayerPlan, target: tvm.target.Target):
+        self.plan = plan
+        self.target = target
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        self.plan.check(mod, "ChooseKernels")
+        options = self.plan.options
+        report = read_report(mod)
+        for i, (layer, row) in enumerate(zip(self.plan.layers, report.layers)):
+            start = time.perf_counter()
+            choice = choose_layer_tuned(
+                layer, self.target, sparse=options.sparse, measure=options.measure
+            )
+            log.info(
+                "layer %d/%d %s: %s (%s) [%.1f s]",
+                i + 1,
+                len(self.plan.layers),
+                layer.name,
+                choice.chosen,
+                choice.reason,
+                time.perf_counter() - start,
+            )
+            row.chosen, row.reason = choice.chosen, choice.reason
+            row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
+            if choice.kernel is not None:
+                self.plan.kernels[layer.tail_var] = (layer, choice.kernel)
+        return attach_report(mod, report)

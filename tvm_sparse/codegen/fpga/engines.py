@@ -158,4 +158,7 @@ ENGINES: dict[tuple[str, str], Engine] = {
 
 
 def engine_of(layer: HwLayer) -> Engine:
-    return ENGINES[(layer.op, layer.engine)]
+    try:
+        return ENGINES[(layer.op, layer.engine)]
+    except KeyError:
+        raise KeyError(f"no {layer.engine} engine for {layer.op} in engines.ENGINES") from None

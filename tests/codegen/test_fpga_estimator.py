@@ -8,8 +8,11 @@ import pytest
 
 from tvm_sparse import models
 from tvm_sparse.codegen.fpga import NUMENTA_U250, VariantComparison
-from tvm_sparse.codegen.fpga.estimator import auto_fold, estimate, memory
-from tvm_sparse.codegen.fpga.hw_model import VARIANTS, build_hw_model
+from tvm_sparse.codegen.fpga.estimator import estimate
+from tvm_sparse.codegen.fpga.folding import auto_fold
+from tvm_sparse.codegen.fpga.from_relax import build_hw_model
+from tvm_sparse.codegen.fpga.hw_model import VARIANTS
+from tvm_sparse.codegen.fpga.resources import memory
 from tvm_sparse.codegen.fpga.target import PARTS, parse_fpga_target
 from tvm_sparse.errors import TargetError
 from tvm_sparse.frontend import import_model

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from tvm_sparse import models
-from tvm_sparse.codegen.fpga.hw_model import build_hw_model, dense_weight
+from tvm_sparse.codegen.fpga.from_relax import build_hw_model
 from tvm_sparse.codegen.fpga.target import parse_fpga_target
+from tvm_sparse.codegen.fpga.weight_stores import dense_weight
 from tvm_sparse.codegen.fpga.writer import write_project
 from tvm_sparse.frontend import import_model
 from tvm_sparse.passes.canonicalize import canonicalize

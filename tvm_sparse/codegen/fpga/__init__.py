@@ -1,8 +1,9 @@
 """The FPGA backend: a Vitis HLS C++ project for sparse-sparse networks, checked by C simulation.
 
 ``compile_fpga(model, "fpga")`` (in ``backend``) imports and canonicalizes the model, builds the
-hardware model (``hw_model``), folds it (``estimator``), and returns an ``FpgaProject`` that
-writes the project (``writer``) and C-simulates it against the CPU module (``csim``).
+hardware model (``hw_model``, from Relax by ``from_relax``), folds it (``folding``, which counts
+with ``estimator``), and returns an ``FpgaProject`` that writes the project (``writer``, one
+config template per engine of ``engines``) and C-simulates it against the CPU module (``csim``).
 """
 
 from .backend import (

@@ -1,10 +1,11 @@
 """The FPGA backend's driver: an HLS C++ project for sparse-sparse networks, checked by csim.
 
 ``compile_fpga(model, "fpga")`` imports and canonicalizes the model, builds the hardware model
-(``hw_model``), folds it (``estimator.auto_fold`` unless the target fixes the parallelism), and
-returns an ``FpgaProject``: ``.write(dir)`` emits the project (``writer``), ``.csim()`` builds it
-with g++ and compares with the CPU module (``csim``), ``.estimate()`` and
-``.estimates_all_variants()`` give the analytical estimates (``estimator``).
+(``from_relax``), calibrates it on the testbench inputs (``calibration``), folds it
+(``folding.auto_fold`` unless the target fixes the parallelism), and returns an
+``FpgaProject``: ``.write(dir)`` emits the project (``writer``), ``.csim()`` builds it with g++
+and compares with the CPU module (``csim``), ``.estimate()`` and ``.estimates_all_variants()``
+give the analytical estimates (``estimator``).
 
 The testbench data are random normal inputs (``tb_samples`` of them, fixed seed) and the outputs
 of ``tvm_sparse.compile(model, "llvm")`` on them: the golden reference is the CPU module.
@@ -23,9 +24,12 @@ from ...compile_tvm import compile_tvm
 from ...errors import TvmSparseError
 from ...frontend import import_model
 from ...passes.canonicalize import canonicalize
+from .calibration import calibrate
 from .csim import CsimResult, run_csim
-from .estimator import Estimate, auto_fold, comparison_table, estimate
-from .hw_model import VARIANTS, HwModel, build_hw_model, calibrate
+from .estimator import Estimate, comparison_table, estimate
+from .folding import auto_fold
+from .from_relax import build_hw_model
+from .hw_model import VARIANTS, HwModel
 from .target import FpgaTarget, parse_fpga_target
 from .writer import write_project
 

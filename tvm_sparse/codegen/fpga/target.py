@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import TargetError
+from ...target import FPGA_KIND
 
 DEFAULT_CLOCK_MHZ = 300.0
 
@@ -153,7 +154,7 @@ class FpgaTarget:
 
     def to_dict(self) -> dict:
         return {
-            "kind": "fpga",
+            "kind": FPGA_KIND,
             "part": self.part.name,
             "board": self.part.board,
             "clock_mhz": self.clock_mhz,
@@ -187,15 +188,15 @@ def parse_fpga_target(target: Any = "fpga") -> FpgaTarget:
             except json.JSONDecodeError as err:
                 raise TargetError(f"fpga target {text!r} is not valid JSON: {err}") from err
         kind, _, part = text.partition(":")
-        if kind != "fpga":
+        if kind != FPGA_KIND:
             raise TargetError(f"not an fpga target: {target!r}")
-        return parse_fpga_target({"kind": "fpga", **({"part": part} if part else {})})
+        return parse_fpga_target({"kind": FPGA_KIND, **({"part": part} if part else {})})
     if not isinstance(target, dict):
         raise TargetError(f"fpga target must be a string or dict, got {type(target).__name__}")
     unknown = set(target) - _KEYS
     if unknown:
         raise TargetError(f"unknown fpga target key(s) {sorted(unknown)}; known: {sorted(_KEYS)}")
-    if target.get("kind", "fpga") != "fpga":
+    if target.get("kind", FPGA_KIND) != FPGA_KIND:
         raise TargetError(f"not an fpga target: kind {target.get('kind')!r}")
     clock = float(target.get("clock_mhz", DEFAULT_CLOCK_MHZ))
     if not 10.0 <= clock <= 1000.0:
@@ -223,13 +224,13 @@ def is_fpga_target(target: Any) -> bool:
     if isinstance(target, FpgaTarget):
         return True
     if isinstance(target, dict):
-        return target.get("kind") == "fpga"
+        return target.get("kind") == FPGA_KIND
     if isinstance(target, str):
         text = target.strip()
         if text.startswith("{"):
             try:
-                return json.loads(text).get("kind") == "fpga"
+                return json.loads(text).get("kind") == FPGA_KIND
             except (json.JSONDecodeError, AttributeError):
                 return False
-        return text == "fpga" or text.startswith("fpga:")
+        return text == FPGA_KIND or text.startswith(f"{FPGA_KIND}:")
     return False

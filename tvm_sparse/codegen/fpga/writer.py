@@ -3,7 +3,8 @@
 Layout of the project directory::
 
     firmware/<top>.cpp, <top>.h       the kernel: AXI ports, DATAFLOW of one stage per layer
-    firmware/defines.h, parameters.h  number formats, sizes, one config struct per layer
+    firmware/defines.h, parameters.h  number formats, sizes, one config struct per layer (from
+                                      its engine's template, templates/engines/<function>.h)
     firmware/nnet_sparse.h            the engines (dense, sparse-dense, sparse-sparse, k-WTA...)
     firmware/weights/<layer>.h        constant arrays: only what the engine reads
     firmware/hls_compat/              hls_stream.h / ap_fixed.h stand-ins for g++ C simulation
@@ -24,22 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .hw_model import HwLayer, HwModel, split
+from .engines import engine_of
+from .hw_model import HwLayer, HwModel
 
 TEMPLATES = Path(__file__).parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
-_FUNCTIONS = {
-    ("conv2d", "dense"): "conv2d_dense",
-    ("conv2d", "sparse_dense"): "conv2d_sparse_dense",
-    ("conv2d", "sparse_sparse"): "conv2d_sparse_sparse",
-    ("linear", "dense"): "linear_dense",
-    ("linear", "sparse_dense"): "linear_sparse_dense",
-    ("linear", "sparse_sparse"): "linear_sparse_sparse",
-    ("kwta", "kwta"): "kwta",
-    ("maxpool2d", "maxpool"): "maxpool2d",
-    ("relu", "relu"): "relu",
-}
-_C_INT = {np.dtype(np.uint8): "uint8_t", np.dtype(np.uint16): "uint16_t"}
 
 
 def render(template: str, values: dict) -> str:
@@ -120,74 +110,10 @@ def _describe(layer: HwLayer) -> str:
     )
 
 
-def _dims3(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
-
-
 def layer_config(layer: HwLayer) -> str:
-    in_c, in_h, in_w = _dims3(layer.in_shape)
-    out_c, out_h, out_w = _dims3(layer.out_shape)
-    a = layer.attrs
-    kh, kw = a.get("kernel", (1, 1))
-    hp, wp = a.get("padded", (in_h, in_w))
-    groups = layer.weights.n_groups if layer.weights is not None else 0
-    owner_t = "uint32_t"
-    if layer.weights is not None and "owner" in layer.weights.arrays:
-        owner_t = _C_INT.get(layer.weights.arrays["owner"].dtype, "uint32_t")
-    n_boost = layer.boost.size if layer.boost is not None else 1
-    note = f", k = {a['k']}" if layer.op == "kwta" else ""
-    par = split(layer)
-    values = {
-        "source": layer.source,
-        "op": layer.op,
-        "engine": layer.engine,
-        "in_shape": "x".join(map(str, layer.in_shape)),
-        "out_shape": "x".join(map(str, layer.out_shape)),
-        "note": note,
-        "name": layer.name,
-        "in_t": layer.in_t,
-        "out_t": layer.out_t,
-        "weight_t": layer.weight_t,
-        "bias_t": layer.bias_t,
-        "accum_t": layer.accum_t,
-        "owner_t": owner_t,
-        "n_in": layer.n_in,
-        "n_out": layer.n_out,
-        "in_c": in_c,
-        "in_h": in_h,
-        "in_w": in_w,
-        "out_c": out_c,
-        "out_h": out_h,
-        "out_w": out_w,
-        "kern_h": kh,
-        "kern_w": kw,
-        "n_kin": layer.n_kin if layer.weighted else 1,
-        "stride_h": a.get("stride", (1, 1))[0],
-        "stride_w": a.get("stride", (1, 1))[1],
-        "dil_h": a.get("dilation", (1, 1))[0],
-        "dil_w": a.get("dilation", (1, 1))[1],
-        "pad_top": a.get("pad", (0, 0))[0],
-        "pad_left": a.get("pad", (0, 0))[1],
-        "pad_h": hp,
-        "pad_w": wp,
-        "n_padded": in_c * hp * wp,
-        "pool_h": a.get("pool", (1, 1))[0],
-        "pool_w": a.get("pool", (1, 1))[1],
-        "groups": max(groups, 1),
-        "acc_banks": out_c + 1,
-        "taps": par.taps,
-        "pe": par.pe,
-        "simd": par.simd,
-        "slots": par.slots,
-        "res_lanes": par.res_lanes,
-        "k": a.get("k", 0),
-        "boosted": int(layer.boost is not None),
-        "n_boost": n_boost,
-        "boost_stride": max(1, layer.n_in // n_boost),
-        "relu": "true" if layer.relu else "false",
-        "lanes": layer.lanes,
-    }
-    return render("snippets/layer_config.h", values)
+    """The layer's config struct, from its engine's own template."""
+    engine = engine_of(layer)
+    return render(engine.config_template, engine.config_values(layer))
 
 
 def stream_type(model: HwModel, layer: HwLayer | None, sparse: bool) -> str:
@@ -212,7 +138,7 @@ def stage_function(model: HwModel, layer: HwLayer) -> str:
             "name": layer.name,
             "in_stream_t": stream_type(model, prev, layer.in_sparse),
             "out_stream_t": stream_type(model, layer, layer.out_sparse),
-            "function": _FUNCTIONS[(layer.op, layer.engine)],
+            "function": engine_of(layer).function,
             "arguments": args,
         },
     )

@@ -1,0 +1,103 @@
+"""A numpy executor of the hardware model, and the calibration it serves.
+
+``forward`` runs samples through the stages in float32 (weights rebuilt from their stores);
+``calibrate`` measures per-layer output ranges (int8 formats) and activation densities (the
+estimate) on them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir.layers import CONV2D
+from .hw_model import HwLayer, HwModel
+from .number_formats import assign_types
+from .weight_stores import dense_weight
+
+
+def _conv_forward(layer: HwLayer, x: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    c, h, w = layer.in_shape
+    o, oh, ow = layer.out_shape
+    kh, kw = layer.kernel
+    sh, sw = layer.attrs["stride"]
+    dh, dw = layer.attrs["dilation"]
+    ph, pw = layer.attrs["pad"]
+    hp, wp = layer.attrs["padded"]
+    xp = np.zeros((x.shape[0], c, hp, wp), np.float32)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    cols = np.empty((x.shape[0], c, kh, kw, oh, ow), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[
+                :, :, i * dh : i * dh + sh * oh : sh, j * dw : j * dw + sw * ow : sw
+            ][:, :, :oh, :ow]
+    y = np.einsum("ok,bkp->bop", w2, cols.reshape(x.shape[0], c * kh * kw, oh * ow))
+    return y.reshape(x.shape[0], o, oh, ow)
+
+
+def forward(model: HwModel, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run ``x`` [S, *input_shape] through the layers in float32; (output, every layer's output)."""
+    acts: dict[str, np.ndarray] = {}
+    y = np.asarray(x, np.float32).reshape(x.shape[0], *model.input_shape)
+    for layer in model.layers:
+        y = y.reshape(y.shape[0], *layer.in_shape)
+        if layer.weighted:
+            w2 = dense_weight(layer)
+            if layer.op == CONV2D:
+                y = _conv_forward(layer, y, w2)
+            else:
+                y = y @ w2.T
+            shape = (1, -1, 1, 1) if layer.op == CONV2D else (1, -1)
+            y = (y + layer.bias.reshape(shape)).astype(np.float32)
+            if layer.relu:
+                y = np.maximum(y, 0)
+        elif layer.op == "kwta":
+            flat = y.reshape(y.shape[0], -1)
+            ranked = flat
+            if layer.boost is not None:
+                b = layer.boost
+                if b.size != flat.shape[1]:
+                    b = np.repeat(b, flat.shape[1] // b.size)
+                ranked = flat * b
+            k = layer.attrs["k"]
+            kth = -np.partition(-ranked, k - 1, axis=1)[:, k - 1 : k]
+            y = np.where(ranked >= kth, flat, 0).astype(np.float32)
+        elif layer.op == "maxpool2d":
+            y = _maxpool(layer, y)
+        elif layer.op == "relu":
+            y = np.maximum(y, 0)
+        y = y.reshape(y.shape[0], *layer.out_shape)
+        acts[layer.name] = y
+    return y.reshape(y.shape[0], -1), acts
+
+
+def _maxpool(layer: HwLayer, x: np.ndarray) -> np.ndarray:
+    (ph, pw), (sh, sw) = layer.attrs["pool"], layer.attrs["stride"]
+    _, oh, ow = layer.out_shape
+    out = np.full((x.shape[0], layer.out_shape[0], oh, ow), -np.inf, np.float32)
+    for i in range(ph):
+        for j in range(pw):
+            out = np.maximum(out, x[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw])
+    return out
+
+
+def calibrate(model: HwModel, x: np.ndarray) -> None:
+    """Measure per-layer output ranges and input densities on samples ``x``.
+
+    Densities replace the analytical ones (k/n, pooled k/n, 0.5 for ReLU) in the estimate; ranges
+    give int8 its per-tensor formats.
+    """
+    _, acts = forward(model, x)
+    ranges = {"input": float(np.max(np.abs(x)))}
+    density = float(np.count_nonzero(x)) / x.size
+    for layer in model.layers:
+        a = acts[layer.name]
+        ranges[layer.name] = float(np.max(np.abs(a), initial=0.0))
+        if layer.in_sparse:
+            layer.in_density = density
+        density = float(np.count_nonzero(a)) / a.size
+        if layer.out_sparse:
+            layer.out_density = density
+    if not model.precision.is_float:
+        assign_types(model, ranges)
+    model.calibrated = True

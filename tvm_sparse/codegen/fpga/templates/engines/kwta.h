@@ -1,0 +1,9 @@
+// {{source}}: {{op}} ({{engine}}) {{in_shape}} -> {{out_shape}}, k = {{k}}
+struct config_{{name}} {
+    typedef {{in_t}} in_t;
+    typedef {{out_t}} out_t;
+    static const unsigned n_in = {{n_in}};
+    static const unsigned k = {{k}}, boosted = {{boosted}}, n_boost = {{n_boost}};
+    static const unsigned boost_stride = {{boost_stride}};
+    static const unsigned lanes = {{lanes}};
+};

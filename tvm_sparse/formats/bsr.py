@@ -12,12 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._index import as_index, as_matrix, frozen, nonzero_mask
+from ._matrix import SparseMatrix
 
 
 @dataclass(frozen=True, eq=False)
-class BSR:
+class BSR(SparseMatrix):
     """Block row ``i`` holds blocks ``data[indptr[i]:indptr[i+1]]`` ([nblocks, r, c]) at block
     columns ``indices[...]`` (sorted)."""
+
+    STREAMED = ("data", "indices", "indptr")
 
     shape: tuple[int, int]
     block: tuple[int, int]
@@ -81,15 +84,6 @@ class BSR:
     def fill_ratio(self) -> float:
         """Non-zeros / stored entries: 1.0 when every stored block is full."""
         return self.nnz / self.stored if self.stored else 1.0
-
-    @property
-    def density(self) -> float:
-        size = self.shape[0] * self.shape[1]
-        return self.nnz / size if size else 0.0
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.data.nbytes + self.indices.nbytes + self.indptr.nbytes)
 
     def stats(self) -> dict:
         return {

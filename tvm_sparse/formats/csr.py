@@ -7,14 +7,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._index import as_index, as_matrix, frozen, nonzero_mask
+from ._matrix import SparseMatrix
 
 
 @dataclass(frozen=True, eq=False)
-class CSR:
+class CSR(SparseMatrix):
     """Row ``i`` holds ``data[indptr[i]:indptr[i+1]]`` at columns ``indices[...]`` (sorted).
 
     ``indices`` and ``indptr`` use the smallest of int16 / int32 that holds their largest value.
     """
+
+    STREAMED = ("data", "indices", "indptr")
 
     shape: tuple[int, int]
     data: np.ndarray
@@ -47,16 +50,6 @@ class CSR:
     @property
     def nnz(self) -> int:
         return int(self.data.size)
-
-    @property
-    def density(self) -> float:
-        size = self.shape[0] * self.shape[1]
-        return self.nnz / size if size else 0.0
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of values and indices (what a kernel streams)."""
-        return int(self.data.nbytes + self.indices.nbytes + self.indptr.nbytes)
 
     def row_nnz(self) -> np.ndarray:
         return np.diff(self.indptr.astype(np.int64))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._index import as_index, as_matrix, frozen, nonzero_mask
+from ._matrix import SparseMatrix
 
 
 def _groups(w: np.ndarray, m: int) -> np.ndarray:
@@ -24,8 +25,10 @@ def _groups(w: np.ndarray, m: int) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class NM:
+class NM(SparseMatrix):
     """``values[i, g, :]`` sit at columns ``g * m + positions[i, g, :]`` of row ``i``."""
+
+    STREAMED = ("values", "positions")
 
     shape: tuple[int, int]
     n: int
@@ -80,15 +83,6 @@ class NM:
     @property
     def stored(self) -> int:
         return int(self.values.size)
-
-    @property
-    def density(self) -> float:
-        size = self.shape[0] * self.shape[1]
-        return self.nnz / size if size else 0.0
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.values.nbytes + self.positions.nbytes)
 
     def stats(self) -> dict:
         return {

@@ -58,6 +58,9 @@ NM_WIDTHS: tuple[int, ...] = (2, 4, 8, 16)
 # A block size is "the" block pattern of a weight when at least this share of the stored
 # block elements are non-zeros.
 BLOCK_FILL_THRESHOLD = 0.9
+# An N:M bound is the weight's real structure, not a loose bound any sparse matrix meets, when
+# the density is at least this share of N/M: CSR serves the loose ones with fewer stored values.
+NM_TIGHT_FILL = 0.9
 # Above this many elements, complementary packing runs on a row sample.
 MAX_PACK_ELEMENTS = 1 << 24
 
@@ -110,7 +113,7 @@ class WeightPatterns:
         if self.best_nm is None:
             return False
         n, m = self.best_nm
-        return self.density >= 0.9 * n / m
+        return self.density >= NM_TIGHT_FILL * n / m
 
     @property
     def summary(self) -> str:

@@ -21,6 +21,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ...formats.nm import NM
+from ...formats.patterns import NM_TIGHT_FILL
 from ...ir.layers import LayerSpec
 from ...target import has_cpu_features, num_cores
 from .._epilogue import bias_const, check_activation
@@ -32,9 +33,6 @@ from .knobs import parallel_choices, product, settings_for
 
 _LANES = 8
 WIDTHS = (2, 4, 8)  # group widths m that tile an 8-float window
-# The pattern must be the weight's real structure (nnz within 10% of n/m of the weight), not a
-# loose bound a plain sparse weight also meets: CSR serves those with fewer stored values.
-_TIGHT = 0.9
 # Stored MACs per second of one core at batch < 4 (GMAC/s). A permute and an FMA per 8 values
 # (plus the index load) is twice the instructions per MAC of the dense GEMV's broadcast-FMA, so
 # the kernel is bound by issue, not by the bytes it saves: 2:4 runs about as fast as dense, and
@@ -55,7 +53,7 @@ def nm_pattern(weight: np.ndarray) -> tuple[int, int] | None:
         groups = np.zeros((rows, -(-k // m) * m), dtype=bool)
         groups[:, :k] = weight != 0
         n = max(int(groups.reshape(rows, -1, m).sum(axis=-1).max(initial=0)), 1)
-        tight = nnz >= _TIGHT * n / m * weight.size
+        tight = nnz >= NM_TIGHT_FILL * n / m * weight.size
         if n < m and tight and (best is None or n * best[1] < best[0] * m):
             best = (n, m)
     return best

@@ -42,11 +42,10 @@ import tvm
 from tvm.script import tirx as T
 
 from ..target import num_cores
-from .kernel import KernelCall, finish
+from .kernel import KernelCall, finish_opaque
 
 _LANES = 8  # AVX2: 8 float32 per register
 _NR = 16  # columns of a register tile (two vectors)
-_OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves the call alone
 _NEG_INF = -math.inf
 # 8 x 8 transpose: the shuffle masks of its three stages (unpcklps / unpckhps, shufps, vperm2f128)
 _LO = [0, 8, 1, 9, 4, 12, 5, 13]
@@ -453,7 +452,7 @@ def attention_kernel(
     if parallel is None:
         parallel = num_cores(target) > 1 and shape.batch * shape.heads > 1
     func = _attention_func(shape, *shapes[:3], mask_shape, shapes[3], float(scale), mr, parallel)
-    func = finish(func).with_attr("op_pattern", _OPAQUE)
+    func = finish_opaque(func)
     name = f"attention_h{shape.heads}_s{shape.seq}_d{shape.dim}"
     info = {"kind": "attention", "shape": shape, "scale": float(scale), "mask": mask_shape}
     return KernelCall(func=func, name=name, consts=(), out_shape=shapes[3], info=info)

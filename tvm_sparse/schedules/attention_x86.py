@@ -28,14 +28,14 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
-from ..target import num_cores
+from ..target import is_cpu, num_cores
 from .vector_math import install_llvm_lowering
 
 _VECTOR_LANES = 8  # AVX2: 8 float32 per register
 
 
 def _is_llvm(func, target: tvm.target.Target) -> bool:
-    return isinstance(func, tirx.PrimFunc) and target is not None and target.kind.name == "llvm"
+    return isinstance(func, tirx.PrimFunc) and target is not None and is_cpu(target)
 
 
 def _static_extents(sch: s_tir.Schedule, loops) -> list[int] | None:

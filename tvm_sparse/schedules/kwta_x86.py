@@ -51,7 +51,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ..target import has_cpu_features
-from .kernel import KernelCall
+from .kernel import KernelCall, finish_opaque
 
 _SIGN = 0x80000000
 # (hi_bits, lo_bits): the top digit reads every value; the low digits read only the candidates.
@@ -59,9 +59,6 @@ _SIGN = 0x80000000
 _DIGITS_LARGE = (11, 7)
 _DIGITS_SMALL = (8, 8)
 _LARGE_N = 8192
-# relax OpPatternKind kOpaque: fusion leaves the kernel alone, and AnnotateTIROpPattern does not
-# analyze it (its reshape check asserts block-based TIR on two-argument functions)
-_OPAQUE = 8
 _LANES = 8  # AVX2: 8 float32 / uint32 per vector
 # The sampled bracket: its keys' top digit, then a sub-digit inside the two bracketing bins
 # (11 + 7 bits: a bound sits within 2^-9 of its value, relative)
@@ -612,11 +609,7 @@ def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: _Pool | Non
         batch, n, boost is not None, hi_bits, lo_bits, batch > 1, x_shape, pool, stride,
         float(margin), bool(fallback), block,
     )  # fmt: skip
-    func = (
-        func.with_attr("tirx.is_scheduled", True)
-        .with_attr("tirx.noalias", True)
-        .with_attr("op_pattern", _OPAQUE)
-    )
+    func = finish_opaque(func)
     info = {
         "kind": "kwta",
         "k": k,

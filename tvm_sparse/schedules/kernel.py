@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 
-
 # relax OpPatternKind kOpaque: FuseOps leaves the call alone, and AnnotateTIROpPattern does not
 # analyze it (its reshape check asserts block-based TIR on two-argument functions)
 OPAQUE_PATTERN = 8

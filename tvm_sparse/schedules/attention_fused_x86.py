@@ -42,18 +42,14 @@ import tvm
 from tvm.script import tirx as T
 
 from ..target import num_cores
+from ._transpose8 import HALVES_HI, HALVES_LO, PAIRS_HI, PAIRS_LO
+from ._transpose8 import UNPACK_HI as _HI
+from ._transpose8 import UNPACK_LO as _LO
 from .kernel import KernelCall, finish_opaque
 
 _LANES = 8  # AVX2: 8 float32 per register
 _NR = 16  # columns of a register tile (two vectors)
 _NEG_INF = -math.inf
-# 8 x 8 transpose: the shuffle masks of its three stages (unpcklps / unpckhps, shufps, vperm2f128)
-_LO = [0, 8, 1, 9, 4, 12, 5, 13]
-_HI = [2, 10, 3, 11, 6, 14, 7, 15]
-_PAIRS_LO = [0, 1, 8, 9, 4, 5, 12, 13]
-_PAIRS_HI = [2, 3, 10, 11, 6, 7, 14, 15]
-_HALVES_LO = [0, 1, 2, 3, 8, 9, 10, 11]
-_HALVES_HI = [4, 5, 6, 7, 12, 13, 14, 15]
 # 2^x for x <= 0: x = n + r (|r| <= 1/2); 2^r by a degree-5 polynomial, the Chebyshev
 # interpolant on [-1/2, 1/2] in float32 with c0 set to 1 (numpy's
 # Chebyshev.interpolate(np.exp2, 5).convert()): relative error 2.1e-7, 2^0 exactly 1
@@ -205,23 +201,23 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
         t5: T.let = T.Shuffle([key_row(kf, b, h, j0 + 4, c0), key_row(kf, b, h, j0 + 5, c0)], _HI)
         t6: T.let = T.Shuffle([key_row(kf, b, h, j0 + 6, c0), key_row(kf, b, h, j0 + 7, c0)], _LO)
         t7: T.let = T.Shuffle([key_row(kf, b, h, j0 + 6, c0), key_row(kf, b, h, j0 + 7, c0)], _HI)
-        u0: T.let = T.Shuffle([t0, t2], _PAIRS_LO)
-        u1: T.let = T.Shuffle([t0, t2], _PAIRS_HI)
-        u2: T.let = T.Shuffle([t1, t3], _PAIRS_LO)
-        u3: T.let = T.Shuffle([t1, t3], _PAIRS_HI)
-        u4: T.let = T.Shuffle([t4, t6], _PAIRS_LO)
-        u5: T.let = T.Shuffle([t4, t6], _PAIRS_HI)
-        u6: T.let = T.Shuffle([t5, t7], _PAIRS_LO)
-        u7: T.let = T.Shuffle([t5, t7], _PAIRS_HI)
+        u0: T.let = T.Shuffle([t0, t2], PAIRS_LO)
+        u1: T.let = T.Shuffle([t0, t2], PAIRS_HI)
+        u2: T.let = T.Shuffle([t1, t3], PAIRS_LO)
+        u3: T.let = T.Shuffle([t1, t3], PAIRS_HI)
+        u4: T.let = T.Shuffle([t4, t6], PAIRS_LO)
+        u5: T.let = T.Shuffle([t4, t6], PAIRS_HI)
+        u6: T.let = T.Shuffle([t5, t7], PAIRS_LO)
+        u7: T.let = T.Shuffle([t5, t7], PAIRS_HI)
         scale8: T.let = T.broadcast(fscale, _LANES)
-        kt[T.ramp(c0 * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], _HALVES_LO) * scale8
-        kt[T.ramp((c0 + 1) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], _HALVES_LO) * scale8
-        kt[T.ramp((c0 + 2) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], _HALVES_LO) * scale8
-        kt[T.ramp((c0 + 3) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], _HALVES_LO) * scale8
-        kt[T.ramp((c0 + 4) * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], _HALVES_HI) * scale8
-        kt[T.ramp((c0 + 5) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], _HALVES_HI) * scale8
-        kt[T.ramp((c0 + 6) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], _HALVES_HI) * scale8
-        kt[T.ramp((c0 + 7) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], _HALVES_HI) * scale8
+        kt[T.ramp(c0 * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], HALVES_LO) * scale8
+        kt[T.ramp((c0 + 1) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], HALVES_LO) * scale8
+        kt[T.ramp((c0 + 2) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], HALVES_LO) * scale8
+        kt[T.ramp((c0 + 3) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], HALVES_LO) * scale8
+        kt[T.ramp((c0 + 4) * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], HALVES_HI) * scale8
+        kt[T.ramp((c0 + 5) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], HALVES_HI) * scale8
+        kt[T.ramp((c0 + 6) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], HALVES_HI) * scale8
+        kt[T.ramp((c0 + 7) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], HALVES_HI) * scale8
 
     @T.macro
     def transpose_keys(kf, kt, b, h):

@@ -15,7 +15,7 @@ from tvm_sparse.schedules.dense_x86 import (
     choose_tiling,
     dense_conv2d,
     dense_linear,
-    pack_panels,
+    pack_gemm_panels,
 )
 from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.target import resolve_target
@@ -159,9 +159,9 @@ def test_conv2d_random_shapes(hw, ci, co, kernel, stride, pad):
     )
 
 
-def test_pack_panels_layout_and_padding():
+def test_pack_gemm_panels_layout_and_padding():
     w = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
-    packed = pack_panels(w, 4)
+    packed = pack_gemm_panels(w, 4)
     assert packed.shape == (2, 3, 4)
     np.testing.assert_array_equal(packed[1, :, 0], w[4])
     np.testing.assert_array_equal(packed[1, :, 1:], 0)

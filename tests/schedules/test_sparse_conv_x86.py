@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_sparse.schedules.kernel import run_kernel
-from tvm_sparse.schedules.sparse_conv_x86 import _flat_tiles, sparse_conv2d
+from tvm_sparse.schedules.sparse_conv_flat_x86 import flat_tiles
+from tvm_sparse.schedules.sparse_conv_x86 import sparse_conv2d
 from tvm_sparse.target import resolve_target
 
 from .reference import conv_ref, sparse_weight
@@ -122,7 +123,7 @@ def test_flat_random_shapes(h, wd, k, sw, dw, pad, seed):
 def test_flat_tiles_cover_every_vector_once(va, vb, most):
     if va + vb == 0:
         return  # an output has at least one position
-    kinds = _flat_tiles(va, vb, most)
+    kinds = flat_tiles(va, vb, most)
     assert len(kinds) <= 4  # the kernel has four tile slots
     seen_a, seen_b = [], []
     for count, na, nb, a0, b0 in kinds:

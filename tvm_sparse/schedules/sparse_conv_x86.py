@@ -49,42 +49,16 @@ def _wide_rows(oh: int, wp: int, sh: int, sw: int, max_lanes: int = 96) -> int:
     return max(fits) if fits else 0
 
 
-def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, ptr_dtype, nbias,
-                 has_bias, activation, tile, parallel):  # fmt: skip
-    """Direct sparse conv: out[n, o, tile] += w * xp_flat[n, offset(w) + position(tile)]."""
+def _padded_copy_macro(x_shape, padded_hw, pads, parallel: bool):
+    """Macro: ``xf`` = x zero padded to ``padded_hw``, flat per (sample, channel) plane."""
     bn, ci, h, wd = x_shape
-    oh, ow = out_hw
     hp, wp = padded_hw
     top, left = pads
-    sh, sw = strides
-    th, tw = tile
-    chw = ci * hp * wp
-    wide = tw == 0  # tile = (th, 0): th output rows over the padded width, see _wide_rows
-    lanes = -(-th * wp // 8) * 8 if wide else th * tw
-    tail = lanes if wide else 0  # the last wide tile reads up to `lanes` past the input
-    # Each (n, o) plane of the wide scratch gets its own `lanes` of slack: the last tile row of a
-    # plane stores whole vectors past oh * wp, and with planes split across threads that tail
-    # must not land in the next plane (a data race that changed results run to run).
-    plane = oh * wp + tail
-    nval = max(nnz, 1)
     need_pad = (hp, wp) != (h, wd)
     rows = T.parallel if parallel else T.serial
-    vec = T.vectorized if sw == 1 else T.unroll
 
-    @T.prim_func
-    def kernel(
-        x: T.Buffer((bn, ci, h, wd), "float32"),
-        vals: T.Buffer((nval,), "float32"),
-        offs: T.Buffer((nval,), idx_dtype),
-        ptr: T.Buffer((o + 1,), ptr_dtype),
-        bias: T.Buffer((nbias,), "float32"),
-        y: T.Buffer((bn, o, oh, ow), "float32"),
-    ):
-        xf = T.alloc_buffer((bn * chw + tail,), "float32", scope="global")
-        yw = T.alloc_buffer((bn * o * plane,), "float32", scope="global")
-        if wide:
-            for e in T.vectorized(tail):
-                xf[bn * chw + e] = T.float32(0)
+    @T.macro
+    def padded_copy(x, xf):
         if need_pad:
             for nc in rows(bn * ci):
                 for ph in range(hp):
@@ -104,67 +78,129 @@ def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, p
                 for ph in range(hp):
                     for pw in T.vectorized(wp):
                         xf[nc * hp * wp + ph * wp + pw] = x[nc // ci, nc % ci, ph, pw]
+
+    return padded_copy
+
+
+def _wide_macro(out_hw, wp: int, th: int, lanes: int, plane: int, chw: int, has_bias: bool,
+                activation: str | None):  # fmt: skip
+    """Macro: output plane ``no`` as ``th`` whole rows at a time over the padded width, through
+    the scratch ``yw`` (its ``wp - ow`` extra lanes per row dropped on the way to y)."""
+    oh, ow = out_hw
+
+    @T.macro
+    def wide_plane(xf, yw, vals, offs, bias, y, no, nb, oc, lo, hi):
+        for tr in range(oh // th):
+            # 8-wide pieces and whole-vector stores only: a <72 x float> accumulator,
+            # or a per-lane read of it, makes LLVM shuffle it through the stack inside
+            # the reduction loop
+            accw = T.alloc_buffer((lanes,), "float32", scope="global")
+            for u in T.unroll(lanes // 8):
+                accw[T.ramp(u * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
+            for j in range(lo, hi):
+                ww: T.let = T.broadcast(vals[j], 8)
+                wbase: T.let = nb * chw + T.Cast("int32", offs[j]) + tr * th * wp
+                for u in T.unroll(lanes // 8):
+                    accw[T.ramp(u * 8, 1, 8)] = (
+                        accw[T.ramp(u * 8, 1, 8)] + ww * xf[T.ramp(wbase + u * 8, 1, 8)]
+                    )
+            for u in T.unroll(lanes // 8):
+                yw[T.ramp(no * plane + tr * th * wp + u * 8, 1, 8)] = accw[T.ramp(u * 8, 1, 8)]
+        for rr in range(oh):
+            for v in range(ow):
+                if has_bias:
+                    y[nb, oc, rr, v] = _epilogue(
+                        yw[no * plane + rr * wp + v] + bias[oc], activation
+                    )
+                else:
+                    y[nb, oc, rr, v] = _epilogue(yw[no * plane + rr * wp + v], activation)
+
+    return wide_plane
+
+
+def _tiled_macro(out_hw, wp: int, tile, strides, chw: int, has_bias: bool, activation: str | None):
+    """Macro: output plane (``nb``, ``oc``) in (rows, cols) register tiles, any strides."""
+    oh, ow = out_hw
+    th, tw = tile
+    sh, sw = strides
+    vec = T.vectorized if sw == 1 else T.unroll
+
+    @T.macro
+    def tiled_plane(xf, vals, offs, bias, y, nb, oc, lo, hi):
+        for tr in range(oh // th):
+            for tcol in range(ow // tw):
+                acc = T.alloc_buffer((th * tw,), "float32", scope="global")
+                for lane in T.vectorized(th * tw):
+                    acc[lane] = T.float32(0)
+                for j in range(lo, hi):
+                    w: T.let = vals[j]
+                    base: T.let = (
+                        nb * chw + T.Cast("int32", offs[j]) + tr * th * sh * wp + tcol * tw * sw
+                    )
+                    for rr in T.unroll(th):
+                        for v in vec(tw):
+                            acc[rr * tw + v] = (
+                                acc[rr * tw + v] + w * xf[base + rr * sh * wp + v * sw]
+                            )
+                for rr in range(th):
+                    for v in range(tw):
+                        if has_bias:
+                            y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
+                                acc[rr * tw + v] + bias[oc], activation
+                            )
+                        else:
+                            y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
+                                acc[rr * tw + v], activation
+                            )
+
+    return tiled_plane
+
+
+def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, ptr_dtype, nbias,
+                 has_bias, activation, tile, parallel):  # fmt: skip
+    """Direct sparse conv: out[n, o, tile] += w * xp_flat[n, offset(w) + position(tile)]."""
+    bn, ci, h, wd = x_shape
+    oh, ow = out_hw
+    hp, wp = padded_hw
+    th, tw = tile
+    chw = ci * hp * wp
+    wide = tw == 0  # tile = (th, 0): th output rows over the padded width, see _wide_rows
+    lanes = -(-th * wp // 8) * 8 if wide else th * tw
+    tail = lanes if wide else 0  # the last wide tile reads up to `lanes` past the input
+    # Each (n, o) plane of the wide scratch gets its own `lanes` of slack: the last tile row of a
+    # plane stores whole vectors past oh * wp, and with planes split across threads that tail
+    # must not land in the next plane (a data race that changed results run to run).
+    plane = oh * wp + tail
+    nval = max(nnz, 1)
+    rows = T.parallel if parallel else T.serial
+    padded_copy = _padded_copy_macro(x_shape, padded_hw, pads, parallel)
+    wide_plane = _wide_macro(out_hw, wp, th, lanes, plane, chw, has_bias, activation)
+    tiled_plane = _tiled_macro(out_hw, wp, tile, strides, chw, has_bias, activation)
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((bn, ci, h, wd), "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        offs: T.Buffer((nval,), idx_dtype),
+        ptr: T.Buffer((o + 1,), ptr_dtype),
+        bias: T.Buffer((nbias,), "float32"),
+        y: T.Buffer((bn, o, oh, ow), "float32"),
+    ):
+        xf = T.alloc_buffer((bn * chw + tail,), "float32", scope="global")
+        yw = T.alloc_buffer((bn * o * plane,), "float32", scope="global")
+        if wide:
+            for e in T.vectorized(tail):
+                xf[bn * chw + e] = T.float32(0)
+        padded_copy(x, xf)
         for no in rows(bn * o):
             nb: T.let = no // o
             oc: T.let = no % o
             lo: T.let = T.Cast("int32", ptr[oc])
             hi: T.let = T.Cast("int32", ptr[oc + 1])
             if wide:
-                for tr in range(oh // th):
-                    # 8-wide pieces and whole-vector stores only: a <72 x float> accumulator,
-                    # or a per-lane read of it, makes LLVM shuffle it through the stack inside
-                    # the reduction loop
-                    accw = T.alloc_buffer((lanes,), "float32", scope="global")
-                    for u in T.unroll(lanes // 8):
-                        accw[T.ramp(u * 8, 1, 8)] = T.broadcast(T.float32(0), 8)
-                    for j in range(lo, hi):
-                        ww: T.let = T.broadcast(vals[j], 8)
-                        wbase: T.let = nb * chw + T.Cast("int32", offs[j]) + tr * th * wp
-                        for u in T.unroll(lanes // 8):
-                            accw[T.ramp(u * 8, 1, 8)] = (
-                                accw[T.ramp(u * 8, 1, 8)] + ww * xf[T.ramp(wbase + u * 8, 1, 8)]
-                            )
-                    for u in T.unroll(lanes // 8):
-                        yw[T.ramp(no * plane + tr * th * wp + u * 8, 1, 8)] = accw[
-                            T.ramp(u * 8, 1, 8)
-                        ]
-                for rr in range(oh):
-                    for v in range(ow):
-                        if has_bias:
-                            y[nb, oc, rr, v] = _epilogue(
-                                yw[no * plane + rr * wp + v] + bias[oc], activation
-                            )
-                        else:
-                            y[nb, oc, rr, v] = _epilogue(yw[no * plane + rr * wp + v], activation)
+                wide_plane(xf, yw, vals, offs, bias, y, no, nb, oc, lo, hi)
             else:
-                for tr in range(oh // th):
-                    for tcol in range(ow // tw):
-                        acc = T.alloc_buffer((th * tw,), "float32", scope="global")
-                        for lane in T.vectorized(th * tw):
-                            acc[lane] = T.float32(0)
-                        for j in range(lo, hi):
-                            w: T.let = vals[j]
-                            base: T.let = (
-                                nb * chw
-                                + T.Cast("int32", offs[j])
-                                + tr * th * sh * wp
-                                + tcol * tw * sw
-                            )
-                            for rr in T.unroll(th):
-                                for v in vec(tw):
-                                    acc[rr * tw + v] = (
-                                        acc[rr * tw + v] + w * xf[base + rr * sh * wp + v * sw]
-                                    )
-                        for rr in range(th):
-                            for v in range(tw):
-                                if has_bias:
-                                    y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
-                                        acc[rr * tw + v] + bias[oc], activation
-                                    )
-                                else:
-                                    y[nb, oc, tr * th + rr, tcol * tw + v] = _epilogue(
-                                        acc[rr * tw + v], activation
-                                    )
+                tiled_plane(xf, vals, offs, bias, y, nb, oc, lo, hi)
 
     return kernel
 

@@ -19,6 +19,7 @@ from tvm.script import tirx as T
 
 from ..formats._index import as_index
 from ..formats.csr import CSR
+from ._conv_dims import conv_dims
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
@@ -244,18 +245,11 @@ def sparse_conv2d(
     if groups != 1:
         raise ValueError(f"sparse_conv2d supports groups=1 only, got groups={groups}")
     weight = _as_weight(weight_oihw, 4)
-    bn, ci, h, wd = (int(s) for s in x_shape)
-    o, wci, kh, kw = weight.shape
-    if wci != ci:
-        raise ValueError(f"weight has {wci} input channels, input has {ci}")
-    top, left, bottom, right = (int(p) for p in padding)
-    sh, sw = (int(s) for s in strides)
-    dh, dw = (int(d) for d in dilation)
+    dims = conv_dims(x_shape, weight.shape, strides, padding, dilation)
+    (bn, ci, h, wd), (o, kh, kw) = dims.x, dims.kernel
+    top, left, bottom, right = dims.pads
+    (sh, sw), (dh, dw), (oh, ow) = dims.strides, dims.dilation, dims.out_hw
     hp, wp = h + top + bottom, wd + left + right
-    oh = (hp - dh * (kh - 1) - 1) // sh + 1
-    ow = (wp - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"empty conv output for input {x_shape} and kernel {(kh, kw)}")
     csr = CSR.from_dense(weight.reshape(o, ci * kh * kw))
     bias_arr, has_bias = _bias_const(bias, o)
     if layout is None:

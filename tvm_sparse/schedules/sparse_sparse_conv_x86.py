@@ -13,11 +13,12 @@ from tvm.script import tirx as T
 
 from ..formats.complementary import ComplementaryPacked
 from ..target import num_cores
+from ._conv_dims import conv_dims
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
 from ._scatter_tir import compact_macro, scatter_macro, scatter_simd
-from .kernel import KernelCall
+from .kernel import KernelCall, as_weight
 from .kernel import finish as _finish
 from .scatter_tables import DEFAULT_ACTIVATION_DENSITY, choose_tables, scatter_cost_info
 
@@ -140,21 +141,11 @@ def sparse_sparse_conv2d(
     _check_activation(activation)
     if groups != 1:
         raise ValueError(f"sparse_sparse_conv2d supports groups=1 only, got groups={groups}")
-    weight = np.asarray(weight_oihw)
-    if weight.ndim != 4:
-        raise ValueError(f"expected an OIHW weight, got shape {weight.shape}")
-    weight = np.ascontiguousarray(weight, dtype=np.float32)
-    bn, ci, h, wd = (int(s) for s in x_shape)
-    o, wci, kh, kw = weight.shape
-    if wci != ci:
-        raise ValueError(f"weight has {wci} input channels, input has {ci}")
-    top, left, bottom, right = (int(p) for p in padding)
-    sh, sw = (int(s) for s in strides)
-    dh, dw = (int(d) for d in dilation)
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (wd + left + right - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"empty conv output for input {x_shape} and kernel {(kh, kw)}")
+    weight = as_weight(weight_oihw, 4)
+    dims = conv_dims(x_shape, weight.shape, strides, padding, dilation)
+    (bn, ci, h, wd), (o, kh, kw) = dims.x, dims.kernel
+    top, left, bottom, right = dims.pads
+    (sh, sw), (dh, dw), (oh, ow) = dims.strides, dims.dilation, dims.out_hw
     simd = scatter_simd(target)
     tab = choose_tables(ComplementaryPacked.from_conv_weight(weight, max_groups), vector, simd)
     bias_arr, has_bias = _bias_const(bias, o)

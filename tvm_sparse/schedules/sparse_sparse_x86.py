@@ -47,7 +47,7 @@ from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
 from ._scatter_tir import compact_macro, prefetch_macro, scatter_macro, scatter_simd
-from .kernel import KernelCall
+from .kernel import KernelCall, as_weight
 from .kernel import finish as _finish
 from .scatter_tables import (
     DEFAULT_ACTIVATION_DENSITY,
@@ -139,10 +139,7 @@ def sparse_sparse_linear(
     ``activation_density`` only sets the cost written to ``info``.
     """
     _check_activation(activation)
-    weight = np.asarray(weight)
-    if weight.ndim != 2:
-        raise ValueError(f"expected a 2-D weight [N, K], got shape {weight.shape}")
-    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    weight = as_weight(weight, 2)
     n, k = weight.shape
     simd = scatter_simd(target)
     tab = choose_tables(ComplementaryPacked.from_dense(weight, max_groups), vector, simd)

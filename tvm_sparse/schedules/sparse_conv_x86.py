@@ -206,6 +206,42 @@ def _conv_kernel(x_shape, o, out_hw, padded_hw, pads, strides, nnz, idx_dtype, p
     return kernel
 
 
+def _checked_tile(layout, tile, out_hw, wp: int, strides) -> tuple[int, int]:
+    """The register tile of the wide / tiled layouts: ``tile`` when given (checked), else the
+    wide tile where it applies (and ``layout`` allows), else the largest fitting (rows, cols)."""
+    oh, ow = out_hw
+    sh, sw = strides
+    if layout == "wide" and tile is None:
+        tile = (_wide_rows(oh, wp, sh, sw), 0)
+    if layout == "tiled" and tile is None:
+        tile = _conv_tiles(oh, ow)
+    if tile is None:
+        wide_rows = _wide_rows(oh, wp, sh, sw)
+        tile = (wide_rows, 0) if wide_rows else _conv_tiles(oh, ow)
+    tile = tuple(tile)
+    if tile[1] == 0 and (_wide_rows(oh, wp, sh, sw, 1 << 30) == 0 or oh % max(tile[0], 1)):
+        raise ValueError(f"wide tile {tile} needs unit strides and rows dividing {oh}")
+    if tile[0] < 1 or oh % tile[0] or (tile[1] and ow % tile[1]):
+        raise ValueError(f"tile {tile} must divide the output {(oh, ow)}")
+    return tile
+
+
+def _offset_consts(csr: CSR, ci: int, k_hw, padded_hw, dilation):
+    """``(vals, offsets, row pointers)``: each non-zero with its flat offset into the padded
+    input, ``c * Hp * Wp + kh * dh * Wp + kw * dw`` (buffers kept non-empty)."""
+    kh, kw = k_hw
+    hp, wp = padded_hw
+    dh, dw = dilation
+    cols = csr.indices.astype(np.int64)
+    c_idx, rem = cols // (kh * kw), cols % (kh * kw)
+    offsets = c_idx * hp * wp + (rem // kw) * dh * wp + (rem % kw) * dw
+    offs = as_index(offsets, max(ci * hp * wp - 1, 0))
+    vals = np.asarray(csr.data, dtype=np.float32)
+    if vals.size == 0:
+        vals, offs = np.zeros(1, np.float32), np.zeros(1, offs.dtype)
+    return vals, offs, np.ascontiguousarray(csr.indptr)
+
+
 LAYOUTS = ("flat", "wide", "tiled")
 
 
@@ -261,26 +297,8 @@ def sparse_conv2d(
             (bn, ci, h, wd), csr, (kh, kw), (oh, ow), (hp, wp), (top, left), (sh, sw), (dh, dw),
             bias_arr, has_bias, activation, vectors, cblock, oblock, parallel,
         )  # fmt: skip
-    if layout == "wide" and tile is None:
-        tile = (_wide_rows(oh, wp, sh, sw), 0)
-    if layout == "tiled" and tile is None:
-        tile = _conv_tiles(oh, ow)
-    cols = csr.indices.astype(np.int64)
-    c_idx, rem = cols // (kh * kw), cols % (kh * kw)
-    offsets = c_idx * hp * wp + (rem // kw) * dh * wp + (rem % kw) * dw
-    offs = as_index(offsets, max(ci * hp * wp - 1, 0))
-    vals = np.asarray(csr.data, dtype=np.float32)
-    if vals.size == 0:
-        vals, offs = np.zeros(1, np.float32), np.zeros(1, offs.dtype)
-    ptr = np.ascontiguousarray(csr.indptr)
-    if tile is None:
-        wide_rows = _wide_rows(oh, wp, sh, sw)
-        tile = (wide_rows, 0) if wide_rows else _conv_tiles(oh, ow)
-    tile = tuple(tile)
-    if tile[1] == 0 and (_wide_rows(oh, wp, sh, sw, 1 << 30) == 0 or oh % max(tile[0], 1)):
-        raise ValueError(f"wide tile {tile} needs unit strides and rows dividing {oh}")
-    if tile[0] < 1 or oh % tile[0] or (tile[1] and ow % tile[1]):
-        raise ValueError(f"tile {tile} must divide the output {(oh, ow)}")
+    tile = _checked_tile(layout, tile, (oh, ow), wp, (sh, sw))
+    vals, offs, ptr = _offset_consts(csr, ci, (kh, kw), (hp, wp), (dh, dw))
     func = _conv_kernel(
         (bn, ci, h, wd), o, (oh, ow), (hp, wp), (top, left), (sh, sw), csr.nnz, str(offs.dtype),
         str(ptr.dtype), bias_arr.size, has_bias, activation, tile, parallel,

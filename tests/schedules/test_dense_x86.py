@@ -11,11 +11,8 @@ from hypothesis import strategies as st
 
 from tvm_sparse.schedules.dense_x86 import (
     GemmTiling,
-    choose_conv_tiling,
-    choose_tiling,
     dense_conv2d,
     dense_linear,
-    pack_panels,
 )
 from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.target import resolve_target
@@ -157,23 +154,6 @@ def test_conv2d_random_shapes(hw, ci, co, kernel, stride, pad):
     _check_conv(
         (1, ci, *hw), (co, ci, *kernel), (stride, stride), (pad,) * 4, (1, 1), 1, True, None
     )
-
-
-def test_pack_panels_layout_and_padding():
-    w = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
-    packed = pack_panels(w, 4)
-    assert packed.shape == (2, 3, 4)
-    np.testing.assert_array_equal(packed[1, :, 0], w[4])
-    np.testing.assert_array_equal(packed[1, :, 1:], 0)
-    np.testing.assert_array_equal(packed[0, 2], w[:4, 2])
-
-
-def test_tiling_choices_keep_enough_accumulators():
-    assert choose_tiling(1, 2048).nb * choose_tiling(1, 2048).mr >= 64
-    assert choose_tiling(1, 12).nb == 16  # no padding a 12-output layer to 64
-    assert choose_tiling(64, 2048).mr in (4, 5, 6)
-    assert choose_conv_tiling(10).mr == 5
-    assert choose_conv_tiling(2).mr == 2
 
 
 def test_rejects_bad_arguments():

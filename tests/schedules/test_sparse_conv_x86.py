@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_sparse.schedules.kernel import run_kernel
-from tvm_sparse.schedules.sparse_conv_x86 import _flat_tiles, sparse_conv2d
+from tvm_sparse.schedules.sparse_conv_x86 import sparse_conv2d
 from tvm_sparse.target import resolve_target
 
 from .reference import conv_ref, sparse_weight
@@ -116,21 +116,6 @@ def test_flat_random_shapes(h, wd, k, sw, dw, pad, seed):
     padding = (pad, pad, pad, pad)
     call = sparse_conv2d(x.shape, w, None, (1, sw), padding, (dw, dw), target=TARGET)
     check(call, x, conv_ref(x, w, None, (1, sw), padding, (dw, dw)))
-
-
-@given(va=st.integers(0, 200), vb=st.integers(0, 7), most=st.integers(1, 16))
-def test_flat_tiles_cover_every_vector_once(va, vb, most):
-    if va + vb == 0:
-        return  # an output has at least one position
-    kinds = _flat_tiles(va, vb, most)
-    assert len(kinds) <= 4  # the kernel has four tile slots
-    seen_a, seen_b = [], []
-    for count, na, nb, a0, b0 in kinds:
-        assert 0 < na + nb <= most
-        for t in range(count):
-            seen_a += range(a0 + t * na, a0 + (t + 1) * na)
-            seen_b += range(b0 + t * nb, b0 + (t + 1) * nb)
-    assert sorted(seen_a) == list(range(va)) and sorted(seen_b) == list(range(vb))
 
 
 def test_flat_rejects_row_strides_and_bad_knobs():

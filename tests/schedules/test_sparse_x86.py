@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 import tvm
 
-from tvm_sparse.formats.bsr import BSR
-from tvm_sparse.formats.csr import CSR
 from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.sparse_x86 import (
     bsr_linear,
     csr_linear,
-    pack_gather_rows,
-    pack_row_panels,
-    panel_records,
     sparse_conv2d,
 )
 from tvm_sparse.target import resolve_target
@@ -117,29 +112,6 @@ def test_panel_kernel_row_blocks_and_register_transposes(activation, row_block, 
     check(call, x, linear_ref(x, w, bias, activation))
 
 
-def test_row_panel_packing_sorts_slots_and_keeps_every_block():
-    rng = np.random.default_rng(4)
-    w = sparse_weight(rng, (10, 40), 0.3)
-    bsr = BSR.from_dense(w, (1, 1))
-    vals, cols, seg, rows, npanels = pack_row_panels(bsr, 16, 4)
-    assert npanels == 3 and seg.size == 3 * 10 + 1 and rows.size == 3 * 10
-    dense = np.zeros_like(w)
-    lengths = np.diff(seg.astype(np.int64))
-    slot = 0
-    for rb in range(3):  # row blocks of 4, 4, 2 rows
-        rl = min(4, 10 - rb * 4)
-        for p in range(npanels):
-            block = slice(slot, slot + rl)
-            assert sorted(rows[block]) == list(range(rb * 4, rb * 4 + rl))
-            assert np.all(np.diff(lengths[block]) >= 0)  # sorted by trip count
-            for s in range(slot, slot + rl):
-                c = cols[seg[s] : seg[s + 1]].astype(np.int64)
-                assert np.all((c // 16) == p) and np.all(np.diff(c) > 0)
-                dense[rows[s], c] = vals[seg[s] : seg[s + 1]]
-            slot += rl
-    np.testing.assert_array_equal(dense, w)
-
-
 PANEL_DENSITIES = [0.0, "one", 0.01, 0.1, 0.5, 1.0]
 
 
@@ -186,19 +158,6 @@ def test_panel_kernel_x_transpose_paths_with_nan_inf(row_block, per_panel):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
 
 
-def test_panel_records_keep_value_bits_and_offsets():
-    vals = np.array([1.5, -0.0, np.nan, np.inf, -np.inf, 1e-45, -3.25], np.float32)
-    vals[2] = np.frombuffer(np.uint32(0x7FC01234).tobytes(), np.float32)[0]  # a NaN payload
-    cols = np.array([0, 1, 2, 300, 301, 7, 65535], np.int32)
-    recs = panel_records(vals, cols, 64)
-    assert recs.dtype == np.int64
-    low = (recs & 0xFFFFFFFF).astype(np.uint32)
-    np.testing.assert_array_equal(low, vals.view(np.uint32))
-    np.testing.assert_array_equal(recs >> 32, cols.astype(np.int64) * 64)
-    with pytest.raises(ValueError, match="int32"):
-        panel_records(vals[:1], np.array([2**25], np.int64), 64)
-
-
 @pytest.mark.parametrize("m", [2, 3, 4])
 @pytest.mark.parametrize("row_batch", [1, 2, 4])
 def test_row_kernel_small_batches(m, row_batch):
@@ -234,17 +193,6 @@ def test_row_kernel_on_generic_x86():
     assert call.info["kernel"] == "csr_rows"
     out = run_kernel(call, generic, x)
     np.testing.assert_allclose(out, linear_ref(x, w), rtol=1e-4, atol=1e-4)
-
-
-def test_gather_packing_pads_with_read_columns():
-    w = np.zeros((3, 20), np.float32)
-    w[0, [1, 4, 19]] = 1.0
-    w[2, :9] = 2.0
-    vals, cols, ptr = pack_gather_rows(CSR.from_dense(w), 8)
-    assert ptr.tolist() == [0, 1, 1, 3]
-    assert cols[:8].tolist() == [1, 4, 19, 19, 19, 19, 19, 19]
-    assert vals[3:8].tolist() == [0.0] * 5
-    assert vals.sum() == w.sum()
 
 
 def test_info_reports_cost():

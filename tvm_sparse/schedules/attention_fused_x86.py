@@ -42,19 +42,14 @@ import tvm
 from tvm.script import tirx as T
 
 from ..target import num_cores
-from .kernel import KernelCall, finish
+from ._transpose8 import HALVES_HI, HALVES_LO, PAIRS_HI, PAIRS_LO
+from ._transpose8 import UNPACK_HI as _HI
+from ._transpose8 import UNPACK_LO as _LO
+from .kernel import KernelCall, finish_opaque
 
 _LANES = 8  # AVX2: 8 float32 per register
 _NR = 16  # columns of a register tile (two vectors)
-_OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves the call alone
 _NEG_INF = -math.inf
-# 8 x 8 transpose: the shuffle masks of its three stages (unpcklps / unpckhps, shufps, vperm2f128)
-_LO = [0, 8, 1, 9, 4, 12, 5, 13]
-_HI = [2, 10, 3, 11, 6, 14, 7, 15]
-_PAIRS_LO = [0, 1, 8, 9, 4, 5, 12, 13]
-_PAIRS_HI = [2, 3, 10, 11, 6, 7, 14, 15]
-_HALVES_LO = [0, 1, 2, 3, 8, 9, 10, 11]
-_HALVES_HI = [4, 5, 6, 7, 12, 13, 14, 15]
 # 2^x for x <= 0: x = n + r (|r| <= 1/2); 2^r by a degree-5 polynomial, the Chebyshev
 # interpolant on [-1/2, 1/2] in float32 with c0 set to 1 (numpy's
 # Chebyshev.interpolate(np.exp2, 5).convert()): relative error 2.1e-7, 2^0 exactly 1
@@ -152,34 +147,39 @@ def _mask_strides(mask_shape: tuple[int, ...], shape: AttentionShape) -> tuple[i
     return batch, head, row
 
 
-def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape, out_shape,
-                    scale: float, mr: int, parallel: bool):  # fmt: skip
-    """The PrimFunc ``(q, k, v, [mask,] out)`` for static sizes (see the module docstring)."""
-    nb, s, nh, d = shape.batch, shape.seq, shape.heads, shape.dim
-    hd = shape.hidden
+def _vec(buf, start, lanes):
+    return buf[T.ramp(start, 1, lanes)]
+
+
+def _log2_units(m, lanes):
+    # mask * log2(e), the float32 minimum (the usual -3.4e38) kept finite: a row masked
+    # out entirely then holds equal scores and comes out uniform, as it does unfused
+    def f(value):
+        return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
+
+    scaled = m * f(_LOG2E)
+    return T.Select(scaled < f(-_FLT_MAX), f(-_FLT_MAX), scaled)
+
+
+def _lanes_max(buf, at):
+    return T.max(
+        T.max(T.max(buf[at], buf[at + 1]), T.max(buf[at + 2], buf[at + 3])),
+        T.max(T.max(buf[at + 4], buf[at + 5]), T.max(buf[at + 6], buf[at + 7])),
+    )
+
+
+def _lanes_sum(buf, at):
+    return ((buf[at] + buf[at + 1]) + (buf[at + 2] + buf[at + 3])) + (
+        (buf[at + 4] + buf[at + 5]) + (buf[at + 6] + buf[at + 7])
+    )
+
+
+def _head_copies_macros(shape: AttentionShape, scale: float):
+    """Step 1's macros: ``transpose_keys`` (``kt = scale * log2(e) * K_h^T``, zero padded to
+    ``sp`` keys) and ``copy_values`` (``vh = V_h``, contiguous)."""
+    s, d, hd = shape.seq, shape.dim, shape.hidden
     sp = _round_up(s, _LANES)
-    has_mask = mask_shape is not None
-    mb, mh, mi = _mask_strides(mask_shape, shape) if has_mask else (0, 0, 0)
-    mask_size = int(np.prod(mask_shape)) if has_mask else 1
-    s_full = s // _NR  # 16-column score tiles entirely inside the real columns
-    s_rest = sp - s_full * _NR  # then one tile of 8 or 16 columns, partial when sp > s
-    rest_partial = s_full * _NR + s_rest > s
-    tasks = T.parallel if parallel else T.serial
-    flat = nb * s * hd
     fscale = T.float32(scale * _LOG2E)  # scores in log2 units (see _exp2_nonpositive)
-    ninf = T.float32(_NEG_INF)
-
-    def vec(buf, start, lanes):
-        return buf[T.ramp(start, 1, lanes)]
-
-    def log2_units(m, lanes):
-        # mask * log2(e), the float32 minimum (the usual -3.4e38) kept finite: a row masked
-        # out entirely then holds equal scores and comes out uniform, as it does unfused
-        def f(value):
-            return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
-
-        scaled = m * f(_LOG2E)
-        return T.Select(scaled < f(-_FLT_MAX), f(-_FLT_MAX), scaled)
 
     @T.macro
     def copy_values(vf, vh, b, h):
@@ -187,12 +187,12 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
         # power-of-two multiple that maps them onto a few L1 sets, evicting each other).
         for j in range(s):
             for c0 in T.unroll(d // _LANES):
-                vh[T.ramp(j * d + c0 * _LANES, 1, _LANES)] = vec(
+                vh[T.ramp(j * d + c0 * _LANES, 1, _LANES)] = _vec(
                     vf, (b * s + j) * hd + h * d + c0 * _LANES, _LANES
                 )
 
     def key_row(kf, b, h, j, c0):
-        return vec(kf, (b * s + j) * hd + h * d + c0, _LANES)
+        return _vec(kf, (b * s + j) * hd + h * d + c0, _LANES)
 
     @T.macro
     def transpose8(kf, kt, b, h, j0, c0):
@@ -206,23 +206,23 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
         t5: T.let = T.Shuffle([key_row(kf, b, h, j0 + 4, c0), key_row(kf, b, h, j0 + 5, c0)], _HI)
         t6: T.let = T.Shuffle([key_row(kf, b, h, j0 + 6, c0), key_row(kf, b, h, j0 + 7, c0)], _LO)
         t7: T.let = T.Shuffle([key_row(kf, b, h, j0 + 6, c0), key_row(kf, b, h, j0 + 7, c0)], _HI)
-        u0: T.let = T.Shuffle([t0, t2], _PAIRS_LO)
-        u1: T.let = T.Shuffle([t0, t2], _PAIRS_HI)
-        u2: T.let = T.Shuffle([t1, t3], _PAIRS_LO)
-        u3: T.let = T.Shuffle([t1, t3], _PAIRS_HI)
-        u4: T.let = T.Shuffle([t4, t6], _PAIRS_LO)
-        u5: T.let = T.Shuffle([t4, t6], _PAIRS_HI)
-        u6: T.let = T.Shuffle([t5, t7], _PAIRS_LO)
-        u7: T.let = T.Shuffle([t5, t7], _PAIRS_HI)
+        u0: T.let = T.Shuffle([t0, t2], PAIRS_LO)
+        u1: T.let = T.Shuffle([t0, t2], PAIRS_HI)
+        u2: T.let = T.Shuffle([t1, t3], PAIRS_LO)
+        u3: T.let = T.Shuffle([t1, t3], PAIRS_HI)
+        u4: T.let = T.Shuffle([t4, t6], PAIRS_LO)
+        u5: T.let = T.Shuffle([t4, t6], PAIRS_HI)
+        u6: T.let = T.Shuffle([t5, t7], PAIRS_LO)
+        u7: T.let = T.Shuffle([t5, t7], PAIRS_HI)
         scale8: T.let = T.broadcast(fscale, _LANES)
-        kt[T.ramp(c0 * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], _HALVES_LO) * scale8
-        kt[T.ramp((c0 + 1) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], _HALVES_LO) * scale8
-        kt[T.ramp((c0 + 2) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], _HALVES_LO) * scale8
-        kt[T.ramp((c0 + 3) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], _HALVES_LO) * scale8
-        kt[T.ramp((c0 + 4) * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], _HALVES_HI) * scale8
-        kt[T.ramp((c0 + 5) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], _HALVES_HI) * scale8
-        kt[T.ramp((c0 + 6) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], _HALVES_HI) * scale8
-        kt[T.ramp((c0 + 7) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], _HALVES_HI) * scale8
+        kt[T.ramp(c0 * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], HALVES_LO) * scale8
+        kt[T.ramp((c0 + 1) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], HALVES_LO) * scale8
+        kt[T.ramp((c0 + 2) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], HALVES_LO) * scale8
+        kt[T.ramp((c0 + 3) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], HALVES_LO) * scale8
+        kt[T.ramp((c0 + 4) * sp + j0, 1, _LANES)] = T.Shuffle([u0, u4], HALVES_HI) * scale8
+        kt[T.ramp((c0 + 5) * sp + j0, 1, _LANES)] = T.Shuffle([u1, u5], HALVES_HI) * scale8
+        kt[T.ramp((c0 + 6) * sp + j0, 1, _LANES)] = T.Shuffle([u2, u6], HALVES_HI) * scale8
+        kt[T.ramp((c0 + 7) * sp + j0, 1, _LANES)] = T.Shuffle([u3, u7], HALVES_HI) * scale8
 
     @T.macro
     def transpose_keys(kf, kt, b, h):
@@ -240,6 +240,20 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
             for j in range(sp - s):
                 kt[c * sp + s + j] = T.float32(0)
 
+    return transpose_keys, copy_values
+
+
+def _scores_macro(shape: AttentionShape, mask_shape, mr: int):
+    """Step 2a's macro: the scores of ``rows`` query rows into ``sc``, row maxima into ``rmax``."""
+    s, d, hd = shape.seq, shape.dim, shape.hidden
+    sp = _round_up(s, _LANES)
+    has_mask = mask_shape is not None
+    mb, mh, mi = _mask_strides(mask_shape, shape) if has_mask else (0, 0, 0)
+    s_full = s // _NR  # 16-column score tiles entirely inside the real columns
+    s_rest = sp - s_full * _NR  # then one tile of 8 or 16 columns, partial when sp > s
+    rest_partial = s_full * _NR + s_rest > s
+    ninf = T.float32(_NEG_INF)
+
     @T.macro
     def score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, j0, lanes, partial):
         # Step 2a. sc[r, j0 : j0 + lanes] = q_r . kt[:, j0 : j0 + lanes] (+ mask) for `rows`
@@ -247,8 +261,8 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
         acc = T.alloc_buffer((mr * _NR,), "float32", scope="global")
         for r in T.unroll(rows):
             if has_mask and not partial:  # the mask is where the sums start
-                acc[T.ramp(r * _NR, 1, lanes)] = log2_units(
-                    vec(mf, b * mb + h * mh + (r0 + r) * mi + j0, lanes), lanes
+                acc[T.ramp(r * _NR, 1, lanes)] = _log2_units(
+                    _vec(mf, b * mb + h * mh + (r0 + r) * mi + j0, lanes), lanes
                 )
             else:
                 acc[T.ramp(r * _NR, 1, lanes)] = T.broadcast(T.float32(0), lanes)
@@ -256,12 +270,12 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
             for r in T.unroll(rows):
                 acc[T.ramp(r * _NR, 1, lanes)] = acc[T.ramp(r * _NR, 1, lanes)] + T.broadcast(
                     qf[(b * s + r0 + r) * hd + h * d + c], lanes
-                ) * vec(kt, c * sp + j0, lanes)
+                ) * _vec(kt, c * sp + j0, lanes)
         if partial:  # the tile reaches into the padding: the real columns one by one
             for r in T.unroll(rows):
                 for jj in range(s - j0):
                     if has_mask:
-                        sc[r * sp + j0 + jj] = acc[r * _NR + jj] + log2_units(
+                        sc[r * sp + j0 + jj] = acc[r * _NR + jj] + _log2_units(
                             mf[b * mb + h * mh + (r0 + r) * mi + j0 + jj], 1
                         )
                     else:
@@ -271,12 +285,12 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
                 for u in T.unroll(lanes // _LANES):
                     rmax[T.ramp(r * _LANES, 1, _LANES)] = T.max(
                         rmax[T.ramp(r * _LANES, 1, _LANES)],
-                        vec(sc, r * sp + j0 + u * _LANES, _LANES),
+                        _vec(sc, r * sp + j0 + u * _LANES, _LANES),
                     )
         else:
             for r in T.unroll(rows):
                 for u in T.unroll(lanes // _LANES):
-                    val: T.let = vec(acc, r * _NR + u * _LANES, _LANES)
+                    val: T.let = _vec(acc, r * _NR + u * _LANES, _LANES)
                     sc[T.ramp(r * sp + j0 + u * _LANES, 1, _LANES)] = val
                     rmax[T.ramp(r * _LANES, 1, _LANES)] = T.max(
                         rmax[T.ramp(r * _LANES, 1, _LANES)], val
@@ -291,16 +305,12 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
         if s_rest > 0:
             score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, s_full * _NR, s_rest, rest_partial)
 
-    def lanes_max(buf, at):
-        return T.max(
-            T.max(T.max(buf[at], buf[at + 1]), T.max(buf[at + 2], buf[at + 3])),
-            T.max(T.max(buf[at + 4], buf[at + 5]), T.max(buf[at + 6], buf[at + 7])),
-        )
+    return scores
 
-    def lanes_sum(buf, at):
-        return ((buf[at] + buf[at + 1]) + (buf[at + 2] + buf[at + 3])) + (
-            (buf[at + 4] + buf[at + 5]) + (buf[at + 6] + buf[at + 7])
-        )
+
+def _softmax_macro(shape: AttentionShape, mr: int):
+    """Step 2b's macro: ``sc[r, :] = exp(sc[r, :] - max)`` and ``inv[r] = 1 / sum``."""
+    sp = _round_up(shape.seq, _LANES)
 
     @T.macro
     def softmax(sc, rmax, inv, rows):
@@ -310,18 +320,26 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
         mxb = T.alloc_buffer((mr * _LANES,), "float32", scope="global")
         part = T.alloc_buffer((mr * _LANES,), "float32", scope="global")
         for r in T.unroll(rows):
-            mxb[T.ramp(r * _LANES, 1, _LANES)] = T.broadcast(lanes_max(rmax, r * _LANES), _LANES)
+            mxb[T.ramp(r * _LANES, 1, _LANES)] = T.broadcast(_lanes_max(rmax, r * _LANES), _LANES)
             part[T.ramp(r * _LANES, 1, _LANES)] = T.broadcast(T.float32(0), _LANES)
         for j in range(sp // _LANES):
             for r in T.unroll(rows):
                 sc[T.ramp(r * sp + j * _LANES, 1, _LANES)] = _exp2_nonpositive(
-                    vec(sc, r * sp + j * _LANES, _LANES) - vec(mxb, r * _LANES, _LANES), _LANES
+                    _vec(sc, r * sp + j * _LANES, _LANES) - _vec(mxb, r * _LANES, _LANES), _LANES
                 )
-                part[T.ramp(r * _LANES, 1, _LANES)] = vec(part, r * _LANES, _LANES) + vec(
+                part[T.ramp(r * _LANES, 1, _LANES)] = _vec(part, r * _LANES, _LANES) + _vec(
                     sc, r * sp + j * _LANES, _LANES
                 )
         for r in T.unroll(rows):
-            inv[r] = T.float32(1) / lanes_sum(part, r * _LANES)
+            inv[r] = T.float32(1) / _lanes_sum(part, r * _LANES)
+
+    return softmax
+
+
+def _values_macro(shape: AttentionShape, mr: int):
+    """Step 2c's macro: ``out[rows] = (sc @ V_h) * inv``, 16 columns a tile."""
+    s, d, hd = shape.seq, shape.dim, shape.hidden
+    sp = _round_up(s, _LANES)
 
     @T.macro
     def value_tile(vh, of, sc, inv, b, h, r0, rows, c0, lanes):
@@ -333,7 +351,7 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
             for r in T.unroll(rows):
                 acc[T.ramp(r * _NR, 1, lanes)] = acc[T.ramp(r * _NR, 1, lanes)] + T.broadcast(
                     sc[r * sp + j], lanes
-                ) * vec(vh, j * d + c0, lanes)
+                ) * _vec(vh, j * d + c0, lanes)
         for r in T.unroll(rows):
             of[T.ramp((b * s + r0 + r) * hd + h * d + c0, 1, lanes)] = acc[
                 T.ramp(r * _NR, 1, lanes)
@@ -345,6 +363,24 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
             value_tile(vh, of, sc, inv, b, h, r0, rows, t * _NR, _NR)
         if d % _NR > 0:
             value_tile(vh, of, sc, inv, b, h, r0, rows, d - d % _NR, d % _NR)
+
+    return weighted_values
+
+
+def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape, out_shape,
+                    scale: float, mr: int, parallel: bool):  # fmt: skip
+    """The PrimFunc ``(q, k, v, [mask,] out)`` for static sizes (see the module docstring)."""
+    nb, s, nh, d = shape.batch, shape.seq, shape.heads, shape.dim
+    hd = shape.hidden
+    sp = _round_up(s, _LANES)
+    has_mask = mask_shape is not None
+    mask_size = int(np.prod(mask_shape)) if has_mask else 1
+    tasks = T.parallel if parallel else T.serial
+    flat = nb * s * hd
+    transpose_keys, copy_values = _head_copies_macros(shape, scale)
+    scores = _scores_macro(shape, mask_shape, mr)
+    softmax = _softmax_macro(shape, mr)
+    weighted_values = _values_macro(shape, mr)
 
     @T.macro
     def row_block(qf, vh, mf, of, kt, sc, rmax, inv, b, h, r0, rows):
@@ -453,7 +489,7 @@ def attention_kernel(
     if parallel is None:
         parallel = num_cores(target) > 1 and shape.batch * shape.heads > 1
     func = _attention_func(shape, *shapes[:3], mask_shape, shapes[3], float(scale), mr, parallel)
-    func = finish(func).with_attr("op_pattern", _OPAQUE)
+    func = finish_opaque(func)
     name = f"attention_h{shape.heads}_s{shape.seq}_d{shape.dim}"
     info = {"kind": "attention", "shape": shape, "scale": float(scale), "mask": mask_shape}
     return KernelCall(func=func, name=name, consts=(), out_shape=shapes[3], info=info)

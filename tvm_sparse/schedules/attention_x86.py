@@ -28,14 +28,14 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
-from ..target import num_cores
+from ..target import is_cpu, num_cores
 from .vector_math import install_llvm_lowering
 
 _VECTOR_LANES = 8  # AVX2: 8 float32 per register
 
 
 def _is_llvm(func, target: tvm.target.Target) -> bool:
-    return isinstance(func, tirx.PrimFunc) and target is not None and target.kind.name == "llvm"
+    return isinstance(func, tirx.PrimFunc) and target is not None and is_cpu(target)
 
 
 def _static_extents(sch: s_tir.Schedule, loops) -> list[int] | None:
@@ -55,13 +55,9 @@ def _largest_divisor(n: int, candidates: tuple[int, ...]) -> int:
     return 1
 
 
-class BatchMatmul(ScheduleRule):
-    """Register-blocked (batched) matmul of two activations, with its elementwise epilogue."""
-
-    def __init__(self, mr: int = 4, nr: int = 16, min_macs: int = 1 << 16):
-        self.mr = mr  # rows of C per tile (unrolled)
-        self.nr = nr  # columns of C per tile (vectorized; a multiple of the vector width)
-        self.min_macs = min_macs  # smaller matmuls are left to the generic rules
+class _CpuRule(ScheduleRule):
+    """A CPU rule: None (the next rule's turn) on other targets and on shapes ``_schedule``
+    rejects with a ``ScheduleError``."""
 
     def apply(self, func, target, _tunable):
         if not _is_llvm(func, target):
@@ -70,6 +66,15 @@ class BatchMatmul(ScheduleRule):
             return self._schedule(func, target)
         except ScheduleError:  # a shape this rule does not handle: leave it to the next rule
             return None
+
+
+class BatchMatmul(_CpuRule):
+    """Register-blocked (batched) matmul of two activations, with its elementwise epilogue."""
+
+    def __init__(self, mr: int = 4, nr: int = 16, min_macs: int = 1 << 16):
+        self.mr = mr  # rows of C per tile (unrolled)
+        self.nr = nr  # columns of C per tile (vectorized; a multiple of the vector width)
+        self.min_macs = min_macs  # smaller matmuls are left to the generic rules
 
     def _schedule(self, func, target):
         sch = s_tir.Schedule(func)
@@ -132,7 +137,7 @@ class BatchMatmul(ScheduleRule):
         return sch
 
 
-class RowReduction(ScheduleRule):
+class RowReduction(_CpuRule):
     """Softmax, layernorm and friends: every block of one row under one loop, all vectorized.
 
     Matches functions whose blocks share ``lead`` leading spatial axes (the rows) and whose last
@@ -144,14 +149,6 @@ class RowReduction(ScheduleRule):
     def __init__(self, lanes: int = _VECTOR_LANES, min_row: int = 2 * _VECTOR_LANES):
         self.lanes = lanes
         self.min_row = min_row  # rows shorter than this: the generic rule does as well
-
-    def apply(self, func, target, _tunable):
-        if not _is_llvm(func, target):
-            return None
-        try:
-            return self._schedule(func, target)
-        except ScheduleError:  # a shape this rule does not handle: leave it to the next rule
-            return None
 
     def _schedule(self, func, target):
         sch = s_tir.Schedule(func)

@@ -14,10 +14,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 
+# relax OpPatternKind kOpaque: FuseOps leaves the call alone, and AnnotateTIROpPattern does not
+# analyze it (its reshape check asserts block-based TIR on two-argument functions)
+OPAQUE_PATTERN = 8
+
 
 def finish(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """Mark a hand-scheduled kernel: dlight leaves it alone, and its buffers do not alias."""
     return func.with_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+
+
+def finish_opaque(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """``finish``, and opaque to FuseOps: fusing an elementwise op into a hand-scheduled kernel
+    breaks FuseTIR ("Inconsistent buffers"), and block-free TIR cannot be pattern-analyzed."""
+    return finish(func).with_attr("op_pattern", OPAQUE_PATTERN)
 
 
 def as_weight(weight: np.ndarray, ndim: int) -> np.ndarray:

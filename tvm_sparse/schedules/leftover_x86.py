@@ -15,7 +15,7 @@ from tvm import s_tir
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from ..target import num_cores
+from ..target import is_cpu, num_cores
 
 _MIN_PARALLEL_WORK = 1 << 14  # iterations below which a parallel launch does not pay
 
@@ -33,7 +33,7 @@ class ParallelSpatial(ScheduleRule):
         self.tasks_per_core = tasks_per_core
 
     def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
-        if not isinstance(func, tvm.tirx.PrimFunc) or str(target.kind.name) != "llvm":
+        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
             return None
         sch = s_tir.Schedule(func)
         try:

@@ -1,0 +1,25 @@
+"""The GEMM micro-kernel's packing and tile choices (the kernels run in test_dense_x86)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tvm_sparse.schedules.dense_conv_x86 import choose_conv_tiling
+from tvm_sparse.schedules.gemm_x86 import choose_tiling, pack_gemm_panels
+
+
+def test_pack_gemm_panels_layout_and_padding():
+    w = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
+    packed = pack_gemm_panels(w, 4)
+    assert packed.shape == (2, 3, 4)
+    np.testing.assert_array_equal(packed[1, :, 0], w[4])
+    np.testing.assert_array_equal(packed[1, :, 1:], 0)
+    np.testing.assert_array_equal(packed[0, 2], w[:4, 2])
+
+
+def test_tiling_choices_keep_enough_accumulators():
+    assert choose_tiling(1, 2048).nb * choose_tiling(1, 2048).mr >= 64
+    assert choose_tiling(1, 12).nb == 16  # no padding a 12-output layer to 64
+    assert choose_tiling(64, 2048).mr in (4, 5, 6)
+    assert choose_conv_tiling(10).mr == 5
+    assert choose_conv_tiling(2).mr == 2

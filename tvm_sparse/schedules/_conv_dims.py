@@ -1,0 +1,35 @@
+"""The checked sizes of a groups=1 NCHW / OIHW conv2d, shared by the sparse conv builders."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class ConvDims(NamedTuple):
+    """``x`` (batch, C, H, W), ``kernel`` (O, KH, KW), ``pads`` (top, left, bottom, right),
+    ``strides`` and ``dilation`` (h, w), ``out_hw`` (OH, OW), all Python ints."""
+
+    x: tuple[int, int, int, int]
+    kernel: tuple[int, int, int]
+    pads: tuple[int, int, int, int]
+    strides: tuple[int, int]
+    dilation: tuple[int, int]
+    out_hw: tuple[int, int]
+
+
+def conv_dims(x_shape, w_shape, strides, padding, dilation) -> ConvDims:
+    """The conv's sizes; a clear error when the channels disagree or the output is empty."""
+    bn, ci, h, wd = (int(s) for s in x_shape)
+    o, wci, kh, kw = (int(s) for s in w_shape)
+    if wci != ci:
+        raise ValueError(f"weight has {wci} input channels, input has {ci}")
+    top, left, bottom, right = (int(p) for p in padding)
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilation)
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + left + right - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"empty conv output for input {x_shape} and kernel {(kh, kw)}")
+    return ConvDims(
+        (bn, ci, h, wd), (o, kh, kw), (top, left, bottom, right), (sh, sw), (dh, dw), (oh, ow)
+    )

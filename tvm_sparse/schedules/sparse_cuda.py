@@ -40,9 +40,9 @@ from .kernel import KernelCall
 from .kernel import as_weight as _as_weight
 from .kernel import finish as _finish
 from .kernel import linear_info as _linear_info
+from .panel_packing import pack_column_panels
+from .scatter_tables import ScatterTables, scatter_tables
 from .sparse_cuda_kernels import panel_tile_kernel, sparse_sparse_kernel, warp_rows_kernel
-from .sparse_sparse_x86 import ScatterTables, scatter_tables
-from .sparse_x86 import pack_panels
 
 _SHARED_BUDGET = 40 * 1024  # bytes of static shared memory a kernel may take (48 KiB limit)
 
@@ -121,7 +121,7 @@ def _block_linear(name, m, weight, block, bias, activation, warp_batch, warps, b
         panel_cols = max(c, panel_cols // c * c)
         if panel_cols * (bt + 1) * 4 > 48 * 1024:
             raise ValueError(f"panel_cols={panel_cols} x batch_tile={bt} exceeds shared memory")
-        vals, cols, seg, npanels = pack_panels(bsr, panel_cols)
+        vals, cols, seg, npanels = pack_column_panels(bsr, panel_cols)
         if bsr.nblocks == 0:
             vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
         func = panel_tile_kernel(

@@ -51,10 +51,8 @@ from .kernel import KernelCall, as_weight
 from .kernel import finish as _finish
 from .scatter_tables import (
     DEFAULT_ACTIVATION_DENSITY,
-    ScatterTables,
     choose_tables,
     scatter_cost_info,
-    scatter_tables,
 )
 from .sparse_sparse_conv_x86 import sparse_sparse_conv2d
 
@@ -175,8 +173,6 @@ def sparse_sparse_linear(
 
 __all__ = [
     "ACTIVATIONS",
-    "ScatterTables",
-    "scatter_tables",
     "sparse_sparse_conv2d",
     "sparse_sparse_linear",
     "sparse_sparse_macs",

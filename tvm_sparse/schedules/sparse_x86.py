@@ -36,14 +36,10 @@ from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
 from .kernel import KernelCall
 from .kernel import as_weight as _as_weight
-from .panel_packing import pack_column_panels, pack_row_panels, panel_records
 from .sparse_block_x86 import bsr_block_call
 from .sparse_conv_x86 import sparse_conv2d
 from .sparse_panel_x86 import panel_call, tiles_shape
-from .sparse_rows_x86 import csr_rows_call, pack_gather_rows
-
-# the name sparse_cuda imports (its kernel reads blocks by column panel, then block row)
-pack_panels = pack_column_panels
+from .sparse_rows_x86 import csr_rows_call
 
 
 def csr_linear(
@@ -136,11 +132,6 @@ __all__ = [
     "ACTIVATIONS",
     "bsr_linear",
     "csr_linear",
-    "pack_gather_rows",
-    "pack_column_panels",
-    "pack_panels",
     "tiles_shape",
-    "pack_row_panels",
-    "panel_records",
     "sparse_conv2d",
 ]

@@ -113,34 +113,3 @@ def through_reshape(
         return expr
     src = value.args[0]
     return src if accept(src) else expr
-
-
-def rebind(mutator, var: relax.Var, value: relax.Expr) -> None:
-    """Emit ``value`` in place of ``var``'s binding (a dataflow var stays one, an output stays
-    an output, the name is kept) and make later uses of ``var`` read the new var."""
-    if isinstance(var, relax.DataflowVar):
-        new_var = mutator.builder_.emit(value, var.name)
-    else:
-        new_var = mutator.builder_.emit_output(value, var.name)
-    mutator.set_var_remap(var, new_var)
-
-
-def rewrite_functions(
-    mod: tvm.IRModule,
-    rewriter_for: Callable[[relax.Function, tvm.IRModule], Any | None],
-) -> tvm.IRModule:
-    """Run ``rewriter_for(func, mod)`` (an ``PyExprMutator``, or None: nothing to do) over every
-    Relax function of ``mod``; the replaced subgraphs are dead afterwards and removed."""
-    rewriter = None
-    for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, relax.Function):
-            continue
-        candidate = rewriter_for(func, mod)
-        if candidate is None:
-            continue
-        rewriter = candidate
-        rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        mod = rewriter.builder_.get()
-    if rewriter is None:
-        return mod
-    return relax.transform.DeadCodeElimination()(mod)

@@ -12,10 +12,11 @@ import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
 from ..ir.layers import CONV2D, anchor_of, per_channel
-from ..ir.relax_utils import const_array, iter_bindings, op_name, rebind, static_shape, use_counts
+from ..ir.relax_utils import const_array, iter_bindings, op_name, static_shape, use_counts
+from ..ir.rewrite import PlannedRewriter
 
 # One link of a chain: ``layer (op) const``. dpl also matches ``const (op) layer`` for the
 # commutative add and multiply, and only for those, which is what folding allows.
@@ -91,16 +92,10 @@ def _plan_affine_folds(func: relax.Function) -> dict[relax.Var, _Chain]:
 
 
 @mutator
-class _FoldMutator(PyExprMutator):
-    def __init__(self, plan: dict[relax.Var, _Chain], mod: tvm.IRModule | None = None):
-        super().__init__(mod)
-        self.plan = plan
+class _FoldMutator(PlannedRewriter):
+    """``plan``: each chain's last var -> the folded layer that replaces it."""
 
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        chain = self.plan.get(binding.var)
-        if chain is None:
-            super().visit_var_binding_(binding)
-            return
+    def replacement(self, _var: relax.Var, chain: _Chain) -> relax.Expr:
         x = self.visit_expr(chain.call.args[0])
         if chain.kind == CONV2D:
             attrs = chain.call.attrs
@@ -119,8 +114,7 @@ class _FoldMutator(PyExprMutator):
             y = relax.op.matmul(x, relax.const(np.ascontiguousarray(chain.weight.T)))
             bias = chain.bias
         y = self.builder_.emit(y, "folded")
-        out = relax.op.add(y, relax.const(bias))
-        rebind(self, binding.var, out)
+        return relax.op.add(y, relax.const(bias))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FoldAffineIntoLayers")

@@ -14,18 +14,12 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import (
-    dtype_of,
-    rebind,
-    rewrite_functions,
-    static_shape,
-    through_reshape,
-    use_counts,
-)
+from ..ir.relax_utils import dtype_of, static_shape, through_reshape
+from ..ir.rewrite import Bindings, PlannedRewriter
 from ..schedules.layernorm_x86 import add_layer_norm_kernel
-from .cpu_only import cpu_target
+from .cpu_only import CpuRewrite
 
 # layer_norm(add(a, b), gamma, beta): the conditions on shapes and attributes are _check's
 _PATTERN = is_op("relax.nn.layer_norm")(
@@ -37,8 +31,9 @@ def _float32(*exprs: relax.Expr) -> bool:
     return all(dtype_of(e) == "float32" for e in exprs)
 
 
-def _check(value: relax.Call, var2val: dict, uses) -> tuple | None:
+def _check(value: relax.Call, bindings: Bindings) -> tuple | None:
     """``(a, b, gamma, beta, epsilon)`` when the matched ``layer_norm(add(a, b))`` is fusable."""
+    var2val, uses = bindings.var2val, bindings.uses
     x, gamma, beta = value.args
     shape, attrs = static_shape(x), value.attrs
     if shape is None or not _float32(x, gamma, beta) or not isinstance(x, relax.Var):
@@ -59,48 +54,34 @@ def _check(value: relax.Call, var2val: dict, uses) -> tuple | None:
 
 
 @mutator
-class _AddLayerNormRewriter(PyExprMutator):
+class _AddLayerNormRewriter(PlannedRewriter):
     def __init__(self, plan: dict, mod: tvm.IRModule):
-        super().__init__(mod)
-        self.plan = plan
+        super().__init__(plan, mod)
         self.count = 0
 
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        match = self.plan.get(binding.var)
-        if match is None:
-            super().visit_var_binding_(binding)
-            return
+    def replacement(self, var: relax.Var, match: tuple) -> relax.Expr:
         a, b, gamma, beta, eps = match
-        out_shape = static_shape(binding.var)
+        out_shape = static_shape(var)
         kernel = add_layer_norm_kernel(static_shape(a), static_shape(b), out_shape, eps)
         name = f"{kernel.name}_{self.count}"
         self.count += 1
         gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", name), name)
         args = [self.visit_expr(e) for e in (a, b, gamma, beta)]
-        out = relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32"))
-        rebind(self, binding.var, out)
-
-
-def _rewriter_for(func: relax.Function, mod: tvm.IRModule) -> _AddLayerNormRewriter | None:
-    var2val, uses = relax.analysis.get_var2val(func), use_counts(func)
-    plan = {}
-    for var, value in var2val.items():
-        if isinstance(value, relax.Call) and _PATTERN.match(value, var2val):
-            match = _check(value, var2val, uses)
-            if match is not None:
-                plan[var] = match
-    return _AddLayerNormRewriter(plan, mod) if plan else None
+        return relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32"))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseAddLayerNorm")
-class FuseAddLayerNorm:
-    """Rewrite every fusable ``layer_norm(add(a, b))`` of every Relax function; a no-op on
-    targets other than CPU (``target`` defaults to the one in scope)."""
+class FuseAddLayerNorm(CpuRewrite):
+    """Rewrite every fusable ``layer_norm(add(a, b))`` of every Relax function (CPU targets
+    only)."""
 
-    def __init__(self, target: tvm.target.Target | None = None):
-        self.target = target
-
-    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        if cpu_target(self.target) is None:
-            return mod
-        return rewrite_functions(mod, _rewriter_for)
+    def rewriter_for(
+        self, func: relax.Function, mod: tvm.IRModule, _target: tvm.target.Target
+    ) -> _AddLayerNormRewriter | None:
+        bindings = Bindings.of(func)
+        plan = {}
+        for var, value, _found in bindings.matches(_PATTERN):
+            match = _check(value, bindings)
+            if match is not None:
+                plan[var] = match
+        return _AddLayerNormRewriter(plan, mod) if plan else None

@@ -34,21 +34,20 @@ from dataclasses import dataclass
 
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import (
     binding_map,
     dtype_of,
     op_name,
-    rebind,
-    rewrite_functions,
     scalar_const,
     static_shape,
     through_reshape,
     use_counts,
 )
+from ..ir.rewrite import PlannedRewriter
 from ..schedules.attention_fused_x86 import AttentionShape, attention_kernel
-from .cpu_only import cpu_target
+from .cpu_only import CpuRewrite
 
 _Q_PERM = (0, 2, 1, 3)  # [b, s, h, d] -> [b, h, s, d]
 _K_PERM = (0, 2, 3, 1)  # [b, s, h, d] -> [b, h, d, s]
@@ -270,10 +269,11 @@ def find_attention(func: relax.Function) -> list[AttentionMatch]:
 
 
 @mutator
-class _AttentionRewriter(PyExprMutator):
-    def __init__(self, plan: dict[relax.Var, AttentionMatch], mod: tvm.IRModule, target):
-        super().__init__(mod)
-        self.plan = plan
+class _AttentionRewriter(PlannedRewriter):
+    def __init__(
+        self, plan: dict[relax.Var, AttentionMatch], mod: tvm.IRModule, target: tvm.target.Target
+    ):
+        super().__init__(plan, mod)
         self.target = target
         self.kernels: dict[tuple, relax.GlobalVar] = {}
 
@@ -292,34 +292,20 @@ class _AttentionRewriter(PyExprMutator):
             self.kernels[key] = self.builder_.add_func(func, name)
         return self.kernels[key]
 
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        match = self.plan.get(binding.var)
-        if match is None:
-            super().visit_var_binding_(binding)
-            return
+    def replacement(self, _var: relax.Var, match: AttentionMatch) -> relax.Expr:
         gvar = self._gvar(match)
         args = [self.visit_expr(e) for e in (match.q, match.k, match.v)]
         if match.mask is not None:
             args.append(self.visit_expr(match.mask))
-        out = relax.call_tir(gvar, args, relax.TensorType(match.out_shape, "float32"))
-        rebind(self, binding.var, out)
+        return relax.call_tir(gvar, args, relax.TensorType(match.out_shape, "float32"))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseAttention")
-class FuseAttention:
-    """Fuse the attention subgraphs of every Relax function; a no-op on targets other than CPU
-    (``target`` defaults to the one in scope)."""
+class FuseAttention(CpuRewrite):
+    """Fuse the attention subgraphs of every Relax function (CPU targets only)."""
 
-    def __init__(self, target: tvm.target.Target | None = None):
-        self.target = target
-
-    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = cpu_target(self.target)
-        if target is None:
-            return mod
-
-        def rewriter_for(func: relax.Function, current: tvm.IRModule):
-            plan = {m.out_var: m for m in find_attention(func)}
-            return _AttentionRewriter(plan, current, target) if plan else None
-
-        return rewrite_functions(mod, rewriter_for)
+    def rewriter_for(
+        self, func: relax.Function, mod: tvm.IRModule, target: tvm.target.Target
+    ) -> _AttentionRewriter | None:
+        plan = {m.out_var: m for m in find_attention(func)}
+        return _AttentionRewriter(plan, mod, target) if plan else None

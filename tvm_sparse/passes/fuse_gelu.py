@@ -20,16 +20,10 @@ import math
 import tvm
 from tvm import relax
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import (
-    bound_vars,
-    dtype_of,
-    rebind,
-    scalar_const,
-    static_shape,
-    use_counts,
-)
+from ..ir.relax_utils import dtype_of, scalar_const, static_shape
+from ..ir.rewrite import Bindings, PlannedRewriter
 
 _RTOL = 1e-6
 
@@ -61,13 +55,10 @@ class _GeluPattern:
         p["root"] = is_op("relax.multiply")(p["inner"], p[last])
         return p
 
-    def match(self, value: relax.Expr, var2val: dict, bound: dict) -> tuple | None:
-        """``(x, inner)`` when ``value`` is the erf-GELU of ``x`` with the right constants;
-        ``inner`` is the var of the inner product (the caller checks nothing else reads it).
-        ``bound`` maps the values dpl reports back to their vars (``bound_vars``)."""
-        found = self.pattern.extract_matched_expr(value, var2val)
-        if found is None:
-            return None
+    def read(self, found: dict, bound: dict) -> tuple | None:
+        """``(x, inner)`` when ``found`` (a match of ``self.pattern``) is the erf-GELU of ``x``
+        with the right constants; ``inner`` is the var of the inner product (the caller checks
+        nothing else reads it). ``bound`` maps the values dpl reports back to their vars."""
         p = next(g for g in self.groupings if g["root"] in found)
         if p["divided"] in found:
             erf_x, scale = found[p["x_div"]], (p["sqrt2"], math.sqrt(2.0))
@@ -91,31 +82,21 @@ def _same_type(out: relax.Var, x: relax.Expr) -> bool:
 
 def _gelu_roots(func: relax.Function, pattern: _GeluPattern) -> dict[relax.Var, relax.Expr]:
     """The var of each GELU's last multiply -> its x."""
-    var2val = relax.analysis.get_var2val(func)
-    bound, uses = bound_vars(var2val), use_counts(func)
+    bindings = Bindings.of(func)
     roots = {}
-    for var, value in var2val.items():
-        if not isinstance(value, relax.Call):
-            continue
-        match = pattern.match(value, var2val, bound)
-        if match is not None and uses[match[1]] == 1 and _same_type(var, match[0]):
+    for var, _value, found in bindings.matches(pattern.pattern):
+        match = pattern.read(found, bindings.bound)
+        if match is not None and bindings.uses[match[1]] == 1 and _same_type(var, match[0]):
             roots[var] = match[0]
     return roots
 
 
 @mutator
-class _GeluRewriter(PyExprMutator):
-    def __init__(self, roots: dict[relax.Var, relax.Expr], mod: tvm.IRModule):
-        super().__init__(mod)
-        self.roots = roots
+class _GeluRewriter(PlannedRewriter):
+    """``plan``: the var of each GELU's last multiply -> its x."""
 
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        x = self.roots.get(binding.var)
-        if x is None:
-            super().visit_var_binding_(binding)
-            return
-        out = relax.op.nn.gelu(self.visit_expr(x))
-        rebind(self, binding.var, out)
+    def replacement(self, _var: relax.Var, x: relax.Expr) -> relax.Expr:
+        return relax.op.nn.gelu(self.visit_expr(x))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseGelu")

@@ -22,21 +22,13 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import (
-    binding_map,
-    bound_vars,
-    dtype_of,
-    rebind,
-    rewrite_functions,
-    static_shape,
-    through_reshape,
-    use_counts,
-)
+from ..ir.relax_utils import binding_map, dtype_of, static_shape, through_reshape
+from ..ir.rewrite import Bindings, PlannedRewriter
 from ..schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
 from .activation_sparsity import KwtaMatch, find_kwta
-from .cpu_only import cpu_target
+from .cpu_only import CpuRewrite
 
 
 @dataclass(frozen=True)
@@ -105,46 +97,40 @@ _POOL_OF_RESHAPE = is_op("relax.nn.max_pool2d")(is_op("relax.reshape")(_KWTA_OUT
 
 def _plan_pools(func: relax.Function, matches: dict) -> dict[relax.Var, _PoolFusion]:
     """The max-pools to fuse, keyed by the pool's var: pool(reshape(kwta)), each used once."""
-    var2val = relax.analysis.get_var2val(func)
-    bound, uses = bound_vars(var2val), use_counts(func)
+    bindings = Bindings.of(func)
     plan = {}
-    for var, value in var2val.items():
-        if not isinstance(value, relax.Call):
+    for var, pool, found in bindings.matches(_POOL_OF_RESHAPE):
+        if bindings.uses[pool.args[0]] != 1:
             continue
-        found = _POOL_OF_RESHAPE.extract_matched_expr(value, var2val)
-        if found is None or uses[value.args[0]] != 1:
+        match = matches.get(bindings.bound.get(found[_KWTA_OUT]))
+        if match is None or bindings.uses[match.out_var] != 1:
             continue
-        match = matches.get(bound.get(found[_KWTA_OUT]))
-        if match is None or uses[match.out_var] != 1:
-            continue
-        fusion = _pool_fusion(value, match)
+        fusion = _pool_fusion(pool, match)
         if fusion is not None:
             plan[var] = fusion
     return plan
 
 
 @mutator
-class _KwtaRewriter(PyExprMutator):
+class _KwtaRewriter(PlannedRewriter):
+    """``plan``: the var of each k-WTA result (a ``KwtaMatch``) or fused max-pool (a
+    ``_PoolFusion``) -> that entry."""
+
     def __init__(
         self,
-        plan: dict[relax.Var, KwtaMatch],
-        pools: dict[relax.Var, _PoolFusion],
+        plan: dict[relax.Var, KwtaMatch | _PoolFusion],
         bindings: dict,
         mod: tvm.IRModule,
-        target,
+        target: tvm.target.Target,
     ):
-        super().__init__(mod)
-        self.plan = plan
-        self.pools = pools
+        super().__init__(plan, mod)
         self.bindings = bindings
         self.target = target
         self.count = 0
 
-    def _kernel(self, var: relax.Var):
-        fusion = self.pools.get(var)
-        match = fusion.match if fusion is not None else self.plan.get(var)
-        if match is None:
-            return None, None
+    def replacement(self, _var: relax.Var, entry: KwtaMatch | _PoolFusion) -> relax.Expr:
+        fusion = entry if isinstance(entry, _PoolFusion) else None
+        match = fusion.match if fusion is not None else entry
         src = _flat_source(match.x, self.bindings)
         x_shape = static_shape(src)
         if fusion is not None:
@@ -155,13 +141,6 @@ class _KwtaRewriter(PyExprMutator):
         else:
             batch, n = static_shape(match.out_var)
             kernel = kwta_kernel(batch, n, match.k, match.boost, self.target, x_shape=x_shape)
-        return kernel, src
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        kernel, src = self._kernel(binding.var)
-        if kernel is None:
-            super().visit_var_binding_(binding)
-            return
         name = f"{kernel.name}_{self.count}"
         self.count += 1
         func = kernel.func.with_attr("global_symbol", name)
@@ -169,30 +148,20 @@ class _KwtaRewriter(PyExprMutator):
         args = [self.visit_expr(src)] + [
             relax.const(c, str(c.dtype)) for c in kernel.consts
         ]  # int64 stays int64
-        out = relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
-        rebind(self, binding.var, out)
+        return relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.RewriteKwta")
-class RewriteKwta:
-    """Rewrite the k-WTA subgraphs of every Relax function; a no-op on targets other than CPU
-    (``target`` defaults to the one in scope)."""
+class RewriteKwta(CpuRewrite):
+    """Rewrite the k-WTA subgraphs of every Relax function (CPU targets only)."""
 
-    def __init__(self, target: tvm.target.Target | None = None):
-        self.target = target
-
-    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = cpu_target(self.target)
-        if target is None:
-            return mod
-
-        def rewriter_for(func: relax.Function, current: tvm.IRModule):
-            plan = {m.out_var: m for m in find_kwta(func) if _rewritable(m)}
-            if not plan:
-                return None
-            pools = _plan_pools(func, plan)
-            for fusion in pools.values():  # the fused call replaces the k-WTA's own
-                del plan[fusion.match.out_var]
-            return _KwtaRewriter(plan, pools, binding_map(func), current, target)
-
-        return rewrite_functions(mod, rewriter_for)
+    def rewriter_for(
+        self, func: relax.Function, mod: tvm.IRModule, target: tvm.target.Target
+    ) -> _KwtaRewriter | None:
+        plan = {m.out_var: m for m in find_kwta(func) if _rewritable(m)}
+        if not plan:
+            return None
+        pools = _plan_pools(func, plan)
+        for fusion in pools.values():  # the fused call replaces the k-WTA's own
+            del plan[fusion.match.out_var]
+        return _KwtaRewriter({**plan, **pools}, binding_map(func), mod, target)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
 from ..ir.layers import LINEAR, LayerSpec
-from ..ir.relax_utils import rebind, static_shape, through_reshape
+from ..ir.relax_utils import static_shape, through_reshape
+from ..ir.rewrite import PlannedRewriter
 from ..schedules.kernel import KernelCall
 from .layer_plan import LayerPlan
 
@@ -31,11 +32,9 @@ def _scheduled(func: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
 
 
 @mutator
-class _LayerRewriter(PyExprMutator):
+class _LayerRewriter(PlannedRewriter):
     def __init__(self, plan: dict[relax.Var, tuple[LayerSpec, KernelCall]], mod: tvm.IRModule):
-        super().__init__(mod)
-        self.plan = plan
-        self.func_cache: dict[int, relax.GlobalVar] = {}
+        super().__init__(plan, mod)
         self.tile_vars: set[relax.Var] = set()  # original vars now bound to tile-layout tensors
 
     def _rows_of(self, x: relax.Expr, rows_shape: tuple[int, int]) -> relax.Expr:
@@ -50,12 +49,13 @@ class _LayerRewriter(PyExprMutator):
         return self.builder_.emit(relax.op.reshape(x, rows_shape), "rows")
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        entry = self.plan.get(binding.var)
-        if entry is None:
-            # the consumer's own matmul (dead after the rewrite) can't type-check on a tile tensor
-            if not self.tile_vars.intersection(relax.analysis.free_vars(binding.value)):
-                super().visit_var_binding_(binding)
-            return
+        # the consumer's own matmul (dead after the rewrite) can't type-check on a tile tensor
+        if binding.var in self.plan or not self.tile_vars.intersection(
+            relax.analysis.free_vars(binding.value)
+        ):
+            super().visit_var_binding_(binding)
+
+    def replacement(self, var: relax.Var, entry: tuple[LayerSpec, KernelCall]) -> relax.Expr:
         layer, kernel = entry
         x = self.visit_expr(layer.x_var)
         flatten = layer.kind == LINEAR and len(layer.x_shape) != 2
@@ -72,8 +72,8 @@ class _LayerRewriter(PyExprMutator):
         if flatten and y_rows:
             out = relax.op.reshape(self.builder_.emit(out, "rows_out"), layer.out_shape)
         if not y_rows:
-            self.tile_vars.add(binding.var)
-        rebind(self, binding.var, out)
+            self.tile_vars.add(var)
+        return out
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.RewriteLayers")

@@ -1,0 +1,95 @@
+"""How the passes rewrite Relax functions: find, plan, replace.
+
+Each rewrite pass finds the bindings a ``relax.dpl`` pattern matches (``Bindings.matches``),
+plans what replaces each, and hands the plan to a ``PlannedRewriter`` subclass that says only
+what a planned binding becomes; ``rewrite_functions`` runs it over every Relax function.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm import relax
+from tvm.relax.dpl import DFPattern
+from tvm.relax.expr_functor import PyExprMutator
+
+from .relax_utils import bound_vars, use_counts
+
+
+@dataclass(frozen=True)
+class Bindings:
+    """One function's bindings as a pattern rewrite looks them up: each var's value
+    (``var2val``), the var each bound call is bound to (``bound``: see ``bound_vars``), and how
+    often each var is read (``uses``)."""
+
+    var2val: Mapping[relax.Var, relax.Expr]
+    bound: dict[relax.Expr, relax.Var]
+    uses: Counter
+
+    @staticmethod
+    def of(func: relax.Function) -> Bindings:
+        var2val = relax.analysis.get_var2val(func)
+        return Bindings(var2val, bound_vars(var2val), use_counts(func))
+
+    def matches(self, pattern: DFPattern) -> Iterator[tuple[relax.Var, relax.Call, dict]]:
+        """``(var, call, found)`` for each bound call that ``pattern`` matches, in binding
+        order; ``found`` maps each sub-pattern to what it matched (values, not vars: dpl follows
+        vars into their values, and ``bound`` gives the vars back)."""
+        for var, value in self.var2val.items():
+            if not isinstance(value, relax.Call):
+                continue
+            found = pattern.extract_matched_expr(value, self.var2val)
+            if found is not None:
+                yield var, value, found
+
+
+def rebind(mutator, var: relax.Var, value: relax.Expr) -> None:
+    """Emit ``value`` in place of ``var``'s binding (a dataflow var stays one, an output stays
+    an output, the name is kept) and make later uses of ``var`` read the new var."""
+    if isinstance(var, relax.DataflowVar):
+        new_var = mutator.builder_.emit(value, var.name)
+    else:
+        new_var = mutator.builder_.emit_output(value, var.name)
+    mutator.set_var_remap(var, new_var)
+
+
+class PlannedRewriter(PyExprMutator):
+    """Replaces the binding of each var in ``plan`` by ``self.replacement(var, plan[var])`` and
+    keeps every other binding. Subclasses (decorated ``@mutator``) define ``replacement``, which
+    may emit bindings of its own first and returns the var's new value."""
+
+    def __init__(self, plan: Mapping[relax.Var, Any], mod: tvm.IRModule | None = None):
+        super().__init__(mod)
+        self.plan = plan
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        entry = self.plan.get(binding.var)
+        if entry is None:
+            super().visit_var_binding_(binding)
+            return
+        rebind(self, binding.var, self.replacement(binding.var, entry))
+
+
+def rewrite_functions(
+    mod: tvm.IRModule,
+    rewriter_for: Callable[[relax.Function, tvm.IRModule], PyExprMutator | None],
+) -> tvm.IRModule:
+    """Run ``rewriter_for(func, mod)`` (a mutator, or None: nothing to do) over every Relax
+    function of ``mod``; the replaced subgraphs are dead afterwards and removed."""
+    rewriter = None
+    for gvar, func in list(mod.functions.items()):
+        if not isinstance(func, relax.Function):
+            continue
+        candidate = rewriter_for(func, mod)
+        if candidate is None:
+            continue
+        rewriter = candidate
+        rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        mod = rewriter.builder_.get()
+    if rewriter is None:
+        return mod
+    return relax.transform.DeadCodeElimination()(mod)

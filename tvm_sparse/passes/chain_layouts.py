@@ -4,7 +4,7 @@ The batched sparse-linear (panel) kernel computes on xT and yT: it transposes x 
 and y on the way out. Where one such layer feeds the next and nothing else reads the activation
 between them, the producer writes yT in the tile layout and the consumer reads it as its xT, so
 each such pair skips two transposes and the producer's last pass over yT (2048x2048 at batch
-64: 0.98 -> 0.94 ms for a layer with both sides chained; see ``sparse_x86._panel_kernel``).
+64: 0.98 -> 0.94 ms for a layer with both sides chained; see ``sparse_panel_x86.panel_kernel``).
 The third sparsify pass: it relays out the plan's kernels and says so in the report's reasons.
 """
 

@@ -15,20 +15,14 @@ from tvm.relax.expr_functor import mutator
 from ..ir.layers import LINEAR, LayerSpec
 from ..ir.relax_utils import static_shape, through_reshape
 from ..ir.rewrite import PlannedRewriter
-from ..schedules.kernel import KernelCall
+from ..schedules.kernel import KernelCall, finish_opaque
 from .layer_plan import LayerPlan
 
 
 def _scheduled(func: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
-    """Name a kernel uniquely, mark it scheduled (dlight leaves it alone), alias-free, and
-    opaque to FuseOps (op_pattern 8): fusing an elementwise op into a hand-scheduled kernel
-    breaks FuseTIR ("Inconsistent buffers")."""
-    return (
-        func.with_attr("global_symbol", name)
-        .with_attr("tirx.is_scheduled", True)
-        .with_attr("tirx.noalias", True)
-        .with_attr("op_pattern", 8)
-    )
+    """Name a kernel uniquely (every builder's kernel is called "main"), marked as every
+    hand-scheduled kernel is (``finish_opaque``)."""
+    return finish_opaque(func.with_attr("global_symbol", name))
 
 
 @mutator

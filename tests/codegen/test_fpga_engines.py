@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tvm_sparse.codegen.fpga.engines import ENGINES
-from tvm_sparse.codegen.fpga.writer import TEMPLATES
+from tvm_sparse.codegen.fpga.writer import TEMPLATES, template_text
 
 NNET = (TEMPLATES / "firmware" / "nnet_sparse.h").read_text()
 _FUNCTION = re.compile(r"^template <[^>]*>\s*(?:inline )?[\w:<> ]*?\b(\w+)\(", re.M)
@@ -33,7 +33,7 @@ def _fields_read(function: str, bodies: dict[str, str]) -> set[str]:
 
 
 def _fields_declared(template: str) -> set[str]:
-    text = (TEMPLATES / template).read_text()
+    text = template_text(template)
     typedefs = set(re.findall(r"typedef \S+ (\w+);", text))
     constants = {
         name

@@ -43,8 +43,8 @@ class Part:
     ddr_gbps: float  # off-chip bandwidth the kernels share (GB/s)
 
 
-# Numbers from the AMD Alveo data sheets (DS962). The U280 and the U55C carry the same die and
-# HBM2, so they share one set of resources.
+# Numbers from the AMD Alveo data sheets (DS962). The U280 and the U55C have the same fabric and
+# HBM2 bandwidth, so they share one set of resources.
 _U250_RESOURCES = dict(
     lut=1_728_000, ff=3_456_000, dsp=12_288, bram36=2_688, uram=1_280, ddr_gbps=77.0
 )  # 4x DDR4-2400

@@ -49,38 +49,32 @@ def _weighted(layer: HwLayer) -> Values:
     }
 
 
+def _hw(name: str, pair: tuple[int, int]) -> Values:
+    """An (H, W) pair as the config structs name it: ``<name>_h``, ``<name>_w``."""
+    return {f"{name}_h": pair[0], f"{name}_w": pair[1]}
+
+
 def _planes(layer: HwLayer) -> Values:
     """[C, H, W] of the input and output, and the window's stride (conv and pooling)."""
-    in_c, in_h, in_w = layer.in_shape
-    _, out_h, out_w = layer.out_shape
-    stride_h, stride_w = layer.attrs["stride"]
     return {
-        "in_c": in_c,
-        "in_h": in_h,
-        "in_w": in_w,
-        "out_h": out_h,
-        "out_w": out_w,
+        "in_c": layer.in_shape[0],
         "out_c": layer.out_shape[0],
-        "stride_h": stride_h,
-        "stride_w": stride_w,
+        **_hw("in", layer.in_shape[1:]),
+        **_hw("out", layer.out_shape[1:]),
+        **_hw("stride", layer.attrs["stride"]),
     }
 
 
 def _window(layer: HwLayer) -> Values:
     """Convolution: kernel, dilation and the zero-padded input buffer."""
-    kern_h, kern_w = layer.kernel
-    dil_h, dil_w = layer.attrs["dilation"]
     pad_top, pad_left = layer.attrs["pad"]
     pad_h, pad_w = layer.attrs["padded"]
     return {
-        "kern_h": kern_h,
-        "kern_w": kern_w,
-        "dil_h": dil_h,
-        "dil_w": dil_w,
+        **_hw("kern", layer.kernel),
+        **_hw("dil", layer.attrs["dilation"]),
+        **_hw("pad", layer.attrs["padded"]),
         "pad_top": pad_top,
         "pad_left": pad_left,
-        "pad_h": pad_h,
-        "pad_w": pad_w,
         "n_padded": layer.in_shape[0] * pad_h * pad_w,
     }
 
@@ -116,8 +110,7 @@ def _kwta(layer: HwLayer) -> Values:
 
 
 def _pool(layer: HwLayer) -> Values:
-    pool_h, pool_w = layer.attrs["pool"]
-    return {"pool_h": pool_h, "pool_w": pool_w}
+    return _hw("pool", layer.attrs["pool"])
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,13 @@ from ...ir.layers import CONV2D, LINEAR, find_layers
 from ...ir.relax_utils import binding_map, iter_bindings, op_name, static_shape
 from ...passes.activation_sparsity import find_kwta, pooled_density
 from ...passes.analyze_sparsity import ASSUMED_RELU_DENSITY, name_layers
+from ...schedules.kernels.base import DENSE_FILL_THRESHOLD
 from .hw_model import VARIANTS, HwLayer, HwModel
 from .names import NameTable
 from .number_formats import assign_types
 from .target import FpgaTarget
 from .weight_stores import csr_store, dense_store, packed_store
 
-# A weight at least this dense is stored dense in the sparse-dense variant (a CSR index per
-# weight would cost more memory than the zeros it skips).
-DENSE_WEIGHT_THRESHOLD = 0.9
 _SHAPE_ONLY = ("relax.reshape", "relax.flatten", "relax.expand_dims", "relax.squeeze")
 SUPPORTED_OPS = "conv2d, linear (matmul/Gemm), k-WTA, max_pool2d, relu, reshape/flatten"
 
@@ -235,7 +233,9 @@ def _choose_engines(model: HwModel) -> None:
             layer.engine = "dense"
         elif sparse_in:
             layer.engine = "sparse_sparse"
-        elif layer.weight_density >= DENSE_WEIGHT_THRESHOLD:
+        elif layer.weight_density >= DENSE_FILL_THRESHOLD:
+            # the CPU kernels' bar, for the same reason: a CSR index per weight would cost more
+            # than the few zeros it skips
             layer.engine = "dense"
         else:
             layer.engine = "sparse_dense"

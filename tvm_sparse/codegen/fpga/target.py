@@ -43,43 +43,36 @@ class Part:
     ddr_gbps: float  # off-chip bandwidth the kernels share (GB/s)
 
 
-# Numbers from the AMD Alveo data sheets (DS962): U250 1,728K LUT, 3,456K FF, 12,288 DSP,
-# 2,688 RAMB36, 1,280 URAM, 4x DDR4-2400 (77 GB/s); U280 / U55C: 1,304K LUT, 2,607K FF, 9,024 DSP,
-# 2,016 RAMB36, 960 URAM, HBM2 460 GB/s.
+# Numbers from the AMD Alveo data sheets (DS962). The U280 and the U55C have the same fabric and
+# HBM2 bandwidth, so they share one set of resources.
+_U250_RESOURCES = dict(
+    lut=1_728_000, ff=3_456_000, dsp=12_288, bram36=2_688, uram=1_280, ddr_gbps=77.0
+)  # 4x DDR4-2400
+_HBM_RESOURCES = dict(
+    lut=1_304_000, ff=2_607_000, dsp=9_024, bram36=2_016, uram=960, ddr_gbps=460.0
+)  # HBM2
 PARTS: dict[str, Part] = {
-    "xcu250-figd2104-2L-e": Part(
-        "xcu250-figd2104-2L-e",
-        "u250",
-        "xilinx_u250_gen3x16_xdma_4_1_202210_1",
-        1_728_000,
-        3_456_000,
-        12_288,
-        2_688,
-        1_280,
-        77.0,
-    ),
-    "xcu280-fsvh2892-2L-e": Part(
-        "xcu280-fsvh2892-2L-e",
-        "u280",
-        "xilinx_u280_gen3x16_xdma_1_202211_1",
-        1_304_000,
-        2_607_000,
-        9_024,
-        2_016,
-        960,
-        460.0,
-    ),
-    "xcu55c-fsvh2892-2L-e": Part(
-        "xcu55c-fsvh2892-2L-e",
-        "u55c",
-        "xilinx_u55c_gen3x16_xdma_3_202210_1",
-        1_304_000,
-        2_607_000,
-        9_024,
-        2_016,
-        960,
-        460.0,
-    ),
+    part.name: part
+    for part in (
+        Part(
+            "xcu250-figd2104-2L-e",
+            "u250",
+            "xilinx_u250_gen3x16_xdma_4_1_202210_1",
+            **_U250_RESOURCES,
+        ),
+        Part(
+            "xcu280-fsvh2892-2L-e",
+            "u280",
+            "xilinx_u280_gen3x16_xdma_1_202211_1",
+            **_HBM_RESOURCES,
+        ),
+        Part(
+            "xcu55c-fsvh2892-2L-e",
+            "u55c",
+            "xilinx_u55c_gen3x16_xdma_3_202210_1",
+            **_HBM_RESOURCES,
+        ),
+    )
 }
 _ALIASES = {p.board: p.name for p in PARTS.values()} | {
     f"alveo-{p.board}": p.name for p in PARTS.values()

@@ -12,7 +12,10 @@ Layout of the project directory::
     build_prj.tcl, Makefile, host/    Vitis HLS script; v++ link + XRT host for the Alveo card
 
 Templates are real files under ``templates/`` with ``{{key}}`` placeholders; every placeholder
-must be filled (a missing key is a bug and raises).
+must be filled (a missing key is a bug and raises). A line ``{{> snippets/<file>}}`` stands for
+that file's lines, so fields several engine configs declare alike are written once (as hls4ml
+shares template parts): ``weighted_types.h`` (the number formats of a weighted engine) and
+``conv_window.h`` (the kernel window of the conv engines that walk its taps).
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ from .hw_model import HwLayer, HwModel
 
 TEMPLATES = Path(__file__).parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_INCLUDE = re.compile(r"^\{\{> ([\w/.]+)\}\}\n", re.M)
+
+
+def template_text(template: str) -> str:
+    """The template file ``template`` (relative to templates/) with its snippet lines expanded."""
+    text = (TEMPLATES / template).read_text()
+    return _INCLUDE.sub(lambda m: template_text(m.group(1)), text)
 
 
 def render(template: str, values: dict) -> str:
     """Fill ``{{key}}`` placeholders of the template file ``template`` (relative to templates/)."""
-    text = (TEMPLATES / template).read_text()
+    text = template_text(template)
 
     def sub(m: re.Match) -> str:
         key = m.group(1)

@@ -1,10 +1,6 @@
 // {{source}}: {{op}} ({{engine}}) {{in_shape}} -> {{out_shape}}
 struct config_{{name}} {
-    typedef {{in_t}} in_t;
-    typedef {{out_t}} out_t;
-    typedef {{weight_t}} weight_t;
-    typedef {{bias_t}} bias_t;
-    typedef {{accum_t}} accum_t;
+{{> snippets/weighted_types.h}}
     static const unsigned n_in = {{n_in}}, n_out = {{n_out}};
     static const unsigned in_c = {{in_c}}, in_h = {{in_h}}, in_w = {{in_w}};
     static const unsigned out_c = {{out_c}}, out_h = {{out_h}}, out_w = {{out_w}};

@@ -111,51 +111,37 @@ void pad_input(const typename CONFIG_T::in_t (&x)[CONFIG_T::n_in],
             }
 }
 
-// --- dense engines (every weight, dense activations) -------------------------------------------
-template <class CONFIG_T, class IN_S, class OUT_S>
-void conv2d_dense(IN_S &in, OUT_S &out,
-                  const typename CONFIG_T::weight_t w[CONFIG_T::out_c * CONFIG_T::n_kin],
-                  const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
-    typename CONFIG_T::in_t x[CONFIG_T::n_in];
-    typename CONFIG_T::in_t xp[CONFIG_T::n_padded];
-    typename CONFIG_T::out_t y[CONFIG_T::n_out];
-    read_all(in, x);
-    pad_input<CONFIG_T>(x, xp);
-Filters:
-    for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
-    Pixels:
-        for (unsigned p = 0; p < CONFIG_T::out_h * CONFIG_T::out_w; p++) {
-#pragma HLS UNROLL factor = CONFIG_T::pe
-            const unsigned oy = p / CONFIG_T::out_w, ox = p % CONFIG_T::out_w;
-            typename CONFIG_T::accum_t acc = 0;
-        Taps:
-            for (unsigned c = 0; c < CONFIG_T::in_c; c++)
-                for (unsigned kh = 0; kh < CONFIG_T::kern_h; kh++)
-                    for (unsigned kw = 0; kw < CONFIG_T::kern_w; kw++) {
+// --- dense-activation engines (dense or sparse-dense weights x every activation) ---------------
+// One loop nest per layer kind serves both weight stores: the store is a small class whose
+// window() is filter o's dot product with the conv window at offset base of the padded input and
+// whose row() is row o's dot product with a linear layer's input, as hls4ml passes its products
+// to a layer as classes. Everything inlines, so each engine is still one loop nest.
+
+// Dense weights [O][n_kin]: every tap of the window, every input of the row.
+template <class CONFIG_T> struct dense_weights {
+    const typename CONFIG_T::weight_t *w;
+
+    typename CONFIG_T::accum_t window(const typename CONFIG_T::in_t xp[], unsigned o,
+                                      unsigned base) const {
+#pragma HLS INLINE
+        typename CONFIG_T::accum_t acc = 0;
+    Taps:
+        for (unsigned c = 0; c < CONFIG_T::in_c; c++)
+            for (unsigned kh = 0; kh < CONFIG_T::kern_h; kh++)
+                for (unsigned kw = 0; kw < CONFIG_T::kern_w; kw++) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS UNROLL factor = CONFIG_T::simd
-                        const unsigned k = (c * CONFIG_T::kern_h + kh) * CONFIG_T::kern_w + kw;
-                        const unsigned iy = oy * CONFIG_T::stride_h + kh * CONFIG_T::dil_h;
-                        const unsigned ix = ox * CONFIG_T::stride_w + kw * CONFIG_T::dil_w;
-                        acc += w[o * CONFIG_T::n_kin + k] *
-                               xp[(c * CONFIG_T::pad_h + iy) * CONFIG_T::pad_w + ix];
-                    }
-            y[o * CONFIG_T::out_h * CONFIG_T::out_w + p] = finish<CONFIG_T>(acc + b[o]);
-        }
+                    const unsigned k = (c * CONFIG_T::kern_h + kh) * CONFIG_T::kern_w + kw;
+                    const unsigned tap =
+                        (c * CONFIG_T::pad_h + kh * CONFIG_T::dil_h) * CONFIG_T::pad_w +
+                        kw * CONFIG_T::dil_w;
+                    acc += w[o * CONFIG_T::n_kin + k] * xp[base + tap];
+                }
+        return acc;
     }
-    write_all<CONFIG_T::lanes>(y, out);
-}
 
-template <class CONFIG_T, class IN_S, class OUT_S>
-void linear_dense(IN_S &in, OUT_S &out,
-                  const typename CONFIG_T::weight_t w[CONFIG_T::out_c * CONFIG_T::n_kin],
-                  const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
-    typename CONFIG_T::in_t x[CONFIG_T::n_in];
-    typename CONFIG_T::out_t y[CONFIG_T::n_out];
-    read_all(in, x);
-Outputs:
-    for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
-#pragma HLS UNROLL factor = CONFIG_T::pe
+    typename CONFIG_T::accum_t row(const typename CONFIG_T::in_t x[], unsigned o) const {
+#pragma HLS INLINE
         typename CONFIG_T::accum_t acc = 0;
     Inputs:
         for (unsigned k = 0; k < CONFIG_T::n_kin; k++) {
@@ -163,18 +149,41 @@ Outputs:
 #pragma HLS UNROLL factor = CONFIG_T::simd
             acc += w[o * CONFIG_T::n_kin + k] * x[k];
         }
-        y[o] = finish<CONFIG_T>(acc + b[o]);
+        return acc;
     }
-    write_all<CONFIG_T::lanes>(y, out);
-}
+};
 
-// --- sparse-dense engines (non-zero weights only, dense activations) ---------------------------
-// Row o's non-zeros are val[ptr[o] .. ptr[o+1]); off[j] is the input offset to multiply with
-// (conv: in the padded buffer, relative to the output pixel's window origin).
-template <class CONFIG_T, class IN_S, class OUT_S>
-void conv2d_sparse_dense(IN_S &in, OUT_S &out, const typename CONFIG_T::weight_t val[],
-                         const uint32_t off[], const uint32_t ptr[CONFIG_T::out_c + 1],
-                         const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+// Sparse-dense weights (CSR): row o's non-zeros are val[ptr[o] .. ptr[o+1]); off[j] is the input
+// offset to multiply with (conv: in the padded buffer, relative to the window origin).
+template <class CONFIG_T> struct csr_weights {
+    const typename CONFIG_T::weight_t *val;
+    const uint32_t *off;
+    const uint32_t *ptr;
+
+    typename CONFIG_T::accum_t window(const typename CONFIG_T::in_t xp[], unsigned o,
+                                      unsigned base) const {
+#pragma HLS INLINE
+        typename CONFIG_T::accum_t acc = 0;
+    NonZeros:
+        for (uint32_t j = ptr[o]; j < ptr[o + 1]; j++) {
+#pragma HLS PIPELINE II = 1
+#pragma HLS UNROLL factor = CONFIG_T::simd
+            acc += val[j] * xp[off[j] + base];
+        }
+        return acc;
+    }
+
+    typename CONFIG_T::accum_t row(const typename CONFIG_T::in_t x[], unsigned o) const {
+#pragma HLS INLINE
+        return window(x, o, 0);
+    }
+};
+
+// Every (filter, output pixel) of a conv, PE pixels at a time, over the zero-padded input.
+template <class CONFIG_T, class WEIGHTS, class IN_S, class OUT_S>
+void conv2d_pixels(IN_S &in, OUT_S &out, const WEIGHTS &weights,
+                   const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+#pragma HLS INLINE
     typename CONFIG_T::in_t x[CONFIG_T::n_in];
     typename CONFIG_T::in_t xp[CONFIG_T::n_padded];
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
@@ -188,45 +197,99 @@ Filters:
             const unsigned oy = p / CONFIG_T::out_w, ox = p % CONFIG_T::out_w;
             const unsigned base =
                 oy * CONFIG_T::stride_h * CONFIG_T::pad_w + ox * CONFIG_T::stride_w;
-            typename CONFIG_T::accum_t acc = 0;
-        NonZeros:
-            for (uint32_t j = ptr[o]; j < ptr[o + 1]; j++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS UNROLL factor = CONFIG_T::simd
-                acc += val[j] * xp[off[j] + base];
-            }
-            y[o * CONFIG_T::out_h * CONFIG_T::out_w + p] = finish<CONFIG_T>(acc + b[o]);
+            y[o * CONFIG_T::out_h * CONFIG_T::out_w + p] =
+                finish<CONFIG_T>(weights.window(xp, o, base) + b[o]);
         }
     }
     write_all<CONFIG_T::lanes>(y, out);
 }
 
-template <class CONFIG_T, class IN_S, class OUT_S>
-void linear_sparse_dense(IN_S &in, OUT_S &out, const typename CONFIG_T::weight_t val[],
-                         const uint32_t off[], const uint32_t ptr[CONFIG_T::out_c + 1],
-                         const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+// Every output of a linear layer, PE outputs at a time.
+template <class CONFIG_T, class WEIGHTS, class IN_S, class OUT_S>
+void linear_outputs(IN_S &in, OUT_S &out, const WEIGHTS &weights,
+                    const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+#pragma HLS INLINE
     typename CONFIG_T::in_t x[CONFIG_T::n_in];
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
     read_all(in, x);
 Outputs:
     for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
 #pragma HLS UNROLL factor = CONFIG_T::pe
-        typename CONFIG_T::accum_t acc = 0;
-    NonZeros:
-        for (uint32_t j = ptr[o]; j < ptr[o + 1]; j++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS UNROLL factor = CONFIG_T::simd
-            acc += val[j] * x[off[j]];
-        }
-        y[o] = finish<CONFIG_T>(acc + b[o]);
+        y[o] = finish<CONFIG_T>(weights.row(x, o) + b[o]);
     }
     write_all<CONFIG_T::lanes>(y, out);
+}
+
+template <class CONFIG_T, class IN_S, class OUT_S>
+void conv2d_dense(IN_S &in, OUT_S &out,
+                  const typename CONFIG_T::weight_t w[CONFIG_T::out_c * CONFIG_T::n_kin],
+                  const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+    const dense_weights<CONFIG_T> weights = {w};
+    conv2d_pixels<CONFIG_T>(in, out, weights, b);
+}
+
+template <class CONFIG_T, class IN_S, class OUT_S>
+void linear_dense(IN_S &in, OUT_S &out,
+                  const typename CONFIG_T::weight_t w[CONFIG_T::out_c * CONFIG_T::n_kin],
+                  const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+    const dense_weights<CONFIG_T> weights = {w};
+    linear_outputs<CONFIG_T>(in, out, weights, b);
+}
+
+template <class CONFIG_T, class IN_S, class OUT_S>
+void conv2d_sparse_dense(IN_S &in, OUT_S &out, const typename CONFIG_T::weight_t val[],
+                         const uint32_t off[], const uint32_t ptr[CONFIG_T::out_c + 1],
+                         const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+    const csr_weights<CONFIG_T> weights = {val, off, ptr};
+    conv2d_pixels<CONFIG_T>(in, out, weights, b);
+}
+
+template <class CONFIG_T, class IN_S, class OUT_S>
+void linear_sparse_dense(IN_S &in, OUT_S &out, const typename CONFIG_T::weight_t val[],
+                         const uint32_t off[], const uint32_t ptr[CONFIG_T::out_c + 1],
+                         const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+    const csr_weights<CONFIG_T> weights = {val, off, ptr};
+    linear_outputs<CONFIG_T>(in, out, weights, b);
 }
 
 // --- sparse-sparse engines (packed non-zero weights x non-zero activations) --------------------
 // For each active input k: its packed column (G slots of value + owner) is multiplied by the
 // activation and scatter-added into the owners' accumulators; slots of one column have distinct
 // owners (complementary packing), so the G lanes never collide. Then the residual of column k.
+template <class CONFIG_T> struct packed_columns {
+    const typename CONFIG_T::weight_t *val;
+    const typename CONFIG_T::owner_t *owner;
+    const uint32_t *rptr;
+    const typename CONFIG_T::owner_t *ridx;
+    const typename CONFIG_T::weight_t *rval;
+
+    // Scatter-add activation v of input k, SLOTS slots of its column at a time; output o's
+    // accumulator is acc[o * stride + pix] (conv: one plane of stride pixels per output channel).
+    template <unsigned SLOTS, int N>
+    void scatter(typename CONFIG_T::accum_t (&acc)[N], unsigned stride, unsigned pix, uint32_t k,
+                 typename CONFIG_T::in_t v) const {
+#pragma HLS INLINE
+    PackedColumn:
+        for (unsigned g = 0; g < CONFIG_T::groups; g++) {
+#pragma HLS UNROLL factor = SLOTS
+            const unsigned o = owner[k * CONFIG_T::groups + g];
+            acc[o * stride + pix] += val[k * CONFIG_T::groups + g] * v;
+        }
+    Residual:
+        for (uint32_t r = rptr[k]; r < rptr[k + 1]; r++) {
+#pragma HLS UNROLL factor = CONFIG_T::res_lanes
+            acc[ridx[r] * stride + pix] += rval[r] * v;
+        }
+    }
+};
+
+// The next non-zero of a sparse stream into e; false at the end marker.
+template <class T> inline bool next_nonzero(hls::stream<elem<T> > &in, elem<T> &e) {
+#pragma HLS INLINE
+    e = in.read();
+    return !e.last;
+}
+
 template <class CONFIG_T, class OUT_S>
 void linear_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S &out,
                           const typename CONFIG_T::weight_t val[CONFIG_T::n_kin * CONFIG_T::groups],
@@ -235,6 +298,7 @@ void linear_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S
                           const typename CONFIG_T::owner_t ridx[],
                           const typename CONFIG_T::weight_t rval[],
                           const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+    const packed_columns<CONFIG_T> columns = {val, owner, rptr, ridx, rval};
     typename CONFIG_T::accum_t acc[CONFIG_T::out_c + 1];  // slot out_c swallows empty slots
 #pragma HLS ARRAY_PARTITION variable = acc complete
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
@@ -242,22 +306,10 @@ void linear_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S
 #pragma HLS UNROLL
         acc[o] = 0;
     }
+    elem<typename CONFIG_T::in_t> e;
 ActiveInputs:
-    for (;;) {
-        elem<typename CONFIG_T::in_t> e = in.read();
-        if (e.last) break;
-        const uint32_t k = e.idx;
-    PackedColumn:
-        for (unsigned g = 0; g < CONFIG_T::groups; g++) {
-#pragma HLS UNROLL factor = CONFIG_T::slots
-            const unsigned o = owner[k * CONFIG_T::groups + g];
-            acc[o] += val[k * CONFIG_T::groups + g] * e.val;
-        }
-    Residual:
-        for (uint32_t r = rptr[k]; r < rptr[k + 1]; r++) {
-#pragma HLS UNROLL factor = CONFIG_T::res_lanes
-            acc[ridx[r]] += rval[r] * e.val;
-        }
+    while (next_nonzero(in, e)) {
+        columns.template scatter<CONFIG_T::slots>(acc, 1, 0, e.idx, e.val);
     }
     for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
 #pragma HLS UNROLL
@@ -284,10 +336,10 @@ ClearAccumulators:
 #pragma HLS PIPELINE II = 1
         for (unsigned o = 0; o <= CONFIG_T::out_c; o++) acc[o * OHW + p] = 0;  // one per bank
     }
+    const packed_columns<CONFIG_T> columns = {val, owner, rptr, ridx, rval};
+    elem<typename CONFIG_T::in_t> e;
 ActiveInputs:
-    for (;;) {
-        elem<typename CONFIG_T::in_t> e = in.read();
-        if (e.last) break;
+    while (next_nonzero(in, e)) {
         const unsigned c = e.idx / (CONFIG_T::in_h * CONFIG_T::in_w);
         const unsigned rem = e.idx % (CONFIG_T::in_h * CONFIG_T::in_w);
         const int y_in = rem / CONFIG_T::in_w + CONFIG_T::pad_top;
@@ -306,17 +358,8 @@ ActiveInputs:
                 if (oy >= CONFIG_T::out_h || ox >= CONFIG_T::out_w) continue;
                 const unsigned pix = oy * CONFIG_T::out_w + ox;
                 const unsigned k = (c * CONFIG_T::kern_h + kh) * CONFIG_T::kern_w + kw;
-            PackedColumn:
-                for (unsigned g = 0; g < CONFIG_T::groups; g++) {
-#pragma HLS UNROLL
-                    const unsigned o = owner[k * CONFIG_T::groups + g];
-                    acc[o * OHW + pix] += val[k * CONFIG_T::groups + g] * e.val;
-                }
-            Residual:
-                for (uint32_t r = rptr[k]; r < rptr[k + 1]; r++) {
-#pragma HLS UNROLL factor = CONFIG_T::res_lanes
-                    acc[ridx[r] * OHW + pix] += rval[r] * e.val;
-                }
+                // a whole column per tap (factor = groups: complete unrolling)
+                columns.template scatter<CONFIG_T::groups>(acc, OHW, pix, k, e.val);
             }
         }
     }
@@ -418,10 +461,9 @@ void maxpool2d(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S &out) {
     uint8_t cnt[CONFIG_T::n_out];
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
     for (unsigned p = 0; p < CONFIG_T::n_out; p++) cnt[p] = 0;
+    elem<typename CONFIG_T::in_t> e;
 ActiveInputs:
-    for (;;) {
-        elem<typename CONFIG_T::in_t> e = in.read();
-        if (e.last) break;
+    while (next_nonzero(in, e)) {
         const unsigned c = e.idx / (CONFIG_T::in_h * CONFIG_T::in_w);
         const int yy = (e.idx / CONFIG_T::in_w) % CONFIG_T::in_h;
         const int xx = e.idx % CONFIG_T::in_w;

@@ -13,8 +13,10 @@ import tvm
 
 from tvm_sparse.schedules.kernel import build_kernel
 from tvm_sparse.schedules.kwta_x86 import kwta_maxpool_kernel
-from tvm_sparse.schedules.sparse_sparse_x86 import sparse_sparse_conv2d, sparse_sparse_linear
-from tvm_sparse.schedules.sparse_x86 import csr_linear, sparse_conv2d
+from tvm_sparse.schedules.sparse_conv_x86 import sparse_conv2d
+from tvm_sparse.schedules.sparse_sparse_conv_x86 import sparse_sparse_conv2d
+from tvm_sparse.schedules.sparse_sparse_x86 import sparse_sparse_linear
+from tvm_sparse.schedules.sparse_x86 import csr_linear
 from tvm_sparse.target import resolve_target
 
 TARGET = resolve_target({"kind": "llvm", "num-cores": 2})

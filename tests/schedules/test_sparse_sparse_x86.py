@@ -16,11 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_sparse.schedules.kernel import build_kernel, run_kernel
-from tvm_sparse.schedules.sparse_sparse_x86 import (
-    sparse_sparse_conv2d,
-    sparse_sparse_linear,
-    sparse_sparse_macs,
-)
+from tvm_sparse.schedules.sparse_sparse_conv_x86 import sparse_sparse_conv2d
+from tvm_sparse.schedules.sparse_sparse_x86 import sparse_sparse_linear, sparse_sparse_macs
 from tvm_sparse.sparsify import complementary_mask, random_mask
 from tvm_sparse.target import resolve_target
 

@@ -7,11 +7,8 @@ import pytest
 import tvm
 
 from tvm_sparse.schedules.kernel import run_kernel
-from tvm_sparse.schedules.sparse_x86 import (
-    bsr_linear,
-    csr_linear,
-    sparse_conv2d,
-)
+from tvm_sparse.schedules.sparse_conv_x86 import sparse_conv2d
+from tvm_sparse.schedules.sparse_x86 import bsr_linear, csr_linear
 from tvm_sparse.target import resolve_target
 
 from .reference import conv_ref, linear_ref, sparse_weight

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
+from ._epilogue import check_activation
+from .kernel import as_weight
+
 
 class ConvDims(NamedTuple):
     """``x`` (batch, C, H, W), ``kernel`` (O, KH, KW), ``pads`` (top, left, bottom, right),
@@ -33,3 +38,15 @@ def conv_dims(x_shape, w_shape, strides, padding, dilation) -> ConvDims:
     return ConvDims(
         (bn, ci, h, wd), (o, kh, kw), (top, left, bottom, right), (sh, sw), (dh, dw), (oh, ow)
     )
+
+
+def checked_groups1_conv(
+    builder: str, x_shape, weight_oihw, strides, padding, dilation, groups: int, activation
+) -> tuple[np.ndarray, ConvDims]:
+    """``(float32 OIHW weight, ConvDims)`` after the checks every groups=1 sparse conv builder
+    makes, in one order, so the same bad call fails with the same message in each."""
+    check_activation(activation)
+    if groups != 1:
+        raise ValueError(f"{builder} supports groups=1 only, got groups={groups}")
+    weight = as_weight(weight_oihw, 4)
+    return weight, conv_dims(x_shape, weight.shape, strides, padding, dilation)

@@ -19,12 +19,10 @@ from tvm.script import tirx as T
 
 from ..formats._index import as_index
 from ..formats.csr import CSR
-from ._conv_dims import conv_dims
+from ._conv_dims import checked_groups1_conv
 from ._epilogue import bias_const as _bias_const
-from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
-from .kernel import as_weight as _as_weight
 from .kernel import finish as _finish
 from .sparse_conv_flat_x86 import flat_conv_call
 
@@ -277,11 +275,9 @@ def sparse_conv2d(
     rows computed over the padded width (see ``_wide_rows``). Consts: ``(vals, offsets, row
     pointers, bias)``.
     """
-    _check_activation(activation)
-    if groups != 1:
-        raise ValueError(f"sparse_conv2d supports groups=1 only, got groups={groups}")
-    weight = _as_weight(weight_oihw, 4)
-    dims = conv_dims(x_shape, weight.shape, strides, padding, dilation)
+    weight, dims = checked_groups1_conv(
+        "sparse_conv2d", x_shape, weight_oihw, strides, padding, dilation, groups, activation
+    )
     (bn, ci, h, wd), (o, kh, kw) = dims.x, dims.kernel
     top, left, bottom, right = dims.pads
     (sh, sw), (dh, dw), (oh, ow) = dims.strides, dims.dilation, dims.out_hw

@@ -13,12 +13,11 @@ from tvm.script import tirx as T
 
 from ..formats.complementary import ComplementaryPacked
 from ..target import num_cores
-from ._conv_dims import conv_dims
+from ._conv_dims import checked_groups1_conv
 from ._epilogue import bias_const as _bias_const
-from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
 from ._scatter_tir import compact_macro, scatter_macro, scatter_simd
-from .kernel import KernelCall, as_weight
+from .kernel import KernelCall
 from .kernel import finish as _finish
 from .scatter_tables import DEFAULT_ACTIVATION_DENSITY, choose_tables, scatter_cost_info
 
@@ -138,11 +137,9 @@ def sparse_sparse_conv2d(
     ``(oh, ow)``, the packed filter column ``k = (c * KH + kh) * KW + kw`` into the outputs'
     channels. Knobs as ``sparse_sparse_linear``; ``parallel`` spreads the batch over threads.
     """
-    _check_activation(activation)
-    if groups != 1:
-        raise ValueError(f"sparse_sparse_conv2d supports groups=1 only, got groups={groups}")
-    weight = as_weight(weight_oihw, 4)
-    dims = conv_dims(x_shape, weight.shape, strides, padding, dilation)
+    weight, dims = checked_groups1_conv(
+        "sparse_sparse_conv2d", x_shape, weight_oihw, strides, padding, dilation, groups, activation
+    )
     (bn, ci, h, wd), (o, kh, kw) = dims.x, dims.kernel
     top, left, bottom, right = dims.pads
     (sh, sw), (dh, dw), (oh, ow) = dims.strides, dims.dilation, dims.out_hw

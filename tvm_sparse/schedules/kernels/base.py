@@ -104,9 +104,16 @@ class CudaKernel(KernelFamily):
         return is_cuda(target)
 
 
-def linear_args(layer: LayerSpec) -> tuple:
-    """``(m, weight)``: the leading arguments of every linear builder."""
-    return layer.rows, layer.weight
+def build_linear(
+    builder: Callable[..., KernelCall],
+    layer: LayerSpec,
+    target: tvm.target.Target,
+    knobs: dict,
+    *layout,
+) -> KernelCall:
+    """Call a linear builder of any target: they all take ``(m, weight, *layout, bias,
+    activation, target, **knobs)``, ``layout`` being what the format needs (a BSR block)."""
+    return builder(layer.rows, layer.weight, *layout, layer.bias, layer.activation, target, **knobs)
 
 
 def conv_io_bytes(layer: LayerSpec) -> int:
@@ -114,28 +121,35 @@ def conv_io_bytes(layer: LayerSpec) -> int:
     return 4 * (int(np.prod(layer.x_shape)) + int(np.prod(layer.out_shape)))
 
 
-def conv_kwargs(layer: LayerSpec, target: tvm.target.Target) -> dict:
-    """The keyword arguments every conv2d builder takes besides shape, weight and bias."""
+def build_conv(
+    builder: Callable[..., KernelCall], layer: LayerSpec, target: tvm.target.Target, knobs: dict
+) -> KernelCall:
+    """Call a conv2d builder: they all take ``(x_shape, weight, bias, strides, padding,
+    dilation, groups, activation, target, **knobs)``."""
     attrs = layer.conv_attrs
-    return {
-        "strides": attrs["strides"],
-        "padding": attrs["padding"],
-        "dilation": attrs["dilation"],
-        "groups": attrs["groups"],
-        "activation": layer.activation,
-        "target": target,
-    }
+    return builder(
+        layer.x_shape,
+        layer.weight,
+        layer.bias,
+        strides=attrs["strides"],
+        padding=attrs["padding"],
+        dilation=attrs["dilation"],
+        groups=attrs["groups"],
+        activation=layer.activation,
+        target=target,
+        **knobs,
+    )
 
 
 __all__ = [
     "DENSE_FILL_THRESHOLD",
+    "build_conv",
+    "build_linear",
     "Candidate",
     "conv_io_bytes",
     "CpuKernel",
     "CudaKernel",
     "KernelFamily",
-    "conv_kwargs",
     "index_bytes",
-    "linear_args",
     "skips_work",
 ]

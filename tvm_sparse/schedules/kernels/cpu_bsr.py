@@ -11,7 +11,7 @@ from ...target import num_cores
 from .. import sparse_x86
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
-from .base import CpuKernel, index_bytes, linear_args, skips_work
+from .base import CpuKernel, build_linear, index_bytes, skips_work
 from .blocks import BLOCK_RATE_GAIN, BlockShape
 from .knobs import panel_space, settings_for
 
@@ -37,11 +37,4 @@ class BsrLinear(BlockShape, CpuKernel):
         return settings_for(sparse_x86.bsr_linear, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return sparse_x86.bsr_linear(
-            *linear_args(layer),
-            (self.rows, self.cols),
-            layer.bias,
-            layer.activation,
-            target,
-            **knobs,
-        )
+        return build_linear(sparse_x86.bsr_linear, layer, target, knobs, (self.rows, self.cols))

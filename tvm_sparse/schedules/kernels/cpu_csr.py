@@ -10,7 +10,7 @@ from ...target import num_cores
 from .. import sparse_x86
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
-from .base import CpuKernel, index_bytes, linear_args, skips_work
+from .base import CpuKernel, build_linear, index_bytes, skips_work
 from .knobs import panel_space, settings_for
 
 
@@ -35,6 +35,4 @@ class CsrLinear(CpuKernel):
         return settings_for(sparse_x86.csr_linear, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return sparse_x86.csr_linear(
-            *linear_args(layer), layer.bias, layer.activation, target, **knobs
-        )
+        return build_linear(sparse_x86.csr_linear, layer, target, knobs)

@@ -13,7 +13,7 @@ from ...target import num_cores
 from .. import dense_x86
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
-from .base import CpuKernel, conv_io_bytes, conv_kwargs, linear_args
+from .base import CpuKernel, build_conv, build_linear, conv_io_bytes
 from .knobs import parallel_choices, product, round_up, settings_for
 
 
@@ -46,9 +46,7 @@ class DenseLinear(CpuKernel):
         return settings_for(dense_x86.dense_linear, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return dense_x86.dense_linear(
-            *linear_args(layer), layer.bias, layer.activation, target, **_tiling(knobs)
-        )
+        return build_linear(dense_x86.dense_linear, layer, target, _tiling(knobs))
 
 
 class DenseConv2d(CpuKernel):
@@ -75,6 +73,4 @@ class DenseConv2d(CpuKernel):
         return settings_for(dense_x86.dense_conv2d, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return dense_x86.dense_conv2d(
-            layer.x_shape, layer.weight, layer.bias, **conv_kwargs(layer, target), **_tiling(knobs)
-        )
+        return build_conv(dense_x86.dense_conv2d, layer, target, _tiling(knobs))

@@ -28,7 +28,7 @@ from .._epilogue import bias_const, check_activation
 from .._epilogue import epilogue as _epilogue
 from ..cost_model import MachineModel
 from ..kernel import KernelCall, as_weight, finish, linear_info
-from .base import CpuKernel, linear_args, skips_work
+from .base import CpuKernel, build_linear, skips_work
 from .knobs import parallel_choices, product, settings_for
 
 _LANES = 8
@@ -219,4 +219,4 @@ class NMLinear(CpuKernel):
         return settings_for(nm_linear, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return nm_linear(*linear_args(layer), layer.bias, layer.activation, target, **knobs)
+        return build_linear(nm_linear, layer, target, knobs)

@@ -7,10 +7,10 @@ import tvm
 
 from ...ir.layers import CONV2D, LayerSpec
 from ...target import num_cores
-from .. import sparse_x86
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
-from .base import CpuKernel, conv_io_bytes, conv_kwargs, skips_work
+from ..sparse_conv_x86 import sparse_conv2d
+from .base import CpuKernel, build_conv, conv_io_bytes, skips_work
 from .knobs import parallel_choices, product, settings_for
 
 
@@ -50,11 +50,9 @@ class SparseConv2d(CpuKernel):
         tiles.sort(key=lambda t: (t[1] != ow, -t[0] * t[1]))
         par = parallel_choices(num_cores(target))
         space = product(tile=[list(t) for t in tiles[:12]], parallel=par)
-        return settings_for(sparse_x86.sparse_conv2d, space)
+        return settings_for(sparse_conv2d, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
         if "tile" in knobs:  # JSON lists -> the builder's tuple
             knobs = {**knobs, "tile": tuple(knobs["tile"])}
-        return sparse_x86.sparse_conv2d(
-            layer.x_shape, layer.weight, layer.bias, **conv_kwargs(layer, target), **knobs
-        )
+        return build_conv(sparse_conv2d, layer, target, knobs)

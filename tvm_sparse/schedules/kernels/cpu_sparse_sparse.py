@@ -11,7 +11,8 @@ from ...target import num_cores
 from .. import sparse_sparse_x86
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
-from .base import CpuKernel, conv_io_bytes, conv_kwargs, linear_args
+from ..sparse_sparse_conv_x86 import sparse_sparse_conv2d
+from .base import CpuKernel, build_conv, build_linear, conv_io_bytes
 from .knobs import product, settings_for
 
 # Seconds per input element of the scan that compacts x to its non-zeros before the scatter.
@@ -50,9 +51,7 @@ class SparseSparseLinear(CpuKernel):
         return settings_for(sparse_sparse_x86.sparse_sparse_linear, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return sparse_sparse_x86.sparse_sparse_linear(
-            *linear_args(layer), layer.bias, layer.activation, target, **knobs
-        )
+        return build_linear(sparse_sparse_x86.sparse_sparse_linear, layer, target, knobs)
 
 
 class SparseSparseConv2d(CpuKernel):
@@ -76,9 +75,7 @@ class SparseSparseConv2d(CpuKernel):
 
     def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
         space = _space(layer, num_cores(target))
-        return settings_for(sparse_sparse_x86.sparse_sparse_conv2d, space)
+        return settings_for(sparse_sparse_conv2d, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return sparse_sparse_x86.sparse_sparse_conv2d(
-            layer.x_shape, layer.weight, layer.bias, **conv_kwargs(layer, target), **knobs
-        )
+        return build_conv(sparse_sparse_conv2d, layer, target, knobs)

@@ -11,7 +11,7 @@ from .. import sparse_cuda
 from ..cost_model import MachineModel
 from ..gpu_cost_model import GATHER_EFFICIENCY, gpu_seconds
 from ..kernel import KernelCall
-from .base import CudaKernel, index_bytes, linear_args
+from .base import CudaKernel, build_linear, index_bytes
 from .blocks import BLOCK_RATE_GAIN, BlockShape
 from .cuda_dense import linear_io_bytes
 
@@ -30,11 +30,4 @@ class CudaBsrLinear(BlockShape, CudaKernel):
         return gpu_seconds(moved, GATHER_EFFICIENCY * BLOCK_RATE_GAIN)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return sparse_cuda.bsr_linear(
-            *linear_args(layer),
-            (self.rows, self.cols),
-            layer.bias,
-            layer.activation,
-            target,
-            **knobs,
-        )
+        return build_linear(sparse_cuda.bsr_linear, layer, target, knobs, (self.rows, self.cols))

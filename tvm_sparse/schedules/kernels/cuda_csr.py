@@ -10,7 +10,7 @@ from .. import sparse_cuda
 from ..cost_model import MachineModel
 from ..gpu_cost_model import GATHER_EFFICIENCY, gpu_seconds
 from ..kernel import KernelCall
-from .base import CudaKernel, index_bytes, linear_args
+from .base import CudaKernel, build_linear, index_bytes
 from .cuda_dense import linear_io_bytes
 
 
@@ -25,6 +25,4 @@ class CudaCsrLinear(CudaKernel):
         return gpu_seconds(moved, GATHER_EFFICIENCY)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return sparse_cuda.csr_linear(
-            *linear_args(layer), layer.bias, layer.activation, target, **knobs
-        )
+        return build_linear(sparse_cuda.csr_linear, layer, target, knobs)

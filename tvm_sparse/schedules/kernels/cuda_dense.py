@@ -9,7 +9,7 @@ from .. import dense_cuda
 from ..cost_model import MachineModel
 from ..gpu_cost_model import gpu_seconds
 from ..kernel import KernelCall
-from .base import CudaKernel, linear_args
+from .base import CudaKernel, build_linear
 
 
 def linear_io_bytes(layer: LayerSpec) -> int:
@@ -27,6 +27,4 @@ class CudaDenseLinear(CudaKernel):
         return gpu_seconds(layer.weight.nbytes + linear_io_bytes(layer))
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return dense_cuda.dense_linear(
-            *linear_args(layer), layer.bias, layer.activation, target, **knobs
-        )
+        return build_linear(dense_cuda.dense_linear, layer, target, knobs)

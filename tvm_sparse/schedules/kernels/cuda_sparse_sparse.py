@@ -11,7 +11,7 @@ from .. import sparse_cuda
 from ..cost_model import MachineModel
 from ..gpu_cost_model import SCATTER_EFFICIENCY, gpu_seconds
 from ..kernel import KernelCall
-from .base import CudaKernel, linear_args
+from .base import CudaKernel, build_linear
 
 # Above this input density the atomics cost more than the skipped inputs save.
 MAX_INPUT_DENSITY = 0.5
@@ -33,6 +33,4 @@ class CudaSparseSparseLinear(CudaKernel):
         return gpu_seconds(moved, SCATTER_EFFICIENCY, launches=3)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
-        return sparse_cuda.sparse_sparse_linear(
-            *linear_args(layer), layer.bias, layer.activation, target, **knobs
-        )
+        return build_linear(sparse_cuda.sparse_sparse_linear, layer, target, knobs)

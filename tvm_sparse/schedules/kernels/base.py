@@ -10,6 +10,7 @@ per parameter set, the parameters frozen dataclass fields, so nothing ever parse
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -48,7 +49,7 @@ class Candidate:
     build: Callable[[], KernelCall]
 
 
-class KernelFamily:
+class KernelFamily(ABC):
     """A family of kernels for one layer kind on one target kind.
 
     ``name`` is the candidate's name (in reports, tuning records and measure caches);
@@ -60,8 +61,9 @@ class KernelFamily:
     layer_kind: ClassVar[str] = LINEAR
     skips_zeros: ClassVar[bool] = True
 
+    @abstractmethod
     def targets(self, target: tvm.target.Target) -> bool:
-        raise NotImplementedError
+        """Whether the family's kernels are for ``target``'s kind (one base class per kind)."""
 
     def fits(self, layer: LayerSpec) -> bool:
         """Whether the layer's weights and shapes suit the family (default: always)."""
@@ -70,18 +72,18 @@ class KernelFamily:
     def applies(self, layer: LayerSpec, target: tvm.target.Target) -> bool:
         return self.targets(target) and layer.kind == self.layer_kind and self.fits(layer)
 
+    @abstractmethod
     def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
                  ) -> float:  # fmt: skip
         """Seconds per call, from the cost model (no kernel is built)."""
-        raise NotImplementedError
 
     def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
         """The knob settings worth tuning, ``{}`` (the builder's defaults) first."""
         return [{}]
 
+    @abstractmethod
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
         """The kernel of ``layer`` on its real weights; ``knobs`` as JSON (tuning records)."""
-        raise NotImplementedError
 
     def candidate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
                   ) -> Candidate:  # fmt: skip

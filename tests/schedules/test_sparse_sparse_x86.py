@@ -237,6 +237,31 @@ def test_conv_gsc_like_layer(batch, kind):
     check(sparse_sparse_conv2d(x.shape, w, target=TARGET), x, conv_ref(x, w))
 
 
+@pytest.mark.parametrize(
+    "x_shape, w_shape, stride, pad",
+    [
+        ((1, 64, 56, 56), (256, 64, 1, 1), 1, 0),  # ResNet-50 layer 4: lanes wrapped negative
+        ((1, 3, 64, 64), (64, 3, 7, 7), 2, 3),  # stem-like: 32768 lanes exactly
+    ],
+)
+def test_conv_accumulator_past_int16_lanes_builds_and_is_exact(x_shape, w_shape, stride, pad):
+    """The accumulator of these layers has 2^15 floats or more; zeroing it as one vector made
+    TIR's int16 lane count wrap (a build error, or an LLVM abort that killed the process)."""
+    rng = np.random.default_rng(7)
+    w = sparse_w(rng, w_shape, 0.1)
+    x = sparse_x(rng, x_shape, 0.3)
+    strides, padding = (stride, stride), (pad,) * 4
+    call = sparse_sparse_conv2d(x_shape, w, strides=strides, padding=padding, target=TARGET)
+    check(call, x, conv_ref(x, w, strides=strides, padding=padding))
+
+
+def test_linear_accumulator_past_int16_lanes_builds_and_is_exact():
+    rng = np.random.default_rng(8)
+    w = sparse_w(rng, (40000, 16), 0.25)
+    x = sparse_x(rng, (2, 16), 0.5)
+    check(sparse_sparse_linear(2, w, target=TARGET), x, linear_ref(x, w))
+
+
 @pytest.mark.parametrize("vector", [False, True])
 def test_conv_scatter_forms_and_residual(vector):
     rng = np.random.default_rng(11)

@@ -12,6 +12,31 @@ _BYTE_LSBS = 0x0101010101010101  # pdep: mask bit i -> byte i
 _LANE_IDS = 0x0706050403020100  # pext: the indices of the selected bytes, packed
 
 
+# Widest vector a zero fill writes per step. A vectorized loop becomes one TIR vector of its
+# extent, and TIR stores lanes in an int16 (negative = scalable): an accumulator of 32768 floats
+# or more (a sparse-sparse conv at 56x56 with 64+ outputs) failed to build, or made LLVM abort
+# the process ("Cannot implicitly convert a scalable size to a fixed-width size").
+FILL_LANES = 16
+
+
+def padded(size: int) -> int:
+    """``size`` rounded up to whole ``FILL_LANES`` steps (what a zero-filled buffer allocates)."""
+    return -(-size // FILL_LANES) * FILL_LANES
+
+
+def zero_fill_macro(size: int):
+    """Macro: zero ``buf[:padded(size)]`` ``FILL_LANES`` floats a step, whatever ``size`` is."""
+    steps = padded(size) // FILL_LANES
+
+    @T.macro
+    def zero_fill(buf):
+        for step in range(steps):
+            for lane in T.vectorized(FILL_LANES):
+                buf[step * FILL_LANES + lane] = T.float32(0)
+
+    return zero_fill
+
+
 def scatter_simd(target) -> bool:
     """AVX2 + BMI2 (the vector compaction and scatter); False for no or an unknown target."""
     return target is not None and has_cpu_features(target, "avx2", "bmi2")

@@ -16,7 +16,7 @@ from ..target import num_cores
 from ._conv_dims import checked_groups1_conv
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import epilogue as _epilogue
-from ._scatter_tir import compact_macro, scatter_macro, scatter_simd
+from ._scatter_tir import compact_macro, padded, scatter_macro, scatter_simd, zero_fill_macro
 from .kernel import KernelCall
 from .kernel import finish as _finish
 from .scatter_tables import DEFAULT_ACTIVATION_DENSITY, choose_tables, scatter_cost_info
@@ -44,6 +44,7 @@ def _conv_kernel(x_shape, tab, kernel_hw, out_hw, pads, strides, dilation, nbias
     odt, pdt, rdt = str(tab.owner.dtype), str(tab.res_ptr.dtype), str(tab.res_owner.dtype)
     compact = compact_macro(total, simd)
     scatter = scatter_macro(tab)
+    zero_fill = zero_fill_macro(npos * row)
     samples = T.parallel if parallel else T.serial
 
     @T.prim_func
@@ -60,11 +61,11 @@ def _conv_kernel(x_shape, tab, kernel_hw, out_hw, pads, strides, dilation, nbias
         xf = T.decl_buffer((bn * total,), "float32", data=x.data)
         yf = T.decl_buffer((bn * o * npos,), "float32", data=y.data)
         for b in samples(bn):
-            acc = T.alloc_buffer((npos * row,), "float32", scope="global")  # [OH*OW, O + stride]
+            # [OH*OW, O + stride], padded to whole fill steps
+            acc = T.alloc_buffer((padded(npos * row),), "float32", scope="global")
             active = T.alloc_buffer((total + 8,), "int32", scope="global")
             cnt = T.alloc_buffer((1,), "int32", scope="global")
-            for i in T.vectorized(npos * row):
-                acc[i] = T.float32(0)
+            zero_fill(acc)
             # Step 1. Compact the non-zeros of the sample (flat c, ih, iw).
             cnt[0] = 0
             compact(xf, b * total, active, cnt)

@@ -46,7 +46,14 @@ from ._epilogue import ACTIVATIONS
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
-from ._scatter_tir import compact_macro, prefetch_macro, scatter_macro, scatter_simd
+from ._scatter_tir import (
+    compact_macro,
+    padded,
+    prefetch_macro,
+    scatter_macro,
+    scatter_simd,
+    zero_fill_macro,
+)
 from .kernel import KernelCall, as_weight
 from .kernel import finish as _finish
 from .scatter_tables import (
@@ -66,6 +73,7 @@ def _linear_kernel(m, tab, nbias, has_bias, activation, parallel, simd, prefetch
     compact = compact_macro(k, simd)
     scatter = scatter_macro(tab)
     prefetch = prefetch_macro(tab)
+    zero_fill = zero_fill_macro(nacc)
     prefetch_next = prefetch_next and tab.stride > 0
     samples = T.parallel if parallel else T.serial
 
@@ -82,11 +90,10 @@ def _linear_kernel(m, tab, nbias, has_bias, activation, parallel, simd, prefetch
     ):
         xf = T.decl_buffer((m * k,), "float32", data=x.data)
         for b in samples(m):
-            acc = T.alloc_buffer((nacc,), "float32", scope="global")
+            acc = T.alloc_buffer((padded(nacc),), "float32", scope="global")
             active = T.alloc_buffer((k + 8,), "int32", scope="global")
             cnt = T.alloc_buffer((1,), "int32", scope="global")
-            for i in T.vectorized(nacc):
-                acc[i] = T.float32(0)
+            zero_fill(acc)
             # Step 1. Compact the non-zeros of the row.
             cnt[0] = 0
             compact(xf, b * k, active, cnt)

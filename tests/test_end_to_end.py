@@ -119,3 +119,25 @@ def test_layer_followed_by_elementwise_op():
     x = _input(model)
     for sparse in (True, False):
         assert_close(tvm_sparse.compile(model, "llvm", sparse=sparse).run(x), ort_run(model, x))
+
+
+def test_scalar_inputs_stay_zero_dimensional():
+    """Clip with its bounds as 0-d graph inputs (as ONNX's own backend tests feed them): the
+    module must hand the VM 0-d tensors (np.ascontiguousarray made them 1-d, and TVM refused)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+        "clip_scalar_bounds",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5]),
+            helper.make_tensor_value_info("lo", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("hi", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    module = tvm_sparse.compile(model, "llvm")
+    x = np.linspace(-2, 2, 10, dtype=np.float32).reshape(2, 5)
+    lo, hi = np.array(-0.5, np.float32), np.array(1.0, np.float32)
+    np.testing.assert_array_equal(module.run(x, lo, hi), np.clip(x, lo, hi))

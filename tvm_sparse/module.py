@@ -76,7 +76,7 @@ class CompiledModule:
                 raise RunInputError(
                     f"input {spec.name!r}: expected dtype {spec.dtype}, got {arr.dtype}"
                 )
-            arrays.append(np.ascontiguousarray(arr))
+            arrays.append(np.require(arr, requirements="C"))  # keeps a 0-d input 0-d
         return arrays
 
     def run(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:

@@ -31,6 +31,7 @@ import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from tvm_sparse.schedules._conv_dims import ConvAttrs  # noqa: E402
 from tvm_sparse.schedules.dense_x86 import dense_conv2d, dense_linear  # noqa: E402
 from tvm_sparse.schedules.kernel import build_kernel  # noqa: E402
 from tvm_sparse.target import resolve_target  # noqa: E402
@@ -164,7 +165,7 @@ def main() -> int:
             weight = rng.standard_normal(w_shape, dtype=np.float32)
             bias = rng.standard_normal(w_shape[0], dtype=np.float32)
             x = rng.standard_normal(x_shape, dtype=np.float32)
-            call = dense_conv2d(x_shape, weight, bias, strides, padding, target=target)
+            call = dense_conv2d(x_shape, weight, bias, ConvAttrs(strides, padding), target=target)
             graph = _conv_graph(x_shape, weight, bias, strides, padding, call.out_shape)
             macs = call.info["macs"]
             _measure(name, call, graph, x, target, ARGS.threads, ARGS.seconds, macs)

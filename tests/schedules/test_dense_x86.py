@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.dense_x86 import (
     GemmTiling,
     dense_conv2d,
@@ -80,7 +81,9 @@ def _check_conv(x_shape, w_shape, strides, padding, dilation, groups, with_bias,
     w = rng.standard_normal(w_shape, dtype=np.float32)
     b = rng.standard_normal(w_shape[0], dtype=np.float32) if with_bias else None
     x = rng.standard_normal(x_shape, dtype=np.float32)
-    call = dense_conv2d(x_shape, w, b, strides, padding, dilation, groups, activation, TARGET)
+    call = dense_conv2d(
+        x_shape, w, b, ConvAttrs(strides, padding, dilation, groups), activation, TARGET
+    )
     y = run_kernel(call, TARGET, x)
     ref = _ref_conv(x, w, b, strides, padding, dilation, groups, activation)
     assert y.shape == ref.shape == call.out_shape

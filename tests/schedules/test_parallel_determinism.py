@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tvm
 
+from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.kernel import build_kernel
 from tvm_sparse.schedules.kwta_x86 import kwta_maxpool_kernel
 from tvm_sparse.schedules.sparse_conv_x86 import sparse_conv2d
@@ -32,7 +33,14 @@ def _kernels():
     w_conv = _sparse(rng, (4, 3, 3, 3), 0.5)
     yield (
         "sparse_conv_wide",
-        sparse_conv2d((2, 3, 7, 30), w_conv, None, (1, 1), (1, 0, 2, 3), (2, 1), 1, None, TARGET),
+        sparse_conv2d(
+            (2, 3, 7, 30),
+            w_conv,
+            None,
+            ConvAttrs(padding=(1, 0, 2, 3), dilation=(2, 1)),
+            None,
+            TARGET,
+        ),
         (2, 3, 7, 30),
         1.0,
     )

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.sparse_conv_x86 import sparse_conv2d
 from tvm_sparse.target import resolve_target
@@ -42,7 +43,9 @@ def test_flat_layout_matches_dense(case, with_bias):
     w = sparse_weight(rng, w_shape, density)
     bias = rng.standard_normal(w_shape[0]).astype(np.float32) if with_bias else None
     x = rng.standard_normal(x_shape).astype(np.float32)
-    call = sparse_conv2d(x_shape, w, bias, strides, padding, dilation, 1, activation, TARGET)
+    call = sparse_conv2d(
+        x_shape, w, bias, ConvAttrs(strides, padding, dilation), activation, TARGET
+    )
     assert call.info["layout"] == "flat"  # the default with a unit row stride
     check(call, x, conv_ref(x, w, bias, strides, padding, dilation, activation))
 
@@ -62,7 +65,7 @@ def test_flat_knobs_agree(knobs):
     w = sparse_weight(rng, (7, 5, 3, 3), 0.3)
     bias = rng.standard_normal(7).astype(np.float32)
     x = rng.standard_normal((2, 5, 9, 13)).astype(np.float32)  # OW 11 = 8 + 3
-    call = sparse_conv2d(x.shape, w, bias, (1, 1), (1, 0, 0, 1), activation="relu", target=TARGET,
+    call = sparse_conv2d(x.shape, w, bias, ConvAttrs(padding=(1, 0, 0, 1)), "relu", TARGET,
                          layout="flat", **knobs)  # fmt: skip
     check(call, x, conv_ref(x, w, bias, (1, 1), (1, 0, 0, 1), (1, 1), "relu"))
 
@@ -114,14 +117,14 @@ def test_flat_random_shapes(h, wd, k, sw, dw, pad, seed):
     w = sparse_weight(rng, (3, 2, k, k), 0.5)
     x = rng.standard_normal((1, 2, h, wd)).astype(np.float32)
     padding = (pad, pad, pad, pad)
-    call = sparse_conv2d(x.shape, w, None, (1, sw), padding, (dw, dw), target=TARGET)
+    call = sparse_conv2d(x.shape, w, None, ConvAttrs((1, sw), padding, (dw, dw)), target=TARGET)
     check(call, x, conv_ref(x, w, None, (1, sw), padding, (dw, dw)))
 
 
 def test_flat_rejects_row_strides_and_bad_knobs():
     w = np.ones((2, 1, 3, 3), np.float32)
     with pytest.raises(ValueError, match="row stride"):
-        sparse_conv2d((1, 1, 8, 8), w, strides=(2, 1), layout="flat")
+        sparse_conv2d((1, 1, 8, 8), w, conv=ConvAttrs(strides=(2, 1)), layout="flat")
     with pytest.raises(ValueError, match="vectors"):
         sparse_conv2d((1, 1, 8, 8), w, layout="flat", vectors=0)
     with pytest.raises(ValueError, match="layout"):

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.kernel import build_kernel, run_kernel
 from tvm_sparse.schedules.sparse_sparse_conv_x86 import sparse_sparse_conv2d
 from tvm_sparse.schedules.sparse_sparse_x86 import sparse_sparse_linear, sparse_sparse_macs
@@ -212,7 +213,9 @@ def test_conv_geometry(strides, padding, dilation):
     w = sparse_w(rng, (6, 4, 3, 3), 0.3)
     bias = rng.standard_normal(6).astype(np.float32)
     x = sparse_x(rng, (2, 4, 9, 8), 0.2)
-    call = sparse_sparse_conv2d(x.shape, w, bias, strides, padding, dilation, 1, "relu", TARGET)
+    call = sparse_sparse_conv2d(
+        x.shape, w, bias, ConvAttrs(strides, padding, dilation), "relu", TARGET
+    )
     check(call, x, conv_ref(x, w, bias, strides, padding, dilation, "relu"))
 
 
@@ -251,7 +254,7 @@ def test_conv_accumulator_past_int16_lanes_builds_and_is_exact(x_shape, w_shape,
     w = sparse_w(rng, w_shape, 0.1)
     x = sparse_x(rng, x_shape, 0.3)
     strides, padding = (stride, stride), (pad,) * 4
-    call = sparse_sparse_conv2d(x_shape, w, strides=strides, padding=padding, target=TARGET)
+    call = sparse_sparse_conv2d(x_shape, w, conv=ConvAttrs(strides, padding), target=TARGET)
     check(call, x, conv_ref(x, w, strides=strides, padding=padding))
 
 
@@ -268,7 +271,7 @@ def test_conv_scatter_forms_and_residual(vector):
     w = sparse_w(rng, (10, 5, 3, 3), 0.4)
     x = sparse_x(rng, (2, 5, 6, 6), 0.3)
     call = sparse_sparse_conv2d(
-        x.shape, w, padding=(1, 1, 1, 1), target=TARGET, vector=vector, max_groups=2
+        x.shape, w, conv=ConvAttrs(padding=(1, 1, 1, 1)), target=TARGET, vector=vector, max_groups=2
     )
     assert call.info["packing"]["residual_nnz"] > 0
     check(call, x, conv_ref(x, w, padding=(1, 1, 1, 1)))
@@ -280,7 +283,9 @@ def test_conv_padding_times_inf_weight_is_zero_not_nan():
     w[0, 0, 0, 0], w[0, 0, 1, 1] = np.inf, 1.0
     x = np.ones((1, 1, 4, 4), np.float32)
     out = run_kernel(
-        sparse_sparse_conv2d(x.shape, w, padding=(1, 1, 1, 1), target=TARGET), TARGET, x
+        sparse_sparse_conv2d(x.shape, w, conv=ConvAttrs(padding=(1, 1, 1, 1)), target=TARGET),
+        TARGET,
+        x,
     )
     dense = conv_ref(x, w, padding=(1, 1, 1, 1))
     assert np.isnan(dense[0, 0, 0, 0]) and out[0, 0, 0, 0] == 1.0
@@ -291,7 +296,9 @@ def test_conv_info_costs():
     rng = np.random.default_rng(12)
     w = sparse_w(rng, (8, 4, 3, 3), 0.25, "complementary")
     x_shape = (2, 4, 6, 6)
-    call = sparse_sparse_conv2d(x_shape, w, padding=(1, 1, 1, 1), activation_density=1.0)
+    call = sparse_sparse_conv2d(
+        x_shape, w, conv=ConvAttrs(padding=(1, 1, 1, 1)), activation_density=1.0
+    )
     # At density 1 the useful MACs are the dense conv's MACs on non-zero weights, padding excluded.
     ones = np.ones(x_shape, np.float32)
     mask_w = (w != 0).astype(np.float32)
@@ -303,7 +310,7 @@ def test_conv_info_costs():
 def test_conv_rejects_bad_arguments():
     w = np.ones((2, 3, 3, 3), np.float32)
     with pytest.raises(ValueError, match="groups"):
-        sparse_sparse_conv2d((1, 3, 5, 5), w, groups=3)
+        sparse_sparse_conv2d((1, 3, 5, 5), w, conv=ConvAttrs(groups=3))
     with pytest.raises(ValueError, match="channels"):
         sparse_sparse_conv2d((1, 4, 5, 5), w)
     with pytest.raises(ValueError, match="empty"):
@@ -331,5 +338,5 @@ def test_conv_hypothesis(o, c, kh, kw, hw, stride, pad, dil, w_density, x_densit
     w = sparse_w(rng, (o, c, kh, kw), w_density)
     x = sparse_x(rng, (2, c, hw, hw), x_density)
     geom = ((stride, stride), (pad, pad, pad, pad), (dil, dil))
-    call = sparse_sparse_conv2d(x.shape, w, None, *geom, 1, None, TARGET)
+    call = sparse_sparse_conv2d(x.shape, w, None, ConvAttrs(*geom), None, TARGET)
     check(call, x, conv_ref(x, w, None, *geom))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tvm
 
+from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.sparse_conv_x86 import sparse_conv2d
 from tvm_sparse.schedules.sparse_x86 import bsr_linear, csr_linear
@@ -216,7 +217,9 @@ def test_sparse_conv2d_matches_dense(case):
     w = sparse_weight(rng, w_shape, density)
     bias = rng.standard_normal(w_shape[0]).astype(np.float32)
     x = rng.standard_normal(x_shape).astype(np.float32)
-    call = sparse_conv2d(x_shape, w, bias, strides, padding, dilation, 1, activation, TARGET)
+    call = sparse_conv2d(
+        x_shape, w, bias, ConvAttrs(strides, padding, dilation), activation, TARGET
+    )
     ref = conv_ref(x, w, bias, strides, padding, dilation, activation)
     check(call, x, ref)
 
@@ -229,7 +232,7 @@ def test_sparse_conv2d_tiles_agree(tile):
     bias = rng.standard_normal(7).astype(np.float32)
     x = rng.standard_normal((2, 3, 8, 12)).astype(np.float32)
     pads = (1, 2, 1, 0)
-    call = sparse_conv2d(x.shape, w, bias, (1, 1), pads, (1, 1), 1, "relu", TARGET, tile=tile)
+    call = sparse_conv2d(x.shape, w, bias, ConvAttrs(padding=pads), "relu", TARGET, tile=tile)
     if tile is None:
         assert call.info["layout"] == "flat"  # unit row stride defaults to the flat layout
     check(call, x, conv_ref(x, w, bias, (1, 1), pads, (1, 1), "relu"))
@@ -238,14 +241,14 @@ def test_sparse_conv2d_tiles_agree(tile):
 def test_sparse_conv2d_rejects_bad_tiles():
     w = np.ones((2, 1, 3, 3), np.float32)
     with pytest.raises(ValueError, match="tile"):
-        sparse_conv2d((1, 1, 8, 8), w, tile=(4, 0), strides=(2, 2))
+        sparse_conv2d((1, 1, 8, 8), w, conv=ConvAttrs(strides=(2, 2)), tile=(4, 0))
     with pytest.raises(ValueError, match="tile"):
         sparse_conv2d((1, 1, 8, 8), w, tile=(4, 4))
 
 
 def test_sparse_conv2d_rejects_groups():
     with pytest.raises(ValueError, match="groups"):
-        sparse_conv2d((1, 4, 8, 8), np.ones((4, 2, 3, 3), np.float32), groups=2)
+        sparse_conv2d((1, 4, 8, 8), np.ones((4, 2, 3, 3), np.float32), conv=ConvAttrs(groups=2))
 
 
 def test_rejects_unknown_activation():

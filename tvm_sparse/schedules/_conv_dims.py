@@ -1,13 +1,35 @@
-"""The checked sizes of a groups=1 NCHW / OIHW conv2d, shared by the sparse conv builders."""
+"""A conv2d's geometry (``ConvAttrs``, what every x86 conv builder takes) and the checked sizes
+of a groups=1 NCHW / OIHW conv2d, shared by the sparse conv builders."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from ._epilogue import check_activation
 from .kernel import as_weight
+
+
+@dataclass(frozen=True)
+class ConvAttrs:
+    """A conv2d's geometry as the builders take it: ``strides`` and ``dilation`` (h, w),
+    ``padding`` (top, left, bottom, right), ``groups``."""
+
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @classmethod
+    def of(cls, attrs: dict) -> ConvAttrs:
+        """From a layer's ``conv_attrs`` dict (``LayerSpec.conv_attrs``)."""
+        return cls(attrs["strides"], attrs["padding"], attrs["dilation"], attrs["groups"])
+
+
+# The builders' default: stride 1, no padding, no dilation, one group.
+DEFAULT_CONV = ConvAttrs()
 
 
 class ConvDims(NamedTuple):
@@ -41,12 +63,12 @@ def conv_dims(x_shape, w_shape, strides, padding, dilation) -> ConvDims:
 
 
 def checked_groups1_conv(
-    builder: str, x_shape, weight_oihw, strides, padding, dilation, groups: int, activation
+    builder: str, x_shape, weight_oihw, conv: ConvAttrs, activation
 ) -> tuple[np.ndarray, ConvDims]:
     """``(float32 OIHW weight, ConvDims)`` after the checks every groups=1 sparse conv builder
     makes, in one order, so the same bad call fails with the same message in each."""
     check_activation(activation)
-    if groups != 1:
-        raise ValueError(f"{builder} supports groups=1 only, got groups={groups}")
+    if conv.groups != 1:
+        raise ValueError(f"{builder} supports groups=1 only, got groups={conv.groups}")
     weight = as_weight(weight_oihw, 4)
-    return weight, conv_dims(x_shape, weight.shape, strides, padding, dilation)
+    return weight, conv_dims(x_shape, weight.shape, conv.strides, conv.padding, conv.dilation)

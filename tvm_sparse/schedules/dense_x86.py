@@ -35,6 +35,7 @@ import tvm
 from tvm import s_tir, te, tirx
 
 from ..target import num_cores, resolve_target
+from ._conv_dims import DEFAULT_CONV, ConvAttrs
 from ._epilogue import ACTIVATIONS
 from .dense_conv_x86 import (
     ConvGeometry,
@@ -130,17 +131,10 @@ def dense_linear(
 
 
 def dense_conv2d(
-    x_shape: tuple[int, int, int, int],
-    weight: np.ndarray,
-    bias: np.ndarray | None = None,
-    strides: tuple[int, int] = (1, 1),
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    groups: int = 1,
-    activation: str | None = None,
-    target: tvm.target.Target | None = None,
-    tiling: GemmTiling | None = None,
-) -> KernelCall:
+    x_shape: tuple[int, int, int, int], weight: np.ndarray, bias: np.ndarray | None = None,
+    conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None,
+    target: tvm.target.Target | None = None, tiling: GemmTiling | None = None,
+) -> KernelCall:  # fmt: skip
     """``y = act(conv2d(x, weight) + bias)`` in NCHW / OIHW as a scheduled kernel.
 
     groups=1 runs the implicit-GEMM micro-kernel (consts = ``(weight packed as
@@ -152,6 +146,7 @@ def dense_conv2d(
     target = resolve_target(target or "llvm")
     weight = np.asarray(weight, dtype=np.float32)
     co, ci_g, kh, kw = weight.shape
+    groups = conv.groups
     if x_shape[1] != ci_g * groups or co % groups:
         raise ValueError(
             f"conv2d shapes disagree: x {tuple(x_shape)}, weight {weight.shape}, groups {groups}"
@@ -159,9 +154,9 @@ def dense_conv2d(
     geo = ConvGeometry(
         tuple(int(d) for d in x_shape),
         tuple(weight.shape),
-        tuple(strides),
-        tuple(padding),
-        tuple(dilation),
+        tuple(conv.strides),
+        tuple(conv.padding),
+        tuple(conv.dilation),
         groups,
     )
     if min(geo.out_hw) <= 0:

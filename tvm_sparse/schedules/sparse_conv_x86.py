@@ -19,7 +19,7 @@ from tvm.script import tirx as T
 
 from ..formats._index import as_index
 from ..formats.csr import CSR
-from ._conv_dims import checked_groups1_conv
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
@@ -244,23 +244,11 @@ LAYOUTS = ("flat", "wide", "tiled")
 
 
 def sparse_conv2d(
-    x_shape: tuple[int, int, int, int],
-    weight_oihw: np.ndarray,
-    bias: np.ndarray | None = None,
-    strides: tuple[int, int] = (1, 1),
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    groups: int = 1,
-    activation: str | None = None,
-    target=None,
-    *,
-    tile: tuple[int, int] | None = None,
-    parallel: bool = True,
-    layout: str | None = None,
-    vectors: int = 14,
-    cblock: int | None = None,
-    oblock: int = 8,
-) -> KernelCall:
+    x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
+    conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
+    tile: tuple[int, int] | None = None, parallel: bool = True, layout: str | None = None,
+    vectors: int = 14, cblock: int | None = None, oblock: int = 8,
+) -> KernelCall:  # fmt: skip
     """y = act(conv2d(x, weight) + bias), NCHW / OIHW, ``padding=(top, left, bottom, right)``.
 
     ``layout`` is one of ``LAYOUTS`` (module docstring); None picks ``flat`` when the row stride
@@ -275,9 +263,7 @@ def sparse_conv2d(
     rows computed over the padded width (see ``_wide_rows``). Consts: ``(vals, offsets, row
     pointers, bias)``.
     """
-    weight, dims = checked_groups1_conv(
-        "sparse_conv2d", x_shape, weight_oihw, strides, padding, dilation, groups, activation
-    )
+    weight, dims = checked_groups1_conv("sparse_conv2d", x_shape, weight_oihw, conv, activation)
     (bn, ci, h, wd), (o, kh, kw) = dims.x, dims.kernel
     top, left, bottom, right = dims.pads
     (sh, sw), (dh, dw), (oh, ow) = dims.strides, dims.dilation, dims.out_hw

@@ -13,7 +13,7 @@ from tvm.script import tirx as T
 
 from ..formats.complementary import ComplementaryPacked
 from ..target import num_cores
-from ._conv_dims import checked_groups1_conv
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import epilogue as _epilogue
 from ._scatter_tir import compact_macro, padded, scatter_macro, scatter_simd, zero_fill_macro
@@ -117,21 +117,11 @@ def _valid_taps(size: int, pad: int, k: int, stride: int, dil: int, out: int) ->
 
 
 def sparse_sparse_conv2d(
-    x_shape: tuple[int, int, int, int],
-    weight_oihw: np.ndarray,
-    bias: np.ndarray | None = None,
-    strides: tuple[int, int] = (1, 1),
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    groups: int = 1,
-    activation: str | None = None,
-    target=None,
-    *,
-    max_groups: int | None = None,
-    vector: bool | None = None,
-    activation_density: float = DEFAULT_ACTIVATION_DENSITY,
-    parallel: bool | None = None,
-) -> KernelCall:
+    x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
+    conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
+    max_groups: int | None = None, vector: bool | None = None,
+    activation_density: float = DEFAULT_ACTIVATION_DENSITY, parallel: bool | None = None,
+) -> KernelCall:  # fmt: skip
     """y = act(conv2d(x, weight) + bias), NCHW / OIHW, ``padding=(top, left, bottom, right)``.
 
     Each non-zero input ``(c, ih, iw)`` scatters, for every tap ``(kh, kw)`` landing on an output
@@ -139,7 +129,7 @@ def sparse_sparse_conv2d(
     channels. Knobs as ``sparse_sparse_linear``; ``parallel`` spreads the batch over threads.
     """
     weight, dims = checked_groups1_conv(
-        "sparse_sparse_conv2d", x_shape, weight_oihw, strides, padding, dilation, groups, activation
+        "sparse_sparse_conv2d", x_shape, weight_oihw, conv, activation
     )
     (bn, ci, h, wd), (o, kh, kw) = dims.x, dims.kernel
     top, left, bottom, right = dims.pads

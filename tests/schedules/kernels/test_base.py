@@ -3,6 +3,7 @@
 import numpy as np
 
 from tvm_sparse.ir.layers import CONV2D, LINEAR, LayerSpec
+from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.kernels.base import build_conv, build_linear
 
 
@@ -26,4 +27,5 @@ def test_build_conv_passes_the_conv_attrs_by_name():
                       conv_attrs=attrs)  # fmt: skip
     args, kwargs = build_conv(_record, layer, "llvm", {"tile": (1, 2)})
     assert args[0] == (1, 4, 6, 6) and args[1] is w and args[2] is None and len(args) == 3
-    assert kwargs == {**attrs, "activation": "gelu", "target": "llvm", "tile": (1, 2)}
+    conv = ConvAttrs(**attrs)
+    assert kwargs == {"conv": conv, "activation": "gelu", "target": "llvm", "tile": (1, 2)}

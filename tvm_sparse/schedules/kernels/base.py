@@ -20,6 +20,7 @@ import tvm
 
 from ...ir.layers import LINEAR, LayerSpec
 from ...target import is_cpu, is_cuda
+from .._conv_dims import ConvAttrs
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
 
@@ -126,17 +127,13 @@ def conv_io_bytes(layer: LayerSpec) -> int:
 def build_conv(
     builder: Callable[..., KernelCall], layer: LayerSpec, target: tvm.target.Target, knobs: dict
 ) -> KernelCall:
-    """Call a conv2d builder: they all take ``(x_shape, weight, bias, strides, padding,
-    dilation, groups, activation, target, **knobs)``."""
-    attrs = layer.conv_attrs
+    """Call a conv2d builder: they all take ``(x_shape, weight, bias, conv, activation, target,
+    **knobs)``, ``conv`` the layer's geometry as a ``ConvAttrs``."""
     return builder(
         layer.x_shape,
         layer.weight,
         layer.bias,
-        strides=attrs["strides"],
-        padding=attrs["padding"],
-        dilation=attrs["dilation"],
-        groups=attrs["groups"],
+        conv=ConvAttrs.of(layer.conv_attrs),
         activation=layer.activation,
         target=target,
         **knobs,

@@ -114,7 +114,7 @@ def test_layers_import_only_downwards():
         f"{src} -> {dst}"
         for src, dsts in import_graph().items()
         for dst in dsts
-        if _layer(dst) > _layer(src) and not dst == "tvm_sparse"
+        if _layer(dst) > _layer(src) and dst != "tvm_sparse"
     ]
     assert not upward, "imports of a higher layer:\n" + "\n".join(sorted(upward))
 

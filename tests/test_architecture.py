@@ -23,7 +23,7 @@ LAYERS = [
     ("ir",),
     ("schedules",),
     ("passes",),
-    ("frontend", "module", "onnx_fold", "op", "sparsify", "models", "models_bert"),
+    ("frontend", "module", "onnx_fold", "op", "sparsify", "models", "models_bert", "zoo"),
     ("compile_tvm", "codegen", "tuner"),
     ("compiler", "tune_cli", "cli", "demo", "__init__"),
 ]

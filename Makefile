@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_models.py --threads 1
 	$(BIN)/python benchmarks/bench_models.py --threads $$(nproc)
 	$(BIN)/python benchmarks/bench_bert.py --threads 1
+	$(BIN)/python benchmarks/bench_zoo.py --threads 1
+	$(BIN)/python benchmarks/bench_zoo.py --threads $$(nproc)
 
 deepsparse:
 	bash benchmarks/setup_deepsparse.sh

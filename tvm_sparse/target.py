@@ -91,3 +91,15 @@ def is_cpu(target: tvm.target.Target) -> bool:
 
 def is_cuda(target: tvm.target.Target) -> bool:
     return str(target.kind.name) == "cuda"
+
+
+def vector_lanes(target: Any) -> int:
+    """float32 lanes of the widest vector the CPU target has: 16 with AVX-512F, 8 with AVX2,
+    4 otherwise (SSE / NEON). Kernels size register tiles from it instead of a constant."""
+    if target is None:
+        return 8
+    if has_cpu_features(target, "avx512f"):
+        return 16
+    if has_cpu_features(target, "avx2"):
+        return 8
+    return 4

@@ -119,7 +119,12 @@ def test_every_cpu_conv_family_computes_the_layer(target, rng):
     x = rng.standard_normal(layer.x_shape).astype(np.float32)
     expected = conv_ref(x, layer.weight, layer.bias, padding=(1, 1, 1, 1), activation="relu")
     families = registry.families_for(layer, target)
-    assert [f.name for f in families] == ["dense", "sparse_conv", "sparse_sparse"]
+    assert [f.name for f in families] == [
+        "dense",
+        "sparse_conv",
+        "sparse_conv_planes",
+        "sparse_sparse",
+    ]
     for family in families:
         space = family.knob_space(layer, target)
         assert space[0] == {}, family.name

@@ -6,7 +6,8 @@
                  consecutive batched sparse linears, rewrite each layer to call_tir
 3. FuseKernels   k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel,
                  attention (Q K^T, mask, softmax, V, the head permutes) -> one kernel,
-                 layer_norm(residual add) -> one kernel
+                 layer_norm(residual add) -> one kernel, relu(conv + shortcut) -> the
+                 conv's epilogue (tap-plane sparse conv)
 4. Legalize      library dispatch, remaining Relax ops -> TIR (TVM), fused
 5. Schedule      tuned records first, then rules for dense leftovers (dlight + ours)
 6. Lower         TVM's VM lowering (memory planning, shape lowering)
@@ -39,6 +40,7 @@ from .chain_layouts import ChainLayouts
 from .choose_kernels import ChooseKernels
 from .fuse_add_layernorm import FuseAddLayerNorm
 from .fuse_attention import FuseAttention
+from .fuse_residual import FuseResidual
 from .layer_plan import LayerPlan, SparsifyOptions
 from .rewrite_kwta import RewriteKwta
 from .rewrite_layers import RewriteLayers
@@ -63,6 +65,7 @@ def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         RewriteKwta(target),  # after Sparsify: AnalyzeLayers reads the k-WTA pattern
         FuseAttention(target),  # softmax(Q K^T + mask) V per head: one kernel
         FuseAddLayerNorm(target),  # residual add + layer norm: one pass over each row
+        FuseResidual(target),  # relu(conv + shortcut): the add in the conv's epilogue
     ]
 
 

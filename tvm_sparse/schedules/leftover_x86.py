@@ -13,9 +13,10 @@ import numpy as np
 import tvm
 from tvm import s_tir
 from tvm.s_tir import dlight as dl
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 
-from ..target import is_cpu, num_cores
+from ..target import is_cpu, num_cores, vector_lanes
 
 _MIN_PARALLEL_WORK = 1 << 14  # iterations below which a parallel launch does not pay
 
@@ -79,12 +80,120 @@ class ParallelSpatial(ScheduleRule):
         return fuse_count > 1
 
 
+def _vector_split(extent: int, lanes: int) -> int:
+    """The inner vector loop's length: a multiple of the lanes dividing ``extent`` (up to 4
+    vectors, so the body unrolls into independent ops), else the largest divisor <= 4 lanes."""
+    for count in (4, 2, 1):
+        if extent % (lanes * count) == 0:
+            return lanes * count
+    return max(d for d in range(1, min(extent, 4 * lanes) + 1) if extent % d == 0)
+
+
+class InjectiveVectorize(ScheduleRule):
+    """Elementwise / broadcast / layout functions (no reduction): inline every block into the
+    last one (an add + ReLU is one pass over memory, not two with a temporary the size of the
+    tensor), fuse the loops, vectorize an inner piece of whole vectors, parallelize the rest."""
+
+    def __init__(self, min_work: int = _MIN_PARALLEL_WORK, tasks_per_core: int = 4):
+        self.min_work = min_work
+        self.tasks_per_core = tasks_per_core
+
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = normalize_prim_func(sch)
+        if not blocks or any(not b.is_injective() for b in blocks):
+            return None
+        blocks = try_inline(sch, blocks)
+        if len(blocks) != 1:
+            return None
+        block = blocks[0].block_rv
+        loops = sch.get_loops(block)
+        extents = [_static_extent(sch.get_sref(loop)) for loop in loops]
+        if not loops or any(e is None for e in extents):
+            return None
+        total = int(np.prod(extents))
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        inner = _vector_split(total, vector_lanes(target))
+        outer, vec = sch.split(fused, factors=[None, inner])
+        if inner > 1:
+            sch.vectorize(vec)
+        cores = num_cores(target)
+        chunks = total // inner
+        if cores > 1 and total >= self.min_work and chunks > 1:
+            tasks = min(chunks, cores * self.tasks_per_core)
+            if chunks > tasks:
+                outer, _ = sch.split(outer, factors=[tasks, None])
+            sch.parallel(outer)
+        return sch
+
+
+class WindowReduction(ScheduleRule):
+    """Pooling-like functions: one block that reduces a small window per output (max / average
+    pooling), after a padding block. The padding is inlined, and the innermost output column
+    loop is moved inside the window loops and vectorized, so a window step is one vector max
+    or add over neighbouring outputs instead of a scalar loop per output."""
+
+    max_window = 64
+
+    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+        if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = normalize_prim_func(sch)
+        if not blocks:
+            return None
+        blocks = try_inline(sch, blocks)
+        reductions = [b for b in blocks if b.is_reduction()]
+        if len(blocks) != 1 or len(reductions) != 1:
+            return None
+        block = reductions[0].block_rv
+        info = reductions[0]
+        kinds = [it.kind for it in info.iters]
+        if "S" not in kinds or kinds != sorted(kinds, key=lambda k: k != "S"):
+            return None  # spatial iterators first, then the reduction ones
+        loops = sch.get_loops(block)
+        extents = [_static_extent(sch.get_sref(loop)) for loop in loops]
+        if len(loops) != len(kinds) or any(e is None for e in extents):
+            return None
+        n_spatial = kinds.count("S")
+        window = int(np.prod(extents[n_spatial:]))
+        width = extents[n_spatial - 1]
+        if window > self.max_window or width < 4:
+            return None
+        lanes = vector_lanes(target)
+        inner = lanes if width % lanes == 0 else _vector_split(width, lanes)
+        if inner < 4:
+            return None
+        spatial, reduce = loops[:n_spatial], loops[n_spatial:]
+        col_outer, col_inner = sch.split(spatial[-1], factors=[None, inner])
+        rows = sch.fuse(*spatial[:-1]) if n_spatial > 1 else None
+        order = ([rows] if rows is not None else []) + [col_outer, *reduce, col_inner]
+        sch.reorder(*order)
+        init = sch.decompose_reduction(block, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+        # the update's column loop stays innermost for LLVM's loop vectorizer (TIR refuses to
+        # vectorize a loop under the block's reduction loops)
+        cores = num_cores(target)
+        if rows is not None and cores > 1 and int(np.prod(extents[:-1])) >= cores:
+            sch.parallel(rows)
+        return sch
+
+
 def cpu_leftover_rules() -> list[ScheduleRule]:
     """Encoder rules (batched matmul, softmax/layernorm rows), dlight's CPU rules, then the
     spatial fallback: the first rule that applies to a function wins."""
     from .attention_x86 import encoder_leftover_rules
 
-    return [*encoder_leftover_rules(), dl.cpu.GEMV(), dl.cpu.Reduction(), ParallelSpatial()]
+    return [
+        *encoder_leftover_rules(),
+        InjectiveVectorize(),
+        WindowReduction(),
+        dl.cpu.GEMV(),
+        dl.cpu.Reduction(),
+        ParallelSpatial(),
+    ]
 
 
 def gpu_leftover_rules() -> list[ScheduleRule]:

@@ -13,6 +13,7 @@ from .cpu_csr import CsrLinear
 from .cpu_dense import DenseConv2d, DenseLinear
 from .cpu_nm import NMLinear
 from .cpu_sparse_conv import SparseConv2d
+from .cpu_sparse_conv_planes import SparseConv2dPlanes
 from .cpu_sparse_sparse import SparseSparseConv2d, SparseSparseLinear
 from .cuda_bsr import CudaBsrLinear
 from .cuda_csr import CudaCsrLinear
@@ -24,6 +25,7 @@ FAMILIES: tuple[KernelFamily, ...] = (
     DenseConv2d(),
     CsrLinear(),
     SparseConv2d(),
+    SparseConv2dPlanes(),
     SparseSparseLinear(),
     SparseSparseConv2d(),
     BsrLinear(1, 8),

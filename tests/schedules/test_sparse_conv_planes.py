@@ -1,0 +1,106 @@
+"""The tap-plane sparse conv (position tiles outermost) against a float64 numpy conv."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvm_sparse.schedules._conv_dims import ConvAttrs
+from tvm_sparse.schedules.kernel import run_kernel
+from tvm_sparse.schedules.sparse_conv_planes_x86 import default_vectors, sparse_conv2d_planes
+from tvm_sparse.target import resolve_target
+
+from .reference import conv_ref, sparse_weight
+
+TARGET = resolve_target("llvm")
+
+CASES = [
+    # x shape, weight shape, density, strides, padding, dilation, activation
+    ((1, 16, 14, 14), (32, 16, 1, 1), 0.1, (1, 1), (0, 0, 0, 0), (1, 1), None),  # identity planes
+    ((1, 8, 9, 9), (16, 8, 3, 3), 0.3, (1, 1), (1, 1, 1, 1), (1, 1), "relu"),  # 81 positions
+    ((2, 6, 15, 13), (5, 6, 3, 3), 0.5, (2, 2), (1, 1, 1, 1), (1, 1), "relu"),  # stride 2
+    ((1, 3, 32, 32), (8, 3, 7, 7), 1.0, (2, 2), (3, 3, 3, 3), (1, 1), None),  # ResNet stem
+    ((1, 16, 28, 28), (16, 16, 1, 1), 0.1, (2, 2), (0, 0, 0, 0), (1, 1), None),  # downsample
+    ((1, 4, 11, 17), (6, 4, 3, 3), 0.4, (1, 1), (1, 2, 0, 1), (2, 2), "gelu"),  # dilation
+    ((3, 5, 10, 10), (7, 5, 3, 1), 0.5, (2, 1), (1, 0, 1, 0), (1, 1), "relu"),  # 3x1, 2x1
+    ((1, 8, 7, 7), (12, 8, 3, 3), 0.0, (1, 1), (1, 1, 1, 1), (1, 1), "relu"),  # no non-zero
+    ((1, 5, 12, 20), (7, 5, 3, 3), "one", (1, 1), (0, 0, 0, 0), (1, 1), None),
+    ((1, 2, 9, 9), (3, 2, 3, 3), 0.5, (3, 3), (2, 2, 2, 2), (2, 2), None),  # stride 3, dil 2
+]
+
+
+def _check(x_shape, w, bias, conv: ConvAttrs, activation, **knobs):
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    call = sparse_conv2d_planes(x_shape, w, bias, conv, activation, TARGET, **knobs)
+    out = run_kernel(call, TARGET, x)
+    expected = conv_ref(x, w, bias, conv.strides, conv.padding, conv.dilation, activation)
+    assert out.shape == call.out_shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    return call
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matches_dense(case, with_bias):
+    x_shape, w_shape, density, strides, padding, dilation, activation = case
+    rng = np.random.default_rng(3)
+    w = sparse_weight(rng, w_shape, density)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32) if with_bias else None
+    _check(x_shape, w, bias, ConvAttrs(strides, padding, dilation), activation)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"vectors": 1, "lanes": 4},  # many tiles, a partial last one
+        {"vectors": 3, "lanes": 8, "ogroup": 5},  # groups not dividing O
+        {"vectors": 24, "lanes": 16, "parallel": False},  # one tile past the positions
+        {"vectors": 12, "lanes": 8, "ogroup": 1},
+    ],
+)
+def test_knobs_keep_results(knobs):
+    rng = np.random.default_rng(4)
+    w = sparse_weight(rng, (11, 6, 3, 3), 0.3)
+    conv = ConvAttrs((1, 1), (1, 1, 1, 1), (1, 1))
+    call = _check((2, 6, 13, 9), w, rng.standard_normal(11).astype(np.float32), conv, "relu",
+                  **knobs)  # fmt: skip
+    assert call.info["tile"][0] == knobs["vectors"]
+
+
+def test_bad_knobs_are_refused():
+    w = np.ones((2, 2, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="lanes"):
+        sparse_conv2d_planes((1, 2, 4, 4), w, lanes=5)
+    with pytest.raises(ValueError, match="vectors"):
+        sparse_conv2d_planes((1, 2, 4, 4), w, lanes=8, vectors=13)
+
+
+def test_default_vectors_cover_small_outputs_without_waste():
+    assert default_vectors(49, 16) == 4  # a 7x7 output: 4 vectors, not 24
+    assert default_vectors(3136, 16) * 16 * 9 >= 3136  # 56x56 in 9 even tiles
+    assert default_vectors(3136, 16) <= 24
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    channels=st.integers(1, 9),
+    out_channels=st.integers(1, 10),
+    size=st.integers(3, 12),
+    kernel=st.sampled_from([1, 2, 3]),
+    stride=st.integers(1, 3),
+    pad=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    density=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+    lanes=st.sampled_from([4, 8, 16]),
+)
+def test_random_convs(batch, channels, out_channels, size, kernel, stride, pad, dilation,
+                      density, lanes):  # fmt: skip
+    if size + 2 * pad < dilation * (kernel - 1) + 1:
+        return
+    rng = np.random.default_rng(size * 7 + channels)
+    w = sparse_weight(rng, (out_channels, channels, kernel, kernel), density)
+    conv = ConvAttrs((stride, stride), (pad,) * 4, (dilation, dilation))
+    _check((batch, channels, size, size), w, None, conv, "relu", lanes=lanes)

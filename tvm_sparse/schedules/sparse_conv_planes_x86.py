@@ -1,0 +1,381 @@
+"""Direct sparse convolution over tap planes, output-position tiles outermost (x86, AVX2/AVX-512).
+
+Why this loop order: in a pruned CNN most layers have 1-20 non-zeros per output channel and
+input channel block, so a kernel that walks input-channel blocks outside output channels
+(``sparse_conv_flat_x86``) reloads and stores its register tile for almost every non-zero. Here
+a tile of ``vectors * lanes`` output positions stays in registers while *all* non-zeros of one
+output channel stream past it, then the next output channel reuses the same input columns from
+L1/L2: one accumulator store per (output channel, tile), one load + one FMA per non-zero and
+vector.
+
+Layout (NCHW in, NCHW out, no layout change between convs). Per sample the zero-padded input is
+re-laid as one *plane* per (channel ``c``, tap column ``kw``, row phase ``ph``), ``R`` rows of
+``OW`` columns: ``plane[r, v] = xpad[c, r * sh + ph, v * sw + kw * dw]``. A tap
+``(c, kh, kw)`` is then the plane ``(c, kw, (kh * dh) % sh)`` shifted by ``(kh * dh) // sh``
+rows, and over the flat output positions ``p = oh * OW + ow`` it reads the contiguous run
+``plane + shift * OW + p``: one offset per non-zero, any stride, any dilation, no im2col.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from ..formats._index import as_index
+from ..formats.csr import CSR
+from ..target import num_cores, vector_lanes
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
+from ._epilogue import bias_const
+from ._epilogue import epilogue as _epilogue
+from .kernel import KernelCall
+from .kernel import finish as _finish
+from .vector_math import install_llvm_lowering
+
+# The PrimFunc attribute that carries the kernel's spec (see PlaneConvSpec.to_json).
+SPEC_ATTR = "tvm_sparse.conv_planes"
+# Vector registers: 32 with AVX-512 (tile up to 24 accumulators), 16 with AVX2 (up to 12).
+_MAX_VECTORS = {16: 24, 8: 12, 4: 12}
+
+
+@dataclass(frozen=True)
+class PlaneConvSpec:
+    """What one kernel is specialized to: shapes, index dtypes and knobs."""
+
+    x_shape: tuple[int, int, int, int]
+    o: int
+    kernel_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    strides: tuple[int, int]
+    dilation: tuple[int, int]
+    nnz: int
+    idx_dtype: str
+    ptr_dtype: str
+    nbias: int
+    has_bias: bool
+    activation: str | None
+    lanes: int
+    vectors: int
+    ogroup: int
+    parallel: bool
+    residual: bool = False  # a tensor of the output's shape added before the activation
+
+    def to_json(self) -> str:
+        """The spec as the kernel's ``tvm_sparse.conv_planes`` attribute, so a later pass
+        (``passes.fuse_residual``) can rebuild the kernel with another epilogue."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PlaneConvSpec:
+        fields = json.loads(text)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+    @property
+    def phases(self) -> int:
+        """Row phases: taps of a strided conv land on ``sh`` interleaved row sets."""
+        return self.strides[0] if self.kernel_hw[0] > 1 else 1
+
+    @property
+    def plane_rows(self) -> int:
+        kh, dh, sh = self.kernel_hw[0], self.dilation[0], self.strides[0]
+        return self.out_hw[0] + ((kh - 1) * dh) // sh
+
+    @property
+    def plane_size(self) -> int:
+        return self.plane_rows * self.out_hw[1]
+
+    @property
+    def planes(self) -> int:
+        return self.x_shape[1] * self.kernel_hw[1] * self.phases
+
+    @property
+    def positions(self) -> int:
+        return self.out_hw[0] * self.out_hw[1]
+
+    @property
+    def tile(self) -> int:
+        return self.vectors * self.lanes
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.positions // self.tile)
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        top, left, bottom, right = self.pads
+        return self.x_shape[2] + top + bottom, self.x_shape[3] + left + right
+
+    @property
+    def needs_pad(self) -> bool:
+        return any(self.pads)
+
+    @property
+    def identity_planes(self) -> bool:
+        """1x1, stride 1, no padding: the planes are the input channels themselves."""
+        return self.kernel_hw == (1, 1) and self.strides == (1, 1) and not self.needs_pad
+
+
+def _pad_macro(spec: PlaneConvSpec):
+    """Macro: ``xp`` = one sample of x zero padded (borders zeroed, interior rows copied)."""
+    _, ci, h, wd = spec.x_shape
+    hp, wp = spec.padded_hw
+    top, left, _, _ = spec.pads
+    rows = T.parallel if spec.parallel else T.serial
+
+    @T.macro
+    def pad(x, xp, nb):
+        for c in rows(ci):
+            for r in range(hp):
+                if r < top or r >= top + h:
+                    for v in T.vectorized(wp):
+                        xp[(c * hp + r) * wp + v] = T.float32(0)
+                else:
+                    for v in range(left):
+                        xp[(c * hp + r) * wp + v] = T.float32(0)
+                    for v in T.vectorized(wd):
+                        xp[(c * hp + r) * wp + left + v] = x[nb, c, r - top, v]
+                    for v in range(wp - left - wd):
+                        xp[(c * hp + r) * wp + left + wd + v] = T.float32(0)
+
+    return pad
+
+
+def _planes_macro(spec: PlaneConvSpec):
+    """Macro: the tap planes of one sample from the padded input ``xp``."""
+    ci = spec.x_shape[1]
+    kw_, ph_ = spec.kernel_hw[1], spec.phases
+    sh, sw = spec.strides
+    dw = spec.dilation[1]
+    hp, wp = spec.padded_hw
+    rows_, ow = spec.plane_rows, spec.out_hw[1]
+    size = spec.plane_size
+    loop = T.parallel if spec.parallel else T.serial
+
+    @T.macro
+    def planes(xp, base, xs):
+        for pl in loop(ci * kw_ * ph_):
+            c: T.let = pl // (kw_ * ph_)
+            k: T.let = pl // ph_ % kw_
+            phase: T.let = pl % ph_
+            for r in range(rows_):
+                src: T.let = r * sh + phase
+                row: T.let = base + (c * hp + src) * wp + k * dw
+                if src < hp:
+                    for v in T.vectorized(ow):
+                        xs[pl * size + r * ow + v] = xp[row + v * sw]
+                else:
+                    for v in T.vectorized(ow):
+                        xs[pl * size + r * ow + v] = T.float32(0)
+
+    return planes
+
+
+def _tile_macro(spec: PlaneConvSpec):
+    """Macro: output channel ``oc`` over the position tile at ``p0``: every non-zero of the
+    channel streams past ``vectors`` register accumulators, then bias, activation, store."""
+    lanes, n = spec.lanes, spec.vectors
+    o, npos, tile = spec.o, spec.positions, spec.tile
+    hb = int(spec.has_bias)
+    activation = spec.activation
+    residual = spec.residual
+
+    @T.macro
+    def channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0):
+        acc = T.alloc_buffer((n * lanes,), "float32", scope="global")
+        for u in T.unroll(n):
+            acc[T.ramp(u * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+        lo: T.let = T.Cast("int32", ptr[oc])
+        hi: T.let = T.Cast("int32", ptr[oc + 1])
+        for j in range(lo, hi):
+            ww: T.let = T.broadcast(vals[j], lanes)
+            q: T.let = T.Cast("int32", offs[j]) + p0
+            for u in T.unroll(n):
+                acc[T.ramp(u * lanes, 1, lanes)] = (
+                    acc[T.ramp(u * lanes, 1, lanes)] + ww * xs[T.ramp(q + u * lanes, 1, lanes)]
+                )
+        bv: T.let = T.broadcast(bias[oc * hb], lanes)
+        out: T.let = (nb * o + oc) * npos + p0
+        if p0 + tile <= npos:
+            for u in T.unroll(n):
+                if residual:
+                    yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
+                        acc[T.ramp(u * lanes, 1, lanes)]
+                        + bv
+                        + rf[T.ramp(out + u * lanes, 1, lanes)],
+                        activation,
+                        lanes,
+                    )
+                else:
+                    yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
+                        acc[T.ramp(u * lanes, 1, lanes)] + bv, activation, lanes
+                    )
+        else:
+            for u in T.unroll(n):
+                tail[T.ramp(u * lanes, 1, lanes)] = acc[T.ramp(u * lanes, 1, lanes)] + bv
+            for e in range(npos - p0):
+                if residual:
+                    yf[out + e] = _epilogue(tail[e] + rf[out + e], activation)
+                else:
+                    yf[out + e] = _epilogue(tail[e], activation)
+
+    return channel_tile
+
+
+def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
+    """The kernel: per sample, pad and re-lay the input as tap planes, then for every
+    (position tile, output-channel group) run the group's channels over the tile."""
+    bn, ci, h, wd = spec.x_shape
+    o, (oh, ow) = spec.o, spec.out_hw
+    hp, wp = spec.padded_hw
+    npos, tile, ntiles = spec.positions, spec.tile, spec.tiles
+    ogroup = spec.ogroup
+    ngroups = -(-o // ogroup)
+    total = spec.planes * spec.plane_size
+    nval = max(spec.nnz, 1)
+    loop = T.parallel if spec.parallel else T.serial
+    identity, needs_pad = spec.identity_planes, spec.needs_pad
+    chw = ci * h * wd
+    # without a residual the parameter is a 1-float placeholder (the last constant)
+    res_shape = (bn, o, oh, ow) if spec.residual else (1,)
+    res_size = bn * o * npos if spec.residual else 1
+    pad = _pad_macro(spec)
+    planes = _planes_macro(spec)
+    channel_tile = _tile_macro(spec)
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((bn, ci, h, wd), "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        offs: T.Buffer((nval,), spec.idx_dtype),
+        ptr: T.Buffer((o + 1,), spec.ptr_dtype),
+        bias: T.Buffer((spec.nbias,), "float32"),
+        res: T.Buffer(res_shape, "float32"),
+        y: T.Buffer((bn, o, oh, ow), "float32"),
+    ):
+        yf = T.decl_buffer((bn * o * npos,), "float32", data=y.data)
+        rf = T.decl_buffer((res_size,), "float32", data=res.data)
+        xflat = T.decl_buffer((bn * chw,), "float32", data=x.data)
+        # a tile past the last position reads up to `tile` floats beyond the last plane
+        xs = T.alloc_buffer((total + tile,), "float32", scope="global")
+        xp = T.alloc_buffer((ci * hp * wp if needs_pad else 1,), "float32", scope="global")
+        for e in T.vectorized(tile):
+            xs[total + e] = T.float32(0)
+        for nb in range(bn):
+            if identity:
+                for c in loop(ci):
+                    for v in T.vectorized(npos):
+                        xs[c * npos + v] = xflat[nb * chw + c * npos + v]
+            elif needs_pad:
+                pad(x, xp, nb)
+                planes(xp, 0, xs)
+            else:
+                planes(xflat, nb * chw, xs)
+            for tg in loop(ntiles * ngroups):
+                tail = T.alloc_buffer((tile,), "float32", scope="global")
+                p0: T.let = tg // ngroups * tile
+                for ol in range(ogroup):
+                    oc: T.let = tg % ngroups * ogroup + ol
+                    if oc < o:
+                        channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0)
+
+    return _finish(kernel).with_attr(SPEC_ATTR, spec.to_json())
+
+
+def _plane_offsets(csr: CSR, spec: PlaneConvSpec) -> np.ndarray:
+    """Each non-zero ``(c, kh, kw)`` as its tap run's start: plane ``(c, kw, (kh*dh) % sh)``
+    times the plane size, plus ``(kh*dh) // sh`` rows."""
+    kh, kw = spec.kernel_hw
+    sh, dh = spec.strides[0], spec.dilation[0]
+    cols = csr.indices.astype(np.int64)
+    c_idx, rem = cols // (kh * kw), cols % (kh * kw)
+    tap_h, tap_w = rem // kw, rem % kw
+    plane = (c_idx * kw + tap_w) * spec.phases + (tap_h * dh) % sh
+    return plane * spec.plane_size + (tap_h * dh) // sh * spec.out_hw[1]
+
+
+def default_vectors(positions: int, lanes: int) -> int:
+    """Accumulators per tile: as many as fit, but no more than the positions need, and tiles
+    of even size (a 7x7 output: 4 x 16 lanes, not 24 x 16 mostly wasted)."""
+    most = _MAX_VECTORS[lanes]
+    need = -(-positions // lanes)
+    if need <= most:
+        return need
+    tiles = -(-need // most)
+    return -(-need // tiles)
+
+
+def sparse_conv2d_planes(
+    x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
+    conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
+    vectors: int | None = None, ogroup: int | None = None, parallel: bool = True,
+    lanes: int | None = None,
+) -> KernelCall:  # fmt: skip
+    """y = act(conv2d(x, weight) + bias), NCHW / OIHW, any stride / padding / dilation.
+
+    Knobs: ``vectors`` register accumulators per tile (default: the positions, up to what the
+    ISA's registers hold), ``ogroup`` output channels per parallel task (default: enough tasks
+    for the cores), ``lanes`` the vector width (default: the target's, 16 with AVX-512).
+    Consts: ``(vals, tap-run offsets, row pointers, bias, residual placeholder)``; the last is
+    replaced by a tensor of the output's shape when ``passes.fuse_residual`` fuses an add.
+    """
+    weight, dims = checked_groups1_conv("sparse_conv2d_planes", x_shape, weight_oihw, conv,
+                                        activation)  # fmt: skip
+    (bn, ci, _, _), (o, kh, kw) = dims.x, dims.kernel
+    if activation == "gelu":
+        install_llvm_lowering()  # a vector erf (LLVM has no vector libm call for it)
+    lanes = lanes or vector_lanes(target)
+    if lanes not in _MAX_VECTORS:
+        raise ValueError(f"lanes must be one of {sorted(_MAX_VECTORS)}, got {lanes}")
+    positions = dims.out_hw[0] * dims.out_hw[1]
+    vectors = vectors or default_vectors(positions, lanes)
+    if not 1 <= vectors <= _MAX_VECTORS[lanes]:
+        raise ValueError(f"vectors must be in 1..{_MAX_VECTORS[lanes]}, got {vectors}")
+    ntiles = -(-positions // (vectors * lanes))
+    if ogroup is None:
+        tasks = 4 * num_cores(target) if parallel else 1
+        ogroup = max(1, (o * ntiles) // max(tasks, 1) // max(ntiles, 1)) if tasks > ntiles else o
+    ogroup = max(1, min(int(ogroup), o))
+    csr = CSR.from_dense(weight.reshape(o, ci * kh * kw))
+    bias_arr, has_bias = bias_const(bias, o)
+    probe = PlaneConvSpec(
+        dims.x, o, (kh, kw), dims.out_hw, dims.pads, dims.strides, dims.dilation, csr.nnz,
+        "int32", "int32", bias_arr.size, has_bias, activation, lanes, vectors, ogroup, parallel,
+    )  # fmt: skip
+    total = probe.planes * probe.plane_size
+    offs = as_index(_plane_offsets(csr, probe), max(total - 1, 0))
+    ptr = np.ascontiguousarray(csr.indptr)
+    vals = np.asarray(csr.data, dtype=np.float32)
+    if vals.size == 0:
+        vals, offs = np.zeros(1, np.float32), np.zeros(1, offs.dtype)
+    spec = PlaneConvSpec(
+        dims.x, o, (kh, kw), dims.out_hw, dims.pads, dims.strides, dims.dilation, csr.nnz,
+        str(offs.dtype), str(ptr.dtype), bias_arr.size, has_bias, activation, lanes, vectors,
+        ogroup, parallel,
+    )  # fmt: skip
+    weight_bytes = int(vals.nbytes + offs.nbytes + ptr.nbytes)
+    info = {
+        "kernel": "conv_planes",
+        "nnz": csr.nnz,
+        "density": csr.density,
+        "macs_sparse": csr.nnz * bn * positions,
+        "macs_dense": o * ci * kh * kw * bn * positions,
+        "bytes": weight_bytes + 4 * (bn * positions * o + int(np.prod(dims.x))),
+        "weight_bytes": weight_bytes,
+        "tile": (vectors, lanes, ogroup),
+        "format": csr.stats(),
+    }
+    return KernelCall(
+        func=plane_kernel(spec),
+        name="sparse_conv2d_planes",
+        consts=(vals, offs, ptr, bias_arr, np.zeros(1, np.float32)),
+        out_shape=(bn, o) + tuple(dims.out_hw),
+        info=info,
+    )
+
+
+__all__ = ["SPEC_ATTR", "PlaneConvSpec", "default_vectors", "plane_kernel", "sparse_conv2d_planes"]

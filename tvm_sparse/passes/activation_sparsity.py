@@ -1,11 +1,31 @@
-"""Detect what makes a layer's input sparse: k-WTA (as PyTorch exports it) or ReLU.
+"""Detect what makes a layer's input sparse: k-WTA (in every form PyTorch exports it) or ReLU.
 
-A PyTorch export of nupic.torch's KWinners writes, per sample over C*H*W:
-``TopK(x') -> values[:, k-1] -> GreaterOrEqual(x', thr) -> Where(mask, x, 0)`` where ``x'`` is ``x``
-or the boosted ``x * boost`` (ranking on boosted values, keeping the unboosted ones). A variant
-multiplies by the mask cast to float instead of ``Where``. After TVM's import that is
-``topk -> [0] -> take/strided_slice -> expand_dims/reshape -> greater_equal -> where``. Ties: every
-value >= the k-th wins, exactly what ``greater_equal`` computes.
+nupic.torch's k-winners-take-all keeps ``x`` where its boosted value ``x * boost`` ranks among the
+``k`` largest of its group (a sample: ``KWinners``, ``KWinners2d``; or the channels of one NCHW
+location: ``KWinners2d(local=True)``), else 0. Ranking is on the boosted value, the output keeps
+the unboosted one. After TVM's import its exports read, per form:
+
+- threshold, ties win (``topk(...).values[:, k-1]`` and nupic's ``kthvalue`` + ``masked_fill``)::
+
+      thr = plumbing(topk(r, K, largest)[0])     # take/strided_slice of one index j, reshapes
+      out = where(r >= thr, x, 0)  |  where(r < thr, 0, x)  |  x * astype(r >= thr)
+
+  ``largest``: the (j+1)-th largest, k = j + 1; ``largest=False`` (``kthvalue(n - k + 1)``
+  exported as TopK of the smallest): the (j+1)-th smallest, k = n - j. Every value >= the k-th
+  wins, so ties can keep more than k.
+- exactly k (nupic before 2021 and ``break_ties=True``: ``topk`` indices scattered into a mask)::
+
+      idx = topk(r, k, largest=True)[1]
+      out = x * scatter(zeros, idx, ones)  |  scatter(zeros, idx, gather(x, idx))
+          | where(scatter(ones, idx, zeros), 0, x)
+
+  Ties at the k-th value are broken by index (ONNX TopK: the lower index first).
+
+``r`` is ``x`` or ``x * boost``, through reshapes (the flatten in front of a global k-WTA may sit
+before or after the multiply). A boost is one constant, finite, positive factor of any shape
+that broadcasts against the multiply's operand (per unit, per channel, scalar): a negative
+factor reverses the ranking, zero flattens it and a computed one is data dependent, so none of
+those is a boost and the subgraph is not k-WTA.
 """
 
 from __future__ import annotations
@@ -15,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax
 
-from ..ir.relax_utils import binding_map, const_array, op_name, static_shape
+from ..ir.relax_utils import binding_map, const_array, dtype_of, op_name, static_shape
 
 # Ops that keep a sparse activation sparse (zeros stay zeros, positions move): walked through.
 _TRANSPARENT = (
@@ -26,15 +46,11 @@ _TRANSPARENT = (
     "relax.squeeze",
     "relax.nn.max_pool2d",
 )
-# Ops between TopK's values and the threshold comparison.
-_THRESHOLD_PLUMBING = (
-    "relax.take",
-    "relax.strided_slice",
-    "relax.expand_dims",
-    "relax.reshape",
-    "relax.squeeze",
-    "relax.broadcast_to",
-)
+# Ops between TopK's values and the threshold comparison that select nothing.
+_RESHAPING = ("relax.expand_dims", "relax.reshape", "relax.squeeze", "relax.broadcast_to")
+# Comparisons of (ranked, threshold): the mask is on (keep) or off (zero) where they hold.
+_ON = {"relax.greater_equal": 0, "relax.less_equal": 1}  # op -> position of the ranked operand
+_OFF = {"relax.less": 0, "relax.greater": 1}
 
 
 @dataclass(frozen=True)
@@ -49,12 +65,14 @@ class ActivationInfo:
     n: int | None = None
     boosted: bool = False
     through: tuple[str, ...] = ()  # transparent ops between producer and layer (e.g. max_pool2d)
+    local: bool = False  # k of n channels per location (KWinners2d local), else k of n per sample
 
     def describe(self) -> str:
         if self.kind == "kwta":
+            scope = " per location" if self.local else ""
             boost = ", boosted" if self.boosted else ""
             pooled = ", after max_pool2d" if "max_pool2d" in self.through else ""
-            return f"k-WTA k={self.k}/{self.n} ({self.density:.1%}{pooled}{boost})"
+            return f"k-WTA k={self.k}/{self.n}{scope} ({self.density:.1%}{pooled}{boost})"
         if self.kind == "relu":
             return "ReLU (data dependent)"
         return "dense"
@@ -67,6 +85,7 @@ class ActivationInfo:
             "n": self.n,
             "boosted": self.boosted,
             "through": list(self.through),
+            "local": self.local,
         }
 
 
@@ -75,92 +94,338 @@ DENSE = ActivationInfo("dense")
 
 @dataclass(frozen=True)
 class KwtaMatch:
-    """A k-WTA subgraph: ``out = where(x' >= kth(topk(x')), x, 0)``."""
+    """A k-WTA subgraph whose result is ``out_var`` (shape ``[B, ...]``, as ``x``).
 
-    out_var: relax.Var  # the where/multiply result
-    x: relax.Expr  # the unboosted values that are kept ([B, n])
-    ranked: relax.Expr  # what TopK ranks (x or x * boost)
-    boost: np.ndarray | None  # per-sample boost factors [n] when TopK ranks x * boost
+    Global (``local=False``): k of the ``n`` values of each sample. Local: k of the ``n = C``
+    channels at each location of an NCHW ``x``. ``boost`` is the factor of each value of one
+    sample, flattened row-major (``[n]`` global, ``[C*H*W]`` local), or None. ``exact``: exactly
+    k win, ties broken by index; else every value ranked >= the k-th wins.
+    """
+
+    out_var: relax.Var  # the where/multiply/scatter result
+    x: relax.Expr  # the unboosted values that are kept
+    ranked: relax.Expr  # what TopK ranks (x or x * boost, maybe reshaped)
+    boost: np.ndarray | None
     k: int
     n: int
+    local: bool = False
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """What a mask ranks: the TopK call, k, and the tensor the mask compares (or scatters)."""
+
+    topk: relax.Call
+    k: int
+    ranked: relax.Expr
+    thr_shape: tuple[int, ...] | None  # the threshold's shape as compared (None: exact forms)
+    exact: bool
+    mask_shape: tuple[int, ...] | None = None  # the scattered mask's shape (exact forms)
+
+
+def _value(expr: relax.Expr, bindings: dict) -> relax.Expr | None:
+    """The value bound to ``expr``, through var aliases (``lv1 = lv0``)."""
+    while isinstance(expr, relax.Var):
+        value = bindings.get(expr)
+        if not isinstance(value, relax.Var):
+            return value
+        expr = value
+    return None
 
 
 def _strip(expr: relax.Expr, bindings: dict, ops: tuple[str, ...]) -> relax.Expr:
     """Follow var bindings through ``ops`` back to the first other expression."""
     while True:
         value = bindings.get(expr) if isinstance(expr, relax.Var) else None
-        if value is not None and op_name(value) in ops:
-            expr = value.args[0]
-        elif (
-            value is not None and not isinstance(value, relax.Call) and isinstance(value, relax.Var)
-        ):
-            expr = value
+        if isinstance(value, relax.Var) or (value is not None and op_name(value) in ops):
+            expr = value if isinstance(value, relax.Var) else value.args[0]
         else:
             return expr
 
 
-def _value(expr: relax.Expr, bindings: dict) -> relax.Expr | None:
-    return bindings.get(expr) if isinstance(expr, relax.Var) else None
+def _ints(arg) -> list[int] | None:
+    """The integers of a tuple / shape argument (strided_slice's axes, begin, end, strides)."""
+    items = getattr(arg, "fields", None) or getattr(arg, "values", None)
+    if items is None:
+        return None
+    try:
+        return [int(getattr(v, "value", v)) for v in items]
+    except (TypeError, ValueError):
+        return None
+
+
+def _all(expr: relax.Expr, test) -> bool:
+    value = const_array(expr)
+    return value is not None and value.size > 0 and bool(np.all(test(value)))
+
+
+def _is_zero(expr: relax.Expr) -> bool:
+    return _all(expr, lambda v: v == 0)
+
+
+def _is_nonzero(expr: relax.Expr) -> bool:
+    return _all(expr, lambda v: v != 0)
+
+
+def _strip_bool_cast(expr: relax.Expr, bindings: dict) -> relax.Expr:
+    """A mask through ``astype(bool)`` (masked_fill exports cast the mask it already has)."""
+    while True:
+        value = _value(expr, bindings)
+        if op_name(value) == "relax.astype" and str(value.attrs.dtype) == "bool":
+            expr = value.args[0]
+        else:
+            return expr
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _selected_index(
+    expr: relax.Expr, bindings: dict
+) -> tuple[relax.expr.TupleGetItem, int | None, int | None] | None:
+    """``(topk values item, index, axis)``: the one index a threshold takes from TopK's values.
+
+    Index and axis are None when nothing selects (a TopK with K = 1 used whole).
+    """
+    index = axis = None
+    while True:
+        if isinstance(expr, relax.Var) and isinstance(bindings.get(expr), relax.Var):
+            expr = bindings[expr]
+            continue
+        value = _value(expr, bindings)
+        if isinstance(value, relax.TupleGetItem):
+            return (value, index, axis) if value.index == 0 else None
+        name = op_name(value)
+        if name in _RESHAPING:
+            pass
+        elif name == "relax.take" and index is None:
+            j = const_array(value.args[1])
+            rank = len(static_shape(value.args[0]) or ())
+            if j is None or j.size != 1 or j.dtype.kind not in "iu" or not rank:
+                return None
+            index, axis = int(j.reshape(())), _norm_axis(int(value.attrs.axis), rank)
+        elif name == "relax.strided_slice" and index is None:
+            shape = static_shape(value.args[0])
+            axes, begin, end = (_ints(a) for a in value.args[1:4])
+            strides = _ints(value.args[4]) if len(value.args) > 4 else None
+            if shape is None or None in (axes, begin, end) or len(axes) != 1:
+                return None
+            axis = _norm_axis(axes[0], len(shape))
+            size = shape[axis]
+            lo = begin[0] + size if begin[0] < 0 else begin[0]
+            hi = min(end[0] + size if end[0] < 0 else end[0], size)
+            if (strides or [1])[0] != 1 or hi - lo != 1:
+                return None
+            index = lo
+        else:
+            return None
+        expr = value.args[0]
+
+
+def _topk_of(item_tuple: relax.Expr, bindings: dict) -> relax.Call | None:
+    topk = _value(item_tuple, bindings)
+    return topk if op_name(topk) == "relax.topk" else None
+
+
+def _threshold_ranking(compare: relax.Call, ranked_pos: int, bindings: dict) -> _Ranking | None:
+    """The ranking of a comparison ``ranked <op> threshold``, threshold = one TopK value."""
+    ranked, thr = compare.args[ranked_pos], compare.args[1 - ranked_pos]
+    found = _selected_index(thr, bindings)
+    if found is None:
+        return None
+    item, index, axis = found
+    topk = _topk_of(item.tuple_value, bindings)
+    tshape = static_shape(topk.args[0]) if topk is not None else None
+    if tshape is None:
+        return None
+    t_axis = _norm_axis(int(topk.attrs.axis), len(tshape))
+    big_k = int(topk.attrs.k)
+    if index is None:
+        if big_k != 1:
+            return None
+        index, axis = 0, t_axis
+    index = index + big_k if index < 0 else index
+    if axis != t_axis or not 0 <= index < big_k:
+        return None
+    k = index + 1 if bool(topk.attrs.largest) else tshape[t_axis] - index
+    return _Ranking(topk, k, ranked, static_shape(thr), exact=False)
+
+
+def _scatter_ranking(scatter: relax.Call, bindings: dict) -> _Ranking | None:
+    """The ranking of ``scatter_elements(const, topk(r, k, largest)[1], updates)`` (exact k)."""
+    if str(scatter.attrs.reduction) != "update":
+        return None
+    idx = _strip_index_wrap(scatter.args[1], bindings)
+    item = _value(idx, bindings)
+    if not isinstance(item, relax.TupleGetItem) or item.index != 1:
+        return None
+    topk = _topk_of(item.tuple_value, bindings)
+    if topk is None or not bool(topk.attrs.largest):
+        return None
+    rank = len(static_shape(topk.args[0]) or ())
+    axis = _norm_axis(int(topk.attrs.axis), rank)
+    if not rank or _norm_axis(int(scatter.attrs.axis), rank) != axis:
+        return None
+    shape = static_shape(scatter)
+    if shape != static_shape(topk.args[0]):
+        return None
+    return _Ranking(topk, int(topk.attrs.k), topk.args[0], None, True, shape)
+
+
+def _strip_index_wrap(idx: relax.Expr, bindings: dict) -> relax.Expr:
+    """``idx`` from ``where(idx < 0, idx + n, idx)`` (exporters wrap negative gather indices)."""
+    value = _value(idx, bindings)
+    if op_name(value) != "relax.where":
+        return idx
+    cond, wrapped, plain = value.args
+    cond_v, wrapped_v = _value(cond, bindings), _value(wrapped, bindings)
+    if (
+        op_name(cond_v) == "relax.less"
+        and cond_v.args[0].same_as(plain)
+        and _is_zero(cond_v.args[1])
+        and op_name(wrapped_v) == "relax.add"
+        and wrapped_v.args[0].same_as(plain)
+    ):
+        return plain
+    return idx
+
+
+def _mask_ranking(mask: relax.Expr, on: bool, bindings: dict) -> _Ranking | None:
+    """The ranking behind a boolean/float mask that keeps (``on``) or zeroes its true lanes."""
+    mask_v = _value(_strip_bool_cast(mask, bindings), bindings)
+    name = op_name(mask_v)
+    if name in (_ON if on else _OFF):
+        return _threshold_ranking(mask_v, (_ON if on else _OFF)[name], bindings)
+    if name == "relax.scatter_elements":
+        base, _, updates = mask_v.args
+        # on: ones scattered into zeros at the winners; off: zeros into ones
+        if (on and _is_zero(base) and _is_nonzero(updates)) or (
+            not on and _is_nonzero(base) and _is_zero(updates)
+        ):
+            return _scatter_ranking(mask_v, bindings)
+    return None
+
+
+def _selection(value: relax.Expr, bindings: dict) -> tuple[relax.Expr, _Ranking] | None:
+    """``(kept, ranking)`` of an output op that keeps ``kept`` where a ranking says so."""
+    name = op_name(value)
+    if name == "relax.where":
+        cond, a, b = value.args
+        if _is_zero(b):
+            return _pair(a, _mask_ranking(cond, True, bindings))
+        if _is_zero(a):
+            return _pair(b, _mask_ranking(cond, False, bindings))
+    elif name == "relax.multiply":
+        for kept, mask in (value.args, value.args[::-1]):
+            mask_v = _value(mask, bindings)
+            if op_name(mask_v) == "relax.astype":
+                mask = mask_v.args[0]  # x * mask.float(): the bool mask
+            elif op_name(mask_v) != "relax.scatter_elements":
+                continue
+            found = _pair(kept, _mask_ranking(mask, True, bindings))
+            if found is not None:
+                return found
+    elif name == "relax.scatter_elements" and _is_zero(value.args[0]):
+        # the winners' own values scattered into zeros: updates = gather_elements(x, idx)
+        gather = _value(value.args[2], bindings)
+        ranking = _scatter_ranking(value, bindings)
+        if op_name(gather) == "relax.gather_elements" and ranking is not None:
+            same_idx = _strip_index_wrap(gather.args[1], bindings).same_as(
+                _strip_index_wrap(value.args[1], bindings)
+            )
+            same_axis = int(gather.attrs.axis) == int(value.attrs.axis)
+            if same_idx and same_axis:
+                return gather.args[0], ranking
+    return None
+
+
+def _pair(kept: relax.Expr, ranking: _Ranking | None):
+    return None if ranking is None else (kept, ranking)
+
+
+def _boost(ranked: relax.Expr, kept: relax.Expr, bindings: dict, size: int):
+    """``(True, factor [size] or None)`` when ``ranked`` is ``kept`` or ``kept * boost`` through
+    reshapes, else ``(False, None)``. One multiply only: ``(x * a) * b`` rounds differently
+    from ``x * (a * b)``, and the kernel must rank exactly the values TopK ranks."""
+    base = _strip(kept, bindings, ("relax.reshape",))
+    r = _strip(ranked, bindings, ("relax.reshape",))
+    if r.same_as(base):
+        return True, None
+    scaled = _value(r, bindings)
+    if op_name(scaled) != "relax.multiply":
+        return False, None
+    for other, factor in (scaled.args, scaled.args[::-1]):
+        if not _strip(other, bindings, ("relax.reshape",)).same_as(base):
+            continue
+        boost = const_array(factor)
+        shape = static_shape(other)
+        if boost is None or shape is None or static_shape(scaled) != shape:
+            continue
+        if boost.dtype != np.float32 or not np.all(np.isfinite(boost) & (boost > 0)):
+            continue
+        try:
+            full = np.broadcast_to(boost, shape)
+        except ValueError:
+            continue
+        if full[0].size != size or not np.array_equal(full, np.broadcast_to(full[:1], shape)):
+            continue  # a factor that differs between samples is no per-unit boost
+        return True, np.ascontiguousarray(full[0].reshape(-1))
+    return False, None
+
+
+def _scope(
+    out_shape: tuple[int, ...], ranking: _Ranking, bindings: dict
+) -> tuple[int, bool] | None:
+    """``(n, local)``: what the ranking groups, checked against the shapes it is applied to."""
+    topk = ranking.topk
+    tshape = static_shape(topk.args[0])
+    axis = _norm_axis(int(topk.attrs.axis), len(tshape))
+    batch, per_sample = out_shape[0], int(np.prod(out_shape[1:]))
+    same_base = _strip(topk.args[0], bindings, ("relax.reshape",)).same_as(
+        _strip(ranking.ranked, bindings, ("relax.reshape",))
+    )
+    if not same_base:
+        return None
+    thr = ranking.thr_shape
+    if len(tshape) == 2 and axis == 1 and tshape == (batch, per_sample):
+        if thr is None or thr == (batch,) + (1,) * (len(out_shape) - 1):
+            return per_sample, False
+    if len(out_shape) == 4 and tshape == out_shape and axis == 1:
+        local_thr = (batch, 1, *out_shape[2:])
+        if thr is None or thr == local_thr:
+            return out_shape[1], True
+    return None
 
 
 def match_kwta(var: relax.Var, bindings: dict) -> KwtaMatch | None:
-    """Match the k-WTA export pattern whose result is ``var``."""
-    value = _value(var, bindings)
-    name = op_name(value)
-    if name == "relax.where":
-        cond, kept, other = value.args
-        zero = const_array(other)  # a scalar 0, or zeros_like(x) as torch.where exports it
-        if zero is None or not np.all(zero == 0):
-            return None
-        compare = _value(cond, bindings)
-    elif name == "relax.multiply":
-        a, b = value.args
-        casts = [(k, _value(m, bindings)) for k, m in ((a, b), (b, a))]
-        casts = [(k, c) for k, c in casts if op_name(c) == "relax.astype"]
-        if not casts:
-            return None
-        kept, cast = casts[0]
-        compare = _value(cast.args[0], bindings)
-    else:
+    """Match a k-WTA subgraph (any form in the module docstring) bound to ``var`` itself (not
+    through an alias: each subgraph matches once)."""
+    value = bindings.get(var)
+    found = _selection(value, bindings) if isinstance(value, relax.Call) else None
+    if found is None:
         return None
-    if op_name(compare) != "relax.greater_equal":
+    kept, ranking = found
+    out_shape = static_shape(var)
+    if out_shape is None or len(out_shape) < 2 or static_shape(kept) != out_shape:
         return None
-    ranked, threshold = compare.args
-    source = _strip(threshold, bindings, _THRESHOLD_PLUMBING)
-    item = _value(source, bindings)
-    if not isinstance(item, relax.TupleGetItem) or item.index != 0:
+    ranked_shape = static_shape(ranking.ranked)
+    if ranked_shape is None or int(np.prod(ranked_shape)) != int(np.prod(out_shape)):
         return None
-    topk = _value(item.tuple_value, bindings)
-    if op_name(topk) != "relax.topk" or not bool(topk.attrs.largest):
+    # the mask applies lane by lane: neither the comparison nor the scatter broadcasts
+    if (ranking.mask_shape or ranked_shape) != out_shape:
         return None
-    if not topk.args[0].same_as(ranked):
+    scope = _scope(out_shape, ranking, bindings)
+    if scope is None or dtype_of(kept) != dtype_of(ranking.ranked):
         return None
-    shape = static_shape(ranked)
-    if shape is None or int(topk.attrs.axis) not in (-1, len(shape) - 1):
+    n, local = scope
+    if not 1 <= ranking.k <= n:
         return None
-    boost = None
-    ranked_base = _strip(ranked, bindings, ("relax.reshape",))
-    kept_base = _strip(kept, bindings, ("relax.reshape",))
-    if not ranked_base.same_as(kept_base):
-        # boosting: TopK ranks reshape(y * boost) while Where keeps reshape(y)
-        scaled = _value(ranked_base, bindings)
-        if op_name(scaled) != "relax.multiply":
-            return None
-        a, b = (_strip(arg, bindings, ("relax.reshape",)) for arg in scaled.args)
-        if a.same_as(kept_base):
-            boost = const_array(b)
-        elif b.same_as(kept_base):
-            boost = const_array(a)
-        base_shape = static_shape(kept_base)
-        if boost is None or base_shape is None:
-            return None
-        try:  # the per-sample boost factor in the flattened [n] order the kernel sees
-            boost = np.broadcast_to(boost, base_shape)[0].reshape(-1)
-        except ValueError:
-            return None
-        if boost.size != int(shape[-1]):
-            return None
-    return KwtaMatch(var, kept, ranked, boost, int(topk.attrs.k), int(shape[-1]))
+    ok, boost = _boost(ranking.ranked, kept, bindings, int(np.prod(out_shape[1:])))
+    if not ok:
+        return None
+    return KwtaMatch(var, kept, ranking.topk.args[0], boost, ranking.k, n, local, ranking.exact)
 
 
 def pooled_density(density: float, window: int) -> float:
@@ -178,6 +443,8 @@ def producer_of(x: relax.Expr, bindings: dict, relu_layers: set | None = None) -
     windows = []
     expr = x
     while True:
+        while isinstance(bindings.get(expr), relax.Var):  # aliases: lv1 = lv0
+            expr = bindings[expr]
         value = _value(expr, bindings)
         if value is None:
             return DENSE
@@ -202,11 +469,14 @@ def producer_of(x: relax.Expr, bindings: dict, relu_layers: set | None = None) -
                 n=match.n,
                 boosted=match.boost is not None,
                 through=tuple(reversed(through)),
+                local=match.local,
             )
         return DENSE
 
 
-def find_kwta(func: relax.Function) -> list[KwtaMatch]:
-    """Every k-WTA subgraph of ``func``."""
+def find_kwta(func: relax.Function, *, exact: bool = True, local: bool = True) -> list[KwtaMatch]:
+    """Every k-WTA subgraph of ``func``; ``exact=False`` / ``local=False`` leave those forms out
+    (a consumer that implements only the threshold rule over whole samples)."""
     bindings = binding_map(func)
-    return [m for var in bindings if (m := match_kwta(var, bindings)) is not None]
+    matches = [m for var in bindings if (m := match_kwta(var, bindings)) is not None]
+    return [m for m in matches if (exact or not m.exact) and (local or not m.local)]

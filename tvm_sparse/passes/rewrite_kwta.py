@@ -1,17 +1,21 @@
-"""Replace each k-WTA subgraph (TopK -> [k-1] -> GreaterOrEqual -> Where) by a linear-time kernel.
+"""Replace each k-WTA subgraph (every form ``activation_sparsity`` matches) by a linear-time kernel.
 
 TVM lowers ``topk`` to a full sort per sample; ``schedules.kwta_x86`` selects the k-th largest
-value by radix select instead. The subgraph's result ``where(x' >= kth, x, 0)`` (``[B, n]``)
-becomes ``call_tir(kwta, [x], [B, n])`` on the unboosted ``x``, with the boost factor a constant
-of the kernel; TopK and its plumbing are left dead and removed. When ``x`` is a reshape
-(the flattening in front of a KWinners2d), the kernel reads the reshape's input directly.
+value by radix select instead (global k-WTA), or keeps a short compare-exchange chain per vector
+of locations (local k-WTA, over the channels of each NCHW location). The subgraph's result
+becomes ``call_tir(kernel, [x], shape of the result)`` on the unboosted ``x``, with the boost
+factor (flattened in the order the kernel reads ``x``) a constant of the kernel; TopK and its
+plumbing are left dead and removed. When ``x`` is a reshape (the flattening in front of a
+KWinners2d), the kernel reads the reshape's input directly. The exact forms (TopK's indices
+scattered into a mask) keep exactly k, ties broken by index, as onnxruntime does.
 
-``kwta -> reshape [B, C, H, W] -> max_pool2d`` (KWinners2d then MaxPool2d, as in the GSC CNN),
-where nothing else reads the k-WTA result, becomes one ``kwta_maxpool`` call: the pool is done
-in the k-WTA's write pass, so the full-size result is never written nor read back.
+``kwta -> [reshape to] [B, C, H, W] -> max_pool2d`` (KWinners2d then MaxPool2d, as in the GSC
+CNN), where nothing else reads the k-WTA result, becomes one ``kwta_maxpool`` call for a global
+threshold k-WTA: the pool is done in the k-WTA's write pass, so the full-size result is never
+written nor read back.
 
 Runs after the Sparsify phase: its AnalyzeLayers reads the k-WTA pattern to report the activation
-density of the layers that follow. Only on CPU targets (the kernel is CPU TIR); other targets
+density of the layers that follow. Only on CPU targets (the kernels are CPU TIR); other targets
 and float64/float16 activations keep TVM's topk.
 """
 
@@ -26,7 +30,7 @@ from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import binding_map, dtype_of, static_shape, through_reshape
 from ..ir.rewrite import Bindings, PlannedRewriter
-from ..schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
+from ..schedules.kwta_x86 import kwta_kernel, kwta_local_kernel, kwta_maxpool_kernel
 from .activation_sparsity import KwtaMatch, find_kwta
 from .cpu_only import CpuRewrite
 
@@ -43,13 +47,14 @@ class _PoolFusion:
 
 def _rewritable(match: KwtaMatch) -> bool:
     shape = static_shape(match.out_var)
-    return (
-        shape is not None
-        and len(shape) == 2
-        and static_shape(match.x) == shape
-        and dtype_of(match.x) == "float32"
-        and dtype_of(match.out_var) == "float32"
-    )
+    if (
+        shape is None
+        or static_shape(match.x) != shape
+        or dtype_of(match.x) != "float32"
+        or dtype_of(match.out_var) != "float32"
+    ):
+        return False
+    return not match.local or len(shape) == 4
 
 
 def _flat_source(x: relax.Expr, bindings: dict) -> relax.Expr:
@@ -90,20 +95,24 @@ def _pool_fusion(pool_value: relax.Call, match: KwtaMatch) -> _PoolFusion | None
     return _PoolFusion(match, tuple(shape[1:]), pool_size, strides)
 
 
-# max_pool2d(reshape(k-WTA result)): which k-WTA, and that nothing else reads it, is _plan_pools'
+# max_pool2d([reshape of] k-WTA result): which k-WTA, and that nothing else reads it, is
+# _plan_pools'
 _KWTA_OUT = wildcard()
-_POOL_OF_RESHAPE = is_op("relax.nn.max_pool2d")(is_op("relax.reshape")(_KWTA_OUT, wildcard()))
+_POOL_OF_KWTA = is_op("relax.nn.max_pool2d")(
+    is_op("relax.reshape")(_KWTA_OUT, wildcard()) | _KWTA_OUT
+)
 
 
 def _plan_pools(func: relax.Function, matches: dict) -> dict[relax.Var, _PoolFusion]:
-    """The max-pools to fuse, keyed by the pool's var: pool(reshape(kwta)), each used once."""
+    """The max-pools to fuse, keyed by the pool's var: pool([reshape of] kwta), each read once;
+    only global threshold k-WTA (the exact and local kernels have no pooled write)."""
     bindings = Bindings.of(func)
     plan = {}
-    for var, pool, found in bindings.matches(_POOL_OF_RESHAPE):
+    for var, pool, found in bindings.matches(_POOL_OF_KWTA):
         if bindings.uses[pool.args[0]] != 1:
             continue
         match = matches.get(bindings.bound.get(found[_KWTA_OUT]))
-        if match is None or bindings.uses[match.out_var] != 1:
+        if match is None or match.exact or match.local or bindings.uses[match.out_var] != 1:
             continue
         fusion = _pool_fusion(pool, match)
         if fusion is not None:
@@ -131,16 +140,23 @@ class _KwtaRewriter(PlannedRewriter):
     def replacement(self, _var: relax.Var, entry: KwtaMatch | _PoolFusion) -> relax.Expr:
         fusion = entry if isinstance(entry, _PoolFusion) else None
         match = fusion.match if fusion is not None else entry
-        src = _flat_source(match.x, self.bindings)
+        src = match.x if match.local else _flat_source(match.x, self.bindings)
         x_shape = static_shape(src)
+        out_shape = static_shape(match.out_var)
         if fusion is not None:
             kernel = kwta_maxpool_kernel(
                 x_shape, fusion.chw, match.k, fusion.pool_size, fusion.strides, match.boost,
                 self.target,
             )  # fmt: skip
+        elif match.local:
+            kernel = kwta_local_kernel(
+                x_shape, match.k, match.boost, self.target, exact=match.exact, out_shape=out_shape
+            )
         else:
-            batch, n = static_shape(match.out_var)
-            kernel = kwta_kernel(batch, n, match.k, match.boost, self.target, x_shape=x_shape)
+            kernel = kwta_kernel(
+                out_shape[0], match.n, match.k, match.boost, self.target, x_shape=x_shape,
+                exact=match.exact, out_shape=out_shape,
+            )  # fmt: skip
         name = f"{kernel.name}_{self.count}"
         self.count += 1
         func = kernel.func.with_attr("global_symbol", name)

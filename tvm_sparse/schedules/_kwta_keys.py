@@ -51,6 +51,9 @@ class KwtaSpec:
     ``x_shape`` holds ``batch`` rows of ``n`` values; ``stride`` > 0 turns on the sampled
     bracket (``margin`` its half-width in sigmas); without ``fallback`` a row whose bracket
     misses is written as zeros; ``boost`` (when ``boosted``) has one factor per ``block`` values.
+    ``exact``: exactly k values win, ties with the k-th broken by index (lowest first), as a
+    TopK's indices scattered into a mask select; else every value >= the k-th wins. ``out_dims``:
+    the flat output's shape (``[batch, n]`` when None), any shape of ``batch * n`` values.
     """
 
     batch: int
@@ -65,6 +68,8 @@ class KwtaSpec:
     margin: float
     fallback: bool
     block: int
+    exact: bool = False
+    out_dims: tuple[int, ...] | None = None
 
     @property
     def nvec(self) -> int:
@@ -88,7 +93,7 @@ class KwtaSpec:
     @property
     def out_shape(self) -> tuple[int, ...]:
         if self.pool is None:
-            return (self.batch, self.n)
+            return self.out_dims or (self.batch, self.n)
         return (self.batch, self.pool.c, *self.pool.out_hw)
 
     def ranked(self, xf, boost, b, i):

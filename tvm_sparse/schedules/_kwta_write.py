@@ -38,6 +38,25 @@ def write_flat_macro(spec: KwtaSpec):
     return write_flat
 
 
+def untie_macro(spec: KwtaSpec):
+    """Macro: exactly k winners. Of the values ranked equal to the k-th, ``tie[1]`` of them,
+    only the first ``tie[0]`` in index order stay (ONNX TopK breaks ties by the lower index);
+    the write pass kept them all. Runs only on a row that has such ties."""
+    n = spec.n
+    ranked = spec.ranked
+
+    @T.macro
+    def untie(xf, boost, of, b, t, tie):
+        tie[2] = 0
+        for i in range(n):
+            if ranked(xf, boost, b, i) == t:
+                if tie[2] >= tie[0]:
+                    of[b * n + i] = T.float32(0)
+                tie[2] = tie[2] + 1
+
+    return untie
+
+
 def write_pooled_macro(spec: KwtaSpec):
     """Macro: the kept values of row ``b`` max-pooled into ``of`` (see ``kwta_maxpool_kernel``)."""
     n, pool = spec.n, spec.pool

@@ -66,8 +66,9 @@ from ._kwta_keys import (
     lane_table,
     value_of_key,
 )
+from ._kwta_local import LocalSpec, local_func
 from ._kwta_radix import full_select_macro, select_bracket
-from ._kwta_write import write_flat_macro, write_pooled_macro
+from ._kwta_write import untie_macro, write_flat_macro, write_pooled_macro
 from .kernel import KernelCall, finish_opaque
 
 # (hi_bits, lo_bits): the top digit reads every value; the low digits read only the candidates.
@@ -99,9 +100,11 @@ def _kwta_func(spec: KwtaSpec) -> tvm.tirx.PrimFunc:
     bracket = bracket_macro(spec)
     count_and_compact = count_and_compact_macro(spec)
     write = write_flat_macro(spec) if pool is None else write_pooled_macro(spec)
+    exact = spec.exact
+    untie = untie_macro(spec)
 
     @T.macro
-    def select_row(xf, boost, rank, b, prefix):
+    def select_row(xf, boost, rank, b, prefix, tie):
         hist = T.alloc_buffer((nhist,), "int32", scope="global")
         cand = T.alloc_buffer((n + LANES,), "uint32", scope="global")
         state = T.alloc_buffer((NSTATE,), "int32", scope="local")
@@ -116,15 +119,26 @@ def _kwta_func(spec: KwtaSpec) -> tvm.tirx.PrimFunc:
                 select_full(xf, boost, rank[0], b, prefix, cand, hist, state)
             else:
                 prefix[0] = T.uint32(0xFFFFFFFF)  # NaN: the row is written as zeros
+                state[0] = 0
+                state[1] = 0
+                hist[0] = 0
         else:
             select_full(xf, boost, rank[0], b, prefix, cand, hist, state)
+        # the last digit's scan leaves the rank inside the k-th key's bin (how many of the
+        # values equal to the k-th are among the k) and the bin's count (how many there are)
+        tie[0] = state[0]
+        tie[1] = hist[state[1]]
 
     @T.macro
     def sample(xf, boost, rank, of, b):
         prefix = T.alloc_buffer((1,), "uint32", scope="local")
-        select_row(xf, boost, rank, b, prefix)
+        tie = T.alloc_buffer((3,), "int32", scope="local")
+        select_row(xf, boost, rank, b, prefix, tie)
         t: T.let = value_of_key(prefix[0])
         write(xf, boost, of, b, t)
+        if exact:
+            if tie[0] < tie[1]:
+                untie(xf, boost, of, b, t, tie)
 
     nrank = 1 + (8 * 256 // 4 if sampled else 0)
     nout = math.prod(out_shape)
@@ -204,7 +218,8 @@ def _boost_block(boost: np.ndarray, lengths: list[int]) -> int:
 
 
 def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: Pool | None, target,
-           sample_stride: int | None, margin: float, fallback: bool) -> KernelCall:  # fmt: skip
+           sample_stride: int | None, margin: float, fallback: bool, exact: bool = False,
+           out_shape: tuple[int, ...] | None = None) -> KernelCall:  # fmt: skip
     """The KernelCall shared by ``kwta_kernel`` and ``kwta_maxpool_kernel``."""
     hi_bits, lo_bits = digits or (_DIGITS_LARGE if n >= _LARGE_N else _DIGITS_SMALL)
     if not (1 <= hi_bits <= 16 and 1 <= lo_bits <= 16 and (32 - hi_bits) % lo_bits == 0):
@@ -229,9 +244,14 @@ def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: Pool | None
             raise ValueError(f"boost has {boost.size} values, expected n={n}")
         block = _boost_block(boost, _block_lengths(x_shape, pool))
         consts = (np.ascontiguousarray(boost[::block]), *consts)
+    if exact and pool is not None:
+        raise ValueError("exact k-WTA (ties broken by index) is not fused with a max-pool")
+    out_dims = None if out_shape is None else tuple(int(d) for d in out_shape)
+    if out_dims is not None and (out_dims[0] != batch or math.prod(out_dims) != batch * n):
+        raise ValueError(f"output shape {out_shape} does not hold {batch} rows of {n} values")
     spec = KwtaSpec(
         batch, n, boost is not None, hi_bits, lo_bits, batch > 1, x_shape, pool, stride,
-        float(margin), bool(fallback), block,
+        float(margin), bool(fallback), block, bool(exact), out_dims,
     )  # fmt: skip
     func = finish_opaque(_kwta_func(spec))
     info = {
@@ -242,9 +262,10 @@ def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: Pool | None
         "digits": (hi_bits, lo_bits),
         "sample_stride": stride,
         "boost_block": block,
+        "exact": bool(exact),
     }
-    out_shape = (batch, n)
-    name = f"kwta_{n}_k{k}"
+    out_shape = spec.out_shape
+    name = f"kwta_{n}_k{k}" + ("_exact" if exact else "")
     if pool is not None:
         out_shape = (batch, pool.c, *pool.out_hw)
         name = f"kwta_maxpool_{n}_k{k}"
@@ -264,6 +285,8 @@ def kwta_kernel(
     sample_stride: int | None = None,
     margin: float = _MARGIN,
     fallback: bool = True,
+    exact: bool = False,
+    out_shape: tuple[int, ...] | None = None,
 ) -> KernelCall:
     """k-WTA over ``x[batch, n]``: keep ``x`` where (``x * boost``) >= its k-th largest, else 0.
 
@@ -275,7 +298,9 @@ def kwta_kernel(
     depends on ``n``. ``x_shape`` (default
     ``(batch, n)``) is the shape ``x`` arrives in, any ``[batch, ...]`` of ``n`` values per row
     read in row-major order: the flattening reshape in front of a k-WTA is then free. The
-    output is ``[batch, n]``.
+    output is ``[batch, n]``, or ``out_shape`` (any shape of those values, row-major).
+    ``exact``: exactly k values win, of those equal to the k-th the lowest indices (what
+    TopK's indices scattered into a mask keep); else every value >= the k-th wins.
 
     ``target`` (default: this host) decides whether the sampled bracket, which calls AVX2
     intrinsics, may be used. ``sample_stride`` is its sampling stride (default by ``n``; 0 turns
@@ -286,8 +311,9 @@ def kwta_kernel(
     batch, n, k = int(batch), int(n), int(k)
     _check_sizes(batch, n, k)
     return _build(
-        batch, n, k, boost, digits, x_shape, None, target, sample_stride, margin, fallback
-    )
+        batch, n, k, boost, digits, x_shape, None, target, sample_stride, margin, fallback,
+        exact, out_shape,
+    )  # fmt: skip
 
 
 def kwta_maxpool_kernel(
@@ -324,3 +350,51 @@ def kwta_maxpool_kernel(
     return _build(
         batch, n, k, boost, digits, x_shape, pool, target, sample_stride, margin, fallback
     )
+
+
+def kwta_local_kernel(
+    x_shape: tuple[int, ...],
+    k: int,
+    boost: np.ndarray | None = None,
+    target: tvm.target.Target | None = None,
+    *,
+    exact: bool = False,
+    out_shape: tuple[int, ...] | None = None,
+) -> KernelCall:
+    """Local k-WTA over an NCHW ``x``: at each location keep the channels whose ``x * boost``
+    (or ``x``) is among the k largest of the C there (``KWinners2d(local=True)``), else 0.
+
+    ``boost`` holds one factor per value of a sample (``C*H*W``, any shape of them, or ``[C]``
+    per channel); ``exact`` breaks ties with the k-th by the lower channel (TopK's indices
+    scattered), else every tie wins. ``out_shape`` defaults to ``x_shape`` (4-d). ``target`` is
+    unused (plain vector TIR); kept for the builders' common signature.
+    """
+    del target
+    x_shape = tuple(int(d) for d in x_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"local k-WTA needs an NCHW input, got shape {x_shape}")
+    batch, c, h, w = x_shape
+    _check_sizes(batch, c, int(k))
+    if h * w == 1:  # one location: the channels are the whole sample
+        return kwta_kernel(batch, c, k, boost, x_shape=x_shape, exact=exact,
+                           out_shape=out_shape or x_shape)  # fmt: skip
+    mode, consts = None, ()
+    if boost is not None:
+        boost = np.ascontiguousarray(np.asarray(boost, dtype=np.float32).reshape(-1))
+        planes = boost.reshape(c, -1) if boost.size in (c, c * h * w) else None
+        if planes is None:
+            raise ValueError(f"boost has {boost.size} values, expected {c} or {c * h * w}")
+        per_channel = np.array_equal(planes, np.repeat(planes[:, :1], planes.shape[1], axis=1))
+        mode = "channel" if per_channel else "full"
+        consts = (np.ascontiguousarray(planes[:, 0]) if per_channel else boost,)
+    out_shape = x_shape if out_shape is None else tuple(int(d) for d in out_shape)
+    if math.prod(out_shape) != math.prod(x_shape) or out_shape[0] != batch:
+        raise ValueError(f"output shape {out_shape} does not match input shape {x_shape}")
+    spec = LocalSpec(batch, c, h * w, int(k), mode, bool(exact), x_shape, out_shape)
+    func = finish_opaque(local_func(spec))
+    rank = np.array([k], dtype=np.int32)
+    info = {"kind": "kwta_local", "k": int(k), "n": c, "boosted": mode is not None,
+            "boost_mode": mode, "exact": bool(exact), "chain": spec.m}  # fmt: skip
+    name = f"kwta_local_{c}_k{k}" + ("_exact" if exact else "")
+    return KernelCall(func=func, name=name, consts=(*consts, rank), out_shape=out_shape,
+                      info=info)  # fmt: skip

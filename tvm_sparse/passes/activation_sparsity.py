@@ -121,7 +121,7 @@ class _Ranking:
     ranked: relax.Expr
     thr_shape: tuple[int, ...] | None  # the threshold's shape as compared (None: exact forms)
     exact: bool
-    mask_shape: tuple[int, ...] | None = None  # the scattered mask's shape (exact forms)
+    mask_shape: tuple[int, ...] | None  # the comparison's or the scattered mask's shape
 
 
 def _value(expr: relax.Expr, bindings: dict) -> relax.Expr | None:
@@ -168,11 +168,15 @@ def _is_nonzero(expr: relax.Expr) -> bool:
     return _all(expr, lambda v: v != 0)
 
 
-def _strip_bool_cast(expr: relax.Expr, bindings: dict) -> relax.Expr:
-    """A mask through ``astype(bool)`` (masked_fill exports cast the mask it already has)."""
+def _strip_mask_plumbing(expr: relax.Expr, bindings: dict) -> relax.Expr:
+    """A mask through ``astype(bool)`` (masked_fill exports cast the mask it already has) and
+    reshapes (a mask scattered flat, viewed as NCHW): both keep each lane where it is."""
     while True:
         value = _value(expr, bindings)
-        if op_name(value) == "relax.astype" and str(value.attrs.dtype) == "bool":
+        name = op_name(value)
+        if (name == "relax.astype" and str(value.attrs.dtype) == "bool") or (
+            name == "relax.reshape"
+        ):
             expr = value.args[0]
         else:
             return expr
@@ -250,7 +254,7 @@ def _threshold_ranking(compare: relax.Call, ranked_pos: int, bindings: dict) -> 
     if axis != t_axis or not 0 <= index < big_k:
         return None
     k = index + 1 if bool(topk.attrs.largest) else tshape[t_axis] - index
-    return _Ranking(topk, k, ranked, static_shape(thr), exact=False)
+    return _Ranking(topk, k, ranked, static_shape(thr), False, static_shape(compare))
 
 
 def _scatter_ranking(scatter: relax.Call, bindings: dict) -> _Ranking | None:
@@ -294,7 +298,7 @@ def _strip_index_wrap(idx: relax.Expr, bindings: dict) -> relax.Expr:
 
 def _mask_ranking(mask: relax.Expr, on: bool, bindings: dict) -> _Ranking | None:
     """The ranking behind a boolean/float mask that keeps (``on``) or zeroes its true lanes."""
-    mask_v = _value(_strip_bool_cast(mask, bindings), bindings)
+    mask_v = _value(_strip_mask_plumbing(mask, bindings), bindings)
     name = op_name(mask_v)
     if name in (_ON if on else _OFF):
         return _threshold_ranking(mask_v, (_ON if on else _OFF)[name], bindings)
@@ -376,13 +380,14 @@ def _boost(ranked: relax.Expr, kept: relax.Expr, bindings: dict, size: int):
 
 
 def _scope(
-    out_shape: tuple[int, ...], ranking: _Ranking, bindings: dict
+    mask_shape: tuple[int, ...], ranking: _Ranking, bindings: dict
 ) -> tuple[int, bool] | None:
-    """``(n, local)``: what the ranking groups, checked against the shapes it is applied to."""
+    """``(n, local)``: what the ranking groups, checked against the mask's shape (the ranked
+    values' as compared, or the scattered mask's)."""
     topk = ranking.topk
     tshape = static_shape(topk.args[0])
     axis = _norm_axis(int(topk.attrs.axis), len(tshape))
-    batch, per_sample = out_shape[0], int(np.prod(out_shape[1:]))
+    batch, per_sample = mask_shape[0], int(np.prod(mask_shape[1:]))
     same_base = _strip(topk.args[0], bindings, ("relax.reshape",)).same_as(
         _strip(ranking.ranked, bindings, ("relax.reshape",))
     )
@@ -390,12 +395,11 @@ def _scope(
         return None
     thr = ranking.thr_shape
     if len(tshape) == 2 and axis == 1 and tshape == (batch, per_sample):
-        if thr is None or thr == (batch,) + (1,) * (len(out_shape) - 1):
+        if thr is None or thr == (batch,) + (1,) * (len(mask_shape) - 1):
             return per_sample, False
-    if len(out_shape) == 4 and tshape == out_shape and axis == 1:
-        local_thr = (batch, 1, *out_shape[2:])
-        if thr is None or thr == local_thr:
-            return out_shape[1], True
+    if len(mask_shape) == 4 and tshape == mask_shape and axis == 1:
+        if thr is None or thr == (batch, 1, *mask_shape[2:]):
+            return mask_shape[1], True
     return None
 
 
@@ -407,20 +411,22 @@ def match_kwta(var: relax.Var, bindings: dict) -> KwtaMatch | None:
     if found is None:
         return None
     kept, ranking = found
-    out_shape = static_shape(var)
+    out_shape, mask_shape = static_shape(var), ranking.mask_shape
     if out_shape is None or len(out_shape) < 2 or static_shape(kept) != out_shape:
         return None
-    ranked_shape = static_shape(ranking.ranked)
-    if ranked_shape is None or int(np.prod(ranked_shape)) != int(np.prod(out_shape)):
+    # the mask applies lane by lane (row-major, reshapes allowed): the comparison does not
+    # broadcast the ranked values, the mask holds the output's samples
+    if mask_shape is None or mask_shape[0] != out_shape[0]:
         return None
-    # the mask applies lane by lane: neither the comparison nor the scatter broadcasts
-    if (ranking.mask_shape or ranked_shape) != out_shape:
+    if int(np.prod(mask_shape)) != int(np.prod(out_shape)):
         return None
-    scope = _scope(out_shape, ranking, bindings)
+    if not ranking.exact and static_shape(ranking.ranked) != mask_shape:
+        return None
+    scope = _scope(mask_shape, ranking, bindings)
     if scope is None or dtype_of(kept) != dtype_of(ranking.ranked):
         return None
     n, local = scope
-    if not 1 <= ranking.k <= n:
+    if not 1 <= ranking.k <= n or (local and mask_shape != out_shape):
         return None
     ok, boost = _boost(ranking.ranked, kept, bindings, int(np.prod(out_shape[1:])))
     if not ok:

@@ -16,6 +16,7 @@ from tvm_sparse.passes.canonicalize import canonicalize
 from tvm_sparse.passes.rewrite_kwta import RewriteKwta
 
 from ..conftest import assert_close, ort_run
+from . import kwta_forms
 
 
 def _run(mod: tvm.IRModule, target, x: np.ndarray, relax_pipeline="default") -> np.ndarray:
@@ -174,3 +175,58 @@ def test_tiny_cnn_pools_are_fused(target):
     mod = _rewrite(canonicalize(import_model(models.tiny_sparse_cnn(batch=1)).mod), target)
     fused = [name for name in _kernels(mod) if name.startswith("kwta_maxpool")]
     assert len(fused) == 2 and "relax.nn.max_pool2d" not in mod.script()
+
+
+# --- every nupic.torch form: one kernel, onnxruntime's result, ties included ---------------
+
+
+@pytest.mark.parametrize("form, kind", kwta_forms.FORMS)
+def test_every_nupic_form_is_rewritten_and_matches_onnxruntime(tmp_path, target, rng, form, kind):
+    case = kwta_forms.export_form(form, kind, str(tmp_path / "kw.onnx"))
+    mod = _rewrite(canonicalize(import_model(kwta_forms.sorted_topk(case.path)).mod), target)
+    (kernel,) = _kernels(mod)
+    assert "relax.topk" not in mod.script()
+    assert kernel.startswith("kwta_local" if case.local else "kwta_")
+    assert kernel.endswith(f"_exact_{0}") == case.exact
+    ex = tvm.compile(mod, target=target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    for ties in (False, True):
+        x = kwta_forms.kwta_data(rng, case.shape, ties)
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        want = ort_run(case.path, x)  # the file as exported (sorted=0 where torch wrote it)
+        np.testing.assert_array_equal(got, want)
+        winners = (got != 0).reshape(case.shape[0], -1, *case.shape[2:][: 2 * case.local])
+        if case.exact:  # exactly k per group, however many tie
+            assert np.all(winners.sum(axis=1) == case.k)
+
+
+def test_kthvalue_ties_keep_every_value_at_the_threshold(tmp_path, target, rng):
+    """kthvalue + masked_fill zeroes only boosted < the k-th: all ties with it win, as in torch."""
+    torch = pytest.importorskip("torch")
+    case = kwta_forms.export_form("kthvalue", "2d", str(tmp_path / "kw.onnx"))
+    x = kwta_forms.kwta_data(rng, case.shape, ties=True)
+    from tvm_sparse.zoo import gsc
+
+    nn = gsc.torch_modules()
+    duty = -np.log(case.boost.reshape(8, 25)[:, 0].astype(np.float64)) / kwta_forms.STRENGTH
+    module = nn.KWinners2d((8, 5, 5), 0.25, "kthvalue", kwta_forms.STRENGTH, False,
+                           torch.tensor(duty, dtype=torch.float32)).eval()  # fmt: skip
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    mod = _rewrite(canonicalize(import_model(case.path).mod), target)
+    got = _run(mod, target, x)
+    np.testing.assert_array_equal(got, want)
+    assert np.any((got != 0).reshape(2, -1).sum(axis=1) > case.k)  # ties made more than k win
+
+
+def test_per_feature_boost_after_the_flatten_runs_the_kernel(target, rng):
+    """The issue's GSC form: Mul by a [1, C*H*W] boost after the flatten, TopK largest."""
+    from .test_activation_sparsity import _flat_boost_model
+
+    boost = rng.choice(np.float32([0.5, 1.0, 2.0]), (1, 36))  # boosted values still tie
+    model = _flat_boost_model(boost)
+    mod = _rewrite(canonicalize(import_model(model).mod), target)
+    assert len(_kernels(mod)) == 1 and "relax.topk" not in mod.script()
+    for ties in (False, True):
+        x = kwta_forms.kwta_data(rng, (2, 4, 3, 3), ties)
+        np.testing.assert_array_equal(_run(mod, target, x), ort_run(model, x))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tvm_sparse import models
 from tvm_sparse.schedules.kernel import build_kernel, run_kernel
-from tvm_sparse.schedules.kwta_x86 import kwta_kernel, kwta_maxpool_kernel
+from tvm_sparse.schedules.kwta_x86 import kwta_kernel, kwta_local_kernel, kwta_maxpool_kernel
 
 from ..conftest import ort_run
 
@@ -273,3 +273,88 @@ def test_sampling_needs_avx2_and_enough_values():
     assert kwta_kernel(1, 1024, 10, sample_stride=0).info["sample_stride"] == 0
     with pytest.raises(ValueError):
         kwta_kernel(1, 1024, 10, margin=-1.0)
+
+
+def _exact_reference(x: np.ndarray, k: int, boost: np.ndarray | None) -> np.ndarray:
+    """Exactly k per row: the largest ranked values, ties broken by the lower index (ONNX TopK)."""
+    flat = x.reshape(x.shape[0], -1)
+    ranked = flat * boost if boost is not None else flat
+    out = np.zeros_like(flat)
+    for b in range(flat.shape[0]):
+        order = np.lexsort((np.arange(flat.shape[1]), -ranked[b]))[:k]
+        out[b, order] = flat[b, order]
+    return out
+
+
+@pytest.mark.parametrize(
+    "n, k, kind",  # the full select; the sampled bracket
+    [(300, 31, "ties"), (6272, 596, "normal"), (6272, 596, "ties")],
+)
+def test_exact_keeps_k_and_breaks_ties_by_index(target, rng, n, k, kind):
+    x = _data(kind, rng, (2, n))
+    x[x == 0] = 5.0  # no kept zeros: a kept value shows as non-zero
+    # powers of two times small integers: boosted values still tie
+    boost = rng.choice(np.float32([0.5, 1.0, 2.0]), n)
+    call = kwta_kernel(2, n, k, boost, exact=True, out_shape=(2, n // 4, 4))
+    got = run_kernel(call, target, x)
+    assert got.shape == (2, n // 4, 4) and call.info["exact"]
+    np.testing.assert_array_equal(got.reshape(2, n), _exact_reference(x, k, boost))
+    assert np.all((got.reshape(2, n) != 0).sum(axis=1) == k)
+    if kind == "ties":  # the threshold rule keeps more: the two modes differ on this data
+        threshold = run_kernel(kwta_kernel(2, n, k, boost), target, x)
+        assert np.any((threshold != 0).sum(axis=1) > k)
+
+
+def _local_reference(x: np.ndarray, k: int, boost: np.ndarray | None, exact: bool) -> np.ndarray:
+    """Per location (b, h, w), over the channels, with numpy."""
+    ranked = x * boost.reshape(1, *x.shape[1:]) if boost is not None else x
+    batch, c = x.shape[:2]
+    r = np.moveaxis(ranked, 1, -1).reshape(-1, c)
+    v = np.moveaxis(x, 1, -1).reshape(-1, c)
+    if exact:
+        out = np.zeros_like(v)
+        for i in range(v.shape[0]):
+            order = np.lexsort((np.arange(c), -r[i]))[:k]
+            out[i, order] = v[i, order]
+    else:
+        kth = -np.partition(-r, k - 1, axis=1)[:, k - 1 : k]
+        out = np.where(r >= kth, v, 0).astype(np.float32)
+    return np.moveaxis(out.reshape(batch, *x.shape[2:], c), -1, 1)
+
+
+@pytest.mark.parametrize(
+    "shape, k, boost_mode",
+    [
+        ((2, 8, 5, 5), 2, "channel"),  # 25 locations: 3 vectors and a ragged end
+        ((1, 16, 4, 6), 12, "full"),  # k > C/2: the chain keeps the 5 smallest
+        ((1, 64, 10, 10), 8, None),
+        ((2, 6, 1, 1), 3, "full"),  # one location: the global kernel
+    ],
+)
+def test_local_kernel_matches_reference(target, rng, shape, k, boost_mode):
+    c = shape[1]
+    boost = None
+    if boost_mode == "channel":
+        boost = np.broadcast_to(rng.uniform(0.5, 1.5, (1, c, 1, 1)), (1, *shape[1:]))
+    elif boost_mode == "full":
+        boost = rng.uniform(0.5, 1.5, (1, *shape[1:]))
+    boost = None if boost is None else np.ascontiguousarray(boost, dtype=np.float32)
+    for kind in ("normal", "ties"):
+        x = _data(kind, rng, shape)
+        for exact in (False, True):
+            call = kwta_local_kernel(shape, k, boost, exact=exact)
+            got = run_kernel(call, target, x)
+            np.testing.assert_array_equal(got, _local_reference(x, k, boost, exact))
+    if boost_mode == "channel" and shape[2] * shape[3] > 1:
+        assert call.info["boost_mode"] == "channel"  # one factor per channel, broadcast
+
+
+def test_local_kernel_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        kwta_local_kernel((2, 8, 25), 2)  # not NCHW
+    with pytest.raises(ValueError):
+        kwta_local_kernel((2, 8, 5, 5), 9)  # k > C
+    with pytest.raises(ValueError):
+        kwta_local_kernel((2, 8, 5, 5), 2, np.ones(7, np.float32))
+    with pytest.raises(ValueError):
+        kwta_kernel(2, 100, 5, exact=True, out_shape=(2, 99))

@@ -480,9 +480,10 @@ def producer_of(x: relax.Expr, bindings: dict, relu_layers: set | None = None) -
         return DENSE
 
 
-def find_kwta(func: relax.Function, *, exact: bool = True, local: bool = True) -> list[KwtaMatch]:
-    """Every k-WTA subgraph of ``func``; ``exact=False`` / ``local=False`` leave those forms out
-    (a consumer that implements only the threshold rule over whole samples)."""
+def find_kwta(func: relax.Function, *, exact: bool = False, local: bool = False) -> list[KwtaMatch]:
+    """The k-WTA subgraphs of ``func``: by default those of the threshold rule over whole
+    samples (what every consumer implements); ``exact`` / ``local`` add those forms for a
+    consumer that implements them too (the CPU rewrite does)."""
     bindings = binding_map(func)
     matches = [m for var in bindings if (m := match_kwta(var, bindings)) is not None]
     return [m for m in matches if (exact or not m.exact) and (local or not m.local)]

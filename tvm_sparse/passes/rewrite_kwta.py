@@ -174,7 +174,8 @@ class RewriteKwta(CpuRewrite):
     def rewriter_for(
         self, func: relax.Function, mod: tvm.IRModule, target: tvm.target.Target
     ) -> _KwtaRewriter | None:
-        plan = {m.out_var: m for m in find_kwta(func) if _rewritable(m)}
+        matches = find_kwta(func, exact=True, local=True)
+        plan = {m.out_var: m for m in matches if _rewritable(m)}
         if not plan:
             return None
         pools = _plan_pools(func, plan)

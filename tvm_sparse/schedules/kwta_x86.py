@@ -47,6 +47,7 @@ The kernel is composed here from ``_kwta_bracket`` (steps 2-3), ``_kwta_radix`` 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -173,6 +174,15 @@ def _kwta_func(spec: KwtaSpec) -> tvm.tirx.PrimFunc:
     return kernel
 
 
+@functools.lru_cache(maxsize=64)
+def _finished(spec: KwtaSpec | LocalSpec) -> tvm.tirx.PrimFunc:
+    """The kernel of ``spec``, built once per process: parsing the TVMScript of a global k-WTA
+    takes 1-3 s, and k and the boost are data, so layers of one shape share it (PrimFuncs are
+    immutable)."""
+    func = local_func(spec) if isinstance(spec, LocalSpec) else _kwta_func(spec)
+    return finish_opaque(func)
+
+
 def _check_sizes(batch: int, n: int, k: int) -> None:
     if batch < 1 or n < 1:
         raise ValueError(f"k-WTA needs batch >= 1 and n >= 1, got batch={batch}, n={n}")
@@ -253,7 +263,7 @@ def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: Pool | None
         batch, n, boost is not None, hi_bits, lo_bits, batch > 1, x_shape, pool, stride,
         float(margin), bool(fallback), block, bool(exact), out_dims,
     )  # fmt: skip
-    func = finish_opaque(_kwta_func(spec))
+    func = _finished(spec)
     info = {
         "kind": "kwta",
         "k": k,
@@ -391,7 +401,7 @@ def kwta_local_kernel(
     if math.prod(out_shape) != math.prod(x_shape) or out_shape[0] != batch:
         raise ValueError(f"output shape {out_shape} does not match input shape {x_shape}")
     spec = LocalSpec(batch, c, h * w, int(k), mode, bool(exact), x_shape, out_shape)
-    func = finish_opaque(local_func(spec))
+    func = _finished(spec)
     rank = np.array([k], dtype=np.int32)
     info = {"kind": "kwta_local", "k": int(k), "n": c, "boosted": mode is not None,
             "boost_mode": mode, "exact": bool(exact), "chain": spec.m}  # fmt: skip

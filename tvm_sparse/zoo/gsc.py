@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import IR_VERSION, OPSET, ZooModel
+from .member import IR_VERSION, OPSET, ZooModel
 
 IMAGE = 32
 CHANNELS = (64, 64)
@@ -47,8 +47,9 @@ KERNEL = 5
 
 
 @functools.cache
-def _nn() -> SimpleNamespace:
-    """The torch modules (torch is imported here, on first use: tvm_sparse works without it)."""
+def torch_modules() -> SimpleNamespace:
+    """The torch modules: ``KWinners``, ``KWinners2d``, ``FlatKWinners``, ``GSCSparseCNN``
+    (and ``torch``). torch is imported here, on first use: tvm_sparse works without it."""
     import torch
     from torch import nn
 
@@ -192,7 +193,7 @@ _MEMBERS = {
 def build(name: str, *, sparsity: float, seed: int = 0):
     """The eval-mode torch model of member ``name``, magnitude-pruned to ``sparsity``."""
     form, conv_kwta, boosted, _ = _MEMBERS[name]
-    nn = _nn()
+    nn = torch_modules()
     torch = nn.torch
     gen = torch.Generator().manual_seed(seed)
     strength = BOOST_STRENGTH if boosted else 0.0
@@ -273,25 +274,31 @@ def _images(batch: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, 1, IMAGE, IMAGE)).astype(np.float32)
 
 
+def export_torch(model, example: np.ndarray, path: str) -> str:
+    """Export ``model`` (eval mode) as the zoo exports: TorchScript exporter, opset 17, static
+    shapes, input "input", output "output", kthvalue as TopK (see the module docstring), IR
+    version at most ``IR_VERSION``."""
+    import onnx
+
+    torch = torch_modules().torch
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with _kthvalue_as_topk(torch), torch.no_grad():
+        torch.onnx.export(
+            model, (torch.from_numpy(example),), path, input_names=["input"],
+            output_names=["output"], opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
+    proto = onnx.load(path)
+    proto.ir_version = min(proto.ir_version, IR_VERSION)
+    onnx.save(proto, path)
+    return path
+
+
 def _exporter(name: str):
     def export(path: str, *, sparsity: float, batch: int, seed: int) -> str:
-        import onnx
-
         model = build(name, sparsity=sparsity, seed=seed)
-        torch = _nn().torch
-        example = torch.from_numpy(_images(batch, seed))
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        with _kthvalue_as_topk(torch), torch.no_grad():
-            torch.onnx.export(
-                model, (example,), path, input_names=["input"], output_names=["output"],
-                opset_version=OPSET, dynamo=False,
-            )  # fmt: skip
-        proto = onnx.load(path)
-        proto.ir_version = min(proto.ir_version, IR_VERSION)
-        onnx.save(proto, path)
-        return path
+        return export_torch(model, _images(batch, seed), path)
 
     return export
 

@@ -120,26 +120,32 @@ def _kwta_func(spec: KwtaSpec) -> tvm.tirx.PrimFunc:
                 select_full(xf, boost, rank[0], b, prefix, cand, hist, state)
             else:
                 prefix[0] = T.uint32(0xFFFFFFFF)  # NaN: the row is written as zeros
-                state[0] = 0
-                state[1] = 0
-                hist[0] = 0
+                if exact:
+                    state[0] = 0
+                    state[1] = 0
+                    hist[0] = 0
         else:
             select_full(xf, boost, rank[0], b, prefix, cand, hist, state)
-        # the last digit's scan leaves the rank inside the k-th key's bin (how many of the
-        # values equal to the k-th are among the k) and the bin's count (how many there are)
-        tie[0] = state[0]
-        tie[1] = hist[state[1]]
+        if exact:
+            # the last digit's scan leaves the rank inside the k-th key's bin (how many of the
+            # values equal to the k-th are among the k) and the bin's count (how many there are)
+            tie[0] = state[0]
+            tie[1] = hist[state[1]]
 
     @T.macro
     def sample(xf, boost, rank, of, b):
         prefix = T.alloc_buffer((1,), "uint32", scope="local")
-        tie = T.alloc_buffer((3,), "int32", scope="local")
-        select_row(xf, boost, rank, b, prefix, tie)
-        t: T.let = value_of_key(prefix[0])
-        write(xf, boost, of, b, t)
         if exact:
+            tie = T.alloc_buffer((3,), "int32", scope="local")
+            select_row(xf, boost, rank, b, prefix, tie)
+            t: T.let = value_of_key(prefix[0])
+            write(xf, boost, of, b, t)
             if tie[0] < tie[1]:
                 untie(xf, boost, of, b, t, tie)
+        else:
+            select_row(xf, boost, rank, b, prefix, None)
+            t: T.let = value_of_key(prefix[0])
+            write(xf, boost, of, b, t)
 
     nrank = 1 + (8 * 256 // 4 if sampled else 0)
     nout = math.prod(out_shape)

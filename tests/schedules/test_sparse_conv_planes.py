@@ -81,6 +81,9 @@ def test_default_vectors_cover_small_outputs_without_waste():
     assert default_vectors(49, 16) == 4  # a 7x7 output: 4 vectors, not 24
     assert default_vectors(3136, 16) * 16 * 9 >= 3136  # 56x56 in 9 even tiles
     assert default_vectors(3136, 16) <= 24
+    assert default_vectors(3136, 16, taps=64) == 4  # few taps: short runs that stay in L1
+    assert default_vectors(3136, 16, taps=576) == 8
+    assert default_vectors(3136, 8, taps=576) == 12  # AVX2: 16 registers, 12 accumulators
 
 
 @settings(max_examples=25, deadline=None)

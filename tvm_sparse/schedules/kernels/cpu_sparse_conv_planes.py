@@ -33,7 +33,8 @@ class SparseConv2dPlanes(CpuKernel):
         nnz = int(np.count_nonzero(layer.weight))
         batch, positions = layer.out_shape[0], layer.out_shape[2] * layer.out_shape[3]
         lanes = vector_lanes(target)
-        tile = default_vectors(positions, lanes) * lanes
+        taps = int(np.prod(layer.weight.shape[1:]))
+        tile = default_vectors(positions, lanes, taps) * lanes
         lanes_computed = batch * nnz * tile * -(-positions // tile)
         return machine.seconds(
             lanes_computed, _PLANES_GMACS, nnz * 8 + conv_io_bytes(layer), num_cores(target)

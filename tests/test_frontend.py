@@ -74,3 +74,30 @@ def test_weighted_nodes_follow_graph_order():
     assert [op for _, op in imported.weighted_nodes] == ["Conv", "Conv", "Gemm", "Gemm"]
     assert imported.inputs[0].shape == (1, 1, 32, 32)
     assert np.dtype(imported.inputs[0].dtype) == np.float32
+
+
+def test_unsorted_topk_is_imported_sorted_without_touching_the_callers_model():
+    """TVM's importer refuses TopK sorted=0 (torch.topk(sorted=False)); the frontend imports a
+    sorted copy (one valid order of the unsorted result) and leaves the user's model alone."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tvm_sparse.frontend import import_onnx
+
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [3])
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1, largest=1, sorted=0)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("i", TensorProto.INT64, [2, 3]),
+        ],
+        [k],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    imported = import_onnx(model)
+    assert "topk" in imported.mod["main"].script()
+    assert any(a.name == "sorted" and a.i == 0 for a in model.graph.node[0].attribute)

@@ -10,17 +10,12 @@ pytest.importorskip("torch")
 
 import tvm_sparse  # noqa: E402
 from tvm_sparse import zoo  # noqa: E402
-from tvm_sparse.errors import UnsupportedModelError  # noqa: E402
 from tvm_sparse.zoo import gsc  # noqa: E402
 
 from .conftest import ort_run  # noqa: E402
-from .passes import kwta_forms  # noqa: E402
 
 GLOBAL = [(4767, 50176), (800, 6400), (100, 1000)]  # (k, n) of the three k-WTAs
 LOCAL = [(6, 64), (8, 64), (100, 1000)]
-# members whose export holds a TopK with sorted=0, which TVM's frontend refuses (compiled here
-# with sorted=1, the same results: see kwta_forms.sorted_topk)
-UNSORTED = {"gsc_kwta_break_ties", "gsc_kwta_topk_scatter", "gsc_kwta2d_local_topk_scatter"}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +44,7 @@ def test_every_member_is_registered():
 @pytest.mark.parametrize("name", [m.name for m in gsc.MODELS])
 def test_member_equals_onnxruntime_and_reports_kwta(exported, name, sparsity):
     path = exported(name, sparsity)
-    model = kwta_forms.sorted_topk(path) if name in UNSORTED else path
-    module = tvm_sparse.compile(model, "llvm", measure=False)
+    module = tvm_sparse.compile(path, "llvm", measure=False)
     x = zoo.inputs(name)["input"]
     want = ort_run(path, x)
     got = module.run(x)
@@ -69,11 +63,11 @@ def test_member_equals_onnxruntime_and_reports_kwta(exported, name, sparsity):
     assert weights[:3] == pytest.approx([1.0 - sparsity] * 3, abs=1e-3) and weights[3] == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnsupportedModelError,
-    reason="TVM's ONNX frontend refuses TopK sorted=0 (torch.topk(sorted=False)); the fix "
-    "belongs in tvm_sparse/frontend.py",
-)
 def test_unsorted_topk_export_compiles_as_written(exported):
-    tvm_sparse.compile(exported("gsc_kwta_topk_scatter", 0.9), "llvm", measure=False)
+    """torch.topk(sorted=False) exports TopK sorted=0, which TVM's importer refuses: the
+    frontend sorts it (same result for the scatter that follows), as onnxruntime agrees."""
+    path = exported("gsc_kwta_topk_scatter", 0.9)
+    x = zoo.inputs("gsc_kwta_topk_scatter")["input"]
+    got = tvm_sparse.compile(path, "llvm", measure=False).run(x)
+    want = ort_run(path, x)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max()))

@@ -154,12 +154,36 @@ def _weighted_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
     return out
 
 
+def _sorted_topk(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every ``TopK(sorted=0)`` made ``sorted=1``.
+
+    TVM 0.27's importer refuses unsorted TopK, which PyTorch writes for ``topk(sorted=False)``
+    (nupic.torch's 2019 k-WTA, ``break_ties``). A sorted result is one valid order of an unsorted
+    one, and these graphs only scatter or gather by the indices, so the answer is the same. The
+    caller's model is not changed (a copy is patched)."""
+    unsorted = [
+        n
+        for n in model.graph.node
+        if n.op_type == "TopK" and any(a.name == "sorted" and a.i == 0 for a in n.attribute)
+    ]
+    if not unsorted:
+        return model
+    patched = onnx.ModelProto()
+    patched.CopyFrom(model)
+    for node in patched.graph.node:
+        if node.op_type == "TopK":
+            for attr in node.attribute:
+                if attr.name == "sorted":
+                    attr.i = 1
+    return patched
+
+
 def import_onnx(
     model: onnx.ModelProto, shapes: ShapeDict | None = None, source: str = "<model>"
 ) -> ImportedModel:
     """Import an ONNX model into Relax with weights as constants and static input shapes."""
     # constant subgraphs (PyTorch's position-id / ConstantOfShape plumbing) crash TVM's importer
-    model = fold_constants(model)
+    model = _sorted_topk(fold_constants(model))
     _check_supported_ops(model, source)
     specs = onnx_input_specs(model, shapes)
     from tvm.relax.frontend.onnx import from_onnx

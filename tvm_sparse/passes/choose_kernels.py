@@ -2,7 +2,10 @@
 
 The choice itself is ``schedules.tuning.choose_layer_tuned`` (tuned records, else estimates,
 timed on this machine when ``measure`` says so); this pass puts it in the plan and writes the
-choice and its reason into the module's report.
+choice and its reason into the module's report, with a note for every candidate dropped (one
+that failed to build, or crashed the compiler: the choice runs them in a worker process). One
+pass is one compile: layers like an earlier one reuse its timings (``reuse_timings``). A line per
+layer at INFO on the ``tvm_sparse`` logger shows the progress.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 
 import tvm
 
+from ..schedules.choice import dropped_text, reuse_timings
 from ..schedules.tuning.lookup import choose_layer_tuned
 from .layer_plan import LayerPlan
 from .module_report import attach_report, read_report
@@ -31,22 +35,26 @@ class ChooseKernels:
         self.plan.check(mod, "ChooseKernels")
         options = self.plan.options
         report = read_report(mod)
-        for i, (layer, row) in enumerate(zip(self.plan.layers, report.layers)):
-            start = time.perf_counter()
-            choice = choose_layer_tuned(
-                layer, self.target, sparse=options.sparse, measure=options.measure
-            )
-            log.info(
-                "layer %d/%d %s: %s (%s) [%.1f s]",
-                i + 1,
-                len(self.plan.layers),
-                layer.name,
-                choice.chosen,
-                choice.reason,
-                time.perf_counter() - start,
-            )
-            row.chosen, row.reason = choice.chosen, choice.reason
-            row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
-            if choice.kernel is not None:
-                self.plan.kernels[layer.tail_var] = (layer, choice.kernel)
+        total = len(self.plan.layers)
+        with reuse_timings():
+            for i, (layer, row) in enumerate(zip(self.plan.layers, report.layers)):
+                start = time.perf_counter()
+                choice = choose_layer_tuned(
+                    layer, self.target, sparse=options.sparse, measure=options.measure
+                )
+                log.info(
+                    "[%d/%d] layer %s: %s (%s) in %.1f s",
+                    i + 1,
+                    total,
+                    layer.name,
+                    choice.chosen,
+                    choice.reason,
+                    time.perf_counter() - start,
+                )
+                row.chosen, row.reason = choice.chosen, choice.reason
+                row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
+                if choice.dropped:
+                    report.notes.append(f"layer {layer.name}: {dropped_text(choice.dropped)}")
+                if choice.kernel is not None:
+                    self.plan.kernels[layer.tail_var] = (layer, choice.kernel)
         return attach_report(mod, report)

@@ -16,6 +16,7 @@ import time
 import tvm
 
 from ..schedules.choice import dropped_text, reuse_timings
+from ..schedules.isolation import prestart
 from ..schedules.tuning.lookup import choose_layer_tuned
 from .layer_plan import LayerPlan
 from .module_report import attach_report, read_report
@@ -30,6 +31,9 @@ class ChooseKernels:
     def __init__(self, plan: LayerPlan, target: tvm.target.Target):
         self.plan = plan
         self.target = target
+        # the pipeline builds its passes when it starts: the candidate worker imports TVM (3-6 s)
+        # while the model is canonicalized and analyzed, not while the first layer waits for it
+        prestart()
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         self.plan.check(mod, "ChooseKernels")

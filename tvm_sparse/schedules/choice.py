@@ -72,9 +72,10 @@ def _mark_compiled(kernel: KernelCall, target: tvm.target.Target) -> None:
     measure_cache.put(measure_cache.compile_key(kernel, target), 0.0)
 
 
-def _compile_check(name: str, kernel: KernelCall, target: tvm.target.Target) -> str | None:
+def compile_check(name: str, kernel: KernelCall, target: tvm.target.Target) -> str | None:
     """None when ``kernel`` compiles (tried in the worker, once per distinct kernel), else why
-    not. In-process (``TVM_SPARSE_ISOLATE=0``) there is nothing to protect: no check."""
+    not: whoever swaps a chosen kernel for another (tuned knobs, a relayout) checks it here
+    first. In-process (``TVM_SPARSE_ISOLATE=0``) there is nothing to protect: no check."""
     if not isolation_enabled():
         return None
     key = measure_cache.compile_key(kernel, target)
@@ -135,7 +136,7 @@ def _build_checked(cand: Candidate, layer: LayerSpec, target: tvm.target.Target,
     except Exception as err:  # noqa: BLE001 - a failing candidate is dropped, not fatal
         _drop(layer, dropped, cand.name, f"failed to build: {error_text(err)}")
         return None
-    why = _compile_check(cand.name, kernel, target)
+    why = compile_check(cand.name, kernel, target)
     if why is not None:
         _drop(layer, dropped, cand.name, why)
         return None

@@ -172,6 +172,11 @@ class WorkerRunner:
         )
         return f"{what} ({describe_exit(code)}: {stderr_gist(tail)})"
 
+    def start(self) -> None:
+        """Start the worker unless it runs (it imports TVM meanwhile: nothing waits for it)."""
+        with self._lock:
+            self._ensure_started()
+
     def _ensure_started(self) -> subprocess.Popen:
         env_key = (os.environ.get("TVM_NUM_THREADS"), sys.executable)
         if self._proc is not None and (self._proc.poll() is not None or env_key != self._env_key):
@@ -226,6 +231,16 @@ def shared_worker() -> WorkerRunner:
     if _SHARED is None:
         _SHARED = WorkerRunner()
     return _SHARED
+
+
+def prestart() -> None:
+    """Start the worker now, without waiting: it imports TVM while this process builds the
+    first candidates (the sparsify pass calls this before its first layer)."""
+    if isolation_enabled() and not _UNAVAILABLE:
+        try:
+            shared_worker().start()
+        except WorkerUnavailable:
+            pass  # run_isolated says so, and falls back, when a candidate needs it
 
 
 def run_isolated(calls: dict[str, KernelCall], target: tvm.target.Target,

@@ -7,6 +7,7 @@ The aborting kernel is real TIR: an AArch64 intrinsic, which LLVM cannot select 
 
 from __future__ import annotations
 
+import logging
 import platform
 
 import numpy as np
@@ -19,6 +20,7 @@ from tvm_sparse.ir.layers import LINEAR, LayerSpec
 from tvm_sparse.schedules import choice, isolation, measure_cache, registry
 from tvm_sparse.schedules.candidate_run import run_candidates
 from tvm_sparse.schedules.cost_model import MachineModel
+from tvm_sparse.schedules.decision_reuse import reuse_timings
 from tvm_sparse.schedules.kernel import KernelCall, finish
 from tvm_sparse.schedules.kernels import CpuKernel
 
@@ -146,13 +148,16 @@ def broken_families(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "FAMILIES", families)
 
 
-def test_a_model_with_an_aborting_candidate_compiles_and_is_exact(broken_families, tmp_path):
+def test_a_model_with_an_aborting_candidate_is_exact(broken_families, tmp_path, caplog):
     model = models.pruned_mlp(layers=2, hidden=64, density=0.2, batch=2)
     path = models.save(model, tmp_path / "mlp.onnx")
     x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
     worker = isolation.shared_worker()
     starts = worker.starts
-    compiled = tvm_sparse.compile(path, "llvm")  # the default: measured, in turns
+    with caplog.at_level(logging.INFO, logger="tvm_sparse"):
+        compiled = tvm_sparse.compile(path, "llvm")  # the default: measured, in turns
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
+    assert [p.split(" layer ")[0] for p in progress] == ["[1/2]", "[2/2]"]
     assert_close(compiled.run(x), ort_run(path, x))
     report = compiled.report
     assert len(report.layers) == 2
@@ -197,7 +202,7 @@ def test_identical_layers_reuse_the_first_measured_decision(target, monkeypatch,
         return real(calls, *args)
 
     monkeypatch.setattr(choice, "run_isolated", recording)
-    with choice.reuse_timings():
+    with reuse_timings():
         first = choice.choose_layer(layer("a"), target)
         second = choice.choose_layer(layer("b"), target)  # other weights, same statistics
         third = choice.choose_layer(layer("c", per_row=19), target)  # denser: timed

@@ -15,7 +15,8 @@ import time
 
 import tvm
 
-from ..schedules.choice import dropped_text, reuse_timings
+from ..schedules.choice import dropped_text
+from ..schedules.decision_reuse import reuse_timings
 from ..schedules.isolation import prestart
 from ..schedules.tuning.lookup import choose_layer_tuned
 from .layer_plan import LayerPlan

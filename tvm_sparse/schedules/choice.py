@@ -11,25 +11,22 @@ Candidates are compiled and timed in the candidate worker (``isolation``): one t
 build, aborts LLVM or crashes when run is dropped with a warning and the reason in the choice,
 and the layer takes the next candidate, dense, or TVM's own lowering. A kernel chosen without
 being timed is compiled there once first, so the final build never meets an untried kernel.
-Within ``reuse_timings()`` (one compile), a layer with the same shapes, candidates and weight
-statistics as an earlier one takes that layer's measured decision instead of being timed again.
+Within ``decision_reuse.reuse_timings()`` (one compile), a layer with the same shapes, candidates
+and weight statistics as an earlier one takes that layer's measured decision instead of being
+timed again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import statistics
-from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-import numpy as np
 import tvm
 
 from ..ir.layers import LayerSpec
 from ..target import is_cpu
-from . import measure_cache
+from . import decision_reuse, measure_cache
 from .candidate_run import error_text
 from .cost_model import DEFAULT_MACHINE, ESTIMATE_MARGIN, MEASURE_MARGIN
 from .isolation import isolation_enabled, run_isolated
@@ -163,97 +160,22 @@ def _choose_by_estimate(layer: LayerSpec, target: tvm.target.Target, cands: list
     return Choice(layer, "tvm", None, "no candidate built; using TVM", estimated, dropped=dropped)
 
 
-# --- reusing a measured decision for a layer like an earlier one --------------------------------
-
-
-@dataclass(frozen=True)
-class _Decision:
-    signature: tuple
-    stats: tuple[float, ...]
-    layer_name: str
-    chosen: str
-    reason: str
-    measured_ms: dict
-
-
-_DECISIONS: ContextVar[list[_Decision] | None] = ContextVar("tvm_sparse_decisions", default=None)
-
-
-@contextlib.contextmanager
-def reuse_timings() -> Iterator[None]:
-    """Within: measured decisions are reused for layers like an earlier one (``_reusable``);
-    the sparsify pass opens one per compile. ResNet-50 has 54 layers of ~20 kinds."""
-    token = _DECISIONS.set([])
-    try:
-        yield
-    finally:
-        _DECISIONS.reset(token)
-
-
-def _signature(layer: LayerSpec, target: tvm.target.Target, names: list[str]) -> tuple:
-    """What must be equal for two layers' timings to be interchangeable, weights aside."""
-    density = layer.input_density
-    return (
-        layer.kind,
-        tuple(layer.x_shape),
-        tuple(layer.weight.shape),
-        tuple(layer.out_shape),
-        repr(sorted(layer.conv_attrs.items())),
-        layer.bias is not None,
-        layer.activation,
-        None if density is None else round(density, 3),
-        str(target),
-        tuple(names),
-    )
-
-
-def weight_stats(layer: LayerSpec) -> tuple[float, float, float, float]:
-    """What sparse kernels' speed depends on besides shapes: density, the spread of non-zeros
-    over output rows (coefficient of variation: load balance), empty rows, empty input columns."""
-    nz = layer.weight_2d != 0
-    rows = nz.sum(axis=1)
-    mean = float(rows.mean()) if rows.size else 0.0
-    cv = float(rows.std()) / mean if mean else 0.0
-    return (float(nz.mean()), cv, float(np.mean(rows == 0)), float(np.mean(nz.sum(axis=0) == 0)))
-
-
-def stats_close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    """Density within 2% (relative), row spread within 0.05, empty rows/columns within 2%."""
-    return (
-        abs(a[0] - b[0]) <= 0.02 * max(a[0], b[0]) + 1e-4
-        and abs(a[1] - b[1]) <= 0.05
-        and abs(a[2] - b[2]) <= 0.02
-        and abs(a[3] - b[3]) <= 0.02
-    )
-
-
 def _reuse(layer: LayerSpec, target: tvm.target.Target, names: list[str],
            cands: list[Candidate], estimated: dict) -> Choice | None:  # fmt: skip
-    """The measured decision of an earlier layer like this one, its kernel built for this
-    layer's weights and compile-checked; None when there is none (or the kernel fails)."""
-    decisions = _DECISIONS.get()
-    if decisions is None:
+    """The measured decision of an earlier layer like this one (``decision_reuse``), its kernel
+    built for this layer's weights and compile-checked; None when there is none, or the kernel
+    fails (the layer is then measured after all)."""
+    decision = decision_reuse.find(layer, target, names)
+    if decision is None:
         return None
-    signature, stats = _signature(layer, target, names), weight_stats(layer)
-    for d in decisions:
-        if d.signature == signature and stats_close(d.stats, stats):
-            cand = next(c for c in cands if c.name == d.chosen)
-            kernel = _build_checked(cand, layer, target, {})
-            if kernel is None:
-                return None  # measure this layer after all
-            reason = f"{d.reason}; timing reused from {d.layer_name} (same shapes, weight stats)"
-            return Choice(layer, d.chosen, kernel, reason, estimated, dict(d.measured_ms),
-                          reused_from=d.layer_name)  # fmt: skip
-    return None
-
-
-def _remember(choice: Choice, target: tvm.target.Target, names: list[str]) -> None:
-    decisions = _DECISIONS.get()
-    if decisions is not None and not choice.dropped and choice.kernel is not None:
-        layer = choice.layer
-        decisions.append(_Decision(_signature(layer, target, names), weight_stats(layer),
-                                   layer.name, choice.chosen, choice.reason,
-                                   dict(choice.measured_ms)))  # fmt: skip
+    cand = next(c for c in cands if c.name == decision.chosen)
+    kernel = _build_checked(cand, layer, target, {})
+    if kernel is None:
+        return None
+    source = decision.layer_name
+    reason = f"{decision.reason}; timing reused from {source} (same shapes, weight stats)"
+    return Choice(layer, decision.chosen, kernel, reason, estimated, dict(decision.measured_ms),
+                  reused_from=decision.layer_name)  # fmt: skip
 
 
 # --- the choice ----------------------------------------------------------------------------------
@@ -291,7 +213,8 @@ def _choose_by_measuring(layer: LayerSpec, target: tvm.target.Target, cands: lis
         if best != "dense" and dense_ms is not None:
             reason += f", {dense_ms / measured[best]:.1f}x dense"
         choice = Choice(layer, best, built[best], reason + ")", estimated, measured, dropped)
-    _remember(choice, target, names)
+    if not dropped:
+        decision_reuse.remember(layer, target, names, choice.chosen, reason, measured)
     return choice
 
 

@@ -165,6 +165,7 @@ class WorkerRunner:
             code = proc.returncode
         self._stderr.seek(max(offset, self._stderr.seek(0, os.SEEK_END) - _STDERR_TAIL_BYTES))
         tail = self._stderr.read().decode(errors="replace")
+        log.debug("candidate worker died (%s); its stderr ended:\n%s", describe_exit(code), tail)
         self._proc = None
         phase = None if step is None else step[1]
         what = {None: "stopped before any candidate", COMPILE: "crashed the compiler"}.get(

@@ -17,12 +17,14 @@ from tvm.script import tirx as T
 import tvm_sparse
 from tvm_sparse import models
 from tvm_sparse.ir.layers import LINEAR, LayerSpec
-from tvm_sparse.schedules import choice, isolation, measure_cache, registry
+from tvm_sparse.schedules import choice, decision_reuse, isolation, measure_cache, registry
 from tvm_sparse.schedules.candidate_run import run_candidates
 from tvm_sparse.schedules.cost_model import MachineModel
 from tvm_sparse.schedules.decision_reuse import reuse_timings
 from tvm_sparse.schedules.kernel import KernelCall, finish
 from tvm_sparse.schedules.kernels import CpuKernel
+from tvm_sparse.schedules.kernels.cpu_csr import CsrLinear
+from tvm_sparse.schedules.kernels.cpu_dense import DenseLinear
 
 from ..conftest import assert_close, ort_run
 
@@ -212,3 +214,36 @@ def test_identical_layers_reuse_the_first_measured_decision(target, monkeypatch,
     assert len([t for t in timed if len(t) > 1]) == 2  # a and c timed as groups, b not
     # outside reuse_timings (another compile), nothing is reused
     assert choice.choose_layer(layer("d"), target).reused_from is None
+
+
+class FlakyLinear(CpuKernel):
+    """CSR, except on the third layer, where its kernel aborts LLVM."""
+
+    name = "flaky"
+
+    def estimate(self, layer, target, machine: MachineModel) -> float:
+        return 1e-9
+
+    def build(self, layer: LayerSpec, target, **knobs) -> KernelCall:
+        if layer.index == 2:
+            n, k = layer.weight.shape
+            return aborting_kernel(k, n)
+        return CsrLinear().build(layer, target)
+
+
+def test_a_reused_kernel_that_fails_its_check_gets_its_layer_measured(monkeypatch, tmp_path):
+    """Layers 1 and 2 are alike: 2 reuses 1's choice (flaky), whose kernel for 2 aborts in its
+    background compile check; the pass then measures layer 2, drops flaky, and keeps dense."""
+    monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(measure_cache, "_MEMORY", {})
+    monkeypatch.setattr(registry, "FAMILIES", (DenseLinear(), FlakyLinear()))
+    monkeypatch.setattr(decision_reuse, "stats_close", lambda a, b: True)
+    model = models.pruned_mlp(layers=4, hidden=512, density=0.05)
+    path = models.save(model, tmp_path / "mlp.onnx")
+    x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
+    compiled = tvm_sparse.compile(path, "llvm")
+    assert_close(compiled.run(x), ort_run(path, x))
+    rows = compiled.report.layers
+    assert rows[1].chosen == "flaky"  # CSR at 5% density: far faster than dense
+    assert rows[2].chosen == "dense" and "timing reused" not in rows[2].reason
+    assert "candidate flaky crashed the compiler (signal 6 SIGABRT" in rows[2].reason

@@ -15,7 +15,9 @@ import time
 
 import tvm
 
-from ..schedules.choice import dropped_text
+from ..ir.layers import LayerSpec
+from ..report import LayerReport, Report
+from ..schedules.choice import Choice, dropped_text
 from ..schedules.decision_reuse import reuse_timings
 from ..schedules.isolation import prestart
 from ..schedules.tuning.lookup import choose_layer_tuned
@@ -38,28 +40,41 @@ class ChooseKernels:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         self.plan.check(mod, "ChooseKernels")
-        options = self.plan.options
         report = read_report(mod)
-        total = len(self.plan.layers)
+        rows = list(zip(self.plan.layers, report.layers))
         with reuse_timings():
-            for i, (layer, row) in enumerate(zip(self.plan.layers, report.layers)):
-                start = time.perf_counter()
-                choice = choose_layer_tuned(
-                    layer, self.target, sparse=options.sparse, measure=options.measure
-                )
-                log.info(
-                    "[%d/%d] layer %s: %s (%s) in %.1f s",
-                    i + 1,
-                    total,
-                    layer.name,
-                    choice.chosen,
-                    choice.reason,
-                    time.perf_counter() - start,
-                )
-                row.chosen, row.reason = choice.chosen, choice.reason
-                row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
-                if choice.dropped:
-                    report.notes.append(f"layer {layer.name}: {dropped_text(choice.dropped)}")
-                if choice.kernel is not None:
-                    self.plan.kernels[layer.tail_var] = (layer, choice.kernel)
+            choices = [self._choose(i, layer, len(rows)) for i, (layer, _) in enumerate(rows)]
+        for i, ((layer, row), choice) in enumerate(zip(rows, choices)):
+            why = choice.pending_check.result() if choice.pending_check is not None else None
+            if why is not None:  # the reused kernel does not compile for this layer: measure it
+                log.warning("layer %s: reused %s %s; measuring the layer", layer.name,
+                            choice.chosen, why)  # fmt: skip
+                choice = self._choose(i, layer, len(rows))
+            self._record(layer, row, choice, report)
         return attach_report(mod, report)
+
+    def _choose(self, i: int, layer: LayerSpec, total: int) -> Choice:
+        start = time.perf_counter()
+        options = self.plan.options
+        choice = choose_layer_tuned(
+            layer, self.target, sparse=options.sparse, measure=options.measure
+        )
+        log.info(
+            "[%d/%d] layer %s: %s (%s) in %.1f s",
+            i + 1,
+            total,
+            layer.name,
+            choice.chosen,
+            choice.reason,
+            time.perf_counter() - start,
+        )
+        return choice
+
+    def _record(self, layer: LayerSpec, row: LayerReport, choice: Choice, report: Report) -> None:
+        """The choice into the report row (and a note per dropped candidate) and the plan."""
+        row.chosen, row.reason = choice.chosen, choice.reason
+        row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
+        if choice.dropped:
+            report.notes.append(f"layer {layer.name}: {dropped_text(choice.dropped)}")
+        if choice.kernel is not None:
+            self.plan.kernels[layer.tail_var] = (layer, choice.kernel)

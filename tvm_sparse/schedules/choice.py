@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import tvm
@@ -51,6 +52,9 @@ class Choice:
     measured_ms: dict = field(default_factory=dict)
     dropped: dict = field(default_factory=dict)  # candidate -> why it was dropped
     reused_from: str | None = None  # the layer whose measured decision this one took
+    # a reused kernel's compile check, still running (its result: None, or why it failed);
+    # whoever opened ``reuse_timings`` waits for it and measures the layer when it failed
+    pending_check: Future | None = None
 
 
 @dataclass
@@ -85,6 +89,17 @@ def compile_check(name: str, kernel: KernelCall, target: tvm.target.Target) -> s
             return None
         _COMPILE_FAILURES[key] = outcome.error
     return _COMPILE_FAILURES[key]
+
+
+_CHECKER: list[ThreadPoolExecutor] = []
+
+
+def compile_check_later(name: str, kernel: KernelCall, target: tvm.target.Target) -> Future:
+    """``compile_check`` on a background thread: the worker compiles while this process builds
+    the next layers' kernels (its Future gives None, or why the kernel failed)."""
+    if not _CHECKER:
+        _CHECKER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvm-sparse-check"))
+    return _CHECKER[0].submit(compile_check, name, kernel, target)
 
 
 def _drop(layer: LayerSpec, dropped: dict, name: str, why: str) -> None:
@@ -163,19 +178,22 @@ def _choose_by_estimate(layer: LayerSpec, target: tvm.target.Target, cands: list
 def _reuse(layer: LayerSpec, target: tvm.target.Target, names: list[str],
            cands: list[Candidate], estimated: dict) -> Choice | None:  # fmt: skip
     """The measured decision of an earlier layer like this one (``decision_reuse``), its kernel
-    built for this layer's weights and compile-checked; None when there is none, or the kernel
-    fails (the layer is then measured after all)."""
+    built for this layer's weights, its compile check started (``pending_check``); None when
+    there is none, or the kernel fails to build (the layer is then measured after all)."""
     decision = decision_reuse.find(layer, target, names)
     if decision is None:
         return None
     cand = next(c for c in cands if c.name == decision.chosen)
-    kernel = _build_checked(cand, layer, target, {})
-    if kernel is None:
+    try:
+        kernel = cand.build()
+    except Exception as err:  # noqa: BLE001 - measured after all, which reports it
+        log.info("layer %s: %s failed to build (%s); measuring", layer.name, cand.name, err)
         return None
     source = decision.layer_name
     reason = f"{decision.reason}; timing reused from {source} (same shapes, weight stats)"
     return Choice(layer, decision.chosen, kernel, reason, estimated, dict(decision.measured_ms),
-                  reused_from=decision.layer_name)  # fmt: skip
+                  reused_from=source, pending_check=compile_check_later(cand.name, kernel, target)
+                  )  # fmt: skip
 
 
 # --- the choice ----------------------------------------------------------------------------------
@@ -214,7 +232,7 @@ def _choose_by_measuring(layer: LayerSpec, target: tvm.target.Target, cands: lis
             reason += f", {dense_ms / measured[best]:.1f}x dense"
         choice = Choice(layer, best, built[best], reason + ")", estimated, measured, dropped)
     if not dropped:
-        decision_reuse.remember(layer, target, names, choice.chosen, reason, measured)
+        decision_reuse.remember(layer, target, names, choice.chosen, choice.reason, measured)
     return choice
 
 

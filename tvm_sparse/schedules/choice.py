@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import tvm
@@ -30,7 +30,7 @@ from ..target import is_cpu
 from . import decision_reuse, measure_cache
 from .candidate_run import error_text
 from .cost_model import DEFAULT_MACHINE, ESTIMATE_MARGIN, MEASURE_MARGIN
-from .isolation import isolation_enabled, run_isolated
+from .isolation import compile_check, compile_check_later, mark_compiled, run_isolated
 from .kernel import KernelCall
 from .kernels import Candidate
 from .measure_input import layer_input
@@ -65,43 +65,6 @@ class Measured:
     dropped: dict[str, str] = field(default_factory=dict)
 
 
-# compile checks that failed in this process: compile key -> why (successes go to the cache)
-_COMPILE_FAILURES: dict[str, str] = {}
-
-
-def _mark_compiled(kernel: KernelCall, target: tvm.target.Target) -> None:
-    measure_cache.put(measure_cache.compile_key(kernel, target), 0.0)
-
-
-def compile_check(name: str, kernel: KernelCall, target: tvm.target.Target) -> str | None:
-    """None when ``kernel`` compiles (tried in the worker, once per distinct kernel), else why
-    not: whoever swaps a chosen kernel for another (tuned knobs, a relayout) checks it here
-    first. In-process (``TVM_SPARSE_ISOLATE=0``) there is nothing to protect: no check."""
-    if not isolation_enabled():
-        return None
-    key = measure_cache.compile_key(kernel, target)
-    if measure_cache.get(key) is not None:
-        return None
-    if key not in _COMPILE_FAILURES:
-        outcome = run_isolated({name: kernel}, target, None, 0)[name]
-        if outcome.ok:
-            measure_cache.put(key, 0.0)
-            return None
-        _COMPILE_FAILURES[key] = outcome.error
-    return _COMPILE_FAILURES[key]
-
-
-_CHECKER: list[ThreadPoolExecutor] = []
-
-
-def compile_check_later(name: str, kernel: KernelCall, target: tvm.target.Target) -> Future:
-    """``compile_check`` on a background thread: the worker compiles while this process builds
-    the next layers' kernels (its Future gives None, or why the kernel failed)."""
-    if not _CHECKER:
-        _CHECKER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvm-sparse-check"))
-    return _CHECKER[0].submit(compile_check, name, kernel, target)
-
-
 def _drop(layer: LayerSpec, dropped: dict, name: str, why: str) -> None:
     log.warning("layer %s: candidate %s %s; dropped", layer.name, name, why)
     dropped[name] = why
@@ -127,7 +90,7 @@ def _measure(kernels: dict[str, KernelCall], layer: LayerSpec, target: tvm.targe
         if outcome.ok:
             result.seconds[name] = statistics.median(outcome.samples)
             measure_cache.put(keys[name], result.seconds[name])
-            _mark_compiled(kernels[name], target)
+            mark_compiled(kernels[name], target)
         else:
             _drop(layer, result.dropped, name, outcome.error)
     return result

@@ -7,6 +7,9 @@ worker dies (an LLVM abort, a segfault, a kill) or a step outlasts the timeout, 
 was on is marked failed, with the signal and the last lines the worker wrote to stderr, and a
 fresh worker carries on with the others. ``TVM_SPARSE_ISOLATE=0`` compiles and times in this
 process instead (for debugging: an abort then ends the compile, as it used to).
+
+``compile_check`` compiles one kernel there (once per distinct PrimFunc and target: the result
+is cached), for kernels that reach the final build without being timed.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import tvm
 
+from . import measure_cache
 from .candidate_run import COMPILE, Outcome, run_candidates
 from .candidate_worker import (
     ChannelClosed,
@@ -258,3 +263,41 @@ def run_isolated(calls: dict[str, KernelCall], target: tvm.target.Target,
             log.warning("the candidate worker is unavailable (%s): candidate kernels are "
                         "compiled in this process from now on", err)  # fmt: skip
     return run_candidates(calls, target, x, rounds)
+
+
+# compile checks that failed in this process: compile key -> why (successes go to the cache)
+_COMPILE_FAILURES: dict[str, str] = {}
+
+
+def mark_compiled(kernel: KernelCall, target: tvm.target.Target) -> None:
+    """Remember that ``kernel`` compiled (it was timed in the worker): no check needed."""
+    measure_cache.put(measure_cache.compile_key(kernel, target), 0.0)
+
+
+def compile_check(name: str, kernel: KernelCall, target: tvm.target.Target) -> str | None:
+    """None when ``kernel`` compiles (tried in the worker, once per distinct kernel), else why
+    not: whoever swaps a chosen kernel for another (tuned knobs, a relayout) checks it here
+    first. In-process (``TVM_SPARSE_ISOLATE=0``) there is nothing to protect: no check."""
+    if not isolation_enabled():
+        return None
+    key = measure_cache.compile_key(kernel, target)
+    if measure_cache.get(key) is not None:
+        return None
+    if key not in _COMPILE_FAILURES:
+        outcome = run_isolated({name: kernel}, target, None, 0)[name]
+        if outcome.ok:
+            measure_cache.put(key, 0.0)
+            return None
+        _COMPILE_FAILURES[key] = outcome.error
+    return _COMPILE_FAILURES[key]
+
+
+_CHECKER: list[ThreadPoolExecutor] = []
+
+
+def compile_check_later(name: str, kernel: KernelCall, target: tvm.target.Target) -> Future:
+    """``compile_check`` on a background thread: the worker compiles while this process builds
+    the next layers' kernels (its Future gives None, or why the kernel failed)."""
+    if not _CHECKER:
+        _CHECKER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvm-sparse-check"))
+    return _CHECKER[0].submit(compile_check, name, kernel, target)

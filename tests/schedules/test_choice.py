@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tvm_sparse.ir.layers import LINEAR, LayerSpec
+from tvm_sparse.schedules import candidate_run, measure_cache
 from tvm_sparse.schedules import choice as choose_kernels
-from tvm_sparse.schedules import measure_cache
 from tvm_sparse.schedules.cost_model import MEASURE_MARGIN
 
 
@@ -62,7 +62,9 @@ def test_a_sparse_kernel_must_beat_dense_by_the_margin(target, monkeypatch, csr_
     """A near tie goes to dense: per-layer timings move ~10% and hot caches flatter sparse."""
     fake = {"dense": 1.0e-3, "csr": csr_ms * 1e-3}
     monkeypatch.setattr(
-        choose_kernels, "_measure", lambda kernels, layer, target: {n: fake[n] for n in kernels}
+        choose_kernels,
+        "_measure",
+        lambda kernels, layer, target: choose_kernels.Measured({n: fake[n] for n in kernels}),
     )
     choice = choose_kernels.choose_layer(_linear(0.5, rows=8), target, measure=True)
     assert set(choice.measured_ms) == {"dense", "csr"}
@@ -71,17 +73,24 @@ def test_a_sparse_kernel_must_beat_dense_by_the_margin(target, monkeypatch, csr_
         assert "dense kept" in choice.reason and "csr" in choice.reason
 
 
-def test_candidates_are_timed_in_turns(target, monkeypatch, tmp_path):
+def _in_process(monkeypatch, tmp_path):
+    """Candidates compiled and timed in this process (so a test can swap the timer), with an
+    empty timing cache."""
+    monkeypatch.setenv("TVM_SPARSE_ISOLATE", "0")
     monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(measure_cache, "_MEMORY", {})
+
+
+def test_candidates_are_timed_in_turns(target, monkeypatch, tmp_path):
+    _in_process(monkeypatch, tmp_path)
     order = []
-    real = choose_kernels.kernel_timer
+    real = candidate_run.kernel_timer
 
     def recording(call, *args, **kwargs):
         timer = real(call, *args, **kwargs)
         return lambda: (order.append(call.name), timer())[1]
 
-    monkeypatch.setattr(choose_kernels, "kernel_timer", recording)
+    monkeypatch.setattr(candidate_run, "kernel_timer", recording)
     choose_kernels.choose_layer(_linear(0.1, rows=2, n=64, k=64), target, measure=True)
     per_round = len(order) // choose_kernels.MEASURE_ROUNDS
     rounds = [order[i : i + per_round] for i in range(0, len(order), per_round)]
@@ -103,13 +112,13 @@ def test_timings_are_cached(target, monkeypatch, tmp_path):
     monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(measure_cache, "_MEMORY", {})
     calls = []
-    real = choose_kernels.kernel_timer
+    real = choose_kernels.run_isolated
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def counting(kernels, *args, **kwargs):
+        calls.extend(kernels)
+        return real(kernels, *args, **kwargs)
 
-    monkeypatch.setattr(choose_kernels, "kernel_timer", counting)
+    monkeypatch.setattr(choose_kernels, "run_isolated", counting)  # the worker does the timing
     layer = _linear(0.1, rows=2, n=64, k=64)
     first = choose_kernels.choose_layer(layer, target, measure=True)
     n_first = len(calls)
@@ -126,22 +135,21 @@ def test_cached_timings_are_reused_only_with_their_group(target, monkeypatch, tm
     adding a candidate re-times the whole group."""
     from tvm_sparse.schedules.registry import candidates_for
 
-    monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(measure_cache, "_MEMORY", {})
+    _in_process(monkeypatch, tmp_path)
     timed = []
 
     def fake_timer(call, *args, **kwargs):
         return lambda: (timed.append(call.name), 1e-3)[1]
 
-    monkeypatch.setattr(choose_kernels, "kernel_timer", fake_timer)
+    monkeypatch.setattr(candidate_run, "kernel_timer", fake_timer)
     layer = _linear(0.1, rows=2, n=64, k=64, input_density=0.5)  # dense, csr, sparse-sparse
     kernels = {c.name: c.build() for c in candidates_for(layer, target)}
     assert len(kernels) >= 3
     pair = dict(list(kernels.items())[:2])
-    assert set(choose_kernels._measure(pair, layer, target)) == set(pair)
+    assert set(choose_kernels._measure(pair, layer, target).seconds) == set(pair)
     assert len(timed) == 2 * choose_kernels.MEASURE_ROUNDS
     timed.clear()
-    assert set(choose_kernels._measure(pair, layer, target)) == set(pair)
+    assert set(choose_kernels._measure(pair, layer, target).seconds) == set(pair)
     assert timed == []  # the same group: cached
     choose_kernels._measure(kernels, layer, target)
     assert sorted(set(timed)) == sorted({k.name for k in kernels.values()})  # all re-timed
@@ -158,10 +166,11 @@ def test_cached_timings_are_reused_only_with_their_group(target, monkeypatch, tm
         return fake_timer(call, *args, **kwargs)
 
     failed = []
-    monkeypatch.setattr(choose_kernels, "kernel_timer", failing_once)
-    assert failing not in choose_kernels._measure(kernels, layer, target)
+    monkeypatch.setattr(candidate_run, "kernel_timer", failing_once)
+    first = choose_kernels._measure(kernels, layer, target)
+    assert failing not in first.seconds and "build failed" in first.dropped[failing]
     timed.clear()
-    assert set(choose_kernels._measure(kernels, layer, target)) == set(kernels)
+    assert set(choose_kernels._measure(kernels, layer, target).seconds) == set(kernels)
     assert len(timed) == len(kernels) * choose_kernels.MEASURE_ROUNDS
 
 
@@ -171,6 +180,11 @@ def test_dense_weights_get_no_weight_sparse_candidates(target):
 
     names = [c.name for c in candidates_for(_linear(1.0, rows=8), target)]
     assert names == ["dense"]
-    # sparse activations still make sparse-sparse worth measuring
+    # sparse activations (k-WTA) still make sparse-sparse worth measuring
     names = [c.name for c in candidates_for(_linear(1.0, input_density=0.05), target)]
     assert names == ["dense", "sparse_sparse"]
+    # ReLU's assumed half does not: sparse-sparse over dense weights is not offered at all
+    assert [c.name for c in candidates_for(_linear(1.0, input_density=0.5), target)] == ["dense"]
+    # sparse weights after a ReLU keep it
+    names = [c.name for c in candidates_for(_linear(0.1, input_density=0.5), target)]
+    assert "sparse_sparse" in names

@@ -2,7 +2,10 @@
 
 The choice itself is ``schedules.tuning.choose_layer_tuned`` (tuned records, else estimates,
 timed on this machine when ``measure`` says so); this pass puts it in the plan and writes the
-choice and its reason into the module's report.
+choice and its reason into the module's report, with a note for every candidate dropped (one
+that failed to build, or crashed the compiler: the choice runs them in a worker process). One
+pass is one compile: layers like an earlier one reuse its timings (``reuse_timings``). A line per
+layer at INFO on the ``tvm_sparse`` logger shows the progress.
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ import time
 
 import tvm
 
+from ..ir.layers import LayerSpec
+from ..report import LayerReport, Report
+from ..schedules.choice import Choice, dropped_text
+from ..schedules.decision_reuse import reuse_timings
+from ..schedules.isolation import prestart
 from ..schedules.tuning.lookup import choose_layer_tuned
 from .layer_plan import LayerPlan
 from .module_report import attach_report, read_report
@@ -26,27 +34,47 @@ class ChooseKernels:
     def __init__(self, plan: LayerPlan, target: tvm.target.Target):
         self.plan = plan
         self.target = target
+        # the pipeline builds its passes when it starts: the candidate worker imports TVM (3-6 s)
+        # while the model is canonicalized and analyzed, not while the first layer waits for it
+        prestart()
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         self.plan.check(mod, "ChooseKernels")
-        options = self.plan.options
         report = read_report(mod)
-        for i, (layer, row) in enumerate(zip(self.plan.layers, report.layers)):
-            start = time.perf_counter()
-            choice = choose_layer_tuned(
-                layer, self.target, sparse=options.sparse, measure=options.measure
-            )
-            log.info(
-                "layer %d/%d %s: %s (%s) [%.1f s]",
-                i + 1,
-                len(self.plan.layers),
-                layer.name,
-                choice.chosen,
-                choice.reason,
-                time.perf_counter() - start,
-            )
-            row.chosen, row.reason = choice.chosen, choice.reason
-            row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
-            if choice.kernel is not None:
-                self.plan.kernels[layer.tail_var] = (layer, choice.kernel)
+        rows = list(zip(self.plan.layers, report.layers))
+        with reuse_timings():
+            choices = [self._choose(i, layer, len(rows)) for i, (layer, _) in enumerate(rows)]
+        for i, ((layer, row), choice) in enumerate(zip(rows, choices)):
+            why = choice.pending_check.result() if choice.pending_check is not None else None
+            if why is not None:  # the reused kernel does not compile for this layer: measure it
+                log.warning("layer %s: reused %s %s; measuring the layer", layer.name,
+                            choice.chosen, why)  # fmt: skip
+                choice = self._choose(i, layer, len(rows))
+            self._record(layer, row, choice, report)
         return attach_report(mod, report)
+
+    def _choose(self, i: int, layer: LayerSpec, total: int) -> Choice:
+        start = time.perf_counter()
+        options = self.plan.options
+        choice = choose_layer_tuned(
+            layer, self.target, sparse=options.sparse, measure=options.measure
+        )
+        log.info(
+            "[%d/%d] layer %s: %s (%s) in %.1f s",
+            i + 1,
+            total,
+            layer.name,
+            choice.chosen,
+            choice.reason,
+            time.perf_counter() - start,
+        )
+        return choice
+
+    def _record(self, layer: LayerSpec, row: LayerReport, choice: Choice, report: Report) -> None:
+        """The choice into the report row (and a note per dropped candidate) and the plan."""
+        row.chosen, row.reason = choice.chosen, choice.reason
+        row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
+        if choice.dropped:
+            report.notes.append(f"layer {layer.name}: {dropped_text(choice.dropped)}")
+        if choice.kernel is not None:
+            self.plan.kernels[layer.tail_var] = (layer, choice.kernel)

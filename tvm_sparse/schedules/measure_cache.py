@@ -2,8 +2,10 @@
 
 Keyed by the kernel's name, its PrimFunc's structural hash, a digest of its constant arrays (the
 real sparsity structure), the activation density it was timed at, the target, and the group of
-kernels it was timed with (``group_keys``). Set ``TVM_SPARSE_CACHE_DIR`` to move it, or to an
-empty string to turn it off.
+kernels it was timed with (``group_keys``). It also remembers which kernels compiled
+(``compile_key``: the PrimFunc, the target and TVM's version), so a kernel checked once is not
+compiled again to be checked. Set ``TVM_SPARSE_CACHE_DIR`` to move it, or to an empty string to
+turn it off.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ def key(name: str, kernel: KernelCall, density: float | None, target: tvm.target
         digest.update(const.tobytes())
     digest.update(repr(None if density is None else round(density, 4)).encode())
     digest.update(str(target).encode())
+    return digest.hexdigest()
+
+
+def compile_key(kernel: KernelCall, target: tvm.target.Target) -> str:
+    """The key under which a kernel that compiled is remembered (its constants do not matter)."""
+    digest = hashlib.sha1(b"compiles")
+    digest.update(str(tvm_ffi.structural_hash(kernel.func)).encode())
+    digest.update(str(target).encode())
+    digest.update(str(tvm.__version__).encode())
     return digest.hexdigest()
 
 

@@ -171,13 +171,13 @@ class WindowReduction(ScheduleRule):
         rows = sch.fuse(*spatial[:-1]) if n_spatial > 1 else None
         order = ([rows] if rows is not None else []) + [col_outer, *reduce, col_inner]
         sch.reorder(*order)
+        cores = num_cores(target)
+        if rows is not None and cores > 1 and int(np.prod(extents[:-1])) >= cores:
+            sch.parallel(rows)  # before decompose_reduction: TIR checks the block's init here
         init = sch.decompose_reduction(block, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
         # the update's column loop stays innermost for LLVM's loop vectorizer (TIR refuses to
         # vectorize a loop under the block's reduction loops)
-        cores = num_cores(target)
-        if rows is not None and cores > 1 and int(np.prod(extents[:-1])) >= cores:
-            sch.parallel(rows)
         return sch
 
 

@@ -14,14 +14,20 @@ add's only reader is taken in too. The kernel is rebuilt from the spec it carrie
 
 from __future__ import annotations
 
+import logging
+
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import dtype_of, op_name, static_shape
 from ..ir.rewrite import Bindings, PlannedRewriter
+from ..schedules.isolation import compile_check
+from ..schedules.kernel import KernelCall
 from ..schedules.sparse_conv_planes_x86 import SPEC_ATTR, PlaneConvSpec, plane_kernel
 from .cpu_only import CpuRewrite
+
+log = logging.getLogger("tvm_sparse")
 
 
 def _planes_call(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule):
@@ -64,11 +70,10 @@ class _ResidualRewriter(PlannedRewriter):
         self.count = 0
 
     def replacement(self, var: relax.Var, entry: tuple) -> relax.Expr:
-        call, spec, shortcut, activation = entry
-        fused = PlaneConvSpec(**{**spec.__dict__, "residual": True, "activation": activation})
+        call, func, shortcut = entry
         name = f"sparse_conv2d_planes_residual_{self.count}"
         self.count += 1
-        gvar = self.builder_.add_func(plane_kernel(fused).with_attr("global_symbol", name), name)
+        gvar = self.builder_.add_func(func.with_attr("global_symbol", name), name)
         x, *consts = call.args[1].fields
         args = [self.visit_expr(x), *consts[:-1], self.visit_expr(shortcut)]
         out_type = relax.TensorType(static_shape(var), "float32")
@@ -80,7 +85,7 @@ class FuseResidual(CpuRewrite):
     """Fuse ``relu(planes_conv(x) + shortcut)`` into the conv kernel (CPU targets only)."""
 
     def rewriter_for(
-        self, func: relax.Function, mod: tvm.IRModule, _target: tvm.target.Target
+        self, func: relax.Function, mod: tvm.IRModule, target: tvm.target.Target
     ) -> _ResidualRewriter | None:
         bindings = Bindings.of(func)
         plan = {}
@@ -94,8 +99,26 @@ class FuseResidual(CpuRewrite):
             user = _single_reader(var, bindings)
             if user is not None and op_name(bindings.var2val[user]) == "relax.nn.relu":
                 target_var, activation = user, "relu"
-            plan[target_var] = (*found, activation)
+            call, spec, shortcut = found
+            fused = _fused_kernel(spec, activation, call, target)
+            if fused is not None:
+                plan[target_var] = (call, fused, shortcut)
         return _ResidualRewriter(plan, mod) if plan else None
+
+
+def _fused_kernel(spec: PlaneConvSpec, activation, call: relax.Call, target):
+    """The conv kernel with the residual epilogue, or None when it does not compile (checked in
+    the candidate worker, as every kernel the choice did not time itself: an LLVM abort there
+    keeps the unfused conv and add instead of ending the compile)."""
+    fields = {**spec.__dict__, "residual": True, "activation": activation}
+    fused = plane_kernel(PlaneConvSpec(**fields))
+    out_shape = (spec.x_shape[0], spec.o, *spec.out_hw)
+    check = KernelCall(fused, "sparse_conv2d_planes_residual", (), out_shape)
+    failure = compile_check(check.name, check, target)
+    if failure is not None:
+        log.warning("residual fusion skipped: the fused conv failed to compile (%s)", failure)
+        return None
+    return fused
 
 
 def _single_reader(var: relax.Var, bindings: Bindings) -> relax.Var | None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import tvm
 
-from ...ir.layers import CONV2D, LayerSpec
+from ...ir.layers import LayerSpec
 from ...target import num_cores, vector_lanes
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
 from ..sparse_conv_planes_x86 import _MAX_VECTORS, default_vectors, sparse_conv2d_planes
-from .base import CpuKernel, build_conv, conv_io_bytes, skips_work
+from .base import build_conv, conv_io_bytes
+from .cpu_sparse_conv import SparseConv2d
 from .knobs import parallel_choices, product, settings_for
 
 # Streamed MACs per second per core over the lanes a tile computes (measured on Zen 4 with
@@ -20,13 +21,11 @@ from .knobs import parallel_choices, product, settings_for
 _PLANES_GMACS = 18.0
 
 
-class SparseConv2dPlanes(CpuKernel):
-    name = "sparse_conv_planes"
-    layer_kind = CONV2D
+class SparseConv2dPlanes(SparseConv2d):
+    """Takes the layers ``sparse_conv`` takes (``fits`` is inherited); its own loop order,
+    estimate and knobs."""
 
-    def fits(self, layer: LayerSpec) -> bool:
-        w = layer.weight
-        return layer.conv_attrs["groups"] == 1 and skips_work(int(np.count_nonzero(w)), w.size)
+    name = "sparse_conv_planes"
 
     def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
                  ) -> float:  # fmt: skip

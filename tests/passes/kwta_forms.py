@@ -73,19 +73,6 @@ def export_form(form: str, kind: str, path: str, boosted: bool = True, seed: int
     return FormCase(path, shape, k, n, kind == "local", form in EXACT_FORMS, boost)
 
 
-def sorted_topk(path: str) -> onnx.ModelProto:
-    """The model with every TopK ``sorted=1``. TVM 0.27's ONNX frontend refuses ``sorted=0``
-    (what ``topk(sorted=False)`` exports); sorting is a valid order for an unsorted TopK, so the
-    results are the same. (The fix belongs in the frontend: see the k-WTA branch's notes.)"""
-    model = onnx.load(path)
-    for node in model.graph.node:
-        if node.op_type == "TopK":
-            for attr in node.attribute:
-                if attr.name == "sorted":
-                    attr.i = 1
-    return model
-
-
 def kwta_data(rng: np.random.Generator, shape, ties: bool) -> np.ndarray:
     """Normal values, or few distinct non-zero integers (many values tie with the k-th; a kept
     value is never 0, so the count of non-zeros is the count of winners)."""

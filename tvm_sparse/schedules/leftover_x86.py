@@ -26,12 +26,17 @@ def _static_extent(loop_sref) -> int | None:
     return int(extent.value) if isinstance(extent, tvm.tirx.IntImm) else None
 
 
-class ParallelSpatial(ScheduleRule):
-    """Parallelize the leading spatial loops of every root block (the fallback CPU rule)."""
+class _ParallelRule(ScheduleRule):
+    """A CPU rule that splits work into ``tasks_per_core`` parallel tasks per core, and only
+    when there are ``min_work`` iterations (a parallel launch costs microseconds)."""
 
     def __init__(self, min_work: int = _MIN_PARALLEL_WORK, tasks_per_core: int = 4):
         self.min_work = min_work
         self.tasks_per_core = tasks_per_core
+
+
+class ParallelSpatial(_ParallelRule):
+    """Parallelize the leading spatial loops of every root block (the fallback CPU rule)."""
 
     def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
         if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
@@ -89,14 +94,10 @@ def _vector_split(extent: int, lanes: int) -> int:
     return max(d for d in range(1, min(extent, 4 * lanes) + 1) if extent % d == 0)
 
 
-class InjectiveVectorize(ScheduleRule):
+class InjectiveVectorize(_ParallelRule):
     """Elementwise / broadcast / layout functions (no reduction): inline every block into the
     last one (an add + ReLU is one pass over memory, not two with a temporary the size of the
     tensor), fuse the loops, vectorize an inner piece of whole vectors, parallelize the rest."""
-
-    def __init__(self, min_work: int = _MIN_PARALLEL_WORK, tasks_per_core: int = 4):
-        self.min_work = min_work
-        self.tasks_per_core = tasks_per_core
 
     def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
         if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):

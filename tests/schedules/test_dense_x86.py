@@ -167,3 +167,40 @@ def test_rejects_bad_arguments():
         dense_conv2d((1, 3, 8, 8), np.zeros((4, 2, 3, 3), np.float32), target=TARGET)
     with pytest.raises(ValueError, match="empty"):
         dense_conv2d((1, 2, 2, 2), np.zeros((4, 2, 3, 3), np.float32), target=TARGET)
+
+
+@pytest.mark.parametrize(
+    "x_shape, co, stride, tiling",
+    [
+        ((1, 8, 12, 12), 12, 1, None),  # 144 pixels: panels cross image rows
+        ((2, 16, 9, 7), 20, 1, GemmTiling(mr=6, nb=64)),  # batch 2, pixel and channel tails
+        ((1, 24, 14, 14), 64, 2, GemmTiling(mr=12, nb=32)),  # stride-2 downsample, 7x7 out
+        ((2, 5, 11, 13), 7, 2, GemmTiling(mr=24, nb=16)),  # odd sizes, channels < mr
+        ((1, 32, 56, 56), 16, 1, GemmTiling(mr=6, nb=16)),  # the AVX2 tile
+    ],
+)
+def test_pointwise_conv_matches_numpy(x_shape, co, stride, tiling):
+    """1x1 convs take the NCHW pixel-panel GEMM (no NHWC relayout), exact for every tile."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((co, x_shape[1], 1, 1), dtype=np.float32)
+    b = rng.standard_normal(co, dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    conv = ConvAttrs((stride, stride), (0, 0, 0, 0))
+    call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, tiling=tiling)
+    assert call.info["layout"] == "pointwise"
+    ref = _ref_conv(x, w, b, (stride, stride), (0, 0, 0, 0), (1, 1), 1, "relu")
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_tiling_follows_vector_width_and_shape():
+    from tvm_sparse.schedules.pointwise_conv_x86 import choose_pointwise_tiling
+
+    tile = choose_pointwise_tiling(256, 56 * 56, 16)
+    assert (tile.mr, tile.nb) == (6, 64)
+    assert choose_pointwise_tiling(128, 28 * 28, 16).nb == 32  # 784 = 24.5 x 32
+    assert choose_pointwise_tiling(256, 14 * 14, 16).nb == 16  # 196: least padding
+    assert choose_pointwise_tiling(256, 56 * 56, 8).nb == 16  # AVX2: 6 x 16 (12 ymm)
+    # a padded 1x1 is not pointwise: it keeps the implicit GEMM
+    w = np.ones((4, 3, 1, 1), np.float32)
+    call = dense_conv2d((1, 3, 5, 5), w, None, ConvAttrs((1, 1), (1, 1, 1, 1)), None, TARGET)
+    assert call.info["layout"] == "implicit_gemm"

@@ -50,20 +50,26 @@ def _input_at(x: te.Tensor, geo: ConvGeometry, n, c, oh, ow, rh, rw):
     return te.if_then_else(inside, x[n, c, ih, iw], tirx.const(0.0, "float32"))
 
 
-# Relative speed of an mr x 16 tile (8..12 accumulators); 7 rows spill on AVX2.
-_ROW_EFFICIENCY = {6: 1.0, 5: 0.97, 4: 0.92}
+# Relative speed of an mr x nb tile, per vector width: 7 rows x 32 channels (14 zmm
+# accumulators) measured best for ResNet's 3x3 convs on AVX-512 (Zen 4); on AVX2, 6x16 (12 ymm)
+# is the classic FMA kernel and 7 rows spill.
+_ROW_EFFICIENCY = {
+    16: (32, {7: 1.0, 6: 0.96, 5: 0.92, 4: 0.9}),
+    8: (16, {6: 1.0, 5: 0.97, 4: 0.92}),
+}
 
 
-def choose_conv_tiling(out_w: int, num_cores: int = 1) -> GemmTiling:
-    """``mr`` consecutive output pixels of one row x ``nb`` = 16 output channels per tile.
+def choose_conv_tiling(out_w: int, num_cores: int = 1, lanes: int = 8) -> GemmTiling:
+    """``mr`` consecutive output pixels of one row x ``nb`` output channels per tile.
 
     Picks the row block that wastes least on padding the output width, weighted by how fast
     each tile height runs.
     """
+    nb, efficiency = _ROW_EFFICIENCY[16 if lanes >= 16 else 8]
     if out_w < 4:
-        return GemmTiling(mr=out_w, nb=16, parallel=num_cores > 1)
-    mr = min(_ROW_EFFICIENCY, key=lambda r: round_up(out_w, r) / _ROW_EFFICIENCY[r])
-    return GemmTiling(mr=mr, nb=16, parallel=num_cores > 1)
+        return GemmTiling(mr=out_w, nb=nb, parallel=num_cores > 1)
+    mr = min(efficiency, key=lambda r: round_up(out_w, r) / efficiency[r])
+    return GemmTiling(mr=mr, nb=nb, parallel=num_cores > 1)
 
 
 def _nhwc_padded_input(x: te.Tensor, geo: ConvGeometry) -> te.Tensor:

@@ -34,7 +34,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from ..target import num_cores, resolve_target
+from ..target import num_cores, resolve_target, vector_lanes
 from ._conv_dims import DEFAULT_CONV, ConvAttrs
 from ._epilogue import ACTIVATIONS
 from .dense_conv_x86 import (
@@ -56,6 +56,14 @@ from .gemm_x86 import (
 )
 from .kernel import KernelCall
 from .kernel import finish as _finish
+from .pointwise_conv_x86 import (
+    choose_pointwise_tiling,
+    is_pointwise,
+    pack_pointwise_weight,
+    pointwise_compute,
+    schedule_pointwise,
+    with_nchw_params,
+)
 
 
 def linear_compute(
@@ -130,6 +138,25 @@ def dense_linear(
     )
 
 
+def conv_geometry(x_shape, weight_shape, conv: ConvAttrs) -> ConvGeometry:
+    """The static geometry of one conv2d, all Python ints."""
+    return ConvGeometry(
+        tuple(int(d) for d in x_shape),
+        tuple(int(d) for d in weight_shape),
+        tuple(int(d) for d in conv.strides),
+        tuple(int(d) for d in conv.padding),
+        tuple(int(d) for d in conv.dilation),
+        int(conv.groups),
+    )
+
+
+def is_pointwise_layer(layer) -> bool:
+    """Whether a conv ``LayerSpec`` takes the 1x1 pixel-panel kernel (its own tile knobs)."""
+    return is_pointwise(
+        conv_geometry(layer.x_shape, layer.weight.shape, ConvAttrs.of(layer.conv_attrs))
+    )
+
+
 def dense_conv2d(
     x_shape: tuple[int, int, int, int], weight: np.ndarray, bias: np.ndarray | None = None,
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None,
@@ -151,25 +178,34 @@ def dense_conv2d(
         raise ValueError(
             f"conv2d shapes disagree: x {tuple(x_shape)}, weight {weight.shape}, groups {groups}"
         )
-    geo = ConvGeometry(
-        tuple(int(d) for d in x_shape),
-        tuple(weight.shape),
-        tuple(conv.strides),
-        tuple(conv.padding),
-        tuple(conv.dilation),
-        groups,
-    )
+    geo = conv_geometry(x_shape, weight.shape, conv)
     if min(geo.out_hw) <= 0:
         raise ValueError(f"conv2d output is empty: x {tuple(x_shape)}, weight {weight.shape}")
     parallel = num_cores(target) > 1
     info = {"kind": "dense_conv2d", "macs": geo.macs, "activation": activation, "groups": groups}
-    if groups == 1:
-        tiling = tiling or choose_conv_tiling(geo.out_hw[1], num_cores(target))
+    if is_pointwise(geo):
+        pixels = geo.out_hw[0] * geo.out_hw[1]
+        tiling = tiling or choose_pointwise_tiling(
+            co, pixels, vector_lanes(target), num_cores(target)
+        )
+        params = pointwise_compute(geo, tiling, bias is not None, activation)
+        sch = schedule_pointwise(s_tir.Schedule(te.create_prim_func(params)), tiling)
+        func = with_nchw_params(sch.mod["main"], geo)
+        consts = [pack_pointwise_weight(weight, tiling.mr)]
+        info.update(tiling=tiling, layout="pointwise")
+        info["macs_padded"] = (
+            geo.x_shape[0] * round_up(co, tiling.mr) * round_up(pixels, tiling.nb) * ci_g
+        )
+    elif groups == 1:
+        tiling = tiling or choose_conv_tiling(
+            geo.out_hw[1], num_cores(target), vector_lanes(target)
+        )
         params = conv_implicit_gemm_compute(geo, tiling, bias is not None, activation)
         sch = s_tir.Schedule(te.create_prim_func(params))
         schedule_conv_implicit_gemm(sch, tiling)
+        func = sch.mod["main"]
         consts = [pack_conv_weight(weight, tiling.nb)]
-        info["tiling"] = tiling
+        info.update(tiling=tiling, layout="implicit_gemm")
         info["macs_padded"] = (
             geo.macs
             // (co * geo.out_hw[1])
@@ -179,11 +215,12 @@ def dense_conv2d(
     else:
         params = conv_direct_compute(geo, bias is not None, activation)
         sch = schedule_direct_conv(s_tir.Schedule(te.create_prim_func(params)), parallel)
+        func = sch.mod["main"]
         consts = [np.ascontiguousarray(weight)]
     if bias is not None:
         consts.append(np.ascontiguousarray(bias, dtype=np.float32).reshape(co))
     return KernelCall(
-        func=_finish(sch.mod["main"]),
+        func=_finish(func),
         name=f"dense_conv2d_{'x'.join(map(str, x_shape))}_w{'x'.join(map(str, weight.shape))}",
         consts=tuple(consts),
         out_shape=geo.out_shape,

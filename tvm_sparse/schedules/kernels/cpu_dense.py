@@ -9,7 +9,7 @@ from __future__ import annotations
 import tvm
 
 from ...ir.layers import CONV2D, LayerSpec
-from ...target import num_cores
+from ...target import num_cores, vector_lanes
 from .. import dense_x86
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
@@ -66,9 +66,14 @@ class DenseConv2d(CpuKernel):
     def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
         if layer.conv_attrs.get("groups", 1) != 1:  # the direct loop nest has no knobs
             return [{}]
-        ow = layer.out_shape[3]
-        mrs = [4, 5, 6] if ow >= 4 else [ow]
         par = parallel_choices(num_cores(target))
+        lanes = vector_lanes(target)
+        if dense_x86.is_pointwise_layer(layer):  # mr channels x nb pixels; <= 28 accumulators
+            tiles = product(mr=[6, 8, 12, 24], nb=[16, 32, 64], parallel=par)
+            space = [{"tiling": t} for t in tiles if t["mr"] * t["nb"] <= 28 * lanes]
+            return settings_for(dense_x86.dense_conv2d, space)
+        ow = layer.out_shape[3]
+        mrs = [4, 5, 6, 7] if ow >= 4 else [ow]
         space = [{"tiling": t} for t in product(mr=mrs, nb=[16, 32], parallel=par)]
         return settings_for(dense_x86.dense_conv2d, space)
 

@@ -76,13 +76,21 @@ def _check_linear(m, k, n, with_bias, activation, seed=0, tiling=None):
     return call
 
 
-def _check_conv(x_shape, w_shape, strides, padding, dilation, groups, with_bias, activation):
+def _check_conv(
+    x_shape, w_shape, strides, padding, dilation, groups, with_bias, activation, layout=None
+):
     rng = np.random.default_rng(1)
     w = rng.standard_normal(w_shape, dtype=np.float32)
     b = rng.standard_normal(w_shape[0], dtype=np.float32) if with_bias else None
     x = rng.standard_normal(x_shape, dtype=np.float32)
     call = dense_conv2d(
-        x_shape, w, b, ConvAttrs(strides, padding, dilation, groups), activation, TARGET
+        x_shape,
+        w,
+        b,
+        ConvAttrs(strides, padding, dilation, groups),
+        activation,
+        TARGET,
+        layout=layout,
     )
     y = run_kernel(call, TARGET, x)
     ref = _ref_conv(x, w, b, strides, padding, dilation, groups, activation)
@@ -117,6 +125,7 @@ def test_linear_explicit_tiling_with_parallel_and_k_unroll():
     "x_shape, w_shape, strides, padding, dilation, groups, with_bias, activation",
     [
         ((1, 1, 12, 12), (8, 1, 5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, "relu"),  # GSC1
+        ((2, 20, 9, 8), (20, 20, 3, 2), (2, 1), (1, 0, 2, 1), (2, 1), 1, True, "gelu"),  # gemm
         ((2, 3, 9, 8), (20, 3, 3, 2), (2, 1), (1, 0, 2, 1), (2, 1), 1, True, "gelu"),
         ((2, 16, 7, 7), (24, 16, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, False, None),  # 1x1
         ((1, 4, 5, 3), (6, 4, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, False, "relu"),  # ow=3
@@ -152,10 +161,19 @@ def test_linear_random_shapes(m, k, n, with_bias, activation):
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     stride=st.integers(1, 2),
     pad=st.integers(0, 1),
+    layout=st.sampled_from(["implicit_gemm", "planes"]),
 )
-def test_conv2d_random_shapes(hw, ci, co, kernel, stride, pad):
+def test_conv2d_random_shapes(hw, ci, co, kernel, stride, pad, layout):
     _check_conv(
-        (1, ci, *hw), (co, ci, *kernel), (stride, stride), (pad,) * 4, (1, 1), 1, True, None
+        (1, ci, *hw),
+        (co, ci, *kernel),
+        (stride, stride),
+        (pad,) * 4,
+        (1, 1),
+        1,
+        True,
+        None,
+        layout=layout,
     )
 
 
@@ -200,7 +218,37 @@ def test_pointwise_tiling_follows_vector_width_and_shape():
     assert choose_pointwise_tiling(128, 28 * 28, 16).nb == 32  # 784 = 24.5 x 32
     assert choose_pointwise_tiling(256, 14 * 14, 16).nb == 16  # 196: least padding
     assert choose_pointwise_tiling(256, 56 * 56, 8).nb == 16  # AVX2: 6 x 16 (12 ymm)
-    # a padded 1x1 is not pointwise: it keeps the implicit GEMM
-    w = np.ones((4, 3, 1, 1), np.float32)
-    call = dense_conv2d((1, 3, 5, 5), w, None, ConvAttrs((1, 1), (1, 1, 1, 1)), None, TARGET)
+    # a padded 1x1 is not pointwise: it keeps the implicit GEMM (many channels) or the tap
+    # planes (few channels, as a stem)
+    w = np.ones((4, 32, 1, 1), np.float32)
+    call = dense_conv2d((1, 32, 5, 5), w, None, ConvAttrs((1, 1), (1, 1, 1, 1)), None, TARGET)
     assert call.info["layout"] == "implicit_gemm"
+    call = dense_conv2d((1, 3, 5, 5), w[:, :3], None, ConvAttrs((1, 1), (1, 1, 1, 1)), None, TARGET)
+    assert call.info["layout"] == "planes"
+    with pytest.raises(ValueError, match="layout"):
+        dense_conv2d((1, 3, 5, 5), w[:, :3], layout="winograd", target=TARGET)
+    with pytest.raises(ValueError, match="pointwise"):
+        dense_conv2d((1, 3, 5, 5), np.ones((4, 3, 3, 3), np.float32), layout="pointwise")
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, strides, padding, dilation, activation, tile",
+    [
+        ((1, 3, 23, 21), (10, 3, 7, 7), (2, 2), (3, 3, 3, 3), (1, 1), "relu", None),  # stem
+        ((2, 1, 12, 12), (9, 1, 5, 5), (1, 1), (0, 0, 0, 0), (1, 1), None, (4, 4)),  # GSC1
+        ((1, 6, 9, 8), (5, 6, 3, 2), (2, 1), (1, 0, 2, 1), (2, 1), "gelu", (6, 4)),
+        ((2, 4, 5, 5), (7, 4, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, (3, 3)),  # tail tile
+        ((1, 20, 8, 8), (33, 20, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), "relu", (2, 6)),
+    ],
+)
+def test_planes_conv_matches_numpy(x_shape, w_shape, strides, padding, dilation, activation, tile):
+    """The tap-plane dense conv: any stride / padding / dilation, channel and position tails."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+    b = rng.standard_normal(w_shape[0], dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    conv = ConvAttrs(strides, padding, dilation, 1)
+    call = dense_conv2d(x_shape, w, b, conv, activation, TARGET, layout="planes", planes_tile=tile)
+    assert call.info["layout"] == "planes"
+    ref = _ref_conv(x, w, b, strides, padding, dilation, 1, activation)
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)

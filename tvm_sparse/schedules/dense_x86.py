@@ -30,6 +30,8 @@ computes and schedules in ``dense_conv_x86``; this module builds the kernels.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
@@ -37,6 +39,7 @@ from tvm import s_tir, te, tirx
 from ..target import num_cores, resolve_target, vector_lanes
 from ._conv_dims import DEFAULT_CONV, ConvAttrs
 from ._epilogue import ACTIVATIONS
+from .dense_conv_planes_x86 import dense_conv2d_planes
 from .dense_conv_x86 import (
     ConvGeometry,
     choose_conv_tiling,
@@ -138,6 +141,21 @@ def dense_linear(
     )
 
 
+# groups=1 convs with at most this many input channels take the tap-plane kernel: with so few
+# channels the implicit GEMM's NHWC copy and short NCHW stores cost more than its FMAs (ResNet
+# stem 3 -> 64, 7x7 s2: 0.99x onnxruntime against 0.89x; GSC's 1 -> 64 5x5: 1.25x against 0.76x).
+PLANES_MAX_CHANNELS = 16
+CONV_LAYOUTS = ("pointwise", "implicit_gemm", "planes")
+
+
+def default_conv_layout(geo: ConvGeometry) -> str:
+    """The groups=1 kernel a conv gets unless told: 1x1 pointwise, few channels planes, else
+    the implicit GEMM."""
+    if is_pointwise(geo):
+        return "pointwise"
+    return "planes" if geo.x_shape[1] <= PLANES_MAX_CHANNELS else "implicit_gemm"
+
+
 def conv_geometry(x_shape, weight_shape, conv: ConvAttrs) -> ConvGeometry:
     """The static geometry of one conv2d, all Python ints."""
     return ConvGeometry(
@@ -161,11 +179,16 @@ def dense_conv2d(
     x_shape: tuple[int, int, int, int], weight: np.ndarray, bias: np.ndarray | None = None,
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None,
     target: tvm.target.Target | None = None, tiling: GemmTiling | None = None,
+    layout: str | None = None, planes_tile: tuple[int, int] | None = None,
 ) -> KernelCall:  # fmt: skip
     """``y = act(conv2d(x, weight) + bias)`` in NCHW / OIHW as a scheduled kernel.
 
-    groups=1 runs the implicit-GEMM micro-kernel (consts = ``(weight packed as
-    [Co/16, KH*KW*Ci, 16], bias?)``); groups>1 runs a direct loop nest (consts =
+    ``layout`` (default: by shape, see ``default_conv_layout``) picks the kernel for groups=1:
+    ``pointwise`` (1x1: an NCHW GEMM over pixel panels, ``tiling`` = channels x pixels),
+    ``implicit_gemm`` (pixels x channels micro-kernel over an NHWC copy, ``tiling`` = pixels x
+    channels; consts ``(weight packed as [Co/nb, KH*KW*Ci, nb], bias?)``) or ``planes``
+    (positions in the lanes over tap planes, ``planes_tile`` = (channels, vectors); consts
+    ``(packed weight, tap offsets, bias)``). groups>1 runs a direct loop nest (consts =
     ``(weight, bias?)``).
     """
     if activation not in ACTIVATIONS:
@@ -183,7 +206,18 @@ def dense_conv2d(
         raise ValueError(f"conv2d output is empty: x {tuple(x_shape)}, weight {weight.shape}")
     parallel = num_cores(target) > 1
     info = {"kind": "dense_conv2d", "macs": geo.macs, "activation": activation, "groups": groups}
-    if is_pointwise(geo):
+    layout = layout or default_conv_layout(geo)
+    if layout not in CONV_LAYOUTS:
+        raise ValueError(f"layout must be one of {CONV_LAYOUTS}, not {layout!r}")
+    if groups == 1 and layout == "planes":
+        mr, vectors = planes_tile or (None, None)
+        call = dense_conv2d_planes(
+            x_shape, weight, bias, conv, activation, target, mr=mr, vectors=vectors
+        )
+        return dataclasses.replace(call, info={**call.info, "groups": 1})
+    if layout == "pointwise" and not is_pointwise(geo):
+        raise ValueError(f"layout 'pointwise' needs an unpadded 1x1 conv, got {weight.shape}")
+    if groups == 1 and layout == "pointwise":
         pixels = geo.out_hw[0] * geo.out_hw[1]
         tiling = tiling or choose_pointwise_tiling(
             co, pixels, vector_lanes(target), num_cores(target)

@@ -110,16 +110,26 @@ def kernel_timer(
     number: int = 10,
     repeat: int = 5,
     min_repeat_ms: int = 50,
+    cold_weights: bool = False,
 ) -> Callable[[], float]:
     """Build once, then ``timer()`` -> median seconds per call (TVM's time_evaluator).
 
     A timer can be called again and again, so several kernels can be timed in turns.
+    ``cold_weights`` flushes every argument but the input from the caches before each timed
+    repeat (TVM's ``cache_flush_cpu_non_first_arg``, as MetaSchedule's runner does): in a
+    model, a layer's weights were last read a whole inference ago, while its input was just
+    written. Use it with ``number=1``, or only the first call of a repeat is cold.
     """
     module = module or build_kernel(call, target)
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(x, dev)] + [tvm.runtime.tensor(c, dev) for c in call.consts]
     out = tvm.runtime.tensor(np.zeros(call.out_shape, dtype=call.out_dtype), dev)
     evaluator = module.time_evaluator(
-        "main", dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+        "main",
+        dev,
+        number=number,
+        repeat=repeat,
+        min_repeat_ms=min_repeat_ms,
+        f_preproc="cache_flush_cpu_non_first_arg" if cold_weights else "",
     )
     return lambda: float(np.median(evaluator(*args, out).results))

@@ -18,6 +18,7 @@ import threading
 import tvm
 import tvm_ffi
 
+from .candidate_run import TIMING_METHOD
 from .kernel import KernelCall
 
 _LOCK = threading.Lock()
@@ -41,6 +42,7 @@ def key(name: str, kernel: KernelCall, density: float | None, target: tvm.target
         digest.update(const.tobytes())
     digest.update(repr(None if density is None else round(density, 4)).encode())
     digest.update(str(target).encode())
+    digest.update(TIMING_METHOD.encode())
     return digest.hexdigest()
 
 

@@ -16,11 +16,17 @@ from ..kernel import KernelCall
 from .base import CpuKernel, build_conv, build_linear, conv_io_bytes
 from .knobs import parallel_choices, product, round_up, settings_for
 
+# (output channels, position vectors) of the tap-plane conv's register tile
+PLANES_TILES = [(4, 4), (6, 4), (4, 3), (3, 3), (2, 6)]
+
 
 def _tiling(knobs: dict) -> dict:
-    """JSON knobs -> keyword arguments: the ``tiling`` dict becomes a ``GemmTiling``."""
+    """JSON knobs -> keyword arguments: the ``tiling`` dict becomes a ``GemmTiling``, the
+    ``planes_tile`` list a tuple."""
     if "tiling" in knobs:
         knobs = {**knobs, "tiling": dense_x86.GemmTiling(**knobs["tiling"])}
+    if "planes_tile" in knobs:
+        knobs = {**knobs, "planes_tile": tuple(knobs["planes_tile"])}
     return knobs
 
 
@@ -74,7 +80,9 @@ class DenseConv2d(CpuKernel):
             return settings_for(dense_x86.dense_conv2d, space)
         ow = layer.out_shape[3]
         mrs = [4, 5, 6, 7] if ow >= 4 else [ow]
-        space = [{"tiling": t} for t in product(mr=mrs, nb=[16, 32], parallel=par)]
+        gemm = product(mr=mrs, nb=[16, 32], parallel=par)
+        space = [{"layout": "implicit_gemm", "tiling": t} for t in gemm]
+        space += [{"layout": "planes", "planes_tile": t} for t in PLANES_TILES]
         return settings_for(dense_x86.dense_conv2d, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:

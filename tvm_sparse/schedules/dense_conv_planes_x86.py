@@ -1,0 +1,183 @@
+"""A dense direct convolution over tap planes: output positions are the vector lanes.
+
+Why: the implicit GEMM (``dense_conv_x86``) puts output channels in the lanes, so it transposes
+the input to NHWC and writes each ``[pixels x channels]`` tile back into NCHW as short rows of
+``mr`` floats, one per channel. On a conv with few input channels and many output pixels (the
+7x7 stride-2 stem of every ResNet: 3 -> 64 channels, 112x112 outputs) those relayouts and
+partial-line stores cost more than the FMAs. Here the input is re-laid once as the tap planes of
+``sparse_conv_planes_x86`` (one per channel, tap column and row phase, any stride), and a
+register tile of ``mr`` output channels x ``vectors * lanes`` consecutive output positions
+accumulates, per tap, ``mr`` broadcast weights times ``vectors`` contiguous plane loads: every
+loaded input vector feeds ``mr`` FMAs, and each output row is stored whole, in NCHW.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
+from ._epilogue import bias_const
+from ._epilogue import epilogue as _epilogue
+from .kernel import KernelCall
+from .kernel import finish as _finish
+from .sparse_conv_planes_x86 import PlaneConvSpec, _pad_macro, _planes_macro
+from .vector_math import install_llvm_lowering
+
+# (mr output channels, vectors of positions) per vector width. 4 x 4 (16 zmm accumulators)
+# measured best on Zen 4 for the ResNet stem and 3x3 convs; 24-accumulator tiles (4x6, 3x8,
+# 8x3) ran up to 2x slower there (the accumulators, the input vectors and the broadcast do not
+# all fit in 32 registers). AVX2: 9 ymm accumulators + 3 inputs + 1 broadcast of 16.
+DEFAULT_TILE = {16: (4, 4), 8: (3, 3), 4: (3, 3)}
+
+
+def _tile_macro(spec: PlaneConvSpec, taps: int):
+    """Macro: ``mr`` output channels of group ``g`` over the position tile at ``p0``."""
+    lanes, n, mr = spec.lanes, spec.vectors, spec.ogroup
+    o, npos, tile = spec.o, spec.positions, spec.tile
+    hb = int(spec.has_bias)
+    activation = spec.activation
+
+    @T.macro
+    def channel_tile(xs, wp, toffs, bias, yf, tail, nb, g, p0):
+        acc = T.alloc_buffer((mr * n * lanes,), "float32", scope="global")
+        for a in T.unroll(mr * n):
+            acc[T.ramp(a * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+        for t in range(taps):
+            q: T.let = toffs[t] + p0
+            for r in T.unroll(mr):
+                ww: T.let = T.broadcast(wp[(g * taps + t) * mr + r], lanes)
+                for u in T.unroll(n):
+                    acc[T.ramp((r * n + u) * lanes, 1, lanes)] = (
+                        acc[T.ramp((r * n + u) * lanes, 1, lanes)]
+                        + ww * xs[T.ramp(q + u * lanes, 1, lanes)]
+                    )
+        for r in T.unroll(mr):
+            oc: T.let = g * mr + r
+            if oc < o:
+                bv: T.let = T.broadcast(bias[oc * hb], lanes)
+                out: T.let = (nb * o + oc) * npos + p0
+                if p0 + tile <= npos:
+                    for u in T.unroll(n):
+                        yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
+                            acc[T.ramp((r * n + u) * lanes, 1, lanes)] + bv, activation, lanes
+                        )
+                else:
+                    for u in T.unroll(n):
+                        tail[T.ramp(u * lanes, 1, lanes)] = (
+                            acc[T.ramp((r * n + u) * lanes, 1, lanes)] + bv
+                        )
+                    for e in range(npos - p0):
+                        yf[out + e] = _epilogue(tail[e], activation)
+
+    return channel_tile
+
+
+def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
+    """Per sample: pad, re-lay as tap planes, then every (position tile, channel group)."""
+    bn, ci, h, wd = spec.x_shape
+    o, (oh, ow) = spec.o, spec.out_hw
+    hp, wp_ = spec.padded_hw
+    tile, ntiles, mr = spec.tile, spec.tiles, spec.ogroup
+    ngroups = -(-o // mr)
+    total = spec.planes * spec.plane_size
+    loop = T.parallel if spec.parallel else T.serial
+    needs_pad = spec.needs_pad
+    chw = ci * h * wd
+    pad = _pad_macro(spec)
+    planes = _planes_macro(spec)
+    channel_tile = _tile_macro(spec, taps)
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((bn, ci, h, wd), "float32"),
+        wp: T.Buffer((ngroups * taps * mr,), "float32"),
+        toffs: T.Buffer((taps,), "int32"),
+        bias: T.Buffer((spec.nbias,), "float32"),
+        y: T.Buffer((bn, o, oh, ow), "float32"),
+    ):
+        yf = T.decl_buffer((bn * o * oh * ow,), "float32", data=y.data)
+        xflat = T.decl_buffer((bn * chw,), "float32", data=x.data)
+        # a tile past the last position reads up to `tile` floats beyond the last plane
+        xs = T.alloc_buffer((total + tile,), "float32", scope="global")
+        xp = T.alloc_buffer((ci * hp * wp_ if needs_pad else 1,), "float32", scope="global")
+        for e in T.vectorized(tile):
+            xs[total + e] = T.float32(0)
+        for nb in range(bn):
+            if needs_pad:
+                pad(x, xp, nb)
+                planes(xp, 0, xs)
+            else:
+                planes(xflat, nb * chw, xs)
+            for tg in loop(ntiles * ngroups):
+                tail = T.alloc_buffer((tile,), "float32", scope="global")
+                channel_tile(xs, wp, toffs, bias, yf, tail, nb, tg % ngroups, tg // ngroups * tile)
+
+    return _finish(kernel)
+
+
+def tap_offsets(spec: PlaneConvSpec) -> np.ndarray:
+    """Every tap ``(c, kh, kw)``, in OIHW order, as its run's start in the planes."""
+    ci = spec.x_shape[1]
+    kh, kw = spec.kernel_hw
+    sh, dh = spec.strides[0], spec.dilation[0]
+    c, tap_h, tap_w = np.meshgrid(np.arange(ci), np.arange(kh), np.arange(kw), indexing="ij")
+    plane = (c * kw + tap_w) * spec.phases + (tap_h * dh) % sh
+    runs = plane * spec.plane_size + (tap_h * dh) // sh * spec.out_hw[1]
+    return np.ascontiguousarray(runs.reshape(-1), dtype=np.int32)
+
+
+def pack_planes_weight(weight: np.ndarray, mr: int) -> np.ndarray:
+    """OIHW -> flat ``[ceil(O / mr), C*KH*KW, mr]``, zero padded: ``mr`` broadcasts per tap."""
+    o = weight.shape[0]
+    taps = int(np.prod(weight.shape[1:]))
+    padded = np.zeros((-(-o // mr) * mr, taps), dtype=np.float32)
+    padded[:o] = weight.reshape(o, taps)
+    return np.ascontiguousarray(padded.reshape(-1, mr, taps).transpose(0, 2, 1)).reshape(-1)
+
+
+def dense_conv2d_planes(
+    x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
+    conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
+    mr: int | None = None, vectors: int | None = None, lanes: int | None = None,
+    parallel: bool = True,
+) -> KernelCall:  # fmt: skip
+    """``y = act(conv2d(x, weight) + bias)``, NCHW / OIHW, groups=1, any stride / padding /
+    dilation. Knobs: ``mr`` output channels and ``vectors`` position vectors per register tile
+    (default from the target's vector width). Consts: ``(packed weight, tap offsets, bias)``."""
+    from ..target import num_cores, vector_lanes
+
+    weight, dims = checked_groups1_conv("dense_conv2d_planes", x_shape, weight_oihw, conv,
+                                        activation)  # fmt: skip
+    (bn, ci, _, _), (o, kh, kw) = dims.x, dims.kernel
+    if activation == "gelu":
+        install_llvm_lowering()
+    lanes = lanes or vector_lanes(target)
+    default_mr, default_vectors = DEFAULT_TILE.get(lanes, DEFAULT_TILE[8])
+    mr, vectors = mr or default_mr, vectors or default_vectors
+    positions = dims.out_hw[0] * dims.out_hw[1]
+    vectors = min(vectors, -(-positions // lanes))
+    taps = ci * kh * kw
+    bias_arr, has_bias = bias_const(bias, o)
+    spec = PlaneConvSpec(
+        dims.x, o, (kh, kw), dims.out_hw, dims.pads, dims.strides, dims.dilation, taps,
+        "int32", "int32", bias_arr.size, has_bias, activation, lanes, vectors, mr,
+        parallel and num_cores(target) > 1,
+    )  # fmt: skip
+    macs = o * taps * bn * positions
+    info = {
+        "kind": "dense_conv2d",
+        "layout": "planes",
+        "macs": macs,
+        "macs_padded": -(-o // mr) * mr * taps * bn * spec.tiles * spec.tile,
+        "activation": activation,
+        "tile": (mr, vectors, lanes),
+    }
+    return KernelCall(
+        func=dense_planes_kernel(spec, taps),
+        name="dense_conv2d_planes_" + "x".join(map(str, x_shape)),
+        consts=(pack_planes_weight(weight, mr), tap_offsets(spec), bias_arr),
+        out_shape=(bn, o) + tuple(dims.out_hw),
+        info=info,
+    )

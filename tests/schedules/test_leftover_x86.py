@@ -3,6 +3,8 @@ row; every result equals numpy, on one core and on several (parallel loops)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -54,6 +56,22 @@ def test_add_relu_is_one_scheduled_loop(cores, shape):
     script = scheduled[0].script()
     assert "T.vectorized" in script and ("T.parallel" in script) == (cores > 1)
     np.testing.assert_array_equal(_run(fn, a, b), np.maximum(a + b, 0))
+
+
+def test_vector_piece_stays_inside_the_last_axis():
+    """A vector that crossed a row would index each lane with a division (a gather): the vector
+    loop divides the last extent, and no vectorized index divides."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 6, 112, 112)).astype(np.float32)
+    six = relax.const(np.float32(6))
+    fn, scheduled = _build(
+        lambda a: relax.op.minimum(relax.op.maximum(a, relax.const(np.float32(0))), six),
+        [x.shape], _target(2), InjectiveVectorize(min_work=1),
+    )  # fmt: skip
+    script = scheduled[0].script()
+    vector_loops = [int(e) for e in re.findall(r"T\.vectorized\((?:T\.int64\()?(\d+)", script)]
+    assert vector_loops and all(112 % e == 0 for e in vector_loops)
+    np.testing.assert_array_equal(_run(fn, x), np.clip(x, 0, 6))
 
 
 def test_broadcast_bias_add():

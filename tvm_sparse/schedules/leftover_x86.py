@@ -97,7 +97,7 @@ def _vector_split(extent: int, lanes: int) -> int:
 class InjectiveVectorize(_ParallelRule):
     """Elementwise / broadcast / layout functions (no reduction): inline every block into the
     last one (an add + ReLU is one pass over memory, not two with a temporary the size of the
-    tensor), fuse the loops, vectorize an inner piece of whole vectors, parallelize the rest."""
+    tensor), vectorize a piece of the last loop, fuse and parallelize the rest."""
 
     def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
         if not isinstance(func, tvm.tirx.PrimFunc) or not is_cpu(target):
@@ -115,9 +115,12 @@ class InjectiveVectorize(_ParallelRule):
         if not loops or any(e is None for e in extents):
             return None
         total = int(np.prod(extents))
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        inner = _vector_split(total, vector_lanes(target))
-        outer, vec = sch.split(fused, factors=[None, inner])
+        # The vector piece comes from the last loop alone: a vector over the fused loops can
+        # cross a row, and its (row, column) indices then become per-lane divisions, a gather
+        # (a ReLU6 over 96x112x112 ran 13x slower so, 1.49 ms against 0.11 ms, Zen 4).
+        inner = _vector_split(extents[-1], vector_lanes(target))
+        rows, vec = sch.split(loops[-1], factors=[None, inner])
+        outer = sch.fuse(*loops[:-1], rows) if len(loops) > 1 else rows
         if inner > 1:
             sch.vectorize(vec)
         cores = num_cores(target)

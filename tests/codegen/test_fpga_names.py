@@ -17,7 +17,7 @@ from tvm_sparse.errors import UnsupportedModelError
 WEIRD = ["1st-layer.fc", "int", "class", "my layer/2", "__main__"]
 
 
-def _mlp(names, sizes=(16, 24, 24, 8), last_op="Relu", seed=0):
+def _mlp(names, sizes=(16, 24, 24, 8), last_op="Relu", seed=0, opset=17):
     rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "input"
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -43,8 +43,8 @@ def _mlp(names, sizes=(16, 24, 24, 8), last_op="Relu", seed=0):
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, sizes[-1]])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset <= 17 else 9
     onnx.checker.check_model(model)
     return model
 
@@ -82,3 +82,10 @@ def test_unsupported_op_is_named():
     with pytest.raises(UnsupportedModelError, match="sigmoid") as err:
         compile_fpga(_mlp(WEIRD, last_op="Sigmoid"), "fpga", run_csim=False)
     assert "sigmoid" in (err.value.op or "")
+
+
+def test_unsupported_activation_fused_into_a_layer_is_named():
+    """A GELU the layer finder fuses into a Gemm's epilogue is refused by name, not dropped."""
+    model = _mlp(WEIRD, last_op="Gelu", opset=20)
+    with pytest.raises(UnsupportedModelError, match="gelu"):
+        compile_fpga(model, "fpga", run_csim=False)

@@ -146,6 +146,13 @@ def build_hw_model(
                     node=spec.name,
                     op="relax.matmul",
                 )
+            if spec.activation not in (None, "relu"):
+                raise UnsupportedModelError(
+                    f"layer {spec.name}: the {spec.activation} activation is not supported by "
+                    "the fpga target (relu only)",
+                    node=spec.name,
+                    op=spec.activation,
+                )
             attrs = _conv_attrs(spec) if spec.kind == CONV2D else {}
             bias = spec.bias if spec.bias is not None else np.zeros(spec.weight.shape[0])
             add(

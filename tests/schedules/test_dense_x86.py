@@ -226,7 +226,7 @@ def test_pointwise_tiling_follows_vector_width_and_shape():
     call = dense_conv2d((1, 3, 5, 5), w[:, :3], None, ConvAttrs((1, 1), (1, 1, 1, 1)), None, TARGET)
     assert call.info["layout"] == "planes"
     with pytest.raises(ValueError, match="layout"):
-        dense_conv2d((1, 3, 5, 5), w[:, :3], layout="winograd", target=TARGET)
+        dense_conv2d((1, 3, 5, 5), w[:, :3], layout="fft", target=TARGET)
     with pytest.raises(ValueError, match="pointwise"):
         dense_conv2d((1, 3, 5, 5), np.ones((4, 3, 3, 3), np.float32), layout="pointwise")
 
@@ -252,3 +252,41 @@ def test_planes_conv_matches_numpy(x_shape, w_shape, strides, padding, dilation,
     assert call.info["layout"] == "planes"
     ref = _ref_conv(x, w, b, strides, padding, dilation, 1, activation)
     np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "x_shape, co, padding, activation, tile",
+    [
+        ((1, 4, 14, 14), 5, (1, 1, 1, 1), None, None),  # 8-lane panels, channel tails
+        ((2, 3, 13, 17), 7, (1, 1, 1, 1), "relu", None),  # batch 2, odd output: row/col tails
+        ((1, 16, 12, 30), 20, (0, 1, 2, 0), "gelu", (6, 4)),  # asymmetric padding
+        ((1, 24, 40, 40), 9, (1, 1, 1, 1), None, (8, 2)),  # 16-lane panels, 2 per row
+        ((1, 2, 6, 14), 3, (0, 0, 0, 0), "relu", (4, 3)),  # no padding, output 4x12
+    ],
+)
+def test_winograd_conv_matches_numpy(x_shape, co, padding, activation, tile):
+    """F(2x2, 3x3) equals the direct conv up to float32 rounding, at every tail."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((co, x_shape[1], 3, 3), dtype=np.float32)
+    b = rng.standard_normal(co, dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    conv = ConvAttrs((1, 1), padding)
+    call = dense_conv2d(
+        x_shape, w, b, conv, activation, TARGET, layout="winograd", winograd_tile=tile
+    )
+    assert call.info["layout"] == "winograd"
+    ref = _ref_conv(x, w, b, (1, 1), padding, (1, 1), 1, activation)
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_is_the_default_for_wide_3x3_stride_1_only():
+    w = np.ones((8, 32, 3, 3), np.float32)
+    pad1 = ConvAttrs((1, 1), (1, 1, 1, 1))
+    assert dense_conv2d((1, 32, 28, 28), w, None, pad1, None, TARGET).info["layout"] == "winograd"
+    narrow = dense_conv2d((1, 32, 7, 7), w, None, pad1, None, TARGET)  # 7 wide: too few tiles
+    assert narrow.info["layout"] == "implicit_gemm"
+    strided = dense_conv2d((1, 32, 28, 28), w, None, ConvAttrs((2, 2), (1, 1, 1, 1)), None, TARGET)
+    assert strided.info["layout"] == "implicit_gemm"
+    with pytest.raises(ValueError, match="3x3 stride-1"):
+        dense_conv2d((1, 32, 28, 28), w, None, ConvAttrs((2, 2), (1, 1, 1, 1)), None, TARGET,
+                     layout="winograd")  # fmt: skip

@@ -67,6 +67,7 @@ from .pointwise_conv_x86 import (
     schedule_pointwise,
     with_nchw_params,
 )
+from .winograd_conv_x86 import winograd_applies, winograd_conv2d
 
 
 def linear_compute(
@@ -145,15 +146,20 @@ def dense_linear(
 # channels the implicit GEMM's NHWC copy and short NCHW stores cost more than its FMAs (ResNet
 # stem 3 -> 64, 7x7 s2: 0.99x onnxruntime against 0.89x; GSC's 1 -> 64 5x5: 1.25x against 0.76x).
 PLANES_MAX_CHANNELS = 16
-CONV_LAYOUTS = ("pointwise", "implicit_gemm", "planes")
+CONV_LAYOUTS = ("pointwise", "implicit_gemm", "planes", "winograd")
 
 
 def default_conv_layout(geo: ConvGeometry) -> str:
-    """The groups=1 kernel a conv gets unless told: 1x1 pointwise, few channels planes, else
-    the implicit GEMM."""
+    """The groups=1 kernel a conv gets unless told: 1x1 pointwise, few channels planes, 3x3
+    stride 1 Winograd (1.5x onnxruntime on ResNet's 3x3 convs, Zen 4), else the implicit GEMM."""
     if is_pointwise(geo):
         return "pointwise"
-    return "planes" if geo.x_shape[1] <= PLANES_MAX_CHANNELS else "implicit_gemm"
+    if geo.x_shape[1] <= PLANES_MAX_CHANNELS:
+        return "planes"
+    conv = ConvAttrs(geo.strides, geo.padding, geo.dilation, geo.groups)
+    if winograd_applies(geo.x_shape, geo.w_shape, conv):
+        return "winograd"
+    return "implicit_gemm"
 
 
 def conv_geometry(x_shape, weight_shape, conv: ConvAttrs) -> ConvGeometry:
@@ -175,11 +181,17 @@ def is_pointwise_layer(layer) -> bool:
     )
 
 
+def winograd_layer(layer) -> bool:
+    """Whether a conv ``LayerSpec`` can take the Winograd kernel (a tuning knob)."""
+    return winograd_applies(layer.x_shape, layer.weight.shape, ConvAttrs.of(layer.conv_attrs))
+
+
 def dense_conv2d(
     x_shape: tuple[int, int, int, int], weight: np.ndarray, bias: np.ndarray | None = None,
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None,
     target: tvm.target.Target | None = None, tiling: GemmTiling | None = None,
     layout: str | None = None, planes_tile: tuple[int, int] | None = None,
+    winograd_tile: tuple[int, int] | None = None,
 ) -> KernelCall:  # fmt: skip
     """``y = act(conv2d(x, weight) + bias)`` in NCHW / OIHW as a scheduled kernel.
 
@@ -188,8 +200,9 @@ def dense_conv2d(
     ``implicit_gemm`` (pixels x channels micro-kernel over an NHWC copy, ``tiling`` = pixels x
     channels; consts ``(weight packed as [Co/nb, KH*KW*Ci, nb], bias?)``) or ``planes``
     (positions in the lanes over tap planes, ``planes_tile`` = (channels, vectors); consts
-    ``(packed weight, tap offsets, bias)``). groups>1 runs a direct loop nest (consts =
-    ``(weight, bias?)``).
+    ``(packed weight, tap offsets, bias)``) or ``winograd`` (3x3 stride 1 by F(2x2, 3x3),
+    ``winograd_tile`` = (channels, tile panels); consts ``(transformed weight, bias)``).
+    groups>1 runs a direct loop nest (consts = ``(weight, bias?)``).
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
@@ -214,6 +227,9 @@ def dense_conv2d(
         call = dense_conv2d_planes(
             x_shape, weight, bias, conv, activation, target, mr=mr, vectors=vectors
         )
+        return dataclasses.replace(call, info={**call.info, "groups": 1})
+    if groups == 1 and layout == "winograd":
+        call = winograd_conv2d(x_shape, weight, bias, conv, activation, target, tile=winograd_tile)
         return dataclasses.replace(call, info={**call.info, "groups": 1})
     if layout == "pointwise" and not is_pointwise(geo):
         raise ValueError(f"layout 'pointwise' needs an unpadded 1x1 conv, got {weight.shape}")

@@ -18,6 +18,8 @@ from .knobs import parallel_choices, product, round_up, settings_for
 
 # (output channels, position vectors) of the tap-plane conv's register tile
 PLANES_TILES = [(4, 4), (6, 4), (4, 3), (3, 3), (2, 6)]
+# (output channels, tile panels) of the Winograd GEMMs' register tile
+WINOGRAD_TILES = [(4, 4), (6, 4), (8, 2), (4, 3)]
 
 
 def _tiling(knobs: dict) -> dict:
@@ -25,8 +27,9 @@ def _tiling(knobs: dict) -> dict:
     ``planes_tile`` list a tuple."""
     if "tiling" in knobs:
         knobs = {**knobs, "tiling": dense_x86.GemmTiling(**knobs["tiling"])}
-    if "planes_tile" in knobs:
-        knobs = {**knobs, "planes_tile": tuple(knobs["planes_tile"])}
+    for key in ("planes_tile", "winograd_tile"):
+        if key in knobs:
+            knobs = {**knobs, key: tuple(knobs[key])}
     return knobs
 
 
@@ -83,6 +86,8 @@ class DenseConv2d(CpuKernel):
         gemm = product(mr=mrs, nb=[16, 32], parallel=par)
         space = [{"layout": "implicit_gemm", "tiling": t} for t in gemm]
         space += [{"layout": "planes", "planes_tile": t} for t in PLANES_TILES]
+        if dense_x86.winograd_layer(layer):
+            space += [{"layout": "winograd", "winograd_tile": t} for t in WINOGRAD_TILES]
         return settings_for(dense_x86.dense_conv2d, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:

@@ -1,4 +1,5 @@
-"""FuseResidual: relu(planes_conv(x) + shortcut) becomes one kernel with the same result."""
+"""FuseResidual: relu(conv(x) + shortcut) becomes one kernel with the same result, for each
+kernel that can take the shortcut (sparse tap planes, dense Winograd, dense 1x1 pointwise)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from tvm import relax
 
 from tvm_sparse.passes.fuse_residual import FuseResidual
 from tvm_sparse.schedules._conv_dims import ConvAttrs
+from tvm_sparse.schedules.dense_x86 import dense_conv2d
 from tvm_sparse.schedules.sparse_conv_planes_x86 import sparse_conv2d_planes
 from tvm_sparse.target import resolve_target
 
@@ -19,12 +21,14 @@ X_SHAPE = (1, 6, 9, 9)
 CONV = ConvAttrs((1, 1), (1, 1, 1, 1), (1, 1))
 
 
-def _module(weight, bias, *, relu: bool, shortcut_shape=None, conv_read_twice=False):
-    """main(x, s) = [relu](conv(x) + s) with the conv as a planes-kernel call_tir."""
-    kernel = sparse_conv2d_planes(X_SHAPE, weight, bias, CONV, None, TARGET)
+def _module(weight, bias, *, relu: bool, shortcut_shape=None, conv_read_twice=False,
+            kernel=None, x_shape=X_SHAPE):  # fmt: skip
+    """main(x, s) = [relu](conv(x) + s) with the conv as a call_tir (a planes kernel unless
+    ``kernel`` is given)."""
+    kernel = kernel or sparse_conv2d_planes(X_SHAPE, weight, bias, CONV, None, TARGET)
     out_shape = kernel.out_shape
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(X_SHAPE, "float32"))
+    x = relax.Var("x", relax.TensorType(x_shape, "float32"))
     s = relax.Var("s", relax.TensorType(shortcut_shape or out_shape, "float32"))
     with bb.function("main", [x, s]):
         with bb.dataflow():
@@ -89,3 +93,29 @@ def test_other_targets_are_left_alone():
     mod, _ = _module(sparse_weight(rng, (8, 6, 3, 3), 0.3), None, relu=True)
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
     assert _fused_kernels(FuseResidual(cuda)(mod)) == []
+
+
+@pytest.mark.parametrize(
+    "layout, x_shape, w_shape, conv",
+    [
+        ("winograd", (2, 6, 9, 26), (8, 6, 3, 3), CONV),  # 24 output columns: a row tail
+        ("pointwise", (1, 12, 7, 9), (16, 12, 1, 1), ConvAttrs()),
+        ("pointwise", (2, 12, 8, 8), (10, 12, 1, 1), ConvAttrs((2, 2))),  # downsample
+    ],
+)
+@pytest.mark.parametrize("relu", [True, False])
+def test_dense_kernels_take_the_shortcut(layout, x_shape, w_shape, conv, relu):
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    kernel = dense_conv2d(x_shape, w, bias, conv, None, TARGET, layout=layout)
+    mod, out_shape = _module(w, bias, relu=relu, kernel=kernel, x_shape=x_shape)
+    fused = FuseResidual(TARGET)(mod)
+    assert len(_fused_kernels(fused)) == 1
+    assert "R.add(" not in fused["main"].script()
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    s = rng.standard_normal(out_shape).astype(np.float32)
+    expected = conv_ref(x, w, bias, conv.strides, conv.padding, conv.dilation) + s
+    if relu:
+        expected = np.maximum(expected, 0)
+    np.testing.assert_allclose(_run(fused, x, s), expected, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""Fuse a residual ``add`` (and the ReLU after it) into the tap-plane sparse conv before it.
+"""Fuse a residual ``add`` (and the ReLU after it) into the conv kernel before it.
 
 Why: a ResNet block ends in ``relu(conv(x) + shortcut)``. Left alone, the conv writes its output,
 and a separate elementwise kernel reads it back with the shortcut and writes the sum: two extra
@@ -6,15 +6,19 @@ passes over a tensor of up to 256x56x56 floats, ~10% of a pruned ResNet-50. The 
 already holds each output tile in registers, so it adds the shortcut and applies the ReLU there.
 
 Matched (after Sparsify, CPU only): ``add(a, b)`` where ``a`` or ``b`` is the output of a
-``sparse_conv2d_planes`` kernel with no activation and no residual yet, read only by the add,
+kernel in ``FUSABLE`` (the tap-plane sparse conv, the dense Winograd and 1x1 pointwise convs)
+with no activation and no residual yet, read only by the add,
 and both operands have the output's shape and dtype (no broadcasting); a ``relu`` that is the
-add's only reader is taken in too. The kernel is rebuilt from the spec it carries
-(``PlaneConvSpec``) with the shortcut as its residual input.
+add's only reader is taken in too. The kernel is rebuilt from the spec it carries with the
+shortcut as its residual input.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import tvm
 from tvm import relax
@@ -24,14 +28,53 @@ from ..ir.relax_utils import dtype_of, op_name, static_shape
 from ..ir.rewrite import Bindings, PlannedRewriter
 from ..schedules.isolation import compile_check
 from ..schedules.kernel import KernelCall
-from ..schedules.sparse_conv_planes_x86 import SPEC_ATTR, PlaneConvSpec, plane_kernel
+from ..schedules.pointwise_conv_x86 import SPEC_ATTR as POINTWISE_ATTR
+from ..schedules.pointwise_conv_x86 import pointwise_kernel
+from ..schedules.sparse_conv_planes_x86 import SPEC_ATTR as PLANES_ATTR
+from ..schedules.sparse_conv_planes_x86 import PlaneConvSpec, plane_kernel
+from ..schedules.winograd_conv_x86 import SPEC_ATTR as WINOGRAD_ATTR
+from ..schedules.winograd_conv_x86 import winograd_kernel
 from .cpu_only import CpuRewrite
 
 log = logging.getLogger("tvm_sparse")
 
 
-def _planes_call(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule):
-    """``(call, spec)`` when ``expr`` is a var bound to a fusable planes-kernel call_tir."""
+@dataclass(frozen=True)
+class _Fusable:
+    """A kernel kind that can take the shortcut in its epilogue: the PrimFunc attribute with
+    its spec, how to rebuild it with a residual and an activation, and whether its last
+    constant is a residual placeholder (replaced) or the shortcut is a new last argument."""
+
+    kind: str
+    attr: str
+    rebuild: Callable[[dict, str | None], tvm.tirx.PrimFunc]
+    placeholder: bool
+
+
+def _rebuild_planes(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    return plane_kernel(PlaneConvSpec(**{**fields, "residual": True, "activation": activation}))
+
+
+def _rebuild_winograd(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    return winograd_kernel(**{**fields, "residual": True, "activation": activation})
+
+
+def _rebuild_pointwise(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
+    return pointwise_kernel({**spec, "residual": True, "activation": activation})
+
+
+FUSABLE = (
+    _Fusable("sparse_conv2d_planes", PLANES_ATTR, _rebuild_planes, placeholder=True),
+    _Fusable("dense_conv2d_winograd", WINOGRAD_ATTR, _rebuild_winograd, placeholder=True),
+    _Fusable("dense_conv2d_pointwise", POINTWISE_ATTR, _rebuild_pointwise, placeholder=False),
+)
+
+
+def _fusable_call(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule):
+    """``(call, fusable, spec)`` when ``expr`` is a var bound to a call_tir of a kernel that
+    can take a residual, read only here, with no activation and no residual yet."""
     if not isinstance(expr, relax.Var) or bindings.uses[expr] != 1:
         return None
     call = bindings.var2val.get(expr)
@@ -40,12 +83,13 @@ def _planes_call(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule):
     gvar = call.args[0]
     func = mod[gvar] if isinstance(gvar, tvm.ir.GlobalVar) and gvar in mod.functions else None
     attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None else {}
-    if SPEC_ATTR not in attrs:
-        return None
-    spec = PlaneConvSpec.from_json(str(attrs[SPEC_ATTR]))
-    if spec.residual or spec.activation is not None:
-        return None
-    return call, spec
+    for fusable in FUSABLE:
+        if fusable.attr in attrs:
+            spec = json.loads(str(attrs[fusable.attr]))
+            if spec.get("residual") or spec.get("activation") is not None:
+                return None
+            return call, fusable, spec
+    return None
 
 
 def _match(var: relax.Var, add: relax.Call, bindings: Bindings, mod: tvm.IRModule):
@@ -57,7 +101,7 @@ def _match(var: relax.Var, add: relax.Call, bindings: Bindings, mod: tvm.IRModul
     if any(static_shape(e) != shape or dtype_of(e) != "float32" for e in (a, b)):
         return None
     for conv, shortcut in ((a, b), (b, a)):
-        found = _planes_call(conv, bindings, mod)
+        found = _fusable_call(conv, bindings, mod)
         if found is not None:
             return (*found, shortcut)
     return None
@@ -70,12 +114,14 @@ class _ResidualRewriter(PlannedRewriter):
         self.count = 0
 
     def replacement(self, var: relax.Var, entry: tuple) -> relax.Expr:
-        call, func, shortcut = entry
-        name = f"sparse_conv2d_planes_residual_{self.count}"
+        call, fusable, func, shortcut = entry
+        name = f"{fusable.kind}_residual_{self.count}"
         self.count += 1
         gvar = self.builder_.add_func(func.with_attr("global_symbol", name), name)
         x, *consts = call.args[1].fields
-        args = [self.visit_expr(x), *consts[:-1], self.visit_expr(shortcut)]
+        if fusable.placeholder:
+            consts = consts[:-1]
+        args = [self.visit_expr(x), *consts, self.visit_expr(shortcut)]
         out_type = relax.TensorType(static_shape(var), "float32")
         return relax.call_tir(gvar, args, out_type)
 
@@ -99,21 +145,19 @@ class FuseResidual(CpuRewrite):
             user = _single_reader(var, bindings)
             if user is not None and op_name(bindings.var2val[user]) == "relax.nn.relu":
                 target_var, activation = user, "relu"
-            call, spec, shortcut = found
-            fused = _fused_kernel(spec, activation, call, target)
+            call, fusable, spec, shortcut = found
+            fused = _fused_kernel(fusable, spec, activation, static_shape(var), target)
             if fused is not None:
-                plan[target_var] = (call, fused, shortcut)
+                plan[target_var] = (call, fusable, fused, shortcut)
         return _ResidualRewriter(plan, mod) if plan else None
 
 
-def _fused_kernel(spec: PlaneConvSpec, activation, call: relax.Call, target):
+def _fused_kernel(fusable: _Fusable, spec: dict, activation, out_shape, target):
     """The conv kernel with the residual epilogue, or None when it does not compile (checked in
     the candidate worker, as every kernel the choice did not time itself: an LLVM abort there
     keeps the unfused conv and add instead of ending the compile)."""
-    fields = {**spec.__dict__, "residual": True, "activation": activation}
-    fused = plane_kernel(PlaneConvSpec(**fields))
-    out_shape = (spec.x_shape[0], spec.o, *spec.out_hw)
-    check = KernelCall(fused, "sparse_conv2d_planes_residual", (), out_shape)
+    fused = fusable.rebuild(spec, activation)
+    check = KernelCall(fused, f"{fusable.kind}_residual", (), tuple(out_shape))
     failure = compile_check(check.name, check, target)
     if failure is not None:
         log.warning("residual fusion skipped: the fused conv failed to compile (%s)", failure)

@@ -63,9 +63,8 @@ from .pointwise_conv_x86 import (
     choose_pointwise_tiling,
     is_pointwise,
     pack_pointwise_weight,
-    pointwise_compute,
-    schedule_pointwise,
-    with_nchw_params,
+    pointwise_kernel,
+    pointwise_spec,
 )
 from .winograd_conv_x86 import winograd_applies, winograd_conv2d
 
@@ -201,7 +200,8 @@ def dense_conv2d(
     channels; consts ``(weight packed as [Co/nb, KH*KW*Ci, nb], bias?)``) or ``planes``
     (positions in the lanes over tap planes, ``planes_tile`` = (channels, vectors); consts
     ``(packed weight, tap offsets, bias)``) or ``winograd`` (3x3 stride 1 by F(2x2, 3x3),
-    ``winograd_tile`` = (channels, tile panels); consts ``(transformed weight, bias)``).
+    ``winograd_tile`` = (channels, tile panels); consts ``(transformed weight, bias, residual
+    placeholder)``).
     groups>1 runs a direct loop nest (consts = ``(weight, bias?)``).
     """
     if activation not in ACTIVATIONS:
@@ -238,9 +238,7 @@ def dense_conv2d(
         tiling = tiling or choose_pointwise_tiling(
             co, pixels, vector_lanes(target), num_cores(target)
         )
-        params = pointwise_compute(geo, tiling, bias is not None, activation)
-        sch = schedule_pointwise(s_tir.Schedule(te.create_prim_func(params)), tiling)
-        func = with_nchw_params(sch.mod["main"], geo)
+        func = pointwise_kernel(pointwise_spec(geo, tiling, bias is not None, activation))
         consts = [pack_pointwise_weight(weight, tiling.mr)]
         info.update(tiling=tiling, layout="pointwise")
         info["macs_padded"] = (

@@ -18,6 +18,9 @@ cannot split a flattened index back into (row, column) ranges.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
@@ -63,10 +66,16 @@ def pack_pointwise_weight(weight: np.ndarray, mr: int) -> np.ndarray:
 
 
 def pointwise_compute(
-    geo: ConvGeometry, tiling: GemmTiling, has_bias: bool, activation: str | None
+    geo: ConvGeometry,
+    tiling: GemmTiling,
+    has_bias: bool,
+    activation: str | None,
+    residual: bool = False,
 ) -> list[te.Tensor]:
-    """TE of the 1x1 conv over flat views: params ``[x (N, Ci, H*W), w_packed, bias?, out (N,
-    Co, OH*OW)]``; blocks "x_panels" (the strided pixel packing), "gemm", "epilogue"."""
+    """TE of the 1x1 conv over flat views: params ``[x (N, Ci, H*W), w_packed, bias?,
+    residual?, out (N, Co, OH*OW)]``; blocks "x_panels" (the strided pixel packing), "gemm",
+    "epilogue". A ``residual`` (a ResNet shortcut, ``passes.fuse_residual``) is added before
+    the activation."""
     mr, nb = tiling.mr, tiling.nb
     batch, ci, h, w = geo.x_shape
     co = geo.w_shape[0]
@@ -98,8 +107,15 @@ def pointwise_compute(
         bias = te.placeholder((co,), "float32", name="bias")
         params.append(bias)
 
+    res = None
+    if residual:
+        res = te.placeholder((batch, co, pixels), "float32", name="residual")
+        params.append(res)
+
     def epilogue(n, c, p):
         value = acc[n, c, p] + bias[c] if bias is not None else acc[n, c, p]
+        if res is not None:
+            value = value + res[n, c, p]
         return apply_activation(value, activation)
 
     out = te.compute((batch, co, pixels), epilogue, name="epilogue")
@@ -138,7 +154,7 @@ def with_nchw_params(func: tvm.tirx.PrimFunc, geo: ConvGeometry) -> tvm.tirx.Pri
     body uses are declared as views of the 4-D params' memory (a reshape that costs nothing)."""
     from tvm.tirx.stmt import DeclBuffer, SeqStmt
 
-    shapes = {"x": geo.x_shape, "epilogue": geo.out_shape}
+    shapes = {"x": geo.x_shape, "epilogue": geo.out_shape, "residual": geo.out_shape}
     params, views = [], []
     for buf in func.params:
         if buf.name not in shapes:
@@ -147,6 +163,36 @@ def with_nchw_params(func: tvm.tirx.PrimFunc, geo: ConvGeometry) -> tvm.tirx.Pri
         nchw = tvm.tirx.decl_buffer(shapes[buf.name], buf.dtype, buf.name, data=buf.data)
         params.append(nchw)
         views.append(DeclBuffer(buf, data=nchw.data))
-    if len(views) != len(shapes):
+    if len(views) < 2:
         raise RuntimeError(f"pointwise conv: params {[b.name for b in func.params]} lack x/out")
     return tvm.tirx.PrimFunc(params, SeqStmt([*views, func.body]), func.ret_type, func.attrs)
+
+
+# The PrimFunc attribute that carries the kernel's spec (see pointwise_kernel)
+SPEC_ATTR = "tvm_sparse.conv_pointwise"
+
+
+def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
+    """The scheduled kernel of a spec: ``{"geometry": ConvGeometry fields, "tiling": GemmTiling
+    fields, "has_bias", "activation", "residual"}``. The spec is kept on the function, so
+    ``passes.fuse_residual`` can rebuild it with the shortcut added in the epilogue."""
+    geo = ConvGeometry(*(tuple(v) if isinstance(v, list) else v for v in spec["geometry"]))
+    tiling = GemmTiling(**spec["tiling"])
+    params = pointwise_compute(
+        geo, tiling, spec["has_bias"], spec["activation"], spec.get("residual", False)
+    )
+    sch = schedule_pointwise(s_tir.Schedule(te.create_prim_func(params)), tiling)
+    func = with_nchw_params(sch.mod["main"], geo)
+    return func.with_attr(SPEC_ATTR, json.dumps(spec))
+
+
+def pointwise_spec(
+    geo: ConvGeometry, tiling: GemmTiling, has_bias: bool, activation: str | None
+) -> dict:
+    return {
+        "geometry": list(dataclasses.astuple(geo)),
+        "tiling": dataclasses.asdict(tiling),
+        "has_bias": has_bias,
+        "activation": activation,
+        "residual": False,
+    }

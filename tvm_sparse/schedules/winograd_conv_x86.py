@@ -27,6 +27,8 @@ Outputs narrower than ``MIN_OUT_W`` waste too much of a panel and stay direct.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import tvm
 from tvm.script import tirx as T
@@ -75,10 +77,17 @@ def _interleave(lanes: int) -> list[int]:
     return [i // 2 + (i % 2) * lanes for i in range(2 * lanes)]
 
 
+# The PrimFunc attribute that carries the kernel's spec (winograd_kernel's arguments)
+SPEC_ATTR = "tvm_sparse.conv_winograd"
+
+
 def winograd_kernel(
     x_shape, o: int, pads, activation, has_bias: bool, nbias: int, lanes: int, mr: int,
-    vectors: int, parallel: bool,
+    vectors: int, parallel: bool, residual: bool = False,
 ) -> tvm.tirx.PrimFunc:  # fmt: skip
+    """The kernel (params ``x, u, bias, residual?, y``); ``residual`` adds a tensor of the
+    output's shape before the activation (``passes.fuse_residual``)."""
+    spec = dict(locals())
     bn, ci, h, wd = x_shape
     top, left, bottom, right = pads
     oh, ow = h + top + bottom - 2, wd + left + right - 2
@@ -91,6 +100,9 @@ def winograd_kernel(
     plane = rows * cols
     hb = int(has_bias)
     zip_idx = _interleave(lanes)
+    # without a residual the parameter is a 1-float placeholder (the last constant)
+    res_shape = (bn, o, oh, ow) if residual else (1,)
+    res_size = bn * o * oh * ow if residual else 1
     loop = T.parallel if parallel else T.serial
     L = lanes
 
@@ -99,10 +111,12 @@ def winograd_kernel(
         x: T.Buffer((bn, ci, h, wd), "float32"),
         u: T.Buffer((16 * groups * ci * mr,), "float32"),
         bias: T.Buffer((nbias,), "float32"),
+        res: T.Buffer(res_shape, "float32"),
         y: T.Buffer((bn, o, oh, ow), "float32"),
     ):
         xf = T.decl_buffer((bn * ci * h * wd,), "float32", data=x.data)
         yf = T.decl_buffer((bn * o * oh * ow,), "float32", data=y.data)
+        rf = T.decl_buffer((res_size,), "float32", data=res.data)
         planes = T.alloc_buffer((bn * ci * 2 * plane,), "float32", scope="global")
         v = T.alloc_buffer((16 * npanels * ci * L,), "float32", scope="global")
         m = T.alloc_buffer((16 * groups * mr * npanels * L,), "float32", scope="global")
@@ -215,31 +229,39 @@ def winograd_kernel(
             for a in T.unroll(2):
                 out_r: T.let = 2 * ty + a
                 if out_r < oh:
-                    y0: T.let = _epilogue(
+                    y0: T.let = (
                         t[T.ramp((4 * a) * L, 1, L)]
                         + t[T.ramp((4 * a + 1) * L, 1, L)]
                         + t[T.ramp((4 * a + 2) * L, 1, L)]
-                        + bv,
-                        activation,
-                        L,
+                        + bv
                     )
-                    y1: T.let = _epilogue(
+                    y1: T.let = (
                         t[T.ramp((4 * a + 1) * L, 1, L)]
                         - t[T.ramp((4 * a + 2) * L, 1, L)]
                         - t[T.ramp((4 * a + 3) * L, 1, L)]
-                        + bv,
-                        activation,
-                        L,
+                        + bv
                     )
                     out: T.let = ((nb * o + k) * oh + out_r) * ow + col0
                     if col0 + 2 * L <= ow:
-                        yf[T.ramp(out, 1, 2 * L)] = T.Shuffle([y0, y1], zip_idx)
+                        if residual:
+                            yf[T.ramp(out, 1, 2 * L)] = _epilogue(
+                                T.Shuffle([y0, y1], zip_idx) + rf[T.ramp(out, 1, 2 * L)],
+                                activation,
+                                2 * L,
+                            )
+                        else:
+                            yf[T.ramp(out, 1, 2 * L)] = _epilogue(
+                                T.Shuffle([y0, y1], zip_idx), activation, 2 * L
+                            )
                     else:
                         row[T.ramp(0, 1, 2 * L)] = T.Shuffle([y0, y1], zip_idx)
                         for e in range(ow - col0):
-                            yf[out + e] = row[e]
+                            if residual:
+                                yf[out + e] = _epilogue(row[e] + rf[out + e], activation)
+                            else:
+                                yf[out + e] = _epilogue(row[e], activation)
 
-    return _finish(kernel)
+    return _finish(kernel).with_attr(SPEC_ATTR, json.dumps(spec))
 
 
 def default_tile(lanes: int) -> tuple[int, int]:
@@ -255,7 +277,8 @@ def winograd_conv2d(
     """``y = act(conv2d(x, weight) + bias)`` for a 3x3 stride-1 conv by F(2x2, 3x3).
 
     ``lanes`` (tiles per panel): 16 with AVX-512 when a row has more than 8 tiles, else 8.
-    Consts: ``(transformed weight, bias)``."""
+    Consts: ``(transformed weight, bias, residual placeholder)``; the last is replaced by a
+    tensor of the output's shape when ``passes.fuse_residual`` fuses an add."""
     from ..target import num_cores, vector_lanes
 
     weight, dims = checked_groups1_conv("winograd_conv2d", x_shape, weight_oihw, conv, activation)
@@ -289,7 +312,7 @@ def winograd_conv2d(
     return KernelCall(
         func=func,
         name="dense_conv2d_winograd_" + "x".join(map(str, x_shape)),
-        consts=(transform_weight(weight, mr), bias_arr),
+        consts=(transform_weight(weight, mr), bias_arr, np.zeros(1, np.float32)),
         out_shape=(bn, o, oh, ow),
         info=info,
     )

@@ -290,3 +290,28 @@ def test_winograd_is_the_default_for_wide_3x3_stride_1_only():
     with pytest.raises(ValueError, match="3x3 stride-1"):
         dense_conv2d((1, 32, 28, 28), w, None, ConvAttrs((2, 2), (1, 1, 1, 1)), None, TARGET,
                      layout="winograd")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel, stride, padding, with_bias, activation",
+    [
+        ((1, 8, 10, 10), 3, 1, (1, 1, 1, 1), True, "relu"),
+        ((2, 5, 13, 17), 3, 2, (1, 1, 1, 1), True, None),  # batch 2, odd sizes, stride 2
+        ((1, 4, 9, 40), 5, 2, (2, 2, 2, 2), False, "gelu"),  # 5x5, 16-lane rows with a tail
+        ((1, 3, 7, 7), 3, 1, (0, 1, 2, 0), True, None),  # asymmetric padding
+        ((1, 6, 4, 4), 3, 2, (0, 0, 1, 1), True, "relu"),  # TF-style "same" padding
+    ],
+)
+def test_depthwise_conv_matches_numpy(x_shape, kernel, stride, padding, with_bias, activation):
+    """Depthwise convs take the padded-row vector kernel; the result equals the reference."""
+    c = x_shape[1]
+    call = _check_conv(
+        x_shape, (c, 1, kernel, kernel), (stride, stride), padding, (1, 1), c, with_bias,
+        activation,
+    )  # fmt: skip
+    assert call.info["layout"] == "depthwise"
+
+
+def test_other_grouped_convs_keep_the_loop_nest():
+    call = _check_conv((1, 6, 8, 8), (6, 1, 3, 3), (3, 3), (1, 1, 1, 1), (1, 1), 6, True, None)
+    assert "layout" not in call.info  # stride 3: not the depthwise kernel

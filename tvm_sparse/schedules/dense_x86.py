@@ -49,6 +49,7 @@ from .dense_conv_x86 import (
     schedule_conv_implicit_gemm,
     schedule_direct_conv,
 )
+from .depthwise_conv_x86 import depthwise_applies, depthwise_conv2d
 from .gemm_x86 import (
     GemmTiling,
     apply_activation,
@@ -202,7 +203,8 @@ def dense_conv2d(
     ``(packed weight, tap offsets, bias)``) or ``winograd`` (3x3 stride 1 by F(2x2, 3x3),
     ``winograd_tile`` = (channels, tile panels); consts ``(transformed weight, bias, residual
     placeholder)``).
-    groups>1 runs a direct loop nest (consts = ``(weight, bias?)``).
+    Depthwise convs (stride 1 or 2) run ``depthwise_conv_x86`` (consts ``(weight, bias)``);
+    other groups>1 convs a direct loop nest (consts = ``(weight, bias?)``).
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
@@ -219,6 +221,12 @@ def dense_conv2d(
         raise ValueError(f"conv2d output is empty: x {tuple(x_shape)}, weight {weight.shape}")
     parallel = num_cores(target) > 1
     info = {"kind": "dense_conv2d", "macs": geo.macs, "activation": activation, "groups": groups}
+    if groups > 1 and depthwise_applies(x_shape, weight.shape, conv.strides, conv.dilation,
+                                        groups):  # fmt: skip
+        return depthwise_conv2d(
+            x_shape, weight, bias, conv.strides, conv.padding, conv.dilation, groups,
+            activation, target,
+        )  # fmt: skip
     layout = layout or default_conv_layout(geo)
     if layout not in CONV_LAYOUTS:
         raise ValueError(f"layout must be one of {CONV_LAYOUTS}, not {layout!r}")

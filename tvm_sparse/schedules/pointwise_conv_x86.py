@@ -27,6 +27,7 @@ from tvm import s_tir, te, tirx
 
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling, apply_activation, round_up
+from .kernel import finish
 
 
 def is_pointwise(geo: ConvGeometry) -> bool:
@@ -182,7 +183,7 @@ def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
         geo, tiling, spec["has_bias"], spec["activation"], spec.get("residual", False)
     )
     sch = schedule_pointwise(s_tir.Schedule(te.create_prim_func(params)), tiling)
-    func = with_nchw_params(sch.mod["main"], geo)
+    func = finish(with_nchw_params(sch.mod["main"], geo))
     return func.with_attr(SPEC_ATTR, json.dumps(spec))
 
 

@@ -22,7 +22,7 @@ from ._epilogue import bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .sparse_conv_planes_x86 import PlaneConvSpec, _pad_macro, _planes_macro
+from .sparse_conv_planes_x86 import PlaneConvSpec, tap_planes_macro
 from .vector_math import install_llvm_lowering
 
 # (mr output channels, vectors of positions) per vector width. 4 x 4 (16 zmm accumulators)
@@ -85,8 +85,7 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
     loop = T.parallel if spec.parallel else T.serial
     needs_pad = spec.needs_pad
     chw = ci * h * wd
-    pad = _pad_macro(spec)
-    planes = _planes_macro(spec)
+    fill = tap_planes_macro(spec)
     channel_tile = _tile_macro(spec, taps)
 
     @T.prim_func
@@ -105,11 +104,7 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
         for e in T.vectorized(tile):
             xs[total + e] = T.float32(0)
         for nb in range(bn):
-            if needs_pad:
-                pad(x, xp, nb)
-                planes(xp, 0, xs)
-            else:
-                planes(xflat, nb * chw, xs)
+            fill(x, xflat, xp, xs, nb)
             for tg in loop(ntiles * ngroups):
                 tail = T.alloc_buffer((tile,), "float32", scope="global")
                 channel_tile(xs, wp, toffs, bias, yf, tail, nb, tg % ngroups, tg // ngroups * tile)

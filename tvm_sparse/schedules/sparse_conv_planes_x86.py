@@ -175,6 +175,33 @@ def _planes_macro(spec: PlaneConvSpec):
     return planes
 
 
+def tap_planes_macro(spec: PlaneConvSpec):
+    """Macro: sample ``nb``'s tap planes in ``xs`` (through the padded copy ``xp`` when the
+    conv pads; the input channels themselves for a 1x1 unit-stride conv). Shared by the sparse
+    kernel here and the dense one (``dense_conv_planes_x86``)."""
+    _, ci, h, wd = spec.x_shape
+    chw = ci * h * wd
+    npos = spec.positions
+    identity, needs_pad = spec.identity_planes, spec.needs_pad
+    loop = T.parallel if spec.parallel else T.serial
+    pad = _pad_macro(spec)
+    planes = _planes_macro(spec)
+
+    @T.macro
+    def fill(x, xflat, xp, xs, nb):
+        if identity:
+            for c in loop(ci):
+                for v in T.vectorized(npos):
+                    xs[c * npos + v] = xflat[nb * chw + c * npos + v]
+        elif needs_pad:
+            pad(x, xp, nb)
+            planes(xp, 0, xs)
+        else:
+            planes(xflat, nb * chw, xs)
+
+    return fill
+
+
 def _tile_macro(spec: PlaneConvSpec):
     """Macro: output channel ``oc`` over the position tile at ``p0``: every non-zero of the
     channel streams past ``vectors`` register accumulators, then bias, activation, store."""
@@ -238,13 +265,12 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     total = spec.planes * spec.plane_size
     nval = max(spec.nnz, 1)
     loop = T.parallel if spec.parallel else T.serial
-    identity, needs_pad = spec.identity_planes, spec.needs_pad
+    needs_pad = spec.needs_pad
     chw = ci * h * wd
     # without a residual the parameter is a 1-float placeholder (the last constant)
     res_shape = (bn, o, oh, ow) if spec.residual else (1,)
     res_size = bn * o * npos if spec.residual else 1
-    pad = _pad_macro(spec)
-    planes = _planes_macro(spec)
+    fill = tap_planes_macro(spec)
     channel_tile = _tile_macro(spec)
 
     @T.prim_func
@@ -266,15 +292,7 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
         for e in T.vectorized(tile):
             xs[total + e] = T.float32(0)
         for nb in range(bn):
-            if identity:
-                for c in loop(ci):
-                    for v in T.vectorized(npos):
-                        xs[c * npos + v] = xflat[nb * chw + c * npos + v]
-            elif needs_pad:
-                pad(x, xp, nb)
-                planes(xp, 0, xs)
-            else:
-                planes(xflat, nb * chw, xs)
+            fill(x, xflat, xp, xs, nb)
             for tg in loop(ntiles * ngroups):
                 tail = T.alloc_buffer((tile,), "float32", scope="global")
                 p0: T.let = tg // ngroups * tile

@@ -247,3 +247,20 @@ def test_a_reused_kernel_that_fails_its_check_gets_its_layer_measured(monkeypatc
     assert rows[1].chosen == "flaky"  # CSR at 5% density: far faster than dense
     assert rows[2].chosen == "dense" and "timing reused" not in rows[2].reason
     assert "candidate flaky crashed the compiler (signal 6 SIGABRT" in rows[2].reason
+
+
+def test_a_gelu_epilogue_compiles_in_the_worker(target):
+    """The worker lowers erf / exp to the same vector polynomials as the compiling process;
+    without them a GELU-fused sparse candidate failed there ("unknown intrinsic tirx.erf") and
+    every BERT feed-forward layer lost its sparse kernels."""
+    from tvm_sparse.schedules.sparse_x86 import csr_linear
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((32, 48)) * (rng.random((32, 48)) < 0.2)).astype(np.float32)
+    call = csr_linear(64, weight, None, activation="gelu", target=target)
+    runner = isolation.WorkerRunner()
+    try:
+        out = runner.run({"gelu": call}, target, rng.standard_normal((64, 48)).astype("f4"), 1)
+    finally:
+        runner.close()
+    assert out["gelu"].ok, out["gelu"].error

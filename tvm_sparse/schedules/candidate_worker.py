@@ -86,6 +86,11 @@ def serve(in_fd: int, out_fd: int, idle_s: float) -> int:
     import tvm
 
     from .candidate_run import COMPILE, Outcome, error_text, run_candidates
+    from .vector_math import install_llvm_lowering
+
+    # the builders install the vector exp / erf lowering in the compiling process when a kernel
+    # needs it (GELU epilogues); the worker compiles those kernels too, so it needs it as well
+    install_llvm_lowering()
 
     def step(name: str, phase: str) -> None:
         write_message(out_fd, ("step", name, phase))

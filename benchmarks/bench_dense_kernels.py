@@ -4,7 +4,9 @@
 
 Prints TVM time, onnxruntime time and speed ratio (ORT time / TVM time: > 1 means TVM is
 faster) per case. Both sides run in this process with the same thread count, interleaved, so
-the ratio is fair on a shared, noisy machine. Each ORT model is one Gemm or Conv node.
+the ratio is fair on a shared, noisy machine. Each ORT model is one Gemm or Conv node. The
+conv cases are ResNet / MobileNetV2 / GSC shapes; the "kernel" column is the layout the builder
+picked for the shape (pointwise, implicit GEMM, planes, Winograd, depthwise) and its tile.
 """
 
 from __future__ import annotations
@@ -55,6 +57,16 @@ CONV_CASES = [
     ("conv3x3 64->64 56x56 b1 pad1", (1, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1)),
     ("conv1x1 64->256 56x56 b1", (1, 64, 56, 56), (256, 64, 1, 1), (1, 1), (0, 0, 0, 0)),
     ("conv3x3 128->128 28x28 b1 s2", (1, 128, 28, 28), (128, 128, 3, 3), (2, 2), (1, 1, 1, 1)),
+    ("conv7x7 3->64 224 s2 (stem)", (1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3, 3, 3)),
+    ("conv3x3 256->256 14x14 b1", (1, 256, 14, 14), (256, 256, 3, 3), (1, 1), (1, 1, 1, 1)),
+    ("conv1x1 1024->256 14x14 b1", (1, 1024, 14, 14), (256, 1024, 1, 1), (1, 1), (0, 0, 0, 0)),
+    ("conv1x1 256->512 56 s2 (ds)", (1, 256, 56, 56), (512, 256, 1, 1), (2, 2), (0, 0, 0, 0)),
+]
+# depthwise: (name, x_shape, stride); 3x3, padding 1 (MobileNetV2's shapes)
+DEPTHWISE_CASES = [
+    ("dw3x3 96 112x112 s2", (1, 96, 112, 112), 2),
+    ("dw3x3 144 56x56 s1", (1, 144, 56, 56), 1),
+    ("dw3x3 576 14x14 s1", (1, 576, 14, 14), 1),
 ]
 
 
@@ -95,10 +107,15 @@ def _gemm_graph(x_shape, weight, bias, out_shape):
     )
 
 
-def _conv_graph(x_shape, weight, bias, strides, padding, out_shape):
+def _conv_graph(x_shape, weight, bias, strides, padding, out_shape, group=1):
     top, left, bottom, right = padding
     node = helper.make_node(
-        "Conv", ["x", "W", "b"], ["y"], strides=list(strides), pads=[top, left, bottom, right]
+        "Conv",
+        ["x", "W", "b"],
+        ["y"],
+        strides=list(strides),
+        pads=[top, left, bottom, right],
+        group=group,
     )
     return helper.make_graph(
         [node],
@@ -136,9 +153,11 @@ def _measure(name, call, graph, x, target, threads, seconds, macs):
     )
     tt, to = min(samples["tvm"]), min(samples["ort"])
     tiling = call.info.get("tiling")
-    knobs = f"{tiling.mr}x{tiling.nb}" if tiling else "direct"
+    knobs = call.info.get("layout") or "direct"
+    if tiling:
+        knobs = f"{knobs[:6]} {tiling.mr}x{tiling.nb}"
     print(
-        f"{name:34s} {knobs:>7s} {tt * 1e3:9.3f} {to * 1e3:9.3f} {to / tt:6.2f}x "
+        f"{name:36s} {knobs:>14s} {tt * 1e3:9.3f} {to * 1e3:9.3f} {to / tt:6.2f}x "
         f"{2 * macs / tt / 1e9:7.1f} {err:8.1e}",
         flush=True,
     )
@@ -149,7 +168,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     print(f"target {target}  threads {ARGS.threads}  onnxruntime {ort.__version__}")
     print(
-        f"{'case':34s} {'tile':>7s} {'tvm ms':>9s} {'ort ms':>9s} {'ratio':>7s} "
+        f"{'case':36s} {'kernel':>14s} {'tvm ms':>9s} {'ort ms':>9s} {'ratio':>7s} "
         f"{'GFLOP/s':>7s} {'rel err':>8s}"
     )
     if ARGS.only in (None, "linear"):
@@ -169,6 +188,16 @@ def main() -> int:
             graph = _conv_graph(x_shape, weight, bias, strides, padding, call.out_shape)
             macs = call.info["macs"]
             _measure(name, call, graph, x, target, ARGS.threads, ARGS.seconds, macs)
+        for name, x_shape, stride in DEPTHWISE_CASES:
+            c = x_shape[1]
+            weight = rng.standard_normal((c, 1, 3, 3), dtype=np.float32)
+            bias = rng.standard_normal(c, dtype=np.float32)
+            x = rng.standard_normal(x_shape, dtype=np.float32)
+            conv = ConvAttrs((stride, stride), (1, 1, 1, 1), (1, 1), c)
+            call = dense_conv2d(x_shape, weight, bias, conv, target=target)
+            pads = conv.padding
+            graph = _conv_graph(x_shape, weight, bias, conv.strides, pads, call.out_shape, c)
+            _measure(name, call, graph, x, target, ARGS.threads, ARGS.seconds, call.info["macs"])
     return 0
 
 

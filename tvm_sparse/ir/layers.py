@@ -2,8 +2,9 @@
 
 Canonical form (what ``canonicalize`` leaves): ``matmul(x, W_kn)`` or ``nn.conv2d(x, W_oihw)``
 with a constant weight, optionally followed by ``add(., bias)`` with a per-output-channel
-constant, then optionally by ``nn.relu``. A layer is that whole chain; its tail var is what the
-rest of the graph reads, so a rewrite replaces the tail and dead-code elimination drops the rest.
+constant, then optionally by ``nn.relu``, ``nn.gelu`` or ReLU6 (``clip(., 0, 6)``). A layer is
+that whole chain; its tail var is what the rest of the graph reads, so a rewrite replaces the
+tail and dead-code elimination drops the rest.
 """
 
 from __future__ import annotations
@@ -19,6 +20,20 @@ LINEAR = "linear"
 CONV2D = "conv2d"
 # Epilogue activations every kernel builder fuses (``gelu`` is the exact erf form).
 _ACTIVATIONS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu"}
+
+
+def is_relu6(value: relax.Expr) -> bool:
+    """Whether ``value`` is ``clip(x, 0, 6)`` (``passes.fuse_relu6`` writes ONNX's ReLU6 so)."""
+    if op_name(value) != "relax.clip":
+        return False
+    bounds = []
+    for arg in value.args[1:]:  # FloatImm, or a PrimValue holding one
+        number = getattr(arg, "value", None)
+        number = getattr(number, "value", number)
+        if not isinstance(number, int | float):
+            return False
+        bounds.append(float(number))
+    return bounds == [0.0, 6.0]
 
 
 @dataclass
@@ -140,6 +155,8 @@ def find_layers(func: relax.Function) -> list[LayerSpec]:
                 nxt = single_user(tail)
         if nxt is not None and op_name(nxt.value) in _ACTIVATIONS:
             activation, tail = _ACTIVATIONS[op_name(nxt.value)], nxt.var
+        elif nxt is not None and is_relu6(nxt.value):
+            activation, tail = "relu6", nxt.var
         layers.append(
             LayerSpec(
                 index=len(layers),

@@ -40,7 +40,7 @@ def analyze_function(
     layers = find_layers(func)
     name_layers(layers, names or [])
     bindings = binding_map(func)
-    relu_tails = {layer.tail_var for layer in layers if layer.activation == "relu"}
+    relu_tails = {layer.tail_var for layer in layers if layer.activation in ("relu", "relu6")}
     rows = []
     for layer in layers:
         act = producer_of(layer.x_var, bindings, relu_tails)

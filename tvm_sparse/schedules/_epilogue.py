@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from tvm.script import tirx as T
 
-ACTIVATIONS = (None, "relu", "gelu")
+ACTIVATIONS = (None, "relu", "gelu", "relu6")
 SQRT1_2 = 0.7071067811865476
 
 
@@ -19,8 +19,8 @@ def check_activation(activation: str | None) -> None:
 
 
 def epilogue(v, activation: str | None, lanes: int = 1):
-    """act(v) as a TIR expression (``lanes``-wide); ReLU keeps NaN (like numpy / onnxruntime),
-    GELU is the erf form."""
+    """act(v) as a TIR expression (``lanes``-wide); ReLU and ReLU6 keep NaN (like numpy /
+    onnxruntime), GELU is the erf form."""
 
     def c(value: float):
         return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
@@ -31,6 +31,10 @@ def epilogue(v, activation: str | None, lanes: int = 1):
         return T.Select(v < c(0), c(0), v)
     if activation == "gelu":
         return c(0.5) * v * (c(1) + T.erf(v * c(SQRT1_2)))
+    if activation == "relu6":  # NaN stays NaN, as with ReLU
+        if lanes == 1:
+            return T.if_then_else(v < c(0), c(0), T.if_then_else(v > c(6), c(6), v))
+        return T.Select(v < c(0), c(0), T.Select(v > c(6), c(6), v))
     return v
 
 

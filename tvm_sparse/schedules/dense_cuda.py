@@ -47,6 +47,10 @@ def dense_linear(
         pre = mm
     if activation == "relu":
         out = te.compute((m, n), lambda i, j: te.max(pre[i, j], T.float32(0)), name="relu")
+    elif activation == "relu6":
+        out = te.compute(
+            (m, n), lambda i, j: te.min(te.max(pre[i, j], T.float32(0)), T.float32(6)), "relu6"
+        )
     elif activation == "gelu":
         out = te.compute(
             (m, n),

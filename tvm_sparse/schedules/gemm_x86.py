@@ -48,11 +48,13 @@ def choose_tiling(rows: int, cols: int, num_cores: int = 1) -> GemmTiling:
 
 
 def apply_activation(value: te.Tensor, activation: str | None):
-    """``act(value)`` as a TE expression (GELU in erf form)."""
+    """``act(value)`` as a TE expression (GELU in erf form, ReLU6 = min(max(v, 0), 6))."""
     if activation is None:
         return value
     if activation == "relu":
         return te.max(value, tirx.const(0.0, "float32"))
+    if activation == "relu6":
+        return te.min(te.max(value, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
     if activation == "gelu":
         half = tirx.const(0.5, "float32")
         return value * (half + half * te.erf(value * tirx.const(1.0 / math.sqrt(2.0), "float32")))

@@ -27,6 +27,8 @@ def _act(y: np.ndarray, activation: str | None) -> np.ndarray:
         return np.maximum(y, 0.0)
     if activation == "gelu":
         return 0.5 * y * (1.0 + _erf(y / math.sqrt(2.0)))
+    if activation == "relu6":
+        return np.clip(y, 0.0, 6.0)
     return y
 
 
@@ -238,7 +240,7 @@ def test_pointwise_tiling_follows_vector_width_and_shape():
         ((2, 1, 12, 12), (9, 1, 5, 5), (1, 1), (0, 0, 0, 0), (1, 1), None, (4, 4)),  # GSC1
         ((1, 6, 9, 8), (5, 6, 3, 2), (2, 1), (1, 0, 2, 1), (2, 1), "gelu", (6, 4)),
         ((2, 4, 5, 5), (7, 4, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, (3, 3)),  # tail tile
-        ((1, 20, 8, 8), (33, 20, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), "relu", (2, 6)),
+        ((1, 20, 8, 8), (33, 20, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), "relu6", (2, 6)),
     ],
 )
 def test_planes_conv_matches_numpy(x_shape, w_shape, strides, padding, dilation, activation, tile):
@@ -300,6 +302,7 @@ def test_winograd_is_the_default_for_wide_3x3_stride_1_only():
         ((1, 4, 9, 40), 5, 2, (2, 2, 2, 2), False, "gelu"),  # 5x5, 16-lane rows with a tail
         ((1, 3, 7, 7), 3, 1, (0, 1, 2, 0), True, None),  # asymmetric padding
         ((1, 6, 4, 4), 3, 2, (0, 0, 1, 1), True, "relu"),  # TF-style "same" padding
+        ((1, 7, 14, 14), 3, 1, (1, 1, 1, 1), True, "relu6"),  # 4-lane rows, MobileNet's ReLU6
     ],
 )
 def test_depthwise_conv_matches_numpy(x_shape, kernel, stride, padding, with_bias, activation):
@@ -315,3 +318,10 @@ def test_depthwise_conv_matches_numpy(x_shape, kernel, stride, padding, with_bia
 def test_other_grouped_convs_keep_the_loop_nest():
     call = _check_conv((1, 6, 8, 8), (6, 1, 3, 3), (3, 3), (1, 1, 1, 1), (1, 1), 6, True, None)
     assert "layout" not in call.info  # stride 3: not the depthwise kernel
+
+
+def test_depthwise_row_lanes_keep_scalar_tails_short():
+    from tvm_sparse.schedules.depthwise_conv_x86 import row_lanes
+
+    assert [row_lanes(w, 16) for w in (112, 56, 28, 14, 7)] == [16, 8, 8, 4, 4]
+    assert row_lanes(112, 8) == 8  # never wider than the CPU's vectors

@@ -113,6 +113,14 @@ def depthwise_kernel(
     return _finish(kernel)
 
 
+def row_lanes(out_w: int, widest: int) -> int:
+    """The vector width for output rows ``out_w`` wide: the fewest vector + scalar-tail steps
+    per row (14 columns: 3 x 4 lanes + 2, not 14 scalars after no 16-lane vector), the wider
+    vector on a tie."""
+    widths = [w for w in (16, 8, 4) if w <= widest]
+    return min(widths, key=lambda w: (out_w // w + out_w % w, -w))
+
+
 def depthwise_conv2d(
     x_shape: tuple[int, int, int, int], weight: np.ndarray, bias: np.ndarray | None,
     strides, padding, dilation, groups: int, activation: str | None, target=None, *,
@@ -138,7 +146,7 @@ def depthwise_conv2d(
     oh, ow = (h + top + bottom - kh) // s + 1, (wd + left + right - kw) // s + 1
     if oh <= 0 or ow <= 0:
         raise ValueError(f"depthwise conv output is empty: x {tuple(x_shape)}, w {weight.shape}")
-    lanes = lanes or (16 if vector_lanes(target) >= 16 and ow > 8 else 8)
+    lanes = lanes or row_lanes(ow, vector_lanes(target))
     bias_arr, has_bias = bias_const(bias, c)
     func = depthwise_kernel(
         (bn, c, h, wd), (kh, kw), (top, left, bottom, right), s, activation, has_bias,

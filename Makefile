@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast lint bench deepsparse clean
+.PHONY: venv demo test test-fast lint bench conformance deepsparse clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_bert.py --threads 1
 	$(BIN)/python benchmarks/bench_zoo.py --threads 1
 	$(BIN)/python benchmarks/bench_zoo.py --threads $$(nproc)
+
+# ONNX's backend node cases (and the held-out classic CNNs) through onnxruntime, plain TVM and
+# tvm-sparse, in worker processes; lists every case where tvm-sparse does worse than plain TVM.
+conformance: $(STAMP)
+	$(BIN)/python benchmarks/conformance.py --json conformance.json
+	$(BIN)/python benchmarks/conformance.py --no-node-cases --models all --image 64
 
 deepsparse:
 	bash benchmarks/setup_deepsparse.sh

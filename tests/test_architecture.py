@@ -19,11 +19,12 @@ PACKAGE = Path(tvm_sparse.__file__).parent
 
 # Layers from the bottom up: a module may import its own layer and the ones listed before it.
 LAYERS = [
-    ("formats", "errors", "timing", "target", "report"),
+    ("formats", "errors", "timing", "target", "report", "phases"),
     ("ir",),
     ("schedules",),
     ("passes",),
-    ("frontend", "module", "onnx_fold", "op", "sparsify", "models", "models_bert", "zoo"),
+    ("frontend", "module", "onnx_fold", "onnx_fixes", "op", "sparsify", "models", "models_bert",
+     "zoo"),  # fmt: skip
     ("compile_tvm", "codegen", "tuner"),
     ("compiler", "tune_cli", "cli", "demo", "__init__"),
 ]

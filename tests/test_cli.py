@@ -36,6 +36,8 @@ def test_compile_run_analyze(tmp_path):
     proc = _cli("compile", onnx_path, "--target", "llvm", "-o", lib, "--report")
     assert proc.returncode == 0, proc.stderr
     assert "cnn2" in proc.stdout and (tmp_path / "out" / "tiny.json").exists()
+    for phase in ("Import", "Sparsify", "candidate builds", "Build (TIR lowering + LLVM)"):
+        assert phase in proc.stdout, proc.stdout  # --report prints the time per phase
 
     x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
     np.savez(tmp_path / "in.npz", input=x)
@@ -94,11 +96,15 @@ def test_unsupported_op(tmp_path):
     _assert_one_line_error(_cli("compile", path, "-o", tmp_path / "x.so"), "det0", "Det")
 
 
-def test_dynamic_shape_needs_input_shapes(tmp_path):
+def test_dynamic_shape_is_compiled_for_any_size_and_input_shapes_specialize(tmp_path):
     path = models.save(models.model_with_dynamic_batch(features=8), tmp_path / "dyn.onnx")
-    _assert_one_line_error(_cli("analyze", path), "--input-shapes", "input")
+    proc = _cli("analyze", path)
+    assert proc.returncode == 0, proc.stderr
+    assert "dynamic dims" in proc.stderr and "--input-shapes input:1x8" in proc.stderr
     proc = _cli("analyze", path, "--input-shapes", "input:2x8")
     assert proc.returncode == 0, proc.stderr
+    assert "dynamic dims" not in proc.stderr
+    _assert_one_line_error(_cli("analyze", path, "--input-shapes", "input:2x2x8"), "3 dims")
 
 
 def test_bad_target(tmp_path):

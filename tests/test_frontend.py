@@ -38,12 +38,54 @@ def test_unsupported_op_names_node_and_op():
     assert info.value.op == "Det"
 
 
-def test_dynamic_batch_needs_shapes():
+def test_dynamic_batch_compiles_for_any_batch_and_shapes_specialize(caplog):
     model = models.model_with_dynamic_batch(features=16)
-    with pytest.raises(InputShapeError, match="input.*dynamic.*--input-shapes input:1x16"):
-        import_model(model)
+    with caplog.at_level("WARNING", logger="tvm_sparse"):
+        imported = import_model(model)
+    assert imported.inputs[0].shape == ("N", 16) and not imported.inputs[0].is_static
+    assert "dynamic dims" in caplog.text and "--input-shapes input:1x16" in caplog.text
     imported = import_model(model, "input:4x16")
-    assert imported.inputs[0].shape == (4, 16)
+    assert imported.inputs[0].shape == (4, 16) and imported.inputs[0].is_static
+
+
+def test_dynamic_batch_model_runs_at_any_batch_against_onnxruntime():
+    import onnxruntime as ort
+
+    import tvm_sparse
+    from tvm_sparse.errors import RunInputError
+
+    model = models.model_with_dynamic_batch(features=16)
+    compiled = tvm_sparse.compile(model, "llvm")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 16), dtype=np.float32)
+        (want,) = session.run(None, {"input": x})
+        np.testing.assert_allclose(compiled.run(x), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RunInputError, match="expected 2 dims"):
+        compiled.run(np.zeros((16,), np.float32))
+    with pytest.raises(RunInputError, match=r"expected shape \[N, 16\]"):
+        compiled.run(np.zeros((2, 8), np.float32))
+
+
+def test_input_shapes_must_match_the_rank():
+    model = models.model_with_dynamic_batch(features=16)
+    with pytest.raises(InputShapeError, match="3 dims given.*2"):
+        import_model(model, "input:1x4x16")
+
+
+def test_sequence_input_is_refused_by_name():
+    import onnx
+    from onnx import TensorProto, helper
+
+    seq = helper.make_tensor_sequence_value_info("xs", TensorProto.FLOAT, [2])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    node = helper.make_node("SequenceAt", ["xs", "i"], ["y"])
+    index = helper.make_tensor("i", TensorProto.INT64, [], [0])
+    graph = helper.make_graph([node], "g", [seq], [out], initializer=[index])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    with pytest.raises(UnsupportedModelError, match="'xs' is a sequence"):
+        import_model(model)
 
 
 def test_shape_for_unknown_input_is_rejected():

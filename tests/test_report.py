@@ -51,3 +51,21 @@ def test_mlp_patterns_are_reported():
     first = report.layers[0]
     assert first.weight_density == pytest.approx(0.5)
     assert first.patterns["best_nm"] == [2, 4]
+
+
+def test_compile_time_by_phase_lists_every_phase_and_its_candidates():
+    from tvm_sparse.phases import PhaseTimes
+
+    times = PhaseTimes()
+    for name, seconds in (("Import", 0.5), ("Sparsify: candidate builds", 2.0),
+                          ("Sparsify", 3.0), ("Build (TIR lowering + LLVM)", 1.0)):  # fmt: skip
+        times.add(name, seconds)
+    lines = times.table().splitlines()
+    assert [ln.split()[0] for ln in lines[1:]] == [
+        "Import",
+        "Sparsify",
+        "candidate",
+        "Build",
+        "total",
+    ]
+    assert lines[-1].split()[-2] == "4.50"  # sub-phases are inside their phase, not added twice

@@ -25,7 +25,7 @@ def _add_shapes(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input-shapes",
         metavar="NAME:DxD,...",
-        help="static input shapes, e.g. input:1x1x32x32 (needed for dynamic models)",
+        help="static input shapes, e.g. input:1x1x32x32 (specializes dynamic dims)",
     )
 
 
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="kernel choice: time dense + best sparse candidates (auto), all, or none (estimates)",
     )
-    c.add_argument("--report", action="store_true", help="print the per-layer report")
+    c.add_argument(
+        "--report", action="store_true", help="print the per-layer report and time per phase"
+    )
     _add_shapes(c)
 
     r = sub.add_parser("run", help="run a compiled module")
@@ -109,6 +111,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     manifest = mod.export(args.output)
     if args.report:
         print(mod.report.table())
+        if mod.compile_seconds is not None:
+            print(mod.compile_seconds.table())
     print(f"wrote {args.output} and {manifest}")
     return 0
 

@@ -19,6 +19,7 @@ from .frontend import ImportedModel, import_model
 from .module import CompiledModule
 from .passes.module_report import capture_report
 from .passes.pipeline import SparsifyOptions, build_pipeline
+from .phases import timing_phases
 from .schedules import tuning
 from .target import resolve_target
 
@@ -54,22 +55,31 @@ def compile_tvm(
     if unknown:
         raise TypeError(f"unknown compile option(s): {sorted(unknown)}; known: {sorted(OPTIONS)}")
     tgt = resolve_target(target)
-    imported = import_model(model, input_shapes)
-    sparsify_options = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
-    pipeline = build_pipeline(tgt, sparsify_options, _records_dir(tuning_records))
-    start = time.perf_counter()
-    log.info("compiling %s for %s", imported.source, tgt)
-    try:
-        # tuned kernel knobs and choices; the report, as a user of the TVM plugin reads it
-        with tuning.use_records(tuning_records), capture_report() as captured:
-            executable = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
-    except TvmSparseError:
-        raise
-    except Exception as err:
-        lines = str(err).strip().splitlines()
-        raise TvmSparseError(
-            f"{imported.source}: TVM failed to compile: {lines[-1] if lines else err}"
-        ) from err
-    log.info("compiled in %.1f s", time.perf_counter() - start)
+    with timing_phases() as phases:
+        with phases.phase("Import"):
+            imported = import_model(model, input_shapes)
+        sparsify_options = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
+        pipeline = build_pipeline(tgt, sparsify_options, _records_dir(tuning_records))
+        start = time.perf_counter()
+        log.info("compiling %s for %s", imported.source, tgt)
+        try:
+            # tuned kernel knobs and choices; the report, as a user of the TVM plugin reads it
+            with tuning.use_records(tuning_records), capture_report() as captured:
+                executable = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
+        except TvmSparseError:
+            raise
+        except Exception as err:
+            lines = str(err).strip().splitlines()
+            raise TvmSparseError(
+                f"{imported.source}: TVM failed to compile: {lines[-1] if lines else err}"
+            ) from err
+        elapsed = time.perf_counter() - start
+        in_pipeline = sum(s for n, s in phases.seconds.items() if ": " not in n and n != "Import")
+        phases.add("Build (TIR lowering + LLVM)", elapsed - in_pipeline)
+    log.info("compiled in %.1f s\n%s", elapsed, phases.table())
     report = dataclasses.replace(captured.report, model=model_name(imported))
-    return CompiledModule(executable, imported.inputs, report, str(tgt.kind.name))
+    module = CompiledModule(
+        executable, imported.inputs, report, str(tgt.kind.name), guards=imported.guards
+    )
+    module.compile_seconds = phases
+    return module

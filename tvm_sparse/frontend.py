@@ -7,6 +7,7 @@ our exceptions with the file, node and op named, before TVM gets a chance to fai
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,25 +19,63 @@ import tvm
 from tvm import relax
 
 from .errors import InputShapeError, ModelLoadError, UnsupportedModelError
+from .onnx_fixes import RunGuard, fix_model
 from .onnx_fold import fold_constants
 
 ShapeDict = dict[str, tuple[int, ...]]
+log = logging.getLogger("tvm_sparse")
+
+
+Dim = int | str  # a static extent, or a symbolic one by its ONNX name ("?" when unnamed)
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, static shape and dtype of one model input or output."""
+    """Name, shape and dtype of one model input.
+
+    ``shape`` holds ints for static dims and names for symbolic ones (compiled for any extent);
+    ``None`` means the rank itself is unknown. ``optional`` marks an ONNX optional tensor input
+    (TVM takes it as the tensor; an empty optional cannot be passed)."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[Dim, ...] | None
     dtype: str
+    optional: bool = False
+
+    @property
+    def is_static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    def shape_text(self) -> str:
+        return "[?]" if self.shape is None else "[" + ", ".join(str(d) for d in self.shape) + "]"
+
+    def mismatch(self, shape: tuple[int, ...]) -> str:
+        """Why an array of ``shape`` cannot be this input ('' when it can)."""
+        if self.shape is None:
+            return ""
+        if len(shape) != len(self.shape):
+            return f"expected {len(self.shape)} dims {self.shape_text()}, got {list(shape)}"
+        named: dict[str, int] = {}
+        for want, got in zip(self.shape, shape):
+            if isinstance(want, int) and want != got:
+                return f"expected shape {self.shape_text()}, got {list(shape)}"
+            if isinstance(want, str) and want != "?" and named.setdefault(want, got) != got:
+                return f"dim {want!r} has two sizes in {list(shape)}"
+        return ""
+
+    def example_shape(self, fill: int = 1) -> tuple[int, ...]:
+        """A concrete shape for this input (symbolic dims become ``fill``)."""
+        return tuple(d if isinstance(d, int) else fill for d in (self.shape or ()))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        shape = None if self.shape is None else list(self.shape)
+        return {"name": self.name, "shape": shape, "dtype": self.dtype, "optional": self.optional}
 
     @staticmethod
     def from_dict(d: dict) -> TensorSpec:
-        return TensorSpec(d["name"], tuple(int(s) for s in d["shape"]), d["dtype"])
+        shape = d["shape"]
+        dims = None if shape is None else tuple(s if isinstance(s, str) else int(s) for s in shape)
+        return TensorSpec(d["name"], dims, d["dtype"], bool(d.get("optional", False)))
 
 
 @dataclass
@@ -48,6 +87,8 @@ class ImportedModel:
     source: str
     # ONNX nodes with constant weights, in graph order: lets the report use the model's own names.
     weighted_nodes: list[tuple[str, str]] = field(default_factory=list)
+    # checks on input values before each run (onnx_fixes.RunGuard)
+    guards: list[RunGuard] = field(default_factory=list)
 
 
 def parse_input_shapes(spec: str | dict | None) -> ShapeDict | None:
@@ -86,39 +127,67 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def _dims_of(value_info: onnx.ValueInfoProto) -> list[int | str]:
-    dims: list[int | str] = []
-    for d in value_info.type.tensor_type.shape.dim:
+def _dims_of(tensor_type: onnx.TypeProto.Tensor) -> tuple[Dim, ...] | None:
+    """Static dims as ints, symbolic ones by name; None when the rank is unknown."""
+    if not tensor_type.HasField("shape"):
+        return None
+    dims: list[Dim] = []
+    for d in tensor_type.shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
         else:
             dims.append(d.dim_param or "?")
-    return dims
+    return tuple(dims)
 
 
-def onnx_input_specs(model: onnx.ModelProto, shapes: ShapeDict | None) -> list[TensorSpec]:
-    """Static specs of the graph inputs (initializers excluded); dynamic dims need ``shapes``."""
+def _tensor_type_of(vi: onnx.ValueInfoProto, source: str) -> tuple[onnx.TypeProto.Tensor, bool]:
+    """The tensor type of an input and whether it is optional; other kinds are refused here,
+    by name, rather than by the VM at run time."""
+    kind = vi.type.WhichOneof("value")
+    if kind == "tensor_type":
+        return vi.type.tensor_type, False
+    if kind == "optional_type" and vi.type.optional_type.elem_type.HasField("tensor_type"):
+        return vi.type.optional_type.elem_type.tensor_type, True
+    kinds = {
+        "sequence_type": "a sequence",
+        "optional_type": "an optional sequence",
+        "map_type": "a map",
+        "sparse_tensor_type": "a sparse tensor",
+    }
+    what = kinds.get(kind, str(kind))
+    raise UnsupportedModelError(
+        f"{source}: input {vi.name!r} is {what}: TVM's ONNX frontend takes graph inputs as "
+        "tensors only (its VM cannot be given a sequence or map)",
+        node=vi.name,
+    )
+
+
+def onnx_input_specs(
+    model: onnx.ModelProto, shapes: ShapeDict | None, source: str = "<model>"
+) -> list[TensorSpec]:
+    """Specs of the graph inputs (initializers excluded). ``shapes`` fixes dims; dims left
+    symbolic are compiled for any extent."""
     initializers = {t.name for t in model.graph.initializer}
     specs = []
     shapes = dict(shapes or {})
     for vi in model.graph.input:
         if vi.name in initializers:
             continue
-        elem = vi.type.tensor_type.elem_type
+        tensor_type, optional = _tensor_type_of(vi, source)
+        elem = tensor_type.elem_type
         dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))) if elem else "float32"
         if vi.name in shapes:
-            shape = shapes.pop(vi.name)
-        else:
-            dims = _dims_of(vi)
-            if any(not isinstance(d, int) for d in dims):
-                shown = "x".join(str(d) for d in dims)
-                example = "x".join(str(d) if isinstance(d, int) else "1" for d in dims)
+            given = shapes.pop(vi.name)
+            dims = _dims_of(tensor_type)
+            if dims is not None and len(dims) != len(given):
                 raise InputShapeError(
-                    f"input {vi.name!r} has dynamic shape [{shown}]: give static shapes with "
-                    f"--input-shapes {vi.name}:{example}"
+                    f"--input-shapes {vi.name}: {len(given)} dims given, the model's input has "
+                    f"{len(dims)} [{'x'.join(str(d) for d in dims)}]"
                 )
-            shape = tuple(dims)
-        specs.append(TensorSpec(vi.name, tuple(int(s) for s in shape), dtype))
+            shape: tuple[Dim, ...] | None = tuple(int(d) for d in given)
+        else:
+            shape = _dims_of(tensor_type)
+        specs.append(TensorSpec(vi.name, shape, dtype, optional))
     if shapes:
         names = ", ".join(s.name for s in specs)
         raise InputShapeError(
@@ -127,12 +196,60 @@ def onnx_input_specs(model: onnx.ModelProto, shapes: ShapeDict | None) -> list[T
     return specs
 
 
-def _check_supported_ops(model: onnx.ModelProto, source: str) -> None:
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+def warn_dynamic_inputs(specs: list[TensorSpec], source: str) -> None:
+    """One warning naming the dynamic inputs and how to specialize them."""
+    dynamic = [s for s in specs if not s.is_static]
+    if not dynamic:
+        return
+    shown = ", ".join(f"{s.name!r} {s.shape_text()}" for s in dynamic)
+    example = ",".join(
+        f"{s.name}:{'x'.join(str(d) for d in s.example_shape())}" for s in dynamic if s.shape
+    )
+    hint = f" (--input-shapes {example} specializes them)" if example else ""
+    log.warning(
+        "%s: input(s) %s have dynamic dims: compiled for any size; layers that need static "
+        "shapes keep TVM's dense path%s",
+        source,
+        shown,
+        hint,
+    )
 
-    supported = _get_convert_map()
+
+def require_static(specs: list[TensorSpec], source: str, why: str) -> None:
+    """InputShapeError naming the first dynamic input, for backends that need static shapes."""
+    for spec in specs:
+        if not spec.is_static:
+            example = "x".join(str(d) for d in spec.example_shape())
+            raise InputShapeError(
+                f"{source}: input {spec.name!r} has dynamic shape {spec.shape_text()}: {why}; "
+                f"give static shapes with --input-shapes {spec.name}:{example}"
+            )
+
+
+def frontend_unsupported_ops(graph: onnx.GraphProto) -> set[str]:
+    """The ops of ``graph`` TVM's ONNX frontend refuses, by the frontend's own check.
+
+    Read from the frontend, not kept by hand: it converts ops outside its converter map too
+    (``If``, ``Constant``), and a list of ours would drift from the TVM it runs on."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    importer = onnx_frontend.ONNXGraphImporter
+    check = getattr(importer, "_check_for_unsupported_ops", None)
+    if check is None:  # another TVM: its converter map plus what 0.27 handles directly
+        supported = set(onnx_frontend._get_convert_map()) | {"If", "Constant"}
+        return {node.op_type for node in graph.node if node.op_type not in supported}
+    try:
+        check(importer.__new__(importer), graph)
+    except tvm.error.OpNotImplemented as err:
+        listed = str(err).rpartition(":")[2]
+        return {op.strip() for op in listed.split(",") if op.strip()}
+    return set()
+
+
+def _check_supported_ops(model: onnx.ModelProto, source: str) -> None:
+    unsupported = frontend_unsupported_ops(model.graph)
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in supported:
+        if node.op_type in unsupported:
             raise UnsupportedModelError(
                 f"{source}: node {node.name or '<unnamed>'!r}: op {node.op_type!r}"
                 f"{' (domain ' + node.domain + ')' if node.domain else ''} is not supported by "
@@ -181,17 +298,20 @@ def _sorted_topk(model: onnx.ModelProto) -> onnx.ModelProto:
 def import_onnx(
     model: onnx.ModelProto, shapes: ShapeDict | None = None, source: str = "<model>"
 ) -> ImportedModel:
-    """Import an ONNX model into Relax with weights as constants and static input shapes."""
+    """Import an ONNX model into Relax with weights as constants; dims ``shapes`` does not fix
+    stay as the model declares them (symbolic where it names them)."""
     # constant subgraphs (PyTorch's position-id / ConstantOfShape plumbing) crash TVM's importer
     model = _sorted_topk(fold_constants(model))
+    model, guards = fix_model(model, source)  # what TVM's frontend converts wrongly
     _check_supported_ops(model, source)
-    specs = onnx_input_specs(model, shapes)
+    specs = onnx_input_specs(model, shapes, source)
+    warn_dynamic_inputs(specs, source)
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
         mod = from_onnx(
             model,
-            shape_dict={s.name: list(s.shape) for s in specs},
+            shape_dict={s.name: list(s.shape) for s in specs if s.is_static},
             keep_params_in_input=False,
             sanitize_input_names=True,  # Relax names only; the manifest keeps ONNX names
         )
@@ -199,11 +319,11 @@ def import_onnx(
         message = str(err).strip().splitlines()
         detail = message[-1] if message else type(err).__name__
         raise UnsupportedModelError(f"{source}: TVM's ONNX frontend failed: {detail}") from err
-    return ImportedModel(mod, specs, source, _weighted_nodes(model))
+    return ImportedModel(mod, specs, source, _weighted_nodes(model), guards)
 
 
 def import_relax(mod: tvm.IRModule, source: str = "<IRModule>") -> ImportedModel:
-    """Accept a Relax module whose ``main`` has static tensor parameters."""
+    """Accept a Relax module with a ``main`` of tensor parameters (symbolic dims allowed)."""
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
         raise UnsupportedModelError(f"{source}: the IRModule has no 'main' function")
     func = mod["main"]
@@ -212,14 +332,13 @@ def import_relax(mod: tvm.IRModule, source: str = "<IRModule>") -> ImportedModel
         ty = param.ty
         if not isinstance(ty, relax.TensorType):
             raise InputShapeError(f"{source}: parameter {param.name} is not a tensor")
-        if not isinstance(ty.shape, relax.ShapeExpr) or not all(
-            isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values
-        ):
-            raise InputShapeError(
-                f"{source}: parameter {param.name} has a dynamic shape: bind static dims first"
+        dims: tuple[Dim, ...] | None = None
+        if isinstance(ty.shape, relax.ShapeExpr):
+            dims = tuple(
+                int(d.value) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in ty.shape.values
             )
-        dims = tuple(int(d.value) for d in ty.shape.values)
         specs.append(TensorSpec(param.name, dims, str(ty.dtype)))
+    warn_dynamic_inputs(specs, source)
     return ImportedModel(mod, specs, source)
 
 

@@ -17,6 +17,7 @@ from tvm import relax
 
 from .errors import ArtifactError, RunInputError
 from .frontend import TensorSpec
+from .onnx_fixes import RunGuard
 from .report import Report
 
 MANIFEST_VERSION = 1
@@ -38,9 +39,12 @@ class CompiledModule:
         report: Report,
         target: str,
         device: tvm.runtime.Device | None = None,
+        guards: list[RunGuard] | None = None,
     ):
         self.executable = executable
         self.inputs = list(inputs)
+        self.guards = list(guards or [])  # input values a run must not have
+        self.compile_seconds = None  # phases.PhaseTimes of the compile (None once loaded)
         self.report = report
         self.target = target
         self.device = device or (tvm.cuda() if target.startswith("cuda") else tvm.cpu())
@@ -61,22 +65,37 @@ class CompiledModule:
     # -- running ---------------------------------------------------------------------------
     def _check_inputs(self, inputs: tuple) -> list[np.ndarray]:
         if len(inputs) != len(self.inputs):
-            names = ", ".join(f"{s.name}{list(s.shape)}" for s in self.inputs)
+            names = ", ".join(f"{s.name}{s.shape_text()}" for s in self.inputs)
             raise RunInputError(
                 f"expected {len(self.inputs)} input(s) ({names}), got {len(inputs)}"
             )
         arrays = []
         for spec, value in zip(self.inputs, inputs):
-            arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-            if tuple(arr.shape) != spec.shape:
+            if value is None:
                 raise RunInputError(
-                    f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(arr.shape)}"
+                    f"input {spec.name!r}: got None; "
+                    + (
+                        "an empty optional cannot be passed to TVM's VM"
+                        if spec.optional
+                        else "expected an array"
+                    )  # fmt: skip
                 )
+            if isinstance(value, (list, tuple)) and not hasattr(value, "shape"):
+                raise RunInputError(f"input {spec.name!r}: expected an array, got a sequence")
+            arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+            why = spec.mismatch(tuple(arr.shape))
+            if why:
+                raise RunInputError(f"input {spec.name!r}: {why}")
             if str(arr.dtype) != spec.dtype:
                 raise RunInputError(
                     f"input {spec.name!r}: expected dtype {spec.dtype}, got {arr.dtype}"
                 )
             arrays.append(np.require(arr, requirements="C"))  # keeps a 0-d input 0-d
+        feeds = {spec.name: arr for spec, arr in zip(self.inputs, arrays)}
+        for guard in self.guards:
+            why = guard.violation(feeds)
+            if why:
+                raise RunInputError(why)
         return arrays
 
     def run(self, *inputs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -104,16 +123,17 @@ class CompiledModule:
         return {"median_s": float(np.median(times)), "min_s": float(min(times)), "runs": len(times)}
 
     def random_inputs(self, seed: int = 0) -> list[np.ndarray]:
-        """Random inputs of the right shapes and dtypes (the CLI's default)."""
+        """Random inputs of the right shapes and dtypes (the CLI's default; symbolic dims 1)."""
         rng = np.random.default_rng(seed)
         out = []
         for spec in self.inputs:
+            shape = spec.example_shape()
             if spec.dtype.startswith("float"):
-                out.append(rng.standard_normal(spec.shape).astype(spec.dtype))
+                out.append(rng.standard_normal(shape).astype(spec.dtype))
             elif spec.dtype == "bool":
-                out.append(rng.integers(0, 2, spec.shape).astype(bool))
+                out.append(rng.integers(0, 2, shape).astype(bool))
             else:
-                out.append(rng.integers(0, 2, spec.shape).astype(spec.dtype))
+                out.append(rng.integers(0, 2, shape).astype(spec.dtype))
         return out
 
     # -- export / load -----------------------------------------------------------------------
@@ -128,6 +148,7 @@ class CompiledModule:
             "library": os.path.basename(path),
             "target": self.target,
             "inputs": [s.to_dict() for s in self.inputs],
+            "guards": [g.to_dict() for g in self.guards],
             "report": self.report.to_dict(),
         }
         mpath = manifest_path(path)
@@ -139,6 +160,10 @@ class CompiledModule:
 def _to_numpy(out: Any) -> np.ndarray | tuple:
     if hasattr(out, "numpy"):
         return out.numpy()
+    if isinstance(out, tvm.runtime.ShapeTuple):  # an ONNX Shape output: int64 values
+        return np.array(list(out), dtype=np.int64)
+    if isinstance(out, (int, float, bool)):  # a scalar the VM returns as a plain value
+        return np.asarray(out)
     return tuple(_to_numpy(o) for o in out)
 
 
@@ -163,4 +188,5 @@ def load(path: str | os.PathLike) -> CompiledModule:
         raise ArtifactError(f"{path}: cannot load the module ({type(err).__name__})") from err
     inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
     report = Report.from_dict(manifest["report"])
-    return CompiledModule(lib, inputs, report, manifest.get("target", "llvm"))
+    guards = [RunGuard.from_dict(d) for d in manifest.get("guards", [])]
+    return CompiledModule(lib, inputs, report, manifest.get("target", "llvm"), guards=guards)

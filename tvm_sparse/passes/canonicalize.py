@@ -14,17 +14,18 @@ from tvm import relax
 from .fold_affine import FoldAffineIntoLayers
 from .fuse_gelu import FuseGelu
 from .fuse_relu6 import FuseRelu6
+from .safe_fold import SafeFoldConstant
 
 
 def canonicalize_passes() -> list[tvm.transform.Pass]:
     return [
         relax.transform.DecomposeOpsForInference(),
-        relax.transform.FoldConstant(),
+        SafeFoldConstant(),
         relax.transform.CanonicalizeBindings(),
         FuseGelu(),  # erf-GELU subgraph -> nn.gelu, a fusable kernel epilogue
         FuseRelu6(),  # the frontend's maximum + minimum of Clip(x, 0, 6) -> one clip
         FoldAffineIntoLayers(),
-        relax.transform.FoldConstant(),
+        SafeFoldConstant(),
         relax.transform.DeadCodeElimination(),
     ]
 

@@ -32,6 +32,7 @@ from tvm import relax
 from tvm.relax import pipeline as tvm_pipeline
 from tvm.s_tir import dlight as dl
 
+from ..phases import timed
 from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
 from ..target import is_cpu
 from .analyze_sparsity import AnalyzeLayers
@@ -105,7 +106,8 @@ def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
 
 
 def _phase(name: str, passes: list[tvm.transform.Pass]) -> tvm.transform.Pass:
-    return tvm.transform.Sequential(passes, name=f"tvm_sparse.{name}")
+    """The passes of one phase, its wall time recorded for the compile-time report."""
+    return timed(name, tvm.transform.Sequential(passes, name=f"tvm_sparse.{name}"))
 
 
 def pre_schedule_passes(

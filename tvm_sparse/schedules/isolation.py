@@ -22,11 +22,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import tvm
 
+from ..phases import record
 from . import measure_cache
 from .candidate_run import COMPILE, Outcome, run_candidates
 from .candidate_worker import (
@@ -51,6 +53,21 @@ _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from tvm_sparse.schedules.candidate_worker import main; sys.exit(main())"
 )
+
+
+class _StepClock:
+    """Splits a request's wall time into candidate compiling and timing (the phase report)."""
+
+    _NAMES = {COMPILE: "candidate builds", "worker start": "candidate worker start"}
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        if phase:
+            record(f"Sparsify: {self._NAMES.get(phase, 'candidate timing')}", now - self.last)
+        self.last = now
 
 
 class WorkerUnavailable(Exception):
@@ -138,6 +155,7 @@ class WorkerRunner:
         offset = self._stderr.seek(0, os.SEEK_END)
         timeout = self.timeout_s or _timeout_s()
         step = None
+        clock = _StepClock()
         try:
             write_message(proc.stdin.fileno(), {
                 "kernels": jobs, "target": str(target), "x": x, "rounds": rounds
@@ -145,8 +163,10 @@ class WorkerRunner:
             if not self._ready:
                 read_message(proc.stdout.fileno(), max(timeout, STARTUP_TIMEOUT_S))  # ("ready",)
                 self._ready = True
+                clock.lap("worker start")
             while True:
                 message = read_message(proc.stdout.fileno(), timeout)
+                clock.lap(step[1] if step else "")
                 if message[0] == "step":
                     step = (message[1], message[2])
                     continue

@@ -17,6 +17,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 
 from ..target import is_cpu, num_cores, vector_lanes
+from .vector_safety import ScalarOnlyGuard
 
 _MIN_PARALLEL_WORK = 1 << 14  # iterations below which a parallel launch does not pay
 
@@ -191,6 +192,7 @@ def cpu_leftover_rules() -> list[ScheduleRule]:
     from .attention_x86 import encoder_leftover_rules
 
     return [
+        ScalarOnlyGuard(),  # what LLVM cannot vectorize keeps TVM's scalar loops
         *encoder_leftover_rules(),
         InjectiveVectorize(),
         WindowReduction(),

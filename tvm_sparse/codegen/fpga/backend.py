@@ -22,7 +22,7 @@ import numpy as np
 
 from ...compile_tvm import compile_tvm
 from ...errors import TvmSparseError
-from ...frontend import import_model
+from ...frontend import import_model, require_static
 from ...passes.canonicalize import canonicalize
 from .calibration import calibrate
 from .csim import CsimResult, run_csim
@@ -199,6 +199,7 @@ def compile_fpga(
     if variant not in VARIANTS:
         raise TvmSparseError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
     imported = import_model(model, input_shapes)
+    require_static(imported.inputs, imported.source, "an FPGA design has fixed buffer sizes")
     mod = canonicalize(imported.mod)
     name = _model_name(imported.source)
     hw = _prepare(mod, tgt, variant, imported.weighted_nodes, name)

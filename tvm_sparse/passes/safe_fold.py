@@ -1,0 +1,44 @@
+"""``FoldConstant`` that never leaves a module calling a function it does not define.
+
+TVM 0.27's ``relax.transform.FoldConstant``, run before ``LegalizeOps`` (where canonicalization
+must run it: constant weight transposes and BatchNorm statistics fold there), legalizes some
+dynamic-shape ops to try them and keeps the ``call_tir`` of a ``shape_func`` it never adds to the
+module (``R.dynamic_strided_slice``: ONNX Slice with starts/ends as inputs). The build then fails
+with "There is no definition of I.GlobalVar("shape_func")". Plain TVM folds only after
+legalization, so it never sees this. Here: fold, and when the result calls an undefined function,
+keep the module unfolded (correct, only less folded).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import relax
+
+log = logging.getLogger("tvm_sparse")
+
+
+def undefined_callees(mod: tvm.IRModule) -> list[str]:
+    """Names of global functions that ``mod``'s Relax functions reference but it lacks."""
+    defined = {gv.name_hint for gv in mod.get_global_vars()}
+    missing: set[str] = set()
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            missing |= {gv.name_hint for gv in relax.analysis.all_global_vars(func)} - defined
+    return sorted(missing)
+
+
+def SafeFoldConstant() -> tvm.transform.Pass:  # noqa: N802 - named like TVM's passes
+    """``FoldConstant``, or the module unchanged where folding would drop a callee."""
+
+    @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.SafeFoldConstant")
+    def fold(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        folded = relax.transform.FoldConstant()(mod)
+        missing = undefined_callees(folded)
+        if missing:
+            log.debug("FoldConstant dropped %s: kept the module unfolded", ", ".join(missing))
+            return mod
+        return folded
+
+    return fold

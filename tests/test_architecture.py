@@ -23,8 +23,17 @@ LAYERS = [
     ("ir",),
     ("schedules",),
     ("passes",),
-    ("frontend", "module", "onnx_fold", "onnx_fixes", "op", "sparsify", "models", "models_bert",
-     "zoo"),  # fmt: skip
+    (
+        "frontend",
+        "module",
+        "onnx_fold",
+        "onnx_fixes",
+        "op",
+        "sparsify",
+        "models",
+        "models_bert",
+        "zoo",
+    ),  # fmt: skip
     ("compile_tvm", "codegen", "tuner"),
     ("compiler", "tune_cli", "cli", "demo", "__init__"),
 ]

@@ -40,7 +40,7 @@ bench: $(STAMP)
 # tvm-sparse, in worker processes; lists every case where tvm-sparse does worse than plain TVM.
 conformance: $(STAMP)
 	$(BIN)/python benchmarks/conformance.py --json conformance.json
-	$(BIN)/python benchmarks/conformance.py --no-node-cases --models all --image 64
+	$(BIN)/python benchmarks/conformance.py --no-node-cases --models all --sparsities 0 0.9
 
 deepsparse:
 	bash benchmarks/setup_deepsparse.sh

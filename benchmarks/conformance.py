@@ -102,19 +102,25 @@ def case_ops(case: Case) -> set[str]:
     return {n.op_type for n in model.graph.node}
 
 
-def model_cases(names: list[str], image: int | None, workdir: str) -> list[Case]:
-    """Zoo models exported dense (sparsity 0), expected outputs from onnxruntime in the worker."""
+def model_cases(
+    names: list[str], options: dict, workdir: str, sparsities: tuple[float, ...] = (0.0,)
+) -> list[Case]:
+    """Zoo models at each sparsity (``options``: their export options, e.g. image, width);
+    the expected outputs come from onnxruntime, in the worker."""
     from tvm_sparse import zoo
 
     os.makedirs(workdir, exist_ok=True)
     cases = []
     for name in names:
-        options = {} if image is None else {"image": image}
-        path = os.path.join(workdir, f"{name}.onnx")
-        zoo.export(name, path, sparsity=0.0, **options)
-        feeds = zoo.inputs(name, **options)
-        with open(path, "rb") as f:
-            cases.append(Case(f"model_{name}", f.read(), list(feeds.values()), None, 1e-3, 0.0))
+        for sparsity in sparsities:
+            path = os.path.join(workdir, f"{name}_{sparsity:g}.onnx")
+            print(f"exporting {name} at {sparsity:.0%} {options}", flush=True)
+            zoo.export(name, path, sparsity=sparsity, **options)
+            feeds = zoo.inputs(name, **options)
+            with open(path, "rb") as f:
+                model = f.read()
+            label = f"model_{name}" + (f"@{sparsity:g}" if sparsity else "")
+            cases.append(Case(label, model, list(feeds.values()), None, 1e-3, 0.0))
     return cases
 
 
@@ -432,6 +438,14 @@ def main(argv: list[str] | None = None) -> int:
         "--models", nargs="*", default=[], help="zoo models to add ('all': the classic CNNs)"
     )
     parser.add_argument("--image", type=int, default=None, help="image size for --models")
+    parser.add_argument("--width", type=float, default=None, help="channel scale for --models")
+    parser.add_argument(
+        "--sparsities",
+        nargs="*",
+        type=float,
+        default=[0.0],
+        help="sparsities to export --models at",
+    )
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per case")
@@ -445,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         from tvm_sparse import zoo
 
         models = sorted(n for n, m in zoo.ZOO.items() if m.family == "classic")
-    cases += model_cases(models, args.image, args.workdir)
+    options = {k: v for k, v in (("image", args.image), ("width", args.width)) if v is not None}
+    cases += model_cases(models, options, args.workdir, tuple(args.sparsities))
     print(f"{len(cases)} cases x {len(args.engines)} engines, {args.workers} workers", flush=True)
 
     def progress(result: Result, done: int) -> None:

@@ -14,12 +14,14 @@ from tvm import relax
 from .fold_affine import FoldAffineIntoLayers
 from .fuse_gelu import FuseGelu
 from .fuse_relu6 import FuseRelu6
+from .numpy_fold import NumpyFoldConstant
 from .safe_fold import SafeFoldConstant
 
 
 def canonicalize_passes() -> list[tvm.transform.Pass]:
     return [
         relax.transform.DecomposeOpsForInference(),
+        NumpyFoldConstant(),  # most of what FoldConstant would build with LLVM, in numpy
         SafeFoldConstant(),
         relax.transform.CanonicalizeBindings(),
         FuseGelu(),  # erf-GELU subgraph -> nn.gelu, a fusable kernel epilogue

@@ -27,6 +27,9 @@ from .module_report import attach_report, read_report
 log = logging.getLogger("tvm_sparse")
 
 
+_MAX_RECHOICES = 3  # a layer's candidates failing their compile check one after another
+
+
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.ChooseKernels")
 class ChooseKernels:
     """Choose a kernel for every layer of ``plan`` for ``target``."""
@@ -45,19 +48,28 @@ class ChooseKernels:
         with reuse_timings():
             choices = [self._choose(i, layer, len(rows)) for i, (layer, _) in enumerate(rows)]
         for i, ((layer, row), choice) in enumerate(zip(rows, choices)):
-            why = choice.pending_check.result() if choice.pending_check is not None else None
-            if why is not None:  # the reused kernel does not compile for this layer: measure it
-                log.warning("layer %s: reused %s %s; measuring the layer", layer.name,
-                            choice.chosen, why)  # fmt: skip
-                choice = self._choose(i, layer, len(rows))
-            self._record(layer, row, choice, report)
+            self._record(layer, row, self._checked(i, layer, choice, len(rows)), report)
         return attach_report(mod, report)
+
+    def _checked(self, i: int, layer: LayerSpec, choice: Choice, total: int) -> Choice:
+        """``choice`` once its pending compile check passed; a kernel that fails it is chosen
+        again (its failure is known then, so the next candidate is taken), a few times at
+        most, then TVM's own path."""
+        for _ in range(_MAX_RECHOICES):
+            why = choice.pending_check.result() if choice.pending_check is not None else None
+            if why is None:
+                return choice
+            log.warning("layer %s: %s %s; choosing again", layer.name, choice.chosen, why)
+            choice = self._choose(i, layer, total)
+        if choice.pending_check is None or choice.pending_check.result() is None:
+            return choice
+        return Choice(layer, "tvm", None, "no candidate compiled; using TVM", choice.estimated_ms)
 
     def _choose(self, i: int, layer: LayerSpec, total: int) -> Choice:
         start = time.perf_counter()
         options = self.plan.options
         choice = choose_layer_tuned(
-            layer, self.target, sparse=options.sparse, measure=options.measure
+            layer, self.target, sparse=options.sparse, measure=options.measure, defer_check=True
         )
         log.info(
             "[%d/%d] layer %s: %s (%s) in %.1f s",

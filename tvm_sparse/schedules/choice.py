@@ -30,7 +30,13 @@ from ..target import is_cpu
 from . import decision_reuse, measure_cache
 from .candidate_run import error_text
 from .cost_model import DEFAULT_MACHINE, ESTIMATE_MARGIN, MEASURE_MARGIN
-from .isolation import compile_check, compile_check_later, mark_compiled, run_isolated
+from .isolation import (
+    compile_check,
+    compile_check_known,
+    compile_check_later,
+    mark_compiled,
+    run_isolated,
+)
 from .kernel import KernelCall
 from .kernels import Candidate
 from .measure_input import layer_input
@@ -103,23 +109,8 @@ def _to_measure(cands: list[Candidate], measure: bool | str) -> list[Candidate]:
     return [dense, *sparse[:AUTO_SPARSE_CANDIDATES]]
 
 
-def _build_checked(cand: Candidate, layer: LayerSpec, target: tvm.target.Target, dropped: dict
-                   ) -> KernelCall | None:  # fmt: skip
-    """``cand`` built and compile-checked, or None (and the reason in ``dropped``)."""
-    try:
-        kernel = cand.build()
-    except Exception as err:  # noqa: BLE001 - a failing candidate is dropped, not fatal
-        _drop(layer, dropped, cand.name, f"failed to build: {error_text(err)}")
-        return None
-    why = compile_check(cand.name, kernel, target)
-    if why is not None:
-        _drop(layer, dropped, cand.name, why)
-        return None
-    return kernel
-
-
 def _choose_by_estimate(layer: LayerSpec, target: tvm.target.Target, cands: list[Candidate],
-                        estimated: dict) -> Choice:  # fmt: skip
+                        estimated: dict, defer_check: bool = False) -> Choice:  # fmt: skip
     dense = cands[0]
     best = min(cands, key=lambda c: c.estimate_s)
     if best is not dense and best.estimate_s > ESTIMATE_MARGIN * dense.estimate_s:
@@ -130,11 +121,22 @@ def _choose_by_estimate(layer: LayerSpec, target: tvm.target.Target, cands: list
         reason = f"estimated {dense.estimate_s / best.estimate_s:.1f}x faster than dense"
     dropped: dict[str, str] = {}
     for cand in [best] if best is dense else [best, dense]:  # dense when the best fails
-        kernel = _build_checked(cand, layer, target, dropped)
-        if kernel is not None:
-            if cand is not best:
-                reason = "dense kept"
+        if cand is not best:
+            reason = "dense kept"
+        try:
+            kernel = cand.build()
+        except Exception as err:  # noqa: BLE001 - a failing candidate is dropped, not fatal
+            _drop(layer, dropped, cand.name, f"failed to build: {error_text(err)}")
+            continue
+        if defer_check and not compile_check_known(kernel, target):
+            # checked in the worker while the next layers are built; a failure re-chooses the
+            # layer (ChooseKernels), which then finds it here as known and takes the next
+            return Choice(layer, cand.name, kernel, reason, estimated, dropped=dropped,
+                          pending_check=compile_check_later(cand.name, kernel, target))  # fmt: skip
+        why = compile_check(cand.name, kernel, target)
+        if why is None:
             return Choice(layer, cand.name, kernel, reason, estimated, dropped=dropped)
+        _drop(layer, dropped, cand.name, why)
     return Choice(layer, "tvm", None, "no candidate built; using TVM", estimated, dropped=dropped)
 
 
@@ -210,9 +212,12 @@ def choose_layer(
     *,
     sparse: bool = True,
     measure: bool | str = "auto",
+    defer_check: bool = False,
 ) -> Choice:
     """Pick the kernel for one layer; falls back to TVM's own lowering when none applies. The
-    reason names every candidate that was dropped, and why."""
+    reason names every candidate that was dropped, and why. ``defer_check``: a kernel chosen
+    by estimate comes back with its compile check still running (``pending_check``), for a
+    caller that builds the next layers meanwhile and re-chooses a layer whose check fails."""
     cands = candidates_for(layer, target, sparse=sparse, machine=DEFAULT_MACHINE)
     if not cands:
         return Choice(layer, "tvm", None, f"no tvm-sparse kernel for target {target.kind.name}")
@@ -220,7 +225,7 @@ def choose_layer(
     if not is_cpu(target):
         measure = False  # kernels are timed on the host CPU only (no device timing here yet)
     if measure is False or len(cands) == 1:
-        choice = _choose_by_estimate(layer, target, cands, estimated)
+        choice = _choose_by_estimate(layer, target, cands, estimated, defer_check)
     else:
         choice = _choose_by_measuring(layer, target, cands, measure, estimated)
     if choice.dropped:

@@ -312,6 +312,14 @@ def compile_check(name: str, kernel: KernelCall, target: tvm.target.Target) -> s
     return _COMPILE_FAILURES[key]
 
 
+def compile_check_known(kernel: KernelCall, target: tvm.target.Target) -> bool:
+    """Whether ``compile_check`` would answer at once (checked before, or no isolation)."""
+    if not isolation_enabled():
+        return True
+    key = measure_cache.compile_key(kernel, target)
+    return key in _COMPILE_FAILURES or measure_cache.get(key) is not None
+
+
 _CHECKER: list[ThreadPoolExecutor] = []
 
 

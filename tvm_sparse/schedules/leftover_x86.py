@@ -17,7 +17,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 
 from ..target import is_cpu, num_cores, vector_lanes
-from .vector_safety import ScalarOnlyGuard
+from .vector_safety import RuleGuard, ScalarOnlyGuard
 
 _MIN_PARALLEL_WORK = 1 << 14  # iterations below which a parallel launch does not pay
 
@@ -191,8 +191,7 @@ def cpu_leftover_rules() -> list[ScheduleRule]:
     spatial fallback: the first rule that applies to a function wins."""
     from .attention_x86 import encoder_leftover_rules
 
-    return [
-        ScalarOnlyGuard(),  # what LLVM cannot vectorize keeps TVM's scalar loops
+    rules = [
         *encoder_leftover_rules(),
         InjectiveVectorize(),
         WindowReduction(),
@@ -200,6 +199,8 @@ def cpu_leftover_rules() -> list[ScheduleRule]:
         dl.cpu.Reduction(),
         ParallelSpatial(),
     ]
+    # what LLVM cannot vectorize keeps TVM's scalar loops; a rule that fails declines
+    return [ScalarOnlyGuard(), *(RuleGuard(rule) for rule in rules)]
 
 
 def gpu_leftover_rules() -> list[ScheduleRule]:

@@ -33,10 +33,10 @@ __all__ = ["IR_VERSION", "OPSET", "SPARSITIES", "ZOO", "ZooModel", "export", "in
 
 
 def _registry() -> dict[str, ZooModel]:
-    from . import bert, classic_cnn, cnn, gsc
+    from . import bert, classic, cnn, gsc
 
     members: dict[str, ZooModel] = {}
-    for module in (cnn, gsc, bert, classic_cnn):
+    for module in (cnn, gsc, bert, classic):
         for model in module.MODELS:
             if model.name in members:
                 raise ValueError(f"zoo: two members named {model.name!r}")

@@ -46,7 +46,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .member import ZooModel
-from .prune import export_onnx, magnitude_prune, randomize_batchnorm
+from .prune import export_onnx, prune_and_calibrate, seeded_images
 
 CLASSES = 1000
 IMAGE = 224
@@ -594,19 +594,7 @@ def build(
     image = image or _IMAGE.get(name, IMAGE)
     torch.manual_seed(seed)
     model = _modules(float(width))[name]()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    with torch.no_grad():
-        magnitude_prune(model, sparsity)
-    # statistics from a few images of the export size, so BN sees what it will see
-    calibration = torch.from_numpy(_images(max(batch, 4), image, seed + 1))
-    randomize_batchnorm(model, calibration, seed)
-    return model
-
-
-def _images(batch: int, image: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, 3, image, image), dtype=np.float32)
+    return prune_and_calibrate(model, sparsity=sparsity, seed=seed, image=image, batch=batch)
 
 
 def _exporter(name: str) -> Callable[..., str]:
@@ -624,7 +612,7 @@ def _exporter(name: str) -> Callable[..., str]:
 
         image = image or _IMAGE.get(name, IMAGE)
         model = build(name, sparsity=sparsity, seed=seed, image=image, width=width, batch=batch)
-        x = torch.from_numpy(_images(batch, image, seed))
+        x = torch.from_numpy(seeded_images(batch, image, seed))
         return export_onnx(model, (x,), path, ["input"], ["output"], fold_batchnorm=fold_batchnorm)
 
     return export
@@ -641,7 +629,7 @@ def _inputs_for(name: str) -> Callable[..., dict[str, np.ndarray]]:
     ) -> dict[str, np.ndarray]:
         """Seeded standard-normal images, [batch, 3, image, image] float32 (every export option
         is accepted, so one option dict serves both ``export`` and ``inputs``)."""
-        return {"input": _images(batch, image or _IMAGE.get(name, IMAGE), seed)}
+        return {"input": seeded_images(batch, image or _IMAGE.get(name, IMAGE), seed)}
 
     return inputs
 

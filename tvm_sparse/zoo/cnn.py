@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .member import ZooModel
-from .prune import export_onnx, magnitude_prune, randomize_batchnorm
+from .prune import export_onnx, prune_and_calibrate, seeded_images
 
 CLASSES = 1000
 IMAGE = 224
@@ -190,19 +190,7 @@ def build(name: str, *, sparsity: float, seed: int = 0, image: int = IMAGE, batc
 
     torch.manual_seed(seed)
     model = _modules()[name]()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    with torch.no_grad():
-        magnitude_prune(model, sparsity)
-    # statistics from a few images of the export size, so BN sees what it will see
-    calibration = torch.from_numpy(_images(max(batch, 4), image, seed + 1))
-    randomize_batchnorm(model, calibration, seed)
-    return model
-
-
-def _images(batch: int, image: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, 3, image, image), dtype=np.float32)
+    return prune_and_calibrate(model, sparsity=sparsity, seed=seed, image=image, batch=batch)
 
 
 def _exporter(name: str) -> Callable[..., str]:
@@ -218,7 +206,7 @@ def _exporter(name: str) -> Callable[..., str]:
         import torch
 
         model = build(name, sparsity=sparsity, seed=seed, image=image, batch=batch)
-        x = torch.from_numpy(_images(batch, image, seed))
+        x = torch.from_numpy(seeded_images(batch, image, seed))
         return export_onnx(model, (x,), path, ["input"], ["output"], fold_batchnorm=fold_batchnorm)
 
     return export
@@ -229,7 +217,7 @@ def _inputs(
 ) -> dict[str, np.ndarray]:
     """Seeded standard-normal images, [batch, 3, image, image] float32 (every export option is
     accepted, so one option dict serves both ``export`` and ``inputs``)."""
-    return {"input": _images(batch, image, seed)}
+    return {"input": seeded_images(batch, image, seed)}
 
 
 _DESCRIPTIONS = {

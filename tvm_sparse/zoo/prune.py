@@ -19,6 +19,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .member import IR_VERSION, OPSET
 
 
@@ -95,6 +97,28 @@ def randomize_batchnorm(model: Any, example: Any, seed: int) -> None:
             n = bn.num_features
             bn.weight.copy_(torch.empty(n).uniform_(0.5, 1.5, generator=gen))
             bn.bias.copy_(torch.empty(n).normal_(0.0, 0.2, generator=gen))
+
+
+def seeded_images(batch: int, image: int, seed: int) -> np.ndarray:
+    """Seeded standard-normal images, [batch, 3, image, image] float32."""
+    return np.random.default_rng(seed).standard_normal((batch, 3, image, image), dtype=np.float32)
+
+
+def prune_and_calibrate(model: Any, *, sparsity: float, seed: int, image: int, batch: int) -> Any:
+    """A freshly built CNN as the zoo exports it: convs Kaiming-initialized, magnitude-pruned to
+    ``sparsity``, BN statistics from a few seeded images of the export size (so BN sees what it
+    will see); returned in eval mode."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    with torch.no_grad():
+        magnitude_prune(model, sparsity)
+    randomize_batchnorm(
+        model, torch.from_numpy(seeded_images(max(batch, 4), image, seed + 1)), seed
+    )
+    return model
 
 
 def export_onnx(

@@ -162,6 +162,12 @@ def _output(node: onnx.NodeProto, i: int) -> str:
 # -- rewrites ----------------------------------------------------------------------------------
 
 
+def _float_dtype(ctx: Context, x: str) -> np.dtype | None:
+    """The float dtype of ``x`` (float32 when unknown), None for other dtypes."""
+    dtype = ctx.dtype(x) or np.dtype(np.float32)
+    return dtype if dtype.kind == "f" else None
+
+
 def _isinf_directions(ctx: Context, node: onnx.NodeProto):
     """IsInf with detect_negative/detect_positive = 0: TVM ignores both attributes
     (test_isinf_negative, test_isinf_positive)."""
@@ -210,8 +216,8 @@ def _accurate_mish(ctx: Context, node: onnx.NodeProto):
     cancellation of log(1 + e^x) at negative x: TVM's form was 1.3e-3 off near x = -7.6,
     test_mish); x itself above 20, where the ratio is 1 in float32."""
     x = node.input[0]
-    dtype = ctx.dtype(x) or np.dtype(np.float32)
-    if dtype.kind != "f":
+    dtype = _float_dtype(ctx, x)
+    if dtype is None:
         return None
     two, twenty = ctx.const(np.array(2, dtype), "two"), ctx.const(np.array(20, dtype), "twenty")
     e, e_out = ctx.node("Exp", [x], "exp")
@@ -352,8 +358,8 @@ def _accurate_softplus(ctx: Context, node: onnx.NodeProto):
     where 1 + u rounds): TVM's log(1 + e^x) loses the digits at negative x
     (test_mish_expanded was 1.3e-3 off near x = -7.6)."""
     x = node.input[0]
-    dtype = ctx.dtype(x) or np.dtype(np.float32)
-    if dtype.kind != "f":
+    dtype = _float_dtype(ctx, x)
+    if dtype is None:
         return None
     zero, one = ctx.const(np.array(0, dtype), "zero"), ctx.const(np.array(1, dtype), "one")
     ab, ab_out = ctx.node("Abs", [x], "abs")
@@ -376,8 +382,8 @@ def _accurate_tanh(ctx: Context, node: onnx.NodeProto):
     error at x = 1e-5 (test_mish_expanded, whose Softplus feeds Tanh values near 1e-5). Below
     |x| = 0.01 the series x - x^3/3 is exact to 2x^4/15 < 2e-9."""
     x = node.input[0]
-    dtype = ctx.dtype(x) or np.dtype(np.float32)
-    if dtype.kind != "f":
+    dtype = _float_dtype(ctx, x)
+    if dtype is None:
         return None
     small, third = ctx.const(np.array(0.01, dtype), "small"), ctx.const(np.array(1 / 3, dtype))
     ab, ab_out = ctx.node("Abs", [x], "abs")

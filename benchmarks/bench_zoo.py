@@ -7,7 +7,8 @@
                                    [--no-deepsparse] [--workdir DIR] [--json out.json]
 
 Every member of ``tvm_sparse.zoo.ZOO`` at run time (the CNNs, the GSC k-WTA forms, the
-transformers), or those ``--models`` names, is exported from PyTorch at each sparsity and batch
+transformers; not the held-out classic CNNs, which conformance.py runs), or those ``--models``
+names, is exported from PyTorch at each sparsity and batch
 and run by every runtime on the same ONNX file (``harness.compare_runtimes``): each output is
 checked against onnxruntime (rtol 1e-3, atol scaled to the output) before it is timed, a wrong
 one reads ``MISMATCH``; the runtimes take turns in ``--rounds`` rounds of ``--round-time``
@@ -164,7 +165,8 @@ def _summary(row: dict) -> str:
 
 
 def main() -> int:
-    names = ARGS.models or list(zoo.ZOO)
+    # the classic CNNs are the held-out conformance set (benchmarks/conformance.py): name them
+    names = ARGS.models or [n for n, m in zoo.ZOO.items() if m.family != "classic"]
     unknown = [n for n in names if n not in zoo.ZOO]
     if unknown:
         sys.exit(f"unknown zoo member(s) {unknown}; members: {', '.join(zoo.ZOO)}")

@@ -46,47 +46,6 @@ def _evaluate(node: onnx.NodeProto, known: dict[str, np.ndarray], opset: int):
     return [np.asarray(v) for v in outputs]
 
 
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Every value whose shape ONNX shape inference knows statically (graph inputs included)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - inference is best effort: nothing is folded then
-        return {}
-    graph = inferred.graph
-    shapes = {}
-    for vi in (*graph.input, *graph.value_info):
-        tt = vi.type.tensor_type
-        if vi.type.WhichOneof("value") != "tensor_type" or not tt.HasField("shape"):
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
-        if all(d > 0 for d in dims):
-            shapes[vi.name] = tuple(dims)
-    return shapes
-
-
-def _static_shape_of(
-    node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]], graph_outputs: set[str]
-) -> np.ndarray | None:
-    """The value of a ``Shape`` node whose input has a static shape, else None.
-
-    Why: exporters compute slice bounds and reshapes from ``Shape`` (PyTorch's ``chunk``:
-    Shape -> Gather -> Div -> Slice); with the shape a constant, the whole chain folds and TVM's
-    frontend sees static slices (as runtime bounds it made a shape-less ``dynamic_strided_slice``
-    that neither plain TVM nor tvm-sparse could build: ShuffleNetV2)."""
-    if node.op_type != "Shape" or node.domain not in _STANDARD_DOMAINS:
-        return None
-    if node.input[0] not in shapes or node.output[0] in graph_outputs:
-        return None
-    shape = shapes[node.input[0]]
-    start, end = 0, len(shape)
-    for attr in node.attribute:
-        if attr.name == "start":
-            start = int(attr.i)
-        elif attr.name == "end":
-            end = int(attr.i)
-    return np.array(shape[slice(start, end)], dtype=np.int64)
-
-
 def fold_constants(
     model: onnx.ModelProto, max_elements: int = MAX_FOLDED_ELEMENTS
 ) -> onnx.ModelProto:
@@ -100,12 +59,7 @@ def fold_constants(
     opset = _opset(model)
     kept: list[onnx.NodeProto] = []
     folded: dict[str, np.ndarray] = {}
-    shapes = _static_shapes(model) if any(n.op_type == "Shape" for n in graph.node) else {}
     for node in graph.node:
-        value = _static_shape_of(node, shapes, graph_outputs)
-        if value is not None:  # Shape of a tensor whose shape is static: a constant
-            known[node.output[0]] = folded[node.output[0]] = value
-            continue
         foldable = (
             node.domain in _STANDARD_DOMAINS
             and not _has_subgraph(node)

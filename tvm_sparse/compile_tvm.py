@@ -78,8 +78,11 @@ def compile_tvm(
         phases.add("Build (TIR lowering + LLVM)", elapsed - in_pipeline)
     log.info("compiled in %.1f s\n%s", elapsed, phases.table())
     report = dataclasses.replace(captured.report, model=model_name(imported))
-    module = CompiledModule(
-        executable, imported.inputs, report, str(tgt.kind.name), guards=imported.guards
+    return CompiledModule(
+        executable,
+        imported.inputs,
+        report,
+        str(tgt.kind.name),
+        guards=imported.guards,
+        compile_seconds=phases,
     )
-    module.compile_seconds = phases
-    return module

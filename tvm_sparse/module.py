@@ -18,6 +18,7 @@ from tvm import relax
 from .errors import ArtifactError, RunInputError
 from .frontend import TensorSpec
 from .onnx_fixes import RunGuard
+from .phases import PhaseTimes
 from .report import Report
 
 MANIFEST_VERSION = 1
@@ -40,11 +41,12 @@ class CompiledModule:
         target: str,
         device: tvm.runtime.Device | None = None,
         guards: list[RunGuard] | None = None,
+        compile_seconds: PhaseTimes | None = None,
     ):
         self.executable = executable
         self.inputs = list(inputs)
         self.guards = list(guards or [])  # input values a run must not have
-        self.compile_seconds = None  # phases.PhaseTimes of the compile (None once loaded)
+        self.compile_seconds = compile_seconds  # time per compile phase (None once loaded)
         self.report = report
         self.target = target
         self.device = device or (tvm.cuda() if target.startswith("cuda") else tvm.cpu())

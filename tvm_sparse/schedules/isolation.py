@@ -15,6 +15,7 @@ is cached), for kernels that reach the final build without being timed.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import logging
 import os
 import signal
@@ -294,30 +295,34 @@ def mark_compiled(kernel: KernelCall, target: tvm.target.Target) -> None:
     measure_cache.put(measure_cache.compile_key(kernel, target), 0.0)
 
 
+def _known_check(key: str) -> tuple[bool, str | None]:
+    """(whether the compile check of ``key`` is already answered, its answer)."""
+    if not isolation_enabled() or measure_cache.get(key) is not None:
+        return True, None
+    if key in _COMPILE_FAILURES:
+        return True, _COMPILE_FAILURES[key]
+    return False, None
+
+
 def compile_check(name: str, kernel: KernelCall, target: tvm.target.Target) -> str | None:
     """None when ``kernel`` compiles (tried in the worker, once per distinct kernel), else why
     not: whoever swaps a chosen kernel for another (tuned knobs, a relayout) checks it here
     first. In-process (``TVM_SPARSE_ISOLATE=0``) there is nothing to protect: no check."""
-    if not isolation_enabled():
+    key = measure_cache.compile_key(kernel, target) if isolation_enabled() else ""
+    known, why = _known_check(key)
+    if known:
+        return why
+    outcome = run_isolated({name: kernel}, target, None, 0)[name]
+    if outcome.ok:
+        measure_cache.put(key, 0.0)
         return None
-    key = measure_cache.compile_key(kernel, target)
-    if measure_cache.get(key) is not None:
-        return None
-    if key not in _COMPILE_FAILURES:
-        outcome = run_isolated({name: kernel}, target, None, 0)[name]
-        if outcome.ok:
-            measure_cache.put(key, 0.0)
-            return None
-        _COMPILE_FAILURES[key] = outcome.error
-    return _COMPILE_FAILURES[key]
+    _COMPILE_FAILURES[key] = outcome.error
+    return outcome.error
 
 
 def compile_check_known(kernel: KernelCall, target: tvm.target.Target) -> bool:
     """Whether ``compile_check`` would answer at once (checked before, or no isolation)."""
-    if not isolation_enabled():
-        return True
-    key = measure_cache.compile_key(kernel, target)
-    return key in _COMPILE_FAILURES or measure_cache.get(key) is not None
+    return not isolation_enabled() or _known_check(measure_cache.compile_key(kernel, target))[0]
 
 
 _CHECKER: list[ThreadPoolExecutor] = []
@@ -328,4 +333,6 @@ def compile_check_later(name: str, kernel: KernelCall, target: tvm.target.Target
     the next layers' kernels (its Future gives None, or why the kernel failed)."""
     if not _CHECKER:
         _CHECKER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvm-sparse-check"))
-    return _CHECKER[0].submit(compile_check, name, kernel, target)
+    # in this compile's context: its phase report counts the check's worker time too
+    context = contextvars.copy_context()
+    return _CHECKER[0].submit(context.run, compile_check, name, kernel, target)

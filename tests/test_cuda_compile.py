@@ -102,3 +102,15 @@ def test_cuda_module_runs(monkeypatch, only):
     got = vm["main"](tvm.runtime.tensor(x, tvm.cuda(0)))
     want = cpu.run(x)
     np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_target_takes_its_arch_from_the_flag_or_the_gpu(monkeypatch):
+    from tvm_sparse import target as target_mod
+
+    assert str(resolve_target("cuda -arch=sm_80").attrs["arch"]) == "sm_80"
+    monkeypatch.setattr(target_mod, "present_cuda_arch", lambda: "sm_86")
+    assert str(resolve_target("cuda").attrs["arch"]) == "sm_86"
+    monkeypatch.setattr(target_mod, "present_cuda_arch", lambda: None)
+    assert str(resolve_target("cuda").attrs["arch"]) == "sm_90"
+    with pytest.raises(tvm_sparse.TargetError, match="-arch=sm_XY"):
+        resolve_target("cuda -arch=ampere")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import tvm
@@ -42,8 +43,8 @@ def resolve_target(target: Any = "llvm") -> tvm.target.Target:
             return tvm.target.Target(
                 {"kind": "llvm", "mcpu": host_cpu(), "num-cores": host_num_cores()}
             )
-        if name == "cuda":
-            return tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+        if name == "cuda" or name.startswith("cuda "):
+            return tvm.target.Target({"kind": "cuda", "arch": _cuda_arch(name)})
         if name.startswith("{"):
             import json
 
@@ -64,6 +65,34 @@ def resolve_target(target: Any = "llvm") -> tvm.target.Target:
         except Exception as err:  # TVM raises several types for bad specs
             raise TargetError(f"invalid target {target!r}: {err}") from err
     raise TargetError(f"target must be a str, dict or tvm.target.Target, not {type(target)}")
+
+
+_DEFAULT_CUDA_ARCH = "sm_90"  # what CUDA code is built for when neither a flag nor a GPU says
+
+
+def _cuda_arch(text: str) -> str:
+    """The ``sm_XY`` a ``cuda`` target string asks for: ``-arch=sm_80`` if given, else the GPU
+    that is present, else Hopper (so code built on a GPU-less machine still compiles)."""
+    flags = text.split()[1:]
+    if not flags:
+        return present_cuda_arch() or _DEFAULT_CUDA_ARCH
+    match = re.fullmatch(r"-(?:arch|mcpu)=(sm_\d+a?)", flags[0]) if len(flags) == 1 else None
+    if match is None:
+        raise TargetError(
+            f"unknown cuda target options in {text!r}: only -arch=sm_XY is understood"
+        )
+    return match.group(1)
+
+
+def present_cuda_arch() -> str | None:
+    """``sm_XY`` of GPU 0, or None without a GPU."""
+    try:
+        device = tvm.cuda(0)
+        if not device.exist:
+            return None
+        return "sm_" + str(device.compute_version).replace(".", "")
+    except Exception:  # no CUDA runtime in this TVM build
+        return None
 
 
 def num_cores(target: Any) -> int:

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import tvm
 
+from tvm_sparse.target import resolve_target
+
 from .reference import sparse_weight
 
-CUDA = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+CUDA = resolve_target("cuda")  # the GPU present, else sm_90
 HAS_GPU = tvm.cuda(0).exist
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU on this machine")

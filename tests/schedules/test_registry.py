@@ -145,3 +145,18 @@ def test_cuda_candidates_list_dense_first_and_build():
     assert [c.name for c in registry.candidates_for(layer, CUDA, sparse=False)] == ["dense"]
     for family in registry.families_for(layer, CUDA):
         assert family.knob_space(layer, CUDA) == [{}]  # no device timing for CUDA yet
+
+
+def test_cuda_estimates_follow_the_measured_crossover():
+    """On an H200 (bench_cuda.py, 4096x4096 at 5%): CSR beat dlight's dense GEMM 4.9x at batch 1
+    and lost 1.7x at batch 64; the GPU model must rank them the same way."""
+    w = _weight(4096, 4096, 0.05)
+    by_name = {f.name: f for f in registry.families_for(_linear(w, rows=1), CUDA)}
+
+    def ranked(rows: int) -> list[str]:
+        layer = _linear(w, rows=rows, input_density=None)
+        times = {n: by_name[n].estimate(layer, CUDA, None) for n in ("dense", "csr")}
+        return sorted(times, key=times.get)
+
+    assert ranked(1) == ["csr", "dense"]
+    assert ranked(64) == ["dense", "csr"]

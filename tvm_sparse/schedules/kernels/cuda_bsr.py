@@ -9,7 +9,7 @@ import tvm
 from ...ir.layers import LayerSpec
 from .. import sparse_cuda
 from ..cost_model import MachineModel
-from ..gpu_cost_model import GATHER_EFFICIENCY, gpu_seconds
+from ..gpu_cost_model import BSR_GFLOPS, GATHER_EFFICIENCY, gpu_seconds
 from ..kernel import KernelCall
 from .base import CudaKernel, build_linear, index_bytes
 from .blocks import BLOCK_RATE_GAIN, BlockShape
@@ -27,7 +27,10 @@ class CudaBsrLinear(BlockShape, CudaKernel):
         blocks = self.blocks(layer.weight)
         stored = blocks * self.rows * self.cols
         moved = stored * 4 + blocks * index_bytes(k) + linear_io_bytes(layer)
-        return gpu_seconds(moved, GATHER_EFFICIENCY * BLOCK_RATE_GAIN)
+        flops = 2 * layer.rows * stored
+        return gpu_seconds(
+            moved, GATHER_EFFICIENCY * BLOCK_RATE_GAIN, flops=flops, gflops=BSR_GFLOPS
+        )
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
         return build_linear(sparse_cuda.bsr_linear, layer, target, knobs, (self.rows, self.cols))

@@ -8,7 +8,7 @@ import tvm
 from ...ir.layers import LayerSpec
 from .. import sparse_cuda
 from ..cost_model import MachineModel
-from ..gpu_cost_model import GATHER_EFFICIENCY, gpu_seconds
+from ..gpu_cost_model import CSR_GFLOPS, GATHER_EFFICIENCY, gpu_seconds
 from ..kernel import KernelCall
 from .base import CudaKernel, build_linear, index_bytes
 from .cuda_dense import linear_io_bytes
@@ -22,7 +22,8 @@ class CudaCsrLinear(CudaKernel):
         n, k = layer.weight.shape
         nnz = int(np.count_nonzero(layer.weight))
         moved = nnz * (4 + index_bytes(k)) + 4 * (n + 1) + linear_io_bytes(layer)
-        return gpu_seconds(moved, GATHER_EFFICIENCY)
+        flops = 2 * layer.rows * nnz
+        return gpu_seconds(moved, GATHER_EFFICIENCY, flops=flops, gflops=CSR_GFLOPS)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
         return build_linear(sparse_cuda.csr_linear, layer, target, knobs)

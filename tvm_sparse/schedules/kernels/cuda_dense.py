@@ -7,7 +7,7 @@ import tvm
 from ...ir.layers import LayerSpec
 from .. import dense_cuda
 from ..cost_model import MachineModel
-from ..gpu_cost_model import gpu_seconds
+from ..gpu_cost_model import DENSE_GFLOPS, gpu_seconds
 from ..kernel import KernelCall
 from .base import CudaKernel, build_linear
 
@@ -24,7 +24,11 @@ class CudaDenseLinear(CudaKernel):
 
     def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
                  ) -> float:  # fmt: skip
-        return gpu_seconds(layer.weight.nbytes + linear_io_bytes(layer))
+        n, k = layer.weight.shape
+        flops = 2 * layer.rows * n * k
+        return gpu_seconds(
+            layer.weight.nbytes + linear_io_bytes(layer), flops=flops, gflops=DENSE_GFLOPS
+        )
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
         return build_linear(dense_cuda.dense_linear, layer, target, knobs)

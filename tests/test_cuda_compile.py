@@ -114,3 +114,29 @@ def test_cuda_target_takes_its_arch_from_the_flag_or_the_gpu(monkeypatch):
     assert str(resolve_target("cuda").attrs["arch"]) == "sm_90"
     with pytest.raises(tvm_sparse.TargetError, match="-arch=sm_XY"):
         resolve_target("cuda -arch=ampere")
+
+
+@pytest.mark.skipif(not tvm.cuda(0).exist, reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("batch", [1, 32])
+def test_cuda_choice_is_measured_on_the_gpu(batch):
+    if importlib.util.find_spec("cuda.bindings") is None:
+        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    model = models.pruned_mlp(layers=2, hidden=1024, density=0.1, batch=batch)
+    compiled = tvm_sparse.compile(model, "cuda")
+    for row in compiled.report.layers:
+        assert {"dense", "csr"} <= set(row.measured_ms), (row.chosen, row.reason)
+        fastest = min(row.measured_ms, key=row.measured_ms.get)
+        assert (
+            row.chosen == ("tvm" if fastest == "dense" else fastest) or "dense kept" in row.reason
+        )
+    x = np.random.default_rng(0).standard_normal((batch, 1024)).astype(np.float32)
+    want = tvm_sparse.compile(model, "llvm").run(x)
+    np.testing.assert_allclose(compiled.run(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_choice_without_a_gpu_is_estimated(monkeypatch):
+    from tvm_sparse.schedules import choice
+
+    monkeypatch.setattr(choice, "device_present", lambda target: False)
+    compiled = tvm_sparse.compile(models.pruned_mlp(layers=2, hidden=256, density=0.1), "cuda")
+    assert all(not row.measured_ms for row in compiled.report.layers)

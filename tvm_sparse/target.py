@@ -114,6 +114,16 @@ def has_cpu_features(target: Any, *features: str) -> bool:
         return False
 
 
+def device_present(target: tvm.target.Target) -> bool:
+    """Whether this machine can run code built for ``target`` (kernels can be timed on it)."""
+    if is_cpu(target):
+        return True
+    try:
+        return bool(tvm.device(str(target.kind.name), 0).exist)
+    except Exception:  # a device kind this TVM build has no runtime for
+        return False
+
+
 def is_cpu(target: tvm.target.Target) -> bool:
     return str(target.kind.name) == "llvm"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 
-from ..target import is_cpu
+from ..target import device_present, is_cpu
 from ..timing import take_turns
 from .kernel import KernelCall, build_kernel, kernel_timer
 
@@ -26,6 +26,8 @@ RUN = "run"
 # output flushed from the caches, as they are in a model (a kernel that re-reads its weights
 # ran 2x slower there than timed hot: ResNet-50's 7x7 layers, Zen 4), timed again each round
 TIMER_SETTINGS = {"number": 1, "repeat": 7, "min_repeat_ms": 0, "cold_weights": True}
+# a GPU kernel takes microseconds: one call per repeat would time the launch and the event pair
+GPU_TIMER_SETTINGS = {"number": 20, "repeat": 7, "min_repeat_ms": 5, "cold_weights": False}
 # part of every timing's cache key: timings taken another way are not reused
 TIMING_METHOD = "cold-weights-v1"
 
@@ -55,9 +57,9 @@ def error_text(err: BaseException, limit: int = 300) -> str:
 
 def compile_kernel(call: KernelCall, target: tvm.target.Target):
     """Compile ``call`` as the final build will: on CPU down to machine code (LLVM generates it
-    when the function is first looked up, and that is where it aborts); other targets compile
-    only (no device here to load them on)."""
-    if is_cpu(target):
+    when the function is first looked up, and that is where it aborts); a GPU target loaded on
+    its device when this machine has one, else compiled only."""
+    if is_cpu(target) or device_present(target):
         module = build_kernel(call, target)
         module["main"]
         return module
@@ -88,7 +90,8 @@ def run_candidates(
             if x is None:
                 outcomes[name] = Outcome()
             else:
-                timers[name] = kernel_timer(call, target, x, module=module, **TIMER_SETTINGS)
+                settings = TIMER_SETTINGS if is_cpu(target) else GPU_TIMER_SETTINGS
+                timers[name] = kernel_timer(call, target, x, module=module, **settings)
         except Exception as err:  # noqa: BLE001 - one failing candidate must not stop the others
             outcomes[name] = Outcome(error=f"failed to build: {error_text(err)}")
     errors: dict[str, str] = {}

@@ -90,6 +90,11 @@ def build_kernel(call: KernelCall, target: tvm.target.Target) -> tvm.runtime.Mod
     return tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
 
 
+def kernel_device(target: tvm.target.Target) -> tvm.runtime.Device:
+    """Where a kernel built for ``target`` runs: the CPU, or device 0 of a GPU target."""
+    return tvm.cpu() if str(target.kind.name) == "llvm" else tvm.device(str(target.kind.name), 0)
+
+
 def run_kernel(
     call: KernelCall, target: tvm.target.Target, x: np.ndarray, module=None
 ) -> np.ndarray:
@@ -121,7 +126,8 @@ def kernel_timer(
     written. Use it with ``number=1``, or only the first call of a repeat is cold.
     """
     module = module or build_kernel(call, target)
-    dev = tvm.cpu()
+    dev = kernel_device(target)
+    cold_weights = cold_weights and str(target.kind.name) == "llvm"
     args = [tvm.runtime.tensor(x, dev)] + [tvm.runtime.tensor(c, dev) for c in call.consts]
     out = tvm.runtime.tensor(np.zeros(call.out_shape, dtype=call.out_dtype), dev)
     evaluator = module.time_evaluator(

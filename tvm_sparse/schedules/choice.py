@@ -18,6 +18,7 @@ timed again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 from concurrent.futures import Future
@@ -231,8 +232,9 @@ def choose_layer(
     if choice.chosen == "dense" and not is_cpu(target):
         # Our dense GPU kernel is the yardstick, not a product: TVM's own pipeline schedules the
         # untouched op with fused epilogues (on an H200 it was 10% faster than ours at batch 16).
-        choice = Choice(layer, "tvm", None, "dense wins; TVM's own GPU schedule", estimated,
-                        dropped=choice.dropped)  # fmt: skip
+        choice = dataclasses.replace(
+            choice, chosen="tvm", kernel=None, reason=f"{choice.reason}; TVM's own GPU schedule"
+        )
     if choice.dropped:
         choice.reason = f"{choice.reason}; {dropped_text(choice.dropped)}"
     return choice

@@ -12,8 +12,7 @@ import os
 import time
 from typing import Any
 
-import tvm
-
+from . import final_build
 from .errors import TvmSparseError
 from .frontend import ImportedModel, import_model
 from .module import CompiledModule
@@ -21,6 +20,7 @@ from .passes.module_report import capture_report
 from .passes.pipeline import SparsifyOptions, build_pipeline
 from .phases import timing_phases
 from .schedules import tuning
+from .schedules.isolation import checked_by_final_build
 from .target import resolve_target
 
 log = logging.getLogger("tvm_sparse")
@@ -60,29 +60,55 @@ def compile_tvm(
             imported = import_model(model, input_shapes)
         sparsify_options = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
         pipeline = build_pipeline(tgt, sparsify_options, _records_dir(tuning_records))
-        start = time.perf_counter()
         log.info("compiling %s for %s", imported.source, tgt)
-        try:
-            # tuned kernel knobs and choices; the report, as a user of the TVM plugin reads it
-            with tuning.use_records(tuning_records), capture_report() as captured:
-                executable = tvm.compile(imported.mod, target=tgt, relax_pipeline=pipeline)
-        except TvmSparseError:
-            raise
-        except Exception as err:
-            lines = str(err).strip().splitlines()
-            raise TvmSparseError(
-                f"{imported.source}: TVM failed to compile: {lines[-1] if lines else err}"
-            ) from err
-        elapsed = time.perf_counter() - start
-        in_pipeline = sum(s for n, s in phases.seconds.items() if ": " not in n and n != "Import")
-        phases.add("Build (TIR lowering + LLVM)", elapsed - in_pipeline)
-    log.info("compiled in %.1f s\n%s", elapsed, phases.table())
+        built, captured = _build(imported, tgt, pipeline, tuning_records, phases)
+    log.info("compiled in %.1f s\n%s", phases.total(), phases.table())
     report = dataclasses.replace(captured.report, model=model_name(imported))
     return CompiledModule(
-        executable,
+        built.module,
         imported.inputs,
         report,
         str(tgt.kind.name),
         guards=imported.guards,
         compile_seconds=phases,
+        library=built,
     )
+
+
+def _build(imported: ImportedModel, tgt, pipeline, tuning_records, phases):
+    """The pipeline, then the final build (``final_build``); when the final build's process
+    crashes, both again with every chosen kernel compile-checked first, so the kernel LLVM
+    cannot take is dropped. Returns the build and the captured report."""
+    forked = final_build.forks(tgt)
+    for attempt in ("forked", "checked") if forked else ("in-process",):
+        # tuned kernel knobs and choices; the report, as a user of the TVM plugin reads it
+        with tuning.use_records(tuning_records), capture_report() as captured, \
+                checked_by_final_build(attempt == "forked"):  # fmt: skip
+            try:
+                with tgt:
+                    lowered = pipeline(imported.mod)
+            except TvmSparseError:
+                raise
+            except Exception as err:
+                raise TvmSparseError(
+                    f"{imported.source}: TVM failed to compile: {final_build.last_line(err)}"
+                ) from err
+        start = time.perf_counter()
+        try:
+            built = final_build.build(lowered, tgt)
+        except final_build.FinalBuildFailed as err:
+            raise TvmSparseError(f"{imported.source}: TVM failed to compile: {err}") from err
+        except final_build.FinalBuildCrashed as err:
+            if attempt == "checked":
+                raise TvmSparseError(
+                    f"{imported.source}: TVM's code generator crashed building the model ({err})"
+                    " although every tvm-sparse kernel in it compiles alone: the crash is in a "
+                    "part TVM lowers itself"
+                ) from err
+            log.warning("%s: %s; compiling again with every kernel checked first",
+                        imported.source, err)  # fmt: skip
+            continue
+        finally:
+            phases.add("Build (TIR lowering + LLVM)", time.perf_counter() - start)
+        return built, captured
+    raise AssertionError("unreachable")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -42,8 +43,12 @@ class CompiledModule:
         device: tvm.runtime.Device | None = None,
         guards: list[RunGuard] | None = None,
         compile_seconds: PhaseTimes | None = None,
+        library: Any = None,
     ):
         self.executable = executable
+        # the final build's shared library (``final_build.Built``), when it wrote one: export
+        # copies it instead of generating the machine code again
+        self._library = library
         self.inputs = list(inputs)
         self.guards = list(guards or [])  # input values a run must not have
         self.compile_seconds = compile_seconds  # time per compile phase (None once loaded)
@@ -143,7 +148,11 @@ class CompiledModule:
         """Write ``path`` (.so) and the JSON manifest beside it; returns the manifest path."""
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.executable.export_library(path)
+        library_path = getattr(self._library, "library_path", None)
+        if library_path is not None:
+            shutil.copyfile(library_path, path)
+        else:
+            self.executable.export_library(path)
         manifest = {
             "format": "tvm-sparse-module",
             "version": MANIFEST_VERSION,

@@ -35,6 +35,10 @@ class PhaseTimes:
         finally:
             self.add(name, time.perf_counter() - start)
 
+    def total(self) -> float:
+        """Seconds over the top-level phases (sub-phases are parts of theirs)."""
+        return sum(s for n, s in self.seconds.items() if ": " not in n)
+
     def table(self) -> str:
         """One line per phase; sub-phases (``a: b``) indented under theirs."""
         top = [n for n in self.seconds if ": " not in n]
@@ -44,7 +48,7 @@ class PhaseTimes:
             for sub, seconds in self.seconds.items():
                 if sub.startswith(name + ": "):
                     lines.append(f"      {sub[len(name) + 2 :]:30s} {seconds:8.2f} s")
-        lines.append(f"  {'total':34s} {sum(self.seconds[n] for n in top):8.2f} s")
+        lines.append(f"  {'total':34s} {self.total():8.2f} s")
         return "\n".join(lines)
 
 

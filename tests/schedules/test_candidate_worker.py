@@ -51,6 +51,22 @@ def aborting_kernel(k: int = 4, n: int = 4) -> KernelCall:
     return _call(func, "aborts", n)
 
 
+def aborting_linear_kernel(k: int, n: int) -> KernelCall:
+    """A whole-model-ready linear kernel (root block, batch 1) whose x86 codegen aborts LLVM:
+    an AArch64 intrinsic (as in ``test_candidate_worker``)."""
+
+    @T.prim_func(s_tir=True)
+    def func(x: T.Buffer((1, k), "float32"), y: T.Buffer((1, n), "float32")):
+        with T.sblock("abort"):
+            xf = T.decl_buffer((k,), "float32", data=x.data)
+            yf = T.decl_buffer((n,), "float32", data=y.data)
+            yf[T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
+                "float32x4", "llvm.aarch64.neon.frecpe.v4f32", xf[T.ramp(0, 1, 4)]
+            )
+
+    return KernelCall(finish(func), "aborts", (), (1, n))
+
+
 def segfaulting_kernel() -> KernelCall:
     """Compiles fine; writes 2 TiB past its output when run."""
 
@@ -227,13 +243,15 @@ class FlakyLinear(CpuKernel):
     def build(self, layer: LayerSpec, target, **knobs) -> KernelCall:
         if layer.index == 2:
             n, k = layer.weight.shape
-            return aborting_kernel(k, n)
+            return aborting_linear_kernel(k, n)
         return CsrLinear().build(layer, target)
 
 
 def test_a_reused_kernel_that_fails_its_check_gets_its_layer_measured(monkeypatch, tmp_path):
-    """Layers 1 and 2 are alike: 2 reuses 1's choice (flaky), whose kernel for 2 aborts in its
-    background compile check; the pass then measures layer 2, drops flaky, and keeps dense."""
+    """Layers 1 and 2 are alike: 2 reuses 1's choice (flaky), whose kernel for 2 aborts LLVM.
+    The forked final build dies of it; the recompile checks every kernel, so 2's reused kernel
+    fails its background compile check, and the pass measures layer 2, drops flaky, keeps
+    dense."""
     monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(measure_cache, "_MEMORY", {})
     monkeypatch.setattr(registry, "FAMILIES", (DenseLinear(), FlakyLinear()))

@@ -15,6 +15,7 @@ is cached), for kernels that reach the final build without being timed.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import logging
 import os
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -295,12 +297,28 @@ def mark_compiled(kernel: KernelCall, target: tvm.target.Target) -> None:
     measure_cache.put(measure_cache.compile_key(kernel, target), 0.0)
 
 
+# Set while a compile whose final build runs in a forked child chooses its kernels
+# (``final_build``): that build compiles every kernel anyway, so checking each one here first
+# would compile it twice; if the child crashes, the compile runs again with the checks on.
+_CHECKED_BY_FINAL_BUILD = contextvars.ContextVar("tvm_sparse_checked_by_final_build", default=False)
+
+
+@contextlib.contextmanager
+def checked_by_final_build(enabled: bool = True) -> Iterator[None]:
+    """Within: ``compile_check`` answers "compiles" at once (see ``_CHECKED_BY_FINAL_BUILD``)."""
+    token = _CHECKED_BY_FINAL_BUILD.set(enabled)
+    try:
+        yield
+    finally:
+        _CHECKED_BY_FINAL_BUILD.reset(token)
+
+
 def _known_check(key: str) -> tuple[bool, str | None]:
     """(whether the compile check of ``key`` is already answered, its answer)."""
-    if not isolation_enabled() or measure_cache.get(key) is not None:
-        return True, None
     if key in _COMPILE_FAILURES:
         return True, _COMPILE_FAILURES[key]
+    if _unchecked() or _CHECKED_BY_FINAL_BUILD.get() or measure_cache.get(key) is not None:
+        return True, None
     return False, None
 
 
@@ -308,7 +326,9 @@ def compile_check(name: str, kernel: KernelCall, target: tvm.target.Target) -> s
     """None when ``kernel`` compiles (tried in the worker, once per distinct kernel), else why
     not: whoever swaps a chosen kernel for another (tuned knobs, a relayout) checks it here
     first. In-process (``TVM_SPARSE_ISOLATE=0``) there is nothing to protect: no check."""
-    key = measure_cache.compile_key(kernel, target) if isolation_enabled() else ""
+    if _unchecked():
+        return None
+    key = measure_cache.compile_key(kernel, target)
     known, why = _known_check(key)
     if known:
         return why
@@ -322,7 +342,17 @@ def compile_check(name: str, kernel: KernelCall, target: tvm.target.Target) -> s
 
 def compile_check_known(kernel: KernelCall, target: tvm.target.Target) -> bool:
     """Whether ``compile_check`` would answer at once (checked before, or no isolation)."""
-    return not isolation_enabled() or _known_check(measure_cache.compile_key(kernel, target))[0]
+    if _unchecked():
+        return True
+    return _known_check(measure_cache.compile_key(kernel, target))[0]
+
+
+def _unchecked() -> bool:
+    """No compile check here: in-process (nothing to protect), or the final build checks and
+    no kernel has failed a check in this process (a known failure is still refused)."""
+    if not isolation_enabled():
+        return True
+    return _CHECKED_BY_FINAL_BUILD.get() and not _COMPILE_FAILURES
 
 
 _CHECKER: list[ThreadPoolExecutor] = []

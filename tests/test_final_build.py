@@ -1,0 +1,105 @@
+"""The final build runs in a forked child: an LLVM abort there costs a recompile with every
+kernel checked, never the user's process; a model builds once, and export copies its library."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+
+import numpy as np
+import pytest
+
+import tvm_sparse
+from tvm_sparse import final_build, models
+from tvm_sparse.schedules import isolation, measure_cache, registry
+from tvm_sparse.schedules.kernel import KernelCall
+from tvm_sparse.schedules.kernels import CpuKernel
+
+from .conftest import ort_run
+from .schedules.test_candidate_worker import aborting_linear_kernel
+
+
+class AbortingLinear(CpuKernel):
+    """Estimated fastest, so the estimate path picks it without timing it."""
+
+    name = "aborts"
+
+    def estimate(self, layer, target, machine) -> float:
+        return 1e-9
+
+    def build(self, layer, target, **knobs) -> KernelCall:
+        n, k = layer.weight.shape
+        return aborting_linear_kernel(k, n)
+
+
+@pytest.fixture
+def aborting_family(monkeypatch, tmp_path):
+    monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(measure_cache, "_MEMORY", {})
+    monkeypatch.setattr(registry, "FAMILIES", (*registry.FAMILIES, AbortingLinear()))
+
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the forked build needs fork()")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="an x86 LLVM abort")
+def test_a_chosen_kernel_that_aborts_llvm_costs_a_recompile_not_the_process(
+    aborting_family,
+    tmp_path,
+    caplog,
+):
+    """The estimate path checks nothing before the build: the aborting candidate (estimated
+    fastest) is chosen, the forked build dies with it, and the checked recompile drops it."""
+    model = models.pruned_mlp(layers=2, hidden=64, density=0.2, batch=1)
+    path = models.save(model, tmp_path / "mlp.onnx")
+    checks = []
+    original = isolation.run_isolated
+
+    def run_isolated(*args):
+        checks.append(args)
+        return original(*args)
+
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.WARNING, "tvm_sparse"):
+        mp.setattr(isolation, "run_isolated", run_isolated)
+        compiled = tvm_sparse.compile(path, "llvm", measure=False)
+    assert any("died by signal 6 SIGABRT" in r.getMessage() for r in caplog.records)
+    assert checks, "the recompile checks its kernels in the worker"
+    for row in compiled.report.layers:
+        assert row.chosen != "aborts" and "candidate aborts crashed the compiler" in row.reason
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run(x), ort_run(path, x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_crash_in_what_tvm_lowers_itself_is_a_clear_error(monkeypatch):
+    def crash(*_args):
+        os.abort()
+
+    monkeypatch.setattr(final_build, "_build_and_export", crash)
+    with pytest.raises(tvm_sparse.TvmSparseError, match="code generator crashed.*SIGABRT"):
+        tvm_sparse.compile(models.pruned_mlp(layers=1, hidden=32), "llvm", measure=False)
+
+
+def test_an_error_in_the_build_is_reported_with_tvms_message(monkeypatch):
+    def fail(*_args):
+        raise RuntimeError("first line\nInternalError: the check that failed")
+
+    monkeypatch.setattr(final_build, "_build_and_export", fail)
+    with pytest.raises(tvm_sparse.TvmSparseError, match="the check that failed"):
+        tvm_sparse.compile(models.pruned_mlp(layers=1, hidden=32), "llvm", measure=False)
+
+
+def test_the_model_is_built_once_and_export_copies_the_library(tmp_path, monkeypatch):
+    builds = []
+    original = final_build._build_and_export
+    monkeypatch.setattr(
+        final_build, "_build_and_export", lambda *a: builds.append(1) or original(*a)
+    )
+    compiled = tvm_sparse.compile(models.pruned_mlp(layers=2, hidden=64), "llvm", measure=False)
+    assert compiled._library.library_path is not None
+    exported = tmp_path / "m.so"
+    compiled.export(exported)
+    with open(compiled._library.library_path, "rb") as a, open(exported, "rb") as b:
+        assert a.read() == b.read()
+    x = np.ones((1, 64), np.float32)
+    np.testing.assert_array_equal(tvm_sparse.load(exported).run(x), compiled.run(x))

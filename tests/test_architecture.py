@@ -34,7 +34,7 @@ LAYERS = [
         "models_bert",
         "zoo",
     ),  # fmt: skip
-    ("compile_tvm", "codegen", "tuner"),
+    ("final_build", "compile_tvm", "codegen", "tuner"),
     ("compiler", "tune_cli", "cli", "demo", "__init__"),
 ]
 

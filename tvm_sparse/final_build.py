@@ -15,6 +15,7 @@ build runs in this process as ``tvm.compile`` does.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ from .schedules.isolation import isolation_enabled
 from .target import is_cpu
 
 _ERROR_FILE = "error.txt"
+_STDERR_FILE = "stderr.txt"  # the child's stderr: LLVM's "LLVM ERROR: ..." line lands there
 _LIBRARY_FILE = "model.so"
 
 
@@ -70,8 +72,11 @@ def build(lowered: tvm.IRModule, target: tvm.target.Target) -> Built:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+        said = _stderr_line(os.path.join(directory.name, _STDERR_FILE))
         directory.cleanup()
-        raise FinalBuildCrashed(f"the build process died by signal {sig} {name}")
+        raise FinalBuildCrashed(
+            f"the build process died by signal {sig} {name}" + (f": {said}" if said else "")
+        )
     if os.WEXITSTATUS(status) != 0 or not os.path.exists(library):
         why = _read(error_file) or f"exit status {os.WEXITSTATUS(status)}"
         directory.cleanup()
@@ -97,6 +102,9 @@ def _run_forked(work: Callable[[], None], error_file: str) -> int:
     if pid == 0:  # pragma: no cover - runs in the child, which ends with os._exit
         code = 0
         try:
+            faulthandler.disable()  # a crash is reported by the parent, not as a Python dump
+            with open(os.path.join(os.path.dirname(error_file), _STDERR_FILE), "wb") as err:
+                os.dup2(err.fileno(), 2)
             work()
         except BaseException as err:  # noqa: BLE001 - reported to the parent through a file
             code = 3
@@ -118,6 +126,15 @@ def last_line(err: BaseException) -> str:
     """The useful line of a TVM error (its last)."""
     lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else type(err).__name__
+
+
+def _stderr_line(path: str) -> str:
+    """The line of the child's stderr that names the crash (LLVM's ``LLVM ERROR: ...``), else
+    its last non-empty line, trimmed."""
+    lines = [ln.strip() for ln in _read(path).splitlines() if ln.strip()]
+    named = [ln for ln in lines if "ERROR" in ln or "error" in ln]
+    line = (named or lines or [""])[-1]
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def _read(path: str) -> str:

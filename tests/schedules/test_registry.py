@@ -45,17 +45,22 @@ def _two_of_four(rng, n=32, k=64):
 
 
 def _groups():
-    """Families grouped by (target kind, layer kind), in registry order."""
+    """Families grouped by (target kind, layer kind, dynamic rows), in registry order."""
     out: dict[tuple, list] = {}
     for family in FAMILIES:
         kind = "llvm" if family.targets(resolve_target("llvm")) else "cuda"
-        out.setdefault((kind, family.layer_kind), []).append(family)
+        out.setdefault((kind, family.layer_kind, family.dynamic_rows), []).append(family)
     return out
 
 
 def test_every_family_is_listed_once_and_dense_first():
     groups = _groups()
-    assert set(groups) == {("llvm", LINEAR), ("llvm", CONV2D), ("cuda", LINEAR)}
+    assert set(groups) == {
+        ("llvm", LINEAR, False),
+        ("llvm", CONV2D, False),
+        ("llvm", LINEAR, True),
+        ("cuda", LINEAR, False),
+    }
     for families in groups.values():
         names = [f.name for f in families]
         assert len(names) == len(set(names)), names
@@ -103,7 +108,8 @@ def test_every_cpu_linear_family_computes_the_layer(target, rng, rows):
     x = rng.standard_normal((rows, 64)).astype(np.float32)
     expected = linear_ref(x, layer.weight, layer.bias, "relu")
     families = [f for f in FAMILIES if f.targets(target) and f.layer_kind == LINEAR]
-    assert len(families) == 8  # dense, csr, sparse_sparse, 4 BSR blocks, N:M
+    # dense, csr, sparse_sparse, 4 BSR blocks, N:M; dense and csr for any row count
+    assert len(families) == 10
     for family in families:
         space = family.knob_space(layer, target)
         assert space[0] == {}, family.name

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from tvm import relax
 
-from .relax_utils import const_array, dtype_of, iter_bindings, op_name, static_shape, use_counts
+from .relax_utils import (
+    const_array,
+    dtype_of,
+    iter_bindings,
+    op_name,
+    representative_shape,
+    static_shape,
+    use_counts,
+)
 
 LINEAR = "linear"
 CONV2D = "conv2d"
@@ -53,6 +61,9 @@ class LayerSpec:
     name: str = ""
     # expected non-zero fraction of x (k-WTA: k/n, pooled; ReLU: assumed); None = dense input
     input_density: float | None = None
+    # a linear whose leading dims are symbolic (dynamic batch / sequence): x_shape and out_shape
+    # hold them as 1, and only the kernels built for any row count apply
+    dynamic_rows: bool = False
 
     @property
     def rows(self) -> int:
@@ -97,7 +108,7 @@ def anchor_of(value: relax.Expr) -> tuple[str, np.ndarray, dict] | None:
     if name == "relax.matmul":
         x, w = value.args
         weight = const_array(w)
-        x_shape = static_shape(x)
+        x_shape = representative_shape(x)
         if weight is None or weight.ndim != 2 or x_shape is None or len(x_shape) < 2:
             return None
         if dtype_of(x) != "float32" or weight.dtype != np.float32:
@@ -150,7 +161,7 @@ def find_layers(func: relax.Function) -> list[LayerSpec]:
             other = b if a.same_as(tail) else a
             c = const_array(other)
             vec = None if c is None else per_channel(c, weight.shape[0], kind)
-            if vec is not None and static_shape(nxt.var) == static_shape(tail):
+            if vec is not None and representative_shape(nxt.var) == representative_shape(tail):
                 bias, tail = vec.astype(np.float32), nxt.var
                 nxt = single_user(tail)
         if nxt is not None and op_name(nxt.value) in _ACTIVATIONS:
@@ -161,14 +172,15 @@ def find_layers(func: relax.Function) -> list[LayerSpec]:
             LayerSpec(
                 index=len(layers),
                 kind=kind,
-                x_shape=static_shape(x),
-                out_shape=static_shape(tail),
+                x_shape=representative_shape(x),
+                out_shape=representative_shape(tail),
                 weight=weight,
                 bias=bias,
                 activation=activation,
                 x_var=x,
                 tail_var=tail,
                 conv_attrs=conv,
+                dynamic_rows=static_shape(x) is None,
             )
         )
     return layers

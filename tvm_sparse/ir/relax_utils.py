@@ -69,6 +69,19 @@ def static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
+def representative_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    """The shape of a tensor whose only unknowns are symbolic leading dims (a dynamic batch or
+    sequence axis), those dims taken as 1, the size a kernel is chosen and timed at; None when
+    the rank is unknown or the last dim is symbolic."""
+    ty = getattr(expr, "ty", None)
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    values = list(ty.shape.values)
+    if not values or not isinstance(values[-1], tvm.tirx.IntImm):
+        return None
+    return tuple(int(d.value) if isinstance(d, tvm.tirx.IntImm) else 1 for d in values)
+
+
 def dtype_of(expr: relax.Expr) -> str | None:
     ty = getattr(expr, "ty", None)
     return str(ty.dtype) if isinstance(ty, relax.TensorType) else None

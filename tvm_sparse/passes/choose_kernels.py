@@ -85,6 +85,8 @@ class ChooseKernels:
     def _record(self, layer: LayerSpec, row: LayerReport, choice: Choice, report: Report) -> None:
         """The choice into the report row (and a note per dropped candidate) and the plan."""
         row.chosen, row.reason = choice.chosen, choice.reason
+        if layer.dynamic_rows and choice.kernel is not None:
+            row.reason += "; built for any row count (dynamic shape), chosen at 1 row"
         row.estimated_ms, row.measured_ms = choice.estimated_ms, choice.measured_ms
         if choice.dropped:
             report.notes.append(f"layer {layer.name}: {dropped_text(choice.dropped)}")

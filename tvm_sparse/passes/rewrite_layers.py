@@ -8,6 +8,8 @@ sparsify pass: it applies the plan; the module keeps the report the passes befor
 
 from __future__ import annotations
 
+import functools
+
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
@@ -52,6 +54,8 @@ class _LayerRewriter(PlannedRewriter):
     def replacement(self, var: relax.Var, entry: tuple[LayerSpec, KernelCall]) -> relax.Expr:
         layer, kernel = entry
         x = self.visit_expr(layer.x_var)
+        if layer.dynamic_rows:
+            return self._dynamic_replacement(layer, kernel, x)
         flatten = layer.kind == LINEAR and len(layer.x_shape) != 2
         # an activation in the tile layout (chain_layouts) passes between kernels as it is
         x_rows = kernel.info.get("x_layout", "rows") == "rows"
@@ -67,6 +71,24 @@ class _LayerRewriter(PlannedRewriter):
             out = relax.op.reshape(self.builder_.emit(out, "rows_out"), layer.out_shape)
         if not y_rows:
             self.tile_vars.add(var)
+        return out
+
+    def _dynamic_replacement(self, layer: LayerSpec, kernel: KernelCall, x: relax.Expr
+                             ) -> relax.Expr:  # fmt: skip
+        """The call of a kernel built for any row count: rows = the product of x's leading
+        (symbolic) dims, the output shaped like the layer's tail again."""
+        dims = list(x.ty.shape.values)
+        rows = functools.reduce(lambda a, b: a * b, dims[:-1])
+        n = layer.weight.shape[0]
+        if len(dims) != 2:
+            x = self.builder_.emit(relax.op.reshape(x, [rows, dims[-1]]), "rows")
+        name = f"{kernel.name}_{layer.index}"
+        gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
+        args = [x] + [relax.const(c, str(c.dtype)) for c in kernel.consts]
+        out = relax.call_tir(gvar, args, relax.TensorType([rows, n], kernel.out_dtype))
+        if len(dims) != 2:
+            tail_dims = list(layer.tail_var.ty.shape.values)
+            out = relax.op.reshape(self.builder_.emit(out, "rows_out"), tail_dims)
         return out
 
 

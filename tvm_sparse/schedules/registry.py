@@ -59,6 +59,11 @@ def find_family(name: str, layer: LayerSpec, target: tvm.target.Target) -> Kerne
     """The family called ``name`` for the layer's kind on ``target``, whether or not it suits
     this layer's weights (tuning records name a candidate; they are built as asked)."""
     for family in FAMILIES:
-        if family.name == name and family.layer_kind == layer.kind and family.targets(target):
+        if (
+            family.name == name
+            and family.layer_kind == layer.kind
+            and family.dynamic_rows == layer.dynamic_rows
+            and family.targets(target)
+        ):
             return family
     return None

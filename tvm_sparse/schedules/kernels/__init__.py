@@ -11,6 +11,7 @@ from .base import Candidate, CpuKernel, CudaKernel, KernelFamily
 from .cpu_bsr import BsrLinear
 from .cpu_csr import CsrLinear
 from .cpu_dense import DenseConv2d, DenseLinear
+from .cpu_dynamic import DynamicCsrLinear, DynamicDenseLinear
 from .cpu_nm import NMLinear
 from .cpu_sparse_conv import SparseConv2d
 from .cpu_sparse_conv_planes import SparseConv2dPlanes
@@ -33,6 +34,8 @@ FAMILIES: tuple[KernelFamily, ...] = (
     BsrLinear(8, 1),
     BsrLinear(16, 1),
     NMLinear(),
+    DynamicDenseLinear(),
+    DynamicCsrLinear(),
     CudaDenseLinear(),
     CudaCsrLinear(),
     CudaBsrLinear(4, 1),

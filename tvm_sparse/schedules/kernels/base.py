@@ -61,6 +61,8 @@ class KernelFamily(ABC):
     name: ClassVar[str]
     layer_kind: ClassVar[str] = LINEAR
     skips_zeros: ClassVar[bool] = True
+    # built for a symbolic row count: the only families of a ``LayerSpec.dynamic_rows`` layer
+    dynamic_rows: ClassVar[bool] = False
 
     @abstractmethod
     def targets(self, target: tvm.target.Target) -> bool:
@@ -71,7 +73,12 @@ class KernelFamily(ABC):
         return True
 
     def applies(self, layer: LayerSpec, target: tvm.target.Target) -> bool:
-        return self.targets(target) and layer.kind == self.layer_kind and self.fits(layer)
+        return (
+            self.targets(target)
+            and layer.kind == self.layer_kind
+            and layer.dynamic_rows == self.dynamic_rows
+            and self.fits(layer)
+        )
 
     @abstractmethod
     def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel

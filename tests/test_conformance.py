@@ -117,10 +117,13 @@ def test_runtime_training_flag_is_guarded_after_export_and_load(tmp_path):
         np.testing.assert_array_equal(module.run(x, np.array(0.0, np.float32), np.array(True)), x)
 
 
-@pytest.mark.parametrize("name, sparsity", [("googlenet", 0.0), ("resnext50_32x4d", 0.0)])
+@pytest.mark.parametrize(
+    "name, sparsity", [("googlenet", 0.0), ("resnext50_32x4d", 0.0), ("shufflenet_v2", 0.9)]
+)
 def test_held_out_cnn_matches_onnxruntime(tmp_path, name, sparsity):
-    """Concatenated branches and ceil-mode pools (GoogLeNet), grouped convs (ResNeXt): small
-    versions, checked against onnxruntime (the rest, full size and pruned, in make
+    """Concatenated branches and ceil-mode pools (GoogLeNet), grouped convs (ResNeXt), chunk's
+    Shape -> Slice plumbing and channel shuffles (ShuffleNetV2, which plain TVM cannot build):
+    small versions, checked against onnxruntime (the rest, full size and pruned, in make
     conformance; DenseNet's 120 layers cost 30 s even small)."""
     pytest.importorskip("torch")
     options = {"image": 32, "width": 0.125}

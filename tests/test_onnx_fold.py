@@ -81,3 +81,35 @@ def test_nothing_to_fold_returns_the_model():
     model = _model()
     folded = fold_constants(model)
     assert fold_constants(folded) is folded
+
+
+def test_shape_of_a_static_tensor_folds_and_the_chunk_after_it_compiles():
+    """PyTorch writes ``chunk(2, dim=1)`` as Shape -> Gather -> Div -> Slice: with the shape a
+    constant the bounds fold and TVM sees a static slice (runtime bounds made a shape-less
+    slice that neither plain TVM nor tvm-sparse could build: ShuffleNetV2)."""
+    import tvm_sparse
+
+    def const(name, value):
+        return helper.make_tensor(name, TensorProto.INT64, [len(value)], value)
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["channels"], axis=0),
+        helper.make_node("Div", ["channels", "two"], ["half"]),
+        helper.make_node("Slice", ["x", "zero", "half", "one"], ["first"]),
+        helper.make_node("Relu", ["first"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chunk",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[const("one", [1]), const("two", [2]), const("zero", [0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    folded = fold_constants(model)
+    assert [n.op_type for n in folded.graph.node] == ["Slice", "Relu"]
+    x = np.random.default_rng(0).standard_normal((1, 6, 4, 4)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (want,) = session.run(None, {"x": x})
+    np.testing.assert_allclose(tvm_sparse.compile(model, "llvm").run(x), want, rtol=1e-6)

@@ -46,6 +46,96 @@ def _evaluate(node: onnx.NodeProto, known: dict[str, np.ndarray], opset: int):
     return [np.asarray(v) for v in outputs]
 
 
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Every value whose shape ONNX shape inference knows statically (graph inputs included)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - inference is best effort: nothing is folded then
+        return {}
+    graph = inferred.graph
+    shapes = {}
+    for vi in (*graph.input, *graph.value_info):
+        tt = vi.type.tensor_type
+        if vi.type.WhichOneof("value") != "tensor_type" or not tt.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if all(d > 0 for d in dims):
+            shapes[vi.name] = tuple(dims)
+    return shapes
+
+
+# Ops through which a shape value flows as index arithmetic (to a slice bound), and the inputs
+# of the ops where such a value ends as a bound: Slice's starts/ends/axes/steps, Split's sizes.
+_INDEX_ARITHMETIC = {
+    "Gather", "Add", "Sub", "Mul", "Div", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice",
+}  # fmt: skip
+_BOUND_INPUTS = {"Slice": {1, 2, 3, 4}, "Split": {1}}
+
+
+def _feeds_only_slice_bounds(name: str, consumers: dict[str, list[tuple[onnx.NodeProto, int]]]
+                             ) -> bool:  # fmt: skip
+    """Whether every use of ``name``, followed through index arithmetic, is a Slice or Split
+    bound. Why only those: folding them is what TVM needs (it cannot build the shape-less slice
+    that runtime bounds give), while shapes that reach Reshape, Expand, Range or masks (ONNX's
+    expanded attention functions) compile to fp16/bf16 and fully-masked-row results that differ
+    from the reference, where unfolded they are refused."""
+    todo, seen = [name], set()
+    while todo:
+        value = todo.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        uses = consumers.get(value, [])
+        if not uses:
+            return False  # a graph output, or unused: nothing to gain
+        for node, index in uses:
+            if node.domain not in _STANDARD_DOMAINS:
+                return False
+            if index in _BOUND_INPUTS.get(node.op_type, ()):
+                continue
+            if node.op_type not in _INDEX_ARITHMETIC:
+                return False
+            todo.extend(node.output)
+    return True
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    out: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            out.setdefault(name, []).append((node, index))
+    return out
+
+
+def _static_shape_of(
+    node: onnx.NodeProto,
+    shapes: dict[str, tuple[int, ...]],
+    graph_outputs: set[str],
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]],
+) -> np.ndarray | None:
+    """The value of a ``Shape`` node whose input has a static shape and which only feeds slice
+    bounds (``_feeds_only_slice_bounds``), else None.
+
+    Why: exporters compute slice bounds from ``Shape`` (PyTorch's ``chunk``: Shape -> Gather ->
+    Div -> Slice); with the shape a constant, the chain folds and TVM's frontend sees static
+    slices (as runtime bounds it made a shape-less ``dynamic_strided_slice`` that neither plain
+    TVM nor tvm-sparse could build: ShuffleNetV2)."""
+    if node.op_type != "Shape" or node.domain not in _STANDARD_DOMAINS:
+        return None
+    if node.input[0] not in shapes or node.output[0] in graph_outputs:
+        return None
+    if not _feeds_only_slice_bounds(node.output[0], consumers):
+        return None
+    shape = shapes[node.input[0]]
+    start, end = 0, len(shape)
+    for attr in node.attribute:
+        if attr.name == "start":
+            start = int(attr.i)
+        elif attr.name == "end":
+            end = int(attr.i)
+    return np.array(shape[slice(start, end)], dtype=np.int64)
+
+
 def fold_constants(
     model: onnx.ModelProto, max_elements: int = MAX_FOLDED_ELEMENTS
 ) -> onnx.ModelProto:
@@ -59,7 +149,13 @@ def fold_constants(
     opset = _opset(model)
     kept: list[onnx.NodeProto] = []
     folded: dict[str, np.ndarray] = {}
+    shapes = _static_shapes(model) if any(n.op_type == "Shape" for n in graph.node) else {}
+    consumers = _consumers(graph) if shapes else {}
     for node in graph.node:
+        value = _static_shape_of(node, shapes, graph_outputs, consumers)
+        if value is not None:  # Shape of a tensor whose shape is static: a constant
+            known[node.output[0]] = folded[node.output[0]] = value
+            continue
         foldable = (
             node.domain in _STANDARD_DOMAINS
             and not _has_subgraph(node)

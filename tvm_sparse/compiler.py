@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .codegen.fpga.backend import compile_fpga
+from .codegen.fpga.backend import FpgaProject, compile_fpga
 from .codegen.fpga.target import is_fpga_target
 from .compile_tvm import OPTIONS, compile_tvm, model_name
 from .frontend import import_model
@@ -35,7 +35,7 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     tuning_records: str | os.PathLike | None = None,
     input_shapes: str | dict | None = None,
     **options: Any,
-) -> CompiledModule:
+) -> CompiledModule | FpgaProject:
     """Compile a model (ONNX path, ModelProto or Relax IRModule) into a runnable module.
 
     ``target="fpga"`` (or a dict with ``kind: fpga``) returns an HLS project instead
@@ -51,6 +51,14 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
         known = sorted(OPTIONS | {"output_dir"})
         raise TypeError(f"unknown compile option(s): {sorted(unknown)}; known: {known}")
     if is_fpga_target(target):
+        ignored = sorted(set(options) - {"output_dir"}) + (
+            ["tuning_records"] if tuning_records else []
+        )
+        if ignored:  # the FPGA backend packs every layer itself: no kernel choice to steer
+            raise TypeError(
+                f"compile option(s) {ignored} do not apply to the fpga target (it packs every "
+                "layer for its HLS engines; there is no kernel choice, timing or tuning)"
+            )
         return compile_fpga(
             model, target, input_shapes=input_shapes, output_dir=options.pop("output_dir", None)
         )

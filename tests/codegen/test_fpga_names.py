@@ -89,3 +89,17 @@ def test_unsupported_activation_fused_into_a_layer_is_named():
     model = _mlp(WEIRD, last_op="Gelu", opset=20)
     with pytest.raises(UnsupportedModelError, match="gelu"):
         compile_fpga(model, "fpga", run_csim=False)
+
+
+@pytest.mark.parametrize(
+    "options", [{"sparse": False}, {"measure": True}, {"tuning_records": "records"}]
+)
+def test_cpu_only_options_are_refused_for_the_fpga_target(options):
+    """The FPGA backend packs every layer itself: an option that steers the CPU kernel choice
+    would be ignored, so it is refused by name."""
+    import tvm_sparse
+    from tvm_sparse import models
+
+    name = next(iter(options))
+    with pytest.raises(TypeError, match=rf"\['{name}'\] do not apply to the fpga target"):
+        tvm_sparse.compile(models.pruned_mlp(layers=1, hidden=8), "fpga", **options)

@@ -126,3 +126,35 @@ def test_folding_leaves_the_callers_module_as_it_was():
     folded = FoldAffineIntoLayers()(mod)
     assert mod["main"].same_as(main)
     assert not folded["main"].same_as(main)
+
+
+def test_gathers_clamp_their_indices_and_tvm_prints_no_fast_mode_warning(capfd):
+    """ONNX Gather with runtime indices: TVM's fast mode warned on every compile and reads out
+    of bounds on a bad index; after canonicalize every take clamps, with the same values."""
+    import onnxruntime as ort
+
+    import tvm_sparse
+
+    data = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "data")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["data", "i"], ["y"], axis=0)],
+        "gather",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [data],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mod = canonicalize(import_model(model).mod)
+    modes = [
+        b.value.attrs.mode for b in iter_bindings(mod["main"]) if op_name(b.value) == "relax.take"
+    ]
+    assert modes == ["clip"]
+    capfd.readouterr()
+    compiled = tvm_sparse.compile(model, "llvm")
+    assert "Fast mode segfaults" not in capfd.readouterr().err
+    i = np.array([2, 0], np.int64)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(compiled.run(i), session.run(None, {"i": i})[0])
+    # out of range (onnxruntime raises): clamped to the last row, not read past the data
+    last = np.arange(12, dtype=np.float32).reshape(3, 4)[2]
+    np.testing.assert_array_equal(compiled.run(np.array([7, 1], np.int64))[0], last)

@@ -16,10 +16,12 @@ from .fuse_gelu import FuseGelu
 from .fuse_relu6 import FuseRelu6
 from .numpy_fold import NumpyFoldConstant
 from .safe_fold import SafeFoldConstant
+from .take_mode import ClipTakeMode
 
 
 def canonicalize_passes() -> list[tvm.transform.Pass]:
     return [
+        ClipTakeMode(),  # gathers clamp their indices: no segfault, no TVM warning per compile
         relax.transform.DecomposeOpsForInference(),
         NumpyFoldConstant(),  # most of what FoldConstant would build with LLVM, in numpy
         SafeFoldConstant(),

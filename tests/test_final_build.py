@@ -104,3 +104,15 @@ def test_the_model_is_built_once_and_export_copies_the_library(tmp_path, monkeyp
         assert a.read() == b.read()
     x = np.ones((1, 64), np.float32)
     np.testing.assert_array_equal(tvm_sparse.load(exported).run(x), compiled.run(x))
+
+
+def test_load_refuses_a_library_its_manifest_was_not_written_with(tmp_path):
+    """Another model's .so beside this manifest would run with inputs, guards and a report that
+    are not its own: the manifest's SHA-256 of the library says so."""
+    small = tvm_sparse.compile(models.pruned_mlp(layers=1, hidden=16), "llvm", measure=False)
+    other = tvm_sparse.compile(models.pruned_mlp(layers=2, hidden=16), "llvm", measure=False)
+    small.export(tmp_path / "a.so")
+    other.export(tmp_path / "b.so")
+    os.replace(tmp_path / "b.so", tmp_path / "a.so")
+    with pytest.raises(tvm_sparse.ArtifactError, match="not the one .*a.json was written with"):
+        tvm_sparse.load(tmp_path / "a.so")

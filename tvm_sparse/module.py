@@ -6,6 +6,7 @@ carries the input specs (for checking inputs before they reach TVM) and the spar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -157,6 +158,9 @@ class CompiledModule:
             "format": "tvm-sparse-module",
             "version": MANIFEST_VERSION,
             "library": os.path.basename(path),
+            # the library this manifest describes: load refuses another one (a rebuilt or
+            # swapped .so would be run with inputs, guards and a report that are not its own)
+            "library_sha256": _sha256(path),
             "target": self.target,
             "inputs": [s.to_dict() for s in self.inputs],
             "guards": [g.to_dict() for g in self.guards],
@@ -166,6 +170,14 @@ class CompiledModule:
         with open(mpath, "w") as f:
             json.dump(manifest, f, indent=2)
         return mpath
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _to_numpy(out: Any) -> np.ndarray | tuple:
@@ -193,6 +205,12 @@ def load(path: str | os.PathLike) -> CompiledModule:
         raise ArtifactError(f"{mpath}: unreadable manifest ({err})") from err
     if manifest.get("format") != "tvm-sparse-module":
         raise ArtifactError(f"{mpath}: not a tvm-sparse manifest")
+    expected = manifest.get("library_sha256")
+    if expected is not None and _sha256(path) != expected:
+        raise ArtifactError(
+            f"{path}: this library is not the one {mpath} was written with (its SHA-256 "
+            "differs): export the module again, or keep each .so with its own manifest"
+        )
     try:
         lib = tvm.runtime.load_module(path)
     except Exception as err:  # TVM raises its own error types for bad libraries

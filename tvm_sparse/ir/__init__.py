@@ -3,3 +3,7 @@
 ``ir`` imports nothing from ``passes``, ``schedules`` or ``codegen``, so those three can share
 what they all need (what a layer is, how to read a Relax function) without importing each other.
 """
+
+from .tvmscript_stack import install as _install_fast_tvmscript_stack
+
+_install_fast_tvmscript_stack()  # every kernel builder parses TVMScript: see tvmscript_stack

@@ -1,0 +1,73 @@
+"""A cheaper ``inspect.stack()`` for TVMScript's parser.
+
+Why: every ``@T.prim_func`` / ``@R.function`` / ``@I.ir_module`` decoration calls
+``inspect.stack()``, which looks up the source of every frame on the stack; for frames without
+a file (``<frozen runpy>``, ``<string>``) that means ``inspect.getmodule``, a scan of all of
+``sys.modules``. With torch loaded (thousands of modules) one parse paid about 0.2 s for it: a
+third of a dense GoogLeNet's kernel builds, and a minute of MetaSchedule's start (it parses 500
+tensor intrinsics). The parser uses the frames, their locals, and the source line of the
+caller's caller only, so this stack gives every frame but reads source lines for the first
+few alone. Installed by ``install()`` in the parser modules' namespaces, not in ``inspect``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import linecache
+import sys
+import types
+
+_CONTEXT_FRAMES = 4  # the parser reads frames[2].code_context; a margin beyond it
+
+
+def fast_stack(context: int = 1) -> list[inspect.FrameInfo]:
+    """``inspect.stack(context)`` from the caller up, source lines for the innermost frames."""
+    frames = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        lineno = frame.f_lineno
+        lines = None
+        if context > 0 and len(frames) < _CONTEXT_FRAMES:
+            line = linecache.getline(code.co_filename, lineno, frame.f_globals)
+            lines = [line] if line else None
+        frames.append(
+            inspect.FrameInfo(
+                frame, code.co_filename, lineno, code.co_name, lines, 0 if lines else None
+            )
+        )
+        frame = frame.f_back
+    return frames
+
+
+class _InspectWithFastStack(types.ModuleType):
+    """``inspect`` as a parser module sees it: everything the same but ``stack``."""
+
+    def __init__(self) -> None:
+        super().__init__("inspect")
+
+    def __getattr__(self, name: str):
+        return getattr(inspect, name)
+
+    stack = staticmethod(fast_stack)
+
+
+_PARSER_MODULES = (
+    "tvm.tirx.script.parser.entry",
+    "tvm.script.parser.ir.entry",
+    "tvm.relax.script.parser.entry",
+)
+
+
+def install() -> None:
+    """Give TVMScript's parser entry points the cheaper stack (idempotent)."""
+    import importlib
+
+    proxy = _InspectWithFastStack()
+    for name in _PARSER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a TVM without that dialect
+            continue
+        if getattr(module, "inspect", None) is inspect:
+            module.inspect = proxy

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
+from .onnx_fold import tensor_type_shape
 
 log = logging.getLogger("tvm_sparse")
 
@@ -100,13 +101,7 @@ class Context:
         if name in self.consts:
             return tuple(self.consts[name].shape)
         ty = self._value_types().get(name)
-        if ty is None or ty.WhichOneof("value") != "tensor_type":
-            return None
-        tt = ty.tensor_type
-        if not tt.HasField("shape"):
-            return None
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
-        return None if any(d < 0 for d in dims) else tuple(dims)
+        return None if ty is None else tensor_type_shape(ty)
 
     def rank(self, name: str) -> int | None:
         if name in self.consts:

@@ -55,13 +55,18 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     graph = inferred.graph
     shapes = {}
     for vi in (*graph.input, *graph.value_info):
-        tt = vi.type.tensor_type
-        if vi.type.WhichOneof("value") != "tensor_type" or not tt.HasField("shape"):
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
-        if all(d > 0 for d in dims):
-            shapes[vi.name] = tuple(dims)
+        dims = tensor_type_shape(vi.type)
+        if dims is not None and all(d > 0 for d in dims):
+            shapes[vi.name] = dims
     return shapes
+
+
+def tensor_type_shape(ty: onnx.TypeProto) -> tuple[int, ...] | None:
+    """The static shape an ONNX type gives a tensor, or None (not a tensor, or a dim unknown)."""
+    if ty.WhichOneof("value") != "tensor_type" or not ty.tensor_type.HasField("shape"):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ty.tensor_type.shape.dim]
+    return None if any(d < 0 for d in dims) else tuple(dims)
 
 
 # Ops through which a shape value flows as index arithmetic (to a slice bound), and the inputs

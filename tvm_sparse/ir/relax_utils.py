@@ -56,30 +56,30 @@ def const_array(expr: relax.Expr) -> np.ndarray | None:
     return None
 
 
-def static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    """The static shape of a tensor expression, or None when unknown or symbolic."""
+def _shape_dims(expr: relax.Expr) -> list | None:
+    """The dims (IntImm or symbolic PrimExpr) of a tensor expression of known rank, else None."""
     ty = getattr(expr, "ty", None)
     if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
         return None
-    dims = []
-    for d in ty.shape.values:
-        if not isinstance(d, tvm.tirx.IntImm):
-            return None
-        dims.append(int(d.value))
-    return tuple(dims)
+    return list(ty.shape.values)
+
+
+def static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    """The static shape of a tensor expression, or None when unknown or symbolic."""
+    dims = _shape_dims(expr)
+    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    return tuple(int(d.value) for d in dims)
 
 
 def representative_shape(expr: relax.Expr) -> tuple[int, ...] | None:
     """The shape of a tensor whose only unknowns are symbolic leading dims (a dynamic batch or
     sequence axis), those dims taken as 1, the size a kernel is chosen and timed at; None when
     the rank is unknown or the last dim is symbolic."""
-    ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+    dims = _shape_dims(expr)
+    if not dims or not isinstance(dims[-1], tvm.tirx.IntImm):
         return None
-    values = list(ty.shape.values)
-    if not values or not isinstance(values[-1], tvm.tirx.IntImm):
-        return None
-    return tuple(int(d.value) if isinstance(d, tvm.tirx.IntImm) else 1 for d in values)
+    return tuple(int(d.value) if isinstance(d, tvm.tirx.IntImm) else 1 for d in dims)
 
 
 def dtype_of(expr: relax.Expr) -> str | None:

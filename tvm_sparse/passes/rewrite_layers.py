@@ -62,16 +62,22 @@ class _LayerRewriter(PlannedRewriter):
         y_rows = kernel.info.get("y_layout", "rows") == "rows"
         if flatten and x_rows:
             x = self._rows_of(x, (layer.rows, layer.x_shape[-1]))
-        name = f"{kernel.name}_{layer.index}"
-        gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
-        # explicit dtype: relax.const turns int64 numpy arrays into int32 by default
-        args = [x] + [relax.const(c, str(c.dtype)) for c in kernel.consts]
-        out = relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
+        out = self._call(layer, kernel, x, kernel.out_shape)
         if flatten and y_rows:
             out = relax.op.reshape(self.builder_.emit(out, "rows_out"), layer.out_shape)
         if not y_rows:
             self.tile_vars.add(var)
         return out
+
+    def _call(self, layer: LayerSpec, kernel: KernelCall, x: relax.Expr, out_shape
+              ) -> relax.Expr:  # fmt: skip
+        """``call_tir`` of the layer's kernel (added to the module under a unique name) on ``x``
+        and its constants, giving ``out_shape`` (static, or symbolic rows)."""
+        name = f"{kernel.name}_{layer.index}"
+        gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
+        # explicit dtype: relax.const turns int64 numpy arrays into int32 by default
+        args = [x] + [relax.const(c, str(c.dtype)) for c in kernel.consts]
+        return relax.call_tir(gvar, args, relax.TensorType(out_shape, kernel.out_dtype))
 
     def _dynamic_replacement(self, layer: LayerSpec, kernel: KernelCall, x: relax.Expr
                              ) -> relax.Expr:  # fmt: skip
@@ -82,10 +88,7 @@ class _LayerRewriter(PlannedRewriter):
         n = layer.weight.shape[0]
         if len(dims) != 2:
             x = self.builder_.emit(relax.op.reshape(x, [rows, dims[-1]]), "rows")
-        name = f"{kernel.name}_{layer.index}"
-        gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
-        args = [x] + [relax.const(c, str(c.dtype)) for c in kernel.consts]
-        out = relax.call_tir(gvar, args, relax.TensorType([rows, n], kernel.out_dtype))
+        out = self._call(layer, kernel, x, [rows, n])
         if len(dims) != 2:
             tail_dims = list(layer.tail_var.ty.shape.values)
             out = relax.op.reshape(self.builder_.emit(out, "rows_out"), tail_dims)

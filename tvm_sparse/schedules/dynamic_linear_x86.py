@@ -14,6 +14,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from ..formats.csr import CSR
 from ..target import vector_lanes
 from ._epilogue import bias_const, check_activation, epilogue
 from .kernel import KernelCall, as_weight, finish, linear_info
@@ -119,14 +120,12 @@ def csr_linear_dynamic(
     check_activation(activation)
     weight = as_weight(weight, 2)
     n, k = weight.shape
-    rows, cols = np.nonzero(weight)
-    values = np.ascontiguousarray(weight[rows, cols], np.float32)
-    nnz = values.shape[0]
-    indptr = np.zeros(n + 1, np.int32)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    csr = CSR.from_dense(weight)
+    nnz = csr.nnz
+    values, indices = csr.data, csr.indices.astype(np.int32)
+    indptr = csr.indptr.astype(np.int32)
     if nnz == 0:  # keep every buffer non-empty
-        values, cols = np.zeros(1, np.float32), np.zeros(1, np.int64)
-    indices = np.ascontiguousarray(cols, np.int32)
+        values, indices = np.zeros(1, np.float32), np.zeros(1, np.int32)
     bias_arr, has_bias = bias_const(bias, n)
     nbias = bias_arr.shape[0]
     per_task = min(_CSR_ROWS_PER_TASK, n)

@@ -314,10 +314,11 @@ def checked_by_final_build(enabled: bool = True) -> Iterator[None]:
 
 
 def _known_check(key: str) -> tuple[bool, str | None]:
-    """(whether the compile check of ``key`` is already answered, its answer)."""
+    """(whether the compile check of ``key`` is already answered, its answer); its callers
+    answer ``_unchecked()`` cases before computing the key."""
     if key in _COMPILE_FAILURES:
         return True, _COMPILE_FAILURES[key]
-    if _unchecked() or _CHECKED_BY_FINAL_BUILD.get() or measure_cache.get(key) is not None:
+    if _CHECKED_BY_FINAL_BUILD.get() or measure_cache.get(key) is not None:
         return True, None
     return False, None
 

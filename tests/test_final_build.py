@@ -1,5 +1,6 @@
-"""The final build runs in a forked child: an LLVM abort there costs a recompile with every
-kernel checked, never the user's process; a model builds once, and export copies its library."""
+"""The final build compiles the kernels in forked children: an LLVM abort there costs a
+recompile with every kernel checked, never the user's process; a model's kernels are compiled
+once, and export links the object files they were compiled into."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import platform
 
 import numpy as np
 import pytest
+import tvm
 
 import tvm_sparse
 from tvm_sparse import final_build, models
@@ -76,7 +78,7 @@ def test_a_crash_in_what_tvm_lowers_itself_is_a_clear_error(monkeypatch):
     def crash(*_args):
         os.abort()
 
-    monkeypatch.setattr(final_build, "_build_and_export", crash)
+    monkeypatch.setattr(final_build, "_build_kernels", crash)
     with pytest.raises(tvm_sparse.TvmSparseError, match="code generator crashed.*SIGABRT"):
         tvm_sparse.compile(models.pruned_mlp(layers=1, hidden=32), "llvm", measure=False)
 
@@ -85,25 +87,36 @@ def test_an_error_in_the_build_is_reported_with_tvms_message(monkeypatch):
     def fail(*_args):
         raise RuntimeError("first line\nInternalError: the check that failed")
 
-    monkeypatch.setattr(final_build, "_build_and_export", fail)
+    monkeypatch.setattr(final_build, "_build_kernels", fail)
     with pytest.raises(tvm_sparse.TvmSparseError, match="the check that failed"):
         tvm_sparse.compile(models.pruned_mlp(layers=1, hidden=32), "llvm", measure=False)
 
 
-def test_the_model_is_built_once_and_export_copies_the_library(tmp_path, monkeypatch):
-    builds = []
-    original = final_build._build_and_export
-    monkeypatch.setattr(
-        final_build, "_build_and_export", lambda *a: builds.append(1) or original(*a)
-    )
+def test_export_links_the_compiled_kernels_without_running_llvm_again(tmp_path, monkeypatch):
     compiled = tvm_sparse.compile(models.pruned_mlp(layers=2, hidden=64), "llvm", measure=False)
-    assert compiled._library.library_path is not None
+
+    def no_llvm(*_args, **_kwargs):
+        raise AssertionError("export compiled a kernel again")
+
+    monkeypatch.setattr(tvm.tirx, "build", no_llvm)
     exported = tmp_path / "m.so"
     compiled.export(exported)
-    with open(compiled._library.library_path, "rb") as a, open(exported, "rb") as b:
-        assert a.read() == b.read()
     x = np.ones((1, 64), np.float32)
     np.testing.assert_array_equal(tvm_sparse.load(exported).run(x), compiled.run(x))
+
+
+def test_kernels_split_between_children_link_into_one_working_model(monkeypatch):
+    """Two children, each compiling part of the kernels: the linked model is the in-process
+    build's, bit for bit."""
+    monkeypatch.setattr(final_build, "_cpu_count", lambda: 2)
+    model = models.pruned_mlp(layers=3, hidden=64)
+    compiled = tvm_sparse.compile(model, "llvm", measure=False)
+    objects = [f for f in os.listdir(compiled._library.directory.name) if f.endswith(".o")]
+    assert sorted(objects) == ["kernels0.o", "kernels1.o"]
+    monkeypatch.setenv("TVM_SPARSE_ISOLATE", "0")
+    in_process = tvm_sparse.compile(model, "llvm", measure=False)
+    x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    np.testing.assert_array_equal(compiled.run(x), in_process.run(x))
 
 
 def test_load_refuses_a_library_its_manifest_was_not_written_with(tmp_path):

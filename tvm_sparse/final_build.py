@@ -1,12 +1,15 @@
-"""The final build (TIR lowering + LLVM) of a CPU model in a forked child process.
+"""The final build (TIR lowering + LLVM) of a CPU model, in forked child processes.
 
 Why: an LLVM fatal error aborts the process that runs LLVM. Checking every chosen kernel in the
 candidate worker before the final build (``isolation.compile_check``) kept the user's process
 safe, but compiled every kernel twice: on a dense GoogLeNet the checks cost as much as the final
-build itself. Here the final build *is* the check: a forked child builds the module and writes
-it as a shared library, and this process loads it. When the child dies by a signal, the caller
-compiles again with every kernel checked first (the old path), so a kernel that LLVM cannot take
-is dropped with a warning, not the user's process.
+build itself. Here the final build *is* the check. This process generates the VM bytecode (no
+LLVM); forked children compile the kernels (the model's PrimFuncs), split between as many
+children as there are CPUs, each into an object file; this process links them into one shared
+library, loads it, and links it to the bytecode. The model's weights stay in this process: they
+are never written into a library just to be read back (on AlexNet that cost 4 s of 12). When a
+child dies by a signal, the caller compiles again with every kernel checked first (the old
+path), so a kernel that LLVM cannot take is dropped with a warning, not the user's process.
 
 Only on POSIX (``os.fork``), for CPU targets, and unless ``TVM_SPARSE_ISOLATE=0``; elsewhere the
 build runs in this process as ``tvm.compile`` does.
@@ -16,45 +19,51 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import logging
 import os
 import signal
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import tvm
+from tvm import relax
+from tvm.relax import vm_build
+from tvm.support import cc
 
 from .schedules.isolation import isolation_enabled
 from .target import is_cpu
 
-_ERROR_FILE = "error.txt"
-_STDERR_FILE = "stderr.txt"  # the child's stderr: LLVM's "LLVM ERROR: ..." line lands there
-_LIBRARY_FILE = "model.so"
+log = logging.getLogger(__name__)
+
+_MAX_CHILDREN = 8
 
 
 class FinalBuildCrashed(Exception):
-    """The child building the model died by a signal (an LLVM abort, a segfault)."""
+    """A child building the model died by a signal (an LLVM abort, a segfault)."""
 
 
 class FinalBuildFailed(Exception):
-    """The build raised an error (in the child or here); the message is TVM's."""
+    """The build raised an error (in a child or here); the message is TVM's."""
 
 
 @dataclass
 class Built:
-    """What the final build gives: the module the VM runs, and the library file it was loaded
-    from (None for an in-process build), kept alive by ``directory``."""
+    """What the final build gives: the executable the VM runs; ``export(path)`` writes it as
+    a shared library (from the kernels' object files, when the build kept them), and
+    ``directory`` keeps those files alive."""
 
     module: Any
-    library_path: str | None = None
+    export: Callable[[str], None] | None = None
     directory: tempfile.TemporaryDirectory | None = None
 
 
 def forks(target: tvm.target.Target) -> bool:
-    """Whether the final build for ``target`` runs in a forked child."""
+    """Whether the final build for ``target`` runs in forked children."""
     return hasattr(os, "fork") and is_cpu(target) and isolation_enabled()
 
 
@@ -62,36 +71,111 @@ def build(lowered: tvm.IRModule, target: tvm.target.Target) -> Built:
     """Build ``lowered`` (the output of the tvm-sparse pipeline) for ``target``."""
     if not forks(target):
         try:
-            return Built(tvm.compile(lowered, target=target, relax_pipeline=None))
+            executable = tvm.compile(lowered, target=target, relax_pipeline=None)
         except Exception as err:  # TVM raises its own error types
             raise FinalBuildFailed(last_line(err)) from err
+        return Built(executable, executable.export_library)
     directory = tempfile.TemporaryDirectory(prefix="tvm-sparse-build-")
-    library = os.path.join(directory.name, _LIBRARY_FILE)
-    error_file = os.path.join(directory.name, _ERROR_FILE)
-    status = _run_forked(lambda: _build_and_export(lowered, target, library), error_file)
+    try:
+        return _build_forked(lowered, target, directory)
+    except BaseException:
+        directory.cleanup()
+        raise
+
+
+def _build_forked(
+    lowered: tvm.IRModule, target: tvm.target.Target, directory: tempfile.TemporaryDirectory
+) -> Built:
+    try:
+        builder, kernels = _bytecode(lowered, target)
+    except Exception as err:
+        raise FinalBuildFailed(last_line(err)) from err
+    objects = _compile_kernels(kernels, target, directory.name)
+    library = None
+    if objects:
+        path = os.path.join(directory.name, "kernels.so")
+        try:
+            cc.create_shared(path, objects)
+        except Exception as err:
+            raise FinalBuildFailed(last_line(err)) from err
+        library = tvm.runtime.load_module(path)
+    executable = _link(builder, lowered, target, library)
+
+    def export(path: str) -> None:
+        # the bytecode again (cheap), linked with the kernels' object files: no LLVM rerun
+        builder, _ = _bytecode(lowered, target)
+        _link(builder, lowered, target, None).export_library(path, addons=list(objects))
+
+    return Built(executable, export, directory)
+
+
+def _bytecode(lowered: tvm.IRModule, target: tvm.target.Target):
+    """The VM bytecode (in a fresh ExecBuilder) and the kernels left to compile, as
+    ``tvm.relax.build`` makes them."""
+    builder = relax.ExecBuilder()
+    leftover = vm_build._vmcodegen(builder, lowered)
+    kernels = vm_build._filter_tir(leftover)
+    if kernels is not None and kernels.functions:
+        kernels = vm_build._auto_attach_system_lib_prefix(kernels, target, None)
+    return builder, kernels
+
+
+def _link(builder, lowered: tvm.IRModule, target, library) -> relax.VMExecutable:
+    """The executable: bytecode, constants and the kernels' library (``relax.build``'s link)."""
+    attrs = dict(lowered.attrs) if lowered.attrs else {}
+    ext_libs = list(attrs.get("external_mods", []))
+    params = dict(attrs.get("const_name_to_constant", {}))
+    return relax.VMExecutable(vm_build._ffi_api.VMLink(builder, target, library, ext_libs, params))
+
+
+def _compile_kernels(kernels: tvm.IRModule | None, target, workdir: str) -> list[str]:
+    """Compile ``kernels`` into object files, split between forked children; their paths."""
+    if kernels is None or not kernels.functions:
+        return []
+    functions = sorted(kernels.functions.items(), key=lambda kv: kv[0].name_hint)
+    n = max(1, min(_MAX_CHILDREN, _cpu_count(), len(functions)))
+    groups = [tvm.IRModule(dict(functions[i::n]), attrs=kernels.attrs) for i in range(n)]
+    start = time.perf_counter()
+    children = []
+    try:
+        for index, group in enumerate(groups):
+            obj = os.path.join(workdir, f"kernels{index}.o")
+            children.append((_fork(lambda g=group, o=obj: _build_kernels(g, target, o), workdir,
+                                   index), obj, index))  # fmt: skip
+        statuses = [(os.waitpid(pid, 0)[1], obj, index) for pid, obj, index in children]
+    except BaseException:  # Ctrl-C: the children go too
+        for pid, _, _ in children:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        raise
+    log.debug("kernels compiled by %d children in %.1f s", n, time.perf_counter() - start)
+    for status, obj, index in statuses:
+        _raise_for(status, obj, workdir, index)
+    return [obj for _, obj, _ in statuses]
+
+
+def _build_kernels(kernels: tvm.IRModule, target, object_path: str) -> None:
+    """In a child: TIR lowering and LLVM for ``kernels``, written as one object file."""
+    tvm.tirx.build(kernels, target=target).write_to_file(object_path)
+
+
+def _raise_for(status: int, obj: str, workdir: str, index: int) -> None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
-        said = _stderr_line(os.path.join(directory.name, _STDERR_FILE))
-        directory.cleanup()
+        said = _stderr_line(_stderr_file(workdir, index))
         raise FinalBuildCrashed(
             f"the build process died by signal {sig} {name}" + (f": {said}" if said else "")
         )
-    if os.WEXITSTATUS(status) != 0 or not os.path.exists(library):
-        why = _read(error_file) or f"exit status {os.WEXITSTATUS(status)}"
-        directory.cleanup()
+    if os.WEXITSTATUS(status) != 0 or not os.path.exists(obj):
+        why = _read(_error_file(workdir, index)) or f"exit status {os.WEXITSTATUS(status)}"
         raise FinalBuildFailed(why)
-    return Built(tvm.runtime.load_module(library), library, directory)
 
 
-def _build_and_export(lowered: tvm.IRModule, target: tvm.target.Target, library: str) -> None:
-    executable = tvm.compile(lowered, target=target, relax_pipeline=None)
-    executable.export_library(library)  # emits the machine code: where LLVM would abort
-
-
-def _run_forked(work: Callable[[], None], error_file: str) -> int:
-    """Run ``work()`` in a forked child; its wait status. The child never returns here: it
-    exits 0, or 3 after writing the error's last line to ``error_file``."""
+def _fork(work: Callable[[], None], workdir: str, index: int) -> int:
+    """Start ``work()`` in a forked child; its pid. The child never returns here: it exits 0,
+    or 3 after writing the error's last line to its error file."""
     sys.stdout.flush()
     sys.stderr.flush()
     with warnings.catch_warnings():
@@ -99,27 +183,36 @@ def _run_forked(work: Callable[[], None], error_file: str) -> int:
         # threads here (TVM's pool, the check thread) are idle, and the child only runs LLVM
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, which ends with os._exit
-        code = 0
-        try:
-            faulthandler.disable()  # a crash is reported by the parent, not as a Python dump
-            with open(os.path.join(os.path.dirname(error_file), _STDERR_FILE), "wb") as err:
-                os.dup2(err.fileno(), 2)
-            work()
-        except BaseException as err:  # noqa: BLE001 - reported to the parent through a file
-            code = 3
-            with contextlib.suppress(Exception), open(error_file, "w") as f:
-                f.write(last_line(err))
-        finally:
-            os._exit(code)
+    if pid:
+        return pid
+    code = 0  # pragma: no cover - the rest runs in the child, which ends with os._exit
     try:
-        _, status = os.waitpid(pid, 0)
-    except BaseException:  # Ctrl-C: the child goes too
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        raise
-    return status
+        faulthandler.disable()  # a crash is reported by the parent, not as a Python dump
+        with open(_stderr_file(workdir, index), "wb") as err:
+            os.dup2(err.fileno(), 2)
+        work()
+    except BaseException as err:  # noqa: BLE001 - reported to the parent through a file
+        code = 3
+        with contextlib.suppress(Exception), open(_error_file(workdir, index), "w") as f:
+            f.write(last_line(err))
+    finally:
+        os._exit(code)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _stderr_file(workdir: str, index: int) -> str:
+    # the child's stderr: LLVM's "LLVM ERROR: ..." line lands there
+    return os.path.join(workdir, f"stderr{index}.txt")
+
+
+def _error_file(workdir: str, index: int) -> str:
+    return os.path.join(workdir, f"error{index}.txt")
 
 
 def last_line(err: BaseException) -> str:

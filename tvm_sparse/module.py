@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -47,8 +46,8 @@ class CompiledModule:
         library: Any = None,
     ):
         self.executable = executable
-        # the final build's shared library (``final_build.Built``), when it wrote one: export
-        # copies it instead of generating the machine code again
+        # the final build (``final_build.Built``): export links the kernels' object files it
+        # kept instead of generating the machine code again
         self._library = library
         self.inputs = list(inputs)
         self.guards = list(guards or [])  # input values a run must not have
@@ -149,11 +148,8 @@ class CompiledModule:
         """Write ``path`` (.so) and the JSON manifest beside it; returns the manifest path."""
         path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        library_path = getattr(self._library, "library_path", None)
-        if library_path is not None:
-            shutil.copyfile(library_path, path)
-        else:
-            self.executable.export_library(path)
+        export = getattr(self._library, "export", None)
+        (export or self.executable.export_library)(path)
         manifest = {
             "format": "tvm-sparse-module",
             "version": MANIFEST_VERSION,

@@ -39,6 +39,7 @@ from .analyze_sparsity import AnalyzeLayers
 from .canonicalize import canonicalize_passes
 from .chain_layouts import ChainLayouts
 from .choose_kernels import ChooseKernels
+from .dedupe_kernels import DedupeKernels
 from .fuse_add_layernorm import FuseAddLayerNorm
 from .fuse_attention import FuseAttention
 from .fuse_residual import FuseResidual
@@ -84,7 +85,7 @@ def legalize_passes() -> list[tvm.transform.Pass]:
 def schedule_passes(
     target: tvm.target.Target, records_dir: str | None = None
 ) -> list[tvm.transform.Pass]:
-    passes = []
+    passes = [DedupeKernels()]  # before scheduling: each distinct leftover scheduled once too
     if records_dir is not None:
         # MetaSchedule's JSON database in records_dir (database_{workload,tuning_record}.json)
         passes.append(relax.transform.MetaScheduleApplyDatabase(work_dir=records_dir))

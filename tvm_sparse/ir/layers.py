@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tvm import relax
 
+from .arrays import transposed
 from .relax_utils import (
     const_array,
     dtype_of,
@@ -103,7 +104,18 @@ def per_channel(value: np.ndarray, channels: int, kind: str) -> np.ndarray | Non
 
 
 def anchor_of(value: relax.Expr) -> tuple[str, np.ndarray, dict] | None:
-    """(kind, weight, conv attrs) when ``value`` is a constant-weight matmul or conv2d."""
+    """(kind, weight, conv attrs) when ``value`` is a constant-weight matmul or conv2d; the
+    weight as ``[out, in]`` (a linear's ``[K, N]`` matmul weight, transposed) or OIHW."""
+    found = stored_anchor(value)
+    if found is None:
+        return None
+    kind, weight, conv = found
+    return kind, transposed(weight) if kind == LINEAR else weight, conv
+
+
+def stored_anchor(value: relax.Expr) -> tuple[str, np.ndarray, dict] | None:
+    """``anchor_of`` with the weight as the op stores it (a read-only view, no copy): a
+    linear's ``[K, N]``, whose output channels are its last axis."""
     name = op_name(value)
     if name == "relax.matmul":
         x, w = value.args
@@ -113,7 +125,7 @@ def anchor_of(value: relax.Expr) -> tuple[str, np.ndarray, dict] | None:
             return None
         if dtype_of(x) != "float32" or weight.dtype != np.float32:
             return None
-        return LINEAR, np.ascontiguousarray(weight.T), {}
+        return LINEAR, weight, {}
     if name == "relax.nn.conv2d":
         x, w = value.args
         weight = const_array(w)

@@ -50,10 +50,23 @@ def bound_vars(var2val: Mapping[relax.Var, relax.Expr]) -> dict[relax.Expr, rela
 
 
 def const_array(expr: relax.Expr) -> np.ndarray | None:
-    """The numpy value of a relax.Constant, else None."""
-    if isinstance(expr, tvm.ir.Constant):
+    """The numpy value of a relax.Constant (a read-only view of its data, not a copy: a
+    model's weights are read several times per compile), else None."""
+    if not isinstance(expr, tvm.ir.Constant):
+        return None
+    try:
+        view = np.from_dlpack(expr.value)
+    except (TypeError, ValueError, BufferError, RuntimeError):  # a dtype numpy lacks
         return expr.value.numpy()
-    return None
+    view.flags.writeable = False
+    return view
+
+
+def constant(array: np.ndarray) -> relax.Expr:
+    """``array`` as a relax.Constant of its own dtype, copied once (``relax.const`` copies
+    twice: an ``astype`` even to the same dtype, then into the tensor; and it turns int64
+    arrays into int32 unless told otherwise)."""
+    return relax.const(tvm.runtime.tensor(np.ascontiguousarray(array)))
 
 
 def _shape_dims(expr: relax.Expr) -> list | None:

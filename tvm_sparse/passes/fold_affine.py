@@ -14,8 +14,15 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import mutator
 
-from ..ir.layers import CONV2D, anchor_of, per_channel
-from ..ir.relax_utils import const_array, iter_bindings, op_name, static_shape, use_counts
+from ..ir.layers import CONV2D, per_channel, stored_anchor
+from ..ir.relax_utils import (
+    const_array,
+    constant,
+    iter_bindings,
+    op_name,
+    static_shape,
+    use_counts,
+)
 from ..ir.rewrite import PlannedRewriter
 
 # One link of a chain: ``layer (op) const``. dpl also matches ``const (op) layer`` for the
@@ -30,19 +37,29 @@ _STEP = (
 
 
 class _Chain:
-    """A constant-weight layer being extended by affine ops, before it is re-emitted."""
+    """A constant-weight layer being extended by affine ops, before it is re-emitted. The
+    weight stays in the layout the op stores it (a linear's ``[K, N]``, OIHW) and is copied
+    only when a scale is folded into it: a bias add keeps the layer's weight constant."""
 
     def __init__(self, kind: str, weight: np.ndarray, conv: dict, call: relax.Call):
         self.kind = kind
-        self.weight = weight.astype(np.float32, copy=True)
-        self.bias = np.zeros(weight.shape[0], dtype=np.float32)
+        self.weight = weight  # read-only view of the constant until scaled
+        self.scaled = False
+        self.out_axis = 0 if kind == CONV2D else weight.ndim - 1
+        self.channels = weight.shape[self.out_axis]
+        self.bias = np.zeros(self.channels, dtype=np.float32)
         self.has_bias = False
         self.conv = conv
         self.call = call
         self.steps = 0
 
+    def weight_expr(self) -> relax.Expr:
+        return constant(self.weight) if self.scaled else self.call.args[1]
+
     def apply(self, op: str, vec: np.ndarray) -> bool:
-        scale_axes = (slice(None),) + (None,) * (self.weight.ndim - 1)
+        scale_axes = tuple(
+            slice(None) if axis == self.out_axis else None for axis in range(self.weight.ndim)
+        )
         if op == "relax.add":
             self.bias = self.bias + vec
             self.has_bias = True
@@ -55,6 +72,7 @@ class _Chain:
             factor = vec if op == "relax.multiply" else (1.0 / vec.astype(np.float64))
             factor = factor.astype(np.float32)
             self.weight = self.weight * factor[scale_axes]
+            self.scaled = True
             self.bias = self.bias * factor
         else:
             return False
@@ -68,7 +86,7 @@ def _plan_affine_folds(func: relax.Function) -> dict[relax.Var, _Chain]:
     chains: dict[relax.Var, _Chain] = {}
     for binding in iter_bindings(func):
         value = binding.value
-        found = anchor_of(value)
+        found = stored_anchor(value)
         if found is not None:
             kind, weight, conv = found
             chains[binding.var] = _Chain(kind, weight, conv, value)
@@ -83,7 +101,7 @@ def _plan_affine_folds(func: relax.Function) -> dict[relax.Var, _Chain]:
             continue
         chain = chains[src]
         c = const_array(step[_CONST])
-        vec = per_channel(c.astype(np.float32), chain.weight.shape[0], chain.kind)
+        vec = per_channel(c.astype(np.float32), chain.channels, chain.kind)
         if vec is None or not chain.apply(op_name(value), vec):
             continue
         del chains[src]
@@ -101,7 +119,7 @@ class _FoldMutator(PlannedRewriter):
             attrs = chain.call.attrs
             y = relax.op.nn.conv2d(
                 x,
-                relax.const(chain.weight),
+                chain.weight_expr(),
                 strides=chain.conv["strides"],
                 padding=chain.conv["padding"],
                 dilation=chain.conv["dilation"],
@@ -111,7 +129,7 @@ class _FoldMutator(PlannedRewriter):
             )
             bias = chain.bias.reshape(1, -1, 1, 1)
         else:
-            y = relax.op.matmul(x, relax.const(np.ascontiguousarray(chain.weight.T)))
+            y = relax.op.matmul(x, chain.weight_expr())
             bias = chain.bias
         y = self.builder_.emit(y, "folded")
         return relax.op.add(y, relax.const(bias))

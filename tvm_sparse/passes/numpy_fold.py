@@ -19,7 +19,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import const_array, dtype_of, iter_bindings, op_name
+from ..ir.arrays import transposed
+from ..ir.relax_utils import const_array, constant, dtype_of, iter_bindings, op_name
 from ..ir.rewrite import PlannedRewriter, rewrite_functions
 
 
@@ -30,9 +31,15 @@ def _axes(attrs, name: str) -> list[int] | None:
 
 _LAYOUT: dict[str, Callable[[list[np.ndarray], object], np.ndarray]] = {
     "relax.expand_dims": lambda a, attrs: np.expand_dims(a[0], tuple(_axes(attrs, "axis"))),
-    "relax.permute_dims": lambda a, attrs: np.transpose(a[0], _axes(attrs, "axes")),
+    "relax.permute_dims": lambda a, attrs: _permute(a[0], _axes(attrs, "axes")),
     "relax.reshape": lambda a, _: np.reshape(a[0], a[1]),  # the frontend's bias reshapes
 }
+
+
+def _permute(a: np.ndarray, axes: list[int] | None) -> np.ndarray:
+    if a.ndim == 2 and axes in (None, [1, 0]):
+        return transposed(a)  # a Gemm's weight: the cache-friendly copy
+    return np.transpose(a, axes)
 
 
 def _static_value(arg: relax.Expr, known: dict[relax.Var, np.ndarray]):
@@ -87,7 +94,7 @@ def _fold_plan(func: relax.Function) -> dict[relax.Var, np.ndarray]:
 @mutator
 class _FoldRewriter(PlannedRewriter):
     def replacement(self, _var: relax.Var, value: np.ndarray) -> relax.Expr:
-        return relax.const(value, str(value.dtype))
+        return constant(value)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.NumpyFoldConstant")

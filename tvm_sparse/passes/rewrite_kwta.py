@@ -28,7 +28,7 @@ from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import binding_map, dtype_of, static_shape, through_reshape
+from ..ir.relax_utils import binding_map, constant, dtype_of, static_shape, through_reshape
 from ..ir.rewrite import Bindings, PlannedRewriter
 from ..schedules.kwta_x86 import kwta_kernel, kwta_local_kernel, kwta_maxpool_kernel
 from .activation_sparsity import KwtaMatch, find_kwta
@@ -161,9 +161,7 @@ class _KwtaRewriter(PlannedRewriter):
         self.count += 1
         func = kernel.func.with_attr("global_symbol", name)
         gvar = self.builder_.add_func(func, name)
-        args = [self.visit_expr(src)] + [
-            relax.const(c, str(c.dtype)) for c in kernel.consts
-        ]  # int64 stays int64
+        args = [self.visit_expr(src)] + [constant(c) for c in kernel.consts]  # int64 stays int64
         return relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, kernel.out_dtype))
 
 

@@ -15,7 +15,7 @@ from tvm import relax
 from tvm.relax.expr_functor import mutator
 
 from ..ir.layers import LINEAR, LayerSpec
-from ..ir.relax_utils import static_shape, through_reshape
+from ..ir.relax_utils import constant, static_shape, through_reshape
 from ..ir.rewrite import PlannedRewriter
 from ..schedules.kernel import KernelCall, finish_opaque
 from .layer_plan import LayerPlan
@@ -75,8 +75,7 @@ class _LayerRewriter(PlannedRewriter):
         and its constants, giving ``out_shape`` (static, or symbolic rows)."""
         name = f"{kernel.name}_{layer.index}"
         gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
-        # explicit dtype: relax.const turns int64 numpy arrays into int32 by default
-        args = [x] + [relax.const(c, str(c.dtype)) for c in kernel.consts]
+        args = [x] + [constant(c) for c in kernel.consts]
         return relax.call_tir(gvar, args, relax.TensorType(out_shape, kernel.out_dtype))
 
     def _dynamic_replacement(self, layer: LayerSpec, kernel: KernelCall, x: relax.Expr

@@ -32,6 +32,7 @@ def main() -> int:
     from tvm.relax.frontend.onnx import from_onnx
 
     import tvm_sparse
+    import tvm_sparse.compiler  # noqa: F401 - imported before the clock, as TVM's frontend is
     from tvm_sparse import zoo
 
     for name in args.models:

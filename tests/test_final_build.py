@@ -106,13 +106,14 @@ def test_export_links_the_compiled_kernels_without_running_llvm_again(tmp_path, 
 
 
 def test_kernels_split_between_children_link_into_one_working_model(monkeypatch):
-    """Two children, each compiling part of the kernels: the linked model is the in-process
-    build's, bit for bit."""
+    """Children on two CPUs, each compiling a chunk of the kernels: the linked model is the
+    in-process build's, bit for bit."""
     monkeypatch.setattr(final_build, "_cpu_count", lambda: 2)
     model = models.pruned_mlp(layers=3, hidden=64)
     compiled = tvm_sparse.compile(model, "llvm", measure=False)
     objects = [f for f in os.listdir(compiled._library.directory.name) if f.endswith(".o")]
-    assert sorted(objects) == ["kernels0.o", "kernels1.o"]
+    assert sorted(objects) == [f"kernels{i}.o" for i in range(len(objects))]
+    assert len(objects) >= 2
     monkeypatch.setenv("TVM_SPARSE_ISOLATE", "0")
     in_process = tvm_sparse.compile(model, "llvm", measure=False)
     x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)

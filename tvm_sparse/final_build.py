@@ -4,8 +4,8 @@ Why: an LLVM fatal error aborts the process that runs LLVM. Checking every chose
 candidate worker before the final build (``isolation.compile_check``) kept the user's process
 safe, but compiled every kernel twice: on a dense GoogLeNet the checks cost as much as the final
 build itself. Here the final build *is* the check. This process generates the VM bytecode (no
-LLVM); forked children compile the kernels (the model's PrimFuncs), split between as many
-children as there are CPUs, each into an object file; this process links them into one shared
+LLVM); forked children compile the kernels (the model's PrimFuncs) in chunks, as many at a
+time as there are CPUs, each chunk into an object file; this process links them into one shared
 library, loads it, and links it to the bytecode. The model's weights stay in this process: they
 are never written into a library just to be read back (on AlexNet that cost 4 s of 12). When a
 child dies by a signal, the caller compiles again with every kernel checked first (the old
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from .target import is_cpu
 log = logging.getLogger(__name__)
 
 _MAX_CHILDREN = 8
+_CHUNKS_PER_CPU = 2
 
 
 class FinalBuildCrashed(Exception):
@@ -129,30 +131,43 @@ def _link(builder, lowered: tvm.IRModule, target, library) -> relax.VMExecutable
 
 
 def _compile_kernels(kernels: tvm.IRModule | None, target, workdir: str) -> list[str]:
-    """Compile ``kernels`` into object files, split between forked children; their paths."""
+    """Compile ``kernels`` into object files in forked children; their paths.
+
+    The kernels are dealt into ``_CHUNKS_PER_CPU`` chunks per CPU and a CPU that finishes its
+    chunk takes the next one: LLVM's time per kernel varies tenfold and cannot be told from
+    the TIR, so equal static halves leave one CPU idle (a chunk also costs ~40 ms of LLVM set-up,
+    hence chunks, not single kernels)."""
     if kernels is None or not kernels.functions:
         return []
     functions = sorted(kernels.functions.items(), key=lambda kv: kv[0].name_hint)
-    n = max(1, min(_MAX_CHILDREN, _cpu_count(), len(functions)))
-    groups = [tvm.IRModule(dict(functions[i::n]), attrs=kernels.attrs) for i in range(n)]
+    cpus = max(1, min(_MAX_CHILDREN, _cpu_count()))
+    count = min(len(functions), cpus * _CHUNKS_PER_CPU if cpus > 1 else 1)
+    chunks = [tvm.IRModule(dict(functions[i::count]), attrs=kernels.attrs) for i in range(count)]
+    objects = [os.path.join(workdir, f"kernels{index}.o") for index in range(count)]
     start = time.perf_counter()
-    children = []
+    pending = list(range(count))
+    running: dict[int, int] = {}  # pid -> chunk index
     try:
-        for index, group in enumerate(groups):
-            obj = os.path.join(workdir, f"kernels{index}.o")
-            children.append((_fork(lambda g=group, o=obj: _build_kernels(g, target, o), workdir,
-                                   index), obj, index))  # fmt: skip
-        statuses = [(os.waitpid(pid, 0)[1], obj, index) for pid, obj, index in children]
-    except BaseException:  # Ctrl-C: the children go too
-        for pid, _, _ in children:
+        while pending or running:
+            while pending and len(running) < cpus:
+                index = pending.pop(0)
+                work = functools.partial(_build_kernels, chunks[index], target, objects[index])
+                running[_fork(work, workdir, index)] = index
+            for pid, index in list(running.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    del running[pid]
+                    _raise_for(status, objects[index], workdir, index)
+            if running:
+                time.sleep(0.005)
+    finally:  # a failed chunk or Ctrl-C: the other children go too
+        for pid in running:
             with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-        raise
-    log.debug("kernels compiled by %d children in %.1f s", n, time.perf_counter() - start)
-    for status, obj, index in statuses:
-        _raise_for(status, obj, workdir, index)
-    return [obj for _, obj, _ in statuses]
+    log.debug("kernels compiled in %d chunks on %d CPUs in %.1f s", count, cpus,
+              time.perf_counter() - start)  # fmt: skip
+    return objects
 
 
 def _build_kernels(kernels: tvm.IRModule, target, object_path: str) -> None:

@@ -4,8 +4,9 @@ Why: every ``@T.prim_func`` decoration parses the function's source text to a Py
 converts it to TVMScript's ``doc`` tree (``Source.as_ast``), then does it again for its
 well-formedness check, and again for every ``T.macro`` call. A kernel builder is one function
 whose source never changes between calls (only the closure's shapes do), so the tree is the
-same every time: about a quarter of a Winograd kernel's build. The parser only reads the tree
-(its nodes are assigned in their constructors alone), so one tree per source text is shared.
+same every time: about a third of a Winograd kernel's build. One tree per source text is
+shared. The parser reads the tree; the one write (the expression evaluator gives a slice
+without a step ``step=1``) is idempotent, so a tree parsed before reads the same.
 """
 
 from __future__ import annotations

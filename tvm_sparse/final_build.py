@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _MAX_CHILDREN = 8
 _CHUNKS_PER_CPU = 2
+_MIN_KERNELS_PER_CHUNK = 4  # a chunk costs a fork and ~40 ms of LLVM set-up: a small model is one
 
 
 class FinalBuildCrashed(Exception):
@@ -141,7 +142,8 @@ def _compile_kernels(kernels: tvm.IRModule | None, target, workdir: str) -> list
         return []
     functions = sorted(kernels.functions.items(), key=lambda kv: kv[0].name_hint)
     cpus = max(1, min(_MAX_CHILDREN, _cpu_count()))
-    count = min(len(functions), cpus * _CHUNKS_PER_CPU if cpus > 1 else 1)
+    most = cpus * _CHUNKS_PER_CPU if cpus > 1 else 1
+    count = min(-(-len(functions) // _MIN_KERNELS_PER_CHUNK), most)
     chunks = [tvm.IRModule(dict(functions[i::count]), attrs=kernels.attrs) for i in range(count)]
     objects = [os.path.join(workdir, f"kernels{index}.o") for index in range(count)]
     start = time.perf_counter()

@@ -108,7 +108,7 @@ def test_export_links_the_compiled_kernels_without_running_llvm_again(tmp_path, 
 def test_kernels_split_between_children_link_into_one_working_model(monkeypatch):
     """Children on two CPUs, each compiling a chunk of the kernels: the linked model is the
     in-process build's, bit for bit."""
-    monkeypatch.setattr(final_build, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(final_build, "host_num_cores", lambda: 2)
     monkeypatch.setattr(final_build, "_MIN_KERNELS_PER_CHUNK", 1)  # a small model: one chunk
     model = models.pruned_mlp(layers=3, hidden=64)
     compiled = tvm_sparse.compile(model, "llvm", measure=False)

@@ -37,7 +37,7 @@ from tvm.relax import vm_build
 from tvm.support import cc
 
 from .schedules.isolation import isolation_enabled
-from .target import is_cpu
+from .target import host_num_cores, is_cpu
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _compile_kernels(kernels: tvm.IRModule | None, target, workdir: str) -> list
     if kernels is None or not kernels.functions:
         return []
     functions = sorted(kernels.functions.items(), key=lambda kv: kv[0].name_hint)
-    cpus = max(1, min(_MAX_CHILDREN, _cpu_count()))
+    cpus = max(1, min(_MAX_CHILDREN, host_num_cores()))
     most = cpus * _CHUNKS_PER_CPU if cpus > 1 else 1
     count = min(-(-len(functions) // _MIN_KERNELS_PER_CHUNK), most)
     chunks = [tvm.IRModule(dict(functions[i::count]), attrs=kernels.attrs) for i in range(count)]
@@ -214,13 +214,6 @@ def _fork(work: Callable[[], None], workdir: str, index: int) -> int:
             f.write(last_line(err))
     finally:
         os._exit(code)
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _stderr_file(workdir: str, index: int) -> str:

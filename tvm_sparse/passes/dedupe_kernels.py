@@ -59,5 +59,6 @@ class DedupeKernels:
             if isinstance(func, relax.Function):
                 redirect.builder_.update_func(gvar, redirect.visit_expr(func))
         out = redirect.builder_.get()
+        # dropped here: DeadCodeElimination keeps a PrimFunc that has a global_symbol
         functions = {g: f for g, f in out.functions.items() if g not in canonical}
         return tvm.IRModule(functions, attrs=out.attrs, global_infos=out.global_infos)

@@ -3,10 +3,12 @@
     python benchmarks/bench_dense_kernels.py [--threads 1] [--only linear|conv]
 
 Prints TVM time, onnxruntime time and speed ratio (ORT time / TVM time: > 1 means TVM is
-faster) per case. Both sides run in this process with the same thread count, interleaved, so
-the ratio is fair on a shared, noisy machine. Each ORT model is one Gemm or Conv node. The
-conv cases are ResNet / MobileNetV2 / GSC shapes; the "kernel" column is the layout the builder
-picked for the shape (pointwise, implicit GEMM, planes, Winograd, depthwise) and its tile.
+faster) per case, and TVM's GFLOP/s as a fraction of the FMA peak ``machine_probe`` measures
+(one core times the thread count). Both sides run in this process with the same thread count,
+interleaved, so the ratio is fair on a shared, noisy machine. Each ORT model is one Gemm or Conv
+node. The conv cases are ResNet / MobileNetV2 / GSC shapes; the "kernel" column is the layout the
+builder picked for the shape (pointwise, implicit GEMM, planes, Winograd, depthwise) and its
+tile.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from tvm_sparse.schedules.kernel import build_kernel  # noqa: E402
 from tvm_sparse.target import resolve_target  # noqa: E402
 from tvm_sparse.timing import take_turns  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine_probe import machine_line, peak_gflops  # noqa: E402
+
 # (name, m, K, N)
 LINEAR_CASES = [
     ("linear 2048x2048 b1", 1, 2048, 2048),
@@ -46,6 +51,9 @@ LINEAR_CASES = [
     ("linear 2048x2048 b64", 64, 2048, 2048),
     ("linear 1600->1000 b1 (GSC)", 1, 1600, 1000),
     ("linear 1600->1000 b64 (GSC)", 64, 1600, 1000),
+    ("linear 384->384 s128 (MiniLM qkv/out)", 128, 384, 384),
+    ("linear 384->1536 s128 (MiniLM FFN1)", 128, 384, 1536),
+    ("linear 1536->384 s128 (MiniLM FFN2)", 128, 1536, 384),
 ]
 # (name, x_shape, w_shape, strides, padding (t, l, b, r))
 CONV_CASES = [
@@ -156,9 +164,10 @@ def _measure(name, call, graph, x, target, threads, seconds, macs):
     knobs = call.info.get("layout") or "direct"
     if tiling:
         knobs = f"{knobs[:6]} {tiling.mr}x{tiling.nb}"
+    gflops = 2 * macs / tt / 1e9
     print(
         f"{name:36s} {knobs:>14s} {tt * 1e3:9.3f} {to * 1e3:9.3f} {to / tt:6.2f}x "
-        f"{2 * macs / tt / 1e9:7.1f} {err:8.1e}",
+        f"{gflops:7.1f} {gflops / (peak_gflops() * threads):6.0%} {err:8.1e}",
         flush=True,
     )
 
@@ -167,9 +176,10 @@ def main() -> int:
     target = resolve_target("llvm")
     rng = np.random.default_rng(0)
     print(f"target {target}  threads {ARGS.threads}  onnxruntime {ort.__version__}")
+    print(machine_line())
     print(
         f"{'case':36s} {'kernel':>14s} {'tvm ms':>9s} {'ort ms':>9s} {'ratio':>7s} "
-        f"{'GFLOP/s':>7s} {'rel err':>8s}"
+        f"{'GFLOP/s':>7s} {'peak':>6s} {'rel err':>8s}"
     )
     if ARGS.only in (None, "linear"):
         for name, m, k, n in LINEAR_CASES:

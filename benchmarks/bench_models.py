@@ -10,6 +10,11 @@ turns: ``--rounds`` rounds of ``--round-time`` seconds each, so a ratio compares
 the same seconds of this shared, noisy machine (``harness.compare_runtimes``); ``x_*`` is the
 median per-round ratio, ``x_deepsparse_range`` its min-max. The thread count must be fixed before
 TVM is imported, so ``make bench`` runs this script once per thread count.
+
+It also prints the machine's limits (``machine_probe``: CPU, ISA, FMA peak, memory bandwidth of
+one core) and per model the time to stream its weights as plain CSR from memory
+(``stream_mem_ms``) and from the cache that holds them (``stream_cache_ms``), and the vector ISA
+each compiled kernel really uses (``kernel_isa``, from the library's disassembly).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import RUNTIME_COLUMNS, compare_runtimes, report  # noqa: E402
+from machine_probe import bandwidth_gbs, csr_bytes, isa_summary, kernel_isas, machine_line  # noqa: E402
 
 from tvm_sparse import models  # noqa: E402
 
@@ -70,18 +76,28 @@ def bench_one(name: str, batch: int, workdir: str) -> dict:
             ARGS.rounds,
         )
     )
-    row["chosen"] = ",".join(layer.chosen for layer in row.pop("module").report.layers)
+    module = row.pop("module")
+    row["chosen"] = ",".join(layer.chosen for layer in module.report.layers)
+    # the limits: the weights as plain CSR streamed from memory, and from the cache that holds
+    # them (a model's weights stay in L3 between inferences when they fit)
+    nbytes = csr_bytes(model)
+    row["csr_mb"] = round(nbytes / 1e6, 2)
+    row["stream_mem_ms"] = round(nbytes / bandwidth_gbs() / 1e6, 4)
+    row["stream_cache_ms"] = round(nbytes / bandwidth_gbs("llvm", nbytes) / 1e6, 4)
+    row["kernel_isa"] = isa_summary(kernel_isas(module))
     return row
 
 
 def main() -> int:
+    print(machine_line(), file=sys.stderr, flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tvm-sparse-bench-") as workdir:
         for name in ARGS.models.split(","):
             for batch in (int(b) for b in ARGS.batches.split(",")):
                 print(f"... {name} batch {batch}", file=sys.stderr, flush=True)
                 rows.append(bench_one(name, batch, workdir))
-    columns = ["model", "batch", *RUNTIME_COLUMNS, "chosen"]
+    columns = ["model", "batch", *RUNTIME_COLUMNS, "csr_mb", "stream_mem_ms", "stream_cache_ms",
+               "chosen", "kernel_isa"]  # fmt: skip
     report(rows, columns, ARGS.json)
     return 0
 

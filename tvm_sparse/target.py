@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import tvm
@@ -132,13 +134,79 @@ def is_cuda(target: tvm.target.Target) -> bool:
     return str(target.kind.name) == "cuda"
 
 
-def vector_lanes(target: Any) -> int:
-    """float32 lanes of the widest vector the CPU target has: 16 with AVX-512F, 8 with AVX2,
-    4 otherwise (SSE / NEON). Kernels size register tiles from it instead of a constant."""
+@dataclass(frozen=True)
+class CpuIsa:
+    """What a CPU target's vector unit offers the kernels: the one place that knows the ISA.
+
+    ``name`` is ``avx512`` (AVX-512 F + BW + VL + DQ: 16 lanes, mask registers, compress),
+    ``avx2`` (AVX2 + FMA: 8 lanes) or ``generic`` (no intrinsic; 4 lanes, what SSE / NEON
+    vectors hold). Kernels pick their variant from it (``compress``: ``vpcompressd`` compaction;
+    ``bmi2``: ``pdep`` / ``pext`` compaction on 8 lanes; ``permps``: AVX2 lane permutes) and size
+    register tiles from ``lanes``. ``vnni`` / ``amx`` / ``bf16`` are reported (no kernel here
+    uses int8 or bf16 yet).
+    """
+
+    name: str
+    lanes: int
+    fma: bool = False
+    bmi2: bool = False
+    compress: bool = False
+    vnni: bool = False
+    amx: bool = False
+    bf16: bool = False
+
+    @property
+    def avx512(self) -> bool:
+        return self.name == "avx512"
+
+    @property
+    def avx2(self) -> bool:
+        """AVX2 instructions are there (true on every AVX-512 CPU too)."""
+        return self.name in ("avx2", "avx512")
+
+    def describe(self) -> str:
+        """One line for reports: ``avx512 (16 lanes, compress, vnni)``."""
+        extras = [f"{self.lanes} lanes"]
+        extras += [f for f in ("compress", "vnni", "amx", "bf16") if getattr(self, f)]
+        return f"{self.name} ({', '.join(extras)})"
+
+
+GENERIC_ISA = CpuIsa("generic", 4)
+AVX2_ISA = CpuIsa("avx2", 8, fma=True, bmi2=True)
+
+
+def cpu_isa(target: Any) -> CpuIsa:
+    """The vector ISA of a CPU ``target`` (a spec or Target), from LLVM's feature list for its
+    ``mcpu`` / ``mattr``; AVX2 for None (kernels built without a target keep their AVX2 form)."""
     if target is None:
-        return 8
-    if has_cpu_features(target, "avx512f"):
-        return 16
-    if has_cpu_features(target, "avx2"):
-        return 8
-    return 4
+        return AVX2_ISA
+    return _cpu_isa_of(str(resolve_target(target)))
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_isa_of(target_text: str) -> CpuIsa:
+    target = tvm.target.Target(target_text)
+    if not is_cpu(target):
+        return GENERIC_ISA
+
+    def has(*features: str) -> bool:
+        return has_cpu_features(target, *features)
+
+    common = {
+        "fma": has("fma"),
+        "bmi2": has("bmi2"),
+        "vnni": has("avx512vnni") or has("avxvnni"),
+        "amx": has("amx-tile"),
+        "bf16": has("avx512bf16") or has("amx-bf16"),
+    }
+    if has("avx512f", "avx512bw", "avx512vl", "avx512dq"):
+        return CpuIsa("avx512", 16, compress=True, **common)
+    if has("avx2", "fma"):
+        return CpuIsa("avx2", 8, **common)
+    return CpuIsa("generic", 4, **{**common, "bmi2": False})
+
+
+def vector_lanes(target: Any) -> int:
+    """float32 lanes of the widest vector the CPU target has: 16 with AVX-512, 8 with AVX2,
+    4 otherwise (SSE / NEON). Kernels size register tiles from it instead of a constant."""
+    return cpu_isa(target).lanes

@@ -123,3 +123,32 @@ def test_rules_decline_what_they_do_not_handle(target):
     func, _ = _batch_matmul(2, 16, 16, 16, False, False)
     assert BatchMatmul(min_macs=0).apply(func, cuda, False) is None
     assert BatchMatmul().apply(func, target, False) is None  # below min_macs
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_rules_use_the_targets_vector_width(rng, isa):
+    """Both rules size their vectors from the target: zmm on AVX-512, ymm on AVX2 (built on any
+    machine), and the results hold where this CPU runs them."""
+    from .isa import ZMM, count, isa_target, run_target
+
+    build_target = isa_target(isa)
+    func, _ = _batch_matmul(2, 16, 64, 48, False, False)
+    mm = BatchMatmul(min_macs=0).apply(func, build_target, False).mod["main"]
+    rows = _legalized(lambda x: relax.op.nn.softmax(x, axis=-1), (2, 8, 128))
+    sm = RowReduction().apply(rows, build_target, False).mod["main"]
+    for sch_func in (mm, sm):
+        built = tvm.tirx.build(sch_func.with_attr("global_symbol", "main"), target=build_target)
+        assert (count(ZMM, built.inspect_source("asm")) > 0) == (isa == "avx512")
+    target = run_target(isa)
+    a = rng.standard_normal((2, 16, 48)).astype(np.float32)
+    b = rng.standard_normal((2, 48, 64)).astype(np.float32)
+    np.testing.assert_allclose(_run(mm, target, a, b, out_shape=(2, 16, 64)), a @ b, rtol=1e-4,
+                               atol=1e-4)  # fmt: skip
+    x = rng.standard_normal((2, 8, 128)).astype(np.float32)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(
+        _run(sm, target, x, out_shape=x.shape),
+        e / e.sum(-1, keepdims=True),
+        rtol=1e-5,
+        atol=1e-6,
+    )

@@ -21,5 +21,10 @@ def test_tiling_choices_keep_enough_accumulators():
     assert choose_tiling(1, 2048).nb * choose_tiling(1, 2048).mr >= 64
     assert choose_tiling(1, 12).nb == 16  # no padding a 12-output layer to 64
     assert choose_tiling(64, 2048).mr in (4, 5, 6)
+    # AVX-512: two zmm vectors a row and up to 8 rows (16 of the 32 registers accumulate)
+    wide = choose_tiling(128, 384, lanes=16)
+    assert (wide.mr, wide.nb) == (8, 32)
+    assert choose_tiling(1, 2048, lanes=16).nb == 128  # still 8 vectors in flight
+    assert choose_tiling(7, 12, lanes=16).nb == 16
     assert choose_conv_tiling(10).mr == 5
     assert choose_conv_tiling(2).mr == 2

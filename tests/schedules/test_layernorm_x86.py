@@ -21,11 +21,11 @@ def _reference(a, b, gamma, beta, eps):
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
 
 
-def _run(a, b, gamma, beta, eps, out_shape):
+def _run(a, b, gamma, beta, eps, out_shape, target=TARGET):
     import tvm
 
-    call = add_layer_norm_kernel(a.shape, b.shape, out_shape, eps)
-    func = build_kernel(call, TARGET)["main"]
+    call = add_layer_norm_kernel(a.shape, b.shape, out_shape, eps, target=target)
+    func = build_kernel(call, target)["main"]
     out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
     args = [tvm.runtime.tensor(v) for v in (a, b, gamma, beta)]
     func(*args, out)
@@ -64,3 +64,20 @@ def test_nan_stays_in_its_row_and_constant_row_gives_beta():
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="do not match"):
         add_layer_norm_kernel((2, 8), (2, 9), (2, 8), 1e-5)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_isa_variants(isa):
+    """16 lanes (zmm) on AVX-512, 8 (ymm) on AVX2: built and checked for 512-bit code on any
+    machine, run against the reference where this CPU can (384 channels = 24 x 16; 13 is a tail
+    of each width)."""
+    from .isa import ZMM, asm_of, count, isa_target, run_target
+
+    call = add_layer_norm_kernel((3, 397), (3, 397), (3, 397), 1e-5, target=isa_target(isa))
+    assert call.info["lanes"] == (16 if isa == "avx512" else 8)
+    assert (count(ZMM, asm_of(call, isa_target(isa))) > 0) == (isa == "avx512")
+    rng = np.random.default_rng(3)
+    a, b = (rng.standard_normal((3, 397)).astype(np.float32) for _ in range(2))
+    gamma, beta = (rng.standard_normal(397).astype(np.float32) for _ in range(2))
+    got = _run(a, b, gamma, beta, 1e-5, (3, 397), run_target(isa))
+    np.testing.assert_allclose(got, _reference(a, b, gamma, beta, 1e-5), rtol=1e-4, atol=1e-4)

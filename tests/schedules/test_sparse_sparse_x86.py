@@ -340,3 +340,47 @@ def test_conv_hypothesis(o, c, kh, kw, hw, stride, pad, dil, w_density, x_densit
     geom = ((stride, stride), (pad, pad, pad, pad), (dil, dil))
     call = sparse_sparse_conv2d(x.shape, w, None, ConvAttrs(*geom), None, TARGET)
     check(call, x, conv_ref(x, w, None, *geom))
+
+
+# --------------------------------------------------------------------------- ISA variants
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+def test_compaction_variant_per_isa(isa):
+    """vpcompressd on AVX-512, pdep/pext on AVX2, scalar otherwise: each emits its instructions
+    on any machine and, where this CPU runs it, equals the reference (NaN is active, tails past
+    the last 16 / 8 inputs included: 77 inputs = 4 x 16 + 8 + 5)."""
+    from .isa import asm_of, count, isa_target, run_target
+
+    rng = np.random.default_rng(11)
+    w = sparse_w(rng, (40, 77), 0.3)
+    x = sparse_x(rng, (3, 77), 0.3)
+    x[1, 70] = np.nan  # in the 8-input step
+    x[2, 20] = np.nan  # in a 16-input step
+    w[:, [20, 70]] = 1.0  # every output of rows 1 and 2 meets the NaN
+    call = sparse_sparse_linear(3, w, target=isa_target(isa))
+    asm = asm_of(call, isa_target(isa))
+    assert call.info["compaction"] == {"avx512": "vpcompressd", "avx2": "pdep/pext"}.get(
+        isa, "scalar"
+    )
+    assert (count("vpcompressd", asm) > 0) == (isa == "avx512")
+    # AVX-512 too: the 8 inputs of the 13-input tail
+    assert (count(r"\tpext[lq]?\s", asm) > 0) == (isa != "generic")
+    out = run_kernel(call, run_target(isa), x)
+    np.testing.assert_allclose(out, linear_ref(x, w), rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert np.isnan(out[1:]).all() and not np.isnan(out[0]).any()
+
+
+def test_conv_compaction_avx512_matches_avx2():
+    """The sparse-sparse conv compacts its whole flattened input (C*H*W, not a multiple of 16)
+    with vpcompressd on AVX-512; the result equals the AVX2 form's."""
+    from .isa import asm_of, count, isa_target, run_target
+
+    rng = np.random.default_rng(12)
+    w = sparse_w(rng, (8, 5, 3, 3), 0.3)
+    x = sparse_x(rng, (2, 5, 7, 9), 0.2)
+    call = sparse_sparse_conv2d(x.shape, w, conv=ConvAttrs(padding=(1, 1, 1, 1)),
+                                target=isa_target("avx512"))  # fmt: skip
+    assert count("vpcompressd", asm_of(call, isa_target("avx512"))) > 0
+    out = run_kernel(call, run_target("avx512"), x)
+    np.testing.assert_allclose(out, conv_ref(x, w, padding=(1, 1, 1, 1)), rtol=1e-4, atol=1e-4)

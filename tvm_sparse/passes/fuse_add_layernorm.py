@@ -55,14 +55,17 @@ def _check(value: relax.Call, bindings: Bindings) -> tuple | None:
 
 @mutator
 class _AddLayerNormRewriter(PlannedRewriter):
-    def __init__(self, plan: dict, mod: tvm.IRModule):
+    def __init__(self, plan: dict, mod: tvm.IRModule, target: tvm.target.Target):
         super().__init__(plan, mod)
         self.count = 0
+        self.target = target
 
     def replacement(self, var: relax.Var, match: tuple) -> relax.Expr:
         a, b, gamma, beta, eps = match
         out_shape = static_shape(var)
-        kernel = add_layer_norm_kernel(static_shape(a), static_shape(b), out_shape, eps)
+        kernel = add_layer_norm_kernel(
+            static_shape(a), static_shape(b), out_shape, eps, target=self.target
+        )
         name = f"{kernel.name}_{self.count}"
         self.count += 1
         gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", name), name)
@@ -76,7 +79,7 @@ class FuseAddLayerNorm(CpuRewrite):
     only)."""
 
     def rewriter_for(
-        self, func: relax.Function, mod: tvm.IRModule, _target: tvm.target.Target
+        self, func: relax.Function, mod: tvm.IRModule, target: tvm.target.Target
     ) -> _AddLayerNormRewriter | None:
         bindings = Bindings.of(func)
         plan = {}
@@ -84,4 +87,4 @@ class FuseAddLayerNorm(CpuRewrite):
             match = _check(value, bindings)
             if match is not None:
                 plan[var] = match
-        return _AddLayerNormRewriter(plan, mod) if plan else None
+        return _AddLayerNormRewriter(plan, mod, target) if plan else None

@@ -122,7 +122,9 @@ def bracket_macro(spec: KwtaSpec):
 
 def count_and_compact_macro(spec: KwtaSpec):
     """Macro: count row ``b``'s values above the bracket and compact those inside it to ``cand``
-    (as keys); ``state[NHI]`` / ``state[NC]`` get the two counts."""
+    (as keys); ``state[NHI]`` / ``state[NC]`` get the two counts. AVX-512 or AVX2 form."""
+    if spec.compress:
+        return _count_and_compact_avx512(spec)
     n, nvec, ntail = spec.n, spec.nvec, spec.ntail
     ranked, ranked_vec = spec.ranked, spec.ranked_vec
 
@@ -164,11 +166,60 @@ def count_and_compact_macro(spec: KwtaSpec):
         for it in range(ntail):
             vt: T.let = ranked(xf, boost, b, nvec * LANES + it)
             candf[state[NC]] = vt
-            state[NHI] = state[NHI] + T.Cast("int32", T.Not(vt <= hi))
+            state[NHI] = state[NHI] + T.Cast("int32", T.Or(vt > hi, T.isnan(vt)))
             state[NC] = state[NC] + T.Cast("int32", T.And(vt >= lo, vt <= hi))
         # the candidates' keys, in place
         for c0 in range((state[NC] + LANES - 1) // LANES):
             for lane in T.vectorized(LANES):
                 cand[c0 * LANES + lane] = key_of(candf[c0 * LANES + lane])
+
+    return count_and_compact
+
+
+def _count_and_compact_avx512(spec: KwtaSpec):
+    """``count_and_compact`` at 16 lanes: the compares give mask registers, ``vcompressps``
+    packs the values inside the bracket (no lane table, no permute), the counts add the masks'
+    ``popcnt`` (LLVM's form of the sum of a zero-extended mask)."""
+    n, nvec, ntail = spec.n, spec.nvec, spec.ntail
+    ranked, ranked_vec = spec.ranked, spec.ranked_vec
+    lanes = 16
+
+    def inside(v, lo, hi):
+        return T.And(v >= bcast(lo, lanes), v <= bcast(hi, lanes))  # ordered: NaN is not inside
+
+    def above(v, hi):  # NaN is above; not "not (v <= hi)": TIR simplifies it to an ordered >
+        return T.Or(v > bcast(hi, lanes), T.isnan(v))
+
+    def count(mask):
+        return T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add", T.Cast("int32x16", mask))
+
+    @T.macro
+    def count_and_compact(xf, boost, rank, b, cand, state, bounds):
+        # Step 3, as the AVX2 form. The masks are spelled where used: a boolx16 let trips
+        # TIR's analyzer.
+        lo: T.let = value_of_key(bounds[0])
+        hi: T.let = value_of_key(bounds[1])
+        candf = T.decl_buffer((n + lanes,), "float32", data=cand.data)
+        state[NC] = 0
+        state[NHI] = 0
+        for i0 in range(nvec):
+            v: T.let = ranked_vec(xf, boost, b, i0 * lanes, lanes)
+            candf[T.ramp(state[NC], 1, lanes)] = T.call_llvm_pure_intrin(
+                "float32x16",
+                "llvm.x86.avx512.mask.compress",
+                v,
+                bcast(T.float32(0), lanes),
+                inside(v, lo, hi),
+            )
+            state[NC] = state[NC] + count(inside(v, lo, hi))
+            state[NHI] = state[NHI] + count(above(v, hi))
+        for it in range(ntail):
+            vt: T.let = ranked(xf, boost, b, nvec * lanes + it)
+            candf[state[NC]] = vt
+            state[NHI] = state[NHI] + T.Cast("int32", T.Or(vt > hi, T.isnan(vt)))
+            state[NC] = state[NC] + T.Cast("int32", T.And(vt >= lo, vt <= hi))
+        for c0 in range((state[NC] + lanes - 1) // lanes):
+            for lane in T.vectorized(lanes):
+                cand[c0 * lanes + lane] = key_of(candf[c0 * lanes + lane])
 
     return count_and_compact

@@ -12,7 +12,7 @@ import numpy as np
 from tvm.script import tirx as T
 
 SIGN = 0x80000000
-LANES = 8  # AVX2: 8 float32 / uint32 per vector
+LANES = 8  # AVX2: 8 float32 / uint32 per vector (KwtaSpec.lanes: 16 on AVX-512)
 # The sampled bracket: its keys' top digit, then a sub-digit inside the two bracketing bins
 # (11 + 7 bits: a bound sits within 2^-9 of its value, relative)
 SAMPLE_BITS = 11
@@ -70,16 +70,22 @@ class KwtaSpec:
     block: int
     exact: bool = False
     out_dims: tuple[int, ...] | None = None
+    lanes: int = LANES
+
+    @property
+    def compress(self) -> bool:
+        """The AVX-512 form: 16 lanes, mask compares and ``vcompressps`` compaction."""
+        return self.lanes == 16
 
     @property
     def nvec(self) -> int:
         """Whole vectors of a row."""
-        return self.n // LANES
+        return self.n // self.lanes
 
     @property
     def ntail(self) -> int:
         """Values of a row past its whole vectors."""
-        return self.n - self.nvec * LANES
+        return self.n - self.nvec * self.lanes
 
     @property
     def sampled(self) -> bool:
@@ -103,9 +109,10 @@ class KwtaSpec:
             return xf[b * n + i]
         return xf[b * n + i] * (boost[i] if block == 1 else boost[i // block])
 
-    def ranked_vec(self, xf, boost, b, i, lanes=LANES):
-        """``ranked`` of ``lanes`` values from ``i``."""
+    def ranked_vec(self, xf, boost, b, i, lanes=None):
+        """``ranked`` of ``lanes`` (default ``self.lanes``) values from ``i``."""
         n, block = self.n, self.block
+        lanes = lanes or self.lanes
         # with a blocked boost the caller's lanes lie in one block (block % lanes == 0)
         v = xf[T.ramp(b * n + i, 1, lanes)]
         if not self.boosted:

@@ -49,7 +49,7 @@ def full_select_macro(spec: KwtaSpec):
     k-th largest; each further ``lo_bits`` digit is histogrammed, scanned and filtered over the
     candidates only.
     """
-    n, nvec, ntail = spec.n, spec.nvec, spec.ntail
+    n, nvec, ntail, lanes = spec.n, spec.nvec, spec.ntail, spec.lanes
     nhi = 1 << spec.hi_bits
     nlo = 1 << spec.lo_bits
     shift_hi = 32 - spec.hi_bits
@@ -59,18 +59,18 @@ def full_select_macro(spec: KwtaSpec):
 
     @T.macro
     def top_digit(xf, boost, b, cand, hist):
-        # keys 8 at a time (AVX2: 8 lanes of shifts and masks), their top digits counted by
+        # keys a vector at a time (8 or 16 lanes of shifts and masks), their top digits counted by
         # scalar increments (interleaved copies of the histogram, against chains of increments
         # of one bin, measured no faster)
         for i0 in range(nvec):
-            for lane in T.vectorized(LANES):
-                cand[i0 * LANES + lane] = key_of(ranked(xf, boost, b, i0 * LANES + lane))
-            for lane in T.unroll(LANES):
-                hd: T.let = T.Cast("int32", cand[i0 * LANES + lane] >> T.uint32(shift_hi))
+            for lane in T.vectorized(lanes):
+                cand[i0 * lanes + lane] = key_of(ranked(xf, boost, b, i0 * lanes + lane))
+            for lane in T.unroll(lanes):
+                hd: T.let = T.Cast("int32", cand[i0 * lanes + lane] >> T.uint32(shift_hi))
                 hist[hd] = hist[hd] + 1
         for it in range(ntail):
-            cand[nvec * LANES + it] = key_of(ranked(xf, boost, b, nvec * LANES + it))
-            hd: T.let = T.Cast("int32", cand[nvec * LANES + it] >> T.uint32(shift_hi))
+            cand[nvec * lanes + it] = key_of(ranked(xf, boost, b, nvec * lanes + it))
+            hd: T.let = T.Cast("int32", cand[nvec * lanes + it] >> T.uint32(shift_hi))
             hist[hd] = hist[hd] + 1
 
     @T.macro

@@ -7,7 +7,7 @@ from functools import partial
 
 from tvm.script import tirx as T
 
-from ._kwta_keys import LANES, VEC_POOL_WIDTH, KwtaSpec, bcast
+from ._kwta_keys import VEC_POOL_WIDTH, KwtaSpec, bcast
 
 
 def _kept_vec(spec: KwtaSpec, xf, boost, b, i, t, lanes):
@@ -21,7 +21,7 @@ def _kept_vec(spec: KwtaSpec, xf, boost, b, i, t, lanes):
 
 def write_flat_macro(spec: KwtaSpec):
     """Macro: ``of[b, i] = x[b, i]`` where its ranked value is ``>= t``, else 0."""
-    n, nvec, ntail = spec.n, spec.nvec, spec.ntail
+    n, nvec, ntail, lanes = spec.n, spec.nvec, spec.ntail, spec.lanes
     ranked = spec.ranked
 
     kept_vec = partial(_kept_vec, spec)
@@ -30,9 +30,9 @@ def write_flat_macro(spec: KwtaSpec):
     def write_flat(xf, boost, of, b, t):
         # Step 5. Keep every value ranked >= the k-th (float compare: NaN never kept).
         for i0 in range(nvec):
-            of[T.ramp(b * n + i0 * LANES, 1, LANES)] = kept_vec(xf, boost, b, i0 * LANES, t, LANES)
+            of[T.ramp(b * n + i0 * lanes, 1, lanes)] = kept_vec(xf, boost, b, i0 * lanes, t, lanes)
         for it in range(ntail):
-            i: T.let = nvec * LANES + it
+            i: T.let = nvec * lanes + it
             of[b * n + i] = T.Select(ranked(xf, boost, b, i) >= t, xf[b * n + i], T.float32(0))
 
     return write_flat

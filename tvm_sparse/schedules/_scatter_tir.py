@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from ..target import has_cpu_features
+from ..target import cpu_isa, has_cpu_features
 from .scatter_tables import ScatterTables
 
 _BYTE_LSBS = 0x0101010101010101  # pdep: mask bit i -> byte i
@@ -37,26 +37,70 @@ def zero_fill_macro(size: int):
     return zero_fill
 
 
+# Entries past the last position that ``active`` (the compaction's output) must have: a vector
+# step stores a whole vector of positions at ``cnt``.
+COMPACT_SPARE = 16
+
+
 def scatter_simd(target) -> bool:
     """AVX2 + BMI2 (the vector compaction and scatter); False for no or an unknown target."""
     return target is not None and has_cpu_features(target, "avx2", "bmi2")
 
 
-def compact_macro(total: int, simd: bool):
+def compact_compress(target) -> bool:
+    """Whether the compaction takes its AVX-512 form (``vpcompressd``, 16 inputs a step)."""
+    return target is not None and cpu_isa(target).compress
+
+
+def _active16(xf, at):
+    """The 16-lane mask of ``xf[at:+16] != 0`` with NaN active. Spelled as ``!= 0 or isnan``:
+    TIR's simplifier turns ``not (x == 0)`` into ``x != 0``, which LLVM gets as an ordered
+    compare (NaN false)."""
+    v = xf[T.ramp(at, 1, 16)]
+    return T.Or(v != T.broadcast(T.float32(0), 16), T.isnan(v))
+
+
+def compact_macro(total: int, simd: bool, compress: bool = False):
     """Macro: append to ``active[cnt:]`` the positions of the non-zeros of ``xf[start:+total]``.
 
-    One pass, no branch. With AVX2 + BMI2, 8 inputs a step: compare with 0 (unordered-or-not-equal,
-    so NaN is active), ``movmsk`` gives an 8-bit mask, ``pdep`` / ``pext`` turn it into the byte
-    indices of its set lanes, which are widened and stored as 8 ints at ``cnt`` (the lanes past
-    ``popcount(mask)`` are overwritten by the next step). Without them: one input a step,
-    ``cnt += 1 - (x == 0)``. Positions are relative to ``start``. Afterwards ``active[cnt] = 0``,
-    so a one-ahead prefetch stays in bounds; ``active`` needs ``8`` spare entries.
+    One pass, no branch. NaN is active (the compares are unordered-or-not-equal). Forms:
+
+    - ``compress`` (AVX-512): 16 inputs a step; the compare gives a mask register, ``vpcompressd``
+      packs the positions of its set lanes, one 16-int store at ``cnt``, and ``cnt`` grows by
+      the mask's ``popcnt``.
+    - ``simd`` (AVX2 + BMI2): 8 inputs a step; ``movmsk`` gives an 8-bit mask, ``pdep`` /
+      ``pext`` turn it into the byte indices of its set lanes, widened and stored as 8 ints.
+    - neither: one input a step, ``cnt += 1 - (x == 0)``.
+
+    The lanes past the count are overwritten by the next step. Positions are relative to
+    ``start``. Afterwards ``active[cnt] = 0``, so a one-ahead prefetch stays in bounds; ``active``
+    needs ``COMPACT_SPARE`` spare entries.
     """
-    chunks = total // 8 if simd else 0
+    wide = total // 16 if compress else 0
+    chunks = (total - wide * 16) // 8 if simd else 0
+    narrow0 = wide * 16
 
     @T.macro
     def compact(xf, start, active, cnt):
-        for c in range(chunks):
+        for c in range(wide):
+            # the mask is spelled twice (a boolx16 let trips TIR's analyzer); CSE merges them
+            active[T.ramp(cnt[0], 1, 16)] = T.call_llvm_pure_intrin(
+                "int32x16",
+                "llvm.x86.avx512.mask.compress",
+                T.ramp(c * 16, 1, 16),
+                T.broadcast(0, 16),
+                _active16(xf, start + c * 16),
+            )
+            cnt[0] = cnt[0] + T.call_llvm_pure_intrin(
+                "int32",
+                "llvm.vector.reduce.add",
+                T.Cast(
+                    "int32x16",
+                    _active16(xf, start + c * 16),
+                ),
+            )  # LLVM folds the sum of a zero-extended mask into popcnt
+        for c0 in range(chunks):
+            c: T.let = narrow0 // 8 + c0
             nz: T.let = T.call_llvm_pure_intrin(
                 "float32x8",
                 "llvm.x86.avx.cmp.ps.256",
@@ -75,7 +119,7 @@ def compact_macro(total: int, simd: bool):
                 "int32x8", T.reinterpret("uint8x8", lanes)
             ) + T.broadcast(c * 8, 8)
             cnt[0] = cnt[0] + T.popcount(mask)
-        for t in range(chunks * 8, total):
+        for t in range(narrow0 + chunks * 8, total):
             active[cnt[0]] = t
             cnt[0] = cnt[0] + 1 - T.Cast("int32", xf[start + t] == T.float32(0))
         active[cnt[0]] = 0

@@ -28,10 +28,8 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
-from ..target import is_cpu, num_cores
+from ..target import is_cpu, num_cores, vector_lanes
 from .vector_math import install_llvm_lowering
-
-_VECTOR_LANES = 8  # AVX2: 8 float32 per register
 
 
 def _is_llvm(func, target: tvm.target.Target) -> bool:
@@ -71,9 +69,11 @@ class _CpuRule(ScheduleRule):
 class BatchMatmul(_CpuRule):
     """Register-blocked (batched) matmul of two activations, with its elementwise epilogue."""
 
-    def __init__(self, mr: int = 4, nr: int = 16, min_macs: int = 1 << 16):
+    def __init__(self, mr: int = 4, nr: int | None = None, min_macs: int = 1 << 16):
         self.mr = mr  # rows of C per tile (unrolled)
-        self.nr = nr  # columns of C per tile (vectorized; a multiple of the vector width)
+        # columns of C per tile (vectorized): None is two vectors of the target (16 on AVX2, 32
+        # on AVX-512), so the mr x nr tile is 8 accumulators, enough to hide the FMA latency
+        self.nr = nr
         self.min_macs = min_macs  # smaller matmuls are left to the generic rules
 
     def _schedule(self, func, target):
@@ -116,7 +116,8 @@ class BatchMatmul(_CpuRule):
 
         # Step 3. Tile: (batch, i/mr, j/nr, k, mr, nr) with the mr x nr tile in registers.
         mr = _largest_divisor(m, (self.mr, 2, 1))
-        nr = _largest_divisor(n, (self.nr, _VECTOR_LANES, 4, 2, 1))
+        lanes = vector_lanes(target)
+        nr = _largest_divisor(n, (self.nr or 2 * lanes, 2 * lanes, lanes, 8, 4, 2, 1))
         *b_loops, i, j, kk = sch.get_loops(acc)
         io, ii = sch.split(i, factors=[None, mr])
         jo, ji = sch.split(j, factors=[None, nr])
@@ -146,11 +147,12 @@ class RowReduction(_CpuRule):
     a final reduction over those ``lanes`` values stays scalar.
     """
 
-    def __init__(self, lanes: int = _VECTOR_LANES, min_row: int = 2 * _VECTOR_LANES):
-        self.lanes = lanes
-        self.min_row = min_row  # rows shorter than this: the generic rule does as well
+    def __init__(self, lanes: int | None = None, min_row: int | None = None):
+        self.lanes = lanes  # None: the target's vector width
+        self.min_row = min_row or 16  # rows shorter than this: the generic rule does as well
 
     def _schedule(self, func, target):
+        lanes = self.lanes or vector_lanes(target)
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None or len(infos) < 2 or not infos[-1].is_injective():
@@ -177,9 +179,9 @@ class RowReduction(_CpuRule):
             block = sch.get_sblock(name)
             k = sch.get_loops(block)[-1]
             extent = _static_extents(sch, [k])
-            if extent is None or extent[0] % self.lanes or extent[0] < 2 * self.lanes:
+            if extent is None or extent[0] % lanes or extent[0] < 2 * lanes:
                 continue
-            _, ki = sch.split(k, factors=[None, self.lanes])
+            _, ki = sch.split(k, factors=[None, lanes])
             sch.rfactor(ki, factor_axis=lead)
 
         # Step 2. One loop over the rows (fused leading axes) holds every block.
@@ -196,22 +198,24 @@ class RowReduction(_CpuRule):
         depth = len(sch.get_loops(last)) - (len(loops) - lead)
         for rv in _blocks_under(sch, rows):
             if sch.get(rv).name_hint.endswith("_rf"):
-                self._vectorize_partials(sch, rv, depth)
+                self._vectorize_partials(sch, rv, depth, lanes)
             else:
-                self._vectorize(sch, rv)
+                self._vectorize(sch, rv, lanes)
         return sch
 
-    def _vectorize_partials(self, sch: s_tir.Schedule, rv, depth: int) -> None:
+    @staticmethod
+    def _vectorize_partials(sch: s_tir.Schedule, rv, depth: int, lanes: int) -> None:
         inner = sch.get_loops(rv)[depth:]
-        lanes = [lp for lp in inner if _static_extents(sch, [lp]) == [self.lanes]]
-        if len(inner) < 2 or not lanes:
+        lane_loops = [lp for lp in inner if _static_extents(sch, [lp]) == [lanes]]
+        if len(inner) < 2 or not lane_loops:
             return
         k = inner[-1]
-        sch.reorder(k, lanes[0])
-        sch.vectorize(lanes[0])
+        sch.reorder(k, lane_loops[0])
+        sch.vectorize(lane_loops[0])
         sch.decompose_reduction(rv, k)
 
-    def _vectorize(self, sch: s_tir.Schedule, rv) -> None:
+    @staticmethod
+    def _vectorize(sch: s_tir.Schedule, rv, lanes: int) -> None:
         block = sch.get(rv)
         loops = sch.get_loops(rv)
         if len(loops) <= 1:
@@ -223,9 +227,9 @@ class RowReduction(_CpuRule):
         extent = _static_extents(sch, [inner])
         if extent is None or extent[0] < 2:
             return
-        if extent[0] > self.lanes and extent[0] % self.lanes == 0:
-            _, inner = sch.split(inner, factors=[None, self.lanes])
-        elif extent[0] > self.lanes:
+        if extent[0] > lanes and extent[0] % lanes == 0:
+            _, inner = sch.split(inner, factors=[None, lanes])
+        elif extent[0] > lanes:
             return
         sch.vectorize(inner)
 

@@ -31,19 +31,23 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def choose_tiling(rows: int, cols: int, num_cores: int = 1) -> GemmTiling:
+def choose_tiling(rows: int, cols: int, num_cores: int = 1, lanes: int = 8) -> GemmTiling:
     """Pick ``mr x nb`` for a GEMM with ``rows`` broadcast rows and ``cols`` vector columns.
 
-    AVX2 has 16 ymm registers: 6x16 (12 accumulators) or 4x16 is the classic FMA kernel. With
-    few rows (batch 1..3, the memory-bound GEMV case) the tile widens instead, so there are still
-    >= 8 independent FMA chains to hide the 4-cycle FMA latency. ``nb`` never exceeds the padded
+    AVX2 (``lanes`` 8) has 16 ymm registers: 6x16 (12 accumulators) or 4x16 is the classic FMA
+    kernel. AVX-512 (``lanes`` 16) has 32 zmm registers: 8x32 (16 accumulators, two vectors a
+    row), so each broadcast feeds two FMAs and each loaded vector eight. With few rows (batch
+    1..3, the memory-bound GEMV case) the tile widens instead, so there are still >= 8
+    independent FMA chains to hide the 4-cycle FMA latency. ``nb`` never exceeds the padded
     column count, so a 12-output layer does not pad to 128.
     """
     col_cap = max(16, round_up(cols, 16))
+    wide = lanes >= 16
     if rows >= 4:
-        mr = min((6, 5, 4), key=lambda r: (round_up(rows, r), -r))
-        return GemmTiling(mr=mr, nb=16, parallel=num_cores > 1)
-    nb = {1: 64, 2: 32, 3: 32}[rows]
+        mrs = (8, 7, 6, 5, 4) if wide else (6, 5, 4)
+        mr = min(mrs, key=lambda r: (round_up(rows, r), -r))
+        return GemmTiling(mr=mr, nb=min(2 * lanes, col_cap), parallel=num_cores > 1)
+    nb = {1: 8, 2: 4, 3: 4}[rows] * lanes
     return GemmTiling(mr=rows, nb=min(nb, col_cap), parallel=num_cores > 1)
 
 

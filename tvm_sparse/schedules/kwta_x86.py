@@ -54,7 +54,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from ..target import has_cpu_features
+from ..target import cpu_isa, has_cpu_features
 from ._kwta_bracket import bracket_macro, count_and_compact_macro
 from ._kwta_keys import (
     LANES,
@@ -107,7 +107,7 @@ def _kwta_func(spec: KwtaSpec) -> tvm.tirx.PrimFunc:
     @T.macro
     def select_row(xf, boost, rank, b, prefix, tie):
         hist = T.alloc_buffer((nhist,), "int32", scope="global")
-        cand = T.alloc_buffer((n + LANES,), "uint32", scope="global")
+        cand = T.alloc_buffer((n + spec.lanes,), "uint32", scope="global")
         state = T.alloc_buffer((NSTATE,), "int32", scope="local")
         if sampled:
             skeys = T.alloc_buffer((m,), "uint32", scope="global")
@@ -219,14 +219,15 @@ def _block_lengths(x_shape: tuple[int, ...], pool: Pool | None) -> list[int]:
     return [int(np.prod(x_shape[j:])) for j in range(1, len(x_shape))]
 
 
-def _boost_block(boost: np.ndarray, lengths: list[int]) -> int:
-    """The longest of ``lengths`` (a multiple of 8) over whose blocks ``boost`` is constant.
+def _boost_block(boost: np.ndarray, lengths: list[int], lanes: int = LANES) -> int:
+    """The longest of ``lengths`` (a multiple of ``lanes``, so a vector of values lies in one
+    block) over whose blocks ``boost`` is constant.
 
     nupic's KWinners2d boosts per channel: the kernel then reads one factor per plane and
     broadcasts it, instead of streaming an ``[n]`` array beside ``x`` in each pass.
     """
     for length in lengths:
-        if length % LANES == 0 and boost.size % length == 0:
+        if length % lanes == 0 and boost.size % length == 0:
             blocks = boost.reshape(-1, length)
             if np.array_equal(blocks, np.repeat(blocks[:, :1], length, axis=1)):
                 return length
@@ -246,6 +247,8 @@ def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: Pool | None
     if x_shape[0] != batch or int(np.prod(x_shape[1:])) != n:
         raise ValueError(f"input shape {x_shape} does not hold {batch} rows of {n} values")
     stride = _sample_stride(n, sample_stride, _simd(target))
+    # 16 lanes and vcompressps on AVX-512; None (this host) keeps the AVX2 form, as before
+    lanes = 16 if target is not None and cpu_isa(target).compress else LANES
     block = 1
     # k travels as data, not baked in: one kernel per (batch, n) serves every k, and a second
     # input keeps RewriteDataflowReshape from probing a one-input call_tir for a reshape (its
@@ -258,7 +261,7 @@ def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: Pool | None
         boost = np.ascontiguousarray(np.asarray(boost, dtype=np.float32).reshape(-1))
         if boost.size != n:
             raise ValueError(f"boost has {boost.size} values, expected n={n}")
-        block = _boost_block(boost, _block_lengths(x_shape, pool))
+        block = _boost_block(boost, _block_lengths(x_shape, pool), lanes)
         consts = (np.ascontiguousarray(boost[::block]), *consts)
     if exact and pool is not None:
         raise ValueError("exact k-WTA (ties broken by index) is not fused with a max-pool")
@@ -267,7 +270,7 @@ def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: Pool | None
         raise ValueError(f"output shape {out_shape} does not hold {batch} rows of {n} values")
     spec = KwtaSpec(
         batch, n, boost is not None, hi_bits, lo_bits, batch > 1, x_shape, pool, stride,
-        float(margin), bool(fallback), block, bool(exact), out_dims,
+        float(margin), bool(fallback), block, bool(exact), out_dims, lanes,
     )  # fmt: skip
     func = _finished(spec)
     info = {
@@ -279,6 +282,7 @@ def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: Pool | None
         "sample_stride": stride,
         "boost_block": block,
         "exact": bool(exact),
+        "lanes": lanes,
     }
     out_shape = spec.out_shape
     name = f"kwta_{n}_k{k}" + ("_exact" if exact else "")

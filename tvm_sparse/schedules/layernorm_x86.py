@@ -3,7 +3,8 @@
 Why: a post-LN transformer block ends in ``layer_norm(sublayer_out + residual)``. TVM runs the
 add as one kernel (reads two tensors, writes one) and the layer norm as another (reads it back
 twice). This kernel reads both inputs once, keeps the row's sum in a small scratch that stays in
-L1, and writes the normalized row: about a third of the memory traffic, all of it 8-wide.
+L1, and writes the normalized row: about a third of the memory traffic, all of it a vector
+wide (16 lanes on AVX-512, 8 on AVX2: ``target.vector_lanes``).
 
 Matches ``relax.nn.layer_norm`` (population variance, ``(x - mean) / sqrt(var + eps) * gamma +
 beta``); the mean and variance are computed in two passes over the row in L1, which is at least
@@ -14,9 +15,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from ..target import vector_lanes
 from .kernel import KernelCall, finish
-
-_LANES = 8  # AVX2: 8 float32 per register
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -32,18 +32,20 @@ def add_layer_norm_kernel(
     out_shape: tuple[int, ...],
     epsilon: float,
     parallel: bool = True,
+    target=None,
 ) -> KernelCall:
     """``out = layer_norm(a + b)`` over the last axis; the kernel is ``(a, b, gamma, beta, out)``.
 
     ``a`` and ``b`` hold the same values in the same row-major order as ``out`` (any shapes with
     the same number of elements: a reshape in front costs nothing). No constants: gamma and
-    beta are arguments, as in the graph.
+    beta are arguments, as in the graph. ``target`` sets the vector width (None: AVX2's 8).
     """
     channels = int(out_shape[-1])
     total = _numel(out_shape)
     if _numel(a_shape) != total or _numel(b_shape) != total or channels < 1:
         raise ValueError(f"add_layer_norm: shapes {a_shape}, {b_shape} do not match {out_shape}")
     rows_n = total // channels
+    _LANES = vector_lanes(target)  # noqa: N806 (a constant of the TIR below)
     nvec = channels // _LANES
     ntail = channels - nvec * _LANES
     inv_c = 1.0 / channels
@@ -111,5 +113,5 @@ def add_layer_norm_kernel(
         name="add_layer_norm",
         consts=(),
         out_shape=tuple(int(s) for s in out_shape),
-        info={"kernel": "add_layer_norm", "rows": rows_n, "channels": channels},
+        info={"kernel": "add_layer_norm", "rows": rows_n, "channels": channels, "lanes": _LANES},
     )

@@ -16,14 +16,22 @@ from ..target import num_cores
 from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import epilogue as _epilogue
-from ._scatter_tir import compact_macro, padded, scatter_macro, scatter_simd, zero_fill_macro
+from ._scatter_tir import (
+    COMPACT_SPARE,
+    compact_compress,
+    compact_macro,
+    padded,
+    scatter_macro,
+    scatter_simd,
+    zero_fill_macro,
+)
 from .kernel import KernelCall
 from .kernel import finish as _finish
 from .scatter_tables import DEFAULT_ACTIVATION_DENSITY, choose_tables, scatter_cost_info
 
 
 def _conv_kernel(x_shape, tab, kernel_hw, out_hw, pads, strides, dilation, nbias, has_bias,
-                 activation, parallel, simd):  # fmt: skip
+                 activation, parallel, simd, compress):  # fmt: skip
     """Per sample: compact x[b], scatter each active input through its valid taps, transpose.
 
     Input (c, ih, iw) reaches output (oh, ow) through tap (kh, kw) when ih + top = oh * sh +
@@ -42,7 +50,7 @@ def _conv_kernel(x_shape, tab, kernel_hw, out_hw, pads, strides, dilation, nbias
     total, npos, row = ci * hw, oh * ow, tab.acc_size
     nval, nown, nres = tab.values.size, tab.owner.size, tab.res_values.size
     odt, pdt, rdt = str(tab.owner.dtype), str(tab.res_ptr.dtype), str(tab.res_owner.dtype)
-    compact = compact_macro(total, simd)
+    compact = compact_macro(total, simd, compress)
     scatter = scatter_macro(tab)
     zero_fill = zero_fill_macro(npos * row)
     samples = T.parallel if parallel else T.serial
@@ -63,7 +71,7 @@ def _conv_kernel(x_shape, tab, kernel_hw, out_hw, pads, strides, dilation, nbias
         for b in samples(bn):
             # [OH*OW, O + stride], padded to whole fill steps
             acc = T.alloc_buffer((padded(npos * row),), "float32", scope="global")
-            active = T.alloc_buffer((total + 8,), "int32", scope="global")
+            active = T.alloc_buffer((total + COMPACT_SPARE,), "int32", scope="global")
             cnt = T.alloc_buffer((1,), "int32", scope="global")
             zero_fill(acc)
             # Step 1. Compact the non-zeros of the sample (flat c, ih, iw).
@@ -135,13 +143,14 @@ def sparse_sparse_conv2d(
     top, left, bottom, right = dims.pads
     (sh, sw), (dh, dw), (oh, ow) = dims.strides, dims.dilation, dims.out_hw
     simd = scatter_simd(target)
+    compress = compact_compress(target)
     tab = choose_tables(ComplementaryPacked.from_conv_weight(weight, max_groups), vector, simd)
     bias_arr, has_bias = _bias_const(bias, o)
     if parallel is None:
         parallel = bn > 1 and num_cores(target) > 1
     func = _conv_kernel(
         (bn, ci, h, wd), tab, (kh, kw), (oh, ow), (top, left), (sh, sw), (dh, dw),
-        bias_arr.size, has_bias, activation, parallel, simd,
+        bias_arr.size, has_bias, activation, parallel, simd, compress,
     )  # fmt: skip
     # Output positions each flat input index k reaches when its input is active (padding never is).
     reach = np.outer(_valid_taps(h, top, kh, sh, dh, oh), _valid_taps(wd, left, kw, sw, dw, ow))
@@ -151,6 +160,7 @@ def sparse_sparse_conv2d(
     bytes_per_slot = 4 + tab.owner_bits // 8
     info = {
         "kernel": "sparse_sparse_conv2d",
+        "compaction": "vpcompressd" if compress else "pdep/pext" if simd else "scalar",
         "out_hw": (oh, ow),
         **scatter_cost_info(
             tab,

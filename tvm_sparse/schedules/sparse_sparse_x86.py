@@ -3,8 +3,9 @@
 The activations arrive dense, with zeros (the output of k-WTA or ReLU). Each sample is handled in
 three steps:
 
-1. **Compact** (one branch-free pass): the positions of the non-zero inputs, 8 inputs a step with
-   ``vcmpps`` + ``movmsk`` + ``pdep``/``pext`` (one scalar input a step without AVX2 / BMI2).
+1. **Compact** (one branch-free pass): the positions of the non-zero inputs, 16 inputs a step
+   with a mask compare + ``vpcompressd`` on AVX-512, 8 with ``vcmpps`` + ``movmsk`` +
+   ``pdep``/``pext`` on AVX2 + BMI2, one scalar input a step otherwise.
    NaN compares unequal to 0, so NaN activations count as active, as they must.
 2. **Scatter**: for each active input ``k`` fetch its complementary-packed column (``G`` values
    and ``G`` owners, contiguous; the next active column is prefetched) and scatter-add
@@ -47,6 +48,8 @@ from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
 from ._epilogue import epilogue as _epilogue
 from ._scatter_tir import (
+    COMPACT_SPARE,
+    compact_compress,
     compact_macro,
     padded,
     prefetch_macro,
@@ -64,13 +67,13 @@ from .scatter_tables import (
 from .sparse_sparse_conv_x86 import sparse_sparse_conv2d
 
 
-def _linear_kernel(m, tab, nbias, has_bias, activation, parallel, simd, prefetch_next):
+def _linear_kernel(m, tab, nbias, has_bias, activation, parallel, simd, compress, prefetch_next):
     """Per sample: compact the non-zeros of x[b], scatter their packed columns, epilogue."""
     n, k = tab.n_out, tab.n_in
     nacc = tab.acc_size
     nval, nown, nres = tab.values.size, tab.owner.size, tab.res_values.size
     odt, pdt, rdt = str(tab.owner.dtype), str(tab.res_ptr.dtype), str(tab.res_owner.dtype)
-    compact = compact_macro(k, simd)
+    compact = compact_macro(k, simd, compress)
     scatter = scatter_macro(tab)
     prefetch = prefetch_macro(tab)
     zero_fill = zero_fill_macro(nacc)
@@ -91,7 +94,7 @@ def _linear_kernel(m, tab, nbias, has_bias, activation, parallel, simd, prefetch
         xf = T.decl_buffer((m * k,), "float32", data=x.data)
         for b in samples(m):
             acc = T.alloc_buffer((padded(nacc),), "float32", scope="global")
-            active = T.alloc_buffer((k + 8,), "int32", scope="global")
+            active = T.alloc_buffer((k + COMPACT_SPARE,), "int32", scope="global")
             cnt = T.alloc_buffer((1,), "int32", scope="global")
             zero_fill(acc)
             # Step 1. Compact the non-zeros of the row.
@@ -151,11 +154,15 @@ def sparse_sparse_linear(
     bias_arr, has_bias = _bias_const(bias, n)
     if parallel is None:
         parallel = m > 1 and num_cores(target) > 1
-    func = _linear_kernel(m, tab, bias_arr.size, has_bias, activation, parallel, simd, prefetch)
+    compress = compact_compress(target)
+    func = _linear_kernel(
+        m, tab, bias_arr.size, has_bias, activation, parallel, simd, compress, prefetch
+    )
     slots = tab.slots_per_input
     bytes_per_slot = 4 + tab.owner_bits // 8
     info = {
         "kernel": "sparse_sparse_linear",
+        "compaction": "vpcompressd" if compress else "pdep/pext" if simd else "scalar",
         "m": m,
         "n": n,
         "k": k,

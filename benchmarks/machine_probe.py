@@ -158,28 +158,27 @@ def kernel_isas(module) -> dict[str, str]:
             ).stdout
         except (OSError, subprocess.CalledProcessError):
             return {}
-    isas: dict[str, str] = {}
+    # a kernel is its exported wrapper ``__tvm_ffi_<name>`` plus, where TVM split it, the body
+    # ``<name>_compute_``; other functions (TVM's helpers, libgcc's) are not kernels
+    registers: dict[str, set[str]] = {}
     name = None
-    seen: set[str] = set()
     for line in text.splitlines():
         header = _FUNC_HEADER.match(line)
         if header:
+            name = _kernel_name(header.group(1))
             if name is not None:
-                isas[name] = _isa_of(seen)
-            name, seen = header.group(1), set()
+                registers.setdefault(name, set())
         elif name is not None:
-            seen.update(re.findall(r"%([xyz])mm", line))
-    if name is not None:
-        isas[name] = _isa_of(seen)
-    # TVM's entry wrappers and PLT stubs are not kernels
-    return {
-        k: v
-        for k, v in isas.items()
-        if not k.startswith(("__tvm", "_init", "_fini", "frame_dummy", "register_tm", "deregister"))
-        and "@plt" not in k
-        and not k.startswith(".")
-        and not k.endswith("_compute_")
-    }
+            registers[name].update(re.findall(r"%([xyz])mm", line))
+    return {k: _isa_of(v) for k, v in registers.items()}
+
+
+def _kernel_name(symbol: str) -> str | None:
+    if symbol.startswith("__tvm_ffi_") and not symbol.startswith("__tvm_ffi__"):
+        return symbol[len("__tvm_ffi_") :]
+    if symbol.endswith("_compute_"):
+        return symbol[: -len("_compute_")]
+    return None
 
 
 def _isa_of(registers: set[str]) -> str:

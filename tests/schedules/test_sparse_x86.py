@@ -310,3 +310,20 @@ def test_tile_layout_needs_whole_tiles():
     assert csr_linear(70, w, target=TARGET).relayout is None
     assert csr_linear(2, w, target=TARGET).relayout is None
     assert csr_linear(64, w, target=TARGET).relayout is not None
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_panel_kernel_fma_loop_takes_the_targets_width(isa):
+    """The panel kernel's inner loop is one ``m_tile``-lane vector expression: LLVM emits zmm
+    FMAs for it on AVX-512 and ymm on AVX2 (built on any machine; run where this CPU can)."""
+    from .isa import ZMM, asm_of, count, isa_target, run_target
+
+    rng = np.random.default_rng(4)
+    w = sparse_weight(rng, (96, 128), 0.1)
+    x = rng.standard_normal((64, 128)).astype(np.float32)
+    call = csr_linear(64, w, target=isa_target(isa), min_batch=2, parallel=False)
+    assert call.info["kernel"] == "panel"
+    asm = asm_of(call, isa_target(isa))
+    assert (count(r"vfmadd\w+\s+[^\n]*" + ZMM, asm) > 0) == (isa == "avx512")
+    out = run_kernel(call, run_target(isa), x)
+    np.testing.assert_allclose(out, linear_ref(x, w), rtol=1e-4, atol=1e-4)

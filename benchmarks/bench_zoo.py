@@ -53,6 +53,7 @@ os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)  # before tvm is imported
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import RUNTIME_COLUMNS, compare_runtimes  # noqa: E402
+from machine_probe import cpuinfo  # noqa: E402
 from peers import print_table  # noqa: E402
 
 from tvm_sparse import zoo  # noqa: E402
@@ -74,14 +75,7 @@ OVERRIDES = ("image", "seq", "padded")
 
 def machine() -> dict:
     """The CPU the numbers were measured on: vendor, model, ISA, cores, LLVM's name for it."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
     isa = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
     if not isa:

@@ -39,8 +39,8 @@ _PEAK_STEPS = 2_000_000
 _STREAM_BYTES = 512 << 20
 
 
-def cpu_model() -> str:
-    """``/proc/cpuinfo``'s model name, with family / model numbers where the name is vague."""
+def cpuinfo() -> dict[str, str]:
+    """The first value of every key of ``/proc/cpuinfo`` (empty where there is none)."""
     info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -48,7 +48,13 @@ def cpu_model() -> str:
                 key, _, value = line.partition(":")
                 info.setdefault(key.strip(), value.strip())
     except OSError:
-        return "unknown CPU"
+        pass
+    return info
+
+
+def cpu_model() -> str:
+    """``/proc/cpuinfo``'s model name, with family / model numbers where the name is vague."""
+    info = cpuinfo()
     name = info.get("model name", "unknown CPU")
     return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
 

@@ -120,13 +120,34 @@ def bracket_macro(spec: KwtaSpec):
     return bracket
 
 
+def _tail_and_keys_macro(spec: KwtaSpec, lanes: int):
+    """Macro: both forms' end of step 3: the values past the last whole vector one by one, then
+    the candidates' keys in place. NaN counts as above (``v > hi or isnan``: TIR simplifies
+    ``not (v <= hi)`` to an ordered ``>``, which NaN fails)."""
+    nvec, ntail, ranked = spec.nvec, spec.ntail, spec.ranked
+
+    @T.macro
+    def tail_and_keys(xf, boost, b, cand, candf, state, lo, hi):
+        for it in range(ntail):
+            vt: T.let = ranked(xf, boost, b, nvec * lanes + it)
+            candf[state[NC]] = vt
+            state[NHI] = state[NHI] + T.Cast("int32", T.Or(vt > hi, T.isnan(vt)))
+            state[NC] = state[NC] + T.Cast("int32", T.And(vt >= lo, vt <= hi))
+        for c0 in range((state[NC] + lanes - 1) // lanes):
+            for lane in T.vectorized(lanes):
+                cand[c0 * lanes + lane] = key_of(candf[c0 * lanes + lane])
+
+    return tail_and_keys
+
+
 def count_and_compact_macro(spec: KwtaSpec):
     """Macro: count row ``b``'s values above the bracket and compact those inside it to ``cand``
     (as keys); ``state[NHI]`` / ``state[NC]`` get the two counts. AVX-512 or AVX2 form."""
     if spec.compress:
         return _count_and_compact_avx512(spec)
-    n, nvec, ntail = spec.n, spec.nvec, spec.ntail
-    ranked, ranked_vec = spec.ranked, spec.ranked_vec
+    n, nvec = spec.n, spec.nvec
+    ranked_vec = spec.ranked_vec
+    tail_and_keys = _tail_and_keys_macro(spec, LANES)
 
     @T.macro
     def count_and_compact(xf, boost, rank, b, cand, state, bounds):
@@ -163,15 +184,7 @@ def count_and_compact_macro(spec: KwtaSpec):
         state[NHI] = 0
         for lane in T.unroll(LANES):
             state[NHI] = state[NHI] + acc[lane]
-        for it in range(ntail):
-            vt: T.let = ranked(xf, boost, b, nvec * LANES + it)
-            candf[state[NC]] = vt
-            state[NHI] = state[NHI] + T.Cast("int32", T.Or(vt > hi, T.isnan(vt)))
-            state[NC] = state[NC] + T.Cast("int32", T.And(vt >= lo, vt <= hi))
-        # the candidates' keys, in place
-        for c0 in range((state[NC] + LANES - 1) // LANES):
-            for lane in T.vectorized(LANES):
-                cand[c0 * LANES + lane] = key_of(candf[c0 * LANES + lane])
+        tail_and_keys(xf, boost, b, cand, candf, state, lo, hi)
 
     return count_and_compact
 
@@ -180,9 +193,10 @@ def _count_and_compact_avx512(spec: KwtaSpec):
     """``count_and_compact`` at 16 lanes: the compares give mask registers, ``vcompressps``
     packs the values inside the bracket (no lane table, no permute), the counts add the masks'
     ``popcnt`` (LLVM's form of the sum of a zero-extended mask)."""
-    n, nvec, ntail = spec.n, spec.nvec, spec.ntail
-    ranked, ranked_vec = spec.ranked, spec.ranked_vec
+    n, nvec = spec.n, spec.nvec
+    ranked_vec = spec.ranked_vec
     lanes = 16
+    tail_and_keys = _tail_and_keys_macro(spec, lanes)
 
     def inside(v, lo, hi):
         return T.And(v >= bcast(lo, lanes), v <= bcast(hi, lanes))  # ordered: NaN is not inside
@@ -213,13 +227,6 @@ def _count_and_compact_avx512(spec: KwtaSpec):
             )
             state[NC] = state[NC] + count(inside(v, lo, hi))
             state[NHI] = state[NHI] + count(above(v, hi))
-        for it in range(ntail):
-            vt: T.let = ranked(xf, boost, b, nvec * lanes + it)
-            candf[state[NC]] = vt
-            state[NHI] = state[NHI] + T.Cast("int32", T.Or(vt > hi, T.isnan(vt)))
-            state[NC] = state[NC] + T.Cast("int32", T.And(vt >= lo, vt <= hi))
-        for c0 in range((state[NC] + lanes - 1) // lanes):
-            for lane in T.vectorized(lanes):
-                cand[c0 * lanes + lane] = key_of(candf[c0 * lanes + lane])
+        tail_and_keys(xf, boost, b, cand, candf, state, lo, hi)
 
     return count_and_compact

@@ -77,6 +77,33 @@ def test_matches_numpy(target, rng, b, s, h, d, mask_shape):
     )
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize(
+    "b, s, h, d, mask_shape",
+    [
+        (1, 128, 12, 32, (1, 1, 128, 128)),
+        (2, 13, 3, 16, (2, 1, 1, 13)),  # a 32-column tile that is mostly padding
+        (1, 37, 5, 40, (1, 5, 37, 37)),  # 32 + 8 output columns; 32 + 8 score columns
+        (1, 100, 2, 64, None),  # scores: 3 x 32 + one 8-wide rest (sp = 104)
+    ],
+)
+def test_isa_tiles(rng, isa, b, s, h, d, mask_shape):
+    """``mr x 32`` tiles (2 zmm a row) on AVX-512, ``mr x 16`` (2 ymm) on AVX2: built for either
+    on any machine, checked for zmm FMAs, and run against the reference where this CPU can."""
+    from .isa import ZMM, count, isa_target, run_target
+
+    shape = AttentionShape(b, s, h, d)
+    call = attention_kernel(shape, 0.125, mask_shape=mask_shape, target=isa_target(isa))
+    assert call.info["tile"] == (5, 32 if isa == "avx512" else 16)
+    asm = build_kernel(call, isa_target(isa)).inspect_source("asm")
+    assert (count(r"vfmadd\w+\s+[^\n]*" + ZMM, asm) > 0) == (isa == "avx512")
+    q, k, v, mask = inputs(rng, shape, mask_shape)
+    out = run(shape, 0.125, q, k, v, mask, run_target(isa))
+    np.testing.assert_allclose(
+        out, attention_ref(q, k, v, mask, shape, 0.125), rtol=1e-4, atol=2e-5
+    )
+
+
 @settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

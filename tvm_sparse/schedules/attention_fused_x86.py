@@ -14,22 +14,24 @@ Per (batch, head), in parallel over both:
    ``V_h`` lie ``h * d`` floats apart, a stride that maps them onto a few L1 sets).
 2. For each block of ``mr`` (5) query rows:
 
-   a. Scores: an ``mr x 16`` register tile (``mr`` broadcast rows of ``Q_h``, two vectors of
-      ``kt``) accumulated over ``d`` from the mask, stored to a ``[mr, sp]`` scratch while
-      8-lane row maxima take it in. Padding columns get ``-inf``.
+   a. Scores: an ``mr x nr`` register tile (``mr`` broadcast rows of ``Q_h``, two vectors of
+      ``kt``: ``nr`` is 16 on AVX2, 32 on AVX-512) accumulated over ``d`` from the mask,
+      stored to a ``[mr, sp]`` scratch while 8-lane row maxima take it in. Padding columns get
+      ``-inf``.
    b. Softmax as ``relax.nn.softmax`` computes it: ``exp(x - max(x))`` and its sum, the
       block's rows side by side. The scores are in log2 units, so ``exp`` is
       ``_exp2_nonpositive``: a 2^x for ``x <= 0`` cheaper than any general ``exp``. A row
       whose mask is all ``-3.4e38`` has ``x - max = 0`` everywhere and comes out uniform; a NaN
       anywhere in a row makes the whole row NaN.
-   c. ``P V``: an ``mr x 16`` tile of the output (``mr`` broadcast probabilities, 16 columns of a
-      ``vh`` row) accumulated over the keys and scaled by ``1 / sum`` on the way out.
+   c. ``P V``: an ``mr x nr`` tile of the output (``mr`` broadcast probabilities, ``nr`` columns
+      of a ``vh`` row) accumulated over the keys and scaled by ``1 / sum`` on the way out.
 
-10 of the 16 ymm registers hold accumulators (6 rows and 12 measured ~1.5% slower, the
-score and mask in natural units with the log2(e) multiply in the exp ~3% slower); rows past the
-last full block run as a smaller block. The mask enters in log2 units too, clamped to the
-float32 minimum, so the usual ``-3.4e38`` does not overflow to ``-inf`` (which would turn a
-fully masked row into NaN); a mask below -2.4e38 thus reads as -2.4e38.
+10 of the 16 ymm registers hold accumulators on AVX2, 10 of 32 zmm on AVX-512 (on AVX2, 6 rows
+and 12 measured ~1.5% slower, the score and mask in natural units with the log2(e) multiply in
+the exp ~3% slower); rows past the last full block run as a smaller block. The mask enters in
+log2 units too, clamped to the float32 minimum, so the usual ``-3.4e38`` does not overflow to
+``-inf`` (which would turn a fully masked row into NaN); a mask below -2.4e38 thus reads as
+-2.4e38.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from ..target import num_cores
+from ..target import num_cores, vector_lanes
 from ._transpose8 import HALVES_HI, HALVES_LO, PAIRS_HI, PAIRS_LO
 from ._transpose8 import UNPACK_HI as _HI
 from ._transpose8 import UNPACK_LO as _LO
 from .kernel import KernelCall, finish_opaque
 
-_LANES = 8  # AVX2: 8 float32 per register
-_NR = 16  # columns of a register tile (two vectors)
+_LANES = 8  # the key transposes' block and the softmax's vectors (8 x 8 shuffles)
+_NR = 16  # columns of a register tile on AVX2: two ymm vectors (attention_kernel's ``nr``)
 _NEG_INF = -math.inf
 # 2^x for x <= 0: x = n + r (|r| <= 1/2); 2^r by a degree-5 polynomial, the Chebyshev
 # interpolant on [-1/2, 1/2] in float32 with c0 set to 1 (numpy's
@@ -243,43 +245,43 @@ def _head_copies_macros(shape: AttentionShape, scale: float):
     return transpose_keys, copy_values
 
 
-def _scores_macro(shape: AttentionShape, mask_shape, mr: int):
+def _scores_macro(shape: AttentionShape, mask_shape, mr: int, nr: int):
     """Step 2a's macro: the scores of ``rows`` query rows into ``sc``, row maxima into ``rmax``."""
     s, d, hd = shape.seq, shape.dim, shape.hidden
     sp = _round_up(s, _LANES)
     has_mask = mask_shape is not None
     mb, mh, mi = _mask_strides(mask_shape, shape) if has_mask else (0, 0, 0)
-    s_full = s // _NR  # 16-column score tiles entirely inside the real columns
-    s_rest = sp - s_full * _NR  # then one tile of 8 or 16 columns, partial when sp > s
-    rest_partial = s_full * _NR + s_rest > s
+    s_full = s // nr  # nr-column score tiles entirely inside the real columns
+    s_rest = sp - s_full * nr  # then one tile of a multiple of 8 columns, partial when sp > s
+    rest_partial = s_full * nr + s_rest > s
     ninf = T.float32(_NEG_INF)
 
     @T.macro
     def score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, j0, lanes, partial):
         # Step 2a. sc[r, j0 : j0 + lanes] = q_r . kt[:, j0 : j0 + lanes] (+ mask) for `rows`
         # rows, and the running row maxima (8 lanes per row) take the tile in.
-        acc = T.alloc_buffer((mr * _NR,), "float32", scope="global")
+        acc = T.alloc_buffer((mr * nr,), "float32", scope="global")
         for r in T.unroll(rows):
             if has_mask and not partial:  # the mask is where the sums start
-                acc[T.ramp(r * _NR, 1, lanes)] = _log2_units(
+                acc[T.ramp(r * nr, 1, lanes)] = _log2_units(
                     _vec(mf, b * mb + h * mh + (r0 + r) * mi + j0, lanes), lanes
                 )
             else:
-                acc[T.ramp(r * _NR, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+                acc[T.ramp(r * nr, 1, lanes)] = T.broadcast(T.float32(0), lanes)
         for c in range(d):
             for r in T.unroll(rows):
-                acc[T.ramp(r * _NR, 1, lanes)] = acc[T.ramp(r * _NR, 1, lanes)] + T.broadcast(
+                acc[T.ramp(r * nr, 1, lanes)] = acc[T.ramp(r * nr, 1, lanes)] + T.broadcast(
                     qf[(b * s + r0 + r) * hd + h * d + c], lanes
                 ) * _vec(kt, c * sp + j0, lanes)
         if partial:  # the tile reaches into the padding: the real columns one by one
             for r in T.unroll(rows):
                 for jj in range(s - j0):
                     if has_mask:
-                        sc[r * sp + j0 + jj] = acc[r * _NR + jj] + _log2_units(
+                        sc[r * sp + j0 + jj] = acc[r * nr + jj] + _log2_units(
                             mf[b * mb + h * mh + (r0 + r) * mi + j0 + jj], 1
                         )
                     else:
-                        sc[r * sp + j0 + jj] = acc[r * _NR + jj]
+                        sc[r * sp + j0 + jj] = acc[r * nr + jj]
                 for jj in range(j0 + lanes - s):
                     sc[r * sp + s + jj] = ninf
                 for u in T.unroll(lanes // _LANES):
@@ -290,7 +292,7 @@ def _scores_macro(shape: AttentionShape, mask_shape, mr: int):
         else:
             for r in T.unroll(rows):
                 for u in T.unroll(lanes // _LANES):
-                    val: T.let = _vec(acc, r * _NR + u * _LANES, _LANES)
+                    val: T.let = _vec(acc, r * nr + u * _LANES, _LANES)
                     sc[T.ramp(r * sp + j0 + u * _LANES, 1, _LANES)] = val
                     rmax[T.ramp(r * _LANES, 1, _LANES)] = T.max(
                         rmax[T.ramp(r * _LANES, 1, _LANES)], val
@@ -301,9 +303,9 @@ def _scores_macro(shape: AttentionShape, mask_shape, mr: int):
         for r in T.unroll(rows):
             rmax[T.ramp(r * _LANES, 1, _LANES)] = T.broadcast(ninf, _LANES)
         for t in range(s_full):
-            score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, t * _NR, _NR, False)
+            score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, t * nr, nr, False)
         if s_rest > 0:
-            score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, s_full * _NR, s_rest, rest_partial)
+            score_tile(qf, mf, kt, sc, rmax, b, h, r0, rows, s_full * nr, s_rest, rest_partial)
 
     return scores
 
@@ -336,39 +338,39 @@ def _softmax_macro(shape: AttentionShape, mr: int):
     return softmax
 
 
-def _values_macro(shape: AttentionShape, mr: int):
-    """Step 2c's macro: ``out[rows] = (sc @ V_h) * inv``, 16 columns a tile."""
+def _values_macro(shape: AttentionShape, mr: int, nr: int):
+    """Step 2c's macro: ``out[rows] = (sc @ V_h) * inv``, ``nr`` columns a tile."""
     s, d, hd = shape.seq, shape.dim, shape.hidden
     sp = _round_up(s, _LANES)
 
     @T.macro
     def value_tile(vh, of, sc, inv, b, h, r0, rows, c0, lanes):
         # Step 2c. out[r, c0 : c0 + lanes] = (sc[r, :] @ V_h[:, c0 : c0 + lanes]) * inv[r].
-        acc = T.alloc_buffer((mr * _NR,), "float32", scope="global")
+        acc = T.alloc_buffer((mr * nr,), "float32", scope="global")
         for r in T.unroll(rows):
-            acc[T.ramp(r * _NR, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+            acc[T.ramp(r * nr, 1, lanes)] = T.broadcast(T.float32(0), lanes)
         for j in range(s):
             for r in T.unroll(rows):
-                acc[T.ramp(r * _NR, 1, lanes)] = acc[T.ramp(r * _NR, 1, lanes)] + T.broadcast(
+                acc[T.ramp(r * nr, 1, lanes)] = acc[T.ramp(r * nr, 1, lanes)] + T.broadcast(
                     sc[r * sp + j], lanes
                 ) * _vec(vh, j * d + c0, lanes)
         for r in T.unroll(rows):
             of[T.ramp((b * s + r0 + r) * hd + h * d + c0, 1, lanes)] = acc[
-                T.ramp(r * _NR, 1, lanes)
+                T.ramp(r * nr, 1, lanes)
             ] * T.broadcast(inv[r], lanes)
 
     @T.macro
     def weighted_values(vh, of, sc, inv, b, h, r0, rows):
-        for t in range(d // _NR):
-            value_tile(vh, of, sc, inv, b, h, r0, rows, t * _NR, _NR)
-        if d % _NR > 0:
-            value_tile(vh, of, sc, inv, b, h, r0, rows, d - d % _NR, d % _NR)
+        for t in range(d // nr):
+            value_tile(vh, of, sc, inv, b, h, r0, rows, t * nr, nr)
+        if d % nr > 0:
+            value_tile(vh, of, sc, inv, b, h, r0, rows, d - d % nr, d % nr)
 
     return weighted_values
 
 
 def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape, out_shape,
-                    scale: float, mr: int, parallel: bool):  # fmt: skip
+                    scale: float, mr: int, parallel: bool, nr: int = _NR):  # fmt: skip
     """The PrimFunc ``(q, k, v, [mask,] out)`` for static sizes (see the module docstring)."""
     nb, s, nh, d = shape.batch, shape.seq, shape.heads, shape.dim
     hd = shape.hidden
@@ -378,9 +380,9 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
     tasks = T.parallel if parallel else T.serial
     flat = nb * s * hd
     transpose_keys, copy_values = _head_copies_macros(shape, scale)
-    scores = _scores_macro(shape, mask_shape, mr)
+    scores = _scores_macro(shape, mask_shape, mr, nr)
     softmax = _softmax_macro(shape, mr)
-    weighted_values = _values_macro(shape, mr)
+    weighted_values = _values_macro(shape, mr, nr)
 
     @T.macro
     def row_block(qf, vh, mf, of, kt, sc, rmax, inv, b, h, r0, rows):
@@ -461,6 +463,7 @@ def attention_kernel(
     target: tvm.target.Target | None = None,
     mr: int = 5,
     parallel: bool | None = None,
+    nr: int | None = None,
 ) -> KernelCall:
     """Fused multi-head attention: ``out[b, i, h*d + c] = sum_j P[b, h, i, j] v[b, j, h*d + c]``.
 
@@ -470,7 +473,9 @@ def attention_kernel(
     in any shape that broadcasts to ``[b, h, s, s]`` with a full key axis. The kernel is called
     ``(q, k, v, [mask,] out)``; there are no constants. ``dim`` must be a multiple of 8.
     ``parallel`` (default: the target has more than one core) runs the (batch, head) pairs in
-    parallel.
+    parallel. ``nr``: columns of the ``mr x nr`` register tiles, two vectors of the target (16
+    on AVX2; 32 on AVX-512, where ``mr`` rows x 2 zmm accumulators cover two 512-bit FMA pipes
+    that one zmm per row would leave half idle).
     """
     if min(shape.batch, shape.seq, shape.heads, shape.dim) < 1:
         raise ValueError(f"attention sizes must be >= 1, got {shape}")
@@ -478,6 +483,9 @@ def attention_kernel(
         raise ValueError(f"head dim {shape.dim} is not a multiple of {_LANES}")
     if not 1 <= mr <= 6:
         raise ValueError(f"mr must be 1..6 rows (16 ymm registers), got {mr}")
+    nr = nr or (32 if vector_lanes(target) >= 16 else _NR)
+    if nr % _LANES or nr < _LANES:
+        raise ValueError(f"nr must be a multiple of {_LANES}, got {nr}")
     default = (shape.batch, shape.seq, shape.hidden)
     shapes = [
         _check(shape, name, given or default)
@@ -488,8 +496,11 @@ def attention_kernel(
         _mask_strides(mask_shape, shape)
     if parallel is None:
         parallel = num_cores(target) > 1 and shape.batch * shape.heads > 1
-    func = _attention_func(shape, *shapes[:3], mask_shape, shapes[3], float(scale), mr, parallel)
+    func = _attention_func(
+        shape, *shapes[:3], mask_shape, shapes[3], float(scale), mr, parallel, nr
+    )
     func = finish_opaque(func)
     name = f"attention_h{shape.heads}_s{shape.seq}_d{shape.dim}"
-    info = {"kind": "attention", "shape": shape, "scale": float(scale), "mask": mask_shape}
+    info = {"kind": "attention", "shape": shape, "scale": float(scale), "mask": mask_shape,
+            "tile": (mr, nr)}  # fmt: skip
     return KernelCall(func=func, name=name, consts=(), out_shape=shapes[3], info=info)

@@ -1,16 +1,18 @@
-"""N:M structured sparse linear on x86 (AVX2): fixed-length rows, a one-byte index per value.
+"""N:M structured sparse linear on x86 (AVX2 / AVX-512): fixed-length rows, a one-byte index per
+value.
 
 An N:M weight keeps at most ``n`` non-zeros in every ``m`` consecutive inputs, so a row needs no
 row pointer and a stored value needs only its position inside a small window of inputs. With
-``m`` dividing 8, one 8-float window of ``x`` holds ``8 / m`` whole groups, and ``vpermps``
-(``llvm.x86.avx2.permps``) picks, for 8 output rows at once, the input each row's value
-multiplies: no gathers, one permute and one FMA per 8 stored values.
+``m`` dividing the vector width L (8 on AVX2, 16 on AVX-512), one L-float window of ``x`` holds
+``L / m`` whole groups, and ``vpermps`` (``llvm.x86.avx2.permps`` / ``avx512.permvar.sf.512``)
+picks, for L output rows at once, the input each row's value multiplies: no gathers, one permute
+and one FMA per L stored values.
 
-Layout (``pack_nm``): output rows in blocks of 8 lanes; per block and window, ``spw = 8 / m * n``
-slots of 8 lanes (``vals[rb, w, s, lane]``, ``idx`` the same as uint8 positions 0..7 in the
+Layout (``pack_nm``): output rows in blocks of L lanes; per block and window, ``spw = L / m * n``
+slots of L lanes (``vals[rb, w, s, lane]``, ``idx`` the same as uint8 positions 0..L-1 in the
 window). Padding slots hold 0, so finite inputs give the dense result up to summation order.
 The kernel copies ``x`` into a zero-padded ``[m, K8]`` scratch so every window load is whole,
-then per block of 8 rows and tile of ``batch_tile`` samples keeps ``batch_tile`` 8-lane sums in
+then per block of L rows and tile of ``batch_tile`` samples keeps ``batch_tile`` L-lane sums in
 registers while the window loop streams the block's values once.
 """
 
@@ -23,7 +25,7 @@ from tvm.script import tirx as T
 from ...formats.nm import NM
 from ...formats.patterns import NM_TIGHT_FILL
 from ...ir.layers import LayerSpec
-from ...target import has_cpu_features, num_cores
+from ...target import cpu_isa, has_cpu_features, num_cores
 from .._epilogue import bias_const, check_activation
 from .._epilogue import epilogue as _epilogue
 from ..cost_model import MachineModel
@@ -31,8 +33,7 @@ from ..kernel import KernelCall, as_weight, finish, linear_info
 from .base import CpuKernel, build_linear, skips_work
 from .knobs import parallel_choices, product, settings_for
 
-_LANES = 8
-WIDTHS = (2, 4, 8)  # group widths m that tile an 8-float window
+WIDTHS = (2, 4, 8)  # group widths m that tile an 8- (and a 16-) float window
 # Stored MACs per second of one core at batch < 4 (GMAC/s). A permute and an FMA per 8 values
 # (plus the index load) is twice the instructions per MAC of the dense GEMV's broadcast-FMA, so
 # the kernel is bound by issue, not by the bytes it saves: 2:4 runs about as fast as dense, and
@@ -59,8 +60,15 @@ def nm_pattern(weight: np.ndarray) -> tuple[int, int] | None:
     return best
 
 
-def pack_nm(nm: NM) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """``(vals, idx, row_blocks, windows, slots_per_window)`` in the kernel's layout."""
+def nm_lanes(target) -> int:
+    """The kernel's vector width: 16 on AVX-512, else 8 (AVX2's ``vpermps``)."""
+    return 16 if target is not None and cpu_isa(target).avx512 else 8
+
+
+def pack_nm(nm: NM, lanes: int = 8) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """``(vals, idx, row_blocks, windows, slots_per_window)`` in the kernel's layout for vectors
+    of ``lanes``."""
+    _LANES = lanes  # noqa: N806 (the layout's constant)
     rows, _ = nm.shape
     per_window = _LANES // nm.m
     groups = nm.values.shape[1]
@@ -85,12 +93,18 @@ def pack_nm(nm: NM) -> tuple[np.ndarray, np.ndarray, int, int, int]:
     )
 
 
-def _permute(window, index):
+def _permute(window, index, lanes: int):
+    if lanes == 16:
+        return T.call_llvm_pure_intrin(
+            "float32x16", "llvm.x86.avx512.permvar.sf.512", window, index
+        )
     return T.call_llvm_pure_intrin("float32x8", "llvm.x86.avx2.permps", window, index)
 
 
-def _nm_kernel(m, n, k, nrb, nwin, spw, nbias, has_bias, activation, bt, parallel):
+def _nm_kernel(m, n, k, nrb, nwin, spw, nbias, has_bias, activation, bt, parallel, lanes=8):
     """y = act(x @ W.T + b) over the packed N:M weight (see the module docstring)."""
+    _LANES = lanes  # noqa: N806 (a constant of the TIR below)
+    ivec = f"int32x{lanes}"
     kp = nwin * _LANES
     nslots = nrb * nwin * spw * _LANES
     ntiles = -(-m // bt)
@@ -119,13 +133,13 @@ def _nm_kernel(m, n, k, nrb, nwin, spw, nbias, has_bias, activation, bt, paralle
                     base: T.let = (rb * nwin + w) * spw * _LANES
                     for s in T.unroll(spw):
                         wv: T.let = vals[T.ramp(base + s * _LANES, 1, _LANES)]
-                        iv: T.let = T.Cast("int32x8", idx[T.ramp(base + s * _LANES, 1, _LANES)])
+                        iv: T.let = T.Cast(ivec, idx[T.ramp(base + s * _LANES, 1, _LANES)])
                         for bb in T.unroll(bt):
                             if t * bt + bb < m:
                                 acc[T.ramp(bb * _LANES, 1, _LANES)] = acc[
                                     T.ramp(bb * _LANES, 1, _LANES)
                                 ] + wv * _permute(
-                                    xp[t * bt + bb, T.ramp(w * _LANES, 1, _LANES)], iv
+                                    xp[t * bt + bb, T.ramp(w * _LANES, 1, _LANES)], iv, lanes
                                 )
                 # Step 3. Epilogue: bias and activation, rows past n dropped.
                 for bb in range(bt):
@@ -166,7 +180,7 @@ def nm_linear(
 
     Knobs: ``batch_tile`` (samples whose sums stay in registers while a row block's values
     stream once; default the largest of 4, 2, 1 dividing ``m``), ``parallel`` (row blocks over
-    threads). ``target`` is accepted for symmetry with the other builders.
+    threads). ``target`` sets the vector width (``nm_lanes``: 16 on AVX-512, else 8).
     """
     check_activation(activation)
     weight = as_weight(weight, 2)
@@ -179,11 +193,14 @@ def nm_linear(
     bt = batch_tile or _default_batch_tile(m)
     if not 1 <= bt <= 8:
         raise ValueError(f"batch_tile must be in 1..8, got {bt}")
-    vals, idx, nrb, nwin, spw = pack_nm(nm)
-    func = _nm_kernel(m, n, k, nrb, nwin, spw, bias_arr.size, has_bias, activation, bt, parallel)
+    lanes = nm_lanes(target)
+    vals, idx, nrb, nwin, spw = pack_nm(nm, lanes)
+    func = _nm_kernel(
+        m, n, k, nrb, nwin, spw, bias_arr.size, has_bias, activation, bt, parallel, lanes
+    )
     info = linear_info(
         "nm", m, n, k, nm.nnz, nm.stored, vals.nbytes + idx.nbytes,
-        {"format": nm.stats(), "batch_tile": bt},
+        {"format": nm.stats(), "batch_tile": bt, "lanes": lanes},
     )  # fmt: skip
     return KernelCall(
         func=finish(func), name="nm_linear", consts=(vals, idx, bias_arr), out_shape=(m, n),

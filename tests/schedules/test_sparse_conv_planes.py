@@ -51,6 +51,17 @@ def test_matches_dense(case, with_bias):
     _check(x_shape, w, bias, ConvAttrs(strides, padding, dilation), activation)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+def test_expanded_planes_match_dense(case):
+    """One plane per tap (aligned runs): strides, dilation, padding and tails as above."""
+    x_shape, w_shape, density, strides, padding, dilation, activation = case
+    rng = np.random.default_rng(5)
+    w = sparse_weight(rng, w_shape, density)
+    call = _check(x_shape, w, None, ConvAttrs(strides, padding, dilation), activation,
+                  expanded=True)  # fmt: skip
+    assert call.info["expanded"] == (w_shape[2] > 1)
+
+
 @pytest.mark.parametrize(
     "knobs",
     [
@@ -98,12 +109,13 @@ def test_default_vectors_cover_small_outputs_without_waste():
     dilation=st.integers(1, 2),
     density=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
     lanes=st.sampled_from([4, 8, 16]),
+    expanded=st.booleans(),
 )
 def test_random_convs(batch, channels, out_channels, size, kernel, stride, pad, dilation,
-                      density, lanes):  # fmt: skip
+                      density, lanes, expanded):  # fmt: skip
     if size + 2 * pad < dilation * (kernel - 1) + 1:
         return
     rng = np.random.default_rng(size * 7 + channels)
     w = sparse_weight(rng, (out_channels, channels, kernel, kernel), density)
     conv = ConvAttrs((stride, stride), (pad,) * 4, (dilation, dilation))
-    _check((batch, channels, size, size), w, None, conv, "relu", lanes=lanes)
+    _check((batch, channels, size, size), w, None, conv, "relu", lanes=lanes, expanded=expanded)

@@ -11,7 +11,12 @@ from ...ir.layers import LayerSpec
 from ...target import num_cores, vector_lanes
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
-from ..sparse_conv_planes_x86 import _MAX_VECTORS, default_vectors, sparse_conv2d_planes
+from ..sparse_conv_planes_x86 import (
+    _MAX_VECTORS,
+    default_vectors,
+    expansion_helps,
+    sparse_conv2d_planes,
+)
 from .base import build_conv, conv_io_bytes
 from .cpu_sparse_conv import SparseConv2d
 from .knobs import parallel_choices, product, settings_for
@@ -45,7 +50,10 @@ class SparseConv2dPlanes(SparseConv2d):
         need = -(-positions // lanes)
         vectors = sorted({min(v, need) for v in (4, 6, 8, 12, 16, 24) if v <= _MAX_VECTORS[lanes]})
         par = parallel_choices(num_cores(target))
-        return settings_for(sparse_conv2d_planes, product(vectors=vectors, parallel=par))
+        kernel_hw, out_hw = layer.weight.shape[2:], layer.out_shape[2:]
+        expanded = [False, True] if expansion_helps(kernel_hw, out_hw) else [False]
+        space = product(vectors=vectors, parallel=par, expanded=expanded)
+        return settings_for(sparse_conv2d_planes, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
         return build_conv(sparse_conv2d_planes, layer, target, knobs)

@@ -18,6 +18,8 @@ import zipfile
 
 import numpy as np
 
+from .safe_text import terminal_text
+
 EXIT_USER_ERROR = 2
 
 
@@ -166,13 +168,27 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TerminalFormatter(logging.Formatter):
+    """Progress and warning lines quote model names: no escape sequence or control character
+    reaches the terminal. The record's arguments (where names come in) go through
+    ``safe_text.terminal_text``; each line of the message loses control characters too, while
+    the message's own line breaks (a timing table) stay."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                terminal_text(a, None) if isinstance(a, str) else a for a in record.args
+            )
+        text = super().format(record)
+        return "\n".join(terminal_text(line, None) for line in text.split("\n"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="tvm-sparse: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_TerminalFormatter("tvm-sparse: %(message)s"))
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     from .errors import TvmSparseError
     from .tune_cli import run_tune
 
@@ -187,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except TvmSparseError as err:
         if os.environ.get("TVM_SPARSE_DEBUG"):
             raise
-        print(f"tvm-sparse: error: {err}", file=sys.stderr)
+        print(f"tvm-sparse: error: {terminal_text(err, None)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("tvm-sparse: interrupted", file=sys.stderr)

@@ -62,7 +62,7 @@ def compile_tvm(
         pipeline = build_pipeline(tgt, sparsify_options, _records_dir(tuning_records))
         log.info("compiling %s for %s", imported.source, tgt)
         built, captured = _build(imported, tgt, pipeline, tuning_records, phases)
-    log.info("compiled in %.1f s\n%s", phases.total(), phases.table())
+    log.info("compiled in %.1f s\n" + phases.table().replace("%", "%%"), phases.total())
     report = dataclasses.replace(captured.report, model=model_name(imported))
     return CompiledModule(
         built.module,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from .safe_text import terminal_text
+
 
 def _short_name(name: str, width: int = 36) -> str:
     """Exporter names are paths (``/encoder/layer.0/attention/self/query/MatMul``): drop the op
@@ -111,7 +113,7 @@ class Report:
             chosen_ms = layer.measured_ms.get(layer.chosen, layer.estimated_ms.get(layer.chosen))
             rows.append(
                 (
-                    _short_name(layer.name),
+                    _short_name(terminal_text(layer.name, None)),
                     layer.op,
                     "x".join(str(d) for d in layer.weight_shape),
                     f"{layer.weight_density:.1%}",
@@ -127,11 +129,13 @@ class Report:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        title = f"tvm-sparse report: {self.model}" + (
+        # model-controlled text (file and layer names, notes quoting them) reaches a terminal:
+        # no escape sequence or control character gets through (safe_text)
+        title = f"tvm-sparse report: {terminal_text(self.model)}" + (
             f" (target {self.target})" if self.target else ""
         )
         out = [title, *lines]
-        out.extend(f"note: {n}" for n in self.notes)
+        out.extend(f"note: {terminal_text(n, None)}" for n in self.notes)
         return "\n".join(out)
 
     def __str__(self) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...safe_text import comment_text
 from .hw_model import HwLayer, split
 
 Values = dict[str, object]
@@ -23,7 +24,7 @@ def _stage(layer: HwLayer) -> Values:
     """What every config has: its name, the comment line, the data types, sizes and lanes."""
     return {
         "name": layer.name,
-        "source": layer.source,
+        "source": comment_text(layer.source),
         "op": layer.op,
         "engine": layer.engine,
         "in_shape": "x".join(map(str, layer.in_shape)),

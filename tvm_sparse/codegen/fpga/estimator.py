@@ -77,6 +77,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ...safe_text import terminal_text
 from .cycles import PHASE_DEPTH, stage_cycles
 from .hw_model import HwModel
 from .resources import STAGE_FF, STAGE_LUT, stage_resources
@@ -149,7 +150,7 @@ class Estimate:
             f"{'LUT':>9} {'FF':>9} {'BRAM36':>7} {'URAM':>5}"
         )
         lines = [
-            f"{self.model} [{self.variant}, {self.precision}] on {self.part} @ "
+            f"{terminal_text(self.model)} [{self.variant}, {self.precision}] on {self.part} @ "
             f"{self.clock_mhz:g} MHz",
             head,
             "-" * len(head),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...safe_text import comment_text
 from .engines import engine_of
 from .hw_model import HwLayer, HwModel
 
@@ -141,7 +142,7 @@ def stage_function(model: HwModel, layer: HwLayer) -> str:
     return render(
         "snippets/stage.cpp",
         {
-            "source": layer.source,
+            "source": comment_text(layer.source),
             "engine": layer.engine,
             "op": layer.op,
             "lanes": layer.lanes,
@@ -159,7 +160,7 @@ def weights_header(layer: HwLayer) -> str:
     return render(
         "snippets/weights.h",
         {
-            "source": layer.source,
+            "source": comment_text(layer.source),
             "description": _describe(layer),
             "guard": layer.name.upper(),
             "arrays": arrays,
@@ -201,7 +202,7 @@ def write_project(
     last = model.layers[-1]
     common = {
         "top": top,
-        "model": model.name,
+        "model": comment_text(model.name),
         "variant": model.variant,
         "precision": str(model.precision),
         "n_input": int(np.prod(model.input_shape)),

@@ -94,3 +94,36 @@ def test_gsc_super_sparse_csim_matches_cpu(tmp_path):
     result = project._csim
     np.testing.assert_allclose(result.output, project.tb_golden, rtol=1e-5, atol=1e-6)
     assert result.top1_agreement == 1.0
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_kwta_ranks_nan_and_inf_like_the_cpu_and_onnxruntime(tmp_path):
+    """NaN (either sign) ranks above +inf and takes a winner's place but is never kept; a row
+    whose k-th largest is NaN keeps nothing; infinities rank and are kept as values. The
+    testbench reads and compares NaN / Inf (a NaN matches only a NaN)."""
+    from ..conftest import ort_run
+
+    model = models.kwta_model((1, 64), 8)
+    x = np.random.default_rng(0).standard_normal((6, 64)).astype(np.float32)
+    x[0, [3, 9]] = np.nan
+    x[1, :10] = np.nan  # the k-th largest is NaN: nothing is kept
+    x[2, [1, 2]], x[2, 5] = np.inf, -np.inf
+    x[3, 4] = -np.nan  # a NaN with the sign bit set
+    x[4, :] = np.nan
+    x[4, :3] = 1.0
+    expected = np.concatenate([ort_run(model, x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_array_equal(golden_outputs(model, x), expected)
+    project = compile_fpga(model, "fpga", output_dir=tmp_path, tb_data=(x, expected))
+    assert project._csim.ok
+    np.testing.assert_array_equal(project._csim.output, expected)
+    assert np.isinf(expected[2]).any() and not expected[1].any()
+
+
+def test_compare_matches_nan_with_nan_only():
+    from tvm_sparse.codegen.fpga.csim import compare
+
+    golden = np.array([[1.0, np.nan, np.inf, -np.inf]], np.float32)
+    assert compare(golden.copy(), golden, 1e-5, 1e-5)[2] == 0
+    wrong = np.array([[1.0, 0.0, np.inf, np.inf]], np.float32)  # NaN lost, -inf flipped
+    assert compare(wrong, golden, 1e-5, 1e-5)[2] == 2
+    assert compare(np.array([[1.0, np.nan, np.nan, -np.inf]], np.float32), golden, 1, 1)[2] == 1

@@ -25,7 +25,7 @@ from ...errors import TvmSparseError
 from ...frontend import import_model, require_static
 from ...passes.canonicalize import canonicalize
 from .calibration import calibrate
-from .csim import CsimResult, run_csim
+from .csim import CsimResult, finite_scale, run_csim
 from .estimator import Estimate, comparison_table, estimate
 from .folding import auto_fold
 from .from_relax import build_hw_model
@@ -86,7 +86,7 @@ class FpgaProject:
             raise TvmSparseError("FpgaProject.write needs a directory")
         out = Path(out_dir) if out_dir is not None else self.output_dir
         est = self.estimate()
-        scale = float(np.max(np.abs(self.tb_golden))) or 1.0
+        scale = finite_scale(self.tb_golden)
         write_project(
             self.hw,
             out,

@@ -33,11 +33,14 @@ inline float to_float(float x) { return x; }
 template <int W, int I, ap_q_mode Q, ap_o_mode O, int N>
 inline float to_float(const ap_fixed<W, I, Q, O, N> &x) { return x.to_float(); }
 
-// Order-preserving unsigned key of a float (-0.0 counts as +0.0, as IEEE >= does).
+// Order-preserving unsigned key of a float (-0.0 counts as +0.0, as IEEE >= does). Every NaN,
+// whatever its sign, keys above +inf (as the CPU kernel and onnxruntime's TopK rank it).
+const uint32_t KEY_POS_INF = 0xFF800000u;
 inline uint32_t float_key(float x) {
     if (x == 0.0f) x = 0.0f;
     uint32_t bits;
     memcpy(&bits, &x, sizeof(bits));
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0x80000000u | (bits & 0x7FFFFFFFu);  // NaN
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
@@ -374,7 +377,9 @@ Finish:
 
 // --- k-winners-take-all -------------------------------------------------------------------------
 // Global per sample: keep x where rank >= the k-th largest rank (ties all win), rank = x or
-// x * boost. The k-th largest is found by a 4-pass radix select on 8-bit digits of the
+// x * boost. NaN ranks above everything, so it takes a winner's place, but a NaN is never kept
+// (a float compare with it is false), and when the k-th largest is NaN nothing is kept: the
+// CPU kernel's and onnxruntime's answer. The k-th largest is found by a 4-pass radix select on 8-bit digits of the
 // order-preserving float key: O(n) per pass, no sort.
 template <unsigned N, unsigned LANES>
 uint32_t kth_largest_key(const uint32_t (&key)[N], unsigned k) {
@@ -424,7 +429,8 @@ Select:
     for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS UNROLL factor = CONFIG_T::lanes
-        y[i] = key[i] >= kth ? x[i] : (typename CONFIG_T::in_t)0;
+        const bool kept = key[i] >= kth && key[i] <= KEY_POS_INF;  // NaN keys lie above +inf
+        y[i] = kept ? x[i] : (typename CONFIG_T::in_t)0;
     }
     write_all<CONFIG_T::lanes>(y, out);
 }

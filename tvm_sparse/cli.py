@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tuning-records", metavar="DIR", help="MetaSchedule database directory")
     c.add_argument("--dense", action="store_true", help="dense kernels only (baseline)")
     c.add_argument(
+        "--strict-nan",
+        action="store_true",
+        help="NaN / Inf inputs give what dense math gives (0 x NaN = NaN) instead of skipping "
+        "zero weights; keeps the sparse linear kernels, makes conv layers dense",
+    )
+    c.add_argument(
         "--measure",
         choices=("auto", "all", "none"),
         default="auto",
@@ -109,6 +115,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         input_shapes=args.input_shapes,
         sparse=not args.dense,
         measure={"auto": "auto", "all": True, "none": False}[args.measure],
+        strict_nan=args.strict_nan,
     )
     manifest = mod.export(args.output)
     if args.report:

@@ -44,7 +44,10 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     Options: ``sparse`` (default True; False compiles the dense baseline with the same dense
     kernels), ``measure`` ("auto" by default: time dense and the best sparse candidates of each
     layer on this machine, cached on disk; True: time every candidate; False: trust the cost
-    model).
+    model), ``strict_nan`` (default False: a kernel that skips zero weights makes
+    ``0 x NaN`` and ``0 x Inf`` contribute 0, where dense math gives NaN; True keeps dense math's
+    NaN / Inf results: linear layers keep their sparse kernels plus a check of each input row,
+    conv layers get dense kernels).
     """
     unknown = set(options) - OPTIONS - {"output_dir"}
     if unknown:

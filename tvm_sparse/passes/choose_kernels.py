@@ -15,11 +15,12 @@ import time
 
 import tvm
 
-from ..ir.layers import LayerSpec
+from ..ir.layers import LINEAR, LayerSpec
 from ..report import LayerReport, Report
 from ..schedules.choice import Choice, dropped_text
 from ..schedules.decision_reuse import reuse_timings
 from ..schedules.isolation import prestart
+from ..schedules.registry import find_family
 from ..schedules.tuning.lookup import choose_layer_tuned
 from .layer_plan import LayerPlan
 from .module_report import attach_report, read_report
@@ -28,6 +29,13 @@ log = logging.getLogger("tvm_sparse")
 
 
 _MAX_RECHOICES = 3  # a layer's candidates failing their compile check one after another
+
+
+def _strict_dense(layer: LayerSpec, options) -> bool:
+    """Under ``strict_nan`` only linear layers with static rows keep their weight-sparse
+    kernels (``nan_fixup`` restores dense NaN semantics after them); other layers get dense
+    kernels, which form ``0 * NaN`` as dense math does."""
+    return options.strict_nan and (layer.kind != LINEAR or layer.dynamic_rows)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.ChooseKernels")
@@ -69,8 +77,9 @@ class ChooseKernels:
         start = time.perf_counter()
         options = self.plan.options
         choice = choose_layer_tuned(
-            layer, self.target, sparse=options.sparse, measure=options.measure, defer_check=True
-        )
+            layer, self.target, sparse=options.sparse and not _strict_dense(layer, options),
+            measure=options.measure, defer_check=True,
+        )  # fmt: skip
         log.info(
             "[%d/%d] layer %s: %s (%s) in %.1f s",
             i + 1,
@@ -92,3 +101,10 @@ class ChooseKernels:
             report.notes.append(f"layer {layer.name}: {dropped_text(choice.dropped)}")
         if choice.kernel is not None:
             self.plan.kernels[layer.tail_var] = (layer, choice.kernel)
+            family = find_family(choice.chosen, layer, self.target)
+            if family is not None and family.skips_zeros:
+                if self.plan.options.strict_nan:
+                    self.plan.nan_fixup.add(layer.tail_var)
+                    row.reason += "; strict NaN: non-finite input rows get dense NaN semantics"
+                else:
+                    row.reason += "; skips zero weights (0 x NaN/Inf input adds 0)"

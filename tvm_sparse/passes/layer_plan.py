@@ -27,6 +27,9 @@ class SparsifyOptions:
     sparse: bool = True  # False: dense kernels only (the dense baseline)
     # "auto": time dense + the best sparse candidates here; True: time all; False: estimates only
     measure: bool | str = "auto"
+    # True: NaN / Inf activations give what dense math gives (a weight-sparse kernel skips
+    # 0 * NaN): linear layers get ``nan_fixup``, other layers dense kernels
+    strict_nan: bool = False
     layer_names: list = field(default_factory=list)  # (name, op) from the frontend, for the report
 
 
@@ -38,10 +41,13 @@ class LayerPlan:
     func: relax.Function | None = None  # the ``main`` analyzed: the plan's vars are its vars
     layers: list[LayerSpec] = field(default_factory=list)
     kernels: dict[relax.Var, tuple[LayerSpec, KernelCall]] = field(default_factory=dict)
+    # tail vars whose weight-sparse kernel gets the strict-NaN fix-up after it
+    nan_fixup: set = field(default_factory=set)
 
     def start(self, func: relax.Function, layers: list[LayerSpec]) -> None:
         """Begin the plan of ``func`` (AnalyzeLayers), forgetting any earlier one."""
         self.func, self.layers, self.kernels = func, layers, {}
+        self.nan_fixup = set()
 
     def check(self, mod: tvm.IRModule, stage: str) -> None:
         """Fail loudly when ``mod`` is not the module the plan was made for: a pass that changed

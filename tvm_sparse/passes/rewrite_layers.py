@@ -18,6 +18,7 @@ from ..ir.layers import LINEAR, LayerSpec
 from ..ir.relax_utils import constant, static_shape, through_reshape
 from ..ir.rewrite import PlannedRewriter
 from ..schedules.kernel import KernelCall, finish_opaque
+from ..schedules.nan_fixup_x86 import nan_fixup_kernel
 from .layer_plan import LayerPlan
 
 
@@ -29,9 +30,11 @@ def _scheduled(func: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
 
 @mutator
 class _LayerRewriter(PlannedRewriter):
-    def __init__(self, plan: dict[relax.Var, tuple[LayerSpec, KernelCall]], mod: tvm.IRModule):
+    def __init__(self, plan: dict[relax.Var, tuple[LayerSpec, KernelCall]], mod: tvm.IRModule,
+                 nan_fixup: set | None = None):  # fmt: skip
         super().__init__(plan, mod)
         self.tile_vars: set[relax.Var] = set()  # original vars now bound to tile-layout tensors
+        self.nan_fixup = nan_fixup or set()  # layers that get dense NaN semantics restored
 
     def _rows_of(self, x: relax.Expr, rows_shape: tuple[int, int]) -> relax.Expr:
         """``x`` as ``[rows, features]``. When ``x`` is itself a reshape of a tensor of that
@@ -63,6 +66,8 @@ class _LayerRewriter(PlannedRewriter):
         if flatten and x_rows:
             x = self._rows_of(x, (layer.rows, layer.x_shape[-1]))
         out = self._call(layer, kernel, x, kernel.out_shape)
+        if var in self.nan_fixup:
+            out = self._nan_fixup(layer, x, self.builder_.emit(out, "sparse_out"))
         if flatten and y_rows:
             out = relax.op.reshape(self.builder_.emit(out, "rows_out"), layer.out_shape)
         if not y_rows:
@@ -77,6 +82,14 @@ class _LayerRewriter(PlannedRewriter):
         gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
         args = [x] + [constant(c) for c in kernel.consts]
         return relax.call_tir(gvar, args, relax.TensorType(out_shape, kernel.out_dtype))
+
+    def _nan_fixup(self, layer: LayerSpec, x_rows: relax.Expr, y: relax.Expr) -> relax.Expr:
+        """``y`` with dense math's NaNs where a non-finite input met a skipped zero weight."""
+        fixup = nan_fixup_kernel(layer.rows, layer.weight)
+        name = f"nan_fixup_{layer.index}"
+        gvar = self.builder_.add_func(_scheduled(fixup.func, name), name)
+        args = [x_rows, *(constant(c) for c in fixup.consts), y]
+        return relax.call_tir(gvar, args, relax.TensorType(fixup.out_shape, "float32"))
 
     def _dynamic_replacement(self, layer: LayerSpec, kernel: KernelCall, x: relax.Expr
                              ) -> relax.Expr:  # fmt: skip
@@ -105,7 +118,7 @@ class RewriteLayers:
         self.plan.check(mod, "RewriteLayers")
         if not self.plan.kernels:
             return mod
-        rewriter = _LayerRewriter(self.plan.kernels, mod)
+        rewriter = _LayerRewriter(self.plan.kernels, mod, self.plan.nan_fixup)
         new_main = rewriter.visit_expr(mod["main"])
         rewriter.builder_.update_func(mod.get_global_var("main"), new_main)
         return relax.transform.DeadCodeElimination()(rewriter.builder_.get())

@@ -9,6 +9,7 @@ from tvm.script import tirx as T
 from ..target import resolve_target
 from ._epilogue import SQRT1_2 as _SQRT1_2
 from ._epilogue import check_activation as _check_activation
+from ._epilogue import epilogue
 from .kernel import KernelCall
 from .kernel import as_weight as _as_weight
 from .kernel import finish as _finish
@@ -45,12 +46,8 @@ def dense_linear(
         pre = te.compute((m, n), lambda i, j: mm[i, j] + b[j], name="bias_add")
     else:
         pre = mm
-    if activation == "relu":
-        out = te.compute((m, n), lambda i, j: te.max(pre[i, j], T.float32(0)), name="relu")
-    elif activation == "relu6":
-        out = te.compute(
-            (m, n), lambda i, j: te.min(te.max(pre[i, j], T.float32(0)), T.float32(6)), "relu6"
-        )
+    if activation in ("relu", "relu6"):  # selects keep NaN (max(NaN, 0) would be 0)
+        out = te.compute((m, n), lambda i, j: epilogue(pre[i, j], activation), name=activation)
     elif activation == "gelu":
         out = te.compute(
             (m, n),

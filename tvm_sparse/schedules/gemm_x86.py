@@ -52,13 +52,16 @@ def choose_tiling(rows: int, cols: int, num_cores: int = 1, lanes: int = 8) -> G
 
 
 def apply_activation(value: te.Tensor, activation: str | None):
-    """``act(value)`` as a TE expression (GELU in erf form, ReLU6 = min(max(v, 0), 6))."""
+    """``act(value)`` as a TE expression (GELU in erf form). ReLU and ReLU6 keep NaN, as
+    numpy, onnxruntime and ``_epilogue.epilogue`` do: selects, not ``max`` (LLVM's ``maxnum``
+    returns the number of a NaN / number pair, so ``max(NaN, 0)`` is 0)."""
     if activation is None:
         return value
+    zero, six = tirx.const(0.0, "float32"), tirx.const(6.0, "float32")
     if activation == "relu":
-        return te.max(value, tirx.const(0.0, "float32"))
+        return tirx.Select(value < zero, zero, value)
     if activation == "relu6":
-        return te.min(te.max(value, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
+        return tirx.Select(value < zero, zero, tirx.Select(value > six, six, value))
     if activation == "gelu":
         half = tirx.const(0.5, "float32")
         return value * (half + half * te.erf(value * tirx.const(1.0 / math.sqrt(2.0), "float32")))

@@ -88,6 +88,15 @@ def test_sequence_input_is_refused_by_name():
         import_model(model)
 
 
+def test_undefined_element_type_is_refused_by_name():
+    """A damaged model's input element type (99: no ONNX type) is a named error, not a
+    KeyError from onnx.helper (found by benchmarks/fuzz_models.py)."""
+    model = models.pruned_mlp(layers=1, hidden=8)
+    model.graph.input[0].type.tensor_type.elem_type = 99
+    with pytest.raises(UnsupportedModelError, match="'input' has element type 99"):
+        import_model(model)
+
+
 def test_shape_for_unknown_input_is_rejected():
     with pytest.raises(InputShapeError, match="unknown input"):
         import_model(models.pruned_mlp(layers=1, hidden=8, density=1.0), {"x": (1, 8)})

@@ -162,6 +162,21 @@ def _tensor_type_of(vi: onnx.ValueInfoProto, source: str) -> tuple[onnx.TypeProt
     )
 
 
+def _input_dtype(name: str, elem: int, source: str) -> str:
+    """The numpy dtype of an input's ONNX element type (float32 when unset); an element type
+    ONNX does not define (a damaged or hand-edited model) is refused by name."""
+    if not elem:
+        return "float32"
+    try:
+        return str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise UnsupportedModelError(
+            f"{source}: input {name!r} has element type {elem}, which is not an ONNX tensor type "
+            "tvm-sparse can feed",
+            node=name,
+        ) from err
+
+
 def onnx_input_specs(
     model: onnx.ModelProto, shapes: ShapeDict | None, source: str = "<model>"
 ) -> list[TensorSpec]:
@@ -174,8 +189,7 @@ def onnx_input_specs(
         if vi.name in initializers:
             continue
         tensor_type, optional = _tensor_type_of(vi, source)
-        elem = tensor_type.elem_type
-        dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))) if elem else "float32"
+        dtype = _input_dtype(vi.name, tensor_type.elem_type, source)
         if vi.name in shapes:
             given = shapes.pop(vi.name)
             dims = _dims_of(tensor_type)

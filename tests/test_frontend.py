@@ -97,6 +97,21 @@ def test_undefined_element_type_is_refused_by_name():
         import_model(model)
 
 
+def test_name_that_is_not_utf8_is_a_load_error(tmp_path):
+    """The ONNX checker raises UnicodeDecodeError when its message quotes a damaged name (an
+    unknown op type here); that is a named load error (found by benchmarks/fuzz_models.py)."""
+    from tvm_sparse.errors import ModelLoadError
+    from tvm_sparse.frontend import load_onnx
+
+    model = models.pruned_mlp(layers=1, hidden=8)
+    model.graph.node[0].op_type = "MARKERMARKER"
+    payload = model.SerializeToString().replace(b"MARKERMARKER", b"\x9e\x9eMARKERMARK")
+    path = tmp_path / "damaged.onnx"
+    path.write_bytes(payload)
+    with pytest.raises(ModelLoadError, match="damaged.onnx: invalid ONNX model"):
+        load_onnx(path)
+
+
 def test_shape_for_unknown_input_is_rejected():
     with pytest.raises(InputShapeError, match="unknown input"):
         import_model(models.pruned_mlp(layers=1, hidden=8, density=1.0), {"x": (1, 8)})

@@ -124,6 +124,11 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "invalid model"
         raise ModelLoadError(f"{path}: invalid ONNX model: {first}") from err
+    except Exception as err:  # noqa: BLE001 - the checker's own failures on damaged bytes
+        # (a name that is not UTF-8 makes it raise UnicodeDecodeError: found by fuzzing)
+        raise ModelLoadError(
+            f"{path}: invalid ONNX model ({type(err).__name__}: {str(err)[:120]})"
+        ) from err
     return model
 
 

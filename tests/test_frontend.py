@@ -112,6 +112,18 @@ def test_name_that_is_not_utf8_is_a_load_error(tmp_path):
         load_onnx(path)
 
 
+def test_frontend_error_detail_skips_the_ir_dump():
+    """TVM appends the IR it failed on after the failed check; the user gets the check."""
+    from tvm_sparse.frontend import _frontend_detail
+
+    err = ValueError(
+        "Traceback: ...\nValueError: Check failed: lanes > 0 is false\n# from tvm.script import"
+        "\n@I.ir_module\nclass Module:\n# Metadata omitted. Use show_meta=True"
+    )
+    assert _frontend_detail(err) == "ValueError: Check failed: lanes > 0 is false"
+    assert _frontend_detail(RuntimeError("")) == "RuntimeError"
+
+
 def test_shape_for_unknown_input_is_rejected():
     with pytest.raises(InputShapeError, match="unknown input"):
         import_model(models.pruned_mlp(layers=1, hidden=8, density=1.0), {"x": (1, 8)})

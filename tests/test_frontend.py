@@ -124,6 +124,15 @@ def test_frontend_error_detail_skips_the_ir_dump():
     assert _frontend_detail(RuntimeError("")) == "RuntimeError"
 
 
+@pytest.mark.parametrize("dim", [2**31, 2**40])
+def test_input_too_large_to_index_is_refused(dim):
+    """A damaged or hostile input shape is refused before anything is allocated for it."""
+    model = models.pruned_mlp(layers=1, hidden=8)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = dim
+    with pytest.raises(UnsupportedModelError, match="32-bit"):
+        import_model(model)
+
+
 def test_shape_for_unknown_input_is_rejected():
     with pytest.raises(InputShapeError, match="unknown input"):
         import_model(models.pruned_mlp(layers=1, hidden=8, density=1.0), {"x": (1, 8)})

@@ -167,6 +167,27 @@ def _tensor_type_of(vi: onnx.ValueInfoProto, source: str) -> tuple[onnx.TypeProt
     )
 
 
+# Elements a tensor may hold: TVM's kernels index with int32.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def _check_size(name: str, shape: tuple | None, source: str) -> None:
+    """Refuse an input shape no kernel can index (more than ``MAX_ELEMENTS``) before anything
+    is allocated for it. (Dims of 0 or less are read as symbolic by ``_dims_of``.)"""
+    if shape is None:
+        return
+    static = [d for d in shape if isinstance(d, int)]
+    elements = 1
+    for d in static:
+        elements *= d
+    if elements > MAX_ELEMENTS:
+        raise UnsupportedModelError(
+            f"{source}: input {name!r} of shape {list(shape)} holds {elements:,} elements; "
+            f"kernels index tensors with 32-bit integers (at most {MAX_ELEMENTS:,})",
+            node=name,
+        )
+
+
 def _input_dtype(name: str, elem: int, source: str) -> str:
     """The numpy dtype of an input's ONNX element type (float32 when unset); an element type
     ONNX does not define (a damaged or hand-edited model) is refused by name."""
@@ -206,6 +227,7 @@ def onnx_input_specs(
             shape: tuple[Dim, ...] | None = tuple(int(d) for d in given)
         else:
             shape = _dims_of(tensor_type)
+        _check_size(vi.name, shape, source)
         specs.append(TensorSpec(vi.name, shape, dtype, optional))
     if shapes:
         names = ", ".join(s.name for s in specs)

@@ -59,12 +59,12 @@ def _generated_files(root):
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
-def test_hostile_names_stay_out_of_the_fpga_project(tmp_path):
+@pytest.mark.parametrize("names", [HOSTILE[:5], HOSTILE[4:]], ids=["code", "paths-escapes"])
+def test_hostile_names_stay_out_of_the_fpga_project(tmp_path, names):
     """The names reach comments only as inert text; the project builds and its C simulation
     gives the numbers the same model with plain names gives."""
     from tvm_sparse.codegen.fpga import compile_fpga
 
-    names = HOSTILE[:5]
     hostile = _mlp(names)
     hostile.graph.name = f"graph\n{PAYLOAD}"
     path = tmp_path / "model\n#x */.onnx".replace("/", "")  # reaches defines.h
@@ -76,7 +76,8 @@ def test_hostile_names_stay_out_of_the_fpga_project(tmp_path):
     np.testing.assert_array_equal(project._csim.output, plain._csim.output)
     for f in _generated_files(tmp_path / "evil"):
         text = f.read_text(errors="replace")
-        assert "\x1b" not in text and "\x00" not in text, f
+        assert "\x1b" not in text and "\x00" not in text and "\u202e" not in text, f
+        assert "x" * 200 not in text, f  # the 10,000-character name is capped
         if f.name == "tvm_sparse_project.json":  # JSON escapes, and keeps the real names
             sources = [x["source"] for x in json.loads(text)["layers"]]
             assert set(sources) <= set(names)

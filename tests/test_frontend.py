@@ -114,7 +114,7 @@ def test_name_that_is_not_utf8_is_a_load_error(tmp_path):
 
 def test_frontend_error_detail_skips_the_ir_dump():
     """TVM appends the IR it failed on after the failed check; the user gets the check."""
-    from tvm_sparse.frontend import _frontend_detail
+    from tvm_sparse.errors import error_detail as _frontend_detail
 
     err = ValueError(
         "Traceback: ...\nValueError: Check failed: lanes > 0 is false\n# from tvm.script import"
@@ -188,3 +188,23 @@ def test_unsorted_topk_is_imported_sorted_without_touching_the_callers_model():
     imported = import_onnx(model)
     assert "topk" in imported.mod["main"].script()
     assert any(a.name == "sorted" and a.i == 0 for a in model.graph.node[0].attribute)
+
+
+def test_a_later_pass_tripping_on_a_damaged_model_is_a_named_error(tmp_path, capsys):
+    """A k-WTA whose k index became int8 imports, then trips constant folding: one error line
+    naming the model and the step, no traceback (found by benchmarks/fuzz_models.py)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tvm_sparse.cli import main
+
+    model = models.tiny_sparse_cnn()
+    for init in model.graph.initializer:
+        if init.name.endswith("kth_index"):
+            arr = numpy_helper.to_array(init).astype(np.int8)  # 596 wraps
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    path = tmp_path / "damaged.onnx"
+    onnx.save(model, str(path))
+    assert main(["analyze", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tvm-sparse: error: damaged.onnx: analysis failed")

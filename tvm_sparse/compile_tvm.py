@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from . import final_build
-from .errors import TvmSparseError
+from .errors import TvmSparseError, named_failures
 from .frontend import ImportedModel, import_model
 from .module import CompiledModule
 from .passes.module_report import capture_report
@@ -61,7 +61,8 @@ def compile_tvm(
         sparsify_options = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
         pipeline = build_pipeline(tgt, sparsify_options, _records_dir(tuning_records))
         log.info("compiling %s for %s", imported.source, tgt)
-        built, captured = _build(imported, tgt, pipeline, tuning_records, phases)
+        with named_failures(f"{model_name(imported)}: compile"):
+            built, captured = _build(imported, tgt, pipeline, tuning_records, phases)
     log.info("compiled in %.1f s\n" + phases.table().replace("%", "%%"), phases.total())
     report = dataclasses.replace(captured.report, model=model_name(imported))
     return CompiledModule(

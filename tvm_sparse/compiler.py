@@ -8,6 +8,7 @@ from typing import Any
 from .codegen.fpga.backend import FpgaProject, compile_fpga
 from .codegen.fpga.target import is_fpga_target
 from .compile_tvm import OPTIONS, compile_tvm, model_name
+from .errors import named_failures
 from .frontend import import_model
 from .module import CompiledModule
 from .passes.analyze_sparsity import analyze_function, layer_report
@@ -18,11 +19,12 @@ from .report import Report
 def analyze(model: Any, input_shapes: str | dict | None = None) -> Report:
     """The sparsity report of a model without compiling it."""
     imported = import_model(model, input_shapes)
-    mod = canonicalize(imported.mod)
-    rows = [
-        layer_report(layer, act)
-        for layer, act in analyze_function(mod["main"], imported.weighted_nodes)
-    ]
+    with named_failures(f"{model_name(imported)}: analysis"):
+        mod = canonicalize(imported.mod)
+        rows = [
+            layer_report(layer, act)
+            for layer, act in analyze_function(mod["main"], imported.weighted_nodes)
+        ]
     for row in rows:
         row.chosen, row.reason = "-", "analysis only"
     return Report(model_name(imported), "", rows)

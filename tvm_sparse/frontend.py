@@ -18,7 +18,7 @@ import onnx
 import tvm
 from tvm import relax
 
-from .errors import InputShapeError, ModelLoadError, UnsupportedModelError
+from .errors import InputShapeError, ModelLoadError, UnsupportedModelError, error_detail
 from .onnx_fixes import RunGuard, fix_model
 from .onnx_fold import fold_constants
 
@@ -357,20 +357,9 @@ def import_onnx(
             sanitize_input_names=True,  # Relax names only; the manifest keeps ONNX names
         )
     except Exception as err:
-        detail = _frontend_detail(err)
+        detail = error_detail(err)
         raise UnsupportedModelError(f"{source}: TVM's ONNX frontend failed: {detail}") from err
     return ImportedModel(mod, specs, source, _weighted_nodes(model), guards)
-
-
-def _frontend_detail(err: BaseException, limit: int = 240) -> str:
-    """The line of a frontend error that names the problem. TVM appends the IR it failed on
-    (script lines, ending in "# Metadata omitted ...") after the check that failed, so the last
-    line is often not it: the first line naming an error or a failed check is."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith(("#", "@", "class ", "def ", "R.", "T."))]
-    marked = [ln for ln in lines if "Error" in ln or "Check failed" in ln or "error:" in ln]
-    text = (marked or lines or [type(err).__name__])[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def import_relax(mod: tvm.IRModule, source: str = "<IRModule>") -> ImportedModel:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+from worker_pool import run_jobs, serve
 
 ENGINES = ("ort", "tvm", "sparse")
 STATUSES = ("ok", "wrong", "error", "crash", "timeout")
@@ -273,102 +273,20 @@ def run_case(case: Case, engine: str) -> Result:
 
 def _worker_main(conn) -> None:
     os.environ.setdefault("TVM_NUM_THREADS", "1")
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        case, engine = job
-        conn.send(run_case(case, engine))
+    serve(conn, lambda job: run_case(*job))
 
 
-class Worker:
-    """A process that runs one job at a time; replaced after a crash or a timeout."""
-
-    def __init__(self, ctx):
-        self._ctx = ctx
-        self._start()
-
-    def _start(self) -> None:
-        self.conn, child = self._ctx.Pipe()
-        self.proc = self._ctx.Process(target=_worker_main, args=(child,), daemon=True)
-        self.proc.start()
-        child.close()
-        self.job: tuple[Case, str] | None = None
-        self.started = 0.0
-
-    def submit(self, case: Case, engine: str) -> None:
-        self.job, self.started = (case, engine), time.perf_counter()
-        self.conn.send((case, engine))
-
-    def poll(self, timeout_s: float) -> Result | None:
-        """The finished job's result, a crash/timeout result, or None while it runs."""
-        assert self.job is not None
-        case, engine = self.job
-        elapsed = time.perf_counter() - self.started
-        try:
-            if self.conn.poll(0):
-                result = self.conn.recv()
-                self.job = None
-                return result
-        except (EOFError, OSError):
-            pass
-        if not self.proc.is_alive() or elapsed > timeout_s:
-            crashed = not self.proc.is_alive()
-            code = self.proc.exitcode
-            self.proc.kill()
-            self.proc.join()
-            self._start()
-            if crashed:
-                why = f"worker died (exit {code}{_signal_name(code)})"
-                return Result(case.name, engine, "crash", why, elapsed)
-            return Result(case.name, engine, "timeout", f"over {timeout_s:.0f} s", elapsed)
-        return None
-
-    def close(self) -> None:
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.proc.join(timeout=5)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-
-def _signal_name(code: int | None) -> str:
-    import signal
-
-    if code is not None and code < 0:
-        try:
-            return f", {signal.Signals(-code).name}"
-        except ValueError:
-            return ""
-    return ""
+def _failed(job: tuple[Case, str], kind: str, detail: str, seconds: float) -> Result:
+    case, engine = job
+    return Result(case.name, engine, kind, detail, seconds)
 
 
 def run_all(
     cases: list[Case], engines: tuple[str, ...], workers: int, timeout_s: float, progress=None
 ) -> list[Result]:
-    """Every (case, engine) through a pool of ``workers`` processes."""
-    ctx = mp.get_context("spawn")
+    """Every (case, engine) through a pool of ``workers`` processes (``worker_pool``)."""
     jobs = [(c, e) for c in cases for e in engines]
-    pool = [Worker(ctx) for _ in range(max(1, min(workers, len(jobs))))]
-    results: list[Result] = []
-    try:
-        while jobs or any(w.job for w in pool):
-            for worker in pool:
-                if worker.job is None and jobs:
-                    worker.submit(*jobs.pop(0))
-                if worker.job is not None:
-                    result = worker.poll(timeout_s)
-                    if result is not None:
-                        results.append(result)
-                        if progress:
-                            progress(result, len(results))
-            time.sleep(0.005)
-    finally:
-        for worker in pool:
-            worker.close()
-    return results
+    return run_jobs(jobs, _worker_main, (), workers, timeout_s, _failed, progress)
 
 
 # -- summary -----------------------------------------------------------------------------------

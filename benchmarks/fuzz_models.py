@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import io
 import json
-import multiprocessing as mp
 import os
 import random
 import sys
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
+from worker_pool import run_jobs, serve
 
 DISALLOWED = ("crash", "traceback", "timeout", "memory", "escaped-file", "wrong", "bad-error")
 
@@ -351,88 +351,20 @@ def _worker_main(conn, memory_mb: int) -> None:
 
     os.environ.setdefault("TVM_NUM_THREADS", "1")
     os.environ["TVM_SPARSE_ISOLATE"] = "0"  # one process per case already
-    soft = memory_mb << 20
-    resource.setrlimit(resource.RLIMIT_DATA, (soft, soft))
-    while True:
-        case = conn.recv()
-        if case is None:
-            return
-        conn.send(run_case(case))
+    budget = memory_mb << 20
+    resource.setrlimit(resource.RLIMIT_DATA, (budget, budget))
+    serve(conn, run_case)
 
 
-class Worker:
-    """A process running one case at a time; replaced after a crash, a timeout or over-use."""
-
-    def __init__(self, ctx, memory_mb: int):
-        self._ctx, self._memory_mb = ctx, memory_mb
-        self._start()
-
-    def _start(self) -> None:
-        self.conn, child = self._ctx.Pipe()
-        self.proc = self._ctx.Process(
-            target=_worker_main, args=(child, self._memory_mb), daemon=True
-        )
-        self.proc.start()
-        child.close()
-        self.case: Case | None = None
-        self.started = 0.0
-
-    def submit(self, case: Case) -> None:
-        self.case, self.started = case, time.perf_counter()
-        self.conn.send(case)
-
-    def poll(self, timeout_s: float) -> Outcome | None:
-        assert self.case is not None
-        case, elapsed = self.case, time.perf_counter() - self.started
-        try:
-            if self.conn.poll(0):
-                result = self.conn.recv()
-                self.case = None
-                return result
-        except (EOFError, OSError):
-            pass
-        if self.proc.is_alive() and elapsed <= timeout_s:
-            return None
-        code = self.proc.exitcode
-        self.proc.kill()
-        self.proc.join()
-        self._start()
-        if code is None:
-            return Outcome(case.name, case.command, case.mutation, "timeout",
-                           f"over {timeout_s:.0f} s", elapsed)  # fmt: skip
-        status = "memory" if code == 1 else "crash"  # RLIMIT_DATA: MemoryError kills the worker
-        return Outcome(case.name, case.command, case.mutation, status, f"exit {code}", elapsed)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.send(None)
-        self.proc.join(timeout=5)
-        if self.proc.is_alive():
-            self.proc.kill()
+def _failed(case: Case, kind: str, detail: str, seconds: float) -> Outcome:
+    return Outcome(case.name, case.command, case.mutation, kind, detail, seconds)
 
 
 def run_all(cases: list[Case], workers: int, timeout_s: float, memory_mb: int,
             progress=None) -> list[Outcome]:  # fmt: skip
-    ctx = mp.get_context("spawn")
-    todo = list(cases)
-    pool = [Worker(ctx, memory_mb) for _ in range(max(1, min(workers, len(todo))))]
-    results: list[Outcome] = []
-    try:
-        while todo or any(w.case for w in pool):
-            for worker in pool:
-                if worker.case is None and todo:
-                    worker.submit(todo.pop(0))
-                if worker.case is not None:
-                    result = worker.poll(timeout_s)
-                    if result is not None:
-                        results.append(result)
-                        if progress:
-                            progress(result, len(results))
-            time.sleep(0.005)
-    finally:
-        for worker in pool:
-            worker.close()
-    return results
+    """Every case through a pool of ``workers`` processes (``worker_pool``), each under a
+    ``memory_mb`` data budget."""
+    return run_jobs(cases, _worker_main, (memory_mb,), workers, timeout_s, _failed, progress)
 
 
 def summary(results: list[Outcome], seconds: float) -> str:

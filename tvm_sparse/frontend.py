@@ -8,6 +8,7 @@ our exceptions with the file, node and op named, before TVM gets a chance to fai
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -176,10 +177,7 @@ def _check_size(name: str, shape: tuple | None, source: str) -> None:
     is allocated for it. (Dims of 0 or less are read as symbolic by ``_dims_of``.)"""
     if shape is None:
         return
-    static = [d for d in shape if isinstance(d, int)]
-    elements = 1
-    for d in static:
-        elements *= d
+    elements = math.prod(d for d in shape if isinstance(d, int))
     if elements > MAX_ELEMENTS:
         raise UnsupportedModelError(
             f"{source}: input {name!r} of shape {list(shape)} holds {elements:,} elements; "

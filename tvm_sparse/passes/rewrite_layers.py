@@ -74,22 +74,20 @@ class _LayerRewriter(PlannedRewriter):
             self.tile_vars.add(var)
         return out
 
-    def _call(self, layer: LayerSpec, kernel: KernelCall, x: relax.Expr, out_shape
-              ) -> relax.Expr:  # fmt: skip
-        """``call_tir`` of the layer's kernel (added to the module under a unique name) on ``x``
-        and its constants, giving ``out_shape`` (static, or symbolic rows)."""
+    def _call(self, layer: LayerSpec, kernel: KernelCall, x: relax.Expr, out_shape,
+              after: tuple[relax.Expr, ...] = ()) -> relax.Expr:  # fmt: skip
+        """``call_tir`` of the layer's kernel (added to the module under a unique name) on ``x``,
+        its constants and the tensors ``after`` them, giving ``out_shape`` (static, or symbolic
+        rows)."""
         name = f"{kernel.name}_{layer.index}"
         gvar = self.builder_.add_func(_scheduled(kernel.func, name), name)
-        args = [x] + [constant(c) for c in kernel.consts]
+        args = [x, *(constant(c) for c in kernel.consts), *after]
         return relax.call_tir(gvar, args, relax.TensorType(out_shape, kernel.out_dtype))
 
     def _nan_fixup(self, layer: LayerSpec, x_rows: relax.Expr, y: relax.Expr) -> relax.Expr:
         """``y`` with dense math's NaNs where a non-finite input met a skipped zero weight."""
         fixup = nan_fixup_kernel(layer.rows, layer.weight)
-        name = f"nan_fixup_{layer.index}"
-        gvar = self.builder_.add_func(_scheduled(fixup.func, name), name)
-        args = [x_rows, *(constant(c) for c in fixup.consts), y]
-        return relax.call_tir(gvar, args, relax.TensorType(fixup.out_shape, "float32"))
+        return self._call(layer, fixup, x_rows, fixup.out_shape, after=(y,))
 
     def _dynamic_replacement(self, layer: LayerSpec, kernel: KernelCall, x: relax.Expr
                              ) -> relax.Expr:  # fmt: skip

@@ -120,11 +120,11 @@ def bracket_macro(spec: KwtaSpec):
     return bracket
 
 
-def _tail_and_keys_macro(spec: KwtaSpec, lanes: int):
+def _tail_and_keys_macro(spec: KwtaSpec):
     """Macro: both forms' end of step 3: the values past the last whole vector one by one, then
     the candidates' keys in place. NaN counts as above (``v > hi or isnan``: TIR simplifies
     ``not (v <= hi)`` to an ordered ``>``, which NaN fails)."""
-    nvec, ntail, ranked = spec.nvec, spec.ntail, spec.ranked
+    nvec, ntail, ranked, lanes = spec.nvec, spec.ntail, spec.ranked, spec.lanes
 
     @T.macro
     def tail_and_keys(xf, boost, b, cand, candf, state, lo, hi):
@@ -147,7 +147,7 @@ def count_and_compact_macro(spec: KwtaSpec):
         return _count_and_compact_avx512(spec)
     n, nvec = spec.n, spec.nvec
     ranked_vec = spec.ranked_vec
-    tail_and_keys = _tail_and_keys_macro(spec, LANES)
+    tail_and_keys = _tail_and_keys_macro(spec)
 
     @T.macro
     def count_and_compact(xf, boost, rank, b, cand, state, bounds):
@@ -195,8 +195,8 @@ def _count_and_compact_avx512(spec: KwtaSpec):
     ``popcnt`` (LLVM's form of the sum of a zero-extended mask)."""
     n, nvec = spec.n, spec.nvec
     ranked_vec = spec.ranked_vec
-    lanes = 16
-    tail_and_keys = _tail_and_keys_macro(spec, lanes)
+    lanes = spec.lanes  # 16
+    tail_and_keys = _tail_and_keys_macro(spec)
 
     def inside(v, lo, hi):
         return T.And(v >= bcast(lo, lanes), v <= bcast(hi, lanes))  # ordered: NaN is not inside

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from ..target import cpu_isa, has_cpu_features
+from ..target import cpu_isa
 from .scatter_tables import ScatterTables
 
 _BYTE_LSBS = 0x0101010101010101  # pdep: mask bit i -> byte i
@@ -44,12 +44,15 @@ COMPACT_SPARE = 16
 
 def scatter_simd(target) -> bool:
     """AVX2 + BMI2 (the vector compaction and scatter); False for no or an unknown target."""
-    return target is not None and has_cpu_features(target, "avx2", "bmi2")
+    if target is None:
+        return False
+    isa = cpu_isa(target)
+    return isa.avx2 and isa.bmi2
 
 
 def compact_compress(target) -> bool:
     """Whether the compaction takes its AVX-512 form (``vpcompressd``, 16 inputs a step)."""
-    return target is not None and cpu_isa(target).compress
+    return cpu_isa(target).compress  # None: the AVX2 form
 
 
 def _active16(xf, at):

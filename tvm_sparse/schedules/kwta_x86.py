@@ -54,7 +54,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from ..target import cpu_isa, has_cpu_features
+from ..target import cpu_isa
 from ._kwta_bracket import bracket_macro, count_and_compact_macro
 from ._kwta_keys import (
     LANES,
@@ -198,7 +198,7 @@ def _check_sizes(batch: int, n: int, k: int) -> None:
 
 def _simd(target) -> bool:
     """AVX2 (the sampled bracket's compares and lane permutes); ``None`` means this host."""
-    return has_cpu_features("llvm" if target is None else target, "avx2")
+    return cpu_isa("llvm" if target is None else target).avx2
 
 
 def _sample_stride(n: int, stride: int | None, simd: bool) -> int:
@@ -248,7 +248,7 @@ def _build(batch: int, n: int, k: int, boost, digits, x_shape, pool: Pool | None
         raise ValueError(f"input shape {x_shape} does not hold {batch} rows of {n} values")
     stride = _sample_stride(n, sample_stride, _simd(target))
     # 16 lanes and vcompressps on AVX-512; None (this host) keeps the AVX2 form, as before
-    lanes = 16 if target is not None and cpu_isa(target).compress else LANES
+    lanes = 16 if cpu_isa(target).compress else LANES
     block = 1
     # k travels as data, not baked in: one kernel per (batch, n) serves every k, and a second
     # input keeps RewriteDataflowReshape from probing a one-input call_tir for a reshape (its

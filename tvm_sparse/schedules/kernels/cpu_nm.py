@@ -25,7 +25,7 @@ from tvm.script import tirx as T
 from ...formats.nm import NM
 from ...formats.patterns import NM_TIGHT_FILL
 from ...ir.layers import LayerSpec
-from ...target import cpu_isa, has_cpu_features, num_cores
+from ...target import cpu_isa, num_cores
 from .._epilogue import bias_const, check_activation
 from .._epilogue import epilogue as _epilogue
 from ..cost_model import MachineModel
@@ -62,7 +62,7 @@ def nm_pattern(weight: np.ndarray) -> tuple[int, int] | None:
 
 def nm_lanes(target) -> int:
     """The kernel's vector width: 16 on AVX-512, else 8 (AVX2's ``vpermps``)."""
-    return 16 if target is not None and cpu_isa(target).avx512 else 8
+    return 16 if cpu_isa(target).avx512 else 8  # None: AVX2
 
 
 def pack_nm(nm: NM, lanes: int = 8) -> tuple[np.ndarray, np.ndarray, int, int, int]:
@@ -212,7 +212,7 @@ class NMLinear(CpuKernel):
     name = "nm"
 
     def applies(self, layer: LayerSpec, target: tvm.target.Target) -> bool:
-        return super().applies(layer, target) and has_cpu_features(target, "avx2")
+        return super().applies(layer, target) and cpu_isa(target).avx2
 
     def fits(self, layer: LayerSpec) -> bool:
         pattern = nm_pattern(layer.weight)

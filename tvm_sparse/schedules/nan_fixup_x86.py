@@ -15,16 +15,15 @@ from __future__ import annotations
 import numpy as np
 from tvm.script import tirx as T
 
+from ..formats.csr import CSR
 from .kernel import KernelCall, finish
 
 
 def column_pattern(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(colptr[K + 1], rows[nnz])``: for input ``k``, the outputs whose weight is non-zero."""
-    nonzero = np.asarray(weight) != 0
-    cols, rows = np.nonzero(nonzero.T)  # sorted by column, then row
-    colptr = np.zeros(nonzero.shape[1] + 1, np.int32)
-    np.add.at(colptr, cols + 1, 1)
-    return np.cumsum(colptr, dtype=np.int32), rows.astype(np.int32)
+    """``(colptr[K + 1], rows[nnz])``: for input ``k``, the outputs whose weight is non-zero
+    (the weight's CSC pattern: the CSR of its transpose)."""
+    csc = CSR.from_dense(np.asarray(weight).T)
+    return csc.indptr.astype(np.int32), csc.indices.astype(np.int32)
 
 
 def nan_fixup_kernel(m: int, weight: np.ndarray) -> KernelCall:

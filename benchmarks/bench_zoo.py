@@ -53,10 +53,10 @@ os.environ["TVM_NUM_THREADS"] = str(ARGS.threads)  # before tvm is imported
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import RUNTIME_COLUMNS, compare_runtimes  # noqa: E402
-from machine_probe import cpuinfo  # noqa: E402
 from peers import print_table  # noqa: E402
 
 from tvm_sparse import zoo  # noqa: E402
+from tvm_sparse.machine import cpuinfo  # noqa: E402
 from tvm_sparse.target import host_cpu  # noqa: E402
 
 COLUMNS = [

@@ -32,31 +32,12 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from tvm_sparse.machine import cpu_model
 from tvm_sparse.target import cpu_isa, resolve_target
 
 _CHAINS = 12  # independent accumulators: > latency x pipes (8), < the 16 ymm registers
 _PEAK_STEPS = 2_000_000
 _STREAM_BYTES = 512 << 20
-
-
-def cpuinfo() -> dict[str, str]:
-    """The first value of every key of ``/proc/cpuinfo`` (empty where there is none)."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return info
-
-
-def cpu_model() -> str:
-    """``/proc/cpuinfo``'s model name, with family / model numbers where the name is vague."""
-    info = cpuinfo()
-    name = info.get("model name", "unknown CPU")
-    return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
 
 
 def _compile(func: tvm.tirx.PrimFunc, target) -> tvm.runtime.Module:

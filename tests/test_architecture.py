@@ -19,7 +19,7 @@ PACKAGE = Path(tvm_sparse.__file__).parent
 
 # Layers from the bottom up: a module may import its own layer and the ones listed before it.
 LAYERS = [
-    ("formats", "errors", "safe_text", "timing", "target", "report", "phases"),
+    ("formats", "errors", "safe_text", "timing", "target", "machine", "report", "phases"),
     ("ir",),
     ("schedules",),
     ("passes",),

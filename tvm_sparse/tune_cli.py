@@ -2,8 +2,10 @@
 
     tvm-sparse tune MODEL --target T --trials N -o RECORDS_DIR
                     [--rpc-tracker HOST:PORT --rpc-key KEY] [--input-shapes ...]
+                    [--no-model-check] [--check-rounds R]
 
-Then ``tvm-sparse compile MODEL --tuning-records RECORDS_DIR`` applies what it found.
+Then ``tvm-sparse compile MODEL --tuning-records RECORDS_DIR`` applies what it found, unless the
+end-to-end check at the end of the tune found the model no faster with it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
         "--no-metaschedule", action="store_true", help="skip the leftover (non-kernel) functions"
     )
     t.add_argument(
+        "--no-model-check",
+        action="store_true",
+        help="skip the end-to-end check (the model timed with and without the records)",
+    )
+    t.add_argument(
+        "--check-rounds",
+        type=int,
+        default=12,
+        help="rounds of the end-to-end check, the two models taking turns (default 12)",
+    )
+    t.add_argument(
         "--input-shapes",
         metavar="NAME:DxD,...",
         help="static input shapes, e.g. input:1x1x32x32 (needed for dynamic models)",
@@ -48,6 +61,8 @@ def run_tune(args: argparse.Namespace) -> int:
 
     if args.trials < 1:
         raise TvmSparseError(f"--trials must be >= 1, got {args.trials}")
+    if args.check_rounds < 1:
+        raise TvmSparseError(f"--check-rounds must be >= 1, got {args.check_rounds}")
     summary = tune(
         args.model,
         args.target,
@@ -58,6 +73,8 @@ def run_tune(args: argparse.Namespace) -> int:
         rpc_key=args.rpc_key,
         candidates=args.candidates,
         metaschedule=not args.no_metaschedule,
+        check_model=not args.no_model_check,
+        check_rounds=args.check_rounds,
     )
     print(summary.table())
     return 0

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import tvm
 
 from .errors import TvmSparseError
@@ -36,10 +38,12 @@ from .schedules.tuning.metaschedule import (
     in_process_builder,
     tune_ms_task,
 )
+from .schedules.tuning.model_check import ModelCheck, forget_check, model_fingerprint, write_check
 from .schedules.tuning.records import MS_TASKS, KernelRecords, _read_json, open_database
 from .schedules.tuning.results import TaskResult, TuneSummary, _result_line
 from .schedules.tuning.search import KernelSearch
-from .target import resolve_target
+from .target import device_present, resolve_target
+from .timing import take_turns
 
 
 @dataclasses.dataclass
@@ -87,6 +91,8 @@ def tune(
     progress: Callable[[str], None] | None = print,
     candidates: str = "all",
     metaschedule: bool = True,
+    check_model: bool = True,
+    check_rounds: int = 12,
 ) -> TuneSummary:
     """Tune every kernel of ``model`` and write the records to ``records_dir``.
 
@@ -94,7 +100,11 @@ def tune(
     candidate kernel of every layer (the tuned times then decide dense vs sparse per layer at
     compile), "chosen" only the kernel compile picks by estimate. ``metaschedule=False`` skips
     the leftovers. With ``rpc_tracker="HOST:PORT"`` and ``rpc_key`` every measurement runs on
-    the device the tracker hands out; building stays here.
+    the device the tracker hands out; building stays here. ``check_model``: end with the
+    end-to-end check (``schedules.tuning.model_check``): the model compiled without and with the
+    records, timed in ``check_rounds`` turns; records that do not make it faster are not applied
+    to it by compile (the summary says so). It runs where the model can run: on this machine,
+    not through RPC.
     """
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
@@ -105,6 +115,11 @@ def tune(
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     tgt = resolve_target(target)
+    if rpc_tracker is None and not device_present(tgt):
+        raise TvmSparseError(
+            f"tuning for {tgt.kind.name} times kernels on a {tgt.kind.name} device and this "
+            "machine has none: give --rpc-tracker and --rpc-key of a machine that has one"
+        )
     records_dir = os.fspath(records_dir)
     os.makedirs(records_dir, exist_ok=True)
     imported = import_model(model, input_shapes)
@@ -140,7 +155,7 @@ def tune(
             results.append(search.result())
             say(_result_line(search.label, results[-1]))
         state = _read_json(os.path.join(records_dir, MS_TASKS))
-        tools = (in_process_builder(), _ms_runner(rpc_tracker, rpc_key)) if ms_tasks else ()
+        tools = (in_process_builder(), _ms_runner(rpc_tracker, rpc_key, tgt)) if ms_tasks else ()
         for j, task in enumerate(ms_tasks, len(kernel_tasks) + 1):
             label = f"[{j}/{total}] {task.task_name}"
             res = tune_ms_task(task, tgt, records_dir, db, state, measurer, trials, tools, say)
@@ -149,6 +164,88 @@ def tune(
     finally:
         measurer.close()
     summary = TuneSummary(records_dir, str(tgt), results, time.perf_counter() - start)
+    if not check_model:
+        summary.model_check_note = "not checked (check_model=False)"
+    elif rpc_tracker:
+        summary.model_check_note = "not checked: the model runs on the RPC device, not here"
+    elif not device_present(tgt):
+        summary.model_check_note = f"not checked: no {tgt.kind.name} device here"
+    else:
+        summary.model_check = check_tuned_model(
+            model, input_shapes, imported, tgt, records_dir, measurer.machine, check_rounds, say
+        )
+    summary.wall_s = time.perf_counter() - start
     say(f"done: {len(results)} tasks, reused {summary.reused} tasks, {summary.trials} new trials "
         f"in {summary.wall_s:.1f} s")  # fmt: skip
     return summary
+
+
+def check_tuned_model(
+    model: Any,
+    input_shapes: str | dict | None,
+    imported,
+    tgt: tvm.target.Target,
+    records_dir: str,
+    machine: str,
+    rounds: int,
+    say: Callable[[str], None],
+) -> ModelCheck:
+    """Compile the model without and with the records, time both in turns, and record the
+    verdict compile reads (``model_check``): kept when the median over rounds of untuned /
+    tuned time is above 1 and both give the same answers."""
+    from .compile_tvm import compile_tvm
+
+    fingerprint = model_fingerprint(imported.mod, tgt, machine)
+    forget_check(records_dir, fingerprint)  # an earlier verdict must not hide the new records
+    say("whole model: compiling it without and with the records, then timing both in turns")
+    untuned = compile_tvm(model, tgt, input_shapes=input_shapes)
+    tuned = compile_tvm(model, tgt, input_shapes=input_shapes, tuning_records=records_dir)
+    inputs = untuned.random_inputs(0)
+    same = _same_outputs(untuned.run(*inputs), tuned.run(*inputs))
+    samples = take_turns({"untuned": _model_timer(untuned, inputs),
+                          "tuned": _model_timer(tuned, inputs)}, rounds)  # fmt: skip
+    speedup = statistics.median(u / t for u, t in zip(samples["untuned"], samples["tuned"]))
+    check = ModelCheck(
+        untuned_ms=statistics.median(samples["untuned"]) * 1e3,
+        tuned_ms=statistics.median(samples["tuned"]) * 1e3,
+        speedup=speedup,
+        rounds=rounds,
+        machine=machine,
+        kept=same and speedup > 1.0,
+    )
+    write_check(records_dir, fingerprint, check)
+    if not same:
+        say("whole model: the tuned model's outputs differ from the untuned one's")
+    say(check.line())
+    return check
+
+
+def _same_outputs(a, b) -> bool:
+    outs_a = a if isinstance(a, tuple) else (a,)
+    outs_b = b if isinstance(b, tuple) else (b,)
+    return all(
+        np.allclose(x, y, rtol=1e-3, atol=1e-3 * max(float(np.abs(x).max(initial=0)), 1e-6),
+                    equal_nan=True)
+        for x, y in zip(outs_a, outs_b)
+    )  # fmt: skip
+
+
+def _model_timer(module, inputs: list[np.ndarray], sample_s: float = 0.05) -> Callable[[], float]:
+    """A timer of whole runs (seconds per run, averaged over enough runs for ``sample_s``)."""
+    run = module._main
+    args = [tvm.runtime.tensor(a, module.device) for a in inputs]
+    run(*args)
+    module.device.sync()
+    start = time.perf_counter()
+    run(*args)
+    module.device.sync()
+    count = max(1, int(sample_s / max(time.perf_counter() - start, 1e-6)))
+
+    def sample() -> float:
+        begin = time.perf_counter()
+        for _ in range(count):
+            run(*args)
+        module.device.sync()
+        return (time.perf_counter() - begin) / count
+
+    return sample

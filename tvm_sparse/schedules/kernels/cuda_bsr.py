@@ -14,6 +14,7 @@ from ..kernel import KernelCall
 from .base import CudaKernel, build_linear, index_bytes
 from .blocks import BLOCK_RATE_GAIN, BlockShape
 from .cuda_dense import linear_io_bytes
+from .knobs import cuda_panel_space, settings_for
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class CudaBsrLinear(BlockShape, CudaKernel):
         return gpu_seconds(
             moved, GATHER_EFFICIENCY * BLOCK_RATE_GAIN, flops=flops, gflops=BSR_GFLOPS
         )
+
+    def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
+        return settings_for(sparse_cuda.bsr_linear, cuda_panel_space(layer.rows, self.cols))
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
         return build_linear(sparse_cuda.bsr_linear, layer, target, knobs, (self.rows, self.cols))

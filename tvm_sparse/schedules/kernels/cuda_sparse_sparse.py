@@ -12,6 +12,7 @@ from ..cost_model import MachineModel
 from ..gpu_cost_model import SCATTER_EFFICIENCY, gpu_seconds
 from ..kernel import KernelCall
 from .base import CudaKernel, build_linear
+from .knobs import cuda_sparse_sparse_space, settings_for
 
 # Above this input density the atomics cost more than the skipped inputs save.
 MAX_INPUT_DENSITY = 0.5
@@ -31,6 +32,9 @@ class CudaSparseSparseLinear(CudaKernel):
         per_input = (stats["n_groups"] * k + stats["residual_nnz"]) / max(k, 1)
         moved = m * k * layer.input_density * per_input * 6 + 4 * m * (k + 2 * n)
         return gpu_seconds(moved, SCATTER_EFFICIENCY, launches=3)
+
+    def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
+        return settings_for(sparse_cuda.sparse_sparse_linear, cuda_sparse_sparse_space())
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:
         return build_linear(sparse_cuda.sparse_sparse_linear, layer, target, knobs)

@@ -42,6 +42,48 @@ def panel_space(m: int, cores: int, block_cols: int) -> list[dict]:
     return small + [{**p, "parallel": q} for p in panel for q in par]
 
 
+# the CUDA panel kernel's shared-memory budget per block (sparse_cuda._block_linear's check)
+_CUDA_SHARED_BYTES = 48 * 1024
+
+
+def _pow2_at_least(value: int, cap: int = 32) -> int:
+    p = 1
+    while p < value and p < cap:
+        p *= 2
+    return p
+
+
+def cuda_panel_space(m: int, block_cols: int) -> list[dict]:
+    """CUDA CSR / BSR: the warp-per-row kernel up to ``warp_batch`` rows, else shared-memory
+    panel tiles of ``batch_tile`` samples x ``panel_cols`` columns; ``warps`` per block. Only
+    settings whose panel fits the shared memory (the builder refuses the others)."""
+    out = []
+    batches = [1, 4, 8]
+    # every warp_batch >= m picks the warp kernel: keep the first of them only
+    batches = [b for b in batches if b < m] + [b for b in batches if b >= m][:1]
+    for setting in product(
+        warp_batch=batches, warps=[2, 4, 8], batch_tile=[None, 4, 8, 16, 32],
+        panel_cols=[None, 256, 512, 1024],
+    ):  # fmt: skip
+        tile = setting["batch_tile"] or _pow2_at_least(m)
+        cols = setting["panel_cols"]
+        if cols is not None and (cols < block_cols or cols * (tile + 1) * 4 > _CUDA_SHARED_BYTES):
+            continue
+        if m <= setting["warp_batch"] and (setting["batch_tile"] or setting["panel_cols"]):
+            continue  # the warp kernel ignores the panel knobs: the same kernel again
+        out.append(setting)
+    return out
+
+
+def cuda_sparse_sparse_space() -> list[dict]:
+    """CUDA sparse-sparse: packing budget, threads per block, inputs per block, and where the
+    accumulators live (shared memory when they fit, or global)."""
+    return product(
+        max_groups=[None, 4, 8, 16], threads=[128, 256, 512], chunk=[256, 512, 1024],
+        shared_acc=[None, False],
+    )  # fmt: skip
+
+
 def settings_for(builder: Callable, space: list[dict]) -> list[dict]:
     """``{}`` then ``space``, each setting cut to the knobs ``builder`` takes, without repeats:
     a builder that loses a knob narrows the space instead of breaking the tuner."""

@@ -18,6 +18,10 @@ kernel searches round-robin, then tunes the MetaSchedule tasks one by one, and r
 Re-running ``tune`` on the same model finds the records and measures nothing again. With more
 trials than before, a task continues where it stopped.
 
+``tune`` ends with an end-to-end check (:mod:`.model_check`): the compiled model timed with and
+without the new records, in turns; records that do not make the model faster are not applied
+to it. Records are keyed by the machine they were measured on (``tvm_sparse.machine``).
+
 At compile time, :func:`use_records` makes a records directory active and
 :func:`tuned_choice` answers, per layer, which candidate won and builds it with its best knobs
 (:mod:`.lookup`).
@@ -27,15 +31,25 @@ from ..measure_input import layer_input
 from .lookup import choose_layer_tuned, tuned_choice, tuned_kernel
 from .measure import LocalMeasurer, RPCMeasurer, measure_kernel
 from .metaschedule import default_schedule, extract_ms_tasks, in_process_builder, tune_ms_task
+from .model_check import (
+    MODEL_CHECKS,
+    ModelCheck,
+    forget_check,
+    model_fingerprint,
+    read_check,
+    write_check,
+)
 from .records import (
     KERNEL_RECORDS,
     MS_TASKS,
     KernelRecords,
     Records,
     best_knobs,
+    foreign_records_message,
     kernel_key,
     load_records,
     open_database,
+    records_machine,
     use_records,
 )
 from .results import TaskResult, TuneSummary
@@ -44,8 +58,10 @@ from .space import build_candidate, knob_space
 
 __all__ = [
     "KERNEL_RECORDS",
+    "MODEL_CHECKS",
     "MS_TASKS",
     "KernelRecords",
+    "ModelCheck",
     "KernelSearch",
     "LocalMeasurer",
     "RPCMeasurer",
@@ -57,15 +73,21 @@ __all__ = [
     "choose_layer_tuned",
     "default_schedule",
     "extract_ms_tasks",
+    "foreign_records_message",
+    "forget_check",
     "in_process_builder",
     "kernel_key",
     "knob_space",
     "layer_input",
     "load_records",
     "measure_kernel",
+    "model_fingerprint",
     "open_database",
+    "read_check",
+    "records_machine",
     "tune_ms_task",
     "tuned_choice",
     "tuned_kernel",
     "use_records",
+    "write_check",
 ]

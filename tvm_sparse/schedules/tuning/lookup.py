@@ -31,7 +31,7 @@ def tuned_choice(layer: LayerSpec, target: tvm.target.Target, candidates: list) 
         return None
     times = {}
     for cand in candidates:
-        seconds = records.best_seconds(kernel_key(cand.name, layer, target))
+        seconds = records.best_seconds(kernel_key(cand.name, layer, target, records.machine))
         if seconds is None:
             return None
         times[cand.name] = seconds
@@ -51,7 +51,7 @@ def tuned_kernel(candidate: str, layer: LayerSpec, target: tvm.target.Target) ->
     records = _ACTIVE.get()
     if records is None or find_family(candidate, layer, target) is None:
         return None
-    knobs = records.best_knobs(kernel_key(candidate, layer, target))
+    knobs = records.best_knobs(kernel_key(candidate, layer, target, records.machine))
     if knobs is None:
         return None
     return build_candidate(candidate, layer, target, knobs)

@@ -1,8 +1,11 @@
-"""Timing a built kernel: in this process on this CPU, or on a device an RPC tracker hands out.
+"""Timing a built kernel: in this process, or on a device an RPC tracker hands out.
 
 Building always happens here; only loading and running move to the device with
 :class:`RPCMeasurer`. Both return (seconds, output), so the search can check every setting's
-output against the hand schedule's.
+output against the hand schedule's. They time a kernel the way compile's per-layer choice does
+(``candidate_run.TIMER_SETTINGS``): on a CPU each call with its weights and output flushed from
+the caches, as in a model, so a tuned knob is judged as the choice and the model will judge it.
+The device is the target's: the CPU, or GPU 0 for a CUDA target (here or remote).
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from typing import Any
 import numpy as np
 import tvm
 
-from ..kernel import KernelCall
+from ...machine import machine_id, rpc_machine_id
+from ...target import is_cpu
+from ..candidate_run import GPU_TIMER_SETTINGS, TIMER_SETTINGS
+from ..kernel import KernelCall, kernel_device
 
 
 class LocalMeasurer:
@@ -22,13 +28,14 @@ class LocalMeasurer:
 
     where = "local"
 
-    def __init__(self, target: tvm.target.Target, repeat: int = 3, min_repeat_ms: int = 30):
+    def __init__(self, target: tvm.target.Target, settings: dict | None = None):
         self.target = target
-        self.repeat = repeat
-        self.min_repeat_ms = min_repeat_ms
+        cpu = is_cpu(target)
+        self.settings = dict(settings or (TIMER_SETTINGS if cpu else GPU_TIMER_SETTINGS))
+        self.machine = machine_id(target)  # what the records of its measurements are keyed by
 
     def _load(self, executable) -> tuple[Any, Any]:
-        return executable.jit(), tvm.cpu()
+        return executable.jit(), kernel_device(self.target)
 
     def run(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1):
         """Build ``mod`` (its ``main``), time it on ``args`` and return (seconds, output)."""
@@ -37,8 +44,10 @@ class LocalMeasurer:
         tensors = [tvm.runtime.tensor(a, dev) for a in args]
         lib["main"](*tensors)
         out = tensors[out_index].numpy()
+        settings = dict(self.settings)
+        cold = settings.pop("cold_weights", False) and is_cpu(self.target)
         timer = lib.time_evaluator(
-            "main", dev, number=1, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms
+            "main", dev, f_preproc="cache_flush_cpu_non_first_arg" if cold else "", **settings
         )
         return float(np.median(timer(*tensors).results)), out
 
@@ -59,6 +68,7 @@ class RPCMeasurer(LocalMeasurer):
 
         self.host, self.port = _split_tracker(tracker)
         self.key = key
+        self.machine = rpc_machine_id(key, target)
         self._session = None
         self.tmp = tempfile.TemporaryDirectory(prefix="tvm_sparse_rpc_")
         self.count = 0
@@ -86,7 +96,8 @@ class RPCMeasurer(LocalMeasurer):
         path = os.path.join(self.tmp.name, name)
         executable.export_library(path)
         self.session.upload(path)
-        return self.session.load_module(name), self.session.cpu()
+        kind = "cpu" if is_cpu(self.target) else str(self.target.kind.name)
+        return self.session.load_module(name), self.session.device(kind, 0)
 
     def close(self) -> None:
         self.release()

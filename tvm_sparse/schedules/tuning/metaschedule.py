@@ -20,6 +20,7 @@ import numpy as np
 import tvm
 
 from ...target import is_cpu
+from ..candidate_run import GPU_TIMER_SETTINGS, TIMER_SETTINGS
 from .measure import LocalMeasurer, _split_tracker
 from .records import _VERSION, MS_TASKS, _atomic_write_json
 from .results import TaskResult, _ms
@@ -118,10 +119,23 @@ def _commit_default(db, task, target, measurer) -> float | None:
     return seconds
 
 
-def _ms_runner(rpc_tracker: str | None, rpc_key: str | None):
+def _ms_runner(rpc_tracker: str | None, rpc_key: str | None, target: tvm.target.Target):
+    """MetaSchedule's runner, timing as the kernel measurer does (``measure``): on a CPU one call
+    per repeat with the caches flushed, so its candidates and the committed default compare."""
     from tvm.s_tir import meta_schedule as ms
 
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20)
+    if is_cpu(target):
+        settings = TIMER_SETTINGS
+        evaluator = ms.runner.EvaluatorConfig(
+            number=settings["number"], repeat=settings["repeat"],
+            min_repeat_ms=settings["min_repeat_ms"], enable_cpu_cache_flush=True,
+        )  # fmt: skip
+    else:
+        settings = GPU_TIMER_SETTINGS
+        evaluator = ms.runner.EvaluatorConfig(
+            number=settings["number"], repeat=settings["repeat"],
+            min_repeat_ms=settings["min_repeat_ms"],
+        )  # fmt: skip
     if rpc_tracker is None:
         return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=120)
     host, port = _split_tracker(rpc_tracker)

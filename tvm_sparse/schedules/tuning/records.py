@@ -4,8 +4,10 @@ A records directory holds what ``tune`` wrote:
 
 - ``kernel_records.json`` (:data:`KERNEL_RECORDS`): every knob trial of every kernel task and
   its best, keyed by :func:`kernel_key`, a hash of (candidate, shapes, epilogue, weight and
-  bias bytes, target). Every trial is written at once (atomically), so a tune stopped early
-  keeps what it measured.
+  bias bytes, target, machine). Every trial is written at once (atomically), so a tune stopped
+  early keeps what it measured. ``machines`` lists the machines the records were measured on
+  (``tvm_sparse.machine``: the CPU and ISA, or the RPC device): records from another CPU are
+  not applied (:func:`records_machine`).
 - MetaSchedule's JSON database (``database_{workload,tuning_record}.json``, see
   :func:`open_database`) for the leftover functions, and ``ms_tasks.json`` (:data:`MS_TASKS`):
   how many trials each of them has had, so a re-run knows what is done.
@@ -30,13 +32,14 @@ import numpy as np
 import tvm
 
 from ...ir.layers import LayerSpec
+from ...machine import machine_id
 
 log = logging.getLogger("tvm_sparse")
 
 
 KERNEL_RECORDS = "kernel_records.json"
 MS_TASKS = "ms_tasks.json"
-_VERSION = 1
+_VERSION = 2  # 2: keys and records name the machine they were measured on
 
 
 def _atomic_write_json(path: str, data: Any) -> None:
@@ -52,24 +55,36 @@ def _read_json(path: str) -> dict:
     with open(path) as f:
         data = json.load(f)
     if data.get("version") != _VERSION:
-        log.warning("%s: records version %s ignored", path, data.get("version"))
+        log.warning(
+            "%s: records version %s ignored (this tvm-sparse writes version %s: tune again)",
+            path, data.get("version"), _VERSION,
+        )  # fmt: skip
         return {}
     return data.get("records", {})
 
 
 class KernelRecords:
-    """The knob records of one directory: ``key -> {candidate, layer, trials, best}``."""
+    """The knob records of one directory: ``key -> {candidate, layer, machine, target, trials,
+    best}``. ``machine``: the machine lookups use (see :func:`records_machine`)."""
 
-    def __init__(self, records_dir: str | os.PathLike):
+    def __init__(self, records_dir: str | os.PathLike, machine: str | None = None):
         self.path = os.path.join(os.fspath(records_dir), KERNEL_RECORDS)
         self.records: dict[str, dict] = _read_json(self.path)
+        self.machine = machine
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
 
     def put(self, key: str, record: dict) -> None:
         self.records[key] = record
-        _atomic_write_json(self.path, {"version": _VERSION, "records": self.records})
+        _atomic_write_json(
+            self.path,
+            {"version": _VERSION, "machines": self.machines(), "records": self.records},
+        )
+
+    def machines(self) -> dict[str, str]:
+        """``machine -> target`` of every record (what each machine's kernels were built for)."""
+        return {r["machine"]: r.get("target", "") for r in self.records.values() if "machine" in r}
 
     def best_knobs(self, key: str) -> dict | None:
         rec = self.records.get(key)
@@ -113,10 +128,40 @@ _ACTIVE: contextvars.ContextVar[KernelRecords | None] = contextvars.ContextVar(
 )
 
 
+def records_machine(records: KernelRecords, target: tvm.target.Target) -> str | None:
+    """The machine whose records a compile for ``target`` on this machine applies: this one's
+    when it has records (or there are none yet); else the one RPC device tuned for exactly this
+    target (cross-compiling for it); else None (the records are from other machines)."""
+    here = machine_id(target)
+    machines = records.machines()
+    if not machines or here in machines:
+        return here
+    remote = [m for m, t in machines.items() if m.startswith("rpc device") and t == str(target)]
+    return remote[0] if len(remote) == 1 else None
+
+
+def foreign_records_message(records_dir: str, records: KernelRecords, target) -> str:
+    """Why a records directory is not applied: it was measured on other machines."""
+    others = "; ".join(sorted(records.machines()))
+    return (
+        f"{records_dir}: tuning records were measured on [{others}], not on this machine "
+        f"({machine_id(target)}): they are not applied (run 'tvm-sparse tune' here)"
+    )
+
+
 @contextlib.contextmanager
-def use_records(records_dir: str | os.PathLike | None) -> Iterator[KernelRecords | None]:
-    """Make the kernel records of ``records_dir`` active for :func:`tuned_choice` (None: none)."""
+def use_records(
+    records_dir: str | os.PathLike | None, target: tvm.target.Target | None = None
+) -> Iterator[KernelRecords | None]:
+    """Make the kernel records of ``records_dir`` active for :func:`tuned_choice` (None: none),
+    looked up for this machine (or the RPC device they were tuned on; see
+    :func:`records_machine`). Records from other machines are not applied, with a warning."""
     records = KernelRecords(records_dir) if records_dir is not None else None
+    if records is not None and target is not None:
+        records.machine = records_machine(records, target)
+        if records.machine is None:
+            log.warning("%s", foreign_records_message(os.fspath(records_dir), records, target))
+            records = None
     token = _ACTIVE.set(records)
     try:
         yield records
@@ -124,9 +169,14 @@ def use_records(records_dir: str | os.PathLike | None) -> Iterator[KernelRecords
         _ACTIVE.reset(token)
 
 
-def kernel_key(candidate: str, layer: LayerSpec, target: tvm.target.Target) -> str:
+def kernel_key(
+    candidate: str, layer: LayerSpec, target: tvm.target.Target, machine: str | None = None
+) -> str:
     """Hash of everything a kernel's speed depends on: candidate, shapes, epilogue, weights,
-    target. Two layers with identical weights share a record (the knobs transfer exactly)."""
+    target, and the machine it is measured on (default: this one, ``machine.machine_id``).
+    Two layers with identical weights share a record (the knobs transfer exactly)."""
+    if machine is None:
+        machine = machine_id(target)
     meta = {
         "candidate": candidate,
         "kind": layer.kind,
@@ -135,6 +185,7 @@ def kernel_key(candidate: str, layer: LayerSpec, target: tvm.target.Target) -> s
         "conv": {k: list(v) if isinstance(v, tuple) else v for k, v in layer.conv_attrs.items()},
         "activation": layer.activation,
         "target": str(target),
+        "machine": machine,
     }
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     h.update(np.ascontiguousarray(layer.weight, dtype=np.float32).tobytes())

@@ -36,6 +36,8 @@ class TuneSummary:
     target: str
     tasks: list[TaskResult]
     wall_s: float
+    model_check: object | None = None  # model_check.ModelCheck, when tune ran the check
+    model_check_note: str = ""  # why it did not run
 
     @property
     def reused(self) -> int:
@@ -60,6 +62,10 @@ class TuneSummary:
             f"{len(self.tasks)} tasks, {self.reused} reused, {self.trials} new trials, "
             f"{self.wall_s:.1f} s; records in {self.records_dir}"
         )
+        if self.model_check is not None:
+            lines.append(self.model_check.line())
+        elif self.model_check_note:
+            lines.append(f"whole model: {self.model_check_note}")
         return "\n".join(lines)
 
 

@@ -78,11 +78,13 @@ class KernelSearch:
     def __init__(self, candidate, layer, target, records, measurer, trials, progress, label):
         self.candidate, self.layer, self.target = candidate, layer, target
         self.records, self.measurer, self.progress, self.label = records, measurer, progress, label
-        self.key = kernel_key(candidate, layer, target)
+        self.key = kernel_key(candidate, layer, target, measurer.machine)
         self.space = knob_space(candidate, layer, target)
         self.rec = records.get(self.key) or {
             "candidate": candidate,
             "layer": layer.name,
+            "machine": measurer.machine,
+            "target": str(target),
             "trials": [],
         }
         done = {json.dumps(t["knobs"], sort_keys=True): t for t in self.rec["trials"]}

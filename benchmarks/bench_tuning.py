@@ -1,6 +1,16 @@
 """Tuned vs untuned: every tuned kernel, the whole model, and how fast tuning converges.
 
     python benchmarks/bench_tuning.py [--threads 2] [--models mlp,gsc] [--trials 32]
+    python benchmarks/bench_tuning.py --threads 1 --convergence [--seeds 20] [--budget 32]
+
+``--convergence``: the learned search against random search on the batched CSR (panel) space,
+the one larger than a tune's budget. Every setting of every layer in ``CONVERGENCE_LAYERS`` is
+measured once (kept in ``--workdir`` as ``exhaustive.json``; a re-run replays it), then both
+searches are replayed over those times for many seeds: random search draws settings in a random
+order; the learned search (``tuning.search.next_index``) starts from a records directory holding
+the other layers' earlier tunes (``--budget`` random trials each) and picks with its cost model.
+Printed: per trial count, the share of (layer, seed) runs within 5% of the layer's best, and the
+median trials each needs to get there.
 
 Per model: compile untuned (the hand schedules, compile's own kernel choice), tune into a
 fresh records directory, compile with the records, time both and check both against
@@ -25,6 +35,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--models", default="mlp,gsc")
     p.add_argument("--trials", type=int, default=32, help="most settings measured per task")
     p.add_argument("--workdir", help="records go here (default: a temp dir)")
+    p.add_argument("--convergence", action="store_true", help="learned vs random search")
+    p.add_argument("--seeds", type=int, default=20, help="--convergence: searches per layer")
+    p.add_argument("--budget", type=int, default=32, help="--convergence: trials per search")
     return p.parse_args()
 
 
@@ -135,8 +148,143 @@ def bench(name: str, workdir: str) -> None:
     print(f"  whole tune: {summary.wall_s:.0f} s, {summary.trials} trials")
 
 
+# (rows, outputs, inputs, density) of the CSR layers the convergence study tunes: MLP, BERT /
+# MiniLM and GSC shapes at batch and sequence sizes where the panel kernel's space is searched
+CONVERGENCE_LAYERS = [
+    (64, 2048, 2048, 0.1), (128, 384, 384, 0.1), (128, 1536, 384, 0.1), (128, 384, 1536, 0.1),
+    (64, 1024, 1024, 0.05), (32, 512, 2048, 0.2), (128, 768, 768, 0.1), (16, 1000, 1600, 0.1),
+]  # fmt: skip
+
+
+def _exhaustive(workdir: str) -> list[dict]:
+    """Every setting of every convergence layer, timed once (cached in ``exhaustive.json``)."""
+    import json
+
+    from tvm_sparse.ir.layers import LINEAR, LayerSpec
+    from tvm_sparse.schedules import tuning
+    from tvm_sparse.schedules.tuning.features import layer_features
+    from tvm_sparse.target import resolve_target
+
+    path = os.path.join(workdir, "exhaustive.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    target = resolve_target("llvm")
+    measurer = tuning.LocalMeasurer(target)
+    tables = []
+    for m, n, k, density in CONVERGENCE_LAYERS:
+        rng = np.random.default_rng(m + n + k)
+        weight = (rng.standard_normal((n, k)) * (rng.random((n, k)) < density)).astype(np.float32)
+        layer = LayerSpec(index=0, kind=LINEAR, x_shape=(m, k), out_shape=(m, n), weight=weight,
+                          bias=None, activation=None, x_var=None, tail_var=None,
+                          name=f"{m}x{n}x{k}")  # fmt: skip
+        space = tuning.knob_space("csr", layer, target)
+        x = tuning.layer_input(layer)
+        times = []
+        for i, knobs in enumerate(space):
+            call = tuning.build_candidate("csr", layer, target, knobs)
+            seconds, _ = tuning.measure_kernel(measurer, call, x)
+            times.append(seconds)
+            print(
+                f"  {layer.name}: {i + 1}/{len(space)} {seconds * 1e3:.4f} ms {knobs}", flush=True
+            )
+        features = layer_features(layer)
+        tables.append({"layer": layer.name, "features": features, "space": space, "times": times})
+        with open(path, "w") as f:
+            json.dump(tables, f)
+    return tables
+
+
+def _trials_to_reach(times: list[float], order: list[int], best: float) -> int:
+    """Trials until one within 5% of ``best`` has been measured (budget + 1 if never)."""
+    for count, i in enumerate(order, 1):
+        if times[i] <= 1.05 * best:
+            return count
+    return len(order) + 1
+
+
+def _learned_order(table: dict, history, seed: int, budget: int) -> list[int]:
+    import random
+
+    from tvm_sparse.schedules.tuning.search import next_index
+
+    rng = random.Random(seed)
+    tried: dict[int, float] = {}
+    order = []
+    while len(order) < budget:
+        i = next_index(table["space"], tried, rng, table["features"], history, budget)
+        tried[i] = table["times"][i]
+        order.append(i)
+    return order
+
+
+def _history(tables: list[dict], skip: int, seed: int, budget: int):
+    """The other layers' earlier tunes: ``budget`` random trials each, the hand schedule first."""
+    import math
+    import random
+
+    from tvm_sparse.schedules.tuning.features import trial_features
+
+    rng = random.Random(1000 + seed)
+    rows, labels = [], []
+    for j, table in enumerate(tables):
+        if j == skip:
+            continue
+        picks = rng.sample(range(1, len(table["space"])), min(budget, len(table["space"]) - 1))
+        for i in picks:
+            rows.append(trial_features(table["features"], table["space"][i]))
+            labels.append(math.log(table["times"][i] / table["times"][0]))
+    return rows, labels
+
+
+def convergence(workdir: str) -> None:
+    import random
+
+    tables = _exhaustive(workdir)
+    budget = ARGS.budget
+    need = {"random": [], "learned": []}
+    curves = {"random": np.zeros(budget), "learned": np.zeros(budget)}
+    print(f"\n{'layer':18} {'space':>5} {'default/best':>12} {'random':>7} {'learned':>8}")
+    for j, table in enumerate(tables):
+        times, best = table["times"], min(table["times"])
+        per_layer = {"random": [], "learned": []}
+        for seed in range(ARGS.seeds):
+            rest = list(range(1, len(times)))
+            random.Random(seed).shuffle(rest)
+            orders = {
+                "random": ([0] + rest)[:budget],
+                "learned": _learned_order(table, _history(tables, j, seed, budget), seed, budget),
+            }
+            for name, order in orders.items():
+                count = _trials_to_reach(times, order, best)
+                per_layer[name].append(count)
+                need[name].append(count)
+                curves[name][count - 1 :] += 1 if count <= budget else 0
+        print(
+            f"{table['layer']:18} {len(times):5d} {times[0] / best:12.3f} "
+            f"{np.median(per_layer['random']):7.1f} {np.median(per_layer['learned']):8.1f}"
+        )
+    runs = len(tables) * ARGS.seeds
+    print(f"\nshare of {runs} runs within 5% of the layer's best after t trials")
+    print(f"{'t':>4} {'random':>7} {'learned':>8}")
+    for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
+        if t <= budget:
+            shares = [curves[name][t - 1] / runs for name in ("random", "learned")]
+            print(f"{t:4d} {shares[0]:7.2f} {shares[1]:8.2f}")
+    med = {k: float(np.median(v)) for k, v in need.items()}
+    mean = {k: float(np.mean(v)) for k, v in need.items()}
+    print(
+        f"trials to within 5% (budget {budget}; not reached counts {budget + 1}): median random "
+        f"{med['random']:.1f}, learned {med['learned']:.1f}; mean random {mean['random']:.2f}, "
+        f"learned {mean['learned']:.2f}"
+    )
+
+
 def main() -> None:
     workdir = ARGS.workdir or tempfile.mkdtemp(prefix="tvm_sparse_tune_")
+    if ARGS.convergence:
+        convergence(workdir)
+        return
     for name in ARGS.models.split(","):
         bench(name, workdir)
 

@@ -151,7 +151,8 @@ def tune(
             for search in searches:
                 if not search.done:
                     search.step()
-        for search in searches:
+        for search in searches:  # the best few of each task timed again, in turns
+            search.confirm()
             results.append(search.result())
             say(_result_line(search.label, results[-1]))
         state = _read_json(os.path.join(records_dir, MS_TASKS))

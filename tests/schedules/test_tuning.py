@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -137,9 +138,12 @@ def test_tune_writes_records_with_the_default_as_a_trial(kernel_records):
     assert len(data) == len(summary.tasks) >= 4  # 2 layers x (dense, csr, ...)
     for rec in data.values():
         assert rec["trials"][0]["knobs"] == {}  # the hand schedule is always measured
-        timed = [t for t in rec["trials"] if "seconds" in t]
-        fastest = min(timed, key=lambda t: t["seconds"])  # the best is the fastest trial's
-        assert rec["best"] == {"knobs": fastest["knobs"], "seconds": fastest["seconds"]}
+        timed = sorted((t for t in rec["trials"] if "seconds" in t), key=lambda t: t["seconds"])
+        # the best is the fastest on a second look: the hand schedule or one of the three
+        # fastest trials, timed again in turns (and the hand schedule's time with it)
+        finalists = [{}] + [t["knobs"] for t in timed if t["knobs"]][:3]
+        assert rec["best"]["confirmed"] and rec["best"]["knobs"] in finalists
+        assert rec["default_s"] > 0
         assert rec["machine"] == machine_id(rec["target"])
     assert (path / "database_workload.json").exists()  # compile can open the database
     assert any("trial" in line for line in lines)
@@ -414,20 +418,63 @@ def test_tuning_through_an_rpc_tracker_and_server(tmp_path):
     assert os.path.exists(tmp_path / tuning.MS_TASKS)
 
 
-def test_xgboost_guided_search_prefers_the_fast_region():
-    """After the warm-up the cost model picks settings like the fastest ones measured."""
+def _synthetic_space():
+    space = [{}] + [
+        {"min_batch": 64, "m_tile": t, "panel_cols": c, "row_block": r}
+        for t in (8, 16, 32, 64) for c in (None, 64, 128, 256, 512, 1024) for r in (None, 64, 256)
+    ]  # fmt: skip
+
+    def cost(i: int) -> float:  # best at m_tile 32, 256 columns, row_block 64
+        s = space[i]
+        if not s:
+            return 1.0
+        cols = s["panel_cols"] or 8192 // s["m_tile"]
+        return 0.5 * (1 + abs(s["m_tile"] - 32) / 16 + abs(math.log2(cols / 256)) / 2
+                      + (s["row_block"] != 64) * 0.3)  # fmt: skip
+
+    return space, cost
+
+
+def test_the_cost_model_carries_what_other_layers_taught_it():
+    """With another layer's trials in the history, the first pick the model makes on a new
+    layer is among the best few of its 73 settings; random search would land there 4% of the
+    time. Without history it still starts with the hand schedule and then explores."""
     import random
 
-    space = [{}] + [{"a": a, "b": b} for a in range(8) for b in range(8)]
-
-    def cost(i):  # fastest at a = 6, b = 1
-        s = space[i]
-        return 1.0 if not s else 1e-3 * (1 + (s["a"] - 6) ** 2 + (s["b"] - 1) ** 2)
-
+    space, cost = _synthetic_space()
+    other = search.layer_features(_linear_layer(64, 256, 512, 0.1, seed=1))
+    history = ([search.trial_features(other, space[i]) for i in range(1, len(space))],
+               [math.log(cost(i)) for i in range(1, len(space))])  # fmt: skip
+    layer = search.layer_features(_linear_layer(64, 384, 384, 0.1, seed=2))
+    ranked = sorted(range(1, len(space)), key=cost)
+    picks = []
+    for seed in range(5):
+        tried = {0: cost(0)}
+        picks.append(search.next_index(space, tried, random.Random(seed), layer, history, 16))
+    assert sum(p in ranked[:3] for p in picks) >= 4  # a random pick now and then (10%)
     tried: dict[int, float] = {}
-    rng = random.Random(0)
-    while len(tried) < 16:
-        i = search._next_index(space, tried, rng)
+    first = search.next_index(space, tried, random.Random(0), layer, ([], []), 16)
+    assert first == 0  # the hand schedule first, always
+
+
+def test_a_space_within_the_budget_is_measured_whole():
+    import random
+
+    space, cost = _synthetic_space()
+    layer = search.layer_features(_linear_layer(64, 256, 512, 0.1))
+    tried: dict[int, float] = {}
+    while len(tried) < len(space):
+        i = search.next_index(space, tried, random.Random(0), layer, ([], []), len(space))
         assert i not in tried
         tried[i] = cost(i)
-    assert 0 in tried and min(tried.values()) <= cost(space.index({"a": 6, "b": 1})) * 3
+    assert sorted(tried) == list(range(len(space)))
+
+
+def test_records_carry_the_layer_features_the_model_learns_from(kernel_records):
+    path, _, _ = kernel_records
+    records = tuning.KernelRecords(path)
+    rec = next(iter(records.records.values()))
+    assert rec["features"]["layer.log2_k"] == pytest.approx(5.0)  # 32 inputs
+    rows, labels = search.family_history(records, rec["candidate"], rec["machine"])
+    timed = [t for t in rec["trials"] if t.get("seconds") and t["knobs"]]
+    assert len(rows) >= len(timed) and len(rows) == len(labels)

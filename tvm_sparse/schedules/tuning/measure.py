@@ -37,8 +37,9 @@ class LocalMeasurer:
     def _load(self, executable) -> tuple[Any, Any]:
         return executable.jit(), kernel_device(self.target)
 
-    def run(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1):
-        """Build ``mod`` (its ``main``), time it on ``args`` and return (seconds, output)."""
+    def timer(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1):
+        """Build ``mod`` once and return (``time()`` -> median seconds of one sample, output):
+        a timer that can be called again, so several kernels can be timed in turns."""
         executable = tvm.compile(mod, target=self.target)
         lib, dev = self._load(executable)
         tensors = [tvm.runtime.tensor(a, dev) for a in args]
@@ -46,10 +47,15 @@ class LocalMeasurer:
         out = tensors[out_index].numpy()
         settings = dict(self.settings)
         cold = settings.pop("cold_weights", False) and is_cpu(self.target)
-        timer = lib.time_evaluator(
+        evaluator = lib.time_evaluator(
             "main", dev, f_preproc="cache_flush_cpu_non_first_arg" if cold else "", **settings
         )
-        return float(np.median(timer(*tensors).results)), out
+        return (lambda: float(np.median(evaluator(*tensors).results))), out
+
+    def run(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1):
+        """Build ``mod`` (its ``main``), time it on ``args`` and return (seconds, output)."""
+        time_it, out = self.timer(mod, args, out_index)
+        return time_it(), out
 
     def release(self) -> None:
         pass
@@ -121,3 +127,9 @@ def measure_kernel(measurer: LocalMeasurer, call: KernelCall, x: np.ndarray):
     """(seconds, output) of one kernel on ``x`` with its constants."""
     out = np.zeros(call.out_shape, dtype=call.out_dtype)
     return measurer.run(_kernel_module(call), [x, *call.consts, out])
+
+
+def kernel_timer(measurer: LocalMeasurer, call: KernelCall, x: np.ndarray):
+    """A repeatable timer of one kernel on ``x`` (see ``LocalMeasurer.timer``)."""
+    out = np.zeros(call.out_shape, dtype=call.out_dtype)
+    return measurer.timer(_kernel_module(call), [x, *call.consts, out])[0]

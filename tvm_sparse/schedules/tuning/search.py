@@ -1,65 +1,112 @@
 """The knob search of one kernel task: measure settings, keep the fastest, record every trial.
 
-The builder's own default (the hand schedule) is always trial 0, so a tuned kernel is never
-slower than the hand schedule, and every other setting's output is checked against it. After
-a few random trials an XGBoost model fitted on the knobs -> log time of the trials so far picks
-the next setting, which matters when the space is larger than the trial budget.
+The builder's own default (the hand schedule) is always trial 0, and every other setting's
+output is checked against it. A space no larger than the trial budget is measured whole. In a
+larger one an XGBoost model picks the next setting: it is fitted on every trial of the same
+kernel family in the records directory (this tune's other layers and earlier tunes alike), each
+described by the layer and the knobs together (:mod:`.features`) and labelled with its time
+relative to its layer's hand schedule, so it knows something before this layer's first trial.
+``benchmarks/bench_tuning.py --convergence`` measures how many trials it saves over random
+search.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import numpy as np
 
+from ...timing import take_turns
 from ..measure_input import layer_input
-from .measure import measure_kernel
+from .features import feature_matrix, layer_features, trial_features
+from .measure import kernel_timer, measure_kernel
 from .records import kernel_key
 from .results import TaskResult
 from .space import build_candidate, knob_space
 
-_XGB_WARMUP = 4  # trials measured (default first, then random) before the model guides the rest
+_MIN_ROWS = 6  # trials (of any layer) before the model guides the search
+# the settings timed again, in turns with the hand schedule, before a best is recorded: a
+# kernel's cold time moves 5-15% between measurements, so the fastest single trial of 32 is
+# mostly the luckiest (an MLP layer's "1.17x" best was its own default knobs)
+_CONFIRM_TOP = 3
+_CONFIRM_ROUNDS = 5
+_EXPLORE = 0.1  # share of picks left to chance, so a wrong model still sees the whole space
 
 
-def _features(knobs: dict) -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for name, value in knobs.items():
-        if isinstance(value, dict):
-            for sub, v in _features(value).items():
-                flat[f"{name}.{sub}"] = v
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                flat[f"{name}.{i}"] = float(v)
-        else:
-            flat[name] = -1.0 if value is None else float(value)
-    return flat
-
-
-def _next_index(space: list[dict], tried: dict[int, float | None], rng: random.Random) -> int:
-    """The next setting to measure: defaults first, a few random ones, then XGBoost's pick."""
-    untried = [i for i in range(len(space)) if i not in tried]
-    if 0 in untried:
-        return 0
-    measured = [(i, s) for i, s in tried.items() if s is not None and i != 0]
-    if len(measured) + 1 < _XGB_WARMUP or rng.random() < 0.15:
-        return rng.choice(untried)
+def fit_cost_model(rows: list[dict[str, float]], labels: list[float]):
+    """An XGBoost regressor of log(time / hand-schedule time) on trial features; None when
+    there are too few trials or no xgboost."""
+    if len(rows) < _MIN_ROWS:
+        return None
     try:
         import xgboost as xgb
     except ImportError:  # no cost model: random search over the same space
+        return None
+    names = sorted({k for r in rows for k in r})
+    params = {"max_depth": 4, "eta": 0.3, "nthread": 1, "verbosity": 0}
+    booster = xgb.train(
+        params, xgb.DMatrix(feature_matrix(rows, names), label=np.array(labels)), 40
+    )
+    return booster, names
+
+
+def predict(model, rows: list[dict[str, float]]) -> np.ndarray:
+    import xgboost as xgb
+
+    booster, names = model
+    return booster.predict(xgb.DMatrix(feature_matrix(rows, names)))
+
+
+def next_index(
+    space: list[dict],
+    tried: dict[int, float | None],
+    rng: random.Random,
+    layer: dict[str, float],
+    history: tuple[list[dict[str, float]], list[float]] = ([], []),
+    budget: int | None = None,
+) -> int:
+    """The next setting of ``space`` to measure: the hand schedule (index 0) first; the rest in
+    order when the budget covers the space; else the cost model's pick (fitted on ``history``,
+    the (features, relative log time) of other trials, plus this task's ``tried``), now and
+    then a random one."""
+    untried = [i for i in range(len(space)) if i not in tried]
+    if 0 in untried:
+        return 0
+    if budget is None or budget >= len(space):
+        return untried[0]
+    rows, labels = list(history[0]), list(history[1])
+    base = tried.get(0)
+    if base:
+        for i, seconds in tried.items():
+            if seconds and i != 0:
+                rows.append(trial_features(layer, space[i]))
+                labels.append(math.log(seconds / base))
+    model = fit_cost_model(rows, labels)
+    if model is None or rng.random() < _EXPLORE:
         return rng.choice(untried)
-    names = sorted({k for s in space for k in _features(s)})
-
-    def row(i: int) -> list[float]:
-        f = _features(space[i])
-        return [f.get(n, -2.0) for n in names]
-
-    xs = np.array([row(i) for i, _ in measured])
-    ys = np.log(np.array([s for _, s in measured]))
-    params = {"max_depth": 3, "eta": 0.3, "nthread": 1, "verbosity": 0}
-    booster = xgb.train(params, xgb.DMatrix(xs, label=ys), num_boost_round=40)
-    pred = booster.predict(xgb.DMatrix(np.array([row(i) for i in untried])))
+    pred = predict(model, [trial_features(layer, space[i]) for i in untried])
     return untried[int(np.argmin(pred))]
+
+
+def family_history(records, candidate: str, machine: str, skip_key: str | None = None):
+    """(features, log relative time) of every timed trial of ``candidate`` on ``machine`` in the
+    records (whose hand schedule was timed too), but the task ``skip_key``'s."""
+    rows, labels = [], []
+    for key, rec in records.records.items():
+        if key == skip_key or rec.get("candidate") != candidate or "features" not in rec:
+            continue
+        if rec.get("machine") != machine:
+            continue
+        base = next((t.get("seconds") for t in rec["trials"] if t["knobs"] == {}), None)
+        if not base:
+            continue
+        for trial in rec["trials"]:
+            if trial.get("seconds") and trial["knobs"] != {}:
+                rows.append(trial_features(rec["features"], trial["knobs"]))
+                labels.append(math.log(trial["seconds"] / base))
+    return rows, labels
 
 
 def _same(actual: np.ndarray, expected: np.ndarray) -> bool:
@@ -87,6 +134,7 @@ class KernelSearch:
             "target": str(target),
             "trials": [],
         }
+        self.rec["features"] = layer_features(layer)
         done = {json.dumps(t["knobs"], sort_keys=True): t for t in self.rec["trials"]}
         self.budget = min(trials, len(self.space))
         self.tried = {
@@ -112,7 +160,12 @@ class KernelSearch:
         """Measure the next setting (the hand schedule first, then XGBoost's picks)."""
         if self._x is None:
             self._x = layer_input(self.layer)
-        i = _next_index(self.space, self.tried, self._rng)
+        history = ([], [])
+        if self.budget < len(self.space):  # only a partial search needs the model
+            history = family_history(self.records, self.candidate, self.measurer.machine,
+                                     self.key)  # fmt: skip
+        i = next_index(self.space, self.tried, self._rng, self.rec["features"], history,
+                       self.budget)  # fmt: skip
         knobs = self.space[i]
         entry: dict = {"knobs": knobs}
         try:
@@ -142,9 +195,38 @@ class KernelSearch:
             f"(best {best_ms}) {knobs or 'default'}"
         )
 
+    def confirm(self, rounds: int = _CONFIRM_ROUNDS, top: int = _CONFIRM_TOP) -> None:
+        """Time the hand schedule and the ``top`` fastest other settings again, in turns, and
+        record the one with the lowest median as the best (``best["confirmed"]``), with the
+        hand schedule's median as ``default_s``: the single trials' minimum is biased low."""
+        if self.reused or (self.rec.get("best") or {}).get("confirmed"):
+            return
+        timed = sorted((t["seconds"], json.dumps(t["knobs"], sort_keys=True))
+                       for t in self.rec["trials"] if t.get("seconds"))  # fmt: skip
+        picks = [k for _, k in timed if k != "{}"]
+        picks = ["{}"] + list(dict.fromkeys(picks))[:top]
+        if self._x is None:
+            self._x = layer_input(self.layer)
+        timers = {}
+        for text in picks:
+            try:
+                call = build_candidate(self.candidate, self.layer, self.target, json.loads(text))
+                timers[text] = kernel_timer(self.measurer, call, self._x)
+            except Exception:  # noqa: BLE001 - it measured once; now it fails: not the best
+                continue
+        if "{}" not in timers:
+            return
+        medians = {k: float(np.median(v)) for k, v in take_turns(timers, rounds).items()}
+        best = min(medians, key=medians.get)
+        self.rec["best"] = {"knobs": json.loads(best), "seconds": medians[best], "confirmed": True}
+        self.rec["default_s"] = medians["{}"]
+        self.records.put(self.key, self.rec)
+
     def result(self) -> TaskResult:
         best = self.rec.get("best")
-        default = next((t.get("seconds") for t in self.rec["trials"] if t["knobs"] == {}), None)
+        default = self.rec.get("default_s") or next(
+            (t.get("seconds") for t in self.rec["trials"] if t["knobs"] == {}), None
+        )
         return TaskResult(
             name=f"{self.layer.name}:{self.candidate}",
             kind="kernel",

@@ -94,7 +94,8 @@ def test_isa_tiles(rng, isa, b, s, h, d, mask_shape):
 
     shape = AttentionShape(b, s, h, d)
     call = attention_kernel(shape, 0.125, mask_shape=mask_shape, target=isa_target(isa))
-    assert call.info["tile"] == (5, 32 if isa == "avx512" else 16)
+    rows = (12 if d >= 64 else 6) if isa == "avx512" else 5
+    assert call.info["tile"] == (rows, 32 if isa == "avx512" else 16)
     asm = build_kernel(call, isa_target(isa)).inspect_source("asm")
     assert (count(r"vfmadd\w+\s+[^\n]*" + ZMM, asm) > 0) == (isa == "avx512")
     q, k, v, mask = inputs(rng, shape, mask_shape)
@@ -124,6 +125,22 @@ def test_random_shapes(target, b, s, h, d, mr, masked, seed):
     np.testing.assert_allclose(
         out, attention_ref(q, k, v, mask, shape, 0.125), rtol=1e-4, atol=2e-5
     )
+
+
+@pytest.mark.parametrize("mr", [7, 9, 12])
+def test_wide_row_tiles_on_avx512(rng, mr):
+    """7-12 query rows a tile (24 zmm accumulators at 12) where the target has AVX-512; the
+    16-register AVX2 form refuses them by name."""
+    from .isa import isa_target, run_target
+
+    shape = AttentionShape(1, 45, 3, 64)
+    q, k, v, mask = inputs(rng, shape, (1, 1, 45, 45), masked=0.3)
+    out = run(shape, 0.125, q, k, v, mask, run_target("avx512"), mr=mr)
+    np.testing.assert_allclose(
+        out, attention_ref(q, k, v, mask, shape, 0.125), rtol=1e-4, atol=2e-5
+    )
+    with pytest.raises(ValueError, match="mr must be 1..6"):
+        attention_kernel(shape, 0.125, target=isa_target("avx2"), mr=mr)
 
 
 def test_fully_masked_rows_are_uniform(target, rng):

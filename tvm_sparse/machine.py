@@ -10,6 +10,7 @@ vector ISA the kernels were built for.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from .target import cpu_isa, is_cpu, resolve_target
@@ -51,3 +52,25 @@ def rpc_machine_id(key: str, target: Any) -> str:
     tgt = resolve_target(target)
     isa = f"; {cpu_isa(tgt).describe()}" if is_cpu(tgt) else f" {tgt.attrs.get('arch', '')}"
     return f"rpc device {key!r}{isa.rstrip()}"
+
+
+def cache_bytes(level: int) -> int | None:
+    """The size of this CPU's level-``level`` data or unified cache (sysfs), None if unknown."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            if not entry.startswith("index"):
+                continue
+            with open(os.path.join(base, entry, "level")) as f:
+                if int(f.read()) != level:
+                    continue
+            with open(os.path.join(base, entry, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip()
+            scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+            return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        return None
+    return None

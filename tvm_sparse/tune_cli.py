@@ -47,6 +47,13 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
         help="rounds of the end-to-end check, the two models taking turns (default 12)",
     )
     t.add_argument(
+        "--weights-in",
+        choices=("auto", "dram", "l3"),
+        default="auto",
+        help="where a timed kernel's weights come from: l3 (the model's weights fit the "
+        "last-level cache), dram, or auto (by the model's size; default)",
+    )
+    t.add_argument(
         "--input-shapes",
         metavar="NAME:DxD,...",
         help="static input shapes, e.g. input:1x1x32x32 (needed for dynamic models)",
@@ -75,6 +82,7 @@ def run_tune(args: argparse.Namespace) -> int:
         metaschedule=not args.no_metaschedule,
         check_model=not args.no_model_check,
         check_rounds=args.check_rounds,
+        weights_in=args.weights_in,
     )
     print(summary.table())
     return 0

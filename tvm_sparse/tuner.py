@@ -26,12 +26,13 @@ import tvm
 from .errors import TvmSparseError
 from .frontend import import_model
 from .ir.layers import LayerSpec
+from .machine import cache_bytes
 from .passes import pipeline as tvm_sparse_pipeline
 from .passes.analyze_sparsity import analyze_function
 from .passes.canonicalize import canonicalize
 from .schedules.choice import choose_layer
 from .schedules.registry import candidates_for, find_family
-from .schedules.tuning.measure import LocalMeasurer, RPCMeasurer
+from .schedules.tuning.measure import WEIGHTS_IN, LocalMeasurer, RPCMeasurer
 from .schedules.tuning.metaschedule import (
     _ms_runner,
     extract_ms_tasks,
@@ -93,6 +94,7 @@ def tune(
     metaschedule: bool = True,
     check_model: bool = True,
     check_rounds: int = 12,
+    weights_in: str = "auto",
 ) -> TuneSummary:
     """Tune every kernel of ``model`` and write the records to ``records_dir``.
 
@@ -104,7 +106,9 @@ def tune(
     end-to-end check (``schedules.tuning.model_check``): the model compiled without and with the
     records, timed in ``check_rounds`` turns; records that do not make it faster are not applied
     to it by compile (the summary says so). It runs where the model can run: on this machine,
-    not through RPC.
+    not through RPC. ``weights_in``: where a timed kernel's weights come from on a CPU
+    (``measure.WEIGHTS_IN``); "auto" is "l3" when the model's weights fit half this machine's
+    last-level cache (they stay there between inferences), else "dram"; over RPC always "dram".
     """
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
@@ -135,9 +139,12 @@ def tune(
     )
     if skipped:
         say(f"  not tuned: {', '.join(skipped)}")
+    weights_in = _weights_in(weights_in, kernel_tasks, bool(rpc_tracker))
     measurer = (
-        RPCMeasurer(tgt, rpc_tracker, rpc_key) if rpc_tracker else LocalMeasurer(tgt)
+        RPCMeasurer(tgt, rpc_tracker, rpc_key) if rpc_tracker
+        else LocalMeasurer(tgt, weights_in=weights_in)
     )  # fmt: skip
+    say(f"  kernels timed with their weights in {measurer.weights_in}")
     results: list[TaskResult] = []
     try:
         records = KernelRecords(records_dir)
@@ -250,3 +257,18 @@ def _model_timer(module, inputs: list[np.ndarray], sample_s: float = 0.05) -> Ca
         return (time.perf_counter() - begin) / count
 
     return sample
+
+
+def _weights_in(choice: str, tasks: list[KernelTask], remote: bool) -> str:
+    """Resolve ``tune``'s ``weights_in``: "auto" -> "l3" when the model's weights (as CSR where
+    that is smaller) fit half the last-level cache here, else "dram"."""
+    if choice not in ("auto", *WEIGHTS_IN):
+        raise TvmSparseError(f"weights_in must be auto or one of {WEIGHTS_IN}, got {choice!r}")
+    if remote or choice != "auto":
+        return "dram" if remote else choice
+    layers = {id(t.layer): t.layer for t in tasks}.values()
+    weight_bytes = sum(
+        min(layer.weight.nbytes, 8 * int(np.count_nonzero(layer.weight))) for layer in layers
+    )
+    llc = cache_bytes(3) or cache_bytes(2)
+    return "l3" if llc and weight_bytes <= llc // 2 else "dram"

@@ -301,6 +301,31 @@ def test_tune_ends_with_the_end_to_end_check(tmp_path):
     assert check.line() in summary.table() and any("whole model:" in ln for ln in lines)
 
 
+def test_weights_come_from_the_cache_the_model_keeps_them_in(target, rng):
+    """A model whose weights fit half the last-level cache is timed with them in L3 (only L1
+    and L2 evicted before each call); over RPC, or when they do not fit, from DRAM."""
+    import tvm_ffi
+
+    from tvm_sparse.machine import cache_bytes
+    from tvm_sparse.schedules.tuning.measure import _EVICT, kernel_timer
+
+    tasks = [tuner.KernelTask(_linear_layer(4, 64, 64, 0.2), "csr")]
+    llc = cache_bytes(3) or cache_bytes(2)
+    assert tuner._weights_in("auto", tasks, remote=False) == ("l3" if llc else "dram")
+    assert tuner._weights_in("auto", tasks, remote=True) == "dram"
+    assert tuner._weights_in("dram", tasks, remote=False) == "dram"
+    huge = dataclasses.replace(tasks[0].layer, weight=np.ones((1, (llc or 1 << 20) // 4 + 1),
+                                                               np.float32))  # fmt: skip
+    assert tuner._weights_in("auto", [tuner.KernelTask(huge, "dense")], remote=False) == "dram"
+    with pytest.raises(TvmSparseError, match="weights_in"):
+        tuner._weights_in("l2", tasks, remote=False)
+    layer = _linear_layer(4, 64, 64, 0.2)
+    call = tuning.build_candidate("csr", layer, target, {})
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    time_it = kernel_timer(tuning.LocalMeasurer(target, weights_in="l3"), call, x)
+    assert time_it() > 0 and tvm_ffi.get_global_func(_EVICT, allow_missing=True) is not None
+
+
 def test_tuning_for_a_gpu_needs_one(tmp_path):
     import tvm
 

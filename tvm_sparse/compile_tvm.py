@@ -38,17 +38,19 @@ def _records_dir(tuning_records: str | os.PathLike | None) -> str | None:
     return path
 
 
-def applicable_records(records_dir: str | None, imported: ImportedModel, tgt) -> str | None:
-    """``records_dir`` when its records apply to this model here, else None with a warning:
-    records measured on another machine, or records that tune's end-to-end check found did not
-    make this model faster (``tuning.model_check``)."""
+def applicable_records(
+    records_dir: str | None, imported: ImportedModel, tgt
+) -> tuple[str | None, str | None]:
+    """(``records_dir``, the machine whose records to look up) when they apply to this model
+    here, else (None, None) with a warning: records measured on another machine, or records
+    that tune's end-to-end check found did not make this model faster (``tuning.model_check``)."""
     if records_dir is None:
-        return None
+        return None, None
     kernels = tuning.KernelRecords(records_dir)
     machine = tuning.records_machine(kernels, tgt)
     if machine is None:
         log.warning("%s", tuning.foreign_records_message(records_dir, kernels, tgt))
-        return None
+        return None, None
     check = tuning.read_check(records_dir, tuning.model_fingerprint(imported.mod, tgt, machine))
     if check is not None and not check.kept:
         log.warning(
@@ -56,8 +58,8 @@ def applicable_records(records_dir: str | None, imported: ImportedModel, tgt) ->
             "them (%.3f ms untuned, %.3f ms tuned)",
             records_dir, model_name(imported), check.untuned_ms, check.tuned_ms,
         )  # fmt: skip
-        return None
-    return records_dir
+        return None, None
+    return records_dir, machine
 
 
 def model_name(imported: ImportedModel) -> str:
@@ -81,11 +83,11 @@ def compile_tvm(
         with phases.phase("Import"):
             imported = import_model(model, input_shapes)
         sparsify_options = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
-        records_dir = applicable_records(_records_dir(tuning_records), imported, tgt)
-        pipeline = build_pipeline(tgt, sparsify_options, records_dir)
+        records = applicable_records(_records_dir(tuning_records), imported, tgt)
+        pipeline = build_pipeline(tgt, sparsify_options, records[0])
         log.info("compiling %s for %s", imported.source, tgt)
         with named_failures(f"{model_name(imported)}: compile"):
-            built, captured = _build(imported, tgt, pipeline, records_dir, phases)
+            built, captured = _build(imported, tgt, pipeline, records, phases)
     log.info("compiled in %.1f s\n" + phases.table().replace("%", "%%"), phases.total())
     report = dataclasses.replace(captured.report, model=model_name(imported))
     return CompiledModule(
@@ -99,14 +101,15 @@ def compile_tvm(
     )
 
 
-def _build(imported: ImportedModel, tgt, pipeline, tuning_records, phases):
+def _build(imported: ImportedModel, tgt, pipeline, records: tuple[str | None, str | None], phases):
     """The pipeline, then the final build (``final_build``); when the final build's process
     crashes, both again with every chosen kernel compile-checked first, so the kernel LLVM
-    cannot take is dropped. Returns the build and the captured report."""
+    cannot take is dropped. ``records``: (directory, machine) from ``applicable_records``.
+    Returns the build and the captured report."""
     forked = final_build.forks(tgt)
     for attempt in ("forked", "checked") if forked else ("in-process",):
         # tuned kernel knobs and choices; the report, as a user of the TVM plugin reads it
-        with tuning.use_records(tuning_records, tgt), capture_report() as captured, \
+        with tuning.use_records(*records), capture_report() as captured, \
                 checked_by_final_build(attempt == "forked"):  # fmt: skip
             try:
                 with tgt:

@@ -37,21 +37,23 @@ def cpu_model() -> str:
     return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
 
 
+def _built_for(tgt) -> str:
+    """What kernels for ``tgt`` are built for: the CPU ISA, or the GPU kind and arch."""
+    if is_cpu(tgt):
+        return cpu_isa(tgt).describe()
+    return f"{tgt.kind.name} {tgt.attrs.get('arch', '')}".strip()
+
+
 def machine_id(target: Any) -> str:
     """This machine as a tuning record sees it: the CPU and the ISA ``target`` builds for (CPU
     targets), or the GPU the target names (``cuda -arch=sm_90``: its device may be remote)."""
     tgt = resolve_target(target)
-    if is_cpu(tgt):
-        return f"{cpu_model()}; {cpu_isa(tgt).describe()}"
-    arch = tgt.attrs.get("arch", "")
-    return f"{tgt.kind.name} {arch}".strip()
+    return f"{cpu_model()}; {_built_for(tgt)}" if is_cpu(tgt) else _built_for(tgt)
 
 
 def rpc_machine_id(key: str, target: Any) -> str:
     """A device measured through an RPC tracker: its tracker key and the target built for it."""
-    tgt = resolve_target(target)
-    isa = f"; {cpu_isa(tgt).describe()}" if is_cpu(tgt) else f" {tgt.attrs.get('arch', '')}"
-    return f"rpc device {key!r}{isa.rstrip()}"
+    return f"rpc device {key!r}; {_built_for(resolve_target(target))}"
 
 
 def cache_bytes(level: int) -> int | None:

@@ -45,9 +45,16 @@ from .scatter_tables import ScatterTables, scatter_tables
 from .sparse_cuda_kernels import panel_tile_kernel, sparse_sparse_kernel, warp_rows_kernel
 
 _SHARED_BUDGET = 40 * 1024  # bytes of static shared memory a kernel may take (48 KiB limit)
+_SHARED_LIMIT = 48 * 1024
 
 
-def _pow2_at_least(v: int, cap: int = 32) -> int:
+def panel_tile_fits(panel_cols: int, batch_tile: int) -> bool:
+    """Whether a panel tile's x panel (``batch_tile`` samples + 1 row of ``panel_cols``
+    floats) fits the 48 KiB of static shared memory a block may take."""
+    return panel_cols * (batch_tile + 1) * 4 <= _SHARED_LIMIT
+
+
+def pow2_at_least(v: int, cap: int = 32) -> int:
     p = 1
     while p < min(v, cap):
         p *= 2
@@ -113,13 +120,13 @@ def _block_linear(name, m, weight, block, bias, activation, warp_batch, warps, b
         )  # fmt: skip
         consts = (vals, cols, ptr, bias_arr)
     else:
-        bt = batch_tile or _pow2_at_least(m)
+        bt = batch_tile or pow2_at_least(m)
         if bt not in (1, 2, 4, 8, 16, 32):
             raise ValueError(f"batch_tile must be a power of two <= 32, got {bt}")
         if panel_cols is None:
             panel_cols = max(c, (_SHARED_BUDGET // 4 // (bt + 1)) // c * c)
         panel_cols = max(c, panel_cols // c * c)
-        if panel_cols * (bt + 1) * 4 > 48 * 1024:
+        if not panel_tile_fits(panel_cols, bt):
             raise ValueError(f"panel_cols={panel_cols} x batch_tile={bt} exceeds shared memory")
         vals, cols, seg, npanels = pack_column_panels(bsr, panel_cols)
         if bsr.nblocks == 0:

@@ -12,6 +12,8 @@ import inspect
 import json
 from collections.abc import Callable
 
+from ..sparse_cuda import panel_tile_fits, pow2_at_least
+
 
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
@@ -42,17 +44,6 @@ def panel_space(m: int, cores: int, block_cols: int) -> list[dict]:
     return small + [{**p, "parallel": q} for p in panel for q in par]
 
 
-# the CUDA panel kernel's shared-memory budget per block (sparse_cuda._block_linear's check)
-_CUDA_SHARED_BYTES = 48 * 1024
-
-
-def _pow2_at_least(value: int, cap: int = 32) -> int:
-    p = 1
-    while p < value and p < cap:
-        p *= 2
-    return p
-
-
 def cuda_panel_space(m: int, block_cols: int) -> list[dict]:
     """CUDA CSR / BSR: the warp-per-row kernel up to ``warp_batch`` rows, else shared-memory
     panel tiles of ``batch_tile`` samples x ``panel_cols`` columns; ``warps`` per block. Only
@@ -65,9 +56,9 @@ def cuda_panel_space(m: int, block_cols: int) -> list[dict]:
         warp_batch=batches, warps=[2, 4, 8], batch_tile=[None, 4, 8, 16, 32],
         panel_cols=[None, 256, 512, 1024],
     ):  # fmt: skip
-        tile = setting["batch_tile"] or _pow2_at_least(m)
+        tile = setting["batch_tile"] or pow2_at_least(m)
         cols = setting["panel_cols"]
-        if cols is not None and (cols < block_cols or cols * (tile + 1) * 4 > _CUDA_SHARED_BYTES):
+        if cols is not None and (cols < block_cols or not panel_tile_fits(cols, tile)):
             continue
         if m <= setting["warp_batch"] and (setting["batch_tile"] or setting["panel_cols"]):
             continue  # the warp kernel ignores the panel knobs: the same kernel again

@@ -2,10 +2,10 @@
 
 Building always happens here; only loading and running move to the device with
 :class:`RPCMeasurer`. Both return (seconds, output), so the search can check every setting's
-output against the hand schedule's. They time a kernel the way compile's per-layer choice does
-(``candidate_run.TIMER_SETTINGS``): on a CPU each call with its weights and output flushed from
-the caches, as in a model, so a tuned knob is judged as the choice and the model will judge it.
-The device is the target's: the CPU, or GPU 0 for a CUDA target (here or remote).
+output against the hand schedule's. On a CPU they time one call per repeat
+(``candidate_run.TIMER_SETTINGS``) with the weights evicted first, from L1/L2 or from every cache
+(``WEIGHTS_IN``): where a model keeps them between two inferences. The device is the target's:
+the CPU, or GPU 0 for a CUDA target (here or remote).
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ class LocalMeasurer:
     def _load(self, executable) -> tuple[Any, Any]:
         return executable.jit(), kernel_device(self.target)
 
-    def timer(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1):
+    def timer(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1,
+              weights_in: str | None = None):  # fmt: skip
         """Build ``mod`` once and return (``time()`` -> median seconds of one sample, output):
-        a timer that can be called again, so several kernels can be timed in turns."""
+        a timer that can be called again, so several kernels can be timed in turns.
+        ``weights_in`` overrides the measurer's (MetaSchedule's runner can only flush all)."""
         executable = tvm.compile(mod, target=self.target)
         lib, dev = self._load(executable)
         tensors = [tvm.runtime.tensor(a, dev) for a in args]
@@ -54,13 +56,15 @@ class LocalMeasurer:
         cold = settings.pop("cold_weights", False) and is_cpu(self.target)
         preproc = ""
         if cold:
-            preproc = _evict_private_caches() if self.weights_in == "l3" else FLUSH_ALL
+            l3 = (weights_in or self.weights_in) == "l3"
+            preproc = _evict_private_caches() if l3 else FLUSH_ALL
         evaluator = lib.time_evaluator("main", dev, f_preproc=preproc, **settings)
         return (lambda: float(np.median(evaluator(*tensors).results))), out
 
-    def run(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1):
+    def run(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1,
+            weights_in: str | None = None):  # fmt: skip
         """Build ``mod`` (its ``main``), time it on ``args`` and return (seconds, output)."""
-        time_it, out = self.timer(mod, args, out_index)
+        time_it, out = self.timer(mod, args, out_index, weights_in)
         return time_it(), out
 
     def release(self) -> None:
@@ -157,13 +161,14 @@ def _kernel_module(call: KernelCall) -> tvm.IRModule:
     return tvm.IRModule({"main": call.func.with_attr("global_symbol", "main")})
 
 
+def measured_timer(measurer: LocalMeasurer, call: KernelCall, x: np.ndarray):
+    """(repeatable timer, output) of one kernel on ``x`` with its constants (see
+    ``LocalMeasurer.timer``)."""
+    out = np.zeros(call.out_shape, dtype=call.out_dtype)
+    return measurer.timer(_kernel_module(call), [x, *call.consts, out])
+
+
 def measure_kernel(measurer: LocalMeasurer, call: KernelCall, x: np.ndarray):
     """(seconds, output) of one kernel on ``x`` with its constants."""
-    out = np.zeros(call.out_shape, dtype=call.out_dtype)
-    return measurer.run(_kernel_module(call), [x, *call.consts, out])
-
-
-def kernel_timer(measurer: LocalMeasurer, call: KernelCall, x: np.ndarray):
-    """A repeatable timer of one kernel on ``x`` (see ``LocalMeasurer.timer``)."""
-    out = np.zeros(call.out_shape, dtype=call.out_dtype)
-    return measurer.timer(_kernel_module(call), [x, *call.consts, out])[0]
+    time_it, out = measured_timer(measurer, call, x)
+    return time_it(), out

@@ -104,7 +104,8 @@ def _commit_default(db, task, target, measurer) -> float | None:
         sch.get_child_blocks(sch.get_sblock("root"))
     scheduled, trace = sch.mod, sch.trace
     try:
-        seconds, _ = measurer.run(scheduled, _random_args(func))
+        # timed as MetaSchedule's runner times its candidates: with every cache flushed
+        seconds, _ = measurer.run(scheduled, _random_args(func), weights_in="dram")
     except Exception as err:  # noqa: BLE001 - no default record; MetaSchedule's still count
         log.warning("%s: default schedule failed to run: %s", task.task_name, err)
         return None
@@ -124,18 +125,12 @@ def _ms_runner(rpc_tracker: str | None, rpc_key: str | None, target: tvm.target.
     per repeat with the caches flushed, so its candidates and the committed default compare."""
     from tvm.s_tir import meta_schedule as ms
 
-    if is_cpu(target):
-        settings = TIMER_SETTINGS
-        evaluator = ms.runner.EvaluatorConfig(
-            number=settings["number"], repeat=settings["repeat"],
-            min_repeat_ms=settings["min_repeat_ms"], enable_cpu_cache_flush=True,
-        )  # fmt: skip
-    else:
-        settings = GPU_TIMER_SETTINGS
-        evaluator = ms.runner.EvaluatorConfig(
-            number=settings["number"], repeat=settings["repeat"],
-            min_repeat_ms=settings["min_repeat_ms"],
-        )  # fmt: skip
+    cpu = is_cpu(target)
+    settings = TIMER_SETTINGS if cpu else GPU_TIMER_SETTINGS
+    evaluator = ms.runner.EvaluatorConfig(
+        number=settings["number"], repeat=settings["repeat"],
+        min_repeat_ms=settings["min_repeat_ms"], enable_cpu_cache_flush=cpu,
+    )  # fmt: skip
     if rpc_tracker is None:
         return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=120)
     host, port = _split_tracker(rpc_tracker)

@@ -151,17 +151,12 @@ def foreign_records_message(records_dir: str, records: KernelRecords, target) ->
 
 @contextlib.contextmanager
 def use_records(
-    records_dir: str | os.PathLike | None, target: tvm.target.Target | None = None
+    records_dir: str | os.PathLike | None, machine: str | None = None
 ) -> Iterator[KernelRecords | None]:
     """Make the kernel records of ``records_dir`` active for :func:`tuned_choice` (None: none),
-    looked up for this machine (or the RPC device they were tuned on; see
-    :func:`records_machine`). Records from other machines are not applied, with a warning."""
-    records = KernelRecords(records_dir) if records_dir is not None else None
-    if records is not None and target is not None:
-        records.machine = records_machine(records, target)
-        if records.machine is None:
-            log.warning("%s", foreign_records_message(os.fspath(records_dir), records, target))
-            records = None
+    looked up for ``machine`` (None: this machine; compile passes what
+    :func:`records_machine` found, which may be the RPC device they were tuned on)."""
+    records = KernelRecords(records_dir, machine) if records_dir is not None else None
     token = _ACTIVE.set(records)
     try:
         yield records

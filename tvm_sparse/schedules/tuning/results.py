@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from .model_check import ModelCheck
+
 
 @dataclasses.dataclass
 class TaskResult:
@@ -36,7 +38,7 @@ class TuneSummary:
     target: str
     tasks: list[TaskResult]
     wall_s: float
-    model_check: object | None = None  # model_check.ModelCheck, when tune ran the check
+    model_check: ModelCheck | None = None  # when tune ran the end-to-end check
     model_check_note: str = ""  # why it did not run
 
     @property

@@ -21,7 +21,7 @@ import numpy as np
 from ...timing import take_turns
 from ..measure_input import layer_input
 from .features import feature_matrix, layer_features, trial_features
-from .measure import kernel_timer, measure_kernel
+from .measure import measure_kernel, measured_timer
 from .records import kernel_key
 from .results import TaskResult
 from .space import build_candidate, knob_space
@@ -211,7 +211,7 @@ class KernelSearch:
         for text in picks:
             try:
                 call = build_candidate(self.candidate, self.layer, self.target, json.loads(text))
-                timers[text] = kernel_timer(self.measurer, call, self._x)
+                timers[text] = measured_timer(self.measurer, call, self._x)[0]
             except Exception:  # noqa: BLE001 - it measured once; now it fails: not the best
                 continue
         if "{}" not in timers:

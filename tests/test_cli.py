@@ -56,8 +56,11 @@ def test_compile_run_analyze(tmp_path):
     assert "time: median" in proc.stdout
     assert_close(np.load(tmp_path / "o.npz")["output_0"], ort_run(model, x))
 
-    proc = _cli("run", lib)  # random inputs
-    assert proc.returncode == 0 and "output_0: shape [1, 12]" in proc.stdout
+    proc = _cli("run", lib, "--profile", "--repeat", "3", "--profile-json", tmp_path / "p.json")
+    assert proc.returncode == 0 and "output_0: shape [1, 12]" in proc.stdout  # random inputs
+    assert "kwta" in proc.stdout and "VM built-ins" in proc.stdout, proc.stdout
+    calls = json.loads((tmp_path / "p.json").read_text())["calls"]
+    assert any(c["symbol"].startswith("sparse_conv") for c in calls), calls
 
     proc = _cli("analyze", onnx_path, "--format", "json")
     assert proc.returncode == 0, proc.stderr

@@ -11,6 +11,7 @@ tracebacks are kept for bugs (set TVM_SPARSE_DEBUG=1 to see them for user errors
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--outputs", help="write outputs to this .npz")
     r.add_argument("--print-time", action="store_true", help="print the time per run")
     r.add_argument("--repeat", type=int, default=10, help="runs to time (with --print-time)")
+    r.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the time of every kernel and VM call of a run (median over --repeat runs)",
+    )
+    r.add_argument("--profile-json", metavar="FILE", help="write the --profile times here too")
 
     a = sub.add_parser("analyze", help="report weight and activation sparsity per layer")
     a.add_argument("model", help="ONNX file")
@@ -164,6 +171,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"time: median {stats['median_s'] * 1e3:.3f} ms, min {stats['min_s'] * 1e3:.3f} ms "
             f"over {stats['runs']} runs"
         )
+    if args.profile or args.profile_json:
+        from .profile import profile
+
+        prof = profile(module, inputs, runs=max(args.repeat, 1))
+        print(prof.table())
+        if args.profile_json:
+            with open(args.profile_json, "w") as f:
+                json.dump(prof.to_dict(), f, indent=1)
+            print(f"wrote {args.profile_json}")
     return 0
 
 

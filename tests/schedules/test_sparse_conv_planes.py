@@ -119,3 +119,19 @@ def test_random_convs(batch, channels, out_channels, size, kernel, stride, pad, 
     w = sparse_weight(rng, (out_channels, channels, kernel, kernel), density)
     conv = ConvAttrs((stride, stride), (pad,) * 4, (dilation, dilation))
     _check((batch, channels, size, size), w, None, conv, "relu", lanes=lanes, expanded=expanded)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_samples_in_parallel_match_dense(batch):
+    """A batch of at least the target's cores runs whole samples in parallel (own planes)."""
+    rng = np.random.default_rng(12)
+    w = sparse_weight(rng, (8, 3, 3, 3), 0.5)
+    conv = ConvAttrs((2, 2), (1, 1, 1, 1), (1, 1))
+    x_shape = (batch, 3, 15, 13)
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    two_cores = resolve_target({"kind": "llvm", "num-cores": 2})
+    call = sparse_conv2d_planes(x_shape, w, None, conv, "relu", two_cores)
+    assert call.info["batch_parallel"] == (batch >= 2)
+    out = run_kernel(call, two_cores, x)
+    expected = conv_ref(x, w, None, conv.strides, conv.padding, conv.dilation, "relu")
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

@@ -129,3 +129,17 @@ def test_flat_rejects_row_strides_and_bad_knobs():
         sparse_conv2d((1, 1, 8, 8), w, layout="flat", vectors=0)
     with pytest.raises(ValueError, match="layout"):
         sparse_conv2d((1, 1, 8, 8), w, layout="im2col")
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_samples_in_parallel_match_one_sample_split(batch):
+    """On a 2-core target a batch of >= 2 runs whole samples in parallel, each with its own
+    scratch; a batch of 1 splits the sample's output channels. Both equal the reference."""
+    rng = np.random.default_rng(11)
+    w = sparse_weight(rng, (16, 8, 5, 5), 0.2)
+    bias = rng.standard_normal(16).astype(np.float32)
+    x = rng.standard_normal((batch, 8, 14, 14)).astype(np.float32)
+    two_cores = resolve_target({"kind": "llvm", "num-cores": 2})
+    call = sparse_conv2d(x.shape, w, bias, ConvAttrs(), "relu", two_cores, layout="flat")
+    assert call.info["batch_parallel"] == (batch >= 2)
+    check(call, x, conv_ref(x, w, bias, (1, 1), (0, 0, 0, 0), (1, 1), "relu"))

@@ -29,7 +29,7 @@ from tvm.script import tirx as T
 from ..formats._index import as_index
 from ..formats.csr import CSR
 from ..target import num_cores, vector_lanes
-from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv, samples_in_parallel
 from ._epilogue import bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
@@ -67,6 +67,9 @@ class PlaneConvSpec:
     # one plane per tap (c, kw, kh) instead of per (c, kw, row phase): every tap run starts at
     # a plane start, aligned (see ``expansion_helps``)
     expanded: bool = False
+    # whole samples in parallel, each with its own planes, serial loops inside (a batch of at
+    # least as many samples as cores: see ``_conv_dims.samples_in_parallel``)
+    batch_parallel: bool = False
 
     def to_json(self) -> str:
         """The spec as the kernel's ``tvm_sparse.conv_planes`` attribute, so a later pass
@@ -77,6 +80,11 @@ class PlaneConvSpec:
     def from_json(cls, text: str) -> PlaneConvSpec:
         fields = json.loads(text)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+    @property
+    def inner_loop(self):
+        """The loop kind inside one sample: serial when samples run in parallel."""
+        return T.parallel if self.parallel and not self.batch_parallel else T.serial
 
     @property
     def phases(self) -> int:
@@ -136,7 +144,7 @@ def _pad_macro(spec: PlaneConvSpec):
     _, ci, h, wd = spec.x_shape
     hp, wp = spec.padded_hw
     top, left, _, _ = spec.pads
-    rows = T.parallel if spec.parallel else T.serial
+    rows = spec.inner_loop
 
     @T.macro
     def pad(x, xp, nb):
@@ -165,7 +173,7 @@ def _planes_macro(spec: PlaneConvSpec):
     hp, wp = spec.padded_hw
     rows_, ow = spec.plane_rows, spec.out_hw[1]
     size = spec.plane_size
-    loop = T.parallel if spec.parallel else T.serial
+    loop = spec.inner_loop
     # the row a plane starts at: its phase, or (expanded) its tap row times the dilation
     row_step = spec.dilation[0] if spec.expanded else 1
     pad_tail = size - rows_ * ow  # expanded planes' padding: zero (never NaN or denormal)
@@ -199,7 +207,7 @@ def tap_planes_macro(spec: PlaneConvSpec):
     chw = ci * h * wd
     npos = spec.positions
     identity, needs_pad = spec.identity_planes, spec.needs_pad
-    loop = T.parallel if spec.parallel else T.serial
+    loop = spec.inner_loop
     pad = _pad_macro(spec)
     planes = _planes_macro(spec)
 
@@ -280,7 +288,8 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     ngroups = -(-o // ogroup)
     total = spec.planes * spec.plane_size
     nval = max(spec.nnz, 1)
-    loop = T.parallel if spec.parallel else T.serial
+    loop = spec.inner_loop
+    batch_parallel = spec.batch_parallel
     needs_pad = spec.needs_pad
     chw = ci * h * wd
     # without a residual the parameter is a 1-float placeholder (the last constant)
@@ -302,20 +311,35 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
         yf = T.decl_buffer((bn * o * npos,), "float32", data=y.data)
         rf = T.decl_buffer((res_size,), "float32", data=res.data)
         xflat = T.decl_buffer((bn * chw,), "float32", data=x.data)
-        # a tile past the last position reads up to `tile` floats beyond the last plane
-        xs = T.alloc_buffer((total + tile,), "float32", scope="global")
-        xp = T.alloc_buffer((ci * hp * wp if needs_pad else 1,), "float32", scope="global")
-        for e in T.vectorized(tile):
-            xs[total + e] = T.float32(0)
-        for nb in range(bn):
-            fill(x, xflat, xp, xs, nb)
-            for tg in loop(ntiles * ngroups):
-                tail = T.alloc_buffer((tile,), "float32", scope="global")
-                p0: T.let = tg // ngroups * tile
-                for ol in range(ogroup):
-                    oc: T.let = tg % ngroups * ogroup + ol
-                    if oc < o:
-                        channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0)
+        if batch_parallel:
+            for nb in T.parallel(bn):
+                xs = T.alloc_buffer((total + tile,), "float32", scope="global")
+                xp = T.alloc_buffer((ci * hp * wp if needs_pad else 1,), "float32", scope="global")
+                for e in T.vectorized(tile):
+                    xs[total + e] = T.float32(0)
+                fill(x, xflat, xp, xs, nb)
+                for tg in range(ntiles * ngroups):
+                    tail = T.alloc_buffer((tile,), "float32", scope="global")
+                    p0: T.let = tg // ngroups * tile
+                    for ol in range(ogroup):
+                        oc: T.let = tg % ngroups * ogroup + ol
+                        if oc < o:
+                            channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0)
+        else:
+            # a tile past the last position reads up to `tile` floats beyond the last plane
+            xs = T.alloc_buffer((total + tile,), "float32", scope="global")
+            xp = T.alloc_buffer((ci * hp * wp if needs_pad else 1,), "float32", scope="global")
+            for e in T.vectorized(tile):
+                xs[total + e] = T.float32(0)
+            for nb in range(bn):
+                fill(x, xflat, xp, xs, nb)
+                for tg in loop(ntiles * ngroups):
+                    tail = T.alloc_buffer((tile,), "float32", scope="global")
+                    p0: T.let = tg // ngroups * tile
+                    for ol in range(ogroup):
+                        oc: T.let = tg % ngroups * ogroup + ol
+                        if oc < o:
+                            channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0)
 
     return _finish(kernel).with_attr(SPEC_ATTR, spec.to_json())
 
@@ -372,6 +396,8 @@ def sparse_conv2d_planes(
 ) -> KernelCall:  # fmt: skip
     """y = act(conv2d(x, weight) + bias), NCHW / OIHW, any stride / padding / dilation.
 
+    With ``parallel`` and at least as many samples as cores, whole samples run in parallel.
+
     Knobs: ``vectors`` register accumulators per tile (default: the positions, up to what the
     ISA's registers hold), ``ogroup`` output channels per parallel task (default: enough tasks
     for the cores), ``lanes`` the vector width (default: the target's, 16 with AVX-512),
@@ -413,6 +439,7 @@ def sparse_conv2d_planes(
         dims.x, o, (kh, kw), dims.out_hw, dims.pads, dims.strides, dims.dilation, csr.nnz,
         str(offs.dtype), str(ptr.dtype), bias_arr.size, has_bias, activation, lanes, vectors,
         ogroup, parallel, expanded=probe.expanded,
+        batch_parallel=bool(parallel) and samples_in_parallel(bn, target),
     )  # fmt: skip
     weight_bytes = int(vals.nbytes + offs.nbytes + ptr.nbytes)
     info = {
@@ -425,6 +452,7 @@ def sparse_conv2d_planes(
         "weight_bytes": weight_bytes,
         "tile": (vectors, lanes, ogroup),
         "expanded": probe.expanded,
+        "batch_parallel": spec.batch_parallel,
         "format": csr.stats(),
     }
     return KernelCall(

@@ -19,7 +19,7 @@ from tvm.script import tirx as T
 
 from ..formats._index import as_index
 from ..formats.csr import CSR
-from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv, samples_in_parallel
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
@@ -278,6 +278,7 @@ def sparse_conv2d(
         return flat_conv_call(
             (bn, ci, h, wd), csr, (kh, kw), (oh, ow), (hp, wp), (top, left), (sh, sw), (dh, dw),
             bias_arr, has_bias, activation, vectors, cblock, oblock, parallel,
+            batch_parallel=samples_in_parallel(bn, target),
         )  # fmt: skip
     tile = _checked_tile(layout, tile, (oh, ow), wp, (sh, sw))
     vals, offs, ptr = _offset_consts(csr, ci, (kh, kw), (hp, wp), (dh, dw))

@@ -6,14 +6,18 @@ We write the network the way nupic.torch does: weight-sparse conv and linear lay
 here complementary masks from ``tvm_sparse.sparsify`` so the weights pack perfectly), BatchNorm
 without affine parameters, and k-winners-take-all activations (global per sample, boosted, ties
 win). PyTorch exports it to ONNX; tvm-sparse finds the k-WTA pattern, rewrites each layer into a
-sparse-sparse, sparse-dense or dense kernel, and we compare per-layer and end-to-end times.
+sparse-sparse, sparse-dense or dense kernel, and we compare per-layer and end-to-end times, and
+the whole network against its dense twin (``benchmarks/bench_gsc_twin.py`` does this with
+DeepSparse too, at batch 64 and all cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +26,7 @@ from torch import nn
 
 import tvm_sparse
 from tvm_sparse.sparsify import complementary_mask
+from tvm_sparse.timing import take_turns
 
 
 class KWinners(nn.Module):
@@ -73,25 +78,50 @@ def gsc_super_sparse_cnn() -> nn.Module:
     )
 
 
-def main(workdir: str) -> None:
-    # Step 1. Build the network in PyTorch, give BatchNorm realistic statistics, export ONNX.
-    net = gsc_super_sparse_cnn()
+def gsc_dense_twin() -> nn.Module:
+    """The same topology with every weight kept and ReLU where k-WTA was: what "sparsity
+    buys Nx" is measured against."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 64, 5),
+        nn.BatchNorm2d(64, affine=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 5),
+        nn.BatchNorm2d(64, affine=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(1600, 1500),
+        nn.BatchNorm1d(1500, affine=False),
+        nn.ReLU(),
+        nn.Linear(1500, 12),
+    )
+
+
+def export(net: nn.Module, path: str) -> str:
+    """Give BatchNorm realistic statistics (a few training batches), then export at batch 1."""
     net.train()
-    with torch.no_grad():  # a few batches so running mean/var are not the defaults
+    with torch.no_grad():
         for _ in range(3):
             net(torch.randn(16, 1, 32, 32))
     net.eval()
-    x = torch.randn(1, 1, 32, 32)
-    path = os.path.join(workdir, "gsc_torch.onnx")
     torch.onnx.export(
         net,
-        (x,),
+        (torch.randn(1, 1, 32, 32),),
         path,
         input_names=["input"],
         output_names=["output"],
         opset_version=17,
         dynamo=False,
     )
+    return path
+
+
+def main(workdir: str) -> None:
+    # Step 1. Build the network in PyTorch, give BatchNorm realistic statistics, export ONNX.
+    path = export(gsc_super_sparse_cnn(), os.path.join(workdir, "gsc_torch.onnx"))
+    x = torch.randn(1, 1, 32, 32)
     print(f"[1] exported {path}")
 
     # Step 2. What tvm-sparse sees: weight densities, complementary packing, k-WTA inputs.
@@ -124,6 +154,35 @@ def main(workdir: str) -> None:
         f"[5] tvm-sparse {t_sparse * 1e3:.3f} ms, tvm dense {t_dense * 1e3:.3f} ms: "
         f"{t_dense / t_sparse:.1f}x from sparsity"
     )
+
+    # Step 6. Against the dense twin (dense weights, ReLU for k-WTA) on onnxruntime and TVM,
+    # timed in turns so every number comes from the same seconds of the machine.
+    twin_path = export(gsc_dense_twin(), os.path.join(workdir, "gsc_twin.onnx"))
+    twin_ort = ort.InferenceSession(twin_path, providers=["CPUExecutionProvider"])
+    twin_tvm = tvm_sparse.compile(twin_path, "llvm", sparse=False)
+    sparse_ort = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    timers = {
+        "sparse on tvm-sparse": lambda: sparse.benchmark(xn, repeat=50)["median_s"],
+        "sparse on onnxruntime": lambda: _ort_time(sparse_ort, xn),
+        "dense twin on onnxruntime": lambda: _ort_time(twin_ort, xn),
+        "dense twin on TVM": lambda: twin_tvm.benchmark(xn, repeat=50)["median_s"],
+    }
+    samples = take_turns(timers, rounds=5)
+    twin = statistics.median(samples["dense twin on onnxruntime"])
+    print("[6] the sparse network against its dense twin (batch 1, median of 5 rounds):")
+    for name, times in samples.items():
+        t = statistics.median(times)
+        print(f"    {name:28s} {t * 1e3:7.3f} ms  {twin / t:5.1f}x the twin on onnxruntime")
+
+
+def _ort_time(session: ort.InferenceSession, x: np.ndarray, runs: int = 50) -> float:
+    """Median seconds of ``runs`` onnxruntime calls."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

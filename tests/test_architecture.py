@@ -26,6 +26,7 @@ LAYERS = [
     (
         "frontend",
         "module",
+        "profile",
         "onnx_fold",
         "onnx_fixes",
         "op",

@@ -143,3 +143,14 @@ def test_samples_in_parallel_match_one_sample_split(batch):
     call = sparse_conv2d(x.shape, w, bias, ConvAttrs(), "relu", two_cores, layout="flat")
     assert call.info["batch_parallel"] == (batch >= 2)
     check(call, x, conv_ref(x, w, bias, (1, 1), (0, 0, 0, 0), (1, 1), "relu"))
+
+
+def test_samples_in_parallel_needs_a_batch_per_core_and_small_scratch():
+    from tvm_sparse.schedules._conv_dims import SAMPLE_SCRATCH_BYTES, samples_in_parallel
+
+    two_cores = resolve_target({"kind": "llvm", "num-cores": 2})
+    assert samples_in_parallel(64, two_cores, 200 << 10)
+    assert not samples_in_parallel(1, two_cores, 200 << 10)  # one sample: split it
+    assert not samples_in_parallel(64, two_cores, SAMPLE_SCRATCH_BYTES + 1)  # ResNet-size planes
+    sixteen = resolve_target({"kind": "llvm", "num-cores": 16})
+    assert not samples_in_parallel(8, sixteen, 1 << 10)  # fewer samples than cores

@@ -75,9 +75,16 @@ def checked_groups1_conv(
     return weight, conv_dims(x_shape, weight.shape, conv.strides, conv.padding, conv.dilation)
 
 
-def samples_in_parallel(batch: int, target: Any) -> bool:
+def samples_in_parallel(batch: int, target: Any, scratch_bytes: int) -> bool:
     """Whether a conv kernel should run whole samples in parallel rather than split one
     sample's work over the cores: when there are at least as many samples as cores
-    (``target``'s). At batch 64 on two cores, splitting the GSC cnn2's ~70 us per sample
-    over the cores gained 1.07x; whole samples per core 1.83x."""
-    return batch > 1 and batch >= num_cores(target)
+    (``target``'s) and one sample's re-laid input (``scratch_bytes``, one copy a thread) fits
+    in ``SAMPLE_SCRATCH_BYTES``. At batch 64 on two cores, splitting the GSC cnn2's ~70 us per
+    sample over the cores gained 1.07x, whole samples per core 1.83x. Layers with megabytes of
+    planes a sample (ResNet's 56x56 stage) keep the split: their work per sample is large
+    enough to share, and one copy of the planes stays in the shared caches."""
+    return batch > 1 and batch >= num_cores(target) and scratch_bytes <= SAMPLE_SCRATCH_BYTES
+
+
+# Scratch a thread may own when samples run in parallel: half a 2 MiB L2.
+SAMPLE_SCRATCH_BYTES = 1 << 20

@@ -374,6 +374,15 @@ def _flat_consts(csr: CSR, ci: int, k_hw: tuple[int, int], dh: int, hq: int, cbl
     return as_index(offsets, max(ci * kw * hq - 1, 0)), as_index(seg, max(csr.nnz, 1))
 
 
+def flat_scratch_bytes(csr: CSR, k_hw, padded_hw, out_hw) -> int:
+    """Bytes of one sample's scratch (the (channel, kw) planes and the sums) in the flat kernel."""
+    ci = csr.shape[1] // (k_hw[0] * k_hw[1])
+    hq = padded_hw[0] + padded_hw[0] % 2
+    o, (oh, ow) = csr.shape[0], out_hw
+    span = (oh * (ow // 8) + -(-oh * (ow % 8) // 8)) * 8
+    return 4 * (ci * k_hw[1] * hq * ow + o * span)
+
+
 def flat_conv_call(x_shape, csr: CSR, k_hw, out_hw, padded_hw, pads, strides, dilation,
                    bias_arr: np.ndarray, has_bias: bool, activation: str | None, vectors: int,
                    cblock: int | None, oblock: int, parallel: bool, batch_parallel: bool = False,

@@ -358,6 +358,14 @@ def _plane_offsets(csr: CSR, spec: PlaneConvSpec) -> np.ndarray:
     return plane * spec.plane_size + (tap_h * dh) // sh * spec.out_hw[1]
 
 
+def _scratch_bytes(spec: PlaneConvSpec) -> int:
+    """Bytes of one sample's planes and padded copy (one of each a thread with samples in
+    parallel)."""
+    hp, wp = spec.padded_hw
+    padded = spec.x_shape[1] * hp * wp if spec.needs_pad else 0
+    return 4 * (spec.planes * spec.plane_size + padded)
+
+
 def expansion_helps(kernel_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
     """Whether one plane per tap (``PlaneConvSpec.expanded``) is worth a tuning trial.
 
@@ -439,7 +447,8 @@ def sparse_conv2d_planes(
         dims.x, o, (kh, kw), dims.out_hw, dims.pads, dims.strides, dims.dilation, csr.nnz,
         str(offs.dtype), str(ptr.dtype), bias_arr.size, has_bias, activation, lanes, vectors,
         ogroup, parallel, expanded=probe.expanded,
-        batch_parallel=bool(parallel) and samples_in_parallel(bn, target),
+        batch_parallel=bool(parallel)
+        and samples_in_parallel(bn, target, _scratch_bytes(probe)),
     )  # fmt: skip
     weight_bytes = int(vals.nbytes + offs.nbytes + ptr.nbytes)
     info = {

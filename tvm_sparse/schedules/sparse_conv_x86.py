@@ -24,7 +24,7 @@ from ._epilogue import bias_const as _bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .sparse_conv_flat_x86 import flat_conv_call
+from .sparse_conv_flat_x86 import flat_conv_call, flat_scratch_bytes
 
 
 def _conv_tiles(oh: int, ow: int, budget: int = 64) -> tuple[int, int]:
@@ -278,7 +278,8 @@ def sparse_conv2d(
         return flat_conv_call(
             (bn, ci, h, wd), csr, (kh, kw), (oh, ow), (hp, wp), (top, left), (sh, sw), (dh, dw),
             bias_arr, has_bias, activation, vectors, cblock, oblock, parallel,
-            batch_parallel=samples_in_parallel(bn, target),
+            batch_parallel=samples_in_parallel(bn, target, flat_scratch_bytes(csr, (kh, kw),
+                                                                             (hp, wp), (oh, ow))),
         )  # fmt: skip
     tile = _checked_tile(layout, tile, (oh, ow), wp, (sh, sw))
     vals, offs, ptr = _offset_consts(csr, ci, (kh, kw), (hp, wp), (dh, dw))

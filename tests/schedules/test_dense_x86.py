@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -325,3 +326,16 @@ def test_depthwise_row_lanes_keep_scalar_tails_short():
 
     assert [row_lanes(w, 16) for w in (112, 56, 28, 14, 7)] == [16, 8, 8, 4, 4]
     assert row_lanes(112, 8) == 8  # never wider than the CPU's vectors
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_planes_conv_runs_samples_in_parallel_at_batch(batch):
+    """On a 2-core target a batch of >= 2 runs whole samples in parallel (own planes)."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((9, 1, 5, 5), dtype=np.float32)
+    x = rng.standard_normal((batch, 1, 12, 12), dtype=np.float32)
+    two_cores = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    call = dense_conv2d(x.shape, w, None, ConvAttrs(), "relu", two_cores, layout="planes")
+    assert call.info["batch_parallel"] == (batch >= 2)
+    ref = _ref_conv(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, "relu")
+    np.testing.assert_allclose(run_kernel(call, two_cores, x), ref, rtol=1e-4, atol=1e-4)

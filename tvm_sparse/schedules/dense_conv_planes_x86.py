@@ -13,16 +13,18 @@ loaded input vector feeds ``mr`` FMAs, and each output row is stored whole, in N
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv, samples_in_parallel
 from ._epilogue import bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .sparse_conv_planes_x86 import PlaneConvSpec, tap_planes_macro
+from .sparse_conv_planes_x86 import PlaneConvSpec, plane_scratch_bytes, tap_planes_macro
 from .vector_math import install_llvm_lowering
 
 # (mr output channels, vectors of positions) per vector width. 4 x 4 (16 zmm accumulators)
@@ -82,7 +84,8 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
     tile, ntiles, mr = spec.tile, spec.tiles, spec.ogroup
     ngroups = -(-o // mr)
     total = spec.planes * spec.plane_size
-    loop = T.parallel if spec.parallel else T.serial
+    loop = spec.inner_loop
+    batch_parallel = spec.batch_parallel
     needs_pad = spec.needs_pad
     chw = ci * h * wd
     fill = tap_planes_macro(spec)
@@ -98,16 +101,29 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
     ):
         yf = T.decl_buffer((bn * o * oh * ow,), "float32", data=y.data)
         xflat = T.decl_buffer((bn * chw,), "float32", data=x.data)
-        # a tile past the last position reads up to `tile` floats beyond the last plane
-        xs = T.alloc_buffer((total + tile,), "float32", scope="global")
-        xp = T.alloc_buffer((ci * hp * wp_ if needs_pad else 1,), "float32", scope="global")
-        for e in T.vectorized(tile):
-            xs[total + e] = T.float32(0)
-        for nb in range(bn):
-            fill(x, xflat, xp, xs, nb)
-            for tg in loop(ntiles * ngroups):
-                tail = T.alloc_buffer((tile,), "float32", scope="global")
-                channel_tile(xs, wp, toffs, bias, yf, tail, nb, tg % ngroups, tg // ngroups * tile)
+        if batch_parallel:
+            for nb in T.parallel(bn):
+                xs = T.alloc_buffer((total + tile,), "float32", scope="global")
+                xp = T.alloc_buffer((ci * hp * wp_ if needs_pad else 1,), "float32", scope="global")
+                for e in T.vectorized(tile):
+                    xs[total + e] = T.float32(0)
+                fill(x, xflat, xp, xs, nb)
+                for tg in range(ntiles * ngroups):
+                    tail = T.alloc_buffer((tile,), "float32", scope="global")
+                    channel_tile(xs, wp, toffs, bias, yf, tail, nb, tg % ngroups,
+                                 tg // ngroups * tile)  # fmt: skip
+        else:
+            # a tile past the last position reads up to `tile` floats beyond the last plane
+            xs = T.alloc_buffer((total + tile,), "float32", scope="global")
+            xp = T.alloc_buffer((ci * hp * wp_ if needs_pad else 1,), "float32", scope="global")
+            for e in T.vectorized(tile):
+                xs[total + e] = T.float32(0)
+            for nb in range(bn):
+                fill(x, xflat, xp, xs, nb)
+                for tg in loop(ntiles * ngroups):
+                    tail = T.alloc_buffer((tile,), "float32", scope="global")
+                    channel_tile(xs, wp, toffs, bias, yf, tail, nb, tg % ngroups,
+                                 tg // ngroups * tile)  # fmt: skip
 
     return _finish(kernel)
 
@@ -160,6 +176,10 @@ def dense_conv2d_planes(
         "int32", "int32", bias_arr.size, has_bias, activation, lanes, vectors, mr,
         parallel and num_cores(target) > 1,
     )  # fmt: skip
+    spec = dataclasses.replace(
+        spec,
+        batch_parallel=spec.parallel and samples_in_parallel(bn, target, plane_scratch_bytes(spec)),
+    )
     macs = o * taps * bn * positions
     info = {
         "kind": "dense_conv2d",
@@ -168,6 +188,7 @@ def dense_conv2d_planes(
         "macs_padded": -(-o // mr) * mr * taps * bn * spec.tiles * spec.tile,
         "activation": activation,
         "tile": (mr, vectors, lanes),
+        "batch_parallel": spec.batch_parallel,
     }
     return KernelCall(
         func=dense_planes_kernel(spec, taps),

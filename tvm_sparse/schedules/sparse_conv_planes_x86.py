@@ -358,7 +358,7 @@ def _plane_offsets(csr: CSR, spec: PlaneConvSpec) -> np.ndarray:
     return plane * spec.plane_size + (tap_h * dh) // sh * spec.out_hw[1]
 
 
-def _scratch_bytes(spec: PlaneConvSpec) -> int:
+def plane_scratch_bytes(spec: PlaneConvSpec) -> int:
     """Bytes of one sample's planes and padded copy (one of each a thread with samples in
     parallel)."""
     hp, wp = spec.padded_hw
@@ -448,7 +448,7 @@ def sparse_conv2d_planes(
         str(offs.dtype), str(ptr.dtype), bias_arr.size, has_bias, activation, lanes, vectors,
         ogroup, parallel, expanded=probe.expanded,
         batch_parallel=bool(parallel)
-        and samples_in_parallel(bn, target, _scratch_bytes(probe)),
+        and samples_in_parallel(bn, target, plane_scratch_bytes(probe)),
     )  # fmt: skip
     weight_bytes = int(vals.nbytes + offs.nbytes + ptr.nbytes)
     info = {

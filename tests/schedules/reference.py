@@ -72,3 +72,17 @@ def conv_ref(
     if bias is not None:
         out += bias[None, :, None, None]
     return act(out, activation)
+
+
+def check_conv(builder, x_shape, w, bias, conv, activation, target, **knobs):
+    """Build ``builder``'s conv kernel for ``target``, run it on a seeded input and compare it
+    with ``conv_ref`` (rtol/atol 1e-4); returns the KernelCall."""
+    from tvm_sparse.schedules.kernel import run_kernel
+
+    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
+    call = builder(x_shape, w, bias, conv, activation, target, **knobs)
+    out = run_kernel(call, target, x)
+    expected = conv_ref(x, w, bias, conv.strides, conv.padding, conv.dilation, activation)
+    assert out.shape == call.out_shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    return call

@@ -10,12 +10,11 @@ from hypothesis import strategies as st
 
 from tvm_sparse.ir.layers import CONV2D, LayerSpec
 from tvm_sparse.schedules._conv_dims import ConvAttrs
-from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.kernels.cpu_sparse_conv_batch import SparseConv2dBatchLanes
 from tvm_sparse.schedules.sparse_conv_batch_x86 import default_tile, sparse_conv2d_batch_lanes
 from tvm_sparse.target import resolve_target
 
-from .reference import conv_ref, sparse_weight
+from .reference import check_conv, sparse_weight
 
 TARGET = resolve_target("llvm")
 TWO_CORES = resolve_target({"kind": "llvm", "num-cores": 2})
@@ -32,13 +31,8 @@ CASES = [
 
 
 def _check(x_shape, w, bias, conv: ConvAttrs, activation, target=TARGET, **knobs):
-    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
-    call = sparse_conv2d_batch_lanes(x_shape, w, bias, conv, activation, target, **knobs)
-    out = run_kernel(call, target, x)
-    expected = conv_ref(x, w, bias, conv.strides, conv.padding, conv.dilation, activation)
-    assert out.shape == call.out_shape == expected.shape
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
-    return call
+    return check_conv(sparse_conv2d_batch_lanes, x_shape, w, bias, conv, activation, target,
+                      **knobs)  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")

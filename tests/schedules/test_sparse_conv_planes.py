@@ -12,7 +12,7 @@ from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.sparse_conv_planes_x86 import default_vectors, sparse_conv2d_planes
 from tvm_sparse.target import resolve_target
 
-from .reference import conv_ref, sparse_weight
+from .reference import check_conv, conv_ref, sparse_weight
 
 TARGET = resolve_target("llvm")
 
@@ -32,13 +32,7 @@ CASES = [
 
 
 def _check(x_shape, w, bias, conv: ConvAttrs, activation, **knobs):
-    x = np.random.default_rng(1).standard_normal(x_shape).astype(np.float32)
-    call = sparse_conv2d_planes(x_shape, w, bias, conv, activation, TARGET, **knobs)
-    out = run_kernel(call, TARGET, x)
-    expected = conv_ref(x, w, bias, conv.strides, conv.padding, conv.dilation, activation)
-    assert out.shape == call.out_shape == expected.shape
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
-    return call
+    return check_conv(sparse_conv2d_planes, x_shape, w, bias, conv, activation, TARGET, **knobs)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")

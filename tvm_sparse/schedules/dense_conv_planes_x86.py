@@ -85,7 +85,7 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
     ngroups = -(-o // mr)
     total = spec.planes * spec.plane_size
     loop = spec.inner_loop
-    batch_parallel = spec.batch_parallel
+    samples = spec.sample_loop
     needs_pad = spec.needs_pad
     chw = ci * h * wd
     fill = tap_planes_macro(spec)
@@ -101,29 +101,16 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
     ):
         yf = T.decl_buffer((bn * o * oh * ow,), "float32", data=y.data)
         xflat = T.decl_buffer((bn * chw,), "float32", data=x.data)
-        if batch_parallel:
-            for nb in T.parallel(bn):
-                xs = T.alloc_buffer((total + tile,), "float32", scope="global")
-                xp = T.alloc_buffer((ci * hp * wp_ if needs_pad else 1,), "float32", scope="global")
-                for e in T.vectorized(tile):
-                    xs[total + e] = T.float32(0)
-                fill(x, xflat, xp, xs, nb)
-                for tg in range(ntiles * ngroups):
-                    tail = T.alloc_buffer((tile,), "float32", scope="global")
-                    channel_tile(xs, wp, toffs, bias, yf, tail, nb, tg % ngroups,
-                                 tg // ngroups * tile)  # fmt: skip
-        else:
+        for nb in samples(bn):
             # a tile past the last position reads up to `tile` floats beyond the last plane
             xs = T.alloc_buffer((total + tile,), "float32", scope="global")
             xp = T.alloc_buffer((ci * hp * wp_ if needs_pad else 1,), "float32", scope="global")
             for e in T.vectorized(tile):
                 xs[total + e] = T.float32(0)
-            for nb in range(bn):
-                fill(x, xflat, xp, xs, nb)
-                for tg in loop(ntiles * ngroups):
-                    tail = T.alloc_buffer((tile,), "float32", scope="global")
-                    channel_tile(xs, wp, toffs, bias, yf, tail, nb, tg % ngroups,
-                                 tg // ngroups * tile)  # fmt: skip
+            fill(x, xflat, xp, xs, nb)
+            for tg in loop(ntiles * ngroups):
+                tail = T.alloc_buffer((tile,), "float32", scope="global")
+                channel_tile(xs, wp, toffs, bias, yf, tail, nb, tg % ngroups, tg // ngroups * tile)
 
     return _finish(kernel)
 

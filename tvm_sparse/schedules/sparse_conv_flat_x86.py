@@ -319,7 +319,7 @@ def _flat_kernel(spec: FlatConvSpec) -> tvm.tirx.PrimFunc:
     nob = -(-o // spec.oblock)
     nval = max(spec.nnz, 1)
     rows = spec.loop
-    batch_parallel = spec.batch_parallel
+    samples = T.parallel if spec.batch_parallel else T.serial
     relayout = _relayout_macro(spec)
     channel_group = _channel_group_macro(spec)
     write = _write_macro(spec)
@@ -334,26 +334,15 @@ def _flat_kernel(spec: FlatConvSpec) -> tvm.tirx.PrimFunc:
         y: T.Buffer((bn, o, oh, ow), "float32"),
     ):
         yf = T.decl_buffer((bn * o * npos,), "float32", data=y.data)
-        if batch_parallel:
-            for nb in T.parallel(bn):
-                xs = T.alloc_buffer((total + 8,), "float32", scope="global")
-                ya = T.alloc_buffer((o * span,), "float32", scope="global")
-                for e in T.vectorized(8):
-                    xs[total + e] = T.float32(0)
-                relayout(x, xs, nb)
-                for ob in range(nob):
-                    channel_group(xs, ya, vals, offs, seg, ob)
-                    write(ya, bias, yf, nb, ob)
-        else:
+        for nb in samples(bn):
             xs = T.alloc_buffer((total + 8,), "float32", scope="global")
             ya = T.alloc_buffer((o * span,), "float32", scope="global")
             for e in T.vectorized(8):
                 xs[total + e] = T.float32(0)
-            for nb in range(bn):
-                relayout(x, xs, nb)
-                for ob in rows(nob):
-                    channel_group(xs, ya, vals, offs, seg, ob)
-                    write(ya, bias, yf, nb, ob)
+            relayout(x, xs, nb)
+            for ob in rows(nob):
+                channel_group(xs, ya, vals, offs, seg, ob)
+                write(ya, bias, yf, nb, ob)
 
     return kernel
 

@@ -87,6 +87,11 @@ class PlaneConvSpec:
         return T.parallel if self.parallel and not self.batch_parallel else T.serial
 
     @property
+    def sample_loop(self):
+        """The loop kind over the samples (each allocates its own scratch)."""
+        return T.parallel if self.batch_parallel else T.serial
+
+    @property
     def phases(self) -> int:
         """Row phases: taps of a strided conv land on ``sh`` interleaved row sets (expanded:
         one per tap row)."""
@@ -289,7 +294,7 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     total = spec.planes * spec.plane_size
     nval = max(spec.nnz, 1)
     loop = spec.inner_loop
-    batch_parallel = spec.batch_parallel
+    samples = spec.sample_loop
     needs_pad = spec.needs_pad
     chw = ci * h * wd
     # without a residual the parameter is a 1-float placeholder (the last constant)
@@ -311,35 +316,20 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
         yf = T.decl_buffer((bn * o * npos,), "float32", data=y.data)
         rf = T.decl_buffer((res_size,), "float32", data=res.data)
         xflat = T.decl_buffer((bn * chw,), "float32", data=x.data)
-        if batch_parallel:
-            for nb in T.parallel(bn):
-                xs = T.alloc_buffer((total + tile,), "float32", scope="global")
-                xp = T.alloc_buffer((ci * hp * wp if needs_pad else 1,), "float32", scope="global")
-                for e in T.vectorized(tile):
-                    xs[total + e] = T.float32(0)
-                fill(x, xflat, xp, xs, nb)
-                for tg in range(ntiles * ngroups):
-                    tail = T.alloc_buffer((tile,), "float32", scope="global")
-                    p0: T.let = tg // ngroups * tile
-                    for ol in range(ogroup):
-                        oc: T.let = tg % ngroups * ogroup + ol
-                        if oc < o:
-                            channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0)
-        else:
+        for nb in samples(bn):
             # a tile past the last position reads up to `tile` floats beyond the last plane
             xs = T.alloc_buffer((total + tile,), "float32", scope="global")
             xp = T.alloc_buffer((ci * hp * wp if needs_pad else 1,), "float32", scope="global")
             for e in T.vectorized(tile):
                 xs[total + e] = T.float32(0)
-            for nb in range(bn):
-                fill(x, xflat, xp, xs, nb)
-                for tg in loop(ntiles * ngroups):
-                    tail = T.alloc_buffer((tile,), "float32", scope="global")
-                    p0: T.let = tg // ngroups * tile
-                    for ol in range(ogroup):
-                        oc: T.let = tg % ngroups * ogroup + ol
-                        if oc < o:
-                            channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0)
+            fill(x, xflat, xp, xs, nb)
+            for tg in loop(ntiles * ngroups):
+                tail = T.alloc_buffer((tile,), "float32", scope="global")
+                p0: T.let = tg // ngroups * tile
+                for ol in range(ogroup):
+                    oc: T.let = tg % ngroups * ogroup + ol
+                    if oc < o:
+                        channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, nb, oc, p0)
 
     return _finish(kernel).with_attr(SPEC_ATTR, spec.to_json())
 

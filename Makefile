@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_bert.py --threads 1
 	$(BIN)/python benchmarks/bench_zoo.py --threads 1
 	$(BIN)/python benchmarks/bench_zoo.py --threads $$(nproc)
+	$(BIN)/python benchmarks/bench_gsc_twin.py --threads 1 --batch 1
+	$(BIN)/python benchmarks/bench_gsc_twin.py --threads 0 --batch 64 --twin-batches 16,64,256
 
 # ONNX's backend node cases (and the held-out classic CNNs) through onnxruntime, plain TVM and
 # tvm-sparse, in worker processes; lists every case where tvm-sparse does worse than plain TVM.

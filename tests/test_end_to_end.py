@@ -30,6 +30,9 @@ def _input(model, seed=0):
         ("gsc", lambda: models.gsc_sparse_cnn()),
         ("gsc_super_boost", lambda: models.gsc_sparse_cnn(super_sparse=True, boosting=True)),
         ("gsc_b4", lambda: models.gsc_sparse_cnn(super_sparse=True, batch=4)),
+        # batch 16 fills the lanes of the samples-in-lanes conv (a candidate for cnn2)
+        ("gsc_b16", lambda: models.gsc_sparse_cnn(super_sparse=True, batch=16)),
+        ("gsc_dense_twin", lambda: models.gsc_dense_twin()),
     ],
 )
 def test_model_matches_onnxruntime_after_reload(name, build, tmp_path):

@@ -24,6 +24,7 @@ SMALL_MODELS = {
     "tiny_cnn_boost": lambda: models.gsc_sparse_cnn(small=True, boosting=True),
     "gsc": lambda: models.gsc_sparse_cnn(),
     "gsc_super_boost": lambda: models.gsc_sparse_cnn(super_sparse=True, boosting=True),
+    "gsc_dense_twin": lambda: models.gsc_dense_twin(batch=2),
     "kwta_4d": lambda: models.kwta_model([2, 3, 4, 4], k=7),
     "kwta_2d_boost": lambda: models.kwta_model([3, 20], k=5, boosting=True),
     "unsupported_op": lambda: models.model_with_unsupported_op(),
@@ -259,3 +260,17 @@ def test_save_round_trip(tmp_path):
     model = models.tiny_sparse_cnn()
     path = models.save(model, tmp_path / "sub" / "tiny.onnx")
     assert onnx.load(path).SerializeToString() == model.SerializeToString()
+
+
+def test_gsc_dense_twin_is_the_super_sparse_topology_dense_with_relu():
+    twin, sparse = models.gsc_dense_twin(), models.gsc_sparse_cnn(super_sparse=True)
+    ops = [n.op_type for n in twin.graph.node]
+    assert "TopK" not in ops and ops.count("Relu") == 3
+    shapes = {i.name: tuple(i.dims) for i in twin.graph.initializer}
+    sparse_shapes = {i.name: tuple(i.dims) for i in sparse.graph.initializer}
+    for name in ("cnn1.weight", "cnn2.weight", "linear.weight", "output_linear.weight"):
+        assert shapes[name] == sparse_shapes[name]
+        weight = numpy_helper.to_array(next(i for i in twin.graph.initializer if i.name == name))
+        assert np.count_nonzero(weight) == weight.size  # every weight kept
+    with pytest.raises(ValueError, match="boosting"):
+        models.sparse_cnn(models.GSC_SUPER, boosting=True, kwta=False)

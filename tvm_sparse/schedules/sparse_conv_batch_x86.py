@@ -12,10 +12,12 @@ Per group of ``lanes`` samples (the last one padded with zero samples):
 
 1. **Transpose in**: ``xs[c, h, w, s]`` = sample ``s``'s zero-padded input. Each position of
    each channel is one vector.
-2. **Output tiles**: for each output channel, a register tile of ``rows x cols`` output
-   positions (one vector each) streams every non-zero of the channel. A non-zero is one
-   broadcast and ``rows * cols`` aligned loads at fixed offsets from its tap. Then bias +
-   activation, stored to ``ys[o, oh, ow, s]``. Output channels run in parallel.
+2. **Output tiles**: one chunk of output channels per core. For each tile of ``rows x cols``
+   output positions (one vector each) and each block of ``cblock`` input channels (their
+   vectors stay in L1), every output channel of the chunk streams its non-zeros in the block.
+   A non-zero is one broadcast and ``rows * cols`` aligned loads at fixed offsets from its tap.
+   The sums go through ``ys[o, oh, ow, s]`` between blocks (a tile's sums of a chunk stay in
+   L1), and bias + activation are applied after the last block.
 3. **Transpose out** into NCHW.
 
 The output is rounded up to whole tiles, and the input scratch is padded to match, so every

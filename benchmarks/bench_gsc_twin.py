@@ -62,15 +62,15 @@ def _inputs(batch: int) -> list[np.ndarray]:
     return [np.random.default_rng(0).standard_normal((batch, 1, 32, 32)).astype(np.float32)]
 
 
-def _ort_timer(path: str, inputs, timers: dict, label: str, rows: dict) -> np.ndarray:
+def _ort(path: str, inputs, batch: int, label: str, entries: dict) -> np.ndarray:
+    """Time onnxruntime on ``path`` as ``label``; its output is the reference for the rest."""
     ort = OrtRunner(path, threads=THREADS)
-    ref = ort.run(inputs)[0]
-    timers[label] = ort.timer(inputs)
-    rows[label] = path
-    return ref
+    entries[label] = (ort.timer(inputs), batch)
+    return ort.run(inputs)[0]
 
 
-def _deepsparse(path: str, inputs, ref, label: str, timers: dict, servers: list) -> None:
+def _deepsparse(path: str, inputs, ref, batch: int, label: str, entries: dict, servers: list):
+    """Time DeepSparse on ``path`` as ``label`` when its venv exists and its output is right."""
     if ARGS.no_deepsparse:
         return
     ds = DeepSparseRunner(path, threads=THREADS)
@@ -79,7 +79,7 @@ def _deepsparse(path: str, inputs, ref, label: str, timers: dict, servers: list)
         return
     servers.append(ds)
     if close(outs[0], ref):
-        timers[label] = ds.time_for
+        entries[label] = (ds.time_for, batch)
     else:
         print(f"{label}: DeepSparse output differs from onnxruntime; not timed", file=sys.stderr)
 
@@ -89,11 +89,8 @@ def main() -> None:
     print(f"threads {THREADS}, sparse batch {ARGS.batch}")
     workdir = tempfile.mkdtemp(prefix="gsc_twin_")
     twin_batches = [int(b) for b in (ARGS.twin_batches or str(ARGS.batch)).split(",")]
-    timers: dict = {}
-    paths: dict = {}
-    batches: dict = {}
+    entries: dict = {}  # label -> (timer(seconds) -> seconds a run, batch)
     servers: list = []
-    compile_s: dict = {}
     modules: dict = {}
 
     sparse_models = {"sparse": models.gsc_sparse_cnn(super_sparse=True, batch=ARGS.batch)}
@@ -106,42 +103,35 @@ def main() -> None:
     try:
         for name, model in sparse_models.items():
             path = models.save(model, os.path.join(workdir, f"{name}.onnx"))
-            ref = _ort_timer(path, inputs, timers, f"{name}_ort", paths)
-            batches[f"{name}_ort"] = ARGS.batch
+            ref = _ort(path, inputs, ARGS.batch, f"{name}_ort", entries)
             module = tvm_sparse.compile(path, "llvm")
-            compile_s[name] = module.compile_seconds.total()
             modules[name] = module
             if not close(module.run(*inputs), ref):
                 raise SystemExit(f"{name}: tvm-sparse output differs from onnxruntime")
-            timers[f"{name}_tvm_sparse"] = _module_timer(module, args)
-            batches[f"{name}_tvm_sparse"] = ARGS.batch
+            entries[f"{name}_tvm_sparse"] = (_module_timer(module, args), ARGS.batch)
             if name == "sparse":
-                _deepsparse(path, inputs, ref, f"{name}_deepsparse", timers, servers)
-                batches[f"{name}_deepsparse"] = ARGS.batch
+                _deepsparse(path, inputs, ref, ARGS.batch, f"{name}_deepsparse", entries, servers)
         for b in twin_batches:
             path = models.save(
                 models.gsc_dense_twin(batch=b), os.path.join(workdir, f"twin{b}.onnx")
             )
             tin = _inputs(b)
             suffix = "" if len(twin_batches) == 1 else f"_b{b}"
-            ref = _ort_timer(path, tin, timers, f"twin_ort{suffix}", paths)
-            batches[f"twin_ort{suffix}"] = b
-            _deepsparse(path, tin, ref, f"twin_deepsparse{suffix}", timers, servers)
-            batches[f"twin_deepsparse{suffix}"] = b
+            ref = _ort(path, tin, b, f"twin_ort{suffix}", entries)
+            _deepsparse(path, tin, ref, b, f"twin_deepsparse{suffix}", entries, servers)
             dense = tvm_sparse.compile(path, "llvm", sparse=False, measure=False)
             if close(dense.run(*tin), ref):
                 targs = [tvm.runtime.tensor(a) for a in tin]
-                timers[f"twin_tvm{suffix}"] = _module_timer(dense, targs)
-                batches[f"twin_tvm{suffix}"] = b
+                entries[f"twin_tvm{suffix}"] = (_module_timer(dense, targs), b)
         samples = take_turns(
-            {k: (lambda t=t: t(ARGS.round_time)) for k, t in timers.items()}, ARGS.rounds
+            {k: (lambda t=t: t(ARGS.round_time)) for k, (t, _) in entries.items()}, ARGS.rounds
         )
     finally:
         for ds in servers:
             ds.close()
 
     def per_sample(label: str) -> list[float]:
-        return [t / batches[label] for t in samples[label]]
+        return [t / entries[label][1] for t in samples[label]]
 
     twin = [k for k in samples if k.startswith(PEER_LABELS)]
     best_twin = [min(vals) for vals in zip(*(per_sample(k) for k in twin), strict=True)]
@@ -151,7 +141,7 @@ def main() -> None:
         rows.append(
             {
                 "runtime": label,
-                "batch": batches[label],
+                "batch": entries[label][1],
                 "ms": statistics.median(samples[label]) * 1e3,
                 "samples_per_s": 1.0 / statistics.median(ours),
                 "x_twin": statistics.median(b / o for b, o in zip(best_twin, ours, strict=True)),
@@ -163,7 +153,7 @@ def main() -> None:
         "batches) over this row's, median over rounds"
     )
     for name, module in modules.items():
-        print(f"\n{name}: compile {compile_s[name]:.1f} s")
+        print(f"\n{name}: compile {module.compile_seconds.total():.1f} s")
         print(module.report)
     if ARGS.json:
         import json

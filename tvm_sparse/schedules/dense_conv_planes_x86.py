@@ -24,7 +24,7 @@ from ._epilogue import bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .sparse_conv_planes_x86 import PlaneConvSpec, plane_scratch_bytes, tap_planes_macro
+from .sparse_conv_planes_x86 import PlaneConvSpec, tap_planes_macro
 from .vector_math import install_llvm_lowering
 
 # (mr output channels, vectors of positions) per vector width. 4 x 4 (16 zmm accumulators)
@@ -165,7 +165,7 @@ def dense_conv2d_planes(
     )  # fmt: skip
     spec = dataclasses.replace(
         spec,
-        batch_parallel=spec.parallel and samples_in_parallel(bn, target, plane_scratch_bytes(spec)),
+        batch_parallel=spec.parallel and samples_in_parallel(bn, target, spec.scratch_bytes),
     )
     macs = o * taps * bn * positions
     info = {

@@ -26,13 +26,13 @@ tile reads inside the scratch. The extra positions are computed and dropped.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from ..formats._index import as_index
 from ..formats.csr import CSR
 from ..target import num_cores, vector_lanes
 from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
@@ -40,6 +40,8 @@ from ._epilogue import bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
+from .sparse_conv_flat_x86 import channel_block_segments
+from .sparse_conv_x86 import padded_offset_consts
 from .vector_math import install_llvm_lowering
 
 # Accumulators a register tile may hold (32 zmm with AVX-512, 16 ymm with AVX2), leaving room
@@ -312,21 +314,12 @@ def sparse_conv2d_batch_lanes(
     if int(cblock) < 1:
         raise ValueError(f"cblock must be >= 1, got {cblock}")
     cblock = min(int(cblock), ci)
-    ncb = -(-ci // cblock)
-    cols_idx = csr.indices.astype(np.int64)
-    c_idx, rem = cols_idx // (kh * kw), cols_idx % (kh * kw)
-    offsets = (c_idx * hx + rem // kw * dims.dilation[0]) * wx + rem % kw * dims.dilation[1]
-    offs = as_index(offsets, max(ci * hx * wx - 1, 0))
-    rows_of = np.repeat(np.arange(o), np.diff(csr.indptr.astype(np.int64)))
-    keys = rows_of * ncb + c_idx // cblock  # sorted: CSR is row-major, channel-sorted
-    ptr = as_index(np.searchsorted(keys, np.arange(o * ncb + 1), side="left"), max(csr.nnz, 1))
-    vals = np.asarray(csr.data, dtype=np.float32)
-    if vals.size == 0:
-        vals, offs = np.zeros(1, np.float32), np.zeros(1, offs.dtype)
-    spec = BatchLanesSpec(
-        dims.x, o, (kh, kw), dims.out_hw, dims.pads, dims.strides, dims.dilation, csr.nnz,
-        str(offs.dtype), str(ptr.dtype), bias_arr.size, has_bias, activation, lanes, rows, cols,
-        cblock, probe.parallel, num_cores(target) if probe.parallel else 1,
+    # offsets into the scratch as into a padded input of (hx, wx), counted in vectors
+    vals, offs, _ = padded_offset_consts(csr, ci, (kh, kw), (hx, wx), dims.dilation)
+    ptr = channel_block_segments(csr, csr.indices.astype(np.int64) // (kh * kw), cblock, ci)
+    spec = dataclasses.replace(
+        probe, idx_dtype=str(offs.dtype), ptr_dtype=str(ptr.dtype), cblock=cblock,
+        chunks=num_cores(target) if probe.parallel else 1,
     )  # fmt: skip
     positions = dims.out_hw[0] * dims.out_hw[1]
     weight_bytes = int(vals.nbytes + offs.nbytes + ptr.nbytes)

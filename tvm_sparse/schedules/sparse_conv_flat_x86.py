@@ -6,6 +6,7 @@ input; the first ``8 * (OW // 8)`` columns are their own region so their loads a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from tvm.script import tirx as T
 
 from ..formats._index import as_index
 from ..formats.csr import CSR
+from ._conv_dims import samples_in_parallel
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
@@ -155,9 +157,20 @@ class FlatConvSpec:
         return oh * wa // 8, -(-oh * wb // 8)
 
     @property
+    def scratch_bytes(self) -> int:
+        """Bytes of one sample's scratch: the (channel, kw) planes and the sums."""
+        va, vb = self.vectors_ab
+        return 4 * (self.total + self.o * (va + vb) * 8)
+
+    @property
     def loop(self):
         """The loop kind inside one sample: serial when samples run in parallel."""
         return T.parallel if self.parallel and not self.batch_parallel else T.serial
+
+    @property
+    def sample_loop(self):
+        """The loop kind over the samples (each allocates its own scratch)."""
+        return T.parallel if self.batch_parallel else T.serial
 
 
 def _relayout_macro(spec: FlatConvSpec):
@@ -319,7 +332,7 @@ def _flat_kernel(spec: FlatConvSpec) -> tvm.tirx.PrimFunc:
     nob = -(-o // spec.oblock)
     nval = max(spec.nnz, 1)
     rows = spec.loop
-    samples = T.parallel if spec.batch_parallel else T.serial
+    samples = spec.sample_loop
     relayout = _relayout_macro(spec)
     channel_group = _channel_group_macro(spec)
     write = _write_macro(spec)
@@ -347,37 +360,34 @@ def _flat_kernel(spec: FlatConvSpec) -> tvm.tirx.PrimFunc:
     return kernel
 
 
+def channel_block_segments(csr: CSR, channels: np.ndarray, cblock: int, ci: int) -> np.ndarray:
+    """Per output channel (CSR row), where each ``cblock``-channel block's run of its non-zeros
+    starts (``o * ceil(ci / cblock) + 1`` entries): ``channels`` is each non-zero's input
+    channel, and CSR columns are sorted by channel, so a block's non-zeros are contiguous."""
+    o, ncb = csr.shape[0], -(-ci // cblock)
+    rows = np.repeat(np.arange(o), np.diff(csr.indptr.astype(np.int64)))
+    keys = rows * ncb + channels // cblock  # sorted: row-major, channel-sorted CSR
+    seg = np.searchsorted(keys, np.arange(o * ncb + 1), side="left")
+    return as_index(seg, max(csr.nnz, 1))
+
+
 def _flat_consts(csr: CSR, ci: int, k_hw: tuple[int, int], dh: int, hq: int, cblock: int):
     """(offs, seg) for the flat kernel: each non-zero's tap row ``(c * KW + kw) * Hq + kh * dh``,
-    and per output channel the start of each ``cblock``-channel segment of its non-zeros (CSR
-    columns are sorted by channel, so a segment is a contiguous run)."""
+    and its ``cblock``-channel segments (``channel_block_segments``)."""
     kh, kw = k_hw
-    o = csr.shape[0]
     cols = csr.indices.astype(np.int64)
     c_idx, rem = cols // (kh * kw), cols % (kh * kw)
     offsets = (c_idx * kw + rem % kw) * hq + (rem // kw) * dh
-    ncb = -(-ci // cblock)
-    rows = np.repeat(np.arange(o), np.diff(csr.indptr.astype(np.int64)))
-    keys = rows * ncb + c_idx // cblock  # sorted: row-major, channel-sorted CSR
-    seg = np.searchsorted(keys, np.arange(o * ncb + 1), side="left")
-    return as_index(offsets, max(ci * kw * hq - 1, 0)), as_index(seg, max(csr.nnz, 1))
-
-
-def flat_scratch_bytes(csr: CSR, k_hw, padded_hw, out_hw) -> int:
-    """Bytes of one sample's scratch (the (channel, kw) planes and the sums) in the flat kernel."""
-    ci = csr.shape[1] // (k_hw[0] * k_hw[1])
-    hq = padded_hw[0] + padded_hw[0] % 2
-    o, (oh, ow) = csr.shape[0], out_hw
-    span = (oh * (ow // 8) + -(-oh * (ow % 8) // 8)) * 8
-    return 4 * (ci * k_hw[1] * hq * ow + o * span)
+    seg = channel_block_segments(csr, c_idx, cblock, ci)
+    return as_index(offsets, max(ci * kw * hq - 1, 0)), seg
 
 
 def flat_conv_call(x_shape, csr: CSR, k_hw, out_hw, padded_hw, pads, strides, dilation,
                    bias_arr: np.ndarray, has_bias: bool, activation: str | None, vectors: int,
-                   cblock: int | None, oblock: int, parallel: bool, batch_parallel: bool = False,
+                   cblock: int | None, oblock: int, parallel: bool, target=None,
                    ) -> KernelCall:  # fmt: skip
-    """The flat-layout kernel (see ``_flat_kernel``) and its constants; ``batch_parallel``
-    runs whole samples in parallel (with ``parallel``, and a batch of more than one)."""
+    """The flat-layout kernel (see ``_flat_kernel``) and its constants. With ``parallel``, whole
+    samples run in parallel where ``samples_in_parallel`` says so for ``target``'s cores."""
     bn, ci, _, _ = x_shape
     kh, kw = k_hw
     oh, ow = out_hw
@@ -397,8 +407,9 @@ def flat_conv_call(x_shape, csr: CSR, k_hw, out_hw, padded_hw, pads, strides, di
     spec = FlatConvSpec(
         x_shape, o, out_hw, padded_hw, pads, strides, dilation, kw, csr.nnz, str(offs.dtype),
         str(seg.dtype), bias_arr.size, has_bias, activation, vectors, cblock, oblock, parallel,
-        batch_parallel=bool(batch_parallel and parallel and bn > 1),
     )  # fmt: skip
+    in_parallel = samples_in_parallel(bn, target, spec.scratch_bytes)
+    spec = dataclasses.replace(spec, batch_parallel=bool(parallel) and in_parallel)
     func = _flat_kernel(spec)
     positions = bn * oh * ow
     weight_bytes = int(vals.nbytes + offs.nbytes + seg.nbytes)

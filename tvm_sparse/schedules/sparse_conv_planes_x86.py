@@ -92,6 +92,14 @@ class PlaneConvSpec:
         return T.parallel if self.batch_parallel else T.serial
 
     @property
+    def scratch_bytes(self) -> int:
+        """Bytes of one sample's planes and padded copy (one of each a thread with samples in
+        parallel)."""
+        hp, wp = self.padded_hw
+        padded = self.x_shape[1] * hp * wp if self.needs_pad else 0
+        return 4 * (self.planes * self.plane_size + padded)
+
+    @property
     def phases(self) -> int:
         """Row phases: taps of a strided conv land on ``sh`` interleaved row sets (expanded:
         one per tap row)."""
@@ -348,14 +356,6 @@ def _plane_offsets(csr: CSR, spec: PlaneConvSpec) -> np.ndarray:
     return plane * spec.plane_size + (tap_h * dh) // sh * spec.out_hw[1]
 
 
-def plane_scratch_bytes(spec: PlaneConvSpec) -> int:
-    """Bytes of one sample's planes and padded copy (one of each a thread with samples in
-    parallel)."""
-    hp, wp = spec.padded_hw
-    padded = spec.x_shape[1] * hp * wp if spec.needs_pad else 0
-    return 4 * (spec.planes * spec.plane_size + padded)
-
-
 def expansion_helps(kernel_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
     """Whether one plane per tap (``PlaneConvSpec.expanded``) is worth a tuning trial.
 
@@ -438,7 +438,7 @@ def sparse_conv2d_planes(
         str(offs.dtype), str(ptr.dtype), bias_arr.size, has_bias, activation, lanes, vectors,
         ogroup, parallel, expanded=probe.expanded,
         batch_parallel=bool(parallel)
-        and samples_in_parallel(bn, target, plane_scratch_bytes(probe)),
+        and samples_in_parallel(bn, target, probe.scratch_bytes),
     )  # fmt: skip
     weight_bytes = int(vals.nbytes + offs.nbytes + ptr.nbytes)
     info = {

@@ -19,12 +19,12 @@ from tvm.script import tirx as T
 
 from ..formats._index import as_index
 from ..formats.csr import CSR
-from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv, samples_in_parallel
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .sparse_conv_flat_x86 import flat_conv_call, flat_scratch_bytes
+from .sparse_conv_flat_x86 import flat_conv_call
 
 
 def _conv_tiles(oh: int, ow: int, budget: int = 64) -> tuple[int, int]:
@@ -224,7 +224,7 @@ def _checked_tile(layout, tile, out_hw, wp: int, strides) -> tuple[int, int]:
     return tile
 
 
-def _offset_consts(csr: CSR, ci: int, k_hw, padded_hw, dilation):
+def padded_offset_consts(csr: CSR, ci: int, k_hw, padded_hw, dilation):
     """``(vals, offsets, row pointers)``: each non-zero with its flat offset into the padded
     input, ``c * Hp * Wp + kh * dh * Wp + kw * dw`` (buffers kept non-empty)."""
     kh, kw = k_hw
@@ -277,12 +277,10 @@ def sparse_conv2d(
     if layout == "flat":
         return flat_conv_call(
             (bn, ci, h, wd), csr, (kh, kw), (oh, ow), (hp, wp), (top, left), (sh, sw), (dh, dw),
-            bias_arr, has_bias, activation, vectors, cblock, oblock, parallel,
-            batch_parallel=samples_in_parallel(bn, target, flat_scratch_bytes(csr, (kh, kw),
-                                                                             (hp, wp), (oh, ow))),
+            bias_arr, has_bias, activation, vectors, cblock, oblock, parallel, target,
         )  # fmt: skip
     tile = _checked_tile(layout, tile, (oh, ow), wp, (sh, sw))
-    vals, offs, ptr = _offset_consts(csr, ci, (kh, kw), (hp, wp), (dh, dw))
+    vals, offs, ptr = padded_offset_consts(csr, ci, (kh, kw), (hp, wp), (dh, dw))
     func = _conv_kernel(
         (bn, ci, h, wd), o, (oh, ow), (hp, wp), (top, left), (sh, sw), csr.nnz, str(offs.dtype),
         str(ptr.dtype), bias_arr.size, has_bias, activation, tile, parallel,

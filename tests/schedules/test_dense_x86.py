@@ -190,37 +190,64 @@ def test_rejects_bad_arguments():
         dense_conv2d((1, 2, 2, 2), np.zeros((4, 2, 3, 3), np.float32), target=TARGET)
 
 
+@pytest.mark.parametrize("order", ["panel", "cotile", "channels"])
 @pytest.mark.parametrize(
     "x_shape, co, stride, tiling",
     [
         ((1, 8, 12, 12), 12, 1, None),  # 144 pixels: panels cross image rows
-        ((2, 16, 9, 7), 20, 1, GemmTiling(mr=6, nb=64)),  # batch 2, pixel and channel tails
+        ((2, 16, 9, 7), 20, 1, GemmTiling(mr=6, nb=64)),  # batch 2, 63 pixels < nb, co tail
         ((1, 24, 14, 14), 64, 2, GemmTiling(mr=12, nb=32)),  # stride-2 downsample, 7x7 out
         ((2, 5, 11, 13), 7, 2, GemmTiling(mr=24, nb=16)),  # odd sizes, channels < mr
         ((1, 32, 56, 56), 16, 1, GemmTiling(mr=6, nb=16)),  # the AVX2 tile
+        ((1, 40, 7, 7), 24, 1, GemmTiling(mr=8, nb=32, parallel=False)),  # 49 = 32 + 17
+        ((3, 6, 1, 1), 5, 1, GemmTiling(mr=8, nb=32)),  # one pixel: scalar panels
+        ((1, 4, 3, 3), 9, 2, GemmTiling(mr=8, nb=16)),  # 2x2 out: 4-lane panels
     ],
 )
-def test_pointwise_conv_matches_numpy(x_shape, co, stride, tiling):
-    """1x1 convs take the NCHW pixel-panel GEMM (no NHWC relayout), exact for every tile."""
+def test_pointwise_conv_matches_numpy(x_shape, co, stride, tiling, order):
+    """1x1 convs take the NCHW pixel-panel GEMM (no NHWC relayout), exact for every tile and
+    loop order, the last panel overlapping the one before it when the pixels do not divide."""
     rng = np.random.default_rng(2)
     w = rng.standard_normal((co, x_shape[1], 1, 1), dtype=np.float32)
     b = rng.standard_normal(co, dtype=np.float32)
     x = rng.standard_normal(x_shape, dtype=np.float32)
     conv = ConvAttrs((stride, stride), (0, 0, 0, 0))
-    call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, tiling=tiling)
-    assert call.info["layout"] == "pointwise"
+    call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, tiling=tiling, pointwise_order=order)
+    assert (call.info["layout"], call.info["order"]) == ("pointwise", order)
     ref = _ref_conv(x, w, b, (stride, stride), (0, 0, 0, 0), (1, 1), 1, "relu")
     np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_pointwise_tiling_follows_vector_width_and_shape():
-    from tvm_sparse.schedules.pointwise_conv_x86 import choose_pointwise_tiling
+    from tvm_sparse.schedules.dense_x86 import conv_geometry
+    from tvm_sparse.schedules.pointwise_conv_x86 import (
+        choose_pointwise,
+        choose_pointwise_order,
+        choose_pointwise_tiling,
+    )
 
     tile = choose_pointwise_tiling(256, 56 * 56, 16)
-    assert (tile.mr, tile.nb) == (6, 64)
-    assert choose_pointwise_tiling(128, 28 * 28, 16).nb == 32  # 784 = 24.5 x 32
-    assert choose_pointwise_tiling(256, 14 * 14, 16).nb == 16  # 196: least padding
+    assert (tile.mr, tile.nb) == (6, 64)  # 56x56 and up: the 64-pixel panels
+    tile = choose_pointwise_tiling(256, 28 * 28, 16)
+    assert (tile.mr, tile.nb) == (8, 32)
+    assert choose_pointwise_tiling(24, 28 * 28, 16).mr == 8  # 24 = 3 x 8, no padded channels
+    assert choose_pointwise_tiling(36, 28 * 28, 16).mr == 12  # 36 = 3 x 12
+    # 196 pixels: 7 panels of 32 (the last overlaps by 28) beat 13 slower panels of 16
+    assert choose_pointwise_tiling(256, 14 * 14, 16).nb == 32
     assert choose_pointwise_tiling(256, 56 * 56, 8).nb == 16  # AVX2: 6 x 16 (12 ymm)
+    # the channel tile outer order while one sample's packed input fits in half an L2
+    geo = conv_geometry((1, 16, 112, 112), (96, 16, 1, 1), ConvAttrs())
+    assert choose_pointwise_order(geo, 32) == "cotile"  # 800 KB
+    geo = conv_geometry((1, 32, 112, 112), (16, 32, 1, 1), ConvAttrs())
+    assert choose_pointwise_order(geo, 32) == "panel"  # projection: the panel outer
+    # 7x7: 16-lane panels compute 64 of 49 pixels; the channels form takes 7 tiles of 7
+    geo = conv_geometry((1, 960, 7, 7), (320, 960, 1, 1), ConvAttrs())
+    tile, order = choose_pointwise(geo, 16)
+    assert (tile.mr, tile.nb, order) == (7, 32, "channels")
+    tile, order = choose_pointwise(geo, 8)  # not on AVX2 (unmeasured there)
+    assert order != "channels"
+    geo = conv_geometry((1, 64, 14, 14), (384, 64, 1, 1), ConvAttrs())
+    assert choose_pointwise(geo, 16)[1] != "channels"  # 196 -> 224: not enough to switch
     # a padded 1x1 is not pointwise: it keeps the implicit GEMM (many channels) or the tap
     # planes (few channels, as a stem)
     w = np.ones((4, 32, 1, 1), np.float32)
@@ -303,7 +330,10 @@ def test_winograd_is_the_default_for_wide_3x3_stride_1_only():
         ((1, 4, 9, 40), 5, 2, (2, 2, 2, 2), False, "gelu"),  # 5x5, 16-lane rows with a tail
         ((1, 3, 7, 7), 3, 1, (0, 1, 2, 0), True, None),  # asymmetric padding
         ((1, 6, 4, 4), 3, 2, (0, 0, 1, 1), True, "relu"),  # TF-style "same" padding
-        ((1, 7, 14, 14), 3, 1, (1, 1, 1, 1), True, "relu6"),  # 4-lane rows, MobileNet's ReLU6
+        ((1, 7, 14, 14), 3, 1, (1, 1, 1, 1), True, "relu6"),  # 14-lane rows, MobileNet's ReLU6
+        ((1, 5, 56, 56), 3, 2, (1, 1, 1, 1), True, "relu6"),  # stride 2, rows split in 2 x 16
+        ((2, 3, 70, 75), 5, 2, (2, 2, 2, 2), True, None),  # 5x5 stride 2, 8-lane rows + tail
+        ((1, 4, 15, 15), 3, 2, (1, 1, 1, 1), False, "relu"),  # odd input, 8-wide output rows
     ],
 )
 def test_depthwise_conv_matches_numpy(x_shape, kernel, stride, padding, with_bias, activation):
@@ -324,8 +354,10 @@ def test_other_grouped_convs_keep_the_loop_nest():
 def test_depthwise_row_lanes_keep_scalar_tails_short():
     from tvm_sparse.schedules.depthwise_conv_x86 import row_lanes
 
-    assert [row_lanes(w, 16) for w in (112, 56, 28, 14, 7)] == [16, 8, 8, 4, 4]
+    # up to two vectors wide: one vector of the row's width (LLVM splits 28 into 16 + 8 + 4)
+    assert [row_lanes(w, 16) for w in (112, 56, 32, 28, 14, 7)] == [16, 8, 32, 28, 14, 7]
     assert row_lanes(112, 8) == 8  # never wider than the CPU's vectors
+    assert row_lanes(20, 8) == 4  # AVX2: 20 > 2 x 8, five 4-lane vectors
 
 
 @pytest.mark.parametrize("batch", [1, 3])

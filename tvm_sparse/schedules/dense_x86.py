@@ -61,11 +61,12 @@ from .gemm_x86 import (
 from .kernel import KernelCall
 from .kernel import finish as _finish
 from .pointwise_conv_x86 import (
-    choose_pointwise_tiling,
+    choose_pointwise,
     is_pointwise,
-    pack_pointwise_weight,
     pointwise_kernel,
+    pointwise_outputs_computed,
     pointwise_spec,
+    pointwise_weight,
 )
 from .winograd_conv_x86 import winograd_applies, winograd_conv2d
 
@@ -191,12 +192,13 @@ def dense_conv2d(
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None,
     target: tvm.target.Target | None = None, tiling: GemmTiling | None = None,
     layout: str | None = None, planes_tile: tuple[int, int] | None = None,
-    winograd_tile: tuple[int, int] | None = None,
+    winograd_tile: tuple[int, int] | None = None, pointwise_order: str | None = None,
 ) -> KernelCall:  # fmt: skip
     """``y = act(conv2d(x, weight) + bias)`` in NCHW / OIHW as a scheduled kernel.
 
     ``layout`` (default: by shape, see ``default_conv_layout``) picks the kernel for groups=1:
-    ``pointwise`` (1x1: an NCHW GEMM over pixel panels, ``tiling`` = channels x pixels),
+    ``pointwise`` (1x1: an NCHW GEMM over pixel panels, ``tiling`` = channels x pixels,
+    ``pointwise_order`` = ``panel`` or ``cotile`` outer, default by the input's size),
     ``implicit_gemm`` (pixels x channels micro-kernel over an NHWC copy, ``tiling`` = pixels x
     channels; consts ``(weight packed as [Co/nb, KH*KW*Ci, nb], bias?)``) or ``planes``
     (positions in the lanes over tap planes, ``planes_tile`` = (channels, vectors); consts
@@ -242,16 +244,14 @@ def dense_conv2d(
     if layout == "pointwise" and not is_pointwise(geo):
         raise ValueError(f"layout 'pointwise' needs an unpadded 1x1 conv, got {weight.shape}")
     if groups == 1 and layout == "pointwise":
-        pixels = geo.out_hw[0] * geo.out_hw[1]
-        tiling = tiling or choose_pointwise_tiling(
-            co, pixels, vector_lanes(target), num_cores(target)
-        )
-        func = pointwise_kernel(pointwise_spec(geo, tiling, bias is not None, activation))
-        consts = [pack_pointwise_weight(weight, tiling.mr)]
-        info.update(tiling=tiling, layout="pointwise")
-        info["macs_padded"] = (
-            geo.x_shape[0] * round_up(co, tiling.mr) * round_up(pixels, tiling.nb) * ci_g
-        )
+        if tiling is None:
+            tiling, default_order = choose_pointwise(geo, vector_lanes(target), num_cores(target))
+            pointwise_order = pointwise_order or default_order
+        spec = pointwise_spec(geo, tiling, bias is not None, activation, pointwise_order)
+        func = pointwise_kernel(spec)
+        consts = [pointwise_weight(weight, spec)]
+        info.update(tiling=tiling, layout="pointwise", order=spec["order"])
+        info["macs_padded"] = geo.x_shape[0] * ci_g * pointwise_outputs_computed(spec)
     elif groups == 1:
         tiling = tiling or choose_conv_tiling(
             geo.out_hw[1], num_cores(target), vector_lanes(target)

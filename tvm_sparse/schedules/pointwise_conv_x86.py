@@ -8,12 +8,24 @@ the layer (ResNet-50's 56x56 1x1 convs ran at 0.66-0.72x onnxruntime on AVX-512)
     acc[n, co, p] = sum_ci W[co, ci] * x[n, ci, p]
 
 is computed with ``mr`` output channels broadcast from the packed weight ``[Co/mr, Ci, mr]``
-and ``nb`` pixels as vectors, so the output tile lands in NCHW rows as it is. The input is
-packed once into ``[N, P/nb, Ci, nb]`` pixel panels (the stride is applied while packing, so a
-stride-2 downsample reads only the pixels it uses): the micro-kernel then streams one
-contiguous panel. The kernel reads and writes flat ``[N, C, H*W]`` views of the NCHW tensors
-(declared on the same memory): an output tile spans image rows, and TIR's region analysis
-cannot split a flattened index back into (row, column) ranges.
+and ``nb`` pixels as vectors, so the output tile lands in NCHW rows as it is. At stride 1 the
+micro-kernel reads its ``nb`` pixels of each input channel straight from the NCHW input; a
+strided conv first packs its pixels into ``[N, panels, Ci, nb]`` panels (so a stride-2
+downsample reads only the pixels it uses). Packing at stride 1 too cost up to half the layer
+where Co is small (144->24 at 56x56: 268 against 171 us, 32->16 at 112x112: 211 against 103).
+
+Every panel is whole: the last one starts at ``P - nb`` and overlaps the one before (its
+pixels are computed twice, with the same result), so the epilogue (bias, shortcut, activation)
+stores whole vectors straight from the accumulators. The TE version of this kernel padded the
+last panel instead; its epilogue then needed a bounds test, which kept it scalar and behind a
+copy of the tile to memory: 1.3-2.3x slower on MobileNetV2's 28x28-7x7 layers (Sapphire
+Rapids). Written in TVMScript for that reason: TE cannot express a store region that overlaps.
+
+Three forms (``order``): ``panel`` (pixel panel outer, every channel tile reuses the panel from
+L1/L2), ``cotile`` (channel tile outer: its weights stay in L1 and the output is written as
+``mr`` sequential streams; for expanding convs, 16->96 at 112x112 ran 280 against 330 us), and
+``channels`` (``nb`` channels in the lanes, ``mr`` pixels broadcast: for small images, where
+16-lane pixel panels compute 64 pixels of a 7x7 = 49).
 """
 
 from __future__ import annotations
@@ -23,11 +35,21 @@ import json
 
 import numpy as np
 import tvm
-from tvm import s_tir, te, tirx
+from tvm.script import tirx as T
 
+from ._epilogue import epilogue as _epilogue
 from .dense_conv_x86 import ConvGeometry
-from .gemm_x86 import GemmTiling, apply_activation, round_up
+from .gemm_x86 import GemmTiling, round_up
 from .kernel import finish
+
+ORDERS = ("panel", "cotile", "channels")
+# the channel tile outer order: for expanding convs (Co >= 4 Ci) whose input, one sample's,
+# fits in about half an L2 (16->96 at 112x112: 280 against 330 us; 144->24 at 56x56 lost)
+COTILE_MIN_EXPANSION = 4
+COTILE_MAX_INPUT_BYTES = 1 << 20
+# the channels form by default where pixel panels compute this many times the pixels (7x7:
+# 64 for 49; 960->320 ran 208 against 233 us, 960->160 103 against 121)
+CHANNELS_MIN_OVERCOMPUTE = 1.25
 
 
 def is_pointwise(geo: ConvGeometry) -> bool:
@@ -38,135 +60,277 @@ def is_pointwise(geo: ConvGeometry) -> bool:
     )
 
 
-# (mr output channels, nb pixels, relative speed), per vector width. Measured on Zen 4
-# (AVX-512) against onnxruntime: 6x64 wins at 56x56, 12x32 at 28x28, 24x16 at 14x14.
+# (mr output channels, nb pixels, relative speed), per vector width. Measured on Sapphire
+# Rapids (AVX-512, MobileNetV2's and ResNet's shapes): 8x32 and 12x32 lead from 28x28 down,
+# 6x64 within 3% there and ahead from 56x56 up (``WIDE_PANEL_PIXELS``: 144->24 171 against
+# 194 us, 256->64 756 against 805); 16-pixel tiles are 10-20% slower.
 _TILES = {
-    16: ((6, 64, 1.0), (12, 32, 0.97), (24, 16, 0.95)),
+    16: ((8, 32, 1.0), (12, 32, 1.0), (6, 64, 0.97), (12, 16, 0.85)),
     8: ((6, 16, 1.0), (12, 8, 0.9)),
     4: ((6, 8, 1.0), (12, 4, 0.9)),
 }
+WIDE_PANEL_PIXELS = 56 * 56
+# pixels per tile of the channels form, the first of the least overcompute wins
+CHANNEL_FORM_PIXELS = (7, 8, 6)
+
+
+def panel_width(nb: int, pixels: int) -> int:
+    """The pixels per panel the kernel uses: ``nb``, or the largest power of two that fits
+    in a smaller image (every panel must be whole)."""
+    return nb if nb <= pixels else 1 << (pixels.bit_length() - 1)
+
+
+def pixels_computed(pixels: int, nb: int) -> int:
+    """Pixels the kernel computes: whole panels of ``panel_width`` (the last one overlaps)."""
+    width = panel_width(nb, pixels)
+    return round_up(pixels, width)
+
+
+def pointwise_outputs_computed(spec: dict) -> int:
+    """Outputs one sample's kernel computes, overlaps and padded channels included."""
+    geo = ConvGeometry(*(tuple(v) if isinstance(v, list) else v for v in spec["geometry"]))
+    mr, nb = spec["tiling"]["mr"], spec["tiling"]["nb"]
+    co, pixels = geo.w_shape[0], geo.out_hw[0] * geo.out_hw[1]
+    if spec["order"] == "channels":
+        return round_up(co, nb) * round_up(pixels, min(mr, pixels))
+    return round_up(co, mr) * pixels_computed(pixels, nb)
 
 
 def choose_pointwise_tiling(
     channels_out: int, pixels: int, lanes: int, num_cores: int = 1
 ) -> GemmTiling:
-    """The tile that wastes least on padding channels and pixels, weighted by its speed."""
+    """The tile that wastes least on padding channels and overlapping pixels, weighted by its
+    speed."""
     tiles = _TILES.get(lanes, _TILES[8])
-    mr, nb, _ = min(
-        tiles, key=lambda t: round_up(channels_out, t[0]) * round_up(pixels, t[1]) / t[2]
-    )
+
+    def cost(tile: tuple[int, int, float]) -> float:
+        mr, nb, speed = tile
+        if nb >= 4 * lanes and pixels >= WIDE_PANEL_PIXELS:
+            speed *= 1.1
+        return round_up(channels_out, mr) * pixels_computed(pixels, nb) / speed
+
+    mr, nb, _ = min(tiles, key=cost)
     return GemmTiling(mr=mr, nb=nb, parallel=num_cores > 1)
 
 
+def choose_pointwise_order(geo: ConvGeometry, nb: int) -> str:
+    """The pixel-panel order: ``cotile`` for an expanding conv whose input fits in about half
+    an L2, else ``panel``."""
+    ci, co = geo.x_shape[1], geo.w_shape[0]
+    pixels = geo.out_hw[0] * geo.out_hw[1]
+    small = 4 * ci * pixels_computed(pixels, nb) <= COTILE_MAX_INPUT_BYTES
+    return "cotile" if small and co >= COTILE_MIN_EXPANSION * ci else "panel"
+
+
+def choose_pointwise(geo: ConvGeometry, lanes: int, num_cores: int = 1) -> tuple[GemmTiling, str]:
+    """The default tile and form: pixel panels, or on 16-lane CPUs the channels form where
+    panels would compute ``CHANNELS_MIN_OVERCOMPUTE`` times the pixels (small images)."""
+    co, pixels = geo.w_shape[0], geo.out_hw[0] * geo.out_hw[1]
+    tiling = choose_pointwise_tiling(co, pixels, lanes, num_cores)
+    overcompute = pixels_computed(pixels, tiling.nb) / pixels
+    if lanes >= 16 and overcompute >= CHANNELS_MIN_OVERCOMPUTE:
+        mr = min(CHANNEL_FORM_PIXELS, key=lambda m: round_up(pixels, min(m, pixels)))
+        return GemmTiling(mr=mr, nb=2 * lanes, parallel=num_cores > 1), "channels"
+    return tiling, choose_pointwise_order(geo, tiling.nb)
+
+
+def pointwise_weight(weight: np.ndarray, spec: dict) -> np.ndarray:
+    """The packed weight the kernel of ``spec`` reads: ``mr``-channel rows to broadcast, or
+    (the ``channels`` form) ``nb``-channel vector panels; the same layout either way."""
+    tiling = spec["tiling"]
+    return pack_pointwise_weight(
+        weight, tiling["nb"] if spec["order"] == "channels" else tiling["mr"]
+    )
+
+
 def pack_pointwise_weight(weight: np.ndarray, mr: int) -> np.ndarray:
-    """OIHW ``[Co, Ci, 1, 1]`` -> ``[ceil(Co / mr), Ci, mr]``, zero padded: the broadcast rows."""
+    """OIHW ``[Co, Ci, 1, 1]`` -> ``[ceil(Co / mr), Ci, mr]``, zero padded: ``mr`` channels
+    contiguous per input channel."""
     co, ci = weight.shape[:2]
     padded = np.zeros((round_up(co, mr), ci), dtype=np.float32)
     padded[:co] = weight.reshape(co, ci)
     return np.ascontiguousarray(padded.reshape(-1, mr, ci).transpose(0, 2, 1))
 
 
-def pointwise_compute(
+def _kernel(
     geo: ConvGeometry,
-    tiling: GemmTiling,
+    mr: int,
+    nb: int,
     has_bias: bool,
     activation: str | None,
-    residual: bool = False,
-) -> list[te.Tensor]:
-    """TE of the 1x1 conv over flat views: params ``[x (N, Ci, H*W), w_packed, bias?,
-    residual?, out (N, Co, OH*OW)]``; blocks "x_panels" (the strided pixel packing), "gemm",
-    "epilogue". A ``residual`` (a ResNet shortcut, ``passes.fuse_residual``) is added before
-    the activation."""
-    mr, nb = tiling.mr, tiling.nb
+    residual: bool,
+    order: str,
+    parallel: bool,
+    packed: bool = True,
+) -> tvm.tirx.PrimFunc:
+    """The TIR of one conv with every param (x, w_packed, bias, residual, out); the caller
+    drops the unused ones."""
     batch, ci, h, w = geo.x_shape
     co = geo.w_shape[0]
     oh, ow = geo.out_hw
     sh, sw = geo.strides
     pixels = oh * ow
-    p_pad, co_pad = round_up(pixels, nb), round_up(co, mr)
+    panels = -(-pixels // nb)
+    co_tiles = -(-co // mr)
+    strided = (sh, sw) != (1, 1)
+    cotile = order == "cotile"
+    loop = T.parallel if parallel else T.serial
 
-    x = te.placeholder((batch, ci, h * w), "float32", name="x")
-    wp = te.placeholder((co_pad // mr, ci, mr), "float32", name="w_packed")
-    last = tirx.const(pixels - 1, "int32")
+    def source(p):  # the input offset of output pixel p (the stride applied)
+        return (p // ow) * sh * w + (p % ow) * sw if strided else p
 
-    def pixel(n, panel, c, lane):  # padded pixels repeat the last one: loads stay in bounds
-        p = te.min(panel * nb + lane, last)
-        if (sh, sw) == (1, 1):
-            return x[n, c, p]
-        return x[n, c, (p // ow) * sh * w + (p % ow) * sw]
+    def vec(first):  # nb consecutive elements (a scalar for a 1-pixel image)
+        return T.ramp(first, 1, nb) if nb > 1 else first
 
-    panels = te.compute((batch, p_pad // nb, ci, nb), pixel, name="x_panels")
-    k = te.reduce_axis((0, ci), name="k")
-    acc = te.compute(
-        (batch, co_pad, p_pad),
-        lambda n, i, j: te.sum(wp[i // mr, k, i % mr] * panels[n, j // nb, k, j % nb], axis=k),
-        name="gemm",
-    )
-    params = [x, wp]
-    bias = None
-    if has_bias:
-        bias = te.placeholder((co,), "float32", name="bias")
-        params.append(bias)
+    def bcast(value):
+        return T.broadcast(value, nb) if nb > 1 else value
 
-    res = None
-    if residual:
-        res = te.placeholder((batch, co, pixels), "float32", name="residual")
-        params.append(res)
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((batch, ci, h, w), "float32"),
+        w_packed: T.Buffer((co_tiles, ci, mr), "float32"),
+        bias: T.Buffer((co if has_bias else 1,), "float32"),
+        residual_in: T.Buffer((batch, co, oh, ow), "float32"),
+        out: T.Buffer((batch, co, oh, ow), "float32"),
+    ):
+        xf = T.decl_buffer((batch * ci * h * w,), "float32", data=x.data)
+        wf = T.decl_buffer((co_tiles * ci * mr,), "float32", data=w_packed.data)
+        of = T.decl_buffer((batch * co * pixels,), "float32", data=out.data)
+        x_panels = T.alloc_buffer((batch * panels * ci * nb if packed else 1,), "float32")
+        if packed:
+            for np_ in loop(batch * panels):
+                n_p: T.let = np_ // panels
+                first: T.let = T.min(np_ % panels * nb, pixels - nb)
+                for k in range(ci):
+                    for lane in T.vectorized(nb):
+                        x_panels[(np_ * ci + k) * nb + lane] = xf[
+                            (n_p * ci + k) * h * w + source(first + lane)
+                        ]
+        for t in loop(batch * panels * co_tiles):
+            n: T.let = t // (panels * co_tiles)
+            pn: T.let = t % panels if cotile else t // co_tiles % panels
+            tile: T.let = t // panels % co_tiles if cotile else t % co_tiles
+            start: T.let = T.min(pn * nb, pixels - nb)
+            acc = T.alloc_buffer((mr * nb,), "float32", scope="local")
+            for i in T.unroll(mr):
+                acc[vec(i * nb)] = bcast(T.float32(0))
+            for k in range(ci):
+                for i in T.unroll(mr):
+                    if packed:
+                        acc[vec(i * nb)] = (
+                            acc[vec(i * nb)]
+                            + bcast(wf[(tile * ci + k) * mr + i])
+                            * x_panels[vec(((n * panels + pn) * ci + k) * nb)]
+                        )
+                    else:
+                        acc[vec(i * nb)] = (
+                            acc[vec(i * nb)]
+                            + bcast(wf[(tile * ci + k) * mr + i])
+                            * xf[vec((n * ci + k) * h * w + start)]
+                        )
+            for i in T.unroll(mr):
+                if tile * mr + i < co:
+                    c: T.let = tile * mr + i
+                    at: T.let = (n * co + c) * pixels + start
+                    value: T.let = acc[vec(i * nb)]
+                    if has_bias and residual:
+                        rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
+                        of[vec(at)] = _epilogue(
+                            value + bcast(bias[c]) + rf[vec(at)],
+                            activation,
+                            nb,
+                        )
+                    elif has_bias:
+                        of[vec(at)] = _epilogue(value + bcast(bias[c]), activation, nb)
+                    elif residual:
+                        rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
+                        of[vec(at)] = _epilogue(value + rf[vec(at)], activation, nb)
+                    else:
+                        of[vec(at)] = _epilogue(value, activation, nb)
 
-    def epilogue(n, c, p):
-        value = acc[n, c, p] + bias[c] if bias is not None else acc[n, c, p]
-        if res is not None:
-            value = value + res[n, c, p]
-        return apply_activation(value, activation)
-
-    out = te.compute((batch, co, pixels), epilogue, name="epilogue")
-    return [*params, out]
+    return kernel
 
 
-def schedule_pointwise(sch: s_tir.Schedule, tiling: GemmTiling) -> s_tir.Schedule:
-    """Pixel panel outermost (its ``Ci x nb`` panel stays in cache for every channel tile),
-    then ``mr`` channel tiles; the ``mr x nb`` accumulators stay in registers for all of Ci."""
-    mr, nb = tiling.mr, tiling.nb
-    pack = sch.get_sblock("x_panels")
-    n_p, panel, _, lane = sch.get_loops(pack)
-    sch.vectorize(lane)
-    if tiling.parallel:
-        sch.parallel(sch.fuse(n_p, panel))
+def _channel_kernel(
+    geo: ConvGeometry,
+    mr: int,
+    nb: int,
+    has_bias: bool,
+    activation: str | None,
+    residual: bool,
+    parallel: bool,
+) -> tvm.tirx.PrimFunc:
+    """The ``channels`` form: ``nb`` output channels in the vector lanes, ``mr`` pixels
+    broadcast straight from the NCHW input (no packing), the weight packed ``[Co/nb, Ci, nb]``.
+    A pixel tile's ``mr`` outputs of one channel are contiguous in NCHW, so the epilogue
+    stores ``mr``-wide vectors gathered across the accumulators. For small images: 7x7 = 7
+    tiles of 7 pixels exactly, where 16-lane pixel panels compute 64."""
+    batch, ci, h, w = geo.x_shape
+    co = geo.w_shape[0]
+    oh, ow = geo.out_hw
+    sh, sw = geo.strides
+    pixels = oh * ow
+    tiles = -(-pixels // mr)
+    co_panels = -(-co // nb)
+    strided = (sh, sw) != (1, 1)
+    loop = T.parallel if parallel else T.serial
 
-    gemm = sch.get_sblock("gemm")
-    n, i, j, k = sch.get_loops(gemm)
-    i_o, i_i = sch.split(i, [None, mr])
-    j_o, j_i = sch.split(j, [None, nb])
-    sch.reorder(n, j_o, i_o, k, i_i, j_i)
-    acc_local = sch.cache_write(gemm, 0, "local")
-    sch.reverse_compute_at(acc_local, i_o)
-    sch.reverse_compute_at(sch.get_sblock("epilogue"), i_o)
-    if tiling.parallel:
-        sch.parallel(sch.fuse(n, j_o, i_o))
-    sch.unroll(i_i)
-    sch.vectorize(j_i)
-    sch.decompose_reduction(gemm, k)
-    sch.vectorize(sch.get_loops(acc_local)[-1])
-    return sch
+    def source(p):
+        return (p // ow) * sh * w + (p % ow) * sw if strided else p
 
+    def pixels_of(first):  # mr consecutive output pixels (a scalar for a 1-pixel tile)
+        return T.ramp(first, 1, mr) if mr > 1 else first
 
-def with_nchw_params(func: tvm.tirx.PrimFunc, geo: ConvGeometry) -> tvm.tirx.PrimFunc:
-    """The same kernel with NCHW ``x`` and ``out`` params: the flat ``[N, C, H*W]`` buffers the
-    body uses are declared as views of the 4-D params' memory (a reshape that costs nothing)."""
-    from tvm.tirx.stmt import DeclBuffer, SeqStmt
+    def across(j):  # the mr accumulators of lane j
+        return T.ramp(j, nb, mr) if mr > 1 else j
 
-    shapes = {"x": geo.x_shape, "epilogue": geo.out_shape, "residual": geo.out_shape}
-    params, views = [], []
-    for buf in func.params:
-        if buf.name not in shapes:
-            params.append(buf)
-            continue
-        nchw = tvm.tirx.decl_buffer(shapes[buf.name], buf.dtype, buf.name, data=buf.data)
-        params.append(nchw)
-        views.append(DeclBuffer(buf, data=nchw.data))
-    if len(views) < 2:
-        raise RuntimeError(f"pointwise conv: params {[b.name for b in func.params]} lack x/out")
-    return tvm.tirx.PrimFunc(params, SeqStmt([*views, func.body]), func.ret_type, func.attrs)
+    def bcast(value):
+        return T.broadcast(value, mr) if mr > 1 else value
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((batch, ci, h, w), "float32"),
+        w_packed: T.Buffer((co_panels, ci, nb), "float32"),
+        bias: T.Buffer((co if has_bias else 1,), "float32"),
+        residual_in: T.Buffer((batch, co, oh, ow), "float32"),
+        out: T.Buffer((batch, co, oh, ow), "float32"),
+    ):
+        xf = T.decl_buffer((batch * ci * h * w,), "float32", data=x.data)
+        wf = T.decl_buffer((co_panels * ci * nb,), "float32", data=w_packed.data)
+        of = T.decl_buffer((batch * co * pixels,), "float32", data=out.data)
+        for t in loop(batch * co_panels * tiles):
+            n: T.let = t // (co_panels * tiles)
+            panel: T.let = t // tiles % co_panels
+            start: T.let = T.min(t % tiles * mr, pixels - mr)
+            acc = T.alloc_buffer((mr * nb,), "float32", scope="local")
+            for i in T.unroll(mr):
+                acc[T.ramp(i * nb, 1, nb)] = T.broadcast(T.float32(0), nb)
+            for k in range(ci):
+                for i in T.unroll(mr):
+                    acc[T.ramp(i * nb, 1, nb)] = (
+                        acc[T.ramp(i * nb, 1, nb)]
+                        + T.broadcast(xf[(n * ci + k) * h * w + source(start + i)], nb)
+                        * wf[T.ramp((panel * ci + k) * nb, 1, nb)]
+                    )
+            for j in T.unroll(nb):
+                if panel * nb + j < co:
+                    c: T.let = panel * nb + j
+                    at: T.let = (n * co + c) * pixels + start
+                    value: T.let = acc[across(j)]
+                    if has_bias and residual:
+                        rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
+                        of[pixels_of(at)] = _epilogue(
+                            value + bcast(bias[c]) + rf[pixels_of(at)], activation, mr
+                        )
+                    elif has_bias:
+                        of[pixels_of(at)] = _epilogue(value + bcast(bias[c]), activation, mr)
+                    elif residual:
+                        rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
+                        of[pixels_of(at)] = _epilogue(value + rf[pixels_of(at)], activation, mr)
+                    else:
+                        of[pixels_of(at)] = _epilogue(value, activation, mr)
+
+    return kernel
 
 
 # The PrimFunc attribute that carries the kernel's spec (see pointwise_kernel)
@@ -174,26 +338,55 @@ SPEC_ATTR = "tvm_sparse.conv_pointwise"
 
 
 def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
-    """The scheduled kernel of a spec: ``{"geometry": ConvGeometry fields, "tiling": GemmTiling
-    fields, "has_bias", "activation", "residual"}``. The spec is kept on the function, so
-    ``passes.fuse_residual`` can rebuild it with the shortcut added in the epilogue."""
+    """The kernel of a spec: ``{"geometry": ConvGeometry fields, "tiling": GemmTiling fields,
+    "has_bias", "activation", "residual", "order"}``; params ``[x, w_packed, bias?,
+    residual?, out]`` (NCHW ``x``, ``residual`` and ``out``). The spec is kept on the
+    function, so ``passes.fuse_residual`` can rebuild it with the shortcut in the epilogue."""
     geo = ConvGeometry(*(tuple(v) if isinstance(v, list) else v for v in spec["geometry"]))
     tiling = GemmTiling(**spec["tiling"])
-    params = pointwise_compute(
-        geo, tiling, spec["has_bias"], spec["activation"], spec.get("residual", False)
-    )
-    sch = schedule_pointwise(s_tir.Schedule(te.create_prim_func(params)), tiling)
-    func = finish(with_nchw_params(sch.mod["main"], geo))
-    return func.with_attr(SPEC_ATTR, json.dumps(spec))
+    pixels = geo.out_hw[0] * geo.out_hw[1]
+    has_bias, residual = bool(spec["has_bias"]), bool(spec.get("residual", False))
+    order = spec.get("order") or "panel"
+    if order not in ORDERS:
+        raise ValueError(f"pointwise conv: order must be one of {ORDERS}, got {order!r}")
+    if order == "channels":
+        mr = min(tiling.mr, pixels)
+        func = _channel_kernel(
+            geo, mr, tiling.nb, has_bias, spec["activation"], residual, tiling.parallel
+        )
+    else:
+        nb = panel_width(tiling.nb, pixels)
+        func = _kernel(
+            geo,
+            tiling.mr,
+            nb,
+            has_bias,
+            spec["activation"],
+            residual,
+            order,
+            tiling.parallel,
+            geo.strides != (1, 1),
+        )
+    unused = {"bias"} if not has_bias else set()
+    unused |= {"residual_in"} if not residual else set()
+    params = [p for p in func.params if p.name not in unused]
+    func = tvm.tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
+    return finish(func).with_attr(SPEC_ATTR, json.dumps(spec))
 
 
 def pointwise_spec(
-    geo: ConvGeometry, tiling: GemmTiling, has_bias: bool, activation: str | None
+    geo: ConvGeometry,
+    tiling: GemmTiling,
+    has_bias: bool,
+    activation: str | None,
+    order: str | None = None,
 ) -> dict:
+    """The spec ``pointwise_kernel`` builds from; ``order`` defaults by the input's size."""
     return {
         "geometry": list(dataclasses.astuple(geo)),
         "tiling": dataclasses.asdict(tiling),
         "has_bias": has_bias,
         "activation": activation,
         "residual": False,
+        "order": order or choose_pointwise_order(geo, tiling.nb),
     }

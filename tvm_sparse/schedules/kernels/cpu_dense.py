@@ -13,6 +13,7 @@ from ...target import num_cores, vector_lanes
 from .. import dense_x86
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
+from ..pointwise_conv_x86 import ORDERS as POINTWISE_ORDERS
 from .base import CpuKernel, build_conv, build_linear, conv_io_bytes
 from .knobs import parallel_choices, product, round_up, settings_for
 
@@ -80,7 +81,9 @@ class DenseConv2d(CpuKernel):
         lanes = vector_lanes(target)
         if dense_x86.is_pointwise_layer(layer):  # mr channels x nb pixels; <= 28 accumulators
             tiles = product(mr=[6, 8, 12, 24], nb=[16, 32, 64], parallel=par)
-            space = [{"tiling": t} for t in tiles if t["mr"] * t["nb"] <= 28 * lanes]
+            tiles = [t for t in tiles if t["mr"] * t["nb"] <= 28 * lanes]
+            orders = POINTWISE_ORDERS
+            space = [{"tiling": t, "pointwise_order": o} for t in tiles for o in orders]
             return settings_for(dense_x86.dense_conv2d, space)
         ow = layer.out_shape[3]
         mrs = [4, 5, 6, 7] if ow >= 4 else [ow]

@@ -202,6 +202,7 @@ def test_rejects_bad_arguments():
         ((1, 40, 7, 7), 24, 1, GemmTiling(mr=8, nb=32, parallel=False)),  # 49 = 32 + 17
         ((3, 6, 1, 1), 5, 1, GemmTiling(mr=8, nb=32)),  # one pixel: scalar panels
         ((1, 4, 3, 3), 9, 2, GemmTiling(mr=8, nb=16)),  # 2x2 out: 4-lane panels
+        ((1, 256, 7, 7), 130, 1, None),  # 133 KB of weights: prefetched a tile ahead
     ],
 )
 def test_pointwise_conv_matches_numpy(x_shape, co, stride, tiling, order):
@@ -320,6 +321,19 @@ def test_winograd_is_the_default_for_wide_3x3_stride_1_only():
     with pytest.raises(ValueError, match="3x3 stride-1"):
         dense_conv2d((1, 32, 28, 28), w, None, ConvAttrs((2, 2), (1, 1, 1, 1)), None, TARGET,
                      layout="winograd")  # fmt: skip
+
+
+def test_winograd_default_needs_tiles_for_most_of_a_panel():
+    """14x14 output: 7 tiles of 2x2 per row fill 7 of 16 AVX-512 lanes (the implicit GEMM
+    instead) but most of 8 AVX2 lanes (Winograd, as before)."""
+    from tvm_sparse.schedules.dense_x86 import conv_geometry, default_conv_layout
+
+    pad1 = ConvAttrs((1, 1), (1, 1, 1, 1))
+    geo = conv_geometry((1, 256, 14, 14), (256, 256, 3, 3), pad1)
+    assert default_conv_layout(geo, 16) == "implicit_gemm"
+    assert default_conv_layout(geo, 8) == "winograd"
+    geo = conv_geometry((1, 128, 28, 28), (128, 128, 3, 3), pad1)
+    assert default_conv_layout(geo, 16) == "winograd"
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._epilogue import epilogue as _epilogue
+from ._prefetch import PREFETCH_MIN_WEIGHT_BYTES, prefetch_l2
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling, round_up
 from .kernel import finish
@@ -162,9 +163,11 @@ def _kernel(
     order: str,
     parallel: bool,
     packed: bool = True,
+    prefetch: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """The TIR of one conv with every param (x, w_packed, bias, residual, out); the caller
-    drops the unused ones."""
+    drops the unused ones. ``prefetch``: each k step prefetches the next channel tile's
+    weights (one line per 16 floats, a few times over)."""
     batch, ci, h, w = geo.x_shape
     co = geo.w_shape[0]
     oh, ow = geo.out_hw
@@ -175,6 +178,7 @@ def _kernel(
     strided = (sh, sw) != (1, 1)
     cotile = order == "cotile"
     loop = T.parallel if parallel else T.serial
+    last_weight = co_tiles * ci * mr - 1
 
     def source(p):  # the input offset of output pixel p (the stride applied)
         return (p // ow) * sh * w + (p % ow) * sw if strided else p
@@ -215,6 +219,8 @@ def _kernel(
             for i in T.unroll(mr):
                 acc[vec(i * nb)] = bcast(T.float32(0))
             for k in range(ci):
+                if prefetch:
+                    T.evaluate(prefetch_l2(wf[T.min(((tile + 1) * ci + k) * mr, last_weight)]))
                 for i in T.unroll(mr):
                     if packed:
                         acc[vec(i * nb)] = (
@@ -259,6 +265,7 @@ def _channel_kernel(
     activation: str | None,
     residual: bool,
     parallel: bool,
+    prefetch: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """The ``channels`` form: ``nb`` output channels in the vector lanes, ``mr`` pixels
     broadcast straight from the NCHW input (no packing), the weight packed ``[Co/nb, Ci, nb]``.
@@ -274,6 +281,7 @@ def _channel_kernel(
     co_panels = -(-co // nb)
     strided = (sh, sw) != (1, 1)
     loop = T.parallel if parallel else T.serial
+    last_weight = co_panels * ci * nb - 1
 
     def source(p):
         return (p // ow) * sh * w + (p % ow) * sw if strided else p
@@ -306,6 +314,12 @@ def _channel_kernel(
             for i in T.unroll(mr):
                 acc[T.ramp(i * nb, 1, nb)] = T.broadcast(T.float32(0), nb)
             for k in range(ci):
+                if prefetch:  # the next panel's weights, its two halves in turns
+                    T.evaluate(
+                        prefetch_l2(
+                            wf[T.min(((panel + 1) * ci + k) * nb + t % 2 * 16, last_weight)]
+                        )
+                    )
                 for i in T.unroll(mr):
                     acc[T.ramp(i * nb, 1, nb)] = (
                         acc[T.ramp(i * nb, 1, nb)]
@@ -346,13 +360,14 @@ def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
     tiling = GemmTiling(**spec["tiling"])
     pixels = geo.out_hw[0] * geo.out_hw[1]
     has_bias, residual = bool(spec["has_bias"]), bool(spec.get("residual", False))
+    prefetch = 4 * geo.w_shape[0] * geo.x_shape[1] >= PREFETCH_MIN_WEIGHT_BYTES
     order = spec.get("order") or "panel"
     if order not in ORDERS:
         raise ValueError(f"pointwise conv: order must be one of {ORDERS}, got {order!r}")
     if order == "channels":
         mr = min(tiling.mr, pixels)
         func = _channel_kernel(
-            geo, mr, tiling.nb, has_bias, spec["activation"], residual, tiling.parallel
+            geo, mr, tiling.nb, has_bias, spec["activation"], residual, tiling.parallel, prefetch
         )
     else:
         nb = panel_width(tiling.nb, pixels)
@@ -365,7 +380,8 @@ def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
             residual,
             order,
             tiling.parallel,
-            geo.strides != (1, 1),
+            packed=geo.strides != (1, 1),
+            prefetch=prefetch,
         )
     unused = {"bias"} if not has_bias else set()
     unused |= {"residual_in"} if not residual else set()

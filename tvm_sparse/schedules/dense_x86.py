@@ -15,17 +15,18 @@ floats (``nb / 8`` AVX2 registers). The ``mr x nb`` accumulator tile lives in re
 
 - linear: A = the activation ``x[m, K]`` (rows padded to ``mr`` at run time, a cheap copy),
   B = the weight, packed and zero padded once in numpy (a constant).
-- conv2d (groups=1): an implicit GEMM. A = ``mr`` consecutive output pixels of one row, read
-  straight from the input transposed to zero padded NHWC (one cheap pass), B = the weight
-  packed as ``[Co/16, KH*KW*Ci, 16]``. No im2col matrix is built: a pixel's address is affine
-  in the (kh, kw, ci) loops, and the reduction reads both operands sequentially.
-  (An im2col-panel version measured 2x slower on the GSC convs: the gather's index
-  arithmetic cost more than the FMAs.)
-- conv2d (groups>1, depthwise): a direct loop nest, correct but not tuned.
+- conv2d (groups=1): by shape (``default_conv_layout``) a 1x1 pixel-panel GEMM
+  (``pointwise_conv_x86``), tap planes for few input channels, Winograd for wide 3x3 stride-1
+  outputs, else an implicit GEMM (``implicit_gemm_conv_x86``): A = ``mr`` consecutive output
+  pixels of one row, broadcast from the zero padded NCHW input, B = the weight packed as
+  ``[Co/nb, KH*KW*Ci, nb]``. No im2col matrix is built: a pixel's address is affine in the
+  (kh, kw, ci) loops. (An im2col-panel version measured 2x slower on the GSC convs: the
+  gather's index arithmetic cost more than the FMAs.)
+- conv2d (depthwise): ``depthwise_conv_x86``; other grouped convs a direct loop nest.
 
-Bias and activation (relu, gelu in erf form) are fused into an epilogue that also drops the
-padding. The micro-kernel, its schedule and weight packing live in ``gemm_x86``, the conv
-computes and schedules in ``dense_conv_x86``; this module builds the kernels.
+Bias and activation (relu, relu6, gelu in erf form) are fused into each kernel's epilogue. The
+linear micro-kernel, its schedule and weight packing live in ``gemm_x86``; this module builds
+the kernels.
 """
 
 from __future__ import annotations
@@ -44,9 +45,7 @@ from .dense_conv_x86 import (
     ConvGeometry,
     choose_conv_tiling,
     conv_direct_compute,
-    conv_implicit_gemm_compute,
     pack_conv_weight,
-    schedule_conv_implicit_gemm,
     schedule_direct_conv,
 )
 from .depthwise_conv_x86 import depthwise_applies, depthwise_conv2d
@@ -58,6 +57,7 @@ from .gemm_x86 import (
     round_up,
     schedule_gemm,
 )
+from .implicit_gemm_conv_x86 import implicit_gemm_kernel
 from .kernel import KernelCall
 from .kernel import finish as _finish
 from .pointwise_conv_x86 import (
@@ -266,17 +266,12 @@ def dense_conv2d(
         tiling = tiling or choose_conv_tiling(
             geo.out_hw[1], num_cores(target), vector_lanes(target)
         )
-        params = conv_implicit_gemm_compute(geo, tiling, bias is not None, activation)
-        sch = s_tir.Schedule(te.create_prim_func(params))
-        schedule_conv_implicit_gemm(sch, tiling)
-        func = sch.mod["main"]
+        func = implicit_gemm_kernel(geo, tiling, bias is not None, activation)
         consts = [pack_conv_weight(weight, tiling.nb)]
         info.update(tiling=tiling, layout="implicit_gemm")
+        ow = geo.out_hw[1]
         info["macs_padded"] = (
-            geo.macs
-            // (co * geo.out_hw[1])
-            * round_up(co, tiling.nb)
-            * round_up(geo.out_hw[1], tiling.mr)
+            geo.macs // (co * ow) * round_up(co, tiling.nb) * round_up(ow, min(tiling.mr, ow))
         )
     else:
         params = conv_direct_compute(geo, bias is not None, activation)

@@ -131,6 +131,7 @@ def test_linear_explicit_tiling_with_parallel_and_k_unroll():
         ((2, 20, 9, 8), (20, 20, 3, 2), (2, 1), (1, 0, 2, 1), (2, 1), 1, True, "gelu"),  # gemm
         ((2, 3, 9, 8), (20, 3, 3, 2), (2, 1), (1, 0, 2, 1), (2, 1), 1, True, "gelu"),
         ((2, 16, 7, 7), (24, 16, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, False, None),  # 1x1
+        ((1, 12, 6, 6), (20, 12, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, "gelu"),  # 1x1
         ((1, 4, 5, 3), (6, 4, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, False, "relu"),  # ow=3
         # 166 KB of weights: the next channel panel prefetched; 9 wide: the 7-pixel tiles overlap
         ((1, 64, 9, 9), (72, 64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True, "relu6"),

@@ -28,6 +28,7 @@ from ._prefetch import PREFETCH_MIN_WEIGHT_BYTES, prefetch_l2
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling
 from .kernel import finish
+from .vector_math import install_llvm_lowering
 
 
 def implicit_gemm_kernel(
@@ -37,6 +38,8 @@ def implicit_gemm_kernel(
     a row (at most the row's width) x ``tiling.nb`` channels per register tile."""
     batch, ci, h, w = geo.x_shape
     co, _, kh, kw = geo.w_shape
+    if activation == "gelu":  # erf: the vector math lowering for LLVM
+        install_llvm_lowering()
     top, left, bottom, right = geo.padding
     sh, sw = geo.strides
     dh, dw = geo.dilation

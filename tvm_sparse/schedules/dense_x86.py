@@ -147,6 +147,11 @@ def dense_linear(
 # channels the implicit GEMM's NHWC copy and short NCHW stores cost more than its FMAs (ResNet
 # stem 3 -> 64, 7x7 s2: 0.99x onnxruntime against 0.89x; GSC's 1 -> 64 5x5: 1.25x against 0.76x).
 PLANES_MAX_CHANNELS = 16
+# ... and a reduction shorter than this: a long one (ResNet's 7x7 stem over 3 channels, 147)
+# amortizes the implicit GEMM's transposed stores (1654 against 1836 us warm, Sapphire Rapids),
+# a short one (MobileNetV2's 3x3 stem, 27; GSC's 5x5 over 1 channel, 25) does not (278 against
+# 284 for MobileNetV2's)
+PLANES_MAX_REDUCTION = 64
 CONV_LAYOUTS = ("pointwise", "implicit_gemm", "planes", "winograd")
 # Winograd by default only where a row of 2x2 tiles fills this much of a panel: at 14x14 on
 # AVX-512, 7 tiles in 16 lanes, the implicit GEMM ran 256 channels in 1530 against 1798 us warm
@@ -161,7 +166,8 @@ def default_conv_layout(geo: ConvGeometry, lanes: int = 8) -> str:
     most of a ``lanes``-wide panel row (``WINOGRAD_MIN_PANEL_FILL``), else the implicit GEMM."""
     if is_pointwise(geo):
         return "pointwise"
-    if geo.x_shape[1] <= PLANES_MAX_CHANNELS:
+    _, ci, kh, kw = geo.w_shape
+    if geo.x_shape[1] <= PLANES_MAX_CHANNELS and ci * kh * kw < PLANES_MAX_REDUCTION:
         return "planes"
     conv = ConvAttrs(geo.strides, geo.padding, geo.dilation, geo.groups)
     tiles_per_row = -(-geo.out_hw[1] // 2)

@@ -326,17 +326,13 @@ def test_winograd_is_the_default_for_wide_3x3_stride_1_only():
                      layout="winograd")  # fmt: skip
 
 
-def test_winograd_default_needs_tiles_for_most_of_a_panel():
-    """14x14 output: 7 tiles of 2x2 per row fill 7 of 16 AVX-512 lanes (the implicit GEMM
-    instead) but most of 8 AVX2 lanes (Winograd, as before)."""
-    from tvm_sparse.schedules.dense_x86 import conv_geometry, default_conv_layout
+def test_winograd_default_tile_follows_isa_and_panels():
+    """8 channels x 2 panels with AVX-512's registers on few panels (batch 1), else 4 x 4."""
+    from tvm_sparse.schedules.winograd_conv_x86 import default_tile
 
-    pad1 = ConvAttrs((1, 1), (1, 1, 1, 1))
-    geo = conv_geometry((1, 256, 14, 14), (256, 256, 3, 3), pad1)
-    assert default_conv_layout(geo, 16) == "implicit_gemm"
-    assert default_conv_layout(geo, 8) == "winograd"
-    geo = conv_geometry((1, 128, 28, 28), (128, 128, 3, 3), pad1)
-    assert default_conv_layout(geo, 16) == "winograd"
+    assert default_tile(16, panels=14, wide_isa=True) == (8, 2)  # 28x28, batch 1
+    assert default_tile(16, panels=14 * 16, wide_isa=True) == (4, 4)  # batch 16
+    assert default_tile(8, panels=7, wide_isa=False) == (4, 4)  # AVX2: 16 registers
 
 
 @pytest.mark.parametrize(

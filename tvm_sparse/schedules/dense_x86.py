@@ -153,28 +153,19 @@ PLANES_MAX_CHANNELS = 16
 # 284 for MobileNetV2's)
 PLANES_MAX_REDUCTION = 64
 CONV_LAYOUTS = ("pointwise", "implicit_gemm", "planes", "winograd")
-# Winograd by default only where a row of 2x2 tiles fills this much of a panel: at 14x14 on
-# AVX-512, 7 tiles in 16 lanes, the implicit GEMM ran 256 channels in 1530 against 1798 us warm
-# and 1669 against 2113 with cold weights (Sapphire Rapids); 28x28 (14 tiles) keeps Winograd
-# (940 against 1517). On AVX2, 12 output columns (6 of 8 lanes) still take it, as before.
-WINOGRAD_MIN_PANEL_FILL = 0.75
 
 
-def default_conv_layout(geo: ConvGeometry, lanes: int = 8) -> str:
-    """The groups=1 kernel a conv gets unless told: 1x1 pointwise, few channels planes, 3x3
-    stride 1 Winograd (1.5x onnxruntime on ResNet's 3x3 convs, Zen 4) where its 2x2 tiles fill
-    most of a ``lanes``-wide panel row (``WINOGRAD_MIN_PANEL_FILL``), else the implicit GEMM."""
+def default_conv_layout(geo: ConvGeometry) -> str:
+    """The groups=1 kernel a conv gets unless told: 1x1 pointwise, few channels planes (short
+    reductions), 3x3 stride 1 Winograd (1.5x onnxruntime on ResNet's 3x3 convs, Zen 4), else
+    the implicit GEMM."""
     if is_pointwise(geo):
         return "pointwise"
     _, ci, kh, kw = geo.w_shape
     if geo.x_shape[1] <= PLANES_MAX_CHANNELS and ci * kh * kw < PLANES_MAX_REDUCTION:
         return "planes"
     conv = ConvAttrs(geo.strides, geo.padding, geo.dilation, geo.groups)
-    tiles_per_row = -(-geo.out_hw[1] // 2)
-    if (
-        winograd_applies(geo.x_shape, geo.w_shape, conv)
-        and tiles_per_row >= WINOGRAD_MIN_PANEL_FILL * lanes
-    ):
+    if winograd_applies(geo.x_shape, geo.w_shape, conv):
         return "winograd"
     return "implicit_gemm"
 
@@ -245,7 +236,7 @@ def dense_conv2d(
             x_shape, weight, bias, conv.strides, conv.padding, conv.dilation, groups,
             activation, target,
         )  # fmt: skip
-    layout = layout or default_conv_layout(geo, vector_lanes(target))
+    layout = layout or default_conv_layout(geo)
     if layout not in CONV_LAYOUTS:
         raise ValueError(f"layout must be one of {CONV_LAYOUTS}, not {layout!r}")
     if groups == 1 and layout == "planes":

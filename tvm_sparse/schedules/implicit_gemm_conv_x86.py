@@ -24,7 +24,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._epilogue import epilogue as _epilogue
-from ._prefetch import PREFETCH_MIN_WEIGHT_BYTES, prefetch_l2
+from ._prefetch import prefetch_l2, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling
 from .kernel import finish
@@ -51,7 +51,7 @@ def implicit_gemm_kernel(
     row_tiles = -(-ow // mr)
     tiles = oh * row_tiles  # per sample and channel panel
     last_weight = panels * reduce * nb - 1
-    prefetch = 4 * co * reduce >= PREFETCH_MIN_WEIGHT_BYTES
+    prefetch = wants_prefetch(4 * co * reduce, tiling.parallel)
     loop = T.parallel if tiling.parallel else T.serial
 
     def pixels_of(first):  # mr consecutive output pixels (a scalar for a 1-pixel tile)

@@ -38,7 +38,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._epilogue import epilogue as _epilogue
-from ._prefetch import PREFETCH_MIN_WEIGHT_BYTES, prefetch_l2
+from ._prefetch import prefetch_l2, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling, round_up
 from .kernel import finish
@@ -363,7 +363,7 @@ def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
         install_llvm_lowering()
     pixels = geo.out_hw[0] * geo.out_hw[1]
     has_bias, residual = bool(spec["has_bias"]), bool(spec.get("residual", False))
-    prefetch = 4 * geo.w_shape[0] * geo.x_shape[1] >= PREFETCH_MIN_WEIGHT_BYTES
+    prefetch = wants_prefetch(4 * geo.w_shape[0] * geo.x_shape[1], tiling.parallel)
     order = spec.get("order") or "panel"
     if order not in ORDERS:
         raise ValueError(f"pointwise conv: order must be one of {ORDERS}, got {order!r}")

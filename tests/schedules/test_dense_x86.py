@@ -384,3 +384,25 @@ def test_planes_conv_runs_samples_in_parallel_at_batch(batch):
     assert call.info["batch_parallel"] == (batch >= 2)
     ref = _ref_conv(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, "relu")
     np.testing.assert_allclose(run_kernel(call, two_cores, x), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "x_shape, co, stride, mr",
+    [
+        ((2, 24, 4, 4), 40, 1, 8),  # 4-wide rows: 2 whole rows per tile
+        ((1, 16, 5, 3), 20, 1, 12),  # 4 rows of 3 over 5 rows: the last tile overlaps
+        ((1, 8, 9, 6), 33, 2, 8),  # stride 2: 5x3 out, 2 rows of 3 (mr 8 -> 6)
+        ((3, 5, 1, 2), 7, 1, 8),  # one output row: a row segment after all
+    ],
+)
+def test_implicit_gemm_whole_row_tiles(x_shape, co, stride, mr):
+    """Narrow outputs take whole rows per register tile, contiguous in NCHW."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((co, x_shape[1], 3, 3), dtype=np.float32)
+    b = rng.standard_normal(co, dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    conv = ConvAttrs((stride, stride), (1, 1, 1, 1))
+    tiling = GemmTiling(mr=mr, nb=32)
+    call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, layout="implicit_gemm", tiling=tiling)
+    ref = _ref_conv(x, w, b, (stride, stride), (1, 1, 1, 1), (1, 1), 1, "relu")
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)

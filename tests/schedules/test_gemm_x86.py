@@ -27,4 +27,4 @@ def test_tiling_choices_keep_enough_accumulators():
     assert choose_tiling(1, 2048, lanes=16).nb == 128  # still 8 vectors in flight
     assert choose_tiling(7, 12, lanes=16).nb == 16
     assert choose_conv_tiling(10).mr == 5
-    assert choose_conv_tiling(2).mr == 2
+    assert choose_conv_tiling(2).mr == 6  # whole rows: 3 rows of 2 pixels

@@ -24,6 +24,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._epilogue import epilogue as _epilogue
+from ._lanes import run, splat
 from ._prefetch import prefetch_l2, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling
@@ -34,8 +35,10 @@ from .vector_math import install_llvm_lowering
 def implicit_gemm_kernel(
     geo: ConvGeometry, tiling: GemmTiling, has_bias: bool, activation: str | None
 ) -> tvm.tirx.PrimFunc:
-    """The kernel: params ``[x (NCHW), w_packed, bias?, out (NCHW)]``; ``tiling.mr`` pixels of
-    a row (at most the row's width) x ``tiling.nb`` channels per register tile."""
+    """The kernel: params ``[x (NCHW), w_packed, bias?, out (NCHW)]``; ``tiling.mr`` pixels x
+    ``tiling.nb`` channels per register tile. The pixels are a segment of one output row, or,
+    where ``mr`` holds two rows or more, whole rows (``mr // OW`` of them: contiguous in NCHW
+    too): a 4-wide output keeps 8 pixels per tile instead of 4."""
     batch, ci, h, w = geo.x_shape
     co, _, kh, kw = geo.w_shape
     if activation == "gelu":  # erf: the vector math lowering for LLVM
@@ -44,24 +47,31 @@ def implicit_gemm_kernel(
     sh, sw = geo.strides
     dh, dw = geo.dilation
     oh, ow = geo.out_hw
-    mr, nb = min(tiling.mr, ow), tiling.nb
+    rows = min(tiling.mr // ow, oh) if tiling.mr >= 2 * ow else 1  # whole rows per tile
+    mr, nb = (rows * ow if rows > 1 else min(tiling.mr, ow)), tiling.nb
     hp, wp = h + top + bottom, w + left + right
     reduce = kh * kw * ci
     panels = -(-co // nb)
-    row_tiles = -(-ow // mr)
-    tiles = oh * row_tiles  # per sample and channel panel
+    row_tiles = -(-ow // mr)  # tiles per output row (1 for whole-row tiles)
+    tiles = -(-oh // rows) if rows > 1 else oh * row_tiles  # per sample and channel panel
+
+    def offset(i):  # pixel i of a tile, in the padded NHWC input, from the tile's first
+        if rows > 1:
+            return ((i // ow) * sh * wp + i % ow * sw) * ci
+        return i * sw * ci
+
     last_weight = panels * reduce * nb - 1
     prefetch = wants_prefetch(4 * co * reduce, tiling.parallel)
     loop = T.parallel if tiling.parallel else T.serial
 
-    def pixels_of(first):  # mr consecutive output pixels (a scalar for a 1-pixel tile)
-        return T.ramp(first, 1, mr) if mr > 1 else first
+    def pixels_of(first):  # mr consecutive output pixels
+        return run(first, mr)
 
     def across(j):  # lane j of the mr accumulators
-        return T.ramp(j, nb, mr) if mr > 1 else j
+        return run(j, mr, stride=nb)
 
     def bcast(value):
-        return T.broadcast(value, mr) if mr > 1 else value
+        return splat(value, mr)
 
     @T.prim_func
     def kernel(
@@ -92,8 +102,8 @@ def implicit_gemm_kernel(
         for t in loop(panels * batch * tiles):
             panel: T.let = t // (batch * tiles)
             n: T.let = t // tiles % batch
-            y: T.let = t % tiles // row_tiles
-            z0: T.let = T.min(t % row_tiles * mr, ow - mr)
+            y: T.let = T.min(t % tiles * rows, oh - rows) if rows > 1 else t % tiles // row_tiles
+            z0: T.let = T.min(t % row_tiles * mr, ow - mr) if rows == 1 else 0
             acc = T.alloc_buffer((mr * nb,), "float32", scope="local")
             for i in T.unroll(mr):
                 acc[T.ramp(i * nb, 1, nb)] = T.broadcast(T.float32(0), nb)
@@ -118,7 +128,7 @@ def implicit_gemm_kernel(
                         for i in T.unroll(mr):
                             acc[T.ramp(i * nb, 1, nb)] = (
                                 acc[T.ramp(i * nb, 1, nb)]
-                                + T.broadcast(x_nhwc[pixel + i * sw * ci], nb)
+                                + T.broadcast(x_nhwc[pixel + offset(i)], nb)
                                 * wf[T.ramp((panel * reduce + k) * nb, 1, nb)]
                             )
             for j in T.unroll(nb):

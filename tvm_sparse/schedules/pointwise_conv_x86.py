@@ -38,6 +38,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._epilogue import epilogue as _epilogue
+from ._lanes import run, splat
 from ._prefetch import prefetch_l2, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling, round_up
@@ -184,11 +185,11 @@ def _kernel(
     def source(p):  # the input offset of output pixel p (the stride applied)
         return (p // ow) * sh * w + (p % ow) * sw if strided else p
 
-    def vec(first):  # nb consecutive elements (a scalar for a 1-pixel image)
-        return T.ramp(first, 1, nb) if nb > 1 else first
+    def vec(first):  # nb consecutive pixels
+        return run(first, nb)
 
     def bcast(value):
-        return T.broadcast(value, nb) if nb > 1 else value
+        return splat(value, nb)
 
     @T.prim_func
     def kernel(
@@ -287,14 +288,14 @@ def _channel_kernel(
     def source(p):
         return (p // ow) * sh * w + (p % ow) * sw if strided else p
 
-    def pixels_of(first):  # mr consecutive output pixels (a scalar for a 1-pixel tile)
-        return T.ramp(first, 1, mr) if mr > 1 else first
+    def pixels_of(first):  # mr consecutive output pixels
+        return run(first, mr)
 
     def across(j):  # the mr accumulators of lane j
-        return T.ramp(j, nb, mr) if mr > 1 else j
+        return run(j, mr, stride=nb)
 
     def bcast(value):
-        return T.broadcast(value, mr) if mr > 1 else value
+        return splat(value, mr)
 
     @T.prim_func
     def kernel(

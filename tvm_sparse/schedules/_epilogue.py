@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from tvm.script import tirx as T
 
+from .vector_math import install_llvm_lowering
+
 ACTIVATIONS = (None, "relu", "gelu", "relu6")
 SQRT1_2 = 0.7071067811865476
 
@@ -20,7 +22,9 @@ def check_activation(activation: str | None) -> None:
 
 def epilogue(v, activation: str | None, lanes: int = 1):
     """act(v) as a TIR expression (``lanes``-wide); ReLU and ReLU6 keep NaN (like numpy /
-    onnxruntime), GELU is the erf form."""
+    onnxruntime), GELU is the erf form. A GELU installs the vector ``erf`` lowering for llvm
+    builds (``vector_math``, idempotent): LLVM has no vector libm call for it, and a kernel
+    builder that wrote an erf without it failed to build ("unknown intrinsic tirx.erf")."""
 
     def c(value: float):
         return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
@@ -30,6 +34,7 @@ def epilogue(v, activation: str | None, lanes: int = 1):
     if activation == "relu":
         return T.Select(v < c(0), c(0), v)
     if activation == "gelu":
+        install_llvm_lowering()
         return c(0.5) * v * (c(1) + T.erf(v * c(SQRT1_2)))
     if activation == "relu6":  # NaN stays NaN, as with ReLU
         return T.Select(v < c(0), c(0), T.Select(v > c(6), c(6), v))

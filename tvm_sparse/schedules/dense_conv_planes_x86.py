@@ -25,7 +25,6 @@ from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
 from .sparse_conv_planes_x86 import PlaneConvSpec, tap_planes_macro
-from .vector_math import install_llvm_lowering
 
 # (mr output channels, vectors of positions) per vector width. 4 x 4 (16 zmm accumulators)
 # measured best on Zen 4 for the ResNet stem and 3x3 convs; 24-accumulator tiles (4x6, 3x8,
@@ -149,8 +148,6 @@ def dense_conv2d_planes(
     weight, dims = checked_groups1_conv("dense_conv2d_planes", x_shape, weight_oihw, conv,
                                         activation)  # fmt: skip
     (bn, ci, _, _), (o, kh, kw) = dims.x, dims.kernel
-    if activation == "gelu":
-        install_llvm_lowering()
     lanes = lanes or vector_lanes(target)
     default_mr, default_vectors = DEFAULT_TILE.get(lanes, DEFAULT_TILE[8])
     mr, vectors = mr or default_mr, vectors or default_vectors

@@ -23,7 +23,6 @@ from ._epilogue import bias_const, check_activation
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .vector_math import install_llvm_lowering
 
 STRIDES = (1, 2)  # the strides this kernel takes (others keep the generic loop nest)
 SPLIT = 16  # a stride-2 row is split into even and odd columns 2 x 16 floats at a time
@@ -168,8 +167,6 @@ def depthwise_conv2d(
             f"depthwise_conv2d needs one filter per channel, stride 1 or 2 and no dilation: "
             f"x {tuple(x_shape)}, weight {weight.shape}, strides {strides}, groups {groups}"
         )
-    if activation == "gelu":
-        install_llvm_lowering()
     bn, c, h, wd = (int(d) for d in x_shape)
     kh, kw = weight.shape[2:]
     top, left, bottom, right = (int(p) for p in padding)

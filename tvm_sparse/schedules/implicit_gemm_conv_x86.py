@@ -29,7 +29,6 @@ from ._prefetch import prefetch_l2, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling
 from .kernel import finish
-from .vector_math import install_llvm_lowering
 
 
 def implicit_gemm_kernel(
@@ -41,8 +40,6 @@ def implicit_gemm_kernel(
     too): a 4-wide output keeps 8 pixels per tile instead of 4."""
     batch, ci, h, w = geo.x_shape
     co, _, kh, kw = geo.w_shape
-    if activation == "gelu":  # erf: the vector math lowering for LLVM
-        install_llvm_lowering()
     top, left, bottom, right = geo.padding
     sh, sw = geo.strides
     dh, dw = geo.dilation

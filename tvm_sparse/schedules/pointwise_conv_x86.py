@@ -43,7 +43,6 @@ from ._prefetch import prefetch_l2, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling, round_up
 from .kernel import finish
-from .vector_math import install_llvm_lowering
 
 ORDERS = ("panel", "cotile", "channels")
 # the channel tile outer order: for expanding convs (Co >= 4 Ci) whose input, one sample's,
@@ -360,8 +359,6 @@ def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
     function, so ``passes.fuse_residual`` can rebuild it with the shortcut in the epilogue."""
     geo = ConvGeometry(*(tuple(v) if isinstance(v, list) else v for v in spec["geometry"]))
     tiling = GemmTiling(**spec["tiling"])
-    if spec["activation"] == "gelu":  # erf: the vector math lowering for LLVM
-        install_llvm_lowering()
     pixels = geo.out_hw[0] * geo.out_hw[1]
     has_bias, residual = bool(spec["has_bias"]), bool(spec.get("residual", False))
     prefetch = wants_prefetch(4 * geo.w_shape[0] * geo.x_shape[1], tiling.parallel)

@@ -42,7 +42,6 @@ from .kernel import KernelCall
 from .kernel import finish as _finish
 from .sparse_conv_flat_x86 import channel_block_segments
 from .sparse_conv_x86 import padded_offset_consts
-from .vector_math import install_llvm_lowering
 
 # Accumulators a register tile may hold (32 zmm with AVX-512, 16 ymm with AVX2), leaving room
 # for the broadcast weight.
@@ -293,8 +292,6 @@ def sparse_conv2d_batch_lanes(
     weight, dims = checked_groups1_conv("sparse_conv2d_batch_lanes", x_shape, weight_oihw, conv,
                                         activation)  # fmt: skip
     (bn, ci, _, _), (o, kh, kw) = dims.x, dims.kernel
-    if activation == "gelu":
-        install_llvm_lowering()
     lanes = lanes or vector_lanes(target)
     if lanes not in MAX_VECTORS:
         raise ValueError(f"lanes must be one of {sorted(MAX_VECTORS)}, got {lanes}")

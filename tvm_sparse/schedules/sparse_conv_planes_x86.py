@@ -34,7 +34,6 @@ from ._epilogue import bias_const
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .vector_math import install_llvm_lowering
 
 # The PrimFunc attribute that carries the kernel's spec (see PlaneConvSpec.to_json).
 SPEC_ATTR = "tvm_sparse.conv_planes"
@@ -406,8 +405,6 @@ def sparse_conv2d_planes(
     weight, dims = checked_groups1_conv("sparse_conv2d_planes", x_shape, weight_oihw, conv,
                                         activation)  # fmt: skip
     (bn, ci, _, _), (o, kh, kw) = dims.x, dims.kernel
-    if activation == "gelu":
-        install_llvm_lowering()  # a vector erf (LLVM has no vector libm call for it)
     lanes = lanes or vector_lanes(target)
     if lanes not in _MAX_VECTORS:
         raise ValueError(f"lanes must be one of {sorted(_MAX_VECTORS)}, got {lanes}")

@@ -41,7 +41,6 @@ from .kernel import KernelCall
 from .kernel import finish as _finish
 from .kernel import linear_info as _linear_info
 from .panel_packing import pack_row_panels, panel_records
-from .vector_math import install_llvm_lowering
 
 
 @dataclass(frozen=True)
@@ -440,8 +439,6 @@ def panel_call(name: str, m: int, bsr: BSR, bias_arr: np.ndarray, has_bias: bool
         row_block = max(1, 512 // r)
     row_block = max(1, min(row_block, nbr))
     vals, cols, seg, slot_rows, npanels = pack_row_panels(bsr, panel_cols, row_block)
-    if activation == "gelu":  # the vector erf polynomial, not a libm call per element
-        install_llvm_lowering()
     if bsr.nblocks == 0:
         vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
     dtypes = (str(cols.dtype), str(seg.dtype), str(slot_rows.dtype))

@@ -39,7 +39,6 @@ from ._epilogue import epilogue as _epilogue
 from ._prefetch import prefetch_l2, wants_prefetch
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .vector_math import install_llvm_lowering
 
 MIN_OUT_W = 12  # narrower outputs leave most lanes of a tile panel empty
 # F(2x2, 3x3): V = BT d BT^T, U = G g G^T, Y = AT M AT^T (Lavin & Gray, 2016)
@@ -302,8 +301,6 @@ def winograd_conv2d(
             f"winograd_conv2d needs a 3x3 stride-1 conv with output width >= {MIN_OUT_W}, "
             f"got weight {weight.shape}, strides {conv.strides}, out {dims.out_hw}"
         )
-    if activation == "gelu":
-        install_llvm_lowering()
     (bn, ci, _, _), o = dims.x, weight.shape[0]
     oh, ow = dims.out_hw
     tiles_per_row = -(-ow // 2)

@@ -1,4 +1,4 @@
-"""Software prefetch of weights that come from L3 or DRAM in a model.
+"""Software prefetch: the one intrinsic call, and the weights that come from L3 or DRAM in a model.
 
 Why: a kernel's weights were last read a whole inference ago. Where a kernel's first pass over a
 block of weights does little work per byte (one pixel panel, one Winograd panel group), the
@@ -19,11 +19,20 @@ from tvm.script import tirx as T
 PREFETCH_MIN_WEIGHT_BYTES = 128 << 10
 
 
-def prefetch_l2(element: tvm.tirx.BufferLoad) -> tvm.tirx.PrimExpr:
-    """A software prefetch of one weight line into L2 (``llvm.prefetch``, read, locality 2)."""
+def prefetch(element: tvm.tirx.BufferLoad, locality: int = 3) -> tvm.tirx.PrimExpr:
+    """A software read prefetch of the cache line holding ``element`` (``llvm.prefetch``):
+    locality 3 into L1 (``prefetcht0``), 2 into L2 (``prefetcht1``). It never faults, so an
+    address past the end of a buffer is harmless."""
     return T.call_llvm_intrin(
-        "void", "llvm.prefetch.p0", T.address_of(element), T.int32(0), T.int32(2), T.int32(1)
-    )
+        "void", "llvm.prefetch.p0", T.address_of(element), T.int32(0), T.int32(locality),
+        T.int32(1),
+    )  # fmt: skip
+
+
+def prefetch_l2(element: tvm.tirx.BufferLoad) -> tvm.tirx.PrimExpr:
+    """A prefetch of one weight line into L2: a block ahead, too big for L1 beside the
+    block in use."""
+    return prefetch(element, locality=2)
 
 
 def wants_prefetch(weight_bytes: int, parallel: bool) -> bool:

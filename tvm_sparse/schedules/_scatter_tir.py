@@ -6,6 +6,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from ..target import cpu_isa
+from ._prefetch import prefetch as prefetch_line
 from .scatter_tables import ScatterTables
 
 _BYTE_LSBS = 0x0101010101010101  # pdep: mask bit i -> byte i
@@ -187,26 +188,8 @@ def prefetch_macro(tab: ScatterTables):
     @T.macro
     def prefetch(vals, owner, col):
         for q in T.unroll(val_lines):
-            T.evaluate(
-                T.call_llvm_intrin(
-                    "void",
-                    "llvm.prefetch",
-                    T.address_of(vals[col * stride + q * 16]),
-                    T.int32(0),
-                    T.int32(3),
-                    T.int32(1),
-                )
-            )
+            T.evaluate(prefetch_line(vals[col * stride + q * 16]))
         for q in T.unroll(owner_lines):
-            T.evaluate(
-                T.call_llvm_intrin(
-                    "void",
-                    "llvm.prefetch",
-                    T.address_of(owner[col * owner_per_col + q * owner_per_line]),
-                    T.int32(0),
-                    T.int32(3),
-                    T.int32(1),
-                )
-            )
+            T.evaluate(prefetch_line(owner[col * owner_per_col + q * owner_per_line]))
 
     return prefetch

@@ -36,6 +36,7 @@ from tvm.script import tirx as T
 
 from ..formats.bsr import BSR
 from ._epilogue import epilogue as _epilogue
+from ._prefetch import prefetch as prefetch_line
 from ._transpose8 import transpose8
 from .kernel import KernelCall
 from .kernel import finish as _finish
@@ -116,13 +117,6 @@ class PanelKernelSpec:
 def _plus_bias(v, bias_v, has_bias: bool):
     """``v + bias_v`` when the kernel has a bias (both TIR expressions of the same lanes)."""
     return v + bias_v if has_bias else v
-
-
-def _prefetch(buf, row, col):
-    """Prefetch the cache line of ``buf[row, col]`` into L1 for reading (``prefetcht0``)."""
-    return T.call_llvm_intrin(
-        "void", "llvm.prefetch.p0", T.address_of(buf[row, col]), T.int32(0), T.int32(3), T.int32(1)
-    )
 
 
 def _transpose_x_macro(spec: PanelKernelSpec):
@@ -221,7 +215,7 @@ def _slot_macro(spec: PanelKernelSpec):
                 ahead: T.let = T.Cast("int32", slot_rows[T.min(slot + 2, nslots - 1)])
                 for a in T.unroll(r):
                     for h in T.unroll(nline):
-                        T.evaluate(_prefetch(yt, ybase + ahead * r + a, h * 16))
+                        T.evaluate(prefetch_line(yt[ybase + ahead * r + a, h * 16]))
             for a in T.unroll(r):
                 for v in T.vectorized(m_tile):
                     acc[a * m_tile + v] = yt[ybase + ib * r + a, v]

@@ -41,6 +41,11 @@ def epilogue(v, activation: str | None, lanes: int = 1):
     return v
 
 
+def plus_bias(v, bias_v, has_bias: bool):
+    """``v + bias_v`` when the kernel has a bias (both TIR expressions of the same lanes)."""
+    return v + bias_v if has_bias else v
+
+
 def bias_const(bias: np.ndarray | None, n: int) -> tuple[np.ndarray, bool]:
     """The bias array passed to the kernel; a 1-element placeholder when there is none."""
     if bias is None:

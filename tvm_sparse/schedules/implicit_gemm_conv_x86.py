@@ -24,6 +24,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._epilogue import epilogue as _epilogue
+from ._epilogue import plus_bias
 from ._lanes import run, splat
 from ._prefetch import prefetch_l2, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
@@ -132,12 +133,9 @@ def implicit_gemm_kernel(
                 if panel * nb + j < co:
                     c: T.let = panel * nb + j
                     at: T.let = ((n * co + c) * oh + y) * ow + z0
-                    if has_bias:
-                        of[pixels_of(at)] = _epilogue(
-                            acc[across(j)] + bcast(bias[c]), activation, mr
-                        )
-                    else:
-                        of[pixels_of(at)] = _epilogue(acc[across(j)], activation, mr)
+                    of[pixels_of(at)] = _epilogue(
+                        plus_bias(acc[across(j)], bcast(bias[c]), has_bias), activation, mr
+                    )
 
     func = kernel
     if not has_bias:

@@ -38,6 +38,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._epilogue import epilogue as _epilogue
+from ._epilogue import plus_bias
 from ._lanes import run, splat
 from ._prefetch import prefetch_l2, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
@@ -154,6 +155,17 @@ def pack_pointwise_weight(weight: np.ndarray, mr: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(-1, mr, ci).transpose(0, 2, 1))
 
 
+def _input_offset(geo: ConvGeometry):
+    """Output pixel ``p`` -> the offset of its input pixel in one input channel (the stride
+    applied), as a TIR expression."""
+    _, _, _, w = geo.x_shape
+    ow = geo.out_hw[1]
+    sh, sw = geo.strides
+    if (sh, sw) == (1, 1):
+        return lambda p: p
+    return lambda p: (p // ow) * sh * w + (p % ow) * sw
+
+
 def _kernel(
     geo: ConvGeometry,
     mr: int,
@@ -172,23 +184,25 @@ def _kernel(
     batch, ci, h, w = geo.x_shape
     co = geo.w_shape[0]
     oh, ow = geo.out_hw
-    sh, sw = geo.strides
     pixels = oh * ow
     panels = -(-pixels // nb)
     co_tiles = -(-co // mr)
-    strided = (sh, sw) != (1, 1)
     cotile = order == "cotile"
     loop = T.parallel if parallel else T.serial
     last_weight = co_tiles * ci * mr - 1
 
-    def source(p):  # the input offset of output pixel p (the stride applied)
-        return (p // ow) * sh * w + (p % ow) * sw if strided else p
+    source = _input_offset(geo)
 
     def vec(first):  # nb consecutive pixels
         return run(first, nb)
 
     def bcast(value):
         return splat(value, nb)
+
+    def panel_row(x_panels, xf, n, pn, k, start):  # the nb pixels of input channel k
+        if packed:
+            return x_panels[vec(((n * panels + pn) * ci + k) * nb)]
+        return xf[vec((n * ci + k) * h * w + start)]
 
     @T.prim_func
     def kernel(
@@ -223,37 +237,25 @@ def _kernel(
                 if prefetch:
                     T.evaluate(prefetch_l2(wf[T.min(((tile + 1) * ci + k) * mr, last_weight)]))
                 for i in T.unroll(mr):
-                    if packed:
-                        acc[vec(i * nb)] = (
-                            acc[vec(i * nb)]
-                            + bcast(wf[(tile * ci + k) * mr + i])
-                            * x_panels[vec(((n * panels + pn) * ci + k) * nb)]
-                        )
-                    else:
-                        acc[vec(i * nb)] = (
-                            acc[vec(i * nb)]
-                            + bcast(wf[(tile * ci + k) * mr + i])
-                            * xf[vec((n * ci + k) * h * w + start)]
-                        )
+                    acc[vec(i * nb)] = acc[vec(i * nb)] + bcast(
+                        wf[(tile * ci + k) * mr + i]
+                    ) * panel_row(x_panels, xf, n, pn, k, start)
             for i in T.unroll(mr):
                 if tile * mr + i < co:
                     c: T.let = tile * mr + i
                     at: T.let = (n * co + c) * pixels + start
                     value: T.let = acc[vec(i * nb)]
-                    if has_bias and residual:
+                    if residual:
                         rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
                         of[vec(at)] = _epilogue(
-                            value + bcast(bias[c]) + rf[vec(at)],
+                            plus_bias(value, bcast(bias[c]), has_bias) + rf[vec(at)],
                             activation,
                             nb,
                         )
-                    elif has_bias:
-                        of[vec(at)] = _epilogue(value + bcast(bias[c]), activation, nb)
-                    elif residual:
-                        rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
-                        of[vec(at)] = _epilogue(value + rf[vec(at)], activation, nb)
                     else:
-                        of[vec(at)] = _epilogue(value, activation, nb)
+                        of[vec(at)] = _epilogue(
+                            plus_bias(value, bcast(bias[c]), has_bias), activation, nb
+                        )
 
     return kernel
 
@@ -276,16 +278,13 @@ def _channel_kernel(
     batch, ci, h, w = geo.x_shape
     co = geo.w_shape[0]
     oh, ow = geo.out_hw
-    sh, sw = geo.strides
     pixels = oh * ow
     tiles = -(-pixels // mr)
     co_panels = -(-co // nb)
-    strided = (sh, sw) != (1, 1)
     loop = T.parallel if parallel else T.serial
     last_weight = co_panels * ci * nb - 1
 
-    def source(p):
-        return (p // ow) * sh * w + (p % ow) * sw if strided else p
+    source = _input_offset(geo)
 
     def pixels_of(first):  # mr consecutive output pixels
         return run(first, mr)
@@ -332,18 +331,17 @@ def _channel_kernel(
                     c: T.let = panel * nb + j
                     at: T.let = (n * co + c) * pixels + start
                     value: T.let = acc[across(j)]
-                    if has_bias and residual:
+                    if residual:
                         rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
                         of[pixels_of(at)] = _epilogue(
-                            value + bcast(bias[c]) + rf[pixels_of(at)], activation, mr
+                            plus_bias(value, bcast(bias[c]), has_bias) + rf[pixels_of(at)],
+                            activation,
+                            mr,
                         )
-                    elif has_bias:
-                        of[pixels_of(at)] = _epilogue(value + bcast(bias[c]), activation, mr)
-                    elif residual:
-                        rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
-                        of[pixels_of(at)] = _epilogue(value + rf[pixels_of(at)], activation, mr)
                     else:
-                        of[pixels_of(at)] = _epilogue(value, activation, mr)
+                        of[pixels_of(at)] = _epilogue(
+                            plus_bias(value, bcast(bias[c]), has_bias), activation, mr
+                        )
 
     return kernel
 

@@ -36,6 +36,7 @@ from tvm.script import tirx as T
 
 from ..formats.bsr import BSR
 from ._epilogue import epilogue as _epilogue
+from ._epilogue import plus_bias
 from ._prefetch import prefetch as prefetch_line
 from ._transpose8 import transpose8
 from .kernel import KernelCall
@@ -112,11 +113,6 @@ class PanelKernelSpec:
     def loop(self):
         """The loop kind of the row blocks (and the up-front transposes)."""
         return T.parallel if self.parallel else T.serial
-
-
-def _plus_bias(v, bias_v, has_bias: bool):
-    """``v + bias_v`` when the kernel has a bias (both TIR expressions of the same lanes)."""
-    return v + bias_v if has_bias else v
 
 
 def _transpose_x_macro(spec: PanelKernelSpec):
@@ -243,7 +239,7 @@ def _slot_macro(spec: PanelKernelSpec):
             for a in T.unroll(r):
                 for vb in T.unroll(m_tile // 8):
                     y[t, ib * r + a, T.ramp(vb * 8, 1, 8)] = _epilogue(
-                        _plus_bias(
+                        plus_bias(
                             acc[T.ramp(a * m_tile + vb * 8, 1, 8)],
                             T.broadcast(bias[ib * r + a], 8),
                             has_bias,
@@ -279,7 +275,7 @@ def _write_row_block_macro(spec: PanelKernelSpec):
                     for j in T.unroll(8):
                         for h in T.unroll(2):
                             y[t * m_tile + vb * 8 + j, T.ramp(o + h * 8, 1, 8)] = _epilogue(
-                                _plus_bias(
+                                plus_bias(
                                     tr[T.ramp(h * 64 + j * 8, 1, 8)],
                                     bias[T.ramp(o + h * 8, 1, 8)],
                                     has_bias,
@@ -294,7 +290,7 @@ def _write_row_block_macro(spec: PanelKernelSpec):
                         o1: T.let = rb * rb_out + q * 16 + e
                         if q * 16 + e < rb_out and o1 < n and t * m_tile + v < m:
                             y[t * m_tile + v, o1] = _epilogue(
-                                _plus_bias(yt[o1, v], bias[o1], has_bias), activation
+                                plus_bias(yt[o1, v], bias[o1], has_bias), activation
                             )
 
     return write_row_block

@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "zero weights; keeps the sparse linear kernels, makes conv layers dense",
     )
     c.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="x86: keep IEEE subnormal floats (slow: ~100 cycles each) instead of flushing them "
+        "to zero while the kernels run (FTZ/DAZ)",
+    )
+    c.add_argument(
         "--measure",
         choices=("auto", "all", "none"),
         default="auto",
@@ -123,6 +129,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         sparse=not args.dense,
         measure={"auto": "auto", "all": True, "none": False}[args.measure],
         strict_nan=args.strict_nan,
+        flush_denormals=not args.keep_denormals,
     )
     manifest = mod.export(args.output)
     if args.report:

@@ -30,6 +30,9 @@ class SparsifyOptions:
     # True: NaN / Inf activations give what dense math gives (a weight-sparse kernel skips
     # 0 * NaN): linear layers get ``nan_fixup``, other layers dense kernels
     strict_nan: bool = False
+    # True: subnormal floats are flushed to zero while the kernels run (x86 FTZ/DAZ; a
+    # subnormal costs ~100 cycles an instruction): ``flush_denormals`` says why
+    flush_denormals: bool = True
     layer_names: list = field(default_factory=list)  # (name, op) from the frontend, for the report
 
 

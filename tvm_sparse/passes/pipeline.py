@@ -10,7 +10,8 @@
                  conv's epilogue (tap-plane sparse conv)
 4. Legalize      library dispatch, remaining Relax ops -> TIR (TVM), fused
 5. Schedule      tuned records first, then rules for dense leftovers (dlight + ours)
-6. Lower         TVM's VM lowering (memory planning, shape lowering)
+6. Lower         TVM's VM lowering (memory planning, shape lowering); on x86 every kernel
+                 runs with subnormals flushed to zero (``flush_denormals``)
 
 The report. The sparsify passes write the per-layer report (``tvm_sparse.report.Report``) into
 the module attribute ``tvm_sparse.report``; ``module_report.read_report(mod)`` reads it from any
@@ -35,6 +36,7 @@ from tvm.s_tir import dlight as dl
 from ..phases import timed
 from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
 from ..target import is_cpu
+from . import flush_denormals
 from .analyze_sparsity import AnalyzeLayers
 from .canonicalize import canonicalize_passes
 from .chain_layouts import ChainLayouts
@@ -94,13 +96,18 @@ def schedule_passes(
     return passes
 
 
-def lower_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+def lower_passes(
+    target: tvm.target.Target, options: SparsifyOptions | None = None
+) -> list[tvm.transform.Pass]:
     if is_cpu(target):
         # TVM 0.27's cpu_generic/__init__ does not export dataflow_lower_passes, so the generic
         # relax.pipeline.dataflow_lower_passes(llvm) raises AttributeError: use the module itself.
         from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-        return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+        passes = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+        if (options or SparsifyOptions()).flush_denormals and flush_denormals.applies(target):
+            passes.append(flush_denormals.FlushDenormals)
+        return passes
     from tvm.relax.backend.cuda import pipeline as cuda  # same export gap as cpu_generic
 
     return cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
@@ -139,7 +146,7 @@ def build_pipeline(
             phases = [
                 *pre_schedule_passes(tgt, options),
                 _phase("Schedule", schedule_passes(tgt, records_dir)),
-                _phase("Lower", lower_passes(tgt)),
+                _phase("Lower", lower_passes(tgt, options)),
             ]
             return tvm.transform.Sequential(phases, name="tvm_sparse")(mod)
 

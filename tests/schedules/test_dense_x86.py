@@ -30,6 +30,9 @@ def _act(y: np.ndarray, activation: str | None) -> np.ndarray:
         return 0.5 * y * (1.0 + _erf(y / math.sqrt(2.0)))
     if activation == "relu6":
         return np.clip(y, 0.0, 6.0)
+    if activation in ("silu", "sigmoid"):
+        gate = 1.0 / (1.0 + np.exp(-y.astype(np.float64)))
+        return (y * gate if activation == "silu" else gate).astype(np.float32)
     return y
 
 
@@ -193,6 +196,7 @@ def test_rejects_bad_arguments():
         dense_conv2d((1, 2, 2, 2), np.zeros((4, 2, 3, 3), np.float32), target=TARGET)
 
 
+@pytest.mark.parametrize("activation", ["relu", "silu"])  # silu: a pass over the stored tile
 @pytest.mark.parametrize("order", ["panel", "cotile", "channels"])
 @pytest.mark.parametrize(
     "x_shape, co, stride, tiling",
@@ -208,7 +212,7 @@ def test_rejects_bad_arguments():
         ((1, 256, 7, 7), 130, 1, None),  # 133 KB of weights: prefetched a tile ahead
     ],
 )
-def test_pointwise_conv_matches_numpy(x_shape, co, stride, tiling, order):
+def test_pointwise_conv_matches_numpy(x_shape, co, stride, tiling, order, activation):
     """1x1 convs take the NCHW pixel-panel GEMM (no NHWC relayout), exact for every tile and
     loop order, the last panel overlapping the one before it when the pixels do not divide."""
     rng = np.random.default_rng(2)
@@ -216,9 +220,10 @@ def test_pointwise_conv_matches_numpy(x_shape, co, stride, tiling, order):
     b = rng.standard_normal(co, dtype=np.float32)
     x = rng.standard_normal(x_shape, dtype=np.float32)
     conv = ConvAttrs((stride, stride), (0, 0, 0, 0))
-    call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, tiling=tiling, pointwise_order=order)
+    call = dense_conv2d(x_shape, w, b, conv, activation, TARGET, tiling=tiling,
+                        pointwise_order=order)  # fmt: skip
     assert (call.info["layout"], call.info["order"]) == ("pointwise", order)
-    ref = _ref_conv(x, w, b, (stride, stride), (0, 0, 0, 0), (1, 1), 1, "relu")
+    ref = _ref_conv(x, w, b, (stride, stride), (0, 0, 0, 0), (1, 1), 1, activation)
     np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
 
 
@@ -273,6 +278,7 @@ def test_pointwise_tiling_follows_vector_width_and_shape():
         ((1, 6, 9, 8), (5, 6, 3, 2), (2, 1), (1, 0, 2, 1), (2, 1), "gelu", (6, 4)),
         ((2, 4, 5, 5), (7, 4, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, (3, 3)),  # tail tile
         ((1, 20, 8, 8), (33, 20, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), "relu6", (2, 6)),
+        ((1, 3, 17, 17), (8, 3, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "silu", None),  # B0 stem
     ],
 )
 def test_planes_conv_matches_numpy(x_shape, w_shape, strides, padding, dilation, activation, tile):
@@ -347,6 +353,8 @@ def test_winograd_default_tile_follows_isa_and_panels():
         ((1, 5, 56, 56), 3, 2, (1, 1, 1, 1), True, "relu6"),  # stride 2, rows split in 2 x 16
         ((2, 3, 70, 75), 5, 2, (2, 2, 2, 2), True, None),  # 5x5 stride 2, 8-lane rows + tail
         ((1, 4, 15, 15), 3, 2, (1, 1, 1, 1), False, "relu"),  # odd input, 8-wide output rows
+        ((1, 6, 28, 28), 5, 1, (2, 2, 2, 2), True, "silu"),  # EfficientNet: 28 = 16 + 12 tail
+        ((1, 3, 9, 9), 3, 1, (1, 1, 1, 1), True, "sigmoid"),
     ],
 )
 def test_depthwise_conv_matches_numpy(x_shape, kernel, stride, padding, with_bias, activation):
@@ -357,6 +365,51 @@ def test_depthwise_conv_matches_numpy(x_shape, kernel, stride, padding, with_bia
         activation,
     )  # fmt: skip
     assert call.info["layout"] == "depthwise"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    channels=st.integers(1, 5),
+    size=st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    kernel=st.sampled_from([1, 3, 5, 7]),
+    stride=st.sampled_from([1, 2]),
+    pads=st.tuples(*[st.integers(0, 3)] * 4),
+    rows=st.booleans(),
+    activation=st.sampled_from([None, "relu", "silu"]),
+)
+def test_depthwise_random_shapes_both_forms(batch, channels, size, kernel, stride, pads, rows,
+                                             activation):  # fmt: skip
+    """Random images, filters, paddings and strides; the flat-plane form (stride 1 where it
+    takes fewer instructions) and the row form (``lanes`` forced) alike."""
+    from tvm_sparse.schedules.depthwise_conv_x86 import depthwise_conv2d, row_lanes
+
+    h, w = size
+    top, left, bottom, right = pads
+    oh, ow = (h + top + bottom - kernel) // stride + 1, (w + left + right - kernel) // stride + 1
+    if oh <= 0 or ow <= 0:
+        return
+    rng = np.random.default_rng(h * 100 + w)
+    x = rng.standard_normal((batch, channels, h, w), dtype=np.float32)
+    wt = rng.standard_normal((channels, 1, kernel, kernel), dtype=np.float32)
+    b = rng.standard_normal(channels, dtype=np.float32)
+    lanes = row_lanes(ow, 16) if rows else None
+    call = depthwise_conv2d(x.shape, wt, b, (stride, stride), pads, (1, 1), channels,
+                            activation, TARGET, lanes=lanes)  # fmt: skip
+    if rows or stride == 2:
+        assert call.info["form"] == "rows"
+    ref = _ref_conv(x, wt, b, (stride, stride), pads, (1, 1), channels, activation)
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_takes_the_flat_plane_where_rows_are_narrow():
+    from tvm_sparse.schedules.depthwise_conv_x86 import flat_block, prefers_flat
+
+    assert prefers_flat(7, 7, 11, 16) and prefers_flat(28, 28, 30, 16)  # 3 pieces per row
+    assert not prefers_flat(112, 112, 114, 16)  # 7 whole vectors per row: rows
+    assert [flat_block(v) for v in (1, 5, 6, 8, 9, 16, 53)] == [1, 5, 6, 4, 3, 4, 6]
+    call = _check_conv((1, 12, 7, 7), (12, 1, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 12, True, "silu")
+    assert call.info["form"] == "flat"
 
 
 def test_other_grouped_convs_keep_the_loop_nest():

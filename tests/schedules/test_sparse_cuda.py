@@ -59,6 +59,7 @@ _BUILDS = {
     "csr_b16": (lambda w, b: sc.csr_linear(16, w, b, "gelu"), ["__shared__", "__syncthreads"]),
     "bsr_b1": (lambda w, b: sc.bsr_linear(1, w, (4, 1), b), ["__shfl_down_sync"]),
     "bsr_b8": (lambda w, b: sc.bsr_linear(8, w, (4, 4), None, "relu"), ["__shared__"]),
+    "bsr_b2_silu": (lambda w, b: sc.bsr_linear(2, w, (4, 1), b, "silu"), ["__shfl_down_sync"]),
     "ss_shared": (
         lambda w, b: sc.sparse_sparse_linear(1, w, b, "relu"),
         ["atomicAdd", "__shared__", "__syncthreads"],

@@ -80,3 +80,41 @@ def test_install_is_idempotent(target):
     install_llvm_lowering()
     y = _apply(_kernel("exp", target), np.zeros(N, dtype=np.float32))
     assert np.all(y == 1.0)
+
+
+def _epilogue_kernel(activation: str, lanes: int, target):
+    """The shared kernel epilogue (``_epilogue.epilogue``) over N values, ``lanes`` at a time
+    (1: the scalar form kernels use for row tails)."""
+    from tvm.script import tirx as T
+
+    from tvm_sparse.schedules._epilogue import epilogue
+
+    @T.prim_func
+    def kernel(a: T.Buffer((N,), "float32"), b: T.Buffer((N,), "float32")):
+        for i in range(N // lanes):
+            if lanes == 1:
+                b[i] = epilogue(a[i], activation)
+            else:
+                b[T.ramp(i * lanes, 1, lanes)] = epilogue(
+                    a[T.ramp(i * lanes, 1, lanes)], activation, lanes
+                )
+
+    return tvm.compile(kernel.with_attr("global_symbol", "main"), target=target)["main"]
+
+
+@pytest.mark.parametrize("lanes", [1, 8, 16])
+@pytest.mark.parametrize("activation", ["silu", "sigmoid"])
+def test_silu_and_sigmoid_epilogues_are_float32_accurate(target, rng, activation, lanes):
+    x = _inputs(rng, -100.0, 100.0)
+    x[:200] = rng.uniform(-6, 6, 200)  # where the gate is far from 0 and 1
+    y = _apply(_epilogue_kernel(activation, lanes, target), x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        gate = 1 / (1 + np.exp(-x.astype(np.float64)))
+        ref = x * gate if activation == "silu" else gate
+    # below x = -87 the gate is under float32's normal range: saturated there (|y| < 1e-34)
+    normal = np.isfinite(ref) & (np.abs(ref) >= np.finfo(np.float32).tiny) & (x > -87)
+    assert _relative_error(y[normal], ref[normal]).max() < 1e-6
+    assert np.all(np.abs(y[np.isfinite(x) & (x <= -87)]) < 1e-34)
+    assert np.isnan(y[-7])  # NaN in, NaN out
+    assert y[-6] == (np.inf if activation == "silu" else 1.0)  # +inf
+    assert y[-4] == (0.0 if activation == "silu" else 0.5)  # 0

@@ -2,7 +2,8 @@
 
 Canonical form (what ``canonicalize`` leaves): ``matmul(x, W_kn)`` or ``nn.conv2d(x, W_oihw)``
 with a constant weight, optionally followed by ``add(., bias)`` with a per-output-channel
-constant, then optionally by ``nn.relu``, ``nn.gelu`` or ReLU6 (``clip(., 0, 6)``). A layer is
+constant, then optionally by ``nn.relu``, ``nn.gelu``, ``nn.silu``, ``sigmoid`` or ReLU6
+(``clip(., 0, 6)``). A layer is
 that whole chain; its tail var is what the rest of the graph reads, so a rewrite replaces the
 tail and dead-code elimination drops the rest.
 """
@@ -27,8 +28,14 @@ from .relax_utils import (
 
 LINEAR = "linear"
 CONV2D = "conv2d"
-# Epilogue activations every kernel builder fuses (``gelu`` is the exact erf form).
-_ACTIVATIONS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu"}
+# Epilogue activations every kernel builder fuses (``gelu`` is the exact erf form; ``silu`` is
+# x * sigmoid(x), ``passes.fuse_silu``; ``sigmoid`` is a squeeze-excitation gate's).
+_ACTIVATIONS = {
+    "relax.nn.relu": "relu",
+    "relax.nn.gelu": "gelu",
+    "relax.nn.silu": "silu",
+    "relax.sigmoid": "sigmoid",
+}
 
 
 def is_relu6(value: relax.Expr) -> bool:

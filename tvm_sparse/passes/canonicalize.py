@@ -3,7 +3,7 @@
 Inference-mode BatchNorm is decomposed and folded into the preceding layer; transposed constant
 weights (ONNX Gemm transB, ``permute_dims`` of a constant) are folded to constants; tuple plumbing
 from the importer is removed. What is left: ``matmul(x, W_kn) [+ bias]`` and
-``conv2d(x, W_oihw) [+ bias]``, each optionally followed by ReLU, GELU or ReLU6.
+``conv2d(x, W_oihw) [+ bias]``, each optionally followed by ReLU, GELU, ReLU6, SiLU or sigmoid.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from tvm import relax
 from .fold_affine import FoldAffineIntoLayers
 from .fuse_gelu import FuseGelu
 from .fuse_relu6 import FuseRelu6
+from .fuse_silu import FuseSilu
 from .numpy_fold import NumpyFoldConstant
 from .safe_fold import SafeFoldConstant
 from .take_mode import ClipTakeMode
@@ -28,6 +29,7 @@ def canonicalize_passes() -> list[tvm.transform.Pass]:
         relax.transform.CanonicalizeBindings(),
         FuseGelu(),  # erf-GELU subgraph -> nn.gelu, a fusable kernel epilogue
         FuseRelu6(),  # the frontend's maximum + minimum of Clip(x, 0, 6) -> one clip
+        FuseSilu(),  # x * sigmoid(x) -> nn.silu, a fusable kernel epilogue
         FoldAffineIntoLayers(),
         SafeFoldConstant(),
         relax.transform.DeadCodeElimination(),

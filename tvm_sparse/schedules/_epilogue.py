@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from tvm.script import tirx as T
 
-from .vector_math import install_llvm_lowering
+from .vector_math import install_llvm_lowering, sigmoid_f32
 
-ACTIVATIONS = (None, "relu", "gelu", "relu6")
+ACTIVATIONS = (None, "relu", "gelu", "relu6", "silu", "sigmoid")
 SQRT1_2 = 0.7071067811865476
 
 
@@ -22,9 +22,10 @@ def check_activation(activation: str | None) -> None:
 
 def epilogue(v, activation: str | None, lanes: int = 1):
     """act(v) as a TIR expression (``lanes``-wide); ReLU and ReLU6 keep NaN (like numpy /
-    onnxruntime), GELU is the erf form. A GELU installs the vector ``erf`` lowering for llvm
-    builds (``vector_math``, idempotent): LLVM has no vector libm call for it, and a kernel
-    builder that wrote an erf without it failed to build ("unknown intrinsic tirx.erf")."""
+    onnxruntime), GELU is the erf form, SiLU is v * sigmoid(v) (``vector_math.sigmoid_f32``).
+    A GELU installs the vector ``erf`` lowering for llvm builds (``vector_math``, idempotent):
+    LLVM has no vector libm call for it, and a kernel builder that wrote an erf without it
+    failed to build ("unknown intrinsic tirx.erf")."""
 
     def c(value: float):
         return T.float32(value) if lanes == 1 else T.broadcast(T.float32(value), lanes)
@@ -38,7 +39,22 @@ def epilogue(v, activation: str | None, lanes: int = 1):
         return c(0.5) * v * (c(1) + T.erf(v * c(SQRT1_2)))
     if activation == "relu6":  # NaN stays NaN, as with ReLU
         return T.Select(v < c(0), c(0), T.Select(v > c(6), c(6), v))
+    if activation in ("silu", "sigmoid"):
+        gate = sigmoid_f32(v)  # plain arithmetic: no exp call for LLVM (or CUDA) to lower
+        return v * gate if activation == "silu" else gate
     return v
+
+
+# Activations of ~40 vector ops: applied in a register tile's epilogue, beside its accumulators,
+# they spill (a SiLU after a 1x1 conv of 16 -> 96 channels at 112x112 cost 534 us there, against
+# 200 us as a second pass over the stored tile while it is in L1).
+HEAVY_ACTIVATIONS = ("gelu", "silu", "sigmoid")
+
+
+def register_activation(activation: str | None) -> str | None:
+    """The activation a register-tile kernel applies before it stores: ``activation``, or None
+    for a heavy one, which the kernel applies in a pass over the stored tile."""
+    return None if activation in HEAVY_ACTIVATIONS else activation
 
 
 def plus_bias(v, bias_v, has_bias: bool):

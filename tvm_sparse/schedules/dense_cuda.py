@@ -46,7 +46,7 @@ def dense_linear(
         pre = te.compute((m, n), lambda i, j: mm[i, j] + b[j], name="bias_add")
     else:
         pre = mm
-    if activation in ("relu", "relu6"):  # selects keep NaN (max(NaN, 0) would be 0)
+    if activation in ("relu", "relu6", "silu", "sigmoid"):  # ReLU's selects keep NaN
         out = te.compute((m, n), lambda i, j: epilogue(pre[i, j], activation), name=activation)
     elif activation == "gelu":
         out = te.compute(

@@ -127,11 +127,102 @@ def depthwise_kernel(
                     if vb * L + L <= ow:
                         yf[T.ramp(out, 1, L)] = _epilogue(acc[T.ramp(0, 1, L)], activation, L)
                     else:
-                        tail[T.ramp(0, 1, L)] = acc[T.ramp(0, 1, L)]
+                        # the activation in one vector (a SiLU is ~40 ops), then the stores
+                        tail[T.ramp(0, 1, L)] = _epilogue(acc[T.ramp(0, 1, L)], activation, L)
                         for e in range(ow - vb * L):
-                            yf[out + e] = _epilogue(tail[e], activation)
+                            yf[out + e] = tail[e]
 
     return _finish(kernel)
+
+
+FLAT_BLOCK = (6, 4, 3)  # output vectors sharing each weight broadcast in the flat kernel
+
+
+def flat_block(vectors: int) -> int:
+    """Output vectors per block of the flat kernel: all of a small plane's (at most 6), else
+    the block of ``FLAT_BLOCK`` that wastes the fewest vectors, the larger on a tie. One
+    weight broadcast serves a block: alone, each FMA needed a broadcast load beside its input
+    load (1152 channels at 7x7, 5x5 filter: 96 us with 4 of 5 blocked, 8 computed)."""
+    if vectors <= FLAT_BLOCK[0]:
+        return vectors
+    return min(FLAT_BLOCK, key=lambda b: (-(-vectors // b) * b, -b))
+
+
+def flat_kernel(
+    x_shape, kernel_hw, pads, activation, has_bias: bool, nbias: int, lanes: int, parallel: bool
+) -> tvm.tirx.PrimFunc:
+    """Stride 1 over the flattened padded plane: output (oy, ox) is entry ``oy * wp + ox`` of a
+    plane as wide as the padded input, so tap (i, j) of every output is entry
+    ``i * wp + j`` further on: one contiguous vector per tap and ``lanes`` outputs, rows and
+    all. The ``wp - ow`` columns past each row's end are computed and dropped. For narrow
+    images that is far fewer instructions than a vector per row: 7x7 with a 5x5 filter is 5
+    vectors of 16 per tap against 7 rows of 7 lanes (4 + 2 + 1 instructions each)."""
+    bn, c, h, wd = x_shape
+    kh, kw = kernel_hw
+    top, left, bottom, right = pads
+    L = lanes
+    hp, wp = h + top + bottom, wd + left + right
+    oh, ow = hp - kh + 1, wp - kw + 1
+    qb = flat_block(-(-(oh * wp) // L))  # output vectors per weight broadcast
+    nq = qb * -(-(oh * wp) // (L * qb))  # output vectors over the flat plane, whole blocks
+    span = nq * L + (kh - 1) * wp + kw  # padded entries the last vector's taps reach
+    hb = int(has_bias)
+    loop = T.parallel if parallel else T.serial
+
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((bn, c, h, wd), "float32"),
+        w: T.Buffer((c * kh * kw,), "float32"),
+        bias: T.Buffer((nbias,), "float32"),
+        y: T.Buffer((bn, c, oh, ow), "float32"),
+    ):
+        xf = T.decl_buffer((bn * c * h * wd,), "float32", data=x.data)
+        yf = T.decl_buffer((bn * c * oh * ow,), "float32", data=y.data)
+        for nc in loop(bn * c):
+            ch: T.let = nc % c
+            xp = T.alloc_buffer((span,), "float32", scope="global")
+            out = T.alloc_buffer((nq * L,), "float32", scope="global")
+            for v in T.vectorized(span):
+                xp[v] = T.float32(0)
+            for r in range(h):
+                for v in T.vectorized(wd):
+                    xp[(top + r) * wp + left + v] = xf[(nc * h + r) * wd + v]
+            for qo in range(nq // qb):
+                acc = T.alloc_buffer((qb * L,), "float32", scope="local")
+                for b in T.unroll(qb):
+                    acc[T.ramp(b * L, 1, L)] = T.broadcast(bias[ch * hb], L)
+                for i in T.unroll(kh):
+                    for j in T.unroll(kw):
+                        tap: T.let = T.broadcast(w[(ch * kh + i) * kw + j], L)
+                        for b in T.unroll(qb):
+                            acc[T.ramp(b * L, 1, L)] = (
+                                acc[T.ramp(b * L, 1, L)]
+                                + tap * xp[T.ramp((qo * qb + b) * L + i * wp + j, 1, L)]
+                            )
+                for b in T.unroll(qb):
+                    out[T.ramp((qo * qb + b) * L, 1, L)] = _epilogue(
+                        acc[T.ramp(b * L, 1, L)], activation, L
+                    )
+            for oy in range(oh):
+                for v in T.vectorized(ow):
+                    yf[(nc * oh + oy) * ow + v] = out[oy * wp + v]
+
+    return _finish(kernel)
+
+
+def row_instructions(out_w: int, widest: int) -> int:
+    """Vector (or scalar tail) instructions per output row and tap of the row kernel: a row
+    of at most ``WHOLE_ROW_VECTORS`` vectors is split by LLVM into power-of-two pieces."""
+    lanes = row_lanes(out_w, widest)
+    if lanes == out_w:
+        full, rest = divmod(out_w, widest)
+        return full + sum(1 for piece in (8, 4, 2, 1) if piece < widest and rest & piece)
+    return out_w // lanes + out_w % lanes
+
+
+def prefers_flat(oh: int, ow: int, padded_w: int, widest: int) -> bool:
+    """Whether the flat-plane kernel (stride 1) takes fewer instructions per tap than rows."""
+    return -(-(oh * padded_w) // widest) < oh * row_instructions(ow, widest)
 
 
 # rows at most this many vectors wide are computed as one vector of exactly their width
@@ -174,12 +265,21 @@ def depthwise_conv2d(
     oh, ow = (h + top + bottom - kh) // s + 1, (wd + left + right - kw) // s + 1
     if oh <= 0 or ow <= 0:
         raise ValueError(f"depthwise conv output is empty: x {tuple(x_shape)}, w {weight.shape}")
-    lanes = lanes or row_lanes(ow, vector_lanes(target))
+    widest = vector_lanes(target)
     bias_arr, has_bias = bias_const(bias, c)
-    func = depthwise_kernel(
-        (bn, c, h, wd), (kh, kw), (top, left, bottom, right), s, activation, has_bias,
-        bias_arr.size, lanes, parallel and num_cores(target) > 1,
-    )  # fmt: skip
+    pads = (top, left, bottom, right)
+    threads = parallel and num_cores(target) > 1
+    flat = lanes is None and s == 1 and prefers_flat(oh, ow, wd + left + right, widest)
+    if flat:
+        lanes = widest
+        func = flat_kernel((bn, c, h, wd), (kh, kw), pads, activation, has_bias, bias_arr.size,
+                           lanes, threads)  # fmt: skip
+    else:
+        # a one-column output still takes 2 lanes (its tail stores the one): TIR has no
+        # 1-lane ramp, and the kernel failed to build for it
+        lanes = max(lanes or row_lanes(ow, widest), 2)
+        func = depthwise_kernel((bn, c, h, wd), (kh, kw), pads, s, activation, has_bias,
+                                bias_arr.size, lanes, threads)  # fmt: skip
     return KernelCall(
         func=func,
         name="dense_depthwise_conv2d_" + "x".join(map(str, x_shape)),
@@ -192,5 +292,6 @@ def depthwise_conv2d(
             "activation": activation,
             "groups": groups,
             "lanes": lanes,
+            "form": "flat" if flat else "rows",
         },
     )

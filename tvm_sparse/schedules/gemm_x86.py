@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import s_tir, te, tirx
 
-from ._epilogue import ACTIVATIONS
+from ._epilogue import ACTIVATIONS, epilogue
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ def apply_activation(value: te.Tensor, activation: str | None):
     if activation == "gelu":
         half = tirx.const(0.5, "float32")
         return value * (half + half * te.erf(value * tirx.const(1.0 / math.sqrt(2.0), "float32")))
+    if activation in ("silu", "sigmoid"):
+        return epilogue(value, activation)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
 
 

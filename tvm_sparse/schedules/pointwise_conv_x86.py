@@ -38,7 +38,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._epilogue import epilogue as _epilogue
-from ._epilogue import plus_bias
+from ._epilogue import plus_bias, register_activation
 from ._lanes import run, splat
 from ._prefetch import prefetch_l2, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
@@ -166,6 +166,11 @@ def _input_offset(geo: ConvGeometry):
     return lambda p: (p // ow) * sh * w + (p % ow) * sw
 
 
+def _piece(nb: int) -> int:
+    """The vector width of the heavy activation's pass over a tile row of ``nb`` pixels."""
+    return next((p for p in (16, 8) if nb % p == 0), nb)
+
+
 def _kernel(
     geo: ConvGeometry,
     mr: int,
@@ -192,6 +197,8 @@ def _kernel(
     last_weight = co_tiles * ci * mr - 1
 
     source = _input_offset(geo)
+    in_registers = register_activation(activation)
+    piece = _piece(nb)
 
     def vec(first):  # nb consecutive pixels
         return run(first, nb)
@@ -249,13 +256,21 @@ def _kernel(
                         rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
                         of[vec(at)] = _epilogue(
                             plus_bias(value, bcast(bias[c]), has_bias) + rf[vec(at)],
-                            activation,
+                            in_registers,
                             nb,
                         )
                     else:
                         of[vec(at)] = _epilogue(
-                            plus_bias(value, bcast(bias[c]), has_bias), activation, nb
+                            plus_bias(value, bcast(bias[c]), has_bias), in_registers, nb
                         )
+            if in_registers != activation:  # the heavy activation, over the tile in L1
+                for i in range(mr):
+                    if tile * mr + i < co:
+                        row: T.let = (n * co + tile * mr + i) * pixels + start
+                        for u in range(nb // piece):
+                            of[run(row + u * piece, piece)] = _epilogue(
+                                of[run(row + u * piece, piece)], activation, piece
+                            )
 
     return kernel
 
@@ -285,6 +300,7 @@ def _channel_kernel(
     last_weight = co_panels * ci * nb - 1
 
     source = _input_offset(geo)
+    in_registers = register_activation(activation)
 
     def pixels_of(first):  # mr consecutive output pixels
         return run(first, mr)
@@ -335,13 +351,18 @@ def _channel_kernel(
                         rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
                         of[pixels_of(at)] = _epilogue(
                             plus_bias(value, bcast(bias[c]), has_bias) + rf[pixels_of(at)],
-                            activation,
+                            in_registers,
                             mr,
                         )
                     else:
                         of[pixels_of(at)] = _epilogue(
-                            plus_bias(value, bcast(bias[c]), has_bias), activation, mr
+                            plus_bias(value, bcast(bias[c]), has_bias), in_registers, mr
                         )
+            if in_registers != activation:  # the heavy activation, over the tile in L1
+                for j in range(nb):
+                    if panel * nb + j < co:
+                        row: T.let = (n * co + panel * nb + j) * pixels + start
+                        of[pixels_of(row)] = _epilogue(of[pixels_of(row)], activation, mr)
 
     return kernel
 

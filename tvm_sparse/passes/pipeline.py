@@ -7,7 +7,8 @@
 3. FuseKernels   k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel,
                  attention (Q K^T, mask, softmax, V, the head permutes) -> one kernel,
                  layer_norm(residual add) -> one kernel, relu(conv + shortcut) -> the
-                 conv's epilogue (tap-plane sparse conv)
+                 conv's epilogue (tap-plane sparse conv), mean over trailing axes
+                 (global average pooling) -> a vector row sum
 4. Legalize      library dispatch, remaining Relax ops -> TIR (TVM), fused
 5. Schedule      tuned records first, then rules for dense leftovers (dlight + ours)
 6. Lower         TVM's VM lowering (memory planning, shape lowering); on x86 every kernel
@@ -48,6 +49,7 @@ from .fuse_residual import FuseResidual
 from .layer_plan import LayerPlan, SparsifyOptions
 from .rewrite_kwta import RewriteKwta
 from .rewrite_layers import RewriteLayers
+from .rewrite_row_reductions import RewriteRowReductions
 
 
 def sparsify_passes(
@@ -70,6 +72,7 @@ def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         FuseAttention(target),  # softmax(Q K^T + mask) V per head: one kernel
         FuseAddLayerNorm(target),  # residual add + layer norm: one pass over each row
         FuseResidual(target),  # relu(conv + shortcut): the add in the conv's epilogue
+        RewriteRowReductions(target),  # global average pooling: a vector sum per channel
     ]
 
 

@@ -20,7 +20,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv, samples_in_parallel
-from ._epilogue import bias_const
+from ._epilogue import bias_const, register_activation
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
@@ -39,6 +39,7 @@ def _tile_macro(spec: PlaneConvSpec, taps: int):
     o, npos, tile = spec.o, spec.positions, spec.tile
     hb = int(spec.has_bias)
     activation = spec.activation
+    in_registers = register_activation(activation)
 
     @T.macro
     def channel_tile(xs, wp, toffs, bias, yf, tail, nb, g, p0):
@@ -62,8 +63,13 @@ def _tile_macro(spec: PlaneConvSpec, taps: int):
                 if p0 + tile <= npos:
                     for u in T.unroll(n):
                         yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
-                            acc[T.ramp((r * n + u) * lanes, 1, lanes)] + bv, activation, lanes
+                            acc[T.ramp((r * n + u) * lanes, 1, lanes)] + bv, in_registers, lanes
                         )
+                    if in_registers != activation:  # a heavy one: over the stored row, in L1
+                        for u in range(n):
+                            yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
+                                yf[T.ramp(out + u * lanes, 1, lanes)], activation, lanes
+                            )
                 else:
                     for u in T.unroll(n):  # the activation in vectors (a SiLU is ~40 ops)
                         tail[T.ramp(u * lanes, 1, lanes)] = _epilogue(

@@ -238,8 +238,10 @@ def test_pointwise_tiling_follows_vector_width_and_shape():
     tile = choose_pointwise_tiling(256, 56 * 56, 16)
     assert (tile.mr, tile.nb) == (6, 64)  # 56x56 and up: the 64-pixel panels
     tile = choose_pointwise_tiling(256, 28 * 28, 16)
-    assert (tile.mr, tile.nb) == (8, 32)
-    assert choose_pointwise_tiling(24, 28 * 28, 16).mr == 8  # 24 = 3 x 8, no padded channels
+    assert (tile.mr, tile.nb) == (12, 32)  # 28x28 and down: 12 x 32, even padding 256 to 264
+    assert choose_pointwise_tiling(64, 28 * 28, 16).mr == 8  # ... but not 64 to 72
+    assert choose_pointwise_tiling(64, 56 * 56, 16).nb == 64
+    assert choose_pointwise_tiling(16, 28 * 28, 16).mr == 8  # 16 = 2 x 8; 12 would pad to 24
     assert choose_pointwise_tiling(36, 28 * 28, 16).mr == 12  # 36 = 3 x 12
     # 196 pixels: 7 panels of 32 (the last overlaps by 28) beat 13 slower panels of 16
     assert choose_pointwise_tiling(256, 14 * 14, 16).nb == 32
@@ -257,6 +259,14 @@ def test_pointwise_tiling_follows_vector_width_and_shape():
     assert order != "channels"
     geo = conv_geometry((1, 64, 14, 14), (384, 64, 1, 1), ConvAttrs())
     assert choose_pointwise(geo, 16)[1] != "channels"  # 196 -> 224: not enough to switch
+    # ... except for wide convs: 64-channel vector panels x 6 pixels (ResNet-50's layer 3)
+    geo = conv_geometry((1, 1024, 14, 14), (256, 1024, 1, 1), ConvAttrs())
+    tile, order = choose_pointwise(geo, 16)
+    assert (tile.mr, tile.nb, order) == (6, 64, "channels")
+    geo = conv_geometry((1, 576, 14, 14), (96, 576, 1, 1), ConvAttrs())
+    assert choose_pointwise(geo, 16)[1] != "channels"  # 96 channels would pad to 128
+    geo = conv_geometry((1, 512, 28, 28), (1024, 512, 1, 1), ConvAttrs((2, 2)))
+    assert choose_pointwise(geo, 16)[1] != "channels"  # the stride-2 downsample
     # a padded 1x1 is not pointwise: it keeps the implicit GEMM (many channels) or the tap
     # planes (few channels, as a stem)
     w = np.ones((4, 32, 1, 1), np.float32)

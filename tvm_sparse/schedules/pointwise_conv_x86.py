@@ -64,17 +64,26 @@ def is_pointwise(geo: ConvGeometry) -> bool:
 
 
 # (mr output channels, nb pixels, relative speed), per vector width. Measured on Sapphire
-# Rapids (AVX-512, MobileNetV2's and ResNet's shapes): 8x32 and 12x32 lead from 28x28 down,
-# 6x64 within 3% there and ahead from 56x56 up (``WIDE_PANEL_PIXELS``: 144->24 171 against
-# 194 us, 256->64 756 against 805); 16-pixel tiles are 10-20% slower.
+# Rapids (AVX-512, MobileNetV2's and ResNet's shapes): 12x32 leads from 28x28 down (8-12%
+# ahead of 8x32 on ResNet-50's 14x14 and 28x28 layers, 1024->256 at 14x14 736 against 831 us;
+# even where it pads 64 channels to 72), 6x64 within 3% there and ahead from 56x56 up
+# (``WIDE_PANEL_PIXELS``: 144->24 171 against 194 us, 256->64 699 against 822); 16-pixel
+# tiles are 10-20% slower.
 _TILES = {
-    16: ((8, 32, 1.0), (12, 32, 1.0), (6, 64, 0.97), (12, 16, 0.85)),
+    16: ((8, 32, 1.0), (12, 32, 1.08), (6, 64, 0.97), (12, 16, 0.85)),
     8: ((6, 16, 1.0), (12, 8, 0.9)),
     4: ((6, 8, 1.0), (12, 4, 0.9)),
 }
 WIDE_PANEL_PIXELS = 56 * 56
 # pixels per tile of the channels form, the first of the least overcompute wins
 CHANNEL_FORM_PIXELS = (7, 8, 6)
+# ... and 64-channel vector panels x 6 pixels (4 weight loads + 6 broadcasts per 24 FMAs,
+# against 2 + 12 per 24 in a 12x32 pixel tile) for wide convs on 10x10-14x14 images: ResNet-50's
+# 1024->256 at 14x14 673 against 736 us, 256->1024 719 against 767, 384->64 62 against 73; on
+# convs under 256 input channels or with channels that pad past 64 it lost (96->576 158
+# against 146, 576->96 181 against 153)
+WIDE_CHANNELS_PIXELS = (100, 196)
+WIDE_CHANNELS_MIN_INPUT = 256
 
 
 def panel_width(nb: int, pixels: int) -> int:
@@ -109,7 +118,7 @@ def choose_pointwise_tiling(
     def cost(tile: tuple[int, int, float]) -> float:
         mr, nb, speed = tile
         if nb >= 4 * lanes and pixels >= WIDE_PANEL_PIXELS:
-            speed *= 1.1
+            speed *= 1.15
         return round_up(channels_out, mr) * pixels_computed(pixels, nb) / speed
 
     mr, nb, _ = min(tiles, key=cost)
@@ -127,8 +136,17 @@ def choose_pointwise_order(geo: ConvGeometry, nb: int) -> str:
 
 def choose_pointwise(geo: ConvGeometry, lanes: int, num_cores: int = 1) -> tuple[GemmTiling, str]:
     """The default tile and form: pixel panels, or on 16-lane CPUs the channels form where
-    panels would compute ``CHANNELS_MIN_OVERCOMPUTE`` times the pixels (small images)."""
+    panels would compute ``CHANNELS_MIN_OVERCOMPUTE`` times the pixels (small images) or for
+    wide convs on 10x10-14x14 images (``WIDE_CHANNELS_PIXELS``)."""
     co, pixels = geo.w_shape[0], geo.out_hw[0] * geo.out_hw[1]
+    low, high = WIDE_CHANNELS_PIXELS
+    wide = (
+        co % (4 * lanes) == 0
+        and geo.x_shape[1] >= WIDE_CHANNELS_MIN_INPUT
+        and geo.strides == (1, 1)  # a stride-2 downsample lost (512->1024: 1945 against 1620)
+    )
+    if lanes >= 16 and low <= pixels <= high and wide:
+        return GemmTiling(mr=6, nb=4 * lanes, parallel=num_cores > 1), "channels"
     tiling = choose_pointwise_tiling(co, pixels, lanes, num_cores)
     overcompute = pixels_computed(pixels, tiling.nb) / pixels
     if lanes >= 16 and overcompute >= CHANNELS_MIN_OVERCOMPUTE:

@@ -56,6 +56,19 @@ def test_expanded_planes_match_dense(case):
     assert call.info["expanded"] == (w_shape[2] > 1)
 
 
+def test_strided_convs_expand_by_default():
+    from tvm_sparse.schedules.sparse_conv_planes_x86 import expands_by_default
+
+    assert expands_by_default((3, 3), (28, 28), (2, 2))  # ResNet's stride-2 3x3
+    assert not expands_by_default((3, 3), (28, 28), (1, 1))  # stride 1: a tuning knob
+    assert not expands_by_default((3, 3), (56, 56), (2, 2))  # aligned runs already
+    assert not expands_by_default((1, 1), (28, 28), (2, 2))  # one tap: nothing to expand
+    rng = np.random.default_rng(6)
+    w = sparse_weight(rng, (8, 4, 3, 3), 0.3)
+    call = _check((1, 4, 12, 12), w, None, ConvAttrs((2, 2), (1, 1, 1, 1)), "relu")
+    assert call.info["expanded"]
+
+
 @pytest.mark.parametrize(
     "knobs",
     [

@@ -368,6 +368,15 @@ def expansion_helps(kernel_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool
     return kernel_hw[0] > 1 and out_hw[1] % 8 != 0
 
 
+def expands_by_default(kernel_hw, out_hw, strides) -> bool:
+    """Expanded planes by default for strided convs where they are a knob: ResNet-50's
+    stride-2 3x3 convs at 90% ran 1.27-1.52x faster so (128 at 56x56 -> 28x28 883 against 1126
+    us, 256 -> 14x14 736 against 1120, 512 -> 7x7 612 against 825; Sapphire Rapids, weights
+    cold), their row phases making unexpanded runs short and unaligned. At stride 1 the
+    evidence is mixed (128 at 28x28 even, GSC's 5x5 23% slower on Zen 4): a tuning knob."""
+    return max(strides) > 1 and expansion_helps(kernel_hw, out_hw)
+
+
 def default_vectors(positions: int, lanes: int, taps: int | None = None) -> int:
     """Accumulators per tile: no more than the positions need, tiles of even size (a 7x7
     output: 4 x 16 lanes, not 24 mostly wasted), and few enough that the input columns every
@@ -389,7 +398,7 @@ def sparse_conv2d_planes(
     x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
     vectors: int | None = None, ogroup: int | None = None, parallel: bool = True,
-    lanes: int | None = None, expanded: bool = False,
+    lanes: int | None = None, expanded: bool | None = None,
 ) -> KernelCall:  # fmt: skip
     """y = act(conv2d(x, weight) + bias), NCHW / OIHW, any stride / padding / dilation.
 
@@ -398,7 +407,8 @@ def sparse_conv2d_planes(
     Knobs: ``vectors`` register accumulators per tile (default: the positions, up to what the
     ISA's registers hold), ``ogroup`` output channels per parallel task (default: enough tasks
     for the cores), ``lanes`` the vector width (default: the target's, 16 with AVX-512),
-    ``expanded`` one plane per tap, every run aligned (see ``expansion_helps``).
+    ``expanded`` one plane per tap, every run aligned (see ``expansion_helps``; default:
+    ``expands_by_default``).
     Consts: ``(vals, tap-run offsets, row pointers, bias, residual placeholder)``; the last is
     replaced by a tensor of the output's shape when ``passes.fuse_residual`` fuses an add.
     """
@@ -412,6 +422,8 @@ def sparse_conv2d_planes(
     vectors = vectors or default_vectors(positions, lanes, ci * kh * kw)
     if not 1 <= vectors <= _MAX_VECTORS[lanes]:
         raise ValueError(f"vectors must be in 1..{_MAX_VECTORS[lanes]}, got {vectors}")
+    if expanded is None:
+        expanded = expands_by_default((kh, kw), dims.out_hw, dims.strides)
     ntiles = -(-positions // (vectors * lanes))
     if ogroup is None:
         tasks = 4 * num_cores(target) if parallel else 1

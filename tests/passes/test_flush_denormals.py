@@ -140,3 +140,26 @@ def test_every_kernel_of_a_model_sets_the_mode_and_none_without_it(target):
         assert kernels
         for func in kernels:
             assert ("llvm.x86.sse.ldmxcsr" in func.script()) == flag
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_cli_keep_denormals_reaches_the_kernels(tmp_path, keep):
+    """``tvm-sparse compile --keep-denormals``: the exported module keeps subnormal results;
+    without the flag the same module flushes them (the mode travels in the .so itself)."""
+    import onnx
+
+    onnx.save(_scale_model(), tmp_path / "scale.onnx")
+    lib = tmp_path / "scale.so"
+    flags = ["--keep-denormals"] if keep else []
+    cli = [sys.executable, "-m", "tvm_sparse.cli"]
+    done = subprocess.run([*cli, "compile", str(tmp_path / "scale.onnx"), "-o", str(lib), *flags],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    x = np.full((ROWS, COLS), 1e-10, np.float32)
+    np.savez(tmp_path / "in.npz", x=x, s=np.array([1e-30], np.float32))
+    done = subprocess.run([*cli, "run", str(lib), "--inputs", str(tmp_path / "in.npz"), "-o",
+                           str(tmp_path / "out.npz")], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = np.load(tmp_path / "out.npz")["output_0"]
+    assert np.all(out > 0) if keep else np.all(out == 0)

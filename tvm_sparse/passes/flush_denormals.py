@@ -107,10 +107,10 @@ def _flushing_tasks(loop: tirx.For, tasks: int) -> tirx.For:
     instructions cost ~30 cycles; a depthwise row is a few hundred). The chunks are the ones
     TVM's pool cuts (contiguous, ``ceil(extent / tasks)`` each), and the loop var keeps its
     name, so the body needs no substitution."""
-    if loop.step is not None and not _is_one(loop.step):
-        return _with(loop, body=_flushing(loop.body, _mode_buffer("mxcsr_task")))
     extent = loop.extent
-    if isinstance(extent, tirx.IntImm) and extent.value <= tasks:
+    stepped = loop.step is not None and not _is_one(loop.step)
+    if stepped or (isinstance(extent, tirx.IntImm) and extent.value <= tasks):
+        # a stepped loop, or one already no longer than the tasks: each iteration flushes
         return _with(loop, body=_flushing(loop.body, _mode_buffer("mxcsr_task")))
     dtype = str(loop.loop_var.ty)
     one = tirx.const(1, dtype)
@@ -133,15 +133,21 @@ def _with(loop: tirx.For, body: tirx.Stmt) -> tirx.For:
                     loop.annotations, loop.step)  # fmt: skip
 
 
-@tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FlushDenormals")
-def FlushDenormals(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:  # noqa: N802
-    """Every PrimFunc of ``mod`` runs with FTZ/DAZ set (call it only for ``applies`` targets)."""
-    tasks = num_cores(tvm.target.Target.current(allow_none=True))
-    updates = {
-        gv: flush_denormals_in(func, tasks)
-        for gv, func in mod.functions.items()
-        if isinstance(func, tirx.PrimFunc)
-    }
-    for gv, func in updates.items():
-        mod[gv] = func
-    return mod
+def FlushDenormals(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802
+    """The pass: every PrimFunc of a module runs with FTZ/DAZ set, each parallel loop cut into
+    ``target``'s cores (use it only where ``applies(target)``). The target is an argument, not
+    the one in scope: without one in scope every parallel loop would become a single task."""
+    tasks = num_cores(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FlushDenormals")
+    def flush(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        updates = {
+            gv: flush_denormals_in(func, tasks)
+            for gv, func in mod.functions.items()
+            if isinstance(func, tirx.PrimFunc)
+        }
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return flush

@@ -109,7 +109,7 @@ def lower_passes(
 
         passes = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
         if (options or SparsifyOptions()).flush_denormals and flush_denormals.applies(target):
-            passes.append(flush_denormals.FlushDenormals)
+            passes.append(flush_denormals.FlushDenormals(target))
         return passes
     from tvm.relax.backend.cuda import pipeline as cuda  # same export gap as cpu_generic
 

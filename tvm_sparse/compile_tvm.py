@@ -72,6 +72,7 @@ def compile_tvm(
     *,
     tuning_records: str | os.PathLike | None = None,
     input_shapes: str | dict | None = None,
+    example_inputs: Any = None,
     **options: Any,
 ) -> CompiledModule:
     """Compile a model for an llvm or cuda target (``compiler.compile`` documents the options)."""
@@ -81,7 +82,7 @@ def compile_tvm(
     tgt = resolve_target(target)
     with timing_phases() as phases:
         with phases.phase("Import"):
-            imported = import_model(model, input_shapes)
+            imported = import_model(model, input_shapes, example_inputs)
         sparsify_options = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
         records = applicable_records(_records_dir(tuning_records), imported, tgt)
         pipeline = build_pipeline(tgt, sparsify_options, records[0])

@@ -14,11 +14,15 @@ from .module import CompiledModule
 from .passes.analyze_sparsity import analyze_function, layer_report
 from .passes.canonicalize import canonicalize
 from .report import Report
+from .torch_frontend import is_torch_model, torch_to_onnx
 
 
-def analyze(model: Any, input_shapes: str | dict | None = None) -> Report:
-    """The sparsity report of a model without compiling it."""
-    imported = import_model(model, input_shapes)
+def analyze(
+    model: Any, input_shapes: str | dict | None = None, *, example_inputs: Any = None
+) -> Report:
+    """The sparsity report of a model without compiling it (a torch module needs
+    ``example_inputs``)."""
+    imported = import_model(model, input_shapes, example_inputs)
     with named_failures(f"{model_name(imported)}: analysis"):
         mod = canonicalize(imported.mod)
         rows = [
@@ -36,9 +40,13 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
     *,
     tuning_records: str | os.PathLike | None = None,
     input_shapes: str | dict | None = None,
+    example_inputs: Any = None,
     **options: Any,
 ) -> CompiledModule | FpgaProject:
-    """Compile a model (ONNX path, ModelProto or Relax IRModule) into a runnable module.
+    """Compile a model into a runnable module: an ONNX path, ``onnx.ModelProto``, Relax
+    IRModule, or a ``torch.nn.Module`` with ``example_inputs=(tensor, ...)`` (through
+    ``torch.export`` and TVM's importer, the ONNX exporter as fallback; pruning masks and
+    eval-mode BatchNorm folded: ``tvm_sparse.torch_frontend``).
 
     ``target="fpga"`` (or a dict with ``kind: fpga``) returns an HLS project instead
     (``tvm_sparse.codegen.fpga.FpgaProject``; ``output_dir=`` writes it and runs C simulation).
@@ -64,10 +72,12 @@ def compile(  # noqa: A001 - the public name mirrors tvm.compile
                 f"compile option(s) {ignored} do not apply to the fpga target (it packs every "
                 "layer for its HLS engines; there is no kernel choice, timing or tuning)"
             )
+        if is_torch_model(model):  # the HLS flow re-runs the model as its golden reference
+            model = torch_to_onnx(model, example_inputs)
         return compile_fpga(
             model, target, input_shapes=input_shapes, output_dir=options.pop("output_dir", None)
         )
     if "output_dir" in options:
         raise TypeError("output_dir is for the fpga target; CPU/CUDA modules use .export(path)")
     return compile_tvm(model, target, tuning_records=tuning_records, input_shapes=input_shapes,
-                       **options)  # fmt: skip
+                       example_inputs=example_inputs, **options)  # fmt: skip

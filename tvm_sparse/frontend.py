@@ -380,8 +380,21 @@ def import_relax(mod: tvm.IRModule, source: str = "<IRModule>") -> ImportedModel
     return ImportedModel(mod, specs, source)
 
 
-def import_model(model: Any, input_shapes: str | dict | None = None) -> ImportedModel:
-    """Import any supported model form (path, ModelProto, IRModule)."""
+def import_model(
+    model: Any, input_shapes: str | dict | None = None, example_inputs: Any = None
+) -> ImportedModel:
+    """Import any supported model form (path, ModelProto, IRModule, torch module with
+    ``example_inputs``, ``torch.export.ExportedProgram``)."""
+    from .torch_frontend import import_torch, is_torch_model
+
+    if is_torch_model(model):
+        if input_shapes is not None:
+            raise InputShapeError(
+                "input_shapes does not apply to a torch module: its example_inputs fix the shapes"
+            )
+        return import_torch(model, example_inputs)
+    if example_inputs is not None:
+        raise ModelLoadError("example_inputs is for torch modules; this model is not one")
     shapes = parse_input_shapes(input_shapes)
     if isinstance(model, tvm.IRModule):
         return import_relax(model)
@@ -390,6 +403,6 @@ def import_model(model: Any, input_shapes: str | dict | None = None) -> Imported
     if isinstance(model, (str, os.PathLike)):
         return import_onnx(load_onnx(model), shapes, source=os.fspath(model))
     raise ModelLoadError(
-        f"unsupported model type {type(model).__name__}: give an ONNX path, onnx.ModelProto or "
-        "tvm.IRModule"
+        f"unsupported model type {type(model).__name__}: give an ONNX path, onnx.ModelProto, "
+        "tvm.IRModule or torch.nn.Module (with example_inputs)"
     )

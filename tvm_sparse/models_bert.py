@@ -110,6 +110,26 @@ def _build(shape: BertShape, sparsity: float, seed: int):
     return model
 
 
+def pruned_bert_module(shape: BertShape, *, sparsity: float = 0.9, seed: int = 0):
+    """The pruned encoder as a torch module taking positional ``(input_ids, attention_mask)``
+    and returning ``last_hidden_state``, with its seeded example inputs (torch tensors)."""
+    import torch
+
+    class _Encoder(torch.nn.Module):
+        """Positional (ids, mask) -> last_hidden_state, so the export needs no kwargs."""
+
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    feeds = bert_inputs(shape.batch, shape.seq, seed=seed)
+    args = (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+    return _Encoder(_build(shape, sparsity, seed)).eval(), args
+
+
 def pruned_bert_onnx(
     path: str | os.PathLike,
     *,
@@ -131,27 +151,14 @@ def pruned_bert_onnx(
     import torch
 
     shape = BertShape(layers, hidden, heads, intermediate, seq, batch)
-    model = _build(shape, sparsity, seed)
-
-    class _Encoder(torch.nn.Module):
-        """Positional (ids, mask) -> last_hidden_state, so the export needs no kwargs."""
-
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    feeds = bert_inputs(batch, seq, seed=seed)
-    args = (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+    encoder, args = pruned_bert_module(shape, sparsity=sparsity, seed=seed)
     path = os.fspath(path)
     import warnings
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Encoder(model).eval(),
+            encoder,
             args,
             path,
             input_names=["input_ids", "attention_mask"],

@@ -27,13 +27,13 @@ around each layer's target density, so the boost changes which units win.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from types import SimpleNamespace
 
 import numpy as np
 
+from ..torch_frontend import kthvalue_as_topk
 from .member import IR_VERSION, OPSET, ZooModel
 
 IMAGE = 32
@@ -242,34 +242,6 @@ def _magnitude_prune(weight, sparsity: float) -> None:
     weight.view(-1)[order[:drop]] = 0.0
 
 
-@contextlib.contextmanager
-def _kthvalue_as_topk(torch):
-    """Export ``aten::kthvalue`` as ONNX ``TopK(largest=0, k) -> Gather(k - 1)`` (keepdim:
-    ``Unsqueeze``), for the duration of one export."""
-    from torch.onnx import symbolic_helper
-
-    def kthvalue(g, self, k, dim, keepdim):
-        k = symbolic_helper._get_const(k, "i", "k")
-        dim = symbolic_helper._get_const(dim, "i", "dim")
-        keepdim = symbolic_helper._get_const(keepdim, "b", "keepdim")
-        count = g.op("Constant", value_t=torch.tensor([k], dtype=torch.int64))
-        values, indices = g.op("TopK", self, count, axis_i=dim, largest_i=0, sorted_i=1,
-                               outputs=2)  # fmt: skip
-        last = g.op("Constant", value_t=torch.tensor(k - 1, dtype=torch.int64))
-        values = g.op("Gather", values, last, axis_i=dim)
-        indices = g.op("Gather", indices, last, axis_i=dim)
-        if keepdim:
-            axes = g.op("Constant", value_t=torch.tensor([dim], dtype=torch.int64))
-            values, indices = g.op("Unsqueeze", values, axes), g.op("Unsqueeze", indices, axes)
-        return values, indices
-
-    torch.onnx.register_custom_op_symbolic("aten::kthvalue", kthvalue, OPSET)
-    try:
-        yield
-    finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::kthvalue", OPSET)
-
-
 def _images(batch: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, 1, IMAGE, IMAGE)).astype(np.float32)
 
@@ -284,7 +256,7 @@ def export_torch(model, example: np.ndarray, path: str) -> str:
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    with _kthvalue_as_topk(torch), torch.no_grad():
+    with kthvalue_as_topk(), torch.no_grad():
         torch.onnx.export(
             model, (torch.from_numpy(example),), path, input_names=["input"],
             output_names=["output"], opset_version=OPSET, dynamo=False,

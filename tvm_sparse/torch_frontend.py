@@ -154,11 +154,14 @@ def _topk_any_order(node: Any, importer: Any) -> Any:
 CUSTOM_CONVERTERS = {"kthvalue.default": _kthvalue, "topk.default": _topk_any_order}
 
 
-def _weighted_layer_names(program: Any) -> list[tuple[str, str]]:
+def _weighted_layer_names(
+    program: Any, weight_names: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
     """(module path, op) of the ops with a parameter weight, in graph order: the report's
-    layer names (``layer1.0.conv1``)."""
+    layer names (``layer1.0.conv1``). ``weight_names`` names a weight by its parameter or
+    buffer name instead (the torch.compile backend's lifted weights)."""
     params = {
-        spec.arg.name
+        spec.arg.name: spec.target
         for spec in program.graph_signature.input_specs
         if spec.kind.name in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")
     }
@@ -170,12 +173,28 @@ def _weighted_layer_names(program: Any) -> list[tuple[str, str]]:
         if op not in _WEIGHTED_OPS:
             continue
         weight = node.args[2] if op == "addmm" else node.args[1] if len(node.args) > 1 else None
-        if getattr(weight, "name", None) not in params:
+        weight = _weight_parameter(weight, params)
+        if weight is None:
             continue
         stack = node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0] if stack else node.name
+        path = (weight_names or {}).get(params[weight.name], path)
         names.append((path or node.name, _WEIGHTED_OPS[op]))
     return names
+
+
+def _weight_parameter(arg: Any, params: dict, depth: int = 3) -> Any:
+    """The parameter / buffer placeholder a weight comes from, through the few ops a
+    reparametrization puts in the graph (``weight_orig * weight_mask``, a transpose)."""
+    if getattr(arg, "name", None) in params:
+        return arg
+    if depth == 0 or getattr(arg, "op", None) != "call_function":
+        return None
+    for inner in arg.args:
+        found = _weight_parameter(inner, params, depth - 1)
+        if found is not None:
+            return found
+    return None
 
 
 def export_program(module: Any, example_inputs: tuple) -> Any:
@@ -217,19 +236,25 @@ def relax_from_program(program: Any) -> Any:
 
 
 def import_torch(
-    model: Any, example_inputs: Any = None, *, via: str = "auto", source: str | None = None
+    model: Any,
+    example_inputs: Any = None,
+    *,
+    via: str = "auto",
+    source: str | None = None,
+    weight_names: dict[str, str] | None = None,
 ) -> ImportedModel:
     """Import a torch module (or an ``ExportedProgram``) into Relax.
 
     ``via``: "export" (torch.export + TVM's importer only), "onnx" (the ONNX exporter only) or
-    "auto" (export, then ONNX when export or TVM's importer fails, with a warning)."""
+    "auto" (export, then ONNX when export or TVM's importer fails, with a warning).
+    ``weight_names``: layer names by weight (parameter / buffer) name, for the report."""
     import torch
 
     if via not in ("auto", "export", "onnx"):
         raise ValueError(f"via must be 'auto', 'export' or 'onnx', got {via!r}")
     if isinstance(model, torch.export.ExportedProgram):
         name = source or "ExportedProgram"
-        return _from_program(model, name)
+        return _from_program(model, name, weight_names)
     name = source or type(model).__name__
     args = _as_tuple(example_inputs)
     module, folded = fold_reparametrizations(model)
@@ -242,7 +267,7 @@ def import_torch(
         return import_torch_via_onnx(module, args, name)
     try:
         program = export_program(module, args)
-        return _from_program(program, name)
+        return _from_program(program, name, weight_names)
     except Exception as err:  # noqa: BLE001 - any export / importer failure has a fallback
         if via == "export":
             raise UnsupportedModelError(
@@ -256,10 +281,12 @@ def import_torch(
     return import_torch_via_onnx(module, args, name)
 
 
-def _from_program(program: Any, name: str) -> ImportedModel:
+def _from_program(
+    program: Any, name: str, weight_names: dict[str, str] | None = None
+) -> ImportedModel:
     mod = relax_from_program(decompose(program))
     imported = import_relax(mod, source=name)
-    imported.weighted_nodes = _weighted_layer_names(program)
+    imported.weighted_nodes = _weighted_layer_names(program, weight_names)
     return imported
 
 

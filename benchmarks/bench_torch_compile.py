@@ -72,10 +72,11 @@ def _vm_timer(module, x: np.ndarray):
 
 
 def bench(name: str, net: nn.Module, x: torch.Tensor, rounds: int, seconds: float) -> dict:
+    torch._dynamo.reset()  # a second nn.Sequential would otherwise recompile with dynamic dims
     torch_backend.clear()
     with torch.no_grad():
         expected = net(x).numpy()
-        compiled = torch.compile(net, backend="tvm_sparse")
+        compiled = torch.compile(net, backend="tvm_sparse", dynamic=False)
         out = compiled(x)  # compiles
     graphs = torch_backend.compiled_graphs()
     if len(graphs) != 1 or graphs[0].module is None:
@@ -121,7 +122,7 @@ def main() -> int:
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ["TVM_NUM_THREADS"]))
-    print(f"# {cpu_model()}, {cpu_isa("llvm")}, "
+    print(f"# {cpu_model()}, {cpu_isa('llvm').name}, "
           f"{os.environ['TVM_NUM_THREADS']} thread(s), batch 1", flush=True)  # fmt: skip
     rows = []
     for name, (net, x) in models().items():

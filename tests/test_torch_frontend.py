@@ -186,3 +186,24 @@ def test_bad_torch_calls_name_the_problem():
         tvm_sparse.analyze(net, "input:1x64", example_inputs=(torch.randn(1, 64),))
     with pytest.raises(ModelLoadError, match="example_inputs is for torch modules"):
         tvm_sparse.analyze(torch.nn.Linear(2, 2).weight, example_inputs=(1,))
+
+
+def test_kwta_written_with_where_and_zeros_like_is_found():
+    """torch.export writes ``zeros_like`` as ``full_like(x, 0)`` (ONNX: a constant)."""
+
+    class KWinners(nn.Module):
+        def __init__(self, k: int):
+            super().__init__()
+            self.k = k
+
+        def forward(self, x):
+            kth = torch.topk(x, self.k, dim=1).values[:, self.k - 1 :]
+            return torch.where(x >= kth, x, torch.zeros_like(x))
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(64, 256), KWinners(16), nn.Linear(256, 8)).eval()
+    x = torch.randn(1, 64)
+    module = tvm_sparse.compile(net, "llvm", example_inputs=(x,), measure=False)
+    act = module.report.layers[1].activation
+    assert act["kind"] == "kwta" and act["k"] == 16
+    assert_module_output(module.run(x), net(x))

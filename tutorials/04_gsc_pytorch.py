@@ -1,13 +1,16 @@
-"""Tutorial 4: Numenta's sparse GSC CNN written in PyTorch -> ONNX -> tvm-sparse, layer by layer.
+"""Tutorial 4: Numenta's sparse GSC CNN written in PyTorch, compiled by tvm-sparse straight from
+the torch module, layer by layer.
 
 Run it with ``.venv/bin/python tutorials/04_gsc_pytorch.py [--workdir DIR]``.
 
 We write the network the way nupic.torch does: weight-sparse conv and linear layers (fixed masks,
 here complementary masks from ``tvm_sparse.sparsify`` so the weights pack perfectly), BatchNorm
 without affine parameters, and k-winners-take-all activations (global per sample, boosted, ties
-win). PyTorch exports it to ONNX; tvm-sparse finds the k-WTA pattern, rewrites each layer into a
-sparse-sparse, sparse-dense or dense kernel, and we compare per-layer and end-to-end times, and
-the whole network against its dense twin (``benchmarks/bench_gsc_twin.py`` does this with
+win). ``tvm_sparse.compile(module, example_inputs=...)`` takes the module itself (through
+``torch.export`` and TVM's importer); it finds the k-WTA pattern, rewrites each layer into a
+sparse-sparse, sparse-dense or dense kernel, and we check it against the module's own output,
+then through ``torch.compile(backend="tvm_sparse")``, then compare per-layer and end-to-end
+times, and the whole network against its dense twin (exported to ONNX for onnxruntime) (``benchmarks/bench_gsc_twin.py`` does this with
 DeepSparse too, at batch 64 and all cores).
 """
 
@@ -99,13 +102,17 @@ def gsc_dense_twin() -> nn.Module:
     )
 
 
-def export(net: nn.Module, path: str) -> str:
-    """Give BatchNorm realistic statistics (a few training batches), then export at batch 1."""
+def calibrate(net: nn.Module) -> nn.Module:
+    """Give BatchNorm realistic statistics (a few training batches); returned in eval mode."""
     net.train()
     with torch.no_grad():
         for _ in range(3):
             net(torch.randn(16, 1, 32, 32))
-    net.eval()
+    return net.eval()
+
+
+def export(net: nn.Module, path: str) -> str:
+    """The ONNX file onnxruntime runs (batch 1)."""
     torch.onnx.export(
         net,
         (torch.randn(1, 1, 32, 32),),
@@ -119,25 +126,30 @@ def export(net: nn.Module, path: str) -> str:
 
 
 def main(workdir: str) -> None:
-    # Step 1. Build the network in PyTorch, give BatchNorm realistic statistics, export ONNX.
-    path = export(gsc_super_sparse_cnn(), os.path.join(workdir, "gsc_torch.onnx"))
+    # Step 1. Build the network in PyTorch and give BatchNorm realistic statistics.
+    net = calibrate(gsc_super_sparse_cnn())
     x = torch.randn(1, 1, 32, 32)
-    print(f"[1] exported {path}")
+    print("[1] built the GSC super-sparse CNN in PyTorch")
 
     # Step 2. What tvm-sparse sees: weight densities, complementary packing, k-WTA inputs.
-    print(tvm_sparse.analyze(path).table())
+    print(tvm_sparse.analyze(net, example_inputs=(x,)).table())
 
-    # Step 3. Compile sparse and dense-only, check both against onnxruntime on the same file.
-    sparse = tvm_sparse.compile(path, "llvm")
-    dense = tvm_sparse.compile(path, "llvm", sparse=False)
+    # Step 3. Compile the module itself, sparse and dense-only; check both against its output.
+    sparse = tvm_sparse.compile(net, "llvm", example_inputs=(x,))
+    dense = tvm_sparse.compile(net, "llvm", example_inputs=(x,), sparse=False)
+    with torch.no_grad():
+        expected = net(x).numpy()
     xn = x.numpy()
-    expected = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
-        None, {"input": xn}
-    )[0]
     scale = float(np.abs(expected).max())
     for module in (sparse, dense):
         np.testing.assert_allclose(module.run(xn), expected, rtol=1e-3, atol=1e-3 * scale)
-    print("[3] sparse and dense modules: output matches onnxruntime")
+    print("[3] sparse and dense modules: output matches the torch module")
+
+    # Step 3b. Or stay in PyTorch: torch.compile with the tvm_sparse backend.
+    fast = torch.compile(net, backend="tvm_sparse", dynamic=False)
+    with torch.no_grad():
+        np.testing.assert_allclose(fast(x).numpy(), expected, rtol=1e-3, atol=1e-3 * scale)
+    print("[3b] torch.compile(backend='tvm_sparse'): output matches eager")
 
     # Step 4. Per-layer: what each layer got and its measured time against its dense kernel.
     print("[4] per layer (measured on this machine while compiling):")
@@ -157,7 +169,8 @@ def main(workdir: str) -> None:
 
     # Step 6. Against the dense twin (dense weights, ReLU for k-WTA) on onnxruntime and TVM,
     # timed in turns so every number comes from the same seconds of the machine.
-    twin_path = export(gsc_dense_twin(), os.path.join(workdir, "gsc_twin.onnx"))
+    path = export(net, os.path.join(workdir, "gsc_torch.onnx"))
+    twin_path = export(calibrate(gsc_dense_twin()), os.path.join(workdir, "gsc_twin.onnx"))
     twin_ort = ort.InferenceSession(twin_path, providers=["CPUExecutionProvider"])
     twin_tvm = tvm_sparse.compile(twin_path, "llvm", sparse=False)
     sparse_ort = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

@@ -155,17 +155,35 @@ def _ints(arg) -> list[int] | None:
         return None
 
 
-def _all(expr: relax.Expr, test) -> bool:
+# Fills whose value is known without a constant tensor: torch.export writes ``zeros_like(x)``
+# as ``full_like(x, 0)`` where the ONNX exporter writes a constant.
+_FILLS = {"relax.zeros_like": 0.0, "relax.zeros": 0.0, "relax.ones_like": 1.0, "relax.ones": 1.0}
+
+
+def _fill_value(expr: relax.Expr, bindings: dict | None) -> np.ndarray | None:
+    value = _value(expr, bindings) if bindings is not None else None
+    name = op_name(value)
+    if name in _FILLS:
+        return np.array([_FILLS[name]])
+    if name in ("relax.full_like", "relax.full"):
+        return const_array(value.args[1])
+    return None
+
+
+def _all(expr: relax.Expr, test, bindings: dict | None = None) -> bool:
     value = const_array(expr)
+    if value is None:
+        value = _fill_value(expr, bindings)
     return value is not None and value.size > 0 and bool(np.all(test(value)))
 
 
-def _is_zero(expr: relax.Expr) -> bool:
-    return _all(expr, lambda v: v == 0)
+def _is_zero(expr: relax.Expr, bindings: dict | None = None) -> bool:
+    """A constant, or a fill (``zeros_like``, ``full_like(x, 0)``), that is all zeros."""
+    return _all(expr, lambda v: v == 0, bindings)
 
 
-def _is_nonzero(expr: relax.Expr) -> bool:
-    return _all(expr, lambda v: v != 0)
+def _is_nonzero(expr: relax.Expr, bindings: dict | None = None) -> bool:
+    return _all(expr, lambda v: v != 0, bindings)
 
 
 def _strip_mask_plumbing(expr: relax.Expr, bindings: dict) -> relax.Expr:
@@ -305,8 +323,8 @@ def _mask_ranking(mask: relax.Expr, on: bool, bindings: dict) -> _Ranking | None
     if name == "relax.scatter_elements":
         base, _, updates = mask_v.args
         # on: ones scattered into zeros at the winners; off: zeros into ones
-        if (on and _is_zero(base) and _is_nonzero(updates)) or (
-            not on and _is_nonzero(base) and _is_zero(updates)
+        if (on and _is_zero(base, bindings) and _is_nonzero(updates, bindings)) or (
+            not on and _is_nonzero(base, bindings) and _is_zero(updates, bindings)
         ):
             return _scatter_ranking(mask_v, bindings)
     return None
@@ -317,9 +335,9 @@ def _selection(value: relax.Expr, bindings: dict) -> tuple[relax.Expr, _Ranking]
     name = op_name(value)
     if name == "relax.where":
         cond, a, b = value.args
-        if _is_zero(b):
+        if _is_zero(b, bindings):
             return _pair(a, _mask_ranking(cond, True, bindings))
-        if _is_zero(a):
+        if _is_zero(a, bindings):
             return _pair(b, _mask_ranking(cond, False, bindings))
     elif name == "relax.multiply":
         for kept, mask in (value.args, value.args[::-1]):
@@ -331,7 +349,7 @@ def _selection(value: relax.Expr, bindings: dict) -> tuple[relax.Expr, _Ranking]
             found = _pair(kept, _mask_ranking(mask, True, bindings))
             if found is not None:
                 return found
-    elif name == "relax.scatter_elements" and _is_zero(value.args[0]):
+    elif name == "relax.scatter_elements" and _is_zero(value.args[0], bindings):
         # the winners' own values scattered into zeros: updates = gather_elements(x, idx)
         gather = _value(value.args[2], bindings)
         ranking = _scatter_ranking(value, bindings)

@@ -10,8 +10,8 @@ win). ``tvm_sparse.compile(module, example_inputs=...)`` takes the module itself
 ``torch.export`` and TVM's importer); it finds the k-WTA pattern, rewrites each layer into a
 sparse-sparse, sparse-dense or dense kernel, and we check it against the module's own output,
 then through ``torch.compile(backend="tvm_sparse")``, then compare per-layer and end-to-end
-times, and the whole network against its dense twin (exported to ONNX for onnxruntime) (``benchmarks/bench_gsc_twin.py`` does this with
-DeepSparse too, at batch 64 and all cores).
+times, and the whole network against its dense twin (exported to ONNX for onnxruntime;
+``benchmarks/bench_gsc_twin.py`` does this with DeepSparse too, at batch 64 and all cores).
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ class LayerReport:
     reason: str = ""
     estimated_ms: dict = field(default_factory=dict)  # candidate -> estimated ms
     measured_ms: dict = field(default_factory=dict)  # candidate -> measured ms
+    # formats.weight_map: a coarse density map and the exact top-left mask, for the heatmap;
+    # empty in reports written before it existed
+    weight_map: dict = field(default_factory=dict)
 
     @property
     def macs_weight_sparse(self) -> int:

@@ -1,5 +1,5 @@
-"""The HTML report: one self-contained page, its plots, the weight maps behind the heatmap,
-escaping of model-controlled names, and a real headless browser rendering it."""
+"""The HTML report: one self-contained page, its plots, the weight maps behind the heatmap, the
+CLI flags, escaping of model-controlled names, and a real headless browser rendering it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from onnx import numpy_helper
 
 import tvm_sparse
-from tvm_sparse import models
+from tvm_sparse import cli, models
 from tvm_sparse.formats.weight_map import coarse_map, corner_mask, quantize_density, weight_map
 from tvm_sparse.report import LayerReport, Report
 from tvm_sparse.report_html import layer_time, pick_heatmap_layer, total_time
@@ -254,7 +254,7 @@ def test_analysis_fills_the_weight_map_from_the_real_weights():
 
 
 # --------------------------------------------------------------------------------------------
-# a real analysis
+# a real analysis, and the command line
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
@@ -273,6 +273,49 @@ def test_real_analysis_renders(tiny_onnx):
     assert page.count('class="heatmap-small"') == len(report.layers) == 4
     for layer in report.layers:
         assert f">{layer.name}</td>" in page
+
+
+def test_cli_analyze_writes_html(tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "sub" / "report.html"
+    assert cli.main(["-q", "analyze", tiny_onnx, "--html", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert f"wrote {out}" in stdout and "cnn2" in stdout
+    page = out.read_text(encoding="utf-8")
+    assert all(kind in page for kind in PLOT_CLASSES)
+
+    # with --format json stdout stays one JSON document; the "wrote" line goes to stderr
+    out2 = tmp_path / "report2.html"
+    assert cli.main(["-q", "analyze", tiny_onnx, "--format", "json", "--html", str(out2)]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["layers"]) == 4
+    assert f"wrote {out2}" in captured.err and out2.exists()
+
+
+def test_cli_html_errors_are_one_line(tiny_onnx, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["-q", "analyze", tiny_onnx, "--html", str(blocker / "r.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write the HTML report" in err[0]
+
+    fpga = ["-q", "compile", tiny_onnx, "--target", "fpga", "-o", str(tmp_path / "hls")]
+    assert cli.main([*fpga, "--html", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "--html is not supported for the fpga target" in err
+    assert not (tmp_path / "hls").exists()  # refused before the HLS run
+
+
+@pytest.mark.slow
+def test_cli_compile_writes_html_with_timings(tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "report.html"
+    lib = tmp_path / "tiny.so"
+    assert cli.main(["-q", "compile", tiny_onnx, "-o", str(lib), "--html", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    page = out.read_text(encoding="utf-8")
+    assert "plot-time empty" not in page and "× faster" in page
+    assert "chosen vs dense time" in page
+    report = tvm_sparse.load(str(lib)).report
+    assert all(layer.weight_map for layer in report.layers)  # the manifest keeps the maps
 
 
 # --------------------------------------------------------------------------------------------

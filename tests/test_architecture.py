@@ -19,7 +19,17 @@ PACKAGE = Path(tvm_sparse.__file__).parent
 
 # Layers from the bottom up: a module may import its own layer and the ones listed before it.
 LAYERS = [
-    ("formats", "errors", "safe_text", "timing", "target", "machine", "report", "phases"),
+    (
+        "formats",
+        "errors",
+        "safe_text",
+        "timing",
+        "target",
+        "machine",
+        "report",
+        "report_html",
+        "phases",
+    ),
     ("ir",),
     ("schedules",),
     ("passes",),

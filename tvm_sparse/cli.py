@@ -1,8 +1,9 @@
 """The ``tvm-sparse`` command line, modelled on TVMC (removed from TVM in 0.20).
 
     tvm-sparse compile MODEL --target T -o OUT.so [--tuning-records DIR] [--input-shapes ...]
+                       [--html REPORT.html]
     tvm-sparse run OUT.so [--inputs in.npz] [-o out.npz] [--print-time] [--repeat N]
-    tvm-sparse analyze MODEL [--format table|json] [--input-shapes ...]
+    tvm-sparse analyze MODEL [--format table|json] [--input-shapes ...] [--html REPORT.html]
 
 Every error a user can cause prints one line ``tvm-sparse: error: ...`` and exits non-zero;
 tracebacks are kept for bugs (set TVM_SPARSE_DEBUG=1 to see them for user errors too).
@@ -30,6 +31,28 @@ def _add_shapes(p: argparse.ArgumentParser) -> None:
         metavar="NAME:DxD,...",
         help="static input shapes, e.g. input:1x1x32x32 (specializes dynamic dims)",
     )
+
+
+def _add_html(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the report as one self-contained HTML page (plots, table; no network)",
+    )
+
+
+def _write_html(report, path: str, stream=None) -> None:
+    """The report's HTML page at ``path`` (parent folders made, as ``export`` makes them); a
+    path that cannot be written is a user error, not a traceback."""
+    from .errors import TvmSparseError
+
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(report.to_html())
+    except OSError as err:
+        raise TvmSparseError(f"{path}: cannot write the HTML report ({err.strerror})") from err
+    print(f"wrote {path}", file=stream or sys.stdout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--report", action="store_true", help="print the per-layer report and time per phase"
     )
+    _add_html(c)
     _add_shapes(c)
 
     r = sub.add_parser("run", help="run a compiled module")
@@ -89,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="report weight and activation sparsity per layer")
     a.add_argument("model", help="ONNX file")
     a.add_argument("--format", choices=("table", "json"), default="table")
+    _add_html(a)
     _add_shapes(a)
     from .tune_cli import add_tune_parser
 
@@ -98,7 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_compile_fpga(args: argparse.Namespace) -> int:
     from .codegen.fpga import compile_fpga
+    from .errors import TargetError
 
+    if args.html:  # checked before the long HLS run
+        raise TargetError(
+            "--html is not supported for the fpga target: an HLS project has no per-layer "
+            "sparsity report (compile prints its resource and latency estimate instead)"
+        )
     project = compile_fpga(
         args.model,
         args.target,
@@ -137,6 +168,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         if mod.compile_seconds is not None:
             print(mod.compile_seconds.table())
     print(f"wrote {args.output} and {manifest}")
+    if args.html:
+        _write_html(mod.report, args.html)
     return 0
 
 
@@ -195,6 +228,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     report = tvm_sparse.analyze(args.model, input_shapes=args.input_shapes)
     print(report.to_json() if args.format == "json" else report.table())
+    if args.html:  # stdout stays one JSON document with --format json
+        _write_html(report, args.html, sys.stderr if args.format == "json" else sys.stdout)
     return 0
 
 

@@ -5,16 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from .safe_text import terminal_text
-
-
-def _short_name(name: str, width: int = 36) -> str:
-    """Exporter names are paths (``/encoder/layer.0/attention/self/query/MatMul``): drop the op
-    suffix and keep the end, where the layer is named."""
-    for suffix in ("/MatMul", "/Gemm", "/Conv"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name if len(name) <= width else "..." + name[-(width - 3) :]
+from .report_html import render_html
+from .safe_text import short_name, terminal_text
 
 
 @dataclass
@@ -36,6 +28,9 @@ class LayerReport:
     reason: str = ""
     estimated_ms: dict = field(default_factory=dict)  # candidate -> estimated ms
     measured_ms: dict = field(default_factory=dict)  # candidate -> measured ms
+    # formats.weight_map: a coarse density map and the exact top-left mask, for the heatmap;
+    # empty in reports written before it existed
+    weight_map: dict = field(default_factory=dict)
 
     @property
     def macs_weight_sparse(self) -> int:
@@ -57,6 +52,45 @@ class LayerReport:
                 text += f" pool {act['density']:.0%}"
             return text
         return kind
+
+    def chosen_ms(self) -> float | None:
+        """The chosen kernel's time: measured where it was timed, else the cost model's."""
+        return self.measured_ms.get(self.chosen, self.estimated_ms.get(self.chosen))
+
+    def cells(self) -> tuple[str, ...]:
+        """The row of ``TABLE_HEADER`` for this layer, as plain text; the full layer name (each
+        writer shortens and escapes it for its medium)."""
+        ss_macs = self.macs_sparse_sparse
+        chosen_ms = self.chosen_ms()
+        return (
+            self.name,
+            self.op,
+            "x".join(str(d) for d in self.weight_shape),
+            f"{self.weight_density:.1%}",
+            str(self.patterns.get("summary", "unstructured"))[:22],
+            self.activation_text(),
+            f"{self.macs_dense:,}",
+            f"{self.macs_weight_sparse:,}",
+            "-" if ss_macs is None else f"{ss_macs:,}",
+            self.chosen,
+            "-" if chosen_ms is None else f"{chosen_ms:.3f}",
+        )
+
+
+# the columns of the report table (text and HTML)
+TABLE_HEADER = (
+    "layer",
+    "op",
+    "weight",
+    "density",
+    "pattern",
+    "input act.",
+    "MACs dense",
+    "MACs w-sparse",
+    "MACs sparse-sparse",
+    "chosen",
+    "est/meas ms",
+)
 
 
 @dataclass
@@ -94,38 +128,11 @@ class Report:
 
     def table(self) -> str:
         """A fixed-width table, one row per layer (what the CLI and the demo print)."""
-        header = (
-            "layer",
-            "op",
-            "weight",
-            "density",
-            "pattern",
-            "input act.",
-            "MACs dense",
-            "MACs w-sparse",
-            "MACs sparse-sparse",
-            "chosen",
-            "est/meas ms",
-        )
+        header = TABLE_HEADER
         rows = [header]
         for layer in self.layers:
-            ss_macs = layer.macs_sparse_sparse
-            chosen_ms = layer.measured_ms.get(layer.chosen, layer.estimated_ms.get(layer.chosen))
-            rows.append(
-                (
-                    _short_name(terminal_text(layer.name, None)),
-                    layer.op,
-                    "x".join(str(d) for d in layer.weight_shape),
-                    f"{layer.weight_density:.1%}",
-                    str(layer.patterns.get("summary", "unstructured"))[:22],
-                    layer.activation_text(),
-                    f"{layer.macs_dense:,}",
-                    f"{layer.macs_weight_sparse:,}",
-                    "-" if ss_macs is None else f"{ss_macs:,}",
-                    layer.chosen,
-                    "-" if chosen_ms is None else f"{chosen_ms:.3f}",
-                )
-            )
+            name, *rest = layer.cells()
+            rows.append((short_name(terminal_text(name, None)), *rest))
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -137,6 +144,13 @@ class Report:
         out = [title, *lines]
         out.extend(f"note: {terminal_text(n, None)}" for n in self.notes)
         return "\n".join(out)
+
+    def to_html(self, heatmap_layer: str | None = None) -> str:
+        """One self-contained HTML page: the plots (inline SVG), this table and the notes.
+        ``heatmap_layer`` names the layer of the large sparsity heatmap (default: the sparse
+        layer with the most MACs). See ``report_html``."""
+        table = [TABLE_HEADER, *(layer.cells() for layer in self.layers)]
+        return render_html(self.to_dict(), table, heatmap_layer)
 
     def __str__(self) -> str:
         return self.table()

@@ -9,12 +9,18 @@ the place it is written to. One function per context, so no caller has to know t
 - ``terminal_text``: anything printed to a terminal (the report table, progress lines, error
   messages). ANSI escape sequences and control characters removed, newlines shown as ``\\n``,
   so a model cannot recolour, move the cursor or forge lines in the user's terminal.
+- ``html_text``: element content and attribute values of the HTML report (SVG ``<title>``
+  tooltips included): ``& < > " '`` as entities, after ``terminal_text``'s clean-up (no control
+  or bidi format character), so a layer named ``<script>...`` is text, not markup.
+- ``short_name``: a layer name cut to a table column or an axis label (not a safety rule: its
+  result still goes through the function of its context).
 - C identifiers and file names: ``codegen.fpga.names.NameTable`` (sanitized, unique).
 - JSON: ``json.dumps`` (escapes everything itself).
 """
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 
@@ -53,3 +59,17 @@ def terminal_text(text: object, limit: int | None = TERMINAL_LIMIT) -> str:
             out.append(ch)
     joined = "".join(out)
     return joined if limit is None else _cap(joined, limit)
+
+
+def html_text(text: object, limit: int | None = None) -> str:
+    """``text`` for HTML element content or a quoted attribute value (see the module docstring)."""
+    return html.escape(terminal_text(text, limit), quote=True)
+
+
+def short_name(name: str, width: int = 36) -> str:
+    """Exporter names are paths (``/encoder/layer.0/attention/self/query/MatMul``): drop the op
+    suffix and keep the end, where the layer is named."""
+    for suffix in ("/MatMul", "/Gemm", "/Conv"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name if len(name) <= width else "..." + name[-(width - 3) :]

@@ -11,6 +11,7 @@ import tvm
 from tvm import relax
 
 from ..formats.patterns import detect_patterns
+from ..formats.weight_map import weight_map
 from ..ir.layers import LayerSpec, find_layers
 from ..ir.relax_utils import binding_map
 from ..report import LayerReport, Report
@@ -72,6 +73,7 @@ def layer_report(layer: LayerSpec, act: ActivationInfo) -> LayerReport:
         patterns=patterns,
         activation=act.to_dict(),
         epilogue=epilogue,
+        weight_map=weight_map(w2d),
     )
 
 

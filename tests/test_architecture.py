@@ -37,7 +37,7 @@ LAYERS = [
         "zoo",
     ),  # fmt: skip
     ("final_build", "compile_tvm", "codegen", "tuner"),
-    ("compiler", "tune_cli", "cli", "demo", "__init__"),
+    ("compiler", "tune_cli", "benchmark", "bench_worker", "cli", "demo", "__init__"),
 ]
 
 

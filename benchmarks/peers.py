@@ -1,60 +1,35 @@
-"""Peer runtimes for benchmarks (onnxruntime, DeepSparse) and the timing/table helpers.
+"""The benchmark scripts' peers: the runners and timing loops of ``tvm_sparse.peers`` (which
+also serves DeepSparse from its own venv), plus the table helpers the scripts print with.
 
-Every runner times with the same `median_time`, and the harness makes the runtimes take turns in
-short rounds (`tvm_sparse.timing.take_turns`), so ratios between runtimes measured in one run
-mean something on a shared, noisy machine. DeepSparse 1.8 needs numpy<2 and onnx 1.14, so it
-lives in its own venv (`.venv-deepsparse/`, made by benchmarks/setup_deepsparse.sh); this file
-doubles as the server that venv's python runs (`python peers.py --deepsparse-server ...`), which
-is why it imports only numpy at module level.
+The runners moved into the package so ``tvm-sparse benchmark`` can use them; this module keeps
+``from peers import ...`` working for the scripts here.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time as _time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
+from tvm_sparse.peers import (
+    DEEPSPARSE_PYTHON,
+    REPO_ROOT,
+    DeepSparseRunner,
+    OrtRunner,
+    median_time,
+    sample_calls,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEEPSPARSE_PYTHON = REPO_ROOT / ".venv-deepsparse" / "bin" / "python"
-_RESULT_TAG = "PEERS_RESULT "
-
-
-# --------------------------------------------------------------------------------------------
-# Timing and tables
-# --------------------------------------------------------------------------------------------
-def median_time(
-    fn: Callable[[], Any], min_time: float = 0.5, min_repeats: int = 5, warmup: int = 2
-) -> float:
-    """Median seconds per call of `fn`, sampled until `min_time` has passed and `min_repeats`
-    samples exist.
-
-    Fast calls (batch 1 is often tens of microseconds) are grouped so one sample lasts about
-    1 ms, which keeps timer resolution and loop overhead out of the number. The median, not
-    the mean, so a neighbour's burst on a shared machine does not move it much.
-    """
-    for _ in range(warmup):
-        fn()
-    start = _time.perf_counter()
-    fn()
-    once = _time.perf_counter() - start
-    number = max(1, int(1e-3 / max(once, 1e-9)))
-    samples: list[float] = []
-    deadline = _time.perf_counter() + min_time
-    while len(samples) < min_repeats or _time.perf_counter() < deadline:
-        start = _time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((_time.perf_counter() - start) / number)
-    return statistics.median(samples)
+__all__ = [
+    "DEEPSPARSE_PYTHON",
+    "REPO_ROOT",
+    "DeepSparseRunner",
+    "OrtRunner",
+    "median_time",
+    "print_table",
+    "ratio_summary",
+    "sample_calls",
+]
 
 
 def ratio_summary(peer: Sequence[float], ours: Sequence[float]) -> tuple[float, float, float]:
@@ -88,192 +63,3 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> st
     )
     print(text)
     return text
-
-
-# --------------------------------------------------------------------------------------------
-# onnxruntime
-# --------------------------------------------------------------------------------------------
-def _as_feed(names: Sequence[str], inputs: Any) -> dict[str, np.ndarray]:
-    """Accept a dict name->array, a list of arrays (in model input order) or one array."""
-    if isinstance(inputs, Mapping):
-        return dict(inputs)
-    if isinstance(inputs, np.ndarray):
-        inputs = [inputs]
-    if len(inputs) != len(names):
-        raise ValueError(f"model takes {len(names)} inputs {list(names)}, got {len(inputs)}")
-    return dict(zip(names, inputs, strict=True))
-
-
-class OrtRunner:
-    """onnxruntime on CPU with `threads` intra-op threads, sequential execution, all graph
-    optimizations: ORT at its best on this machine, the baseline to beat."""
-
-    name = "onnxruntime"
-
-    def __init__(self, model: Any, threads: int = 1):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        is_path = isinstance(model, (str, os.PathLike))
-        source = os.fspath(model) if is_path else model.SerializeToString()
-        self.session = ort.InferenceSession(
-            source, sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.threads = threads
-
-    def run(self, inputs: Any) -> list[np.ndarray]:
-        """Outputs of the model, in graph order."""
-        return self.session.run(None, _as_feed(self.input_names, inputs))
-
-    def time(self, inputs: Any, min_time: float = 0.5, min_repeats: int = 5) -> float:
-        """Median seconds per inference."""
-        return self.timer(inputs, min_repeats)(min_time)
-
-    def timer(self, inputs: Any, min_repeats: int = 3) -> Callable[[float], float]:
-        """``timer(seconds)`` -> median seconds per inference, timed for about ``seconds``."""
-        feed = _as_feed(self.input_names, inputs)
-        return lambda seconds: median_time(
-            lambda: self.session.run(None, feed), seconds, min_repeats, warmup=1
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# DeepSparse (in its own venv, as a subprocess)
-# --------------------------------------------------------------------------------------------
-class DeepSparseRunner:
-    """DeepSparse 1.8 (Neural Magic's sparse CPU engine) served from `.venv-deepsparse` by a
-    subprocess that compiles the model once and then times it on request, so it can take turns
-    with the in-process runtimes (`tvm_sparse.timing.take_turns`): `start`, then `time_for` per
-    round, then `close` (or use it in a `with`). When the venv is missing, `start` returns None and
-    `skip_reason` says why (printed once to stderr).
-
-    Check its outputs against onnxruntime in every benchmark: on this AVX2 machine DeepSparse
-    1.8 returned wrong values for sparse Gemms with 200 or 216 input features (multiples of 8
-    but not of 16; 192, 208, 256, 1600 were right), which includes the tiny GSC model."""
-
-    name = "deepsparse"
-
-    def __init__(self, model: Any, threads: int = 1, python: str | os.PathLike | None = None):
-        self.python = Path(python) if python is not None else DEEPSPARSE_PYTHON
-        self.threads = threads
-        self._tmp = tempfile.TemporaryDirectory(prefix="peers_ds_")
-        if isinstance(model, (str, os.PathLike)):
-            self.model_path = os.fspath(model)
-        else:
-            self.model_path = os.path.join(self._tmp.name, "model.onnx")
-            with open(self.model_path, "wb") as f:
-                f.write(model.SerializeToString())
-        self.skip_reason: str | None = None
-        if not self.python.exists():
-            self.skip_reason = (
-                f"DeepSparse skipped: {self.python} not found (run benchmarks/setup_deepsparse.sh)"
-            )
-        self._warned = False
-        self._proc: subprocess.Popen | None = None
-        self._stderr = None
-
-    @property
-    def available(self) -> bool:
-        return self.skip_reason is None
-
-    def _skip(self) -> None:
-        if not self._warned:
-            print(self.skip_reason, file=sys.stderr)
-            self._warned = True
-
-    def start(self, inputs: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray] | None:
-        """Compile the model in the server and run it once on ``inputs``: its outputs, or None
-        when DeepSparse is not installed. The batch size is the first dim of the first input."""
-        if not self.available:
-            self._skip()
-            return None
-        self.close()
-        arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
-        in_path = os.path.join(self._tmp.name, "inputs.npz")
-        out_path = os.path.join(self._tmp.name, "outputs.npz")
-        np.savez(in_path, *arrays)
-        spec = {
-            "model": self.model_path,
-            "inputs": in_path,
-            "outputs": out_path,
-            "threads": self.threads,
-        }
-        cmd = [os.fspath(self.python), os.fspath(Path(__file__).resolve())]
-        cmd += ["--deepsparse-server", json.dumps(spec)]
-        env = dict(os.environ, NM_DISABLE_ANALYTICS="1")
-        # stderr to a file, not a pipe: DeepSparse logs there, and a full pipe would block it
-        self._stderr = tempfile.TemporaryFile(mode="w+")
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-            env=env,
-        )  # fmt: skip
-        self._reply()  # the server answers once the model is compiled and has run once
-        with np.load(out_path) as data:
-            return [data[f"arr_{i}"] for i in range(len(data.files))]
-
-    def time_for(self, seconds: float, min_repeats: int = 3) -> float:
-        """Median seconds per inference, timed in the server for about ``seconds``."""
-        if self._proc is None:
-            raise RuntimeError("DeepSparseRunner.time_for before start()")
-        self._proc.stdin.write(json.dumps({"seconds": seconds, "min_repeats": min_repeats}) + "\n")
-        self._proc.stdin.flush()
-        return float(self._reply()["median_s"])
-
-    def _reply(self) -> dict:
-        for line in self._proc.stdout:
-            if line.startswith(_RESULT_TAG):
-                return json.loads(line[len(_RESULT_TAG) :])
-        code = self._proc.wait()
-        self._stderr.seek(0)
-        tail = self._stderr.read()[-2000:]
-        self._proc = None
-        raise RuntimeError(f"DeepSparse server failed (exit {code}):\n{tail}")
-
-    def close(self) -> None:
-        """Stop the server (it exits at the end of its input)."""
-        if self._proc is not None:
-            self._proc.stdin.close()
-            self._proc.wait()
-            self._proc = None
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
-    def __enter__(self) -> DeepSparseRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _deepsparse_server(spec: dict) -> None:
-    """Runs inside .venv-deepsparse: compile, run once, write outputs, answer; then one timing
-    per input line ({"seconds", "min_repeats"}), each answered with its median, until EOF."""
-    os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
-    import deepsparse
-
-    with np.load(spec["inputs"]) as data:
-        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
-    engine = deepsparse.compile_model(
-        spec["model"], batch_size=int(arrays[0].shape[0]), num_cores=int(spec["threads"])
-    )
-    np.savez(spec["outputs"], *engine.run(arrays))
-    print(_RESULT_TAG + json.dumps({"version": deepsparse.__version__}), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        seconds = median_time(
-            lambda: engine.run(arrays), request["seconds"], request["min_repeats"], warmup=1
-        )
-        print(_RESULT_TAG + json.dumps({"median_s": seconds}), flush=True)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--deepsparse-server":
-        _deepsparse_server(json.loads(sys.argv[2]))
-    else:
-        sys.exit("usage: peers.py --deepsparse-server JSON  (used by DeepSparseRunner)")

@@ -3,7 +3,7 @@
 #
 # Why a separate venv: deepsparse 1.8.0 pins numpy<2 and onnx 1.14, which clash with the
 # project's own venv (TVM 0.27, onnx>=1.16). Only a cp311 wheel exists (1.9.0 has no wheel),
-# so this needs a python3.11. benchmarks/peers.py runs DeepSparse through this venv's python.
+# so this needs a python3.11. tvm_sparse/peers.py runs DeepSparse through this venv's python.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

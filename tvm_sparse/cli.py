@@ -4,6 +4,7 @@
                        [--html REPORT.html]
     tvm-sparse run OUT.so [--inputs in.npz] [-o out.npz] [--print-time] [--repeat N]
     tvm-sparse analyze MODEL [--format table|json] [--input-shapes ...] [--html REPORT.html]
+    tvm-sparse benchmark MODEL [--batch-sizes 1,16] [--threads 1,2] [--time S] [--json F] [...]
 
 Every error a user can cause prints one line ``tvm-sparse: error: ...`` and exits non-zero;
 tracebacks are kept for bugs (set TVM_SPARSE_DEBUG=1 to see them for user errors too).
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .tune_cli import add_tune_parser
 
     add_tune_parser(sub)
+    from .benchmark import add_benchmark_parser
+
+    add_benchmark_parser(sub)
     return parser
 
 
@@ -254,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(_TerminalFormatter("tvm-sparse: %(message)s"))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
+    from .benchmark import run_benchmark
     from .errors import TvmSparseError
     from .tune_cli import run_tune
 
@@ -262,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": _cmd_run,
         "analyze": _cmd_analyze,
         "tune": run_tune,
+        "benchmark": run_benchmark,
     }
     try:
         return commands[args.command](args)

@@ -37,6 +37,7 @@ LAYERS = [
     ("passes",),
     (
         "frontend",
+        "torch_frontend",
         "module",
         "profile",
         "onnx_fold",
@@ -48,7 +49,16 @@ LAYERS = [
         "zoo",
     ),  # fmt: skip
     ("final_build", "compile_tvm", "codegen", "tuner"),
-    ("compiler", "tune_cli", "benchmark", "bench_worker", "cli", "demo", "__init__"),
+    (
+        "compiler",
+        "torch_backend",
+        "tune_cli",
+        "benchmark",
+        "bench_worker",
+        "cli",
+        "demo",
+        "__init__",
+    ),
 ]
 
 

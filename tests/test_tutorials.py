@@ -1,4 +1,5 @@
-"""Each tutorial runs start to finish (they check their own results against onnxruntime)."""
+"""Each tutorial runs start to finish (they check their own results against onnxruntime or
+the torch module they compile)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def test_tutorial_runs(script, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "matches onnxruntime" in proc.stdout
+    assert "matches onnxruntime" in proc.stdout or "matches the torch module" in proc.stdout
 
 
 def test_there_are_tutorials():

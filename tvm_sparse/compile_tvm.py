@@ -14,7 +14,7 @@ from typing import Any
 
 from . import final_build
 from .errors import TvmSparseError, named_failures
-from .frontend import ImportedModel, import_model
+from .frontend import ImportedModel
 from .module import CompiledModule
 from .passes.module_report import capture_report
 from .passes.pipeline import SparsifyOptions, build_pipeline
@@ -22,6 +22,7 @@ from .phases import timing_phases
 from .schedules import tuning
 from .schedules.isolation import checked_by_final_build
 from .target import resolve_target
+from .torch_frontend import import_any
 
 log = logging.getLogger("tvm_sparse")
 
@@ -82,7 +83,7 @@ def compile_tvm(
     tgt = resolve_target(target)
     with timing_phases() as phases:
         with phases.phase("Import"):
-            imported = import_model(model, input_shapes, example_inputs)
+            imported = import_any(model, input_shapes, example_inputs)
         sparsify_options = SparsifyOptions(layer_names=imported.weighted_nodes, **options)
         records = applicable_records(_records_dir(tuning_records), imported, tgt)
         pipeline = build_pipeline(tgt, sparsify_options, records[0])

@@ -9,12 +9,11 @@ from .codegen.fpga.backend import FpgaProject, compile_fpga
 from .codegen.fpga.target import is_fpga_target
 from .compile_tvm import OPTIONS, compile_tvm, model_name
 from .errors import named_failures
-from .frontend import import_model
 from .module import CompiledModule
 from .passes.analyze_sparsity import analyze_function, layer_report
 from .passes.canonicalize import canonicalize
 from .report import Report
-from .torch_frontend import is_torch_model, torch_to_onnx
+from .torch_frontend import import_any, is_torch_model, torch_to_onnx
 
 
 def analyze(
@@ -22,7 +21,7 @@ def analyze(
 ) -> Report:
     """The sparsity report of a model without compiling it (a torch module needs
     ``example_inputs``)."""
-    imported = import_model(model, input_shapes, example_inputs)
+    imported = import_any(model, input_shapes, example_inputs)
     with named_failures(f"{model_name(imported)}: analysis"):
         mod = canonicalize(imported.mod)
         rows = [

@@ -380,21 +380,9 @@ def import_relax(mod: tvm.IRModule, source: str = "<IRModule>") -> ImportedModel
     return ImportedModel(mod, specs, source)
 
 
-def import_model(
-    model: Any, input_shapes: str | dict | None = None, example_inputs: Any = None
-) -> ImportedModel:
-    """Import any supported model form (path, ModelProto, IRModule, torch module with
-    ``example_inputs``, ``torch.export.ExportedProgram``)."""
-    from .torch_frontend import import_torch, is_torch_model
-
-    if is_torch_model(model):
-        if input_shapes is not None:
-            raise InputShapeError(
-                "input_shapes does not apply to a torch module: its example_inputs fix the shapes"
-            )
-        return import_torch(model, example_inputs)
-    if example_inputs is not None:
-        raise ModelLoadError("example_inputs is for torch modules; this model is not one")
+def import_model(model: Any, input_shapes: str | dict | None = None) -> ImportedModel:
+    """Import an ONNX path, ModelProto or IRModule (torch modules:
+    ``torch_frontend.import_any``)."""
     shapes = parse_input_shapes(input_shapes)
     if isinstance(model, tvm.IRModule):
         return import_relax(model)

@@ -32,8 +32,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .errors import ModelLoadError, UnsupportedModelError, error_detail
-from .frontend import ImportedModel, import_onnx, import_relax, load_onnx
+from .errors import InputShapeError, ModelLoadError, UnsupportedModelError, error_detail
+from .frontend import ImportedModel, import_model, import_onnx, import_relax, load_onnx
 
 log = logging.getLogger("tvm_sparse")
 
@@ -57,6 +57,22 @@ def is_torch_model(model: Any) -> bool:
     if torch is None:
         return False
     return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram))
+
+
+def import_any(
+    model: Any, input_shapes: str | dict | None = None, example_inputs: Any = None
+) -> ImportedModel:
+    """Import any model form ``compile`` takes: an ONNX path, ModelProto or IRModule
+    (``frontend.import_model``), a torch module with ``example_inputs``, an ExportedProgram."""
+    if is_torch_model(model):
+        if input_shapes is not None:
+            raise InputShapeError(
+                "input_shapes does not apply to a torch module: its example_inputs fix the shapes"
+            )
+        return import_torch(model, example_inputs)
+    if example_inputs is not None:
+        raise ModelLoadError("example_inputs is for torch modules; this model is not one")
+    return import_model(model, input_shapes)
 
 
 def fold_reparametrizations(module: Any) -> tuple[Any, list[str]]:
@@ -183,6 +199,11 @@ def _weighted_layer_names(
     return names
 
 
+# what a reparametrized weight passes through between its parameters and the layer
+_REPARAMETRIZATION_OPS = {"mul", "t", "permute", "transpose", "detach", "clone", "_to_copy",
+                          "view", "reshape", "contiguous", "alias"}  # fmt: skip
+
+
 def _weight_parameter(arg: Any, params: dict, depth: int = 3) -> Any:
     """The parameter / buffer placeholder a weight comes from, through the few ops a
     reparametrization puts in the graph (``weight_orig * weight_mask``, a transpose)."""
@@ -190,6 +211,8 @@ def _weight_parameter(arg: Any, params: dict, depth: int = 3) -> Any:
         return arg
     if depth == 0 or getattr(arg, "op", None) != "call_function":
         return None
+    if getattr(arg.target, "__name__", "").split(".")[0] not in _REPARAMETRIZATION_OPS:
+        return None  # e.g. a linear's output: attention's K is no weight
     for inner in arg.args:
         found = _weight_parameter(inner, params, depth - 1)
         if found is not None:

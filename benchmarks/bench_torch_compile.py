@@ -44,20 +44,27 @@ from tvm_sparse.torch_frontend import export_onnx_file  # noqa: E402
 from tvm_sparse.zoo import gsc  # noqa: E402
 
 
-def pruned_mlp(width: int = 2048, layers: int = 4, sparsity: float = 0.9) -> nn.Module:
-    """4 x Linear(2048, 2048) + ReLU, L1-pruned with the masks left as hooks."""
+def pruned_mlp(
+    width: int = 2048, layers: int = 4, sparsity: float = 0.9, *, keep_hooks: bool = True
+) -> nn.Module:
+    """4 x Linear(2048, 2048) + ReLU, L1-pruned; the masks left as hooks (``keep_hooks``: what
+    a user has mid-pruning; dynamo then replays ``weight = weight_orig * mask`` as graph
+    outputs written back to the module on every call) or made final (``prune.remove``)."""
     torch.manual_seed(0)
     mods: list[nn.Module] = []
     for _ in range(layers):
         linear = nn.Linear(width, width)
         prune.l1_unstructured(linear, "weight", amount=sparsity)
+        if not keep_hooks:
+            prune.remove(linear, "weight")
         mods += [linear, nn.ReLU()]
     return nn.Sequential(*mods[:-1]).eval()
 
 
 def models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     return {
-        "mlp_4x2048_90": (pruned_mlp(), torch.randn(1, 2048)),
+        "mlp_4x2048_90_hooks": (pruned_mlp(), torch.randn(1, 2048)),
+        "mlp_4x2048_90": (pruned_mlp(keep_hooks=False), torch.randn(1, 2048)),
         "gsc_kwta_90": (
             gsc.build("gsc_kwta_channel_boost", sparsity=0.9),
             torch.from_numpy(gsc._images(1, 0)),

@@ -13,7 +13,8 @@ computing with the old ones; compile again after training. Shapes are static: dy
 recompiles (calls the backend again) for a new input shape, and a graph with symbolic shapes
 runs eagerly.
 
-Calls are zero-copy: inputs and outputs cross between torch and TVM by DLPack. The reports of
+Calls are zero-copy: tvm-ffi passes torch tensors in and out by DLPack (an input that is not
+64-byte aligned or contiguous is copied first). The reports of
 every compiled graph are in ``reports()``.
 """
 
@@ -117,11 +118,12 @@ def _frozen_module(gm: Any, example_inputs: Sequence[Any], weights: list[bool]) 
 
 
 def _aligned(x: Any) -> Any:
-    """``x`` as TVM takes it by DLPack: contiguous and 64-byte aligned (torch's allocator
-    aligns to 64; a tensor made from a numpy array may not be): copied only when not."""
+    """``x`` as TVM's kernels take it: contiguous, 64-byte aligned (torch's allocator aligns to
+    64; a tensor made from a numpy array may not be), no autograd: copied only when not."""
     import torch
 
-    x = x.detach()
+    if x.requires_grad:
+        x = x.detach()
     if x.is_contiguous() and x.data_ptr() % 64 == 0:
         return x
     return x.clone(memory_format=torch.contiguous_format)
@@ -129,20 +131,27 @@ def _aligned(x: Any) -> Any:
 
 def _runner(module: Any, weights: list[bool]) -> Callable[..., tuple]:
     """Call the compiled module on the graph's runtime inputs (dynamo passes the weights
-    too: they are constants in the module), zero-copy both ways (DLPack)."""
+    too: they are constants in the module). Zero-copy both ways: tvm-ffi takes torch tensors
+    as arguments and returns torch tensors for them (DLPack underneath), with no Python in
+    between; this path runs inside dynamo's frame on every call, so it stays this short."""
     import torch
-    import tvm
 
     main = module._main
-    from_dlpack = tvm.runtime.from_dlpack
     runtime = [i for i, w in enumerate(weights) if not w]
 
+    def as_tuple(out: Any) -> tuple:
+        if isinstance(out, torch.Tensor):
+            return (out,)
+        return tuple(o if isinstance(o, torch.Tensor) else torch.from_dlpack(o) for o in out)
+
     def run(*inputs: Any) -> tuple:
-        args = [from_dlpack(_aligned(inputs[i])) for i in runtime]
-        out = main(*args)
-        if hasattr(out, "__dlpack__"):
-            return (torch.from_dlpack(out),)
-        return tuple(torch.from_dlpack(o) for o in out)
+        args = []
+        for i in runtime:
+            x = inputs[i]
+            if x.requires_grad or x.data_ptr() % 64 or not x.is_contiguous():
+                x = _aligned(x)
+            args.append(x)
+        return as_tuple(main(*args))
 
     return run
 

@@ -207,3 +207,16 @@ def test_kwta_written_with_where_and_zeros_like_is_found():
     act = module.report.layers[1].activation
     assert act["kind"] == "kwta" and act["k"] == 16
     assert_module_output(module.run(x), net(x))
+
+
+@pytest.mark.slow
+def test_a_held_out_topology_from_torch_equals_the_module():
+    """EfficientNet-B0 (SiLU, squeeze-excitation, depthwise 5x5): written for the zoo's ONNX
+    files, never tuned through the torch path."""
+    from tvm_sparse.zoo import classic
+
+    net = classic.build("efficientnet_b0", sparsity=0.9, image=32)
+    x = torch.from_numpy(seeded_images(1, 32, 0))
+    module = tvm_sparse.compile(net, "llvm", example_inputs=(x,), measure=False)
+    assert_module_output(module.run(x), net(x))
+    assert "silu" in module.report.layers[0].epilogue

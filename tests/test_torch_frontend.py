@@ -215,7 +215,7 @@ def test_a_held_out_topology_from_torch_equals_the_module():
     files, never tuned through the torch path."""
     from tvm_sparse.zoo import classic
 
-    net = classic.build("efficientnet_b0", sparsity=0.9, image=32)
+    net = classic.build("efficientnet_b0", sparsity=0.9, image=32, width=0.25)
     x = torch.from_numpy(seeded_images(1, 32, 0))
     module = tvm_sparse.compile(net, "llvm", example_inputs=(x,), measure=False)
     assert_module_output(module.run(x), net(x))

@@ -30,7 +30,6 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import tvm  # noqa: E402
 from peers import median_time  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
@@ -72,12 +71,6 @@ def models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     }
 
 
-def _vm_timer(module, x: np.ndarray):
-    main = module._main
-    arg = tvm.runtime.tensor(x, module.device)
-    return lambda: main(arg)
-
-
 def bench(name: str, net: nn.Module, x: torch.Tensor, rounds: int, seconds: float) -> dict:
     torch._dynamo.reset()  # a second nn.Sequential would otherwise recompile with dynamic dims
     torch_backend.clear()
@@ -107,8 +100,8 @@ def bench(name: str, net: nn.Module, x: torch.Tensor, rounds: int, seconds: floa
         "eager": no_grad(lambda: net(x)),
         "dynamo": no_grad(lambda: compiled(x)),
         "onnx_run": lambda: from_onnx.run(xn),
-        "dynamo_vm": _vm_timer(graphs[0].module, xn),
-        "onnx_vm": _vm_timer(from_onnx, xn),
+        "dynamo_vm": graphs[0].module.device_call(xn),
+        "onnx_vm": from_onnx.device_call(xn),
     }
     timers = {k: (lambda fn=fn: median_time(fn, seconds, 3, warmup=1)) for k, fn in calls.items()}
     samples = take_turns(timers, rounds)

@@ -29,9 +29,9 @@ from peers import (
 )
 
 import tvm_sparse
+from tvm_sparse.benchmark import MEASURE_MODES
 from tvm_sparse.timing import take_turns
 
-_MEASURE = {"auto": "auto", "all": True, "none": False}
 _PEERS = ("ort", "tvm_dense", "deepsparse")
 # the columns compare_runtimes fills, in table order
 RUNTIME_COLUMNS = [
@@ -78,7 +78,7 @@ def compare_runtimes(
     timers = {"ort": ort.timer(inputs)}
 
     start = time.perf_counter()
-    sparse = tvm_sparse.compile(path, "llvm", measure=_MEASURE[measure])
+    sparse = tvm_sparse.compile(path, "llvm", measure=MEASURE_MODES[measure])
     row["compile_s"] = round(time.perf_counter() - start, 1)
     dense = tvm_sparse.compile(path, "llvm", sparse=False, measure=False)
     args = [tvm.runtime.tensor(a) for a in inputs]

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .benchmark import add_ratios, compare_outputs, random_inputs, summarize
+from .benchmark import MEASURE_MODES, add_ratios, compare_outputs, random_inputs, summarize
 from .peers import DeepSparseRunner, OrtRunner, sample_calls
 from .timing import take_turns
 
@@ -57,22 +57,6 @@ def _server_error(err: BaseException) -> str:
 
 def _as_list(out: Any) -> list[np.ndarray]:
     return list(out) if isinstance(out, tuple) else [out]
-
-
-def _tvm_call(module, inputs: list[np.ndarray]) -> Callable[[], None]:
-    """One call of the VM's main on device-resident inputs, then a device sync (what
-    ``CompiledModule.benchmark`` times)."""
-    import tvm
-
-    main = module._main  # looked up once (a lookup costs ~18 us)
-    device = module.device
-    args = [tvm.runtime.tensor(a, device) for a in inputs]
-
-    def call() -> None:
-        main(*args)
-        device.sync()
-
-    return call
 
 
 def run_config(spec: dict, config: dict, events: _Events) -> dict:
@@ -113,11 +97,11 @@ def _run_config(spec: dict, config: dict, events: _Events) -> dict:
             spec["target"],
             input_shapes={i["name"]: tuple(i["shape"]) for i in config["inputs"]},
             sparse=spec["sparse"],
-            measure={"auto": "auto", "all": True, "none": False}[spec["measure"]],
+            measure=MEASURE_MODES[spec["measure"]],
         )
         compile_s = time.perf_counter() - start
         outputs = _as_list(module.run(*inputs))
-        calls["tvm-sparse"] = _tvm_call(module, inputs)
+        calls["tvm-sparse"] = module.device_call(*inputs)
     except Exception as err:  # noqa: BLE001 - any failure fails this configuration only
         result["error"] = f"tvm-sparse: {_detail(err)}"
         return result

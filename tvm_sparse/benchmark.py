@@ -58,7 +58,8 @@ from .safe_text import terminal_text
 ENGINES = ("tvm-sparse", "onnxruntime", "deepsparse")
 REFERENCE = "onnxruntime"
 RTOL = 1e-3
-_MEASURE = {"auto": "auto", "all": True, "none": False}
+# the --measure words of the compile and benchmark commands, as compile()'s ``measure``
+MEASURE_MODES = {"auto": "auto", "all": True, "none": False}
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--dense", action="store_true", help="tvm-sparse with dense kernels only")
     b.add_argument(
         "--measure",
-        choices=tuple(_MEASURE),
+        choices=tuple(MEASURE_MODES),
         default="auto",
         help="tvm-sparse's kernel choice: time dense + best sparse (auto), all, none",
     )
@@ -257,19 +258,11 @@ def with_input_shapes(model, shapes: dict[str, tuple[int, ...]]):
 
 
 def random_inputs(inputs: Sequence[dict], seed: int = 0) -> list[np.ndarray]:
-    """Seeded inputs for ``[{"name", "shape", "dtype"}]``, as ``CompiledModule.random_inputs``
-    makes them: standard normal floats, 0/1 integers and booleans."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for spec in inputs:
-        shape, dtype = tuple(spec["shape"]), spec["dtype"]
-        if dtype.startswith("float"):
-            out.append(rng.standard_normal(shape).astype(dtype))
-        elif dtype == "bool":
-            out.append(rng.integers(0, 2, shape).astype(bool))
-        else:
-            out.append(rng.integers(0, 2, shape).astype(dtype))
-    return out
+    """Seeded inputs for ``[{"name", "shape", "dtype"}]``, made as ``CompiledModule`` makes
+    them (``module.random_arrays``)."""
+    from .module import random_arrays
+
+    return random_arrays(((spec["shape"], spec["dtype"]) for spec in inputs), seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import zipfile
 
 import numpy as np
 
+from .benchmark import MEASURE_MODES
 from .safe_text import terminal_text
 
 EXIT_USER_ERROR = 2
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--measure",
-        choices=("auto", "all", "none"),
+        choices=tuple(MEASURE_MODES),
         default="auto",
         help="kernel choice: time dense + best sparse candidates (auto), all, or none (estimates)",
     )
@@ -162,7 +163,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         tuning_records=args.tuning_records,
         input_shapes=args.input_shapes,
         sparse=not args.dense,
-        measure={"auto": "auto", "all": True, "none": False}[args.measure],
+        measure=MEASURE_MODES[args.measure],
         strict_nan=args.strict_nan,
         flush_denormals=not args.keep_denormals,
     )

@@ -222,21 +222,22 @@ class DeepSparseRunner:
 
     def time_for(self, seconds: float, min_repeats: int = 3) -> float:
         """Median seconds per inference, timed in the server for about ``seconds``."""
-        if self._proc is None:
-            raise RuntimeError("DeepSparseRunner.time_for before start()")
-        self._proc.stdin.write(json.dumps({"seconds": seconds, "min_repeats": min_repeats}) + "\n")
-        self._proc.stdin.flush()
-        return float(self._reply()["median_s"])
+        reply = self._ask("time_for", {"seconds": seconds, "min_repeats": min_repeats})
+        return float(reply["median_s"])
 
     def samples_for(self, seconds: float, warmup: int = 0) -> list[float]:
         """Seconds of every inference (``sample_calls``) timed in the server for about
         ``seconds``, after ``warmup`` untimed ones."""
+        reply = self._ask("samples_for", {"samples": True, "seconds": seconds, "warmup": warmup})
+        return [float(t) for t in reply["samples_s"]]
+
+    def _ask(self, what: str, request: dict) -> dict:
+        """Send one timing request to the started server; its answer."""
         if self._proc is None:
-            raise RuntimeError("DeepSparseRunner.samples_for before start()")
-        request = {"samples": True, "seconds": seconds, "warmup": warmup}
+            raise RuntimeError(f"DeepSparseRunner.{what} before start()")
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
-        return [float(t) for t in self._reply()["samples_s"]]
+        return self._reply()
 
     def _reply(self) -> dict:
         for line in self._proc.stdout:

@@ -382,7 +382,12 @@ def import_relax(mod: tvm.IRModule, source: str = "<IRModule>") -> ImportedModel
 
 def import_model(model: Any, input_shapes: str | dict | None = None) -> ImportedModel:
     """Import an ONNX path, ModelProto or IRModule (torch modules:
-    ``torch_frontend.import_any``)."""
+    ``torch_frontend.import_any``); an ``ImportedModel`` is taken as it is (the torch.compile
+    backend imports its graph itself, with the layer names dynamo gives)."""
+    if isinstance(model, ImportedModel):
+        if input_shapes is not None:
+            raise InputShapeError(f"{model.source}: already imported: input_shapes cannot apply")
+        return model
     shapes = parse_input_shapes(input_shapes)
     if isinstance(model, tvm.IRModule):
         return import_relax(model)

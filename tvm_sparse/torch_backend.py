@@ -82,13 +82,13 @@ def _is_weight(node: Any, example: Any) -> bool:
 
     if isinstance(example, torch.nn.Parameter):
         return True
-    grapharg = node.meta.get("grapharg")
-    source = getattr(getattr(grapharg, "source", None), "name", "")
-    source = source() if callable(source) else source
+    source = _source_name(node)
     return "._parameters[" in source or "._buffers[" in source
 
 
 def _source_name(node: Any) -> str:
+    """Where dynamo took a placeholder from (``L['self']._modules['fc']._parameters['weight']``),
+    else the placeholder's own name."""
     grapharg = node.meta.get("grapharg")
     source = getattr(getattr(grapharg, "source", None), "name", "") or node.name
     return source() if callable(source) else source
@@ -196,9 +196,7 @@ def tvm_sparse_backend(
     try:
         imported = import_torch(frozen, runtime_inputs, weight_names=names)
         imported.source = f"dynamo graph {index}"
-        module = compile_model(imported.mod, target, **options)
-        module.report.model = imported.source
-        module.report = _named(module.report, imported.weighted_nodes)
+        module = compile_model(imported, target, **options)
     except Exception as err:  # noqa: BLE001 - whatever fails, eager still answers right
         return _fallback(gm, index, time.perf_counter() - start, error_detail(err))
     seconds = time.perf_counter() - start
@@ -206,11 +204,3 @@ def tvm_sparse_backend(
     log.info("torch.compile backend %s: graph %d compiled in %.1f s", BACKEND_NAME, index,
              seconds)  # fmt: skip
     return _runner(module, weights)
-
-
-def _named(report: Report, names: list[tuple[str, str]]) -> Report:
-    """The report with the module's layer names where the layer counts line up."""
-    if len(names) == len(report.layers):
-        for layer, (name, _op) in zip(report.layers, names):
-            layer.name = name
-    return report

@@ -32,7 +32,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .errors import InputShapeError, ModelLoadError, UnsupportedModelError, error_detail
+from .errors import (
+    InputShapeError,
+    ModelLoadError,
+    TvmSparseError,
+    UnsupportedModelError,
+    error_detail,
+)
 from .frontend import ImportedModel, import_model, import_onnx, import_relax, load_onnx
 
 log = logging.getLogger("tvm_sparse")
@@ -358,28 +364,30 @@ def export_onnx_file(
     return path
 
 
-def torch_to_onnx(model: Any, example_inputs: Any) -> Any:
-    """The module as an ``onnx.ModelProto`` (reparametrizations folded, eval mode): for the
-    backends that take ONNX alone (the FPGA flow)."""
-    args = _as_tuple(example_inputs)
-    module, _ = fold_reparametrizations(model)
-    module.eval()
+def _onnx_model(module: Any, args: tuple) -> Any:
+    """``module`` through the ONNX exporter (``export_onnx_file``) as an ``onnx.ModelProto``;
+    its inputs are ``input`` (one) or ``input_0, input_1, ...``."""
     names = [f"input_{i}" for i in range(len(args))] if len(args) > 1 else ["input"]
     with tempfile.TemporaryDirectory(prefix="tvm_sparse_torch_") as tmp:
         return load_onnx(export_onnx_file(module, args, os.path.join(tmp, "model.onnx"), names))
 
 
+def torch_to_onnx(model: Any, example_inputs: Any) -> Any:
+    """The module as an ``onnx.ModelProto`` (reparametrizations folded, eval mode): for the
+    backends that take ONNX alone (the FPGA flow)."""
+    module, _ = fold_reparametrizations(model)
+    return _onnx_model(module.eval(), _as_tuple(example_inputs))
+
+
 def import_torch_via_onnx(module: Any, args: tuple, name: str) -> ImportedModel:
-    """The ONNX fallback: export to a temporary file, import it as any ONNX model."""
-    input_names = [f"input_{i}" for i in range(len(args))] if len(args) > 1 else ["input"]
-    with tempfile.TemporaryDirectory(prefix="tvm_sparse_torch_") as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        try:
-            export_onnx_file(module, args, path, input_names)
-        except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
-            raise UnsupportedModelError(
-                f"{name}: neither torch.export nor the ONNX exporter takes this module: "
-                f"{error_detail(err)}"
-            ) from err
-        imported = import_onnx(load_onnx(path), source=name)
-    return imported
+    """The ONNX fallback: export, then import it as any ONNX model."""
+    try:
+        model = _onnx_model(module, args)
+    except TvmSparseError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+        raise UnsupportedModelError(
+            f"{name}: neither torch.export nor the ONNX exporter takes this module: "
+            f"{error_detail(err)}"
+        ) from err
+    return import_onnx(model, source=name)

@@ -11,6 +11,8 @@ from tvm_sparse import models
 from tvm_sparse.codegen.fpga import compile_fpga, golden_outputs
 from tvm_sparse.errors import TvmSparseError
 
+from .test_fpga_cycles import assert_estimate_agrees
+
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
 
@@ -45,6 +47,8 @@ def test_tiny_cnn_csim_matches_cpu(tmp_path, tb_data, variant, boosting):
         "dense": ["dense"] * 4,
     }[variant]
     assert engines == expected
+    other = np.random.default_rng(5).standard_normal((16, 1, 32, 32)).astype(np.float32)
+    assert_estimate_agrees(project, other)
     for name in ("build_prj.tcl", "Makefile", "host/host.cpp", "myproject_test.cpp"):
         assert (tmp_path / name).is_file()
     assert (tmp_path / "tb_data" / "tb_output_predictions.dat").is_file()
@@ -75,6 +79,9 @@ def test_mlp_with_relu_csim_and_fixed_point_error(tmp_path):
         output_dir=tmp_path / "fixed",
         tb_data=data,
     )
+    other = np.random.default_rng(6).standard_normal((16, 32)).astype(np.float32)
+    assert_estimate_agrees(exact, other)
+    assert_estimate_agrees(fixed, other)
     err = fixed._csim
     assert err.max_abs_error > 0  # quantization changes the numbers...
     assert err.max_rel_error < 0.01  # ...by little at 16 bits
@@ -94,6 +101,8 @@ def test_gsc_super_sparse_csim_matches_cpu(tmp_path):
     result = project._csim
     np.testing.assert_allclose(result.output, project.tb_golden, rtol=1e-5, atol=1e-6)
     assert result.top1_agreement == 1.0
+    other = np.random.default_rng(7).standard_normal((16, *project.hw.input_shape))
+    assert_estimate_agrees(project, other.astype(np.float32))
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")

@@ -81,7 +81,7 @@ def test_config_template_declares_what_its_engine_reads(key):
 def test_every_engine_function_has_an_entry():
     """The engines of nnet_sparse.h (its functions with a config) are exactly the table's."""
     bodies = _functions()
-    helpers = {"finish", "pad_input", "conv2d_pixels", "linear_outputs"}
+    helpers = {"finish", "read_padded", "conv2d_pixels", "linear_outputs"}
     with_config = {
         name for name, body in bodies.items() if "class CONFIG_T" in body and name not in helpers
     }

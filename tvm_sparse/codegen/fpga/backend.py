@@ -26,6 +26,7 @@ from ...frontend import import_model, require_static
 from ...passes.canonicalize import canonicalize
 from .calibration import calibrate
 from .csim import CsimResult, finite_scale, run_csim
+from .cycle_check import StageCycles, cycle_agreement
 from .estimator import Estimate, comparison_table, estimate
 from .folding import auto_fold
 from .from_relax import build_hw_model
@@ -119,6 +120,12 @@ class FpgaProject:
             check = self.hw.precision.is_float
         self._csim = run_csim(self.output_dir, self.target.top, rtol=rtol, check=check, opt=opt)
         return self._csim
+
+    def cycle_agreement(self) -> list[StageCycles]:
+        """The estimate's cycles per stage beside those the last C simulation counted."""
+        if self._csim is None:
+            raise TvmSparseError("run the C simulation first (FpgaProject.csim)")
+        return cycle_agreement(self.estimate(), self._csim.stage_cycles)
 
     # -- estimates --------------------------------------------------------------------------
     def estimate(self) -> Estimate:

@@ -14,6 +14,8 @@ from .hw_model import HwLayer, HwModel
 from .number_formats import assign_types
 from .weight_stores import dense_weight
 
+ACTIVITY_SAMPLES = 256  # output masks kept per sparse edge (sparse write loop counts)
+
 
 def _conv_forward(layer: HwLayer, x: np.ndarray, w2: np.ndarray) -> np.ndarray:
     c, h, w = layer.in_shape
@@ -84,20 +86,25 @@ def _maxpool(layer: HwLayer, x: np.ndarray) -> np.ndarray:
 def calibrate(model: HwModel, x: np.ndarray) -> None:
     """Measure per-layer output ranges and input densities on samples ``x``.
 
-    Densities replace the analytical ones (k/n, pooled k/n, 0.5 for ReLU) in the estimate; ranges
-    give int8 its per-tensor formats.
+    Densities (and ``HwLayer.activity``: which positions are active, for the loops whose trip
+    counts depend on it) replace the analytical ones (k/n, pooled k/n, 0.5 for ReLU) in the
+    estimate; ranges give int8 its per-tensor formats.
     """
     _, acts = forward(model, x)
     ranges = {"input": float(np.max(np.abs(x)))}
-    density = float(np.count_nonzero(x)) / x.size
+    prev = np.asarray(x).reshape(x.shape[0], -1) != 0
     for layer in model.layers:
         a = acts[layer.name]
         ranges[layer.name] = float(np.max(np.abs(a), initial=0.0))
+        mask = a.reshape(a.shape[0], -1) != 0
+        layer.activity = {}
         if layer.in_sparse:
-            layer.in_density = density
-        density = float(np.count_nonzero(a)) / a.size
+            layer.in_density = float(prev.mean())
+            layer.activity["in_freq"] = prev.mean(axis=0)
         if layer.out_sparse:
-            layer.out_density = density
+            layer.out_density = float(mask.mean())
+            layer.activity["out_masks"] = mask[:ACTIVITY_SAMPLES]
+        prev = mask
     if not model.precision.is_float:
         assign_types(model, ranges)
     model.calibrated = True

@@ -20,7 +20,8 @@ import numpy as np
 
 from ...errors import TvmSparseError
 
-DEFAULT_FLAGS = ("-std=c++14", "-ffp-contract=off")
+# NNET_COUNT_CYCLES: the engines count the cycles of their pipelined loops (csim_cycles.log)
+DEFAULT_FLAGS = ("-std=c++14", "-ffp-contract=off", "-DNNET_COUNT_CYCLES")
 
 
 @dataclass
@@ -39,6 +40,9 @@ class CsimResult:
     build_seconds: float
     run_seconds: float
     log: str
+    # cycles per sample of every stage (0: AXI input, i: layer i, last: AXI output), counted by
+    # the engines' NNET_COUNT_CYCLES mode; None when the log is absent
+    stage_cycles: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,6 +121,17 @@ def read_dat(path: Path) -> np.ndarray:
     return np.asarray(rows, np.float32)
 
 
+def read_cycles(path: Path, samples: int) -> np.ndarray | None:
+    """Cycles per sample of each stage from the testbench's ``csim_cycles.log``."""
+    if not path.is_file() or samples <= 0:
+        return None
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    cycles = np.zeros(len(rows))
+    for stage, total, _loops in rows:
+        cycles[int(stage)] = int(total) / samples
+    return cycles
+
+
 def build(
     project_dir: str | os.PathLike,
     top: str,
@@ -192,6 +207,7 @@ def run_csim(
         run_s,
         proc.stdout + proc.stderr,
     )
+    result.stage_cycles = read_cycles(root / "tb_data" / "csim_cycles.log", output.shape[0])
     if check and not result.ok:
         raise TvmSparseError(f"C simulation does not match the CPU module: {result.summary()}")
     return result

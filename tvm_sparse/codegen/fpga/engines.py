@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...safe_text import comment_text
+from .cycles import accumulate_ii, row_steps
 from .hw_model import HwLayer, split
 
 Values = dict[str, object]
@@ -83,7 +84,12 @@ def _window(layer: HwLayer) -> Values:
 def _pe_simd(layer: HwLayer) -> Values:
     """Dense and sparse-dense engines: PE outputs x SIMD weights of a row."""
     par = split(layer)
-    return {"pe": par.pe, "simd": par.simd}
+    return {
+        "pe": par.pe,
+        "simd": par.simd,
+        "row_steps": row_steps(layer),
+        "acc_ii": accumulate_ii(layer),
+    }
 
 
 def _packed(layer: HwLayer) -> Values:
@@ -93,10 +99,11 @@ def _packed(layer: HwLayer) -> Values:
     return {
         "owner_t": _C_INT.get(owner.dtype, "uint32_t"),
         "groups": layer.weights.n_groups,
-        "acc_banks": layer.out_shape[0] + 1,
+        "acc_banks": layer.out_shape[0],
         "taps": par.taps,
         "slots": par.slots,
         "res_lanes": par.res_lanes,
+        "acc_ii": accumulate_ii(layer),
     }
 
 

@@ -10,33 +10,41 @@ Assumptions
 -----------
 Timing
 
-1. Every pipelined loop runs at II = 1 at the target clock; each phase of a stage (read, compute,
-   write) adds ``PHASE_DEPTH`` = 20 cycles of pipeline fill. Floating-point accumulation is
-   assumed to be split into interleaved partial sums so the adder latency does not raise the II
-   (Vitis does not reassociate float adds by itself; fixed point has no such issue).
-2. A stage processes one sample at a time and its phases run one after the other, as in the
-   generated code: ``cycles = read + compute + write + depth``. Stages overlap across samples
-   (DATAFLOW), so the network's initiation interval is the slowest stage and the latency the sum.
+1. Every loop of an engine is pipelined at the II its pragma states: 1, except where an iteration
+   reads back what the one before wrote: a float running sum (II = ``FLOAT_ADD_CYCLES`` = 4, a
+   float add's latency at 300 MHz: no partial-sum interleaving is generated, so none is assumed),
+   a read-modify-write of RAM (sparse-sparse conv accumulators: a read, then the add; k-WTA
+   histograms and sparse max-pool windows: II 2). Each loop adds ``PHASE_DEPTH`` = 20 cycles of
+   pipeline fill each time it runs. The C simulation counts exactly these iterations and fills
+   (``NNET_COUNT_CYCLES``); ``cycle_check`` sets the two side by side.
+2. A stage processes one sample at a time and its loops run one after the other, as in the
+   generated code: ``cycles = sum over loops (iterations * II + PHASE_DEPTH)``. Stages overlap
+   across samples (DATAFLOW), so the network's initiation interval is the slowest stage and the
+   latency the sum.
 3. Dense streams move ``pack`` values per cycle; sparse streams one (index, value) per cycle.
-   Writing a sparse stream scans ``lanes`` positions per cycle with a compaction network and
-   emits one non-zero per cycle: ``max(ceil(n / lanes), nnz + 1)``.
-4. Lanes of dense and sparse-dense engines are PE x SIMD: SIMD weights of one row (at most the
-   row length, K or the longest CSR row) times PE outputs (pixels of one filter for conv, rows for
-   linear). Dense: ``ceil(outputs / PE) * ceil(K / SIMD)`` cycles. Sparse-dense: a row costs
-   ``max(1, ceil(nnz_row / SIMD))`` cycles: only non-zero weights are multiplied, and short rows
-   waste lanes.
-5. Sparse-sparse engines: per active input ``ceil(taps_total / taps)`` steps; a step costs
-   ``ceil(G / slots)`` cycles for a packed column (its G slots have distinct owners, so they
-   scatter-add in parallel without conflicts) or ``ceil(residual_k / res_lanes)`` when column k's
-   residual is longer (residual lanes, ``ceil(max residual / 2)`` of them, work beside the packed
-   slots: a column's residual owners differ from its packed owners); the number of
-   active inputs is the expected input density (k/n after k-WTA, ``1 - (1 - d)^window`` after a
-   max-pool, 0.5 after ReLU) or the density measured on the testbench samples when calibrated.
-   Clearing and draining the banked accumulators costs one cycle per output pixel.
-6. k-WTA: rank (``n / lanes``), a 4-pass radix select with 8-bit digits (4 histogram passes of
-   ``n / lanes`` with lane-private histograms, plus 256 cycles per pass to scan the bins), then the
-   selection pass: ``6 * ceil(n / lanes) + 1024`` cycles. Max-pool: one cycle per output per lane
-   (windows read in parallel); sparse max-pool one cycle per active input plus init and emit scans.
+   Writing a sparse stream, a cycle emits the first non-zero among the next ``lanes`` positions
+   or skips ``lanes`` empty ones: non-zeros + empty stretches + 1 (the end marker), averaged over
+   the calibration samples (without samples: ``max(ceil(n / lanes), nnz) + 1``).
+4. Lanes of dense and sparse-dense engines are PE x SIMD: SIMD weights of a row (at most the row
+   length, K or the longest CSR row) times PE outputs (pixels of one filter for conv, rows for
+   linear), in one flattened loop of steps. A row takes ``ceil(K / SIMD)`` steps (dense) or
+   ``max(1, ceil(nnz_row / SIMD))`` (sparse-dense: only non-zero weights are multiplied, short
+   rows waste lanes); PE rows of a linear layer take the steps of their longest. A conv reads its
+   input straight into a zero-padded buffer.
+5. Sparse-sparse engines: per active input, its column's steps: ``max(1, ceil(G / slots),
+   ceil(residual_k / res_lanes))`` (the G slots of a packed column have distinct owners, so they
+   scatter-add in parallel without conflicts; residual lanes, ``ceil(max residual / 2)`` of them,
+   work beside them); a conv takes ``taps`` kernel positions at a time, each tap group costing
+   its longest column. The active inputs are counted per position on the calibration samples
+   (else the expected density: k/n after k-WTA, ``1 - (1 - d)^window`` after a max-pool, 0.5
+   after ReLU). Linear accumulators are registers; conv accumulators are RAM banks, cleared and
+   drained one output pixel per cycle.
+6. k-WTA: rank (``ceil(n / lanes)``), a 4-pass radix select with 8-bit digits (each pass a
+   histogram loop of ``ceil(n / lanes)`` at II 2 into lane-private histograms, ``lanes x 256``
+   counters, then a 256-bin scan that merges the lanes and clears them), then the selection:
+   ``2 * ceil(n / lanes) + 4 * (2 * ceil(n / lanes) + 256)`` cycles. Max-pool: ``lanes`` windows
+   per cycle, each window's values read in parallel; sparse max-pool: clear and emit ``lanes``
+   windows per cycle, and one cycle at II 2 per (active input, window holding it).
 
 Resources (per copy)
 
@@ -78,7 +86,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ...safe_text import terminal_text
-from .cycles import PHASE_DEPTH, stage_cycles
+from .cycles import PHASE_DEPTH, stage_cycles, stage_total
 from .hw_model import HwModel
 from .resources import STAGE_FF, STAGE_LUT, stage_resources
 
@@ -125,6 +133,7 @@ class Estimate:
     samples_per_s: float  # whole device
     ddr_limited: bool = False
     dense_macs: int = 0
+    io_cycles: tuple[int, int] = (0, 0)  # the AXI input and output stages
     assumptions: str = ASSUMPTIONS
 
     @property
@@ -188,8 +197,7 @@ def estimate(model: HwModel) -> Estimate:
     ]
     for layer in model.layers:
         read, compute, write, macs = stage_cycles(model, layer, layer.lanes)
-        phases = sum(1 for c in (read, compute, write) if c)
-        cycles = read + compute + write + PHASE_DEPTH * phases
+        cycles = stage_total(model, layer, layer.lanes)
         res = stage_resources(model, layer)
         for k in RESOURCES:
             total[k] += res[k]
@@ -245,6 +253,7 @@ def estimate(model: HwModel) -> Estimate:
         samples_per_s=min(throughput, ddr_cap),
         ddr_limited=ddr_limited,
         dense_macs=int(sum(x.dense_macs for x in model.layers)),
+        io_cycles=(io_cycles[0], io_cycles[1]),
     )
 
 

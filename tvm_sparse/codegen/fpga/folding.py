@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .cycles import PHASE_DEPTH, max_lanes, stage_cycles
+from .cycles import max_lanes, stage_total
 from .estimator import Estimate, estimate
 from .hw_model import HwLayer, HwModel
 
@@ -45,8 +45,7 @@ def fold(model: HwModel, target_cycles: int) -> None:
             continue
         costs = []
         for lanes in _lane_candidates(layer):
-            read, compute, write, _ = stage_cycles(model, layer, lanes)
-            costs.append((read + compute + write + 3 * PHASE_DEPTH, lanes))
+            costs.append((stage_total(model, layer, lanes), lanes))
             if costs[-1][0] <= target_cycles:
                 break
         if costs[-1][0] <= target_cycles:

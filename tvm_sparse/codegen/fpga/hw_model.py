@@ -78,6 +78,10 @@ class HwLayer:
     lanes: int = 1  # parallel MAC / compare lanes (the folding)
     lanes_fixed: bool = False  # set by the user: the auto folding leaves it alone
     pack_out: int = 1  # values per beat of the dense output stream
+    # measured by calibrate on sample inputs: "in_freq" (how often each input position is
+    # non-zero) and "out_masks" ([samples, n_out] non-zero masks); the cycle counts of the
+    # data-dependent loops are expectations over them
+    activity: dict | None = None
     # number formats (C type names), filled by assign_types
     in_t: str = "float"
     out_t: str = "float"

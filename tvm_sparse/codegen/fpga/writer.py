@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ...safe_text import comment_text
+from .cycles import PHASE_DEPTH
 from .engines import engine_of
 from .hw_model import HwLayer, HwModel
 
@@ -151,6 +152,7 @@ def stage_function(model: HwModel, layer: HwLayer) -> str:
             "out_stream_t": stream_type(model, layer, layer.out_sparse),
             "function": engine_of(layer).function,
             "arguments": args,
+            "stage": layer.index + 1,
         },
     )
 
@@ -216,6 +218,8 @@ def write_project(
                 "input_t": model.input_t,
                 "input_pack": model.input_pack,
                 "output_pack": last.pack_out,
+                "pipeline_depth": PHASE_DEPTH,
+                "output_stage": len(model.layers) + 1,
             },
         )
     )

@@ -5,4 +5,5 @@ struct config_{{name}} {
     static const unsigned out_c = {{out_c}}, n_kin = {{n_kin}};
     static const bool relu = {{relu}};
     static const unsigned lanes = {{lanes}}, pe = {{pe}}, simd = {{simd}};
+    static const unsigned row_steps = {{row_steps}}, acc_ii = {{acc_ii}};
 };

@@ -8,4 +8,5 @@ struct config_{{name}} {
     static const bool relu = {{relu}};
     static const unsigned lanes = {{lanes}};
     static const unsigned slots = {{slots}}, res_lanes = {{res_lanes}};
+    static const unsigned acc_ii = {{acc_ii}};
 };

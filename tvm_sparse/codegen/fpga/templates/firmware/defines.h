@@ -4,6 +4,10 @@
 
 #include <stdint.h>
 
+// cycle counting (csim): pipeline fill per loop, and the AXI output's stage number
+#define NNET_PIPELINE_DEPTH {{pipeline_depth}}
+#define NNET_OUTPUT_STAGE {{output_stage}}
+
 #include "ap_fixed.h"
 #include "ap_int.h"
 #include "nnet_sparse.h"

@@ -9,6 +9,10 @@
 // Weights live in per-layer headers (weights/<layer>.h) and hold only what the engine reads:
 // dense [O*K]; sparse-dense CSR (val, off = input offset, ptr); sparse-sparse complementary
 // packed columns (val, owner; G slots per input, owner == O marks an empty slot) + residual.
+//
+// Loops are written as the hardware runs them: one pipelined loop per phase (flattened where
+// the trip count depends on the data), lanes as unrolled inner loops, the II in the pragma. The
+// estimator (cycles.py) counts exactly these loops; the C simulation counts them too (below).
 #ifndef NNET_SPARSE_H_
 #define NNET_SPARSE_H_
 
@@ -44,18 +48,51 @@ inline uint32_t float_key(float x) {
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
+// --- cycle counting (C simulation) -------------------------------------------------------------
+// Built with -DNNET_COUNT_CYCLES (tvm-sparse's csim always is), every pipelined loop ticks its
+// stage's counter by its II once per iteration and adds NNET_PIPELINE_DEPTH when it ends: the
+// cycles the schedule written in the pragmas takes, per stage, on the testbench samples. The
+// estimator (cycles.py) counts the same loops; tests/codegen/test_fpga_cycles.py ties the two.
+// Stage 0 is the AXI input, stage i the i-th layer, NNET_OUTPUT_STAGE the AXI output.
+#ifndef NNET_PIPELINE_DEPTH
+#define NNET_PIPELINE_DEPTH 20
+#endif
+#ifdef NNET_COUNT_CYCLES
+struct cycle_counters {
+    static const int MAX_STAGES = 1024;
+    unsigned long long cycles[MAX_STAGES];
+    unsigned long long loops[MAX_STAGES];
+    int stage;
+};
+inline cycle_counters &counters() {
+    static cycle_counters c;  // zero-initialized; one instance across translation units
+    return c;
+}
+#define NNET_STAGE(i) (::nnet::counters().stage = (i))
+#define NNET_TICK(n) (::nnet::counters().cycles[::nnet::counters().stage] += (n))
+#define NNET_LOOP_DONE()                                                          \
+    (::nnet::counters().cycles[::nnet::counters().stage] += NNET_PIPELINE_DEPTH, \
+     ::nnet::counters().loops[::nnet::counters().stage]++)
+#else
+#define NNET_STAGE(i) ((void)0)
+#define NNET_TICK(n) ((void)0)
+#define NNET_LOOP_DONE() ((void)0)
+#endif
+
 // --- stream <-> buffer --------------------------------------------------------------------------
 template <class T, int N, int PACK>
 void read_all(hls::stream<beat<T, PACK> > &s, T (&buf)[N]) {
 ReadBeats:
     for (int b = 0; b < N / PACK; b++) {
 #pragma HLS PIPELINE II = 1
+        NNET_TICK(1);
         beat<T, PACK> x = s.read();
         for (int j = 0; j < PACK; j++) {
 #pragma HLS UNROLL
             buf[b * PACK + j] = x.v[j];
         }
     }
+    NNET_LOOP_DONE();
 }
 
 template <unsigned LANES, class T, int N, int PACK>
@@ -63,6 +100,7 @@ void write_all(const T (&buf)[N], hls::stream<beat<T, PACK> > &s) {
 WriteBeats:
     for (int b = 0; b < N / PACK; b++) {
 #pragma HLS PIPELINE II = 1
+        NNET_TICK(1);
         beat<T, PACK> x;
         for (int j = 0; j < PACK; j++) {
 #pragma HLS UNROLL
@@ -70,28 +108,42 @@ WriteBeats:
         }
         s.write(x);
     }
+    NNET_LOOP_DONE();
 }
 
-// Sparse output: only the non-zeros leave, then the end marker. LANES positions are scanned per
-// cycle (in hardware a compaction network feeds the stream one non-zero per cycle).
+// Sparse output: only the non-zeros leave, then the end marker. Each cycle looks at the LANES
+// positions from pos on (a priority encoder): it emits the first non-zero among them and moves
+// past it, or moves past all LANES when there is none. Cycles: non-zeros + LANES-wide empty
+// stretches + 1 (the end marker).
 template <unsigned LANES, class T, int N> void write_all(const T (&buf)[N], hls::stream<elem<T> > &s) {
+    unsigned pos = 0;
 WriteNonZeros:
-    for (int i = 0; i < N; i++) {
+    while (pos < (unsigned)N) {
 #pragma HLS PIPELINE II = 1
-#pragma HLS UNROLL factor = LANES
-        if (buf[i] != 0) {
+        NNET_TICK(1);
+        unsigned next = pos + LANES;
+        for (unsigned j = LANES; j-- > 0;) {  // the lowest non-zero wins
+#pragma HLS UNROLL
+            if (pos + j < (unsigned)N && buf[pos + j] != 0) next = pos + j;
+        }
+        if (next < pos + LANES) {
             elem<T> e;
-            e.idx = i;
-            e.val = buf[i];
+            e.idx = next;
+            e.val = buf[next];
             e.last = false;
             s.write(e);
+            pos = next + 1;
+        } else {
+            pos = next;
         }
     }
+    NNET_TICK(1);
     elem<T> end;
     end.idx = N;
     end.val = 0;
     end.last = true;
     s.write(end);
+    NNET_LOOP_DONE();
 }
 
 template <class CONFIG_T>
@@ -100,126 +152,202 @@ inline typename CONFIG_T::out_t finish(typename CONFIG_T::accum_t acc) {
     return (typename CONFIG_T::out_t)acc;
 }
 
-// Copy the input into a zero-padded [C][HP][WP] buffer, so weight offsets need no bounds checks.
-template <class CONFIG_T>
-void pad_input(const typename CONFIG_T::in_t (&x)[CONFIG_T::n_in],
-               typename CONFIG_T::in_t (&xp)[CONFIG_T::n_padded]) {
-    for (unsigned i = 0; i < CONFIG_T::n_padded; i++) xp[i] = 0;
-    for (unsigned c = 0; c < CONFIG_T::in_c; c++)
-        for (unsigned y = 0; y < CONFIG_T::in_h; y++)
-            for (unsigned x_ = 0; x_ < CONFIG_T::in_w; x_++) {
+// Read the input stream straight into a zero-padded [C][HP][WP] buffer, so weight offsets need
+// no bounds checks. The buffer is static: its border is never written, so it stays zero.
+template <class CONFIG_T, int PACK>
+void read_padded(hls::stream<beat<typename CONFIG_T::in_t, PACK> > &s,
+                 typename CONFIG_T::in_t (&xp)[CONFIG_T::n_padded]) {
+    const unsigned HW = CONFIG_T::in_h * CONFIG_T::in_w;
+ReadBeats:
+    for (unsigned b = 0; b < CONFIG_T::n_in / PACK; b++) {
 #pragma HLS PIPELINE II = 1
-                xp[(c * CONFIG_T::pad_h + y + CONFIG_T::pad_top) * CONFIG_T::pad_w + x_ +
-                   CONFIG_T::pad_left] = x[(c * CONFIG_T::in_h + y) * CONFIG_T::in_w + x_];
-            }
+        NNET_TICK(1);
+        beat<typename CONFIG_T::in_t, PACK> x = s.read();
+        for (unsigned j = 0; j < PACK; j++) {
+#pragma HLS UNROLL
+            const unsigned i = b * PACK + j, c = i / HW, rem = i % HW;
+            xp[(c * CONFIG_T::pad_h + rem / CONFIG_T::in_w + CONFIG_T::pad_top) * CONFIG_T::pad_w +
+               rem % CONFIG_T::in_w + CONFIG_T::pad_left] = x.v[j];
+        }
+    }
+    NNET_LOOP_DONE();
 }
 
 // --- dense-activation engines (dense or sparse-dense weights x every activation) ---------------
-// One loop nest per layer kind serves both weight stores: the store is a small class whose
-// window() is filter o's dot product with the conv window at offset base of the padded input and
-// whose row() is row o's dot product with a linear layer's input, as hls4ml passes its products
-// to a layer as classes. Everything inlines, so each engine is still one loop nest.
+// One flattened loop per layer: each iteration is one step of PE outputs x SIMD weights of their
+// rows, at II = acc_ii (1 for fixed point; a float accumulator's add latency otherwise: the
+// running sum of an output is read back every step). A weight store is a small class whose
+// steps(o) is how many steps row o takes and whose window() / row() is step s of row o's dot
+// product (conv: with the window at offset base of the padded input), as hls4ml passes its
+// products to a layer as classes. Everything inlines.
 
-// Dense weights [O][n_kin]: every tap of the window, every input of the row.
+// Dense weights [O][n_kin]: every tap of the window, every input of the row; ceil(K / SIMD) steps.
 template <class CONFIG_T> struct dense_weights {
     const typename CONFIG_T::weight_t *w;
 
-    typename CONFIG_T::accum_t window(const typename CONFIG_T::in_t xp[], unsigned o,
-                                      unsigned base) const {
+    unsigned steps(unsigned o) const {
 #pragma HLS INLINE
-        typename CONFIG_T::accum_t acc = 0;
-    Taps:
-        for (unsigned c = 0; c < CONFIG_T::in_c; c++)
-            for (unsigned kh = 0; kh < CONFIG_T::kern_h; kh++)
-                for (unsigned kw = 0; kw < CONFIG_T::kern_w; kw++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS UNROLL factor = CONFIG_T::simd
-                    const unsigned k = (c * CONFIG_T::kern_h + kh) * CONFIG_T::kern_w + kw;
-                    const unsigned tap =
-                        (c * CONFIG_T::pad_h + kh * CONFIG_T::dil_h) * CONFIG_T::pad_w +
-                        kw * CONFIG_T::dil_w;
-                    acc += w[o * CONFIG_T::n_kin + k] * xp[base + tap];
-                }
-        return acc;
+        return (CONFIG_T::n_kin + CONFIG_T::simd - 1) / CONFIG_T::simd;
     }
 
-    typename CONFIG_T::accum_t row(const typename CONFIG_T::in_t x[], unsigned o) const {
+    typename CONFIG_T::accum_t window(const typename CONFIG_T::in_t xp[], unsigned o, unsigned s,
+                                      unsigned base) const {
 #pragma HLS INLINE
-        typename CONFIG_T::accum_t acc = 0;
-    Inputs:
-        for (unsigned k = 0; k < CONFIG_T::n_kin; k++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS UNROLL factor = CONFIG_T::simd
-            acc += w[o * CONFIG_T::n_kin + k] * x[k];
+        typename CONFIG_T::accum_t sum = 0;
+    Taps:
+        for (unsigned j = 0; j < CONFIG_T::simd; j++) {
+#pragma HLS UNROLL
+            const unsigned k = s * CONFIG_T::simd + j;
+            if (k < CONFIG_T::n_kin) {
+                const unsigned c = k / (CONFIG_T::kern_h * CONFIG_T::kern_w);
+                const unsigned kh = k / CONFIG_T::kern_w % CONFIG_T::kern_h;
+                const unsigned kw = k % CONFIG_T::kern_w;
+                const unsigned tap = (c * CONFIG_T::pad_h + kh * CONFIG_T::dil_h) * CONFIG_T::pad_w +
+                                     kw * CONFIG_T::dil_w;
+                sum += w[o * CONFIG_T::n_kin + k] * xp[base + tap];
+            }
         }
-        return acc;
+        return sum;
+    }
+
+    typename CONFIG_T::accum_t row(const typename CONFIG_T::in_t x[], unsigned o,
+                                   unsigned s) const {
+#pragma HLS INLINE
+        typename CONFIG_T::accum_t sum = 0;
+    Inputs:
+        for (unsigned j = 0; j < CONFIG_T::simd; j++) {
+#pragma HLS UNROLL
+            const unsigned k = s * CONFIG_T::simd + j;
+            if (k < CONFIG_T::n_kin) sum += w[o * CONFIG_T::n_kin + k] * x[k];
+        }
+        return sum;
     }
 };
 
 // Sparse-dense weights (CSR): row o's non-zeros are val[ptr[o] .. ptr[o+1]); off[j] is the input
-// offset to multiply with (conv: in the padded buffer, relative to the window origin).
+// offset to multiply with (conv: in the padded buffer, relative to the window origin). A row
+// takes max(1, ceil(nnz / SIMD)) steps: zero weights are never multiplied.
 template <class CONFIG_T> struct csr_weights {
     const typename CONFIG_T::weight_t *val;
     const uint32_t *off;
     const uint32_t *ptr;
 
-    typename CONFIG_T::accum_t window(const typename CONFIG_T::in_t xp[], unsigned o,
-                                      unsigned base) const {
+    unsigned steps(unsigned o) const {
 #pragma HLS INLINE
-        typename CONFIG_T::accum_t acc = 0;
-    NonZeros:
-        for (uint32_t j = ptr[o]; j < ptr[o + 1]; j++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS UNROLL factor = CONFIG_T::simd
-            acc += val[j] * xp[off[j] + base];
-        }
-        return acc;
+        const unsigned nnz = ptr[o + 1] - ptr[o];
+        return nnz ? (nnz + CONFIG_T::simd - 1) / CONFIG_T::simd : 1;
     }
 
-    typename CONFIG_T::accum_t row(const typename CONFIG_T::in_t x[], unsigned o) const {
+    typename CONFIG_T::accum_t window(const typename CONFIG_T::in_t xp[], unsigned o, unsigned s,
+                                      unsigned base) const {
 #pragma HLS INLINE
-        return window(x, o, 0);
+        typename CONFIG_T::accum_t sum = 0;
+    NonZeros:
+        for (unsigned j = 0; j < CONFIG_T::simd; j++) {
+#pragma HLS UNROLL
+            const uint32_t nz = ptr[o] + s * CONFIG_T::simd + j;
+            if (nz < ptr[o + 1]) sum += val[nz] * xp[off[nz] + base];
+        }
+        return sum;
+    }
+
+    typename CONFIG_T::accum_t row(const typename CONFIG_T::in_t x[], unsigned o,
+                                   unsigned s) const {
+#pragma HLS INLINE
+        return window(x, o, s, 0);
     }
 };
 
-// Every (filter, output pixel) of a conv, PE pixels at a time, over the zero-padded input.
-template <class CONFIG_T, class WEIGHTS, class IN_S, class OUT_S>
-void conv2d_pixels(IN_S &in, OUT_S &out, const WEIGHTS &weights,
-                   const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
+// Every (filter, output pixel) of a conv: filter o's steps for PE pixels at a time, flattened
+// over filters and pixel groups into one pipelined loop of out_c * ceil(P / PE) * steps
+// iterations (row_steps = the sum of steps(o) over the filters).
+template <class CONFIG_T, class WEIGHTS, int PACK, class OUT_S>
+void conv2d_pixels(hls::stream<beat<typename CONFIG_T::in_t, PACK> > &in, OUT_S &out,
+                   const WEIGHTS &weights, const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
 #pragma HLS INLINE
-    typename CONFIG_T::in_t x[CONFIG_T::n_in];
-    typename CONFIG_T::in_t xp[CONFIG_T::n_padded];
+    const unsigned P = CONFIG_T::out_h * CONFIG_T::out_w;
+    const unsigned GROUPS = (P + CONFIG_T::pe - 1) / CONFIG_T::pe;
+    static typename CONFIG_T::in_t xp[CONFIG_T::n_padded];
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
-    read_all(in, x);
-    pad_input<CONFIG_T>(x, xp);
-Filters:
-    for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
-    Pixels:
-        for (unsigned p = 0; p < CONFIG_T::out_h * CONFIG_T::out_w; p++) {
-#pragma HLS UNROLL factor = CONFIG_T::pe
-            const unsigned oy = p / CONFIG_T::out_w, ox = p % CONFIG_T::out_w;
-            const unsigned base =
-                oy * CONFIG_T::stride_h * CONFIG_T::pad_w + ox * CONFIG_T::stride_w;
-            y[o * CONFIG_T::out_h * CONFIG_T::out_w + p] =
-                finish<CONFIG_T>(weights.window(xp, o, base) + b[o]);
+    typename CONFIG_T::accum_t acc[CONFIG_T::pe];
+#pragma HLS ARRAY_PARTITION variable = acc complete
+    read_padded<CONFIG_T>(in, xp);
+    for (unsigned l = 0; l < CONFIG_T::pe; l++) acc[l] = 0;
+    unsigned o = 0, g = 0, s = 0;
+Steps:
+    for (unsigned it = 0; it < CONFIG_T::row_steps * GROUPS; it++) {
+#pragma HLS PIPELINE II = CONFIG_T::acc_ii
+        NNET_TICK(CONFIG_T::acc_ii);
+        for (unsigned l = 0; l < CONFIG_T::pe; l++) {
+#pragma HLS UNROLL
+            const unsigned p = g * CONFIG_T::pe + l;
+            if (p < P) {
+                const unsigned base = (p / CONFIG_T::out_w) * CONFIG_T::stride_h * CONFIG_T::pad_w +
+                                      (p % CONFIG_T::out_w) * CONFIG_T::stride_w;
+                acc[l] += weights.window(xp, o, s, base);
+            }
+        }
+        if (s + 1 < weights.steps(o)) {
+            s++;
+            continue;
+        }
+        for (unsigned l = 0; l < CONFIG_T::pe; l++) {
+#pragma HLS UNROLL
+            const unsigned p = g * CONFIG_T::pe + l;
+            if (p < P) y[o * P + p] = finish<CONFIG_T>(acc[l] + b[o]);
+            acc[l] = 0;
+        }
+        s = 0;
+        if (++g == GROUPS) {
+            g = 0;
+            o++;
         }
     }
+    NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
 }
 
-// Every output of a linear layer, PE outputs at a time.
+// Every output of a linear layer, PE rows at a time: a group of rows takes the steps of its
+// longest row (row_steps = the sum of those over the groups), in one pipelined loop.
 template <class CONFIG_T, class WEIGHTS, class IN_S, class OUT_S>
 void linear_outputs(IN_S &in, OUT_S &out, const WEIGHTS &weights,
                     const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
 #pragma HLS INLINE
     typename CONFIG_T::in_t x[CONFIG_T::n_in];
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
+    typename CONFIG_T::accum_t acc[CONFIG_T::pe];
+#pragma HLS ARRAY_PARTITION variable = acc complete
     read_all(in, x);
-Outputs:
-    for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
-#pragma HLS UNROLL factor = CONFIG_T::pe
-        y[o] = finish<CONFIG_T>(weights.row(x, o) + b[o]);
+    for (unsigned l = 0; l < CONFIG_T::pe; l++) acc[l] = 0;
+    unsigned g = 0, s = 0;
+Steps:
+    for (unsigned it = 0; it < CONFIG_T::row_steps; it++) {
+#pragma HLS PIPELINE II = CONFIG_T::acc_ii
+        NNET_TICK(CONFIG_T::acc_ii);
+        unsigned longest = 1;
+        for (unsigned l = 0; l < CONFIG_T::pe; l++) {
+#pragma HLS UNROLL
+            const unsigned o = g * CONFIG_T::pe + l;
+            if (o < CONFIG_T::out_c) {
+                const unsigned n = weights.steps(o);
+                if (n > longest) longest = n;
+                if (s < n) acc[l] += weights.row(x, o, s);
+            }
+        }
+        if (s + 1 < longest) {
+            s++;
+            continue;
+        }
+        for (unsigned l = 0; l < CONFIG_T::pe; l++) {
+#pragma HLS UNROLL
+            const unsigned o = g * CONFIG_T::pe + l;
+            if (o < CONFIG_T::out_c) y[o] = finish<CONFIG_T>(acc[l] + b[o]);
+            acc[l] = 0;
+        }
+        s = 0;
+        g++;
     }
+    NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
 }
 
@@ -257,8 +385,12 @@ void linear_sparse_dense(IN_S &in, OUT_S &out, const typename CONFIG_T::weight_t
 
 // --- sparse-sparse engines (packed non-zero weights x non-zero activations) --------------------
 // For each active input k: its packed column (G slots of value + owner) is multiplied by the
-// activation and scatter-added into the owners' accumulators; slots of one column have distinct
-// owners (complementary packing), so the G lanes never collide. Then the residual of column k.
+// activation and scatter-added into the owners' accumulators, SLOTS slots per step, beside
+// res_lanes entries of the column's residual. An empty slot (owner == out_c) writes nothing.
+// The owners one step writes are distinct (complementary packing puts each owner in at most one
+// slot of a column, and the residual holds the column's other owners): that is what makes the
+// step's writes independent (DEPENDENCE intra false), and it holds for one column only, so
+// successive steps keep their true dependence (II = acc_ii).
 template <class CONFIG_T> struct packed_columns {
     const typename CONFIG_T::weight_t *val;
     const typename CONFIG_T::owner_t *owner;
@@ -266,33 +398,47 @@ template <class CONFIG_T> struct packed_columns {
     const typename CONFIG_T::owner_t *ridx;
     const typename CONFIG_T::weight_t *rval;
 
-    // Scatter-add activation v of input k, SLOTS slots of its column at a time; output o's
-    // accumulator is acc[o * stride + pix] (conv: one plane of stride pixels per output channel).
+    // Steps column k takes: its packed slots SLOTS at a time beside its residual.
+    template <unsigned SLOTS> unsigned steps(uint32_t k) const {
+#pragma HLS INLINE
+        const unsigned packed = (CONFIG_T::groups + SLOTS - 1) / SLOTS;
+        const unsigned res = (rptr[k + 1] - rptr[k] + CONFIG_T::res_lanes - 1) / CONFIG_T::res_lanes;
+        const unsigned n = packed > res ? packed : res;
+        return n ? n : 1;
+    }
+
+    // Step s of column k: scatter-add activation v; output o's accumulator is
+    // acc[o * stride + pix] (conv: one plane of stride pixels per output channel).
     template <unsigned SLOTS, int N>
     void scatter(typename CONFIG_T::accum_t (&acc)[N], unsigned stride, unsigned pix, uint32_t k,
-                 typename CONFIG_T::in_t v) const {
+                 unsigned s, typename CONFIG_T::in_t v) const {
 #pragma HLS INLINE
-    PackedColumn:
-        for (unsigned g = 0; g < CONFIG_T::groups; g++) {
-#pragma HLS UNROLL factor = SLOTS
-            const unsigned o = owner[k * CONFIG_T::groups + g];
-            acc[o * stride + pix] += val[k * CONFIG_T::groups + g] * v;
+    PackedSlots:
+        for (unsigned j = 0; j < SLOTS; j++) {
+#pragma HLS UNROLL
+            const unsigned g = s * SLOTS + j;
+            if (g < CONFIG_T::groups) {
+                const unsigned o = owner[k * CONFIG_T::groups + g];
+                if (o < CONFIG_T::out_c) acc[o * stride + pix] += val[k * CONFIG_T::groups + g] * v;
+            }
         }
     Residual:
-        for (uint32_t r = rptr[k]; r < rptr[k + 1]; r++) {
-#pragma HLS UNROLL factor = CONFIG_T::res_lanes
-            acc[ridx[r] * stride + pix] += rval[r] * v;
+        for (unsigned j = 0; j < CONFIG_T::res_lanes; j++) {
+#pragma HLS UNROLL
+            const uint32_t r = rptr[k] + s * CONFIG_T::res_lanes + j;
+            if (r < rptr[k + 1]) acc[ridx[r] * stride + pix] += rval[r] * v;
         }
     }
 };
 
-// The next non-zero of a sparse stream into e; false at the end marker.
+// The next element of a sparse stream into e; false at the end marker.
 template <class T> inline bool next_nonzero(hls::stream<elem<T> > &in, elem<T> &e) {
 #pragma HLS INLINE
     e = in.read();
     return !e.last;
 }
 
+// Accumulators in registers (complete partition): clearing and finishing take a cycle each.
 template <class CONFIG_T, class OUT_S>
 void linear_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S &out,
                           const typename CONFIG_T::weight_t val[CONFIG_T::n_kin * CONFIG_T::groups],
@@ -302,18 +448,30 @@ void linear_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S
                           const typename CONFIG_T::weight_t rval[],
                           const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
     const packed_columns<CONFIG_T> columns = {val, owner, rptr, ridx, rval};
-    typename CONFIG_T::accum_t acc[CONFIG_T::out_c + 1];  // slot out_c swallows empty slots
+    typename CONFIG_T::accum_t acc[CONFIG_T::out_c];
 #pragma HLS ARRAY_PARTITION variable = acc complete
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
-    for (unsigned o = 0; o <= CONFIG_T::out_c; o++) {
+    NNET_TICK(1);
+    for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
 #pragma HLS UNROLL
         acc[o] = 0;
     }
     elem<typename CONFIG_T::in_t> e;
+    unsigned s = 0, n = 0;
 ActiveInputs:
-    while (next_nonzero(in, e)) {
-        columns.template scatter<CONFIG_T::slots>(acc, 1, 0, e.idx, e.val);
+    for (;;) {
+#pragma HLS PIPELINE II = CONFIG_T::acc_ii
+#pragma HLS DEPENDENCE variable = acc intra false
+        NNET_TICK(CONFIG_T::acc_ii);
+        if (s == 0) {
+            if (!next_nonzero(in, e)) break;
+            n = columns.template steps<CONFIG_T::slots>(e.idx);
+        }
+        columns.template scatter<CONFIG_T::slots>(acc, 1, 0, e.idx, s, e.val);
+        if (++s == n) s = 0;
     }
+    NNET_LOOP_DONE();
+    NNET_TICK(1);
     for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
 #pragma HLS UNROLL
         y[o] = finish<CONFIG_T>(acc[o] + b[o]);
@@ -321,6 +479,9 @@ ActiveInputs:
     write_all<CONFIG_T::lanes>(y, out);
 }
 
+// Accumulators in out_c banks of OH*OW words (RAM): a step reads, adds and writes them back, so
+// II = acc_ii covers that read-modify-write. Per active input, taps kernel positions at a time
+// (each its own output pixel) times the steps of the longest of their columns.
 template <class CONFIG_T, class OUT_S>
 void conv2d_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S &out,
                           const typename CONFIG_T::weight_t val[CONFIG_T::n_kin * CONFIG_T::groups],
@@ -330,48 +491,73 @@ void conv2d_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S
                           const typename CONFIG_T::weight_t rval[],
                           const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
     const unsigned OHW = CONFIG_T::out_h * CONFIG_T::out_w;
-    // [out_c + 1][OH*OW]: row out_c swallows empty slots
-    typename CONFIG_T::accum_t acc[(CONFIG_T::out_c + 1) * CONFIG_T::out_h * CONFIG_T::out_w];
+    const unsigned TAPS = CONFIG_T::kern_h * CONFIG_T::kern_w;
+    const unsigned TAP_GROUPS = (TAPS + CONFIG_T::taps - 1) / CONFIG_T::taps;
+    typename CONFIG_T::accum_t acc[CONFIG_T::out_c * CONFIG_T::out_h * CONFIG_T::out_w];
 #pragma HLS ARRAY_PARTITION variable = acc block factor = CONFIG_T::acc_banks
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
 ClearAccumulators:
     for (unsigned p = 0; p < OHW; p++) {
 #pragma HLS PIPELINE II = 1
-        for (unsigned o = 0; o <= CONFIG_T::out_c; o++) acc[o * OHW + p] = 0;  // one per bank
+        NNET_TICK(1);
+        for (unsigned o = 0; o < CONFIG_T::out_c; o++) acc[o * OHW + p] = 0;  // one per bank
     }
+    NNET_LOOP_DONE();
     const packed_columns<CONFIG_T> columns = {val, owner, rptr, ridx, rval};
     elem<typename CONFIG_T::in_t> e;
+    unsigned c = 0, y_in = 0, x_in = 0, tg = 0, s = 0, n = 0;
 ActiveInputs:
-    while (next_nonzero(in, e)) {
-        const unsigned c = e.idx / (CONFIG_T::in_h * CONFIG_T::in_w);
-        const unsigned rem = e.idx % (CONFIG_T::in_h * CONFIG_T::in_w);
-        const int y_in = rem / CONFIG_T::in_w + CONFIG_T::pad_top;
-        const int x_in = rem % CONFIG_T::in_w + CONFIG_T::pad_left;
-    KernelRows:
-        for (unsigned kh = 0; kh < CONFIG_T::kern_h; kh++) {
-        KernelCols:
-            for (unsigned kw = 0; kw < CONFIG_T::kern_w; kw++) {
-#pragma HLS UNROLL factor = CONFIG_T::taps
-                // the output pixel whose window puts tap (kh, kw) on this input
-                const int ty = y_in - (int)(kh * CONFIG_T::dil_h);
-                const int tx = x_in - (int)(kw * CONFIG_T::dil_w);
-                if (ty < 0 || tx < 0 || ty % CONFIG_T::stride_h || tx % CONFIG_T::stride_w)
-                    continue;
-                const unsigned oy = ty / CONFIG_T::stride_h, ox = tx / CONFIG_T::stride_w;
-                if (oy >= CONFIG_T::out_h || ox >= CONFIG_T::out_w) continue;
-                const unsigned pix = oy * CONFIG_T::out_w + ox;
-                const unsigned k = (c * CONFIG_T::kern_h + kh) * CONFIG_T::kern_w + kw;
-                // a whole column per tap (factor = groups: complete unrolling)
-                columns.template scatter<CONFIG_T::groups>(acc, OHW, pix, k, e.val);
+    for (;;) {
+#pragma HLS PIPELINE II = CONFIG_T::acc_ii
+#pragma HLS DEPENDENCE variable = acc intra false
+        NNET_TICK(CONFIG_T::acc_ii);
+        if (tg == 0 && s == 0) {
+            if (!next_nonzero(in, e)) break;
+            c = e.idx / (CONFIG_T::in_h * CONFIG_T::in_w);
+            const unsigned rem = e.idx % (CONFIG_T::in_h * CONFIG_T::in_w);
+            y_in = rem / CONFIG_T::in_w + CONFIG_T::pad_top;
+            x_in = rem % CONFIG_T::in_w + CONFIG_T::pad_left;
+        }
+        if (s == 0) {  // the steps of this tap group: those of its longest column
+            n = 1;
+            for (unsigned t = 0; t < CONFIG_T::taps; t++) {
+#pragma HLS UNROLL
+                const unsigned tap = tg * CONFIG_T::taps + t;
+                if (tap < TAPS) {
+                    const unsigned m = columns.template steps<CONFIG_T::slots>(c * TAPS + tap);
+                    if (m > n) n = m;
+                }
             }
         }
+    Taps:
+        for (unsigned t = 0; t < CONFIG_T::taps; t++) {
+#pragma HLS UNROLL
+            const unsigned tap = tg * CONFIG_T::taps + t;
+            if (tap >= TAPS) continue;
+            const unsigned kh = tap / CONFIG_T::kern_w, kw = tap % CONFIG_T::kern_w;
+            // the output pixel whose window puts tap (kh, kw) on this input
+            const int ty = (int)y_in - (int)(kh * CONFIG_T::dil_h);
+            const int tx = (int)x_in - (int)(kw * CONFIG_T::dil_w);
+            if (ty < 0 || tx < 0 || ty % CONFIG_T::stride_h || tx % CONFIG_T::stride_w) continue;
+            const unsigned oy = ty / CONFIG_T::stride_h, ox = tx / CONFIG_T::stride_w;
+            if (oy >= CONFIG_T::out_h || ox >= CONFIG_T::out_w) continue;
+            columns.template scatter<CONFIG_T::slots>(acc, OHW, oy * CONFIG_T::out_w + ox,
+                                                      c * TAPS + tap, s, e.val);
+        }
+        if (++s == n) {
+            s = 0;
+            if (++tg == TAP_GROUPS) tg = 0;
+        }
     }
+    NNET_LOOP_DONE();
 Finish:
     for (unsigned p = 0; p < OHW; p++) {
 #pragma HLS PIPELINE II = 1
+        NNET_TICK(1);
         for (unsigned o = 0; o < CONFIG_T::out_c; o++)
             y[o * OHW + p] = finish<CONFIG_T>(acc[o * OHW + p] + b[o]);
     }
+    NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
 }
 
@@ -379,30 +565,55 @@ Finish:
 // Global per sample: keep x where rank >= the k-th largest rank (ties all win), rank = x or
 // x * boost. NaN ranks above everything, so it takes a winner's place, but a NaN is never kept
 // (a float compare with it is false), and when the k-th largest is NaN nothing is kept: the
-// CPU kernel's and onnxruntime's answer. The k-th largest is found by a 4-pass radix select on 8-bit digits of the
-// order-preserving float key: O(n) per pass, no sort.
+// CPU kernel's and onnxruntime's answer. The k-th largest is found by a 4-pass radix select on
+// 8-bit digits of the order-preserving float key: O(n) per pass, no sort.
+//
+// Each lane owns a 256-bin histogram (LANES x 256 counters), so the lanes never write the same
+// counter; a lane's increment is a read-modify-write of its RAM, so the histogram loop runs at
+// II = 2. FindDigit reads bin d of every lane (an adder tree), clears it for the next pass, and
+// always walks all 256 bins (a fixed-length loop; the digit is latched when found).
+// hist is the caller's (static, zero at start): FindDigit clears every bin it reads.
 template <unsigned N, unsigned LANES>
-uint32_t kth_largest_key(const uint32_t (&key)[N], unsigned k) {
+uint32_t kth_largest_key(const uint32_t (&key)[N], unsigned (&hist)[LANES][256], unsigned k) {
     uint32_t prefix = 0, mask = 0;
     unsigned remaining = k;
 RadixPasses:
     for (int pass = 0; pass < 4; pass++) {
         const int shift = 24 - 8 * pass;
-        unsigned hist[256];
-        for (int d = 0; d < 256; d++) hist[d] = 0;
     Histogram:
-        for (unsigned i = 0; i < N; i++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS UNROLL factor = LANES
-            if ((key[i] & mask) == prefix) hist[(key[i] >> shift) & 255u]++;
+        for (unsigned i = 0; i < (N + LANES - 1) / LANES; i++) {
+#pragma HLS PIPELINE II = 2
+            NNET_TICK(2);
+            for (unsigned l = 0; l < LANES; l++) {
+#pragma HLS UNROLL
+                const unsigned j = i * LANES + l;
+                if (j < N && (key[j] & mask) == prefix) hist[l][(key[j] >> shift) & 255u]++;
+            }
         }
+        NNET_LOOP_DONE();
         unsigned above = 0;
-        int digit = 255;
+        int digit = 0;
+        bool found = false;
     FindDigit:
-        for (; digit > 0; digit--) {
-            if (above + hist[digit] >= remaining) break;
-            above += hist[digit];
+        for (int d = 255; d >= 0; d--) {
+#pragma HLS PIPELINE II = 1
+            NNET_TICK(1);
+            unsigned count = 0;
+            for (unsigned l = 0; l < LANES; l++) {
+#pragma HLS UNROLL
+                count += hist[l][d];
+                hist[l][d] = 0;
+            }
+            if (!found) {
+                if (d == 0 || above + count >= remaining) {
+                    found = true;
+                    digit = d;
+                } else {
+                    above += count;
+                }
+            }
         }
+        NNET_LOOP_DONE();
         remaining -= above;
         prefix |= (uint32_t)digit << shift;
         mask |= 255u << shift;
@@ -412,87 +623,153 @@ RadixPasses:
 
 template <class CONFIG_T, class IN_S, class OUT_S>
 void kwta(IN_S &in, OUT_S &out, const float boost[CONFIG_T::n_boost]) {
+    const unsigned STEPS = (CONFIG_T::n_in + CONFIG_T::lanes - 1) / CONFIG_T::lanes;
     typename CONFIG_T::in_t x[CONFIG_T::n_in];
     uint32_t key[CONFIG_T::n_in];
     typename CONFIG_T::out_t y[CONFIG_T::n_in];
+    static unsigned hist[CONFIG_T::lanes][256];  // lane-private histograms
+#pragma HLS ARRAY_PARTITION variable = hist complete dim = 1
     read_all(in, x);
 Rank:
-    for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+    for (unsigned i = 0; i < STEPS; i++) {
 #pragma HLS PIPELINE II = 1
-#pragma HLS UNROLL factor = CONFIG_T::lanes
-        float r = to_float(x[i]);
-        if (CONFIG_T::boosted) r = r * boost[i / CONFIG_T::boost_stride];
-        key[i] = float_key(r);
+        NNET_TICK(1);
+        for (unsigned l = 0; l < CONFIG_T::lanes; l++) {
+#pragma HLS UNROLL
+            const unsigned j = i * CONFIG_T::lanes + l;
+            if (j < CONFIG_T::n_in) {
+                float r = to_float(x[j]);
+                if (CONFIG_T::boosted) r = r * boost[j / CONFIG_T::boost_stride];
+                key[j] = float_key(r);
+            }
+        }
     }
-    const uint32_t kth = kth_largest_key<CONFIG_T::n_in, CONFIG_T::lanes>(key, CONFIG_T::k);
+    NNET_LOOP_DONE();
+    const uint32_t kth = kth_largest_key<CONFIG_T::n_in, CONFIG_T::lanes>(key, hist, CONFIG_T::k);
 Select:
-    for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+    for (unsigned i = 0; i < STEPS; i++) {
 #pragma HLS PIPELINE II = 1
-#pragma HLS UNROLL factor = CONFIG_T::lanes
-        const bool kept = key[i] >= kth && key[i] <= KEY_POS_INF;  // NaN keys lie above +inf
-        y[i] = kept ? x[i] : (typename CONFIG_T::in_t)0;
+        NNET_TICK(1);
+        for (unsigned l = 0; l < CONFIG_T::lanes; l++) {
+#pragma HLS UNROLL
+            const unsigned j = i * CONFIG_T::lanes + l;
+            if (j < CONFIG_T::n_in) {
+                const bool kept = key[j] >= kth && key[j] <= KEY_POS_INF;  // NaN keys lie above +inf
+                y[j] = kept ? x[j] : (typename CONFIG_T::in_t)0;
+            }
+        }
     }
+    NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
 }
 
 // --- max pooling ----------------------------------------------------------------------------------
+// LANES output windows per cycle, each window's values read in parallel.
 template <class CONFIG_T, class IN_S, class OUT_S> void maxpool2d(IN_S &in, OUT_S &out) {
+    const unsigned OHW = CONFIG_T::out_h * CONFIG_T::out_w;
     typename CONFIG_T::in_t x[CONFIG_T::n_in];
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
     read_all(in, x);
-    for (unsigned c = 0; c < CONFIG_T::out_c; c++)
-        for (unsigned oy = 0; oy < CONFIG_T::out_h; oy++)
-            for (unsigned ox = 0; ox < CONFIG_T::out_w; ox++) {
+Windows:
+    for (unsigned i = 0; i < (CONFIG_T::n_out + CONFIG_T::lanes - 1) / CONFIG_T::lanes; i++) {
 #pragma HLS PIPELINE II = 1
-                typename CONFIG_T::in_t m =
-                    x[(c * CONFIG_T::in_h + oy * CONFIG_T::stride_h) * CONFIG_T::in_w +
-                      ox * CONFIG_T::stride_w];
-                for (unsigned i = 0; i < CONFIG_T::pool_h; i++)
-                    for (unsigned j = 0; j < CONFIG_T::pool_w; j++) {
-                        typename CONFIG_T::in_t v =
-                            x[(c * CONFIG_T::in_h + oy * CONFIG_T::stride_h + i) * CONFIG_T::in_w +
-                              ox * CONFIG_T::stride_w + j];
-                        if (v > m) m = v;
-                    }
-                y[(c * CONFIG_T::out_h + oy) * CONFIG_T::out_w + ox] = m;
-            }
+        NNET_TICK(1);
+        for (unsigned l = 0; l < CONFIG_T::lanes; l++) {
+#pragma HLS UNROLL
+            const unsigned p = i * CONFIG_T::lanes + l;
+            if (p >= CONFIG_T::n_out) continue;
+            const unsigned c = p / OHW, oy = p % OHW / CONFIG_T::out_w, ox = p % CONFIG_T::out_w;
+            const unsigned origin =
+                (c * CONFIG_T::in_h + oy * CONFIG_T::stride_h) * CONFIG_T::in_w +
+                ox * CONFIG_T::stride_w;
+            typename CONFIG_T::in_t m = x[origin];
+            for (unsigned a = 0; a < CONFIG_T::pool_h; a++)
+                for (unsigned bb = 0; bb < CONFIG_T::pool_w; bb++) {
+                    const typename CONFIG_T::in_t v = x[origin + a * CONFIG_T::in_w + bb];
+                    if (v > m) m = v;
+                }
+            y[p] = m;
+        }
+    }
+    NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
 }
 
 // Sparse in, sparse out: absent inputs are zeros, so a window with fewer present values than
-// its size also contains a 0.
+// its size also contains a 0. One cycle per (active input, window holding it), at II = 2: the
+// window's running max and count are a read-modify-write of RAM, and the next input may hit
+// the same window. Clearing the counts and emitting take LANES windows per cycle.
 template <class CONFIG_T, class OUT_S>
 void maxpool2d(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S &out) {
+    const unsigned STEPS = (CONFIG_T::n_out + CONFIG_T::lanes - 1) / CONFIG_T::lanes;
     typename CONFIG_T::in_t mx[CONFIG_T::n_out];
     uint8_t cnt[CONFIG_T::n_out];
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
-    for (unsigned p = 0; p < CONFIG_T::n_out; p++) cnt[p] = 0;
-    elem<typename CONFIG_T::in_t> e;
-ActiveInputs:
-    while (next_nonzero(in, e)) {
-        const unsigned c = e.idx / (CONFIG_T::in_h * CONFIG_T::in_w);
-        const int yy = (e.idx / CONFIG_T::in_w) % CONFIG_T::in_h;
-        const int xx = e.idx % CONFIG_T::in_w;
-        for (int oy = yy / (int)CONFIG_T::stride_h; oy >= 0; oy--) {
-            if (oy >= (int)CONFIG_T::out_h) continue;
-            if (oy * (int)CONFIG_T::stride_h + (int)CONFIG_T::pool_h <= yy) break;
-            for (int ox = xx / (int)CONFIG_T::stride_w; ox >= 0; ox--) {
+ClearCounts:
+    for (unsigned i = 0; i < STEPS; i++) {
 #pragma HLS PIPELINE II = 1
-                if (ox >= (int)CONFIG_T::out_w) continue;
-                if (ox * (int)CONFIG_T::stride_w + (int)CONFIG_T::pool_w <= xx) break;
-                const unsigned p = (c * CONFIG_T::out_h + oy) * CONFIG_T::out_w + ox;
-                if (cnt[p] == 0 || e.val > mx[p]) mx[p] = e.val;
-                cnt[p]++;
-            }
+        NNET_TICK(1);
+        for (unsigned l = 0; l < CONFIG_T::lanes; l++) {
+#pragma HLS UNROLL
+            if (i * CONFIG_T::lanes + l < CONFIG_T::n_out) cnt[i * CONFIG_T::lanes + l] = 0;
         }
     }
-Emit:
-    for (unsigned p = 0; p < CONFIG_T::n_out; p++) {
-#pragma HLS PIPELINE II = 1
-        typename CONFIG_T::out_t v = 0;
-        if (cnt[p] == CONFIG_T::pool_h * CONFIG_T::pool_w || (cnt[p] > 0 && mx[p] > 0)) v = mx[p];
-        y[p] = v;
+    NNET_LOOP_DONE();
+    elem<typename CONFIG_T::in_t> e;
+    unsigned c = 0;
+    int oy0 = 0, oy1 = -1, ox0 = 0, ox1 = -1, oy = 0, ox = 0;
+    bool fresh = true;
+ActiveInputs:
+    for (;;) {
+#pragma HLS PIPELINE II = 2
+        NNET_TICK(2);
+        if (fresh) {
+            if (!next_nonzero(in, e)) break;
+            c = e.idx / (CONFIG_T::in_h * CONFIG_T::in_w);
+            const int yy = (e.idx / CONFIG_T::in_w) % CONFIG_T::in_h;
+            const int xx = e.idx % CONFIG_T::in_w;
+            // the windows holding (yy, xx): oy0..oy1 x ox0..ox1 (maybe none)
+            oy1 = yy / (int)CONFIG_T::stride_h;
+            if (oy1 >= (int)CONFIG_T::out_h) oy1 = CONFIG_T::out_h - 1;
+            oy0 = yy - (int)CONFIG_T::pool_h + 1 > 0
+                      ? (yy - (int)CONFIG_T::pool_h + (int)CONFIG_T::stride_h) / (int)CONFIG_T::stride_h
+                      : 0;
+            ox1 = xx / (int)CONFIG_T::stride_w;
+            if (ox1 >= (int)CONFIG_T::out_w) ox1 = CONFIG_T::out_w - 1;
+            ox0 = xx - (int)CONFIG_T::pool_w + 1 > 0
+                      ? (xx - (int)CONFIG_T::pool_w + (int)CONFIG_T::stride_w) / (int)CONFIG_T::stride_w
+                      : 0;
+            oy = oy0;
+            ox = ox0;
+        }
+        if (oy <= oy1 && ox <= ox1) {
+            const unsigned p = (c * CONFIG_T::out_h + oy) * CONFIG_T::out_w + ox;
+            if (cnt[p] == 0 || e.val > mx[p]) mx[p] = e.val;
+            cnt[p]++;
+        }
+        fresh = false;
+        if (++ox > ox1) {
+            ox = ox0;
+            if (++oy > oy1) fresh = true;
+        }
+        if (oy0 > oy1 || ox0 > ox1) fresh = true;  // in no window: one cycle to pass it
     }
+    NNET_LOOP_DONE();
+Emit:
+    for (unsigned i = 0; i < STEPS; i++) {
+#pragma HLS PIPELINE II = 1
+        NNET_TICK(1);
+        for (unsigned l = 0; l < CONFIG_T::lanes; l++) {
+#pragma HLS UNROLL
+            const unsigned p = i * CONFIG_T::lanes + l;
+            if (p >= CONFIG_T::n_out) continue;
+            typename CONFIG_T::out_t v = 0;
+            if (cnt[p] == CONFIG_T::pool_h * CONFIG_T::pool_w || (cnt[p] > 0 && mx[p] > 0))
+                v = mx[p];
+            y[p] = v;
+        }
+    }
+    NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
 }
 
@@ -501,33 +778,48 @@ template <class CONFIG_T, class IN_S, class OUT_S> void relu(IN_S &in, OUT_S &ou
     typename CONFIG_T::in_t x[CONFIG_T::n_in];
     typename CONFIG_T::out_t y[CONFIG_T::n_in];
     read_all(in, x);
-    for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+Lanes:
+    for (unsigned i = 0; i < (CONFIG_T::n_in + CONFIG_T::lanes - 1) / CONFIG_T::lanes; i++) {
 #pragma HLS PIPELINE II = 1
-        y[i] = x[i] > 0 ? x[i] : (typename CONFIG_T::in_t)0;
+        NNET_TICK(1);
+        for (unsigned l = 0; l < CONFIG_T::lanes; l++) {
+#pragma HLS UNROLL
+            const unsigned j = i * CONFIG_T::lanes + l;
+            if (j < CONFIG_T::n_in) y[j] = x[j] > 0 ? x[j] : (typename CONFIG_T::in_t)0;
+        }
     }
+    NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
 }
 
 // --- AXI <-> streams ------------------------------------------------------------------------------
 template <class T, int N, int PACK>
 void read_input(const float *in, hls::stream<beat<T, PACK> > &s, int n_samples) {
-    for (int n = 0; n < n_samples; n++)
+    NNET_STAGE(0);
+    for (int n = 0; n < n_samples; n++) {
         for (int b = 0; b < N / PACK; b++) {
 #pragma HLS PIPELINE II = 1
+            NNET_TICK(1);
             beat<T, PACK> x;
             for (int j = 0; j < PACK; j++) x.v[j] = (T)in[(long)n * N + b * PACK + j];
             s.write(x);
         }
+        NNET_LOOP_DONE();
+    }
 }
 
 template <class T, int N, int PACK>
 void write_output(hls::stream<beat<T, PACK> > &s, float *out, int n_samples) {
-    for (int n = 0; n < n_samples; n++)
+    NNET_STAGE(NNET_OUTPUT_STAGE);
+    for (int n = 0; n < n_samples; n++) {
         for (int b = 0; b < N / PACK; b++) {
 #pragma HLS PIPELINE II = 1
+            NNET_TICK(1);
             beat<T, PACK> x = s.read();
             for (int j = 0; j < PACK; j++) out[(long)n * N + b * PACK + j] = to_float(x.v[j]);
         }
+        NNET_LOOP_DONE();
+    }
 }
 
 }  // namespace nnet

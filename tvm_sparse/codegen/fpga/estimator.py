@@ -80,10 +80,11 @@ import numpy as np
 from ...safe_text import terminal_text
 from .cycles import PHASE_DEPTH, stage_cycles
 from .hw_model import HwModel
-from .resources import STAGE_FF, STAGE_LUT, stage_resources
+from .resources import AXI_PORT, STAGE_FF, STAGE_LUT, fifo, stage_resources
 
 UTILIZATION = 0.8
 DDR_EFFICIENCY = 0.7
+IO_BYTES = 4  # the kernel reads float inputs and writes float outputs (myproject.cpp)
 RESOURCES = ("dsp", "lut", "ff", "bram36", "uram")
 ASSUMPTIONS = __doc__.split("Assumptions\n-----------\n")[1].strip()
 
@@ -125,6 +126,8 @@ class Estimate:
     samples_per_s: float  # whole device
     ddr_limited: bool = False
     dense_macs: int = 0
+    slr_copies: list[int] | None = None  # copies placed in each SLR (group of SLRs)
+    slrs_per_copy: int = 1  # > 1: a copy too big for one SLR spans that many
     assumptions: str = ASSUMPTIONS
 
     @property
@@ -207,7 +210,11 @@ def estimate(model: HwModel) -> Estimate:
                 macs=macs,
             )
         )
-    total["lut"] += 2 * STAGE_LUT  # AXI read / write stages
+    # the read and write stages, their m_axi ports and the input stream
+    for extra in (AXI_PORT, AXI_PORT, fifo(model.input_pack * model.precision.bits)):
+        for k, v in extra.items():
+            total[k] += v
+    total["lut"] += 2 * STAGE_LUT
     total["ff"] += 2 * STAGE_FF
     ii = max([r.cycles for r in rows] + io_cycles)
     latency = sum(r.cycles for r in rows) + sum(io_cycles)
@@ -218,15 +225,11 @@ def estimate(model: HwModel) -> Estimate:
         "bram36": part.bram36,
         "uram": part.uram,
     }
-    fits = {
-        k: math.floor(UTILIZATION * available[k] / total[k]) if total[k] > 0 else 10**9
-        for k in RESOURCES
-    }
-    limited_by = min(fits, key=fits.get)
-    copies = max(0, fits[limited_by])
+    slr_copies, limited_by, span = copies_per_slr(total, part.per_slr())
+    copies = sum(slr_copies)
     per_copy = model.target.clock_mhz * 1e6 / ii
     throughput = copies * per_copy
-    bytes_per_sample = 4 * (n_input + n_output)
+    bytes_per_sample = IO_BYTES * (n_input + n_output)
     ddr_cap = DDR_EFFICIENCY * part.ddr_gbps * 1e9 / bytes_per_sample
     ddr_limited = throughput > ddr_cap
     return Estimate(
@@ -245,7 +248,38 @@ def estimate(model: HwModel) -> Estimate:
         samples_per_s=min(throughput, ddr_cap),
         ddr_limited=ddr_limited,
         dense_macs=int(sum(x.dense_macs for x in model.layers)),
+        slr_copies=slr_copies,
+        slrs_per_copy=span,
     )
+
+
+def copies_per_slr(
+    per_copy: dict[str, float], slrs: list[dict[str, float]]
+) -> tuple[list[int], str, int]:
+    """Copies that fit in each SLR, the resource that limits the most SLRs, and how many SLRs a
+    copy spans: one, unless no single SLR holds it (then groups of adjacent SLRs, pooled)."""
+    for span in range(1, len(slrs) + 1):
+        groups = [
+            {k: sum(s[k] for s in slrs[i : i + span]) for k in RESOURCES}
+            for i in range(0, len(slrs) - span + 1, span)
+        ]
+        counts, limit = _fit(per_copy, groups)
+        if sum(counts) > 0:
+            break
+    return counts, limit, span
+
+
+def _fit(per_copy: dict[str, float], regions: list[dict[str, float]]) -> tuple[list[int], str]:
+    counts, limits = [], []
+    for avail in regions:
+        fits = {
+            k: math.floor(UTILIZATION * avail[k] / per_copy[k]) if per_copy[k] > 0 else 10**9
+            for k in RESOURCES
+        }
+        scarce = min(fits, key=fits.get)
+        counts.append(max(0, fits[scarce]))
+        limits.append(scarce)
+    return counts, max(limits, key=limits.count)
 
 
 def comparison_table(

@@ -41,16 +41,43 @@ class Part:
     bram36: int
     uram: int
     ddr_gbps: float  # off-chip bandwidth the kernels share (GB/s)
+    slrs: int = 1  # super logic regions: a kernel copy is placed inside one
+    # fraction of each SLR's resources the platform's static shell takes (PCIe, XDMA, management,
+    # the memory controllers it instantiates), from the floorplans of AMD UG1120
+    shell: tuple[float, ...] = (0.0,)
+
+    def per_slr(self) -> list[dict[str, float]]:
+        """Resources of each SLR left to the kernels (device / slrs, less the shell's share)."""
+        whole = {"dsp": self.dsp, "lut": self.lut, "ff": self.ff}
+        whole |= {"bram36": self.bram36, "uram": self.uram}
+        return [{k: v / self.slrs * (1 - cut) for k, v in whole.items()} for cut in self.shell]
 
 
 # Numbers from the AMD Alveo data sheets (DS962). The U280 and the U55C have the same fabric and
-# HBM2 bandwidth, so they share one set of resources.
+# HBM2 bandwidth, so they share one set of resources. Shell shares: the U250's static region
+# (PCIe, XDMA, card management, the DDR controller of bank 1) sits in SLR1, the controllers of
+# the other three DDR4 banks one per SLR; the HBM parts keep their shell and the HBM controller
+# in SLR0. The shares are read off the UG1120 floorplans, not measured: an estimate.
 _U250_RESOURCES = dict(
-    lut=1_728_000, ff=3_456_000, dsp=12_288, bram36=2_688, uram=1_280, ddr_gbps=77.0
-)  # 4x DDR4-2400
+    lut=1_728_000,
+    ff=3_456_000,
+    dsp=12_288,
+    bram36=2_688,
+    uram=1_280,
+    ddr_gbps=77.0,  # 4x DDR4-2400
+    slrs=4,
+    shell=(0.05, 0.30, 0.05, 0.05),
+)
 _HBM_RESOURCES = dict(
-    lut=1_304_000, ff=2_607_000, dsp=9_024, bram36=2_016, uram=960, ddr_gbps=460.0
-)  # HBM2
+    lut=1_304_000,
+    ff=2_607_000,
+    dsp=9_024,
+    bram36=2_016,
+    uram=960,
+    ddr_gbps=460.0,  # HBM2
+    slrs=3,
+    shell=(0.30, 0.0, 0.0),
+)
 PARTS: dict[str, Part] = {
     part.name: part
     for part in (

@@ -282,6 +282,11 @@ def _fit(per_copy: dict[str, float], regions: list[dict[str, float]]) -> tuple[l
     return counts, max(limits, key=limits.count)
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b; nan when b is 0 (a variant that does not fit the device)."""
+    return a / b if b else float("nan")
+
+
 def comparison_table(
     estimates: list[Estimate], reference: dict[str, tuple[float, int]] | None = None
 ) -> str:
@@ -300,7 +305,7 @@ def comparison_table(
         line = (
             f"{e.variant:<14} {macs:>12,.0f} {e.ii_cycles:>8} {e.latency_us:>8.1f} "
             f"{e.copies:>6} {e.limited_by:>6} {e.samples_per_s_per_copy:>15,.0f} "
-            f"{e.samples_per_s:>12,.0f} {e.samples_per_s / base.samples_per_s:>8.1f}"
+            f"{e.samples_per_s:>12,.0f} {_ratio(e.samples_per_s, base.samples_per_s):>8.1f}"
         )
         if reference and e.variant in reference:
             value, copies = reference[e.variant]

@@ -35,6 +35,22 @@ def _lane_candidates(layer: HwLayer) -> list[int]:
     return sorted({c for c in cands if 1 <= c <= cap})
 
 
+def _stage_total(model: HwModel, layer: HwLayer, lanes: int) -> int:
+    read, compute, write, _ = stage_cycles(model, layer, lanes)
+    return read + compute + write + 3 * PHASE_DEPTH
+
+
+def _ii_floor(model: HwModel) -> int:
+    """The shortest II any folding reaches: the slowest stage at its best lanes."""
+    fold(model, 1)  # widest streams
+    return max(
+        _stage_total(model, layer, layer.lanes)
+        if layer.lanes_fixed
+        else min(_stage_total(model, layer, lanes) for lanes in _lane_candidates(layer))
+        for layer in model.layers
+    )
+
+
 def fold(model: HwModel, target_cycles: int) -> None:
     """Give every stage (not fixed by the user) the fewest lanes that meet ``target_cycles``."""
     budget = max(1, target_cycles // 4)
@@ -46,8 +62,7 @@ def fold(model: HwModel, target_cycles: int) -> None:
             continue
         costs = []
         for lanes in _lane_candidates(layer):
-            read, compute, write, _ = stage_cycles(model, layer, lanes)
-            costs.append((read + compute + write + 3 * PHASE_DEPTH, lanes))
+            costs.append((_stage_total(model, layer, lanes), lanes))
             if costs[-1][0] <= target_cycles:
                 break
         if costs[-1][0] <= target_cycles:
@@ -76,7 +91,8 @@ def auto_fold(model: HwModel) -> Estimate:
     """Search the target II (lanes against copies) and the memory placement for the most
     samples/s per device; leave ``model`` folded and placed so."""
     best: tuple[float, float, int, int] | None = None
-    grid = sorted({int(2 ** (e / 4)) for e in range(32, 100)})
+    floor = _ii_floor(model)  # below it more lanes elsewhere buy nothing
+    grid = sorted({max(floor, int(2 ** (e / 4))) for e in range(32, 100)})
     prices = _price_options()
     for target in grid:
         fold(model, target)

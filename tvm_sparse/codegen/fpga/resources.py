@@ -64,6 +64,14 @@ def _bram36(depth: int, width: int) -> float:
     return min(float(full), 0.5 * half)
 
 
+def _lutram_lut(width: int, ports: int, rom: bool) -> int:
+    """LUTs of 64 words of LUTRAM: one LUT per bit (a ROM read twice is duplicated); a RAM
+    written and read in one cycle is simple dual-port, 7 bits per SLICEM (RAM64M8, 8 LUTs)."""
+    if rom or ports < 2:
+        return width * (ports if rom else 1)
+    return math.ceil(width / 7) * 8
+
+
 def _place(
     depth: int, width: int, ports: int, rom: bool, prices: dict[str, float]
 ) -> dict[str, float]:
@@ -73,8 +81,10 @@ def _place(
     if depth <= 2:  # registers
         return none | {"ff": float(depth * width)}
     options = [none | {"bram36": _bram36(depth, width)}]
-    if depth <= LUTRAM_DEPTH:  # 64 x 1 bits per LUT; a second port duplicates it (RAM64X1D)
-        options.append(none | {"lut": float(math.ceil(depth / 64) * width * min(ports, 2))})
+    if depth <= LUTRAM_DEPTH:
+        options.append(
+            none | {"lut": float(math.ceil(depth / 64) * _lutram_lut(width, ports, rom))}
+        )
     if not rom:  # UltraScale+ URAM cannot be initialized by the bitstream: no ROMs in it
         per_row = max(1, URAM_WIDTH // width)
         rows = math.ceil(depth / per_row)

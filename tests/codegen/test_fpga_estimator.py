@@ -195,13 +195,13 @@ def test_copies_per_slr_by_hand():
     per_copy = {"dsp": 100.0, "lut": 100_000.0, "ff": 100_000.0, "bram36": 50.0, "uram": 0.0}
     slrs = PARTS["xcu250-figd2104-2L-e"].per_slr()
     counts, limit, span = copies_per_slr(per_copy, slrs)
-    # U250: 1,728,000 LUT / 4 SLRs = 432,000; SLR0/2/3 keep 95% (DDR controller), SLR1 70%
-    # (static shell); 80% usable: 328,320 LUT -> 3 copies, SLR1 241,920 -> 2 copies.
-    # BRAM: 672 x 0.95 x 0.8 = 510.7 -> 10; DSP: 3072 x 0.95 x 0.8 = 2334.7 -> 23
-    assert counts == [3, 2, 3, 3] and limit == "lut" and span == 1
-    # a copy bigger than any SLR spans two pooled ones: 700 BRAM36 > 510.7
+    # U250: 1,728,000 LUT / 4 SLRs = 432,000; SLR0/2/3 keep 90% (DDR controller), SLR1 45%
+    # (static shell); 80% usable: 311,040 LUT -> 3 copies, SLR1 155,520 -> 1 copy.
+    # BRAM: 672 x 0.9 x 0.8 = 483.8 -> 9; DSP: 3072 x 0.9 x 0.8 = 2211.8 -> 22
+    assert counts == [3, 1, 3, 3] and limit == "lut" and span == 1
+    # a copy bigger than any SLR spans two pooled ones: 700 BRAM36 > 483.8
     counts, limit, span = copies_per_slr(per_copy | {"bram36": 700.0}, slrs)
-    # SLR0+1: (672 x 0.95 + 672 x 0.7) x 0.8 = 887 -> 1; SLR2+3: 1021 -> 1
+    # SLR0+1: 672 x (0.9 + 0.45) x 0.8 = 725.8 -> 1; SLR2+3: 672 x 1.8 x 0.8 = 967.7 -> 1
     assert counts == [1, 1] and limit == "bram36" and span == 2
 
 

@@ -55,9 +55,10 @@ class Part:
 
 # Numbers from the AMD Alveo data sheets (DS962). The U280 and the U55C have the same fabric and
 # HBM2 bandwidth, so they share one set of resources. Shell shares: the U250's static region
-# (PCIe, XDMA, card management, the DDR controller of bank 1) sits in SLR1, the controllers of
-# the other three DDR4 banks one per SLR; the HBM parts keep their shell and the HBM controller
-# in SLR0. The shares are read off the UG1120 floorplans, not measured: an estimate.
+# (PCIe, XDMA, card management) sits in SLR1, a DDR4 controller in each SLR. The shares follow
+# the per-SLR availability Vitis reports for an XDMA platform of the same family (UG1393,
+# "Resource Availability": the static SLR keeps ~45% of its LUTs and BRAMs, the others ~90%);
+# the HBM parts are taken to keep their shell in SLR0 likewise. Estimates, not platforminfo.
 _U250_RESOURCES = dict(
     lut=1_728_000,
     ff=3_456_000,
@@ -66,7 +67,7 @@ _U250_RESOURCES = dict(
     uram=1_280,
     ddr_gbps=77.0,  # 4x DDR4-2400
     slrs=4,
-    shell=(0.05, 0.30, 0.05, 0.05),
+    shell=(0.10, 0.55, 0.10, 0.10),
 )
 _HBM_RESOURCES = dict(
     lut=1_304_000,
@@ -76,7 +77,7 @@ _HBM_RESOURCES = dict(
     uram=960,
     ddr_gbps=460.0,  # HBM2
     slrs=3,
-    shell=(0.30, 0.0, 0.0),
+    shell=(0.55, 0.10, 0.10),
 )
 PARTS: dict[str, Part] = {
     part.name: part

@@ -9,7 +9,10 @@ memory placement and copies per SLR with the most samples/s) and rests on the as
 ``tvm_sparse/codegen/fpga/estimator.py``. ``x_dense`` divides a row's samples/s by the dense
 variant of the same network at the same precision; for the super-sparse GSC network ``x_twin``
 divides it by the dense variant of its dense twin (every weight kept, ReLU for k-WTA), the
-comparison behind Numenta's published 112x. A variant that fits no copy shows 0 samples/s.
+comparison behind Numenta's published 112x. A variant that fits no copy shows 0 samples/s;
+``SLRs`` lists the copies per SLR (``x2``: each copy spans two). ``ceiling`` bounds what any
+folding of that variant could reach: the copies of its one-lane design (the fewest resources)
+at its II floor (every stage at its most useful lanes); the two never meet, so it is loose.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 
 from tvm_sparse import models
 from tvm_sparse.codegen.fpga.estimator import Estimate
-from tvm_sparse.codegen.fpga.folding import auto_fold
+from tvm_sparse.codegen.fpga.folding import auto_fold, ceiling
 from tvm_sparse.codegen.fpga.from_relax import build_hw_model
 from tvm_sparse.codegen.fpga.hw_model import VARIANTS
 from tvm_sparse.codegen.fpga.target import parse_fpga_target
@@ -84,9 +87,12 @@ def main() -> None:
             variants = ("dense",) if net == "gsc_twin" else VARIANTS
             for variant in variants:
                 hw = build_hw_model(mod, target, variant, imported.weighted_nodes, name=net)
+                floor, most_copies, bound = ceiling(hw)
                 start = time.perf_counter()
                 est = auto_fold(hw)
-                rows.append(_row(net, est, time.perf_counter() - start))
+                row = _row(net, est, time.perf_counter() - start)
+                row |= {"ii_floor": floor, "copies_at_one_lane": most_copies, "ceiling": bound}
+                rows.append(row)
     by_key = {(r["network"], r["variant"], r["precision"]): r for r in rows}
     for r in rows:
         dense = by_key.get((r["network"], "dense", r["precision"]))
@@ -96,17 +102,21 @@ def main() -> None:
             r["x_twin"] = _ratio(r["samples_per_s"], twin["samples_per_s"])
     head = (
         f"{'network':<10} {'variant':<14} {'precision':<14} {'samples/s':>12} {'copies':>6} "
-        f"{'SLRs':>12} {'II cyc':>8} {'limit':>7} {'x dense':>8} {'x twin':>7}"
+        f"{'SLRs':>12} {'II cyc':>8} {'limit':>7} {'x dense':>8} {'x twin':>7} "
+        f"{'II floor':>8} {'ceiling':>11}"
     )
     print(f"{args.part} @ {args.clock:g} MHz (estimates, not synthesis)")
     print(head)
     print("-" * len(head))
     for r in rows:
         slrs = "/".join(map(str, r["slr_copies"] or []))
+        if r["slrs_per_copy"] > 1:  # each copy spans that many SLRs
+            slrs += f" x{r['slrs_per_copy']}"
         print(
             f"{r['network']:<10} {r['variant']:<14} {r['precision']:<14} "
             f"{r['samples_per_s']:>12,.0f} {r['copies']:>6} {slrs:>12} {r['ii_cycles']:>8} "
-            f"{r['limited_by']:>7} {r['x_dense']:>8.1f} {r.get('x_twin', math.nan):>7.1f}"
+            f"{r['limited_by']:>7} {r['x_dense']:>8.1f} {r.get('x_twin', math.nan):>7.1f} "
+            f"{r['ii_floor']:>8} {r['ceiling']:>11,.0f}"
         )
     print(
         f"Numenta (published, U250): sparse-sparse {NUMENTA['sparse-sparse']:,.0f} samples/s, "

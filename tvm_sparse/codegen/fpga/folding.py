@@ -40,8 +40,9 @@ def _stage_total(model: HwModel, layer: HwLayer, lanes: int) -> int:
     return read + compute + write + 3 * PHASE_DEPTH
 
 
-def _ii_floor(model: HwModel) -> int:
-    """The shortest II any folding reaches: the slowest stage at its best lanes."""
+def ii_floor(model: HwModel) -> int:
+    """The shortest II any folding reaches: the slowest stage at its best lanes (leaves the
+    streams at their widest)."""
     fold(model, 1)  # widest streams
     return max(
         _stage_total(model, layer, layer.lanes)
@@ -87,11 +88,21 @@ def _price_options() -> list[dict[str, float] | None]:
     return options
 
 
+def ceiling(model: HwModel) -> tuple[int, int, float]:
+    """(II floor, copies of the one-lane design, their product in samples/s): a bound no
+    folding passes, since more lanes only add resources and fewer never shorten the II.
+    Leaves ``model`` at one lane per stage (not fixed by the user)."""
+    floor = ii_floor(model)
+    fold(model, 10**12)
+    copies = estimate(model).copies
+    return floor, copies, copies * model.target.clock_mhz * 1e6 / floor
+
+
 def auto_fold(model: HwModel) -> Estimate:
     """Search the target II (lanes against copies) and the memory placement for the most
     samples/s per device; leave ``model`` folded and placed so."""
     best: tuple[float, float, int, int] | None = None
-    floor = _ii_floor(model)  # below it more lanes elsewhere buy nothing
+    floor = ii_floor(model)  # below it more lanes elsewhere buy nothing
     grid = sorted({max(floor, int(2 ** (e / 4))) for e in range(32, 100)})
     prices = _price_options()
     for target in grid:

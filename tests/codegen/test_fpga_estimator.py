@@ -10,7 +10,7 @@ import pytest
 from tvm_sparse import models
 from tvm_sparse.codegen.fpga import NUMENTA_U250, VariantComparison
 from tvm_sparse.codegen.fpga.estimator import copies_per_slr, estimate
-from tvm_sparse.codegen.fpga.folding import auto_fold
+from tvm_sparse.codegen.fpga.folding import auto_fold, ceiling
 from tvm_sparse.codegen.fpga.from_relax import build_hw_model
 from tvm_sparse.codegen.fpga.hw_model import VARIANTS, HwLayer, HwModel
 from tvm_sparse.codegen.fpga.resources import mac_cost, memory, shares_operand, stage_resources
@@ -66,6 +66,18 @@ def test_estimate_json_and_table(gsc):
     assert "samples/s per device" in est.table()
     folded = auto_fold(hw)
     assert folded.samples_per_s >= est.samples_per_s
+
+
+def test_auto_fold_stays_under_its_ceiling(gsc):
+    mod, names = gsc
+    tgt = parse_fpga_target({"kind": "fpga", "precision": "int8"})
+    hw = build_hw_model(mod, tgt, "sparse-sparse", names)
+    floor, most_copies, bound = ceiling(hw)
+    est = auto_fold(hw)
+    # no folding beats the slowest stage at its most lanes, nor fits more copies than the
+    # design with one lane everywhere
+    assert est.ii_cycles >= floor and est.copies <= most_copies
+    assert 0 < est.samples_per_s <= bound
 
 
 def test_user_parallelism_is_kept(gsc):

@@ -13,6 +13,7 @@ comparison behind Numenta's published 112x. A variant that fits no copy shows 0 
 ``SLRs`` lists the copies per SLR (``x2``: each copy spans two). ``ceiling`` bounds what any
 folding of that variant could reach: the copies of its one-lane design (the fewest resources)
 at its II floor (every stage at its most useful lanes); the two never meet, so it is loose.
+``limit`` is the scarcest resource, or ``ddr`` where the DDR bandwidth caps the copies.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def main() -> None:
         print(
             f"{r['network']:<10} {r['variant']:<14} {r['precision']:<14} "
             f"{r['samples_per_s']:>12,.0f} {r['copies']:>6} {slrs:>12} {r['ii_cycles']:>8} "
-            f"{r['limited_by']:>7} {r['x_dense']:>8.1f} {r.get('x_twin', math.nan):>7.1f} "
+            f"{'ddr' if r['ddr_limited'] else r['limited_by']:>7} {r['x_dense']:>8.1f} "
+            f"{r.get('x_twin', math.nan):>7.1f} "
             f"{r['ii_floor']:>8} {r['ceiling']:>11,.0f}"
         )
     print(

@@ -49,32 +49,53 @@ Timing
 Resources (per copy)
 
 7. One MAC lane costs: float32 5 DSP (fmul 3 + fadd 2, Vitis "fulldsp"), ~400 LUT, ~500 FF;
-   ap_fixed up to 18 bits 1 DSP (one DSP48E2), 40 LUT, 60 FF; 19-24 bits 2 DSP; int8 0.5 DSP (two
-   8-bit MACs packed in one DSP48E2, as in AMD WP487), 20 LUT, 30 FF. Compare lanes (k-WTA,
-   max-pool, ReLU) cost ``2 * bits + 40`` LUT and ``2 * bits`` FF; a boosted k-WTA adds one
-   multiplier per lane. Each stage adds ``STAGE_LUT`` = 800 LUT and ``STAGE_FF`` = 1000 FF of
-   control (FSM, counters, stream handshakes).
+   ap_fixed up to 18 bits 1 DSP (one DSP48E2), 40 LUT, 60 FF; 19-24 bits 2 DSP; int8 20 LUT,
+   30 FF and half a DSP where two lanes share an operand (two 8-bit products ``(a << 18 | b) * c``
+   in one DSP48E2, AMD WP487: the slots of a sparse-sparse column share the active input, the pe
+   pixels of a conv share the weight, the pe rows of a dense linear share the input), else a
+   whole DSP (a sparse-dense linear's lanes each multiply their own weight by their own gathered
+   input). Compare lanes (k-WTA, max-pool, ReLU) cost ``2 * bits + 40`` LUT and ``2 * bits`` FF;
+   a boosted k-WTA adds one multiplier per lane. Each stage adds ``STAGE_LUT`` = 800 LUT and
+   ``STAGE_FF`` = 1000 FF of control (FSM, counters, stream handshakes) and its output FIFO
+   (depth 2, shift registers: one LUT per bit + 20). Each copy has two m_axi ports (input,
+   output) of 2,000 LUT, 3,000 FF and one BRAM36 each (HLS adapter and burst buffer, its
+   SmartConnect slot), plus the read and write stages.
 8. Irregular access costs routing: in a sparse-sparse engine each lane's product reaches its
    owner's accumulator bank (scatter), in a sparse-dense engine each lane fetches the activation
    its weight's offset points to from any bank of the input buffer (gather); both go through a
    ``ceil(log2(banks))``-stage network with one LUT and one FF per bit per stage. Dense engines
-   read regular windows (line buffers) and pay no routing.
-9. Memories (weights, index arrays, activation buffers, accumulators) are split into
-   ``ceil(read ports / 2)`` banks (BRAM and URAM are dual-ported). A bank of one or two words is
-   registers; a bank of at most 4,096 bits is LUTRAM (one LUT per 64 x 1 bits); a single
-   BRAM36 holding at most 18 Kbit counts as one BRAM18 (0.5). A bank that would fill at least
-   6 BRAM36 goes to URAM (4096 x 72 bits, words packed ``floor(72 / bits)`` per row); otherwise
-   BRAM36 in its best aspect ratio (512x72 ... 32Kx1). Weights are stored as wide words (a SIMD
-   row, a packed column of G slots). Index words are as wide as their largest value needs.
-   Weights are ROMs on chip: nothing is fetched from DDR per sample.
-10. Copies: independent kernels (compute units), each with its own AXI ports; the number that
-    fits is ``floor(0.8 * device / per-copy)`` for the scarcest resource (20% is left for the
-    Alveo shell, the AXI interconnect and routing). Device throughput = copies * clock / II,
-    capped by DDR bandwidth (70% of the part's, float32 input and output per sample).
+   read regular windows (line buffers) and pay no routing. A sparse-sparse engine's finish adds
+   bias and quantizes all output channels of a pixel at once (the code unrolls it completely):
+   ``out_c * (acc bits + bits)`` LUT; a linear one keeps its accumulators in registers.
+9. Memories (weights, index arrays, activation buffers, keys, accumulators, histograms) are
+   counted with the ports the code's loops use in one cycle. Consecutive accesses (the unrolled
+   lanes of a loop over i, a SIMD row, a packed column) are served by wide rows of
+   ``ceil(ports / 2)`` words on the two ports of one memory; data-dependent ones (gather,
+   scatter-add, histogram bins) need ``ceil(ports / 2)`` banks. Each bank goes to what takes the
+   smallest share of the device: registers (at most two words), LUTRAM (at most 512 deep; one
+   LUT per 64 x 1 bits, a simple dual-port RAM 8 LUTs per 64 x 7 bits as RAM64M8, a ROM read
+   twice is duplicated), BRAM in its best aspect ratio (BRAM36 512x72 ... 32Kx1, or BRAM18 at
+   half a BRAM36) or URAM (4096 x 72, words packed ``floor(72 / bits)`` a row). Weights are ROMs
+   (``static const``): URAM cannot be initialized by the bitstream, so they live in BRAM or
+   LUTRAM. The k-WTA keeps values, uint32 keys, selected values and one 256-counter (32-bit)
+   histogram per lane, merged by an adder per lane. The fold search may make the scarcest
+   resource dearer (``HwModel.memory_prices``). Nothing is fetched from DDR per sample but the
+   inputs and outputs.
+10. Copies: independent kernels (compute units), each with its own AXI ports, placed inside one
+    super logic region (SLR): the U250 has 4, each a quarter of the device less the static
+    shell's share (10% for a DDR4 controller in SLR0, 2, 3; 55% in SLR1 for PCIe, XDMA and the
+    management, after UG1393's per-SLR availability of an XDMA platform; the U280 / U55C: 55%
+    of SLR0, 10% of the others), and 80% of what is left is usable
+    (routing, SmartConnect). Copies = sum over SLRs of ``floor(0.8 * SLR / per-copy)`` for the
+    scarcest resource; a copy no SLR holds spans two (or more) adjacent SLRs, pooled. Device
+    throughput = copies * clock / II, capped by the DDR bandwidth (70% of the part's; the kernel
+    reads float32 inputs and writes float32 outputs).
 11. Auto folding (when the target gives no ``parallelism``): for each target II on a geometric
-    grid, every stage gets the fewest lanes that meet it and every dense stream the narrowest
-    pack that moves a sample in a quarter of it; the grid point with the most samples/s per
-    device wins (FINN's SetFolding, with the copies-per-device search on top).
+    grid (2^(1/4) steps, from the II floor of the slowest stage at its most lanes), every stage
+    gets the fewest lanes that meet it and every dense stream the narrowest pack that moves a
+    sample in a quarter of it; memories are placed at supply prices and with each of LUT, BRAM,
+    URAM made 4x dearer; the point with the most samples/s per device wins (FINN's SetFolding,
+    with the copies-per-SLR and memory placement search on top).
 """
 
 from __future__ import annotations
@@ -88,10 +109,11 @@ import numpy as np
 from ...safe_text import terminal_text
 from .cycles import PHASE_DEPTH, stage_cycles, stage_total
 from .hw_model import HwModel
-from .resources import STAGE_FF, STAGE_LUT, stage_resources
+from .resources import AXI_PORT, STAGE_FF, STAGE_LUT, fifo, stage_resources
 
 UTILIZATION = 0.8
 DDR_EFFICIENCY = 0.7
+IO_BYTES = 4  # the kernel reads float inputs and writes float outputs (myproject.cpp)
 RESOURCES = ("dsp", "lut", "ff", "bram36", "uram")
 ASSUMPTIONS = __doc__.split("Assumptions\n-----------\n")[1].strip()
 
@@ -134,6 +156,8 @@ class Estimate:
     ddr_limited: bool = False
     dense_macs: int = 0
     io_cycles: tuple[int, int] = (0, 0)  # the AXI input and output stages
+    slr_copies: list[int] | None = None  # copies placed in each SLR (group of SLRs)
+    slrs_per_copy: int = 1  # > 1: a copy too big for one SLR spans that many
     assumptions: str = ASSUMPTIONS
 
     @property
@@ -176,7 +200,9 @@ class Estimate:
             f"{sum(x.macs for x in self.layers):>10.0f} {p['dsp']:>7.0f} {p['lut']:>9.0f} "
             f"{p['ff']:>9.0f} {p['bram36']:>7.0f} {p['uram']:>5.0f}",
             f"II {self.ii_cycles} cycles, latency {self.latency_us:.1f} us; "
-            f"{self.copies} copies fit (limited by {self.limited_by}); "
+            f"{self.copies} copies fit (per SLR {self.slr_copies}"
+            + (f", each over {self.slrs_per_copy} SLRs" if self.slrs_per_copy > 1 else "")
+            + f"; limited by {self.limited_by}); "
             f"{self.samples_per_s_per_copy:,.0f} samples/s per copy, "
             f"{self.samples_per_s:,.0f} samples/s per device"
             + (" (DDR bandwidth bound)" if self.ddr_limited else ""),
@@ -215,7 +241,11 @@ def estimate(model: HwModel) -> Estimate:
                 macs=macs,
             )
         )
-    total["lut"] += 2 * STAGE_LUT  # AXI read / write stages
+    # the read and write stages, their m_axi ports and the input stream
+    for extra in (AXI_PORT, AXI_PORT, fifo(model.input_pack * model.precision.bits)):
+        for k, v in extra.items():
+            total[k] += v
+    total["lut"] += 2 * STAGE_LUT
     total["ff"] += 2 * STAGE_FF
     ii = max([r.cycles for r in rows] + io_cycles)
     latency = sum(r.cycles for r in rows) + sum(io_cycles)
@@ -226,15 +256,11 @@ def estimate(model: HwModel) -> Estimate:
         "bram36": part.bram36,
         "uram": part.uram,
     }
-    fits = {
-        k: math.floor(UTILIZATION * available[k] / total[k]) if total[k] > 0 else 10**9
-        for k in RESOURCES
-    }
-    limited_by = min(fits, key=fits.get)
-    copies = max(0, fits[limited_by])
+    slr_copies, limited_by, span = copies_per_slr(total, part.per_slr())
+    copies = sum(slr_copies)
     per_copy = model.target.clock_mhz * 1e6 / ii
     throughput = copies * per_copy
-    bytes_per_sample = 4 * (n_input + n_output)
+    bytes_per_sample = IO_BYTES * (n_input + n_output)
     ddr_cap = DDR_EFFICIENCY * part.ddr_gbps * 1e9 / bytes_per_sample
     ddr_limited = throughput > ddr_cap
     return Estimate(
@@ -254,7 +280,43 @@ def estimate(model: HwModel) -> Estimate:
         ddr_limited=ddr_limited,
         dense_macs=int(sum(x.dense_macs for x in model.layers)),
         io_cycles=(io_cycles[0], io_cycles[1]),
+        slr_copies=slr_copies,
+        slrs_per_copy=span,
     )
+
+
+def copies_per_slr(
+    per_copy: dict[str, float], slrs: list[dict[str, float]]
+) -> tuple[list[int], str, int]:
+    """Copies that fit in each SLR, the resource that limits the most SLRs, and how many SLRs a
+    copy spans: one, unless no single SLR holds it (then groups of adjacent SLRs, pooled)."""
+    for span in range(1, len(slrs) + 1):
+        groups = [
+            {k: sum(s[k] for s in slrs[i : i + span]) for k in RESOURCES}
+            for i in range(0, len(slrs) - span + 1, span)
+        ]
+        counts, limit = _fit(per_copy, groups)
+        if sum(counts) > 0:
+            break
+    return counts, limit, span
+
+
+def _fit(per_copy: dict[str, float], regions: list[dict[str, float]]) -> tuple[list[int], str]:
+    counts, limits = [], []
+    for avail in regions:
+        fits = {
+            k: math.floor(UTILIZATION * avail[k] / per_copy[k]) if per_copy[k] > 0 else 10**9
+            for k in RESOURCES
+        }
+        scarce = min(fits, key=fits.get)
+        counts.append(max(0, fits[scarce]))
+        limits.append(scarce)
+    return counts, max(limits, key=limits.count)
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b; nan when b is 0 (a variant that does not fit the device)."""
+    return a / b if b else float("nan")
 
 
 def comparison_table(
@@ -275,7 +337,7 @@ def comparison_table(
         line = (
             f"{e.variant:<14} {macs:>12,.0f} {e.ii_cycles:>8} {e.latency_us:>8.1f} "
             f"{e.copies:>6} {e.limited_by:>6} {e.samples_per_s_per_copy:>15,.0f} "
-            f"{e.samples_per_s:>12,.0f} {e.samples_per_s / base.samples_per_s:>8.1f}"
+            f"{e.samples_per_s:>12,.0f} {_ratio(e.samples_per_s, base.samples_per_s):>8.1f}"
         )
         if reference and e.variant in reference:
             value, copies = reference[e.variant]

@@ -175,6 +175,8 @@ class HwModel:
     input_t: str = "float"
     input_pack: int = 1
     calibrated: bool = False  # densities / ranges measured on data (see calibrate)
+    # cost of a unit of each resource when a memory picks LUTRAM / BRAM / URAM (None: by supply)
+    memory_prices: dict[str, float] | None = None
 
     @property
     def precision(self) -> Precision:

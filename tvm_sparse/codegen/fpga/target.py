@@ -41,16 +41,44 @@ class Part:
     bram36: int
     uram: int
     ddr_gbps: float  # off-chip bandwidth the kernels share (GB/s)
+    slrs: int = 1  # super logic regions: a kernel copy is placed inside one
+    # fraction of each SLR's resources the platform's static shell takes (PCIe, XDMA, management,
+    # the memory controllers it instantiates), from the floorplans of AMD UG1120
+    shell: tuple[float, ...] = (0.0,)
+
+    def per_slr(self) -> list[dict[str, float]]:
+        """Resources of each SLR left to the kernels (device / slrs, less the shell's share)."""
+        whole = {"dsp": self.dsp, "lut": self.lut, "ff": self.ff}
+        whole |= {"bram36": self.bram36, "uram": self.uram}
+        return [{k: v / self.slrs * (1 - cut) for k, v in whole.items()} for cut in self.shell]
 
 
 # Numbers from the AMD Alveo data sheets (DS962). The U280 and the U55C have the same fabric and
-# HBM2 bandwidth, so they share one set of resources.
+# HBM2 bandwidth, so they share one set of resources. Shell shares: the U250's static region
+# (PCIe, XDMA, card management) sits in SLR1, a DDR4 controller in each SLR. The shares follow
+# the per-SLR availability Vitis reports for an XDMA platform of the same family (UG1393,
+# "Resource Availability": the static SLR keeps ~45% of its LUTs and BRAMs, the others ~90%);
+# the HBM parts are taken to keep their shell in SLR0 likewise. Estimates, not platforminfo.
 _U250_RESOURCES = dict(
-    lut=1_728_000, ff=3_456_000, dsp=12_288, bram36=2_688, uram=1_280, ddr_gbps=77.0
-)  # 4x DDR4-2400
+    lut=1_728_000,
+    ff=3_456_000,
+    dsp=12_288,
+    bram36=2_688,
+    uram=1_280,
+    ddr_gbps=77.0,  # 4x DDR4-2400
+    slrs=4,
+    shell=(0.10, 0.55, 0.10, 0.10),
+)
 _HBM_RESOURCES = dict(
-    lut=1_304_000, ff=2_607_000, dsp=9_024, bram36=2_016, uram=960, ddr_gbps=460.0
-)  # HBM2
+    lut=1_304_000,
+    ff=2_607_000,
+    dsp=9_024,
+    bram36=2_016,
+    uram=960,
+    ddr_gbps=460.0,  # HBM2
+    slrs=3,
+    shell=(0.55, 0.10, 0.10),
+)
 PARTS: dict[str, Part] = {
     part.name: part
     for part in (

@@ -35,8 +35,17 @@ def _col_residual(layer: HwLayer) -> np.ndarray:
     return _cached(layer, "res", lambda: np.diff(layer.weights.arrays["rptr"].astype(np.int64)))
 
 
+def residual_cycles(model: HwModel, layer: HwLayer) -> tuple[int, int, int, float]:
+    """A clone or a residual add: one pipelined loop that reads, computes and writes one beat
+    per cycle (``nnet::clone_stream`` / ``nnet::residual_add``), ``ceil(n / pack)`` cycles; the
+    pack is the stage's stream width (its inputs' and outputs' are the same)."""
+    return 0, math.ceil(layer.n_in / model.pack_in(layer)), 0, 0.0
+
+
 def stage_cycles(model: HwModel, layer: HwLayer, lanes: int) -> tuple[int, int, int, float]:
     """(read, compute, write, MACs) cycles of one stage with ``lanes`` lanes."""
+    if layer.op in ("clone", "add"):
+        return residual_cycles(model, layer)
     pack_in = model.pack_in(layer)
     n_in, n_out = layer.n_in, layer.n_out
     active_in = layer.in_density * n_in
@@ -84,6 +93,8 @@ def stage_cycles(model: HwModel, layer: HwLayer, lanes: int) -> tuple[int, int, 
 
 
 def max_lanes(layer: HwLayer) -> int:
+    if layer.op in ("clone", "add"):
+        return 1  # their width is the stream pack, not lanes
     if layer.engine == "dense":
         cap = layer.n_kin * (layer.out_pixels if layer.op == "conv2d" else layer.out_shape[0])
     elif layer.engine == "sparse_dense":

@@ -16,7 +16,11 @@ Timing
    (Vitis does not reassociate float adds by itself; fixed point has no such issue).
 2. A stage processes one sample at a time and its phases run one after the other, as in the
    generated code: ``cycles = read + compute + write + depth``. Stages overlap across samples
-   (DATAFLOW), so the network's initiation interval is the slowest stage and the latency the sum.
+   (DATAFLOW), so the network's initiation interval is the slowest stage and the latency the sum
+   along the longest path (a residual block's two branches run side by side). A clone and a
+   residual add are one loop of ``ceil(n / pack)`` beats; the clone's FIFO towards the branch
+   with fewer stages holds one sample per extra stage of the other branch (BRAM, counted in the
+   clone's resources), so the branches never stall the clone.
 3. Dense streams move ``pack`` values per cycle; sparse streams one (index, value) per cycle.
    Writing a sparse stream scans ``lanes`` positions per cycle with a compaction network and
    emits one non-zero per cycle: ``max(ceil(n / lanes), nnz + 1)``.
@@ -210,7 +214,7 @@ def estimate(model: HwModel) -> Estimate:
     total["lut"] += 2 * STAGE_LUT  # AXI read / write stages
     total["ff"] += 2 * STAGE_FF
     ii = max([r.cycles for r in rows] + io_cycles)
-    latency = sum(r.cycles for r in rows) + sum(io_cycles)
+    latency = critical_path(model, [r.cycles for r in rows]) + sum(io_cycles)
     available = {
         "dsp": part.dsp,
         "lut": part.lut,
@@ -246,6 +250,15 @@ def estimate(model: HwModel) -> Estimate:
         ddr_limited=ddr_limited,
         dense_macs=int(sum(x.dense_macs for x in model.layers)),
     )
+
+
+def critical_path(model: HwModel, cycles: list[int]) -> int:
+    """Cycles of the longest input-to-output path through the stages (their sum for a
+    sequential network; a residual block's branches run side by side)."""
+    done: dict[int, int] = {-1: 0}
+    for layer, c in zip(model.layers, cycles, strict=True):
+        done[layer.index] = c + max(done[i] for i, _ in model.sources(layer))
+    return done[model.layers[-1].index]
 
 
 def comparison_table(

@@ -16,12 +16,14 @@ three consumers, an add with a constant the layer patterns did not take as a bia
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tvm
 from tvm import relax
 
 from ...errors import UnsupportedModelError
-from ...ir.layers import CONV2D, LINEAR, anchor_of, find_layers
+from ...ir.layers import CONV2D, LINEAR, LayerSpec, anchor_of, find_layers
 from ...ir.relax_utils import binding_map, iter_bindings, op_name, static_shape
 from ...passes.activation_sparsity import find_kwta, pooled_density
 from ...passes.analyze_sparsity import ASSUMED_RELU_DENSITY, name_layers
@@ -100,7 +102,7 @@ def _boost_store(boost: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return boost.astype(np.float32).ravel()
 
 
-def _weighted_layer(spec, batch: int, names: NameTable) -> HwLayer:
+def _weighted_layer(spec: LayerSpec, batch: int, names: NameTable) -> HwLayer:
     """The stage of a conv2d / linear layer chain (its weight in ``attrs["weight2d"]`` until the
     engine is chosen)."""
     in_shape = _per_sample(spec.x_shape, batch, spec.name)
@@ -137,7 +139,20 @@ def _weighted_layer(spec, batch: int, names: NameTable) -> HwLayer:
     )
 
 
-def _residual_add(b: relax.VarBinding, cur, src, shape, last_name, arrived, users, names, add):
+Stream = tuple[int, int]  # (producer index, output port); -1: the model's input
+
+
+def _residual_add(
+    b: relax.VarBinding,
+    cur: relax.Var,
+    src: Stream,
+    shape: tuple[int, ...],
+    last_name: str,
+    arrived: dict[relax.Var, list],
+    users: dict[relax.Var, list[relax.VarBinding]],
+    names: NameTable,
+    add: Callable[[HwLayer, list[Stream]], Stream],
+) -> tuple[Stream, relax.Var, str] | None:
     """One branch reaches the add ``b`` with value ``cur`` on stream ``src``.
 
     The first branch to arrive waits (None); the second makes the add stage (its inputs in the
@@ -186,7 +201,7 @@ def build_hw_model(
         raise UnsupportedModelError(f"input {param.name}: needs a static [batch, ...] shape")
     batch = in_full[0]
     bindings = binding_map(func)
-    users: dict = {}
+    users: dict[relax.Var, list[relax.VarBinding]] = {}
     for b in iter_bindings(func):
         for v in relax.analysis.free_vars(b.value):
             users.setdefault(v, []).append(b)
@@ -201,19 +216,21 @@ def build_hw_model(
     names = NameTable()
     hw: list[HwLayer] = []
 
-    def add(layer: HwLayer, src: tuple[int, int] | list[tuple[int, int]]) -> tuple[int, int]:
+    def add(layer: HwLayer, src: Stream | list[Stream]) -> Stream:
         layer.index = len(hw)
         layer.inputs = list(src) if isinstance(src, list) else [src]
         hw.append(layer)
         return (layer.index, 0)
 
     result = func.body.body
-    output: tuple[int, int] | None = None
+    output: Stream | None = None
     # a walk over the dataflow graph, one branch at a time: (value, its stream, its per-sample
     # shape, the last layer's name, the binding that consumes it (None: its only user))
-    Branch = tuple[relax.Expr, tuple[int, int], tuple[int, ...], str, relax.VarBinding | None]
+    Branch = tuple[relax.Expr, Stream, tuple[int, ...], str, relax.VarBinding | None]
     todo: list[Branch] = [(param, (-1, 0), tuple(in_full[1:]), "input", None)]
-    arrived: dict = {}  # residual add var -> [(argument position, stream, shape, name)]
+    arrived: dict[
+        relax.Var, list
+    ] = {}  # residual add var -> [(argument position, stream, shape, name)]
     while todo:
         cur, src, shape, last_name, via = todo.pop()
         while True:

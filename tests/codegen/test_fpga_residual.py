@@ -1,0 +1,151 @@
+"""Residual networks on the fpga target: ResNet basic blocks (clone + add stages) end to end."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from tvm_sparse import models
+from tvm_sparse.codegen.fpga import compile_fpga, golden_outputs
+from tvm_sparse.codegen.fpga.calibration import forward
+from tvm_sparse.codegen.fpga.cycles import PHASE_DEPTH
+from tvm_sparse.codegen.fpga.estimator import estimate
+from tvm_sparse.errors import UnsupportedModelError
+
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+# (in channels, out channels, size, stride): identity shortcut, downsample shortcut
+BLOCKS = {"identity": (16, 16, 8, 1), "downsample": (16, 32, 8, 2)}
+
+
+def _block(shortcut: str):
+    cin, cout, size, stride = BLOCKS[shortcut]
+    return models.resnet_block(cin, cout, size, stride, density=0.1)
+
+
+@pytest.fixture(scope="module")
+def tb_data():
+    """Inputs and CPU-module outputs of each block (one golden run each)."""
+    x = np.random.default_rng(3).standard_normal((3, 16, 8, 8)).astype(np.float32)
+    return {s: (x, golden_outputs(_block(s), x)) for s in BLOCKS}
+
+
+ENGINES = {  # conv1, conv2, downsample: conv2 reads conv1's ReLU output, the others the clone
+    "dense": ["dense", "dense", "dense"],
+    "sparse-dense": ["sparse_dense"] * 3,
+    "sparse-sparse": ["sparse_dense", "sparse_sparse", "sparse_dense"],
+}
+
+
+@needs_gxx
+@pytest.mark.parametrize("variant", ["dense", "sparse-dense", "sparse-sparse"])
+@pytest.mark.parametrize("shortcut", ["identity", "downsample"])
+def test_resnet_block_csim_matches_cpu(tmp_path, tb_data, shortcut, variant):
+    project = compile_fpga(
+        _block(shortcut), "fpga", output_dir=tmp_path, variant=variant, tb_data=tb_data[shortcut]
+    )
+    np.testing.assert_allclose(project._csim.output, project.tb_golden, rtol=1e-5, atol=1e-6)
+    hw = project.hw
+    ops = [x.op for x in hw.layers]
+    weighted = [x for x in hw.layers if x.weighted]
+    if shortcut == "identity":
+        assert ops == ["clone", "conv2d", "conv2d", "add"]
+    else:
+        assert ops == ["clone", "conv2d", "conv2d", "conv2d", "add"]
+    assert [x.engine for x in weighted] == ENGINES[variant][: len(weighted)]
+    clone, add = hw.layers[0], hw.layers[-1]
+    assert add.relu and not add.in_sparse and not add.out_sparse
+    # the add sums conv2 (the main branch) and the shortcut: the clone's port 1 or the downsample
+    shortcut_src = (0, 1) if shortcut == "identity" else (3, 0)
+    assert hw.sources(add) == [(2, 0), shortcut_src]
+    assert [x.source for x in hw.layers[1:3]] == ["conv1", "conv2"]
+    # the branch with fewer stages holds one sample per extra stage of the main branch
+    behind = 2 if shortcut == "identity" else 1
+    depth = behind * clone.n_out // clone.pack_out
+    top = (tmp_path / "firmware" / "myproject.cpp").read_text()
+    assert f"variable = s_input_clone_1 depth = {depth}\n" in top
+    assert "variable = s_input_clone_0 depth = 2\n" in top
+    assert "stage_conv2_add(s_conv2, " in top
+
+
+@needs_gxx
+def test_resnet_block_fixed_point_and_int8_build(tmp_path, tb_data):
+    """The add sums in its accum_t: exact for ap_fixed, a calibrated format for int8."""
+    fixed = compile_fpga(
+        _block("downsample"),
+        {"kind": "fpga", "precision": "ap_fixed<16,6>"},
+        output_dir=tmp_path / "fixed",
+        tb_data=tb_data["downsample"],
+    )
+    assert 0 < fixed._csim.max_rel_error < 0.01
+    int8 = compile_fpga(
+        _block("identity"),
+        {"kind": "fpga", "precision": "int8"},
+        output_dir=tmp_path / "int8",
+        tb_data=tb_data["identity"],
+    )
+    add = int8.hw.layers[-1]
+    assert add.accum_t.startswith("ap_fixed<") and add.out_t.startswith("ap_fixed<8,")
+    assert int8._csim.max_rel_error < 0.05  # 0.014 measured
+
+
+def test_resnet_block_estimate_counts_clone_and_add(tb_data):
+    """Cycles of the clone and the add are ceil(n / pack) + one pipeline depth; the skip FIFO is
+    BRAM in the clone's row; the latency follows the longest branch; the numpy executor of the
+    DAG equals the CPU module."""
+    x, golden = tb_data["downsample"]
+    project = compile_fpga(_block("downsample"), "fpga", tb_data=(x, golden))
+    hw = project.hw
+    y, _ = forward(hw, x)
+    np.testing.assert_allclose(y, golden, rtol=1e-5, atol=1e-5)
+
+    hw.input_pack = 4
+    for layer in hw.layers:
+        layer.pack_out = 4
+    est = estimate(hw)
+    rows = {r.name: r for r in est.layers}
+    assert list(rows) == ["input_clone", "conv1", "conv2", "downsample", "conv2_add"]
+    # clone: 16x8x8 = 1024 values in 4-value beats; add: 32x4x4 = 512 values
+    assert rows["input_clone"].cycles == 1024 // 4 + PHASE_DEPTH == 276
+    assert rows["conv2_add"].cycles == 512 // 4 + PHASE_DEPTH == 148
+    assert rows["conv2_add"].dsp == 4 * 2  # a float adder (2 DSP) per value of a beat
+    # the clone's port 1 feeds the downsample (1 stage against 2): one sample of 256 beats x
+    # 128 bits, dual port: 256-deep, 128-bit wide BRAM = 2 BRAM36 of 512 x 72
+    assert hw.fifo_depth(hw.layers[0], 1) == 256 and hw.fifo_depth(hw.layers[0], 0) == 2
+    assert rows["input_clone"].bram36 == 2
+    io = math.ceil(16 * 64 / 4) + math.ceil(32 * 16 / 4) + 2 * PHASE_DEPTH
+    main = sum(rows[n].cycles for n in ("input_clone", "conv1", "conv2", "conv2_add"))
+    assert rows["downsample"].cycles < rows["conv1"].cycles + rows["conv2"].cycles
+    assert est.latency_cycles == io + main
+    table = est.table()
+    assert "input_clone" in table and "conv2_add" in table
+
+
+def _concat_model():
+    """input -> two 1x1 convs -> Concat: a branch the backend does not join."""
+    g = models._Graph()
+    rng = np.random.default_rng(0)
+    branches = []
+    for name in ("left", "right"):
+        w = g.const(f"{name}.weight", rng.standard_normal((4, 4, 1, 1)).astype(np.float32))
+        branches.append(g.op("Conv", ["input", w], name, kernel_shape=[1, 1])[0])
+    y = g.op("Concat", branches, "concat", axis=1)[0]
+    return g.model("concat", [1, 4, 8, 8], y, [1, 8, 8, 8])
+
+
+def test_concat_branch_is_unsupported():
+    with pytest.raises(UnsupportedModelError, match=r"op 'relax.concat'"):
+        compile_fpga(_concat_model(), "fpga")
+
+
+def test_resnet_block_helper_shapes():
+    model = models.resnet_block(16, 32, 8, stride=2)
+    out = model.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in out] == [1, 32, 4, 4]
+    assert [n.op_type for n in model.graph.node].count("Conv") == 3
+    assert [n.op_type for n in models.resnet_block().graph.node].count("Conv") == 2
+    with pytest.raises(ValueError, match="stride 3"):
+        models.resnet_block(size=8, stride=3)

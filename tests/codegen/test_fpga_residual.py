@@ -124,21 +124,61 @@ def test_resnet_block_estimate_counts_clone_and_add(tb_data):
     assert "input_clone" in table and "conv2_add" in table
 
 
-def _concat_model():
-    """input -> two 1x1 convs -> Concat: a branch the backend does not join."""
+def _two_blocks():
+    """A stem conv, an identity block, a downsample block and a linear head: an add's output is
+    the next clone's input."""
+    g, rng = models._Graph(), np.random.default_rng(0)
+    x = g.op("Relu", [models._conv_bn(g, rng, "input", (8, 3, 3), 0.5, 1, "stem")], "r")[0]
+    for i, (cin, cout, stride) in enumerate([(8, 8, 1), (8, 16, 2)]):
+        y = models._conv_bn(g, rng, x, (cout, cin, 3), 0.2, stride, f"b{i}c1")
+        y = g.op("Relu", [y], f"b{i}r1")[0]
+        y = models._conv_bn(g, rng, y, (cout, cout, 3), 0.2, 1, f"b{i}c2")
+        if stride != 1 or cin != cout:
+            x = models._conv_bn(g, rng, x, (cout, cin, 1), 0.5, stride, f"b{i}ds")
+        x = g.op("Relu", [g.op("Add", [y, x], f"b{i}add")[0]], f"b{i}relu")[0]
+    x = g.op("Flatten", [x], "flatten", axis=1)[0]
+    w = rng.standard_normal((10, 16 * 4 * 4)).astype(np.float32) * 0.1
+    x = models._gemm(g, x, w, np.zeros(10), "fc")
+    return g.model("two_blocks", [1, 3, 8, 8], x, [1, 10])
+
+
+@needs_gxx
+def test_two_blocks_in_a_row_csim_matches_cpu(tmp_path):
+    model = _two_blocks()
+    x = np.random.default_rng(4).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    project = compile_fpga(
+        model, "fpga", output_dir=tmp_path, tb_data=(x, golden_outputs(model, x))
+    )
+    np.testing.assert_allclose(project._csim.output, project.tb_golden, rtol=1e-5, atol=1e-6)
+    hw = project.hw
+    assert [layer.op for layer in hw.layers].count("clone") == 2
+    second = hw.layer("b0c2_add_clone")
+    assert hw.producers(second)[0].op == "add"  # the first block's add feeds the second clone
+    assert [hw.layer(n).engine for n in ("b0c2", "b1c2")] == ["sparse_sparse"] * 2
+
+
+def _branches(join: str, n: int = 2):
+    """input -> ``n`` 1x1 convs joined by Concat, or by a chain of Adds."""
     g = models._Graph()
     rng = np.random.default_rng(0)
     branches = []
-    for name in ("left", "right"):
-        w = g.const(f"{name}.weight", rng.standard_normal((4, 4, 1, 1)).astype(np.float32))
-        branches.append(g.op("Conv", ["input", w], name, kernel_shape=[1, 1])[0])
-    y = g.op("Concat", branches, "concat", axis=1)[0]
-    return g.model("concat", [1, 4, 8, 8], y, [1, 8, 8, 8])
+    for i in range(n):
+        w = g.const(f"b{i}.weight", rng.standard_normal((4, 4, 1, 1)).astype(np.float32))
+        branches.append(g.op("Conv", ["input", w], f"b{i}", kernel_shape=[1, 1])[0])
+    if join == "concat":
+        y = g.op("Concat", branches, "concat", axis=1)[0]
+        return g.model("concat", [1, 4, 8, 8], y, [1, 4 * n, 8, 8])
+    y = branches[0]
+    for i, other in enumerate(branches[1:]):
+        y = g.op("Add", [y, other], f"add{i}")[0]
+    return g.model("adds", [1, 4, 8, 8], y, [1, 4, 8, 8])
 
 
-def test_concat_branch_is_unsupported():
+def test_branches_the_backend_cannot_join_are_named():
     with pytest.raises(UnsupportedModelError, match=r"op 'relax.concat'"):
-        compile_fpga(_concat_model(), "fpga")
+        compile_fpga(_branches("concat"), "fpga")
+    with pytest.raises(UnsupportedModelError, match="feeds 3 ops"):
+        compile_fpga(_branches("add", 3), "fpga")
 
 
 def test_resnet_block_helper_shapes():

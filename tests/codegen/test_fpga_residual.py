@@ -15,6 +15,8 @@ from tvm_sparse.codegen.fpga.cycles import PHASE_DEPTH
 from tvm_sparse.codegen.fpga.estimator import estimate
 from tvm_sparse.errors import UnsupportedModelError
 
+from .dataflow_sim import simulate_dataflow
+
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
 # (in channels, out channels, size, stride): identity shortcut, downsample shortcut
@@ -122,6 +124,43 @@ def test_resnet_block_estimate_counts_clone_and_add(tb_data):
     assert est.latency_cycles == io + main
     table = est.table()
     assert "input_clone" in table and "conv2_add" in table
+
+
+@pytest.mark.parametrize("shortcut", ["identity", "downsample"])
+def test_skip_fifo_depth_keeps_dataflow_at_the_estimated_ii(tb_data, shortcut):
+    """In a beat-level model of the DATAFLOW pipeline the chosen depths run at the estimated II,
+    as fast as an unbounded skip FIFO; shallower ones deadlock (identity: the clone blocks before
+    conv1 has its sample) or lose throughput (the shortcut cannot take the next sample)."""
+    x, golden = tb_data[shortcut]
+    project = compile_fpga(_block(shortcut), "fpga", variant="sparse-dense", tb_data=(x, golden))
+    hw = project.hw
+    est = estimate(hw)
+    # what a stage spends between its read and write beats (the model moves the beats itself;
+    # a clone or an add is nothing but beats)
+    compute = {
+        layer.index: 0 if layer.op in ("clone", "add") else r.cycles - r.read - r.write
+        for layer, r in zip(hw.layers, est.layers, strict=True)
+    }
+    clone = hw.layers[0]
+    sample = clone.n_out // clone.pack_out
+
+    def interval(skip_depth: int | None) -> int | None:
+        def depth(index: int, port: int) -> int:
+            chosen = hw.fifo_depth(hw.layers[index], port)
+            return chosen if skip_depth is None or chosen == 2 else skip_depth
+
+        done = simulate_dataflow(hw, compute, depth, samples=5)
+        return None if done is None else done[-1] - done[-2]
+
+    chosen = interval(None)
+    assert chosen == interval(10**9) == est.ii_cycles
+    if shortcut == "identity":  # two samples: one per main-branch stage
+        assert hw.fifo_depth(clone, 1) == 2 * sample
+        assert interval(sample - 1) is None
+        assert interval(sample) > 1.5 * chosen
+    else:  # one sample: the main branch has one stage more than the shortcut
+        assert hw.fifo_depth(clone, 1) == sample
+        assert interval(2) > 1.5 * chosen
 
 
 def _two_blocks():

@@ -211,12 +211,14 @@ class HwModel:
     def fifo_depth(self, layer: HwLayer, port: int) -> int:
         """Depth (beats) of the stream leaving ``layer`` on ``port``.
 
-        A clone's outputs meet again at an add. Each stage between them holds (at most) one
-        sample in flight under DATAFLOW, and a stage reads its whole input before it writes, so
-        the branch with fewer stages must buffer one sample per stage the longer branch has
-        beyond it: then neither the clone stalls nor DATAFLOW deadlocks (an identity shortcut
-        with a 2-beat FIFO would block the clone before the main branch has read its sample).
-        Every other stream is 2 beats deep.
+        A clone's outputs meet again at an add. Each stage between them holds one sample in
+        flight under DATAFLOW (it reads its whole input before it writes), so the branch with
+        fewer stages buffers one sample per stage the longer branch has beyond it: then the
+        clone never waits on it and the block runs at its slowest stage's II. Less than one
+        sample deadlocks an identity shortcut (the clone blocks on the full skip FIFO before
+        conv1 has read its sample); one sample where two are due runs, at about half the rate.
+        A beat-level model of the pipeline checks both (tests/codegen/dataflow_sim.py). The
+        longer branch's stream, like every other stream, is 2 beats deep.
         """
         if layer.op != "clone":
             return 2

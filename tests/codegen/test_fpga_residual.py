@@ -220,11 +220,10 @@ def test_branches_the_backend_cannot_join_are_named():
         compile_fpga(_branches("add", 3), "fpga")
 
 
-def test_resnet_block_helper_shapes():
-    model = models.resnet_block(16, 32, 8, stride=2)
-    out = model.graph.output[0].type.tensor_type.shape.dim
-    assert [d.dim_value for d in out] == [1, 32, 4, 4]
-    assert [n.op_type for n in model.graph.node].count("Conv") == 3
-    assert [n.op_type for n in models.resnet_block().graph.node].count("Conv") == 2
-    with pytest.raises(ValueError, match="stride 3"):
-        models.resnet_block(size=8, stride=3)
+def test_golden_cpu_module_matches_onnxruntime(tb_data):
+    """The CPU module the C simulation is compared with is right: onnxruntime agrees."""
+    from ..conftest import ort_run
+
+    for shortcut, (x, golden) in tb_data.items():
+        expected = np.concatenate([ort_run(_block(shortcut), x[i : i + 1]) for i in range(len(x))])
+        np.testing.assert_allclose(golden, expected.reshape(len(x), -1), rtol=1e-4, atol=1e-5)

@@ -196,6 +196,25 @@ def test_two_blocks_in_a_row_csim_matches_cpu(tmp_path):
     assert [hw.layer(n).engine for n in ("b0c2", "b1c2")] == ["sparse_sparse"] * 2
 
 
+@needs_gxx
+def test_kwta_on_a_branch_csim_matches_cpu(tmp_path):
+    """A value read by a (boosted) k-WTA and by the add: the k-WTA's own bindings count as one
+    consumer, the add as the other, so the value is cloned."""
+    g, rng = models._Graph(), np.random.default_rng(0)
+    y = models._conv_bn(g, rng, "input", (8, 4, 3), 0.5, 1, "stem")
+    boost = models._boost_factor(rng, (1, 8, 1, 1), 0.125)
+    kept = models._kwta(g, y, [1, 8, 8, 8], 64, "kwinner", boost)
+    model = g.model("kwta_branch", [1, 4, 8, 8], g.op("Add", [kept, y], "add")[0], [1, 8, 8, 8])
+    x = np.random.default_rng(1).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    project = compile_fpga(
+        model, "fpga", output_dir=tmp_path, tb_data=(x, golden_outputs(model, x))
+    )
+    np.testing.assert_allclose(project._csim.output, project.tb_golden, rtol=1e-5, atol=1e-6)
+    hw = project.hw
+    assert [layer.op for layer in hw.layers] == ["conv2d", "clone", "kwta", "add"]
+    assert hw.sources(hw.layers[-1]) == [(2, 0), (1, 1)] and hw.layers[2].boost is not None
+
+
 def _branches(join: str, n: int = 2):
     """input -> ``n`` 1x1 convs joined by Concat, or by a chain of Adds."""
     g = models._Graph()

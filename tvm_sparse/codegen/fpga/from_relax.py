@@ -46,6 +46,20 @@ def _through_reshapes(expr: relax.Expr, bindings: dict) -> relax.Expr:
     return expr
 
 
+def _computed_between(start: relax.Expr, end: relax.Var, bindings: dict) -> set[relax.Var]:
+    """The vars ``end`` is computed from, back to (not including) ``start``: a k-WTA's own
+    bindings, so that a consumer of its input outside the pattern is seen as a second one."""
+    inside: set[relax.Var] = set()
+    stack = [end]
+    while stack:
+        v = stack.pop()
+        if v in inside or v.same_as(start) or v not in bindings:
+            continue
+        inside.add(v)
+        stack.extend(relax.analysis.free_vars(bindings[v]))
+    return inside
+
+
 def _unsupported(binding: relax.VarBinding, why: str = "") -> UnsupportedModelError:
     op = op_name(binding.value) or type(binding.value).__name__
     extra = f" ({why})" if why else ""
@@ -212,6 +226,15 @@ def build_hw_model(
     anchors = [b.var for b in iter_bindings(func) if anchor_of(b.value) is not None]
     by_anchor = dict(zip(anchors, specs, strict=True))
     kwtas = {_through_reshapes(m.x, bindings): m for m in find_kwta(func)}
+    kwta_vars = {x: _computed_between(x, m.out_var, bindings) for x, m in kwtas.items()}
+
+    def consumers_of(value: relax.Expr) -> list[relax.VarBinding]:
+        """The ops that read ``value``; a k-WTA (several bindings) counts as one."""
+        found = users.get(value, [])
+        if value not in kwtas:
+            return found
+        mine = [b for b in found if b.var in kwta_vars[value]]
+        return mine[:1] + [b for b in found if b.var not in kwta_vars[value]]
 
     names = NameTable()
     hw: list[HwLayer] = []
@@ -224,6 +247,7 @@ def build_hw_model(
 
     result = func.body.body
     output: Stream | None = None
+    out_shape: tuple[int, ...] = ()
     # a walk over the dataflow graph, one branch at a time: (value, its stream, its per-sample
     # shape, the last layer's name, the binding that consumes it (None: its only user))
     Branch = tuple[relax.Expr, Stream, tuple[int, ...], str, relax.VarBinding | None]
@@ -235,24 +259,10 @@ def build_hw_model(
         cur, src, shape, last_name, via = todo.pop()
         while True:
             if via is None and cur.same_as(result):
-                output = src
+                output, out_shape = src, shape  # the shape after any final reshape
                 break
-            if via is None and cur in kwtas:
-                m = kwtas[cur]
-                if m.n != int(np.prod(shape)):
-                    raise UnsupportedModelError(
-                        f"k-WTA over {m.n} values of a {shape} tensor: only global (per sample) "
-                        "k-WTA is supported by the fpga target",
-                        op="topk",
-                    )
-                boost = None if m.boost is None else _boost_store(m.boost, shape)
-                source = f"{last_name}_kwta"
-                layer = HwLayer(0, names.add(source), source, "kwta", "kwta", shape, shape)
-                layer.attrs["k"], layer.boost = m.k, boost
-                src, cur = add(layer, src), m.out_var
-                continue
             if via is None:
-                consumers = users.get(cur, [])
+                consumers = consumers_of(cur)
                 if len(consumers) == 2:
                     # a value with two consumers (a residual block's input): clone its stream
                     source = f"{last_name}_clone"
@@ -269,6 +279,20 @@ def build_hw_model(
                         f"of {SUPPORTED_OPS} where a value feeds one op, or two (a residual block)"
                     )
                 via = consumers[0]
+            if cur in kwtas and via.var in kwta_vars[cur]:
+                m = kwtas[cur]
+                if m.n != int(np.prod(shape)):
+                    raise UnsupportedModelError(
+                        f"k-WTA over {m.n} values of a {shape} tensor: only global (per sample) "
+                        "k-WTA is supported by the fpga target",
+                        op="topk",
+                    )
+                boost = None if m.boost is None else _boost_store(m.boost, shape)
+                source = f"{last_name}_kwta"
+                layer = HwLayer(0, names.add(source), source, "kwta", "kwta", shape, shape)
+                layer.attrs["k"], layer.boost = m.k, boost
+                src, cur, via = add(layer, src), m.out_var, None
+                continue
             b, via = via, None
             op = op_name(b.value)
             if b.var in by_anchor:
@@ -305,18 +329,17 @@ def build_hw_model(
                 raise _unsupported(b)
             cur = b.var
     if arrived:
-        waiting = ", ".join(v.name_hint for v in arrived)
+        waiting = ", ".join(v.name for v in arrived)
         raise UnsupportedModelError(
-            f"add {waiting}: only one of its inputs comes from the model's input (an add needs "
-            "two streams that both start at the input)",
+            f"add {waiting}: one of its inputs is not reached from the model's input through "
+            f"ops the fpga target compiles ({SUPPORTED_OPS})",
             op="relax.add",
         )
     if not hw:
         raise UnsupportedModelError("the model has no layers the fpga target can compile")
     if output != (len(hw) - 1, 0):
         raise UnsupportedModelError("the model's output is not its last layer's result")
-    shape = hw[-1].out_shape
-    model = HwModel(name, variant, target, hw, tuple(in_full[1:]), shape, batch, param.name)
+    model = HwModel(name, variant, target, hw, tuple(in_full[1:]), out_shape, batch, param.name)
     _choose_engines(model)
     _propagate_sparsity(model)
     assign_types(model)

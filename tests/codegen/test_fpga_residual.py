@@ -126,6 +126,19 @@ def test_resnet_block_estimate_counts_clone_and_add(tb_data):
     assert "input_clone" in table and "conv2_add" in table
 
 
+def test_fixed_parallelism_leaves_clone_and_add_at_their_stream_width(tb_data):
+    """A target's ``parallelism`` sets the engines' lanes and turns the auto folding off; a clone
+    or an add has no lanes (it is as wide as its streams)."""
+    x, golden = tb_data["identity"]
+    project = compile_fpga(
+        _block("identity"), {"kind": "fpga", "parallelism": 4}, tb_data=(x, golden)
+    )
+    lanes = {layer.op: layer.lanes for layer in project.hw.layers}
+    assert lanes == {"clone": 1, "conv2d": 4, "add": 1}
+    assert project.hw.input_pack == 1  # not folded: one value per beat
+    assert project.estimate().layers[-1].cycles == 1024 + PHASE_DEPTH
+
+
 @pytest.mark.parametrize("shortcut", ["identity", "downsample"])
 def test_skip_fifo_depth_keeps_dataflow_at_the_estimated_ii(tb_data, shortcut):
     """In a beat-level model of the DATAFLOW pipeline the chosen depths run at the estimated II,

@@ -27,6 +27,8 @@ SMALL_MODELS = {
     "gsc_dense_twin": lambda: models.gsc_dense_twin(batch=2),
     "kwta_4d": lambda: models.kwta_model([2, 3, 4, 4], k=7),
     "kwta_2d_boost": lambda: models.kwta_model([3, 20], k=5, boosting=True),
+    "resnet_block": lambda: models.resnet_block(batch=2),
+    "resnet_block_downsample": lambda: models.resnet_block(16, 32, 8, stride=2),
     "unsupported_op": lambda: models.model_with_unsupported_op(),
     "dynamic_batch": lambda: models.model_with_dynamic_batch(),
 }
@@ -274,3 +276,22 @@ def test_gsc_dense_twin_is_the_super_sparse_topology_dense_with_relu():
         assert np.count_nonzero(weight) == weight.size  # every weight kept
     with pytest.raises(ValueError, match="boosting"):
         models.sparse_cnn(models.GSC_SUPER, boosting=True, kwta=False)
+
+
+def test_resnet_block_shapes_shortcut_and_densities():
+    """Identity shortcut when the shape is kept, else a 1x1 stride-s conv; every conv keeps
+    round(density * fan_in) weights per filter."""
+    down = models.resnet_block(16, 32, 8, stride=2, density=0.1)
+    out = down.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in out] == [1, 32, 4, 4]
+    weights = {k: v for k, v in _weights(down).items() if k.endswith(".weight") and v.ndim == 4}
+    assert sorted(weights) == ["conv1.weight", "conv2.weight", "downsample.weight"]
+    for w in weights.values():
+        fan_in = int(np.prod(w.shape[1:]))
+        assert (np.count_nonzero(w.reshape(w.shape[0], -1), axis=1) == round(0.1 * fan_in)).all()
+    identity = models.resnet_block()
+    assert [n.op_type for n in identity.graph.node].count("Conv") == 2
+    add = next(n for n in identity.graph.node if n.op_type == "Add")
+    assert "input" in add.input  # the shortcut is the block's input itself
+    with pytest.raises(ValueError, match="stride 3"):
+        models.resnet_block(size=8, stride=3)

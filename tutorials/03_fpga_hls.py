@@ -23,8 +23,8 @@ from tvm_sparse.codegen.fpga import NUMENTA_U250, compile_fpga
 
 
 def main(workdir: str) -> None:
-    # Step 1. The model, as an ONNX file (any sequential conv / linear / k-WTA / max-pool / ReLU
-    #         network with static shapes works).
+    # Step 1. The model, as an ONNX file (any conv / linear / k-WTA / max-pool / ReLU network
+    #         with static shapes works, chains and ResNet basic blocks: models.resnet_block).
     onnx_path = models.save(models.gsc_sparse_cnn(super_sparse=True), f"{workdir}/gsc.onnx")
     print(f"[1] model: {onnx_path}")
 

@@ -47,6 +47,7 @@ __all__ = [
     "model_with_dynamic_batch",
     "model_with_unsupported_op",
     "pruned_mlp",
+    "resnet_block",
     "save",
     "sparse_cnn",
     "tiny_sparse_cnn",
@@ -463,6 +464,74 @@ def kwta_reference(x: np.ndarray, k: int, boost: np.ndarray | None = None) -> np
     flat = ranked.reshape(x.shape[0], -1)
     kth = -np.partition(-flat, k - 1, axis=1)[:, k - 1 : k]
     return np.where(flat >= kth, x.reshape(x.shape[0], -1), 0).astype(x.dtype).reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# ResNet basic block
+# --------------------------------------------------------------------------------------------
+def _conv_bn(
+    g: _Graph,
+    rng: np.random.Generator,
+    x: str,
+    shape: tuple[int, int, int],
+    density: float,
+    stride: int,
+    name: str,
+) -> str:
+    """Conv (no bias, "same" padding, stride) -> BatchNorm, as torchvision writes ``conv_bn``;
+    the weight keeps round(density * fan_in) random inputs per filter (nupic.torch's rule)."""
+    out_c, in_c, k = shape
+    fan_in = in_c * k * k
+    mask = _per_unit_mask(rng, out_c, fan_in, density)
+    w = (_uniform(rng, (out_c, fan_in), int(mask[0].sum())) * mask).reshape(out_c, in_c, k, k)
+    wn = g.const(f"{name}.weight", _f32(w))
+    pad = k // 2
+    y = g.op("Conv", [x, wn], name, kernel_shape=[k, k], strides=[stride] * 2, pads=[pad] * 4)[0]
+    scale = g.const(f"{name}_bn.weight", _f32(rng.uniform(0.5, 1.5, out_c)))
+    shift = g.const(f"{name}_bn.bias", _f32(rng.uniform(-0.1, 0.1, out_c)))
+    mean = g.const(f"{name}_bn.running_mean", _f32(rng.uniform(-0.1, 0.1, out_c)))
+    var = g.const(f"{name}_bn.running_var", _f32(rng.uniform(0.5, 1.5, out_c)))
+    return g.op(
+        "BatchNormalization", [y, scale, shift, mean, var], f"{name}_bn", epsilon=BN_EPSILON
+    )[0]
+
+
+def resnet_block(
+    in_channels: int = 16,
+    out_channels: int = 16,
+    size: int = 8,
+    stride: int = 1,
+    density: float = 0.1,
+    batch: int = 1,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """One ResNet basic block (torchvision's ``BasicBlock``), pruned, random weights:
+    ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``, conv 3x3, ``conv1`` with ``stride``.
+
+    The shortcut is the identity when the shape is kept (stride 1, in == out channels), else the
+    downsample ``bn(conv1x1 stride s)``. Every conv keeps ``density`` of its weights per filter.
+    The FPGA backend's residual tests and cycle counts use it: one clone, two branches, one add.
+    """
+    if stride < 1 or size % stride:
+        raise ValueError(f"stride {stride} does not divide the {size}x{size} input")
+    rng = np.random.default_rng(seed)
+    g = _Graph()
+    x = "input"
+    y = _conv_bn(g, rng, x, (out_channels, in_channels, 3), density, stride, "conv1")
+    y = g.op("Relu", [y], "relu1")[0]
+    y = _conv_bn(g, rng, y, (out_channels, out_channels, 3), density, 1, "conv2")
+    skip = x
+    if stride != 1 or in_channels != out_channels:
+        skip = _conv_bn(g, rng, x, (out_channels, in_channels, 1), density, stride, "downsample")
+    y = g.op("Add", [y, skip], "add")[0]
+    y = g.op("Relu", [y], "relu2")[0]
+    out = size // stride
+    return g.model(
+        "resnet_block",
+        [batch, in_channels, size, size],
+        y,
+        [batch, out_channels, out, out],
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -152,6 +152,9 @@ class FpgaProject:
 def _prepare(mod, target: FpgaTarget, variant: str, names, name: str) -> HwModel:
     hw = build_hw_model(mod, target, variant, names, name=name)
     for layer in hw.layers:
+        if layer.op in ("clone", "add"):  # as wide as their streams' pack, no lanes of their own
+            layer.lanes_fixed = True
+            continue
         lanes = target.lanes_for(layer.name, layer.source)
         if lanes is not None:
             layer.lanes, layer.lanes_fixed = lanes, True

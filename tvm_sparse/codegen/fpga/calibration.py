@@ -38,11 +38,14 @@ def _conv_forward(layer: HwLayer, x: np.ndarray, w2: np.ndarray) -> np.ndarray:
 
 
 def forward(model: HwModel, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Run ``x`` [S, *input_shape] through the layers in float32; (output, every layer's output)."""
+    """Run ``x`` [S, *input_shape] through the stages (a DAG, in its topological order) in
+    float32; (output, every stage's output)."""
     acts: dict[str, np.ndarray] = {}
-    y = np.asarray(x, np.float32).reshape(x.shape[0], *model.input_shape)
+    outs = {-1: np.asarray(x, np.float32).reshape(x.shape[0], *model.input_shape)}
+    y = outs[-1]
     for layer in model.layers:
-        y = y.reshape(y.shape[0], *layer.in_shape)
+        ins = [outs[i] for i, _ in model.sources(layer)]
+        y = ins[0].reshape(ins[0].shape[0], *layer.in_shape)
         if layer.weighted:
             w2 = dense_weight(layer)
             if layer.op == CONV2D:
@@ -68,8 +71,12 @@ def forward(model: HwModel, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.nda
             y = _maxpool(layer, y)
         elif layer.op == "relu":
             y = np.maximum(y, 0)
-        y = y.reshape(y.shape[0], *layer.out_shape)
-        acts[layer.name] = y
+        elif layer.op == "add":
+            y = (y + ins[1].reshape(y.shape)).astype(np.float32)
+            if layer.relu:
+                y = np.maximum(y, 0)
+        y = y.reshape(y.shape[0], *layer.out_shape)  # a clone passes its input on
+        outs[layer.index] = acts[layer.name] = y
     return y.reshape(y.shape[0], -1), acts
 
 
@@ -92,19 +99,19 @@ def calibrate(model: HwModel, x: np.ndarray) -> None:
     """
     _, acts = forward(model, x)
     ranges = {"input": float(np.max(np.abs(x)))}
-    prev = np.asarray(x).reshape(x.shape[0], -1) != 0
     for layer in model.layers:
         a = acts[layer.name]
         ranges[layer.name] = float(np.max(np.abs(a), initial=0.0))
         mask = a.reshape(a.shape[0], -1) != 0
         layer.activity = {}
         if layer.in_sparse:
-            layer.in_density = float(prev.mean())
-            layer.activity["in_freq"] = prev.mean(axis=0)
+            prev = model.producers(layer)[0]
+            seen = (x if prev is None else acts[prev.name]).reshape(x.shape[0], -1) != 0
+            layer.in_density = float(seen.mean())
+            layer.activity["in_freq"] = seen.mean(axis=0)
         if layer.out_sparse:
             layer.out_density = float(mask.mean())
             layer.activity["out_masks"] = mask[:ACTIVITY_SAMPLES]
-        prev = mask
     if not model.precision.is_float:
         assign_types(model, ranges)
     model.calibrated = True

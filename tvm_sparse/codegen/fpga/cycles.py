@@ -158,6 +158,9 @@ def _write_loop(model: HwModel, layer: HwLayer, lanes: int) -> Loop:
 
 def stage_loops(model: HwModel, layer: HwLayer, lanes: int) -> list[Loop]:
     """The pipelined loops of ``layer``'s engine at ``lanes`` lanes, in program order."""
+    if layer.op in ("clone", "add"):  # nnet::clone_stream / residual_add: a beat per cycle
+        name = "CloneBeats" if layer.op == "clone" else "AddBeats"
+        return [Loop(name, "compute", math.ceil(layer.n_in / model.pack_in(layer)))]
     pack_in = model.pack_in(layer)
     n_in, n_out = layer.n_in, layer.n_out
     read = [Loop("ReadBeats", "read", math.ceil(n_in / pack_in))]
@@ -249,6 +252,8 @@ def stage_total(model: HwModel, layer: HwLayer, lanes: int) -> int:
 
 
 def max_lanes(layer: HwLayer) -> int:
+    if layer.op in ("clone", "add"):
+        return 1  # their width is the stream pack, not lanes
     if layer.engine == "dense":
         cap = layer.n_kin * (layer.out_pixels if layer.op == "conv2d" else layer.out_shape[0])
     elif layer.engine == "sparse_dense":

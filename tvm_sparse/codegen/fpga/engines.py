@@ -121,6 +121,11 @@ def _pool(layer: HwLayer) -> Values:
     return _hw("pool", layer.attrs["pool"])
 
 
+def _residual(layer: HwLayer) -> Values:
+    """The residual add: the sum's format and the fused ReLU."""
+    return {"accum_t": layer.accum_t, "relu": "true" if layer.relu else "false"}
+
+
 @dataclass(frozen=True)
 class Engine:
     """One engine of ``nnet_sparse.h``: ``nnet::<function><config_<layer>>`` runs the stage."""
@@ -155,6 +160,8 @@ ENGINES: dict[tuple[str, str], Engine] = {
     ("kwta", "kwta"): Engine("kwta", (_kwta,)),
     ("maxpool2d", "maxpool"): Engine("maxpool2d", (_planes, _pool)),
     ("relu", "relu"): Engine("relu"),
+    ("clone", "clone"): Engine("clone_stream"),
+    ("add", "add"): Engine("residual_add", (_residual,)),
 }
 
 

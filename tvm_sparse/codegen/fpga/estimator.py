@@ -20,7 +20,10 @@ Timing
 2. A stage processes one sample at a time and its loops run one after the other, as in the
    generated code: ``cycles = sum over loops (iterations * II + PHASE_DEPTH)``. Stages overlap
    across samples (DATAFLOW), so the network's initiation interval is the slowest stage and the
-   latency the sum.
+   latency the sum along the longest path (a residual block's two branches run side by side). A
+   clone and a residual add are one loop of ``ceil(n / pack)`` beats; the clone's FIFO towards
+   the branch with fewer stages holds one sample per extra stage of the other branch (BRAM,
+   counted in the clone's resources), so the branches never stall the clone.
 3. Dense streams move ``pack`` values per cycle; sparse streams one (index, value) per cycle.
    Writing a sparse stream, a cycle emits the first non-zero among the next ``lanes`` positions
    or skips ``lanes`` empty ones: non-zeros + empty stretches + 1 (the end marker), averaged over
@@ -248,7 +251,7 @@ def estimate(model: HwModel) -> Estimate:
     total["lut"] += 2 * STAGE_LUT
     total["ff"] += 2 * STAGE_FF
     ii = max([r.cycles for r in rows] + io_cycles)
-    latency = sum(r.cycles for r in rows) + sum(io_cycles)
+    latency = critical_path(model, [r.cycles for r in rows]) + sum(io_cycles)
     available = {
         "dsp": part.dsp,
         "lut": part.lut,
@@ -317,6 +320,15 @@ def _fit(per_copy: dict[str, float], regions: list[dict[str, float]]) -> tuple[l
 def _ratio(a: float, b: float) -> float:
     """a / b; nan when b is 0 (a variant that does not fit the device)."""
     return a / b if b else float("nan")
+
+
+def critical_path(model: HwModel, cycles: list[int]) -> int:
+    """Cycles of the longest input-to-output path through the stages (their sum for a
+    sequential network; a residual block's branches run side by side)."""
+    done: dict[int, int] = {-1: 0}
+    for layer, c in zip(model.layers, cycles, strict=True):
+        done[layer.index] = c + max(done[i] for i, _ in model.sources(layer))
+    return done[model.layers[-1].index]
 
 
 def comparison_table(

@@ -5,18 +5,25 @@ max-pool and ReLU into an ``HwLayer`` (reshape / flatten vanish), picks each wei
 engine for the variant (and so its weight store), marks the sparse edges and sets the expected
 densities and number formats.
 
-Anything else in the graph raises ``UnsupportedModelError`` naming the op: the backend supports
-sequential networks of these ops.
+A value with two consumers (a residual block's input) becomes a ``clone`` stage, and the add
+where the two branches meet (a tensor plus a tensor, same shape) an ``add`` stage with the ReLU
+after it fused: ResNet basic blocks, identity or downsample shortcut. The walk goes one branch at
+a time, so the stages come out in a topological order.
+
+Anything else in the graph raises ``UnsupportedModelError`` naming the op (a concat, a value with
+three consumers, an add with a constant the layer patterns did not take as a bias).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from ...errors import UnsupportedModelError
-from ...ir.layers import CONV2D, LINEAR, find_layers
+from ...ir.layers import CONV2D, LINEAR, LayerSpec, anchor_of, find_layers
 from ...ir.relax_utils import binding_map, iter_bindings, op_name, static_shape
 from ...passes.activation_sparsity import find_kwta, pooled_density
 from ...passes.analyze_sparsity import ASSUMED_RELU_DENSITY, name_layers
@@ -28,7 +35,9 @@ from .target import FpgaTarget
 from .weight_stores import csr_store, dense_store, packed_store
 
 _SHAPE_ONLY = ("relax.reshape", "relax.flatten", "relax.expand_dims", "relax.squeeze")
-SUPPORTED_OPS = "conv2d, linear (matmul/Gemm), k-WTA, max_pool2d, relu, reshape/flatten"
+SUPPORTED_OPS = (
+    "conv2d, linear (matmul/Gemm), k-WTA, max_pool2d, relu, reshape/flatten and residual add"
+)
 
 
 def _through_reshapes(expr: relax.Expr, bindings: dict) -> relax.Expr:
@@ -37,12 +46,26 @@ def _through_reshapes(expr: relax.Expr, bindings: dict) -> relax.Expr:
     return expr
 
 
+def _computed_between(start: relax.Expr, end: relax.Var, bindings: dict) -> set[relax.Var]:
+    """The vars ``end`` is computed from, back to (not including) ``start``: a k-WTA's own
+    bindings, so that a consumer of its input outside the pattern is seen as a second one."""
+    inside: set[relax.Var] = set()
+    stack = [end]
+    while stack:
+        v = stack.pop()
+        if v in inside or v.same_as(start) or v not in bindings:
+            continue
+        inside.add(v)
+        stack.extend(relax.analysis.free_vars(bindings[v]))
+    return inside
+
+
 def _unsupported(binding: relax.VarBinding, why: str = "") -> UnsupportedModelError:
     op = op_name(binding.value) or type(binding.value).__name__
     extra = f" ({why})" if why else ""
     return UnsupportedModelError(
         f"the fpga target does not support op {op!r} (value {binding.var.name}){extra}; "
-        f"it compiles sequential networks of {SUPPORTED_OPS}",
+        f"it compiles networks of {SUPPORTED_OPS}",
         node=binding.var.name,
         op=op,
     )
@@ -93,6 +116,84 @@ def _boost_store(boost: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return boost.astype(np.float32).ravel()
 
 
+def _weighted_layer(spec: LayerSpec, batch: int, names: NameTable) -> HwLayer:
+    """The stage of a conv2d / linear layer chain (its weight in ``attrs["weight2d"]`` until the
+    engine is chosen)."""
+    in_shape = _per_sample(spec.x_shape, batch, spec.name)
+    out_shape = _per_sample(spec.out_shape, batch, spec.name)
+    if spec.kind == LINEAR and len(in_shape) != 1:
+        raise UnsupportedModelError(
+            f"layer {spec.name}: linear over a {len(in_shape) + 1}-d input is not "
+            "supported by the fpga target (flatten first)",
+            node=spec.name,
+            op="relax.matmul",
+        )
+    if spec.activation not in (None, "relu"):
+        raise UnsupportedModelError(
+            f"layer {spec.name}: the {spec.activation} activation is not supported by "
+            "the fpga target (relu only)",
+            node=spec.name,
+            op=spec.activation,
+        )
+    attrs = _conv_attrs(spec) if spec.kind == CONV2D else {}
+    attrs["weight2d"] = spec.weight_2d.astype(np.float32)
+    bias = spec.bias if spec.bias is not None else np.zeros(spec.weight.shape[0])
+    return HwLayer(
+        0,
+        names.add(spec.name),
+        spec.name,
+        spec.kind,
+        "",
+        in_shape,
+        out_shape,
+        attrs,
+        bias=np.asarray(bias, np.float32),
+        relu=spec.activation == "relu",
+        weight_density=float(np.count_nonzero(spec.weight)) / spec.weight.size,
+    )
+
+
+Stream = tuple[int, int]  # (producer index, output port); -1: the model's input
+
+
+def _residual_add(
+    b: relax.VarBinding,
+    cur: relax.Var,
+    src: Stream,
+    shape: tuple[int, ...],
+    last_name: str,
+    arrived: dict[relax.Var, list],
+    users: dict[relax.Var, list[relax.VarBinding]],
+    names: NameTable,
+    add: Callable[[HwLayer, list[Stream]], Stream],
+) -> tuple[Stream, relax.Var, str] | None:
+    """One branch reaches the add ``b`` with value ``cur`` on stream ``src``.
+
+    The first branch to arrive waits (None); the second makes the add stage (its inputs in the
+    add's argument order, a sole ReLU user fused) and returns (its stream, the value the walk
+    goes on from, its name).
+    """
+    args = list(b.value.args)
+    if not all(isinstance(a, relax.Var) for a in args) or args[0].same_as(args[1]):
+        raise _unsupported(b, "an add of two different tensors the model computes")
+    if static_shape(args[0]) != static_shape(args[1]):
+        raise _unsupported(b, "an add of two tensors of one shape, no broadcasting")
+    pos = 0 if args[0].same_as(cur) else 1
+    waiting = arrived.setdefault(b.var, [])
+    waiting.append((pos, src, shape, last_name))
+    if len(waiting) < 2:
+        return None
+    del arrived[b.var]
+    waiting.sort(key=lambda w: w[0])
+    source = f"{waiting[0][3]}_add"
+    layer = HwLayer(0, names.add(source), source, "add", "add", shape, shape)
+    out = b.var
+    nxt = users.get(out, [])
+    if len(nxt) == 1 and op_name(nxt[0].value) == "relax.nn.relu":
+        layer.relu, out = True, nxt[0].var
+    return add(layer, [w[1] for w in waiting]), out, source
+
+
 def build_hw_model(
     mod: tvm.IRModule,
     target: FpgaTarget,
@@ -114,115 +215,131 @@ def build_hw_model(
         raise UnsupportedModelError(f"input {param.name}: needs a static [batch, ...] shape")
     batch = in_full[0]
     bindings = binding_map(func)
-    users: dict = {}
+    users: dict[relax.Var, list[relax.VarBinding]] = {}
     for b in iter_bindings(func):
         for v in relax.analysis.free_vars(b.value):
             users.setdefault(v, []).append(b)
     specs = find_layers(func)
     name_layers(specs, weighted_names or [])
-    by_x = {spec.x_var: spec for spec in specs}
+    # find_layers lists one spec per anchor (conv / matmul) binding, in program order: key them
+    # by the anchor, as two layers may read the same value (a downsample shortcut)
+    anchors = [b.var for b in iter_bindings(func) if anchor_of(b.value) is not None]
+    by_anchor = dict(zip(anchors, specs, strict=True))
     kwtas = {_through_reshapes(m.x, bindings): m for m in find_kwta(func)}
+    kwta_vars = {x: _computed_between(x, m.out_var, bindings) for x, m in kwtas.items()}
+
+    def consumers_of(value: relax.Expr) -> list[relax.VarBinding]:
+        """The ops that read ``value``; a k-WTA (several bindings) counts as one."""
+        found = users.get(value, [])
+        if value not in kwtas:
+            return found
+        mine = [b for b in found if b.var in kwta_vars[value]]
+        return mine[:1] + [b for b in found if b.var not in kwta_vars[value]]
 
     names = NameTable()
     hw: list[HwLayer] = []
-    last_name = "input"
 
-    def add(layer: HwLayer) -> None:
+    def add(layer: HwLayer, src: Stream | list[Stream]) -> Stream:
         layer.index = len(hw)
+        layer.inputs = list(src) if isinstance(src, list) else [src]
         hw.append(layer)
+        return (layer.index, 0)
 
-    cur: relax.Expr = param
-    shape = tuple(in_full[1:])
     result = func.body.body
-    while not cur.same_as(result):
-        if cur in by_x:
-            spec = by_x[cur]
-            in_shape = _per_sample(spec.x_shape, batch, spec.name)
-            out_shape = _per_sample(spec.out_shape, batch, spec.name)
-            if spec.kind == LINEAR and len(in_shape) != 1:
-                raise UnsupportedModelError(
-                    f"layer {spec.name}: linear over a {len(in_shape) + 1}-d input is not "
-                    "supported by the fpga target (flatten first)",
-                    node=spec.name,
-                    op="relax.matmul",
-                )
-            if spec.activation not in (None, "relu"):
-                raise UnsupportedModelError(
-                    f"layer {spec.name}: the {spec.activation} activation is not supported by "
-                    "the fpga target (relu only)",
-                    node=spec.name,
-                    op=spec.activation,
-                )
-            attrs = _conv_attrs(spec) if spec.kind == CONV2D else {}
-            bias = spec.bias if spec.bias is not None else np.zeros(spec.weight.shape[0])
-            add(
-                HwLayer(
-                    0,
-                    names.add(spec.name),
+    output: Stream | None = None
+    out_shape: tuple[int, ...] = ()
+    # a walk over the dataflow graph, one branch at a time: (value, its stream, its per-sample
+    # shape, the last layer's name, the binding that consumes it (None: its only user))
+    Branch = tuple[relax.Expr, Stream, tuple[int, ...], str, relax.VarBinding | None]
+    todo: list[Branch] = [(param, (-1, 0), tuple(in_full[1:]), "input", None)]
+    arrived: dict[
+        relax.Var, list
+    ] = {}  # residual add var -> [(argument position, stream, shape, name)]
+    while todo:
+        cur, src, shape, last_name, via = todo.pop()
+        while True:
+            if via is None and cur.same_as(result):
+                output, out_shape = src, shape  # the shape after any final reshape
+                break
+            if via is None:
+                consumers = consumers_of(cur)
+                if len(consumers) == 2:
+                    # a value with two consumers (a residual block's input): clone its stream
+                    source = f"{last_name}_clone"
+                    clone = HwLayer(0, names.add(source), source, "clone", "clone", shape, shape)
+                    clone.n_outputs = 2
+                    idx, _ = add(clone, src)
+                    for port in (1, 0):  # port 0 walked first
+                        todo.append((cur, (idx, port), shape, last_name, consumers[port]))
+                    break
+                if len(consumers) != 1:
+                    where = f"value {getattr(cur, 'name', cur)}"
+                    raise UnsupportedModelError(
+                        f"{where} feeds {len(consumers)} ops: the fpga target compiles networks "
+                        f"of {SUPPORTED_OPS} where a value feeds one op, or two (a residual block)"
+                    )
+                via = consumers[0]
+            if cur in kwtas and via.var in kwta_vars[cur]:
+                m = kwtas[cur]
+                if m.n != int(np.prod(shape)):
+                    raise UnsupportedModelError(
+                        f"k-WTA over {m.n} values of a {shape} tensor: only global (per sample) "
+                        "k-WTA is supported by the fpga target",
+                        op="topk",
+                    )
+                boost = None if m.boost is None else _boost_store(m.boost, shape)
+                source = f"{last_name}_kwta"
+                layer = HwLayer(0, names.add(source), source, "kwta", "kwta", shape, shape)
+                layer.attrs["k"], layer.boost = m.k, boost
+                src, cur, via = add(layer, src), m.out_var, None
+                continue
+            b, via = via, None
+            op = op_name(b.value)
+            if b.var in by_anchor:
+                spec = by_anchor[b.var]
+                layer = _weighted_layer(spec, batch, names)
+                src, cur, shape, last_name = (
+                    add(layer, src),
+                    spec.tail_var,
+                    layer.out_shape,
                     spec.name,
-                    spec.kind,
-                    "",
-                    in_shape,
-                    out_shape,
-                    attrs,
-                    bias=np.asarray(bias, np.float32),
-                    relu=spec.activation == "relu",
-                    weight_density=float(np.count_nonzero(spec.weight)) / spec.weight.size,
                 )
-            )
-            hw[-1].attrs["weight2d"] = spec.weight_2d.astype(np.float32)
-            last_name, cur, shape = spec.name, spec.tail_var, out_shape
-            continue
-        if cur in kwtas:
-            m = kwtas[cur]
-            if m.n != int(np.prod(shape)):
-                raise UnsupportedModelError(
-                    f"k-WTA over {m.n} values of a {shape} tensor: only global (per sample) "
-                    "k-WTA is supported by the fpga target",
-                    op="topk",
-                )
-            boost = None if m.boost is None else _boost_store(m.boost, shape)
-            add(
-                HwLayer(
-                    0,
-                    names.add(f"{last_name}_kwta"),
-                    f"{last_name}_kwta",
-                    "kwta",
-                    "kwta",
-                    shape,
-                    shape,
-                    {"k": m.k},
-                    boost=boost,
-                )
-            )
-            cur = m.out_var
-            continue
-        consumers = users.get(cur, [])
-        if len(consumers) != 1:
-            where = f"value {getattr(cur, 'name', cur)}"
-            raise UnsupportedModelError(
-                f"{where} feeds {len(consumers)} ops: the fpga target compiles sequential "
-                f"networks of {SUPPORTED_OPS}"
-            )
-        b = consumers[0]
-        op = op_name(b.value)
-        if op in _SHAPE_ONLY:
-            cur, shape = b.var, _per_sample(static_shape(b.var), batch, b.var.name)
-            continue
-        if op == "relax.nn.relu":
-            add(HwLayer(0, names.add(f"{last_name}_relu"), "relu", "relu", "relu", shape, shape))
-        elif op == "relax.nn.max_pool2d":
-            out = _per_sample(static_shape(b.var), batch, b.var.name)
-            attrs = _pool_attrs(b)
-            source = f"{last_name}_pool"
-            add(HwLayer(0, names.add(source), source, "maxpool2d", "maxpool", shape, out, attrs))
-            shape = out
-        else:
-            raise _unsupported(b)
-        cur = b.var
+                continue
+            if op in _SHAPE_ONLY:
+                cur, shape = b.var, _per_sample(static_shape(b.var), batch, b.var.name)
+                continue
+            if op == "relax.add":
+                done = _residual_add(b, cur, src, shape, last_name, arrived, users, names, add)
+                if done is None:
+                    break  # the other branch has not arrived yet
+                src, cur, last_name = done
+                continue
+            if op == "relax.nn.relu":
+                source = f"{last_name}_relu"
+                src = add(HwLayer(0, names.add(source), "relu", "relu", "relu", shape, shape), src)
+            elif op == "relax.nn.max_pool2d":
+                out = _per_sample(static_shape(b.var), batch, b.var.name)
+                attrs = _pool_attrs(b)
+                source = f"{last_name}_pool"
+                layer = HwLayer(0, names.add(source), source, "maxpool2d", "maxpool", shape, out)
+                layer.attrs = attrs
+                src = add(layer, src)
+                shape = out
+            else:
+                raise _unsupported(b)
+            cur = b.var
+    if arrived:
+        waiting = ", ".join(v.name for v in arrived)
+        raise UnsupportedModelError(
+            f"add {waiting}: one of its inputs is not reached from the model's input through "
+            f"ops the fpga target compiles ({SUPPORTED_OPS})",
+            op="relax.add",
+        )
     if not hw:
         raise UnsupportedModelError("the model has no layers the fpga target can compile")
-    model = HwModel(name, variant, target, hw, tuple(in_full[1:]), shape, batch, param.name)
+    if output != (len(hw) - 1, 0):
+        raise UnsupportedModelError("the model's output is not its last layer's result")
+    model = HwModel(name, variant, target, hw, tuple(in_full[1:]), out_shape, batch, param.name)
     _choose_engines(model)
     _propagate_sparsity(model)
     assign_types(model)
@@ -255,36 +372,40 @@ def _choose_engines(model: HwModel) -> None:
 
 
 def _sparse_source(model: HwModel, index: int) -> bool:
-    """True when layer ``index``'s input comes (through max-pools) from a k-WTA or a ReLU."""
-    for prev in reversed(model.layers[:index]):
-        if prev.op == "maxpool2d":
-            continue
-        return prev.op in ("kwta", "relu") or (prev.weighted and prev.relu)
-    return False
+    """True when layer ``index``'s input comes (through max-pools) from a k-WTA or a ReLU.
+
+    A clone's or an add's stream is dense (neither engine takes or emits sparse streams).
+    """
+    prev = model.producers(model.layers[index])[0]
+    while prev is not None and prev.op == "maxpool2d":
+        prev = model.producers(prev)[0]
+    if prev is None or prev.op in ("clone", "add"):
+        return False
+    return prev.op in ("kwta", "relu") or (prev.weighted and prev.relu)
 
 
 def _propagate_sparsity(model: HwModel) -> None:
     """Mark sparse edges (consumers that skip zeros) and set expected densities."""
-    layers = model.layers
-    for layer in layers:
+    for layer in model.layers:
         if layer.engine == "sparse_sparse":
             layer.in_sparse = True
-            j = layer.index - 1
-            while j >= 0:
-                layers[j].out_sparse = True
-                if layers[j].op != "maxpool2d":
+            prev = model.producers(layer)[0]
+            while prev is not None:
+                prev.out_sparse = True
+                if prev.op != "maxpool2d":
                     break
-                layers[j].in_sparse = True
-                j -= 1
-    density = 1.0
-    for layer in layers:
+                prev.in_sparse = True
+                prev = model.producers(prev)[0]
+    for layer in model.layers:  # topological order: producers first
+        prev = model.producers(layer)[0]
+        density = 1.0 if prev is None else prev.out_density
         layer.in_density = density
         if layer.op == "kwta":
             density = layer.attrs["k"] / layer.n_in
         elif layer.op == "maxpool2d":
             density = pooled_density(density, int(np.prod(layer.attrs["pool"])))
-        elif layer.op == "relu" or (layer.weighted and layer.relu):
+        elif layer.op == "relu" or (layer.op in ("add", CONV2D, LINEAR) and layer.relu):
             density = ASSUMED_RELU_DENSITY
-        else:
+        elif layer.op != "clone":
             density = 1.0
         layer.out_density = density

@@ -9,7 +9,13 @@ canonical Relax ``main`` by ``from_relax.build_hw_model``:
   ``sparse_sparse`` (complementary packed columns + residual: for each *active* input, its
   packed column is scatter-added by owner);
 * ``kwta`` (global per sample, ties >= the k-th win, optional boost: rank on x * boost, keep x);
-* ``maxpool2d`` and ``relu``; reshape / flatten vanish (the stream order is the flat NCHW order).
+* ``maxpool2d`` and ``relu``; reshape / flatten vanish (the stream order is the flat NCHW order);
+* residual networks: ``clone`` (one dense stream in, two identical dense streams out: a value
+  with two consumers) and ``add`` (two dense streams in, their elementwise sum, optional fused
+  ReLU: ResNet's ``relu(conv_bn(x) + shortcut)``).
+
+The stages are listed in a topological order; ``HwLayer.inputs`` names the stream each input
+comes from (producer index, output port; -1 is the model's input), so the model is a DAG.
 
 Edges between stages are dense streams (beats of ``pack`` consecutive values) or sparse streams
 (one ``(index, value)`` per non-zero, then an end marker). A sparse-sparse engine needs a sparse
@@ -61,8 +67,8 @@ class HwLayer:
     index: int
     name: str  # C identifier
     source: str  # the model's name for it
-    op: str  # conv2d | linear | kwta | maxpool2d | relu
-    engine: str  # dense | sparse_dense | sparse_sparse | kwta | maxpool | relu
+    op: str  # conv2d | linear | kwta | maxpool2d | relu | clone | add
+    engine: str  # dense | sparse_dense | sparse_sparse | kwta | maxpool | relu | clone | add
     in_shape: tuple[int, ...]  # per sample (C, H, W) or (N,)
     out_shape: tuple[int, ...]
     attrs: dict = field(default_factory=dict)
@@ -88,6 +94,10 @@ class HwLayer:
     weight_t: str = "float"
     bias_t: str = "float"
     accum_t: str = "float"
+    # (producer index, output port) of each input stream; -1 is the model's input. Empty: the
+    # stage before it in the list (a sequential model written by hand).
+    inputs: list[tuple[int, int]] = field(default_factory=list)
+    n_outputs: int = 1  # output streams (a clone has two)
 
     @property
     def n_in(self) -> int:
@@ -188,5 +198,48 @@ class HwModel:
                 return layer
         raise KeyError(name)
 
+    def sources(self, layer: HwLayer) -> list[tuple[int, int]]:
+        """(producer index, port) of each input stream of ``layer``; -1 is the model's input."""
+        return list(layer.inputs) if layer.inputs else [(layer.index - 1, 0)]
+
+    def producers(self, layer: HwLayer) -> list[HwLayer | None]:
+        """The stage behind each input stream of ``layer`` (None: the model's input)."""
+        return [self.layers[i] if i >= 0 else None for i, _ in self.sources(layer)]
+
+    def consumers(self, layer: HwLayer) -> list[tuple[HwLayer, int]]:
+        """(consumer, port of ``layer`` it reads), in list order."""
+        return [(x, port) for x in self.layers for i, port in self.sources(x) if i == layer.index]
+
     def pack_in(self, layer: HwLayer) -> int:
-        return self.input_pack if layer.index == 0 else self.layers[layer.index - 1].pack_out
+        prev = self.producers(layer)[0]
+        return self.input_pack if prev is None else prev.pack_out
+
+    def fifo_depth(self, layer: HwLayer, port: int) -> int:
+        """Depth (beats) of the stream leaving ``layer`` on ``port``.
+
+        A clone's outputs meet again at an add. Each stage between them holds one sample in
+        flight under DATAFLOW (it reads its whole input before it writes), so the branch with
+        fewer stages buffers one sample per stage the longer branch has beyond it: then the
+        clone never waits on it and the block runs at its slowest stage's II. Less than one
+        sample deadlocks an identity shortcut (the clone blocks on the full skip FIFO before
+        conv1 has read its sample); one sample where two are due runs, at about half the rate.
+        A beat-level model of the pipeline checks both (tests/codegen/dataflow_sim.py). The
+        longer branch's stream, like every other stream, is 2 beats deep.
+        """
+        if layer.op != "clone":
+            return 2
+        lengths = {p: _stages_to_add(self, x) for x, p in self.consumers(layer)}
+        behind = max(lengths.values()) - lengths[port]
+        return 2 if behind == 0 else -(-layer.n_out // layer.pack_out) * behind
+
+
+def _stages_to_add(model: HwModel, layer: HwLayer) -> int:
+    """Stages from ``layer`` (inclusive) up to the next add (exclusive), along first consumers."""
+    n = 0
+    while layer.op != "add":
+        n += 1
+        nxt = model.consumers(layer)
+        if not nxt:
+            break
+        layer = nxt[0][0]
+    return n

@@ -40,8 +40,9 @@ def assign_types(model: HwModel, ranges: dict[str, float] | None = None) -> None
     # int8: ap_fixed<8, I> per tensor; accumulate exactly (products have Fw + Fx fraction bits)
     in_i = _int_bits(ranges.get("input", 4.0))
     model.input_t = _fixed(8, in_i)
-    cur_t, cur_i = model.input_t, in_i
+    formats: dict[int, tuple[str, int]] = {-1: (model.input_t, in_i)}  # stage -> (out_t, I)
     for layer in model.layers:
+        cur_t, cur_i = formats[model.sources(layer)[0][0]]
         layer.in_t = cur_t
         if layer.weighted:
             wmax = float(np.max(np.abs(_weight_values(layer)), initial=0.0))
@@ -53,9 +54,21 @@ def assign_types(model: HwModel, ranges: dict[str, float] | None = None) -> None
             layer.accum_t = layer.bias_t = _fixed(min(frac + acc_i, 56), acc_i)
             layer.out_t = _fixed(8, out_i)
             cur_t, cur_i = layer.out_t, out_i
+        elif layer.op == "add":
+            _add_sum_format(layer, [formats[i][1] for i, _ in model.sources(layer)])
+            cur_i = _int_bits(ranges.get(layer.name, 8.0))
+            layer.out_t = cur_t = _fixed(8, cur_i)
         else:
             layer.out_t = cur_t
+        formats[layer.index] = (cur_t, cur_i)
     model.calibrated = bool(ranges)
+
+
+def _add_sum_format(layer: HwLayer, in_bits: list[int]) -> None:
+    """A residual add's int8 sum format: exact for both inputs (the wider integer part plus a
+    carry, the finer fraction); its output is then rounded to its own calibrated format."""
+    integer = max(in_bits) + 1
+    layer.accum_t = _fixed(integer + max(8 - i for i in in_bits), integer)
 
 
 def _weight_values(layer: HwLayer) -> np.ndarray:

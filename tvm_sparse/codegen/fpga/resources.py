@@ -180,7 +180,39 @@ def shares_operand(layer: HwLayer) -> bool:
     return layer.engine == "dense" and pe >= 2
 
 
+def add_lane_cost(model: HwModel, layer: HwLayer) -> tuple[float, float, float]:
+    """(DSP, LUT, FF) of one lane of a residual add: a float adder (Vitis fadd "fulldsp": 2 DSP)
+    or a fixed-point adder of the sum's width in LUT carry logic, plus the ReLU's compare."""
+    if model.precision.is_float:
+        return 2.0, 200.0, 300.0
+    bits = acc_bits(model, layer)
+    return 0.0, float(2 * bits), float(bits)
+
+
+def residual_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
+    """A clone: control, and the FIFO of each output that buffers whole samples (the shorter
+    branch's, ``HwModel.fifo_depth``: BRAM / LUTRAM by ``memory``). An add: one adder lane per
+    value of a beat (its pack)."""
+    res = {"dsp": 0.0, "lut": float(STAGE_LUT), "ff": float(STAGE_FF), "bram36": 0.0, "uram": 0.0}
+    width = data_bits(model) * model.pack_in(layer)
+    if layer.op == "clone":
+        for port in range(layer.n_outputs):
+            depth = model.fifo_depth(layer, port)
+            if depth > 2:  # the 2-beat FIFOs are registers, as everywhere else
+                for k, v in memory(depth, width, 2).items():
+                    res[k] += v
+        return res
+    dsp, lut, ff = add_lane_cost(model, layer)
+    lanes = model.pack_in(layer)
+    res["dsp"] += lanes * dsp
+    res["lut"] += lanes * lut
+    res["ff"] += lanes * ff
+    return res
+
+
 def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
+    if layer.op in ("clone", "add"):
+        return residual_resources(model, layer)
     lanes = layer.lanes
     par = split(layer)
     bits, abits = data_bits(model), acc_bits(model, layer)

@@ -137,22 +137,47 @@ def stream_type(model: HwModel, layer: HwLayer | None, sparse: bool) -> str:
     return f"hls::stream<nnet::beat<{layer.out_t}, {layer.pack_out}> >"
 
 
+def stream_name(model: HwModel, index: int, port: int) -> str:
+    """The C name of the stream leaving stage ``index`` (-1: the input) on ``port``."""
+    if index < 0:
+        return "s_input"
+    layer = model.layers[index]
+    return f"s_{layer.name}_{port}" if layer.n_outputs > 1 else f"s_{layer.name}"
+
+
 def stage_function(model: HwModel, layer: HwLayer) -> str:
-    prev = model.layers[layer.index - 1] if layer.index else None
-    args = "".join(f", {name}" for _, name, _ in weight_arrays(layer))
+    """The DATAFLOW process of ``layer``: its engine called once per sample."""
+    ins = [stream_type(model, prev, layer.in_sparse) for prev in model.producers(layer)]
+    values = {
+        "source": comment_text(layer.source),
+        "engine": layer.engine,
+        "op": layer.op,
+        "lanes": layer.lanes,
+        "name": layer.name,
+        "function": engine_of(layer).function,
+        "stage": layer.index + 1,  # the cycle counters' stage number (0 is the AXI input)
+    }
+    if len(ins) == 1 and layer.n_outputs == 1:
+        args = "".join(f", {name}" for _, name, _ in weight_arrays(layer))
+        return render(
+            "snippets/stage.cpp",
+            values
+            | {
+                "in_stream_t": ins[0],
+                "out_stream_t": stream_type(model, layer, layer.out_sparse),
+                "arguments": args,
+            },
+        )
+    # a clone (two outputs) or an add (two inputs): streams in, then streams out
+    params = [f"{t} &in{i}" for i, t in enumerate(ins)]
+    out_t = stream_type(model, layer, layer.out_sparse)
+    params += [f"{out_t} &out{p}" for p in range(layer.n_outputs)]
     return render(
-        "snippets/stage.cpp",
-        {
-            "source": comment_text(layer.source),
-            "engine": layer.engine,
-            "op": layer.op,
-            "lanes": layer.lanes,
-            "name": layer.name,
-            "in_stream_t": stream_type(model, prev, layer.in_sparse),
-            "out_stream_t": stream_type(model, layer, layer.out_sparse),
-            "function": engine_of(layer).function,
-            "arguments": args,
-            "stage": layer.index + 1,
+        "snippets/stage_streams.cpp",
+        values
+        | {
+            "stream_params": ", ".join(params),
+            "stream_args": ", ".join(p.rsplit("&", 1)[1] for p in params),
         },
     )
 
@@ -249,15 +274,17 @@ def write_project(
     )
     streams = ["    " + stream_type(model, None, False) + ' s_input("s_input");']
     calls = []
-    prev_stream = "s_input"
-    for layer in model.layers:
-        s_name = f"s_{layer.name}"
-        streams.append(
-            f'    {stream_type(model, layer, layer.out_sparse)} {s_name}("{s_name}");\n'
-            f"#pragma HLS STREAM variable = {s_name} depth = 2"
-        )
-        calls.append(f"    stage_{layer.name}({prev_stream}, {s_name}, n_samples);")
-        prev_stream = s_name
+    for layer in model.layers:  # a topological order: every stream is declared before its use
+        for port in range(layer.n_outputs):
+            s_name = stream_name(model, layer.index, port)
+            streams.append(
+                f'    {stream_type(model, layer, layer.out_sparse)} {s_name}("{s_name}");\n'
+                f"#pragma HLS STREAM variable = {s_name} depth = {model.fifo_depth(layer, port)}"
+            )
+        ins = [stream_name(model, i, port) for i, port in model.sources(layer)]
+        outs = [stream_name(model, layer.index, port) for port in range(layer.n_outputs)]
+        calls.append(f"    stage_{layer.name}({', '.join(ins + outs)}, n_samples);")
+    prev_stream = stream_name(model, last.index, 0)
     (fw / f"{top}.cpp").write_text(
         render(
             "firmware/myproject.cpp",
@@ -328,6 +355,7 @@ def project_manifest(model: HwModel) -> dict:
                 "engine": x.engine,
                 "in_shape": list(x.in_shape),
                 "out_shape": list(x.out_shape),
+                "inputs": [list(src) for src in model.sources(x)],
                 "in_sparse": x.in_sparse,
                 "out_sparse": x.out_sparse,
                 "lanes": x.lanes,

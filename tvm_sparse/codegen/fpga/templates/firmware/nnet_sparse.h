@@ -792,6 +792,48 @@ Lanes:
     write_all<CONFIG_T::lanes>(y, out);
 }
 
+// --- residual blocks: clone and add ---------------------------------------------------------------
+// A value with two consumers (a ResNet block's input) is cloned: each beat goes to both output
+// streams, one beat per cycle. The top function sizes the FIFO of the branch with fewer stages to
+// hold the samples the longer branch works on, so DATAFLOW neither stalls nor deadlocks.
+template <class CONFIG_T, class T, int PACK>
+void clone_stream(hls::stream<beat<T, PACK> > &in, hls::stream<beat<T, PACK> > &out0,
+                  hls::stream<beat<T, PACK> > &out1) {
+CloneBeats:
+    for (unsigned b = 0; b < CONFIG_T::n_in / PACK; b++) {
+#pragma HLS PIPELINE II = 1
+        NNET_TICK(1);
+        const beat<T, PACK> x = in.read();
+        out0.write(x);
+        out1.write(x);
+    }
+    NNET_LOOP_DONE();
+}
+
+// Where the branches meet: the elementwise sum of two dense streams of one pack, PACK lanes per
+// beat, summed in accum_t (exact for float and fixed point), then the fused ReLU if any.
+template <class CONFIG_T, class A, class B, class O, int PACK>
+void residual_add(hls::stream<beat<A, PACK> > &in0, hls::stream<beat<B, PACK> > &in1,
+                  hls::stream<beat<O, PACK> > &out) {
+AddBeats:
+    for (unsigned b = 0; b < CONFIG_T::n_in / PACK; b++) {
+#pragma HLS PIPELINE II = 1
+        NNET_TICK(1);
+        const beat<A, PACK> x = in0.read();
+        const beat<B, PACK> y = in1.read();
+        beat<O, PACK> z;
+        for (int j = 0; j < PACK; j++) {
+#pragma HLS UNROLL
+            typename CONFIG_T::accum_t sum = (typename CONFIG_T::accum_t)x.v[j];
+            sum += (typename CONFIG_T::accum_t)y.v[j];
+            if (CONFIG_T::relu && sum < 0) sum = 0;
+            z.v[j] = (O)sum;
+        }
+        out.write(z);
+    }
+    NNET_LOOP_DONE();
+}
+
 // --- AXI <-> streams ------------------------------------------------------------------------------
 template <class T, int N, int PACK>
 void read_input(const float *in, hls::stream<beat<T, PACK> > &s, int n_samples) {

@@ -185,8 +185,8 @@ def stage_loops(model: HwModel, layer: HwLayer, lanes: int) -> list[Loop]:
                 active,
                 Loop("Finish", "compute", pixels),
             ]
-        else:  # register accumulators: clearing and finishing are one cycle each, no loop
-            compute = [active]
+        else:  # register accumulators, cleared in one cycle (no loop)
+            compute = [active, Loop("Finish", "compute", math.ceil(layer.out_shape[0] / lanes))]
     elif layer.engine == "kwta":
         compute = [Loop("Rank", "compute", steps)]
         for _ in range(4):
@@ -214,9 +214,9 @@ def stage_loops(model: HwModel, layer: HwLayer, lanes: int) -> list[Loop]:
 
 
 def unlooped_cycles(layer: HwLayer) -> int:
-    """Single cycles outside any loop: the register accumulators' clear and finish of a
-    sparse-sparse linear layer."""
-    return 2 if layer.engine == "sparse_sparse" and layer.op != CONV2D else 0
+    """Single cycles outside any loop: the register accumulators' clear of a sparse-sparse
+    linear layer."""
+    return 1 if layer.engine == "sparse_sparse" and layer.op != CONV2D else 0
 
 
 def stage_macs(layer: HwLayer) -> float:

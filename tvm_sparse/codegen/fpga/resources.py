@@ -241,9 +241,11 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
             res["ff"] += mac_lanes * abits * stages
             # accumulators: a bank per output channel, taps pixels read and written per cycle
             add(place(banks * layer.out_pixels, abits, 2 * banks * par.taps, scattered=True))
-            # finish: all channels of one pixel at once (bias constants fold into the adders)
-            res["lut"] += out_c * (abits + bits)
-            add(place(layer.n_out, bits, 2 * out_c, scattered=True))
+            # finish: conv, all channels of one pixel at once; linear, lanes outputs per cycle
+            # (bias constants fold into the adders)
+            finishing = out_c if layer.op == "conv2d" else min(out_c, lanes)
+            res["lut"] += finishing * (abits + bits)
+            add(place(layer.n_out, bits, 2 * finishing, scattered=layer.op == "conv2d"))
         else:
             add(place(layer.out_shape[0], abits, 2, rom=True))  # bias
             n_buf = layer.in_shape[0] * math.prod(layer.attrs.get("padded", (1, 1)))

@@ -438,7 +438,7 @@ template <class T> inline bool next_nonzero(hls::stream<elem<T> > &in, elem<T> &
     return !e.last;
 }
 
-// Accumulators in registers (complete partition): clearing and finishing take a cycle each.
+// Accumulators in registers (complete partition): clearing them takes one cycle.
 template <class CONFIG_T, class OUT_S>
 void linear_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S &out,
                           const typename CONFIG_T::weight_t val[CONFIG_T::n_kin * CONFIG_T::groups],
@@ -471,11 +471,17 @@ ActiveInputs:
         if (++s == n) s = 0;
     }
     NNET_LOOP_DONE();
-    NNET_TICK(1);
-    for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
+Finish:  // lanes outputs per cycle: bias, ReLU and the output format
+    for (unsigned i = 0; i < (CONFIG_T::out_c + CONFIG_T::lanes - 1) / CONFIG_T::lanes; i++) {
+#pragma HLS PIPELINE II = 1
+        NNET_TICK(1);
+        for (unsigned l = 0; l < CONFIG_T::lanes; l++) {
 #pragma HLS UNROLL
-        y[o] = finish<CONFIG_T>(acc[o] + b[o]);
+            const unsigned o = i * CONFIG_T::lanes + l;
+            if (o < CONFIG_T::out_c) y[o] = finish<CONFIG_T>(acc[o] + b[o]);
+        }
     }
+    NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
 }
 

@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_compile_fpga(args: argparse.Namespace) -> int:
     from .codegen.fpga import compile_fpga
+    from .codegen.fpga.cycle_check import agreement_table
     from .errors import TargetError
 
     if args.html:  # checked before the long HLS run
@@ -145,6 +146,9 @@ def _cmd_compile_fpga(args: argparse.Namespace) -> int:
     print(project.estimate().table())
     if project.csim_result is not None:
         print(project.csim_result.summary())
+        if project.csim_result.stage_cycles is not None:
+            print("cycles per sample, estimated vs counted by the C simulation:")
+            print(agreement_table(project.cycle_agreement()))
     print(f"wrote HLS project {args.output}")
     return 0
 

@@ -3,12 +3,15 @@
 No vendor tool is needed: ``firmware/hls_compat`` stands in for ``hls_stream.h`` / ``ap_fixed.h``
 and is searched last (``-idirafter``), so real headers win when they are found: ``$AP_TYPES`` or
 ``$TVM_SPARSE_AP_TYPES`` (the open-source github.com/Xilinx/HLS_arbitrary_Precision_Types),
-``$XILINX_HLS/include``, or the ap_types copy inside an installed ``hls4ml`` package.
+``$XILINX_HLS/include``, or the ap_types copy inside an installed ``hls4ml`` package (the
+``fpga`` extra: ``pip install "tvm-sparse[fpga]"``). The stand-in only approximates ap_fixed's
+rounding and saturation, so a build that falls back to it says so once (a warning).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +24,22 @@ import numpy as np
 from ...errors import TvmSparseError
 
 DEFAULT_FLAGS = ("-std=c++14", "-ffp-contract=off")
+_log = logging.getLogger(__name__)
+_warned_compat = False
+COMPAT_WARNING = (
+    "C simulation uses the 124-line ap_fixed.h stand-in (firmware/hls_compat): no real ap_types "
+    "headers were found. Fixed-point results may differ from Vitis HLS. Install them with "
+    '`pip install "tvm-sparse[fpga]"` (hls4ml ships the Apache-2.0 Xilinx ap_types) or point '
+    "$AP_TYPES at a checkout of github.com/Xilinx/HLS_arbitrary_Precision_Types."
+)
+
+
+def _warn_compat_once() -> None:
+    """Log the fallback to the stand-in headers once per process (every build would repeat it)."""
+    global _warned_compat
+    if not _warned_compat:
+        _warned_compat = True
+        _log.warning(COMPAT_WARNING)
 
 
 @dataclass
@@ -134,6 +153,8 @@ def build(
     real = vendor_header_dir() if vendor_headers in (None, True) else None
     if vendor_headers is True and real is None:
         raise TvmSparseError("vendor_headers=True but no ap_types / Vitis HLS headers were found")
+    if real is None and vendor_headers is None:  # vendor_headers=False asks for the stand-in
+        _warn_compat_once()
     cmd = [cxx, *DEFAULT_FLAGS, opt]
     if real:
         cmd += ["-I", real]

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...ir.layers import CONV2D
 from .hw_model import HwLayer, HwModel
-from .number_formats import assign_types
+from .number_formats import assign_types, int8_width, optimal_range
 from .weight_stores import dense_weight
 
 
@@ -85,14 +85,17 @@ def calibrate(model: HwModel, x: np.ndarray) -> None:
     """Measure per-layer output ranges and input densities on samples ``x``.
 
     Densities replace the analytical ones (k/n, pooled k/n, 0.5 for ReLU) in the estimate; ranges
-    give int8 its per-tensor formats.
+    give int8 its per-tensor formats: the power-of-two range of least squared error on ``x``
+    (``optimal_range``), not the max, which one outlier would double.
     """
     _, acts = forward(model, x)
-    ranges = {"input": float(np.max(np.abs(x)))}
+    int8 = model.precision.kind == "int8"
+    ranges = {"input": optimal_range(x)} if int8 else {}
     density = float(np.count_nonzero(x)) / x.size
     for layer in model.layers:
         a = acts[layer.name]
-        ranges[layer.name] = float(np.max(np.abs(a), initial=0.0))
+        if int8:
+            ranges[layer.name] = optimal_range(a, int8_width(model, layer))
         if layer.in_sparse:
             layer.in_density = density
         density = float(np.count_nonzero(a)) / a.size

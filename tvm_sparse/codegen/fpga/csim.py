@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -58,6 +59,7 @@ class CsimResult:
     build_seconds: float
     run_seconds: float
     log: str
+    sqnr_db: float = math.inf  # 10 log10(sum golden^2 / sum (csim - golden)^2), finite pairs
 
     @property
     def ok(self) -> bool:
@@ -69,7 +71,7 @@ class CsimResult:
             f"max |csim - cpu| = {self.max_abs_error:.3g} (relative to max |cpu|: "
             f"{self.max_rel_error:.3g}), {self.mismatches} values beyond "
             f"rtol={self.rtol:g}/atol={self.atol:.3g}, top-1 agreement "
-            f"{self.top1_agreement:.0%}"
+            f"{self.top1_agreement:.1%}, SQNR {self.sqnr_db:.1f} dB"
         )
 
     def to_dict(self) -> dict:
@@ -79,6 +81,7 @@ class CsimResult:
             "max_rel_error": self.max_rel_error,
             "mismatches": self.mismatches,
             "top1_agreement": self.top1_agreement,
+            "sqnr_db": self.sqnr_db,
             "rtol": self.rtol,
             "atol": self.atol,
             "headers": self.headers,
@@ -129,6 +132,20 @@ def compare(
     top1 = float(np.mean(np.argmax(output, axis=1) == np.argmax(golden, axis=1)))
     max_abs = float(diff.max(initial=0.0))
     return max_abs, max_abs / finite_scale(golden), bad, top1
+
+
+def sqnr_db(output: np.ndarray, golden: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of ``output`` against ``golden`` in dB, over the pairs
+    where both are finite: 10 log10(sum golden^2 / sum (output - golden)^2); inf when equal."""
+    out64, gold64 = output.astype(np.float64), golden.astype(np.float64)
+    finite = np.isfinite(out64) & np.isfinite(gold64)
+    signal = float(np.sum(gold64[finite] ** 2))
+    noise = float(np.sum((out64[finite] - gold64[finite]) ** 2))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
 
 
 def read_dat(path: Path) -> np.ndarray:
@@ -212,6 +229,7 @@ def run_csim(
         build_s,
         run_s,
         proc.stdout + proc.stderr,
+        sqnr_db(output, golden),
     )
     if check and not result.ok:
         raise TvmSparseError(f"C simulation does not match the CPU module: {result.summary()}")

@@ -84,6 +84,12 @@ class HwLayer:
     weight_t: str = "float"
     bias_t: str = "float"
     accum_t: str = "float"
+    # int8: integer weights with one scale per output channel, multiplied in at the output
+    # (``scale_t``, values ``weight_scale``); k-WTA ranks x * boost as ``rank_t``
+    scale_t: str = "float"
+    weight_scale: np.ndarray | None = None
+    rank_t: str = "float"
+    boost_t: str = "float"
 
     @property
     def n_in(self) -> int:

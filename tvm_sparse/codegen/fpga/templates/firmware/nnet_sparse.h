@@ -44,6 +44,23 @@ inline uint32_t float_key(float x) {
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
+// k-WTA ranks: float (float, ap_fixed<W,I> builds: the value as a float) or int8's fixed-point
+// rank_t (x, or x * boost exactly). rank_key orders them as unsigned integers.
+inline void to_rank(float &r, float x) { r = x; }
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N>
+inline void to_rank(float &r, const ap_fixed<W, I, Q, O, N> &x) { r = x.to_float(); }
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N, int W2, int I2, ap_q_mode Q2,
+          ap_o_mode O2, int N2>
+inline void to_rank(ap_fixed<W, I, Q, O, N> &r, const ap_fixed<W2, I2, Q2, O2, N2> &x) { r = x; }
+
+inline uint32_t rank_key(float r) { return float_key(r); }
+// A W-bit two's complement word as offset binary: unsigned order is the signed order.
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N>
+inline uint32_t rank_key(ap_fixed<W, I, Q, O, N> r) {
+    static_assert(W <= 32, "a k-WTA rank key is at most 32 bits");
+    return (uint32_t)r.range(W - 1, 0).to_uint64() ^ (1u << (W - 1));
+}
+
 // --- stream <-> buffer --------------------------------------------------------------------------
 template <class T, int N, int PACK>
 void read_all(hls::stream<beat<T, PACK> > &s, T (&buf)[N]) {
@@ -94,10 +111,13 @@ WriteNonZeros:
     s.write(end);
 }
 
+// Output o of a weighted layer from its accumulator (bias included): the fused ReLU, then the
+// output format. CONFIG_T::requantize converts (float, ap_fixed) or, for int8's integer weights,
+// multiplies in output channel o's scale.
 template <class CONFIG_T>
-inline typename CONFIG_T::out_t finish(typename CONFIG_T::accum_t acc) {
+inline typename CONFIG_T::out_t finish(typename CONFIG_T::accum_t acc, unsigned o) {
     if (CONFIG_T::relu && acc < 0) return 0;
-    return (typename CONFIG_T::out_t)acc;
+    return CONFIG_T::requantize(acc, o);
 }
 
 // Copy the input into a zero-padded [C][HP][WP] buffer, so weight offsets need no bounds checks.
@@ -201,7 +221,7 @@ Filters:
             const unsigned base =
                 oy * CONFIG_T::stride_h * CONFIG_T::pad_w + ox * CONFIG_T::stride_w;
             y[o * CONFIG_T::out_h * CONFIG_T::out_w + p] =
-                finish<CONFIG_T>(weights.window(xp, o, base) + b[o]);
+                finish<CONFIG_T>(weights.window(xp, o, base) + b[o], o);
         }
     }
     write_all<CONFIG_T::lanes>(y, out);
@@ -218,7 +238,7 @@ void linear_outputs(IN_S &in, OUT_S &out, const WEIGHTS &weights,
 Outputs:
     for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
 #pragma HLS UNROLL factor = CONFIG_T::pe
-        y[o] = finish<CONFIG_T>(weights.row(x, o) + b[o]);
+        y[o] = finish<CONFIG_T>(weights.row(x, o) + b[o], o);
     }
     write_all<CONFIG_T::lanes>(y, out);
 }
@@ -316,7 +336,7 @@ ActiveInputs:
     }
     for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
 #pragma HLS UNROLL
-        y[o] = finish<CONFIG_T>(acc[o] + b[o]);
+        y[o] = finish<CONFIG_T>(acc[o] + b[o], o);
     }
     write_all<CONFIG_T::lanes>(y, out);
 }
@@ -370,7 +390,7 @@ Finish:
     for (unsigned p = 0; p < OHW; p++) {
 #pragma HLS PIPELINE II = 1
         for (unsigned o = 0; o < CONFIG_T::out_c; o++)
-            y[o * OHW + p] = finish<CONFIG_T>(acc[o * OHW + p] + b[o]);
+            y[o * OHW + p] = finish<CONFIG_T>(acc[o * OHW + p] + b[o], o);
     }
     write_all<CONFIG_T::lanes>(y, out);
 }
@@ -411,7 +431,7 @@ RadixPasses:
 }
 
 template <class CONFIG_T, class IN_S, class OUT_S>
-void kwta(IN_S &in, OUT_S &out, const float boost[CONFIG_T::n_boost]) {
+void kwta(IN_S &in, OUT_S &out, const typename CONFIG_T::boost_t boost[CONFIG_T::n_boost]) {
     typename CONFIG_T::in_t x[CONFIG_T::n_in];
     uint32_t key[CONFIG_T::n_in];
     typename CONFIG_T::out_t y[CONFIG_T::n_in];
@@ -420,9 +440,10 @@ Rank:
     for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS UNROLL factor = CONFIG_T::lanes
-        float r = to_float(x[i]);
+        typename CONFIG_T::rank_t r;
+        to_rank(r, x[i]);
         if (CONFIG_T::boosted) r = r * boost[i / CONFIG_T::boost_stride];
-        key[i] = float_key(r);
+        key[i] = rank_key(r);
     }
     const uint32_t kth = kth_largest_key<CONFIG_T::n_in, CONFIG_T::lanes>(key, CONFIG_T::k);
 Select:

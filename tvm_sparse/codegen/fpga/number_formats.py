@@ -6,7 +6,7 @@ wider accumulator. int8 is what hls4ml / FINN-style int8 accelerators do:
 * activations are ``ap_fixed<8,I>`` per tensor, I chosen on calibration data as the power-of-two
   range with the least squared error (``optimal_range``: clipping a rare outlier beats halving
   the resolution of every other value);
-* weights are integers in [-127, 127] with one scale per output channel (``scale[o] = max |w[o]|
+* weights are integers in [-127, 127] (``int8_t``) with one scale per output channel (``scale[o] = max |w[o]|
   / 127``, an 18-bit ``scale_t``: one DSP48E2 port), so a channel of small weights keeps its
   8 bits instead of sharing a power-of-two range with the largest channel;
 * the accumulator is exact (products have the input's fraction bits; the integer bits bound
@@ -131,7 +131,7 @@ def _int8_weighted(layer: HwLayer, in_i: int) -> None:
     frac = 8 - in_i  # integer weights: the products have the input's fraction bits
     layer.weight_scale = scale
     layer.scale_t = _fixed(SCALE_BITS, scale_i)
-    layer.weight_t = _fixed(8, 8)
+    layer.weight_t = "int8_t"  # a plain C array: g++ constant-initializes it, HLS makes a ROM
     layer.accum_t = layer.bias_t = _fixed(frac + acc_i, acc_i)
 
 

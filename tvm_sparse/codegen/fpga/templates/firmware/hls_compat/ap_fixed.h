@@ -99,6 +99,14 @@ ap_fixed<W1 + W2, I1 + I2> operator*(const ap_fixed<W1, I1, Q1, O1, N1> &a,
     return r;
 }
 
+// an int8_t weight times a value (int8 builds), exact as the real headers type it
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N>
+ap_fixed<W + 8, I + 8> operator*(signed char a, const ap_fixed<W, I, Q, O, N> &b) {
+    ap_fixed<W + 8, I + 8> r;
+    r.raw = (int64_t)a * b.raw;
+    return r;
+}
+
 template <int W1, int I1, ap_q_mode Q1, ap_o_mode O1, int N1, int W2, int I2, ap_q_mode Q2,
           ap_o_mode O2, int N2>
 ap_fixed<((W1 - I1) > (W2 - I2) ? (W1 - I1) : (W2 - I2)) + (I1 > I2 ? I1 : I2) + 1,

@@ -4,16 +4,21 @@ Float keeps ``float`` everywhere; ``ap_fixed<W,I>`` is one format for data and w
 wider accumulator. int8 is what hls4ml / FINN-style int8 accelerators do:
 
 * activations are ``ap_fixed<8,I>`` per tensor, I chosen on calibration data as the power-of-two
-  range with the least squared error (``optimal_range``: clipping a rare outlier beats halving
-  the resolution of every other value);
-* weights are integers in [-127, 127] (``int8_t``) with one scale per output channel (``scale[o] = max |w[o]|
-  / 127``, an 18-bit ``scale_t``: one DSP48E2 port), so a channel of small weights keeps its
-  8 bits instead of sharing a power-of-two range with the largest channel;
+  range with the least squared error (``optimal_range``: saturating a thin tail can beat
+  halving the resolution of every other value);
+* weights are integers in [-127, 127] (``int8_t``) with one scale per output channel
+  (``scale[o] = max |w[o]| / 127``, an 18-bit ``scale_t``: one DSP48E2 port), so a channel of
+  small weights keeps its 8 bits instead of sharing a power-of-two range with the largest one;
 * the accumulator is exact (products have the input's fraction bits; the integer bits bound
   the largest sum the stored weights and the input range can make), the bias is stored in the
   accumulator's units (b / scale), and the output is requantized by ``acc * scale[o]``;
 * k-WTA ranks the int8 values themselves, or x * boost as an exact fixed-point product with
-  the boost in 16 bits (``rank_t``): the order of the quantized values, without a float unit.
+  the boost in 16 bits (``rank_t``): the order of the quantized values, without a float unit;
+* the network's output (a few logits) leaves in 16 bits.
+
+What int8 keeps is measured by ``benchmarks/bench_fpga_int8.py`` (C simulation against the
+CPU module): a ReLU network keeps its logits to ~30 dB, a k-WTA network much less, because a
+k-WTA turns any change of a value near its threshold into a different winner.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .weight_stores import dense_weight
 SCALE_BITS = 18  # the requantization multiplier: one 18-bit DSP48E2 operand
 BOOST_BITS = 16
 INT8_MAX = 127  # symmetric: -128 is never used, so -w quantizes like w
+ACCUM_MAX_BITS = 44  # + the 18-bit scale: the requantizing product stays within 62 bits
 OUTPUT_BITS = 16  # the network's output (logits: a few values) leaves in 16 bits
 
 
@@ -128,7 +134,9 @@ def _int8_weighted(layer: HwLayer, in_i: int) -> None:
     # |acc| <= sum |q| * max |x| + |b / scale|: the integer bits that can never overflow
     bound = float(np.max(np.abs(q).sum(axis=1) * 2.0 ** (in_i - 1) + np.abs(bias), initial=1.0))
     acc_i = _int_bits(bound)
-    frac = 8 - in_i  # integer weights: the products have the input's fraction bits
+    # integer weights: the products have the input's fraction bits, kept unless the sum would
+    # pass ACCUM_MAX_BITS (then acc * scale would outgrow 64-bit words in C simulation)
+    frac = min(8 - in_i, ACCUM_MAX_BITS - acc_i)
     layer.weight_scale = scale
     layer.scale_t = _fixed(SCALE_BITS, scale_i)
     layer.weight_t = "int8_t"  # a plain C array: g++ constant-initializes it, HLS makes a ROM

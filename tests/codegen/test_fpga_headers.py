@@ -57,3 +57,21 @@ def test_fallback_to_the_stand_in_warns_once(fixed_project, monkeypatch, caplog)
     monkeypatch.setattr(csim, "_warned_compat", False)
     csim.build(fixed_project.output_dir, fixed_project.target.top, vendor_headers=False)
     assert not [r for r in caplog.records if "stand-in" in r.getMessage()]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hls4ml") is None, reason="needs hls4ml (fpga extra)")
+def test_stand_in_agrees_with_the_real_headers_on_int8(tmp_path):
+    """The fallback computes what the real ap_types compute: int8 weights times ap_fixed, the
+    per-channel requantization and boosted k-WTA keys (range() of the exact product)."""
+    model = models.tiny_sparse_cnn(boosting=True)
+    x = np.random.default_rng(4).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    target = {"kind": "fpga", "precision": "int8"}
+    project = compile_fpga(
+        model, target, output_dir=tmp_path, run_csim=False, tb_data=(x, golden_outputs(model, x))
+    )
+    real = csim.run_csim(tmp_path, "myproject", check=False, vendor_headers=True)
+    compat = csim.run_csim(tmp_path, "myproject", check=False, vendor_headers=False)
+    assert real.headers != "compat" and compat.headers == "compat"
+    assert any(layer.rank_t.startswith("ap_fixed<24") for layer in project.hw.layers)
+    np.testing.assert_array_equal(real.output, compat.output)
+    assert real.max_abs_error > 0  # int8: not the float answer, so the comparison is not vacuous

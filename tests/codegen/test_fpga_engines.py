@@ -67,7 +67,8 @@ def _fields_declared(template: str) -> set[str]:
         for line in re.findall(r"static const \w+ ([^;]+);", text)
         for name in re.findall(r"(\w+) = ", line)
     }
-    return typedefs | constants
+    functions = set(re.findall(r"static \w+ (\w+)\(", text))
+    return typedefs | constants | functions
 
 
 @pytest.mark.parametrize("key", sorted(ENGINES), ids="-".join)

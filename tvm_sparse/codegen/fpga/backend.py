@@ -73,6 +73,7 @@ class FpgaProject:
     tb_inputs: np.ndarray  # [samples, *input_shape]
     tb_golden: np.ndarray  # [samples, outputs] from the CPU module
     output_dir: Path | None = None
+    calibration_inputs: np.ndarray | None = None  # None: calibrated on tb_inputs
     _estimate: Estimate | None = field(default=None, repr=False)
     _csim: CsimResult | None = field(default=None, repr=False)
 
@@ -144,7 +145,8 @@ class FpgaProject:
                 ests.append(self.estimate())
                 continue
             hw = _prepare(self.mod, self.target, variant, self.weighted_names, self.hw.name)
-            calibrate(hw, self.tb_inputs)
+            calib = self.tb_inputs if self.calibration_inputs is None else self.calibration_inputs
+            calibrate(hw, calib)
             ests.append(_fold(hw))
         return VariantComparison(ests, reference)
 
@@ -198,12 +200,17 @@ def compile_fpga(
     tb_samples: int = 4,
     seed: int = 0,
     tb_data: tuple[np.ndarray, np.ndarray] | None = None,
+    calibration_data: np.ndarray | None = None,
 ) -> FpgaProject:
     """Compile ``model`` (ONNX path / ModelProto / Relax IRModule) for the fpga target.
 
     With ``output_dir`` the project is written there and, with ``run_csim``, C-simulated against
     the CPU module (a float mismatch raises ``TvmSparseError``; the result is in
     ``project.csim_result``). Without ``output_dir`` nothing is written: call ``.write(dir)``.
+
+    ``calibration_data`` (inputs, [S, *input shape]) sets int8's activation ranges and the
+    estimate's densities; without it the testbench inputs do. Give samples like the ones the
+    design will see, other than the testbench's, to measure int8 on data it was not fitted to.
     """
     tgt = parse_fpga_target(target)
     if variant not in VARIANTS:
@@ -220,8 +227,12 @@ def compile_fpga(
     else:
         inputs = np.asarray(tb_data[0], np.float32).reshape(-1, *hw.input_shape)
         golden = np.asarray(tb_data[1], np.float32).reshape(inputs.shape[0], -1)
-    calibrate(hw, inputs)
+    calib = None
+    if calibration_data is not None:
+        calib = np.asarray(calibration_data, np.float32).reshape(-1, *hw.input_shape)
+    calibrate(hw, inputs if calib is None else calib)
     project = FpgaProject(hw, mod, list(imported.weighted_nodes), inputs, golden)
+    project.calibration_inputs = calib
     project._estimate = _fold(hw)
     if output_dir is not None:
         project.write(output_dir)

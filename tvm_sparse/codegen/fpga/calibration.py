@@ -11,7 +11,7 @@ import numpy as np
 
 from ...ir.layers import CONV2D
 from .hw_model import HwLayer, HwModel
-from .number_formats import assign_types
+from .number_formats import assign_types, int8_width, optimal_range
 from .weight_stores import dense_weight
 
 ACTIVITY_SAMPLES = 256  # output masks kept per sparse edge (sparse write loop counts)
@@ -95,13 +95,16 @@ def calibrate(model: HwModel, x: np.ndarray) -> None:
 
     Densities (and ``HwLayer.activity``: which positions are active, for the loops whose trip
     counts depend on it) replace the analytical ones (k/n, pooled k/n, 0.5 for ReLU) in the
-    estimate; ranges give int8 its per-tensor formats.
+    estimate; ranges give int8 its per-tensor formats: the power-of-two range of least squared
+    error on ``x`` (``optimal_range``), not the max, which one outlier would double.
     """
     _, acts = forward(model, x)
-    ranges = {"input": float(np.max(np.abs(x)))}
+    int8 = model.precision.kind == "int8"
+    ranges = {"input": optimal_range(x)} if int8 else {}
     for layer in model.layers:
         a = acts[layer.name]
-        ranges[layer.name] = float(np.max(np.abs(a), initial=0.0))
+        if int8:
+            ranges[layer.name] = optimal_range(a, int8_width(model, layer))
         mask = a.reshape(a.shape[0], -1) != 0
         layer.activity = {}
         if layer.in_sparse:

@@ -3,12 +3,16 @@
 No vendor tool is needed: ``firmware/hls_compat`` stands in for ``hls_stream.h`` / ``ap_fixed.h``
 and is searched last (``-idirafter``), so real headers win when they are found: ``$AP_TYPES`` or
 ``$TVM_SPARSE_AP_TYPES`` (the open-source github.com/Xilinx/HLS_arbitrary_Precision_Types),
-``$XILINX_HLS/include``, or the ap_types copy inside an installed ``hls4ml`` package.
+``$XILINX_HLS/include``, or the ap_types copy inside an installed ``hls4ml`` package (the
+``fpga`` extra: ``pip install "tvm-sparse[fpga]"``). The stand-in only approximates ap_fixed's
+rounding and saturation, so a build that falls back to it says so once (a warning).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import math
 import os
 import shutil
 import subprocess
@@ -22,6 +26,22 @@ from ...errors import TvmSparseError
 
 # NNET_COUNT_CYCLES: the engines count the cycles of their pipelined loops (csim_cycles.log)
 DEFAULT_FLAGS = ("-std=c++14", "-ffp-contract=off", "-DNNET_COUNT_CYCLES")
+_log = logging.getLogger(__name__)
+_warned_compat = False
+COMPAT_WARNING = (
+    "C simulation uses the 124-line ap_fixed.h stand-in (firmware/hls_compat): no real ap_types "
+    "headers were found. Fixed-point results may differ from Vitis HLS. Install them with "
+    '`pip install "tvm-sparse[fpga]"` (hls4ml ships the Apache-2.0 Xilinx ap_types) or point '
+    "$AP_TYPES at a checkout of github.com/Xilinx/HLS_arbitrary_Precision_Types."
+)
+
+
+def _warn_compat_once() -> None:
+    """Log the fallback to the stand-in headers once per process (every build would repeat it)."""
+    global _warned_compat
+    if not _warned_compat:
+        _warned_compat = True
+        _log.warning(COMPAT_WARNING)
 
 
 @dataclass
@@ -40,6 +60,7 @@ class CsimResult:
     build_seconds: float
     run_seconds: float
     log: str
+    sqnr_db: float = math.inf  # 10 log10(sum golden^2 / sum (csim - golden)^2), finite pairs
     # cycles per sample of every stage (0: AXI input, i: layer i, last: AXI output), counted by
     # the engines' NNET_COUNT_CYCLES mode; None when the log is absent
     stage_cycles: np.ndarray | None = None
@@ -54,7 +75,7 @@ class CsimResult:
             f"max |csim - cpu| = {self.max_abs_error:.3g} (relative to max |cpu|: "
             f"{self.max_rel_error:.3g}), {self.mismatches} values beyond "
             f"rtol={self.rtol:g}/atol={self.atol:.3g}, top-1 agreement "
-            f"{self.top1_agreement:.0%}"
+            f"{self.top1_agreement:.1%}, SQNR {self.sqnr_db:.1f} dB"
         )
 
     def to_dict(self) -> dict:
@@ -64,6 +85,7 @@ class CsimResult:
             "max_rel_error": self.max_rel_error,
             "mismatches": self.mismatches,
             "top1_agreement": self.top1_agreement,
+            "sqnr_db": self.sqnr_db,
             "rtol": self.rtol,
             "atol": self.atol,
             "headers": self.headers,
@@ -116,6 +138,20 @@ def compare(
     return max_abs, max_abs / finite_scale(golden), bad, top1
 
 
+def sqnr_db(output: np.ndarray, golden: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of ``output`` against ``golden`` in dB, over the pairs
+    where both are finite: 10 log10(sum golden^2 / sum (output - golden)^2); inf when equal."""
+    out64, gold64 = output.astype(np.float64), golden.astype(np.float64)
+    finite = np.isfinite(out64) & np.isfinite(gold64)
+    signal = float(np.sum(gold64[finite] ** 2))
+    noise = float(np.sum((out64[finite] - gold64[finite]) ** 2))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
 def read_dat(path: Path) -> np.ndarray:
     rows = [list(map(float, line.split())) for line in path.read_text().splitlines() if line]
     return np.asarray(rows, np.float32)
@@ -149,6 +185,8 @@ def build(
     real = vendor_header_dir() if vendor_headers in (None, True) else None
     if vendor_headers is True and real is None:
         raise TvmSparseError("vendor_headers=True but no ap_types / Vitis HLS headers were found")
+    if real is None and vendor_headers is None:  # vendor_headers=False asks for the stand-in
+        _warn_compat_once()
     cmd = [cxx, *DEFAULT_FLAGS, opt]
     if real:
         cmd += ["-I", real]
@@ -206,6 +244,7 @@ def run_csim(
         build_s,
         run_s,
         proc.stdout + proc.stderr,
+        sqnr_db(output, golden),
     )
     result.stage_cycles = read_cycles(root / "tb_data" / "csim_cycles.log", output.shape[0])
     if check and not result.ok:

@@ -48,7 +48,25 @@ def _weighted(layer: HwLayer) -> Values:
         "relu": "true" if layer.relu else "false",
         "out_c": layer.out_shape[0],
         "n_kin": layer.n_kin,
+        "requantize": _requantize(layer),
     }
+
+
+def _requantize(layer: HwLayer) -> str:
+    """The body of the config's requantize(acc, o): int8 layers hold integer weights and
+    multiply in their output channel's scale (an 18-bit ROM word); others only convert."""
+    if layer.weight_scale is None:
+        return "        return (out_t)acc;"
+    values = [f"{v:.9g}f" for v in layer.weight_scale.astype(np.float32).tolist()]  # exact
+    rows = [", ".join(values[i : i + 8]) for i in range(0, len(values), 8)]
+    return (
+        "        // integer weights: output channel o's real weights are w * scale[o]\n"
+        f"        typedef {layer.scale_t} scale_t;\n"
+        f"        static const scale_t scale[{len(values)}] = {{\n"
+        + "".join(f"            {row},\n" for row in rows)
+        + "        };\n"
+        "        return (out_t)(acc * scale[o]);"
+    )
 
 
 def _hw(name: str, pair: tuple[int, int]) -> Values:
@@ -110,6 +128,8 @@ def _packed(layer: HwLayer) -> Values:
 def _kwta(layer: HwLayer) -> Values:
     n_boost = layer.boost.size if layer.boost is not None else 1
     return {
+        "rank_t": layer.rank_t,
+        "boost_t": layer.boost_t,
         "k": layer.attrs["k"],
         "boosted": int(layer.boost is not None),
         "n_boost": n_boost,

@@ -98,6 +98,12 @@ class HwLayer:
     # stage before it in the list (a sequential model written by hand).
     inputs: list[tuple[int, int]] = field(default_factory=list)
     n_outputs: int = 1  # output streams (a clone has two)
+    # int8: integer weights with one scale per output channel, multiplied in at the output
+    # (``scale_t``, values ``weight_scale``); k-WTA ranks x * boost as ``rank_t``
+    scale_t: str = "float"
+    weight_scale: np.ndarray | None = None
+    rank_t: str = "float"
+    boost_t: str = "float"
 
     @property
     def n_in(self) -> int:

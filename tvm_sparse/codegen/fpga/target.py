@@ -10,7 +10,8 @@ Accepted forms (what ``compile_fpga`` and the CLI take)::
 
 ``precision``: ``"float"`` (default, bit-exact against the CPU module up to summation order),
 ``"ap_fixed<W,I>"`` (one format for weights and activations, like hls4ml's default
-``ap_fixed<16,6>``) or ``"int8"`` (``ap_fixed<8,I>`` with I chosen per tensor from its range).
+``ap_fixed<16,6>``) or ``"int8"`` (int8 weights with a scale per output channel, activations
+``ap_fixed<8,I>`` with I calibrated per tensor: see ``number_formats``).
 ``parallelism``: an int (MAC lanes for every layer) or ``{layer name: lanes}``; layers left out
 are folded automatically.
 """
@@ -112,7 +113,7 @@ class Precision:
     """The number format of the generated code.
 
     ``kind`` is "float", "fixed" (one ``ap_fixed<width, integer>`` everywhere) or "int8"
-    (``ap_fixed<8, I>`` with I per tensor, from the range of its values).
+    (integer weights scaled per output channel, ``ap_fixed<8, I>`` activations with I per tensor).
     """
 
     kind: str = "float"

@@ -32,6 +32,7 @@ from ...safe_text import comment_text
 from .cycles import PHASE_DEPTH
 from .engines import engine_of
 from .hw_model import HwLayer, HwModel
+from .number_formats import weight_value_arrays
 
 TEMPLATES = Path(__file__).parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -93,18 +94,19 @@ def weight_arrays(layer: HwLayer) -> list[tuple[str, str, np.ndarray]]:
     cfg = f"config_{layer.name}"
     out: list[tuple[str, str, np.ndarray]] = []
     if layer.weights is not None:
-        for key, arr in layer.weights.arrays.items():
-            if arr.dtype.kind == "f":
+        for key, arr in weight_value_arrays(layer).items():
+            if key in ("w", "val", "rval"):
                 c_type = f"{cfg}::weight_t"
             elif key in ("owner", "ridx"):
                 c_type = f"{cfg}::owner_t"
             else:
                 c_type = "uint32_t"
             out.append((c_type, f"{key}_{layer.name}", arr))
-        out.append((f"{cfg}::bias_t", f"b_{layer.name}", layer.bias.astype(np.float32)))
+        bias = layer.bias if layer.weight_scale is None else layer.bias / layer.weight_scale
+        out.append((f"{cfg}::bias_t", f"b_{layer.name}", bias.astype(np.float32)))
     elif layer.op == "kwta":
         boost = layer.boost if layer.boost is not None else np.ones(1, np.float32)
-        out.append(("float", f"boost_{layer.name}", boost.astype(np.float32)))
+        out.append((f"{cfg}::boost_t", f"boost_{layer.name}", boost.astype(np.float32)))
     return out
 
 

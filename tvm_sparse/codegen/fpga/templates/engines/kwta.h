@@ -2,6 +2,8 @@
 struct config_{{name}} {
     typedef {{in_t}} in_t;
     typedef {{out_t}} out_t;
+    typedef {{rank_t}} rank_t;
+    typedef {{boost_t}} boost_t;
     static const unsigned n_in = {{n_in}};
     static const unsigned k = {{k}}, boosted = {{boosted}}, n_boost = {{n_boost}};
     static const unsigned boost_stride = {{boost_stride}};

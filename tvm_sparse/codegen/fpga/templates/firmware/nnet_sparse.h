@@ -48,6 +48,23 @@ inline uint32_t float_key(float x) {
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
+// k-WTA ranks: float (float, ap_fixed<W,I> builds: the value as a float) or int8's fixed-point
+// rank_t (x, or x * boost exactly). rank_key orders them as unsigned integers.
+inline void to_rank(float &r, float x) { r = x; }
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N>
+inline void to_rank(float &r, const ap_fixed<W, I, Q, O, N> &x) { r = x.to_float(); }
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N, int W2, int I2, ap_q_mode Q2,
+          ap_o_mode O2, int N2>
+inline void to_rank(ap_fixed<W, I, Q, O, N> &r, const ap_fixed<W2, I2, Q2, O2, N2> &x) { r = x; }
+
+inline uint32_t rank_key(float r) { return float_key(r); }
+// A W-bit two's complement word as offset binary: unsigned order is the signed order.
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N>
+inline uint32_t rank_key(ap_fixed<W, I, Q, O, N> r) {
+    static_assert(W <= 32, "a k-WTA rank key is at most 32 bits");
+    return (uint32_t)r.range(W - 1, 0).to_uint64() ^ (1u << (W - 1));
+}
+
 // --- cycle counting (C simulation) -------------------------------------------------------------
 // Built with -DNNET_COUNT_CYCLES (tvm-sparse's csim always is), every pipelined loop ticks its
 // stage's counter by its II once per iteration and adds NNET_PIPELINE_DEPTH when it ends: the
@@ -146,10 +163,13 @@ WriteNonZeros:
     NNET_LOOP_DONE();
 }
 
+// Output o of a weighted layer from its accumulator (bias included): the fused ReLU, then the
+// output format. CONFIG_T::requantize converts (float, ap_fixed) or, for int8's integer weights,
+// multiplies in output channel o's scale.
 template <class CONFIG_T>
-inline typename CONFIG_T::out_t finish(typename CONFIG_T::accum_t acc) {
+inline typename CONFIG_T::out_t finish(typename CONFIG_T::accum_t acc, unsigned o) {
     if (CONFIG_T::relu && acc < 0) return 0;
-    return (typename CONFIG_T::out_t)acc;
+    return CONFIG_T::requantize(acc, o);
 }
 
 // Read the input stream straight into a zero-padded [C][HP][WP] buffer, so weight offsets need
@@ -294,7 +314,7 @@ Steps:
         for (unsigned l = 0; l < CONFIG_T::pe; l++) {
 #pragma HLS UNROLL
             const unsigned p = g * CONFIG_T::pe + l;
-            if (p < P) y[o * P + p] = finish<CONFIG_T>(acc[l] + b[o]);
+            if (p < P) y[o * P + p] = finish<CONFIG_T>(acc[l] + b[o], o);
             acc[l] = 0;
         }
         s = 0;
@@ -341,7 +361,7 @@ Steps:
         for (unsigned l = 0; l < CONFIG_T::pe; l++) {
 #pragma HLS UNROLL
             const unsigned o = g * CONFIG_T::pe + l;
-            if (o < CONFIG_T::out_c) y[o] = finish<CONFIG_T>(acc[l] + b[o]);
+            if (o < CONFIG_T::out_c) y[o] = finish<CONFIG_T>(acc[l] + b[o], o);
             acc[l] = 0;
         }
         s = 0;
@@ -478,7 +498,7 @@ Finish:  // lanes outputs per cycle: bias, ReLU and the output format
         for (unsigned l = 0; l < CONFIG_T::lanes; l++) {
 #pragma HLS UNROLL
             const unsigned o = i * CONFIG_T::lanes + l;
-            if (o < CONFIG_T::out_c) y[o] = finish<CONFIG_T>(acc[o] + b[o]);
+            if (o < CONFIG_T::out_c) y[o] = finish<CONFIG_T>(acc[o] + b[o], o);
         }
     }
     NNET_LOOP_DONE();
@@ -561,7 +581,7 @@ Finish:
 #pragma HLS PIPELINE II = 1
         NNET_TICK(1);
         for (unsigned o = 0; o < CONFIG_T::out_c; o++)
-            y[o * OHW + p] = finish<CONFIG_T>(acc[o * OHW + p] + b[o]);
+            y[o * OHW + p] = finish<CONFIG_T>(acc[o * OHW + p] + b[o], o);
     }
     NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
@@ -628,7 +648,7 @@ RadixPasses:
 }
 
 template <class CONFIG_T, class IN_S, class OUT_S>
-void kwta(IN_S &in, OUT_S &out, const float boost[CONFIG_T::n_boost]) {
+void kwta(IN_S &in, OUT_S &out, const typename CONFIG_T::boost_t boost[CONFIG_T::n_boost]) {
     const unsigned STEPS = (CONFIG_T::n_in + CONFIG_T::lanes - 1) / CONFIG_T::lanes;
     typename CONFIG_T::in_t x[CONFIG_T::n_in];
     uint32_t key[CONFIG_T::n_in];
@@ -644,9 +664,10 @@ Rank:
 #pragma HLS UNROLL
             const unsigned j = i * CONFIG_T::lanes + l;
             if (j < CONFIG_T::n_in) {
-                float r = to_float(x[j]);
+                typename CONFIG_T::rank_t r;
+                to_rank(r, x[j]);
                 if (CONFIG_T::boosted) r = r * boost[j / CONFIG_T::boost_stride];
-                key[j] = float_key(r);
+                key[j] = rank_key(r);
             }
         }
     }

@@ -2,8 +2,9 @@
 //
 // Only what the generated engines use: ap_fixed<W, I, Q, O> with W <= 56, the quantization modes
 // AP_TRN (floor, the default) and AP_RND (round half up), the overflow modes AP_WRAP (default)
-// and AP_SAT; exact products (ap_fixed<W1+W2, I1+I2>) and sums (one more integer bit), and
-// quantization on assignment, as in the real headers. The value is raw * 2^-(W-I) in an int64.
+// and AP_SAT; exact products (ap_fixed<W1+W2, I1+I2>) and sums (one more integer bit),
+// quantization on assignment and range(hi, lo) of the word (k-WTA keys), as in the real
+// headers. The value is raw * 2^-(W-I) in an int64.
 // When the open-source ap_types (github.com/Xilinx/HLS_arbitrary_Precision_Types) are on the
 // include path they win: this directory is searched last.
 #ifndef TVM_SPARSE_AP_FIXED_COMPAT_H_
@@ -67,6 +68,16 @@ template <int W, int I, ap_q_mode Q = AP_TRN, ap_o_mode O = AP_WRAP, int N = 0> 
     double to_double() const { return std::ldexp((double)raw, -F); }
     float to_float() const { return (float)to_double(); }
     operator double() const { return to_double(); }
+    // bits hi..lo of the W-bit word, zero-extended (what the real af_range_ref::to_uint64 gives)
+    struct range_ref {
+        uint64_t v;
+        uint64_t to_uint64() const { return v; }
+    };
+    range_ref range(int hi, int lo) const {
+        const int n = hi - lo + 1;
+        const uint64_t mask = n >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1);
+        return range_ref{((uint64_t)raw >> lo) & mask};
+    }
 
     template <int W2, int I2, ap_q_mode Q2, ap_o_mode O2, int N2>
     ap_fixed &operator+=(const ap_fixed<W2, I2, Q2, O2, N2> &o) {
@@ -85,6 +96,14 @@ ap_fixed<W1 + W2, I1 + I2> operator*(const ap_fixed<W1, I1, Q1, O1, N1> &a,
                                      const ap_fixed<W2, I2, Q2, O2, N2> &b) {
     ap_fixed<W1 + W2, I1 + I2> r;
     r.raw = a.raw * b.raw;
+    return r;
+}
+
+// an int8_t weight times a value (int8 builds), exact as the real headers type it
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N>
+ap_fixed<W + 8, I + 8> operator*(signed char a, const ap_fixed<W, I, Q, O, N> &b) {
+    ap_fixed<W + 8, I + 8> r;
+    r.raw = (int64_t)a * b.raw;
     return r;
 }
 

@@ -57,10 +57,12 @@ Resources (per copy)
    in one DSP48E2, AMD WP487: the slots of a sparse-sparse column share the active input, the pe
    pixels of a conv share the weight, the pe rows of a dense linear share the input), else a
    whole DSP (a sparse-dense linear's lanes each multiply their own weight by their own gathered
-   input). Compare lanes (k-WTA, max-pool, ReLU) cost ``2 * bits + 40`` LUT and ``2 * bits`` FF;
-   a boosted k-WTA adds one multiplier per lane. Each stage adds ``STAGE_LUT`` = 800 LUT and
-   ``STAGE_FF`` = 1000 FF of control (FSM, counters, stream handshakes) and its output FIFO
-   (depth 2, shift registers: one LUT per bit + 20). Each copy has two m_axi ports (input,
+   input). An int8 layer's outputs are requantized by their channel's 18-bit scale: one DSP per
+   output finished per cycle, and the scales as a ROM. Compare lanes (k-WTA, max-pool, ReLU)
+   cost ``2 * bits + 40`` LUT and ``2 * bits`` FF; a boosted k-WTA adds one multiplier per lane.
+   Each stage adds ``STAGE_LUT`` = 800 LUT and ``STAGE_FF`` = 1000 FF of control (FSM,
+   counters, stream handshakes) and its output FIFO (depth 2, shift registers: one LUT per bit
+   + 20). Each copy has two m_axi ports (input,
    output) of 2,000 LUT, 3,000 FF and one BRAM36 each (HLS adapter and burst buffer, its
    SmartConnect slot), plus the read and write stages.
 8. Irregular access costs routing: in a sparse-sparse engine each lane's product reaches its

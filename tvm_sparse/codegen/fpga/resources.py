@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .hw_model import HwLayer, HwModel, Split, split
+from .number_formats import SCALE_BITS
 
 STAGE_LUT = 800
 STAGE_FF = 1000
@@ -233,8 +234,8 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
         res["ff"] += mac_lanes * ff
         for mem in _weight_memories(model, layer, par, memory):
             add(mem)
+        out_c = layer.out_shape[0]
         if layer.engine == "sparse_sparse":
-            out_c = layer.out_shape[0]
             banks = out_c  # empty slots write nothing: no extra bank
             stages = math.ceil(math.log2(banks))
             res["lut"] += mac_lanes * abits * stages
@@ -259,6 +260,14 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
                 res["lut"] += lanes * bits * stages
                 res["ff"] += lanes * bits * stages
             add(place(layer.n_out, bits, max(par.pe, layer.pack_out)))
+        if layer.weight_scale is not None:  # int8: acc * scale[o] in each finishing lane
+            finishing = (
+                (out_c if layer.op == "conv2d" else min(out_c, lanes))
+                if layer.engine == "sparse_sparse"
+                else par.pe
+            )
+            res["dsp"] += finishing  # an 18 x (accumulator) product: one DSP48E2 (27 x 18)
+            add(place(layer.out_shape[0], SCALE_BITS, 2 * finishing, rom=True))
     else:
         res["lut"] += lanes * (2 * bits + 40)
         res["ff"] += lanes * 2 * bits

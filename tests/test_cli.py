@@ -60,7 +60,9 @@ def test_compile_run_analyze(tmp_path):
     assert proc.returncode == 0 and "output_0: shape [1, 12]" in proc.stdout  # random inputs
     assert "kwta" in proc.stdout and "VM built-ins" in proc.stdout, proc.stdout
     calls = json.loads((tmp_path / "p.json").read_text())["calls"]
-    assert any(c["symbol"].startswith("sparse_conv") for c in calls), calls
+    # the convs' kernels by name (which kernel each conv gets is a measured choice: sparse_conv
+    # on an idle machine, a dense conv schedule when the measurement says so)
+    assert any("conv" in c["symbol"] for c in calls), calls
 
     proc = _cli("analyze", onnx_path, "--format", "json")
     assert proc.returncode == 0, proc.stderr

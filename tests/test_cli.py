@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tvm_sparse import models
+from tvm_sparse import cli, models
 
 from .conftest import assert_close, ort_run
 
@@ -17,6 +19,16 @@ from .conftest import assert_close, ort_run
 def _cli(*args, cwd=None):
     cmd = [sys.executable, "-m", "tvm_sparse.cli", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+
+
+def _cli_here(*args) -> subprocess.CompletedProcess:
+    """``cli.main`` in this process, its output captured as ``_cli``'s: for the error paths,
+    which end before any work (a subprocess costs ~2.5 s of imports; ``test_missing_model``
+    keeps one error on the real command line)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _assert_one_line_error(proc, *needles):
@@ -86,19 +98,19 @@ def test_missing_model(tmp_path):
 def test_not_onnx(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00\x01garbage" * 100)
-    _assert_one_line_error(_cli("compile", bad, "-o", tmp_path / "x.so"), "bad.onnx")
+    _assert_one_line_error(_cli_here("compile", bad, "-o", tmp_path / "x.so"), "bad.onnx")
 
 
 def test_truncated(tmp_path):
     full = open(models.save(models.tiny_sparse_cnn(), tmp_path / "t.onnx"), "rb").read()
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(full[: len(full) // 3])
-    _assert_one_line_error(_cli("analyze", cut), "cut.onnx")
+    _assert_one_line_error(_cli_here("analyze", cut), "cut.onnx")
 
 
 def test_unsupported_op(tmp_path):
     path = models.save(models.model_with_unsupported_op(), tmp_path / "det.onnx")
-    _assert_one_line_error(_cli("compile", path, "-o", tmp_path / "x.so"), "det0", "Det")
+    _assert_one_line_error(_cli_here("compile", path, "-o", tmp_path / "x.so"), "det0", "Det")
 
 
 def test_dynamic_shape_is_compiled_for_any_size_and_input_shapes_specialize(tmp_path):
@@ -109,13 +121,13 @@ def test_dynamic_shape_is_compiled_for_any_size_and_input_shapes_specialize(tmp_
     proc = _cli("analyze", path, "--input-shapes", "input:2x8")
     assert proc.returncode == 0, proc.stderr
     assert "dynamic dims" not in proc.stderr
-    _assert_one_line_error(_cli("analyze", path, "--input-shapes", "input:2x2x8"), "3 dims")
+    _assert_one_line_error(_cli_here("analyze", path, "--input-shapes", "input:2x2x8"), "3 dims")
 
 
 def test_bad_target(tmp_path):
     path = models.save(models.pruned_mlp(layers=1, hidden=8, density=1.0), tmp_path / "m.onnx")
     _assert_one_line_error(
-        _cli("compile", path, "--target", "quantum", "-o", tmp_path / "m.so"), "quantum"
+        _cli_here("compile", path, "--target", "quantum", "-o", tmp_path / "m.so"), "quantum"
     )
 
 
@@ -126,9 +138,9 @@ def test_run_with_wrong_input_shape(tmp_path):
     assert _cli("compile", path, "-o", lib).returncode == 0
     np.savez(tmp_path / "in.npz", input=np.zeros((3, 8), np.float32))
     _assert_one_line_error(
-        _cli("run", lib, "--inputs", tmp_path / "in.npz"), "input", "[1, 8]", "[3, 8]"
+        _cli_here("run", lib, "--inputs", tmp_path / "in.npz"), "input", "[1, 8]", "[3, 8]"
     )
     np.savez(tmp_path / "in64.npz", input=np.zeros((1, 8), np.float64))
-    _assert_one_line_error(_cli("run", lib, "--inputs", tmp_path / "in64.npz"), "float64")
-    _assert_one_line_error(_cli("run", lib, "--inputs", tmp_path / "nope.npz"), "nope.npz")
-    _assert_one_line_error(_cli("run", tmp_path / "nothing.so"), "nothing.so")
+    _assert_one_line_error(_cli_here("run", lib, "--inputs", tmp_path / "in64.npz"), "float64")
+    _assert_one_line_error(_cli_here("run", lib, "--inputs", tmp_path / "nope.npz"), "nope.npz")
+    _assert_one_line_error(_cli_here("run", tmp_path / "nothing.so"), "nothing.so")

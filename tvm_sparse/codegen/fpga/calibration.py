@@ -65,8 +65,18 @@ def forward(model: HwModel, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.nda
                     b = np.repeat(b, flat.shape[1] // b.size)
                 ranked = flat * b
             k = layer.attrs["k"]
-            kth = -np.partition(-ranked, k - 1, axis=1)[:, k - 1 : k]
-            y = np.where(ranked >= kth, flat, 0).astype(np.float32)
+            if layer.attrs.get("exact"):  # exactly k, ties to the lower index (TopK's order)
+                won = np.zeros(ranked.shape, bool)
+                order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+                np.put_along_axis(won, order, True, axis=1)
+            else:
+                won = ranked >= -np.partition(-ranked, k - 1, axis=1)[:, k - 1 : k]
+            y = np.where(won, flat, 0).astype(np.float32)
+        elif layer.op == "softmax":
+            shifted = y - y.max(axis=1, keepdims=True)
+            total = np.exp(shifted).sum(axis=1, keepdims=True)
+            y = shifted - np.log(total) if layer.attrs["log"] else np.exp(shifted) / total
+            y = y.astype(np.float32)
         elif layer.op == "maxpool2d":
             y = _maxpool(layer, y)
         elif layer.op == "relu":

@@ -208,6 +208,12 @@ def stage_loops(model: HwModel, layer: HwLayer, lanes: int) -> list[Loop]:
             ]
         else:
             compute = [Loop("Windows", "compute", out_steps)]
+    elif layer.engine == "softmax":  # float: max, sum of exp (a running sum), outputs
+        compute = [
+            Loop("Max", "compute", n_in),
+            Loop("ExpSum", "compute", n_in, FLOAT_ADD_CYCLES),
+            Loop("Outputs", "compute", n_in),
+        ]
     else:  # relu
         compute = [Loop("Lanes", "compute", steps)]
     return read + compute + [_write_loop(model, layer, lanes)]

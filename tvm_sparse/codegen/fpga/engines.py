@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...safe_text import comment_text
-from .cycles import accumulate_ii, row_steps
+from .cycles import FLOAT_ADD_CYCLES, accumulate_ii, row_steps
 from .hw_model import HwLayer, split
 
 Values = dict[str, object]
@@ -134,7 +134,12 @@ def _kwta(layer: HwLayer) -> Values:
         "boosted": int(layer.boost is not None),
         "n_boost": n_boost,
         "boost_stride": max(1, layer.n_in // n_boost),
+        "exact": int(bool(layer.attrs.get("exact"))),
     }
+
+
+def _softmax(layer: HwLayer) -> Values:
+    return {"log": "true" if layer.attrs["log"] else "false", "acc_ii": FLOAT_ADD_CYCLES}
 
 
 def _pool(layer: HwLayer) -> Values:
@@ -178,6 +183,7 @@ ENGINES: dict[tuple[str, str], Engine] = {
     ("linear", "sparse_dense"): Engine("linear_sparse_dense", (_weighted, _pe_simd)),
     ("linear", "sparse_sparse"): Engine("linear_sparse_sparse", (_weighted, _packed)),
     ("kwta", "kwta"): Engine("kwta", (_kwta,)),
+    ("softmax", "softmax"): Engine("softmax", (_softmax,)),
     ("maxpool2d", "maxpool"): Engine("maxpool2d", (_planes, _pool)),
     ("relu", "relu"): Engine("relu"),
     ("clone", "clone"): Engine("clone_stream"),

@@ -47,7 +47,10 @@ Timing
    counters, then a 256-bin scan that merges the lanes and clears them), then the selection:
    ``2 * ceil(n / lanes) + 4 * (2 * ceil(n / lanes) + 256)`` cycles. Max-pool: ``lanes`` windows
    per cycle, each window's values read in parallel; sparse max-pool: clear and emit ``lanes``
-   windows per cycle, and one cycle at II 2 per (active input, window holding it).
+   windows per cycle, and one cycle at II 2 per (active input, window holding it). With
+   ``exact`` (TopK's exactly-k form), the selection keeps ties up to k, lowest index first, in
+   the same pass. A final (log-)softmax: in float, a pass for the max, one for the sum of
+   exponentials (a running sum: II = ``FLOAT_ADD_CYCLES``), one for the outputs.
 
 Resources (per copy)
 

@@ -36,7 +36,8 @@ from .weight_stores import csr_store, dense_store, packed_store
 
 _SHAPE_ONLY = ("relax.reshape", "relax.flatten", "relax.expand_dims", "relax.squeeze")
 SUPPORTED_OPS = (
-    "conv2d, linear (matmul/Gemm), k-WTA, max_pool2d, relu, reshape/flatten and residual add"
+    "conv2d, linear (matmul/Gemm), global k-WTA, max_pool2d, relu, reshape/flatten, residual "
+    "add and a final (log-)softmax"
 )
 
 
@@ -90,6 +91,16 @@ def _conv_attrs(spec) -> dict:
         "pad": (int(pt), int(pl)),
         "padded": (h + pt + pb, w + pl + pr),
     }
+
+
+_SOFTMAX = {"relax.nn.softmax": "softmax", "relax.nn.log_softmax": "log_softmax"}
+
+
+def _softmax_axis(binding: relax.VarBinding, shape: tuple[int, ...]) -> None:
+    """(Log-)softmax over each sample's values (a classifier's last op) only."""
+    axis = int(binding.value.attrs.axis)
+    if len(shape) != 1 or axis not in (-1, 1):
+        raise _unsupported(binding, "only a (log-)softmax over the last axis of [batch, n]")
 
 
 def _pool_attrs(binding: relax.VarBinding) -> dict:
@@ -225,7 +236,7 @@ def build_hw_model(
     # by the anchor, as two layers may read the same value (a downsample shortcut)
     anchors = [b.var for b in iter_bindings(func) if anchor_of(b.value) is not None]
     by_anchor = dict(zip(anchors, specs, strict=True))
-    kwtas = {_through_reshapes(m.x, bindings): m for m in find_kwta(func)}
+    kwtas = {_through_reshapes(m.x, bindings): m for m in find_kwta(func, exact=True, local=True)}
     kwta_vars = {x: _computed_between(x, m.out_var, bindings) for x, m in kwtas.items()}
 
     def consumers_of(value: relax.Expr) -> list[relax.VarBinding]:
@@ -281,6 +292,12 @@ def build_hw_model(
                 via = consumers[0]
             if cur in kwtas and via.var in kwta_vars[cur]:
                 m = kwtas[cur]
+                if m.local:
+                    raise UnsupportedModelError(
+                        f"k-WTA after {last_name} is local (k of the channels at each position): "
+                        "the fpga target supports global (per sample) k-WTA only",
+                        op="topk",
+                    )
                 if m.n != int(np.prod(shape)):
                     raise UnsupportedModelError(
                         f"k-WTA over {m.n} values of a {shape} tensor: only global (per sample) "
@@ -290,7 +307,7 @@ def build_hw_model(
                 boost = None if m.boost is None else _boost_store(m.boost, shape)
                 source = f"{last_name}_kwta"
                 layer = HwLayer(0, names.add(source), source, "kwta", "kwta", shape, shape)
-                layer.attrs["k"], layer.boost = m.k, boost
+                layer.attrs["k"], layer.attrs["exact"], layer.boost = m.k, m.exact, boost
                 src, cur, via = add(layer, src), m.out_var, None
                 continue
             b, via = via, None
@@ -317,6 +334,12 @@ def build_hw_model(
             if op == "relax.nn.relu":
                 source = f"{last_name}_relu"
                 src = add(HwLayer(0, names.add(source), "relu", "relu", "relu", shape, shape), src)
+            elif op in _SOFTMAX:
+                _softmax_axis(b, shape)
+                source = f"{last_name}_{_SOFTMAX[op]}"
+                layer = HwLayer(0, names.add(source), source, "softmax", "softmax", shape, shape)
+                layer.attrs["log"] = op == "relax.nn.log_softmax"
+                src = add(layer, src)
             elif op == "relax.nn.max_pool2d":
                 out = _per_sample(static_shape(b.var), batch, b.var.name)
                 attrs = _pool_attrs(b)

@@ -90,6 +90,8 @@ def assign_types(model: HwModel, ranges: dict[str, float] | None = None) -> None
         for layer in model.layers:
             layer.in_t = layer.out_t = layer.weight_t = data
             layer.bias_t = layer.accum_t = acc
+            if layer.op == "softmax":  # computed in float, and left so
+                layer.out_t = "float"
         return
     in_i = _int_bits(ranges.get("input", 4.0))
     model.input_t = _fixed(8, in_i)
@@ -106,6 +108,8 @@ def assign_types(model: HwModel, ranges: dict[str, float] | None = None) -> None
             _add_sum_format(layer, [formats[i][1] for i, _ in model.sources(layer)])
             cur_i = _int_bits(ranges.get(layer.name, 8.0))
             layer.out_t = cur_t = _fixed(int8_width(model, layer), cur_i)
+        elif layer.op == "softmax":  # computed in float, and left so
+            layer.out_t = cur_t = "float"
         else:
             layer.out_t = cur_t
             if layer.op == "kwta":
@@ -122,8 +126,12 @@ def _add_sum_format(layer: HwLayer, in_bits: list[int]) -> None:
 
 
 def int8_width(model: HwModel, layer: HwLayer) -> int:
-    """Bits of an int8 build's tensor: 8, but the network's output (its last layer) has 16."""
-    return OUTPUT_BITS if layer is model.layers[-1] else 8
+    """Bits of an int8 build's tensor: 8, but the network's output (its last layer, or the
+    logits a final softmax reads) has 16."""
+    last = model.layers[-1]
+    if last.op == "softmax" and len(model.layers) > 1:  # the logits feed a final softmax
+        last = model.producers(last)[0]
+    return OUTPUT_BITS if layer is last else 8
 
 
 def channel_scales(w2: np.ndarray) -> tuple[np.ndarray, int]:

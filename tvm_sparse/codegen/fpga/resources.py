@@ -32,6 +32,9 @@ DEFAULT_PRICES = {k: 1.0 / v for k, v in SUPPLY.items()}
 KINDS = ("lut", "ff", "bram36", "uram")
 
 
+SOFTMAX_DSP, SOFTMAX_LUT, SOFTMAX_FF = 26, 3000, 4000  # float exp, log, add, divide
+
+
 def mac_cost(model: HwModel, shared_operand: bool = True) -> tuple[float, float, float]:
     """(DSP, LUT, FF) of one multiply-accumulate lane at the model's precision.
 
@@ -282,6 +285,14 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
             add(place(256 * lanes, 32, 2 * lanes, scattered=True))
             res["lut"] += lanes * 32
             add(place(layer.n_in, bits, lanes))  # selected values
+        elif layer.op == "softmax":
+            # one float exp and one float add (the running sum), a float log and divide once per
+            # sample, compare and subtract: Vitis float cores, about 26 DSP, 3,000 LUT, 4,000 FF
+            res["dsp"] += SOFTMAX_DSP
+            res["lut"] += SOFTMAX_LUT
+            res["ff"] += SOFTMAX_FF
+            add(place(layer.n_in, 32, 2))  # the exponentials
+            add(place(layer.n_in, bits, 2))  # values
         elif layer.op == "maxpool2d":
             if not layer.in_sparse:
                 pool = math.prod(layer.attrs["pool"])

@@ -6,6 +6,6 @@ struct config_{{name}} {
     typedef {{boost_t}} boost_t;
     static const unsigned n_in = {{n_in}};
     static const unsigned k = {{k}}, boosted = {{boosted}}, n_boost = {{n_boost}};
-    static const unsigned boost_stride = {{boost_stride}};
+    static const unsigned boost_stride = {{boost_stride}}, exact = {{exact}};
     static const unsigned lanes = {{lanes}};
 };

@@ -16,6 +16,7 @@
 #ifndef NNET_SPARSE_H_
 #define NNET_SPARSE_H_
 
+#include <cmath>
 #include <stdint.h>
 #include <string.h>
 
@@ -588,9 +589,10 @@ Finish:
 }
 
 // --- k-winners-take-all -------------------------------------------------------------------------
-// Global per sample: keep x where rank >= the k-th largest rank (ties all win), rank = x or
-// x * boost. NaN ranks above everything, so it takes a winner's place, but a NaN is never kept
-// (a float compare with it is false), and when the k-th largest is NaN nothing is kept: the
+// Global per sample: keep x where rank >= the k-th largest rank (ties all win; with exact, only
+// as many ties as make k, lowest index first, as TopK picks them), rank = x or x * boost. NaN
+// ranks above everything, so it takes a winner's place, but a NaN is never kept (a float compare
+// with it is false), and when the k-th largest is NaN nothing is kept: the
 // CPU kernel's and onnxruntime's answer. The k-th largest is found by a 4-pass radix select on
 // 8-bit digits of the order-preserving float key: O(n) per pass, no sort.
 //
@@ -598,9 +600,11 @@ Finish:
 // counter; a lane's increment is a read-modify-write of its RAM, so the histogram loop runs at
 // II = 2. FindDigit reads bin d of every lane (an adder tree), clears it for the next pass, and
 // always walks all 256 bins (a fixed-length loop; the digit is latched when found).
-// hist is the caller's (static, zero at start): FindDigit clears every bin it reads.
+// hist is the caller's (static, zero at start): FindDigit clears every bin it reads. ties: how
+// many keys equal to the k-th must win for exactly k (k minus those above it).
 template <unsigned N, unsigned LANES>
-uint32_t kth_largest_key(const uint32_t (&key)[N], unsigned (&hist)[LANES][256], unsigned k) {
+uint32_t kth_largest_key(const uint32_t (&key)[N], unsigned (&hist)[LANES][256], unsigned k,
+                         unsigned &ties) {
     uint32_t prefix = 0, mask = 0;
     unsigned remaining = k;
 RadixPasses:
@@ -644,6 +648,7 @@ RadixPasses:
         prefix |= (uint32_t)digit << shift;
         mask |= 255u << shift;
     }
+    ties = remaining;
     return prefix;
 }
 
@@ -672,7 +677,9 @@ Rank:
         }
     }
     NNET_LOOP_DONE();
-    const uint32_t kth = kth_largest_key<CONFIG_T::n_in, CONFIG_T::lanes>(key, hist, CONFIG_T::k);
+    unsigned ties = 0, taken = 0;
+    const uint32_t kth =
+        kth_largest_key<CONFIG_T::n_in, CONFIG_T::lanes>(key, hist, CONFIG_T::k, ties);
 Select:
     for (unsigned i = 0; i < STEPS; i++) {
 #pragma HLS PIPELINE II = 1
@@ -681,7 +688,11 @@ Select:
 #pragma HLS UNROLL
             const unsigned j = i * CONFIG_T::lanes + l;
             if (j < CONFIG_T::n_in) {
-                const bool kept = key[j] >= kth && key[j] <= KEY_POS_INF;  // NaN keys lie above +inf
+                bool kept = key[j] >= kth && key[j] <= KEY_POS_INF;  // NaN keys lie above +inf
+                if (CONFIG_T::exact && kept && key[j] == kth) {  // exactly k: lower index first
+                    kept = taken < ties;
+                    taken += kept;
+                }
                 y[j] = kept ? x[j] : (typename CONFIG_T::in_t)0;
             }
         }
@@ -814,6 +825,44 @@ Lanes:
             const unsigned j = i * CONFIG_T::lanes + l;
             if (j < CONFIG_T::n_in) y[j] = x[j] > 0 ? x[j] : (typename CONFIG_T::in_t)0;
         }
+    }
+    NNET_LOOP_DONE();
+    write_all<CONFIG_T::lanes>(y, out);
+}
+
+// --- softmax / log-softmax (a classifier's last stage) ------------------------------------------
+// Over each sample's n values, in float (std::exp / std::log in C simulation, the float cores in
+// HLS): the max (a compare per cycle), the sum of exp(x - max) (a float running sum: II = acc_ii,
+// the add's latency), then each output. The output is float whatever the input's format.
+template <class CONFIG_T, class IN_S, class OUT_S> void softmax(IN_S &in, OUT_S &out) {
+    typename CONFIG_T::in_t x[CONFIG_T::n_in];
+    float e[CONFIG_T::n_in];
+    typename CONFIG_T::out_t y[CONFIG_T::n_in];
+    read_all(in, x);
+    float top = to_float(x[0]);
+Max:
+    for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+#pragma HLS PIPELINE II = 1
+        NNET_TICK(1);
+        const float v = to_float(x[i]);
+        if (v > top) top = v;
+    }
+    NNET_LOOP_DONE();
+    float total = 0;
+ExpSum:
+    for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+#pragma HLS PIPELINE II = CONFIG_T::acc_ii
+        NNET_TICK(CONFIG_T::acc_ii);
+        e[i] = std::exp(to_float(x[i]) - top);
+        total += e[i];
+    }
+    NNET_LOOP_DONE();
+    const float log_total = std::log(total);
+Outputs:
+    for (unsigned i = 0; i < CONFIG_T::n_in; i++) {
+#pragma HLS PIPELINE II = 1
+        NNET_TICK(1);
+        y[i] = CONFIG_T::log ? to_float(x[i]) - top - log_total : e[i] / total;
     }
     NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);

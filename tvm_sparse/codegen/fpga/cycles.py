@@ -240,21 +240,30 @@ def stage_macs(layer: HwLayer) -> float:
     return 0.0
 
 
-def stage_cycles(model: HwModel, layer: HwLayer, lanes: int) -> tuple[int, int, int, float]:
-    """(read, compute, write, MACs) of one stage with ``lanes`` lanes: each phase's loop
-    cycles (iterations x II, without pipeline fill; see ``stage_total``)."""
+@dataclass(frozen=True)
+class StagePhases:
+    """One stage's cycles per sample: each phase's loop cycles (iterations x II, without
+    pipeline fill) and the whole stage's (with each loop's fill)."""
+
+    read: int
+    compute: int
+    write: int
+    total: int
+
+
+def stage_phases(model: HwModel, layer: HwLayer, lanes: int) -> StagePhases:
+    """The cycles of one stage with ``lanes`` lanes, from one listing of its loops."""
     loops = stage_loops(model, layer, lanes)
     phase = {p: math.ceil(sum(x.cycles for x in loops if x.phase == p)) for p in ("read",
              "compute", "write")}  # fmt: skip
     phase["compute"] += unlooped_cycles(layer)
-    return phase["read"], phase["compute"], phase["write"], stage_macs(layer)
+    cycles = sum(x.cycles for x in loops) + unlooped_cycles(layer)
+    return StagePhases(**phase, total=math.ceil(cycles) + PHASE_DEPTH * len(loops))
 
 
 def stage_total(model: HwModel, layer: HwLayer, lanes: int) -> int:
     """Cycles of one stage per sample: its loops' cycles plus each loop's pipeline fill."""
-    loops = stage_loops(model, layer, lanes)
-    cycles = sum(x.cycles for x in loops) + unlooped_cycles(layer)
-    return math.ceil(cycles) + PHASE_DEPTH * len(loops)
+    return stage_phases(model, layer, lanes).total
 
 
 def max_lanes(layer: HwLayer) -> int:

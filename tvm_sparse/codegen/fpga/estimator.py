@@ -115,7 +115,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ...safe_text import terminal_text
-from .cycles import PHASE_DEPTH, stage_cycles, stage_total
+from .cycles import PHASE_DEPTH, stage_macs, stage_phases
 from .hw_model import HwModel
 from .resources import AXI_PORT, STAGE_FF, STAGE_LUT, fifo, stage_resources
 
@@ -230,8 +230,7 @@ def estimate(model: HwModel) -> Estimate:
         math.ceil(n_output / model.layers[-1].pack_out) + PHASE_DEPTH,
     ]
     for layer in model.layers:
-        read, compute, write, macs = stage_cycles(model, layer, layer.lanes)
-        cycles = stage_total(model, layer, layer.lanes)
+        phases = stage_phases(model, layer, layer.lanes)
         res = stage_resources(model, layer)
         for k in RESOURCES:
             total[k] += res[k]
@@ -241,12 +240,12 @@ def estimate(model: HwModel) -> Estimate:
                 layer.op,
                 layer.engine,
                 layer.lanes,
-                cycles,
-                read,
-                compute,
-                write,
+                phases.total,
+                phases.read,
+                phases.compute,
+                phases.write,
                 **res,
-                macs=macs,
+                macs=stage_macs(layer),
             )
         )
     # the read and write stages, their m_axi ports and the input stream

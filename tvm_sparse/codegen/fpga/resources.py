@@ -184,6 +184,19 @@ def shares_operand(layer: HwLayer) -> bool:
     return layer.engine == "dense" and pe >= 2
 
 
+def _stage_control() -> dict[str, float]:
+    """What every stage costs before its lanes and memories: its control logic."""
+    return {"dsp": 0.0, "lut": float(STAGE_LUT), "ff": float(STAGE_FF), "bram36": 0.0, "uram": 0.0}
+
+
+def finishing_lanes(layer: HwLayer, lanes: int) -> int:
+    """Outputs a weighted stage finishes (bias, ReLU, format) per cycle: a sparse-sparse conv
+    all channels of one pixel, a sparse-sparse linear ``lanes`` outputs, the others PE."""
+    if layer.engine != "sparse_sparse":
+        return split(layer, lanes).pe
+    return layer.out_shape[0] if layer.op == "conv2d" else min(layer.out_shape[0], lanes)
+
+
 def add_lane_cost(model: HwModel, layer: HwLayer) -> tuple[float, float, float]:
     """(DSP, LUT, FF) of one lane of a residual add: a float adder (Vitis fadd "fulldsp": 2 DSP)
     or a fixed-point adder of the sum's width in LUT carry logic, plus the ReLU's compare."""
@@ -197,7 +210,7 @@ def residual_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
     """A clone: control, and the FIFO of each output that buffers whole samples (the shorter
     branch's, ``HwModel.fifo_depth``: BRAM / LUTRAM by ``memory``). An add: one adder lane per
     value of a beat (its pack)."""
-    res = {"dsp": 0.0, "lut": float(STAGE_LUT), "ff": float(STAGE_FF), "bram36": 0.0, "uram": 0.0}
+    res = _stage_control()
     width = data_bits(model) * model.pack_in(layer)
     if layer.op == "clone":
         for port in range(layer.n_outputs):
@@ -220,7 +233,7 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
     lanes = layer.lanes
     par = split(layer)
     bits, abits = data_bits(model), acc_bits(model, layer)
-    res = {"dsp": 0.0, "lut": float(STAGE_LUT), "ff": float(STAGE_FF), "bram36": 0.0, "uram": 0.0}
+    res = _stage_control()
 
     def add(mem: dict[str, float]) -> None:
         for k, v in mem.items():
@@ -237,9 +250,9 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
         res["ff"] += mac_lanes * ff
         for mem in _weight_memories(model, layer, par, memory):
             add(mem)
-        out_c = layer.out_shape[0]
+        finishing = finishing_lanes(layer, lanes)
         if layer.engine == "sparse_sparse":
-            banks = out_c  # empty slots write nothing: no extra bank
+            banks = layer.out_shape[0]  # empty slots write nothing: no extra bank
             stages = math.ceil(math.log2(banks))
             res["lut"] += mac_lanes * abits * stages
             res["ff"] += mac_lanes * abits * stages
@@ -247,7 +260,6 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
             add(place(banks * layer.out_pixels, abits, 2 * banks * par.taps, scattered=True))
             # finish: conv, all channels of one pixel at once; linear, lanes outputs per cycle
             # (bias constants fold into the adders)
-            finishing = out_c if layer.op == "conv2d" else min(out_c, lanes)
             res["lut"] += finishing * (abits + bits)
             add(place(layer.n_out, bits, 2 * finishing, scattered=layer.op == "conv2d"))
         else:
@@ -264,11 +276,6 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
                 res["ff"] += lanes * bits * stages
             add(place(layer.n_out, bits, max(par.pe, layer.pack_out)))
         if layer.weight_scale is not None:  # int8: acc * scale[o] in each finishing lane
-            finishing = (
-                (out_c if layer.op == "conv2d" else min(out_c, lanes))
-                if layer.engine == "sparse_sparse"
-                else par.pe
-            )
             res["dsp"] += finishing  # an 18 x (accumulator) product: one DSP48E2 (27 x 18)
             add(place(layer.out_shape[0], SCALE_BITS, 2 * finishing, rom=True))
     else:

@@ -166,7 +166,12 @@ def _int8_weighted(layer: HwLayer, in_i: int) -> None:
 
 def integer_weights(w2: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """round(w / scale[o]) in [-127, 127], as float64 integers."""
-    return np.clip(np.rint(w2 / scale[:, None]), -INT8_MAX, INT8_MAX)
+    return _round_int8(w2, scale[:, None])
+
+
+def _round_int8(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """round(values / scale) in [-127, 127] (float64): the one rounding of int8 weights."""
+    return np.clip(np.rint(np.asarray(values, np.float64) / scale), -INT8_MAX, INT8_MAX)
 
 
 def _int8_rank(layer: HwLayer, in_i: int) -> None:
@@ -203,5 +208,4 @@ def weight_value_arrays(layer: HwLayer) -> dict[str, np.ndarray]:
 
 
 def _ints(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    q = np.clip(np.rint(values.astype(np.float64) / scale), -INT8_MAX, INT8_MAX)
-    return q.astype(np.int8)
+    return _round_int8(values, scale).astype(np.int8)

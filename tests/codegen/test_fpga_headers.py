@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tvm_sparse import models
-from tvm_sparse.codegen.fpga import compile_fpga, csim, golden_outputs
+from tvm_sparse.codegen.fpga import compile_fpga, csim, golden_outputs, number_formats
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
@@ -75,3 +75,14 @@ def test_stand_in_agrees_with_the_real_headers_on_int8(tmp_path):
     assert any(layer.rank_t.startswith("ap_fixed<24") for layer in project.hw.layers)
     np.testing.assert_array_equal(real.output, compat.output)
     assert real.max_abs_error > 0  # int8: not the float answer, so the comparison is not vacuous
+    # boost tables hold raw words in an integer array (constant-initialized: a 50K-entry table
+    # of ap_fixed initializers took g++ over ten minutes), decoded to what ap_fixed would hold
+    params = (tmp_path / "firmware" / "parameters.h").read_text()
+    assert params.count("typedef int32_t boost_store_t;") == 3
+    kwta = next(layer for layer in project.hw.layers if layer.op == "kwta")
+    store_t, raw = number_formats.boost_table(kwta)
+    frac = 16 - int(kwta.boost_t.split(",")[1])
+    assert store_t == "int32_t"
+    np.testing.assert_array_equal(
+        raw * 2.0**-frac, number_formats.quantize(kwta.boost, 16, 16 - frac)
+    )

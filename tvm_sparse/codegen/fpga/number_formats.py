@@ -24,6 +24,7 @@ k-WTA turns any change of a value near its threshold into a different winner.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -180,6 +181,24 @@ def _int8_rank(layer: HwLayer, in_i: int) -> None:
     boost_i = _int_bits(float(np.max(np.abs(boost), initial=1.0)))
     layer.boost_t = _fixed(BOOST_BITS, boost_i)
     layer.rank_t = layer.in_t if layer.boost is None else _fixed(8 + BOOST_BITS, in_i + boost_i)
+
+
+def boost_table(layer: HwLayer) -> tuple[str, np.ndarray]:
+    """(C element type, values) of a k-WTA's boost table as written.
+
+    A float table holds the factors. A fixed-point table holds each factor's raw word
+    (``round(boost * 2^F)`` as ``ap_fixed`` rounds and saturates it) in ``int32_t``, and the
+    engine sets the word: g++ constant-initializes an integer array, while an ``ap_fixed``
+    initializer is a constructor call per entry (50K entries took g++ over ten minutes).
+    """
+    boost = layer.boost if layer.boost is not None else np.ones(1, np.float32)
+    boost = np.asarray(boost, np.float32)
+    fmt = re.fullmatch(r"ap_fixed<(\d+),(-?\d+)(,.*)?>", layer.boost_t.replace(" ", ""))
+    if fmt is None:
+        return "float", boost
+    width, integer = int(fmt.group(1)), int(fmt.group(2))
+    raw = quantize(boost.astype(np.float64), width, integer) * 2.0 ** (width - integer)
+    return "int32_t", raw.astype(np.int64)
 
 
 def weight_value_arrays(layer: HwLayer) -> dict[str, np.ndarray]:

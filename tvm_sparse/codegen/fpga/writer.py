@@ -32,7 +32,7 @@ from ...safe_text import comment_text
 from .cycles import PHASE_DEPTH
 from .engines import engine_of
 from .hw_model import HwLayer, HwModel
-from .number_formats import weight_value_arrays
+from .number_formats import boost_table, weight_value_arrays
 
 TEMPLATES = Path(__file__).parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -105,8 +105,8 @@ def weight_arrays(layer: HwLayer) -> list[tuple[str, str, np.ndarray]]:
         bias = layer.bias if layer.weight_scale is None else layer.bias / layer.weight_scale
         out.append((f"{cfg}::bias_t", f"b_{layer.name}", bias.astype(np.float32)))
     elif layer.op == "kwta":
-        boost = layer.boost if layer.boost is not None else np.ones(1, np.float32)
-        out.append((f"{cfg}::boost_t", f"boost_{layer.name}", boost.astype(np.float32)))
+        _, table = boost_table(layer)
+        out.append((f"{cfg}::boost_store_t", f"boost_{layer.name}", table))
     return out
 
 

@@ -66,6 +66,20 @@ inline uint32_t rank_key(ap_fixed<W, I, Q, O, N> r) {
     return (uint32_t)r.range(W - 1, 0).to_uint64() ^ (1u << (W - 1));
 }
 
+// A constant table's entry as T: float tables hold the value, fixed-point tables T's raw word
+// (an integer array is constant-initialized by g++; ap_fixed initializers are constructor calls).
+template <class T> struct table_value {
+    static T get(float v) { return v; }
+};
+template <int W, int I, ap_q_mode Q, ap_o_mode O, int N>
+struct table_value<ap_fixed<W, I, Q, O, N> > {
+    static ap_fixed<W, I, Q, O, N> get(int32_t raw) {
+        ap_fixed<W, I, Q, O, N> v;
+        v.range(W - 1, 0) = raw;
+        return v;
+    }
+};
+
 // --- cycle counting (C simulation) -------------------------------------------------------------
 // Built with -DNNET_COUNT_CYCLES (tvm-sparse's csim always is), every pipelined loop ticks its
 // stage's counter by its II once per iteration and adds NNET_PIPELINE_DEPTH when it ends: the
@@ -653,7 +667,7 @@ RadixPasses:
 }
 
 template <class CONFIG_T, class IN_S, class OUT_S>
-void kwta(IN_S &in, OUT_S &out, const typename CONFIG_T::boost_t boost[CONFIG_T::n_boost]) {
+void kwta(IN_S &in, OUT_S &out, const typename CONFIG_T::boost_store_t boost[CONFIG_T::n_boost]) {
     const unsigned STEPS = (CONFIG_T::n_in + CONFIG_T::lanes - 1) / CONFIG_T::lanes;
     typename CONFIG_T::in_t x[CONFIG_T::n_in];
     uint32_t key[CONFIG_T::n_in];
@@ -671,7 +685,8 @@ Rank:
             if (j < CONFIG_T::n_in) {
                 typename CONFIG_T::rank_t r;
                 to_rank(r, x[j]);
-                if (CONFIG_T::boosted) r = r * boost[j / CONFIG_T::boost_stride];
+                if (CONFIG_T::boosted)
+                    r = r * table_value<typename CONFIG_T::boost_t>::get(boost[j / CONFIG_T::boost_stride]);
                 key[j] = rank_key(r);
             }
         }

@@ -3,13 +3,15 @@
 // Only what the generated engines use: ap_fixed<W, I, Q, O> with W <= 56, the quantization modes
 // AP_TRN (floor, the default) and AP_RND (round half up), the overflow modes AP_WRAP (default)
 // and AP_SAT; exact products (ap_fixed<W1+W2, I1+I2>) and sums (one more integer bit),
-// quantization on assignment and range(hi, lo) of the word (k-WTA keys), as in the real
+// quantization on assignment and range(hi, lo) of the word (k-WTA keys; setting only the whole
+// word: constant tables' raw words), as in the real
 // headers. The value is raw * 2^-(W-I) in an int64.
 // When the open-source ap_types (github.com/Xilinx/HLS_arbitrary_Precision_Types) are on the
 // include path they win: this directory is searched last.
 #ifndef TVM_SPARSE_AP_FIXED_COMPAT_H_
 #define TVM_SPARSE_AP_FIXED_COMPAT_H_
 
+#include <assert.h>
 #include <stdint.h>
 
 #include <cmath>
@@ -78,6 +80,19 @@ template <int W, int I, ap_q_mode Q = AP_TRN, ap_o_mode O = AP_WRAP, int N = 0> 
         const uint64_t mask = n >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1);
         return range_ref{((uint64_t)raw >> lo) & mask};
     }
+    // bits hi..lo of a variable: read as above; set from an integer only as the whole word
+    // (range(W - 1, 0) = v: a constant table's raw word), sign-extended as the word is
+    struct word_ref {
+        ap_fixed *self;
+        int hi, lo;
+        uint64_t to_uint64() const { return ((const ap_fixed *)self)->range(hi, lo).to_uint64(); }
+        word_ref &operator=(int64_t v) {
+            assert(hi == W - 1 && lo == 0 && "compat ap_fixed sets only the whole word");
+            self->raw = ap_compat::overflow(v, W, AP_WRAP);
+            return *this;
+        }
+    };
+    word_ref range(int hi, int lo) { return word_ref{this, hi, lo}; }
 
     template <int W2, int I2, ap_q_mode Q2, ap_o_mode O2, int N2>
     ap_fixed &operator+=(const ap_fixed<W2, I2, Q2, O2, N2> &o) {

@@ -165,6 +165,14 @@ def test_sparse_dense_linear_resources_by_hand():
     assert res["lut"] == lut == 968
     assert res["ff"] == 1000 + 2 * 30 + 20  # control, lanes, FIFO control
     assert res["bram36"] == 0 and res["uram"] == 0
+    # the fold search's prices reach every memory, the weight ROMs included: with LUT dear,
+    # val, off, ptr, bias, the input and output buffers go to BRAM (the FIFO stays LUT): the
+    # three weight arrays and the bias are ROMs (a BRAM18 each, 0.5), the two buffers RAMs
+    model = _int8_model(layer)
+    model.memory_prices = {"lut": 1.0, "ff": 1e-9, "bram36": 1e-6, "uram": 1e-3}
+    dear = stage_resources(model, layer)
+    assert dear["lut"] == 800 + 2 * 20 + 8 + 20
+    assert dear["bram36"] == 6 * 0.5
 
 
 def test_kwta_resources_by_hand():

@@ -113,6 +113,8 @@ def test_resnet_block_estimate_counts_clone_and_add(tb_data):
     hw.input_pack = 4
     for layer in hw.layers:
         layer.pack_out = 4
+    fold_prices = hw.memory_prices
+    hw.memory_prices = None  # the device's shares (the fold search's prices are tried below)
     est = estimate(hw)
     rows = {r.name: r for r in est.layers}
     assert list(rows) == ["input_clone", "conv1", "conv2", "downsample", "conv2_add"]
@@ -127,6 +129,11 @@ def test_resnet_block_estimate_counts_clone_and_add(tb_data):
     assert hw.fifo_depth(hw.layers[0], 1) == 256 and hw.fifo_depth(hw.layers[0], 0) == 2
     assert rows["input_clone"].bram36 == 0
     assert rows["input_clone"].lut == STAGE_LUT + 608
+    # at prices that make LUT dear, the clone's FIFO goes to BRAM: the residual stages price
+    # their memories as every other stage does
+    hw.memory_prices = {"lut": 1.0, "ff": 1e-9, "bram36": 1e-6, "uram": 1e-6}
+    assert estimate(hw).layers[0].bram36 == 2 and estimate(hw).layers[0].lut == STAGE_LUT
+    hw.memory_prices = fold_prices
     io = math.ceil(16 * 64 / 4) + math.ceil(32 * 16 / 4) + 2 * PHASE_DEPTH
     main = sum(rows[n].cycles for n in ("input_clone", "conv1", "conv2", "conv2_add"))
     assert rows["downsample"].cycles < rows["conv1"].cycles + rows["conv2"].cycles

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .hw_model import HwLayer, HwModel, Split, split
-from .number_formats import SCALE_BITS
+from .number_formats import BOOST_BITS, SCALE_BITS
 
 STAGE_LUT = 800
 STAGE_FF = 1000
@@ -216,7 +216,7 @@ def residual_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
         for port in range(layer.n_outputs):
             depth = model.fifo_depth(layer, port)
             if depth > 2:  # the 2-beat FIFOs are registers, as everywhere else
-                for k, v in memory(depth, width, 2).items():
+                for k, v in memory(depth, width, 2, prices=model.memory_prices).items():
                     res[k] += v
         return res
     dsp, lut, ff = add_lane_cost(model, layer)
@@ -248,7 +248,7 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
         res["dsp"] += math.ceil(mac_lanes * dsp)
         res["lut"] += mac_lanes * lut
         res["ff"] += mac_lanes * ff
-        for mem in _weight_memories(model, layer, par, memory):
+        for mem in _weight_memories(model, layer, par, place):
             add(mem)
         finishing = finishing_lanes(layer, lanes)
         if layer.engine == "sparse_sparse":
@@ -284,7 +284,8 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
         if layer.op == "kwta":
             if layer.boost is not None:
                 res["dsp"] += lanes * (3.0 if model.precision.is_float else 1.0)
-                add(place(layer.boost.size, 32, lanes, rom=True))
+                boost_bits = 32 if layer.boost_t == "float" else BOOST_BITS
+                add(place(layer.boost.size, boost_bits, lanes, rom=True))
             add(place(layer.n_in, bits, lanes))  # values
             add(place(layer.n_in, 32, lanes))  # uint32 keys
             # lane-private histograms: 256 unsigned counters per lane, read and written each

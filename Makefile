@@ -18,11 +18,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m tvm_sparse.demo
 
+# One pytest worker per core, at most 4 (each compiles with LLVM on one core and may take a few
+# GB); whole test modules go to one worker, so module fixtures are built once. TEST_WORKERS=0
+# runs everything in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check tvm_sparse tests benchmarks tutorials

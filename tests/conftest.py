@@ -10,6 +10,10 @@ import pytest
 
 # Keep TVM's thread pool small and deterministic on the 2-core CI machine.
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+# Under pytest-xdist (`make test`) every core runs a worker with its own 2-thread pool: idle pool
+# threads must sleep, not spin, or they take the other workers' cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 # Kernel timings are cached per session, not in the user's home (no state leaks between runs).
 os.environ["TVM_SPARSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="tvm-sparse-test-cache-")
 

@@ -7,6 +7,7 @@ The aborting kernel is real TIR: an AArch64 intrinsic, which LLVM cannot select 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 
@@ -256,13 +257,25 @@ def test_a_reused_kernel_that_fails_its_check_gets_its_layer_measured(monkeypatc
     monkeypatch.setattr(measure_cache, "_MEMORY", {})
     monkeypatch.setattr(registry, "FAMILIES", (DenseLinear(), FlakyLinear()))
     monkeypatch.setattr(decision_reuse, "stats_close", lambda a, b: True)
+    real = choice.run_isolated
+
+    def dense_slow(calls, *args):
+        """CSR at 5% density beats dense by far, but not on a loaded machine every time: the
+        choice this test needs is made certain, the crash handling it checks stays real."""
+        outcomes = real(calls, *args)
+        if "dense" in outcomes and outcomes["dense"].samples:
+            slow = tuple(1e3 * t for t in outcomes["dense"].samples)
+            outcomes["dense"] = dataclasses.replace(outcomes["dense"], samples=slow)
+        return outcomes
+
+    monkeypatch.setattr(choice, "run_isolated", dense_slow)
     model = models.pruned_mlp(layers=4, hidden=512, density=0.05)
     path = models.save(model, tmp_path / "mlp.onnx")
     x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
     compiled = tvm_sparse.compile(path, "llvm")
     assert_close(compiled.run(x), ort_run(path, x))
     rows = compiled.report.layers
-    assert rows[1].chosen == "flaky"  # CSR at 5% density: far faster than dense
+    assert rows[1].chosen == "flaky"
     assert rows[2].chosen == "dense" and "timing reused" not in rows[2].reason
     assert "candidate flaky crashed the compiler (signal 6 SIGABRT" in rows[2].reason
 

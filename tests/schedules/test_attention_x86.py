@@ -48,6 +48,9 @@ def _batch_matmul(b, m, n, k, b_transposed: bool, epilogue: bool):
         (12, 128, 32, 128, False, False),  # P V
         (3, 12, 20, 40, True, True),  # ragged tiles, B not transposed
         (2, 6, 10, 33, False, False),  # nothing divides evenly
+        (3, 197, 197, 64, False, True),  # ViT's 197 tokens: padded to whole vector tiles
+        (1, 5, 19, 8, True, False),  # padded, B transposed, m below a tile
+        (2, 37, 197, 24, False, False),  # padded, no epilogue (the crop is the store)
     ],
 )
 def test_batch_matmul_matches_numpy(target, rng, b, m, n, k, b_transposed, epilogue):
@@ -152,3 +155,23 @@ def test_rules_use_the_targets_vector_width(rng, isa):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_batch_matmul_vectorizes_a_prime_column_count(rng, isa):
+    """ViT's scores are 197 x 197 (196 patches + the class token): no vector width divides
+    197, and a divisor tile (1 x 1) was scalar code, 7 ms instead of 0.15 ms for 3 heads. The
+    padded tile must be packed vector FMAs (zmm on AVX-512, ymm on AVX2)."""
+    from .isa import count, isa_target, run_target
+
+    func, _ = _batch_matmul(3, 197, 197, 64, False, True)
+    sch = BatchMatmul(min_macs=0).apply(func, isa_target(isa), False)
+    built = tvm.tirx.build(sch.mod["main"].with_attr("global_symbol", "main"), isa_target(isa))
+    reg = "zmm" if isa == "avx512" else "ymm"
+    assert count(rf"vfmadd\w*ps\s[^\n]*%{reg}", built.inspect_source("asm")) > 0
+    target = run_target(isa)
+    a = rng.standard_normal((3, 197, 64)).astype(np.float32)
+    b = rng.standard_normal((3, 64, 197)).astype(np.float32)
+    mask = rng.standard_normal((197, 197)).astype(np.float32)
+    out = _run(sch.mod["main"], target, a, b, mask, out_shape=(3, 197, 197))
+    np.testing.assert_allclose(out, (a @ b) * 0.5 + mask, rtol=1e-4, atol=1e-4)

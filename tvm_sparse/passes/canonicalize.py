@@ -11,6 +11,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .conv1d import RewriteConv1d
+from .conv_transpose import RewriteConvTranspose
 from .fold_affine import FoldAffineIntoLayers
 from .fuse_gelu import FuseGelu
 from .fuse_relu6 import FuseRelu6
@@ -30,6 +32,8 @@ def canonicalize_passes() -> list[tvm.transform.Pass]:
         FuseGelu(),  # erf-GELU subgraph -> nn.gelu, a fusable kernel epilogue
         FuseRelu6(),  # the frontend's maximum + minimum of Clip(x, 0, 6) -> one clip
         FuseSilu(),  # x * sigmoid(x) -> nn.silu, a fusable kernel epilogue
+        RewriteConv1d(),  # conv2d of height 1: a conv layer, not TVM's scalar loop nest
+        RewriteConvTranspose(),  # kernel == stride: 1x1 conv + depth-to-space, a conv layer
         FoldAffineIntoLayers(),
         SafeFoldConstant(),
         relax.transform.DeadCodeElimination(),

@@ -19,6 +19,7 @@ from .fuse_relu6 import FuseRelu6
 from .fuse_silu import FuseSilu
 from .numpy_fold import NumpyFoldConstant
 from .safe_fold import SafeFoldConstant
+from .separable_resize import SeparableResize
 from .take_mode import ClipTakeMode
 
 
@@ -34,6 +35,7 @@ def canonicalize_passes() -> list[tvm.transform.Pass]:
         FuseSilu(),  # x * sigmoid(x) -> nn.silu, a fusable kernel epilogue
         RewriteConv1d(),  # conv2d of height 1: a conv layer, not TVM's scalar loop nest
         RewriteConvTranspose(),  # kernel == stride: 1x1 conv + depth-to-space, a conv layer
+        SeparableResize(),  # bilinear resize: gathers through constant tables, no float indices
         FoldAffineIntoLayers(),
         SafeFoldConstant(),
         relax.transform.DeadCodeElimination(),

@@ -13,6 +13,7 @@ from tvm import relax
 
 from .conv1d import RewriteConv1d
 from .conv_transpose import RewriteConvTranspose
+from .drop_padding_taps import DropPaddingTaps
 from .fold_affine import FoldAffineIntoLayers
 from .fuse_gelu import FuseGelu
 from .fuse_relu6 import FuseRelu6
@@ -38,6 +39,7 @@ def canonicalize_passes() -> list[tvm.transform.Pass]:
         SeparableResize(),  # bilinear resize: gathers through constant tables, no float indices
         FoldAffineIntoLayers(),
         SafeFoldConstant(),
+        DropPaddingTaps(),  # dilated taps that only read padding (ASPP on small maps) cut
         relax.transform.DeadCodeElimination(),
     ]
 

@@ -237,3 +237,185 @@ def test_tiny_bert_matches_onnxruntime(tmp_path, target):
     out = vm["main"](*[tvm.runtime.tensor(inputs[n]) for n in names]).numpy()
     scale = float(np.max(np.abs(expected)))
     np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-3 * scale)
+
+
+# -- What torch 2.13's TorchScript exporter (opset 17) writes ----------------------------------
+#
+# nn.MultiheadAttention (batch_first or not; an odd head count, so torch does not take its
+# native fast path, which does not export): one packed in-projection [s, b, 3 * e], sliced by
+# expand_dims / permute / squeeze / take into q, k, v, reshaped to [s, b * h, d], permuted to
+# [b * h, s, d], reshaped to [b, h, s, d]; sqrt(1 / sqrt(d)) multiplied into both q and k^T;
+# the output permuted [2, 0, 1, 3] to [s, b, h, d] for the out-projection. The hand-written
+# form: strided slices of one projection, then 4-D [b, h, s, d] or 3-D [b * h, s, d] heads.
+
+E, HEADS, HEAD_DIM = 48, 3, 16
+
+
+def _torch_attention_models():
+    import torch
+    from torch import nn
+
+    class MHA(nn.Module):
+        def __init__(self, batch_first: bool, mask: bool, seq: int):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(E, HEADS, batch_first=batch_first)
+            # a float attn_mask: added to the scores (a constant [s, s] in the file)
+            self.mask = torch.linspace(-2.0, 0.0, seq * seq).reshape(seq, seq) if mask else None
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False, attn_mask=self.mask)[0]
+
+    class Hand(nn.Module):
+        """``softmax(q @ k^T * scale) @ v``, the scale where ``scale_on`` says."""
+
+        def __init__(self, scale_on: str, rank: int, softmax_dim: int = -1):
+            super().__init__()
+            self.proj = nn.Linear(E, 3 * E)
+            self.scale_on, self.rank, self.softmax_dim = scale_on, rank, softmax_dim
+
+        def forward(self, x):
+            b, s, _ = x.shape
+            q, k, v = self.proj(x).chunk(3, -1)
+            q, k, v = (t.reshape(b, s, HEADS, HEAD_DIM).transpose(1, 2) for t in (q, k, v))
+            if self.rank == 3:
+                q, k, v = (t.reshape(b * HEADS, s, HEAD_DIM) for t in (q, k, v))
+            scale = HEAD_DIM**-0.5
+            if self.scale_on == "q":
+                q = q * scale
+            elif self.scale_on == "k":
+                k = k * scale
+            elif self.scale_on == "both":
+                q, k = q * scale**0.5, k * scale**0.5
+            elif self.scale_on == "tensor":  # a scale computed from the input: not a constant
+                q = q * x.abs().mean()
+            scores = q @ k.transpose(-2, -1)
+            if self.scale_on == "scores":
+                scores = scores * scale
+            elif self.scale_on == "div":
+                scores = scores / HEAD_DIM**0.5
+            elif self.scale_on == "scores_tensor":
+                scores = scores * x.abs().mean()
+            o = scores.softmax(self.softmax_dim) @ v
+            return o.reshape(b, HEADS, s, HEAD_DIM).transpose(1, 2).reshape(b, s, E)
+
+    return MHA, Hand
+
+
+def _export(tmp_path, model, x) -> str:
+    import torch
+
+    from tvm_sparse.zoo.prune import export_onnx
+
+    torch.manual_seed(0)
+    return export_onnx(model, (torch.from_numpy(x),), tmp_path / "attn.onnx", ["x"], ["y"])
+
+
+def _compile_fused(path: str, target, x: np.ndarray):
+    """(attention kernels in the module before LegalizeOps, softmax left?, output)."""
+    from tvm_sparse.frontend import import_model
+    from tvm_sparse.passes import pipeline as P
+
+    imported = import_model(path)
+    options = P.SparsifyOptions(layer_names=imported.weighted_nodes, measure=False)
+    with target:
+        *before_legalize, legalize = P.pre_schedule_passes(target, options)
+        fused = tvm.transform.Sequential(before_legalize)(imported.mod)
+        kernels = [
+            f for f in fused.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
+            if str(f.attrs["global_symbol"]).startswith("attention")
+        ]  # fmt: skip
+        rest = [legalize, *P.schedule_passes(target), *P.lower_passes(target)]
+        ex = tvm.compile(fused, target=target, relax_pipeline=tvm.transform.Sequential(rest))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    return len(kernels), "relax.nn.softmax" in ops(fused), out
+
+
+def _onnxruntime(path: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+TORCH_FUSED = [
+    ("mha", {"batch_first": True, "mask": False}, 2),
+    ("mha", {"batch_first": False, "mask": False}, 2),
+    ("mha", {"batch_first": True, "mask": True}, 1),
+    *[("hand", {"scale_on": w, "rank": r}, 2) for r in (4, 3)
+      for w in ("q", "k", "both", "scores", "div", "none")],
+    ("hand", {"scale_on": "tensor", "rank": 4}, 1),  # q * tensor is computed, then read
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs, batch",
+    TORCH_FUSED,
+    ids=[f"{k}-" + "-".join(f"{a}={b}" for a, b in kw.items()) for k, kw, _ in TORCH_FUSED],
+)
+def test_torch_exports_fuse_and_match_onnxruntime(tmp_path, target, rng, kind, kwargs, batch):
+    """The real exports, 13 tokens (no vector width divides it), against onnxruntime."""
+    pytest.importorskip("torch")
+    mha, hand = _torch_attention_models()
+    seq = 13
+    if kind == "mha":
+        model = mha(**kwargs, seq=seq)
+        shape = (batch, seq, E) if kwargs["batch_first"] else (seq, batch, E)
+    else:
+        model, shape = hand(**kwargs), (batch, seq, E)
+    x = rng.standard_normal(shape).astype(np.float32)
+    path = _export(tmp_path, model, x)
+    kernels, softmax_left, out = _compile_fused(path, target, x)
+    assert kernels == 1 and not softmax_left
+    expected = _onnxruntime(path, x)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+TORCH_NOT_FUSED = [
+    {"scale_on": "scores", "rank": 4, "softmax_dim": -2},  # normalized over the queries
+    {"scale_on": "scores", "rank": 3, "softmax_dim": 1},
+    {"scale_on": "scores_tensor", "rank": 4},  # the scores scaled by a computed value
+]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    TORCH_NOT_FUSED,
+    ids=["-".join(f"{a}={b}" for a, b in kw.items()) for kw in TORCH_NOT_FUSED],
+)
+def test_torch_exports_that_are_not_attention_are_left(tmp_path, target, rng, kwargs):
+    pytest.importorskip("torch")
+    _, hand = _torch_attention_models()
+    x = rng.standard_normal((1, 13, E)).astype(np.float32)
+    path = _export(tmp_path, hand(**kwargs), x)
+    kernels, softmax_left, out = _compile_fused(path, target, x)
+    assert kernels == 0 and softmax_left
+    np.testing.assert_allclose(out, _onnxruntime(path, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, strides, new_shape",
+    [
+        ((4, 6), (6, 1), (2, 2, 3, 2)),  # split
+        ((2, 3, 4), (12, 4, 1), (6, 4)),  # merge
+        ((3, 13, 16), (16, 144, 1), (1, 3, 13, 16)),  # a permuted view: add a dim
+        ((13, 3, 16), (144, 16, 1), (13, 48)),  # a slice's rows: merge the inner two
+        ((4, 2), (1, 4), (2, 4)),  # column-major: no view
+        ((3, 13, 16), (16, 144, 1), (39, 16)),  # heads and rows do not merge
+    ],
+)
+def test_strided_reshape_agrees_with_numpy(shape, strides, new_shape):
+    """The operand tracer's reshape of a strided view, against numpy's (None: numpy copies)."""
+    from tvm_sparse.passes.fuse_attention import _Strided
+
+    memory = np.arange(1000, dtype=np.float64)
+    itemsize = memory.itemsize
+    array = np.lib.stride_tricks.as_strided(memory[5:], shape, [s * itemsize for s in strides])
+    view = _Strided(5, shape, strides).reshape(new_shape)
+    expected = array.reshape(new_shape)
+    if view is None:
+        assert not np.shares_memory(expected, memory)
+        return
+    got = np.lib.stride_tricks.as_strided(
+        memory[view.offset :], new_shape, [s * itemsize for s in view.strides]
+    )
+    np.testing.assert_array_equal(got, expected)

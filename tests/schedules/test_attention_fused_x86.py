@@ -11,6 +11,7 @@ from tvm.script import tirx as T
 
 from tvm_sparse.schedules.attention_fused_x86 import (
     AttentionShape,
+    Layout,
     _exp2_nonpositive,
     attention_kernel,
 )
@@ -75,6 +76,34 @@ def test_matches_numpy(target, rng, b, s, h, d, mask_shape):
     np.testing.assert_allclose(
         out, attention_ref(q, k, v, mask, shape, scale), rtol=1e-4, atol=2e-5
     )
+
+
+@pytest.mark.parametrize("b, s, h, d", [(1, 197, 3, 64), (2, 13, 3, 16)])
+def test_strided_layouts(target, rng, b, s, h, d):
+    """q, k, v read where a packed ``[s, b, 3 * h * d]`` in-projection holds them (what
+    nn.MultiheadAttention exports, sequence first), the output written ``[s, b, h, d]``;
+    197 tokens: the ViT-Ti/16 shape, no vector width divides it."""
+    shape = AttentionShape(b, s, h, d)
+    e = h * d
+    packed = rng.standard_normal((s, b, 3 * e)).astype(np.float32)
+    layouts = [Layout(i * e, 3 * e, d, b * 3 * e) for i in range(3)]  # q, k, v thirds
+    layouts.append(Layout(0, e, d, b * e))  # out [s, b, h, d]
+    call = attention_kernel(shape, 0.125, q_shape=packed.shape, k_shape=packed.shape,
+                            v_shape=packed.shape, out_shape=(s, b, e), layouts=layouts,
+                            target=target)  # fmt: skip
+    module = build_kernel(call, target)
+    out = tvm.runtime.tensor(np.zeros((s, b, e), np.float32))
+    arg = tvm.runtime.tensor(packed)
+    module["main"](arg, arg, arg, out)
+    q, k, v = (packed[:, :, i * e : (i + 1) * e].transpose(1, 0, 2) for i in range(3))
+    expected = attention_ref(q, k, v, None, shape, 0.125)  # [b, s, e]
+    np.testing.assert_allclose(out.numpy().transpose(1, 0, 2), expected, rtol=1e-4, atol=2e-5)
+
+
+def test_layout_outside_its_buffer_is_refused():
+    shape = AttentionShape(1, 8, 2, 16)
+    with pytest.raises(ValueError, match="does not hold"):
+        attention_kernel(shape, 0.125, layouts=(Layout(16, 64, 16, 32), None, None, None))
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])

@@ -77,6 +77,34 @@ class AttentionShape:
         return self.heads * self.dim
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where one head's rows lie in a flat buffer: element ``c`` of row ``i`` of head ``h`` of
+    batch ``b`` is at ``offset + b * batch + h * head + i * row + c`` (the columns contiguous).
+
+    ``packed`` is the ``[b, s, h, d]`` row-major layout the default shapes hold; others come
+    from reading through slices, permutes and reshapes (e.g. ``q`` straight out of a packed
+    ``[s, 3 * h * d]`` in-projection, or ``[b * h, s, d]`` activations)."""
+
+    offset: int
+    batch: int
+    head: int
+    row: int
+
+    @staticmethod
+    def packed(shape: AttentionShape) -> Layout:
+        return Layout(0, shape.seq * shape.hidden, shape.dim, shape.hidden)
+
+    def at(self, b, h, i):
+        """The flat index of element 0 of row ``i`` of head ``h`` of batch ``b``."""
+        return self.offset + b * self.batch + h * self.head + i * self.row
+
+    def extent(self, shape: AttentionShape) -> int:
+        """One past the largest flat index read or written (strides are non-negative)."""
+        last = self.at(shape.batch - 1, shape.heads - 1, shape.seq - 1)
+        return last + shape.dim
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -176,10 +204,10 @@ def _lanes_sum(buf, at):
     )
 
 
-def _head_copies_macros(shape: AttentionShape, scale: float):
+def _head_copies_macros(shape: AttentionShape, scale: float, kl: Layout, vl: Layout):
     """Step 1's macros: ``transpose_keys`` (``kt = scale * log2(e) * K_h^T``, zero padded to
     ``sp`` keys) and ``copy_values`` (``vh = V_h``, contiguous)."""
-    s, d, hd = shape.seq, shape.dim, shape.hidden
+    s, d = shape.seq, shape.dim
     sp = _round_up(s, _LANES)
     fscale = T.float32(scale * _LOG2E)  # scores in log2 units (see _exp2_nonpositive)
 
@@ -190,11 +218,11 @@ def _head_copies_macros(shape: AttentionShape, scale: float):
         for j in range(s):
             for c0 in T.unroll(d // _LANES):
                 vh[T.ramp(j * d + c0 * _LANES, 1, _LANES)] = _vec(
-                    vf, (b * s + j) * hd + h * d + c0 * _LANES, _LANES
+                    vf, vl.at(b, h, j) + c0 * _LANES, _LANES
                 )
 
     def key_row(kf, b, h, j, c0):
-        return _vec(kf, (b * s + j) * hd + h * d + c0, _LANES)
+        return _vec(kf, kl.at(b, h, j) + c0, _LANES)
 
     @T.macro
     def transpose8(kf, kt, b, h, j0, c0):
@@ -235,9 +263,7 @@ def _head_copies_macros(shape: AttentionShape, scale: float):
                 transpose8(kf, kt, b, h, jb * _LANES, cb * _LANES)
         for j in range(s % _LANES):
             for c in range(d):
-                kt[c * sp + s - s % _LANES + j] = (
-                    kf[(b * s + s - s % _LANES + j) * hd + h * d + c] * fscale
-                )
+                kt[c * sp + s - s % _LANES + j] = kf[kl.at(b, h, s - s % _LANES + j) + c] * fscale
         for c in range(d):
             for j in range(sp - s):
                 kt[c * sp + s + j] = T.float32(0)
@@ -245,9 +271,9 @@ def _head_copies_macros(shape: AttentionShape, scale: float):
     return transpose_keys, copy_values
 
 
-def _scores_macro(shape: AttentionShape, mask_shape, mr: int, nr: int):
+def _scores_macro(shape: AttentionShape, mask_shape, mr: int, nr: int, ql: Layout):
     """Step 2a's macro: the scores of ``rows`` query rows into ``sc``, row maxima into ``rmax``."""
-    s, d, hd = shape.seq, shape.dim, shape.hidden
+    s, d = shape.seq, shape.dim
     sp = _round_up(s, _LANES)
     has_mask = mask_shape is not None
     mb, mh, mi = _mask_strides(mask_shape, shape) if has_mask else (0, 0, 0)
@@ -271,7 +297,7 @@ def _scores_macro(shape: AttentionShape, mask_shape, mr: int, nr: int):
         for c in range(d):
             for r in T.unroll(rows):
                 acc[T.ramp(r * nr, 1, lanes)] = acc[T.ramp(r * nr, 1, lanes)] + T.broadcast(
-                    qf[(b * s + r0 + r) * hd + h * d + c], lanes
+                    qf[ql.at(b, h, r0 + r) + c], lanes
                 ) * _vec(kt, c * sp + j0, lanes)
         if partial:  # the tile reaches into the padding: the real columns one by one
             for r in T.unroll(rows):
@@ -338,9 +364,9 @@ def _softmax_macro(shape: AttentionShape, mr: int):
     return softmax
 
 
-def _values_macro(shape: AttentionShape, mr: int, nr: int):
+def _values_macro(shape: AttentionShape, mr: int, nr: int, ol: Layout):
     """Step 2c's macro: ``out[rows] = (sc @ V_h) * inv``, ``nr`` columns a tile."""
-    s, d, hd = shape.seq, shape.dim, shape.hidden
+    s, d = shape.seq, shape.dim
     sp = _round_up(s, _LANES)
 
     @T.macro
@@ -355,7 +381,7 @@ def _values_macro(shape: AttentionShape, mr: int, nr: int):
                     sc[r * sp + j], lanes
                 ) * _vec(vh, j * d + c0, lanes)
         for r in T.unroll(rows):
-            of[T.ramp((b * s + r0 + r) * hd + h * d + c0, 1, lanes)] = acc[
+            of[T.ramp(ol.at(b, h, r0 + r) + c0, 1, lanes)] = acc[
                 T.ramp(r * nr, 1, lanes)
             ] * T.broadcast(inv[r], lanes)
 
@@ -370,19 +396,23 @@ def _values_macro(shape: AttentionShape, mr: int, nr: int):
 
 
 def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape, out_shape,
-                    scale: float, mr: int, parallel: bool, nr: int = _NR):  # fmt: skip
-    """The PrimFunc ``(q, k, v, [mask,] out)`` for static sizes (see the module docstring)."""
+                    layouts: tuple[Layout, Layout, Layout, Layout], scale: float, mr: int,
+                    parallel: bool, nr: int = _NR):  # fmt: skip
+    """The PrimFunc ``(q, k, v, [mask,] out)`` for static sizes (see the module docstring);
+    ``layouts``: where the heads lie in ``q``, ``k``, ``v`` and ``out``."""
     nb, s, nh, d = shape.batch, shape.seq, shape.heads, shape.dim
-    hd = shape.hidden
     sp = _round_up(s, _LANES)
     has_mask = mask_shape is not None
     mask_size = int(np.prod(mask_shape)) if has_mask else 1
     tasks = T.parallel if parallel else T.serial
-    flat = nb * s * hd
-    transpose_keys, copy_values = _head_copies_macros(shape, scale)
-    scores = _scores_macro(shape, mask_shape, mr, nr)
+    q_size, k_size, v_size, o_size = (
+        int(np.prod(x)) for x in (q_shape, k_shape, v_shape, out_shape)
+    )
+    ql, kl, vl, ol = layouts
+    transpose_keys, copy_values = _head_copies_macros(shape, scale, kl, vl)
+    scores = _scores_macro(shape, mask_shape, mr, nr, ql)
     softmax = _softmax_macro(shape, mr)
-    weighted_values = _values_macro(shape, mr, nr)
+    weighted_values = _values_macro(shape, mr, nr, ol)
 
     @T.macro
     def row_block(qf, vh, mf, of, kt, sc, rmax, inv, b, h, r0, rows):
@@ -416,11 +446,11 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
             mask: T.Buffer(mask_shape, "float32"),
             out: T.Buffer(out_shape, "float32"),
         ):
-            qf = T.decl_buffer((flat,), "float32", data=q.data)
-            kf = T.decl_buffer((flat,), "float32", data=k.data)
-            vf = T.decl_buffer((flat,), "float32", data=v.data)
+            qf = T.decl_buffer((q_size,), "float32", data=q.data)
+            kf = T.decl_buffer((k_size,), "float32", data=k.data)
+            vf = T.decl_buffer((v_size,), "float32", data=v.data)
             mf = T.decl_buffer((mask_size,), "float32", data=mask.data)
-            of = T.decl_buffer((flat,), "float32", data=out.data)
+            of = T.decl_buffer((o_size,), "float32", data=out.data)
             for bh in tasks(nb * nh):
                 head(qf, kf, vf, mf, of, bh)
 
@@ -433,10 +463,10 @@ def _attention_func(shape: AttentionShape, q_shape, k_shape, v_shape, mask_shape
             v: T.Buffer(v_shape, "float32"),
             out: T.Buffer(out_shape, "float32"),
         ):
-            qf = T.decl_buffer((flat,), "float32", data=q.data)
-            kf = T.decl_buffer((flat,), "float32", data=k.data)
-            vf = T.decl_buffer((flat,), "float32", data=v.data)
-            of = T.decl_buffer((flat,), "float32", data=out.data)
+            qf = T.decl_buffer((q_size,), "float32", data=q.data)
+            kf = T.decl_buffer((k_size,), "float32", data=k.data)
+            vf = T.decl_buffer((v_size,), "float32", data=v.data)
+            of = T.decl_buffer((o_size,), "float32", data=out.data)
             for bh in tasks(nb * nh):
                 head(qf, kf, vf, None, of, bh)
 
@@ -454,11 +484,11 @@ def default_rows(dim: int, wide: bool) -> int:
     return 12 if dim >= 64 else 6
 
 
-def _check(shape: AttentionShape, name: str, given: tuple[int, ...]) -> tuple[int, ...]:
+def _check(shape: AttentionShape, name: str, given: tuple[int, ...], layout: Layout):
     given = tuple(int(x) for x in given)
-    want = shape.batch * shape.seq * shape.hidden
-    if int(np.prod(given)) != want:
-        raise ValueError(f"{name} shape {given} does not hold [b, s, h * d] = {shape}")
+    strides = (layout.offset, layout.batch, layout.head, layout.row)
+    if min(strides) < 0 or layout.extent(shape) > int(np.prod(given)):
+        raise ValueError(f"{name} shape {given} does not hold {shape} laid out as {layout}")
     return given
 
 
@@ -471,6 +501,7 @@ def attention_kernel(
     k_shape: tuple[int, ...] | None = None,
     v_shape: tuple[int, ...] | None = None,
     out_shape: tuple[int, ...] | None = None,
+    layouts: tuple[Layout | None, ...] | None = None,
     target: tvm.target.Target | None = None,
     mr: int | None = None,
     parallel: bool | None = None,
@@ -483,6 +514,10 @@ def attention_kernel(
     ``[b, s, h, d]`` in row-major order (``[b, s, h*d]`` by default); ``mask`` (float32, additive)
     in any shape that broadcasts to ``[b, h, s, s]`` with a full key axis. The kernel is called
     ``(q, k, v, [mask,] out)``; there are no constants. ``dim`` must be a multiple of 8.
+    ``layouts`` (q, k, v, out; None: ``Layout.packed``) place the heads elsewhere in those
+    buffers: strided views the caller has proven, e.g. the q, k and v thirds of one packed
+    in-projection output, or ``[b * h, s, d]``; ``out`` is then written at its layout and must
+    lie within its ``b * s * h * d`` elements (a permutation of them: every one is written).
     ``parallel`` (default: the target has more than one core) runs the (batch, head) pairs in
     parallel. ``nr``: columns of the ``mr x nr`` register tiles, two vectors of the target (16
     on AVX2; 32 on AVX-512, where ``mr`` rows x 2 zmm accumulators cover two 512-bit FMA pipes
@@ -502,20 +537,28 @@ def attention_kernel(
     if nr % _LANES or nr < _LANES:
         raise ValueError(f"nr must be a multiple of {_LANES}, got {nr}")
     default = (shape.batch, shape.seq, shape.hidden)
+    layouts = tuple(x or Layout.packed(shape) for x in (layouts or (None,) * 4))
+    if len(layouts) != 4:
+        raise ValueError(f"layouts: one per q, k, v, out, got {len(layouts)}")
+    if layouts[3].extent(shape) > shape.batch * shape.seq * shape.hidden:
+        raise ValueError(f"out layout {layouts[3]} is not within the [b, s, h * d] it writes")
+    named = (("q", q_shape), ("k", k_shape), ("v", v_shape), ("out", out_shape))
     shapes = [
-        _check(shape, name, given or default)
-        for name, given in (("q", q_shape), ("k", k_shape), ("v", v_shape), ("out", out_shape))
+        _check(shape, name, given or default, layout)
+        for (name, given), layout in zip(named, layouts)
     ]
+    if int(np.prod(shapes[3])) != shape.batch * shape.seq * shape.hidden:
+        raise ValueError(f"out shape {shapes[3]} does not hold {shape}")
     if mask_shape is not None:
         mask_shape = tuple(int(x) for x in mask_shape)
         _mask_strides(mask_shape, shape)
     if parallel is None:
         parallel = num_cores(target) > 1 and shape.batch * shape.heads > 1
     func = _attention_func(
-        shape, *shapes[:3], mask_shape, shapes[3], float(scale), mr, parallel, nr
+        shape, *shapes[:3], mask_shape, shapes[3], layouts, float(scale), mr, parallel, nr
     )
     func = finish_opaque(func)
     name = f"attention_h{shape.heads}_s{shape.seq}_d{shape.dim}"
     info = {"kind": "attention", "shape": shape, "scale": float(scale), "mask": mask_shape,
-            "tile": (mr, nr)}  # fmt: skip
+            "tile": (mr, nr), "layouts": layouts}  # fmt: skip
     return KernelCall(func=func, name=name, consts=(), out_shape=shapes[3], info=info)

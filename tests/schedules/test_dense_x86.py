@@ -422,9 +422,13 @@ def test_depthwise_takes_the_flat_plane_where_rows_are_narrow():
     assert call.info["form"] == "flat"
 
 
-def test_other_grouped_convs_keep_the_loop_nest():
+def test_other_grouped_convs_take_the_grouped_kernels():
     call = _check_conv((1, 6, 8, 8), (6, 1, 3, 3), (3, 3), (1, 1, 1, 1), (1, 1), 6, True, None)
-    assert "layout" not in call.info  # stride 3: not the depthwise kernel
+    assert call.info["layout"] == "planes"  # stride 3: not the depthwise kernel
+    call = _check_conv(
+        (1, 6, 8, 8), (6, 1, 3, 3), (3, 3), (1, 1, 1, 1), (1, 1), 6, True, None, "direct"
+    )
+    assert call.info["layout"] == "direct"  # the loop nest, on request
 
 
 def test_depthwise_row_lanes_keep_scalar_tails_short():

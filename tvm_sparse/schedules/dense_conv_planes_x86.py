@@ -19,10 +19,10 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv, samples_in_parallel
-from ._epilogue import bias_const, register_activation
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, conv_dims, samples_in_parallel
+from ._epilogue import bias_const, check_activation, register_activation
 from ._epilogue import epilogue as _epilogue
-from .kernel import KernelCall
+from .kernel import KernelCall, as_weight
 from .kernel import finish as _finish
 from .sparse_conv_planes_x86 import PlaneConvSpec, tap_planes_macro
 
@@ -34,9 +34,12 @@ DEFAULT_TILE = {16: (4, 4), 8: (3, 3), 4: (3, 3)}
 
 
 def _tile_macro(spec: PlaneConvSpec, taps: int):
-    """Macro: ``mr`` output channels of group ``g`` over the position tile at ``p0``."""
+    """Macro: ``mr`` output channels of channel tile ``g`` over the position tile at ``p0``.
+    Grouped: a channel tile never spans two conv groups, and reads its group's ``taps``."""
     lanes, n, mr = spec.lanes, spec.vectors, spec.ogroup
     o, npos, tile = spec.o, spec.positions, spec.tile
+    o_g = o // spec.groups
+    group_tiles = -(-o_g // mr)
     hb = int(spec.has_bias)
     activation = spec.activation
     in_registers = register_activation(activation)
@@ -46,8 +49,10 @@ def _tile_macro(spec: PlaneConvSpec, taps: int):
         acc = T.alloc_buffer((mr * n * lanes,), "float32", scope="global")
         for a in T.unroll(mr * n):
             acc[T.ramp(a * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+        cg: T.let = g // group_tiles  # the conv group
+        first: T.let = g % group_tiles * mr  # the tile's first channel in its group
         for t in range(taps):
-            q: T.let = toffs[t] + p0
+            q: T.let = toffs[cg * taps + t] + p0
             for r in T.unroll(mr):
                 ww: T.let = T.broadcast(wp[(g * taps + t) * mr + r], lanes)
                 for u in T.unroll(n):
@@ -56,8 +61,8 @@ def _tile_macro(spec: PlaneConvSpec, taps: int):
                         + ww * xs[T.ramp(q + u * lanes, 1, lanes)]
                     )
         for r in T.unroll(mr):
-            oc: T.let = g * mr + r
-            if oc < o:
+            oc: T.let = cg * o_g + first + r
+            if first + r < o_g:
                 bv: T.let = T.broadcast(bias[oc * hb], lanes)
                 out: T.let = (nb * o + oc) * npos + p0
                 if p0 + tile <= npos:
@@ -87,7 +92,7 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
     o, (oh, ow) = spec.o, spec.out_hw
     hp, wp_ = spec.padded_hw
     tile, ntiles, mr = spec.tile, spec.tiles, spec.ogroup
-    ngroups = -(-o // mr)
+    ngroups = spec.groups * -(-o // spec.groups // mr)  # channel tiles
     total = spec.planes * spec.plane_size
     loop = spec.inner_loop
     samples = spec.sample_loop
@@ -100,7 +105,7 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
     def kernel(
         x: T.Buffer((bn, ci, h, wd), "float32"),
         wp: T.Buffer((ngroups * taps * mr,), "float32"),
-        toffs: T.Buffer((taps,), "int32"),
+        toffs: T.Buffer((spec.groups * taps,), "int32"),
         bias: T.Buffer((spec.nbias,), "float32"),
         y: T.Buffer((bn, o, oh, ow), "float32"),
     ):
@@ -131,12 +136,14 @@ def tap_offsets(spec: PlaneConvSpec) -> np.ndarray:
     return np.ascontiguousarray(runs.reshape(-1), dtype=np.int32)
 
 
-def pack_planes_weight(weight: np.ndarray, mr: int) -> np.ndarray:
-    """OIHW -> flat ``[ceil(O / mr), C*KH*KW, mr]``, zero padded: ``mr`` broadcasts per tap."""
+def pack_planes_weight(weight: np.ndarray, mr: int, groups: int = 1) -> np.ndarray:
+    """OIHW -> flat ``[ceil(O / mr), C*KH*KW, mr]``, zero padded: ``mr`` broadcasts per tap;
+    grouped, each group's channels padded to whole tiles (``[groups * ceil(O_g / mr), ...]``)."""
     o = weight.shape[0]
+    o_g = o // groups
     taps = int(np.prod(weight.shape[1:]))
-    padded = np.zeros((-(-o // mr) * mr, taps), dtype=np.float32)
-    padded[:o] = weight.reshape(o, taps)
+    padded = np.zeros((groups, -(-o_g // mr) * mr, taps), dtype=np.float32)
+    padded[:, :o_g] = weight.reshape(groups, o_g, taps)
     return np.ascontiguousarray(padded.reshape(-1, mr, taps).transpose(0, 2, 1)).reshape(-1)
 
 
@@ -146,14 +153,26 @@ def dense_conv2d_planes(
     mr: int | None = None, vectors: int | None = None, lanes: int | None = None,
     parallel: bool = True,
 ) -> KernelCall:  # fmt: skip
-    """``y = act(conv2d(x, weight) + bias)``, NCHW / OIHW, groups=1, any stride / padding /
+    """``y = act(conv2d(x, weight) + bias)``, NCHW / OIHW, any groups, stride, padding and
     dilation. Knobs: ``mr`` output channels and ``vectors`` position vectors per register tile
-    (default from the target's vector width). Consts: ``(packed weight, tap offsets, bias)``."""
+    (default from the target's vector width). Consts: ``(packed weight, tap offsets, bias)``.
+
+    Grouped convs (``conv.groups`` > 1): a register tile holds ``mr`` channels of one group (a
+    group's last tile zero padded), and reads that group's input channels' taps only; the
+    lanes stay full whatever the group width (positions, not channels, are the lanes)."""
     from ..target import num_cores, vector_lanes
 
-    weight, dims = checked_groups1_conv("dense_conv2d_planes", x_shape, weight_oihw, conv,
-                                        activation)  # fmt: skip
+    check_activation(activation)
+    groups = int(conv.groups)
+    weight = as_weight(weight_oihw, 4)
+    if weight.shape[0] % groups or x_shape[1] != weight.shape[1] * groups:
+        raise ValueError(
+            f"dense_conv2d_planes: x {tuple(x_shape)}, weight {weight.shape}, groups {groups}"
+        )
+    whole = (weight.shape[0], int(x_shape[1]), *weight.shape[2:])  # the ungrouped shape
+    dims = conv_dims(x_shape, whole, conv.strides, conv.padding, conv.dilation)
     (bn, ci, _, _), (o, kh, kw) = dims.x, dims.kernel
+    ci //= groups  # the taps of one output channel
     lanes = lanes or vector_lanes(target)
     default_mr, default_vectors = DEFAULT_TILE.get(lanes, DEFAULT_TILE[8])
     mr, vectors = mr or default_mr, vectors or default_vectors
@@ -164,7 +183,7 @@ def dense_conv2d_planes(
     spec = PlaneConvSpec(
         dims.x, o, (kh, kw), dims.out_hw, dims.pads, dims.strides, dims.dilation, taps,
         "int32", "int32", bias_arr.size, has_bias, activation, lanes, vectors, mr,
-        parallel and num_cores(target) > 1,
+        parallel and num_cores(target) > 1, groups=groups,
     )  # fmt: skip
     spec = dataclasses.replace(
         spec,
@@ -175,7 +194,7 @@ def dense_conv2d_planes(
         "kind": "dense_conv2d",
         "layout": "planes",
         "macs": macs,
-        "macs_padded": -(-o // mr) * mr * taps * bn * spec.tiles * spec.tile,
+        "macs_padded": groups * -(-o // groups // mr) * mr * taps * bn * spec.tiles * spec.tile,
         "activation": activation,
         "tile": (mr, vectors, lanes),
         "batch_parallel": spec.batch_parallel,
@@ -183,7 +202,7 @@ def dense_conv2d_planes(
     return KernelCall(
         func=dense_planes_kernel(spec, taps),
         name="dense_conv2d_planes_" + "x".join(map(str, x_shape)),
-        consts=(pack_planes_weight(weight, mr), tap_offsets(spec), bias_arr),
+        consts=(pack_planes_weight(weight, mr, groups), tap_offsets(spec), bias_arr),
         out_shape=(bn, o) + tuple(dims.out_hw),
         info=info,
     )

@@ -76,10 +76,16 @@ def choose_conv_tiling(out_w: int, num_cores: int = 1, lanes: int = 8) -> GemmTi
     return GemmTiling(mr=mr, nb=nb, parallel=num_cores > 1)
 
 
-def pack_conv_weight(weight: np.ndarray, nb: int) -> np.ndarray:
-    """OIHW -> ``[ceil(Co / nb), KH*KW*Ci, nb]`` (reduction order kh, kw, ci), zero padded."""
+def pack_conv_weight(weight: np.ndarray, nb: int, groups: int = 1) -> np.ndarray:
+    """OIHW -> ``[ceil(Co / nb), KH*KW*Ci, nb]`` (reduction order kh, kw, ci), zero padded;
+    grouped: each group's ``Co / groups`` channels packed so, the groups' panels one after
+    another (``[groups * ceil(Co_g / nb), KH*KW*Ci_g, nb]``)."""
     co = weight.shape[0]
-    return pack_gemm_panels(weight.transpose(0, 2, 3, 1).reshape(co, -1), nb)
+    rows = weight.transpose(0, 2, 3, 1).reshape(co, -1)
+    co_g = co // groups
+    return np.concatenate(
+        [pack_gemm_panels(rows[g * co_g : (g + 1) * co_g], nb) for g in range(groups)]
+    )
 
 
 def conv_direct_compute(

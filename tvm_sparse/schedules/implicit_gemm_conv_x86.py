@@ -40,7 +40,9 @@ def implicit_gemm_kernel(
     where ``mr`` holds two rows or more, whole rows (``mr // OW`` of them: contiguous in NCHW
     too): a 4-wide output keeps 8 pixels per tile instead of 4."""
     batch, ci, h, w = geo.x_shape
-    co, _, kh, kw = geo.w_shape
+    co, ci_g, kh, kw = geo.w_shape
+    groups = geo.groups
+    co_g = co // groups
     top, left, bottom, right = geo.padding
     sh, sw = geo.strides
     dh, dw = geo.dilation
@@ -48,8 +50,9 @@ def implicit_gemm_kernel(
     rows = min(tiling.mr // ow, oh) if tiling.mr >= 2 * ow else 1  # whole rows per tile
     mr, nb = (rows * ow if rows > 1 else min(tiling.mr, ow)), tiling.nb
     hp, wp = h + top + bottom, w + left + right
-    reduce = kh * kw * ci
-    panels = -(-co // nb)
+    reduce = kh * kw * ci_g
+    group_panels = -(-co_g // nb)  # a panel never spans two groups
+    panels = groups * group_panels
     row_tiles = -(-ow // mr)  # tiles per output row (1 for whole-row tiles)
     tiles = -(-oh // rows) if rows > 1 else oh * row_tiles  # per sample and channel panel
 
@@ -99,6 +102,8 @@ def implicit_gemm_kernel(
                         ]
         for t in loop(panels * batch * tiles):
             panel: T.let = t // (batch * tiles)
+            g: T.let = panel // group_panels
+            c0: T.let = panel % group_panels * nb  # the panel's first channel in its group
             n: T.let = t // tiles % batch
             y: T.let = T.min(t % tiles * rows, oh - rows) if rows > 1 else t % tiles // row_tiles
             z0: T.let = T.min(t % row_tiles * mr, ow - mr) if rows == 1 else 0
@@ -107,8 +112,8 @@ def implicit_gemm_kernel(
                 acc[T.ramp(i * nb, 1, nb)] = T.broadcast(T.float32(0), nb)
             for rh in range(kh):
                 for rw in range(kw):
-                    for rc in range(ci):
-                        k: T.let = (rh * kw + rw) * ci + rc
+                    for rc in range(ci_g):
+                        k: T.let = (rh * kw + rw) * ci_g + rc
                         if prefetch:  # the next panel's weights, its halves in turns
                             T.evaluate(
                                 prefetch_l2(
@@ -121,8 +126,10 @@ def implicit_gemm_kernel(
                                 )
                             )
                         pixel: T.let = (
-                            (n * hp + y * sh + rh * dh) * wp + z0 * sw + rw * dw
-                        ) * ci + rc
+                            ((n * hp + y * sh + rh * dh) * wp + z0 * sw + rw * dw) * ci
+                            + g * ci_g
+                            + rc
+                        )
                         for i in T.unroll(mr):
                             acc[T.ramp(i * nb, 1, nb)] = (
                                 acc[T.ramp(i * nb, 1, nb)]
@@ -130,8 +137,8 @@ def implicit_gemm_kernel(
                                 * wf[T.ramp((panel * reduce + k) * nb, 1, nb)]
                             )
             for j in T.unroll(nb):
-                if panel * nb + j < co:
-                    c: T.let = panel * nb + j
+                if c0 + j < co_g:
+                    c: T.let = g * co_g + c0 + j
                     at: T.let = ((n * co + c) * oh + y) * ow + z0
                     of[pixels_of(at)] = _epilogue(
                         plus_bias(acc[across(j)], bcast(bias[c]), has_bias), activation, mr

@@ -69,6 +69,9 @@ class PlaneConvSpec:
     # whole samples in parallel, each with its own planes, serial loops inside (a batch of at
     # least as many samples as cores: see ``_conv_dims.samples_in_parallel``)
     batch_parallel: bool = False
+    # conv groups (the dense kernel only): output channel group g reads input channels
+    # g * C / groups onwards
+    groups: int = 1
 
     def to_json(self) -> str:
         """The spec as the kernel's ``tvm_sparse.conv_planes`` attribute, so a later pass

@@ -10,6 +10,8 @@ per parameter set, the parameters frozen dataclass fields, so nothing ever parse
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import tvm
 
-from ...ir.layers import LINEAR, LayerSpec
+from ...ir.layers import CONV2D, LINEAR, LayerSpec
 from ...target import is_cpu, is_cuda
 from .._conv_dims import ConvAttrs
 from ..cost_model import MachineModel
@@ -131,6 +133,62 @@ def conv_io_bytes(layer: LayerSpec) -> int:
     return 4 * (int(np.prod(layer.x_shape)) + int(np.prod(layer.out_shape)))
 
 
+# A grouped conv's block-diagonal weight (``block_diagonal``) may hold at most this many floats:
+# it is a compile-time array (the sparse kernels store only its non-zeros), 16 MiB at most.
+MAX_BLOCK_DIAGONAL = 1 << 22
+
+
+def block_diagonal(layer: LayerSpec) -> LayerSpec:
+    """A grouped conv (groups > 1, more than one input channel a group) as the groups=1 conv
+    with the same output: the OIHW weight widened to all input channels, zero outside its
+    group's. A kernel that skips zeros computes the same MACs on this view as on the groups,
+    so the groups=1 sparse conv kernels take grouped convs through it. Any other layer (a
+    depthwise conv, a view too large) comes back unchanged."""
+    groups = layer.conv_attrs.get("groups", 1) if layer.kind == CONV2D else 1
+    co, ci_g, kh, kw = layer.weight.shape if layer.kind == CONV2D else (0, 0, 0, 0)
+    if groups == 1 or ci_g == 1 or co * ci_g * groups * kh * kw > MAX_BLOCK_DIAGONAL:
+        return layer
+    cached = _VIEWS.get(id(layer))
+    if cached is not None and cached[0] is layer:
+        return cached[1]
+    co_g = co // groups
+    wide = np.zeros((groups, co_g, groups, ci_g, kh, kw), dtype=layer.weight.dtype)
+    grouped = layer.weight.reshape(groups, co_g, ci_g, kh, kw)
+    for g in range(groups):
+        wide[g, :, g] = grouped[g]
+    view = dataclasses.replace(
+        layer,
+        weight=wide.reshape(co, groups * ci_g, kh, kw),
+        conv_attrs={**layer.conv_attrs, "groups": 1},
+    )
+    _VIEWS.clear()  # one layer's view at a time: the families ask about one layer in turn
+    _VIEWS[id(layer)] = (layer, view)
+    return view
+
+
+_VIEWS: dict[int, tuple[LayerSpec, LayerSpec]] = {}
+
+
+def _on_block_diagonal(method):
+    @functools.wraps(method)
+    def wrapped(self, layer, *args, **kwargs):
+        return method(self, block_diagonal(layer), *args, **kwargs)
+
+    return wrapped
+
+
+class TakesGroupedConvs:
+    """Mixin of a groups=1 conv family whose kernels skip zeros: every ``fits``, ``estimate``,
+    ``knob_space`` and ``build`` it or a subclass defines sees a grouped conv as its
+    ``block_diagonal`` view (and a groups=1 conv as itself)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("fits", "estimate", "knob_space", "build"):
+            if name in cls.__dict__:
+                setattr(cls, name, _on_block_diagonal(cls.__dict__[name]))
+
+
 def build_conv(
     builder: Callable[..., KernelCall], layer: LayerSpec, target: tvm.target.Target, knobs: dict
 ) -> KernelCall:
@@ -148,6 +206,8 @@ def build_conv(
 
 
 __all__ = [
+    "block_diagonal",
+    "TakesGroupedConvs",
     "DENSE_FILL_THRESHOLD",
     "build_conv",
     "build_linear",

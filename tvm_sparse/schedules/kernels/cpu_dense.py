@@ -75,10 +75,11 @@ class DenseConv2d(CpuKernel):
         )
 
     def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
-        if layer.conv_attrs.get("groups", 1) != 1:  # the direct loop nest has no knobs
-            return [{}]
         par = parallel_choices(num_cores(target))
         lanes = vector_lanes(target)
+        groups = layer.conv_attrs.get("groups", 1)
+        if groups != 1:
+            return self._grouped_knobs(layer, groups, lanes, par)
         if dense_x86.is_pointwise_layer(layer):  # mr channels x nb pixels; <= 28 accumulators
             tiles = product(mr=[6, 8, 12, 24], nb=[16, 32, 64], parallel=par)
             tiles = [t for t in tiles if t["mr"] * t["nb"] <= 28 * lanes]
@@ -92,6 +93,22 @@ class DenseConv2d(CpuKernel):
         space += [{"layout": "planes", "planes_tile": t} for t in PLANES_TILES]
         if dense_x86.winograd_layer(layer):
             space += [{"layout": "winograd", "winograd_tile": t} for t in WINOGRAD_TILES]
+        return settings_for(dense_x86.dense_conv2d, space)
+
+    @staticmethod
+    def _grouped_knobs(layer: LayerSpec, groups: int, lanes: int, par: list) -> list[dict]:
+        """A grouped conv's: the tap planes' tiles and the grouped implicit GEMM's (channels of
+        one group per panel); none for a depthwise conv (its own kernel)."""
+        co, ci_g = layer.weight.shape[:2]
+        if ci_g == 1 and co == groups:  # depthwise (or its fallback): no knobs
+            return [{}]
+        co_g, ow = co // groups, layer.out_shape[3]
+        nbs = [dense_x86.grouped_nb(co_g, lanes)]
+        nbs += [2 * lanes] if co_g % (2 * lanes) == 0 else []
+        mrs = sorted({min(r, ow) for r in (4, 7, 12, 14)})
+        gemm = [t for t in product(mr=mrs, nb=nbs, parallel=par) if t["mr"] * t["nb"] <= 16 * lanes]
+        space = [{"layout": "planes", "planes_tile": t} for t in PLANES_TILES]
+        space += [{"layout": "implicit_gemm", "tiling": t} for t in gemm]
         return settings_for(dense_x86.dense_conv2d, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:

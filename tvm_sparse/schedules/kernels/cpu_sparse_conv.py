@@ -10,7 +10,7 @@ from ...target import num_cores
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
 from ..sparse_conv_x86 import sparse_conv2d
-from .base import CpuKernel, build_conv, conv_io_bytes, skips_work
+from .base import CpuKernel, TakesGroupedConvs, build_conv, conv_io_bytes, skips_work
 from .knobs import parallel_choices, product, settings_for
 
 
@@ -18,7 +18,10 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-class SparseConv2d(CpuKernel):
+class SparseConv2d(TakesGroupedConvs, CpuKernel):
+    """Grouped convs (not depthwise) come as their block-diagonal groups=1 view
+    (``TakesGroupedConvs``); the subclasses inherit that."""
+
     name = "sparse_conv"
     layer_kind = CONV2D
 

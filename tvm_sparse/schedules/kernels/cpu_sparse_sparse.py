@@ -12,7 +12,7 @@ from .. import sparse_sparse_x86
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
 from ..sparse_sparse_conv_x86 import sparse_sparse_conv2d
-from .base import CpuKernel, build_conv, build_linear, conv_io_bytes
+from .base import CpuKernel, TakesGroupedConvs, build_conv, build_linear, conv_io_bytes
 from .knobs import product, settings_for
 
 # Seconds per input element of the scan that compacts x to its non-zeros before the scatter.
@@ -54,7 +54,7 @@ class SparseSparseLinear(CpuKernel):
         return build_linear(sparse_sparse_x86.sparse_sparse_linear, layer, target, knobs)
 
 
-class SparseSparseConv2d(CpuKernel):
+class SparseSparseConv2d(TakesGroupedConvs, CpuKernel):
     name = "sparse_sparse"
     layer_kind = CONV2D
 

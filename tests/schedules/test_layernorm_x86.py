@@ -81,3 +81,48 @@ def test_isa_variants(isa):
     gamma, beta = (rng.standard_normal(397).astype(np.float32) for _ in range(2))
     got = _run(a, b, gamma, beta, 1e-5, (3, 397), run_target(isa))
     np.testing.assert_allclose(got, _reference(a, b, gamma, beta, 1e-5), rtol=1e-4, atol=1e-4)
+
+
+def _run_single(make, x, gamma, beta, eps, target=TARGET):
+    import tvm
+
+    func = build_kernel(make(x.shape, eps, target=target), target)["main"]
+    out = tvm.runtime.tensor(np.zeros(x.shape, np.float32))
+    func(*[tvm.runtime.tensor(v) for v in (x, gamma, beta)], out)
+    return out.numpy()
+
+
+def _reference_axis(x, gamma, beta, eps, axis):
+    x = x.astype(np.float64)
+    mean = x.mean(axis=axis, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axis, keepdims=True)
+    bshape = [1] * x.ndim
+    bshape[axis] = -1
+    return (x - mean) / np.sqrt(var + eps) * gamma.reshape(bshape) + beta.reshape(bshape)
+
+
+@pytest.mark.parametrize(
+    "shape",  # pixels: full vectors only, vectors + a tail, fewer than one vector; batch 2
+    [(1, 8, 4, 8), (1, 13, 7, 7), (1, 5, 1, 3), (2, 3, 9, 5), (1, 96, 5, 9), (1, 4, 33)],
+)
+def test_channels_first_layer_norm_matches_reference(shape):
+    from tvm_sparse.schedules.layernorm_x86 import channels_first_layer_norm_kernel
+
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+    gamma = rng.standard_normal(shape[1]).astype(np.float32)
+    beta = rng.standard_normal(shape[1]).astype(np.float32)
+    out = _run_single(channels_first_layer_norm_kernel, x, gamma, beta, 1e-6)
+    np.testing.assert_allclose(out, _reference_axis(x, gamma, beta, 1e-6, 1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 768), (1, 13), (3, 40), (2, 1, 5)])
+def test_layer_norm_rows_matches_reference(shape):
+    from tvm_sparse.schedules.layernorm_x86 import layer_norm_kernel
+
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+    gamma = rng.standard_normal(shape[-1]).astype(np.float32)
+    beta = rng.standard_normal(shape[-1]).astype(np.float32)
+    out = _run_single(layer_norm_kernel, x, gamma, beta, 1e-5)
+    np.testing.assert_allclose(out, _reference_axis(x, gamma, beta, 1e-5, -1), rtol=1e-4, atol=1e-4)

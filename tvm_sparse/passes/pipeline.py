@@ -6,7 +6,8 @@
                  consecutive batched sparse linears, rewrite each layer to call_tir
 3. FuseKernels   k-WTA subgraphs (TopK = a full sort in TVM) -> linear-time select kernel,
                  attention (Q K^T, mask, softmax, V, the head permutes) -> one kernel,
-                 layer_norm(residual add) -> one kernel, relu(conv + shortcut) -> the
+                 layer_norm(residual add) -> one kernel, a layer norm over the channels
+                 of NCHW through permutes -> one kernel over axis 1, relu(conv + shortcut) -> the
                  conv's epilogue (tap-plane sparse conv), mean over trailing axes
                  (global average pooling) -> a vector row sum
 4. Legalize      library dispatch, remaining Relax ops -> TIR (TVM), fused
@@ -45,6 +46,7 @@ from .choose_kernels import ChooseKernels
 from .dedupe_kernels import DedupeKernels
 from .fuse_add_layernorm import FuseAddLayerNorm
 from .fuse_attention import FuseAttention
+from .fuse_channel_layernorm import FuseChannelLayerNorm
 from .fuse_residual import FuseResidual
 from .layer_plan import LayerPlan, SparsifyOptions
 from .rewrite_kwta import RewriteKwta
@@ -71,6 +73,7 @@ def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         RewriteKwta(target),  # after Sparsify: AnalyzeLayers reads the k-WTA pattern
         FuseAttention(target),  # softmax(Q K^T + mask) V per head: one kernel
         FuseAddLayerNorm(target),  # residual add + layer norm: one pass over each row
+        FuseChannelLayerNorm(target),  # permute -> layer norm -> permute back: over axis 1
         FuseResidual(target),  # relu(conv + shortcut): the add in the conv's epilogue
         RewriteRowReductions(target),  # global average pooling: a vector sum per channel
     ]

@@ -103,3 +103,19 @@ def test_cpu_only_options_are_refused_for_the_fpga_target(options):
     name = next(iter(options))
     with pytest.raises(TypeError, match=rf"\['{name}'\] do not apply to the fpga target"):
         tvm_sparse.compile(models.pruned_mlp(layers=1, hidden=8), "fpga", **options)
+
+
+@pytest.mark.parametrize(
+    ("last_op", "attrs", "name"),
+    [("HardSwish", {}, "hardswish"), ("HardSigmoid", {"alpha": 1 / 6}, "hardsigmoid")],
+)
+def test_hard_activation_fused_into_a_layer_is_refused_by_name(last_op, attrs, name):
+    """A hard-swish / hard-sigmoid fused into a Gemm's epilogue: the fpga target (ReLU only)
+    refuses it by name rather than dropping it."""
+    model = _mlp(WEIRD, last_op=last_op)
+    for node in model.graph.node:
+        if node.op_type == last_op:
+            node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+    with pytest.raises(UnsupportedModelError, match=rf"the {name} activation") as err:
+        compile_fpga(model, "fpga", run_csim=False)
+    assert err.value.op == name

@@ -11,13 +11,17 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 def act(v: np.ndarray, activation: str | None) -> np.ndarray:
     """The fused epilogues: ReLU and ReLU6 keep NaN (as numpy and onnxruntime do), GELU in erf
-    form."""
+    form, hard-swish / hard-sigmoid as torch defines them."""
     if activation == "relu":
         return np.where(v < 0, 0.0, v)
     if activation == "gelu":
         return 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))
     if activation == "relu6":  # NaN stays NaN, as with ReLU
         return np.where(v < 0, 0.0, np.where(v > 6, 6.0, v))
+    if activation in ("hardswish", "hardsigmoid"):  # torch's relu6(v + 3) / 6; NaN stays NaN
+        gate = np.where(v + 3 < 0, 0.0, np.where(v + 3 > 6, 6.0, v + 3)) / 6
+        with np.errstate(invalid="ignore"):  # hard-swish(-inf) = -inf * 0 = NaN, as onnxruntime
+            return v * gate if activation == "hardswish" else gate
     if activation is not None:
         raise ValueError(f"no reference for activation {activation!r}")
     return v

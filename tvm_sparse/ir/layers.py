@@ -2,8 +2,8 @@
 
 Canonical form (what ``canonicalize`` leaves): ``matmul(x, W_kn)`` or ``nn.conv2d(x, W_oihw)``
 with a constant weight, optionally followed by ``add(., bias)`` with a per-output-channel
-constant, then optionally by ``nn.relu``, ``nn.gelu``, ``nn.silu``, ``sigmoid`` or ReLU6
-(``clip(., 0, 6)``). A layer is
+constant, then optionally by ``nn.relu``, ``nn.gelu``, ``nn.silu``, ``sigmoid``, ReLU6
+(``clip(., 0, 6)``) or a hard-sigmoid / hard-swish (``ir.hard_activations``). A layer is
 that whole chain; its tail var is what the rest of the graph reads, so a rewrite replaces the
 tail and dead-code elimination drops the rest.
 """
@@ -16,6 +16,7 @@ import numpy as np
 from tvm import relax
 
 from .arrays import transposed
+from .hard_activations import clip_bounds, find_hard_activations
 from .relax_utils import (
     const_array,
     dtype_of,
@@ -40,16 +41,7 @@ _ACTIVATIONS = {
 
 def is_relu6(value: relax.Expr) -> bool:
     """Whether ``value`` is ``clip(x, 0, 6)`` (``passes.fuse_relu6`` writes ONNX's ReLU6 so)."""
-    if op_name(value) != "relax.clip":
-        return False
-    bounds = []
-    for arg in value.args[1:]:  # FloatImm, or a PrimValue holding one
-        number = getattr(arg, "value", None)
-        number = getattr(number, "value", number)
-        if not isinstance(number, int | float):
-            return False
-        bounds.append(float(number))
-    return bounds == [0.0, 6.0]
+    return clip_bounds(value) == (0.0, 6.0)
 
 
 @dataclass
@@ -164,6 +156,9 @@ def find_layers(func: relax.Function) -> list[LayerSpec]:
     def single_user(var: relax.Var) -> relax.VarBinding | None:
         return users.get(var) if counts[var] == 1 else None
 
+    # hard-sigmoid / hard-swish of a var: several bindings, the swish reading x twice
+    hard = {h.x: h for h in find_hard_activations(relax.analysis.get_var2val(func), counts)}
+
     layers: list[LayerSpec] = []
     for binding in iter_bindings(func):
         found = anchor_of(binding.value)
@@ -183,7 +178,10 @@ def find_layers(func: relax.Function) -> list[LayerSpec]:
             if vec is not None and representative_shape(nxt.var) == representative_shape(tail):
                 bias, tail = vec.astype(np.float32), nxt.var
                 nxt = single_user(tail)
-        if nxt is not None and op_name(nxt.value) in _ACTIVATIONS:
+        found_hard = hard.get(tail)
+        if found_hard is not None and counts[tail] == (2 if found_hard.kind == "hardswish" else 1):
+            activation, tail = found_hard.kind, found_hard.tail
+        elif nxt is not None and op_name(nxt.value) in _ACTIVATIONS:
             activation, tail = _ACTIVATIONS[op_name(nxt.value)], nxt.var
         elif nxt is not None and is_relu6(nxt.value):
             activation, tail = "relu6", nxt.var

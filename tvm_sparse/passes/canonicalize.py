@@ -3,7 +3,8 @@
 Inference-mode BatchNorm is decomposed and folded into the preceding layer; transposed constant
 weights (ONNX Gemm transB, ``permute_dims`` of a constant) are folded to constants; tuple plumbing
 from the importer is removed. What is left: ``matmul(x, W_kn) [+ bias]`` and
-``conv2d(x, W_oihw) [+ bias]``, each optionally followed by ReLU, GELU, ReLU6, SiLU or sigmoid.
+``conv2d(x, W_oihw) [+ bias]``, each optionally followed by ReLU, GELU, ReLU6, SiLU, sigmoid,
+hard-sigmoid or hard-swish.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .conv_transpose import RewriteConvTranspose
 from .drop_padding_taps import DropPaddingTaps
 from .fold_affine import FoldAffineIntoLayers
 from .fuse_gelu import FuseGelu
+from .fuse_hard_activations import FuseHardActivations
 from .fuse_relu6 import FuseRelu6
 from .fuse_silu import FuseSilu
 from .numpy_fold import NumpyFoldConstant
@@ -34,6 +36,7 @@ def canonicalize_passes() -> list[tvm.transform.Pass]:
         FuseGelu(),  # erf-GELU subgraph -> nn.gelu, a fusable kernel epilogue
         FuseRelu6(),  # the frontend's maximum + minimum of Clip(x, 0, 6) -> one clip
         FuseSilu(),  # x * sigmoid(x) -> nn.silu, a fusable kernel epilogue
+        FuseHardActivations(),  # hard-sigmoid / hard-swish: one form, a kernel epilogue
         RewriteConv1d(),  # conv2d of height 1: a conv layer, not TVM's scalar loop nest
         RewriteConvTranspose(),  # kernel == stride: 1x1 conv + depth-to-space, a conv layer
         SeparableResize(),  # bilinear resize: gathers through constant tables, no float indices

@@ -14,6 +14,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import mutator
 
+from ..ir.hard_activations import find_hard_activations
 from ..ir.layers import CONV2D, per_channel, stored_anchor
 from ..ir.relax_utils import (
     const_array,
@@ -83,6 +84,9 @@ class _Chain:
 def _plan_affine_folds(func: relax.Function) -> dict[relax.Var, _Chain]:
     """Map each chain's last var to the folded layer that replaces it (chains of >= 1 fold)."""
     counts = use_counts(func)
+    # the add(x, 3) of a hard-sigmoid / hard-swish stays: the layer takes the whole activation
+    # as its epilogue (ir.layers), which it could not find with the 3 folded into the bias
+    hard_heads = {h.head for h in find_hard_activations(relax.analysis.get_var2val(func), counts)}
     chains: dict[relax.Var, _Chain] = {}
     for binding in iter_bindings(func):
         value = binding.value
@@ -92,7 +96,7 @@ def _plan_affine_folds(func: relax.Function) -> dict[relax.Var, _Chain]:
             chains[binding.var] = _Chain(kind, weight, conv, value)
             continue
         step = _STEP.extract_matched_expr(value) if isinstance(value, relax.Call) else None
-        if step is None:
+        if step is None or binding.var in hard_heads:
             continue
         src = step[_LAYER]
         if not isinstance(src, relax.Var) or src not in chains or counts[src] != 1:

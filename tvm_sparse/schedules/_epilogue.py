@@ -11,7 +11,7 @@ from tvm.script import tirx as T
 
 from .vector_math import install_llvm_lowering, sigmoid_f32
 
-ACTIVATIONS = (None, "relu", "gelu", "relu6", "silu", "sigmoid")
+ACTIVATIONS = (None, "relu", "gelu", "relu6", "silu", "sigmoid", "hardswish", "hardsigmoid")
 SQRT1_2 = 0.7071067811865476
 
 
@@ -23,6 +23,9 @@ def check_activation(activation: str | None) -> None:
 def epilogue(v, activation: str | None, lanes: int = 1):
     """act(v) as a TIR expression (``lanes``-wide); ReLU and ReLU6 keep NaN (like numpy /
     onnxruntime), GELU is the erf form, SiLU is v * sigmoid(v) (``vector_math.sigmoid_f32``).
+    Hard-sigmoid is torch's relu6(v + 3) / 6 and hard-swish v * relu6(v + 3) / 6 (ONNX
+    HardSwish); both keep NaN (the ReLU6 selects), and hard-swish(-inf) is -inf * 0 = NaN, as
+    onnxruntime computes it.
     A GELU installs the vector ``erf`` lowering for llvm builds (``vector_math``, idempotent):
     LLVM has no vector libm call for it, and a kernel builder that wrote an erf without it
     failed to build ("unknown intrinsic tirx.erf")."""
@@ -39,6 +42,10 @@ def epilogue(v, activation: str | None, lanes: int = 1):
         return c(0.5) * v * (c(1) + T.erf(v * c(SQRT1_2)))
     if activation == "relu6":  # NaN stays NaN, as with ReLU
         return T.Select(v < c(0), c(0), T.Select(v > c(6), c(6), v))
+    if activation in ("hardswish", "hardsigmoid"):
+        u = v + c(3)
+        gate = T.Select(u < c(0), c(0), T.Select(u > c(6), c(6), u)) * c(1 / 6)
+        return v * gate if activation == "hardswish" else gate
     if activation in ("silu", "sigmoid"):
         gate = sigmoid_f32(v)  # plain arithmetic: no exp call for LLVM (or CUDA) to lower
         return v * gate if activation == "silu" else gate

@@ -46,7 +46,14 @@ def dense_linear(
         pre = te.compute((m, n), lambda i, j: mm[i, j] + b[j], name="bias_add")
     else:
         pre = mm
-    if activation in ("relu", "relu6", "silu", "sigmoid"):  # ReLU's selects keep NaN
+    if activation in (
+        "relu",
+        "relu6",
+        "silu",
+        "sigmoid",
+        "hardswish",
+        "hardsigmoid",
+    ):  # selects keep NaN
         out = te.compute((m, n), lambda i, j: epilogue(pre[i, j], activation), name=activation)
     elif activation == "gelu":
         out = te.compute(

@@ -17,7 +17,7 @@ from tvm import relax
 from tvm.relax.dpl import DFPattern
 from tvm.relax.expr_functor import PyExprMutator
 
-from .relax_utils import bound_vars, use_counts
+from .relax_utils import binding_map, bound_vars, use_counts
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,22 @@ def rewrite_functions(
     if rewriter is None:
         return mod
     return relax.transform.DeadCodeElimination()(mod)
+
+
+def rewrite_bindings(
+    mod: tvm.IRModule,
+    plan_entry: Callable[[relax.Var, relax.Expr], Any],
+    rewriter_cls: Callable[[dict, tvm.IRModule], PlannedRewriter],
+) -> tvm.IRModule:
+    """The common one-binding rewrite: ``plan_entry(var, value)`` for every binding of every
+    Relax function (None: keep it), and ``rewriter_cls(plan, mod)`` replaces the planned ones."""
+
+    def rewriter_for(func: relax.Function, module: tvm.IRModule):
+        plan = {}
+        for var, value in binding_map(func).items():
+            entry = plan_entry(var, value)
+            if entry is not None:
+                plan[var] = entry
+        return rewriter_cls(plan, module) if plan else None
+
+    return rewrite_functions(mod, rewriter_for)

@@ -24,8 +24,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import binding_map, const_array, dtype_of, op_name, static_shape
-from ..ir.rewrite import PlannedRewriter, rewrite_functions
+from ..ir.relax_utils import const_array, dtype_of, op_name, static_shape
+from ..ir.rewrite import PlannedRewriter, rewrite_bindings
 
 
 def _ints(values) -> tuple[int, ...]:
@@ -57,6 +57,16 @@ def _match(value: relax.Expr) -> tuple[relax.Expr, np.ndarray] | None:
     return x, packed
 
 
+def _plan_entry(_var: relax.Var, value: relax.Expr):
+    found = _match(value)
+    if found is None:
+        return None
+    x, packed = found
+    n, _, h, w = static_shape(x)
+    _, co, kh, kw = const_array(value.args[1]).shape
+    return x, packed, (n, co, kh, kw, h, w)
+
+
 @mutator
 class _Rewriter(PlannedRewriter):
     def replacement(self, _var: relax.Var, entry) -> relax.Expr:
@@ -72,16 +82,4 @@ class RewriteConvTranspose:
     """Every non-overlapping ``conv2d_transpose`` -> 1x1 ``conv2d`` + depth-to-space."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        def rewriter_for(func: relax.Function, module: tvm.IRModule):
-            plan = {}
-            for var, value in binding_map(func).items():
-                found = _match(value)
-                if found is None:
-                    continue
-                x, packed = found
-                n, _, h, w = static_shape(x)
-                _, co, kh, kw = const_array(value.args[1]).shape
-                plan[var] = (x, packed, (n, co, kh, kw, h, w))
-            return _Rewriter(plan, module) if plan else None
-
-        return rewrite_functions(mod, rewriter_for)
+        return rewrite_bindings(mod, _plan_entry, _Rewriter)

@@ -22,8 +22,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import binding_map, const_array, op_name, static_shape
-from ..ir.rewrite import PlannedRewriter, rewrite_functions
+from ..ir.relax_utils import const_array, op_name, static_shape
+from ..ir.rewrite import PlannedRewriter, rewrite_bindings
 
 
 def live_taps(
@@ -109,12 +109,4 @@ class DropPaddingTaps:
     """Every conv2d with kernel rows / columns that read only padding -> the conv without them."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        def rewriter_for(func: relax.Function, module: tvm.IRModule):
-            plan = {}
-            for var, value in binding_map(func).items():
-                entry = _plan_entry(var, value)
-                if entry is not None:
-                    plan[var] = entry
-            return _Rewriter(plan, module) if plan else None
-
-        return rewrite_functions(mod, rewriter_for)
+        return rewrite_bindings(mod, _plan_entry, _Rewriter)

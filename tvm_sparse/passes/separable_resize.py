@@ -30,8 +30,8 @@ import tvm
 from tvm import relax, te
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import binding_map, dtype_of, op_name, static_shape
-from ..ir.rewrite import PlannedRewriter, rewrite_functions
+from ..ir.relax_utils import dtype_of, op_name, static_shape
+from ..ir.rewrite import PlannedRewriter, rewrite_bindings
 
 OPAQUE = 8  # relax.OpPatternKind kOpaque
 MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
@@ -103,6 +103,14 @@ def _rows_te(t, y0, y1, wy):
     return te.compute((n, c, oh, ow), value, name="resize_rows")
 
 
+def _plan_entry(var: relax.Var, value: relax.Expr):
+    found = _match(var, value)
+    if found is None:
+        return None
+    x, out_shape, mode = found
+    return x, static_shape(x)[2:], out_shape[2:], mode
+
+
 @mutator
 class _Rewriter(PlannedRewriter):
     def replacement(self, _var: relax.Var, entry) -> relax.Expr:
@@ -135,14 +143,4 @@ class SeparableResize:
     """Every bilinear NCHW ``resize2d`` -> one gather-lerp function over constant tables."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        def rewriter_for(func: relax.Function, module: tvm.IRModule):
-            plan = {}
-            for var, value in binding_map(func).items():
-                found = _match(var, value)
-                if found is None:
-                    continue
-                x, out_shape, mode = found
-                plan[var] = (x, static_shape(x)[2:], out_shape[2:], mode)
-            return _Rewriter(plan, module) if plan else None
-
-        return rewrite_functions(mod, rewriter_for)
+        return rewrite_bindings(mod, _plan_entry, _Rewriter)

@@ -407,7 +407,7 @@ def test_strided_reshape_agrees_with_numpy(shape, strides, new_shape):
     """The operand tracer's reshape of a strided view, against numpy's (None: numpy copies)."""
     from tvm_sparse.passes.fuse_attention import _Strided
 
-    memory = np.arange(1000, dtype=np.float64)
+    memory = np.arange(4096, dtype=np.float64)  # every view below ends before 1,800
     itemsize = memory.itemsize
     array = np.lib.stride_tricks.as_strided(memory[5:], shape, [s * itemsize for s in strides])
     view = _Strided(5, shape, strides).reshape(new_shape)

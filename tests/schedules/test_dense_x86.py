@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -194,6 +195,23 @@ def test_rejects_bad_arguments():
         dense_conv2d((1, 3, 8, 8), np.zeros((4, 2, 3, 3), np.float32), target=TARGET)
     with pytest.raises(ValueError, match="empty"):
         dense_conv2d((1, 2, 2, 2), np.zeros((4, 2, 3, 3), np.float32), target=TARGET)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "sigmoid", "relu"])
+@pytest.mark.parametrize("order", ["panel", "cotile", "channels"])
+def test_pointwise_conv_never_reads_back_its_output(order, activation):
+    """The last pixel tile overlaps the one before it and may run on another thread at the same
+    time: a heavy activation applied in place over the stored tile could then read the other
+    tile's activated value and apply the activation twice (silu(silu(x)): 169 wrong values of
+    256 -> 130 channels at 7x7, once, under load). The kernels store final values only: no
+    statement reads ``out``."""
+    w = np.random.default_rng(0).standard_normal((130, 256, 1, 1)).astype(np.float32)
+    call = dense_conv2d(
+        (1, 256, 7, 7), w, activation=activation, target=TARGET, pointwise_order=order
+    )
+    assert call.info["layout"] == "pointwise"
+    stores = re.findall(r"^\s*of\[.*?\]\s*=\s*(.*)$", call.func.script(), re.MULTILINE)
+    assert stores and not any("of[" in rhs for rhs in stores)
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])  # silu: a pass over the stored tile

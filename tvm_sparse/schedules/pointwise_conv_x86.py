@@ -216,6 +216,7 @@ def _kernel(
 
     source = _input_offset(geo)
     in_registers = register_activation(activation)
+    heavy = in_registers != activation
     piece = _piece(nb)
 
     def vec(first):  # nb consecutive pixels
@@ -265,6 +266,9 @@ def _kernel(
                     acc[vec(i * nb)] = acc[vec(i * nb)] + bcast(
                         wf[(tile * ci + k) * mr + i]
                     ) * panel_row(x_panels, xf, n, pn, k, start)
+            # a heavy activation: the tile goes to a scratch in L1 first, and only its final
+            # values are stored (see RACE_FREE_OVERLAP)
+            scratch = T.alloc_buffer((mr * nb if heavy else 1,), "float32", scope="local")
             for i in T.unroll(mr):
                 if tile * mr + i < co:
                     c: T.let = tile * mr + i
@@ -272,22 +276,29 @@ def _kernel(
                     value: T.let = acc[vec(i * nb)]
                     if residual:
                         rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
-                        of[vec(at)] = _epilogue(
-                            plus_bias(value, bcast(bias[c]), has_bias) + rf[vec(at)],
-                            in_registers,
-                            nb,
-                        )
+                        if heavy:
+                            scratch[vec(i * nb)] = (
+                                plus_bias(value, bcast(bias[c]), has_bias) + rf[vec(at)]
+                            )
+                        else:
+                            of[vec(at)] = _epilogue(
+                                plus_bias(value, bcast(bias[c]), has_bias) + rf[vec(at)],
+                                in_registers,
+                                nb,
+                            )
+                    elif heavy:
+                        scratch[vec(i * nb)] = plus_bias(value, bcast(bias[c]), has_bias)
                     else:
                         of[vec(at)] = _epilogue(
                             plus_bias(value, bcast(bias[c]), has_bias), in_registers, nb
                         )
-            if in_registers != activation:  # the heavy activation, over the tile in L1
+            if heavy:  # the heavy activation, from the scratch in L1
                 for i in range(mr):
                     if tile * mr + i < co:
                         row: T.let = (n * co + tile * mr + i) * pixels + start
                         for u in range(nb // piece):
                             of[run(row + u * piece, piece)] = _epilogue(
-                                of[run(row + u * piece, piece)], activation, piece
+                                scratch[run(i * nb + u * piece, piece)], activation, piece
                             )
 
     return kernel
@@ -319,6 +330,7 @@ def _channel_kernel(
 
     source = _input_offset(geo)
     in_registers = register_activation(activation)
+    heavy = in_registers != activation
 
     def pixels_of(first):  # mr consecutive output pixels
         return run(first, mr)
@@ -360,6 +372,8 @@ def _channel_kernel(
                         + T.broadcast(xf[(n * ci + k) * h * w + source(start + i)], nb)
                         * wf[T.ramp((panel * ci + k) * nb, 1, nb)]
                     )
+            # a heavy activation: final values only (see RACE_FREE_OVERLAP)
+            scratch = T.alloc_buffer((nb * mr if heavy else 1,), "float32", scope="local")
             for j in T.unroll(nb):
                 if panel * nb + j < co:
                     c: T.let = panel * nb + j
@@ -367,23 +381,37 @@ def _channel_kernel(
                     value: T.let = acc[across(j)]
                     if residual:
                         rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
-                        of[pixels_of(at)] = _epilogue(
-                            plus_bias(value, bcast(bias[c]), has_bias) + rf[pixels_of(at)],
-                            in_registers,
-                            mr,
-                        )
+                        if heavy:
+                            scratch[pixels_of(j * mr)] = (
+                                plus_bias(value, bcast(bias[c]), has_bias) + rf[pixels_of(at)]
+                            )
+                        else:
+                            of[pixels_of(at)] = _epilogue(
+                                plus_bias(value, bcast(bias[c]), has_bias) + rf[pixels_of(at)],
+                                in_registers,
+                                mr,
+                            )
+                    elif heavy:
+                        scratch[pixels_of(j * mr)] = plus_bias(value, bcast(bias[c]), has_bias)
                     else:
                         of[pixels_of(at)] = _epilogue(
                             plus_bias(value, bcast(bias[c]), has_bias), in_registers, mr
                         )
-            if in_registers != activation:  # the heavy activation, over the tile in L1
+            if heavy:  # the heavy activation, from the scratch in L1
                 for j in range(nb):
                     if panel * nb + j < co:
                         row: T.let = (n * co + panel * nb + j) * pixels + start
-                        of[pixels_of(row)] = _epilogue(of[pixels_of(row)], activation, mr)
+                        of[pixels_of(row)] = _epilogue(scratch[pixels_of(j * mr)], activation, mr)
 
     return kernel
 
+
+# RACE_FREE_OVERLAP: the last pixel tile overlaps the one before it, and the two may run on two
+# threads at once. Both store the same values there, which is harmless for final values; but a
+# heavy activation applied in place over a stored tile (store, then read, activate, write back)
+# can read the other thread's activated value and activate it twice: silu(silu(x)), seen on
+# 256 -> 130 channels at 7x7 under load. So a tile with a heavy activation goes through a
+# scratch buffer and stores only final values.
 
 # The PrimFunc attribute that carries the kernel's spec (see pointwise_kernel)
 SPEC_ATTR = "tvm_sparse.conv_pointwise"

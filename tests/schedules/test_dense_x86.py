@@ -198,20 +198,24 @@ def test_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("activation", ["silu", "gelu", "sigmoid", "relu"])
-@pytest.mark.parametrize("order", ["panel", "cotile", "channels"])
-def test_pointwise_conv_never_reads_back_its_output(order, activation):
-    """The last pixel tile overlaps the one before it and may run on another thread at the same
-    time: a heavy activation applied in place over the stored tile could then read the other
-    tile's activated value and apply the activation twice (silu(silu(x)): 169 wrong values of
-    256 -> 130 channels at 7x7, once, under load). The kernels store final values only: no
-    statement reads ``out``."""
+@pytest.mark.parametrize("order, hw", [("panel", 7), ("cotile", 7), ("channels", 5)])
+def test_pointwise_conv_runs_overlapping_tiles_in_one_task(order, hw, activation):
+    """The last pixel tile overlaps the one before it (49 pixels in 32-pixel panels; 25 in
+    7-pixel tiles). A heavy activation is applied in place over a stored tile, so if the two
+    tiles ran on two threads at once, one could read the other's activated value and activate
+    it twice (silu(silu(x)): 169 wrong values of 256 -> 130 channels at 7x7, once, under load).
+    With a heavy activation the last two tiles run in one task, one after the other (the serial
+    loop over them is in the kernel); a light one stores final values only, twice harmlessly."""
     w = np.random.default_rng(0).standard_normal((130, 256, 1, 1)).astype(np.float32)
     call = dense_conv2d(
-        (1, 256, 7, 7), w, activation=activation, target=TARGET, pointwise_order=order
+        (1, 256, hw, hw), w, activation=activation, target=TARGET, pointwise_order=order
     )
-    assert call.info["layout"] == "pointwise"
-    stores = re.findall(r"^\s*of\[.*?\]\s*=\s*(.*)$", call.func.script(), re.MULTILINE)
-    assert stores and not any("of[" in rhs for rhs in stores)
+    assert (call.info["layout"], call.info["order"]) == ("pointwise", order)
+    merged = re.search(r"for \w+ in range\((\w+), \1 \+ \(T\.Cast", call.func.script())
+    assert (merged is not None) == (activation != "relu")
+    x = np.random.default_rng(1).standard_normal((1, 256, hw, hw)).astype(np.float32)
+    ref = _ref_conv(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, activation)
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])  # silu: a pass over the stored tile

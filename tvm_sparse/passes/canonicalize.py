@@ -4,7 +4,10 @@ Inference-mode BatchNorm is decomposed and folded into the preceding layer; tran
 weights (ONNX Gemm transB, ``permute_dims`` of a constant) are folded to constants; tuple plumbing
 from the importer is removed. What is left: ``matmul(x, W_kn) [+ bias]`` and
 ``conv2d(x, W_oihw) [+ bias]``, each optionally followed by ReLU, GELU, ReLU6, SiLU, sigmoid,
-hard-sigmoid or hard-swish.
+hard-sigmoid or hard-swish. Ops that TVM lowers to unscheduled loop nests are rewritten into
+ones the kernels take: conv1d as a conv2d of height 1, a non-overlapping transposed conv as a
+1x1 conv + depth-to-space, a bilinear resize as two gathers over constant tables; kernel taps
+of a dilated conv that read only padding are cut.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ value at input ``k``, dense math gives NaN in every output ``n`` whose weight ``
 ``y`` and, only for rows with a non-finite input, sets those outputs to NaN from the weight's
 column pattern (CSC: the rows of each column's non-zeros). A finite row costs one scan of its
 ``x`` values. The activation fused into the kernel saw the finite partial sums; the outputs set
-here are NaN, as ``act(NaN)`` is for every activation onnxruntime implements (ReLU, ReLU6, GELU).
+here are NaN, as ``act(NaN)`` is for every activation onnxruntime implements (ReLU, ReLU6, GELU,
+SiLU, sigmoid, hard-swish, hard-sigmoid).
 """
 
 from __future__ import annotations

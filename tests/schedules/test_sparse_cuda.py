@@ -60,6 +60,15 @@ _BUILDS = {
     "bsr_b1": (lambda w, b: sc.bsr_linear(1, w, (4, 1), b), ["__shfl_down_sync"]),
     "bsr_b8": (lambda w, b: sc.bsr_linear(8, w, (4, 4), None, "relu"), ["__shared__"]),
     "bsr_b2_silu": (lambda w, b: sc.bsr_linear(2, w, (4, 1), b, "silu"), ["__shfl_down_sync"]),
+    "csr_b1_hardswish": (lambda w, b: sc.csr_linear(1, w, b, "hardswish"), ["__shfl_down_sync"]),
+    "bsr_b8_hardsigmoid": (
+        lambda w, b: sc.bsr_linear(8, w, (4, 4), b, "hardsigmoid"),
+        ["__shared__"],
+    ),
+    "ss_hardswish": (
+        lambda w, b: sc.sparse_sparse_linear(1, w, b, "hardswish"),
+        ["atomicAdd", "__shared__"],
+    ),
     "ss_shared": (
         lambda w, b: sc.sparse_sparse_linear(1, w, b, "relu"),
         ["atomicAdd", "__shared__", "__syncthreads"],

@@ -26,6 +26,38 @@ def _numel(shape: tuple[int, ...]) -> int:
     return total
 
 
+def _normalize_macro(lanes: int, nvec: int, ntail: int, inv_c: float, epsilon: float):
+    """Passes 2 and 3 over a row of ``src`` from ``src_base`` (``nvec`` vectors, ``ntail``
+    more): the variance around ``mean``, then ``(v - mean) * rstd * gamma + beta`` into ``of``
+    from ``base``. Shared by the row kernels; ``part`` and ``stat`` are their scratch."""
+
+    @T.macro
+    def normalize(src, src_base, of, base, mean, part, stat, gamma, beta):
+        for lane in T.vectorized(lanes):
+            part[lane] = T.float32(0)
+        for i0 in range(nvec):
+            for lane in T.vectorized(lanes):
+                d: T.let = src[src_base + i0 * lanes + lane] - mean
+                part[lane] = part[lane] + d * d
+        stat[1] = T.float32(0)
+        for it in range(ntail):
+            stat[1] = stat[1] + (src[src_base + nvec * lanes + it] - mean) * (
+                src[src_base + nvec * lanes + it] - mean
+            )
+        for lane in range(lanes):
+            stat[1] = stat[1] + part[lane]
+        rstd: T.let = T.float32(1) / T.sqrt(stat[1] * T.float32(inv_c) + T.float32(epsilon))
+        for i0 in range(nvec):
+            for lane in T.vectorized(lanes):
+                i: T.let = i0 * lanes + lane
+                of[base + i] = (src[src_base + i] - mean) * rstd * gamma[i] + beta[i]
+        for it in range(ntail):
+            i: T.let = nvec * lanes + it
+            of[base + i] = (src[src_base + i] - mean) * rstd * gamma[i] + beta[i]
+
+    return normalize
+
+
 def add_layer_norm_kernel(
     a_shape: tuple[int, ...],
     b_shape: tuple[int, ...],
@@ -50,6 +82,7 @@ def add_layer_norm_kernel(
     ntail = channels - nvec * _LANES
     inv_c = 1.0 / channels
     rows = T.parallel if parallel else T.serial
+    normalize = _normalize_macro(_LANES, nvec, ntail, inv_c, epsilon)
 
     @T.prim_func
     def kernel(
@@ -84,29 +117,8 @@ def add_layer_norm_kernel(
             for lane in range(_LANES):
                 stat[0] = stat[0] + part[lane]
             mean: T.let = stat[0] * T.float32(inv_c)
-            # pass 2: the variance around that mean
-            for lane in T.vectorized(_LANES):
-                part[lane] = T.float32(0)
-            for i0 in range(nvec):
-                for lane in T.vectorized(_LANES):
-                    d: T.let = row[i0 * _LANES + lane] - mean
-                    part[lane] = part[lane] + d * d
-            stat[1] = T.float32(0)
-            for it in range(ntail):
-                stat[1] = stat[1] + (row[nvec * _LANES + it] - mean) * (
-                    row[nvec * _LANES + it] - mean
-                )
-            for lane in range(_LANES):
-                stat[1] = stat[1] + part[lane]
-            rstd: T.let = T.float32(1) / T.sqrt(stat[1] * T.float32(inv_c) + T.float32(epsilon))
-            # pass 3: normalize, scale, shift
-            for i0 in range(nvec):
-                for lane in T.vectorized(_LANES):
-                    i: T.let = i0 * _LANES + lane
-                    of[base + i] = (row[i] - mean) * rstd * gamma[i] + beta[i]
-            for it in range(ntail):
-                i: T.let = nvec * _LANES + it
-                of[base + i] = (row[i] - mean) * rstd * gamma[i] + beta[i]
+            # passes 2 and 3: the variance around that mean; normalize, scale, shift
+            normalize(row, 0, of, base, mean, part, stat, gamma, beta)
 
     return KernelCall(
         func=finish(kernel),
@@ -135,6 +147,7 @@ def layer_norm_kernel(
     ntail = channels - nvec * _LANES
     inv_c = 1.0 / channels
     rows = T.parallel if parallel else T.serial
+    normalize = _normalize_macro(_LANES, nvec, ntail, inv_c, epsilon)
 
     @T.prim_func
     def kernel(
@@ -160,27 +173,7 @@ def layer_norm_kernel(
             for lane in range(_LANES):
                 stat[0] = stat[0] + part[lane]
             mean: T.let = stat[0] * T.float32(inv_c)
-            for lane in T.vectorized(_LANES):
-                part[lane] = T.float32(0)
-            for i0 in range(nvec):
-                for lane in T.vectorized(_LANES):
-                    d: T.let = xf[base + i0 * _LANES + lane] - mean
-                    part[lane] = part[lane] + d * d
-            stat[1] = T.float32(0)
-            for it in range(ntail):
-                stat[1] = stat[1] + (xf[base + nvec * _LANES + it] - mean) * (
-                    xf[base + nvec * _LANES + it] - mean
-                )
-            for lane in range(_LANES):
-                stat[1] = stat[1] + part[lane]
-            rstd: T.let = T.float32(1) / T.sqrt(stat[1] * T.float32(inv_c) + T.float32(epsilon))
-            for i0 in range(nvec):
-                for lane in T.vectorized(_LANES):
-                    i: T.let = i0 * _LANES + lane
-                    of[base + i] = (xf[base + i] - mean) * rstd * gamma[i] + beta[i]
-            for it in range(ntail):
-                i: T.let = nvec * _LANES + it
-                of[base + i] = (xf[base + i] - mean) * rstd * gamma[i] + beta[i]
+            normalize(xf, base, of, base, mean, part, stat, gamma, beta)
 
     return KernelCall(
         func=finish(kernel),

@@ -107,6 +107,29 @@ def op_name(expr: relax.Expr) -> str | None:
     return None
 
 
+def int_tuple(values) -> tuple[int, ...]:
+    """An attribute's integer array (strides, padding...) as Python ints."""
+    return tuple(int(v) for v in values)
+
+
+def constant_weight_conv(
+    var: relax.Var, value: relax.Expr, op: str, layouts: tuple[str, str, str]
+) -> tuple[relax.Expr, np.ndarray, tuple[int, ...], tuple[int, ...]] | None:
+    """``(x, weight, x shape, output shape)`` when ``value`` (bound to ``var``) calls ``op``
+    with ``(data, kernel, out)`` ``layouts``, a constant float32 weight and static input and
+    output shapes: what the conv rewrites of ``canonicalize`` start from; else None."""
+    if op_name(value) != op:
+        return None
+    attrs = value.attrs
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != layouts:
+        return None
+    x, weight = value.args[0], const_array(value.args[1])
+    x_shape, out_shape = static_shape(x), static_shape(var)
+    if weight is None or weight.dtype != np.float32 or x_shape is None or out_shape is None:
+        return None
+    return x, weight, x_shape, out_shape
+
+
 def scalar_const(expr: relax.Expr, dtype: str | None) -> float | None:
     """The value of a one-element constant, else None.
 

@@ -12,41 +12,31 @@ Matched: ``conv1d`` with a constant float32 weight, layouts NCW / OIW, static sh
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import const_array, dtype_of, op_name, static_shape
+from ..ir.relax_utils import constant_weight_conv, dtype_of, int_tuple
 from ..ir.rewrite import PlannedRewriter, rewrite_bindings
 
 
-def _ints(values) -> tuple[int, ...]:
-    return tuple(int(v) for v in values)
-
-
 def _plan_entry(var: relax.Var, value: relax.Expr):
-    if op_name(value) != "relax.nn.conv1d":
+    found = constant_weight_conv(var, value, "relax.nn.conv1d", ("NCW", "OIW", "NCW"))
+    if found is None:
         return None
-    x, w = value.args[0], value.args[1]
-    weight = const_array(w)
+    x, weight, x_shape, out_shape = found
     attrs = value.attrs
-    if weight is None or weight.ndim != 3 or weight.dtype != np.float32:
+    if weight.ndim != 3 or attrs.out_dtype not in (None, "", "float32"):
         return None
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCW", "OIW", "NCW"):
+    if len(x_shape) != 3 or dtype_of(x) != "float32":
         return None
-    if attrs.out_dtype not in (None, "", "float32"):
-        return None
-    x_shape, out_shape = static_shape(x), static_shape(var)
-    if x_shape is None or out_shape is None or len(x_shape) != 3 or dtype_of(x) != "float32":
-        return None
-    padding = _ints(attrs.padding)
+    padding = int_tuple(attrs.padding)
     if len(padding) == 1:
         padding = padding * 2
     conv = {
-        "strides": (1, *_ints(attrs.strides)),
+        "strides": (1, *int_tuple(attrs.strides)),
         "padding": (0, padding[0], 0, padding[1]),
-        "dilation": (1, *_ints(attrs.dilation)),
+        "dilation": (1, *int_tuple(attrs.dilation)),
         "groups": int(attrs.groups),
     }
     n, c, length = x_shape

@@ -24,46 +24,29 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import const_array, dtype_of, op_name, static_shape
+from ..ir.relax_utils import constant_weight_conv, dtype_of, int_tuple
 from ..ir.rewrite import PlannedRewriter, rewrite_bindings
 
 
-def _ints(values) -> tuple[int, ...]:
-    return tuple(int(v) for v in values)
-
-
-def _match(value: relax.Expr) -> tuple[relax.Expr, np.ndarray] | None:
-    """``(x, W' as a [co*kh*kw, ci, 1, 1] array)`` for a non-overlapping transposed conv."""
-    if op_name(value) != "relax.nn.conv2d_transpose":
-        return None
-    x, w = value.args[0], value.args[1]
-    weight = const_array(w)
-    attrs = value.attrs
-    if weight is None or weight.ndim != 4 or weight.dtype != np.float32:
-        return None
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "IOHW", "NCHW"):
-        return None
-    if int(attrs.groups) != 1 or attrs.out_dtype not in (None, "", "float32"):
-        return None
-    ci, co, kh, kw = weight.shape
-    if _ints(attrs.strides) != (kh, kw) or _ints(attrs.dilation) != (1, 1):
-        return None
-    if any(_ints(attrs.padding)) or any(_ints(attrs.output_padding)):
-        return None
-    shape = static_shape(x)
-    if shape is None or len(shape) != 4 or shape[1] != ci or dtype_of(x) != "float32":
-        return None
-    packed = np.ascontiguousarray(weight.transpose(1, 2, 3, 0)).reshape(co * kh * kw, ci, 1, 1)
-    return x, packed
-
-
-def _plan_entry(_var: relax.Var, value: relax.Expr):
-    found = _match(value)
+def _plan_entry(var: relax.Var, value: relax.Expr):
+    """``(x, W' as a [co*kh*kw, ci, 1, 1] array, (n, co, kh, kw, h, w))`` for a
+    non-overlapping transposed conv."""
+    found = constant_weight_conv(var, value, "relax.nn.conv2d_transpose", ("NCHW", "IOHW", "NCHW"))
     if found is None:
         return None
-    x, packed = found
-    n, _, h, w = static_shape(x)
-    _, co, kh, kw = const_array(value.args[1]).shape
+    x, weight, shape, _ = found
+    attrs = value.attrs
+    if weight.ndim != 4 or int(attrs.groups) != 1 or attrs.out_dtype not in (None, "", "float32"):
+        return None
+    ci, co, kh, kw = weight.shape
+    if int_tuple(attrs.strides) != (kh, kw) or int_tuple(attrs.dilation) != (1, 1):
+        return None
+    if any(int_tuple(attrs.padding)) or any(int_tuple(attrs.output_padding)):
+        return None
+    if len(shape) != 4 or shape[1] != ci or dtype_of(x) != "float32":
+        return None
+    packed = np.ascontiguousarray(weight.transpose(1, 2, 3, 0)).reshape(co * kh * kw, ci, 1, 1)
+    n, _, h, w = shape
     return x, packed, (n, co, kh, kw, h, w)
 
 

@@ -62,8 +62,8 @@ def source_coordinates(
     return clamp(low), clamp(low + 1), weight
 
 
-def _match(var: relax.Var, value: relax.Expr) -> tuple[relax.Expr, tuple[int, ...], str] | None:
-    """``(x, output shape, mode)`` for a bilinear NCHW resize this pass rewrites."""
+def _plan_entry(var: relax.Var, value: relax.Expr):
+    """``(x, (h, w), (out h, out w), mode)`` for a bilinear NCHW resize this pass rewrites."""
     if op_name(value) != "relax.image.resize2d":
         return None
     attrs = value.attrs
@@ -78,7 +78,7 @@ def _match(var: relax.Var, value: relax.Expr) -> tuple[relax.Expr, tuple[int, ..
         return None
     if min(shape) < 1 or min(out_shape) < 1:
         return None
-    return x, out_shape, mode
+    return x, shape[2:], out_shape[2:], mode
 
 
 def _columns_te(x, x0, x1, wx):
@@ -101,14 +101,6 @@ def _rows_te(t, y0, y1, wy):
         return t[b, ch, y0[i], j] * (1.0 - wy[i]) + t[b, ch, y1[i], j] * wy[i]
 
     return te.compute((n, c, oh, ow), value, name="resize_rows")
-
-
-def _plan_entry(var: relax.Var, value: relax.Expr):
-    found = _match(var, value)
-    if found is None:
-        return None
-    x, out_shape, mode = found
-    return x, static_shape(x)[2:], out_shape[2:], mode
 
 
 @mutator

@@ -47,6 +47,12 @@ def _fixed(width: int, integer: int) -> str:
     return f"ap_fixed<{width},{integer},AP_RND,AP_SAT>"
 
 
+def fixed_format(c_type: str) -> tuple[int, int] | None:
+    """``(W, I)`` of an ``ap_fixed<W,I,...>`` C type; None for anything else (float)."""
+    fmt = re.fullmatch(r"ap_fixed<(\d+),(-?\d+)(,.*)?>", c_type.replace(" ", ""))
+    return (int(fmt.group(1)), int(fmt.group(2))) if fmt else None
+
+
 def quantize(values: np.ndarray, width: int, integer: int) -> np.ndarray:
     """``values`` as ``ap_fixed<width, integer, AP_RND, AP_SAT>`` holds them (float64).
 
@@ -193,10 +199,10 @@ def boost_table(layer: HwLayer) -> tuple[str, np.ndarray]:
     """
     boost = layer.boost if layer.boost is not None else np.ones(1, np.float32)
     boost = np.asarray(boost, np.float32)
-    fmt = re.fullmatch(r"ap_fixed<(\d+),(-?\d+)(,.*)?>", layer.boost_t.replace(" ", ""))
+    fmt = fixed_format(layer.boost_t)
     if fmt is None:
         return "float", boost
-    width, integer = int(fmt.group(1)), int(fmt.group(2))
+    width, integer = fmt
     raw = quantize(boost.astype(np.float64), width, integer) * 2.0 ** (width - integer)
     return "int32_t", raw.astype(np.int64)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .hw_model import HwLayer, HwModel, Split, split
-from .number_formats import BOOST_BITS, SCALE_BITS
+from .number_formats import BOOST_BITS, SCALE_BITS, fixed_format
 
 STAGE_LUT = 800
 STAGE_FF = 1000
@@ -55,10 +55,8 @@ def data_bits(model: HwModel) -> int:
 
 def acc_bits(model: HwModel, layer: HwLayer | None = None) -> int:
     """Accumulator width: the layer's accum_t (float: 32)."""
-    text = layer.accum_t if layer is not None else ""
-    if text.startswith("ap_fixed<"):
-        return int(text[len("ap_fixed<") :].split(",")[0])
-    return 32
+    fmt = fixed_format(layer.accum_t) if layer is not None else None
+    return fmt[0] if fmt else 32
 
 
 def _bram36(depth: int, width: int) -> float:

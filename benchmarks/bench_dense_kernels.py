@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def _parse() -> argparse.Namespace:
@@ -39,7 +38,7 @@ from tvm_sparse.schedules._conv_dims import ConvAttrs  # noqa: E402
 from tvm_sparse.schedules.dense_x86 import dense_conv2d, dense_linear  # noqa: E402
 from tvm_sparse.schedules.kernel import build_kernel  # noqa: E402
 from tvm_sparse.target import resolve_target  # noqa: E402
-from tvm_sparse.timing import take_turns  # noqa: E402
+from tvm_sparse.timing import median_seconds, take_turns  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine_probe import machine_line, peak_gflops  # noqa: E402
@@ -76,21 +75,6 @@ DEPTHWISE_CASES = [
     ("dw3x3 144 56x56 s1", (1, 144, 56, 56), 1),
     ("dw3x3 576 14x14 s1", (1, 576, 14, 14), 1),
 ]
-
-
-def _median_seconds(fn, seconds: float, repeat: int = 5) -> float:
-    fn()
-    runs = []
-    for _ in range(repeat):
-        count, start = 0, time.perf_counter()
-        while True:
-            fn()
-            count += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds / repeat:
-                break
-        runs.append(elapsed / count)
-    return float(np.median(runs))
 
 
 def _ort_session(graph, threads: int) -> ort.InferenceSession:
@@ -154,8 +138,8 @@ def _measure(name, call, graph, x, target, threads, seconds, macs):
     err = float(np.abs(tvm_out.numpy() - ort_out).max() / (np.abs(ort_out).max() + 1e-12))
     samples = take_turns(  # both see the same machine load
         {
-            "tvm": lambda: _median_seconds(tvm_run, seconds),
-            "ort": lambda: _median_seconds(lambda: session.run(None, feed), seconds),
+            "tvm": lambda: median_seconds(tvm_run, seconds),
+            "ort": lambda: median_seconds(lambda: session.run(None, feed), seconds),
         },
         3,
     )

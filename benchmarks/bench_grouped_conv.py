@@ -15,7 +15,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -29,7 +28,7 @@ from tvm_sparse.schedules.dense_x86 import dense_conv2d  # noqa: E402
 from tvm_sparse.schedules.gemm_x86 import GemmTiling  # noqa: E402
 from tvm_sparse.schedules.kernel import build_kernel  # noqa: E402
 from tvm_sparse.target import resolve_target  # noqa: E402
-from tvm_sparse.timing import take_turns  # noqa: E402
+from tvm_sparse.timing import median_seconds, take_turns  # noqa: E402
 
 # name: (x_shape, groups, out channels, kernel, stride)
 CASES = {
@@ -51,21 +50,6 @@ CASES = {
         ("1x1 256@28 g8", (1, 256, 28, 28), 8, 256, 1, 1),
     ],
 }
-
-
-def _median_seconds(fn, seconds: float, repeat: int = 5) -> float:
-    fn()
-    runs = []
-    for _ in range(repeat):
-        count, start = 0, time.perf_counter()
-        while True:
-            fn()
-            count += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds / repeat:
-                break
-        runs.append(elapsed / count)
-    return float(np.median(runs))
 
 
 def _ort_session(x_shape, weight, bias, strides, padding, out_shape, group):
@@ -151,14 +135,14 @@ def main() -> int:
                 if label == "default":
                     t = call.info.get("tiling")
                     labels[label] += f" {t.mr}x{t.nb}" if t else f" {call.info.get('tile')}"
-                timers[label] = (lambda r: lambda: _median_seconds(r, args.seconds))(run)
+                timers[label] = (lambda r: lambda: median_seconds(r, args.seconds))(run)
                 timers[label].out = out
             session = _ort_session(x_shape, w, b, (s, s), pad, out_shape, groups)
             ort_out = np.maximum(session.run(None, {"x": x})[0], 0)
             for label in timers:
                 err = np.abs(timers[label].out.numpy() - ort_out).max()
                 assert err < 1e-3 * (np.abs(ort_out).max() + 1), (name, label, err)
-            timers["ort"] = lambda sess=session, feed={"x": x}: _median_seconds(
+            timers["ort"] = lambda sess=session, feed={"x": x}: median_seconds(
                 lambda: sess.run(None, feed), args.seconds
             )
             samples = take_turns(timers, args.rounds)

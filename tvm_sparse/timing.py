@@ -10,6 +10,8 @@ other.
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable, Mapping
 
 
@@ -22,3 +24,20 @@ def take_turns(timers: Mapping[str, Callable[[], float]], rounds: int) -> dict[s
         for name in names[k:] + names[:k]:
             samples[name].append(timers[name]())
     return samples
+
+
+def median_seconds(fn: Callable[[], object], seconds: float, repeat: int = 5) -> float:
+    """Seconds per call of ``fn``: after one warm-up call, ``repeat`` runs of about
+    ``seconds / repeat`` each, the median of their per-call means (one timer for ``take_turns``)."""
+    fn()
+    runs = []
+    for _ in range(repeat):
+        count, start = 0, time.perf_counter()
+        while True:
+            fn()
+            count += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds / repeat:
+                break
+        runs.append(elapsed / count)
+    return float(statistics.median(runs))

@@ -52,16 +52,25 @@ def linear_ref(x, w, bias=None, activation=None):
 
 
 def conv_ref(
-    x, w, bias=None, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), activation=None
+    x,
+    w,
+    bias=None,
+    strides=(1, 1),
+    padding=(0, 0, 0, 0),
+    dilation=(1, 1),
+    activation=None,
+    groups=1,
 ):
     """act(conv2d(x, w) + bias) in float64 from strided windows (NaN / Inf weights propagate).
 
-    NCHW / OIHW, ``padding=(top, left, bottom, right)``.
+    NCHW / OIHW, ``padding=(top, left, bottom, right)``; ``groups``: output channel block ``g``
+    reads input channel block ``g`` (``w`` is ``[O, C / groups, kh, kw]``).
     """
     x = np.pad(
         x.astype(np.float64), ((0, 0), (0, 0), (padding[0], padding[2]), (padding[1], padding[3]))
     )
-    o, _, kh, kw = w.shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
     (sh, sw), (dh, dw) = strides, dilation
     oh = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
     ow = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
@@ -72,7 +81,12 @@ def conv_ref(
                 rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
                 cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
                 patch = x[:, :, rows, cols]
-                out += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j].astype(np.float64))
+                for g in range(groups):
+                    out[:, g * og : (g + 1) * og] += np.einsum(
+                        "bchw,oc->bohw",
+                        patch[:, g * cg : (g + 1) * cg],
+                        w[g * og : (g + 1) * og, :, i, j].astype(np.float64),
+                    )
     if bias is not None:
         out += bias[None, :, None, None]
     return act(out, activation)

@@ -20,32 +20,12 @@ from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.kernels import FAMILIES
 from tvm_sparse.schedules.kernels.base import block_diagonal
 
-from .reference import act, sparse_weight
+from .reference import conv_ref, sparse_weight
 
 
 def grouped_ref(x, w, b, strides, padding, groups, activation):
     """float64 grouped conv2d (NCHW / OIHW), dilation 1."""
-    n = x.shape[0]
-    co, cg, kh, kw = w.shape
-    top, left, bottom, right = padding
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
-    oh = (xp.shape[2] - kh) // strides[0] + 1
-    ow = (xp.shape[3] - kw) // strides[1] + 1
-    out = np.zeros((n, co, oh, ow))
-    cog = co // groups
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, :, i : i + strides[0] * (oh - 1) + 1 : strides[0],
-                       j : j + strides[1] * (ow - 1) + 1 : strides[1]]  # fmt: skip
-            for g in range(groups):
-                out[:, g * cog : (g + 1) * cog] += np.einsum(
-                    "nchw,oc->nohw",
-                    patch[:, g * cg : (g + 1) * cg],
-                    w[g * cog : (g + 1) * cog, :, i, j],
-                )
-    if b is not None:
-        out += b[None, :, None, None]
-    return act(out, activation)
+    return conv_ref(x, w, b, strides, padding, activation=activation, groups=groups)
 
 
 # (batch, groups, input channels a group, output channels a group, kernel, stride, pad, hw):

@@ -80,7 +80,7 @@ def test_stand_in_agrees_with_the_real_headers_on_int8(tmp_path):
     params = (tmp_path / "firmware" / "parameters.h").read_text()
     assert params.count("typedef int32_t boost_store_t;") == 3
     kwta = next(layer for layer in project.hw.layers if layer.op == "kwta")
-    store_t, raw = number_formats.boost_table(kwta)
+    store_t, raw = number_formats.boost_store_t(kwta), number_formats.boost_table(kwta)
     frac = 16 - int(kwta.boost_t.split(",")[1])
     assert store_t == "int32_t"
     np.testing.assert_array_equal(

@@ -16,7 +16,7 @@ import numpy as np
 from ...safe_text import comment_text
 from .cycles import FLOAT_ADD_CYCLES, accumulate_ii, row_steps
 from .hw_model import HwLayer, split
-from .number_formats import boost_table
+from .number_formats import boost_store_t
 
 Values = dict[str, object]
 _C_INT = {np.dtype(np.uint8): "uint8_t", np.dtype(np.uint16): "uint16_t"}
@@ -131,7 +131,7 @@ def _kwta(layer: HwLayer) -> Values:
     return {
         "rank_t": layer.rank_t,
         "boost_t": layer.boost_t,
-        "boost_store_t": boost_table(layer)[0],
+        "boost_store_t": boost_store_t(layer),
         "k": layer.attrs["k"],
         "boosted": int(layer.boost is not None),
         "n_boost": n_boost,

@@ -189,8 +189,14 @@ def _int8_rank(layer: HwLayer, in_i: int) -> None:
     layer.rank_t = layer.in_t if layer.boost is None else _fixed(8 + BOOST_BITS, in_i + boost_i)
 
 
-def boost_table(layer: HwLayer) -> tuple[str, np.ndarray]:
-    """(C element type, values) of a k-WTA's boost table as written.
+def boost_store_t(layer: HwLayer) -> str:
+    """The C element type of a k-WTA's boost table: ``float``, or ``int32_t`` raw words of a
+    fixed-point ``boost_t`` (see ``boost_table``)."""
+    return "float" if fixed_format(layer.boost_t) is None else "int32_t"
+
+
+def boost_table(layer: HwLayer) -> np.ndarray:
+    """A k-WTA's boost table as written, in ``boost_store_t``.
 
     A float table holds the factors. A fixed-point table holds each factor's raw word
     (``round(boost * 2^F)`` as ``ap_fixed`` rounds and saturates it) in ``int32_t``, and the
@@ -201,10 +207,10 @@ def boost_table(layer: HwLayer) -> tuple[str, np.ndarray]:
     boost = np.asarray(boost, np.float32)
     fmt = fixed_format(layer.boost_t)
     if fmt is None:
-        return "float", boost
+        return boost
     width, integer = fmt
     raw = quantize(boost.astype(np.float64), width, integer) * 2.0 ** (width - integer)
-    return "int32_t", raw.astype(np.int64)
+    return raw.astype(np.int64)
 
 
 def weight_value_arrays(layer: HwLayer) -> dict[str, np.ndarray]:

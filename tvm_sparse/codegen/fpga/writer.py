@@ -105,8 +105,7 @@ def weight_arrays(layer: HwLayer) -> list[tuple[str, str, np.ndarray]]:
         bias = layer.bias if layer.weight_scale is None else layer.bias / layer.weight_scale
         out.append((f"{cfg}::bias_t", f"b_{layer.name}", bias.astype(np.float32)))
     elif layer.op == "kwta":
-        _, table = boost_table(layer)
-        out.append((f"{cfg}::boost_store_t", f"boost_{layer.name}", table))
+        out.append((f"{cfg}::boost_store_t", f"boost_{layer.name}", boost_table(layer)))
     return out
 
 

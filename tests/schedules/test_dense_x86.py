@@ -232,6 +232,9 @@ def test_pointwise_conv_runs_overlapping_tiles_in_one_task(order, hw, activation
         ((3, 6, 1, 1), 5, 1, GemmTiling(mr=8, nb=32)),  # one pixel: scalar panels
         ((1, 4, 3, 3), 9, 2, GemmTiling(mr=8, nb=16)),  # 2x2 out: 4-lane panels
         ((1, 256, 7, 7), 130, 1, None),  # 133 KB of weights: prefetched a tile ahead
+        # a 541 KB input: the next pixel panel prefetched (one thread, panel order); 2116
+        # pixels, so the last panel overlaps and its prefetch stays in the image
+        ((1, 64, 46, 46), 24, 1, GemmTiling(mr=6, nb=64, parallel=False)),
     ],
 )
 def test_pointwise_conv_matches_numpy(x_shape, co, stride, tiling, order, activation):
@@ -247,6 +250,23 @@ def test_pointwise_conv_matches_numpy(x_shape, co, stride, tiling, order, activa
     assert (call.info["layout"], call.info["order"]) == ("pointwise", order)
     ref = _ref_conv(x, w, b, (stride, stride), (0, 0, 0, 0), (1, 1), 1, activation)
     np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_conv_prefetches_a_big_input_only():
+    """The next pixel panel's input rows are prefetched where the input is past half an L2
+    (in a model it comes from L3), in the panel order on one thread; not for small inputs."""
+
+    def prefetches(x_shape, order, parallel=False):
+        w = np.ones((24, x_shape[1], 1, 1), np.float32)
+        tiling = GemmTiling(mr=6, nb=64, parallel=parallel)
+        call = dense_conv2d(x_shape, w, None, ConvAttrs(), None, TARGET, tiling=tiling,
+                            pointwise_order=order)  # fmt: skip
+        return "llvm.prefetch" in call.func.script()
+
+    assert prefetches((1, 64, 46, 46), "panel")
+    assert not prefetches((1, 64, 28, 28), "panel")  # 200 KB: in L2 already
+    assert not prefetches((1, 64, 46, 46), "panel", parallel=True)
+    assert not prefetches((1, 64, 46, 46), "cotile")
 
 
 def test_pointwise_tiling_follows_vector_width_and_shape():

@@ -35,6 +35,19 @@ def prefetch_l2(element: tvm.tirx.BufferLoad) -> tvm.tirx.PrimExpr:
     return prefetch(element, locality=2)
 
 
+def spread_offset(step, steps: int, floats: int) -> tvm.tirx.PrimExpr:
+    """The offset (in floats, a whole line) into the next weight block that step ``step`` of
+    ``steps`` prefetches, so that the block's ``floats`` are requested evenly over all the
+    steps that use the current block, not in the first few of them.
+
+    Why: a software prefetch holds an L1 fill buffer until its line arrives, and a line from L3
+    takes ~100 ns; requesting a whole block during one tile (ResNet-50's 1024->256 1x1 at 14x14:
+    a 256 KB weight panel during 4 of 33 pixel tiles) starves the tile's own loads from L2, and
+    the layer ran at its warm time plus the time to stream its weights."""
+    lines = max(1, -(-floats // 16))
+    return (step * lines // steps) * 16
+
+
 def wants_prefetch(weight_bytes: int, parallel: bool) -> bool:
     """Prefetch a kernel's weights: big ones, in a kernel that runs on one thread. On two
     threads the prefetches made ResNet-18's 3x3 conv (256 channels, 7x7, batch 16) 2.3x

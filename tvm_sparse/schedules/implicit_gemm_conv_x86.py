@@ -26,7 +26,7 @@ from tvm.script import tirx as T
 from ._epilogue import epilogue as _epilogue
 from ._epilogue import plus_bias
 from ._lanes import run, splat
-from ._prefetch import prefetch_l2, wants_prefetch
+from ._prefetch import prefetch_l2, spread_offset, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling
 from .kernel import finish
@@ -114,12 +114,17 @@ def implicit_gemm_kernel(
                 for rw in range(kw):
                     for rc in range(ci_g):
                         k: T.let = (rh * kw + rw) * ci_g + rc
-                        if prefetch:  # the next panel's weights, its halves in turns
+                        if prefetch:  # the next panel's weights, spread over its tiles
                             T.evaluate(
                                 prefetch_l2(
                                     wf[
                                         T.min(
-                                            ((panel + 1) * reduce + k) * nb + t % 2 * 16,
+                                            (panel + 1) * reduce * nb
+                                            + spread_offset(
+                                                t % (batch * tiles) * reduce + k,
+                                                batch * tiles * reduce,
+                                                reduce * nb,
+                                            ),
                                             last_weight,
                                         )
                                     ]

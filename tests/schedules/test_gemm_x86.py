@@ -28,3 +28,8 @@ def test_tiling_choices_keep_enough_accumulators():
     assert choose_tiling(7, 12, lanes=16).nb == 16
     assert choose_conv_tiling(10).mr == 5
     assert choose_conv_tiling(2).mr == 6  # whole rows: 3 rows of 2 pixels
+    # AVX-512: 14-pixel row segments (28 zmm accumulators) where the row divides into them
+    assert [choose_conv_tiling(w, lanes=16).mr for w in (28, 56, 112, 14)] == [14] * 4
+    assert choose_conv_tiling(7, lanes=16).mr == 7  # not two 7-wide rows (no faster)
+    assert choose_conv_tiling(16, lanes=16).mr == 8  # 16 = 2 x 8, 14 would compute 28
+    assert choose_conv_tiling(4, lanes=16).mr == 8  # whole rows: 2 rows of 4 pixels

@@ -53,25 +53,30 @@ def _input_at(x: te.Tensor, geo: ConvGeometry, n, c, oh, ow, rh, rw):
 
 # Relative speed of an mr x nb tile, per vector width: 7 rows x 32 channels (14 zmm
 # accumulators) measured best for ResNet's 3x3 convs on AVX-512 (Zen 4), 8 rows 6% faster on
-# ResNet's 7x7 stem (Sapphire Rapids); on AVX2, 6x16 (12 ymm) is the classic FMA kernel and 7
-# rows spill.
+# ResNet's 7x7 stem (Sapphire Rapids). A 14-pixel row segment (28 zmm accumulators, each loaded
+# weight vector feeds 14 FMAs) ran 6-16% ahead of 7 on rows 14 to 112 wide (Emerald Rapids,
+# warm: 128->128 3x3 s2 at 56x56 1670 against 1850 us, 256->256 s2 at 28x28 1448 against 1578,
+# 64->64 at 56x56 1395 against 1590, the 7x7 stem 1618 against 1712); as two whole 7-wide rows
+# it was no faster. On AVX2, 6x16 (12 ymm) is the classic FMA kernel and 7 rows spill.
 _ROW_EFFICIENCY = {
-    16: (32, {8: 1.02, 7: 1.0, 6: 0.96, 5: 0.92, 4: 0.9}),
+    16: (32, {14: 1.1, 8: 1.02, 7: 1.0, 6: 0.96, 5: 0.92, 4: 0.9}),
     8: (16, {6: 1.0, 5: 0.97, 4: 0.92}),
 }
+# rows this narrow are taken whole, as many as fit in this many pixels (4-wide: 8 per tile)
+_WHOLE_ROWS_PIXELS = {16: 8, 8: 6}
 
 
 def choose_conv_tiling(out_w: int, num_cores: int = 1, lanes: int = 8) -> GemmTiling:
     """``mr`` output pixels x ``nb`` output channels per tile.
 
     Picks the row block that wastes least on padding the output width, weighted by how fast
-    each tile height runs; rows at most half the best block wide are taken whole, as many as
-    fit in it (4-wide rows: 8 pixels on AVX-512).
+    each tile height runs; rows at most half ``_WHOLE_ROWS_PIXELS`` wide are taken whole, as
+    many as fit in it (4-wide rows: 8 pixels on AVX-512).
     """
     nb, efficiency = _ROW_EFFICIENCY[16 if lanes >= 16 else 8]
-    best = max(efficiency, key=efficiency.get)
-    if 2 * out_w <= best:  # whole rows per tile (the implicit GEMM takes mr // out_w rows)
-        return GemmTiling(mr=best // out_w * out_w, nb=nb, parallel=num_cores > 1)
+    whole = _WHOLE_ROWS_PIXELS[16 if lanes >= 16 else 8]
+    if 2 * out_w <= whole:  # whole rows per tile (the implicit GEMM takes mr // out_w rows)
+        return GemmTiling(mr=whole // out_w * out_w, nb=nb, parallel=num_cores > 1)
     mr = min(efficiency, key=lambda r: round_up(out_w, r) / efficiency[r])
     return GemmTiling(mr=mr, nb=nb, parallel=num_cores > 1)
 

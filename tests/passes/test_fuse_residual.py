@@ -99,6 +99,8 @@ def test_other_targets_are_left_alone():
     "layout, x_shape, w_shape, conv",
     [
         ("winograd", (2, 6, 9, 26), (8, 6, 3, 3), CONV),  # 24 output columns: a row tail
+        ("winograd", (2, 6, 13, 14), (8, 6, 3, 3), CONV),  # 14 wide: 2 tile rows a panel
+        ("winograd", (1, 6, 16, 16), (8, 6, 3, 3), CONV),  # 16 wide: stacked, whole vectors
         ("pointwise", (1, 12, 7, 9), (16, 12, 1, 1), ConvAttrs()),
         ("pointwise", (2, 12, 8, 8), (10, 12, 1, 1), ConvAttrs((2, 2))),  # downsample
     ],

@@ -354,6 +354,11 @@ def test_planes_conv_matches_numpy(x_shape, w_shape, strides, padding, dilation,
         ((1, 16, 12, 30), 20, (0, 1, 2, 0), "gelu", (6, 4)),  # asymmetric padding
         ((1, 24, 40, 40), 9, (1, 1, 1, 1), None, (8, 2)),  # 16-lane panels, 2 per row
         ((1, 2, 6, 14), 3, (0, 0, 0, 0), "relu", (4, 3)),  # no padding, output 4x12
+        # 16-lane panels of 2 stacked tile rows (rows of <= 8 tiles): odd tile rows (7), a
+        # heavy activation, batch 2, the 16-wide output stored as whole vectors
+        ((1, 16, 14, 14), 12, (1, 1, 1, 1), "silu", None),
+        ((2, 5, 11, 12), 9, (1, 1, 1, 1), "relu", (8, 2)),
+        ((1, 8, 16, 16), 16, (1, 1, 1, 1), "gelu", (4, 4)),
     ],
 )
 def test_winograd_conv_matches_numpy(x_shape, co, padding, activation, tile):
@@ -382,6 +387,16 @@ def test_winograd_is_the_default_for_wide_3x3_stride_1_only():
     with pytest.raises(ValueError, match="3x3 stride-1"):
         dense_conv2d((1, 32, 28, 28), w, None, ConvAttrs((2, 2), (1, 1, 1, 1)), None, TARGET,
                      layout="winograd")  # fmt: skip
+
+
+def test_winograd_stacks_narrow_tile_rows_into_a_panel():
+    from tvm_sparse.schedules.winograd_conv_x86 import panel_layout
+
+    assert panel_layout(28, 28, 16) == (16, 1, 2, 28)  # 56x56: 2 panels a row
+    assert panel_layout(14, 14, 16) == (16, 1, 1, 14)  # 28x28: 14 of 16 lanes
+    assert panel_layout(7, 7, 16) == (8, 2, 1, 4)  # 14x14: 2 rows of 7 (of 8) a panel
+    assert panel_layout(7, 7, 8) == (8, 1, 1, 7)  # AVX2: a row a panel, as before
+    assert panel_layout(3, 3, 16) == (4, 4, 1, 1)
 
 
 def test_winograd_default_tile_follows_isa_and_panels():

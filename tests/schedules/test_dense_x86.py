@@ -389,6 +389,39 @@ def test_winograd_is_the_default_for_wide_3x3_stride_1_only():
                      layout="winograd")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "x_shape, w_shape, strides, padding, dilation",
+    [
+        ((1, 8, 16, 16), (12, 8, 3, 3), (1, 1), (12, 12, 12, 12), (12, 12)),  # ASPP rate 12
+        ((1, 8, 16, 16), (12, 8, 3, 3), (1, 1), (6, 6, 6, 6), (6, 6)),  # rate 6: partial tiles
+        ((2, 6, 16, 16), (20, 6, 3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),  # batch 2, rate 2
+        ((1, 5, 20, 9), (7, 5, 3, 3), (2, 1), (4, 0, 3, 5), (3, 2)),  # stride, asymmetric pads
+        ((1, 4, 5, 5), (9, 4, 3, 3), (1, 1), (4, 4, 4, 4), (4, 4)),  # 5 wide: whole-row tiles
+        ((1, 3, 8, 8), (16, 3, 3, 3), (1, 1), (9, 9, 9, 9), (9, 9)),  # taps past the image
+    ],
+)
+def test_implicit_gemm_skips_taps_that_read_only_padding(
+    x_shape, w_shape, strides, padding, dilation
+):
+    """Dilated convs whose padding holds whole taps skip them per tile; the result is the
+    conv's, at every row and column where a tap is partly, wholly or never inside."""
+    from tvm_sparse.schedules.dense_x86 import conv_geometry
+    from tvm_sparse.schedules.implicit_gemm_conv_x86 import clips_taps
+
+    conv = ConvAttrs(strides, padding, dilation)
+    assert clips_taps(conv_geometry(x_shape, w_shape, conv))
+    _check_conv(x_shape, w_shape, strides, padding, dilation, 1, True, "relu", "implicit_gemm")
+
+
+def test_plain_convs_keep_static_tap_loops():
+    from tvm_sparse.schedules.dense_x86 import conv_geometry
+    from tvm_sparse.schedules.implicit_gemm_conv_x86 import clips_taps
+
+    assert not clips_taps(conv_geometry((1, 8, 9, 9), (8, 8, 3, 3), ConvAttrs((1, 1), (1,) * 4)))
+    dilated = ConvAttrs((1, 1), (1,) * 4, (2, 2))  # padding less than a tap: nothing to skip
+    assert not clips_taps(conv_geometry((1, 8, 9, 9), (8, 8, 3, 3), dilated))
+
+
 def test_winograd_stacks_narrow_tile_rows_into_a_panel():
     from tvm_sparse.schedules.winograd_conv_x86 import panel_layout
 

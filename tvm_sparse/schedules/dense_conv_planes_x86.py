@@ -22,6 +22,7 @@ from tvm.script import tirx as T
 from ._conv_dims import DEFAULT_CONV, ConvAttrs, conv_dims, samples_in_parallel
 from ._epilogue import bias_const, check_activation, register_activation
 from ._epilogue import epilogue as _epilogue
+from ._prefetch import prefetch_write, wants_output_prefetch
 from .kernel import KernelCall, as_weight
 from .kernel import finish as _finish
 from .sparse_conv_planes_x86 import PlaneConvSpec, tap_planes_macro
@@ -43,6 +44,9 @@ def _tile_macro(spec: PlaneConvSpec, taps: int):
     hb = int(spec.has_bias)
     activation = spec.activation
     in_registers = register_activation(activation)
+    # the next position tile's output lines of these channels, owned before their stores
+    prefetch = wants_output_prefetch(4 * spec.x_shape[0] * o * npos, spec.parallel)
+    last_out = spec.x_shape[0] * o * npos - 1
 
     @T.macro
     def channel_tile(xs, wp, toffs, bias, yf, tail, nb, g, p0):
@@ -51,6 +55,19 @@ def _tile_macro(spec: PlaneConvSpec, taps: int):
             acc[T.ramp(a * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
         cg: T.let = g // group_tiles  # the conv group
         first: T.let = g % group_tiles * mr  # the tile's first channel in its group
+        if prefetch:
+            for r in T.unroll(mr):
+                for u in T.unroll(n):
+                    T.evaluate(
+                        prefetch_write(
+                            yf[
+                                T.min(
+                                    (nb * o + cg * o_g + first + r) * npos + p0 + tile + u * lanes,
+                                    last_out,
+                                )
+                            ]
+                        )
+                    )
         for t in range(taps):
             q: T.let = toffs[cg * taps + t] + p0
             for r in T.unroll(mr):

@@ -422,6 +422,43 @@ def test_plain_convs_keep_static_tap_loops():
     assert not clips_taps(conv_geometry((1, 8, 9, 9), (8, 8, 3, 3), dilated))
 
 
+@pytest.mark.parametrize(
+    "x_shape, co, padding, tile",
+    [
+        ((1, 6, 40, 40), 10, (1, 1, 1, 1), (8, 2)),  # 40 panels in blocks of 2
+        ((2, 5, 21, 19), 7, (0, 1, 2, 0), (4, 4)),  # batch 2, a partial last block
+        ((1, 8, 14, 14), 9, (1, 1, 1, 1), (8, 2)),  # stacked tile rows, blocked
+    ],
+)
+def test_winograd_blocks_of_panels(monkeypatch, x_shape, co, padding, tile):
+    """Stages 1-3 run block by block of panels (V and M sized to L2); with tiny blocks every
+    block boundary, and a last block past the last panel, still gives the conv."""
+    from tvm_sparse.schedules import winograd_conv_x86
+
+    monkeypatch.setattr(winograd_conv_x86, "WINOGRAD_BLOCK_BYTES", 1)  # blocks of `vectors`
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((co, x_shape[1], 3, 3), dtype=np.float32)
+    b = rng.standard_normal(co, dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    conv = ConvAttrs((1, 1), padding)
+    call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, layout="winograd", winograd_tile=tile)
+    assert "blk" in call.func.script()
+    ref = _ref_conv(x, w, b, (1, 1), padding, (1, 1), 1, "relu")
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_block_fits_the_budget():
+    from tvm_sparse.schedules.winograd_conv_x86 import WINOGRAD_BLOCK_BYTES, winograd_block
+
+    # Inception-v3's 32->64 at 147x147: 370 panels of 16 tiles, 98 KB of V and M each
+    block = winograd_block(370, 2, 32, 64, 16)
+    assert block % 2 == 0 and block * 16 * 16 * 4 * (32 + 64) <= WINOGRAD_BLOCK_BYTES
+    assert winograd_block(7, 2, 8, 8, 16) == 8  # never more than the panels, rounded up
+    # 512 channels at 14x14: 16 MB of U re-read per block would cost more than V and M
+    assert winograd_block(4, 2, 512, 512, 16) == 4
+    assert winograd_block(56, 2, 64, 64, 16) < 56  # 64 at 56x56: U fits in L2, blocked
+
+
 def test_winograd_stacks_narrow_tile_rows_into_a_panel():
     from tvm_sparse.schedules.winograd_conv_x86 import panel_layout
 

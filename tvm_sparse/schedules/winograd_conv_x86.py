@@ -95,8 +95,9 @@ def winograd_kernel(
     th, tw = -(-oh // 2), -(-ow // 2)
     sub, stack, per_row, tpanels = panel_layout(th, tw, lanes)
     panels = bn * tpanels * per_row
-    npanels = -(-panels // vectors) * vectors
     groups = -(-o // mr)
+    block = winograd_block(panels, vectors, ci, groups * mr, lanes)
+    nblocks = -(-panels // block)
     # plane extent: every tile's window inside, the stacked rows past the last tile row too
     rows, cols = 2 * tpanels * stack + 2, per_row * sub + 1
     plane = rows * cols
@@ -124,8 +125,8 @@ def winograd_kernel(
         yf = T.decl_buffer((bn * o * oh * ow,), "float32", data=y.data)
         rf = T.decl_buffer((res_size,), "float32", data=res.data)
         planes = T.alloc_buffer((bn * ci * 2 * plane,), "float32", scope="global")
-        v = T.alloc_buffer((16 * npanels * ci * L,), "float32", scope="global")
-        m = T.alloc_buffer((16 * groups * mr * npanels * L,), "float32", scope="global")
+        v = T.alloc_buffer((16 * block * ci * L,), "float32", scope="global")
+        m = T.alloc_buffer((16 * groups * mr * block * L,), "float32", scope="global")
         # 0. column-parity planes of the zero-padded input
         for nc in loop(bn * ci):
             for f in range(2):
@@ -138,187 +139,227 @@ def winograd_kernel(
                             xf[nc * h * wd + src_r * wd + src_c],
                             T.float32(0),
                         )
-        # 1. input transform, one panel of `lanes` tiles and one channel at a time
-        for gc in loop(npanels * ci):
-            g: T.let = gc // ci
-            c: T.let = gc % ci
-            d = T.alloc_buffer((16 * L,), "float32", scope="global")
-            s = T.alloc_buffer((16 * L,), "float32", scope="global")
-            if g < panels:
-                nb: T.let = g // (tpanels * per_row)
-                ty: T.let = g // per_row % tpanels * stack
-                tx0: T.let = g % per_row * L
-                for i in T.unroll(4):
-                    for j in T.unroll(4):
-                        if stack == 1:
-                            d[T.ramp((i * 4 + j) * L, 1, L)] = planes[
-                                T.ramp(
-                                    ((nb * ci + c) * 2 + j % 2) * plane
-                                    + (2 * ty + i) * cols
-                                    + tx0
-                                    + j // 2,
-                                    1,
-                                    L,
-                                )
-                            ]
-                        else:  # `stack` tile rows of `sub` tiles, one vector
-                            d[T.ramp((i * 4 + j) * L, 1, L)] = T.Shuffle(
-                                [
-                                    planes[
-                                        T.ramp(
-                                            ((nb * ci + c) * 2 + j % 2) * plane
-                                            + (2 * (ty + r) + i) * cols
-                                            + j // 2,
-                                            1,
-                                            sub,
-                                        )
-                                    ]
-                                    for r in range(stack)
-                                ],
-                                concat,
-                            )
-            else:
-                for e in T.unroll(16):
-                    d[T.ramp(e * L, 1, L)] = T.broadcast(T.float32(0), L)
-            for j in T.unroll(4):  # rows: s = BT d
-                s[T.ramp(j * L, 1, L)] = d[T.ramp(j * L, 1, L)] - d[T.ramp((8 + j) * L, 1, L)]
-                s[T.ramp((4 + j) * L, 1, L)] = (
-                    d[T.ramp((4 + j) * L, 1, L)] + d[T.ramp((8 + j) * L, 1, L)]
-                )
-                s[T.ramp((8 + j) * L, 1, L)] = (
-                    d[T.ramp((8 + j) * L, 1, L)] - d[T.ramp((4 + j) * L, 1, L)]
-                )
-                s[T.ramp((12 + j) * L, 1, L)] = (
-                    d[T.ramp((4 + j) * L, 1, L)] - d[T.ramp((12 + j) * L, 1, L)]
-                )
-            for e in T.unroll(4):  # columns: V = s BT^T, stored as GEMM operand p = 4e + u
-                base: T.let = (g * ci + c) * L
-                stride: T.let = npanels * ci * L
-                v[T.ramp((4 * e) * stride + base, 1, L)] = (
-                    s[T.ramp((4 * e) * L, 1, L)] - s[T.ramp((4 * e + 2) * L, 1, L)]
-                )
-                v[T.ramp((4 * e + 1) * stride + base, 1, L)] = (
-                    s[T.ramp((4 * e + 1) * L, 1, L)] + s[T.ramp((4 * e + 2) * L, 1, L)]
-                )
-                v[T.ramp((4 * e + 2) * stride + base, 1, L)] = (
-                    s[T.ramp((4 * e + 2) * L, 1, L)] - s[T.ramp((4 * e + 1) * L, 1, L)]
-                )
-                v[T.ramp((4 * e + 3) * stride + base, 1, L)] = (
-                    s[T.ramp((4 * e + 1) * L, 1, L)] - s[T.ramp((4 * e + 3) * L, 1, L)]
-                )
-        # 2. sixteen GEMMs: mr output channels x `vectors` panels per register tile
-        for task in loop(16 * (npanels // vectors) * groups):
-            p: T.let = task // ((npanels // vectors) * groups)
-            go: T.let = task // groups % (npanels // vectors)
-            io: T.let = task % groups
-            acc = T.alloc_buffer((mr * vectors * L,), "float32", scope="global")
-            for a in T.unroll(mr * vectors):
-                acc[T.ramp(a * L, 1, L)] = T.broadcast(T.float32(0), L)
-            for c in range(ci):
-                if prefetch:  # the next channel group's transformed weights
-                    T.evaluate(prefetch_l2(u[T.min(((p * groups + io + 1) * ci + c) * mr, last_u)]))
-                for r in T.unroll(mr):
-                    ww: T.let = T.broadcast(u[((p * groups + io) * ci + c) * mr + r], L)
-                    for w in T.unroll(vectors):
-                        acc[T.ramp((r * vectors + w) * L, 1, L)] = (
-                            acc[T.ramp((r * vectors + w) * L, 1, L)]
-                            + ww * v[T.ramp(((p * npanels + go * vectors + w) * ci + c) * L, 1, L)]
-                        )
-            for r in T.unroll(mr):
-                for w in T.unroll(vectors):
-                    m[T.ramp(((p * groups * mr + io * mr + r) * npanels + go * vectors + w) * L,
-                             1, L)] = acc[T.ramp((r * vectors + w) * L, 1, L)]  # fmt: skip
-        # 3. output transform, bias, activation; 2x2 tiles zipped into output rows
-        for kg in loop(o * panels):
-            k: T.let = kg // panels
-            g: T.let = kg % panels
-            nb: T.let = g // (tpanels * per_row)
-            ty: T.let = g // per_row % tpanels * stack
-            col0: T.let = g % per_row * L * 2
-            t = T.alloc_buffer((8 * L,), "float32", scope="global")
-            row = T.alloc_buffer((2 * L,), "float32", scope="global")
-            mk: T.let = (k * npanels + g) * L
-            mstride: T.let = groups * mr * npanels * L
-            for uu in T.unroll(4):  # t = AT M over the rows e
-                t[T.ramp(uu * L, 1, L)] = (
-                    m[T.ramp(uu * mstride + mk, 1, L)]
-                    + m[T.ramp((4 + uu) * mstride + mk, 1, L)]
-                    + m[T.ramp((8 + uu) * mstride + mk, 1, L)]
-                )
-                t[T.ramp((4 + uu) * L, 1, L)] = (
-                    m[T.ramp((4 + uu) * mstride + mk, 1, L)]
-                    - m[T.ramp((8 + uu) * mstride + mk, 1, L)]
-                    - m[T.ramp((12 + uu) * mstride + mk, 1, L)]
-                )
-            bv: T.let = T.broadcast(bias[k * hb], L)
-            for a in T.unroll(2):
-                y0: T.let = (
-                    t[T.ramp((4 * a) * L, 1, L)]
-                    + t[T.ramp((4 * a + 1) * L, 1, L)]
-                    + t[T.ramp((4 * a + 2) * L, 1, L)]
-                    + bv
-                )
-                y1: T.let = (
-                    t[T.ramp((4 * a + 1) * L, 1, L)]
-                    - t[T.ramp((4 * a + 2) * L, 1, L)]
-                    - t[T.ramp((4 * a + 3) * L, 1, L)]
-                    + bv
-                )
-                if stack == 1:
-                    out_r: T.let = 2 * ty + a
-                    if out_r < oh:
-                        out: T.let = ((nb * o + k) * oh + out_r) * ow + col0
-                        if col0 + 2 * L <= ow:
-                            if residual:
-                                yf[T.ramp(out, 1, 2 * L)] = _epilogue(
-                                    T.Shuffle([y0, y1], zip_idx) + rf[T.ramp(out, 1, 2 * L)],
-                                    activation,
-                                    2 * L,
-                                )
-                            else:
-                                yf[T.ramp(out, 1, 2 * L)] = _epilogue(
-                                    T.Shuffle([y0, y1], zip_idx), activation, 2 * L
-                                )
-                        else:
-                            row[T.ramp(0, 1, 2 * L)] = T.Shuffle([y0, y1], zip_idx)
-                            for e in range(ow - col0):
-                                if residual:
-                                    yf[out + e] = _epilogue(row[e] + rf[out + e], activation)
-                                else:
-                                    yf[out + e] = _epilogue(row[e], activation)
-                else:  # `stack` output row segments of 2 * sub, one per stacked tile row
-                    if residual:
-                        row[T.ramp(0, 1, 2 * L)] = T.Shuffle([y0, y1], zip_idx)
-                    else:
-                        row[T.ramp(0, 1, 2 * L)] = _epilogue(
-                            T.Shuffle([y0, y1], zip_idx), activation, 2 * L
-                        )
-                    for r in T.unroll(stack):
-                        stacked_r: T.let = 2 * (ty + r) + a
-                        if stacked_r < oh:
-                            at: T.let = ((nb * o + k) * oh + stacked_r) * ow
-                            if 2 * sub == ow:
-                                if residual:
-                                    yf[T.ramp(at, 1, 2 * sub)] = _epilogue(
-                                        row[T.ramp(2 * sub * r, 1, 2 * sub)]
-                                        + rf[T.ramp(at, 1, 2 * sub)],
-                                        activation,
-                                        2 * sub,
+        # stages 1-3 block by block of panels, so the transformed tiles (V) and the GEMM
+        # outputs (M) of one block stay in L2 (``winograd_block``)
+        for blk in range(nblocks):
+            # 1. input transform, one panel of `lanes` tiles and one channel at a time
+            for gc in loop(block * ci):
+                g: T.let = blk * block + gc // ci
+                c: T.let = gc % ci
+                d = T.alloc_buffer((16 * L,), "float32", scope="global")
+                s = T.alloc_buffer((16 * L,), "float32", scope="global")
+                if g < panels:
+                    nb: T.let = g // (tpanels * per_row)
+                    ty: T.let = g // per_row % tpanels * stack
+                    tx0: T.let = g % per_row * L
+                    for i in T.unroll(4):
+                        for j in T.unroll(4):
+                            if stack == 1:
+                                d[T.ramp((i * 4 + j) * L, 1, L)] = planes[
+                                    T.ramp(
+                                        ((nb * ci + c) * 2 + j % 2) * plane
+                                        + (2 * ty + i) * cols
+                                        + tx0
+                                        + j // 2,
+                                        1,
+                                        L,
                                     )
-                                else:
-                                    yf[T.ramp(at, 1, 2 * sub)] = row[
-                                        T.ramp(2 * sub * r, 1, 2 * sub)
-                                    ]
-                            else:
-                                for e in range(ow):
+                                ]
+                            else:  # `stack` tile rows of `sub` tiles, one vector
+                                d[T.ramp((i * 4 + j) * L, 1, L)] = T.Shuffle(
+                                    [
+                                        planes[
+                                            T.ramp(
+                                                ((nb * ci + c) * 2 + j % 2) * plane
+                                                + (2 * (ty + r) + i) * cols
+                                                + j // 2,
+                                                1,
+                                                sub,
+                                            )
+                                        ]
+                                        for r in range(stack)
+                                    ],
+                                    concat,
+                                )
+                else:
+                    for e in T.unroll(16):
+                        d[T.ramp(e * L, 1, L)] = T.broadcast(T.float32(0), L)
+                for j in T.unroll(4):  # rows: s = BT d
+                    s[T.ramp(j * L, 1, L)] = d[T.ramp(j * L, 1, L)] - d[T.ramp((8 + j) * L, 1, L)]
+                    s[T.ramp((4 + j) * L, 1, L)] = (
+                        d[T.ramp((4 + j) * L, 1, L)] + d[T.ramp((8 + j) * L, 1, L)]
+                    )
+                    s[T.ramp((8 + j) * L, 1, L)] = (
+                        d[T.ramp((8 + j) * L, 1, L)] - d[T.ramp((4 + j) * L, 1, L)]
+                    )
+                    s[T.ramp((12 + j) * L, 1, L)] = (
+                        d[T.ramp((4 + j) * L, 1, L)] - d[T.ramp((12 + j) * L, 1, L)]
+                    )
+                for e in T.unroll(4):  # columns: V = s BT^T, stored as GEMM operand p = 4e + u
+                    base: T.let = gc * L  # the panel in the block, channel c
+                    stride: T.let = block * ci * L
+                    v[T.ramp((4 * e) * stride + base, 1, L)] = (
+                        s[T.ramp((4 * e) * L, 1, L)] - s[T.ramp((4 * e + 2) * L, 1, L)]
+                    )
+                    v[T.ramp((4 * e + 1) * stride + base, 1, L)] = (
+                        s[T.ramp((4 * e + 1) * L, 1, L)] + s[T.ramp((4 * e + 2) * L, 1, L)]
+                    )
+                    v[T.ramp((4 * e + 2) * stride + base, 1, L)] = (
+                        s[T.ramp((4 * e + 2) * L, 1, L)] - s[T.ramp((4 * e + 1) * L, 1, L)]
+                    )
+                    v[T.ramp((4 * e + 3) * stride + base, 1, L)] = (
+                        s[T.ramp((4 * e + 1) * L, 1, L)] - s[T.ramp((4 * e + 3) * L, 1, L)]
+                    )
+            # 2. sixteen GEMMs: mr output channels x `vectors` panels per register tile
+            for task in loop(16 * (block // vectors) * groups):
+                p: T.let = task // ((block // vectors) * groups)
+                go: T.let = task // groups % (block // vectors)
+                io: T.let = task % groups
+                acc = T.alloc_buffer((mr * vectors * L,), "float32", scope="global")
+                for a in T.unroll(mr * vectors):
+                    acc[T.ramp(a * L, 1, L)] = T.broadcast(T.float32(0), L)
+                for c in range(ci):
+                    if prefetch:  # the next channel group's transformed weights
+                        T.evaluate(
+                            prefetch_l2(u[T.min(((p * groups + io + 1) * ci + c) * mr, last_u)])
+                        )
+                    for r in T.unroll(mr):
+                        ww: T.let = T.broadcast(u[((p * groups + io) * ci + c) * mr + r], L)
+                        for w in T.unroll(vectors):
+                            acc[T.ramp((r * vectors + w) * L, 1, L)] = (
+                                acc[T.ramp((r * vectors + w) * L, 1, L)]
+                                + ww
+                                * v[T.ramp(((p * block + go * vectors + w) * ci + c) * L, 1, L)]
+                            )
+                for r in T.unroll(mr):
+                    for w in T.unroll(vectors):
+                        m[T.ramp(((p * groups * mr + io * mr + r) * block + go * vectors + w) * L,
+                                 1, L)] = acc[T.ramp((r * vectors + w) * L, 1, L)]  # fmt: skip
+            # 3. output transform, bias, activation; 2x2 tiles zipped into output rows
+            for kg in loop(o * block):
+                k: T.let = kg // block
+                g: T.let = blk * block + kg % block
+                if g < panels:  # the last block's tail
+                    nb: T.let = g // (tpanels * per_row)
+                    ty: T.let = g // per_row % tpanels * stack
+                    col0: T.let = g % per_row * L * 2
+                    t = T.alloc_buffer((8 * L,), "float32", scope="global")
+                    row = T.alloc_buffer((2 * L,), "float32", scope="global")
+                    mk: T.let = (k * block + kg % block) * L
+                    mstride: T.let = groups * mr * block * L
+                    for uu in T.unroll(4):  # t = AT M over the rows e
+                        t[T.ramp(uu * L, 1, L)] = (
+                            m[T.ramp(uu * mstride + mk, 1, L)]
+                            + m[T.ramp((4 + uu) * mstride + mk, 1, L)]
+                            + m[T.ramp((8 + uu) * mstride + mk, 1, L)]
+                        )
+                        t[T.ramp((4 + uu) * L, 1, L)] = (
+                            m[T.ramp((4 + uu) * mstride + mk, 1, L)]
+                            - m[T.ramp((8 + uu) * mstride + mk, 1, L)]
+                            - m[T.ramp((12 + uu) * mstride + mk, 1, L)]
+                        )
+                    bv: T.let = T.broadcast(bias[k * hb], L)
+                    for a in T.unroll(2):
+                        y0: T.let = (
+                            t[T.ramp((4 * a) * L, 1, L)]
+                            + t[T.ramp((4 * a + 1) * L, 1, L)]
+                            + t[T.ramp((4 * a + 2) * L, 1, L)]
+                            + bv
+                        )
+                        y1: T.let = (
+                            t[T.ramp((4 * a + 1) * L, 1, L)]
+                            - t[T.ramp((4 * a + 2) * L, 1, L)]
+                            - t[T.ramp((4 * a + 3) * L, 1, L)]
+                            + bv
+                        )
+                        if stack == 1:
+                            out_r: T.let = 2 * ty + a
+                            if out_r < oh:
+                                out: T.let = ((nb * o + k) * oh + out_r) * ow + col0
+                                if col0 + 2 * L <= ow:
                                     if residual:
-                                        yf[at + e] = _epilogue(
-                                            row[2 * sub * r + e] + rf[at + e], activation
+                                        yf[T.ramp(out, 1, 2 * L)] = _epilogue(
+                                            T.Shuffle([y0, y1], zip_idx)
+                                            + rf[T.ramp(out, 1, 2 * L)],
+                                            activation,
+                                            2 * L,
                                         )
                                     else:
-                                        yf[at + e] = row[2 * sub * r + e]
+                                        yf[T.ramp(out, 1, 2 * L)] = _epilogue(
+                                            T.Shuffle([y0, y1], zip_idx), activation, 2 * L
+                                        )
+                                else:
+                                    row[T.ramp(0, 1, 2 * L)] = T.Shuffle([y0, y1], zip_idx)
+                                    for e in range(ow - col0):
+                                        if residual:
+                                            yf[out + e] = _epilogue(
+                                                row[e] + rf[out + e], activation
+                                            )
+                                        else:
+                                            yf[out + e] = _epilogue(row[e], activation)
+                        else:  # `stack` output row segments of 2 * sub, one per stacked tile row
+                            if residual:
+                                row[T.ramp(0, 1, 2 * L)] = T.Shuffle([y0, y1], zip_idx)
+                            else:
+                                row[T.ramp(0, 1, 2 * L)] = _epilogue(
+                                    T.Shuffle([y0, y1], zip_idx), activation, 2 * L
+                                )
+                            for r in T.unroll(stack):
+                                stacked_r: T.let = 2 * (ty + r) + a
+                                if stacked_r < oh:
+                                    at: T.let = ((nb * o + k) * oh + stacked_r) * ow
+                                    if 2 * sub == ow:
+                                        if residual:
+                                            yf[T.ramp(at, 1, 2 * sub)] = _epilogue(
+                                                row[T.ramp(2 * sub * r, 1, 2 * sub)]
+                                                + rf[T.ramp(at, 1, 2 * sub)],
+                                                activation,
+                                                2 * sub,
+                                            )
+                                        else:
+                                            yf[T.ramp(at, 1, 2 * sub)] = row[
+                                                T.ramp(2 * sub * r, 1, 2 * sub)
+                                            ]
+                                    else:
+                                        for e in range(ow):
+                                            if residual:
+                                                yf[at + e] = _epilogue(
+                                                    row[2 * sub * r + e] + rf[at + e], activation
+                                                )
+                                            else:
+                                                yf[at + e] = row[2 * sub * r + e]
 
     return _finish(kernel).with_attr(SPEC_ATTR, json.dumps(spec))
+
+
+# V and M of one block of panels: at most this many bytes (half the smallest L2 of the CPUs
+# measured), so stages 1-3 pass them through L2 instead of L3 or memory
+WINOGRAD_BLOCK_BYTES = 512 << 10
+
+
+def winograd_block(panels: int, vectors: int, ci: int, co_padded: int, lanes: int) -> int:
+    """Panels per block (a multiple of ``vectors``): as many as keep the block's transformed
+    input (``16 x ci`` vectors a panel) and GEMM output (``16 x co``) within
+    ``WINOGRAD_BLOCK_BYTES``. Whole-image stages wrote and re-read tens of MB on big images
+    (Inception-v3's 32->64 at 147x147: 33 MB, 9.2 ms warm against 4.4 blocked).
+
+    Every block reads all of the transformed weight U: one that does not fit in L2 beside a
+    block (``WINOGRAD_WEIGHTS_IN_L2``) comes from L3 again per block, so blocks are only used
+    where that costs less than writing and reading V and M whole (512 channels at 14x14,
+    16 MB of U: 3832 us in 2 blocks against 3693 in one)."""
+    per_panel = 16 * lanes * 4 * (ci + co_padded)
+    whole = -(-panels // vectors) * vectors
+    fit = max(1, WINOGRAD_BLOCK_BYTES // per_panel // vectors) * vectors
+    if fit >= whole:
+        return whole
+    weight_bytes = 16 * ci * co_padded * 4
+    rereads = (-(-panels // fit) - 1) * weight_bytes
+    if weight_bytes > WINOGRAD_WEIGHTS_IN_L2 and rereads >= 2 * per_panel * panels:
+        return whole
+    return fit
+
+
+WINOGRAD_WEIGHTS_IN_L2 = 1 << 20
 
 
 def panel_layout(th: int, tw: int, lanes: int) -> tuple[int, int, int, int]:

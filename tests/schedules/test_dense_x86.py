@@ -413,6 +413,27 @@ def test_implicit_gemm_skips_taps_that_read_only_padding(
     _check_conv(x_shape, w_shape, strides, padding, dilation, 1, True, "relu", "implicit_gemm")
 
 
+@pytest.mark.parametrize(
+    "x_shape, w_shape, strides, padding, tiling",
+    [
+        ((1, 12, 17, 17), (70, 12, 1, 7), (1, 1), (0, 3, 0, 3), GemmTiling(mr=6, nb=64)),
+        ((1, 9, 19, 19), (64, 9, 3, 3), (2, 2), (0, 0, 0, 0), GemmTiling(mr=6, nb=64)),
+        ((2, 5, 30, 30), (33, 5, 3, 3), (1, 1), (1, 1, 1, 1), GemmTiling(mr=14, nb=32)),
+    ],
+)
+def test_implicit_gemm_wide_tiles(x_shape, w_shape, strides, padding, tiling):
+    """The 6 x 64 and 14 x 32 tiles: channel tails inside a 64-wide panel, overlapping row
+    tiles (17 = 6 + 6 + 5), stride 2, batch 2."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+    b = rng.standard_normal(w_shape[0], dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    conv = ConvAttrs(strides, padding)
+    call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, tiling=tiling, layout="implicit_gemm")
+    ref = _ref_conv(x, w, b, strides, padding, (1, 1), 1, "relu")
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_plain_convs_keep_static_tap_loops():
     from tvm_sparse.schedules.dense_x86 import conv_geometry
     from tvm_sparse.schedules.implicit_gemm_conv_x86 import clips_taps

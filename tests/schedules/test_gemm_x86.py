@@ -33,3 +33,10 @@ def test_tiling_choices_keep_enough_accumulators():
     assert choose_conv_tiling(7, lanes=16).mr == 7  # not two 7-wide rows (no faster)
     assert choose_conv_tiling(16, lanes=16).mr == 8  # 16 = 2 x 8, 14 would compute 28
     assert choose_conv_tiling(4, lanes=16).mr == 8  # whole rows: 2 rows of 4 pixels
+    # 6 pixels x 64 channels where rows divide badly by 7 and 14, if the channels fill it
+    tile = choose_conv_tiling(17, lanes=16, channels_out=192)
+    assert (tile.mr, tile.nb) == (6, 64)
+    assert choose_conv_tiling(35, lanes=16, channels_out=64).nb == 64
+    assert choose_conv_tiling(17, lanes=16, channels_out=32).nb == 32  # 32 would pad to 64
+    assert choose_conv_tiling(28, lanes=16, channels_out=256).mr == 14
+    assert choose_conv_tiling(17).nb == 16  # AVX2: one ymm panel pair as before

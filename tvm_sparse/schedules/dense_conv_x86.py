@@ -57,27 +57,41 @@ def _input_at(x: te.Tensor, geo: ConvGeometry, n, c, oh, ow, rh, rw):
 # weight vector feeds 14 FMAs) ran 6-16% ahead of 7 on rows 14 to 112 wide (Emerald Rapids,
 # warm: 128->128 3x3 s2 at 56x56 1670 against 1850 us, 256->256 s2 at 28x28 1448 against 1578,
 # 64->64 at 56x56 1395 against 1590, the 7x7 stem 1618 against 1712); as two whole 7-wide rows
-# it was no faster. On AVX2, 6x16 (12 ymm) is the classic FMA kernel and 7 rows spill.
-_ROW_EFFICIENCY = {
-    16: (32, {14: 1.1, 8: 1.02, 7: 1.0, 6: 0.96, 5: 0.92, 4: 0.9}),
-    8: (16, {6: 1.0, 5: 0.97, 4: 0.92}),
-}
+# it was no faster. 6 pixels x 64 channels (24 accumulators) wins where rows divide badly by
+# 7 and 14 (Inception-v3's 192->192 1x7 at 17x17: 1025 against 1163 us for 6 x 32; 48->64 5x5
+# at 35x35 1143 against 1307 for 7 x 32). On AVX2, 6x16 (12 ymm) is the classic FMA kernel and
+# 7 rows spill.
+_TILE_EFFICIENCY = {
+    16: {(14, 32): 1.1, (6, 64): 1.1, (8, 32): 1.02, (7, 32): 1.0, (6, 32): 0.96,
+         (5, 32): 0.92, (4, 32): 0.9},
+    8: {(6, 16): 1.0, (5, 16): 0.97, (4, 16): 0.92},
+}  # fmt: skip
 # rows this narrow are taken whole, as many as fit in this many pixels (4-wide: 8 per tile)
 _WHOLE_ROWS_PIXELS = {16: 8, 8: 6}
 
 
-def choose_conv_tiling(out_w: int, num_cores: int = 1, lanes: int = 8) -> GemmTiling:
+def choose_conv_tiling(
+    out_w: int, num_cores: int = 1, lanes: int = 8, channels_out: int | None = None
+) -> GemmTiling:
     """``mr`` output pixels x ``nb`` output channels per tile.
 
-    Picks the row block that wastes least on padding the output width, weighted by how fast
-    each tile height runs; rows at most half ``_WHOLE_ROWS_PIXELS`` wide are taken whole, as
-    many as fit in it (4-wide rows: 8 pixels on AVX-512).
+    Picks the tile that wastes least on padding the output width (and, given
+    ``channels_out``, the channels), weighted by how fast each tile runs; rows at most half
+    ``_WHOLE_ROWS_PIXELS`` wide are taken whole, as many as fit in it (4-wide rows: 8 pixels
+    on AVX-512).
     """
-    nb, efficiency = _ROW_EFFICIENCY[16 if lanes >= 16 else 8]
+    efficiency = _TILE_EFFICIENCY[16 if lanes >= 16 else 8]
+    narrow = 2 * lanes  # the channel panel of the row-segment tiles
     whole = _WHOLE_ROWS_PIXELS[16 if lanes >= 16 else 8]
     if 2 * out_w <= whole:  # whole rows per tile (the implicit GEMM takes mr // out_w rows)
-        return GemmTiling(mr=whole // out_w * out_w, nb=nb, parallel=num_cores > 1)
-    mr = min(efficiency, key=lambda r: round_up(out_w, r) / efficiency[r])
+        return GemmTiling(mr=whole // out_w * out_w, nb=narrow, parallel=num_cores > 1)
+
+    def cost(tile: tuple[int, int]) -> float:
+        mr, nb = tile
+        channels = round_up(channels_out, nb) / channels_out if channels_out else nb / narrow
+        return round_up(out_w, mr) * channels / efficiency[tile]
+
+    mr, nb = min(efficiency, key=cost)
     return GemmTiling(mr=mr, nb=nb, parallel=num_cores > 1)
 
 

@@ -308,7 +308,7 @@ def dense_conv2d(
         info["macs_padded"] = geo.x_shape[0] * ci_g * pointwise_outputs_computed(spec)
     else:
         tiling = tiling or choose_conv_tiling(
-            geo.out_hw[1], num_cores(target), vector_lanes(target)
+            geo.out_hw[1], num_cores(target), vector_lanes(target), co
         )
         func = implicit_gemm_kernel(geo, tiling, bias is not None, activation)
         consts = [pack_conv_weight(weight, tiling.nb)]

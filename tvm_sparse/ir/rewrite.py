@@ -112,3 +112,14 @@ def rewrite_bindings(
         return rewriter_cls(plan, module) if plan else None
 
     return rewrite_functions(mod, rewriter_for)
+
+
+OPAQUE = 8  # relax.OpPatternKind kOpaque
+
+
+def keep_unfused(builder: relax.BlockBuilder, var: relax.Var) -> None:
+    """Mark the PrimFunc that ``var``'s call_tir calls opaque, so FuseOps does not inline it
+    into its consumer. For the first stage of a two-stage rewrite (separable resize, pooling):
+    inlined, it would be recomputed for every output of the second stage."""
+    gvar = builder.lookup_binding(var).args[0]
+    builder.update_func(gvar, builder.get()[gvar].with_attr("op_pattern", OPAQUE))

@@ -52,6 +52,7 @@ from .layer_plan import LayerPlan, SparsifyOptions
 from .rewrite_kwta import RewriteKwta
 from .rewrite_layers import RewriteLayers
 from .rewrite_row_reductions import RewriteRowReductions
+from .separable_pool import SeparablePool
 
 
 def sparsify_passes(
@@ -76,6 +77,7 @@ def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         FuseChannelLayerNorm(target),  # permute -> layer norm -> permute back: over axis 1
         FuseResidual(target),  # relu(conv + shortcut): the add in the conv's epilogue
         RewriteRowReductions(target),  # global average pooling: a vector sum per channel
+        SeparablePool(target),  # max / average pooling: a row stage, then a column stage
     ]
 
 

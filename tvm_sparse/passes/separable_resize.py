@@ -31,9 +31,8 @@ from tvm import relax, te
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import dtype_of, op_name, static_shape
-from ..ir.rewrite import PlannedRewriter, rewrite_bindings
+from ..ir.rewrite import PlannedRewriter, keep_unfused, rewrite_bindings
 
-OPAQUE = 8  # relax.OpPatternKind kOpaque
 MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
 
 
@@ -112,22 +111,16 @@ class _Rewriter(PlannedRewriter):
         cols = self.builder_.emit_te(
             _columns_te, self.visit_expr(x), x0, x1, wx, primfunc_name_hint="resize_columns"
         )
-        _set_pattern(self.builder_, cols, OPAQUE)
+        # opaque: fused into the row stage it would be inlined into every output again (four
+        # gathers per value). Neither stage fuses into a following concatenate, as TVM's
+        # resize did (UNet's skip concat is a kernel of its own, 430-500 us of the 1.66 ms)
+        keep_unfused(self.builder_, cols)
         return self.builder_.emit_te(_rows_te, cols, y0, y1, wy, primfunc_name_hint="resize_rows")
 
 
 def _tables(in_size: int, out_size: int, mode: str) -> tuple[np.ndarray, ...]:
     i0, i1, w = source_coordinates(in_size, out_size, mode)
     return i0.astype(np.int32), i1.astype(np.int32), w.astype(np.float32)
-
-
-def _set_pattern(builder: relax.BlockBuilder, var: relax.Var, pattern: int) -> None:
-    """Fix the fusion pattern of the PrimFunc ``var`` calls. The column stage is opaque: fused
-    into the row stage, it would be inlined into every output again (four gathers per value).
-    (Neither stage fuses into a following concatenate, as TVM's resize did: UNet's skip concat
-    is a kernel of its own, 430-500 us of the 1.66 ms the fused resize + concat took.)"""
-    gvar = builder.lookup_binding(var).args[0]
-    builder.update_func(gvar, builder.get()[gvar].with_attr("op_pattern", pattern))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.SeparableResize")

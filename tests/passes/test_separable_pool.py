@@ -56,10 +56,16 @@ CASES = [
     ("AveragePool", (1, 3, 9, 9), (3, 3), (1, 1), (1, 1, 1, 1), 0, 1),  # padding counted
     ("AveragePool", (1, 2, 11, 7), (3, 2), (1, 1), (1, 0, 1, 1), 0, 0),
 ]
-# strided: TVM's window reduction (faster there, see the pass), still matching onnxruntime
+# column stride 2: the hand kernel of schedules.pool_x86 (a scratch row, even-lane permutes)
 STRIDED = [
-    ("MaxPool", (2, 2, 12, 12), (3, 3), (2, 2), (1, 1, 1, 1), 0, None),
-    ("AveragePool", (2, 2, 8, 10), (2, 2), (2, 2), (0, 0, 0, 0), 0, 0),
+    ("MaxPool", (1, 3, 15, 15), (3, 3), (2, 2), (0, 0, 0, 0), 0, None),  # Inception's s2 pools
+    ("MaxPool", (2, 2, 40, 40), (3, 3), (2, 2), (1, 1, 1, 1), 0, None),  # ResNet's, batch 2
+    ("MaxPool", (1, 2, 37, 37), (3, 3), (2, 2), (0, 0, 0, 0), 1, None),  # ceil mode overhang
+    ("MaxPool", (1, 2, 9, 36), (2, 2), (2, 2), (0, 0, 0, 0), 0, None),  # VGG's 2x2, 18 = 16 + 2
+    ("MaxPool", (1, 2, 9, 11), (2, 3), (1, 2), (1, 0, 0, 2), 0, None),  # asymmetric, row s1
+    ("AveragePool", (2, 2, 8, 10), (2, 2), (2, 2), (0, 0, 0, 0), 0, 0),  # DenseNet's transition
+    ("AveragePool", (1, 2, 35, 35), (3, 3), (2, 2), (1, 1, 1, 1), 0, 0),  # padding excluded
+    ("AveragePool", (1, 2, 35, 35), (3, 3), (2, 2), (1, 1, 1, 1), 0, 1),  # padding counted
 ]
 
 
@@ -77,10 +83,11 @@ def test_pool_matches_onnxruntime(tmp_path, op, x_shape, kernel, strides, pads, 
     onnx.save(model, path)
     x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
     text = _fused_text(model)
-    if strides != (1, 1):
-        assert "pool2d" in text and "pool_rows" not in text
+    assert "nn.max_pool2d" not in text and "nn.avg_pool2d" not in text
+    if strides[1] == 2:
+        assert "pool2d_s2_" in text
     else:
-        assert "pool_rows" in text and "pool_columns" in text and "pool2d" not in text
+        assert "pool_rows" in text and "pool_columns" in text
     compiled = tvm_sparse.compile(path, "llvm")
     np.testing.assert_allclose(compiled.run(x), ort_run(path, x), rtol=1e-5, atol=1e-5)
 

@@ -1,10 +1,10 @@
 """Rewrite a 2-D max / average pooling into a row stage and a column stage.
 
 Why: TVM 0.27 lowers ``nn.max_pool2d`` / ``nn.avg_pool2d`` to one window reduction per output
-with the padding tested inside it; the leftover rule vectorizes it over output columns, so at
-each window step is a select per tap. Inception-v3's pools took 3.9 ms at 1 thread against
-onnxruntime's 1.4 (the 768 x 17 x 17 3x3 s1 average pools 371 us against 61 each); separable,
-160. A box window is separable:
+with the padding tested inside it; the leftover rule vectorizes it over output columns, each
+window step a select per tap (at stride 2 a strided gather too). Inception-v3's pools took
+3.9 ms at 1 thread against onnxruntime's 1.4 (the 768 x 17 x 17 3x3 s1 average pools 371 us
+against 61 each; separable, 160). A box window is separable:
 
     rows[n, c, i, v] = reduce over kh of x[n, c, i * sh + kh - top, v - left]   # padded columns
     out[n, c, i, j]  = reduce over kw of rows[n, c, i, j * sw + kw]              # / count
@@ -13,11 +13,11 @@ The row stage reads whole input rows (vector loads, the padding a per-row test);
 stage reduces ``kw`` neighbours of one short row. A k x k window costs 2k operations per
 output instead of k^2.
 
-Stride 1 only. At stride 2 the column stage reads every other value and both stages'
-vector widths are whatever divides the row (111 columns: 37 lanes): SqueezeNet's 3x3 s2 max
-pool ran 403 us against TVM's window reduction's 258, DenseNet's padded one 770 against 397
-(Inception-v3's 147-wide one was faster, 785 against 1302, but not as a rule). A strided pool
-needs a hand kernel with a vector main loop and a tail; not written yet.
+Column stride 2 takes a hand kernel instead (``schedules.pool_x86``: the window's rows reduced
+into a padded scratch row, then even-lane permutes): as TE stages the column stage read every
+other value and both stages' vector widths were whatever divided the row (111 columns: 37
+lanes), and lost to TVM's window reduction (SqueezeNet's 3x3 s2 max pool 403 us against 258;
+the kernel: 135, onnxruntime 159). Other strides stay TVM's.
 
 Matched: NCHW, float32, static shapes, no dilation; max pooling (padding and ``ceil_mode``
 overhang are ``-inf``), and average pooling without ``ceil_mode`` (the divisor is the window,
@@ -34,6 +34,8 @@ from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import dtype_of, int_tuple, op_name, static_shape
 from ..ir.rewrite import PlannedRewriter, keep_unfused, rewrite_bindings
+from ..schedules.pool_x86 import strided_pool
+from ..target import num_cores, vector_lanes
 from .cpu_only import cpu_target
 
 OPS = {"relax.nn.max_pool2d": "max", "relax.nn.avg_pool2d": "avg"}
@@ -57,8 +59,8 @@ def _plan_entry(var: relax.Var, value: relax.Expr):
     padding = int_tuple(attrs.padding)
     if len(window) != 2 or len(strides) != 2 or len(padding) != 4 or min(shape) < 1:
         return None
-    if strides != (1, 1):  # see the module docstring: strided pools stay TVM's
-        return None
+    if strides[1] not in (1, 2) or (strides[1] == 1 and strides[0] != 1):
+        return None  # see the module docstring: other strides stay TVM's
     return x, kind, window, strides, padding, bool(attrs.count_include_pad), out_shape[2:]
 
 
@@ -118,6 +120,22 @@ def _inside_counts(size: int, window: int, stride: int, before: int, outputs: in
     return np.maximum(highs - lows, 0)
 
 
+def _strided_call(builder, x, shape, entry, target) -> relax.Expr:
+    """The column-stride-2 kernel of ``schedules.pool_x86``, called on ``x``."""
+    _, kind, window, (sh, sw), padding, include_pad, out_hw = entry
+    if kind == "avg":
+        divisor = average_divisor(shape, window, (sh, sw), padding, include_pad, out_hw)
+    else:
+        divisor = np.ones(out_hw, dtype=np.float32)
+    kernel = strided_pool(
+        shape, out_hw, kind, window, sh, padding, divisor, vector_lanes(target),
+        num_cores(target),
+    )  # fmt: skip
+    gvar = builder.add_func(kernel.func.with_attr("global_symbol", kernel.name), kernel.name)
+    args = [x, *(relax.const(c) for c in kernel.consts)]
+    return relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, "float32"))
+
+
 def average_divisor(shape, window, strides, padding, include_pad: bool, out_hw) -> np.ndarray:
     """``[OH, OW]`` divisors: the window size, or (``count_include_pad`` false) the number of
     the window's taps inside the image, rows inside times columns inside."""
@@ -132,9 +150,15 @@ def average_divisor(shape, window, strides, padding, include_pad: bool, out_hw) 
 
 @mutator
 class _Rewriter(PlannedRewriter):
-    def replacement(self, _var: relax.Var, entry) -> relax.Expr:
+    def __init__(self, plan: dict, mod: tvm.IRModule, target: tvm.target.Target):
+        super().__init__(plan, mod)
+        self.target = target
+
+    def replacement(self, var: relax.Var, entry) -> relax.Expr:
         x, kind, (kh, kw), (sh, sw), padding, include_pad, (oh, ow) = entry
         shape = static_shape(x)
+        if sw == 2:
+            return self._strided(var, entry, shape)
         top, left, _, _ = padding
         width = (ow - 1) * sw + kw  # the padded columns the column stage reads
         rows = self.builder_.emit_te(
@@ -150,6 +174,9 @@ class _Rewriter(PlannedRewriter):
             _cols_te, rows, kind, kw, sw, ow, divisor, primfunc_name_hint="pool_columns"
         )
 
+    def _strided(self, _var: relax.Var, entry, shape) -> relax.Expr:
+        return _strided_call(self.builder_, self.visit_expr(entry[0]), shape, entry, self.target)
+
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.SeparablePool")
 class SeparablePool:
@@ -160,6 +187,7 @@ class SeparablePool:
         self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        if cpu_target(self.target) is None:
+        target = cpu_target(self.target)
+        if target is None:
             return mod
-        return rewrite_bindings(mod, _plan_entry, _Rewriter)
+        return rewrite_bindings(mod, _plan_entry, lambda plan, mod_: _Rewriter(plan, mod_, target))

@@ -95,6 +95,18 @@ def rewrite_functions(
     return relax.transform.DeadCodeElimination()(mod)
 
 
+def plan_bindings(
+    func: relax.Function, plan_entry: Callable[[relax.Var, relax.Expr], Any]
+) -> dict[relax.Var, Any]:
+    """``{var: plan_entry(var, value)}`` over ``func``'s bindings, the None entries left out."""
+    plan = {}
+    for var, value in binding_map(func).items():
+        entry = plan_entry(var, value)
+        if entry is not None:
+            plan[var] = entry
+    return plan
+
+
 def rewrite_bindings(
     mod: tvm.IRModule,
     plan_entry: Callable[[relax.Var, relax.Expr], Any],
@@ -104,11 +116,7 @@ def rewrite_bindings(
     Relax function (None: keep it), and ``rewriter_cls(plan, mod)`` replaces the planned ones."""
 
     def rewriter_for(func: relax.Function, module: tvm.IRModule):
-        plan = {}
-        for var, value in binding_map(func).items():
-            entry = plan_entry(var, value)
-            if entry is not None:
-                plan[var] = entry
+        plan = plan_bindings(func, plan_entry)
         return rewriter_cls(plan, module) if plan else None
 
     return rewrite_functions(mod, rewriter_for)

@@ -33,10 +33,10 @@ from tvm import relax, te, tirx
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import dtype_of, int_tuple, op_name, static_shape
-from ..ir.rewrite import PlannedRewriter, keep_unfused, rewrite_bindings
+from ..ir.rewrite import PlannedRewriter, keep_unfused, plan_bindings
 from ..schedules.pool_x86 import strided_pool
 from ..target import num_cores, vector_lanes
-from .cpu_only import cpu_target
+from .cpu_only import CpuRewrite
 
 OPS = {"relax.nn.max_pool2d": "max", "relax.nn.avg_pool2d": "avg"}
 
@@ -64,6 +64,14 @@ def _plan_entry(var: relax.Var, value: relax.Expr):
     return x, kind, window, strides, padding, bool(attrs.count_include_pad), out_shape[2:]
 
 
+def _combine(kind: str, terms: list) -> tirx.PrimExpr:
+    """The window's terms reduced in order: their max, or their sum (average)."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = tirx.max(total, term) if kind == "max" else total + term
+    return total
+
+
 def _rows_te(x, kind: str, kh: int, sh: int, top: int, left: int, out_h: int, width: int):
     """The ``kh`` rows of each output row's window reduced: ``[N, C, OH, width]`` over the
     padded columns (outside the image: ``-inf`` for max, 0 for average)."""
@@ -75,21 +83,16 @@ def _rows_te(x, kind: str, kh: int, sh: int, top: int, left: int, out_h: int, wi
 
     def value(b, ch, i, v):
         col = v - left
-        total = None
+        col_tests = [col >= 0, col < w] if cols_past else []
+        terms = []
         for k in range(kh):
             r = i * sh + k - top
-            tests = ([r >= 0, r < h] if rows_past else []) + (
-                [col >= 0, col < w] if cols_past else []
-            )
+            tests = ([r >= 0, r < h] if rows_past else []) + col_tests
             if tests:
-                term = te.if_then_else(tirx.all(*tests), x[b, ch, r, col], pad)
+                terms.append(te.if_then_else(tirx.all(*tests), x[b, ch, r, col], pad))
             else:
-                term = x[b, ch, r, col]
-            if total is None:
-                total = term
-            else:
-                total = tirx.max(total, term) if kind == "max" else total + term
-        return total
+                terms.append(x[b, ch, r, col])
+        return _combine(kind, terms)
 
     return te.compute((n, c, out_h, width), value, name="pool_rows")
 
@@ -99,13 +102,7 @@ def _cols_te(rows, kind: str, kw: int, sw: int, out_w: int, divisor=None):
     n, c, out_h, _ = (int(d) for d in rows.shape)
 
     def value(b, ch, i, j):
-        total = None
-        for k in range(kw):
-            term = rows[b, ch, i, j * sw + k]
-            if total is None:
-                total = term
-            else:
-                total = tirx.max(total, term) if kind == "max" else total + term
+        total = _combine(kind, [rows[b, ch, i, j * sw + k] for k in range(kw)])
         if divisor is None:
             return total
         return total / divisor[i, j]
@@ -118,22 +115,6 @@ def _inside_counts(size: int, window: int, stride: int, before: int, outputs: in
     starts = np.arange(outputs) * stride - before
     lows, highs = np.maximum(starts, 0), np.minimum(starts + window, size)
     return np.maximum(highs - lows, 0)
-
-
-def _strided_call(builder, x, shape, entry, target) -> relax.Expr:
-    """The column-stride-2 kernel of ``schedules.pool_x86``, called on ``x``."""
-    _, kind, window, (sh, sw), padding, include_pad, out_hw = entry
-    if kind == "avg":
-        divisor = average_divisor(shape, window, (sh, sw), padding, include_pad, out_hw)
-    else:
-        divisor = np.ones(out_hw, dtype=np.float32)
-    kernel = strided_pool(
-        shape, out_hw, kind, window, sh, padding, divisor, vector_lanes(target),
-        num_cores(target),
-    )  # fmt: skip
-    gvar = builder.add_func(kernel.func.with_attr("global_symbol", kernel.name), kernel.name)
-    args = [x, *(relax.const(c) for c in kernel.consts)]
-    return relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, "float32"))
 
 
 def average_divisor(shape, window, strides, padding, include_pad: bool, out_hw) -> np.ndarray:
@@ -158,7 +139,7 @@ class _Rewriter(PlannedRewriter):
         x, kind, (kh, kw), (sh, sw), padding, include_pad, (oh, ow) = entry
         shape = static_shape(x)
         if sw == 2:
-            return self._strided(var, entry, shape)
+            return self._strided_pool(self.visit_expr(x), shape, entry)
         top, left, _, _ = padding
         width = (ow - 1) * sw + kw  # the padded columns the column stage reads
         rows = self.builder_.emit_te(
@@ -174,20 +155,31 @@ class _Rewriter(PlannedRewriter):
             _cols_te, rows, kind, kw, sw, ow, divisor, primfunc_name_hint="pool_columns"
         )
 
-    def _strided(self, _var: relax.Var, entry, shape) -> relax.Expr:
-        return _strided_call(self.builder_, self.visit_expr(entry[0]), shape, entry, self.target)
+    def _strided_pool(self, x: relax.Expr, shape, entry) -> relax.Expr:
+        """The column-stride-2 kernel of ``schedules.pool_x86``, called on ``x``."""
+        _, kind, window, strides, padding, include_pad, out_hw = entry
+        if kind == "avg":
+            divisor = average_divisor(shape, window, strides, padding, include_pad, out_hw)
+        else:
+            divisor = np.ones(out_hw, dtype=np.float32)
+        kernel = strided_pool(
+            shape, out_hw, kind, window, strides[0], padding, divisor,
+            vector_lanes(self.target), num_cores(self.target),
+        )  # fmt: skip
+        gvar = self.builder_.add_func(
+            kernel.func.with_attr("global_symbol", kernel.name), kernel.name
+        )
+        args = [x, *(relax.const(c) for c in kernel.consts)]
+        return relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, "float32"))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.SeparablePool")
-class SeparablePool:
+class SeparablePool(CpuRewrite):
     """Every NCHW max / average ``pool2d`` left after the sparse rewrites -> a row stage and a
     column stage, on CPU targets (the FPGA and CUDA backends read the pool ops themselves)."""
 
-    def __init__(self, target: tvm.target.Target | None = None):
-        self.target = target
-
-    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        target = cpu_target(self.target)
-        if target is None:
-            return mod
-        return rewrite_bindings(mod, _plan_entry, lambda plan, mod_: _Rewriter(plan, mod_, target))
+    def rewriter_for(
+        self, func: relax.Function, mod: tvm.IRModule, target: tvm.target.Target
+    ) -> _Rewriter | None:
+        plan = plan_bindings(func, _plan_entry)
+        return _Rewriter(plan, mod, target) if plan else None

@@ -17,6 +17,8 @@ from tvm.script import tirx as T
 # the first pass over each tile waiting on them (2048->512 at 7x7 with cold weights: 1071
 # against 929 us; 512->128 at 28x28: 859 against 805; warm, 0-5% slower)
 PREFETCH_MIN_WEIGHT_BYTES = 128 << 10
+# outputs at least this big are prefetched for writing a tile ahead (``wants_output_prefetch``)
+PREFETCH_MIN_OUTPUT_BYTES = 1 << 20
 
 
 def prefetch(element: tvm.tirx.BufferLoad, locality: int = 3) -> tvm.tirx.PrimExpr:
@@ -45,9 +47,6 @@ def wants_output_prefetch(output_bytes: int, parallel: bool) -> bool:
     output cold. One thread only (a line prefetched for writing by one core is taken from the
     other)."""
     return output_bytes >= PREFETCH_MIN_OUTPUT_BYTES and not parallel
-
-
-PREFETCH_MIN_OUTPUT_BYTES = 1 << 20
 
 
 def prefetch_l2(element: tvm.tirx.BufferLoad) -> tvm.tirx.PrimExpr:

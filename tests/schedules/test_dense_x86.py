@@ -513,6 +513,11 @@ def test_winograd_default_tile_follows_isa_and_panels():
         ((1, 4, 15, 15), 3, 2, (1, 1, 1, 1), False, "relu"),  # odd input, 8-wide output rows
         ((1, 6, 28, 28), 5, 1, (2, 2, 2, 2), True, "silu"),  # EfficientNet: 28 = 16 + 12 tail
         ((1, 3, 9, 9), 3, 1, (1, 1, 1, 1), True, "sigmoid"),
+        # stride 2 + a heavy activation: a pass of its own over each channel's output, whose
+        # 35x35 = 76 16-lane vectors + 9 scalars (and 28x28 = 28 28-lane rows) must all be
+        # activated once
+        ((2, 3, 70, 70), 3, 2, (1, 1, 1, 1), True, "silu"),
+        ((1, 4, 56, 56), 5, 2, (2, 2, 2, 2), False, "sigmoid"),
     ],
 )
 def test_depthwise_conv_matches_numpy(x_shape, kernel, stride, padding, with_bias, activation):

@@ -19,7 +19,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from ._epilogue import HEAVY_ACTIVATIONS, bias_const, check_activation
+from ._epilogue import bias_const, check_activation, register_activation
 from ._epilogue import epilogue as _epilogue
 from .kernel import KernelCall
 from .kernel import finish as _finish
@@ -68,9 +68,9 @@ def depthwise_kernel(
     even = [2 * i for i in range(SPLIT)]
     odd = [2 * i + 1 for i in range(SPLIT)]
     loop = T.parallel if parallel else T.serial
-    # stride 1 measured even or 2-4% slower so (144 at 56x56: 300 -> 310 us): stride 2 only
-    heavy = activation in HEAVY_ACTIVATIONS and s == 2
-    inline = None if heavy else activation
+    # a heavy activation waits for a pass of its own at stride 2; stride 1 measured even or
+    # 2-4% slower so (144 at 56x56: 300 -> 310 us)
+    inline = register_activation(activation) if s == 2 else activation
     plane = oh * ow
 
     @T.prim_func
@@ -135,7 +135,7 @@ def depthwise_kernel(
                         tail[T.ramp(0, 1, L)] = _epilogue(acc[T.ramp(0, 1, L)], inline, L)
                         for e in range(ow - vb * L):
                             yf[out + e] = tail[e]
-            if heavy:
+            if inline != activation:
                 # a heavy activation (SiLU: ~40 ops, one long dependency chain) after each
                 # vector's chain of 9-25 FMAs kept the core waiting on both; as a pass of its
                 # own over the channel's output, just written and still cached, the vectors'

@@ -565,14 +565,37 @@ def test_depthwise_random_shapes_both_forms(batch, channels, size, kernel, strid
     np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_depthwise_takes_the_flat_plane_where_rows_are_narrow():
+@pytest.mark.parametrize("width", [33, 47, 64, 70])
+@pytest.mark.parametrize("left", [0, 1, 2, 3])
+@pytest.mark.parametrize("lanes", [None, 16, 4])
+def test_depthwise_stride2_splits_wide_rows_straight_from_the_input(width, left, lanes):
+    """Stride 2 splits each input row into its even and odd columns 32, 16, 8 and 1 at a time
+    straight into the padded halves: every left padding parity, and vectors that spill past
+    the row's end into the next rows (forced 16 lanes on 16-35 wide outputs)."""
+    from tvm_sparse.schedules.depthwise_conv_x86 import depthwise_conv2d
+
+    rng = np.random.default_rng(width * 10 + left)
+    x = rng.standard_normal((2, 3, 9, width), dtype=np.float32)
+    wt = rng.standard_normal((3, 1, 5, 5), dtype=np.float32)
+    b = rng.standard_normal(3, dtype=np.float32)
+    pads = (2, left, 1, 4 - left)
+    call = depthwise_conv2d(x.shape, wt, b, (2, 2), pads, (1, 1), 3, "relu", TARGET, lanes=lanes)
+    ref = _ref_conv(x, wt, b, (2, 2), pads, (1, 1), 3, "relu")
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_takes_the_flat_plane_for_wide_filters_on_multi_block_planes():
     from tvm_sparse.schedules.depthwise_conv_x86 import flat_block, prefers_flat
 
-    assert prefers_flat(7, 7, 11, 16) and prefers_flat(28, 28, 30, 16)  # 3 pieces per row
-    assert not prefers_flat(112, 112, 114, 16)  # 7 whole vectors per row: rows
+    assert prefers_flat((5, 5), 14, 18, 16) and prefers_flat((5, 5), 28, 32, 16)
+    assert not prefers_flat((3, 3), 28, 30, 16)  # 3x3: rows
+    assert not prefers_flat((5, 5), 7, 11, 16)  # one block of 5 vectors: every index constant
     assert [flat_block(v) for v in (1, 5, 6, 8, 9, 16, 53)] == [1, 5, 6, 4, 3, 4, 6]
-    call = _check_conv((1, 12, 7, 7), (12, 1, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 12, True, "silu")
+    call = _check_conv((1, 12, 14, 14), (12, 1, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 12, True,
+                       "silu")  # fmt: skip
     assert call.info["form"] == "flat"
+    call = _check_conv((1, 12, 7, 7), (12, 1, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 12, True, "silu")
+    assert call.info["form"] == "rows" and call.info["lanes"] == 8
 
 
 def test_other_grouped_convs_take_the_grouped_kernels():
@@ -584,13 +607,14 @@ def test_other_grouped_convs_take_the_grouped_kernels():
     assert call.info["layout"] == "direct"  # the loop nest, on request
 
 
-def test_depthwise_row_lanes_keep_scalar_tails_short():
+def test_depthwise_row_lanes_are_powers_of_two_that_waste_under_half_a_vector():
     from tvm_sparse.schedules.depthwise_conv_x86 import row_lanes
 
-    # up to two vectors wide: one vector of the row's width (LLVM splits 28 into 16 + 8 + 4)
-    assert [row_lanes(w, 16) for w in (112, 56, 32, 28, 14, 7)] == [16, 8, 32, 28, 14, 7]
+    assert [row_lanes(w, 16) for w in (112, 56, 32, 28, 14, 9, 7, 3, 1)] == [
+        16, 8, 16, 16, 16, 16, 8, 4, 2
+    ]  # fmt: skip
     assert row_lanes(112, 8) == 8  # never wider than the CPU's vectors
-    assert row_lanes(20, 8) == 4  # AVX2: 20 > 2 x 8, five 4-lane vectors
+    assert row_lanes(20, 8) == 8  # AVX2: three vectors, the last spilling into the next row
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -20,7 +20,8 @@ from tvm_sparse.schedules.row_reduce_x86 import row_reduce
     "shape, axes, keepdims",
     [
         ((1, 32, 112, 112), 2, True),  # EfficientNet's first squeeze-excitation pool
-        ((2, 1152, 7, 7), 2, True),  # 49: no whole block of 64, all tail
+        ((2, 1152, 7, 7), 2, True),  # 49: no block of 64; 3 single vectors, a tail of 1
+        ((2, 6, 117), 1, False),  # 1 block, 3 single vectors, a tail of 5
         ((1, 2048, 7, 7), 2, False),  # ResNet-50's head, flattened
         ((3, 5, 130), 1, True),  # 2 blocks + a tail of 2
         ((4, 9), 2, False),  # everything into one value

@@ -65,12 +65,23 @@ def depthwise_kernel(
         halves = SPLIT * -(-(nvec * L + kw // 2 + 1) // SPLIT)
         wp = 2 * halves
     hb = int(has_bias)
-    even = [2 * i for i in range(SPLIT)]
-    odd = [2 * i + 1 for i in range(SPLIT)]
+    # stride 2: input column 2m (2m + 1) is padded column 2m + left (+ 1), so the input's
+    # even columns go, as one run, to one half and its odd columns to the other
+    ev_dst = left // 2 if left % 2 == 0 else halves + (left - 1) // 2
+    od_dst = halves + left // 2 if left % 2 == 0 else (left + 1) // 2
+    assert s == 1 or (wd + left + 1) // 2 <= halves, "a split row overflows its half"
+    # the input row is split 2 x 16, then 2 x 8, then 2 x 4 columns at a time, then one by one
+    n16, rest = divmod(wd, 32)
+    n8, rest = divmod(rest, 16)
+    n4, n1 = divmod(rest, 8)
+    at8, at4, at1 = 32 * n16, 32 * n16 + 16 * n8, 32 * n16 + 16 * n8 + 8 * n4
+    ev16, od16 = [2 * i for i in range(16)], [2 * i + 1 for i in range(16)]
+    ev8, od8 = ev16[:8], od16[:8]
+    ev4, od4 = ev16[:4], od16[:4]
     loop = T.parallel if parallel else T.serial
-    # a heavy activation waits for a pass of its own at stride 2; stride 1 measured even or
-    # 2-4% slower so (144 at 56x56: 300 -> 310 us)
-    inline = register_activation(activation) if s == 2 else activation
+    # a heavy activation waits for a pass of its own (stride 1 too since the rows took the
+    # small planes: 1152 channels at 7x7, 5x5, SiLU: 159 -> 108 us, Zen 4)
+    inline = register_activation(activation)
     plane = oh * ow
 
     @T.prim_func
@@ -85,7 +96,6 @@ def depthwise_kernel(
         for nc in loop(bn * c):
             ch: T.let = nc % c
             xp = T.alloc_buffer((hp * wp,), "float32", scope="global")
-            row = T.alloc_buffer((wp,), "float32", scope="global")
             tail = T.alloc_buffer((L,), "float32", scope="global")
             for r in range(hp):  # the channel, zero padded (stride 2: each row split in halves)
                 if r < top or r >= top + h:
@@ -99,16 +109,28 @@ def depthwise_kernel(
                     for v in T.vectorized(wp - left - wd):
                         xp[r * wp + left + wd + v] = T.float32(0)
                 else:
-                    for v in range(left):
-                        row[v] = T.float32(0)
-                    for v in T.vectorized(wd):
-                        row[left + v] = xf[(nc * h + r - top) * wd + v]
-                    for v in T.vectorized(wp - left - wd):
-                        row[left + wd + v] = T.float32(0)
-                    for q in range(halves // SPLIT):
-                        pair: T.let = row[T.ramp(2 * q * SPLIT, 1, 2 * SPLIT)]
-                        xp[T.ramp(r * wp + q * SPLIT, 1, SPLIT)] = T.Shuffle([pair], even)
-                        xp[T.ramp(r * wp + halves + q * SPLIT, 1, SPLIT)] = T.Shuffle([pair], odd)
+                    # split straight from the input: through a padded row buffer, its loads
+                    # straddled the just-made unaligned stores and stalled on store forwarding
+                    # (72 channels at 56x56, stride 2: 82 -> 43 us, Zen 4)
+                    src: T.let = (nc * h + r - top) * wd
+                    dst: T.let = r * wp
+                    for v in T.vectorized(wp):
+                        xp[dst + v] = T.float32(0)
+                    for q in range(n16):
+                        p16: T.let = xf[T.ramp(src + 32 * q, 1, 32)]
+                        xp[T.ramp(dst + ev_dst + 16 * q, 1, 16)] = T.Shuffle([p16], ev16)
+                        xp[T.ramp(dst + od_dst + 16 * q, 1, 16)] = T.Shuffle([p16], od16)
+                    for q in range(n8):
+                        p8: T.let = xf[T.ramp(src + at8, 1, 16)]
+                        xp[T.ramp(dst + ev_dst + at8 // 2, 1, 8)] = T.Shuffle([p8], ev8)
+                        xp[T.ramp(dst + od_dst + at8 // 2, 1, 8)] = T.Shuffle([p8], od8)
+                    for q in range(n4):
+                        p4: T.let = xf[T.ramp(src + at4, 1, 8)]
+                        xp[T.ramp(dst + ev_dst + at4 // 2, 1, 4)] = T.Shuffle([p4], ev4)
+                        xp[T.ramp(dst + od_dst + at4 // 2, 1, 4)] = T.Shuffle([p4], od4)
+                    for e in range(n1):
+                        col: T.let = at1 + e + left
+                        xp[dst + (col % 2) * halves + col // 2] = xf[src + at1 + e]
             for oy in range(oh):
                 for vb in range(nvec):
                     acc = T.alloc_buffer((L,), "float32", scope="global")
@@ -128,7 +150,9 @@ def depthwise_kernel(
                                     + ww * xp[T.ramp(half + vb * L + j // 2, 1, L)]
                                 )
                     out: T.let = (nc * oh + oy) * ow + vb * L
-                    if vb * L + L <= ow:
+                    # a vector past the row's end spills into the next rows of the channel,
+                    # which are written after it: only the channel's last row needs the tail
+                    if oy * ow + vb * L + L <= oh * ow:
                         yf[T.ramp(out, 1, L)] = _epilogue(acc[T.ramp(0, 1, L)], inline, L)
                     else:
                         # the activation in one vector, then the stores
@@ -228,36 +252,31 @@ def flat_kernel(
     return _finish(kernel)
 
 
-def row_instructions(out_w: int, widest: int) -> int:
-    """Vector (or scalar tail) instructions per output row and tap of the row kernel: a row
-    of at most ``WHOLE_ROW_VECTORS`` vectors is split by LLVM into power-of-two pieces."""
-    lanes = row_lanes(out_w, widest)
-    if lanes == out_w:
-        full, rest = divmod(out_w, widest)
-        return full + sum(1 for piece in (8, 4, 2, 1) if piece < widest and rest & piece)
-    return out_w // lanes + out_w % lanes
-
-
-def prefers_flat(oh: int, ow: int, padded_w: int, widest: int) -> bool:
-    """Whether the flat-plane kernel (stride 1) takes fewer instructions per tap than rows."""
-    return -(-(oh * padded_w) // widest) < oh * row_instructions(ow, widest)
-
-
-# rows at most this many vectors wide are computed as one vector of exactly their width
-# (LLVM splits a 28-wide vector into 16 + 8 + 4 lanes): no scalar tail at all. 960 channels
-# at 7x7 ran in 22 us against 125 with 4-lane vectors and a 3-column scalar tail, 384 at 14x14
-# in 41 against 92 (Sapphire Rapids); 56-wide rows were slower so (register pressure).
-WHOLE_ROW_VECTORS = 2
+def prefers_flat(kernel_hw: tuple[int, int], oh: int, padded_w: int, widest: int) -> bool:
+    """Whether stride 1 takes the flat-plane kernel: for 5x5 and larger filters on planes of
+    more than one block of output vectors. At 3x3 the rows measured as fast or faster (Zen 4:
+    144 at 56x56 147 against 197 us, 192 at 28x28 59 against 71), and a plane of one block
+    (7x7) has every index constant, so LLVM keeps the padded plane in registers and builds
+    each tap's window by shuffles (960 at 7x7, 3x3: 40 against 20 us in rows; 1152 at 7x7,
+    5x5, SiLU: 153 against 108). 5x5 at 14x14 and 28x28 stays flat (240 at 14x14: 48 against
+    53)."""
+    vectors = -(-(oh * padded_w) // widest)
+    return min(kernel_hw) >= 5 and vectors > flat_block(vectors)
 
 
 def row_lanes(out_w: int, widest: int) -> int:
-    """The vector width for output rows ``out_w`` wide: the whole row when it is at most
-    ``WHOLE_ROW_VECTORS`` vectors, else the fewest vector + scalar-tail steps per row, the wider
-    vector on a tie."""
-    if out_w <= WHOLE_ROW_VECTORS * widest:
-        return out_w
-    widths = [w for w in (16, 8, 4) if w <= widest]
-    return min(widths, key=lambda w: (out_w // w + out_w % w, -w))
+    """The vector width for output rows ``out_w`` wide: a power of two, the narrower of two
+    widths where the wider one would leave half its lanes or more idle in a row's last vector
+    (Zen 4, 5x5 at 7x7 wide rows: 8 lanes 33 against 51 us with 16; 56 wide, 16 channels at
+    112x112 stride 2: 30 against 36). A vector past the row's end spills into the next rows,
+    written later; only the plane's last row stores its tail lane by lane. Rows of the exact
+    width (7, 14 or 28 lanes) made LLVM split each weight broadcast into inserts per tap: 96
+    channels at 28x28, stride 2, 5x5: 46 against 31 us with 16 lanes."""
+    lanes = max(2, 1 << (out_w - 1).bit_length())  # the narrowest power of two holding the row
+    lanes = min(lanes, widest)
+    if lanes > 8 and 0 < out_w % lanes <= lanes // 2:
+        lanes //= 2
+    return lanes
 
 
 def depthwise_conv2d(
@@ -287,7 +306,7 @@ def depthwise_conv2d(
     bias_arr, has_bias = bias_const(bias, c)
     pads = (top, left, bottom, right)
     threads = parallel and num_cores(target) > 1
-    flat = lanes is None and s == 1 and prefers_flat(oh, ow, wd + left + right, widest)
+    flat = lanes is None and s == 1 and prefers_flat((kh, kw), oh, wd + left + right, widest)
     if flat:
         lanes = widest
         func = flat_kernel((bn, c, h, wd), (kh, kw), pads, activation, has_bias, bias_arr.size,

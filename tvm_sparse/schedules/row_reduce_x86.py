@@ -4,7 +4,10 @@ Why: TVM legalizes ``mean(x, axis=[2, 3])`` to a scalar reduction loop per chann
 chained on the last; dlight's CPU reduction rule does not vectorize it. EfficientNet-B0's
 squeeze-excitation blocks pool 16 activations that way: 0.97 ms of the network, against 0.25 ms
 in onnxruntime. Here each row (one channel of one sample) is summed in ``ACCUMULATORS`` vector
-accumulators (independent adds, contiguous loads), then a scalar tail and a horizontal sum.
+accumulators (independent adds, contiguous loads), then single vectors, a horizontal sum by
+halving shuffles and a scalar tail under one vector. The tail was everything short of
+``ACCUMULATORS`` vectors before: a 7x7 plane (49 values) was 49 chained scalar adds and
+MobileNetV3's 576-channel pools took 10.6 us against 4 in onnxruntime (Zen 4).
 """
 
 from __future__ import annotations
@@ -16,6 +19,16 @@ from tvm.script import tirx as T
 from .kernel import KernelCall, finish_opaque
 
 ACCUMULATORS = 4
+
+
+def horizontal_sum(vector: tvm.tirx.PrimExpr, lanes: int) -> tvm.tirx.PrimExpr:
+    """The sum of a vector's lanes by halving: log2(lanes) shuffle + add steps."""
+    while lanes > 1:
+        half = lanes // 2
+        low = tvm.tirx.Shuffle([vector], list(range(half)))
+        high = tvm.tirx.Shuffle([vector], list(range(half, lanes)))
+        vector, lanes = low + high, half
+    return vector
 _MIN_PARALLEL_ELEMENTS = 1 << 15  # a parallel launch costs microseconds
 
 
@@ -32,6 +45,8 @@ def row_reduce_kernel(
     L, A = lanes, ACCUMULATORS
     step = L * A
     blocks = k // step
+    vectors = (k - blocks * step) // L  # single vectors after the blocks
+    done = blocks * step + vectors * L
     loop = T.parallel if parallel else T.serial
 
     @T.prim_func
@@ -54,11 +69,13 @@ def row_reduce_kernel(
                     )
             for a in T.unroll(A - 1):
                 acc[T.ramp(0, 1, L)] = acc[T.ramp(0, 1, L)] + acc[T.ramp((a + 1) * L, 1, L)]
-            total[0] = T.float32(0)
-            for e in range(L):
-                total[0] = total[0] + acc[e]
-            for e in range(k - blocks * step):
-                total[0] = total[0] + xf[r * k + blocks * step + e]
+            for v in T.unroll(vectors):
+                acc[T.ramp(0, 1, L)] = (
+                    acc[T.ramp(0, 1, L)] + xf[T.ramp(r * k + blocks * step + v * L, 1, L)]
+                )
+            total[0] = horizontal_sum(acc[T.ramp(0, 1, L)], L)
+            for e in range(k - done):
+                total[0] = total[0] + xf[r * k + done + e]
             yf[r] = total[0] * scale[0]
 
     return finish_opaque(kernel)

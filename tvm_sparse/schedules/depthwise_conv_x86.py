@@ -120,11 +120,11 @@ def depthwise_kernel(
                         p16: T.let = xf[T.ramp(src + 32 * q, 1, 32)]
                         xp[T.ramp(dst + ev_dst + 16 * q, 1, 16)] = T.Shuffle([p16], ev16)
                         xp[T.ramp(dst + od_dst + 16 * q, 1, 16)] = T.Shuffle([p16], od16)
-                    for q in range(n8):
+                    for _q in range(n8):  # 0 or 1
                         p8: T.let = xf[T.ramp(src + at8, 1, 16)]
                         xp[T.ramp(dst + ev_dst + at8 // 2, 1, 8)] = T.Shuffle([p8], ev8)
                         xp[T.ramp(dst + od_dst + at8 // 2, 1, 8)] = T.Shuffle([p8], od8)
-                    for q in range(n4):
+                    for _q in range(n4):  # 0 or 1
                         p4: T.let = xf[T.ramp(src + at4, 1, 8)]
                         xp[T.ramp(dst + ev_dst + at4 // 2, 1, 4)] = T.Shuffle([p4], ev4)
                         xp[T.ramp(dst + od_dst + at4 // 2, 1, 4)] = T.Shuffle([p4], od4)

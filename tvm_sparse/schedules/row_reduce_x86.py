@@ -19,6 +19,7 @@ from tvm.script import tirx as T
 from .kernel import KernelCall, finish_opaque
 
 ACCUMULATORS = 4
+_MIN_PARALLEL_ELEMENTS = 1 << 15  # a parallel launch costs microseconds
 
 
 def horizontal_sum(vector: tvm.tirx.PrimExpr, lanes: int) -> tvm.tirx.PrimExpr:
@@ -29,7 +30,6 @@ def horizontal_sum(vector: tvm.tirx.PrimExpr, lanes: int) -> tvm.tirx.PrimExpr:
         high = tvm.tirx.Shuffle([vector], list(range(half, lanes)))
         vector, lanes = low + high, half
     return vector
-_MIN_PARALLEL_ELEMENTS = 1 << 15  # a parallel launch costs microseconds
 
 
 def row_reduce_kernel(

@@ -9,8 +9,10 @@ row is computed ``lanes`` columns at a time from contiguous loads of that buffer
 reads a shifted vector per tap; for stride 2 the padded rows are stored as their even then
 their odd columns (split once per input row by a ``Shuffle``), so each tap again reads one
 contiguous vector (a shuffle per tap and output vector before: 96 channels at 112x112, stride 2,
-338 against 381 us; 192 at 28x28 27 against 34, Sapphire Rapids). Rows up to two vectors wide
-are one vector of exactly their width (no scalar tail). Bias and activation are fused.
+338 against 381 us; 192 at 28x28 27 against 34, Sapphire Rapids). Row vectors are 8 or 16 lanes
+(``row_lanes``); one past the row's end spills into the next rows, which overwrite it, so only
+a plane's last row has a scalar tail. Bias and activation are fused (a heavy one as a pass of
+its own over the channel's output).
 """
 
 from __future__ import annotations

@@ -587,9 +587,9 @@ def test_depthwise_stride2_splits_wide_rows_straight_from_the_input(width, left,
 def test_depthwise_takes_the_flat_plane_for_wide_filters_on_multi_block_planes():
     from tvm_sparse.schedules.depthwise_conv_x86 import flat_block, prefers_flat
 
-    assert prefers_flat((5, 5), 14, 18, 16) and prefers_flat((5, 5), 28, 32, 16)
-    assert not prefers_flat((3, 3), 28, 30, 16)  # 3x3: rows
-    assert not prefers_flat((5, 5), 7, 11, 16)  # one block of 5 vectors: every index constant
+    assert prefers_flat((5, 5), 14, 18) and prefers_flat((5, 5), 28, 32)
+    assert not prefers_flat((3, 3), 28, 30)  # 3x3: rows
+    assert not prefers_flat((5, 5), 7, 11)  # one block of 5 vectors: every index constant
     assert [flat_block(v) for v in (1, 5, 6, 8, 9, 16, 53)] == [1, 5, 6, 4, 3, 4, 6]
     call = _check_conv((1, 12, 14, 14), (12, 1, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 12, True,
                        "silu")  # fmt: skip

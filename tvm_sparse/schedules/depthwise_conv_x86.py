@@ -254,15 +254,17 @@ def flat_kernel(
     return _finish(kernel)
 
 
-def prefers_flat(kernel_hw: tuple[int, int], oh: int, padded_w: int, widest: int) -> bool:
+def prefers_flat(kernel_hw: tuple[int, int], oh: int, padded_w: int) -> bool:
     """Whether stride 1 takes the flat-plane kernel: for 5x5 and larger filters on planes of
     more than one block of output vectors. At 3x3 the rows measured as fast or faster (Zen 4:
     144 at 56x56 147 against 197 us, 192 at 28x28 59 against 71), and a plane of one block
     (7x7) has every index constant, so LLVM keeps the padded plane in registers and builds
     each tap's window by shuffles (960 at 7x7, 3x3: 40 against 20 us in rows; 1152 at 7x7,
     5x5, SiLU: 153 against 108). 5x5 at 14x14 and 28x28 stays flat (240 at 14x14: 48 against
-    53)."""
-    vectors = -(-(oh * padded_w) // widest)
+    53). The plane is counted in 16-float vectors on AVX2 too: counted in 8, a 7x7 plane was
+    two blocks and went flat at 2.7x the rows' time (1152 at 7x7, 5x5, SiLU: 346 against 125
+    us, ``-mcpu=znver3``)."""
+    vectors = -(-(oh * padded_w) // 16)
     return min(kernel_hw) >= 5 and vectors > flat_block(vectors)
 
 
@@ -308,7 +310,7 @@ def depthwise_conv2d(
     bias_arr, has_bias = bias_const(bias, c)
     pads = (top, left, bottom, right)
     threads = parallel and num_cores(target) > 1
-    flat = lanes is None and s == 1 and prefers_flat((kh, kw), oh, wd + left + right, widest)
+    flat = lanes is None and s == 1 and prefers_flat((kh, kw), oh, wd + left + right)
     if flat:
         lanes = widest
         func = flat_kernel((bn, c, h, wd), (kh, kw), pads, activation, has_bias, bias_arr.size,

@@ -1,7 +1,8 @@
 """The ``tvm-sparse tune`` subcommand (kept apart from cli.py so the tuner stays optional).
 
     tvm-sparse tune MODEL --target T --trials N -o RECORDS_DIR
-                    [--rpc-tracker HOST:PORT --rpc-key KEY] [--input-shapes ...]
+                    [--rpc-tracker HOST:PORT --rpc-key KEY [--rpc-devices N]]
+                    [--input-shapes ...]
                     [--no-model-check] [--check-rounds R]
 
 Then ``tvm-sparse compile MODEL --tuning-records RECORDS_DIR`` applies what it found, unless the
@@ -26,6 +27,13 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", required=True, metavar="RECORDS_DIR", help="records directory")
     t.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on an RPC device")
     t.add_argument("--rpc-key", metavar="KEY", help="device key registered with the tracker")
+    t.add_argument(
+        "--rpc-devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure on N of the tracker's KEY servers at once, one layer each (default 1)",
+    )
     t.add_argument(
         "--candidates",
         choices=("all", "chosen"),
@@ -78,6 +86,7 @@ def run_tune(args: argparse.Namespace) -> int:
         input_shapes=args.input_shapes,
         rpc_tracker=args.rpc_tracker,
         rpc_key=args.rpc_key,
+        rpc_devices=args.rpc_devices,
         candidates=args.candidates,
         metaschedule=not args.no_metaschedule,
         check_model=not args.no_model_check,

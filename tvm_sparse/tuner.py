@@ -13,8 +13,10 @@ again; with more trials than before, a task continues where it stopped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
+import queue
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from .passes.analyze_sparsity import analyze_function
 from .passes.canonicalize import canonicalize
 from .schedules.choice import choose_layer
 from .schedules.registry import candidates_for, find_family
+from .schedules.tuning.build_pool import BuildPool
 from .schedules.tuning.measure import WEIGHTS_IN, LocalMeasurer, RPCMeasurer
 from .schedules.tuning.metaschedule import (
     _ms_runner,
@@ -95,6 +98,7 @@ def tune(
     check_model: bool = True,
     check_rounds: int = 12,
     weights_in: str = "auto",
+    rpc_devices: int = 1,
 ) -> TuneSummary:
     """Tune every kernel of ``model`` and write the records to ``records_dir``.
 
@@ -109,6 +113,8 @@ def tune(
     not through RPC. ``weights_in``: where a timed kernel's weights come from on a CPU
     (``measure.WEIGHTS_IN``); "auto" is "l3" when the model's weights fit half this machine's
     last-level cache (they stay there between inferences), else "dram"; over RPC always "dram".
+    ``rpc_devices``: how many of the tracker's ``rpc_key`` servers to hold and measure on at
+    once (each layer's trials still run one at a time; different layers run side by side).
     """
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
@@ -116,6 +122,11 @@ def tune(
         raise ValueError(f"candidates must be 'all' or 'chosen', got {candidates!r}")
     if (rpc_tracker is None) != (rpc_key is None):
         raise TvmSparseError("RPC tuning needs both --rpc-tracker and --rpc-key")
+    if rpc_devices < 1 or (rpc_devices > 1 and rpc_tracker is None):
+        raise TvmSparseError(
+            f"--rpc-devices must be >= 1 and, above 1, come with --rpc-tracker (the devices "
+            f"are the tracker's servers of --rpc-key); got {rpc_devices}"
+        )
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     tgt = resolve_target(target)
@@ -140,11 +151,14 @@ def tune(
     if skipped:
         say(f"  not tuned: {', '.join(skipped)}")
     weights_in = _weights_in(weights_in, kernel_tasks, bool(rpc_tracker))
-    measurer = (
-        RPCMeasurer(tgt, rpc_tracker, rpc_key) if rpc_tracker
-        else LocalMeasurer(tgt, weights_in=weights_in)
+    measurers = (
+        [RPCMeasurer(tgt, rpc_tracker, rpc_key) for _ in range(rpc_devices)] if rpc_tracker
+        else [LocalMeasurer(tgt, weights_in=weights_in)]
     )  # fmt: skip
+    measurer = measurers[0]
     say(f"  kernels timed with their weights in {measurer.weights_in}")
+    if len(measurers) > 1:
+        say(f"  measuring on {len(measurers)} devices of key {rpc_key!r} at once")
     results: list[TaskResult] = []
     try:
         records = KernelRecords(records_dir)
@@ -154,10 +168,7 @@ def tune(
                          f"[{i}/{total}] {t.layer.name} {t.candidate}")
             for i, t in enumerate(kernel_tasks, 1)
         ]  # fmt: skip
-        while any(not s.done for s in searches):  # round-robin: one trial per task per round
-            for search in searches:
-                if not search.done:
-                    search.step()
+        step_round_robin(searches, measurers)
         for search in searches:  # the best few of each task timed again, in turns
             search.confirm()
             results.append(search.result())
@@ -170,7 +181,8 @@ def tune(
             results.append(res)
             say(_result_line(label, res))
     finally:
-        measurer.close()
+        for each in measurers:
+            each.close()
     summary = TuneSummary(records_dir, str(tgt), results, time.perf_counter() - start)
     if not check_model:
         summary.model_check_note = "not checked (check_model=False)"
@@ -186,6 +198,39 @@ def tune(
     say(f"done: {len(results)} tasks, reused {summary.reused} tasks, {summary.trials} new trials "
         f"in {summary.wall_s:.1f} s")  # fmt: skip
     return summary
+
+
+def step_round_robin(searches: list, measurers: list) -> None:
+    """Step every unfinished search once per round until all are done: the hand schedules
+    first, then every layer improved a little at a time. With several measurers (RPC devices)
+    the searches of a round run in parallel, one per free device, each trial built in a worker
+    process (``build_pool``: the builds are Python that holds the GIL) and timed on its
+    device."""
+    if len(measurers) == 1:
+        while any(not s.done for s in searches):
+            for search in searches:
+                if not search.done:
+                    search.step(measurers[0])
+        return
+    free: queue.Queue = queue.Queue()
+    for each in measurers:
+        free.put(each)
+    builds = BuildPool(len(measurers))
+
+    def step_on_a_free_device(search) -> None:
+        device = free.get()
+        try:
+            search.step(device, builds)
+        finally:
+            free.put(device)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(measurers)) as pool:
+            while any(not s.done for s in searches):
+                todo = [s for s in searches if not s.done]
+                list(pool.map(step_on_a_free_device, todo))  # list(): a step's error is raised
+    finally:
+        builds.close()
 
 
 def check_tuned_model(

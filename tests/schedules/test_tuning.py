@@ -443,6 +443,81 @@ def test_tuning_through_an_rpc_tracker_and_server(tmp_path):
     assert os.path.exists(tmp_path / tuning.MS_TASKS)
 
 
+@pytest.mark.slow
+def test_tuning_measures_on_two_rpc_devices_at_once(tmp_path):
+    from tvm.rpc.server import Server
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
+    servers = [
+        Server(
+            "127.0.0.1",
+            port=9300 + 20 * i,
+            port_end=9320 + 20 * i,
+            tracker_addr=("127.0.0.1", tracker.port),
+            key="tvm-sparse-two",
+            silent=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        lines: list[str] = []
+        summary = tuner.tune(
+            leftover_mlp(hidden=16),
+            trials=3,
+            records_dir=tmp_path,
+            candidates="all",
+            metaschedule=False,
+            rpc_tracker=f"127.0.0.1:{tracker.port}",
+            rpc_key="tvm-sparse-two",
+            rpc_devices=2,
+            progress=lines.append,
+        )
+    finally:
+        for server in servers:
+            server.terminate()
+        tracker.terminate()
+    assert any("measuring on 2 devices" in line for line in lines)
+    records = tuning.KernelRecords(tmp_path).records
+    assert len(summary.tasks) == len(records) >= 2  # several layers, stepped side by side
+    for rec in records.values():  # every trial built in a worker, timed, and kept once
+        timed = [t for t in rec["trials"] if t.get("seconds")]
+        assert timed and len(rec["trials"]) == min(3, rec["space"])
+        knobs = [json.dumps(t["knobs"], sort_keys=True) for t in rec["trials"]]
+        assert len(set(knobs)) == len(knobs)
+        assert rec["best"]["seconds"] > 0
+
+
+def test_several_rpc_devices_need_a_tracker():
+    with pytest.raises(TvmSparseError, match="rpc-devices"):
+        tuner.tune(leftover_mlp(), records_dir="unused", rpc_devices=2)
+    with pytest.raises(TvmSparseError, match="rpc-devices"):
+        tuner.tune(leftover_mlp(), records_dir="unused", rpc_devices=0)
+
+
+def test_a_trial_built_in_a_worker_computes_what_one_built_here_does(tmp_path, target):
+    from tvm_sparse.schedules.tuning.build_pool import BuildPool
+    from tvm_sparse.schedules.tuning.measure import measure_built
+
+    layer = _linear_layer(4, 48, 64, 0.2)
+    x = np.random.default_rng(5).standard_normal((4, 64)).astype(np.float32)
+    measurer = tuning.LocalMeasurer(target)
+    pool = BuildPool(1)
+    try:
+        for knobs in tuning.knob_space("csr", layer, target)[:3]:
+            built = pool.build("csr", layer, target, knobs)
+            seconds, out = measure_built(measurer, built, x)
+            _, here = tuning.measure_kernel(
+                measurer, tuning.build_candidate("csr", layer, target, knobs), x
+            )
+            assert seconds > 0
+            np.testing.assert_allclose(out, here, rtol=1e-5, atol=1e-5)
+            want = np.maximum(x @ layer.weight.T + layer.bias, 0)
+            np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+    finally:
+        pool.close()
+
+
 def _synthetic_space():
     space = [{}] + [
         {"min_batch": 64, "m_tile": t, "panel_cols": c, "row_block": r}

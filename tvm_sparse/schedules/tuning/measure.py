@@ -48,7 +48,16 @@ class LocalMeasurer:
         a timer that can be called again, so several kernels can be timed in turns.
         ``weights_in`` overrides the measurer's (MetaSchedule's runner can only flush all)."""
         executable = tvm.compile(mod, target=self.target)
-        lib, dev = self._load(executable)
+        return self._timed(*self._load(executable), args, out_index, weights_in)
+
+    def library_timer(self, library: str, args: list[np.ndarray], out_index: int = -1):
+        """``timer`` of a kernel built elsewhere (``build_pool``) and exported to ``library``."""
+        return self._timed(*self._load_library(library), args, out_index, None)
+
+    def _load_library(self, library: str) -> tuple[Any, Any]:
+        return tvm.runtime.load_module(library), kernel_device(self.target)
+
+    def _timed(self, lib, dev, args: list[np.ndarray], out_index: int, weights_in: str | None):
         tensors = [tvm.runtime.tensor(a, dev) for a in args]
         lib["main"](*tensors)
         out = tensors[out_index].numpy()
@@ -109,10 +118,13 @@ class RPCMeasurer(LocalMeasurer):
 
     def _load(self, executable) -> tuple[Any, Any]:
         self.count += 1
-        name = f"k{self.count}.so"
-        path = os.path.join(self.tmp.name, name)
+        path = os.path.join(self.tmp.name, f"k{self.count}.so")
         executable.export_library(path)
-        self.session.upload(path)
+        return self._load_library(path)
+
+    def _load_library(self, library: str) -> tuple[Any, Any]:
+        name = os.path.basename(library)
+        self.session.upload(library, target=name)
         kind = "cpu" if is_cpu(self.target) else str(self.target.kind.name)
         return self.session.load_module(name), self.session.device(kind, 0)
 
@@ -166,6 +178,13 @@ def measured_timer(measurer: LocalMeasurer, call: KernelCall, x: np.ndarray):
     ``LocalMeasurer.timer``)."""
     out = np.zeros(call.out_shape, dtype=call.out_dtype)
     return measurer.timer(_kernel_module(call), [x, *call.consts, out])
+
+
+def measure_built(measurer: LocalMeasurer, built, x: np.ndarray):
+    """(seconds, output) of a kernel a build pool built (``build_pool.BuiltTrial``)."""
+    out = np.zeros(built.out_shape, dtype=built.out_dtype)
+    time_it, result = measurer.library_timer(built.library, [x, *built.consts, out])
+    return time_it(), result
 
 
 def measure_kernel(measurer: LocalMeasurer, call: KernelCall, x: np.ndarray):

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,17 +71,22 @@ class KernelRecords:
     def __init__(self, records_dir: str | os.PathLike, machine: str | None = None):
         self.path = os.path.join(os.fspath(records_dir), KERNEL_RECORDS)
         self.records: dict[str, dict] = _read_json(self.path)
+        # held while a record changes and while the file is written: searches measured on
+        # several RPC devices at once change their records from several threads
+        self.lock = threading.RLock()
         self.machine = machine
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
 
     def put(self, key: str, record: dict) -> None:
-        self.records[key] = record
-        _atomic_write_json(
-            self.path,
-            {"version": _VERSION, "machines": self.machines(), "records": self.records},
-        )
+        """Store one record and write the file (under ``lock``)."""
+        with self.lock:
+            self.records[key] = record
+            _atomic_write_json(
+                self.path,
+                {"version": _VERSION, "machines": self.machines(), "records": self.records},
+            )
 
     def machines(self) -> dict[str, str]:
         """``machine -> target`` of every record (what each machine's kernels were built for)."""

@@ -21,7 +21,7 @@ import numpy as np
 from ...timing import take_turns
 from ..measure_input import layer_input
 from .features import feature_matrix, layer_features, trial_features
-from .measure import measure_kernel, measured_timer
+from .measure import measure_built, measure_kernel, measured_timer
 from .records import kernel_key
 from .results import TaskResult
 from .space import build_candidate, knob_space
@@ -152,26 +152,33 @@ class KernelSearch:
     def done(self) -> bool:
         return len(self.tried) >= self.budget
 
-    def _measure(self, knobs: dict):
+    def _measure(self, knobs: dict, measurer, builds):
+        if builds is not None:
+            built = builds.build(self.candidate, self.layer, self.target, knobs)
+            return measure_built(measurer, built, self._x)
         call = build_candidate(self.candidate, self.layer, self.target, knobs)
-        return measure_kernel(self.measurer, call, self._x)
+        return measure_kernel(measurer, call, self._x)
 
-    def step(self) -> None:
-        """Measure the next setting (the hand schedule first, then XGBoost's picks)."""
+    def step(self, measurer=None, builds=None) -> None:
+        """Measure the next setting (the hand schedule first, then XGBoost's picks), on
+        ``measurer`` (a device of the same kind as the search's own; default: its own), built
+        here or by ``builds`` (a ``build_pool.BuildPool``)."""
+        measurer = measurer or self.measurer
         if self._x is None:
             self._x = layer_input(self.layer)
         history = ([], [])
         if self.budget < len(self.space):  # only a partial search needs the model
-            history = family_history(self.records, self.candidate, self.measurer.machine,
-                                     self.key)  # fmt: skip
+            with self.records.lock:
+                history = family_history(self.records, self.candidate, self.measurer.machine,
+                                         self.key)  # fmt: skip
         i = next_index(self.space, self.tried, self._rng, self.rec["features"], history,
                        self.budget)  # fmt: skip
         knobs = self.space[i]
         entry: dict = {"knobs": knobs}
         try:
-            seconds, out = self._measure(knobs)
+            seconds, out = self._measure(knobs, measurer, builds)
             if self._reference is None and i != 0:  # every setting is checked against the
-                _, self._reference = self._measure({})  # hand schedule's output
+                _, self._reference = self._measure({}, measurer, builds)  # hand schedule's
             if i == 0:
                 self._reference = out
             elif not _same(out, self._reference):
@@ -185,9 +192,10 @@ class KernelSearch:
         best = self.rec.get("best")
         if seconds is not None and (best is None or seconds < best["seconds"]):
             best = {"knobs": knobs, "seconds": seconds}
-        self.rec["trials"].append(entry)
-        self.rec.update(best=best, space=len(self.space))
-        self.records.put(self.key, self.rec)
+        with self.records.lock:  # another thread may be writing every record to the file
+            self.rec["trials"].append(entry)
+            self.rec.update(best=best, space=len(self.space))
+            self.records.put(self.key, self.rec)
         shown = f"{seconds * 1e3:.4f} ms" if seconds is not None else "failed"
         best_ms = f"{best['seconds'] * 1e3:.4f} ms" if best else "-"
         self.progress(

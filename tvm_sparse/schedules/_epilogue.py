@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from tvm.script import tirx as T
 
-from .vector_math import install_llvm_lowering, sigmoid_f32
+from .vector_math import install_llvm_lowering, sigmoid_f32, silu_f32
 
 ACTIVATIONS = (None, "relu", "gelu", "relu6", "silu", "sigmoid", "hardswish", "hardsigmoid")
 SQRT1_2 = 0.7071067811865476
@@ -22,7 +22,7 @@ def check_activation(activation: str | None) -> None:
 
 def epilogue(v, activation: str | None, lanes: int = 1):
     """act(v) as a TIR expression (``lanes``-wide); ReLU and ReLU6 keep NaN (like numpy /
-    onnxruntime), GELU is the erf form, SiLU is v * sigmoid(v) (``vector_math.sigmoid_f32``).
+    onnxruntime), GELU is the erf form, SiLU is v / (1 + exp(-v)) (``vector_math.silu_f32``).
     Hard-sigmoid is torch's relu6(v + 3) / 6 and hard-swish v * relu6(v + 3) / 6 (ONNX
     HardSwish); both keep NaN (the ReLU6 selects), and hard-swish(-inf) is -inf * 0 = NaN, as
     onnxruntime computes it.
@@ -46,9 +46,10 @@ def epilogue(v, activation: str | None, lanes: int = 1):
         u = v + c(3)
         gate = T.Select(u < c(0), c(0), T.Select(u > c(6), c(6), u)) * c(1 / 6)
         return v * gate if activation == "hardswish" else gate
-    if activation in ("silu", "sigmoid"):
-        gate = sigmoid_f32(v)  # plain arithmetic: no exp call for LLVM (or CUDA) to lower
-        return v * gate if activation == "silu" else gate
+    if activation == "silu":  # plain arithmetic: no exp call for LLVM (or CUDA) to lower
+        return silu_f32(v)
+    if activation == "sigmoid":
+        return sigmoid_f32(v)
     return v
 
 

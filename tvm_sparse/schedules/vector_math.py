@@ -85,28 +85,45 @@ def exp_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return _bind(x, "exp_x", body)
 
 
-def sigmoid_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """1 / (1 + exp(-x)) for float32, scalar or vector, NaN kept: ``exp_f32`` without its
-    range selects. exp's argument is clamped to [-88, 88], where the Cephes form needs no
-    overflow or underflow case, and the sigmoid is saturated there anyway (1 / (1 + e^88) is
-    below float32's normal range). A quarter fewer instructions than ``exp_f32`` plus a division
-    (4.3 against 5.6 ns per 16 lanes, Sapphire Rapids): SiLU epilogues run it on every output
-    of EfficientNet's convs."""
+# exp's polynomial in -r: e^(-r') = Q(r') r'^2 - r' + 1 with Q's odd-power coefficients negated,
+# so e^(-x) needs no negation of x
+_EXP_POLY_NEG = tuple(c * (-1) ** (len(_EXP_POLY) - 1 - i) for i, c in enumerate(_EXP_POLY))
 
-    def body(v):
-        t = tirx.min(tirx.max(tirx.const(0.0, "float32") - v if _lanes(v) == 1 else -v,
-                              _f(-88.0, v)), _f(88.0, v))  # fmt: skip
-        n = tirx.floor(t * _f(_LOG2E, v) + _f(0.5, v))
-        r = t - n * _f(_LN2_HI, v) - n * _f(_LN2_LO, v)
-        y = _horner(r, _EXP_POLY) * (r * r) + r + _f(1.0, v)
+
+def _exp_neg_clamped(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """e^(-x) for x clamped to [-88, 88] (Cephes form: no overflow or underflow case is
+    needed there). NaN does not propagate: the clamp turns it into a bound."""
+    t = tirx.min(tirx.max(v, _f(-88.0, v)), _f(88.0, v))
+    n = tirx.floor(t * _f(-_LOG2E, v) + _f(0.5, v))  # e^(-t) = 2^n e^(-r'), r' = t + n ln 2
+
+    def scaled(r):
+        y = _horner(r, _EXP_POLY_NEG) * (r * r) + (_f(1.0, v) - r)
         as_int = _with_lanes("int32", v)
         bits = tirx.shift_left(
             tirx.Cast(as_int, n) + tirx.const(127, as_int), tirx.const(23, as_int)
         )
-        gate = _f(1.0, v) / (_f(1.0, v) + y * tirx.reinterpret(_dtype(v), bits))
-        return tirx.Select(tirx.isnan(v), v, gate)
+        return y * tirx.reinterpret(_dtype(v), bits)
+
+    return _bind(t + n * _f(_LN2_HI, v) + n * _f(_LN2_LO, v), "exp_r", scaled)
+
+
+def sigmoid_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """1 / (1 + exp(-x)) for float32, scalar or vector, NaN kept. exp's argument is clamped to
+    [-88, 88], where the sigmoid is saturated anyway (1 / (1 + e^88) is below float32's normal
+    range). The SE gates of EfficientNet run it."""
+
+    def body(v):
+        return tirx.Select(tirx.isnan(v), v, _f(1.0, v) / (_f(1.0, v) + _exp_neg_clamped(v)))
 
     return _bind(x, "sigmoid_x", body)
+
+
+def silu_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """x / (1 + exp(-x)) (SiLU, swish) for float32, scalar or vector. The division by x keeps
+    NaN and infinities without a select (silu(-inf) is -inf / e^88 = -inf, as x * sigmoid(x)
+    gave). Every output of EfficientNet's convs runs it: 18 vector ops where x * sigmoid(x)
+    took 25 (Zen 4, 16 lanes: 4.06 against 4.80 ns a vector; 8 lanes 2.68 against 3.27)."""
+    return _bind(x, "silu_x", lambda v: v / (_f(1.0, v) + _exp_neg_clamped(v)))
 
 
 def erf_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:

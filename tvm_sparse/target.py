@@ -154,6 +154,9 @@ class CpuIsa:
     vnni: bool = False
     amx: bool = False
     bf16: bool = False
+    # 512-bit ops run as two 256-bit halves (AMD Zen 4): register tiles that trade FMAs per
+    # load for fewer wasted lanes rank differently there (``pointwise_conv_x86``)
+    zmm_split: bool = False
 
     @property
     def avx512(self) -> bool:
@@ -200,7 +203,8 @@ def _cpu_isa_of(target_text: str) -> CpuIsa:
         "bf16": has("avx512bf16") or has("amx-bf16"),
     }
     if has("avx512f", "avx512bw", "avx512vl", "avx512dq"):
-        return CpuIsa("avx512", 16, compress=True, **common)
+        split = str(target.attrs.get("mcpu", "")) == "znver4"
+        return CpuIsa("avx512", 16, compress=True, zmm_split=split, **common)
     if has("avx2", "fma"):
         return CpuIsa("avx2", 8, **common)
     return CpuIsa("generic", 4, **{**common, "bmi2": False})

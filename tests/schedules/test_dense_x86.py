@@ -288,6 +288,13 @@ def test_pointwise_tiling_follows_vector_width_and_shape():
     # 196 pixels: 7 panels of 32 (the last overlaps by 28) beat 13 slower panels of 16
     assert choose_pointwise_tiling(256, 14 * 14, 16).nb == 32
     assert choose_pointwise_tiling(256, 56 * 56, 8).nb == 16  # AVX2: 6 x 16 (12 ymm)
+    # Zen 4 (zmm as two halves): 12 x 16 as fast per pixel, so its smaller overlap wins below
+    # 56x56; the 64-pixel panels keep 56x56 and 8 x 32 keeps 64 channels
+    zen4 = {"zmm_split": True}
+    assert (choose_pointwise_tiling(672, 14 * 14, 16, **zen4).nb) == 16
+    assert (choose_pointwise_tiling(256, 28 * 28, 16, **zen4).nb) == 16
+    assert choose_pointwise_tiling(256, 56 * 56, 16, **zen4).nb == 64
+    assert choose_pointwise_tiling(40, 28 * 28, 16, **zen4).mr == 8
     # the channel tile outer order while one sample's packed input fits in half an L2
     geo = conv_geometry((1, 16, 112, 112), (96, 16, 1, 1), ConvAttrs())
     assert choose_pointwise_order(geo, 32) == "cotile"  # 800 KB
@@ -488,6 +495,17 @@ def test_winograd_stacks_narrow_tile_rows_into_a_panel():
     assert panel_layout(7, 7, 16) == (8, 2, 1, 4)  # 14x14: 2 rows of 7 (of 8) a panel
     assert panel_layout(7, 7, 8) == (8, 1, 1, 7)  # AVX2: a row a panel, as before
     assert panel_layout(3, 3, 16) == (4, 4, 1, 1)
+
+
+def test_only_zen4_splits_zmm():
+    from tvm_sparse.target import cpu_isa
+
+    def isa(mcpu: str):
+        return cpu_isa(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+
+    assert isa("znver4").zmm_split and isa("znver4").avx512
+    assert not isa("sapphirerapids").zmm_split and isa("sapphirerapids").avx512
+    assert not isa("znver3").zmm_split and not isa("znver3").avx512
 
 
 def test_winograd_default_tile_follows_isa_and_panels():

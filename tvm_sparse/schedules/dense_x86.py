@@ -37,7 +37,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from ..target import num_cores, resolve_target, vector_lanes
+from ..target import cpu_isa, num_cores, resolve_target, vector_lanes
 from ._conv_dims import DEFAULT_CONV, ConvAttrs
 from ._epilogue import ACTIVATIONS
 from .dense_conv_planes_x86 import dense_conv2d_planes
@@ -299,7 +299,10 @@ def dense_conv2d(
         raise ValueError(f"layout 'pointwise' needs an unpadded 1x1 conv, got {weight.shape}")
     if groups == 1 and layout == "pointwise":
         if tiling is None:
-            tiling, default_order = choose_pointwise(geo, vector_lanes(target), num_cores(target))
+            isa = cpu_isa(target)
+            tiling, default_order = choose_pointwise(
+                geo, isa.lanes, num_cores(target), isa.zmm_split
+            )
             pointwise_order = pointwise_order or default_order
         spec = pointwise_spec(geo, tiling, bias is not None, activation, pointwise_order)
         func = pointwise_kernel(spec)

@@ -36,7 +36,7 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _tune(model, tracker_port: int, devices: int, trials: int):
+def _tune(model, tracker: str, devices: int, trials: int):
     from tvm_sparse import tuner
 
     with tempfile.TemporaryDirectory(prefix="bench_rpc_tuning_") as records:
@@ -47,7 +47,7 @@ def _tune(model, tracker_port: int, devices: int, trials: int):
             records_dir=records,
             candidates="chosen",
             metaschedule=False,
-            rpc_tracker=f"127.0.0.1:{tracker_port}",
+            rpc_tracker=tracker,
             rpc_key=KEY,
             rpc_devices=devices,
             progress=None,
@@ -58,39 +58,24 @@ def _tune(model, tracker_port: int, devices: int, trials: int):
 def main() -> int:
     args = _parse()
     os.environ["TVM_NUM_THREADS"] = "1"  # each server measures on one core (inherited)
-    from tvm.rpc.server import Server
-    from tvm.rpc.tracker import Tracker
-
     from tvm_sparse.models import pruned_mlp
+    from tvm_sparse.schedules.tuning.loopback import loopback_rpc
 
     model = pruned_mlp(
         layers=args.layers, hidden=args.hidden, density=args.density, batch=args.batch
     )
-    tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
-    servers = [
-        Server(
-            "127.0.0.1",
-            port=9300 + 20 * i,
-            port_end=9320 + 20 * i,
-            tracker_addr=("127.0.0.1", tracker.port),
-            key=KEY,
-            silent=True,
-        )
-        for i in range(args.devices)
-    ]
-    try:
-        time.sleep(1.0)  # the servers register with the tracker
+    with loopback_rpc(KEY, servers=args.devices, settle_s=1.0) as tracker:
         print(
             f"MLP {args.layers}x{args.hidden} at density {args.density}, batch {args.batch}, "
             f"{args.trials} trials a layer, {args.devices} RPC servers on this machine "
             f"({os.cpu_count()} cores)"
         )
-        _tune(model, tracker.port, args.devices, 1)  # warm-up: imports, first sessions
-        one_s, one = _tune(model, tracker.port, 1, args.trials)
+        _tune(model, tracker, args.devices, 1)  # warm-up: imports, first sessions
+        one_s, one = _tune(model, tracker, 1, args.trials)
         print(f"  1 device : {one_s:7.1f} s, {one.trials} trials")
-        many_s, many = _tune(model, tracker.port, args.devices, args.trials)
+        many_s, many = _tune(model, tracker, args.devices, args.trials)
         print(f"  {args.devices} devices: {many_s:7.1f} s, {many.trials} trials")
-        again_s, _ = _tune(model, tracker.port, 1, args.trials)  # the first, timed again
+        again_s, _ = _tune(model, tracker, 1, args.trials)  # the first, timed again
         print(f"  1 device : {again_s:7.1f} s (again)")
         print(
             f"  speedup of measuring in parallel: {min(one_s, again_s) / many_s:.2f}x "
@@ -99,10 +84,6 @@ def main() -> int:
         print("  best per layer (ms), one device / parallel:")
         for a, b in zip(one.tasks, many.tasks, strict=True):
             print(f"    {a.name:40s} {a.best_s * 1e3:8.4f} / {b.best_s * 1e3:8.4f}")
-    finally:
-        for server in servers:
-            server.terminate()
-        tracker.terminate()
     return 0
 
 

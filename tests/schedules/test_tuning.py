@@ -19,6 +19,7 @@ from tvm_sparse.ir.layers import LINEAR, LayerSpec
 from tvm_sparse.machine import machine_id
 from tvm_sparse.schedules import tuning
 from tvm_sparse.schedules.tuning import search
+from tvm_sparse.schedules.tuning.loopback import loopback_rpc
 
 
 def _sparse(rng, shape, density):
@@ -411,33 +412,18 @@ def test_metaschedule_tunes_the_leftover_and_compile_applies_it(tmp_path):
 
 @pytest.mark.slow
 def test_tuning_through_an_rpc_tracker_and_server(tmp_path):
-    from tvm.rpc.server import Server
-    from tvm.rpc.tracker import Tracker
-
-    tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
-    server = Server(
-        "127.0.0.1",
-        port=9300,
-        port_end=9400,
-        tracker_addr=("127.0.0.1", tracker.port),
-        key="tvm-sparse-test",
-        silent=True,
-    )
-    try:
-        lines: list[str] = []
+    lines: list[str] = []
+    with loopback_rpc("tvm-sparse-test") as tracker:
         summary = tuner.tune(
             leftover_mlp(hidden=16),
             trials=2,
             records_dir=tmp_path,
             candidates="chosen",
-            rpc_tracker=f"127.0.0.1:{tracker.port}",
+            rpc_tracker=tracker,
             rpc_key="tvm-sparse-test",
             progress=lines.append,
         )
-    finally:
-        server.terminate()
-        tracker.terminate()
-    assert f"127.0.0.1:{tracker.port}" in lines[0]
+    assert tracker in lines[0]
     assert all(t.best_s and t.best_s > 0 for t in summary.tasks)
     assert {t.kind for t in summary.tasks} == {"kernel", "metaschedule"}
     assert os.path.exists(tmp_path / tuning.MS_TASKS)
@@ -445,38 +431,19 @@ def test_tuning_through_an_rpc_tracker_and_server(tmp_path):
 
 @pytest.mark.slow
 def test_tuning_measures_on_two_rpc_devices_at_once(tmp_path):
-    from tvm.rpc.server import Server
-    from tvm.rpc.tracker import Tracker
-
-    tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
-    servers = [
-        Server(
-            "127.0.0.1",
-            port=9300 + 20 * i,
-            port_end=9320 + 20 * i,
-            tracker_addr=("127.0.0.1", tracker.port),
-            key="tvm-sparse-two",
-            silent=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        lines: list[str] = []
+    lines: list[str] = []
+    with loopback_rpc("tvm-sparse-two", servers=2) as tracker:
         summary = tuner.tune(
             leftover_mlp(hidden=16),
             trials=3,
             records_dir=tmp_path,
             candidates="all",
             metaschedule=False,
-            rpc_tracker=f"127.0.0.1:{tracker.port}",
+            rpc_tracker=tracker,
             rpc_key="tvm-sparse-two",
             rpc_devices=2,
             progress=lines.append,
         )
-    finally:
-        for server in servers:
-            server.terminate()
-        tracker.terminate()
     assert any("measuring on 2 devices" in line for line in lines)
     records = tuning.KernelRecords(tmp_path).records
     assert len(summary.tasks) == len(records) >= 2  # several layers, stepped side by side

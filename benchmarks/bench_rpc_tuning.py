@@ -64,7 +64,7 @@ def main() -> int:
     model = pruned_mlp(
         layers=args.layers, hidden=args.hidden, density=args.density, batch=args.batch
     )
-    with loopback_rpc(KEY, servers=args.devices, settle_s=1.0) as tracker:
+    with loopback_rpc(KEY, servers=args.devices) as tracker:
         print(
             f"MLP {args.layers}x{args.hidden} at density {args.density}, batch {args.batch}, "
             f"{args.trials} trials a layer, {args.devices} RPC servers on this machine "

@@ -35,7 +35,12 @@ from .passes.canonicalize import canonicalize
 from .schedules.choice import choose_layer
 from .schedules.registry import candidates_for, find_family
 from .schedules.tuning.build_pool import BuildPool
-from .schedules.tuning.measure import WEIGHTS_IN, LocalMeasurer, RPCMeasurer
+from .schedules.tuning.measure import (
+    WEIGHTS_IN,
+    LocalMeasurer,
+    RPCMeasurer,
+    free_rpc_devices,
+)
 from .schedules.tuning.metaschedule import (
     _ms_runner,
     extract_ms_tasks,
@@ -151,6 +156,12 @@ def tune(
     if skipped:
         say(f"  not tuned: {', '.join(skipped)}")
     weights_in = _weights_in(weights_in, kernel_tasks, bool(rpc_tracker))
+    if rpc_devices > 1 and (free := free_rpc_devices(rpc_tracker, rpc_key)) < rpc_devices:
+        # each measurer holds its device for the whole tune: one too many would wait forever
+        raise TvmSparseError(
+            f"--rpc-devices {rpc_devices}: the tracker at {rpc_tracker} has {free} free "
+            f"server(s) of key {rpc_key!r}"
+        )
     measurers = (
         [RPCMeasurer(tgt, rpc_tracker, rpc_key) for _ in range(rpc_devices)] if rpc_tracker
         else [LocalMeasurer(tgt, weights_in=weights_in)]

@@ -455,6 +455,22 @@ def test_tuning_measures_on_two_rpc_devices_at_once(tmp_path):
         assert rec["best"]["seconds"] > 0
 
 
+@pytest.mark.slow
+def test_more_rpc_devices_than_the_tracker_has_free_is_refused(tmp_path):
+    with loopback_rpc("tvm-sparse-one", servers=1) as tracker:
+        with pytest.raises(TvmSparseError, match="1 free server"):
+            tuner.tune(
+                leftover_mlp(hidden=16),
+                trials=1,
+                records_dir=tmp_path,
+                metaschedule=False,
+                rpc_tracker=tracker,
+                rpc_key="tvm-sparse-one",
+                rpc_devices=2,
+                progress=None,
+            )
+
+
 def test_several_rpc_devices_need_a_tracker():
     with pytest.raises(TvmSparseError, match="rpc-devices"):
         tuner.tune(leftover_mlp(), records_dir="unused", rpc_devices=2)

@@ -12,14 +12,18 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def loopback_rpc(key: str, servers: int = 1, settle_s: float = 0.0) -> Iterator[str]:
+def loopback_rpc(key: str, servers: int = 1, register_s: float = 60.0) -> Iterator[str]:
     """Start a tracker and ``servers`` servers of ``key`` on 127.0.0.1; yield the tracker's
-    ``HOST:PORT``; stop them all on exit. ``settle_s``: wait that long for the servers to
-    register (a tune requests its devices at once; a request waits for a free one anyway)."""
+    ``HOST:PORT`` once every server has registered (each is a process that imports TVM first:
+    seconds on a loaded machine); stop them all on exit."""
     from tvm.rpc.server import Server
     from tvm.rpc.tracker import Tracker
 
+    from ...errors import TvmSparseError
+    from .measure import free_rpc_devices
+
     tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
+    address = f"127.0.0.1:{tracker.port}"
     started = []
     try:
         for i in range(servers):
@@ -33,8 +37,14 @@ def loopback_rpc(key: str, servers: int = 1, settle_s: float = 0.0) -> Iterator[
                     silent=True,
                 )
             )
-        time.sleep(settle_s)
-        yield f"127.0.0.1:{tracker.port}"
+        deadline = time.monotonic() + register_s
+        while (free := free_rpc_devices(address, key)) < servers:
+            if time.monotonic() > deadline:
+                raise TvmSparseError(
+                    f"{free} of {servers} RPC servers of {key!r} registered in {register_s} s"
+                )
+            time.sleep(0.1)
+        yield address
     finally:
         for server in started:
             server.terminate()

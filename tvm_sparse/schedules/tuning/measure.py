@@ -160,6 +160,15 @@ def _evict_private_caches() -> str:
     return _EVICT
 
 
+def free_rpc_devices(tracker: str, key: str) -> int:
+    """How many servers of ``key`` the tracker at ``HOST:PORT`` has free now."""
+    from tvm import rpc
+
+    host, port = _split_tracker(tracker)
+    queue = rpc.connect_tracker(host, port).summary().get("queue_info", {})
+    return int(queue.get(key, {}).get("free", 0))
+
+
 def _split_tracker(tracker: str) -> tuple[str, int]:
     host, _, port = tracker.rpartition(":")
     if not host or not port.isdigit():

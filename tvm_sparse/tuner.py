@@ -184,6 +184,8 @@ def tune(
             search.confirm()
             results.append(search.result())
             say(_result_line(search.label, results[-1]))
+        for extra in measurers[1:]:  # MetaSchedule's runner measures on one device of its own
+            extra.release()
         state = _read_json(os.path.join(records_dir, MS_TASKS))
         tools = (in_process_builder(), _ms_runner(rpc_tracker, rpc_key, tgt)) if ms_tasks else ()
         for j, task in enumerate(ms_tasks, len(kernel_tasks) + 1):

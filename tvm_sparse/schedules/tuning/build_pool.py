@@ -8,18 +8,17 @@ the device thread uploads and times.
 
 The workers are fresh interpreters (``spawn``): forking a process that has imported TVM is
 unsafe. A layer travels without its Relax handles (``x_var``, ``tail_var``), which no builder
-reads and which do not pickle; the target travels as its JSON.
+reads and which do not pickle; the target travels as its JSON text (``str(target)``), as it
+does to the candidate worker (``isolation``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
 import tempfile
-from typing import Any
 
 import numpy as np
 import tvm
@@ -37,13 +36,13 @@ class BuiltTrial:
     out_dtype: str
 
 
-def _build_and_export(candidate: str, layer: LayerSpec, target_json: str, knobs: dict,
+def _build_and_export(candidate: str, layer: LayerSpec, target_text: str, knobs: dict,
                       directory: str) -> BuiltTrial:  # fmt: skip
     """In a worker: build ``candidate`` of ``layer`` with ``knobs`` and export its library."""
     from .measure import _kernel_module
     from .space import build_candidate
 
-    target = tvm.target.Target(json.loads(target_json))
+    target = tvm.target.Target(target_text)
     call = build_candidate(candidate, layer, target, knobs)
     executable = tvm.compile(_kernel_module(call), target=target)
     handle, path = tempfile.mkstemp(suffix=".so", dir=directory)
@@ -55,17 +54,6 @@ def _build_and_export(candidate: str, layer: LayerSpec, target_json: str, knobs:
 def portable_layer(layer: LayerSpec) -> LayerSpec:
     """``layer`` without its Relax handles, so it pickles to a worker."""
     return dataclasses.replace(layer, x_var=None, tail_var=None)
-
-
-def target_json(target: tvm.target.Target) -> str:
-    return json.dumps(dict(target.export()), default=_plain)
-
-
-def _plain(value: Any) -> Any:
-    """JSON for the FFI containers a target's export holds (arrays, maps)."""
-    if hasattr(value, "items"):
-        return dict(value.items())
-    return list(value)
 
 
 class BuildPool:
@@ -82,7 +70,7 @@ class BuildPool:
         """Build one trial in a worker and wait for it (the calling thread lets go of the GIL
         while it waits, so other device threads go on)."""
         future = self._pool.submit(
-            _build_and_export, candidate, portable_layer(layer), target_json(target),
+            _build_and_export, candidate, portable_layer(layer), str(target),
             knobs or {}, self._dir.name,
         )  # fmt: skip
         return future.result()

@@ -63,6 +63,13 @@ def _bind(value: tirx.PrimExpr, name: str, body) -> tirx.PrimExpr:
     return tirx.Let(var, value, body(var))
 
 
+def _pow2(n: tirx.PrimExpr) -> tirx.PrimExpr:
+    """2^n for a whole-valued float32 ``n`` in [-126, 127], built in the exponent bits."""
+    as_int = _with_lanes("int32", n)
+    bits = tirx.shift_left(tirx.Cast(as_int, n) + tirx.const(127, as_int), tirx.const(23, as_int))
+    return tirx.reinterpret(_dtype(n), bits)
+
+
 def exp_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
     """exp(x) for float32, scalar or vector (Cephes expf: reduction by ln 2, degree-5 poly)."""
 
@@ -72,12 +79,8 @@ def exp_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
         n = tirx.min(tirx.floor(c * _f(_LOG2E, v) + _f(0.5, v)), _f(127.0, v))
         r = c - n * _f(_LN2_HI, v) - n * _f(_LN2_LO, v)
         y = _horner(r, _EXP_POLY) * (r * r) + r + _f(1.0, v)
-        as_int = _with_lanes("int32", v)
-        bits = tirx.shift_left(
-            tirx.Cast(as_int, n) + tirx.const(127, as_int), tirx.const(23, as_int)
-        )
-        scaled = y * tirx.reinterpret(_dtype(v), bits)
-        inf = tirx.reinterpret(_dtype(v), tirx.const(0x7F800000, as_int))
+        scaled = y * _pow2(n)
+        inf = tirx.reinterpret(_dtype(v), tirx.const(0x7F800000, _with_lanes("int32", v)))
         out = tirx.Select(v > _f(_EXP_HI, v), inf, scaled)
         out = tirx.Select(v < _f(_EXP_LO, v), _f(0.0, v), out)
         return tirx.Select(tirx.isnan(v), v, out)  # NaN in, NaN out
@@ -97,12 +100,7 @@ def _exp_neg_clamped(v: tirx.PrimExpr) -> tirx.PrimExpr:
     n = tirx.floor(t * _f(-_LOG2E, v) + _f(0.5, v))  # e^(-t) = 2^n e^(-r'), r' = t + n ln 2
 
     def scaled(r):
-        y = _horner(r, _EXP_POLY_NEG) * (r * r) + (_f(1.0, v) - r)
-        as_int = _with_lanes("int32", v)
-        bits = tirx.shift_left(
-            tirx.Cast(as_int, n) + tirx.const(127, as_int), tirx.const(23, as_int)
-        )
-        return y * tirx.reinterpret(_dtype(v), bits)
+        return (_horner(r, _EXP_POLY_NEG) * (r * r) + (_f(1.0, v) - r)) * _pow2(n)
 
     return _bind(t + n * _f(_LN2_HI, v) + n * _f(_LN2_LO, v), "exp_r", scaled)
 
@@ -119,8 +117,8 @@ def sigmoid_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def silu_f32(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """x / (1 + exp(-x)) (SiLU, swish) for float32, scalar or vector. The division by x keeps
-    NaN and infinities without a select (silu(-inf) is -inf / e^88 = -inf, as x * sigmoid(x)
+    """x / (1 + exp(-x)) (SiLU, swish) for float32, scalar or vector. Dividing x keeps NaN and
+    the infinities without a select (silu(-inf) is -inf / e^88 = -inf, as x * sigmoid(x)
     gave). Every output of EfficientNet's convs runs it: 18 vector ops where x * sigmoid(x)
     took 25 (Zen 4, 16 lanes: 4.06 against 4.80 ns a vector; 8 lanes 2.68 against 3.27)."""
     return _bind(x, "silu_x", lambda v: v / (_f(1.0, v) + _exp_neg_clamped(v)))

@@ -6,10 +6,10 @@ Starts a loopback RPC tracker and ``--devices`` servers of one key on this machi
 runs kernels on one thread), then tunes the same pruned MLP twice into fresh records
 directories: measuring on one server (``rpc_devices=1``), then on all of them at once
 (``rpc_devices=N``: the layers' searches are stepped side by side, one per free server, each
-trial built in a worker process here, ``tuning.build_pool``). Prints both wall times, the speedup, and per layer the
-best time each tune found, so a parallel tune that measured worse (servers disturbing each
-other) shows. On a machine with fewer cores than servers plus builds, the speedup is capped
-by the cores, not by the tracker.
+trial built in a worker process here, ``tuning.build_pool``). Prints both wall times, the
+speedup, and per layer the best time each tune found, so a parallel tune that measured worse
+(servers disturbing each other) shows. On a machine with fewer cores than servers plus
+builds, the speedup is capped by the cores, not by the tracker.
 """
 
 from __future__ import annotations

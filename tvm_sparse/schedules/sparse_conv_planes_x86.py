@@ -160,9 +160,10 @@ def _pad_macro(spec: PlaneConvSpec):
     hp, wp = spec.padded_hw
     top, left, _, _ = spec.pads
     rows = spec.inner_loop
+    copy_row = row_copy_macro(wd, 1, spec.lanes)
 
     @T.macro
-    def pad(x, xp, nb):
+    def pad(xflat, xp, nb):
         for c in rows(ci):
             for r in range(hp):
                 if r < top or r >= top + h:
@@ -171,12 +172,42 @@ def _pad_macro(spec: PlaneConvSpec):
                 else:
                     for v in range(left):
                         xp[(c * hp + r) * wp + v] = T.float32(0)
-                    for v in T.vectorized(wd):
-                        xp[(c * hp + r) * wp + left + v] = x[nb, c, r - top, v]
+                    src: T.let = ((nb * ci + c) * h + r - top) * wd
+                    copy_row(xp, (c * hp + r) * wp + left, xflat, src)
                     for v in range(wp - left - wd):
                         xp[(c * hp + r) * wp + left + wd + v] = T.float32(0)
 
     return pad
+
+
+def row_copy_macro(n: int, stride: int, lanes: int):
+    """Macro: ``dst[d0 + v] = src[s0 + v * stride]`` for ``v < n``, in ``lanes``-wide vectors.
+
+    Why not one ``T.vectorized(n)`` loop: LLVM builds an ``n``-lane strided gather (112 lanes
+    for a 224-pixel stem) through the stack. At stride 2 each output vector is the even lanes
+    of two contiguous loads (one ``vpermt2ps``); the last vectors, whose odd lane would read
+    one float past the last one needed, are gathered. A 3x3 stride-2 stem's planes filled so
+    took 67 instead of 78 us, and RegNetX's stem in the model 270 instead of 361 (Zen 4)."""
+    whole = (n - 1) // lanes if stride == 2 else n // lanes
+    rest = n - whole * lanes
+    evens = [2 * i for i in range(lanes)]
+
+    @T.macro
+    def copy(dst, d0, src, s0):
+        for v in range(whole):
+            if stride == 2:
+                dst[T.ramp(d0 + v * lanes, 1, lanes)] = T.Shuffle(
+                    [src[T.ramp(s0 + 2 * v * lanes, 1, 2 * lanes)]], evens
+                )
+            else:
+                dst[T.ramp(d0 + v * lanes, 1, lanes)] = src[
+                    T.ramp(s0 + v * lanes * stride, stride, lanes)
+                ]
+        if rest > 0:  # a 0-extent vectorized loop does not build
+            for v in T.vectorized(rest):
+                dst[d0 + whole * lanes + v] = src[s0 + (whole * lanes + v) * stride]
+
+    return copy
 
 
 def _planes_macro(spec: PlaneConvSpec):
@@ -192,6 +223,7 @@ def _planes_macro(spec: PlaneConvSpec):
     # the row a plane starts at: its phase, or (expanded) its tap row times the dilation
     row_step = spec.dilation[0] if spec.expanded else 1
     pad_tail = size - rows_ * ow  # expanded planes' padding: zero (never NaN or denormal)
+    copy_row = row_copy_macro(ow, sw, spec.lanes)
 
     @T.macro
     def planes(xp, base, xs):
@@ -205,8 +237,7 @@ def _planes_macro(spec: PlaneConvSpec):
                 src: T.let = r * sh + phase
                 row: T.let = base + (c * hp + src) * wp + k * dw
                 if src < hp:
-                    for v in T.vectorized(ow):
-                        xs[pl * size + r * ow + v] = xp[row + v * sw]
+                    copy_row(xs, pl * size + r * ow, xp, row)
                 else:
                     for v in T.vectorized(ow):
                         xs[pl * size + r * ow + v] = T.float32(0)
@@ -233,7 +264,7 @@ def tap_planes_macro(spec: PlaneConvSpec):
                 for v in T.vectorized(npos):
                     xs[c * npos + v] = xflat[nb * chw + c * npos + v]
         elif needs_pad:
-            pad(x, xp, nb)
+            pad(xflat, xp, nb)
             planes(xp, 0, xs)
         else:
             planes(xflat, nb * chw, xs)

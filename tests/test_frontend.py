@@ -163,6 +163,48 @@ def test_weighted_nodes_follow_graph_order():
     assert np.dtype(imported.inputs[0].dtype) == np.float32
 
 
+def test_layers_are_named_by_weight_when_tvm_reorders_the_graph():
+    """A residual block whose projection conv comes first in the file (as torch exports
+    RegNet's) is bound after the main branch in Relax: each layer still gets its own node's
+    name, told apart by weight shape and stride, not by position."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvm_sparse.passes.analyze_sparsity import analyze_function
+    from tvm_sparse.passes.canonicalize import canonicalize
+
+    rng = np.random.default_rng(0)
+
+    def weight(name, shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "wp"], ["p"], name="proj", strides=[2, 2]),
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Conv", ["ar", "wb"], ["b"], name="b", strides=[2, 2], pads=[1] * 4),
+        helper.make_node("Add", ["p", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "reordered",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [weight("wp", (8, 8, 1, 1)), weight("wa", (8, 8, 1, 1)), weight("wb", (8, 8, 3, 3))],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    imported = import_model(model)
+    rows = analyze_function(canonicalize(imported.mod)["main"], imported.weighted_nodes)
+    named = {
+        layer.name: (layer.weight.shape, tuple(layer.conv_attrs["strides"])) for layer, _ in rows
+    }
+    assert named == {
+        "proj": ((8, 8, 1, 1), (2, 2)),
+        "a": ((8, 8, 1, 1), (1, 1)),
+        "b": ((8, 8, 3, 3), (2, 2)),
+    }
+
+
 def test_unsorted_topk_is_imported_sorted_without_touching_the_callers_model():
     """TVM's importer refuses TopK sorted=0 (torch.topk(sorted=False)); the frontend imports a
     sorted copy (one valid order of the unsorted result) and leaves the user's model alone."""

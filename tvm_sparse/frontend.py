@@ -298,16 +298,57 @@ def _check_supported_ops(model: onnx.ModelProto, source: str) -> None:
             )
 
 
-def _weighted_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """(name, op) of Conv/Gemm/MatMul nodes whose weight is an initializer, in graph order."""
-    inits = {t.name for t in model.graph.initializer}
-    consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+class WeightedNode(tuple):
+    """``(name, op)`` of one ONNX node with a constant weight, and ``key``: its weight's shape,
+    strides and groups (``layer_key``), so a report names layers right when TVM's order is not
+    the graph's (RegNet's projection conv comes first in the file, after ``a``..``b`` in Relax).
+    A plain pair to every consumer that unpacks it."""
+
+    key: tuple | None
+
+    def __new__(cls, name: str, op: str, key: tuple | None = None) -> WeightedNode:
+        node = super().__new__(cls, (name, op))
+        node.key = key
+        return node
+
+
+def _weight_dims(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Shape of every initializer and Constant output."""
+    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    dims[node.output[0]] = tuple(attr.t.dims)
+    return dims
+
+
+def _weighted_nodes(model: onnx.ModelProto) -> list[WeightedNode]:
+    """Conv/Gemm/MatMul nodes whose weight is an initializer, in graph order."""
+    dims = _weight_dims(model)
     out = []
     for i, node in enumerate(model.graph.node):
         if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
-            if node.input[1] in inits or node.input[1] in consts:
-                out.append((node.name or f"{node.op_type.lower()}_{i}", node.op_type))
+            if node.input[1] in dims:
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                shape = dims[node.input[1]]
+                if node.op_type == "Conv":
+                    strides = attrs.get("strides") or (1, 1)
+                    key = layer_key("conv2d", shape, strides, attrs.get("group", 1))
+                else:
+                    key = layer_key("linear", shape)
+                name = node.name or f"{node.op_type.lower()}_{i}"
+                out.append(WeightedNode(name, node.op_type, key))
     return out
+
+
+def layer_key(kind: str, weight_shape, strides=(1, 1), groups: int = 1) -> tuple:
+    """What tells a weighted layer from its neighbours without its name: a conv's weight shape,
+    strides and groups; a linear's weight dims in either orientation."""
+    if kind == "conv2d":
+        return ("conv2d", tuple(int(d) for d in weight_shape), tuple(int(s) for s in strides),
+                int(groups))  # fmt: skip
+    return ("linear", tuple(sorted(int(d) for d in weight_shape)))
 
 
 def _sorted_topk(model: onnx.ModelProto) -> onnx.ModelProto:

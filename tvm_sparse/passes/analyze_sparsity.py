@@ -21,12 +21,45 @@ from .module_report import attach_report
 
 
 def name_layers(layers: list[LayerSpec], names: list[tuple[str, str]]) -> None:
-    """Give layers the model's node names when the counts line up, else ``linear3``-style names."""
+    """Give layers the model's node names, else ``linear3``-style names.
+
+    Names that carry a ``key`` (``frontend.WeightedNode``) go to the layers by key, in order
+    within a key, so a model whose nodes TVM reorders is still named right; otherwise, or when
+    a key finds no layer, by position when the counts and conv/non-conv kinds line up."""
+    by_key = _names_by_key(layers, names)
+    if by_key is not None:
+        for layer, name in zip(layers, by_key):
+            layer.name = name
+        return
     usable = len(names) == len(layers) and all(
         (op == "Conv") == (layer.kind == "conv2d") for layer, (_, op) in zip(layers, names)
     )
     for i, layer in enumerate(layers):
         layer.name = names[i][0] if usable else f"{layer.kind}{i}"
+
+
+def _names_by_key(layers: list[LayerSpec], names: list[tuple[str, str]]) -> list[str] | None:
+    """Each layer's name by its key, or None where any name has no key or any layer no name."""
+    from ..frontend import layer_key
+
+    keys = [getattr(n, "key", None) for n in names]
+    if len(names) != len(layers) or None in keys:
+        return None
+    free = list(range(len(names)))
+    out = []
+    for layer in layers:
+        if layer.kind == "conv2d":
+            attrs = layer.conv_attrs
+            key = layer_key("conv2d", layer.weight.shape, attrs.get("strides", (1, 1)),
+                            attrs.get("groups", 1))  # fmt: skip
+        else:
+            key = layer_key("linear", layer.weight.shape)
+        match = next((i for i in free if keys[i] == key), None)
+        if match is None:
+            return None
+        free.remove(match)
+        out.append(names[match][0])
+    return out
 
 
 # ReLU density is data dependent; half the values of a trained network's pre-activations are

@@ -10,9 +10,11 @@ the layer (ResNet-50's 56x56 1x1 convs ran at 0.66-0.72x onnxruntime on AVX-512)
 is computed with ``mr`` output channels broadcast from the packed weight ``[Co/mr, Ci, mr]``
 and ``nb`` pixels as vectors, so the output tile lands in NCHW rows as it is. At stride 1 the
 micro-kernel reads its ``nb`` pixels of each input channel straight from the NCHW input; a
-strided conv first packs its pixels into ``[N, panels, Ci, nb]`` panels (so a stride-2
-downsample reads only the pixels it uses). Packing at stride 1 too cost up to half the layer
-where Co is small (144->24 at 56x56: 268 against 171 us, 32->16 at 112x112: 211 against 103).
+strided conv first copies the pixels it uses, row by row, into an input of the output's size
+(a stride-2 row as the even lanes of contiguous loads: RegNetX's 32->32 at 112x112 took 71
+instead of 101 us packed lane by lane into panels). Packing at stride 1 too cost up to half
+the layer where Co is small (144->24 at 56x56: 268 against 171 us, 32->16 at 112x112: 211
+against 103).
 
 Every panel is whole: the last one starts at ``P - nb`` and overlaps the one before (its
 pixels are computed twice, with the same result), so the epilogue (bias, shortcut, activation)
@@ -44,6 +46,7 @@ from ._prefetch import prefetch_l2, spread_offset, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling, round_up
 from .kernel import finish
+from .sparse_conv_planes_x86 import row_copy_macro
 
 ORDERS = ("panel", "cotile", "channels")
 # the channel tile outer order: for expanding convs (Co >= 4 Ci) whose input, one sample's,
@@ -223,7 +226,8 @@ def _kernel(
     loop = T.parallel if parallel else T.serial
     last_weight = co_tiles * ci * mr - 1
 
-    source = _input_offset(geo)
+    sh, sw = geo.strides
+    decimate = row_copy_macro(ow, sw, 16 if nb % 16 == 0 else 8)
     in_registers = register_activation(activation)
     piece = _piece(nb)
     # an input this big comes from L3 in a model (its producer wrote it just before, past L2),
@@ -249,7 +253,7 @@ def _kernel(
 
     def panel_row(x_panels, xf, n, pn, k, start):  # the nb pixels of input channel k
         if packed:
-            return x_panels[vec(((n * panels + pn) * ci + k) * nb)]
+            return x_panels[vec((n * ci + k) * pixels + start)]
         return xf[vec((n * ci + k) * h * w + start)]
 
     @T.prim_func
@@ -263,16 +267,12 @@ def _kernel(
         xf = T.decl_buffer((batch * ci * h * w,), "float32", data=x.data)
         wf = T.decl_buffer((co_tiles * ci * mr,), "float32", data=w_packed.data)
         of = T.decl_buffer((batch * co * pixels,), "float32", data=out.data)
-        x_panels = T.alloc_buffer((batch * panels * ci * nb if packed else 1,), "float32")
+        # strided: the pixels it reads, row by row (``row_copy_macro``: a stride-2 row is the
+        # even lanes of contiguous loads), as a stride-1 input of the output's size
+        x_panels = T.alloc_buffer((batch * ci * pixels if packed else 1,), "float32")
         if packed:
-            for np_ in loop(batch * panels):
-                n_p: T.let = np_ // panels
-                first: T.let = T.min(np_ % panels * nb, pixels - nb)
-                for k in range(ci):
-                    for lane in T.vectorized(nb):
-                        x_panels[(np_ * ci + k) * nb + lane] = xf[
-                            (n_p * ci + k) * h * w + source(first + lane)
-                        ]
+            for row in loop(batch * ci * oh):
+                decimate(x_panels, row * ow, xf, (row // oh * h + row % oh * sh) * w)
         for t in loop(batch * groups * co_tiles):
             n: T.let = t // (groups * co_tiles)
             group: T.let = t % groups if cotile else t // co_tiles % groups

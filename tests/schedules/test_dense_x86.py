@@ -187,6 +187,40 @@ def test_conv2d_random_shapes(hw, ci, co, kernel, stride, pad, layout):
     )
 
 
+@pytest.mark.parametrize("width", [7, 8, 9, 17, 33])
+@pytest.mark.parametrize("ci, groups", [(8, 1), (16, 2), (24, 1)])
+@pytest.mark.parametrize("stride, pad", [(1, 1), (2, 0), (2, 2)])
+def test_implicit_gemm_transposes_eight_channel_blocks(width, ci, groups, stride, pad):
+    """The NHWC copy transposes 8 channels x 8 pixels in registers where the channels come in
+    eights: rows of whole blocks, a pixel tail (9, 17, 33) and rows too short for a block (7)."""
+    _check_conv(
+        (2, ci, 6, width), (16, ci // groups, 3, 3), (stride, stride), (pad,) * 4, (1, 1),
+        groups, True, "relu", layout="implicit_gemm",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [31, 32, 33, 34, 65])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("layout", ["planes", "panel", "cotile"])
+def test_strided_rows_are_copied_by_vector(width, stride, layout):
+    """Tap planes and strided 1x1 pixel-panel convs copy input rows a vector at a time
+    (stride 2: the even lanes of two loads, the last vector gathered so no load passes the
+    row's last float): output widths either side of a multiple of 16 and 8."""
+    rng = np.random.default_rng(2)
+    kernel, pad = (3, 1) if layout == "planes" else (1, 0)
+    w = rng.standard_normal((8, 3, kernel, kernel), dtype=np.float32)
+    x = rng.standard_normal((1, 3, 5, width), dtype=np.float32)
+    conv = ConvAttrs((stride, stride), (pad,) * 4, (1, 1), 1)
+    if layout == "planes":
+        call = dense_conv2d(x.shape, w, None, conv, None, TARGET, layout="planes")
+    else:
+        call = dense_conv2d(x.shape, w, None, conv, None, TARGET, layout="pointwise",
+                            tiling=GemmTiling(mr=8, nb=32), pointwise_order=layout)  # fmt: skip
+        assert call.info["order"] == layout
+    ref = _ref_conv(x, w, None, (stride, stride), (pad,) * 4, (1, 1), 1, None)
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_rejects_bad_arguments():
     w = np.zeros((4, 4), np.float32)
     with pytest.raises(ValueError, match="activation"):

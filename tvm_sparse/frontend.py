@@ -20,6 +20,7 @@ import tvm
 from tvm import relax
 
 from .errors import InputShapeError, ModelLoadError, UnsupportedModelError, error_detail
+from .ir.layers import layer_key
 from .onnx_fixes import RunGuard, fix_model
 from .onnx_fold import fold_constants
 
@@ -300,9 +301,9 @@ def _check_supported_ops(model: onnx.ModelProto, source: str) -> None:
 
 class WeightedNode(tuple):
     """``(name, op)`` of one ONNX node with a constant weight, and ``key``: its weight's shape,
-    strides and groups (``layer_key``), so a report names layers right when TVM's order is not
-    the graph's (RegNet's projection conv comes first in the file, after ``a``..``b`` in Relax).
-    A plain pair to every consumer that unpacks it."""
+    strides and groups (``ir.layers.layer_key``), so a report names layers right when TVM's
+    order is not the graph's (RegNet's projection conv comes first in the file, after
+    ``a``..``b`` in Relax). A plain pair to every consumer that unpacks it."""
 
     key: tuple | None
 
@@ -340,15 +341,6 @@ def _weighted_nodes(model: onnx.ModelProto) -> list[WeightedNode]:
                 name = node.name or f"{node.op_type.lower()}_{i}"
                 out.append(WeightedNode(name, node.op_type, key))
     return out
-
-
-def layer_key(kind: str, weight_shape, strides=(1, 1), groups: int = 1) -> tuple:
-    """What tells a weighted layer from its neighbours without its name: a conv's weight shape,
-    strides and groups; a linear's weight dims in either orientation."""
-    if kind == "conv2d":
-        return ("conv2d", tuple(int(d) for d in weight_shape), tuple(int(s) for s in strides),
-                int(groups))  # fmt: skip
-    return ("linear", tuple(sorted(int(d) for d in weight_shape)))
 
 
 def _sorted_topk(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -85,6 +85,15 @@ class LayerSpec:
         return self.weight.reshape(self.weight.shape[0], -1)
 
 
+def layer_key(kind: str, weight_shape, strides=(1, 1), groups: int = 1) -> tuple:
+    """What tells a weighted layer from its neighbours without its name: a conv's weight shape,
+    strides and groups; a linear's weight dims in either orientation."""
+    if kind == "conv2d":
+        return ("conv2d", tuple(int(d) for d in weight_shape), tuple(int(s) for s in strides),
+                int(groups))  # fmt: skip
+    return ("linear", tuple(sorted(int(d) for d in weight_shape)))
+
+
 def per_channel(value: np.ndarray, channels: int, kind: str) -> np.ndarray | None:
     """A constant that broadcasts along the output channel only, as a [channels] vector."""
     shape = value.shape

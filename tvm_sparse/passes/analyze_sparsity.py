@@ -12,7 +12,7 @@ from tvm import relax
 
 from ..formats.patterns import detect_patterns
 from ..formats.weight_map import weight_map
-from ..ir.layers import LayerSpec, find_layers
+from ..ir.layers import LayerSpec, find_layers, layer_key
 from ..ir.relax_utils import binding_map
 from ..report import LayerReport, Report
 from .activation_sparsity import ActivationInfo, producer_of
@@ -40,8 +40,6 @@ def name_layers(layers: list[LayerSpec], names: list[tuple[str, str]]) -> None:
 
 def _names_by_key(layers: list[LayerSpec], names: list[tuple[str, str]]) -> list[str] | None:
     """Each layer's name by its key, or None where any name has no key or any layer no name."""
-    from ..frontend import layer_key
-
     keys = [getattr(n, "key", None) for n in names]
     if len(names) != len(layers) or None in keys:
         return None

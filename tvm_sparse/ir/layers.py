@@ -80,6 +80,15 @@ class LayerSpec:
         return int(np.prod(self.out_shape)) * (c * kh * kw) if groups else 0
 
     @property
+    def key(self) -> tuple:
+        """``layer_key`` of this layer: matches the ONNX node it came from."""
+        if self.kind == LINEAR:
+            return layer_key(LINEAR, self.weight.shape)
+        attrs = self.conv_attrs
+        return layer_key("conv2d", self.weight.shape, attrs.get("strides", (1, 1)),
+                         attrs.get("groups", 1))  # fmt: skip
+
+    @property
     def weight_2d(self) -> np.ndarray:
         """The weight as [outputs, inputs] (conv filters flattened to C*KH*KW)."""
         return self.weight.reshape(self.weight.shape[0], -1)

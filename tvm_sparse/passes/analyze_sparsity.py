@@ -12,7 +12,7 @@ from tvm import relax
 
 from ..formats.patterns import detect_patterns
 from ..formats.weight_map import weight_map
-from ..ir.layers import LayerSpec, find_layers, layer_key
+from ..ir.layers import LayerSpec, find_layers
 from ..ir.relax_utils import binding_map
 from ..report import LayerReport, Report
 from .activation_sparsity import ActivationInfo, producer_of
@@ -46,13 +46,7 @@ def _names_by_key(layers: list[LayerSpec], names: list[tuple[str, str]]) -> list
     free = list(range(len(names)))
     out = []
     for layer in layers:
-        if layer.kind == "conv2d":
-            attrs = layer.conv_attrs
-            key = layer_key("conv2d", layer.weight.shape, attrs.get("strides", (1, 1)),
-                            attrs.get("groups", 1))  # fmt: skip
-        else:
-            key = layer_key("linear", layer.weight.shape)
-        match = next((i for i in free if keys[i] == key), None)
+        match = next((i for i in free if keys[i] == layer.key), None)
         if match is None:
             return None
         free.remove(match)

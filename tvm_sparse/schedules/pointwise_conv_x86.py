@@ -41,12 +41,11 @@ from tvm.script import tirx as T
 
 from ._epilogue import epilogue as _epilogue
 from ._epilogue import plus_bias, register_activation
-from ._lanes import run, splat
+from ._lanes import row_copy_macro, run, splat
 from ._prefetch import prefetch_l2, spread_offset, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling, round_up
 from .kernel import finish
-from .sparse_conv_planes_x86 import row_copy_macro
 
 ORDERS = ("panel", "cotile", "channels")
 # the channel tile outer order: for expanding convs (Co >= 4 Ci) whose input, one sample's,
@@ -210,7 +209,7 @@ def _kernel(
     residual: bool,
     order: str,
     parallel: bool,
-    packed: bool = True,
+    strided: bool = True,
     prefetch: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """The TIR of one conv with every param (x, w_packed, bias, residual, out); the caller
@@ -236,7 +235,7 @@ def _kernel(
     # (ResNet-50's 256->64 at 56x56 in the model: 940 -> 815 us, 512->128 at 28x28: 780 -> 680).
     # One thread only, as for the weights (``wants_prefetch``).
     prefetch_input = (
-        not packed
+        not strided
         and not cotile
         and not parallel
         and 4 * batch * ci * h * w >= PREFETCH_MIN_INPUT_BYTES
@@ -251,9 +250,9 @@ def _kernel(
     def bcast(value):
         return splat(value, nb)
 
-    def panel_row(x_panels, xf, n, pn, k, start):  # the nb pixels of input channel k
-        if packed:
-            return x_panels[vec((n * ci + k) * pixels + start)]
+    def panel_row(x_used, xf, n, k, start):  # the nb pixels of input channel k
+        if strided:
+            return x_used[vec((n * ci + k) * pixels + start)]
         return xf[vec((n * ci + k) * h * w + start)]
 
     @T.prim_func
@@ -269,10 +268,10 @@ def _kernel(
         of = T.decl_buffer((batch * co * pixels,), "float32", data=out.data)
         # strided: the pixels it reads, row by row (``row_copy_macro``: a stride-2 row is the
         # even lanes of contiguous loads), as a stride-1 input of the output's size
-        x_panels = T.alloc_buffer((batch * ci * pixels if packed else 1,), "float32")
-        if packed:
+        x_used = T.alloc_buffer((batch * ci * pixels if strided else 1,), "float32")
+        if strided:
             for row in loop(batch * ci * oh):
-                decimate(x_panels, row * ow, xf, (row // oh * h + row % oh * sh) * w)
+                decimate(x_used, row * ow, xf, (row // oh * h + row % oh * sh) * w)
         for t in loop(batch * groups * co_tiles):
             n: T.let = t // (groups * co_tiles)
             group: T.let = t % groups if cotile else t // co_tiles % groups
@@ -301,7 +300,7 @@ def _kernel(
                     for i in T.unroll(mr):
                         acc[vec(i * nb)] = acc[vec(i * nb)] + bcast(
                             wf[(tile * ci + k) * mr + i]
-                        ) * panel_row(x_panels, xf, n, pn, k, start)
+                        ) * panel_row(x_used, xf, n, k, start)
                 for i in T.unroll(mr):
                     if tile * mr + i < co:
                         c: T.let = tile * mr + i
@@ -482,7 +481,7 @@ def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
             residual,
             order,
             tiling.parallel,
-            packed=geo.strides != (1, 1),
+            strided=geo.strides != (1, 1),
             prefetch=prefetch,
         )
     unused = {"bias"} if not has_bias else set()

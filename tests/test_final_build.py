@@ -11,11 +11,12 @@ import platform
 import numpy as np
 import pytest
 import tvm
+from tvm.script import tirx as T
 
 import tvm_sparse
 from tvm_sparse import final_build, models
 from tvm_sparse.schedules import isolation, measure_cache, registry
-from tvm_sparse.schedules.kernel import KernelCall
+from tvm_sparse.schedules.kernel import KernelCall, finish
 from tvm_sparse.schedules.kernels import CpuKernel
 
 from .conftest import ort_run
@@ -35,11 +36,41 @@ class AbortingLinear(CpuKernel):
         return aborting_linear_kernel(k, n)
 
 
+def unbuildable_linear_kernel(k: int, n: int) -> KernelCall:
+    """A linear kernel whose TIR lowering raises: an index product that folds past int32 (the
+    prefetch offset of a batch-64 implicit GEMM did so, 2026-12-06)."""
+
+    @T.prim_func(s_tir=True)
+    def func(x: T.Buffer((1, k), "float32"), y: T.Buffer((1, n), "float32")):
+        with T.sblock("overflows"):
+            yf = T.decl_buffer((n,), "float32", data=y.data)
+            for t in range(2560):
+                for j in range(1600):
+                    yf[T.min((t % 1280 * 1600 + j) * 3200 // 2048000 * 16, n - 1)] = x[0, 0]
+
+    return KernelCall(finish(func), "unbuildable", (), (1, n))
+
+
+class UnbuildableLinear(AbortingLinear):
+    name = "unbuildable"
+
+    def build(self, layer, target, **knobs) -> KernelCall:
+        n, k = layer.weight.shape
+        return unbuildable_linear_kernel(k, n)
+
+
 @pytest.fixture
 def aborting_family(monkeypatch, tmp_path):
     monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(measure_cache, "_MEMORY", {})
     monkeypatch.setattr(registry, "FAMILIES", (*registry.FAMILIES, AbortingLinear()))
+
+
+@pytest.fixture
+def unbuildable_family(monkeypatch, tmp_path):
+    monkeypatch.setenv("TVM_SPARSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(measure_cache, "_MEMORY", {})
+    monkeypatch.setattr(registry, "FAMILIES", (*registry.FAMILIES, UnbuildableLinear()))
 
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the forked build needs fork()")
@@ -70,6 +101,23 @@ def test_a_chosen_kernel_that_aborts_llvm_costs_a_recompile_not_the_process(
     assert checks, "the recompile checks its kernels in the worker"
     for row in compiled.report.layers:
         assert row.chosen != "aborts" and "candidate aborts crashed the compiler" in row.reason
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run(x), ort_run(path, x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_chosen_kernel_that_fails_to_build_costs_a_recompile_not_the_compile(
+    unbuildable_family, tmp_path, caplog
+):
+    """A kernel whose lowering raises (no crash) in the final build: the checked recompile
+    drops it, as it drops one that aborts LLVM."""
+    model = models.pruned_mlp(layers=2, hidden=64, density=0.2, batch=1)
+    path = models.save(model, tmp_path / "mlp.onnx")
+    with caplog.at_level(logging.WARNING, "tvm_sparse"):
+        compiled = tvm_sparse.compile(path, "llvm", measure=False)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("the build failed" in w and "exceeds range of int32" in w for w in warnings)
+    for row in compiled.report.layers:
+        assert row.chosen != "unbuildable" and "unbuildable failed to build" in row.reason
     x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
     np.testing.assert_allclose(compiled.run(x), ort_run(path, x), rtol=1e-4, atol=1e-4)
 

@@ -104,9 +104,9 @@ def compile_tvm(
 
 
 def _build(imported: ImportedModel, tgt, pipeline, records: tuple[str | None, str | None], phases):
-    """The pipeline, then the final build (``final_build``); when the final build's process
-    crashes, both again with every chosen kernel compile-checked first, so the kernel LLVM
-    cannot take is dropped. ``records``: (directory, machine) from ``applicable_records``.
+    """The pipeline, then the final build (``final_build``); when the final build fails or its
+    process crashes, both again with every chosen kernel compile-checked first, so the kernel
+    LLVM cannot take is dropped. ``records``: (directory, machine) from ``applicable_records``.
     Returns the build and the captured report."""
     forked = final_build.forks(tgt)
     for attempt in ("forked", "checked") if forked else ("in-process",):
@@ -126,6 +126,10 @@ def _build(imported: ImportedModel, tgt, pipeline, records: tuple[str | None, st
         try:
             built = final_build.build(lowered, tgt)
         except final_build.FinalBuildFailed as err:
+            if attempt == "forked":  # a kernel LLVM refuses: the checked attempt drops it
+                log.warning("%s: the build failed (%s); compiling again with every kernel "
+                            "checked first", imported.source, err)  # fmt: skip
+                continue
             raise TvmSparseError(f"{imported.source}: TVM failed to compile: {err}") from err
         except final_build.FinalBuildCrashed as err:
             if attempt == "checked":

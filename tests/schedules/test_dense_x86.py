@@ -199,6 +199,20 @@ def test_implicit_gemm_transposes_eight_channel_blocks(width, ci, groups, stride
     )  # fmt: skip
 
 
+def test_implicit_gemm_on_one_thread_builds_past_int32_prefetch_products():
+    """GSC's 64 -> 64 5x5 conv at batch 64 on one thread prefetches its 400 KB of weights
+    spread over 2,048,000 steps of 3,200 lines: the product passed int32 and the build
+    failed (plain TVM's baseline of the model with it)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 64, 14, 14), dtype=np.float32)
+    w = rng.standard_normal((64, 64, 5, 5), dtype=np.float32)
+    call = dense_conv2d(x.shape, w, None, ConvAttrs(), None, TARGET, layout="implicit_gemm",
+                        tiling=GemmTiling(mr=5, nb=32, parallel=False))  # fmt: skip
+    assert "llvm.prefetch" in call.func.script()
+    ref = _ref_conv(x, w, None, (1, 1), (0,) * 4, (1, 1), 1, None)
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("width", [31, 32, 33, 34, 65])
 @pytest.mark.parametrize("stride", [1, 2, 3])
 @pytest.mark.parametrize("layout", ["planes", "panel", "cotile"])

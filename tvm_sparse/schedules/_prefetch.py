@@ -65,7 +65,10 @@ def spread_offset(step, steps: int, floats: int) -> tvm.tirx.PrimExpr:
     a 256 KB weight panel during 4 of 33 pixel tiles) starves the tile's own loads from L2, and
     the layer ran at its warm time plus the time to stream its weights."""
     lines = max(1, -(-floats // 16))
-    return (step * lines // steps) * 16
+    if isinstance(step, int) or steps * lines < 2**31:
+        return (step * lines // steps) * 16
+    # the product overflows int32 (a batch-64 conv's steps times a 200 KB block's lines)
+    return T.Cast("int32", T.Cast("int64", step) * lines // steps) * 16
 
 
 def wants_prefetch(weight_bytes: int, parallel: bool) -> bool:

@@ -18,16 +18,14 @@ process keep IEEE subnormals. ``compile(..., flush_denormals=False)`` leaves ker
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import tirx
 
+from ..ir.parallel_loops import map_parallel_loops, with_body
 from ..target import has_cpu_features, is_cpu, num_cores
 
 FTZ_DAZ = 0x8040  # MXCSR bits: flush-to-zero (15) and denormals-are-zero (6)
 _SAVE = "llvm.x86.sse.stmxcsr"
 _LOAD = "llvm.x86.sse.ldmxcsr"
-# statements that hold no loop (the walk does not look inside them)
-_LEAVES = (tirx.BufferStore, tirx.Evaluate, tirx.AllocBuffer, tirx.DeclBuffer, tirx.Bind,
-           tirx.AssertStmt)  # fmt: skip
 
 
 def applies(target: tvm.target.Target) -> bool:
@@ -70,35 +68,16 @@ def flush_denormals_in(func: tirx.PrimFunc, tasks: int = 1) -> tirx.PrimFunc:
 def _launches_flushing(stmt: tirx.Stmt, caller: tirx.Buffer, tasks: int) -> tirx.Stmt:
     """``stmt`` with each parallel loop's tasks flushing and the launch in the caller's mode
     (a pool thread that a launch creates inherits the launching thread's mode: it must not
-    inherit ours). Python has no TIR mutator in TVM 0.27, so this walks the statement kinds a
-    scheduled kernel nests loops in; a parallel loop under any other kind raises."""
+    inherit ours)."""
 
-    def walk(node: tirx.Stmt) -> tirx.Stmt:
-        if isinstance(node, tirx.For):
-            if node.kind != tirx.ForKind.PARALLEL:
-                return _with(node, body=walk(node.body))
-            return tirx.SeqStmt([_mxcsr_call(_LOAD, caller, 0), _flushing_tasks(node, tasks),
-                                 _mxcsr_call(_LOAD, caller, 1)])  # fmt: skip
-        if isinstance(node, tirx.SeqStmt):
-            return tirx.SeqStmt([walk(s) for s in node.seq])
-        if isinstance(node, tirx.IfThenElse):
-            other = walk(node.else_case) if node.else_case is not None else None
-            return tirx.IfThenElse(node.condition, walk(node.then_case), other)
-        if isinstance(node, tirx.AttrStmt):
-            return tirx.AttrStmt(node.node, node.attr_key, node.value, walk(node.body))
-        if isinstance(node, tirx.While):
-            return tirx.While(node.condition, walk(node.body))
-        if isinstance(node, s_tir.SBlockRealize):
-            return s_tir.SBlockRealize(node.iter_values, node.predicate, walk(node.block))
-        if isinstance(node, s_tir.SBlock):
-            return s_tir.SBlock(node.iter_vars, node.reads, node.writes, node.name_hint,
-                                walk(node.body), node.init, node.alloc_buffers,
-                                node.match_buffers, node.annotations)  # fmt: skip
-        if not isinstance(node, _LEAVES) and "T.parallel(" in node.script():
-            raise TypeError(f"FlushDenormals: a parallel loop under a {type(node).__name__}")
-        return node
+    def launch(loop: tirx.For) -> tirx.Stmt:
+        return tirx.SeqStmt([_mxcsr_call(_LOAD, caller, 0), _flushing_tasks(loop, tasks),
+                             _mxcsr_call(_LOAD, caller, 1)])  # fmt: skip
 
-    return walk(stmt)
+    try:
+        return map_parallel_loops(stmt, launch)
+    except TypeError as err:
+        raise TypeError(f"FlushDenormals: {err}") from err
 
 
 def _flushing_tasks(loop: tirx.For, tasks: int) -> tirx.For:
@@ -111,7 +90,7 @@ def _flushing_tasks(loop: tirx.For, tasks: int) -> tirx.For:
     stepped = loop.step is not None and not _is_one(loop.step)
     if stepped or (isinstance(extent, tirx.IntImm) and extent.value <= tasks):
         # a stepped loop, or one already no longer than the tasks: each iteration flushes
-        return _with(loop, body=_flushing(loop.body, _mode_buffer("mxcsr_task")))
+        return with_body(loop, _flushing(loop.body, _mode_buffer("mxcsr_task")))
     dtype = str(loop.loop_var.ty)
     one = tirx.const(1, dtype)
     chunk = tirx.max(tirx.floordiv(extent + (tasks - 1), tirx.const(tasks, dtype)), one)
@@ -126,11 +105,6 @@ def _flushing_tasks(loop: tirx.For, tasks: int) -> tirx.For:
 
 def _is_one(value: tirx.PrimExpr) -> bool:
     return isinstance(value, tirx.IntImm) and value.value == 1
-
-
-def _with(loop: tirx.For, body: tirx.Stmt) -> tirx.For:
-    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding,
-                    loop.annotations, loop.step)  # fmt: skip
 
 
 def FlushDenormals(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802

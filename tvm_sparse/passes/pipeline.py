@@ -38,7 +38,7 @@ from tvm.s_tir import dlight as dl
 from ..phases import timed
 from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
 from ..target import is_cpu
-from . import flush_denormals
+from . import flush_denormals, one_core
 from .analyze_sparsity import AnalyzeLayers
 from .canonicalize import canonicalize_passes
 from .chain_layouts import ChainLayouts
@@ -113,6 +113,8 @@ def lower_passes(
         from tvm.relax.backend.cpu_generic import pipeline as cpu
 
         passes = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+        if one_core.applies(target):
+            passes.append(one_core.SerialOnOneCore(target))
         if (options or SparsifyOptions()).flush_denormals and flush_denormals.applies(target):
             passes.append(flush_denormals.FlushDenormals(target))
         return passes

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 
+from ..ir.parallel_loops import serial_on_one_core
+
 # relax OpPatternKind kOpaque: FuseOps leaves the call alone, and AnnotateTIROpPattern does not
 # analyze it (its reshape check asserts block-based TIR on two-argument functions)
 OPAQUE_PATTERN = 8
@@ -86,7 +88,7 @@ def build_kernel(call: KernelCall, target: tvm.target.Target) -> tvm.runtime.Mod
 
     Returns the loaded runtime module (``Executable.jit()``): it has ``time_evaluator``.
     """
-    func = call.func.with_attr("global_symbol", "main")
+    func = serial_on_one_core(call.func, target).with_attr("global_symbol", "main")
     return tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
 
 

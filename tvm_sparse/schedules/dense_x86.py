@@ -120,7 +120,9 @@ def dense_linear(
     target = resolve_target(target or "llvm")
     weight = np.asarray(weight, dtype=np.float32)
     n, k = weight.shape
-    tiling = tiling or choose_tiling(m, n, num_cores(target), vector_lanes(target))
+    tiling = tiling or choose_tiling(
+        m, n, num_cores(target), vector_lanes(target), cpu_isa(target).zmm_split
+    )
     params = linear_compute(m, k, n, tiling, bias is not None, activation)
     sch = s_tir.Schedule(te.create_prim_func(params))
     schedule_gemm(sch, tiling)

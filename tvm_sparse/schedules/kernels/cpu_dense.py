@@ -51,7 +51,7 @@ class DenseLinear(CpuKernel):
         lanes = vector_lanes(target)
         mrs = ([4, 5, 6, 8] if lanes >= 16 else [4, 5, 6]) if m >= 4 else [m]
         col_cap = max(16, round_up(n, 16))
-        nbs = [nb for nb in (16, 32, 64, 128) if nb <= col_cap and (m < 4 or nb <= 2 * lanes)]
+        nbs = [nb for nb in (16, 32, 64, 128) if nb <= col_cap and (m < 4 or nb <= 4 * lanes)]
         par = parallel_choices(num_cores(target))
         space = [{"tiling": t} for t in product(mr=mrs, nb=nbs, k_unroll=[1, 4], parallel=par)]
         return settings_for(dense_x86.dense_linear, space)

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.kernel import run_kernel
-from tvm_sparse.schedules.sparse_conv_planes_x86 import default_vectors, sparse_conv2d_planes
+from tvm_sparse.schedules.sparse_conv_planes_x86 import (
+    SPEC_ATTR,
+    PlaneConvSpec,
+    default_vectors,
+    sparse_conv2d_planes,
+    tail_widths,
+)
 from tvm_sparse.target import resolve_target
 
 from .reference import check_conv, conv_ref, sparse_weight
@@ -85,6 +91,29 @@ def test_knobs_keep_results(knobs):
     call = _check((2, 6, 13, 9), w, rng.standard_normal(11).astype(np.float32), conv, "relu",
                   **knobs)  # fmt: skip
     assert call.info["tile"][0] == knobs["vectors"]
+
+
+@pytest.mark.parametrize(
+    "out_hw, lanes, vectors, widths",
+    [
+        ((7, 7), 16, None, (3, 4)),  # 49 = 3 x 16 + 1: three zmm and an xmm
+        ((10, 10), 16, 7, (6, 4)),  # GSC's 5x5 conv: 100 = 6 x 16 + 4
+        ((4, 6), 16, None, (1, 8)),  # 24 = 16 + 8: a ymm
+        ((3, 3), 16, None, (1, 0)),  # 9 > 8 left: one full vector
+        ((5, 5), 8, None, (3, 4)),  # AVX2: 25 = 3 x 8 + 1
+        ((3, 3), 4, None, (3, 0)),  # 4 lanes: nothing narrower
+        ((9, 9), 16, 2, (1, 4)),  # 81 = 2 tiles of 32 + 17 left: one vector and an xmm
+    ],
+)
+def test_the_last_tile_runs_only_the_vectors_its_positions_fill(out_hw, lanes, vectors, widths):
+    rng = np.random.default_rng(8)
+    w = sparse_weight(rng, (6, 5, 3, 3), 0.4)
+    bias = rng.standard_normal(6).astype(np.float32)
+    x_shape = (2, 5, out_hw[0] + 2, out_hw[1] + 2)
+    call = _check(x_shape, w, bias, ConvAttrs(), "relu", lanes=lanes, vectors=vectors)
+    assert tail_widths(PlaneConvSpec.from_json(call.func.attrs[SPEC_ATTR])) == widths
+    if widths[1]:  # the narrow vector's non-zero loop
+        assert f"T.Broadcast(vals[j], {widths[1]})" in call.func.script()
 
 
 def test_bad_knobs_are_refused():

@@ -12,7 +12,9 @@ from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.sparse_conv_planes_x86 import (
     SPEC_ATTR,
     PlaneConvSpec,
+    default_share,
     default_vectors,
+    share_runs,
     sparse_conv2d_planes,
     tail_widths,
 )
@@ -60,6 +62,55 @@ def test_expanded_planes_match_dense(case):
     call = _check(x_shape, w, None, ConvAttrs(strides, padding, dilation), activation,
                   expanded=True)  # fmt: skip
     assert call.info["expanded"] == (w_shape[2] > 1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+@pytest.mark.parametrize("share", [2, 3, 4])
+def test_channels_sharing_runs_match_dense(case, share):
+    """Blocks of 2-4 output channels loading each tap run once: channel counts that do not
+    divide into blocks, empty and full weights, strides, dilation and the epilogues."""
+    x_shape, w_shape, density, strides, padding, dilation, activation = case
+    rng = np.random.default_rng(9)
+    w = sparse_weight(rng, w_shape, density)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    call = _check(x_shape, w, bias, ConvAttrs(strides, padding, dilation), activation,
+                  share=share)  # fmt: skip
+    assert call.info["share"] == share
+
+
+def test_share_runs_keeps_every_weight_once():
+    """Each (block, run) once, its channels' weights in place, grouped by pattern."""
+    rng = np.random.default_rng(10)
+    o, runs, share = 7, 40, 3
+    dense = np.where(rng.random((o, runs)) < 0.3, rng.standard_normal((o, runs)), 0)
+    dense = dense.astype(np.float32)
+    ptr = np.concatenate([[0], np.cumsum((dense != 0).sum(1))])
+    offs = np.nonzero(dense)[1].astype(np.int32) * 5  # run offsets, any spacing
+    vals = dense[dense != 0]
+    weights, run_offs, pointers = share_runs(offs, ptr, vals, o, share)
+    weights = weights.reshape(-1, share)
+    assert pointers[-1] == len(run_offs) and np.all(np.diff(pointers) >= 0)
+    rebuilt = np.zeros_like(dense)
+    for block in range(-(-o // share)):
+        for pattern in range(1, 1 << share):
+            lo, hi = pointers[block * (1 << share) + pattern : block * (1 << share) + pattern + 2]
+            for j in range(lo, hi):
+                for a in range(share):
+                    has = bool(pattern >> a & 1)
+                    assert has == (weights[j, a] != 0)
+                    if has:
+                        rebuilt[block * share + a, run_offs[j] // 5] = weights[j, a]
+        assert pointers[block * (1 << share)] == pointers[block * (1 << share) + 1]  # no 0
+    np.testing.assert_array_equal(rebuilt, dense)
+
+
+def test_default_share_by_registers():
+    assert default_share(16, 7) == 3  # GSC's 10x10: 21 accumulators
+    assert default_share(16, 8) == 2  # 3 x 8 spilled (56x56: 597 against 490 us)
+    assert default_share(8, 4) == 1  # AVX2: not measured
+    w = np.ones((4, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="share"):
+        sparse_conv2d_planes((1, 2, 6, 6), w, share=5)
 
 
 def test_strided_convs_expand_by_default():
@@ -110,7 +161,7 @@ def test_the_last_tile_runs_only_the_vectors_its_positions_fill(out_hw, lanes, v
     w = sparse_weight(rng, (6, 5, 3, 3), 0.4)
     bias = rng.standard_normal(6).astype(np.float32)
     x_shape = (2, 5, out_hw[0] + 2, out_hw[1] + 2)
-    call = _check(x_shape, w, bias, ConvAttrs(), "relu", lanes=lanes, vectors=vectors)
+    call = _check(x_shape, w, bias, ConvAttrs(), "relu", lanes=lanes, vectors=vectors, share=1)
     assert tail_widths(PlaneConvSpec.from_json(call.func.attrs[SPEC_ATTR])) == widths
     if widths[1]:  # the narrow vector's non-zero loop
         assert f"T.Broadcast(vals[j], {widths[1]})" in call.func.script()
@@ -146,15 +197,17 @@ def test_default_vectors_cover_small_outputs_without_waste():
     density=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
     lanes=st.sampled_from([4, 8, 16]),
     expanded=st.booleans(),
+    share=st.sampled_from([1, 2, 3]),
 )
 def test_random_convs(batch, channels, out_channels, size, kernel, stride, pad, dilation,
-                      density, lanes, expanded):  # fmt: skip
+                      density, lanes, expanded, share):  # fmt: skip
     if size + 2 * pad < dilation * (kernel - 1) + 1:
         return
     rng = np.random.default_rng(size * 7 + channels)
     w = sparse_weight(rng, (out_channels, channels, kernel, kernel), density)
     conv = ConvAttrs((stride, stride), (pad,) * 4, (dilation, dilation))
-    _check((batch, channels, size, size), w, None, conv, "relu", lanes=lanes, expanded=expanded)
+    _check((batch, channels, size, size), w, None, conv, "relu", lanes=lanes, expanded=expanded,
+           share=share)  # fmt: skip
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -52,7 +52,8 @@ class SparseConv2dPlanes(SparseConv2d):
         par = parallel_choices(num_cores(target))
         kernel_hw, out_hw = layer.weight.shape[2:], layer.out_shape[2:]
         expanded = [False, True] if expansion_helps(kernel_hw, out_hw) else [False]
-        space = product(vectors=vectors, parallel=par, expanded=expanded)
+        shares = [1, 2, 3] if lanes == 16 else [1]
+        space = product(vectors=vectors, parallel=par, expanded=expanded, share=shares)
         return settings_for(sparse_conv2d_planes, space)
 
     def build(self, layer: LayerSpec, target: tvm.target.Target, **knobs) -> KernelCall:

@@ -105,9 +105,10 @@ def test_share_runs_keeps_every_weight_once():
 
 
 def test_default_share_by_registers():
-    assert default_share(16, 7) == 3  # GSC's 10x10: 21 accumulators
-    assert default_share(16, 8) == 2  # 3 x 8 spilled (56x56: 597 against 490 us)
-    assert default_share(8, 4) == 1  # AVX2: not measured
+    assert default_share(16, 7, 320) == 3  # GSC's 10x10: 21 accumulators
+    assert default_share(16, 8, 320) == 2  # 3 x 8 spilled (56x56: 597 against 490 us)
+    assert default_share(16, 4, 13) == 1  # short pattern loops (a 1x1 over 128 channels)
+    assert default_share(8, 4, 320) == 1  # AVX2: not measured
     w = np.ones((4, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="share"):
         sparse_conv2d_planes((1, 2, 6, 6), w, share=5)

@@ -536,13 +536,19 @@ def share_runs(offs: np.ndarray, ptr: np.ndarray, vals: np.ndarray, o: int, shar
     return weights[order].reshape(-1), run_offs[order], pointers
 
 
-def default_share(lanes: int, vectors: int) -> int:
+def default_share(lanes: int, vectors: int, nnz_per_channel: float) -> int:
     """Channels a tap run is shared by, by default (AVX-512): three while their 3 x
-    ``vectors`` accumulators leave registers to spare, else two; one on AVX2 (16 registers,
-    not measured). 90% weights, Zen 4, share 1 / 2 / 3 (us): 512 3x3 at 7x7 648 / 641 / 618,
-    128 3x3 at 28x28 555 / 537 / 533, GSC's 64 5x5 at 10x10 (80%) 79 / 75 / 73; with 8 vectors
+    ``vectors`` accumulators leave registers to spare, else two, where each channel has many
+    non-zeros; one otherwise, and on AVX2 (16 registers, not measured).
+
+    Why the non-zeros: a block runs one loop per pattern (7 for three channels), so a channel
+    with few non-zeros makes short loops that mispredict their exits. 90% weights, Zen 4,
+    share 1 / 2 / 3 (us): 512 3x3 at 7x7 (460 a channel) 648 / 641 / 618, 256 3x3 at 14x14
+    (230) 559 / 544 / 535, 128 3x3 at 28x28 (115) 555 / 537 / 533, 1x1 1024 -> 256 at 14x14
+    (102) 271 / 261 / 259, GSC's 5x5 at 80% (320) 79 / 75 / 73; but 1x1 128 -> 512 at 28x28
+    (13) 171 / 174 / 221 and 256 -> 1024 at 14x14 (26) 211 / 212 / 232; and with 8 vectors
     (64 3x3 at 56x56) 506 / 490 / 597, three channels spilling."""
-    if lanes != 16:
+    if lanes != 16 or nnz_per_channel < 96:
         return 1
     return 3 if vectors <= 7 else 2
 
@@ -595,7 +601,9 @@ def sparse_conv2d_planes(
     offs = as_index(_plane_offsets(csr, probe), max(total - 1, 0))
     ptr = np.ascontiguousarray(csr.indptr)
     vals = np.asarray(csr.data, dtype=np.float32)
-    share = default_share(lanes, vectors) if share is None else int(share)
+    if share is None:
+        share = default_share(lanes, vectors, csr.nnz / max(o, 1))
+    share = int(share)
     if not 1 <= share <= 4:
         raise ValueError(f"share must be in 1..4, got {share}")
     ntaps = 0

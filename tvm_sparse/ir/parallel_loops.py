@@ -51,6 +51,23 @@ def map_parallel_loops(stmt: tirx.Stmt, rewrite: Callable[[tirx.For], tirx.Stmt]
     return walk(stmt)
 
 
+def prim_func_pass(name: str, rewrite: Callable[[tirx.PrimFunc], tirx.PrimFunc]
+                   ) -> tvm.transform.Pass:  # fmt: skip
+    """A module pass that replaces every PrimFunc ``f`` of the module by ``rewrite(f)``."""
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        updates = {
+            gv: rewrite(func) for gv, func in mod.functions.items()
+            if isinstance(func, tirx.PrimFunc)
+        }  # fmt: skip
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return apply
+
+
 def with_body(loop: tirx.For, body: tirx.Stmt, kind: tirx.ForKind | None = None) -> tirx.For:
     """``loop`` with another body (and kind)."""
     return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind if kind is None else kind,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import tvm
 from tvm import tirx
 
-from ..ir.parallel_loops import map_parallel_loops, with_body
+from ..ir.parallel_loops import map_parallel_loops, prim_func_pass, with_body
 from ..target import has_cpu_features, is_cpu, num_cores
 
 FTZ_DAZ = 0x8040  # MXCSR bits: flush-to-zero (15) and denormals-are-zero (6)
@@ -112,16 +112,4 @@ def FlushDenormals(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N8
     ``target``'s cores (use it only where ``applies(target)``). The target is an argument, not
     the one in scope: without one in scope every parallel loop would become a single task."""
     tasks = num_cores(target)
-
-    @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FlushDenormals")
-    def flush(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {
-            gv: flush_denormals_in(func, tasks)
-            for gv, func in mod.functions.items()
-            if isinstance(func, tirx.PrimFunc)
-        }
-        for gv, func in updates.items():
-            mod[gv] = func
-        return mod
-
-    return flush
+    return prim_func_pass("tvm_sparse.FlushDenormals", lambda f: flush_denormals_in(f, tasks))

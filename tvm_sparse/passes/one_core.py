@@ -7,9 +7,8 @@ same rewrite (``schedules.kernel.build_kernel``), so the choice times what the m
 from __future__ import annotations
 
 import tvm
-from tvm import tirx
 
-from ..ir.parallel_loops import one_core, serial_on_one_core
+from ..ir.parallel_loops import one_core, prim_func_pass, serial_on_one_core
 
 
 def applies(target: tvm.target.Target) -> bool:
@@ -19,16 +18,4 @@ def applies(target: tvm.target.Target) -> bool:
 def SerialOnOneCore(target: tvm.target.Target) -> tvm.transform.Pass:  # noqa: N802
     """The pass (use it where ``applies(target)``): the target is an argument, not the one in
     scope, as in ``flush_denormals.FlushDenormals``."""
-
-    @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.SerialOnOneCore")
-    def serial(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {
-            gv: serial_on_one_core(func, target)
-            for gv, func in mod.functions.items()
-            if isinstance(func, tirx.PrimFunc)
-        }
-        for gv, func in updates.items():
-            mod[gv] = func
-        return mod
-
-    return serial
+    return prim_func_pass("tvm_sparse.SerialOnOneCore", lambda f: serial_on_one_core(f, target))

@@ -104,6 +104,22 @@ def test_share_runs_keeps_every_weight_once():
     np.testing.assert_array_equal(rebuilt, dense)
 
 
+def test_layers_of_one_shape_and_count_share_one_kernel():
+    """Shared runs are padded to the non-zeros: two layers with the same shape and non-zero
+    count but other weights get structurally equal kernels (one compile, one timing)."""
+    import tvm_ffi
+
+    rng = np.random.default_rng(11)
+    calls = []
+    for _ in range(2):
+        w = np.zeros((12, 6 * 9), np.float32)
+        for row in w:
+            row[rng.choice(row.size, 20, replace=False)] = rng.standard_normal(20)
+        calls.append(sparse_conv2d_planes((1, 6, 8, 8), w.reshape(12, 6, 3, 3), share=3))
+    assert calls[0].info["runs"] != calls[1].info["runs"]
+    assert tvm_ffi.structural_equal(calls[0].func, calls[1].func)
+
+
 def test_default_share_by_registers():
     assert default_share(16, 7, 320) == 3  # GSC's 10x10: 21 accumulators
     assert default_share(16, 8, 320) == 2  # 3 x 8 spilled (56x56: 597 against 490 us)

@@ -371,8 +371,8 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
             if has_narrow:
                 acc[T.ramp(a * tile + nw, 1, narrow)] = T.broadcast(T.float32(0), narrow)
         if shared:
-            # one loop per pattern, each a fixed set of channels once unrolled (a loop var
-            # starting at 1 lost its first iteration in T.unroll: pattern = pm + 1)
+            # one loop per pattern, each a fixed set of channels once unrolled (pattern =
+            # pm + 1: ``T.unroll(1, npat)`` gave wrong results in a prototype, not looked into)
             for pm in T.unroll(npat - 1):
                 pat: T.let = pm + 1
                 lo_s: T.let = T.Cast("int32", ptr[blk * npat + pat])

@@ -372,7 +372,8 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
                 acc[T.ramp(a * tile + nw, 1, narrow)] = T.broadcast(T.float32(0), narrow)
         if shared:
             # one loop per pattern, each a fixed set of channels once unrolled (pattern =
-            # pm + 1: ``T.unroll(1, npat)`` gave wrong results in a prototype, not looked into)
+            # pm + 1: ``T.unroll(1, npat)`` around this body gave wrong results in a
+            # prototype, though a lone ``T.unroll(1, 8)`` runs 1..7; not understood)
             for pm in T.unroll(npat - 1):
                 pat: T.let = pm + 1
                 lo_s: T.let = T.Cast("int32", ptr[blk * npat + pat])

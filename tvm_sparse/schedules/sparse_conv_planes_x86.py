@@ -317,40 +317,36 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
                 + T.broadcast(value, narrow) * xs[T.ramp(q + nw, 1, narrow)]
             )
 
+    def vector_store(width: int):
+        @T.macro
+        def store_vector(acc, a0, bias_oc, rf, yf, at):
+            """yf[at:] = act(acc[a0:] + bias (+ residual)), ``width`` lanes."""
+            if residual:
+                yf[T.ramp(at, 1, width)] = _epilogue(
+                    acc[T.ramp(a0, 1, width)]
+                    + T.broadcast(bias_oc, width)
+                    + rf[T.ramp(at, 1, width)],
+                    activation,
+                    width,
+                )
+            else:
+                yf[T.ramp(at, 1, width)] = _epilogue(
+                    acc[T.ramp(a0, 1, width)] + T.broadcast(bias_oc, width), activation, width
+                )
+
+        return store_vector
+
+    store_full = vector_store(lanes)
+    store_narrow = vector_store(narrow if has_narrow else lanes)  # unused without a narrow one
+
     @T.macro
     def store(acc, base, bias, rf, yf, tail, nb, oc, p0):
         out: T.let = (nb * o + oc) * npos + p0
         if p0 + tile <= npos:
             for u in T.unroll(n):
-                if residual:
-                    yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
-                        acc[T.ramp(base + u * lanes, 1, lanes)]
-                        + T.broadcast(bias[oc * hb], lanes)
-                        + rf[T.ramp(out + u * lanes, 1, lanes)],
-                        activation,
-                        lanes,
-                    )
-                else:
-                    yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
-                        acc[T.ramp(base + u * lanes, 1, lanes)] + T.broadcast(bias[oc * hb], lanes),
-                        activation,
-                        lanes,
-                    )
+                store_full(acc, base + u * lanes, bias[oc * hb], rf, yf, out + u * lanes)
             if has_narrow:
-                if residual:
-                    yf[T.ramp(out + nw, 1, narrow)] = _epilogue(
-                        acc[T.ramp(base + nw, 1, narrow)]
-                        + T.broadcast(bias[oc * hb], narrow)
-                        + rf[T.ramp(out + nw, 1, narrow)],
-                        activation,
-                        narrow,
-                    )
-                else:
-                    yf[T.ramp(out + nw, 1, narrow)] = _epilogue(
-                        acc[T.ramp(base + nw, 1, narrow)] + T.broadcast(bias[oc * hb], narrow),
-                        activation,
-                        narrow,
-                    )
+                store_narrow(acc, base + nw, bias[oc * hb], rf, yf, out + nw)
         else:  # through ``tail``: a dynamic index into acc would keep it out of registers
             for u in T.unroll(n):
                 tail[T.ramp(u * lanes, 1, lanes)] = acc[T.ramp(base + u * lanes, 1, lanes)]

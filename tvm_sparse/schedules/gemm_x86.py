@@ -44,7 +44,8 @@ def choose_tiling(
     memory-bound GEMV case) the tile widens instead, so there are still >= 8 independent FMA
     chains to hide the 4-cycle FMA latency. ``nb`` is a power of two no wider than the columns
     need (a 12-output layer does not pad to 128): a 48-, 80- or 112-column panel ran 10-25x
-    slower than a 64-column one (Zen 4), LLVM splitting its odd-sized vectors badly.
+    slower than a 64-column one (Zen 4; why was not looked into, likely how LLVM lowers 3-, 5-
+    and 7-vector types).
     """
     col_cap = max(16, 1 << (max(cols, 1) - 1).bit_length())
     wide = lanes >= 16

@@ -28,19 +28,13 @@ import tvm
 from .errors import TvmSparseError
 from .frontend import import_model
 from .ir.layers import LayerSpec
-from .machine import cache_bytes
 from .passes import pipeline as tvm_sparse_pipeline
 from .passes.analyze_sparsity import analyze_function
 from .passes.canonicalize import canonicalize
 from .schedules.choice import choose_layer
 from .schedules.registry import candidates_for, find_family
 from .schedules.tuning.build_pool import BuildPool
-from .schedules.tuning.measure import (
-    WEIGHTS_IN,
-    LocalMeasurer,
-    RPCMeasurer,
-    free_rpc_devices,
-)
+from .schedules.tuning.measure import LocalMeasurer, RPCMeasurer, free_rpc_devices
 from .schedules.tuning.metaschedule import (
     _ms_runner,
     extract_ms_tasks,
@@ -51,6 +45,7 @@ from .schedules.tuning.model_check import ModelCheck, forget_check, model_finger
 from .schedules.tuning.records import MS_TASKS, KernelRecords, _read_json, open_database
 from .schedules.tuning.results import TaskResult, TuneSummary, _result_line
 from .schedules.tuning.search import KernelSearch
+from .schedules.weights_residency import WEIGHTS_IN, model_weight_bytes, weights_in_for
 from .target import device_present, resolve_target
 from .timing import take_turns
 
@@ -325,8 +320,4 @@ def _weights_in(choice: str, tasks: list[KernelTask], remote: bool) -> str:
     if remote or choice != "auto":
         return "dram" if remote else choice
     layers = {id(t.layer): t.layer for t in tasks}.values()
-    weight_bytes = sum(
-        min(layer.weight.nbytes, 8 * int(np.count_nonzero(layer.weight))) for layer in layers
-    )
-    llc = cache_bytes(3) or cache_bytes(2)
-    return "l3" if llc and weight_bytes <= llc // 2 else "dram"
+    return weights_in_for(model_weight_bytes(layer.weight for layer in layers))

@@ -308,7 +308,8 @@ def test_weights_come_from_the_cache_the_model_keeps_them_in(target, rng):
     import tvm_ffi
 
     from tvm_sparse.machine import cache_bytes
-    from tvm_sparse.schedules.tuning.measure import _EVICT, measured_timer
+    from tvm_sparse.schedules.kernel import EVICT_PRIVATE_PREPROC
+    from tvm_sparse.schedules.tuning.measure import measured_timer
 
     tasks = [tuner.KernelTask(_linear_layer(4, 64, 64, 0.2), "csr")]
     llc = cache_bytes(3) or cache_bytes(2)
@@ -324,7 +325,8 @@ def test_weights_come_from_the_cache_the_model_keeps_them_in(target, rng):
     call = tuning.build_candidate("csr", layer, target, {})
     x = rng.standard_normal((4, 64)).astype(np.float32)
     time_it, _ = measured_timer(tuning.LocalMeasurer(target, weights_in="l3"), call, x)
-    assert time_it() > 0 and tvm_ffi.get_global_func(_EVICT, allow_missing=True) is not None
+    assert time_it() > 0
+    assert tvm_ffi.get_global_func(EVICT_PRIVATE_PREPROC, allow_missing=True) is not None
 
 
 def test_tuning_for_a_gpu_needs_one(tmp_path):

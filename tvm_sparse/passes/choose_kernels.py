@@ -4,7 +4,8 @@ The choice itself is ``schedules.tuning.choose_layer_tuned`` (tuned records, els
 timed on this machine when ``measure`` says so); this pass puts it in the plan and writes the
 choice and its reason into the module's report, with a note for every candidate dropped (one
 that failed to build, or crashed the compiler: the choice runs them in a worker process). One
-pass is one compile: layers like an earlier one reuse its timings (``reuse_timings``). A line per
+pass is one compile: layers like an earlier one reuse its timings (``reuse_timings``), and every
+candidate is timed with its weights where this model keeps them (``weights_residency``). A line per
 layer at INFO on the ``tvm_sparse`` logger shows the progress.
 """
 
@@ -22,6 +23,7 @@ from ..schedules.decision_reuse import reuse_timings
 from ..schedules.isolation import prestart
 from ..schedules.registry import find_family
 from ..schedules.tuning.lookup import choose_layer_tuned
+from ..schedules.weights_residency import L3, model_weight_bytes, weights_in, weights_in_for
 from .layer_plan import LayerPlan
 from .module_report import attach_report, read_report
 
@@ -53,7 +55,15 @@ class ChooseKernels:
         self.plan.check(mod, "ChooseKernels")
         report = read_report(mod)
         rows = list(zip(self.plan.layers, report.layers))
-        with reuse_timings():
+        # one place for every layer's weights while timing: the model's size says where
+        weight_bytes = model_weight_bytes(layer.weight for layer in self.plan.layers)
+        location = weights_in_for(weight_bytes)
+        if location == L3 and self.plan.options.measure is not False:
+            report.notes.append(
+                f"kernels timed with their weights in the L3, as the model keeps them "
+                f"({weight_bytes / 2**20:.1f} MB of weights fit half the last-level cache)"
+            )
+        with reuse_timings(), weights_in(location):
             choices = [self._choose(i, layer, len(rows)) for i, (layer, _) in enumerate(rows)]
         for i, ((layer, row), choice) in enumerate(zip(rows, choices)):
             self._record(layer, row, self._checked(i, layer, choice, len(rows)), report)

@@ -19,17 +19,20 @@ import tvm
 from ..target import device_present, is_cpu
 from ..timing import take_turns
 from .kernel import KernelCall, build_kernel, kernel_timer
+from .weights_residency import DRAM
 
 COMPILE = "compile"
 RUN = "run"
-# time_evaluator settings of the per-layer choice: each call with the layer's weights and
-# output flushed from the caches, as they are in a model (a kernel that re-reads its weights
-# ran 2x slower there than timed hot: ResNet-50's 7x7 layers, Zen 4), timed again each round
-TIMER_SETTINGS = {"number": 1, "repeat": 7, "min_repeat_ms": 0, "cold_weights": True}
+# time_evaluator settings of the per-layer choice on a CPU: one call per repeat, each with the
+# layer's weights moved first to where the model keeps them (``weights_residency``; a kernel
+# that re-reads its weights ran 2x slower in a model than timed hot: ResNet-50's 7x7 layers,
+# Zen 4), timed again each round
+TIMER_SETTINGS = {"number": 1, "repeat": 7, "min_repeat_ms": 0}
 # a GPU kernel takes microseconds: one call per repeat would time the launch and the event pair
-GPU_TIMER_SETTINGS = {"number": 20, "repeat": 7, "min_repeat_ms": 5, "cold_weights": False}
+GPU_TIMER_SETTINGS = {"number": 20, "repeat": 7, "min_repeat_ms": 5}
 # part of every timing's cache key: timings taken another way are not reused
-TIMING_METHOD = "cold-weights-v2"  # v2: the output is no longer flushed (kernel.py)
+# (v2: the output is no longer flushed, kernel.py; v3: the weights' place is in the key)
+TIMING_METHOD = "cold-weights-v3"
 
 Step = Callable[[str, str], None]
 
@@ -78,9 +81,11 @@ def run_candidates(
     x: np.ndarray | None,
     rounds: int,
     on_step: Step = _quiet,
+    weights_in: str = DRAM,
 ) -> dict[str, Outcome]:
     """Compile every kernel, then (with an input ``x``) time the ones that compiled in ``rounds``
-    turns. A kernel that fails to compile or to run gets an ``Outcome`` with its error."""
+    turns, on a CPU with their weights in ``weights_in`` ("dram" or "l3"; a GPU times them
+    hot). A kernel that fails to compile or to run gets an ``Outcome`` with its error."""
     outcomes: dict[str, Outcome] = {}
     timers = {}
     for name, call in calls.items():
@@ -90,7 +95,10 @@ def run_candidates(
             if x is None:
                 outcomes[name] = Outcome()
             else:
-                settings = TIMER_SETTINGS if is_cpu(target) else GPU_TIMER_SETTINGS
+                if is_cpu(target):
+                    settings = {**TIMER_SETTINGS, "weights_in": weights_in}
+                else:
+                    settings = GPU_TIMER_SETTINGS
                 timers[name] = kernel_timer(call, target, x, module=module, **settings)
         except Exception as err:  # noqa: BLE001 - one failing candidate must not stop the others
             outcomes[name] = Outcome(error=f"failed to build: {error_text(err)}")

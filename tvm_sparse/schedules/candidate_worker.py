@@ -109,7 +109,8 @@ def serve(in_fd: int, out_fd: int, idle_s: float) -> int:
                 calls[job[0]] = from_job(job)
             except Exception as err:  # noqa: BLE001 - reported as this candidate's failure
                 failed[job[0]] = Outcome(error=f"failed to load: {error_text(err)}")
-        outcomes = run_candidates(calls, target, request["x"], request["rounds"], on_step=step)
+        outcomes = run_candidates(calls, target, request["x"], request["rounds"], on_step=step,
+                                  weights_in=request["weights_in"])  # fmt: skip
         write_message(out_fd, ("done", {**outcomes, **failed}))
         del calls, request  # free the constants before waiting for the next request
 

@@ -42,6 +42,7 @@ from .kernel import KernelCall
 from .kernels import Candidate
 from .measure_input import layer_input
 from .registry import candidates_for
+from .weights_residency import current_weights_in
 
 log = logging.getLogger("tvm_sparse")
 
@@ -83,8 +84,10 @@ def _measure(kernels: dict[str, KernelCall], layer: LayerSpec, target: tvm.targe
     kernel (by name, kernel, weights and target) and per group: a time is reused only beside the
     times it was measured with, so one choice never compares a fresh timing with one from another
     (quieter or busier) spell of the machine. A kernel that fails to build or run is dropped."""
+    weights_in = current_weights_in()
     keys = {
-        name: measure_cache.key(name, k, layer.input_density, target) for name, k in kernels.items()
+        name: measure_cache.key(name, k, layer.input_density, target, weights_in)
+        for name, k in kernels.items()
     }
     keys = measure_cache.group_keys(keys)
     seconds = {name: measure_cache.get(key) for name, key in keys.items()}
@@ -92,7 +95,7 @@ def _measure(kernels: dict[str, KernelCall], layer: LayerSpec, target: tvm.targe
         return Measured(seconds)  # timed before, so compiled before: nothing to check
     # one missing (a kernel that failed to build last time, say): the whole group is timed again
     result = Measured({})
-    outcomes = run_isolated(kernels, target, layer_input(layer), MEASURE_ROUNDS)
+    outcomes = run_isolated(kernels, target, layer_input(layer), MEASURE_ROUNDS, weights_in)
     for name, outcome in outcomes.items():
         if outcome.ok:
             result.seconds[name] = statistics.median(outcome.samples)

@@ -42,6 +42,7 @@ from .candidate_worker import (
     write_message,
 )
 from .kernel import KernelCall
+from .weights_residency import DRAM
 
 log = logging.getLogger("tvm_sparse")
 
@@ -132,7 +133,8 @@ class WorkerRunner:
         atexit.register(self.close)
 
     def run(self, calls: dict[str, KernelCall], target: tvm.target.Target,
-            x: np.ndarray | None, rounds: int) -> dict[str, Outcome]:  # fmt: skip
+            x: np.ndarray | None, rounds: int, weights_in: str = DRAM
+            ) -> dict[str, Outcome]:  # fmt: skip
         """``run_candidates`` in the worker; a candidate that kills it gets a failed outcome."""
         jobs = {name: to_job(name, call) for name, call in calls.items()}
         outcomes: dict[str, Outcome] = {}
@@ -140,7 +142,9 @@ class WorkerRunner:
         with self._lock:
             while jobs:
                 try:
-                    outcomes.update(self._request(list(jobs.values()), target, x, rounds))
+                    outcomes.update(
+                        self._request(list(jobs.values()), target, x, rounds, weights_in)
+                    )
                     break
                 except _WorkerDied as died:
                     if died.step is None:  # before any candidate: an idle exit, or no start
@@ -153,7 +157,7 @@ class WorkerRunner:
                     jobs.pop(name, None)
         return outcomes
 
-    def _request(self, jobs: list, target, x, rounds) -> dict[str, Outcome]:
+    def _request(self, jobs: list, target, x, rounds, weights_in: str) -> dict[str, Outcome]:
         proc = self._ensure_started()
         offset = self._stderr.seek(0, os.SEEK_END)
         timeout = self.timeout_s or _timeout_s()
@@ -161,7 +165,8 @@ class WorkerRunner:
         clock = _StepClock()
         try:
             write_message(proc.stdin.fileno(), {
-                "kernels": jobs, "target": str(target), "x": x, "rounds": rounds
+                "kernels": jobs, "target": str(target), "x": x, "rounds": rounds,
+                "weights_in": weights_in,
             })  # fmt: skip
             if not self._ready:
                 read_message(proc.stdout.fileno(), max(timeout, STARTUP_TIMEOUT_S))  # ("ready",)
@@ -273,19 +278,21 @@ def prestart() -> None:
 
 
 def run_isolated(calls: dict[str, KernelCall], target: tvm.target.Target,
-                 x: np.ndarray | None, rounds: int) -> dict[str, Outcome]:  # fmt: skip
-    """Compile ``calls`` and, with an input ``x``, time them in ``rounds`` turns, in the worker
-    (or here with ``TVM_SPARSE_ISOLATE=0``, or when the worker cannot start at all)."""
+                 x: np.ndarray | None, rounds: int, weights_in: str = DRAM
+                 ) -> dict[str, Outcome]:  # fmt: skip
+    """Compile ``calls`` and, with an input ``x``, time them in ``rounds`` turns with their
+    weights in ``weights_in`` (``run_candidates``), in the worker (or here with
+    ``TVM_SPARSE_ISOLATE=0``, or when the worker cannot start at all)."""
     if not calls:
         return {}
     if isolation_enabled() and not _UNAVAILABLE:
         try:
-            return shared_worker().run(calls, target, x, rounds)
+            return shared_worker().run(calls, target, x, rounds, weights_in)
         except WorkerUnavailable as err:
             _UNAVAILABLE.append(str(err))
             log.warning("the candidate worker is unavailable (%s): candidate kernels are "
                         "compiled in this process from now on", err)  # fmt: skip
-    return run_candidates(calls, target, x, rounds)
+    return run_candidates(calls, target, x, rounds, weights_in=weights_in)
 
 
 # compile checks that failed in this process: compile key -> why (successes go to the cache)

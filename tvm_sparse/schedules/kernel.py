@@ -110,6 +110,7 @@ def run_kernel(
 
 
 COLD_WEIGHTS_PREPROC = "tvm_sparse.flush_weights"
+EVICT_PRIVATE_PREPROC = "tvm_sparse.evict_private_caches"
 
 
 def cold_weights_preproc() -> str:
@@ -134,6 +135,36 @@ def cold_weights_preproc() -> str:
     return COLD_WEIGHTS_PREPROC
 
 
+def evict_private_caches_preproc() -> str:
+    """Register (once) and name a pre-call hook that reads a buffer twice the L2's size: the
+    kernel's weights leave L1 and L2 but stay in the L3 (``weights_residency``'s "l3")."""
+    import tvm_ffi
+
+    from ..machine import cache_bytes
+
+    if tvm_ffi.get_global_func(EVICT_PRIVATE_PREPROC, allow_missing=True) is None:
+        size = cache_bytes(2) or 2 * 1024 * 1024
+        buf = np.ones(2 * size // 4, dtype=np.float32)
+
+        def evict(*_args) -> None:
+            np.add.reduce(buf[::16])  # one read of every cache line
+
+        tvm_ffi.register_global_func(EVICT_PRIVATE_PREPROC, evict, override=True)
+    return EVICT_PRIVATE_PREPROC
+
+
+def weights_preproc(weights_in: str) -> str:
+    """The pre-call hook that puts a timed kernel's weights where a model finds them: "hot"
+    (none: left in L1/L2 by the last call), "l3" (L1 and L2 evicted) or "dram" (flushed)."""
+    if weights_in == "hot":
+        return ""
+    if weights_in == "l3":
+        return evict_private_caches_preproc()
+    if weights_in == "dram":
+        return cold_weights_preproc()
+    raise ValueError(f"weights_in must be hot, l3 or dram, got {weights_in!r}")
+
+
 def kernel_timer(
     call: KernelCall,
     target: tvm.target.Target,
@@ -142,20 +173,20 @@ def kernel_timer(
     number: int = 10,
     repeat: int = 5,
     min_repeat_ms: int = 50,
-    cold_weights: bool = False,
+    weights_in: str = "hot",
 ) -> Callable[[], float]:
     """Build once, then ``timer()`` -> median seconds per call (TVM's time_evaluator).
 
     A timer can be called again and again, so several kernels can be timed in turns.
-    ``cold_weights`` flushes the weights (every argument but the input and the output) from
-    the caches before each timed repeat (``COLD_WEIGHTS_PREPROC``): in a model, a layer's
-    weights were last read a whole inference ago, while its input was just written and its
-    output's memory was used by an earlier layer. Use it with ``number=1``, or only the first
-    call of a repeat is cold.
+    ``weights_in`` ("hot", "l3", "dram"; see ``weights_preproc``) moves the weights before each
+    timed repeat to where a model finds them: there, a layer's weights were last read a whole
+    inference ago, while its input was just written and its output's memory was used by an
+    earlier layer. Use "l3" / "dram" with ``number=1``, or only the first call of a repeat is
+    cold. Only CPU targets move them; a GPU kernel is timed hot.
     """
     module = module or build_kernel(call, target)
     dev = kernel_device(target)
-    cold_weights = cold_weights and str(target.kind.name) == "llvm"
+    preproc = weights_preproc(weights_in) if str(target.kind.name) == "llvm" else ""
     args = [tvm.runtime.tensor(x, dev)] + [tvm.runtime.tensor(c, dev) for c in call.consts]
     out = tvm.runtime.tensor(np.zeros(call.out_shape, dtype=call.out_dtype), dev)
     evaluator = module.time_evaluator(
@@ -164,6 +195,6 @@ def kernel_timer(
         number=number,
         repeat=repeat,
         min_repeat_ms=min_repeat_ms,
-        f_preproc=cold_weights_preproc() if cold_weights else "",
+        f_preproc=preproc,
     )
     return lambda: float(np.median(evaluator(*args, out).results))

@@ -1,8 +1,9 @@
 """On-disk cache of kernel timings, so re-compiling a model does not re-measure its kernels.
 
 Keyed by the kernel's name, its PrimFunc's structural hash, a digest of its constant arrays (the
-real sparsity structure), the activation density it was timed at, the target, and the group of
-kernels it was timed with (``group_keys``). It also remembers which kernels compiled
+real sparsity structure), the activation density it was timed at, where its weights were
+(``weights_residency``), the target, and the group of kernels it was timed with
+(``group_keys``). It also remembers which kernels compiled
 (``compile_key``: the PrimFunc, the target and TVM's version), so a kernel checked once is not
 compiled again to be checked. Set ``TVM_SPARSE_CACHE_DIR`` to move it, or to an empty string to
 turn it off.
@@ -20,6 +21,7 @@ import tvm_ffi
 
 from .candidate_run import TIMING_METHOD
 from .kernel import KernelCall
+from .weights_residency import DRAM
 
 _LOCK = threading.Lock()
 _MEMORY: dict[str, float] = {}
@@ -33,7 +35,9 @@ def _cache_dir() -> str | None:
     return os.path.join(os.path.expanduser("~"), ".cache", "tvm-sparse")
 
 
-def key(name: str, kernel: KernelCall, density: float | None, target: tvm.target.Target) -> str:
+def key(name: str, kernel: KernelCall, density: float | None, target: tvm.target.Target,
+        weights_in: str = DRAM) -> str:  # fmt: skip
+    """The key of a kernel's timing at input ``density`` with its weights in ``weights_in``."""
     digest = hashlib.sha1()
     digest.update(name.encode())
     digest.update(str(tvm_ffi.structural_hash(kernel.func)).encode())
@@ -43,6 +47,7 @@ def key(name: str, kernel: KernelCall, density: float | None, target: tvm.target
     digest.update(repr(None if density is None else round(density, 4)).encode())
     digest.update(str(target).encode())
     digest.update(TIMING_METHOD.encode())
+    digest.update(weights_in.encode())
     return digest.hexdigest()
 
 

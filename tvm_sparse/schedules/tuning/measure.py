@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import tvm
 
-from ...machine import cache_bytes, machine_id, rpc_machine_id
+from ...machine import machine_id, rpc_machine_id
 from ...target import is_cpu
 from ..candidate_run import GPU_TIMER_SETTINGS, TIMER_SETTINGS
-from ..kernel import KernelCall, kernel_device
+from ..kernel import KernelCall, evict_private_caches_preproc, kernel_device
+from ..weights_residency import L3, WEIGHTS_IN
 
 
 class LocalMeasurer:
@@ -61,13 +62,11 @@ class LocalMeasurer:
         tensors = [tvm.runtime.tensor(a, dev) for a in args]
         lib["main"](*tensors)
         out = tensors[out_index].numpy()
-        settings = dict(self.settings)
-        cold = settings.pop("cold_weights", False) and is_cpu(self.target)
         preproc = ""
-        if cold:
-            l3 = (weights_in or self.weights_in) == "l3"
-            preproc = _evict_private_caches() if l3 else FLUSH_ALL
-        evaluator = lib.time_evaluator("main", dev, f_preproc=preproc, **settings)
+        if is_cpu(self.target):
+            l3 = (weights_in or self.weights_in) == L3
+            preproc = evict_private_caches_preproc() if l3 else FLUSH_ALL
+        evaluator = lib.time_evaluator("main", dev, f_preproc=preproc, **self.settings)
         return (lambda: float(np.median(evaluator(*tensors).results))), out
 
     def run(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1,
@@ -133,31 +132,13 @@ class RPCMeasurer(LocalMeasurer):
         self.tmp.cleanup()
 
 
-# Where a timed kernel's weights come from (CPU): "dram" flushes them from every cache before
-# each call (a model whose weights exceed the last-level cache); "l3" evicts only L1 and L2 (a
-# model whose weights fit the L3 finds them there a whole inference later). MiniLM-L6 at 90%
-# (8.5 MB of weights, 480 MB L3): its 36 CSR kernels summed 6.28 ms timed "dram", 4.79 ms
-# "l3", 4.28 ms warm, and ~4.6 ms in the model (perf); tuned "dram", per-layer gains of 1.18x
-# came out as 1.02x in the model.
-WEIGHTS_IN = ("dram", "l3")
+# Where a timed kernel's weights come from (CPU; ``weights_residency.WEIGHTS_IN``): "dram"
+# flushes them from every cache before each call (a model whose weights exceed the last-level
+# cache); "l3" evicts only L1 and L2 (a model whose weights fit the L3 finds them there a whole
+# inference later). MiniLM-L6 at 90% (8.5 MB of weights, 480 MB L3): its 36 CSR kernels summed
+# 6.28 ms timed "dram", 4.79 ms "l3", 4.28 ms warm, and ~4.6 ms in the model (perf); tuned
+# "dram", per-layer gains of 1.18x came out as 1.02x in the model.
 FLUSH_ALL = "cache_flush_cpu_non_first_arg"
-_EVICT = "tvm_sparse.evict_private_caches"
-
-
-def _evict_private_caches() -> str:
-    """Register (once) a pre-call hook that reads a buffer twice the L2's size: the kernel's
-    weights leave L1 and L2 but stay in the L3."""
-    import tvm_ffi
-
-    if tvm_ffi.get_global_func(_EVICT, allow_missing=True) is None:
-        size = cache_bytes(2) or 2 * 1024 * 1024
-        buf = np.ones(2 * size // 4, dtype=np.float32)
-
-        def evict(*_args) -> None:
-            np.add.reduce(buf[::16])  # one read of every cache line
-
-        tvm_ffi.register_global_func(_EVICT, evict, override=True)
-    return _EVICT
 
 
 def free_rpc_devices(tracker: str, key: str) -> int:

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import tvm
 
+from tvm_sparse.formats.bsr import BSR
 from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.sparse_conv_x86 import sparse_conv2d
+from tvm_sparse.schedules.sparse_panel_x86 import RECORDS_AHEAD, panel_call
 from tvm_sparse.schedules.sparse_x86 import bsr_linear, csr_linear
 from tvm_sparse.target import resolve_target
 
@@ -154,6 +156,31 @@ def test_panel_kernel_x_transpose_paths_with_nan_inf(row_block, per_panel):
     ref = linear_ref(x, w, bias, "relu")
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("ahead", [0, 1, RECORDS_AHEAD])
+def test_panel_kernel_prefetches_its_records_ahead(ahead):
+    """Each CSR slot prefetches the record lines ``ahead`` records on (clamped to the last
+    record: 1 ahead reaches past the end from the last slots); the output is the same with and
+    without, and the kernel holds the prefetch only when asked."""
+    rng = np.random.default_rng(8)
+    w = sparse_weight(rng, (64, 96), 0.1)
+    bias = rng.standard_normal(64).astype(np.float32)
+    x = rng.standard_normal((16, 96)).astype(np.float32)
+    call = panel_call("csr_linear", 16, BSR.from_dense(w, (1, 1)), bias, True, "relu", 16, 32,
+                      None, False, rec_ahead=ahead)  # fmt: skip
+    assert call.info["records_ahead"] == ahead
+    script = call.func.script()
+    assert ("llvm.prefetch" in script) == (ahead > 0 or call.info["prefetch"])
+    assert ("address_of(recs[at])" in script) == (ahead > 0)
+    check(call, x, linear_ref(x, w, bias, "relu"))
+
+
+def test_bsr_panels_prefetch_no_records():
+    w = sparse_weight(np.random.default_rng(2), (32, 64), 0.3)
+    call = bsr_linear(8, w, (2, 2), target=TARGET)
+    assert call.info["records_ahead"] == 0
+    assert csr_linear(8, w, target=TARGET).info["records_ahead"] == RECORDS_AHEAD
 
 
 @pytest.mark.parametrize("m", [2, 3, 4])

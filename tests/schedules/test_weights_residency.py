@@ -79,17 +79,23 @@ def test_the_choice_times_candidates_with_the_weights_where_the_block_says(
     assert seen and set(seen) == {where}
 
 
+def _places_timed(monkeypatch) -> list[str]:
+    """Where each group of candidates the choice sends to the worker is timed, in order."""
+    places = []
+    real = choose_kernels.run_isolated
+
+    def recording(kernels, *args, **kwargs):
+        places.append(args[-1])
+        return real(kernels, *args, **kwargs)
+
+    monkeypatch.setattr(choose_kernels, "run_isolated", recording)
+    return places
+
+
 def test_timings_taken_in_l3_are_not_reused_for_dram(target, monkeypatch, tmp_path):
     _in_process(monkeypatch, tmp_path)
     layer = _linear(0.1, rows=2, n=64, k=64)
-    timed = []
-    real = choose_kernels.run_isolated
-
-    def counting(kernels, *args, **kwargs):
-        timed.append(args[-1])
-        return real(kernels, *args, **kwargs)
-
-    monkeypatch.setattr(choose_kernels, "run_isolated", counting)
+    timed = _places_timed(monkeypatch)
     with weights_in(L3):
         choose_kernels.choose_layer(layer, target, measure=True)
         choose_kernels.choose_layer(layer, target, measure=True)  # cached
@@ -104,14 +110,7 @@ def test_a_small_model_is_timed_with_its_weights_in_l3(monkeypatch, tmp_path):
     monkeypatch.setattr(
         "tvm_sparse.schedules.weights_residency.cache_bytes", lambda level: 32 << 20
     )
-    seen = []
-    real = choose_kernels.run_isolated
-
-    def recording(kernels, *args, **kwargs):
-        seen.append(args[-1])
-        return real(kernels, *args, **kwargs)
-
-    monkeypatch.setattr(choose_kernels, "run_isolated", recording)
+    seen = _places_timed(monkeypatch)
     model = models.pruned_mlp(layers=2, hidden=64, density=0.2, batch=1)
     path = models.save(model, tmp_path / "mlp.onnx")
     compiled = tvm_sparse.compile(path, "llvm", measure=True)

@@ -58,8 +58,8 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
         "--weights-in",
         choices=("auto", "dram", "l3"),
         default="auto",
-        help="where a timed kernel's weights come from: l3 (the model's weights fit the "
-        "last-level cache), dram, or auto (by the model's size; default)",
+        help="where a timed kernel's weights come from: l3 (the model's weights and "
+        "activations fit the last-level cache), dram, or auto (by the model's size; default)",
     )
     t.add_argument(
         "--input-shapes",

@@ -45,7 +45,7 @@ from .schedules.tuning.model_check import ModelCheck, forget_check, model_finger
 from .schedules.tuning.records import MS_TASKS, KernelRecords, _read_json, open_database
 from .schedules.tuning.results import TaskResult, TuneSummary, _result_line
 from .schedules.tuning.search import KernelSearch
-from .schedules.weights_residency import WEIGHTS_IN, model_weight_bytes, weights_in_for
+from .schedules.weights_residency import WEIGHTS_IN, model_working_set, weights_in_for
 from .target import device_present, resolve_target
 from .timing import take_turns
 
@@ -111,8 +111,9 @@ def tune(
     records, timed in ``check_rounds`` turns; records that do not make it faster are not applied
     to it by compile (the summary says so). It runs where the model can run: on this machine,
     not through RPC. ``weights_in``: where a timed kernel's weights come from on a CPU
-    (``measure.WEIGHTS_IN``); "auto" is "l3" when the model's weights fit half this machine's
-    last-level cache (they stay there between inferences), else "dram"; over RPC always "dram".
+    (``weights_residency.WEIGHTS_IN``); "auto" is "l3" when the model's weights and activations
+    fit half this machine's last-level cache (they stay there between inferences), else "dram";
+    over RPC always "dram".
     ``rpc_devices``: how many of the tracker's ``rpc_key`` servers to hold and measure on at
     once (each layer's trials still run one at a time; different layers run side by side).
     """
@@ -313,11 +314,12 @@ def _model_timer(module, inputs: list[np.ndarray], sample_s: float = 0.05) -> Ca
 
 
 def _weights_in(choice: str, tasks: list[KernelTask], remote: bool) -> str:
-    """Resolve ``tune``'s ``weights_in``: "auto" -> "l3" when the model's weights (as CSR where
-    that is smaller) fit half the last-level cache here, else "dram"."""
+    """Resolve ``tune``'s ``weights_in``: "auto" -> "l3" when the model's working set (weights,
+    as CSR where that is smaller, and activations) fits half the last-level cache here, else
+    "dram" (``weights_residency``)."""
     if choice not in ("auto", *WEIGHTS_IN):
         raise TvmSparseError(f"weights_in must be auto or one of {WEIGHTS_IN}, got {choice!r}")
     if remote or choice != "auto":
         return "dram" if remote else choice
     layers = {id(t.layer): t.layer for t in tasks}.values()
-    return weights_in_for(model_weight_bytes(layer.weight for layer in layers))
+    return weights_in_for(model_working_set(layers))

@@ -3,6 +3,8 @@ DRAM; the choice times every candidate so, and keeps the two kinds of timing apa
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,8 @@ from tvm_sparse.schedules.weights_residency import (
     DRAM,
     L3,
     current_weights_in,
-    model_weight_bytes,
+    model_working_set,
+    weight_bytes,
     weights_in,
     weights_in_for,
 )
@@ -26,10 +29,21 @@ def test_weight_bytes_count_csr_where_it_is_smaller():
     dense = np.ones((64, 64), np.float32)
     sparse = np.zeros((64, 64), np.float32)
     sparse[::8, ::4] = 1.0  # 128 non-zeros
-    assert model_weight_bytes([dense]) == dense.nbytes
-    assert model_weight_bytes([sparse]) == 8 * 128
-    assert model_weight_bytes([dense, sparse]) == dense.nbytes + 8 * 128
-    assert model_weight_bytes([np.zeros((4, 4), np.float32)]) == 0
+    assert weight_bytes(dense) == dense.nbytes
+    assert weight_bytes(sparse) == 8 * 128
+    assert weight_bytes(np.zeros((4, 4), np.float32)) == 0
+
+
+def test_the_working_set_counts_weights_and_activations():
+    """ResNet-18's case: weights alone under half the L3, with its activations over it."""
+    small = _linear(0.1, rows=2, n=64, k=32)
+    assert model_working_set([small]) == weight_bytes(small.weight) + 4 * (2 * 32 + 2 * 64)
+    big = dataclasses.replace(small, x_shape=(1024, 32), out_shape=(1024, 64))
+    assert model_working_set([small, big]) == (
+        model_working_set([small]) + weight_bytes(big.weight) + 4 * 1024 * 96
+    )
+    assert weights_in_for(model_working_set([small]), 1 << 19) == L3
+    assert weights_in_for(model_working_set([small, big]), 1 << 19) == DRAM
 
 
 @pytest.mark.parametrize(
@@ -104,8 +118,9 @@ def test_timings_taken_in_l3_are_not_reused_for_dram(target, monkeypatch, tmp_pa
 
 
 def test_a_small_model_is_timed_with_its_weights_in_l3(monkeypatch, tmp_path):
-    """The compile decides once per model: a 2-layer MLP (tens of KB) fits any L3, so its
-    candidates are timed with the weights there, and the report says so."""
+    """The compile decides once per model: a 2-layer MLP (tens of KB of weights and
+    activations) fits any L3, so its candidates are timed with the weights there, and the
+    report says so."""
     _in_process(monkeypatch, tmp_path)
     monkeypatch.setattr(
         "tvm_sparse.schedules.weights_residency.cache_bytes", lambda level: 32 << 20

@@ -23,7 +23,7 @@ from ..schedules.decision_reuse import reuse_timings
 from ..schedules.isolation import prestart
 from ..schedules.registry import find_family
 from ..schedules.tuning.lookup import choose_layer_tuned
-from ..schedules.weights_residency import L3, model_weight_bytes, weights_in, weights_in_for
+from ..schedules.weights_residency import L3, model_working_set, weights_in, weights_in_for
 from .layer_plan import LayerPlan
 from .module_report import attach_report, read_report
 
@@ -56,12 +56,13 @@ class ChooseKernels:
         report = read_report(mod)
         rows = list(zip(self.plan.layers, report.layers))
         # one place for every layer's weights while timing: the model's size says where
-        weight_bytes = model_weight_bytes(layer.weight for layer in self.plan.layers)
-        location = weights_in_for(weight_bytes)
+        working_set = model_working_set(self.plan.layers)
+        location = weights_in_for(working_set)
         if location == L3 and self.plan.options.measure is not False:
             report.notes.append(
                 f"kernels timed with their weights in the L3, as the model keeps them "
-                f"({weight_bytes / 2**20:.1f} MB of weights fit half the last-level cache)"
+                f"({working_set / 2**20:.1f} MB of weights and activations fit half the "
+                f"last-level cache)"
             )
         with reuse_timings(), weights_in(location):
             choices = [self._choose(i, layer, len(rows)) for i, (layer, _) in enumerate(rows)]

@@ -49,9 +49,10 @@ def test_the_working_set_counts_weights_and_activations():
 @pytest.mark.parametrize(
     "weight_bytes, llc, where",
     [(1 << 20, 32 << 20, L3), (16 << 20, 32 << 20, L3), ((16 << 20) + 1, 32 << 20, DRAM),
-     (1, 0, DRAM)],
+     (1, 0, DRAM), ((16 << 20) + 1, 320 << 20, DRAM), (1 << 20, 320 << 20, L3)],
 )  # fmt: skip
 def test_weights_stay_in_l3_when_they_fit_half_of_it(weight_bytes, llc, where):
+    """Half the L3, and of a server's shared L3 of hundreds of MiB no more than LLC_CAP's half."""
     assert weights_in_for(weight_bytes, llc) == where
 
 

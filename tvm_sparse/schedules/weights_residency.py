@@ -18,6 +18,8 @@ Weights alone do not decide it: ResNet-18 at 90% (9.4 MB of weights, tens of MB 
 activations) timed "l3" chose the flat conv for its 256-channel 3x3 layers (493 against 530
 us), which then ran 716 us in the model (the tap-plane conv: 577) and the network 3% slower.
 
+The L3 counted is at most ``LLC_CAP``: a server's L3 is shared by its socket and its tenants.
+
 The compile opens one ``weights_in(...)`` block for the whole model, decided by its working set
 (``weights_in_for(model_working_set(layers))``); the tuner decides the same way when told "auto".
 """
@@ -38,6 +40,10 @@ DRAM, L3 = "dram", "l3"
 WEIGHTS_IN = (DRAM, L3)
 
 _WEIGHTS_IN: ContextVar[str] = ContextVar("tvm_sparse_weights_in", default=DRAM)
+# The most last-level cache a model may count on. A server L3 of hundreds of MiB is shared by
+# every core of the socket (and, in a cloud, by other tenants' VMs): sysfs reports all of it,
+# while one model on two vCPUs keeps only a share. 32 MiB is the L3 the rule was measured on.
+LLC_CAP = 32 << 20
 
 
 def weight_bytes(weight: np.ndarray) -> int:
@@ -60,8 +66,10 @@ def model_working_set(layers: Iterable[LayerSpec]) -> int:
 def weights_in_for(working_set: int, llc_bytes: int | None = None) -> str:
     """``"l3"`` when a model's ``working_set`` fits in half the last-level cache (the other half
     is other cores' and tenants'), else ``"dram"`` (also when the cache size is unknown).
-    ``llc_bytes`` defaults to this machine's L3 (its L2 where it has none)."""
+    ``llc_bytes`` defaults to this machine's L3 (its L2 where it has none), at most
+    ``LLC_CAP``."""
     llc = llc_bytes if llc_bytes is not None else cache_bytes(3) or cache_bytes(2)
+    llc = min(llc or 0, LLC_CAP)
     return L3 if llc and working_set <= llc // 2 else DRAM
 
 

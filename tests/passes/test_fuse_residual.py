@@ -74,6 +74,22 @@ def test_fused_equals_reference(relu):
     np.testing.assert_allclose(_run(fused, x, s), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("share", [1, 2])
+def test_fused_with_input_channel_blocks(share):
+    """The shortcut is added once, after the last input-channel block (not to partial sums)."""
+    rng = np.random.default_rng(4)
+    w = sparse_weight(rng, (8, 6, 3, 3), 0.5)
+    bias = rng.standard_normal(8).astype(np.float32)
+    kernel = sparse_conv2d_planes(X_SHAPE, w, bias, CONV, None, TARGET, cblock=2, share=share)
+    mod, out_shape = _module(w, bias, relu=True, kernel=kernel)
+    fused = FuseResidual(TARGET)(mod)
+    assert len(_fused_kernels(fused)) == 1
+    x = rng.standard_normal(X_SHAPE).astype(np.float32)
+    s = rng.standard_normal(out_shape).astype(np.float32)
+    expected = np.maximum(conv_ref(x, w, bias, CONV.strides, CONV.padding, CONV.dilation) + s, 0)
+    np.testing.assert_allclose(_run(fused, x, s), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_broadcast_shortcut_is_not_fused():
     rng = np.random.default_rng(1)
     w = sparse_weight(rng, (8, 6, 3, 3), 0.3)

@@ -78,6 +78,38 @@ def test_channels_sharing_runs_match_dense(case, share):
     assert call.info["share"] == share
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+@pytest.mark.parametrize("cblock, share", [(1, 1), (3, 1), (2, 3), (4, 2)])
+def test_input_channel_blocks_match_dense(case, cblock, share):
+    """Non-zeros split into blocks of ``cblock`` input channels, partial sums kept in y
+    between blocks: blocks not dividing C, empty blocks, the last (narrow) tile, strides,
+    dilation, shared runs and every epilogue."""
+    x_shape, w_shape, density, strides, padding, dilation, activation = case
+    rng = np.random.default_rng(13)
+    w = sparse_weight(rng, w_shape, density)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    call = _check(x_shape, w, bias, ConvAttrs(strides, padding, dilation), activation,
+                  cblock=cblock, share=share, vectors=1, lanes=8)  # fmt: skip
+    assert call.info["cblock"] == (cblock if cblock < x_shape[1] else 0)
+
+
+def test_input_channel_blocks_are_a_knob_off_by_default():
+    """Blocks only when asked (they lose on most shapes); the spec and the pointers say how
+    many: one pointer per (channel, block) and one past the end."""
+    w = np.zeros((8, 40, 1, 1), np.float32)
+    w[:, ::3] = 1.0
+    plain = sparse_conv2d_planes((1, 40, 7, 7), w, None, ConvAttrs(), None, TARGET)
+    assert plain.info["cblock"] == 0
+    assert PlaneConvSpec.from_json(plain.func.attrs[SPEC_ATTR]).cblocks == 1
+    call = sparse_conv2d_planes((1, 40, 7, 7), w, None, ConvAttrs(), None, TARGET, cblock=16,
+                                share=1)  # fmt: skip
+    spec = PlaneConvSpec.from_json(call.func.attrs[SPEC_ATTR])
+    assert (spec.cblock, spec.cblocks) == (16, 3)
+    ptr = call.consts[2]
+    assert ptr.size == 8 * 3 + 1 and ptr[-1] == np.count_nonzero(w)
+    assert ptr[1] - ptr[0] == len(range(0, 16, 3))  # channel 0's non-zeros in block 0
+
+
 def test_share_runs_keeps_every_weight_once():
     """Each (block, run) once, its channels' weights in place, grouped by pattern."""
     rng = np.random.default_rng(10)
@@ -215,16 +247,17 @@ def test_default_vectors_cover_small_outputs_without_waste():
     lanes=st.sampled_from([4, 8, 16]),
     expanded=st.booleans(),
     share=st.sampled_from([1, 2, 3]),
+    cblock=st.sampled_from([0, 1, 2, 4]),
 )
 def test_random_convs(batch, channels, out_channels, size, kernel, stride, pad, dilation,
-                      density, lanes, expanded, share):  # fmt: skip
+                      density, lanes, expanded, share, cblock):  # fmt: skip
     if size + 2 * pad < dilation * (kernel - 1) + 1:
         return
     rng = np.random.default_rng(size * 7 + channels)
     w = sparse_weight(rng, (out_channels, channels, kernel, kernel), density)
     conv = ConvAttrs((stride, stride), (pad,) * 4, (dilation, dilation))
     _check((batch, channels, size, size), w, None, conv, "relu", lanes=lanes, expanded=expanded,
-           share=share)  # fmt: skip
+           share=share, cblock=cblock)  # fmt: skip
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -368,20 +368,13 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
             acc[T.ramp(a * tile + nw, 1, narrow)] = T.broadcast(T.float32(0), narrow)
 
     @T.macro
-    def load_partial(acc, base, part, at):
-        """acc = the partial sums of the earlier channel blocks (``part`` from ``at``)."""
+    def copy_tile(dst, at_dst, src, at_src):
+        """One channel's tile of partial sums between the registers (``acc``) and the
+        task's buffer (``part``) that keeps them between input-channel blocks."""
         for u in T.unroll(n):
-            acc[T.ramp(base + u * lanes, 1, lanes)] = part[T.ramp(at + u * lanes, 1, lanes)]
+            dst[T.ramp(at_dst + u * lanes, 1, lanes)] = src[T.ramp(at_src + u * lanes, 1, lanes)]
         if has_narrow:
-            acc[T.ramp(base + nw, 1, narrow)] = part[T.ramp(at + nw, 1, narrow)]
-
-    @T.macro
-    def store_partial(acc, base, part, at):
-        """part[at:] = acc, the partial sums so far (no bias, no activation)."""
-        for u in T.unroll(n):
-            part[T.ramp(at + u * lanes, 1, lanes)] = acc[T.ramp(base + u * lanes, 1, lanes)]
-        if has_narrow:
-            part[T.ramp(at + nw, 1, narrow)] = acc[T.ramp(base + nw, 1, narrow)]
+            dst[T.ramp(at_dst + nw, 1, narrow)] = src[T.ramp(at_src + nw, 1, narrow)]
 
     @T.macro
     def store(acc, base, bias, rf, yf, tail, nb, oc, p0):
@@ -408,7 +401,7 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
         for a in T.unroll(g):
             if blocked:
                 if cb > 0:
-                    load_partial(acc, a * tile, part, (bl * g + a) * stride)
+                    copy_tile(acc, a * tile, part, (bl * g + a) * stride)
                 else:
                     zero(acc, a)
             else:
@@ -437,7 +430,7 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
             if oc < o:
                 if blocked:
                     if cb < ncb - 1:
-                        store_partial(acc, a * tile, part, (bl * g + a) * stride)
+                        copy_tile(part, (bl * g + a) * stride, acc, a * tile)
                     else:
                         store(acc, a * tile, bias, rf, yf, tail, nb, oc, p0)
                 else:

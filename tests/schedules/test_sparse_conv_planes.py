@@ -93,6 +93,44 @@ def test_input_channel_blocks_match_dense(case, cblock, share):
     assert call.info["cblock"] == (cblock if cblock < x_shape[1] else 0)
 
 
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c[1][2] == 1]
+    + [
+        ((1, 20, 7, 7), (24, 20, 1, 1), 0.2, (1, 1), (0, 0, 0, 0), (1, 1), "relu"),
+        ((2, 12, 14, 14), (9, 12, 1, 3), 0.4, (2, 1), (0, 1, 0, 1), (1, 1), None),
+    ],
+    ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}",
+)
+@pytest.mark.parametrize("aligned", [True, False])
+def test_aligned_planes_match_dense(case, aligned):
+    """1-row kernels with each plane rounded up to whole vectors: identity planes (1x1),
+    strided and padded 1xK planes; every run starts on a vector boundary."""
+    x_shape, w_shape, density, strides, padding, dilation, activation = case
+    rng = np.random.default_rng(14)
+    w = sparse_weight(rng, w_shape, density)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    call = _check(x_shape, w, bias, ConvAttrs(strides, padding, dilation), activation,
+                  aligned=aligned, lanes=16)  # fmt: skip
+    spec = PlaneConvSpec.from_json(call.func.attrs[SPEC_ATTR])
+    assert spec.aligned == aligned
+    if aligned and spec.kernel_hw[1] == 1:
+        assert spec.plane_size % 16 == 0 and np.all(call.consts[1] % 16 == 0)
+
+
+def test_one_row_kernels_align_their_planes_by_default():
+    """7x7 and 14x14 outputs are not whole vectors: 1x1 planes are padded to them; 28x28
+    (49 vectors) and 3x3 kernels (row shifts inside a plane) are not."""
+    w1 = np.ones((4, 8, 1, 1), np.float32)
+    for hw, expected in ((7, True), (14, True), (28, False)):
+        call = sparse_conv2d_planes((1, 8, hw, hw), w1, None, ConvAttrs(), None, TARGET, lanes=16)
+        assert PlaneConvSpec.from_json(call.func.attrs[SPEC_ATTR]).aligned == expected, hw
+    w3 = np.ones((4, 8, 3, 3), np.float32)
+    call = sparse_conv2d_planes((1, 8, 7, 7), w3, None, ConvAttrs((1, 1), (1, 1, 1, 1)), None,
+                                TARGET, lanes=16)  # fmt: skip
+    assert not PlaneConvSpec.from_json(call.func.attrs[SPEC_ATTR]).aligned
+
+
 def test_input_channel_blocks_are_a_knob_off_by_default():
     """Blocks only when asked (they lose on most shapes); the spec and the pointers say how
     many: one pointer per (channel, block) and one past the end."""
@@ -248,16 +286,17 @@ def test_default_vectors_cover_small_outputs_without_waste():
     expanded=st.booleans(),
     share=st.sampled_from([1, 2, 3]),
     cblock=st.sampled_from([0, 1, 2, 4]),
+    aligned=st.booleans(),
 )
 def test_random_convs(batch, channels, out_channels, size, kernel, stride, pad, dilation,
-                      density, lanes, expanded, share, cblock):  # fmt: skip
+                      density, lanes, expanded, share, cblock, aligned):  # fmt: skip
     if size + 2 * pad < dilation * (kernel - 1) + 1:
         return
     rng = np.random.default_rng(size * 7 + channels)
     w = sparse_weight(rng, (out_channels, channels, kernel, kernel), density)
     conv = ConvAttrs((stride, stride), (pad,) * 4, (dilation, dilation))
     _check((batch, channels, size, size), w, None, conv, "relu", lanes=lanes, expanded=expanded,
-           share=share, cblock=cblock)  # fmt: skip
+           share=share, cblock=cblock, aligned=aligned)  # fmt: skip
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -329,6 +329,24 @@ def test_weights_come_from_the_cache_the_model_keeps_them_in(target, rng):
     assert tvm_ffi.get_global_func(EVICT_PRIVATE_PREPROC, allow_missing=True) is not None
 
 
+def test_dram_timing_flushes_the_weights_as_the_choice_does(target):
+    """The tuner's "dram" flushes the weights only, as the per-layer choice's timing does (the
+    output stays cached, as in a model); MetaSchedule's default is timed as its runner times
+    (every argument but the first); a remote has only TVM's own flush."""
+    from tvm_sparse.schedules.kernel import COLD_WEIGHTS_PREPROC, EVICT_PRIVATE_PREPROC
+    from tvm_sparse.schedules.tuning.measure import EVERY_CACHE, FLUSH_ALL, RPCMeasurer
+
+    local = tuning.LocalMeasurer(target)
+    assert local._preproc("dram") == COLD_WEIGHTS_PREPROC
+    assert local._preproc("l3") == EVICT_PRIVATE_PREPROC
+    assert local._preproc(EVERY_CACHE) == FLUSH_ALL
+    remote = RPCMeasurer(target, "127.0.0.1:9", "nowhere")  # no session until a kernel runs
+    try:
+        assert {remote._preproc(w) for w in ("dram", "l3", EVERY_CACHE)} == {FLUSH_ALL}
+    finally:
+        remote.close()
+
+
 def test_tuning_for_a_gpu_needs_one(tmp_path):
     import tvm
 

@@ -20,8 +20,8 @@ import tvm
 from ...machine import machine_id, rpc_machine_id
 from ...target import is_cpu
 from ..candidate_run import GPU_TIMER_SETTINGS, TIMER_SETTINGS
-from ..kernel import KernelCall, evict_private_caches_preproc, kernel_device
-from ..weights_residency import L3, WEIGHTS_IN
+from ..kernel import KernelCall, cold_weights_preproc, evict_private_caches_preproc, kernel_device
+from ..weights_residency import DRAM, L3, WEIGHTS_IN
 
 
 class LocalMeasurer:
@@ -47,7 +47,8 @@ class LocalMeasurer:
               weights_in: str | None = None):  # fmt: skip
         """Build ``mod`` once and return (``time()`` -> median seconds of one sample, output):
         a timer that can be called again, so several kernels can be timed in turns.
-        ``weights_in`` overrides the measurer's (MetaSchedule's runner can only flush all)."""
+        ``weights_in`` overrides the measurer's: one of ``WEIGHTS_IN``, or ``EVERY_CACHE`` to
+        time as MetaSchedule's runner does (every argument but the first flushed)."""
         executable = tvm.compile(mod, target=self.target)
         return self._timed(*self._load(executable), args, out_index, weights_in)
 
@@ -62,12 +63,13 @@ class LocalMeasurer:
         tensors = [tvm.runtime.tensor(a, dev) for a in args]
         lib["main"](*tensors)
         out = tensors[out_index].numpy()
-        preproc = ""
-        if is_cpu(self.target):
-            l3 = (weights_in or self.weights_in) == L3
-            preproc = evict_private_caches_preproc() if l3 else FLUSH_ALL
+        preproc = self._preproc(weights_in or self.weights_in) if is_cpu(self.target) else ""
         evaluator = lib.time_evaluator("main", dev, f_preproc=preproc, **self.settings)
         return (lambda: float(np.median(evaluator(*tensors).results))), out
+
+    def _preproc(self, weights_in: str) -> str:
+        """The pre-call hook that puts the weights where ``weights_in`` says."""
+        return _CPU_PREPROC[weights_in]()
 
     def run(self, mod: tvm.IRModule, args: list[np.ndarray], out_index: int = -1,
             weights_in: str | None = None):  # fmt: skip
@@ -115,6 +117,11 @@ class RPCMeasurer(LocalMeasurer):
         self._session = None
         gc.collect()  # the session closes when its last reference (modules, tensors) goes
 
+    def _preproc(self, weights_in: str) -> str:
+        """TVM's own flush of every argument but the first: the hooks registered in this
+        process do not exist on the remote."""
+        return FLUSH_ALL
+
     def _load(self, executable) -> tuple[Any, Any]:
         self.count += 1
         path = os.path.join(self.tmp.name, f"k{self.count}.so")
@@ -139,6 +146,18 @@ class RPCMeasurer(LocalMeasurer):
 # 6.28 ms timed "dram", 4.79 ms "l3", 4.28 ms warm, and ~4.6 ms in the model (perf); tuned
 # "dram", per-layer gains of 1.18x came out as 1.02x in the model.
 FLUSH_ALL = "cache_flush_cpu_non_first_arg"
+# Every argument but the first flushed, the output included: how MetaSchedule's runner times
+# (``metaschedule`` times its default schedule so, to compare with the runner's candidates).
+EVERY_CACHE = "every-cache"
+# The pre-call hook of each place: "dram" flushes the weights only, as the per-layer choice
+# times (``kernel.cold_weights_preproc``): a model's output memory was just used by an earlier
+# layer. The tuner used to flush the output too, ranking knobs by how they pay for DRAM reads of
+# the lines they write, which the model does not pay.
+_CPU_PREPROC = {
+    DRAM: cold_weights_preproc,
+    L3: evict_private_caches_preproc,
+    EVERY_CACHE: lambda: FLUSH_ALL,
+}
 
 
 def free_rpc_devices(tracker: str, key: str) -> int:

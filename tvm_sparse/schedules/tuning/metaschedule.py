@@ -21,7 +21,7 @@ import tvm
 
 from ...target import is_cpu
 from ..candidate_run import GPU_TIMER_SETTINGS, TIMER_SETTINGS
-from .measure import LocalMeasurer, _split_tracker
+from .measure import EVERY_CACHE, LocalMeasurer, _split_tracker
 from .records import _VERSION, MS_TASKS, _atomic_write_json
 from .results import TaskResult, _ms
 
@@ -105,7 +105,7 @@ def _commit_default(db, task, target, measurer) -> float | None:
     scheduled, trace = sch.mod, sch.trace
     try:
         # timed as MetaSchedule's runner times its candidates: with every cache flushed
-        seconds, _ = measurer.run(scheduled, _random_args(func), weights_in="dram")
+        seconds, _ = measurer.run(scheduled, _random_args(func), weights_in=EVERY_CACHE)
     except Exception as err:  # noqa: BLE001 - no default record; MetaSchedule's still count
         log.warning("%s: default schedule failed to run: %s", task.task_name, err)
         return None

@@ -40,6 +40,12 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--seq", type=int, help="transformer sequence length (default: 128)")
     p.add_argument("--padded", type=int, help="masked tail positions in transformer inputs")
     p.add_argument("--measure", choices=("auto", "all", "none"), default="auto")
+    p.add_argument(
+        "--exporter",
+        choices=("torchscript", "dynamo"),
+        default="torchscript",
+        help="torch's exporter of the files (dynamo: torch.onnx.export's default)",
+    )
     p.add_argument("--rounds", type=int, default=24, help="rounds in which the runtimes take turns")
     p.add_argument("--round-time", type=float, default=0.25, help="seconds per runtime per round")
     p.add_argument("--no-deepsparse", action="store_true")
@@ -58,6 +64,7 @@ from peers import print_table  # noqa: E402
 from tvm_sparse import zoo  # noqa: E402
 from tvm_sparse.machine import cpuinfo  # noqa: E402
 from tvm_sparse.target import host_cpu  # noqa: E402
+from tvm_sparse.zoo import prune  # noqa: E402
 
 COLUMNS = [
     "model",
@@ -121,10 +128,12 @@ def bench_one(member: zoo.ZooModel, sparsity: float, batch: int, workdir: str) -
         "shape": _shape(member, options),
     }
     tag = "_".join(f"{k}{v}" for k, v in sorted(options.items()))
+    tag += "_dynamo" if ARGS.exporter == "dynamo" else ""
     path = os.path.join(workdir, f"{member.name}_p{round(sparsity * 100)}_b{batch}{tag}.onnx")
     start = time.perf_counter()
     if not os.path.exists(path):
-        zoo.export(member.name, path, sparsity=sparsity, batch=batch, **options)
+        with prune.torch_exporter(ARGS.exporter):
+            zoo.export(member.name, path, sparsity=sparsity, batch=batch, **options)
     feeds = zoo.inputs(member.name, batch=batch, seed=1, **options)
     _progress(f"exported in {time.perf_counter() - start:.1f} s; compiling and timing")
     row.update(

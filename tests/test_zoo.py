@@ -275,3 +275,26 @@ def test_compiled_member_matches_onnxruntime(exported, name, sparsity, extra):
     assert len(layers) == {"resnet18": 21, "mobilenet_v2": 53, "bert_tiny2": 12}[name]
     if sparsity:
         assert any(layer.chosen != "dense" for layer in layers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "bert_tiny2"])
+def test_dynamo_export_compiles_and_matches_onnxruntime(tmp_path, name):
+    """torch's default exporter (dynamo, opset 18) writes another graph of the same model than
+    the TorchScript one the zoo uses: users' own files are likely to be these."""
+    import onnxruntime as ort
+
+    with prune.torch_exporter("dynamo"):
+        path = zoo.export(name, tmp_path / f"{name}.onnx", sparsity=0.9, **OPTIONS[name])
+    opsets = {o.domain: o.version for o in onnx.load(path, load_external_data=False).opset_import}
+    assert opsets[""] == prune.DYNAMO_OPSET
+    feeds = zoo.inputs(name, seed=1, **OPTIONS[name])
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    module = tvm_sparse.compile(path, "llvm")
+    assert_close(module.run(*feeds.values()), ref, rtol=1e-3)
+    assert any(layer.chosen != "dense" for layer in module.report.layers)
+
+
+def test_unknown_exporter_is_an_error():
+    with pytest.raises(ValueError, match="exporter"), prune.torch_exporter("tf2onnx"):
+        pass

@@ -20,9 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OPSET = 17
-# IR 8: the newest IR onnx 1.14 reads, so DeepSparse 1.8 can load the same file.
-IR_VERSION = 8
 VOCAB = 1000
 
 __all__ = [
@@ -142,39 +139,19 @@ def pruned_bert_onnx(
     sparsity: float = 0.9,
     seed: int = 0,
 ) -> str:
-    """Build a random BERT encoder, prune its linears to ``sparsity``, export to ONNX at ``path``.
+    """Build a random BERT encoder, prune its linears to ``sparsity``, export to ONNX at ``path``
+    (``zoo.prune.export_onnx``: the zoo's exporter settings, and its ``torch_exporter``).
 
     Inputs ``input_ids`` and ``attention_mask`` ([batch, seq], int64), output
     ``last_hidden_state`` ([batch, seq, hidden], float32). Returns the path written.
     """
-    import onnx
-    import torch
+    from .zoo.prune import export_onnx  # the zoo imports this module
 
     shape = BertShape(layers, hidden, heads, intermediate, seq, batch)
     encoder, args = pruned_bert_module(shape, sparsity=sparsity, seed=seed)
-    path = os.fspath(path)
-    import warnings
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            encoder,
-            args,
-            path,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"],
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    proto = onnx.load(path)
-    # Drop the wrapper's "/bert" prefix so node names read like a plain BertModel export.
-    for node in proto.graph.node:
-        if node.name.startswith("/bert/"):
-            node.name = node.name[len("/bert") :]
-    proto.ir_version = min(proto.ir_version, IR_VERSION)
-    onnx.save(proto, path)
-    return path
+    # the wrapper's "/bert" prefix is dropped so node names read like a plain BertModel export
+    return export_onnx(encoder, args, path, ["input_ids", "attention_mask"],
+                       ["last_hidden_state"], drop_prefix="/bert")  # fmt: skip
 
 
 def tiny_pruned_bert_onnx(path: str | os.PathLike, *, sparsity: float = 0.9, seed: int = 0) -> str:

@@ -16,12 +16,34 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
 from .member import IR_VERSION, OPSET
+
+# Which torch exporter ``export_onnx`` runs: "torchscript" (the zoo's files) or "dynamo"
+# (``torch.onnx.export``'s default since torch 2.9: what a user's own export is likely to be;
+# it needs onnxscript). The two write different graphs of one model (opset 18, other op
+# sequences), so the compiler is checked on both.
+EXPORTERS = ("torchscript", "dynamo")
+DYNAMO_OPSET = 18  # the dynamo exporter's lowest
+_EXPORTER: ContextVar[str] = ContextVar("tvm_sparse_zoo_exporter", default="torchscript")
+
+
+@contextmanager
+def torch_exporter(kind: str) -> Iterator[None]:
+    """Within: every zoo export uses torch's ``kind`` exporter (one of ``EXPORTERS``)."""
+    if kind not in EXPORTERS:
+        raise ValueError(f"zoo: exporter must be one of {EXPORTERS}, got {kind!r}")
+    token = _EXPORTER.set(kind)
+    try:
+        yield
+    finally:
+        _EXPORTER.reset(token)
 
 
 def is_stem(module: Any) -> bool:
@@ -131,7 +153,8 @@ def export_onnx(
     fold_batchnorm: bool = True,
     drop_prefix: str = "",
 ) -> str:
-    """Export ``model`` (eval mode) as a user would: TorchScript exporter, opset 17, static shapes.
+    """Export ``model`` (eval mode) as a user would: TorchScript exporter, opset 17, static shapes
+    (or torch's dynamo exporter at opset 18 within ``torch_exporter("dynamo")``).
 
     The exporter folds each eval-mode BatchNorm into the conv before it; ``fold_batchnorm=False``
     keeps them as ``BatchNormalization`` nodes (what other exporters and older files hold), so
@@ -147,20 +170,32 @@ def export_onnx(
     model.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            tuple(args),
-            path,
-            input_names=list(input_names),
-            output_names=list(output_names),
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-            # PRESERVE exports the eval-mode model as is, without the exporter's BN fold
-            training=torch.onnx.TrainingMode.EVAL
-            if fold_batchnorm
-            else torch.onnx.TrainingMode.PRESERVE,
-        )
+        if _EXPORTER.get() == "dynamo":  # no training mode: BatchNorm as the exporter keeps it
+            torch.onnx.export(
+                model,
+                tuple(args),
+                path,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                opset_version=DYNAMO_OPSET,
+                dynamo=True,
+                verbose=False,
+            )
+        else:
+            torch.onnx.export(
+                model,
+                tuple(args),
+                path,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+                # PRESERVE exports the eval-mode model as is, without the exporter's BN fold
+                training=torch.onnx.TrainingMode.EVAL
+                if fold_batchnorm
+                else torch.onnx.TrainingMode.PRESERVE,
+            )
     proto = onnx.load(path)
     if drop_prefix:
         for node in proto.graph.node:

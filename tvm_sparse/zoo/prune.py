@@ -171,31 +171,24 @@ def export_onnx(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if _EXPORTER.get() == "dynamo":  # no training mode: BatchNorm as the exporter keeps it
-            torch.onnx.export(
-                model,
-                tuple(args),
-                path,
-                input_names=list(input_names),
-                output_names=list(output_names),
-                opset_version=DYNAMO_OPSET,
-                dynamo=True,
-                verbose=False,
-            )
+            how = {"opset_version": DYNAMO_OPSET, "dynamo": True, "verbose": False}
         else:
-            torch.onnx.export(
-                model,
-                tuple(args),
-                path,
-                input_names=list(input_names),
-                output_names=list(output_names),
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-                # PRESERVE exports the eval-mode model as is, without the exporter's BN fold
-                training=torch.onnx.TrainingMode.EVAL
-                if fold_batchnorm
-                else torch.onnx.TrainingMode.PRESERVE,
-            )
+            # PRESERVE exports the eval-mode model as is, without the exporter's BN fold
+            mode = torch.onnx.TrainingMode
+            how = {
+                "opset_version": OPSET,
+                "do_constant_folding": True,
+                "dynamo": False,
+                "training": mode.EVAL if fold_batchnorm else mode.PRESERVE,
+            }
+        torch.onnx.export(
+            model,
+            tuple(args),
+            path,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            **how,
+        )
     proto = onnx.load(path)
     if drop_prefix:
         for node in proto.graph.node:

@@ -30,6 +30,7 @@ LAYERS = [
         "report",
         "report_html",
         "phases",
+        "context",
         "peers",
     ),
     ("ir",),

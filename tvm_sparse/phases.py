@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 
 import tvm
+
+from .context import bound
 
 _CURRENT: ContextVar[PhaseTimes | None] = ContextVar("tvm_sparse_phase_times", default=None)
 
@@ -52,15 +54,9 @@ class PhaseTimes:
         return "\n".join(lines)
 
 
-@contextmanager
-def timing_phases() -> Iterator[PhaseTimes]:
+def timing_phases() -> AbstractContextManager[PhaseTimes]:
     """Collect the phase times of everything compiled inside the block."""
-    times = PhaseTimes()
-    token = _CURRENT.set(times)
-    try:
-        yield times
-    finally:
-        _CURRENT.reset(token)
+    return bound(_CURRENT, PhaseTimes())
 
 
 def record(name: str, seconds: float) -> None:

@@ -9,14 +9,14 @@ sparsify pass opens one per compile); outside one, nothing is remembered.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 
+from ..context import bound
 from ..ir.layers import LayerSpec
 
 
@@ -35,14 +35,9 @@ class Decision:
 _DECISIONS: ContextVar[list[Decision] | None] = ContextVar("tvm_sparse_decisions", default=None)
 
 
-@contextlib.contextmanager
-def reuse_timings() -> Iterator[None]:
+def reuse_timings() -> AbstractContextManager[list[Decision]]:
     """Within: measured decisions are remembered and reused (see the module doc)."""
-    token = _DECISIONS.set([])
-    try:
-        yield
-    finally:
-        _DECISIONS.reset(token)
+    return bound(_DECISIONS, [])
 
 
 def signature(layer: LayerSpec, target: tvm.target.Target, names: list[str]) -> tuple:

@@ -15,7 +15,6 @@ is cached), for kernels that reach the final build without being timed.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import contextvars
 import logging
 import os
@@ -25,12 +24,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 
 import numpy as np
 import tvm
 
+from ..context import bound
 from ..phases import record
 from . import measure_cache
 from .candidate_run import COMPILE, Outcome, run_candidates
@@ -310,14 +310,9 @@ def mark_compiled(kernel: KernelCall, target: tvm.target.Target) -> None:
 _CHECKED_BY_FINAL_BUILD = contextvars.ContextVar("tvm_sparse_checked_by_final_build", default=False)
 
 
-@contextlib.contextmanager
-def checked_by_final_build(enabled: bool = True) -> Iterator[None]:
+def checked_by_final_build(enabled: bool = True) -> AbstractContextManager[bool]:
     """Within: ``compile_check`` answers "compiles" at once (see ``_CHECKED_BY_FINAL_BUILD``)."""
-    token = _CHECKED_BY_FINAL_BUILD.set(enabled)
-    try:
-        yield
-    finally:
-        _CHECKED_BY_FINAL_BUILD.reset(token)
+    return bound(_CHECKED_BY_FINAL_BUILD, enabled)
 
 
 def _known_check(key: str) -> tuple[bool, str | None]:

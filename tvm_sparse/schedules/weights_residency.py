@@ -26,13 +26,14 @@ The compile opens one ``weights_in(...)`` block for the whole model, decided by 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 
 import numpy as np
 
+from ..context import bound
 from ..ir.layers import LayerSpec
 from ..machine import cache_bytes
 
@@ -73,16 +74,11 @@ def weights_in_for(working_set: int, llc_bytes: int | None = None) -> str:
     return L3 if llc and working_set <= llc // 2 else DRAM
 
 
-@contextlib.contextmanager
-def weights_in(location: str) -> Iterator[None]:
+def weights_in(location: str) -> AbstractContextManager[str]:
     """Within: candidates are timed with their weights in ``location`` (one of ``WEIGHTS_IN``)."""
     if location not in WEIGHTS_IN:
         raise ValueError(f"weights_in must be one of {WEIGHTS_IN}, got {location!r}")
-    token = _WEIGHTS_IN.set(location)
-    try:
-        yield
-    finally:
-        _WEIGHTS_IN.reset(token)
+    return bound(_WEIGHTS_IN, location)
 
 
 def current_weights_in() -> str:

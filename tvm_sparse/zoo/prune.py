@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
+from ..context import bound
 from .member import IR_VERSION, OPSET
 
 # Which torch exporter ``export_onnx`` runs: "torchscript" (the zoo's files) or "dynamo"
@@ -34,16 +35,11 @@ DYNAMO_OPSET = 18  # the dynamo exporter's lowest
 _EXPORTER: ContextVar[str] = ContextVar("tvm_sparse_zoo_exporter", default="torchscript")
 
 
-@contextmanager
-def torch_exporter(kind: str) -> Iterator[None]:
+def torch_exporter(kind: str) -> AbstractContextManager[str]:
     """Within: every zoo export uses torch's ``kind`` exporter (one of ``EXPORTERS``)."""
     if kind not in EXPORTERS:
         raise ValueError(f"zoo: exporter must be one of {EXPORTERS}, got {kind!r}")
-    token = _EXPORTER.set(kind)
-    try:
-        yield
-    finally:
-        _EXPORTER.reset(token)
+    return bound(_EXPORTER, kind)
 
 
 def is_stem(module: Any) -> bool:

@@ -18,7 +18,6 @@ variable, so nested and concurrent compiles each see their own); :mod:`.lookup` 
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
 import hashlib
@@ -26,12 +25,13 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 import tvm
 
+from ...context import bound
 from ...ir.layers import LayerSpec
 from ...machine import machine_id
 
@@ -155,19 +155,14 @@ def foreign_records_message(records_dir: str, records: KernelRecords, target) ->
     )
 
 
-@contextlib.contextmanager
 def use_records(
     records_dir: str | os.PathLike | None, machine: str | None = None
-) -> Iterator[KernelRecords | None]:
+) -> AbstractContextManager[KernelRecords | None]:
     """Make the kernel records of ``records_dir`` active for :func:`tuned_choice` (None: none),
     looked up for ``machine`` (None: this machine; compile passes what
     :func:`records_machine` found, which may be the RPC device they were tuned on)."""
     records = KernelRecords(records_dir, machine) if records_dir is not None else None
-    token = _ACTIVE.set(records)
-    try:
-        yield records
-    finally:
-        _ACTIVE.reset(token)
+    return bound(_ACTIVE, records)
 
 
 def kernel_key(

@@ -327,7 +327,6 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
     nw = n * lanes  # where the narrow vector starts
     has_narrow = narrow > 0
     ncb = spec.cblocks
-    blocked = ncb > 1
     stride = spec.tile  # floats of one channel's partial sums in ``part``
 
     @T.macro
@@ -404,12 +403,9 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
     @T.macro
     def channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, part, nb, blk, bl, p0, cb):
         acc = T.alloc_buffer((g * tile,), "float32", scope="global")
-        for a in T.unroll(g):
-            if blocked:
-                if cb > 0:
-                    copy_tile(acc, a * tile, part, (bl * g + a) * stride)
-                else:
-                    zero(acc, a)
+        for a in T.unroll(g):  # cb is 0 without input-channel blocks: zeros
+            if cb > 0:
+                copy_tile(acc, a * tile, part, (bl * g + a) * stride)
             else:
                 zero(acc, a)
         if shared:
@@ -434,11 +430,8 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
         for a in T.unroll(g):
             oc: T.let = blk * g + a
             if oc < o:
-                if blocked:
-                    if cb < ncb - 1:
-                        copy_tile(part, (bl * g + a) * stride, acc, a * tile)
-                    else:
-                        store(acc, a * tile, bias, rf, yf, tail, nb, oc, p0)
+                if cb < ncb - 1:
+                    copy_tile(part, (bl * g + a) * stride, acc, a * tile)
                 else:
                     store(acc, a * tile, bias, rf, yf, tail, nb, oc, p0)
 
@@ -601,7 +594,7 @@ def share_runs(offs: np.ndarray, ptr: np.ndarray, vals: np.ndarray, o: int, shar
     run_block[inverse] = block
     run_offs = np.zeros(unique.size, offs.dtype)
     run_offs[inverse] = offs[: rows.size]
-    run_cb = run_offs.astype(np.int64) // block_floats if block_floats else 0 * run_block
+    run_cb = run_offs.astype(np.int64) // block_floats if block_floats else np.zeros_like(run_block)
     order = np.lexsort((run_offs, pattern, run_cb, run_block))
     npat = 1 << share
     slot = (run_block[order] * cblocks + run_cb[order]) * npat + pattern[order]

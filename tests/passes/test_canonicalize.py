@@ -15,6 +15,7 @@ from tvm_sparse.ir.layers import find_layers
 from tvm_sparse.ir.relax_utils import iter_bindings, op_name
 from tvm_sparse.passes.canonicalize import canonicalize
 from tvm_sparse.passes.fold_affine import FoldAffineIntoLayers
+from tvm_sparse.passes.numpy_fold import NumpyFoldConstant
 
 
 def _model(nodes, inits, in_shape, out_shape):
@@ -158,3 +159,16 @@ def test_gathers_clamp_their_indices_and_tvm_prints_no_fast_mode_warning(capfd):
     # out of range (onnxruntime raises): clamped to the last row, not read past the data
     last = np.arange(12, dtype=np.float32).reshape(3, 4)[2]
     np.testing.assert_array_equal(compiled.run(np.array([7, 1], np.int64))[0], last)
+
+
+def test_constant_comparisons_fold_in_numpy():
+    """The frontend checks each constant Gather index with less(index, 0) (x[:, -1] of a
+    sequence): numpy folds it, where FoldConstant built it with LLVM (~3 s)."""
+    nodes = [helper.make_node("Gather", ["input", "i"], ["output"], axis=1)]
+    model = _model(nodes, {"i": np.array(-1, np.int64)}, [2, 5, 4], [2, 4])
+    imported = import_model(model).mod
+    assert "relax.less" in [op_name(b.value) for b in iter_bindings(imported["main"])]
+    canon = NumpyFoldConstant()(imported)
+    assert "relax.less" not in [op_name(b.value) for b in iter_bindings(canon["main"])]
+    x = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_run(canonicalize(imported), x), x[:, -1])

@@ -65,8 +65,10 @@ def const_array(expr: relax.Expr) -> np.ndarray | None:
 def constant(array: np.ndarray) -> relax.Expr:
     """``array`` as a relax.Constant of its own dtype, copied once (``relax.const`` copies
     twice: an ``astype`` even to the same dtype, then into the tensor; and it turns int64
-    arrays into int32 unless told otherwise)."""
-    return relax.const(tvm.runtime.tensor(np.ascontiguousarray(array)))
+    arrays into int32 unless told otherwise). A 0-d array stays 0-d (``ascontiguousarray``
+    alone makes it 1-d)."""
+    array = np.asarray(array)
+    return relax.const(tvm.runtime.tensor(np.ascontiguousarray(array).reshape(array.shape)))
 
 
 def _shape_dims(expr: relax.Expr) -> list | None:

@@ -4,10 +4,10 @@ Why: Relax's ``FoldConstant`` evaluates each constant call by legalizing it, bui
 with LLVM and running it: about 40 ms a call. TVM's ONNX frontend reshapes every conv bias
 (57 calls in GoogLeNet: 2.2 s), and a network whose BatchNorms sit before their convs (DenseNet)
 leaves hundreds of ``expand_dims`` / ``subtract`` / ``sqrt`` on constant statistics. numpy does
-the same in microseconds. Only the ops
-below, only float dtypes for the arithmetic (integer division and overflow follow TVM's rules,
-not numpy's), and the result cast to the dtype Relax says the call has; anything else is left
-for ``FoldConstant``.
+the same in microseconds. Only the ops below (comparisons of any dtype: they are exact), only
+float dtypes for the arithmetic (integer division and overflow follow TVM's rules, not numpy's),
+and the result cast to the dtype Relax says the call has; anything else is left for
+``FoldConstant``.
 """
 
 from __future__ import annotations
@@ -64,19 +64,39 @@ _FLOAT_MATH: dict[str, Callable[[list[np.ndarray], object], np.ndarray]] = {
 }
 
 
+# exact in numpy for every dtype: the frontend's Gather writes less(index, 0) for each constant
+# index (x[:, -1] of a sequence), and FoldConstant built each with LLVM (~3 s for the first)
+_COMPARE: dict[str, Callable[[list[np.ndarray], object], np.ndarray]] = {
+    "relax.less": lambda a, _: np.less(a[0], a[1]),
+    "relax.less_equal": lambda a, _: np.less_equal(a[0], a[1]),
+    "relax.greater": lambda a, _: np.greater(a[0], a[1]),
+    "relax.greater_equal": lambda a, _: np.greater_equal(a[0], a[1]),
+    "relax.equal": lambda a, _: np.equal(a[0], a[1]),
+    "relax.not_equal": lambda a, _: np.not_equal(a[0], a[1]),
+}
+
+
+def _index_or_float(args: list) -> bool:
+    """Both operands of one dtype, int32 / int64 or float: what ONNX index arithmetic uses."""
+    dtypes = {np.asarray(a).dtype for a in args}
+    return len(dtypes) == 1 and dtypes.pop().name in ("int32", "int64", "float32", "float64")
+
+
 def _fold_plan(func: relax.Function) -> dict[relax.Var, np.ndarray]:
     """The var of each foldable binding -> its value (values feed later bindings)."""
     known: dict[relax.Var, np.ndarray] = {}
     for binding in iter_bindings(func):
         value = binding.value
         name = op_name(value)
-        rule = _LAYOUT.get(name) or _FLOAT_MATH.get(name)
+        rule = _LAYOUT.get(name) or _FLOAT_MATH.get(name) or _COMPARE.get(name)
         if rule is None:
             continue
         args = [_static_value(a, known) for a in value.args]
         if not args or any(a is None for a in args):
             continue
         dtype = dtype_of(binding.var)
+        if name in _COMPARE and not _index_or_float(args):
+            continue  # mixed or narrow types (an int8 Gather index): TVM's rules, not numpy's
         if (
             dtype is None
             or name in _FLOAT_MATH
@@ -86,7 +106,9 @@ def _fold_plan(func: relax.Function) -> dict[relax.Var, np.ndarray]:
         ):
             continue
         with np.errstate(all="ignore"):
-            result = np.ascontiguousarray(rule(args, value.attrs), dtype=dtype)
+            # np.array, not ascontiguousarray: that makes a 0-d result 1-d (a where() over
+            # a folded scalar then broadcast a Gather index to shape (1,))
+            result = np.array(rule(args, value.attrs), dtype=dtype, order="C")
         known[binding.var] = result
     return known
 

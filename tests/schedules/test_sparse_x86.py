@@ -10,7 +10,7 @@ from tvm_sparse.formats.bsr import BSR
 from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.kernel import run_kernel
 from tvm_sparse.schedules.sparse_conv_x86 import sparse_conv2d
-from tvm_sparse.schedules.sparse_panel_x86 import RECORDS_AHEAD, panel_call
+from tvm_sparse.schedules.sparse_panel_x86 import RECORDS_AHEAD, batch_tile, panel_call
 from tvm_sparse.schedules.sparse_x86 import bsr_linear, csr_linear
 from tvm_sparse.target import resolve_target
 
@@ -134,6 +134,38 @@ def test_panel_kernel_batches_and_densities(m, density):
     assert call.info["x_per_panel"] == (m == 64)
     assert call.info["prefetch"] == (np.count_nonzero(w) >= 4 * 3 * shape[0])
     check(call, x, linear_ref(x, w, bias, activation))
+
+
+@pytest.mark.parametrize("m", [17, 33, 49, 100])
+@pytest.mark.parametrize("m_tile", [None, 16, 64])
+@pytest.mark.parametrize("k", [64, 70])
+def test_panel_kernel_partial_last_batch_tile(m, m_tile, k):
+    """A batch that is not a multiple of the tile (a sequence of 49 steps, 100 tokens): whole
+    8-row groups of x take the register transposes, the rest and the padding lanes are filled
+    one by one (zeros); y is written by the same transposes with each row's store guarded.
+    k = 70 takes the element-by-element x path; bias, GELU and NaN ride along."""
+    rng = np.random.default_rng(m * 100 + k)
+    w = sparse_weight(rng, (64, k), 0.2)
+    w[9, 3] = np.nan
+    bias = rng.standard_normal(64).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    call = csr_linear(m, w, bias, "gelu", TARGET, m_tile=m_tile, panel_cols=32)
+    assert call.info["m_tile"] == batch_tile(m, m_tile) and m % call.info["m_tile"]
+    check(call, x, linear_ref(x, w, bias, "gelu"))
+
+
+@pytest.mark.parametrize(
+    "m, wanted, widest, tile",
+    [
+        (64, None, 64, 64), (384, None, 64, 64),  # the batch is whole 64-lane tiles
+        (49, None, 64, 32), (100, None, 64, 32), (197, None, 64, 32), (48, None, 64, 32),
+        (24, None, 64, 32), (16, None, 64, 16), (5, None, 64, 8),  # no wider than needed
+        (49, 48, 64, 32), (49, 56, 64, 32), (100, 64, 64, 64),  # powers of two only
+        (100, None, 16, 16), (64, None, 8, 8),  # BSR: 64 / r lanes
+    ],
+)  # fmt: skip
+def test_batch_tile_is_a_power_of_two(m, wanted, widest, tile):
+    assert batch_tile(m, wanted, widest) == tile
 
 
 @pytest.mark.parametrize(

@@ -130,8 +130,9 @@ def _transpose_x_macro(spec: PanelKernelSpec):
     """Macro: all of x into the zero-padded, tile-major ``xT`` scratch before the first panel."""
     m, k, m_tile, kp, mp = spec.m, spec.k, spec.m_tile, spec.kp, spec.mp
     kblocks = -(-kp // 16)
-    exact_x = m == mp and k == kp and k % 16 == 0 and m_tile % 8 == 0
-    rows = spec.loop
+    exact_x = k == kp and k % 16 == 0 and m_tile % 8 == 0
+    whole = m // 8 * 8  # batch rows the register transposes take; the rest and the padding
+    rows = spec.loop  # lanes up to mp go element by element (zeros past m)
 
     @T.macro
     def transpose_x(x, xt):
@@ -147,6 +148,12 @@ def _transpose_x_macro(spec: PanelKernelSpec):
                         at: T.let = (bb * 8 // m_tile * kp + kb * 16) * m_tile + bb * 8 % m_tile
                         transpose8(x, bb * 8, kb * 16, xt, at, m_tile)
                         transpose8(x, bb * 8, kb * 16 + 8, xt, at + 8 * m_tile, m_tile)
+            if whole < mp:
+                for kk in rows(k):
+                    for bb in range(whole, mp):
+                        xt[(bb // m_tile * kp + kk) * m_tile + bb % m_tile] = T.if_then_else(
+                            bb < m, x[T.min(bb, m - 1), kk], T.float32(0)
+                        )
         else:
             for kb in rows(kblocks):
                 for bb in range(mp):
@@ -279,7 +286,11 @@ def _write_row_block_macro(spec: PanelKernelSpec):
     line of a y row) at a time; 8 x 8 register transposes where no padding is in the way."""
     m, n, m_tile, rb_out = spec.m, spec.n, spec.m_tile, spec.rb_out
     has_bias, activation = spec.has_bias, spec.activation
-    exact_y = rb_out % 16 == 0 and n % rb_out == 0 and m % m_tile == 0 and m_tile % 8 == 0
+    # a partial last batch tile (m % m_tile) takes the same transposes, each row's store
+    # guarded: element by element it ran 5-10x slower than the whole kernel (m = 49: 365 us
+    # against 28 us at 32 rows; 1024x256 at 10%, Zen 4)
+    exact_y = rb_out % 16 == 0 and n % rb_out == 0 and m_tile % 8 == 0
+    partial = m % m_tile != 0
     nq = -(-rb_out // 16)  # groups of 16 output rows per row block
 
     @T.macro
@@ -292,16 +303,17 @@ def _write_row_block_macro(spec: PanelKernelSpec):
                     transpose8(yt, o, vb * 8, tr, 0, 8)
                     transpose8(yt, o + 8, vb * 8, tr, 64, 8)
                     for j in T.unroll(8):
-                        for h in T.unroll(2):
-                            y[t * m_tile + vb * 8 + j, T.ramp(o + h * 8, 1, 8)] = _epilogue(
-                                plus_bias(
-                                    tr[T.ramp(h * 64 + j * 8, 1, 8)],
-                                    bias[T.ramp(o + h * 8, 1, 8)],
-                                    has_bias,
-                                ),
-                                activation,
-                                8,
-                            )
+                        if not partial or t * m_tile + vb * 8 + j < m:
+                            for h in T.unroll(2):
+                                y[t * m_tile + vb * 8 + j, T.ramp(o + h * 8, 1, 8)] = _epilogue(
+                                    plus_bias(
+                                        tr[T.ramp(h * 64 + j * 8, 1, 8)],
+                                        bias[T.ramp(o + h * 8, 1, 8)],
+                                        has_bias,
+                                    ),
+                                    activation,
+                                    8,
+                                )
         else:
             for q in range(nq):
                 for v in range(m_tile):
@@ -407,6 +419,24 @@ def panel_kernel(spec: PanelKernelSpec) -> tvm.tirx.PrimFunc:
     return kernel
 
 
+def batch_tile(m: int, wanted: int | None, widest: int = 64) -> int:
+    """The batch lanes of a panel tile: ``wanted`` (None: ``widest`` where it divides the
+    batch, else 32), as a power of two of at least 8 and no wider than the batch needs.
+
+    Why powers of two: a 48- or 56-lane tile (3 / 3.5 zmm) ran 3-4x slower than 32 lanes on
+    the same rows (1024x256 at 10%, Zen 4: m = 48 186 us vs 53, m = 49 219 vs 59); and where
+    the batch is not a multiple of 64, 32 lanes measured faster than 64 at every batch tried
+    (40-197 rows; 768x768 at 100 and 197 rows: 254 vs 262, 454 vs 518 us)."""
+    if wanted is None:
+        wanted = widest if m % widest == 0 else min(widest, 32)
+    tile = 8
+    while tile * 2 <= wanted:
+        tile *= 2
+    while tile > 8 and tile // 2 >= m:
+        tile //= 2
+    return tile
+
+
 def _x_per_panel(m, k, block, m_tile, nbr, row_block, panel_w) -> bool:
     """Whether the panel kernel transposes x one panel at a time, right before the panel's slots.
 
@@ -439,7 +469,7 @@ def panel_call(name: str, m: int, bsr: BSR, bias_arr: np.ndarray, has_bias: bool
     """
     n, k = bsr.shape
     r, c = bsr.block
-    m_tile = max(1, min(m_tile, -(-m // 8) * 8))
+    m_tile = batch_tile(m, m_tile)
     # the tile layout needs whole tiles and whole blocks (xT / yT hold no padding then)
     tileable = m % m_tile == 0 and m_tile % 8 == 0 and k % c == 0 and n % r == 0
     if panel_cols is None:  # 128 columns x 64 lanes measured best (xT rows of a panel: 32 KiB)

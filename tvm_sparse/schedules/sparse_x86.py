@@ -38,7 +38,7 @@ from .kernel import KernelCall
 from .kernel import as_weight as _as_weight
 from .sparse_block_x86 import bsr_block_call
 from .sparse_conv_x86 import sparse_conv2d
-from .sparse_panel_x86 import panel_call, tiles_shape
+from .sparse_panel_x86 import batch_tile, panel_call, tiles_shape
 from .sparse_rows_x86 import csr_rows_call
 
 
@@ -51,7 +51,7 @@ def csr_linear(
     *,
     min_batch: int = 5,
     row_batch: int = 2,
-    m_tile: int = 64,
+    m_tile: int | None = None,
     panel_cols: int | None = None,
     row_block: int | None = None,
     parallel: bool = True,
@@ -60,9 +60,10 @@ def csr_linear(
 
     Knobs: ``min_batch`` (from this batch on the transposed-panel kernel is used; below it the
     row kernel), ``row_batch`` (batch rows the row kernel serves per decoded chunk), ``m_tile``
-    (batch lanes per register tile of the panel kernel), ``panel_cols`` (weight columns per
-    panel; default keeps a panel's activations in L1), ``row_block`` (output rows whose partial
-    sums stay in cache while all panels pass), ``parallel`` (row blocks over threads).
+    (batch lanes per register tile of the panel kernel; None: ``batch_tile``'s rule),
+    ``panel_cols`` (weight columns per panel; default keeps a panel's activations in L1),
+    ``row_block`` (output rows whose partial sums stay in cache while all panels pass),
+    ``parallel`` (row blocks over threads).
     """
     _check_activation(activation)
     weight = _as_weight(weight, 2)
@@ -112,7 +113,7 @@ def bsr_linear(
     r, c = bsr.block
     bias_arr, has_bias = _bias_const(bias, n)
     if m >= min_batch:
-        tile = m_tile or max(8, (64 // r) // 8 * 8)
+        tile = batch_tile(m, m_tile, widest=max(8, (64 // r) // 8 * 8))
         return panel_call(
             "bsr_linear",
             m,

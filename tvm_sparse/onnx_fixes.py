@@ -24,6 +24,7 @@ from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
 from .onnx_fold import tensor_type_shape
+from .onnx_recurrent import RECURRENT_OPS, expand_recurrent, recurrent_refusal
 
 log = logging.getLogger("tvm_sparse")
 
@@ -102,6 +103,19 @@ class Context:
             return tuple(self.consts[name].shape)
         ty = self._value_types().get(name)
         return None if ty is None else tensor_type_shape(ty)
+
+    def dims(self, name: str) -> tuple[int | None, ...] | None:
+        """The dims of value ``name`` (None for each one not known statically), or None."""
+        if name in self.consts:
+            return tuple(self.consts[name].shape)
+        ty = self._value_types().get(name)
+        if ty is None or ty.WhichOneof("value") != "tensor_type":
+            return None
+        if not ty.tensor_type.HasField("shape"):
+            return None
+        return tuple(
+            d.dim_value if d.HasField("dim_value") else None for d in ty.tensor_type.shape.dim
+        )
 
     def rank(self, name: str) -> int | None:
         if name in self.consts:
@@ -477,6 +491,8 @@ REWRITES: dict[str, Callable[[Context, onnx.NodeProto], list[onnx.NodeProto] | N
     "LayerNormalization": _layernorm_statistics,
     "Shape": _empty_shape_slice,
     "SpaceToDepth": _space_to_depth,
+    # no converter in TVM 0.27: unrolled over the time steps (test_lstm_*, test_gru_*, ...)
+    **dict.fromkeys(RECURRENT_OPS, expand_recurrent),
 }
 
 
@@ -525,6 +541,7 @@ REFUSALS: dict[str, Callable[[Context, onnx.NodeProto], str]] = {
     # test_nonmaxsuppression_*: every case returns no boxes
     "NonMaxSuppression": _always("TVM 0.27's frontend converts it wrongly (it selects no boxes)"),
     "RoiAlign": _roialign_max,
+    **dict.fromkeys(RECURRENT_OPS, recurrent_refusal),
 }
 
 

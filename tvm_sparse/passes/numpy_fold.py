@@ -20,7 +20,14 @@ from tvm import relax
 from tvm.relax.expr_functor import mutator
 
 from ..ir.arrays import transposed
-from ..ir.relax_utils import const_array, constant, dtype_of, iter_bindings, op_name
+from ..ir.relax_utils import (
+    const_array,
+    constant,
+    dtype_of,
+    iter_bindings,
+    op_name,
+    static_shape,
+)
 from ..ir.rewrite import PlannedRewriter, rewrite_functions
 
 
@@ -77,39 +84,78 @@ _COMPARE: dict[str, Callable[[list[np.ndarray], object], np.ndarray]] = {
 
 
 def _index_or_float(args: list) -> bool:
-    """Both operands of one dtype, int32 / int64 or float: what ONNX index arithmetic uses."""
+    """Every operand of one dtype, int32 / int64 or float: what ONNX index arithmetic uses."""
     dtypes = {np.asarray(a).dtype for a in args}
     return len(dtypes) == 1 and dtypes.pop().name in ("int32", "int64", "float32", "float64")
+
+
+def _take_in_bounds(a: list[np.ndarray], attrs) -> np.ndarray | None:
+    """``take`` where every index is in bounds (then every ``mode`` agrees), else None."""
+    data, idx = np.asarray(a[0]), np.asarray(a[1])
+    axis = int(attrs.axis) if attrs.axis is not None else 0
+    if idx.dtype.kind not in "iu" or np.any(idx < 0) or np.any(idx >= data.shape[axis]):
+        return None
+    return np.take(data, idx, axis=axis)
+
+
+# the frontend's plumbing of a constant Gather index on a static shape (x[:, -1], a k-WTA's
+# k-th value): where(less(i, 0), add(i, take(shape_to_tensor(shape_of(x)), axis)), i); folded
+# whole, the take gets a constant index, which the k-WTA rewrite matches
+_INDEX: dict[str, Callable[[list[np.ndarray], object], np.ndarray | None]] = {
+    "relax.shape_to_tensor": lambda a, _: np.asarray(a[0], np.int64),
+    "relax.take": _take_in_bounds,
+    "relax.where": lambda a, _: np.where(a[0], a[1], a[2]),
+}
+_INT_MATH = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply}
+_INT32 = 2**31
+
+
+def _int_math(name: str, args: list) -> np.ndarray | None:
+    """Integer add / subtract / multiply of int32 or int64 operands where the exact result
+    fits int32 (no wrap-around rule can differ then), else None."""
+    if not _index_or_float(args) or np.asarray(args[0]).dtype.kind != "i":
+        return None
+    exact = _INT_MATH[name](*(np.asarray(a, object) for a in args))
+    if np.any(np.abs(np.asarray(exact, object)) >= _INT32):
+        return None
+    return np.asarray(exact, np.int64)
 
 
 def _fold_plan(func: relax.Function) -> dict[relax.Var, np.ndarray]:
     """The var of each foldable binding -> its value (values feed later bindings)."""
     known: dict[relax.Var, np.ndarray] = {}
+    shapes: dict[relax.Var, tuple[int, ...]] = {}  # shape_of a static tensor: read, not replaced
     for binding in iter_bindings(func):
         value = binding.value
         name = op_name(value)
+        if name == "relax.shape_of":
+            shape = static_shape(value.args[0])
+            if shape is not None:
+                shapes[binding.var] = shape
+            continue
         rule = _LAYOUT.get(name) or _FLOAT_MATH.get(name) or _COMPARE.get(name)
+        rule = rule or _INDEX.get(name)
         if rule is None:
             continue
-        args = [_static_value(a, known) for a in value.args]
+        args = [shapes.get(a) or _static_value(a, known) for a in value.args]
         if not args or any(a is None for a in args):
             continue
         dtype = dtype_of(binding.var)
+        if dtype is None:
+            continue
         if name in _COMPARE and not _index_or_float(args):
             continue  # mixed or narrow types (an int8 Gather index): TVM's rules, not numpy's
-        if (
-            dtype is None
-            or name in _FLOAT_MATH
-            and not (
-                dtype.startswith("float") and all(np.asarray(a).dtype.kind == "f" for a in args)
-            )
-        ):
+        floats = dtype.startswith("float") and all(np.asarray(a).dtype.kind == "f" for a in args)
+        if name in _FLOAT_MATH and not floats:
+            result = _int_math(name, args) if name in _INT_MATH else None
+        else:
+            with np.errstate(all="ignore"):
+                result = rule(args, value.attrs)
+        if result is None:
             continue
-        with np.errstate(all="ignore"):
-            # np.array, not ascontiguousarray: that makes a 0-d result 1-d (a where() over
-            # a folded scalar then broadcast a Gather index to shape (1,))
-            result = np.array(rule(args, value.attrs), dtype=dtype, order="C")
-        known[binding.var] = result
+        # np.array, not ascontiguousarray: that makes a 0-d result 1-d (a where() over a
+        # folded scalar then broadcast a Gather index to shape (1,))
+        known[binding.var] = np.array(result, dtype=dtype, order="C")
     return known
 
 

@@ -204,12 +204,37 @@ def test_refused_with_the_reason(attrs, why):
         fix_model(model, "m.onnx")
 
 
-def test_runtime_sequence_lengths_are_refused():
+def test_computed_sequence_lengths_are_refused():
     model, _ = _model("GRU")
     model.graph.node[0].input[4] = "lens"
-    model.graph.input.append(helper.make_tensor_value_info("lens", TensorProto.INT32, [2]))
+    model.graph.input.append(helper.make_tensor_value_info("l0", TensorProto.INT32, [2]))
+    model.graph.node.insert(0, helper.make_node("Abs", ["l0"], ["lens"]))
     with pytest.raises(UnsupportedModelError, match="sequence_lens 'lens'"):
         fix_model(model, "m.onnx")
+
+
+def test_sequence_lengths_fed_at_run_time_are_guarded(tmp_path):
+    """test_lstm_with_peepholes feeds sequence_lens: compiled for full sequences, a run with a
+    shorter one is refused by name, one with full ones matches onnxruntime (also reloaded)."""
+    import tvm_sparse
+    from tvm_sparse.errors import RunInputError
+    from tvm_sparse.module import load
+
+    model, feeds = _model("LSTM", peepholes=True)
+    model.graph.node[0].input[4] = "lens"
+    model.graph.input.insert(1, helper.make_tensor_value_info("lens", TensorProto.INT32, [2]))
+    feeds = {"X": feeds["X"], "lens": np.array([5, 5], np.int32)}
+    fixed, guards = fix_model(model, "m.onnx")
+    assert [g.to_dict() for g in guards] == [
+        {"kind": "full_length", "node": "rec", "lens": "lens", "steps": 5}
+    ]
+    module = tvm_sparse.compile(model, "llvm", measure=False)
+    module.export(tmp_path / "m.so")
+    for m in (module, load(tmp_path / "m.so")):
+        for want, got in zip(_run(model, feeds), m.run(*feeds.values()), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        with pytest.raises(RunInputError, match=r"node 'rec': lens=\[5, 3\]"):
+            m.run(feeds["X"], np.array([5, 3], np.int32))
 
 
 def test_constant_full_sequence_lengths_are_accepted():

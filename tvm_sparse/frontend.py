@@ -21,8 +21,9 @@ from tvm import relax
 
 from .errors import InputShapeError, ModelLoadError, UnsupportedModelError, error_detail
 from .ir.layers import layer_key
-from .onnx_fixes import RunGuard, fix_model
+from .onnx_fixes import fix_model
 from .onnx_fold import fold_constants
+from .run_guards import FullLengthGuard, RunGuard
 
 ShapeDict = dict[str, tuple[int, ...]]
 log = logging.getLogger("tvm_sparse")
@@ -90,7 +91,7 @@ class ImportedModel:
     # ONNX nodes with constant weights, in graph order: lets the report use the model's own names.
     weighted_nodes: list[tuple[str, str]] = field(default_factory=list)
     # checks on input values before each run (onnx_fixes.RunGuard)
-    guards: list[RunGuard] = field(default_factory=list)
+    guards: list[RunGuard | FullLengthGuard] = field(default_factory=list)
 
 
 def parse_input_shapes(spec: str | dict | None) -> ShapeDict | None:

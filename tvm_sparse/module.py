@@ -19,9 +19,9 @@ from tvm import relax
 
 from .errors import ArtifactError, RunInputError
 from .frontend import TensorSpec
-from .onnx_fixes import RunGuard
 from .phases import PhaseTimes
 from .report import Report
+from .run_guards import FullLengthGuard, RunGuard, guard_from_dict
 
 MANIFEST_VERSION = 1
 
@@ -42,7 +42,7 @@ class CompiledModule:
         report: Report,
         target: str,
         device: tvm.runtime.Device | None = None,
-        guards: list[RunGuard] | None = None,
+        guards: list[RunGuard | FullLengthGuard] | None = None,
         compile_seconds: PhaseTimes | None = None,
         library: Any = None,
     ):
@@ -231,5 +231,5 @@ def load(path: str | os.PathLike) -> CompiledModule:
         raise ArtifactError(f"{path}: cannot load the module ({type(err).__name__})") from err
     inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
     report = Report.from_dict(manifest["report"])
-    guards = [RunGuard.from_dict(d) for d in manifest.get("guards", [])]
+    guards = [guard_from_dict(d) for d in manifest.get("guards", [])]
     return CompiledModule(lib, inputs, report, manifest.get("target", "llvm"), guards=guards)

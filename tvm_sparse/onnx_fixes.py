@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -25,42 +24,9 @@ from onnx import helper, numpy_helper
 from .errors import UnsupportedModelError
 from .onnx_fold import tensor_type_shape
 from .onnx_recurrent import RECURRENT_OPS, expand_recurrent, recurrent_refusal
+from .run_guards import FullLengthGuard, RunGuard
 
 log = logging.getLogger("tvm_sparse")
-
-
-@dataclass(frozen=True)
-class RunGuard:
-    """A condition on graph inputs checked before each run (``CompiledModule.run``), for a node
-    compiled in a form that is right for only some input values: a Dropout whose training_mode
-    is an input is compiled as the identity, right unless training with a ratio above 0."""
-
-    node: str
-    flag: str  # the bool input that turns training on
-    ratio: str  # the ratio input ('' when it is a constant)
-    ratio_value: float = 0.5
-
-    def violation(self, feeds: dict[str, np.ndarray]) -> str:
-        """Why these feeds cannot be run ('' when they can)."""
-        if self.flag not in feeds or not bool(np.asarray(feeds[self.flag]).reshape(-1)[0]):
-            return ""
-        ratio = self.ratio_value
-        if self.ratio and self.ratio in feeds:
-            ratio = float(np.asarray(feeds[self.ratio]).reshape(-1)[0])
-        if ratio == 0:
-            return ""
-        return (
-            f"node {self.node!r}: Dropout with {self.flag}=True and ratio {ratio:g}: "
-            "training-mode dropout (random masks) is not supported; pass False"
-        )
-
-    def to_dict(self) -> dict:
-        return {"node": self.node, "flag": self.flag, "ratio": self.ratio,
-                "ratio_value": self.ratio_value}  # fmt: skip
-
-    @staticmethod
-    def from_dict(d: dict) -> RunGuard:
-        return RunGuard(d["node"], d["flag"], d["ratio"], float(d["ratio_value"]))
 
 
 class Context:
@@ -78,7 +44,7 @@ class Context:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         self.new_initializers: list[onnx.TensorProto] = []
-        self.guards: list[RunGuard] = []
+        self.guards: list[RunGuard | FullLengthGuard] = []
         inits = {t.name for t in model.graph.initializer}
         self.graph_inputs = {i.name for i in model.graph.input if i.name not in inits}
         self._types: dict[str, onnx.TypeProto] | None = None
@@ -547,7 +513,7 @@ REFUSALS: dict[str, Callable[[Context, onnx.NodeProto], str]] = {
 
 def fix_model(
     model: onnx.ModelProto, source: str = "<model>"
-) -> tuple[onnx.ModelProto, list[RunGuard]]:
+) -> tuple[onnx.ModelProto, list[RunGuard | FullLengthGuard]]:
     """``model`` with the wrongly converted ops rewritten (a copy; the caller's is untouched)
     and the checks its runs need, or UnsupportedModelError naming the first node that cannot
     be converted right."""

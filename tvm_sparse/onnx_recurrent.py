@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .run_guards import FullLengthGuard
+
 # activation -> (alpha default, beta default) for the ones that take them (ONNX op defaults)
 _PARAMS = {
     "leakyrelu": (0.01, None),
@@ -107,12 +109,12 @@ def recurrent_refusal(ctx, node: onnx.NodeProto) -> str:
         if act.name not in _PLAIN and act.name not in _PARAMS:
             return f"activation {act.name!r} is not an ONNX recurrent activation"
     lens = _input(node, 4)
-    if lens:
+    if lens and lens not in ctx.graph_inputs:  # a graph input gets a FullLengthGuard
         value = ctx.consts.get(lens)
         if value is None or np.any(np.asarray(value) != shape[layout]):
             return (
-                f"sequence_lens {lens!r} must be a constant equal to the sequence length "
-                f"({shape[layout]}): shorter sequences in a batch are not supported"
+                f"sequence_lens {lens!r} must be a constant or graph input equal to the sequence "
+                f"length ({shape[layout]}): shorter sequences in a batch are not supported"
             )
     return ""
 
@@ -240,6 +242,9 @@ def expand_recurrent(ctx, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     c_init = _input(node, 6) if kind == "LSTM" else ""
     peep = _input(node, 7) if kind == "LSTM" else ""
     state_axis = 1 if layout else 0  # initial_h: [dirs, batch, H] or [batch, dirs, H]
+    lens = _input(node, 4)
+    if lens in ctx.graph_inputs:  # compiled for full sequences; a run checks it
+        ctx.guards.append(FullLengthGuard(node.name or node.op_type, lens, steps))
 
     runs = []
     for d in range(dirs):

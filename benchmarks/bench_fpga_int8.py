@@ -31,9 +31,8 @@ import numpy as np
 
 from tvm_sparse import models
 from tvm_sparse.codegen.fpga import compile_fpga, golden_outputs
-from tvm_sparse.codegen.fpga.calibration import forward
+from tvm_sparse.codegen.fpga.calibration import forward_with_noise
 from tvm_sparse.codegen.fpga.csim import sqnr_db
-from tvm_sparse.codegen.fpga.hw_model import HwModel
 from tvm_sparse.zoo.gsc import _images
 
 NETWORKS = {
@@ -48,18 +47,11 @@ DEFAULT = ("gsc_super_sparse", "gsc_sparse", "gsc_tiny", "gsc_tiny_boosted")
 EVAL_SEED, CALIB_SEED = 1000, 2000
 
 
-def sensitivity(hw: HwModel, x: np.ndarray, ref: np.ndarray, db: float) -> dict:
+def sensitivity(hw, x: np.ndarray, ref: np.ndarray, db: float) -> dict:
     """Logits SQNR / top-1 of the float model with noise of ``db`` SQNR at the first weighted
     layer's output (numpy executor; what no quantized build can beat)."""
     first = next(i for i, layer in enumerate(hw.layers) if layer.weighted)
-    _, acts = forward(hw, x)
-    a = acts[hw.layers[first].name]
-    rng = np.random.default_rng(0)
-    noise = rng.standard_normal(a.shape).astype(np.float32) * np.sqrt(np.mean(a**2))
-    rest = HwModel(
-        hw.name, hw.variant, hw.target, hw.layers[first + 1 :], a.shape[1:], hw.output_shape, 1
-    )
-    q, _ = forward(rest, a + noise * 10 ** (-db / 20))
+    q = forward_with_noise(hw, x, db, after=first)
     return {
         "noise_db": db,
         "sqnr_db": sqnr_db(q, ref),

@@ -7,6 +7,8 @@ estimate) on them.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from ...ir.layers import CONV2D
@@ -88,6 +90,26 @@ def forward(model: HwModel, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.nda
         y = y.reshape(y.shape[0], *layer.out_shape)  # a clone passes its input on
         outs[layer.index] = acts[layer.name] = y
     return y.reshape(y.shape[0], -1), acts
+
+
+def forward_with_noise(model: HwModel, x: np.ndarray, db: float, after: int = 0) -> np.ndarray:
+    """The float network's output with gaussian noise of ``db`` SQNR (seeded) added to the
+    output of layer ``after``: what a datapath whose only error is that noise would give, the
+    bound a quantized build is measured against."""
+    _, acts = forward(model, x)
+    a = acts[model.layers[after].name]
+    noise = np.random.default_rng(0).standard_normal(a.shape) * np.sqrt(np.mean(a**2))
+    shift = after + 1
+    layers = []
+    for layer in model.layers[shift:]:  # layer ``after``'s output becomes the input (-1)
+        moved = copy.copy(layer)
+        moved.index = layer.index - shift
+        moved.inputs = [(i - shift, port) for i, port in model.sources(layer)]
+        layers.append(moved)
+    rest = HwModel(
+        model.name, model.variant, model.target, layers, a.shape[1:], model.output_shape, 1
+    )
+    return forward(rest, (a + noise * 10 ** (-db / 20)).astype(np.float32))[0]
 
 
 def _maxpool(layer: HwLayer, x: np.ndarray) -> np.ndarray:

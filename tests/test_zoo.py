@@ -290,7 +290,7 @@ def test_dynamo_export_compiles_and_matches_onnxruntime(tmp_path, name):
     assert opsets[""] == prune.DYNAMO_OPSET
     feeds = zoo.inputs(name, seed=1, **OPTIONS[name])
     ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    module = tvm_sparse.compile(path, "llvm")
+    module = tvm_sparse.compile(path, "llvm", measure=False)  # the export is under test here
     assert_close(module.run(*feeds.values()), ref, rtol=1e-3)
     assert any(layer.chosen != "dense" for layer in module.report.layers)
 

@@ -264,3 +264,39 @@ def test_dynamic_sequence_length_is_refused():
     dim.dim_param = "steps"
     with pytest.raises(UnsupportedModelError, match="sequence length and input size"):
         fix_model(model, "m.onnx")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_pruned_torch_rnn_compiles_sparse_and_matches_onnxruntime(tmp_path, cell):
+    """A keyword-spotting net as PyTorch exports it (2 layers, bidirectional, batch_first, h0
+    from Expand of zeros, GRU with linear_before_reset=1), 90% magnitude-pruned: compiled,
+    it equals onnxruntime and its W / R products run as sparse kernels."""
+    torch = pytest.importorskip("torch")
+    import tvm_sparse
+    from tvm_sparse.zoo.prune import export_onnx
+
+    class Kws(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            rnn = getattr(torch.nn, cell)
+            self.rnn = rnn(20, 64, num_layers=2, batch_first=True, bidirectional=True)
+            self.fc = torch.nn.Linear(128, 12)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    net = Kws().eval()
+    with torch.no_grad():
+        for p in net.rnn.parameters():
+            if p.dim() == 2:
+                p[p.abs() < p.abs().flatten().kthvalue(int(0.9 * p.numel())).values] = 0
+    x = torch.randn(1, 12, 20)
+    path = export_onnx(net, (x,), tmp_path / "kws.onnx", ["input"], ["output"])
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )[0]
+    module = tvm_sparse.compile(path, "llvm", measure=False)
+    np.testing.assert_allclose(module.run(x.numpy()), ref, rtol=1e-4, atol=1e-5)
+    chosen = [layer.chosen for layer in module.report.layers]
+    assert chosen.count("dense") < len(chosen) / 2, chosen

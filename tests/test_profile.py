@@ -7,7 +7,7 @@ import pytest
 
 import tvm_sparse
 from tvm_sparse import models
-from tvm_sparse.profile import Profile, _call_sites, profile
+from tvm_sparse.profile import SYMBOL_WIDTH, Profile, _call_sites, profile
 
 
 def test_profile_times_every_kernel_of_a_run():
@@ -40,3 +40,15 @@ def test_call_sites_count_repeated_calls_and_keep_order():
     assert [(s.symbol, s.calls) for s in sites] == [("b", 2), ("a", 1)]
     assert sites[0].median_us == pytest.approx(3.0) and sites[1].median_us == pytest.approx(2.0)
     assert Profile(calls=sites).kernel_us == pytest.approx(8.0)
+
+
+def test_table_shortens_fused_kernel_names_and_to_dict_keeps_them():
+    """TVM names a fused kernel after each op it holds (an unrolled LSTM's: 1,400 characters);
+    the table keeps its head and tail, the JSON the whole name."""
+    long = "fused_strided_slice52_reshape2_add" + "_expand_dims" * 100 + "_concatenate_squeeze"
+    profile = Profile(calls=_call_sites([[(long, 2e-6), ("csr_linear_1", 1e-5)]]))
+    lines = profile.table().splitlines()
+    assert max(len(line) for line in lines[:-1]) <= SYMBOL_WIDTH + 36
+    assert lines[2].startswith("fused_strided_slice52_reshape2_add")
+    assert "...enate_squeeze" in lines[2]
+    assert profile.to_dict()["calls"][0]["symbol"] == long

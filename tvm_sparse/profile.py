@@ -59,12 +59,12 @@ class Profile:
     def table(self) -> str:
         """The calls in the order a run makes them, with their share of the kernels' time."""
         kernels = max(self.kernel_us, 1e-9)
-        width = max([len(c.symbol) for c in self.calls] + [6])
+        width = max([len(_short(c.symbol)) for c in self.calls] + [6])
         lines = [f"{'call':<{width}}  calls   us/call   us/run  share", "-" * (width + 36)]
         for c in self.calls:
             share = "" if c.builtin else f"{c.median_us * c.calls / kernels:6.1%}"
             lines.append(
-                f"{c.symbol:<{width}}  {c.calls:5d}  {c.median_us:8.2f}  "
+                f"{_short(c.symbol):<{width}}  {c.calls:5d}  {c.median_us:8.2f}  "
                 f"{c.median_us * c.calls:7.2f}  {share}"
             )
         lines.append("-" * (width + 36))
@@ -86,6 +86,16 @@ class Profile:
             "total_us": self.total_us,
             "runs": self.runs,
         }
+
+
+SYMBOL_WIDTH = 72  # TVM names a fused kernel after every op in it: 1,400 characters for an LSTM
+
+
+def _short(symbol: str) -> str:
+    """``symbol`` cut to SYMBOL_WIDTH for the table (its head and tail; to_dict keeps it all)."""
+    if len(symbol) <= SYMBOL_WIDTH:
+        return symbol
+    return f"{symbol[: SYMBOL_WIDTH - 16]}...{symbol[-13:]}"
 
 
 def profile(module: Any, inputs: Sequence[np.ndarray], runs: int = 200) -> Profile:

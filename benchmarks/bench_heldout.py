@@ -5,14 +5,15 @@
                                        [--json out.json]
 
 Each architecture is written here in plain torch (torchvision does not import beside the pinned
-CPU torch), seeded, magnitude-pruned per layer (every Conv1d / Conv2d / ConvTranspose2d / Linear
-and ``nn.MultiheadAttention``'s packed in-projection, except stems and depthwise convs, as the
-zoo's policy), BatchNorm given real statistics, exported by the TorchScript exporter at opset 17
-(``zoo.prune.export_onnx``) and compiled by ``tvm_sparse.compile(path, "llvm")``. The output is
-checked against onnxruntime on the same file (rtol 1e-3, atol 1e-3 x the output's largest
-magnitude), then both are timed at 1 thread in turns (``--rounds`` rounds of ``--round-time``
-seconds each, the order alternating; a time is the median of the per-round medians, ``x_ort`` the
-median of the per-round ratios ort / tvm-sparse).
+CPU torch), seeded, magnitude-pruned per layer (every Conv1d / Conv2d / ConvTranspose2d /
+Linear, LSTM / GRU and ``nn.MultiheadAttention``'s packed in-projection, except stems and
+depthwise convs, as the zoo's policy), BatchNorm given real statistics, exported by the
+TorchScript exporter at opset 17 (``zoo.prune.export_onnx``) and compiled by
+``tvm_sparse.compile(path, "llvm")``. The output is checked against onnxruntime on the same file
+(rtol 1e-3, atol 1e-3 x the output's largest magnitude), then both are timed at 1 thread in
+turns (``--rounds`` rounds of ``--round-time`` seconds each, the order alternating; a time is
+the median of the per-round medians, ``x_ort`` the median of the per-round ratios
+ort / tvm-sparse).
 
 Each (model, sparsity) runs in its own worker process, so an abort in LLVM or TVM shows as a row
 (``ERROR: exit -6``) instead of ending the run. What the compile prints on stderr (TVM's C++ log
@@ -38,7 +39,13 @@ The models (batch 1):
   token mixing through transposes, LayerNorm, GELU; 224 px;
 - ``deeplab``: dilated ResNet-ish backbone (output stride 8) with an ASPP head (1x1 and
   3x3 convs at dilations 6/12/18, image pooling branch upsampled, concat), bilinear upsample
-  to the input; 128 px.
+  to the input; 128 px;
+- ``kws_lstm``: keyword spotting, a 2-layer LSTM (256) over 49 frames of 40 MFCCs, the last
+  step to 12 classes (ONNX LSTM nodes, h0 from Expand of zeros);
+- ``crnn``: two conv + BN + ReLU + max-pool blocks over a 40x64 spectrogram, a bidirectional
+  GRU (128, linear_before_reset=1) over the 64 frames, mean, 12 classes.
+
+Pruning also covers each recurrent weight (``weight_ih_l*`` / ``weight_hh_l*``).
 """
 
 from __future__ import annotations
@@ -54,7 +61,10 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODELS = ("convnext", "regnetx", "vit", "unet", "audio1d", "mbv3s", "mixer", "deeplab")
+MODELS = (
+    "convnext", "regnetx", "vit", "unet", "audio1d", "mbv3s", "mixer", "deeplab", "kws_lstm",
+    "crnn",
+)  # fmt: skip
 COLUMNS = [
     "model",
     "sparsity",
@@ -408,6 +418,35 @@ def _architectures():
             y = self.head(self.aspp(self.layers(self.stem(x))))
             return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
+    # -- recurrent keyword spotting (ONNX LSTM / GRU nodes, unrolled by onnx_recurrent) --------
+    class KwsLSTM(nn.Module):
+        """2-layer LSTM over 49 frames of 40 MFCCs, the last step's state to 12 keywords."""
+
+        def __init__(self, classes=12):
+            super().__init__()
+            self.rnn = nn.LSTM(40, 256, num_layers=2, batch_first=True)
+            self.fc = nn.Linear(256, classes)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    class CRNN(nn.Module):
+        """Two conv blocks over a 40x64 spectrogram, a bidirectional GRU over time, mean."""
+
+        def __init__(self, classes=12):
+            super().__init__()
+            self.conv = nn.Sequential(
+                conv_bn(1, 32, 3), nn.MaxPool2d((2, 1)), conv_bn(32, 64, 3), nn.MaxPool2d((2, 1))
+            )
+            self.gru = nn.GRU(64 * 10, 128, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(256, classes)
+
+        def forward(self, x):
+            y = self.conv(x)
+            b, c, f, t = y.shape
+            y = self.gru(y.permute(0, 3, 1, 2).reshape(b, t, c * f))[0]
+            return self.fc(y.mean(1))
+
     return {
         "convnext": (ConvNeXt, (1, 3, 224, 224)),
         "regnetx": (RegNetX, (1, 3, 224, 224)),
@@ -417,6 +456,8 @@ def _architectures():
         "mbv3s": (MobileNetV3Small, (1, 3, 224, 224)),
         "mixer": (Mixer, (1, 3, 224, 224)),
         "deeplab": (DeepLab, (1, 3, 128, 128)),
+        "kws_lstm": (KwsLSTM, (1, 49, 40)),
+        "crnn": (CRNN, (1, 1, 40, 64)),
     }
 
 
@@ -436,6 +477,10 @@ def _prune(model, sparsity: float) -> None:
             name = None if m.in_channels <= 3 or depthwise else "weight"
         elif isinstance(m, torch.nn.MultiheadAttention) and m.in_proj_weight is not None:
             name = "in_proj_weight"
+        elif isinstance(m, torch.nn.RNNBase) and sparsity > 0:  # each W_ih / W_hh
+            for weight in [n for n, _ in m.named_parameters() if n.startswith("weight_")]:
+                prune.l1_unstructured(m, name=weight, amount=float(sparsity))
+                prune.remove(m, weight)
         if name is not None and sparsity > 0:
             prune.l1_unstructured(m, name=name, amount=float(sparsity))
             prune.remove(m, name)

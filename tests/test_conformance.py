@@ -34,6 +34,8 @@ PER_OP = 3
 # Cases tvm-sparse once failed where plain TVM passed (0-d inputs, Slice with tensor bounds, If,
 # optional inputs, dynamic dims, vectorized cosh / bfloat16) and cases TVM's frontend converts
 # wrongly (onnx_fixes.py rewrites or refuses them).
+# no converter in TVM 0.27 (onnx_recurrent unrolls them): ours must pass, not only not fail
+RECURRENT = ("test_lstm_with_peepholes", "test_gru_seq_length", "test_simple_rnn_batchwise")
 REGRESSIONS = (
     "test_clip_default_inbounds", "test_slice", "test_slice_neg_steps", "test_if",
     "test_optional_has_element_tensor_input", "test_optional_get_element_optional_tensor",
@@ -46,6 +48,7 @@ REGRESSIONS = (
     "test_nonmaxsuppression_single_box", "test_batchnorm_example_training_mode",
     "test_training_dropout", "test_roialign_mode_max", "test_mish_expanded",
     "test_training_dropout_zero_ratio",
+    *RECURRENT,
 )  # fmt: skip
 
 KNOWN_WRONG: set[str] = set()  # wrong through both engines and not fixed yet: none
@@ -80,7 +83,7 @@ def test_sample_covers_the_ops_and_the_regressions():
 def test_never_worse_than_plain_tvm(case):
     plain = conformance.run_case(case, "tvm")
     ours = conformance.run_case(case, "sparse")
-    if plain.status == "ok":
+    if plain.status == "ok" or case.name in RECURRENT:
         assert ours.status == "ok", f"plain TVM passes, tvm-sparse: {ours.status}: {ours.detail}"
     if case.name not in KNOWN_WRONG:
         assert ours.status != "wrong", ours.detail

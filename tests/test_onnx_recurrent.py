@@ -300,3 +300,32 @@ def test_pruned_torch_rnn_compiles_sparse_and_matches_onnxruntime(tmp_path, cell
     np.testing.assert_allclose(module.run(x.numpy()), ref, rtol=1e-4, atol=1e-5)
     chosen = [layer.chosen for layer in module.report.layers]
     assert chosen.count("dense") < len(chosen) / 2, chosen
+
+
+def _as_double(model: onnx.ModelProto, feeds: dict) -> tuple[onnx.ModelProto, dict]:
+    for init in model.graph.initializer:
+        value = numpy_helper.to_array(init).astype(np.float64)
+        init.CopyFrom(numpy_helper.from_array(value, init.name))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return model, {k: v.astype(np.float64) for k, v in feeds.items()}
+
+
+def test_double_precision_keeps_its_dtype():
+    """Activation constants and the GRU bias mask take X's dtype: a float32 constant in a
+    double graph is a type error. (ONNX's reference evaluator is the judge: onnxruntime has no
+    double GRU; the reference ignores custom activations, so those are checked by type only.)"""
+    from onnx.reference import ReferenceEvaluator
+
+    model, feeds = _as_double(*_model("GRU", linear_before_reset=1))
+    fixed, _ = fix_model(model, "m.onnx")
+    want = ReferenceEvaluator(model).run(None, feeds)
+    for w, g in zip(want, ReferenceEvaluator(fixed).run(None, feeds), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+    acts = {"activations": ["HardSigmoid", "ScaledTanh", "Affine"],
+            "activation_alpha": [0.3, 1.2, 0.5], "activation_beta": [0.4, 0.8, 0.1]}  # fmt: skip
+    custom, _ = _as_double(*_model("LSTM", **acts))
+    fixed, _ = fix_model(custom, "m.onnx")
+    onnx.checker.check_model(fixed, full_check=True)  # the types agree everywhere
+    floats = {TensorProto.FLOAT, TensorProto.DOUBLE}
+    assert {t.data_type for t in fixed.graph.initializer} & floats == {TensorProto.DOUBLE}

@@ -130,6 +130,7 @@ class _Builder:
         self.ctx, self.nodes = ctx, []
         self.prefix = (node.name or node.op_type).replace("/", "_")
         self._slices: dict[tuple, str] = {}  # constants made once, not once per step
+        self.dtype = ctx.dtype(node.input[0]) or np.dtype(np.float32)  # float16/32/64
 
     def known(self, name: str) -> np.ndarray | None:
         return self.ctx.consts.get(name)
@@ -195,13 +196,15 @@ class _Builder:
         if name in _PLAIN:
             return self.op(_PLAIN[name], [x], hint)
         if name == "affine":
-            scaled = self.op("Mul", [x, self.const(np.float32(act.alpha), "a")], hint)
-            return self.op("Add", [scaled, self.const(np.float32(act.beta), "b")], hint)
+            scaled = self.op("Mul", [x, self.const(self.dtype.type(act.alpha), "a")], hint)
+            return self.op("Add", [scaled, self.const(self.dtype.type(act.beta), "b")], hint)
         if name == "scaledtanh":
             inner = self.op(
-                "Tanh", [self.op("Mul", [x, self.const(np.float32(act.beta), "b")], hint)], hint
+                "Tanh",
+                [self.op("Mul", [x, self.const(self.dtype.type(act.beta), "b")], hint)],
+                hint,
             )
-            return self.op("Mul", [inner, self.const(np.float32(act.alpha), "a")], hint)
+            return self.op("Mul", [inner, self.const(self.dtype.type(act.alpha), "a")], hint)
         if name == "hardsigmoid":
             return self.op("HardSigmoid", [x], hint, alpha=act.alpha, beta=act.beta)
         op = {"leakyrelu": "LeakyRelu", "thresholdedrelu": "ThresholdedRelu", "elu": "Elu"}[name]
@@ -260,7 +263,7 @@ def expand_recurrent(ctx, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
             )
             if kind == "GRU" and int(_attr(node, "linear_before_reset", 0)):
                 # the h gate's Rb is applied inside r * (h @ Rh^T + Rbh): keep it apart
-                mask = np.ones(gates * hidden, np.float32)
+                mask = np.ones(gates * hidden, b.dtype)
                 mask[2 * hidden :] = 0
                 r_bias = b.gate(r_b, 2, hidden, "rbh")
                 r_b = b.op("Mul", [r_b, b.const(mask, "m")], "rbzr")

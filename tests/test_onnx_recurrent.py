@@ -196,6 +196,8 @@ def test_constant_weights_become_one_initializer_per_direction():
     [
         ({"clip": 1.0}, "clip"),
         ({"input_forget": 1}, "input_forget"),
+        ({"activations": ["Sigmoid", "Tanh"]}, "2 activations for 1 direction"),
+        ({"activations": ["Sigmoid", "Tanh", "Gelu"]}, "activation 'gelu'"),
     ],
 )
 def test_refused_with_the_reason(attrs, why):

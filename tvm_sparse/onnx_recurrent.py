@@ -105,7 +105,14 @@ def recurrent_refusal(ctx, node: onnx.NodeProto) -> str:
         return f"the sequence length and input size of {node.input[0]!r} must be static"
     if _attr(node, "hidden_size") is None:
         return "hidden_size is missing"
-    for act in activations(node):
+    acts = activations(node)
+    dirs = 2 if _attr(node, "direction", "forward") == "bidirectional" else 1
+    if len(acts) != len(_DEFAULTS[node.op_type]) * dirs:
+        return (
+            f"{len(acts)} activations for {dirs} direction(s): {node.op_type} takes "
+            f"{len(_DEFAULTS[node.op_type])} per direction"
+        )
+    for act in acts:
         if act.name not in _PLAIN and act.name not in _PARAMS:
             return f"activation {act.name!r} is not an ONNX recurrent activation"
     lens = _input(node, 4)

@@ -45,6 +45,7 @@ LAYERS = [
         "onnx_fold",
         "onnx_fixes",
         "onnx_recurrent",
+        "onnx_nodes",
         "op",
         "sparsify",
         "models",

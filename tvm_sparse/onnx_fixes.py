@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
 from .onnx_fold import tensor_type_shape
+from .onnx_nodes import node_attr, node_input, node_output
 from .onnx_recurrent import RECURRENT_OPS, expand_recurrent, recurrent_refusal
 from .run_guards import FullLengthGuard, RunGuard
 
@@ -118,22 +119,6 @@ class Context:
         return helper.make_node(op, inputs, [out], **attrs), out
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
-
-
-def _input(node: onnx.NodeProto, i: int) -> str:
-    return node.input[i] if len(node.input) > i else ""
-
-
-def _output(node: onnx.NodeProto, i: int) -> str:
-    return node.output[i] if len(node.output) > i else ""
-
-
 # -- rewrites ----------------------------------------------------------------------------------
 
 
@@ -146,7 +131,10 @@ def _float_dtype(ctx: Context, x: str) -> np.dtype | None:
 def _isinf_directions(ctx: Context, node: onnx.NodeProto):
     """IsInf with detect_negative/detect_positive = 0: TVM ignores both attributes
     (test_isinf_negative, test_isinf_positive)."""
-    neg, pos = int(_attr(node, "detect_negative", 1)), int(_attr(node, "detect_positive", 1))
+    neg, pos = (
+        int(node_attr(node, "detect_negative", 1)),
+        int(node_attr(node, "detect_positive", 1)),
+    )
     if neg and pos:
         return None
     x, out = node.input[0], node.output[0]
@@ -165,7 +153,7 @@ def _float_mod_by_infinity(ctx: Context, node: onnx.NodeProto):
     """Float Mod (fmod=0) by +-inf: TVM computes x - floor(x / y) * y, NaN; ONNX (Python's
     rule) gives x when x and y agree in sign (or x is 0), else y
     (test_mod_float_edge_cases_fmod_0_*)."""
-    if int(_attr(node, "fmod", 0)) != 0:
+    if int(node_attr(node, "fmod", 0)) != 0:
         return None
     x, y = node.input[0], node.input[1]
     dtype = ctx.dtype(x)
@@ -209,7 +197,7 @@ def _accurate_mish(ctx: Context, node: onnx.NodeProto):
 def _convtranspose_output_shape(ctx: Context, node: onnx.NodeProto):
     """ConvTranspose's ``output_shape`` attribute: TVM ignores it (test_convtranspose_output_
     shape gave 9x7 for 10x8). Rewritten into the pads and output_padding that give it."""
-    output_shape = _attr(node, "output_shape")
+    output_shape = node_attr(node, "output_shape")
     if not output_shape:
         return None
     x_shape, w_shape = ctx.shape(node.input[0]), ctx.shape(node.input[1])
@@ -217,11 +205,11 @@ def _convtranspose_output_shape(ctx: Context, node: onnx.NodeProto):
         return None
     spatial = len(x_shape) - 2
     want = list(output_shape)[-spatial:]
-    strides = list(_attr(node, "strides", [1] * spatial))
-    dilations = list(_attr(node, "dilations", [1] * spatial))
-    out_pad = list(_attr(node, "output_padding", [0] * spatial))
-    kernel = list(_attr(node, "kernel_shape", w_shape[2:]))
-    upper = _attr(node, "auto_pad", "NOTSET") == "SAME_UPPER"
+    strides = list(node_attr(node, "strides", [1] * spatial))
+    dilations = list(node_attr(node, "dilations", [1] * spatial))
+    out_pad = list(node_attr(node, "output_padding", [0] * spatial))
+    kernel = list(node_attr(node, "kernel_shape", w_shape[2:]))
+    upper = node_attr(node, "auto_pad", "NOTSET") == "SAME_UPPER"
     begin, end = [0] * spatial, [0] * spatial
     for i in range(spatial):
         total = (
@@ -257,12 +245,12 @@ def _dropout(ctx: Context, node: onnx.NodeProto):
     """Dropout's mask output: TVM gives float32 where ONNX says bool (test_dropout_default_
     mask). Inference Dropout is the identity with an all-true mask; training-mode Dropout is
     refused (REFUSALS) unless its ratio is 0, where it is the identity too."""
-    mask = _output(node, 1)
-    training = _input(node, 2)
+    mask = node_output(node, 1)
+    training = node_input(node, 2)
     if not mask and not training:
         return None
     if training and training not in ctx.consts:  # a graph input (REFUSALS saw to that)
-        ratio = _input(node, 1)
+        ratio = node_input(node, 1)
         value = ctx.consts.get(ratio) if ratio else None
         runtime_ratio = ratio if ratio and value is None else ""
         fixed_ratio = 0.5 if value is None else float(np.asarray(value).reshape(-1)[0])
@@ -376,16 +364,16 @@ def _layernorm_statistics(ctx: Context, node: onnx.NodeProto):
     """LayerNormalization's Mean and InvStdDev outputs: TVM returns 0-d placeholders
     (test_layer_normalization_*). They are computed beside the node (in float32, the default
     stash type); the normalized output stays the frontend's layer_norm."""
-    mean_out, inv_out = _output(node, 1), _output(node, 2)
+    mean_out, inv_out = node_output(node, 1), node_output(node, 2)
     if not mean_out and not inv_out:
         return None
     x = node.input[0]
     rank = ctx.rank(x)
     if rank is None:
         return None
-    axis = int(_attr(node, "axis", -1))
+    axis = int(node_attr(node, "axis", -1))
     axes = list(range(axis % rank, rank))
-    eps = float(_attr(node, "epsilon", 1e-5))
+    eps = float(node_attr(node, "epsilon", 1e-5))
     keep = [helper.make_node("LayerNormalization", list(node.input), [node.output[0]],
                              name=node.name, axis=axis, epsilon=eps)]  # fmt: skip
     xf, xf_out = ctx.node("Cast", [x], "x_f32", to=onnx.TensorProto.FLOAT)
@@ -413,7 +401,7 @@ def _layernorm_statistics(ctx: Context, node: onnx.NodeProto):
 def _empty_shape_slice(ctx: Context, node: onnx.NodeProto):
     """Shape with start >= end after clamping: an empty 1-D tensor; TVM returns nothing
     (test_shape_start_greater_than_end)."""
-    start, end = _attr(node, "start"), _attr(node, "end")
+    start, end = node_attr(node, "start"), node_attr(node, "end")
     if start is None and end is None:
         return None
     rank = ctx.rank(node.input[0])
@@ -431,13 +419,13 @@ def _empty_shape_slice(ctx: Context, node: onnx.NodeProto):
 def _space_to_depth(ctx: Context, node: onnx.NodeProto):
     """SpaceToDepth: TVM ignores ``mode`` (CRD, opset 25; test_spacetodepth_crd_mode_example).
     Written out as reshape, transpose, reshape when the input shape is known."""
-    if _attr(node, "mode", "DCR") == "DCR":
+    if node_attr(node, "mode", "DCR") == "DCR":
         return None
     shape = ctx.shape(node.input[0])
     if shape is None or len(shape) != 4:
         return None
     n, c, h, w = shape
-    b = int(_attr(node, "blocksize"))
+    b = int(node_attr(node, "blocksize"))
     split = ctx.const(np.array([n, c, h // b, b, w // b, b], np.int64), "split_shape")
     merged = ctx.const(np.array([n, c * b * b, h // b, w // b], np.int64), "merged_shape")
     r1, r1_out = ctx.node("Reshape", [node.input[0], split], "blocks")
@@ -467,7 +455,7 @@ REWRITES: dict[str, Callable[[Context, onnx.NodeProto], list[onnx.NodeProto] | N
 
 def _training_batchnorm(ctx: Context, node: onnx.NodeProto) -> str:
     """test_batchnorm_*_training_mode: TVM applies the running statistics."""
-    if int(_attr(node, "training_mode", 0)):
+    if int(node_attr(node, "training_mode", 0)):
         return "training_mode=1 (batch statistics) is not supported; export in eval mode"
     return ""
 
@@ -476,7 +464,7 @@ def _training_dropout(ctx: Context, node: onnx.NodeProto) -> str:
     """test_training_dropout*: random masks; only a constant-false training_mode or a ratio of
     0 (the identity) is accepted. A training_mode that is a graph input is compiled as the
     identity with a RunGuard (``_dropout``): a run that asks for training is refused."""
-    training = _input(node, 2)
+    training = node_input(node, 2)
     if not training:
         return ""
     flag = ctx.consts.get(training)
@@ -484,7 +472,7 @@ def _training_dropout(ctx: Context, node: onnx.NodeProto) -> str:
         return ""
     if flag is not None and not bool(np.asarray(flag).reshape(-1)[0]):
         return ""
-    ratio = ctx.consts.get(_input(node, 1)) if _input(node, 1) else None
+    ratio = ctx.consts.get(node_input(node, 1)) if node_input(node, 1) else None
     if flag is not None and ratio is not None and float(np.asarray(ratio).reshape(-1)[0]) == 0:
         return ""
     return "training-mode Dropout (random masks) is not supported; export in eval mode"
@@ -496,7 +484,7 @@ def _always(reason: str) -> Callable[[Context, onnx.NodeProto], str]:
 
 def _roialign_max(ctx: Context, node: onnx.NodeProto) -> str:
     """test_roialign_mode_max: TVM's max mode differs from ONNX's (0.4 off)."""
-    if _attr(node, "mode", "avg") == "max":
+    if node_attr(node, "mode", "avg") == "max":
         return "mode='max' is converted wrongly by TVM 0.27's frontend; only 'avg' is supported"
     return ""
 

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_nodes import node_attr, node_input, node_output
 from .run_guards import FullLengthGuard
 
 # activation -> (alpha default, beta default) for the ones that take them (ONNX op defaults)
@@ -41,26 +42,6 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 RECURRENT_OPS = tuple(_GATES)
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            if isinstance(value, bytes):
-                return value.decode()
-            if isinstance(value, list):
-                return [v.decode() if isinstance(v, bytes) else v for v in value]
-            return value
-    return default
-
-
-def _input(node: onnx.NodeProto, i: int) -> str:
-    return node.input[i] if len(node.input) > i else ""
-
-
-def _output(node: onnx.NodeProto, i: int) -> str:
-    return node.output[i] if len(node.output) > i else ""
-
-
 @dataclass(frozen=True)
 class Activation:
     """One activation function of a recurrent op: its name (lower case) and alpha / beta."""
@@ -73,12 +54,12 @@ class Activation:
 def activations(node: onnx.NodeProto) -> list[Activation]:
     """The node's activation functions, one per gate function and direction, with their
     alpha / beta taken in order by the functions that use them (as onnxruntime reads them)."""
-    dirs = 2 if _attr(node, "direction", "forward") == "bidirectional" else 1
-    names = list(_attr(node, "activations") or _DEFAULTS[node.op_type])
+    dirs = 2 if node_attr(node, "direction", "forward") == "bidirectional" else 1
+    names = list(node_attr(node, "activations") or _DEFAULTS[node.op_type])
     if len(names) == len(_DEFAULTS[node.op_type]):
         names *= dirs  # one direction's list serves both
-    alphas = list(_attr(node, "activation_alpha") or [])
-    betas = list(_attr(node, "activation_beta") or [])
+    alphas = list(node_attr(node, "activation_alpha") or [])
+    betas = list(node_attr(node, "activation_beta") or [])
     out = []
     for raw in names:
         name = raw.lower()
@@ -93,20 +74,20 @@ def activations(node: onnx.NodeProto) -> list[Activation]:
 
 def recurrent_refusal(ctx, node: onnx.NodeProto) -> str:
     """Why ``node`` (LSTM / GRU / RNN) cannot be expanded ('' when it can)."""
-    if _attr(node, "clip") is not None:
+    if node_attr(node, "clip") is not None:
         return "the clip attribute is not supported"
-    if node.op_type == "LSTM" and int(_attr(node, "input_forget", 0)):
+    if node.op_type == "LSTM" and int(node_attr(node, "input_forget", 0)):
         return "input_forget=1 is not supported"
     if ctx.opset < 10:
         return f"opset {ctx.opset}: the expansion needs opset 10 or later (Slice with inputs)"
-    layout = int(_attr(node, "layout", 0))
+    layout = int(node_attr(node, "layout", 0))
     shape = ctx.dims(node.input[0])
     if shape is None or len(shape) != 3 or not all(isinstance(shape[i], int) for i in (layout, 2)):
         return f"the sequence length and input size of {node.input[0]!r} must be static"
-    if _attr(node, "hidden_size") is None:
+    if node_attr(node, "hidden_size") is None:
         return "hidden_size is missing"
     acts = activations(node)
-    dirs = 2 if _attr(node, "direction", "forward") == "bidirectional" else 1
+    dirs = 2 if node_attr(node, "direction", "forward") == "bidirectional" else 1
     if len(acts) != len(_DEFAULTS[node.op_type]) * dirs:
         return (
             f"{len(acts)} activations for {dirs} direction(s): {node.op_type} takes "
@@ -115,7 +96,7 @@ def recurrent_refusal(ctx, node: onnx.NodeProto) -> str:
     for act in acts:
         if act.name not in _PLAIN and act.name not in _PARAMS:
             return f"activation {act.name!r} is not an ONNX recurrent activation"
-    lens = _input(node, 4)
+    lens = node_input(node, 4)
     if lens and lens not in ctx.graph_inputs:  # a graph input gets a FullLengthGuard
         value = ctx.consts.get(lens)
         if value is None or np.any(np.asarray(value) != shape[layout]):
@@ -239,20 +220,20 @@ def expand_recurrent(ctx, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     if recurrent_refusal(ctx, node):
         return None
     b = _Builder(ctx, node)
-    kind, hidden = node.op_type, int(_attr(node, "hidden_size"))
+    kind, hidden = node.op_type, int(node_attr(node, "hidden_size"))
     gates = _GATES[kind]
-    layout = int(_attr(node, "layout", 0))
-    direction = _attr(node, "direction", "forward")
+    layout = int(node_attr(node, "layout", 0))
+    direction = node_attr(node, "direction", "forward")
     dirs = 2 if direction == "bidirectional" else 1
     steps = ctx.dims(node.input[0])[layout]
     acts = activations(node)
     per_dir = len(acts) // dirs
-    x, w, r, bias = node.input[0], node.input[1], node.input[2], _input(node, 3)
-    h_init = _input(node, 5)
-    c_init = _input(node, 6) if kind == "LSTM" else ""
-    peep = _input(node, 7) if kind == "LSTM" else ""
+    x, w, r, bias = node.input[0], node.input[1], node.input[2], node_input(node, 3)
+    h_init = node_input(node, 5)
+    c_init = node_input(node, 6) if kind == "LSTM" else ""
+    peep = node_input(node, 7) if kind == "LSTM" else ""
     state_axis = 1 if layout else 0  # initial_h: [dirs, batch, H] or [batch, dirs, H]
-    lens = _input(node, 4)
+    lens = node_input(node, 4)
     if lens in ctx.graph_inputs:  # compiled for full sequences; a run checks it
         ctx.guards.append(FullLengthGuard(node.name or node.op_type, lens, steps))
 
@@ -268,7 +249,7 @@ def expand_recurrent(ctx, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
                 b.gate(bias_d, 0, gates * hidden, "wb"),
                 b.gate(bias_d, 1, gates * hidden, "rb"),
             )
-            if kind == "GRU" and int(_attr(node, "linear_before_reset", 0)):
+            if kind == "GRU" and int(node_attr(node, "linear_before_reset", 0)):
                 # the h gate's Rb is applied inside r * (h @ Rh^T + Rbh): keep it apart
                 mask = np.ones(gates * hidden, b.dtype)
                 mask[2 * hidden :] = 0
@@ -290,7 +271,7 @@ def expand_recurrent(ctx, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         )
     step = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}[kind]
     if kind == "GRU":
-        step = _gru_step if not int(_attr(node, "linear_before_reset", 0)) else _gru_step_lbr
+        step = _gru_step if not int(node_attr(node, "linear_before_reset", 0)) else _gru_step_lbr
     time_axis = 1 if layout else 0
     ys, hs, cs = [], [], []
     for run in runs:
@@ -331,7 +312,7 @@ def _all_zero(ctx, name: str) -> bool:
     if producer.op_type == "Expand":
         return _all_zero(ctx, producer.input[0])
     if producer.op_type == "ConstantOfShape":
-        fill = _attr(producer, "value")
+        fill = node_attr(producer, "value")
         return fill is None or not numpy_helper.to_array(fill).any()
     return False
 
@@ -424,7 +405,7 @@ def _rnn_step(b: _Builder, run: _Direction, xt: str, h: str, c: str, hidden: int
 def _outputs(b: _Builder, node, ys, hs, cs, layout: int) -> None:
     """Y ([steps, dirs, batch, H]; layout 1: [batch, steps, dirs, H]), Y_h and Y_c
     ([dirs, batch, H]; layout 1: [batch, dirs, H]) under the node's own output names."""
-    y, y_h, y_c = _output(node, 0), _output(node, 1), _output(node, 2)
+    y, y_h, y_c = node_output(node, 0), node_output(node, 1), node_output(node, 2)
     step_axes, state_axis = ([0, 1], 0) if layout == 0 else ([1, 2], 1)
     if y:
         per_dir = []

@@ -117,7 +117,8 @@ class _Builder:
     def __init__(self, ctx, node: onnx.NodeProto):
         self.ctx, self.nodes = ctx, []
         self.prefix = (node.name or node.op_type).replace("/", "_")
-        self._slices: dict[tuple, str] = {}  # constants made once, not once per step
+        self._ints: dict[tuple[int, ...], str] = {}  # index constants, made once each
+        self._gates: dict[tuple, str] = {}  # a value's column blocks, sliced once each
         self.dtype = ctx.dtype(node.input[0]) or np.dtype(np.float32)  # float16/32/64
 
     def known(self, name: str) -> np.ndarray | None:
@@ -134,8 +135,16 @@ class _Builder:
     def const(self, value: np.ndarray, hint: str) -> str:
         value = np.array(value)  # a contiguous copy; 0-d stays 0-d (a Gather index)
         name = self.ctx.const(value, f"{self.prefix}_{hint}")
-        self.ctx.consts[name] = np.asarray(value)
+        self.ctx.consts[name] = value
         return name
+
+    def ints(self, values: list[int]) -> str:
+        """An int64 constant of ``values`` (Slice bounds, Reshape shapes, Unsqueeze axes), one
+        initializer per distinct list however many steps use it."""
+        key = tuple(values)
+        if key not in self._ints:
+            self._ints[key] = self.const(np.array(values, np.int64), "i")
+        return self._ints[key]
 
     def take(self, name: str, index: int, axis: int, shape: list[int], hint: str) -> str:
         """``name[index]`` along ``axis`` (that axis dropped), of result ``shape`` (-1: the
@@ -144,17 +153,14 @@ class _Builder:
         value = self.known(name)
         if value is not None:
             return self.const(np.take(value, index, axis=axis), hint)
-        bounds = [self.const(np.array([v]), "b") for v in (index, index + 1, axis)]
+        bounds = [self.ints([v]) for v in (index, index + 1, axis)]
         part = self.op("Slice", [name, *bounds], hint)
-        return self.op("Reshape", [part, self.const(np.array(shape, np.int64), "shape")], hint)
+        return self.op("Reshape", [part, self.ints(shape)], hint)
 
     def unsqueeze(self, x: str, axes: list[int], hint: str) -> str:
         """Unsqueeze, its axes an input from opset 13 and an attribute before."""
         if self.ctx.opset >= 13:
-            key = ("axes", *axes)
-            if key not in self._slices:
-                self._slices[key] = self.const(np.array(axes, np.int64), "ax")
-            return self.op("Unsqueeze", [x, self._slices[key]], hint)
+            return self.op("Unsqueeze", [x, self.ints(axes)], hint)
         return self.op("Unsqueeze", [x], hint, axes=axes)
 
     def transposed(self, name: str, d: int, rows: int, cols: int, hint: str) -> str:
@@ -166,18 +172,17 @@ class _Builder:
         return self.op("Transpose", [part], f"{hint}_t", perm=[1, 0])
 
     def gate(self, x: str, g: int, width: int, hint: str) -> str:
-        """Block ``g`` of ``width`` columns (the last axis) of ``x``."""
-        value = self.known(x)
-        if value is not None:
-            key = (x, g, width)
-            if key not in self._slices:
-                self._slices[key] = self.const(value[..., g * width : (g + 1) * width], hint)
-            return self._slices[key]
-        bounds = [
-            self.const(np.array([v]), n)
-            for v, n in ((g * width, "s"), ((g + 1) * width, "e"), (-1, "ax"))
-        ]
-        return self.op("Slice", [x, *bounds], hint)
+        """Block ``g`` of ``width`` columns (the last axis) of ``x``: sliced once, however many
+        steps read it (a constant's in numpy, as an initializer)."""
+        key = (x, g, width)
+        if key not in self._gates:
+            value = self.known(x)
+            if value is not None:
+                self._gates[key] = self.const(value[..., g * width : (g + 1) * width], hint)
+            else:
+                bounds = [self.ints([g * width]), self.ints([(g + 1) * width]), self.ints([-1])]
+                self._gates[key] = self.op("Slice", [x, *bounds], hint)
+        return self._gates[key]
 
     def activate(self, x: str, act: Activation, hint: str) -> str:
         name = act.name

@@ -22,7 +22,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
-from .onnx_fold import tensor_type_shape
 from .onnx_nodes import node_attr, node_input, node_output
 from .onnx_recurrent import RECURRENT_OPS, expand_recurrent, recurrent_refusal
 from .run_guards import FullLengthGuard, RunGuard
@@ -64,13 +63,6 @@ class Context:
                 self._types[t.name] = helper.make_tensor_type_proto(t.data_type, list(t.dims))
         return self._types
 
-    def shape(self, name: str) -> tuple[int, ...] | None:
-        """The static shape of value ``name``, or None."""
-        if name in self.consts:
-            return tuple(self.consts[name].shape)
-        ty = self._value_types().get(name)
-        return None if ty is None else tensor_type_shape(ty)
-
     def dims(self, name: str) -> tuple[int | None, ...] | None:
         """The dims of value ``name`` (None for each one not known statically), or None."""
         if name in self.consts:
@@ -84,14 +76,14 @@ class Context:
             d.dim_value if d.HasField("dim_value") else None for d in ty.tensor_type.shape.dim
         )
 
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """The static shape of value ``name``, or None (unknown, or a dim not static)."""
+        dims = self.dims(name)
+        return None if dims is None or None in dims else dims
+
     def rank(self, name: str) -> int | None:
-        if name in self.consts:
-            return self.consts[name].ndim
-        ty = self._value_types().get(name)
-        if ty is None or ty.WhichOneof("value") != "tensor_type":
-            return None
-        tt = ty.tensor_type
-        return len(tt.shape.dim) if tt.HasField("shape") else None
+        dims = self.dims(name)
+        return None if dims is None else len(dims)
 
     def dtype(self, name: str) -> np.dtype | None:
         if name in self.consts:

@@ -4,10 +4,10 @@ Why: Relax's ``FoldConstant`` evaluates each constant call by legalizing it, bui
 with LLVM and running it: about 40 ms a call. TVM's ONNX frontend reshapes every conv bias
 (57 calls in GoogLeNet: 2.2 s), and a network whose BatchNorms sit before their convs (DenseNet)
 leaves hundreds of ``expand_dims`` / ``subtract`` / ``sqrt`` on constant statistics. numpy does
-the same in microseconds. Only the ops below (comparisons of any dtype: they are exact), only
-float dtypes for the arithmetic (integer division and overflow follow TVM's rules, not numpy's),
-and the result cast to the dtype Relax says the call has; anything else is left for
-``FoldConstant``.
+the same in microseconds. Only the ops below; arithmetic on floats, or on int32 / int64 where
+the exact result fits int32 (integer division and overflow follow TVM's rules, not numpy's);
+comparisons where both operands are one of those dtypes; the result cast to the dtype Relax says
+the call has. Anything else is left for ``FoldConstant``.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ _FLOAT_MATH: dict[str, Callable[[list[np.ndarray], object], np.ndarray]] = {
 }
 
 
-# exact in numpy for every dtype: the frontend's Gather writes less(index, 0) for each constant
-# index (x[:, -1] of a sequence), and FoldConstant built each with LLVM (~3 s for the first)
+# folded for int32 / int64 / float operands of one dtype (``_index_or_float``): the frontend's
+# Gather writes less(index, 0) for each constant index (x[:, -1] of a sequence), and
+# FoldConstant built each with LLVM (~3 s for the first)
 _COMPARE: dict[str, Callable[[list[np.ndarray], object], np.ndarray]] = {
     "relax.less": lambda a, _: np.less(a[0], a[1]),
     "relax.less_equal": lambda a, _: np.less_equal(a[0], a[1]),

@@ -74,7 +74,7 @@ class PanelKernelSpec:
     nbias: int
     has_bias: bool
     activation: str | None
-    m_tile: int
+    m_tile: int  # a power of two, at least 8 (``batch_tile``): whole 8x8 register transposes
     parallel: bool
     prefetch: bool
     x_per_panel: bool
@@ -130,7 +130,7 @@ def _transpose_x_macro(spec: PanelKernelSpec):
     """Macro: all of x into the zero-padded, tile-major ``xT`` scratch before the first panel."""
     m, k, m_tile, kp, mp = spec.m, spec.k, spec.m_tile, spec.kp, spec.mp
     kblocks = -(-kp // 16)
-    exact_x = k == kp and k % 16 == 0 and m_tile % 8 == 0
+    exact_x = k == kp and k % 16 == 0
     whole = m // 8 * 8  # batch rows the register transposes take; the rest and the padding
     rows = spec.loop  # lanes up to mp go element by element (zeros past m)
 
@@ -289,7 +289,7 @@ def _write_row_block_macro(spec: PanelKernelSpec):
     # a partial last batch tile (m % m_tile) takes the same transposes, each row's store
     # guarded: element by element it ran 5-10x slower than the whole kernel (m = 49: 365 us
     # against 28 us at 32 rows; 1024x256 at 10%, Zen 4)
-    exact_y = rb_out % 16 == 0 and n % rb_out == 0 and m_tile % 8 == 0
+    exact_y = rb_out % 16 == 0 and n % rb_out == 0
     partial = m % m_tile != 0
     nq = -(-rb_out // 16)  # groups of 16 output rows per row block
 
@@ -352,7 +352,7 @@ def panel_kernel(spec: PanelKernelSpec) -> tvm.tirx.PrimFunc:
     rows = spec.loop
     nxt = spec.panel_w * m_tile if x_per_panel else ntiles * kp * m_tile
     if x_tiles or y_tiles:
-        assert m == mp and k == kp and n == nbr * spec.block[0] and m_tile % 8 == 0
+        assert m == mp and k == kp and n == nbr * spec.block[0]
     assert not (x_tiles and x_per_panel)
     x_shape = (ntiles, k, m_tile) if x_tiles else (m, k)
     y_shape = (ntiles, n, m_tile) if y_tiles else (m, n)
@@ -448,7 +448,7 @@ def _x_per_panel(m, k, block, m_tile, nbr, row_block, panel_w) -> bool:
     records carry the offsets it rebases), and only where the register transposes apply.
     """
     r, c = block
-    exact = m % m_tile == 0 and m_tile % 8 == 0 and k % 16 == 0 and k % c == 0
+    exact = m % m_tile == 0 and k % 16 == 0 and k % c == 0
     return (r, c) == (1, 1) and exact and row_block >= nbr and nbr <= 512 and panel_w % 16 == 0
 
 
@@ -458,20 +458,21 @@ def tiles_shape(m: int, features: int, m_tile: int) -> tuple[int, int, int]:
 
 
 def panel_call(name: str, m: int, bsr: BSR, bias_arr: np.ndarray, has_bias: bool,
-               activation: str | None, m_tile: int, panel_cols: int | None,
-               row_block: int | None, parallel: bool,
-               rec_ahead: int = RECORDS_AHEAD) -> KernelCall:  # fmt: skip
+               activation: str | None, m_tile: int | None, panel_cols: int | None,
+               row_block: int | None, parallel: bool, rec_ahead: int = RECORDS_AHEAD,
+               widest_tile: int = 64) -> KernelCall:  # fmt: skip
     """The panel kernel for ``bsr`` at batch ``m``, packed once for every layout of x and y.
 
     ``relayout`` of the returned call rebuilds it reading x and / or writing y in the tile
     layout, sharing the packed weights. ``panel_cols`` / ``row_block`` None: the defaults that
-    keep a panel of xT in L1 and a row block's yT in L2.
+    keep a panel of xT in L1 and a row block's yT in L2. ``m_tile`` None: ``batch_tile``'s rule
+    up to ``widest_tile`` lanes.
     """
     n, k = bsr.shape
     r, c = bsr.block
-    m_tile = batch_tile(m, m_tile)
+    m_tile = batch_tile(m, m_tile, widest_tile)
     # the tile layout needs whole tiles and whole blocks (xT / yT hold no padding then)
-    tileable = m % m_tile == 0 and m_tile % 8 == 0 and k % c == 0 and n % r == 0
+    tileable = m % m_tile == 0 and k % c == 0 and n % r == 0
     if panel_cols is None:  # 128 columns x 64 lanes measured best (xT rows of a panel: 32 KiB)
         panel_cols = max(c, 8192 // m_tile)
     nbr = max(1, -(-n // r))

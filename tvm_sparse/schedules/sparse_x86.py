@@ -38,7 +38,7 @@ from .kernel import KernelCall
 from .kernel import as_weight as _as_weight
 from .sparse_block_x86 import bsr_block_call
 from .sparse_conv_x86 import sparse_conv2d
-from .sparse_panel_x86 import batch_tile, panel_call, tiles_shape
+from .sparse_panel_x86 import panel_call, tiles_shape
 from .sparse_rows_x86 import csr_rows_call
 
 
@@ -113,7 +113,6 @@ def bsr_linear(
     r, c = bsr.block
     bias_arr, has_bias = _bias_const(bias, n)
     if m >= min_batch:
-        tile = batch_tile(m, m_tile, widest=max(8, (64 // r) // 8 * 8))
         return panel_call(
             "bsr_linear",
             m,
@@ -121,10 +120,11 @@ def bsr_linear(
             bias_arr,
             has_bias,
             activation,
-            tile,
+            m_tile,
             panel_cols,
             row_block,
             parallel,
+            widest_tile=max(8, (64 // r) // 8 * 8),
         )
     return bsr_block_call(m, bsr, bias_arr, has_bias, activation, parallel)
 

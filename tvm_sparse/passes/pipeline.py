@@ -8,7 +8,8 @@
                  attention (Q K^T, mask, softmax, V, the head permutes) -> one kernel,
                  layer_norm(residual add) -> one kernel, a layer norm over the channels
                  of NCHW through permutes -> one kernel over axis 1, relu(conv + shortcut) -> the
-                 conv's epilogue (tap-plane sparse conv), mean over trailing axes
+                 conv's epilogue (tap-plane sparse conv), an LSTM step (recurrent
+                 product + gates + state update) -> one kernel, mean over trailing axes
                  (global average pooling) -> a vector row sum
 4. Legalize      library dispatch, remaining Relax ops -> TIR (TVM), fused
 5. Schedule      tuned records first, then rules for dense leftovers (dlight + ours)
@@ -47,6 +48,7 @@ from .dedupe_kernels import DedupeKernels
 from .fuse_add_layernorm import FuseAddLayerNorm
 from .fuse_attention import FuseAttention
 from .fuse_channel_layernorm import FuseChannelLayerNorm
+from .fuse_recurrent_cell import FuseRecurrentCell
 from .fuse_residual import FuseResidual
 from .layer_plan import LayerPlan, SparsifyOptions
 from .rewrite_kwta import RewriteKwta
@@ -76,6 +78,7 @@ def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         FuseAddLayerNorm(target),  # residual add + layer norm: one pass over each row
         FuseChannelLayerNorm(target),  # permute -> layer norm -> permute back: over axis 1
         FuseResidual(target),  # relu(conv + shortcut): the add in the conv's epilogue
+        FuseRecurrentCell(target),  # an LSTM step (product, gates, state update): one kernel
         RewriteRowReductions(target),  # global average pooling: a vector sum per channel
         SeparablePool(target),  # max / average pooling: a row stage, then a column stage
     ]

@@ -32,6 +32,7 @@ the kernels.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import tvm
@@ -69,6 +70,10 @@ from .pointwise_conv_x86 import (
     pointwise_weight,
 )
 from .winograd_conv_x86 import winograd_applies, winograd_conv2d
+
+# the PrimFunc attribute with a dense linear kernel's sizes and packing (JSON): a fusion pass
+# (``fuse_recurrent_cell``) rebuilds the product from its packed panels
+SPEC_ATTR = "tvm_sparse.dense_linear"
 
 
 def linear_compute(
@@ -130,8 +135,10 @@ def dense_linear(
     if bias is not None:
         consts.append(np.ascontiguousarray(bias, dtype=np.float32).reshape(n))
     m_pad, n_pad = round_up(m, tiling.mr), round_up(n, tiling.nb)
+    spec = {"m": m, "k": k, "n": n, "nb": tiling.nb, "bias": bias is not None,
+            "activation": activation}  # fmt: skip
     return KernelCall(
-        func=_finish(sch.mod["main"]),
+        func=_finish(sch.mod["main"]).with_attr(SPEC_ATTR, json.dumps(spec)),
         name=f"dense_linear_m{m}_k{k}_n{n}",
         consts=tuple(consts),
         out_shape=(m, n),

@@ -1,0 +1,70 @@
+"""FuseRecurrentCell: ONNX LSTM nodes, unrolled by the frontend, compile with each direction's
+steps in one fused kernel and equal onnxruntime (ONNX's reference for layout 1); the forms it
+does not fuse (peepholes, other activations, batches over MAX_BATCH) still compile unfused."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import pytest
+
+import tvm_sparse
+
+from ..test_onnx_recurrent import _model, _reference
+
+pytest.importorskip("onnxruntime")
+
+
+def _compile_and_check(model, feeds, caplog) -> tuple[int, int]:
+    """Compile ``model``, check every output against the reference and return (steps fused,
+    fused kernels) from the pass's log line ((0, 0) when nothing was fused)."""
+    with caplog.at_level(logging.INFO, logger="tvm_sparse"):
+        module = tvm_sparse.compile(model, "llvm", measure=False)
+    got = module.run(*feeds.values())
+    got = got if isinstance(got, tuple) else (got,)
+    for want, out in zip(_reference(model, feeds), got, strict=True):
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-5)
+    found = re.search(r"LSTM: (\d+) steps fused into (\d+) kernels", caplog.text)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_every_direction_and_layout_fuses(direction, layout, caplog):
+    model, feeds = _model("LSTM", steps=6, batch=2, hidden=20, direction=direction,
+                          layout=layout)  # fmt: skip
+    dirs = 2 if direction == "bidirectional" else 1
+    # the first step's h0 @ R^T is folded (both are constants): the other 5 form the chain
+    assert _compile_and_check(model, feeds, caplog) == (5 * dirs, dirs)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_zero_initial_state_leaves_the_first_step_unfused(batch, caplog):
+    """Without h0 / c0 the first step has no product (skipped by the expansion): the other
+    steps form the chain."""
+    model, feeds = _model("LSTM", steps=5, batch=batch, hidden=16, initial=False, bias=False)
+    assert _compile_and_check(model, feeds, caplog) == (4, 1)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"peepholes": True},
+        {"activations": ["Sigmoid", "Tanh", "Relu"]},
+        {"batch": 4},
+        {"weights_as_inputs": True},
+    ],
+    ids=["peepholes", "relu_output", "batch4", "weights_as_inputs"],
+)
+def test_other_forms_compile_unfused(case, caplog):
+    args = {"steps": 4, "batch": 2, "hidden": 8, **case}
+    model, feeds = _model("LSTM", **args)
+    assert _compile_and_check(model, feeds, caplog) == (0, 0)
+
+
+def test_only_the_last_state_read(caplog):
+    """A model reading only Y_h: the steps' h rows other than the last are dead."""
+    model, feeds = _model("LSTM", steps=7, batch=1, hidden=32, outputs=(False, True, False))
+    assert _compile_and_check(model, feeds, caplog) == (6, 1)

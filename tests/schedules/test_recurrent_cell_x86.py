@@ -1,0 +1,120 @@
+"""The fused LSTM kernel against numpy: hidden sizes that fill blocks and ones that do not,
+batches 1-3, both gate orders, time read forward and backward along either axis, one row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+from tvm_sparse.schedules.kernel import build_kernel
+from tvm_sparse.schedules.recurrent_cell_x86 import (
+    LstmCellSpec,
+    block_units,
+    dense_cell_call,
+    pack_cell_panels,
+)
+from tvm_sparse.target import resolve_target
+
+TARGET = resolve_target("llvm")
+ONNX_ORDER = ("i", "o", "f", "g")  # the column blocks of ONNX's W / R (i o f c)
+TORCH_ORDER = ("i", "f", "g", "o")
+
+
+def _gates(order: tuple[str, ...], hidden: int) -> tuple[int, int, int, int]:
+    return tuple(order.index(role) * hidden for role in ("i", "f", "g", "o"))
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _reference(spec: LstmCellSpec, h0, c0, xw, r_t):
+    """Every step's (h, c), as the unfused graph computes them."""
+    i, f, g, o = (slice(q, q + spec.hidden) for q in spec.gates)
+    h, c, hs, cs = h0, c0, [h0], [c0]
+    for s in range(spec.steps):
+        if spec.x_mode == "row":
+            row = xw
+        else:
+            t = spec.first + s * spec.stride
+            row = xw[t] if spec.time_axis == 0 else xw[:, t]
+        pre = row + h @ r_t
+        c = _sigmoid(pre[:, f]) * c + _sigmoid(pre[:, i]) * np.tanh(pre[:, g])
+        h = _sigmoid(pre[:, o]) * np.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    return np.concatenate(hs), np.concatenate(cs)
+
+
+def _run(spec: LstmCellSpec, density: float = 1.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    hidden, batch = spec.hidden, spec.batch
+    r_t = rng.standard_normal((hidden, 4 * hidden)).astype(np.float32) * 0.4
+    r_t *= rng.random(r_t.shape) < density
+    h0, c0 = (rng.standard_normal((batch, hidden)).astype(np.float32) for _ in range(2))
+    xw = rng.standard_normal(spec.x_shape).astype(np.float32)
+    call = dense_cell_call(r_t, spec)
+    outs = [tvm.runtime.tensor(np.zeros(call.out_shape, np.float32)) for _ in range(2)]
+    ins = [tvm.runtime.tensor(a) for a in (h0, c0, xw, *call.consts)]
+    build_kernel(call, TARGET)(*ins, *outs)
+    want_h, want_c = _reference(spec, h0, c0, xw, r_t)
+    np.testing.assert_allclose(outs[1].numpy(), want_c, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(outs[0].numpy(), want_h, rtol=2e-5, atol=2e-5)
+
+
+def _spec(hidden, batch, order=ONNX_ORDER, steps=4, axis=0, stride=1, mode="step"):
+    total = steps + 2
+    first = 1 if stride == 1 else total - 2
+    if mode == "row":
+        shape, steps, first = (batch, 4 * hidden), 1, 0
+    else:
+        shape = (total, batch, 4 * hidden) if axis == 0 else (batch, total, 4 * hidden)
+    return LstmCellSpec(
+        hidden=hidden, batch=batch, units=block_units(hidden, 16), gates=_gates(order, hidden),
+        x_mode=mode, x_shape=shape, time_axis=axis, first=first, steps=steps, stride=stride,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("hidden", [1, 5, 16, 20, 32, 33, 64, 100])
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_hidden_sizes_and_batches(hidden, batch):
+    _run(_spec(hidden, batch))
+
+
+@pytest.mark.parametrize("order", [ONNX_ORDER, TORCH_ORDER])
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("stride", [1, -1])
+def test_gate_orders_and_time_reading(order, axis, stride):
+    _run(_spec(24, 2, order, steps=5, axis=axis, stride=stride))
+
+
+def test_one_step_from_a_row():
+    _run(_spec(40, 1, mode="row"))
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05])
+def test_sparse_and_empty_weights(density):
+    """A zero R (no recurrence) and a 95%-zero one give what the dense math gives."""
+    _run(_spec(48, 1), density=density)
+
+
+def test_panels_regroup_each_units_gates():
+    hidden, units = 6, 4
+    spec = LstmCellSpec(hidden, 1, units, _gates(ONNX_ORDER, hidden), "row", (1, 24))
+    r_t = np.arange(hidden * 4 * hidden, dtype=np.float32).reshape(hidden, 4 * hidden)
+    panels = pack_cell_panels(r_t, spec)
+    assert panels.shape == (2, hidden, 4 * units)
+    # block 1 holds units 4 and 5, then zeros; role order i, f, g, o (ONNX columns i o f c)
+    np.testing.assert_array_equal(panels[1, :, 0:2], r_t[:, 4:6])  # i
+    np.testing.assert_array_equal(panels[1, :, 4:6], r_t[:, 2 * hidden + 4 : 2 * hidden + 6])  # f
+    np.testing.assert_array_equal(panels[1, :, 12:14], r_t[:, hidden + 4 : hidden + 6])  # o
+    assert not panels[1, :, 2:4].any()
+
+
+def test_block_units_are_two_vectors_or_the_layer():
+    assert block_units(256, 16) == 32
+    assert block_units(256, 8) == 16
+    assert block_units(20, 16) == 32
+    assert block_units(5, 16) == 8
+    assert block_units(1, 16) == 1

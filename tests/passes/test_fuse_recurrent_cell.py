@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 import tvm_sparse
 
@@ -17,11 +18,11 @@ from ..test_onnx_recurrent import _model, _reference
 pytest.importorskip("onnxruntime")
 
 
-def _compile_and_check(model, feeds, caplog) -> tuple[int, int]:
+def _compile_and_check(model, feeds, caplog, **options) -> tuple[int, int]:
     """Compile ``model``, check every output against the reference and return (steps fused,
     fused kernels) from the pass's log line ((0, 0) when nothing was fused)."""
     with caplog.at_level(logging.INFO, logger="tvm_sparse"):
-        module = tvm_sparse.compile(model, "llvm", measure=False)
+        module = tvm_sparse.compile(model, "llvm", **{"measure": False, **options})
     got = module.run(*feeds.values())
     got = got if isinstance(got, tuple) else (got,)
     for want, out in zip(_reference(model, feeds), got, strict=True):
@@ -68,3 +69,21 @@ def test_only_the_last_state_read(caplog):
     """A model reading only Y_h: the steps' h rows other than the last are dead."""
     model, feeds = _model("LSTM", steps=7, batch=1, hidden=32, outputs=(False, True, False))
     assert _compile_and_check(model, feeds, caplog) == (6, 1)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_pruned_recurrent_weight_fuses_with_its_csr_product(batch, caplog):
+    """R 90% zero: the choice makes the product a CSR row kernel, and the chain fuses that."""
+    model, feeds = _model("LSTM", steps=6, batch=batch, hidden=64, direction="bidirectional")
+    weight = next(init for init in model.graph.initializer if init.name == "R")
+    r = numpy_helper.to_array(weight).copy()
+    r[np.random.default_rng(1).random(r.shape) < 0.9] = 0.0
+    weight.CopyFrom(numpy_helper.from_array(r, "R"))
+    assert _compile_and_check(model, feeds, caplog) == (10, 2)
+    assert "lstm_csr" in caplog.text and "lstm_dense" not in caplog.text
+
+
+def test_dense_baseline_fuses_too(caplog):
+    """``sparse=False`` (the dense baseline) fuses the dense products."""
+    model, feeds = _model("LSTM", steps=4, batch=1, hidden=16)
+    assert _compile_and_check(model, feeds, caplog, sparse=False) == (3, 1)

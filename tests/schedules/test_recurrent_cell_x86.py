@@ -11,8 +11,10 @@ from tvm_sparse.schedules.kernel import build_kernel
 from tvm_sparse.schedules.recurrent_cell_x86 import (
     LstmCellSpec,
     block_units,
+    csr_cell_call,
     dense_cell_call,
     pack_cell_panels,
+    pack_cell_rows,
 )
 from tvm_sparse.target import resolve_target
 
@@ -47,14 +49,17 @@ def _reference(spec: LstmCellSpec, h0, c0, xw, r_t):
     return np.concatenate(hs), np.concatenate(cs)
 
 
-def _run(spec: LstmCellSpec, density: float = 1.0, seed: int = 0):
+def _run(spec: LstmCellSpec, density: float = 1.0, seed: int = 0, weights: str = "dense"):
     rng = np.random.default_rng(seed)
     hidden, batch = spec.hidden, spec.batch
     r_t = rng.standard_normal((hidden, 4 * hidden)).astype(np.float32) * 0.4
     r_t *= rng.random(r_t.shape) < density
     h0, c0 = (rng.standard_normal((batch, hidden)).astype(np.float32) for _ in range(2))
     xw = rng.standard_normal(spec.x_shape).astype(np.float32)
-    call = dense_cell_call(r_t, spec)
+    if weights == "dense":
+        call = dense_cell_call(r_t, spec)
+    else:
+        call = csr_cell_call(*pack_cell_rows(r_t), spec)
     outs = [tvm.runtime.tensor(np.zeros(call.out_shape, np.float32)) for _ in range(2)]
     ins = [tvm.runtime.tensor(a) for a in (h0, c0, xw, *call.consts)]
     build_kernel(call, TARGET)(*ins, *outs)
@@ -76,27 +81,31 @@ def _spec(hidden, batch, order=ONNX_ORDER, steps=4, axis=0, stride=1, mode="step
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("weights", ["dense", "csr"])
 @pytest.mark.parametrize("hidden", [1, 5, 16, 20, 32, 33, 64, 100])
 @pytest.mark.parametrize("batch", [1, 2, 3])
-def test_hidden_sizes_and_batches(hidden, batch):
-    _run(_spec(hidden, batch))
+def test_hidden_sizes_and_batches(hidden, batch, weights):
+    _run(_spec(hidden, batch), density=0.3 if weights == "csr" else 1.0, weights=weights)
 
 
+@pytest.mark.parametrize("weights", ["dense", "csr"])
 @pytest.mark.parametrize("order", [ONNX_ORDER, TORCH_ORDER])
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("stride", [1, -1])
-def test_gate_orders_and_time_reading(order, axis, stride):
-    _run(_spec(24, 2, order, steps=5, axis=axis, stride=stride))
+def test_gate_orders_and_time_reading(order, axis, stride, weights):
+    _run(_spec(24, 2, order, steps=5, axis=axis, stride=stride), density=0.5, weights=weights)
 
 
-def test_one_step_from_a_row():
-    _run(_spec(40, 1, mode="row"))
+@pytest.mark.parametrize("weights", ["dense", "csr"])
+def test_one_step_from_a_row(weights):
+    _run(_spec(40, 1, mode="row"), weights=weights)
 
 
-@pytest.mark.parametrize("density", [0.0, 0.05])
-def test_sparse_and_empty_weights(density):
-    """A zero R (no recurrence) and a 95%-zero one give what the dense math gives."""
-    _run(_spec(48, 1), density=density)
+@pytest.mark.parametrize("weights", ["dense", "csr"])
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.05, 1.0])
+def test_weight_densities(density, weights):
+    """No non-zero at all (no recurrence), a few, 95% zeros, none zero: what dense math gives."""
+    _run(_spec(48, 1), density=density, weights=weights)
 
 
 def test_panels_regroup_each_units_gates():

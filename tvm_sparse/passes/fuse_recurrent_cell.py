@@ -9,8 +9,8 @@ us for the rest of a step), and onnxruntime's LSTM kernel has none of that. One 
 A step is matched (after Sparsify, CPU only, float32, batch 1 to ``MAX_BATCH``), in any operand
 order and any gate order::
 
-    pre  = add(xt, mm)          mm: the recurrent product's dense_linear kernel (no bias, no
-                                    activation), read only here
+    pre  = add(xt, mm)          mm: the recurrent product's kernel, dense_linear or CSR rows
+                                    (no bias, no activation), read only here
     s_q  = strided_slice(pre, axis 1, [q, q + H])     four slices, at {0, H, 2H, 3H}
     cell = add(multiply(sigmoid(s_f), c), multiply(sigmoid(s_i), tanh(s_g)))
     h    = multiply(sigmoid(s_o), tanh(cell))
@@ -22,10 +22,12 @@ where one reads the h and c of the one before, with the same weight and projecti
 index on. Each chain is one ``call_tir`` whose outputs hold every step's h and c as rows; each
 step's h and c become a slice of them (dead, and removed, where only the next step read them).
 
-Not fused: a product the choice made sparse (CSR rows); peepholes; activations other than the
-defaults; an LSTM written out by hand with ``Split`` (its gates are not strided slices). A fused
-sliced-ELLPACK product was tried for sparse weights and dropped: on Zen 4, 256 units at 10%
-took 14 us a step with ``vgatherdps`` and 16.5 with scalar loads, against 12 for the dense one.
+The fused product is the one the choice made for the step's product: dense (``R^T`` regrouped
+by unit block) or CSR (the row kernel's packed weight, one dot product a pre-activation; 256
+units at 10%: 9.0 us a step against 12 dense, Zen 4). Not fused: other sparse products (BSR,
+N:M), peepholes, activations other than the defaults, an LSTM written out by hand with
+``Split`` (its gates are not strided slices). A fused sliced-ELLPACK product was tried and
+dropped: 14 us a step with ``vgatherdps``, 16.5 with scalar loads (Zen 4, 256 units at 10%).
 """
 
 from __future__ import annotations
@@ -45,11 +47,33 @@ from ..ir.relax_utils import const_array, constant, dtype_of, int_tuple, op_name
 from ..ir.rewrite import Bindings, PlannedRewriter
 from ..schedules.dense_x86 import SPEC_ATTR as DENSE_LINEAR_ATTR
 from ..schedules.isolation import compile_check
-from ..schedules.recurrent_cell_x86 import MAX_BATCH, LstmCellSpec, block_units, dense_cell_call
+from ..schedules.recurrent_cell_x86 import (
+    MAX_BATCH,
+    LstmCellSpec,
+    block_units,
+    csr_cell_call,
+    dense_cell_call,
+)
+from ..schedules.sparse_rows_x86 import SPEC_ATTR as CSR_ROWS_ATTR
 from ..target import vector_lanes
 from .cpu_only import CpuRewrite
 
 log = logging.getLogger("tvm_sparse")
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """The recurrent weight as the step's product kernel holds it: dense ``R^T`` ([H, 4H]), or
+    the CSR row kernel's packed ``R`` (values, index words, chunk pointers, indices a word)."""
+
+    dense: np.ndarray | None
+    csr: tuple | None
+    key: bytes  # a digest: the steps of one direction have equal weights
+
+    def kernel(self, spec: LstmCellSpec):
+        if self.dense is not None:
+            return dense_cell_call(self.dense, spec)
+        return csr_cell_call(*self.csr, spec)
 
 
 @dataclass(frozen=True)
@@ -62,8 +86,7 @@ class _Step:
     c_prev: relax.Expr
     xw: relax.Expr  # the projection of the sequence ("step") or the step's [1, 4H] row ("row")
     t: int
-    r_t: np.ndarray  # [H, 4H]
-    weight_key: bytes  # a digest of r_t: steps of one direction have equal weights
+    weights: _Weights
     spec: LstmCellSpec
 
 
@@ -129,29 +152,45 @@ def _cell_terms(cell: relax.Call, bindings: Bindings, batch: int, hidden: int):
     return None
 
 
-def _dense_product(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule, batch: int,
-                   hidden: int):  # fmt: skip
-    """``(h_prev, R^T)`` when ``expr`` is a single-use call of a dense_linear kernel, without
-    bias or activation, of ``h_prev`` ([batch, H]) to ``4H`` outputs."""
-    call = _call_of(expr, bindings, "relax.call_tir")
-    if call is None or not _single_use(expr, bindings):
-        return None
+def _kernel_spec(call: relax.Call, mod: tvm.IRModule) -> tuple[str, dict] | None:
+    """``(attribute, spec)`` of the dense_linear or CSR row kernel ``call`` calls."""
     gvar = call.args[0]
     func = mod[gvar] if isinstance(gvar, tvm.ir.GlobalVar) and gvar in mod.functions else None
     attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None else {}
-    if DENSE_LINEAR_ATTR not in attrs:
+    for attr in (DENSE_LINEAR_ATTR, CSR_ROWS_ATTR):
+        if attr in attrs:
+            return attr, json.loads(str(attrs[attr]))
+    return None
+
+
+def _product(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule, batch: int, hidden: int):
+    """``(h_prev, _Weights)`` when ``expr`` is a single-use call of a dense_linear or CSR row
+    kernel, without bias or activation, of ``h_prev`` ([batch, H]) to ``4H`` outputs."""
+    call = _call_of(expr, bindings, "relax.call_tir")
+    if call is None or not _single_use(expr, bindings):
         return None
-    spec = json.loads(str(attrs[DENSE_LINEAR_ATTR]))
-    if (spec["m"], spec["k"], spec["n"]) != (batch, hidden, 4 * hidden) or spec["bias"]:
+    found = _kernel_spec(call, mod)
+    if found is None:
         return None
-    if spec["activation"] is not None:
+    attr, spec = found
+    if (spec["m"], spec["k"], spec["n"]) != (batch, hidden, 4 * hidden):
+        return None
+    if spec["bias"] or spec["activation"] is not None:
         return None
     h_prev, *consts = call.args[1].fields
-    packed = const_array(consts[0]) if len(consts) == 1 else None
-    if packed is None or static_shape(h_prev) != (batch, hidden):
+    arrays = [const_array(c) for c in consts]
+    if static_shape(h_prev) != (batch, hidden) or any(a is None for a in arrays):
         return None
-    r_t = packed.transpose(1, 0, 2).reshape(hidden, -1)[:, : 4 * hidden]
-    return h_prev, np.ascontiguousarray(r_t, np.float32)
+    digest = hashlib.sha1()
+    for array in arrays:
+        digest.update(array.tobytes())
+    if attr == DENSE_LINEAR_ATTR:
+        r_t = arrays[0].transpose(1, 0, 2).reshape(hidden, -1)[:, : 4 * hidden]
+        weights = _Weights(np.ascontiguousarray(r_t, np.float32), None, digest.digest())
+    else:
+        vals, words, chunk_ptr = arrays[:3]
+        weights = _Weights(None, (vals, words, chunk_ptr, spec["per_word"]), digest.digest())
+    return h_prev, weights
 
 
 def _step_row(xt: relax.Expr, bindings: Bindings, batch: int, hidden: int):
@@ -210,10 +249,10 @@ def _match_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes: int
         if add is None or bindings.uses[pre] != 4:
             continue
         for xt, mm in (add.args, add.args[::-1]):
-            product = _dense_product(mm, bindings, mod, batch, hidden)
+            product = _product(mm, bindings, mod, batch, hidden)
             if product is None or static_shape(xt) != (batch, 4 * hidden):
                 continue
-            h_prev, r_t = product
+            h_prev, weights = product
             xw, mode, t, axis = _step_row(xt, bindings, batch, hidden)
             spec = LstmCellSpec(
                 hidden=hidden,
@@ -224,8 +263,7 @@ def _match_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes: int
                 x_shape=tuple(static_shape(xw)),
                 time_axis=axis,
             )
-            key = hashlib.sha1(r_t.tobytes()).digest()
-            return _Step(cell_var, h_var, h_prev, c_prev, xw, t, r_t, key, spec)
+            return _Step(cell_var, h_var, h_prev, c_prev, xw, t, weights, spec)
     return None
 
 
@@ -243,7 +281,7 @@ def _chains(steps: list[_Step]) -> list[list[_Step]]:
             or step.spec.x_mode != "step"
             or prev.spec.x_mode != "step"
             or not step.xw.same_as(prev.xw)
-            or step.weight_key != prev.weight_key
+            or step.weights.key != prev.weights.key
             or abs(step.t - prev.t) != 1
             or prev.h_var in successor
         ):
@@ -288,7 +326,7 @@ class _ChainRewriter(PlannedRewriter):
         first, kernel = chain.steps[0], chain.kernel
         gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", chain.name),
                                       chain.name)  # fmt: skip
-        key = first.weight_key
+        key = first.weights.key
         consts = self.consts.setdefault(key, [constant(c) for c in kernel.consts])
         args = [self.visit_expr(e) for e in (first.h_prev, first.c_prev, first.xw)]
         spec = first.spec
@@ -324,17 +362,18 @@ class FuseRecurrentCell(CpuRewrite):
                 step = _match_step(var, value, bindings, mod, lanes)
                 if step is not None:
                     steps.append(step)
-        plan, fused = {}, 0
+        plan, names = {}, []
         for chain_steps in _chains(steps):
-            chain = _fused_chain(chain_steps, fused, target)
+            chain = _fused_chain(chain_steps, len(names), target)
             if chain is None:
                 continue
-            fused += 1
+            names.append(chain.name)
             for position, step in enumerate(chain_steps):
                 plan[step.cell_var] = plan[step.h_var] = (chain, position)
         if not plan:
             return None
-        log.info("LSTM: %d steps fused into %d kernels", len(plan) // 2, fused)
+        log.info("LSTM: %d steps fused into %d kernels (%s)", len(plan) // 2, len(names),
+                 ", ".join(names))  # fmt: skip
         return _ChainRewriter(plan, mod)
 
 
@@ -344,7 +383,7 @@ def _fused_chain(steps: list[_Step], index: int, target: tvm.target.Target) -> _
     first = steps[0]
     stride = steps[1].t - first.t if len(steps) > 1 else 1
     spec = dataclasses.replace(first.spec, first=first.t, steps=len(steps), stride=stride)
-    kernel = dense_cell_call(first.r_t, spec)
+    kernel = first.weights.kernel(spec)
     name = f"{kernel.name}_{index}"
     failure = compile_check(name, kernel, target)
     if failure is not None:

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 from tvm.script import tirx as T
 
+from ..formats.csr import CSR
 from .kernel import KernelCall
 from .kernel import finish as _finish
+from .sparse_rows_x86 import index_words, pack_gather_rows, row_dot_macro
 
 ROLES = ("i", "f", "g", "o")
 MAX_BATCH = 3  # 8 accumulator vectors a row; at 4 rows and more the GEMM's reuse of each weight
@@ -180,3 +182,90 @@ def dense_cell_call(r_t: np.ndarray, spec: LstmCellSpec) -> KernelCall:
             "macs": 4 * hidden * hidden * spec.steps * spec.batch,
         },
     )
+
+
+def csr_cell_kernel(spec: LstmCellSpec, nchunks: int, per_word: int):
+    """The fused steps with a CSR ``R`` ([4H, H], rows padded to chunks of 8, as the CSR row
+    kernel packs it): each pre-activation is one row's dot product with the step's h
+    (``sparse_rows_x86.row_dot_macro``), then the block's state update."""
+    hidden, units, steps, batch = spec.hidden, spec.units, spec.steps, spec.batch
+    width, blocks = 4 * units, spec.blocks
+    full = hidden // units
+    nval = max(nchunks * 8, 8)
+    nwords = max(nval // per_word, 1)
+    # one chunk in flight: with two (the CSR row kernel's choice at batch 1) LLVM builds the
+    # 16 gathered activations with masked broadcasts here, 1.7x slower (Zen 4, 256 units)
+    unroll = 1
+    lanes = 8 * unroll
+    row_dot = row_dot_macro((steps + 1) * batch, per_word, unroll, batch)
+    update = _cell_macro(spec)
+    g0, g1, g2, g3 = spec.gates
+
+    @T.macro
+    def gate_rows(vals, words, ptr, hs, acc, s, blk, offset, q):
+        """The pre-activations of role ``q`` (gate columns from ``offset``) of the block."""
+        for uu in range(T.min(units, hidden - blk * units)):
+            lo: T.let = ptr[offset + blk * units + uu]
+            hi: T.let = ptr[offset + blk * units + uu + 1]
+            part = T.alloc_buffer((batch * lanes,), "float32", scope="global")
+            row_dot(hs, vals, words, lo, hi, s, part)
+            for r in T.unroll(batch):
+                acc[r * width + q * units + uu] = part[r * lanes] + part[r * lanes + 1]
+
+    @T.prim_func
+    def kernel(
+        h0: T.Buffer((batch, hidden), "float32"),
+        c0: T.Buffer((batch, hidden), "float32"),
+        xw: T.Buffer(spec.x_shape, "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        words: T.Buffer((nwords,), "int64"),
+        ptr: T.Buffer((4 * hidden + 1,), "int32"),
+        hs: T.Buffer(((steps + 1) * batch, hidden), "float32"),
+        cs: T.Buffer(((steps + 1) * batch, hidden), "float32"),
+    ):
+        for r, u in T.grid(batch, hidden):
+            hs[r, u] = h0[r, u]
+            cs[r, u] = c0[r, u]
+        for s in range(steps):
+            for blk in range(blocks):
+                acc = T.alloc_buffer((batch * width,), "float32", scope="local")
+                gate_rows(vals, words, ptr, hs, acc, s, blk, g0, 0)
+                gate_rows(vals, words, ptr, hs, acc, s, blk, g1, 1)
+                gate_rows(vals, words, ptr, hs, acc, s, blk, g2, 2)
+                gate_rows(vals, words, ptr, hs, acc, s, blk, g3, 3)
+                for r in T.unroll(batch):
+                    if blk < full:
+                        for uu in T.vectorized(units):
+                            update(acc, xw, hs, cs, s, r, blk, uu)
+                    else:
+                        for uu in range(hidden - full * units):
+                            update(acc, xw, hs, cs, s, r, blk, uu)
+
+    return kernel
+
+
+def pack_cell_rows(r_t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``R`` (``r_t.T``, [4H, H]) packed as the CSR row kernel packs a weight: ``(values, index
+    words, chunk pointers, indices per word)``."""
+    csr = CSR.from_dense(np.ascontiguousarray(np.asarray(r_t, np.float32).T))
+    vals, cols, chunk_ptr = pack_gather_rows(csr, 8)
+    if vals.size == 0:  # keep buffers non-empty
+        vals, cols = np.zeros(8, np.float32), np.zeros(8, csr.indices.dtype)
+    words, per_word = index_words(cols)
+    return vals, words, chunk_ptr.astype(np.int32), per_word
+
+
+def csr_cell_call(vals: np.ndarray, words: np.ndarray, chunk_ptr: np.ndarray, per_word: int,
+                  spec: LstmCellSpec) -> KernelCall:  # fmt: skip
+    """The CSR fused steps on ``R`` packed by ``pack_cell_rows`` (or taken from the CSR row
+    kernel the choice made for the step's product); consts: values, words, chunk pointers."""
+    hidden = spec.hidden
+    nchunks = int(chunk_ptr[-1])
+    return KernelCall(
+        func=_finish(csr_cell_kernel(spec, nchunks, per_word)),
+        name=f"lstm_csr_h{hidden}_s{spec.steps}",
+        consts=(vals, words, chunk_ptr),
+        out_shape=((spec.steps + 1) * spec.batch, hidden),
+        info={"kind": "lstm", "weights": "csr", "stored": nchunks * 8,
+              "macs": nchunks * 8 * spec.steps * spec.batch},
+    )  # fmt: skip

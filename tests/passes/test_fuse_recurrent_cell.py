@@ -1,6 +1,7 @@
-"""FuseRecurrentCell: ONNX LSTM nodes, unrolled by the frontend, compile with each direction's
-steps in one fused kernel and equal onnxruntime (ONNX's reference for layout 1); the forms it
-does not fuse (peepholes, other activations, batches over MAX_BATCH) still compile unfused."""
+"""FuseRecurrentCell: ONNX LSTM and GRU nodes, unrolled by the frontend, compile with each
+direction's steps in one fused kernel and equal onnxruntime (ONNX's reference for layout 1);
+the forms it does not fuse (peepholes, other activations, batches over MAX_BATCH, GRU with
+linear_before_reset 0) still compile, unfused."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _compile_and_check(model, feeds, caplog, **options) -> tuple[int, int]:
     got = got if isinstance(got, tuple) else (got,)
     for want, out in zip(_reference(model, feeds), got, strict=True):
         np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-5)
-    found = re.search(r"LSTM: (\d+) steps fused into (\d+) kernels", caplog.text)
+    found = re.search(r"recurrent: (\d+) steps fused into (\d+) kernels", caplog.text)
     return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
@@ -81,6 +82,34 @@ def test_pruned_recurrent_weight_fuses_with_its_csr_product(batch, caplog):
     weight.CopyFrom(numpy_helper.from_array(r, "R"))
     assert _compile_and_check(model, feeds, caplog) == (10, 2)
     assert "lstm_csr" in caplog.text and "lstm_dense" not in caplog.text
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_as_pytorch_writes_it_fuses(direction, layout, bias, caplog):
+    """linear_before_reset = 1, with and without the recurrent bias of the n gate."""
+    model, feeds = _model("GRU", steps=5, batch=2, hidden=20, direction=direction,
+                          layout=layout, bias=bias, linear_before_reset=1)  # fmt: skip
+    dirs = 2 if direction == "bidirectional" else 1
+    assert _compile_and_check(model, feeds, caplog) == (4 * dirs, dirs)
+    assert "gru_dense" in caplog.text
+
+
+def test_pruned_gru_fuses_with_its_csr_product(caplog):
+    model, feeds = _model("GRU", steps=6, batch=1, hidden=64, linear_before_reset=1)
+    weight = next(init for init in model.graph.initializer if init.name == "R")
+    r = numpy_helper.to_array(weight).copy()
+    r[np.random.default_rng(1).random(r.shape) < 0.9] = 0.0
+    weight.CopyFrom(numpy_helper.from_array(r, "R"))
+    assert _compile_and_check(model, feeds, caplog) == (5, 1)
+    assert "gru_csr" in caplog.text
+
+
+def test_gru_with_reset_before_the_product_is_left_unfused(caplog):
+    """linear_before_reset = 0 (ONNX's default) has two products a step."""
+    model, feeds = _model("GRU", steps=4, batch=1, hidden=8)
+    assert _compile_and_check(model, feeds, caplog) == (0, 0)
 
 
 def test_dense_baseline_fuses_too(caplog):

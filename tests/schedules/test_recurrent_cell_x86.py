@@ -1,5 +1,6 @@
-"""The fused LSTM kernel against numpy: hidden sizes that fill blocks and ones that do not,
-batches 1-3, both gate orders, time read forward and backward along either axis, one row."""
+"""The fused recurrent kernels (LSTM, GRU; dense and CSR products) against numpy: hidden sizes
+that fill blocks and ones that do not, batches 1-3, both gate orders, time read forward and
+backward along either axis, one row, weight densities from none to all."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tvm
 
 from tvm_sparse.schedules.kernel import build_kernel
 from tvm_sparse.schedules.recurrent_cell_x86 import (
-    LstmCellSpec,
+    CellSpec,
     block_units,
     csr_cell_call,
     dense_cell_call,
@@ -21,19 +22,23 @@ from tvm_sparse.target import resolve_target
 TARGET = resolve_target("llvm")
 ONNX_ORDER = ("i", "o", "f", "g")  # the column blocks of ONNX's W / R (i o f c)
 TORCH_ORDER = ("i", "f", "g", "o")
+GRU_ONNX_ORDER = ("z", "r", "n")  # ONNX z r h
+GRU_TORCH_ORDER = ("r", "z", "n")
+ROLES = {"lstm": ("i", "f", "g", "o"), "gru": ("z", "r", "n")}
 
 
-def _gates(order: tuple[str, ...], hidden: int) -> tuple[int, int, int, int]:
-    return tuple(order.index(role) * hidden for role in ("i", "f", "g", "o"))
+def _gates(order: tuple[str, ...], hidden: int) -> tuple[int, ...]:
+    cell = "lstm" if len(order) == 4 else "gru"
+    return tuple(order.index(role) * hidden for role in ROLES[cell])
 
 
 def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-def _reference(spec: LstmCellSpec, h0, c0, xw, r_t):
-    """Every step's (h, c), as the unfused graph computes them."""
-    i, f, g, o = (slice(q, q + spec.hidden) for q in spec.gates)
+def _reference(spec: CellSpec, h0, c0, xw, r_t, rbh):
+    """Every step's (h, c), as the unfused graph computes them (c is None for a GRU)."""
+    gates = [slice(q, q + spec.hidden) for q in spec.gates]
     h, c, hs, cs = h0, c0, [h0], [c0]
     for s in range(spec.steps):
         if spec.x_mode == "row":
@@ -41,76 +46,95 @@ def _reference(spec: LstmCellSpec, h0, c0, xw, r_t):
         else:
             t = spec.first + s * spec.stride
             row = xw[t] if spec.time_axis == 0 else xw[:, t]
-        pre = row + h @ r_t
-        c = _sigmoid(pre[:, f]) * c + _sigmoid(pre[:, i]) * np.tanh(pre[:, g])
-        h = _sigmoid(pre[:, o]) * np.tanh(c)
+        hr = h @ r_t
+        if spec.cell == "lstm":
+            i, f, g, o = gates
+            pre = row + hr
+            c = _sigmoid(pre[:, f]) * c + _sigmoid(pre[:, i]) * np.tanh(pre[:, g])
+            h = _sigmoid(pre[:, o]) * np.tanh(c)
+            cs.append(c)
+        else:
+            z_, r_, n_ = gates
+            z = _sigmoid(row[:, z_] + hr[:, z_])
+            n = np.tanh(row[:, n_] + _sigmoid(row[:, r_] + hr[:, r_]) * (hr[:, n_] + rbh))
+            h = n + z * (h - n)
         hs.append(h)
-        cs.append(c)
-    return np.concatenate(hs), np.concatenate(cs)
+    return np.concatenate(hs), (np.concatenate(cs) if spec.cell == "lstm" else None)
 
 
-def _run(spec: LstmCellSpec, density: float = 1.0, seed: int = 0, weights: str = "dense"):
+def _run(spec: CellSpec, density: float = 1.0, seed: int = 0, weights: str = "dense"):
     rng = np.random.default_rng(seed)
-    hidden, batch = spec.hidden, spec.batch
-    r_t = rng.standard_normal((hidden, 4 * hidden)).astype(np.float32) * 0.4
+    hidden, batch, roles = spec.hidden, spec.batch, len(spec.gates)
+    r_t = rng.standard_normal((hidden, roles * hidden)).astype(np.float32) * 0.4
     r_t *= rng.random(r_t.shape) < density
     h0, c0 = (rng.standard_normal((batch, hidden)).astype(np.float32) for _ in range(2))
+    rbh = rng.standard_normal(hidden).astype(np.float32) if spec.cell == "gru" else None
     xw = rng.standard_normal(spec.x_shape).astype(np.float32)
     if weights == "dense":
-        call = dense_cell_call(r_t, spec)
+        call = dense_cell_call(r_t, spec, rbh)
     else:
-        call = csr_cell_call(*pack_cell_rows(r_t), spec)
-    outs = [tvm.runtime.tensor(np.zeros(call.out_shape, np.float32)) for _ in range(2)]
-    ins = [tvm.runtime.tensor(a) for a in (h0, c0, xw, *call.consts)]
+        call = csr_cell_call(*pack_cell_rows(r_t), spec, rbh)
+    states = 2 if spec.cell == "lstm" else 1
+    outs = [tvm.runtime.tensor(np.zeros(call.out_shape, np.float32)) for _ in range(states)]
+    first = (h0, c0) if spec.cell == "lstm" else (h0,)
+    ins = [tvm.runtime.tensor(a) for a in (*first, xw, *call.consts)]
     build_kernel(call, TARGET)(*ins, *outs)
-    want_h, want_c = _reference(spec, h0, c0, xw, r_t)
-    np.testing.assert_allclose(outs[1].numpy(), want_c, rtol=2e-5, atol=2e-5)
+    want_h, want_c = _reference(spec, h0, c0, xw, r_t, rbh)
+    if want_c is not None:
+        np.testing.assert_allclose(outs[1].numpy(), want_c, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(outs[0].numpy(), want_h, rtol=2e-5, atol=2e-5)
 
 
 def _spec(hidden, batch, order=ONNX_ORDER, steps=4, axis=0, stride=1, mode="step"):
+    cell = "lstm" if len(order) == 4 else "gru"
+    width = len(order) * hidden
     total = steps + 2
     first = 1 if stride == 1 else total - 2
     if mode == "row":
-        shape, steps, first = (batch, 4 * hidden), 1, 0
+        shape, steps, first = (batch, width), 1, 0
     else:
-        shape = (total, batch, 4 * hidden) if axis == 0 else (batch, total, 4 * hidden)
-    return LstmCellSpec(
-        hidden=hidden, batch=batch, units=block_units(hidden, 16), gates=_gates(order, hidden),
-        x_mode=mode, x_shape=shape, time_axis=axis, first=first, steps=steps, stride=stride,
+        shape = (total, batch, width) if axis == 0 else (batch, total, width)
+    return CellSpec(
+        cell=cell, hidden=hidden, batch=batch, units=block_units(hidden, 16),
+        gates=_gates(order, hidden), x_mode=mode, x_shape=shape, time_axis=axis, first=first,
+        steps=steps, stride=stride,
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("order", [ONNX_ORDER, GRU_ONNX_ORDER], ids=["lstm", "gru"])
 @pytest.mark.parametrize("weights", ["dense", "csr"])
 @pytest.mark.parametrize("hidden", [1, 5, 16, 20, 32, 33, 64, 100])
 @pytest.mark.parametrize("batch", [1, 2, 3])
-def test_hidden_sizes_and_batches(hidden, batch, weights):
-    _run(_spec(hidden, batch), density=0.3 if weights == "csr" else 1.0, weights=weights)
+def test_hidden_sizes_and_batches(hidden, batch, weights, order):
+    spec = _spec(hidden, batch, order)
+    _run(spec, density=0.3 if weights == "csr" else 1.0, weights=weights)
 
 
 @pytest.mark.parametrize("weights", ["dense", "csr"])
-@pytest.mark.parametrize("order", [ONNX_ORDER, TORCH_ORDER])
+@pytest.mark.parametrize("order", [ONNX_ORDER, TORCH_ORDER, GRU_ONNX_ORDER, GRU_TORCH_ORDER])
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("stride", [1, -1])
 def test_gate_orders_and_time_reading(order, axis, stride, weights):
     _run(_spec(24, 2, order, steps=5, axis=axis, stride=stride), density=0.5, weights=weights)
 
 
+@pytest.mark.parametrize("order", [ONNX_ORDER, GRU_ONNX_ORDER], ids=["lstm", "gru"])
 @pytest.mark.parametrize("weights", ["dense", "csr"])
-def test_one_step_from_a_row(weights):
-    _run(_spec(40, 1, mode="row"), weights=weights)
+def test_one_step_from_a_row(weights, order):
+    _run(_spec(40, 1, order, mode="row"), weights=weights)
 
 
+@pytest.mark.parametrize("order", [ONNX_ORDER, GRU_ONNX_ORDER], ids=["lstm", "gru"])
 @pytest.mark.parametrize("weights", ["dense", "csr"])
 @pytest.mark.parametrize("density", [0.0, 0.002, 0.05, 1.0])
-def test_weight_densities(density, weights):
+def test_weight_densities(density, weights, order):
     """No non-zero at all (no recurrence), a few, 95% zeros, none zero: what dense math gives."""
-    _run(_spec(48, 1), density=density, weights=weights)
+    _run(_spec(48, 1, order), density=density, weights=weights)
 
 
 def test_panels_regroup_each_units_gates():
     hidden, units = 6, 4
-    spec = LstmCellSpec(hidden, 1, units, _gates(ONNX_ORDER, hidden), "row", (1, 24))
+    spec = CellSpec("lstm", hidden, 1, units, _gates(ONNX_ORDER, hidden), "row", (1, 24))
     r_t = np.arange(hidden * 4 * hidden, dtype=np.float32).reshape(hidden, 4 * hidden)
     panels = pack_cell_panels(r_t, spec)
     assert panels.shape == (2, hidden, 4 * units)

@@ -1,23 +1,28 @@
-"""One LSTM step in one kernel: ``h @ R^T`` (dense or CSR), the input projection's row, the
-gates and the state update.
+"""Recurrent steps in one kernel: the product ``h @ R^T`` (dense or CSR), the input projection's
+row, the gates and the state update of every step of a chain (LSTM, and GRU as PyTorch writes
+it, ``linear_before_reset = 1``).
 
 Why: unrolled (``onnx_recurrent``), a step is a matrix-vector product and two small elementwise
-kernels. At batch 1 the elementwise kernels and their calls cost as much as the product: an
-LSTM-128 over 49 frames ran at 0.81x onnxruntime, whose LSTM kernel does a step in one pass.
-Here the product's accumulators for ``units`` hidden units hold all four of their gates (the
-weight's columns are regrouped by unit block), so the step's elementwise math runs on registers
-right after the block's product, and one call does the step.
+kernels. At batch 1 the elementwise kernels, their calls and allocations cost as much as the
+product: an LSTM-128 over 49 frames ran at 0.81x onnxruntime, whose LSTM kernel does a step in
+one pass. Here the product's accumulators for ``units`` hidden units hold all the gates of
+those units (the weight's columns are regrouped by unit block), so the step's elementwise math
+runs on them right after the block's product, and one call runs a whole chain of steps, the
+state kept in its outputs and in cache.
 
-``spec.gates`` are the column offsets of the input (i), forget (f), cell (g) and output (o)
-gates in the ``4H`` pre-activation vector (ONNX writes i o f c, PyTorch i f g o). The input
-projection's row is read in place from the projection of the whole sequence (``x_mode``
-"step": ``xw[t, 0, :]`` or ``xw[0, t, :]`` for a time axis of 0 or 1,
-``t = first + s * stride`` for step ``s``), or comes as a ``[1, 4H]`` tensor ("row", one
-step). A kernel runs a whole chain of ``steps`` steps, the state kept in its outputs (rows of
-``hs`` / ``cs``) and in cache: no call, allocation or tuple per step.
-Arguments: ``h0, c0, xw, *consts`` and the outputs ``hs, cs``.
-The math is the unfused graph's, op for op: ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``,
-``h' = sigmoid(o) * tanh(c')``, with TVM's own ``sigmoid`` / ``tanh`` intrinsics.
+``spec.gates`` are the column offsets of the gates in the pre-activation vector, in the order
+of ``ROLES[spec.cell]``: LSTM i, f, g, o (ONNX writes i o f c, PyTorch i f g o); GRU z, r, n
+(ONNX and PyTorch: z r h / r z n, found from the graph). The input projection's row is read in
+place from the projection of the whole sequence (``x_mode`` "step": ``xw[t, r, :]`` or
+``xw[r, t, :]`` for a time axis of 0 or 1, ``t = first + s * stride`` at step ``s``), or comes
+as a ``[batch, G * H]`` tensor ("row", one step).
+
+Arguments: LSTM ``h0, c0, xw, *weights`` and the outputs ``hs, cs``; GRU ``h0, xw, *weights,
+rbh`` (the recurrent bias of the n gate, inside ``r * (h Rn^T + rbh)``) and the output ``hs``.
+``hs`` / ``cs`` are ``[(steps + 1) * batch, H]``: the first ``batch`` rows the initial state,
+then each step's. The math is the unfused graph's, op for op, with TVM's own ``sigmoid`` /
+``tanh`` intrinsics: LSTM ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``, ``h' = sigmoid(o) *
+tanh(c')``; GRU ``n = tanh(x_n + sigmoid(r) * (hr_n + rbh))``, ``h' = n + sigmoid(z) * (h - n)``.
 """
 
 from __future__ import annotations
@@ -32,20 +37,21 @@ from .kernel import KernelCall
 from .kernel import finish as _finish
 from .sparse_rows_x86 import index_words, pack_gather_rows, row_dot_macro
 
-ROLES = ("i", "f", "g", "o")
+ROLES = {"lstm": ("i", "f", "g", "o"), "gru": ("z", "r", "n")}
 MAX_BATCH = 3  # 8 accumulator vectors a row; at 4 rows and more the GEMM's reuse of each weight
 # load matters more than the calls saved, and the unfused product (a GEMM) is kept
 
 
 @dataclass(frozen=True)
-class LstmCellSpec:
-    """What one fused LSTM kernel is specialized to: ``steps`` steps of one direction."""
+class CellSpec:
+    """What one fused recurrent kernel is specialized to: ``steps`` steps of one direction."""
 
+    cell: str  # "lstm" or "gru"
     hidden: int
     batch: int  # at most MAX_BATCH: every row's accumulators stay in registers
-    units: int  # hidden units per block: the product's accumulators are 4 x units floats
-    gates: tuple[int, int, int, int]  # column offsets of i, f, g, o in the 4H pre-activations
-    x_mode: str  # "step" (xw[t] of the sequence's projection) or "row" (a [1, 4H] tensor)
+    units: int  # hidden units per block: the product's accumulators are G x units floats
+    gates: tuple[int, ...]  # column offsets of the gates (ROLES order) in the pre-activations
+    x_mode: str  # "step" (xw[t] of the sequence's projection) or "row" (a [batch, G*H] tensor)
     x_shape: tuple[int, ...]
     time_axis: int = 0  # "step": the axis of xw that t indexes (0 or 1)
     first: int = 0  # "step": the time index of the first step
@@ -53,21 +59,36 @@ class LstmCellSpec:
     stride: int = 1  # "step": +1 forward, -1 reverse
 
     @property
+    def roles(self) -> int:
+        return len(ROLES[self.cell])
+
+    @property
+    def width(self) -> int:
+        """Accumulators a block and batch row: every gate of ``units`` units."""
+        return self.roles * self.units
+
+    @property
     def blocks(self) -> int:
         return -(-self.hidden // self.units)
 
+    @property
+    def states_shape(self) -> tuple[int, int]:
+        return ((self.steps + 1) * self.batch, self.hidden)
+
 
 def block_units(hidden: int, lanes: int) -> int:
-    """Units per block: two vectors of each gate (8 accumulator vectors, enough independent
-    FMA chains to hide the FMA latency), fewer where the layer is narrower; a power of two."""
+    """Units per block: two vectors of each gate (8 accumulator vectors for an LSTM, enough
+    independent FMA chains to hide the FMA latency), fewer where the layer is narrower; a
+    power of two."""
     return min(2 * lanes, 1 << max(hidden - 1, 0).bit_length())
 
 
-def pack_cell_panels(r_t: np.ndarray, spec: LstmCellSpec) -> np.ndarray:
-    """``R^T`` ([H, 4H]) regrouped as ``[blocks, H, 4 * units]``: block ``b`` holds the i, f, g
-    and o columns of units ``b * units ..`` in that order (zeros past the last unit)."""
+def pack_cell_panels(r_t: np.ndarray, spec: CellSpec) -> np.ndarray:
+    """``R^T`` ([H, G * H]) regrouped as ``[blocks, H, G * units]``: block ``b`` holds the gate
+    columns of units ``b * units ..``, gate after gate in ROLES order (zeros past the last
+    unit)."""
     hidden, units = spec.hidden, spec.units
-    panels = np.zeros((spec.blocks, hidden, 4 * units), np.float32)
+    panels = np.zeros((spec.blocks, hidden, spec.width), np.float32)
     for b in range(spec.blocks):
         width = min(units, hidden - b * units)
         for role, offset in enumerate(spec.gates):
@@ -76,7 +97,18 @@ def pack_cell_panels(r_t: np.ndarray, spec: LstmCellSpec) -> np.ndarray:
     return panels
 
 
-def _x_reader(spec: LstmCellSpec):
+def pack_cell_rows(r_t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``R`` (``r_t.T``, [G * H, H]) packed as the CSR row kernel packs a weight: ``(values,
+    index words, chunk pointers, indices per word)``."""
+    csr = CSR.from_dense(np.ascontiguousarray(np.asarray(r_t, np.float32).T))
+    vals, cols, chunk_ptr = pack_gather_rows(csr, 8)
+    if vals.size == 0:  # keep buffers non-empty
+        vals, cols = np.zeros(8, np.float32), np.zeros(8, csr.indices.dtype)
+    words, per_word = index_words(cols)
+    return vals, words, chunk_ptr.astype(np.int32), per_word
+
+
+def _x_reader(spec: CellSpec):
     """``read(xw, s, r, col)``: step ``s``'s pre-activation input of batch row ``r`` at
     column ``col``."""
     if spec.x_mode == "row":
@@ -87,26 +119,31 @@ def _x_reader(spec: LstmCellSpec):
     return lambda xw, s, r, col: xw[r, first + s * stride, col]
 
 
-def _cell_macro(spec: LstmCellSpec):
-    """The state update of step ``s``, batch row ``r``, units ``blk * units + uu`` from the
-    block's products ``acc`` (a T.macro: the dense and CSR kernels share it). States are rows
-    of ``hs`` / ``cs``: rows ``s * batch ..`` are the step's input state, the next ``batch``
-    rows its output."""
-    units, batch, width = spec.units, spec.batch, 4 * spec.units
+class _Index:
+    """Index helpers of the kernels. Python functions, not lets: TVM 0.27's vectorizer
+    evaluates a let in a vectorized loop once, for lane 0 (an int let of the loop var even
+    drops the loop's stores); so the update works on buffers only, the pre-activations
+    updated in ``acc`` itself."""
+
+    def __init__(self, spec: CellSpec):
+        self.units, self.batch, self.width = spec.units, spec.batch, spec.width
+
+    def unit(self, blk, uu):
+        return blk * self.units + uu
+
+    def pre(self, r, role, uu):
+        return r * self.width + role * self.units + uu
+
+    def row(self, s, r):
+        return s * self.batch + r
+
+
+def _lstm_update(spec: CellSpec):
+    """``update(acc, xw, hs, cs, s, r, blk, uu)``: an LSTM step's state update for batch row
+    ``r``, unit ``blk * units + uu``, from the block's products ``acc``."""
     gi, gf, gg, go = spec.gates
-    read = _x_reader(spec)
-
-    # Python helpers, not lets: TVM 0.27's vectorizer evaluates a let in a vectorized loop
-    # once, for lane 0 (an int let of the loop var even drops the loop's stores); so buffers
-    # only, the pre-activations updated in ``acc`` itself
-    def unit(blk, uu):
-        return blk * units + uu
-
-    def pre(r, role, uu):
-        return r * width + role * units + uu
-
-    def row(s, r):
-        return s * batch + r
+    read, ix = _x_reader(spec), _Index(spec)
+    unit, pre, row = ix.unit, ix.pre, ix.row
 
     @T.macro
     def update(acc, xw, hs, cs, s, r, blk, uu):
@@ -124,86 +161,81 @@ def _cell_macro(spec: LstmCellSpec):
     return update
 
 
-def dense_cell_kernel(spec: LstmCellSpec):
-    """The fused steps with a dense ``R^T`` packed by ``pack_cell_panels``. Outputs ``hs`` and
-    ``cs`` ([(steps + 1) * batch, H]): the first ``batch`` rows the initial state, the next
-    ones step 0's, and so on."""
-    hidden, units, steps, batch = spec.hidden, spec.units, spec.steps, spec.batch
-    width, blocks = 4 * units, spec.blocks
-    full = hidden // units  # blocks whose units are all real
-    update = _cell_macro(spec)
+def _gru_update(spec: CellSpec):
+    """``update(acc, xw, hs, rbh, s, r, blk, uu)``: a GRU step (linear_before_reset = 1)."""
+    gz, gr, gn = spec.gates
+    read, ix = _x_reader(spec), _Index(spec)
+    unit, pre, row = ix.unit, ix.pre, ix.row
 
-    @T.prim_func
-    def kernel(
-        h0: T.Buffer((batch, hidden), "float32"),
-        c0: T.Buffer((batch, hidden), "float32"),
-        xw: T.Buffer(spec.x_shape, "float32"),
-        panels: T.Buffer((blocks, hidden, width), "float32"),
-        hs: T.Buffer(((steps + 1) * batch, hidden), "float32"),
-        cs: T.Buffer(((steps + 1) * batch, hidden), "float32"),
-    ):
-        for r, u in T.grid(batch, hidden):
-            hs[r, u] = h0[r, u]
-            cs[r, u] = c0[r, u]
-        for s in range(steps):
-            for blk in range(blocks):
-                acc = T.alloc_buffer((batch * width,), "float32", scope="local")
-                for j in T.vectorized(batch * width):
-                    acc[j] = T.float32(0)
-                for k in range(hidden):
-                    for r in T.unroll(batch):
-                        for j in T.vectorized(width):
-                            acc[r * width + j] = (
-                                acc[r * width + j] + hs[s * batch + r, k] * panels[blk, k, j]
-                            )
-                for r in T.unroll(batch):
-                    if blk < full:
-                        for uu in T.vectorized(units):
-                            update(acc, xw, hs, cs, s, r, blk, uu)
-                    else:
-                        for uu in range(hidden - full * units):
-                            update(acc, xw, hs, cs, s, r, blk, uu)
+    @T.macro
+    def update(acc, xw, hs, rbh, s, r, blk, uu):
+        acc[pre(r, 0, uu)] = acc[pre(r, 0, uu)] + read(xw, s, r, gz + unit(blk, uu))
+        acc[pre(r, 1, uu)] = acc[pre(r, 1, uu)] + read(xw, s, r, gr + unit(blk, uu))
+        acc[pre(r, 2, uu)] = T.tanh(
+            read(xw, s, r, gn + unit(blk, uu))
+            + T.sigmoid(acc[pre(r, 1, uu)]) * (acc[pre(r, 2, uu)] + rbh[unit(blk, uu)])
+        )
+        hs[row(s + 1, r), unit(blk, uu)] = acc[pre(r, 2, uu)] + T.sigmoid(acc[pre(r, 0, uu)]) * (
+            hs[row(s, r), unit(blk, uu)] - acc[pre(r, 2, uu)]
+        )
 
-    return kernel
+    return update
 
 
-def dense_cell_call(r_t: np.ndarray, spec: LstmCellSpec) -> KernelCall:
-    """The dense fused steps and the packed weight (consts: ``(panels,)``)."""
-    panels = pack_cell_panels(np.asarray(r_t, np.float32), spec)
-    hidden = spec.hidden
-    return KernelCall(
-        func=_finish(dense_cell_kernel(spec)),
-        name=f"lstm_dense_h{hidden}_s{spec.steps}",
-        consts=(panels,),
-        out_shape=((spec.steps + 1) * spec.batch, hidden),
-        info={
-            "kind": "lstm",
-            "weights": "dense",
-            "macs": 4 * hidden * hidden * spec.steps * spec.batch,
-        },
-    )
-
-
-def csr_cell_kernel(spec: LstmCellSpec, nchunks: int, per_word: int):
-    """The fused steps with a CSR ``R`` ([4H, H], rows padded to chunks of 8, as the CSR row
-    kernel packs it): each pre-activation is one row's dot product with the step's h
-    (``sparse_rows_x86.row_dot_macro``), then the block's state update."""
-    hidden, units, steps, batch = spec.hidden, spec.units, spec.steps, spec.batch
-    width, blocks = 4 * units, spec.blocks
+def _block_units(spec: CellSpec, update):
+    """``each(*args, blk)``: ``update(*args, r, blk, uu)`` over the block's batch rows and
+    units, vectorized where the block is full (the last may hold fewer units)."""
+    hidden, units, batch = spec.hidden, spec.units, spec.batch
     full = hidden // units
-    nval = max(nchunks * 8, 8)
-    nwords = max(nval // per_word, 1)
+
+    @T.macro
+    def each(acc, xw, hs, state, s, blk):
+        for r in T.unroll(batch):
+            if blk < full:
+                for uu in T.vectorized(units):
+                    update(acc, xw, hs, state, s, r, blk, uu)
+            else:
+                for uu in range(hidden - full * units):
+                    update(acc, xw, hs, state, s, r, blk, uu)
+
+    return each
+
+
+def _dense_product(spec: CellSpec):
+    """``product(acc, panels, hs, s, blk)``: the block's products of step ``s``, dense. Every
+    vector is one gate's ``units`` wide, a power of two: a GRU's three gates as one 96-wide
+    vector ran 1.5x slower (Zen 4; LLVM's lowering of vector widths that are not)."""
+    hidden, units, batch, width, roles = spec.hidden, spec.units, spec.batch, spec.width, spec.roles
+
+    @T.macro
+    def product(acc, panels, hs, s, blk):
+        for r, q in T.grid(batch, roles):
+            for j in T.vectorized(units):
+                acc[r * width + q * units + j] = T.float32(0)
+        for k in range(hidden):
+            for r in T.unroll(batch):
+                for q in T.unroll(roles):
+                    for j in T.vectorized(units):
+                        acc[r * width + q * units + j] = (
+                            acc[r * width + q * units + j]
+                            + hs[s * batch + r, k] * panels[blk, k, q * units + j]
+                        )
+
+    return product
+
+
+def _csr_product(spec: CellSpec, per_word: int):
+    """``product(acc, vals, words, ptr, hs, s, blk)``: the block's products of step ``s``, each
+    one CSR row's dot product with h (``sparse_rows_x86.row_dot_macro``)."""
+    hidden, units, batch, width = spec.hidden, spec.units, spec.batch, spec.width
     # one chunk in flight: with two (the CSR row kernel's choice at batch 1) LLVM builds the
     # 16 gathered activations with masked broadcasts here, 1.7x slower (Zen 4, 256 units)
     unroll = 1
     lanes = 8 * unroll
-    row_dot = row_dot_macro((steps + 1) * batch, per_word, unroll, batch)
-    update = _cell_macro(spec)
-    g0, g1, g2, g3 = spec.gates
+    row_dot = row_dot_macro(spec.states_shape[0], per_word, unroll, batch)
 
     @T.macro
-    def gate_rows(vals, words, ptr, hs, acc, s, blk, offset, q):
-        """The pre-activations of role ``q`` (gate columns from ``offset``) of the block."""
+    def gate_rows(acc, vals, words, ptr, hs, s, blk, offset, q):
         for uu in range(T.min(units, hidden - blk * units)):
             lo: T.let = ptr[offset + blk * units + uu]
             hi: T.let = ptr[offset + blk * units + uu + 1]
@@ -212,6 +244,61 @@ def csr_cell_kernel(spec: LstmCellSpec, nchunks: int, per_word: int):
             for r in T.unroll(batch):
                 acc[r * width + q * units + uu] = part[r * lanes] + part[r * lanes + 1]
 
+    gates = spec.gates
+    if spec.roles == 4:
+
+        @T.macro
+        def product(acc, vals, words, ptr, hs, s, blk):
+            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[0], 0)
+            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[1], 1)
+            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[2], 2)
+            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[3], 3)
+
+        return product
+
+    @T.macro
+    def product3(acc, vals, words, ptr, hs, s, blk):
+        gate_rows(acc, vals, words, ptr, hs, s, blk, gates[0], 0)
+        gate_rows(acc, vals, words, ptr, hs, s, blk, gates[1], 1)
+        gate_rows(acc, vals, words, ptr, hs, s, blk, gates[2], 2)
+
+    return product3
+
+
+def _csr_sizes(nchunks: int, per_word: int) -> tuple[int, int]:
+    nval = max(nchunks * 8, 8)
+    return nval, max(nval // per_word, 1)
+
+
+def _lstm_dense_kernel(spec: CellSpec):
+    batch, hidden, blocks, width = spec.batch, spec.hidden, spec.blocks, spec.width
+    product, each = _dense_product(spec), _block_units(spec, _lstm_update(spec))
+
+    @T.prim_func
+    def kernel(
+        h0: T.Buffer((batch, hidden), "float32"),
+        c0: T.Buffer((batch, hidden), "float32"),
+        xw: T.Buffer(spec.x_shape, "float32"),
+        panels: T.Buffer((blocks, hidden, width), "float32"),
+        hs: T.Buffer(spec.states_shape, "float32"),
+        cs: T.Buffer(spec.states_shape, "float32"),
+    ):
+        for r, u in T.grid(batch, hidden):
+            hs[r, u] = h0[r, u]
+            cs[r, u] = c0[r, u]
+        for s, blk in T.grid(spec.steps, blocks):
+            acc = T.alloc_buffer((batch * width,), "float32", scope="local")
+            product(acc, panels, hs, s, blk)
+            each(acc, xw, hs, cs, s, blk)
+
+    return kernel
+
+
+def _lstm_csr_kernel(spec: CellSpec, nchunks: int, per_word: int):
+    batch, hidden, blocks, width = spec.batch, spec.hidden, spec.blocks, spec.width
+    nval, nwords = _csr_sizes(nchunks, per_word)
+    product, each = _csr_product(spec, per_word), _block_units(spec, _lstm_update(spec))
+
     @T.prim_func
     def kernel(
         h0: T.Buffer((batch, hidden), "float32"),
@@ -219,53 +306,112 @@ def csr_cell_kernel(spec: LstmCellSpec, nchunks: int, per_word: int):
         xw: T.Buffer(spec.x_shape, "float32"),
         vals: T.Buffer((nval,), "float32"),
         words: T.Buffer((nwords,), "int64"),
-        ptr: T.Buffer((4 * hidden + 1,), "int32"),
-        hs: T.Buffer(((steps + 1) * batch, hidden), "float32"),
-        cs: T.Buffer(((steps + 1) * batch, hidden), "float32"),
+        ptr: T.Buffer((spec.roles * hidden + 1,), "int32"),
+        hs: T.Buffer(spec.states_shape, "float32"),
+        cs: T.Buffer(spec.states_shape, "float32"),
     ):
         for r, u in T.grid(batch, hidden):
             hs[r, u] = h0[r, u]
             cs[r, u] = c0[r, u]
-        for s in range(steps):
-            for blk in range(blocks):
-                acc = T.alloc_buffer((batch * width,), "float32", scope="local")
-                gate_rows(vals, words, ptr, hs, acc, s, blk, g0, 0)
-                gate_rows(vals, words, ptr, hs, acc, s, blk, g1, 1)
-                gate_rows(vals, words, ptr, hs, acc, s, blk, g2, 2)
-                gate_rows(vals, words, ptr, hs, acc, s, blk, g3, 3)
-                for r in T.unroll(batch):
-                    if blk < full:
-                        for uu in T.vectorized(units):
-                            update(acc, xw, hs, cs, s, r, blk, uu)
-                    else:
-                        for uu in range(hidden - full * units):
-                            update(acc, xw, hs, cs, s, r, blk, uu)
+        for s, blk in T.grid(spec.steps, blocks):
+            acc = T.alloc_buffer((batch * width,), "float32", scope="local")
+            product(acc, vals, words, ptr, hs, s, blk)
+            each(acc, xw, hs, cs, s, blk)
 
     return kernel
 
 
-def pack_cell_rows(r_t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """``R`` (``r_t.T``, [4H, H]) packed as the CSR row kernel packs a weight: ``(values, index
-    words, chunk pointers, indices per word)``."""
-    csr = CSR.from_dense(np.ascontiguousarray(np.asarray(r_t, np.float32).T))
-    vals, cols, chunk_ptr = pack_gather_rows(csr, 8)
-    if vals.size == 0:  # keep buffers non-empty
-        vals, cols = np.zeros(8, np.float32), np.zeros(8, csr.indices.dtype)
-    words, per_word = index_words(cols)
-    return vals, words, chunk_ptr.astype(np.int32), per_word
+def _gru_dense_kernel(spec: CellSpec):
+    batch, hidden, blocks, width = spec.batch, spec.hidden, spec.blocks, spec.width
+    product, each = _dense_product(spec), _block_units(spec, _gru_update(spec))
+
+    @T.prim_func
+    def kernel(
+        h0: T.Buffer((batch, hidden), "float32"),
+        xw: T.Buffer(spec.x_shape, "float32"),
+        panels: T.Buffer((blocks, hidden, width), "float32"),
+        rbh: T.Buffer((hidden,), "float32"),
+        hs: T.Buffer(spec.states_shape, "float32"),
+    ):
+        for r, u in T.grid(batch, hidden):
+            hs[r, u] = h0[r, u]
+        for s, blk in T.grid(spec.steps, blocks):
+            acc = T.alloc_buffer((batch * width,), "float32", scope="local")
+            product(acc, panels, hs, s, blk)
+            each(acc, xw, hs, rbh, s, blk)
+
+    return kernel
+
+
+def _gru_csr_kernel(spec: CellSpec, nchunks: int, per_word: int):
+    batch, hidden, blocks, width = spec.batch, spec.hidden, spec.blocks, spec.width
+    nval, nwords = _csr_sizes(nchunks, per_word)
+    product, each = _csr_product(spec, per_word), _block_units(spec, _gru_update(spec))
+
+    @T.prim_func
+    def kernel(
+        h0: T.Buffer((batch, hidden), "float32"),
+        xw: T.Buffer(spec.x_shape, "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        words: T.Buffer((nwords,), "int64"),
+        ptr: T.Buffer((spec.roles * hidden + 1,), "int32"),
+        rbh: T.Buffer((hidden,), "float32"),
+        hs: T.Buffer(spec.states_shape, "float32"),
+    ):
+        for r, u in T.grid(batch, hidden):
+            hs[r, u] = h0[r, u]
+        for s, blk in T.grid(spec.steps, blocks):
+            acc = T.alloc_buffer((batch * width,), "float32", scope="local")
+            product(acc, vals, words, ptr, hs, s, blk)
+            each(acc, xw, hs, rbh, s, blk)
+
+    return kernel
+
+
+def _info(spec: CellSpec, weights: str, stored: int) -> dict:
+    return {"kind": spec.cell, "weights": weights, "stored": stored,
+            "macs": stored * spec.steps * spec.batch}  # fmt: skip
+
+
+def dense_cell_call(r_t: np.ndarray, spec: CellSpec, rbh: np.ndarray | None = None
+                    ) -> KernelCall:  # fmt: skip
+    """The fused steps with a dense ``R^T`` ([H, G * H]); consts: the panels (and for a GRU
+    its ``rbh``, zeros when None)."""
+    panels = pack_cell_panels(np.asarray(r_t, np.float32), spec)
+    if spec.cell == "lstm":
+        func, consts = _lstm_dense_kernel(spec), (panels,)
+    else:
+        func, consts = _gru_dense_kernel(spec), (panels, _rbh(rbh, spec))
+    return KernelCall(
+        func=_finish(func),
+        name=f"{spec.cell}_dense_h{spec.hidden}_s{spec.steps}",
+        consts=consts,
+        out_shape=spec.states_shape,
+        info=_info(spec, "dense", spec.roles * spec.hidden * spec.hidden),
+    )
 
 
 def csr_cell_call(vals: np.ndarray, words: np.ndarray, chunk_ptr: np.ndarray, per_word: int,
-                  spec: LstmCellSpec) -> KernelCall:  # fmt: skip
-    """The CSR fused steps on ``R`` packed by ``pack_cell_rows`` (or taken from the CSR row
-    kernel the choice made for the step's product); consts: values, words, chunk pointers."""
-    hidden = spec.hidden
+                  spec: CellSpec, rbh: np.ndarray | None = None) -> KernelCall:  # fmt: skip
+    """The fused steps on ``R`` packed by ``pack_cell_rows`` (or taken from the CSR row kernel
+    the choice made for the step's product); consts: values, words, chunk pointers (and
+    ``rbh`` for a GRU)."""
     nchunks = int(chunk_ptr[-1])
+    if spec.cell == "lstm":
+        func, consts = _lstm_csr_kernel(spec, nchunks, per_word), (vals, words, chunk_ptr)
+    else:
+        func = _gru_csr_kernel(spec, nchunks, per_word)
+        consts = (vals, words, chunk_ptr, _rbh(rbh, spec))
     return KernelCall(
-        func=_finish(csr_cell_kernel(spec, nchunks, per_word)),
-        name=f"lstm_csr_h{hidden}_s{spec.steps}",
-        consts=(vals, words, chunk_ptr),
-        out_shape=((spec.steps + 1) * spec.batch, hidden),
-        info={"kind": "lstm", "weights": "csr", "stored": nchunks * 8,
-              "macs": nchunks * 8 * spec.steps * spec.batch},
-    )  # fmt: skip
+        func=_finish(func),
+        name=f"{spec.cell}_csr_h{spec.hidden}_s{spec.steps}",
+        consts=consts,
+        out_shape=spec.states_shape,
+        info=_info(spec, "csr", nchunks * 8),
+    )
+
+
+def _rbh(rbh: np.ndarray | None, spec: CellSpec) -> np.ndarray:
+    if rbh is None:
+        return np.zeros(spec.hidden, np.float32)
+    return np.ascontiguousarray(np.asarray(rbh, np.float32).reshape(spec.hidden))

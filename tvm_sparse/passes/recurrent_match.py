@@ -1,0 +1,354 @@
+"""Find the steps of unrolled LSTMs and GRUs in a Relax function (for ``FuseRecurrentCell``).
+
+A step is matched after Sparsify (float32, batch 1 to ``MAX_BATCH``), in any operand order and
+any gate order, from the ops ``onnx_recurrent`` writes::
+
+    LSTM  pre  = add(xt, mm)                        mm = h @ R^T: the step's product kernel
+          s_q  = strided_slice(pre, axis 1, [q, q + H])   four slices, at {0, H, 2H, 3H}
+          cell = add(multiply(sigmoid(s_f), c), multiply(sigmoid(s_i), tanh(s_g)))
+          h'   = multiply(sigmoid(s_o), tanh(cell))
+
+    GRU   hr   = h @ R^T                            (linear_before_reset = 1, PyTorch's GRU)
+          z    = sigmoid(add(x_z, hr_z)),   r = sigmoid(add(x_r, hr_r))
+          n    = tanh(add(x_n, multiply(r, hr_n [+ rbh])))
+          h'   = add(n, multiply(z, subtract(h, n)))
+
+``mm`` / ``hr`` is a dense_linear or CSR row kernel without bias or activation, read only by
+the step; ``x_q`` / ``hr_q`` are strided slices of ``xt`` / ``hr`` at the same gate offsets;
+``xt`` is ``reshape(strided_slice(xw, time axis, [t, t + 1]))`` of the sequence's input
+projection (read in place by the fused kernel) or any ``[batch, G * H]`` tensor. Which gate is
+which is read from the graph, so ONNX's gate orders and PyTorch's both match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..ir.relax_utils import const_array, dtype_of, int_tuple, op_name, static_shape
+from ..ir.rewrite import Bindings
+from ..schedules.dense_x86 import SPEC_ATTR as DENSE_LINEAR_ATTR
+from ..schedules.recurrent_cell_x86 import (
+    MAX_BATCH,
+    ROLES,
+    CellSpec,
+    block_units,
+    csr_cell_call,
+    dense_cell_call,
+)
+from ..schedules.sparse_rows_x86 import SPEC_ATTR as CSR_ROWS_ATTR
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The recurrent weight as the step's product kernel holds it: dense ``R^T`` ([H, G * H]),
+    or the CSR row kernel's packed ``R`` (values, index words, chunk pointers, indices a
+    word); ``rbh`` the GRU's recurrent bias of the n gate (None: none)."""
+
+    dense: np.ndarray | None
+    csr: tuple | None
+    key: bytes  # a digest of the weights: the steps of one direction have equal ones
+    rbh: np.ndarray | None = None
+
+    def kernel(self, spec: CellSpec):
+        if self.dense is not None:
+            return dense_cell_call(self.dense, spec, self.rbh)
+        return csr_cell_call(*self.csr, spec, self.rbh)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One matched step: what the fused call reads, and the vars it replaces (h', and the
+    LSTM's cell state; None for a GRU)."""
+
+    h_var: relax.Var
+    cell_var: relax.Var | None
+    h_prev: relax.Expr
+    c_prev: relax.Expr | None
+    xw: relax.Expr  # the projection of the sequence ("step") or the step's row ("row")
+    t: int
+    weights: Weights
+    spec: CellSpec
+
+
+def _call_of(expr: relax.Expr, bindings: Bindings, op: str) -> relax.Call | None:
+    value = bindings.var2val.get(expr) if isinstance(expr, relax.Var) else None
+    return value if op_name(value) == op else None
+
+
+def _single_use(expr: relax.Expr, bindings: Bindings) -> bool:
+    return isinstance(expr, relax.Var) and bindings.uses[expr] == 1
+
+
+def _pairs(expr: relax.Expr, bindings: Bindings, op: str):
+    """Both operand orders of the single-use ``op`` call bound to ``expr`` (empty if not)."""
+    call = _call_of(expr, bindings, op)
+    if call is None or not _single_use(expr, bindings):
+        return ()
+    a, b = call.args
+    return ((a, b), (b, a))
+
+
+def _ints(call: relax.Call):
+    """``(axes, begin, end, strides)`` of a strided_slice, or None when not constant."""
+    try:
+        axes, begin, end = (int_tuple(a) for a in call.args[1:4])
+        strides = int_tuple(call.args[4]) if len(call.args) > 4 else (1,)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return axes, begin, end, strides
+
+
+def _gate_slice(expr: relax.Expr, bindings: Bindings, hidden: int, width: int):
+    """``(source, offset)`` when ``expr`` is a single-use unit-stride
+    ``strided_slice(source, [1], [q], [q + H])`` of a ``[batch, width]`` tensor."""
+    call = _call_of(expr, bindings, "relax.strided_slice")
+    if call is None or not _single_use(expr, bindings):
+        return None
+    source, found = call.args[0], _ints(call)
+    shape = static_shape(source)
+    if found is None or shape is None or len(shape) != 2 or shape[1] != width:
+        return None
+    axes, begin, end, strides = found
+    if axes not in ((1,), (-1,)) or strides != (1,) or end[0] - begin[0] != hidden:
+        return None
+    return source, begin[0]
+
+
+def _activated_gate(expr: relax.Expr, bindings: Bindings, act: str, hidden: int, width: int):
+    """``(source, offset)`` of a single-use ``act(strided_slice(source, ...))``."""
+    call = _call_of(expr, bindings, act)
+    if call is None or not _single_use(expr, bindings):
+        return None
+    return _gate_slice(call.args[0], bindings, hidden, width)
+
+
+def _kernel_spec(call: relax.Call, mod: tvm.IRModule) -> tuple[str, dict] | None:
+    """``(attribute, spec)`` of the dense_linear or CSR row kernel ``call`` calls."""
+    gvar = call.args[0]
+    func = mod[gvar] if isinstance(gvar, tvm.ir.GlobalVar) and gvar in mod.functions else None
+    attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None else {}
+    for attr in (DENSE_LINEAR_ATTR, CSR_ROWS_ATTR):
+        if attr in attrs:
+            return attr, json.loads(str(attrs[attr]))
+    return None
+
+
+def _product(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule, batch: int, hidden: int,
+             outputs: int, uses: int):  # fmt: skip
+    """``(h_prev, Weights)`` when ``expr`` is a call of a dense_linear or CSR row kernel,
+    without bias or activation, of ``h_prev`` ([batch, H]) to ``outputs`` outputs, read
+    ``uses`` times."""
+    call = _call_of(expr, bindings, "relax.call_tir")
+    if call is None or bindings.uses[expr] != uses:
+        return None
+    found = _kernel_spec(call, mod)
+    if found is None:
+        return None
+    attr, spec = found
+    if (spec["m"], spec["k"], spec["n"]) != (batch, hidden, outputs):
+        return None
+    if spec["bias"] or spec["activation"] is not None:
+        return None
+    h_prev, *consts = call.args[1].fields
+    arrays = [const_array(c) for c in consts]
+    if static_shape(h_prev) != (batch, hidden) or any(a is None for a in arrays):
+        return None
+    digest = hashlib.sha1()
+    for array in arrays:
+        digest.update(array.tobytes())
+    if attr == DENSE_LINEAR_ATTR:
+        r_t = arrays[0].transpose(1, 0, 2).reshape(hidden, -1)[:, :outputs]
+        return h_prev, Weights(np.ascontiguousarray(r_t, np.float32), None, digest.digest())
+    vals, words, chunk_ptr = arrays[:3]
+    return h_prev, Weights(None, (vals, words, chunk_ptr, spec["per_word"]), digest.digest())
+
+
+def _step_row(xt: relax.Expr, bindings: Bindings, batch: int, width: int):
+    """``(xw, mode, t, axis)``: where the step's pre-activation input comes from."""
+    reshape = _call_of(xt, bindings, "relax.reshape")
+    part = None if reshape is None else _call_of(reshape.args[0], bindings, "relax.strided_slice")
+    if part is not None:
+        xw, found = part.args[0], _ints(part)
+        shape = static_shape(xw)
+        if found is not None and shape is not None and len(shape) == 3:
+            axes, begin, end, strides = found
+            if (
+                axes in ((0,), (1,))
+                and strides == (1,)
+                and shape[2] == width
+                and shape[1 - axes[0]] == batch
+                and end[0] == begin[0] + 1
+                and 0 <= begin[0] < shape[axes[0]]
+                and dtype_of(xw) == "float32"
+            ):
+                return xw, "step", begin[0], axes[0]
+    return xt, "row", 0, 0
+
+
+def _spec(cell: str, batch: int, hidden: int, gates: dict, xw, mode: str, axis: int, lanes: int):
+    return CellSpec(
+        cell=cell,
+        hidden=hidden,
+        batch=batch,
+        units=block_units(hidden, lanes),
+        gates=tuple(gates[role] for role in ROLES[cell]),
+        x_mode=mode,
+        x_shape=tuple(static_shape(xw)),
+        time_axis=axis,
+    )
+
+
+def _state_dims(h_var: relax.Var) -> tuple[int, int] | None:
+    shape = static_shape(h_var)
+    if shape is None or len(shape) != 2 or dtype_of(h_var) != "float32":
+        return None
+    return shape if 1 <= shape[0] <= MAX_BATCH else None
+
+
+def _lstm_cell_terms(cell: relax.Call, bindings: Bindings, batch: int, hidden: int):
+    """``(c_prev, gates)`` of ``add(sigmoid(f) * c, sigmoid(i) * tanh(g))``; ``gates`` maps
+    i, f, g to ``(pre, offset)``."""
+    width = 4 * hidden
+    for forget, update in (cell.args, cell.args[::-1]):
+        for sig_i, tanh_g in _pairs(update, bindings, "relax.multiply"):
+            gi = _activated_gate(sig_i, bindings, "relax.sigmoid", hidden, width)
+            gg = _activated_gate(tanh_g, bindings, "relax.tanh", hidden, width)
+            if gi is None or gg is None:
+                continue
+            for sig_f, c_prev in _pairs(forget, bindings, "relax.multiply"):
+                gf = _activated_gate(sig_f, bindings, "relax.sigmoid", hidden, width)
+                if gf is not None and static_shape(c_prev) == (batch, hidden):
+                    return c_prev, {"i": gi, "f": gf, "g": gg}
+    return None
+
+
+def match_lstm_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes: int):
+    """The LSTM ``Step`` whose new hidden state is ``h_var = multiply(...)``, or None."""
+    dims = _state_dims(h_var)
+    if dims is None or op_name(h_call) != "relax.multiply":
+        return None
+    batch, hidden = dims
+    for sig_o, tanh_cell in (h_call.args, h_call.args[::-1]):
+        go = _activated_gate(sig_o, bindings, "relax.sigmoid", hidden, 4 * hidden)
+        tanh = _call_of(tanh_cell, bindings, "relax.tanh")
+        if go is None or tanh is None or not _single_use(tanh_cell, bindings):
+            continue
+        cell_var = tanh.args[0]
+        cell = _call_of(cell_var, bindings, "relax.add")
+        terms = _lstm_cell_terms(cell, bindings, batch, hidden) if cell is not None else None
+        if terms is None:
+            continue
+        c_prev, gates = terms
+        gates["o"] = go
+        pres = {pre for pre, _ in gates.values()}
+        offsets = sorted(offset for _, offset in gates.values())
+        if len(pres) != 1 or offsets != [0, hidden, 2 * hidden, 3 * hidden]:
+            continue
+        pre = pres.pop()
+        add = _call_of(pre, bindings, "relax.add")
+        if add is None or bindings.uses[pre] != 4:
+            continue
+        for xt, mm in (add.args, add.args[::-1]):
+            found = _product(mm, bindings, mod, batch, hidden, 4 * hidden, uses=1)
+            if found is None or static_shape(xt) != (batch, 4 * hidden):
+                continue
+            h_prev, weights = found
+            xw, mode, t, axis = _step_row(xt, bindings, batch, 4 * hidden)
+            offsets = {role: offset for role, (_, offset) in gates.items()}
+            spec = _spec("lstm", batch, hidden, offsets, xw, mode, axis, lanes)
+            return Step(h_var, cell_var, h_prev, c_prev, xw, t, weights, spec)
+    return None
+
+
+def _gru_gate(expr: relax.Expr, bindings: Bindings, hidden: int):
+    """``(xt, hr, offset)`` of a single-use ``add(slice(xt, q), slice(hr, q))`` (either order),
+    the two slices at one gate offset."""
+    for a, b in _pairs(expr, bindings, "relax.add"):
+        x_part = _gate_slice(a, bindings, hidden, 3 * hidden)
+        h_part = _gate_slice(b, bindings, hidden, 3 * hidden)
+        if x_part is not None and h_part is not None and x_part[1] == h_part[1]:
+            if _call_of(h_part[0], bindings, "relax.call_tir") is not None:
+                return x_part[0], h_part[0], x_part[1]
+    return None
+
+
+def _gru_recurrent_n(expr: relax.Expr, bindings: Bindings, hidden: int):
+    """``(hr, offset, rbh)`` of the n gate's recurrent term: ``slice(hr, q)``, or
+    ``add(slice(hr, q), rbh)`` with a constant ``rbh`` of H values (None: no bias)."""
+    found = _gate_slice(expr, bindings, hidden, 3 * hidden)
+    if found is not None:
+        return (*found, None)
+    for part, bias in _pairs(expr, bindings, "relax.add"):
+        found = _gate_slice(part, bindings, hidden, 3 * hidden)
+        rbh = const_array(bias)
+        if found is not None and rbh is not None and rbh.size == hidden:
+            if rbh.shape[-1] == hidden and rbh.dtype == np.float32:
+                return (*found, rbh.reshape(hidden))
+    return None
+
+
+def match_gru_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes: int):
+    """The GRU ``Step`` whose new hidden state is ``h_var = add(n, z * (h - n))``, or None."""
+    dims = _state_dims(h_var)
+    if dims is None or op_name(h_call) != "relax.add":
+        return None
+    batch, hidden = dims
+    for n_var, zd in (h_call.args, h_call.args[::-1]):
+        n_call = _call_of(n_var, bindings, "relax.tanh")
+        if n_call is None or bindings.uses[n_var] != 2:
+            continue
+        for sig_z, diff in _pairs(zd, bindings, "relax.multiply"):
+            sub = _call_of(diff, bindings, "relax.subtract")
+            z_sig = _call_of(sig_z, bindings, "relax.sigmoid")
+            if sub is None or z_sig is None or not _single_use(diff, bindings):
+                continue
+            if not sub.args[1].same_as(n_var) or not _single_use(sig_z, bindings):
+                continue
+            found = _gru_rest(n_call, z_sig, bindings, hidden)
+            if found is None:
+                continue
+            xt, hr, offsets, rbh = found
+            product = _product(hr, bindings, mod, batch, hidden, 3 * hidden, uses=3)
+            if product is None or static_shape(xt) != (batch, 3 * hidden):
+                continue
+            h_prev, weights = product
+            if not sub.args[0].same_as(h_prev):
+                continue
+            key = weights.key + (rbh.tobytes() if rbh is not None else b"")
+            weights = Weights(weights.dense, weights.csr, key, rbh)
+            xw, mode, t, axis = _step_row(xt, bindings, batch, 3 * hidden)
+            spec = _spec("gru", batch, hidden, offsets, xw, mode, axis, lanes)
+            return Step(h_var, None, h_prev, None, xw, t, weights, spec)
+    return None
+
+
+def _gru_rest(n_call: relax.Call, z_sig: relax.Call, bindings: Bindings, hidden: int):
+    """``(xt, hr, {z, r, n: offset}, rbh)`` of a GRU step's gates, from its ``tanh`` (n) and
+    its z ``sigmoid``, when all read one ``xt`` and one ``hr`` at matching offsets."""
+    z = _gru_gate(z_sig.args[0], bindings, hidden)
+    if z is None:
+        return None
+    for x_n, rmul in _pairs(n_call.args[0], bindings, "relax.add"):
+        x_part = _gate_slice(x_n, bindings, hidden, 3 * hidden)
+        if x_part is None:
+            continue
+        for sig_r, rec in _pairs(rmul, bindings, "relax.multiply"):
+            r_sig = _call_of(sig_r, bindings, "relax.sigmoid")
+            if r_sig is None or not _single_use(sig_r, bindings):
+                continue
+            r = _gru_gate(r_sig.args[0], bindings, hidden)
+            n = _gru_recurrent_n(rec, bindings, hidden)
+            if r is None or n is None or n[1] != x_part[1]:
+                continue
+            sources = {z[0], r[0], x_part[0]}, {z[1], r[1], n[0]}
+            offsets = {"z": z[2], "r": r[2], "n": n[1]}
+            if len(sources[0]) == 1 and len(sources[1]) == 1:
+                if sorted(offsets.values()) == [0, hidden, 2 * hidden]:
+                    return z[0], z[1], offsets, n[2]
+    return None

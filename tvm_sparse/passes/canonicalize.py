@@ -23,6 +23,7 @@ from .fuse_gelu import FuseGelu
 from .fuse_hard_activations import FuseHardActivations
 from .fuse_relu6 import FuseRelu6
 from .fuse_silu import FuseSilu
+from .integer_powers import IntegerPowers
 from .numpy_fold import NumpyFoldConstant
 from .safe_fold import SafeFoldConstant
 from .separable_resize import SeparableResize
@@ -36,6 +37,7 @@ def canonicalize_passes() -> list[tvm.transform.Pass]:
         NumpyFoldConstant(),  # most of what FoldConstant would build with LLVM, in numpy
         SafeFoldConstant(),
         relax.transform.CanonicalizeBindings(),
+        IntegerPowers(),  # power(x, 2 or 3) -> multiplies (TVM calls powf per element)
         FuseGelu(),  # erf-GELU subgraph -> nn.gelu, a fusable kernel epilogue
         FuseRelu6(),  # the frontend's maximum + minimum of Clip(x, 0, 6) -> one clip
         FuseSilu(),  # x * sigmoid(x) -> nn.silu, a fusable kernel epilogue

@@ -179,3 +179,62 @@ def test_gelu_input_read_elsewhere_is_computed_once():
             out = bb.emit_output(relax.op.add(g, h))
         bb.emit_func_output(out)
     assert _ops(FuseGelu()(bb.get())) == ["relax.add", "relax.nn.gelu", "relax.add"]
+
+
+def _gpt2_ffn(pow_form: bool, sparsity: float) -> tuple:
+    """An ONNX FFN: MatMul + bias, then GPT-2's NewGELU (with ``Pow(x, 3)`` as Hugging Face's
+    export writes it, or ``x * x * x``), then a second MatMul; and its input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((32, 64)).astype(np.float32) * 0.3
+    w1[rng.random(w1.shape) < sparsity] = 0.0
+    w2 = rng.standard_normal((64, 16)).astype(np.float32) * 0.3
+    consts = {"w1": w1, "b1": rng.standard_normal(64).astype(np.float32), "w2": w2,
+              "three": np.float32(3.0), "cubic": np.float32(0.044715),
+              "scale": np.float32(math.sqrt(2 / math.pi)), "one": np.float32(1.0),
+              "half": np.float32(0.5)}  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["mm"]),
+        helper.make_node("Add", ["mm", "b1"], ["h"]),
+    ]
+    if pow_form:
+        nodes.append(helper.make_node("Pow", ["h", "three"], ["cube"]))
+    else:
+        nodes += [helper.make_node("Mul", ["h", "h"], ["sq"]),
+                  helper.make_node("Mul", ["sq", "h"], ["cube"])]  # fmt: skip
+    nodes += [
+        helper.make_node("Mul", ["cubic", "cube"], ["kc"]),
+        helper.make_node("Add", ["h", "kc"], ["poly"]),
+        helper.make_node("Mul", ["scale", "poly"], ["u"]),
+        helper.make_node("Tanh", ["u"], ["t"]),
+        helper.make_node("Add", ["one", "t"], ["a"]),
+        helper.make_node("Mul", ["half", "h"], ["hh"]),
+        helper.make_node("Mul", ["hh", "a"], ["g"]),
+        helper.make_node("MatMul", ["g", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, rng.standard_normal((4, 32)).astype(np.float32) * 2
+
+
+@pytest.mark.parametrize("pow_form", [True, False], ids=["pow", "muls"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.9])
+def test_tanh_gelu_becomes_the_linear_epilogue(pow_form, sparsity):
+    """GPT-2's GELU after a linear is that kernel's ``gelu_tanh`` epilogue, and the model still
+    equals onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    import tvm_sparse
+
+    model, x = _gpt2_ffn(pow_form, sparsity)
+    module = tvm_sparse.compile(model, "llvm", measure=False)
+    assert module.report.layers[0].epilogue[-1] == "gelu_tanh"
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(module.run(x), want, rtol=1e-5, atol=1e-5)

@@ -29,11 +29,13 @@ from .relax_utils import (
 
 LINEAR = "linear"
 CONV2D = "conv2d"
-# Epilogue activations every kernel builder fuses (``gelu`` is the exact erf form; ``silu`` is
-# x * sigmoid(x), ``passes.fuse_silu``; ``sigmoid`` is a squeeze-excitation gate's).
+# Epilogue activations every kernel builder fuses (``gelu`` is the exact erf form, ``gelu_tanh``
+# the tanh approximation, both from ``passes.fuse_gelu``; ``silu`` is x * sigmoid(x),
+# ``passes.fuse_silu``; ``sigmoid`` is a squeeze-excitation gate's).
 _ACTIVATIONS = {
     "relax.nn.relu": "relu",
     "relax.nn.gelu": "gelu",
+    "relax.nn.gelu_tanh": "gelu_tanh",
     "relax.nn.silu": "silu",
     "relax.sigmoid": "sigmoid",
 }

@@ -1,4 +1,5 @@
-"""Fuse the exported erf-GELU subgraph back into ``relax.nn.gelu``.
+"""Fuse the exported erf-GELU subgraph back into ``relax.nn.gelu`` (and the tanh form into
+``relax.nn.gelu_tanh``).
 
 Why: ONNX (opset < 20) has no Gelu op, so exporters write ``x * 0.5 * (1 + erf(x / sqrt(2)))``
 as five elementwise ops. Left that way, the FFN's first linear has five users downstream instead
@@ -10,7 +11,9 @@ Matched forms (every association and operand order the PyTorch exporters write):
 ``z = x / sqrt(2)`` or ``z = x * (1/sqrt(2))``; ``a = erf(z) + 1`` (either order); and the product
 of the three factors ``x``, ``a`` and ``0.5`` in any grouping, e.g. ``(x * a) * 0.5`` (TorchScript
 exporter), ``(x * 0.5) * a`` or ``0.5 * (x * a)``. The three groupings are three ``relax.dpl``
-patterns; dpl tries both operand orders of ``add`` and ``multiply`` itself.
+patterns; dpl tries both operand orders of ``add`` and ``multiply`` itself. The tanh form
+(``_GeluTanhPattern``) is the same product with ``a = 1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))``:
+without it, a GPT-2 FFN's GELU was a separate pass over [seq, 4 * hidden], 17% of the model.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from tvm import relax
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import dtype_of, scalar_const, static_shape
+from ..ir.relax_utils import dtype_of, op_name, scalar_const, static_shape
 from ..ir.rewrite import Bindings, PlannedRewriter
+from ..schedules._epilogue import GELU_TANH_CUBIC, SQRT_2_PI
 
 _RTOL = 1e-6
 
@@ -55,7 +59,7 @@ class _GeluPattern:
         p["root"] = is_op("relax.multiply")(p["inner"], p[last])
         return p
 
-    def read(self, found: dict, bound: dict) -> tuple | None:
+    def read(self, found: dict, bound: dict, _var2val: dict) -> tuple | None:
         """``(x, inner)`` when ``found`` (a match of ``self.pattern``) is the erf-GELU of ``x``
         with the right constants; ``inner`` is the var of the inner product (the caller checks
         nothing else reads it). ``bound`` maps the values dpl reports back to their vars."""
@@ -70,43 +74,135 @@ class _GeluPattern:
         return bound.get(erf_x, erf_x), bound[found[p["inner"]]]
 
 
+class _GeluTanhPattern:
+    """``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`` (GPT-2's NewGELU, PyTorch's
+    ``gelu(approximate="tanh")`` below opset 20) in each grouping of its three outer factors;
+    ``x^3`` as ``(x * x) * x`` or ``x * (x * x)`` (``integer_powers`` writes ``Pow(x, 3)``
+    so)."""
+
+    _GROUPINGS = _GeluPattern._GROUPINGS
+
+    def __init__(self):
+        self.groupings = [self._grouping(inner, last) for inner, last in self._GROUPINGS]
+        self.pattern: DFPattern = self.groupings[0]["root"]
+        for grouping in self.groupings[1:]:
+            self.pattern = self.pattern | grouping["root"]
+
+    @staticmethod
+    def _grouping(inner: tuple[str, str], last: str) -> dict[str, DFPattern]:
+        p = {name: wildcard() for name in ("x", "x_sum", "x_sq1", "x_sq2", "x_cube")}
+        p.update({name: is_const() for name in ("one", "half", "scale", "cubic")})
+        square = is_op("relax.multiply")(p["x_sq1"], p["x_sq2"])
+        cube = is_op("relax.multiply")(square, p["x_cube"])  # dpl tries both operand orders
+        poly = is_op("relax.add")(p["x_sum"], is_op("relax.multiply")(p["cubic"], cube))
+        p["u"] = is_op("relax.multiply")(p["scale"], poly)
+        p["tanh"] = is_op("relax.tanh")(p["u"])
+        p["near"], p["series"] = wildcard(), wildcard()  # onnx_fixes' tanh near 0 (checked)
+        p["where"] = is_op("relax.where")(p["near"], p["series"], p["tanh"])
+        p["a"] = is_op("relax.add")(p["where"] | p["tanh"], p["one"])
+        p["inner"] = is_op("relax.multiply")(p[inner[0]], p[inner[1]])
+        p["root"] = is_op("relax.multiply")(p["inner"], p[last])
+        return p
+
+    def read(self, found: dict, bound: dict, var2val: dict) -> tuple | None:
+        """``(x, inner)`` as ``_GeluPattern.read`` gives them, for the tanh form; a ``where``
+        around the tanh must be ``onnx_fixes``' series near 0 (the epilogue computes it)."""
+        p = next(g for g in self.groupings if g["root"] in found)
+        if p["where"] in found and not _is_tanh_series(found, p, var2val):
+            return None
+        x = found[p["x"]]
+        if not all(found[p[n]].same_as(x) for n in ("x_sum", "x_sq1", "x_sq2", "x_cube")):
+            return None
+        constants = ((p["scale"], SQRT_2_PI), (p["cubic"], GELU_TANH_CUBIC), (p["one"], 1.0),
+                     (p["half"], 0.5))  # fmt: skip
+        if not all(_close(found[c], v) for c, v in constants):
+            return None
+        return bound.get(x, x), bound[found[p["inner"]]]
+
+
+def _is_tanh_series(found: dict, p: dict, var2val: dict) -> bool:
+    """Whether the ``where`` around the tanh is ``where(|u| < 0.01, u - u^3 * (1/3), tanh(u))``
+    (``onnx_fixes._accurate_tanh``), u the tanh's own argument."""
+    u = found[p["u"]]
+
+    def value(expr):
+        return var2val.get(expr, expr) if isinstance(expr, relax.Var) else expr
+
+    def is_u(expr) -> bool:
+        return value(expr).same_as(u)
+
+    def call(expr, op: str):
+        expr = value(expr)
+        return expr if op_name(expr) == op else None
+
+    near, series = call(found[p["near"]], "relax.less"), call(found[p["series"]], "relax.subtract")
+    if near is None or series is None or not _close(near.args[1], 0.01):
+        return False
+    magnitude = call(near.args[0], "relax.abs")
+    term = call(series.args[1], "relax.multiply")
+    cube = call(term.args[0], "relax.multiply") if term is not None else None
+    square = call(cube.args[0], "relax.multiply") if cube is not None else None
+    return (
+        magnitude is not None
+        and is_u(magnitude.args[0])
+        and is_u(series.args[0])
+        and _close(term.args[1], 1 / 3)
+        and is_u(cube.args[1])
+        and square is not None
+        and all(is_u(a) for a in square.args)
+    )
+
+
 def _close(expr: relax.Expr, expected: float) -> bool:
     value = scalar_const(expr, None)  # any float dtype: the GELU's own dtype is checked apart
     return value is not None and math.isclose(value, expected, rel_tol=_RTOL)
 
 
 def _same_type(out: relax.Var, x: relax.Expr) -> bool:
+    """Same dtype and shape; a symbolic shape (a dynamic batch or sequence) the same dims."""
+    if dtype_of(x) != dtype_of(out):
+        return False
     shape = static_shape(x)
-    return shape is not None and shape == static_shape(out) and dtype_of(x) == dtype_of(out)
+    if shape is not None:
+        return shape == static_shape(out)
+    x_shape, out_shape = getattr(x.ty, "shape", None), getattr(out.ty, "shape", None)
+    return (
+        x_shape is not None
+        and out_shape is not None
+        and tvm.ir.structural_equal(x_shape, out_shape)
+    )
 
 
-def _gelu_roots(func: relax.Function, pattern: _GeluPattern) -> dict[relax.Var, relax.Expr]:
-    """The var of each GELU's last multiply -> its x."""
+def _gelu_roots(func: relax.Function, patterns: dict) -> dict[relax.Var, tuple]:
+    """The var of each GELU's last multiply -> ``(x, the GELU op that replaces it)``."""
     bindings = Bindings.of(func)
     roots = {}
-    for var, _value, found in bindings.matches(pattern.pattern):
-        match = pattern.read(found, bindings.bound)
-        if match is not None and bindings.uses[match[1]] == 1 and _same_type(var, match[0]):
-            roots[var] = match[0]
+    for make, pattern in patterns.items():
+        for var, _value, found in bindings.matches(pattern.pattern):
+            match = pattern.read(found, bindings.bound, bindings.var2val)
+            if match is not None and bindings.uses[match[1]] == 1 and _same_type(var, match[0]):
+                roots[var] = (match[0], make)
     return roots
 
 
 @mutator
 class _GeluRewriter(PlannedRewriter):
-    """``plan``: the var of each GELU's last multiply -> its x."""
+    """``plan``: the var of each GELU's last multiply -> ``(x, op)``."""
 
-    def replacement(self, _var: relax.Var, x: relax.Expr) -> relax.Expr:
-        return relax.op.nn.gelu(self.visit_expr(x))
+    def replacement(self, _var: relax.Var, entry: tuple) -> relax.Expr:
+        x, make = entry
+        return make(self.visit_expr(x))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseGelu")
 class FuseGelu:
-    """Rewrite every erf-GELU subgraph of every Relax function into ``nn.gelu``."""
+    """Rewrite every erf-GELU subgraph of every Relax function into ``nn.gelu``, every
+    tanh-GELU one into ``nn.gelu_tanh``."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        pattern = _GeluPattern()
+        patterns = {relax.op.nn.gelu: _GeluPattern(), relax.op.nn.gelu_tanh: _GeluTanhPattern()}
         found = {
-            gvar: _gelu_roots(func, pattern)
+            gvar: _gelu_roots(func, patterns)
             for gvar, func in mod.functions.items()
             if isinstance(func, relax.Function)
         }

@@ -11,8 +11,12 @@ from tvm.script import tirx as T
 
 from .vector_math import install_llvm_lowering, sigmoid_f32, silu_f32
 
-ACTIVATIONS = (None, "relu", "gelu", "relu6", "silu", "sigmoid", "hardswish", "hardsigmoid")
+ACTIVATIONS = (
+    None, "relu", "gelu", "gelu_tanh", "relu6", "silu", "sigmoid", "hardswish", "hardsigmoid"
+)  # fmt: skip
 SQRT1_2 = 0.7071067811865476
+SQRT_2_PI = 0.7978845608028654  # sqrt(2 / pi): the tanh-GELU's scale
+GELU_TANH_CUBIC = 0.044715
 
 
 def check_activation(activation: str | None) -> None:
@@ -22,7 +26,9 @@ def check_activation(activation: str | None) -> None:
 
 def epilogue(v, activation: str | None, lanes: int = 1):
     """act(v) as a TIR expression (``lanes``-wide); ReLU and ReLU6 keep NaN (like numpy /
-    onnxruntime), GELU is the erf form, SiLU is v / (1 + exp(-v)) (``vector_math.silu_f32``).
+    onnxruntime), GELU is the erf form, ``gelu_tanh`` the tanh approximation (GPT-2's
+    ``0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3)))``), SiLU is v / (1 + exp(-v))
+    (``vector_math.silu_f32``).
     Hard-sigmoid is torch's relu6(v + 3) / 6 and hard-swish v * relu6(v + 3) / 6 (ONNX
     HardSwish); both keep NaN (the ReLU6 selects), and hard-swish(-inf) is -inf * 0 = NaN, as
     onnxruntime computes it.
@@ -40,6 +46,10 @@ def epilogue(v, activation: str | None, lanes: int = 1):
     if activation == "gelu":
         install_llvm_lowering()
         return c(0.5) * v * (c(1) + T.erf(v * c(SQRT1_2)))
+    if activation == "gelu_tanh":
+        install_llvm_lowering()  # tanh lowers through exp
+        inner = c(SQRT_2_PI) * (v + c(GELU_TANH_CUBIC) * (v * v * v))
+        return c(0.5) * v * (c(1) + accurate_tanh(inner, c))
     if activation == "relu6":  # NaN stays NaN, as with ReLU
         return T.Select(v < c(0), c(0), T.Select(v > c(6), c(6), v))
     if activation in ("hardswish", "hardsigmoid"):
@@ -53,10 +63,18 @@ def epilogue(v, activation: str | None, lanes: int = 1):
     return v
 
 
+def accurate_tanh(u, c):
+    """tanh(u) as the imported graph computes it (``onnx_fixes._accurate_tanh``): the series
+    u - u^3 / 3 below |u| = 0.01, where TVM's exp form cancels; ``c`` makes a constant of u's
+    lanes."""
+    series = u - u * u * u * c(np.float32(1 / 3))
+    return T.Select(T.fabs(u) < c(0.01), series, T.tanh(u))
+
+
 # Activations of ~40 vector ops: applied in a register tile's epilogue, beside its accumulators,
 # they spill (a SiLU after a 1x1 conv of 16 -> 96 channels at 112x112 cost 534 us there, against
 # 200 us as a second pass over the stored tile while it is in L1).
-HEAVY_ACTIVATIONS = ("gelu", "silu", "sigmoid")
+HEAVY_ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "sigmoid")
 
 
 def register_activation(activation: str | None) -> str | None:

@@ -49,6 +49,7 @@ def dense_linear(
     if activation in (
         "relu",
         "relu6",
+        "gelu_tanh",
         "silu",
         "sigmoid",
         "hardswish",
@@ -65,8 +66,10 @@ def dense_linear(
             ),
             name="gelu",
         )
-    else:
+    elif activation is None:
         out = pre
+    else:  # a new activation must be added here, not dropped
+        raise ValueError(f"dense CUDA linear: no epilogue for activation {activation!r}")
     func = te.create_prim_func([*params, out]).with_attr("global_symbol", "main")
     mod = tvm.IRModule({"main": func})
     with tgt:

@@ -73,7 +73,7 @@ def apply_activation(value: te.Tensor, activation: str | None):
     if activation == "gelu":
         half = tirx.const(0.5, "float32")
         return value * (half + half * te.erf(value * tirx.const(1.0 / math.sqrt(2.0), "float32")))
-    if activation in ("silu", "sigmoid", "hardswish", "hardsigmoid"):
+    if activation in ("gelu_tanh", "silu", "sigmoid", "hardswish", "hardsigmoid"):
         return epilogue(value, activation)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
 

@@ -332,26 +332,6 @@ def _accurate_softplus(ctx: Context, node: onnx.NodeProto):
     return [ab, ng, u, w, lg, wm, ratio, corr, exact, l1p, pos, final]
 
 
-def _accurate_tanh(ctx: Context, node: onnx.NodeProto):
-    """Tanh near 0: TVM lowers it as (1 - e^-2x) / (1 + e^-2x), which cancels: 1.4e-3 relative
-    error at x = 1e-5 (test_mish_expanded, whose Softplus feeds Tanh values near 1e-5). Below
-    |x| = 0.01 the series x - x^3/3 is exact to 2x^4/15 < 2e-9."""
-    x = node.input[0]
-    dtype = _float_dtype(ctx, x)
-    if dtype is None:
-        return None
-    small, third = ctx.const(np.array(0.01, dtype), "small"), ctx.const(np.array(1 / 3, dtype))
-    ab, ab_out = ctx.node("Abs", [x], "abs")
-    near, near_out = ctx.node("Less", [ab_out, small], "near_zero")
-    sq, sq_out = ctx.node("Mul", [x, x], "x2")
-    cube, cube_out = ctx.node("Mul", [sq_out, x], "x3")
-    term, term_out = ctx.node("Mul", [cube_out, third], "x3_over_3")
-    series, series_out = ctx.node("Sub", [x, term_out], "series")
-    full, full_out = ctx.node("Tanh", [x], "tanh")
-    final = helper.make_node("Where", [near_out, series_out, full_out], [node.output[0]])
-    return [ab, near, sq, cube, term, series, full, final]
-
-
 def _layernorm_statistics(ctx: Context, node: onnx.NodeProto):
     """LayerNormalization's Mean and InvStdDev outputs: TVM returns 0-d placeholders
     (test_layer_normalization_*). They are computed beside the node (in float32, the default
@@ -430,7 +410,6 @@ REWRITES: dict[str, Callable[[Context, onnx.NodeProto], list[onnx.NodeProto] | N
     "Mod": _float_mod_by_infinity,
     "Mish": _accurate_mish,
     "Softplus": _accurate_softplus,
-    "Tanh": _accurate_tanh,
     "ConvTranspose": _convtranspose_output_shape,
     "Dropout": _dropout,
     "Expand": _expand_broadcast,

@@ -25,7 +25,7 @@ from tvm import relax
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import dtype_of, op_name, scalar_const, static_shape
+from ..ir.relax_utils import dtype_of, scalar_const, static_shape
 from ..ir.rewrite import Bindings, PlannedRewriter
 from ..schedules._epilogue import GELU_TANH_CUBIC, SQRT_2_PI
 
@@ -59,7 +59,7 @@ class _GeluPattern:
         p["root"] = is_op("relax.multiply")(p["inner"], p[last])
         return p
 
-    def read(self, found: dict, bound: dict, _var2val: dict) -> tuple | None:
+    def read(self, found: dict, bound: dict) -> tuple | None:
         """``(x, inner)`` when ``found`` (a match of ``self.pattern``) is the erf-GELU of ``x``
         with the right constants; ``inner`` is the var of the inner product (the caller checks
         nothing else reads it). ``bound`` maps the values dpl reports back to their vars."""
@@ -95,21 +95,15 @@ class _GeluTanhPattern:
         square = is_op("relax.multiply")(p["x_sq1"], p["x_sq2"])
         cube = is_op("relax.multiply")(square, p["x_cube"])  # dpl tries both operand orders
         poly = is_op("relax.add")(p["x_sum"], is_op("relax.multiply")(p["cubic"], cube))
-        p["u"] = is_op("relax.multiply")(p["scale"], poly)
-        p["tanh"] = is_op("relax.tanh")(p["u"])
-        p["near"], p["series"] = wildcard(), wildcard()  # onnx_fixes' tanh near 0 (checked)
-        p["where"] = is_op("relax.where")(p["near"], p["series"], p["tanh"])
-        p["a"] = is_op("relax.add")(p["where"] | p["tanh"], p["one"])
+        tanh = is_op("relax.tanh")(is_op("relax.multiply")(p["scale"], poly))
+        p["a"] = is_op("relax.add")(tanh, p["one"])
         p["inner"] = is_op("relax.multiply")(p[inner[0]], p[inner[1]])
         p["root"] = is_op("relax.multiply")(p["inner"], p[last])
         return p
 
-    def read(self, found: dict, bound: dict, var2val: dict) -> tuple | None:
-        """``(x, inner)`` as ``_GeluPattern.read`` gives them, for the tanh form; a ``where``
-        around the tanh must be ``onnx_fixes``' series near 0 (the epilogue computes it)."""
+    def read(self, found: dict, bound: dict) -> tuple | None:
+        """``(x, inner)`` as ``_GeluPattern.read`` gives them, for the tanh form."""
         p = next(g for g in self.groupings if g["root"] in found)
-        if p["where"] in found and not _is_tanh_series(found, p, var2val):
-            return None
         x = found[p["x"]]
         if not all(found[p[n]].same_as(x) for n in ("x_sum", "x_sq1", "x_sq2", "x_cube")):
             return None
@@ -118,39 +112,6 @@ class _GeluTanhPattern:
         if not all(_close(found[c], v) for c, v in constants):
             return None
         return bound.get(x, x), bound[found[p["inner"]]]
-
-
-def _is_tanh_series(found: dict, p: dict, var2val: dict) -> bool:
-    """Whether the ``where`` around the tanh is ``where(|u| < 0.01, u - u^3 * (1/3), tanh(u))``
-    (``onnx_fixes._accurate_tanh``), u the tanh's own argument."""
-    u = found[p["u"]]
-
-    def value(expr):
-        return var2val.get(expr, expr) if isinstance(expr, relax.Var) else expr
-
-    def is_u(expr) -> bool:
-        return value(expr).same_as(u)
-
-    def call(expr, op: str):
-        expr = value(expr)
-        return expr if op_name(expr) == op else None
-
-    near, series = call(found[p["near"]], "relax.less"), call(found[p["series"]], "relax.subtract")
-    if near is None or series is None or not _close(near.args[1], 0.01):
-        return False
-    magnitude = call(near.args[0], "relax.abs")
-    term = call(series.args[1], "relax.multiply")
-    cube = call(term.args[0], "relax.multiply") if term is not None else None
-    square = call(cube.args[0], "relax.multiply") if cube is not None else None
-    return (
-        magnitude is not None
-        and is_u(magnitude.args[0])
-        and is_u(series.args[0])
-        and _close(term.args[1], 1 / 3)
-        and is_u(cube.args[1])
-        and square is not None
-        and all(is_u(a) for a in square.args)
-    )
 
 
 def _close(expr: relax.Expr, expected: float) -> bool:
@@ -179,7 +140,7 @@ def _gelu_roots(func: relax.Function, patterns: dict) -> dict[relax.Var, tuple]:
     roots = {}
     for make, pattern in patterns.items():
         for var, _value, found in bindings.matches(pattern.pattern):
-            match = pattern.read(found, bindings.bound, bindings.var2val)
+            match = pattern.read(found, bindings.bound)
             if match is not None and bindings.uses[match[1]] == 1 and _same_type(var, match[0]):
                 roots[var] = (match[0], make)
     return roots

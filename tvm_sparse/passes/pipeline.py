@@ -38,6 +38,7 @@ from tvm.s_tir import dlight as dl
 
 from ..phases import timed
 from ..schedules.leftover_x86 import cpu_leftover_rules, gpu_leftover_rules
+from ..schedules.vector_math import install_llvm_lowering
 from ..target import is_cpu
 from . import flush_denormals, one_core
 from .analyze_sparsity import AnalyzeLayers
@@ -155,6 +156,8 @@ def build_pipeline(
     @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.Pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         tgt = target or tvm.target.Target.current(allow_none=False)
+        if is_cpu(tgt):  # exp / erf / tanh as vector polynomials in every kernel, not libm
+            install_llvm_lowering()
         with tgt:
             phases = [
                 *pre_schedule_passes(tgt, options),

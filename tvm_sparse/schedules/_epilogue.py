@@ -47,9 +47,9 @@ def epilogue(v, activation: str | None, lanes: int = 1):
         install_llvm_lowering()
         return c(0.5) * v * (c(1) + T.erf(v * c(SQRT1_2)))
     if activation == "gelu_tanh":
-        install_llvm_lowering()  # tanh lowers through exp
+        install_llvm_lowering()  # tanh as vector_math.tanh_f32
         inner = c(SQRT_2_PI) * (v + c(GELU_TANH_CUBIC) * (v * v * v))
-        return c(0.5) * v * (c(1) + accurate_tanh(inner, c))
+        return c(0.5) * v * (c(1) + T.tanh(inner))
     if activation == "relu6":  # NaN stays NaN, as with ReLU
         return T.Select(v < c(0), c(0), T.Select(v > c(6), c(6), v))
     if activation in ("hardswish", "hardsigmoid"):
@@ -61,14 +61,6 @@ def epilogue(v, activation: str | None, lanes: int = 1):
     if activation == "sigmoid":
         return sigmoid_f32(v)
     return v
-
-
-def accurate_tanh(u, c):
-    """tanh(u) as the imported graph computes it (``onnx_fixes._accurate_tanh``): the series
-    u - u^3 / 3 below |u| = 0.01, where TVM's exp form cancels; ``c`` makes a constant of u's
-    lanes."""
-    series = u - u * u * u * c(np.float32(1 / 3))
-    return T.Select(T.fabs(u) < c(0.01), series, T.tanh(u))
 
 
 # Activations of ~40 vector ops: applied in a register tile's epilogue, beside its accumulators,

@@ -124,6 +124,11 @@ def test_batch_rewrite_makes_a_static_batch_1_model_run_at_batch_3(tmp_path):
     assert shapes == {"input": (3, 16)}
     assert benchmark.with_input_shapes(model, {"input": (1, 16)}) is None  # as it is
     rewritten = benchmark.with_input_shapes(model, shapes)
+    assert not benchmark.has_dynamic_dims(model) and not benchmark.has_dynamic_dims(rewritten)
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(model)
+    dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    assert benchmark.has_dynamic_dims(dynamic)  # compiled from the file, with the shapes
     assert not rewritten.graph.value_info
     onnx.checker.check_model(rewritten)
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 16]

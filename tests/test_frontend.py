@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
+import tvm_sparse
 from tvm_sparse import models
 from tvm_sparse.errors import InputShapeError, ModelLoadError, UnsupportedModelError
 from tvm_sparse.frontend import import_model, parse_input_shapes
@@ -250,3 +252,62 @@ def test_a_later_pass_tripping_on_a_damaged_model_is_a_named_error(tmp_path, cap
     assert main(["analyze", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tvm-sparse: error: damaged.onnx: analysis failed")
+
+
+def _dynamic_sequence_model() -> onnx.ModelProto:
+    """GPT-2's prefix as exported with a dynamic sequence: token + position embeddings, the
+    position ids ``Range(0, Shape(ids)[1])``, then a head reshape built from ``Shape``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    i64 = np.int64
+    consts = {
+        "tok": rng.standard_normal((50, 8)).astype(np.float32),
+        "pos": rng.standard_normal((32, 8)).astype(np.float32),
+        "zero": np.array(0, i64), "one": np.array(1, i64), "axis0": np.array([0], i64),
+        "heads": np.array([2], i64), "width": np.array([4], i64), "batch": np.array([1], i64),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Shape", ["ids"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["seq"], axis=0),
+        helper.make_node("Range", ["zero", "seq", "one"], ["positions"]),
+        helper.make_node("Gather", ["tok", "ids"], ["t"], axis=0),
+        helper.make_node("Gather", ["pos", "positions"], ["p"], axis=0),
+        helper.make_node("Add", ["t", "p"], ["h"]),
+        helper.make_node("Unsqueeze", ["seq", "axis0"], ["seq1"]),
+        helper.make_node("Concat", ["batch", "seq1", "heads", "width"], ["heads_shape"], axis=0),
+        helper.make_node("Reshape", ["h", "heads_shape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "prefix", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq", 2, 4])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_dynamic_sequence_compiled_for_given_shapes_folds_its_shape_plumbing():
+    """TVM's frontend fails on the Range(Shape) / Reshape(Shape) plumbing of a dynamic-sequence
+    export ("shape_of expects a tensor input"); compiled for a sequence length, it folds and
+    the result equals onnxruntime's."""
+    ort = pytest.importorskip("onnxruntime")
+    model = _dynamic_sequence_model()
+    ids = np.random.default_rng(1).integers(0, 50, (1, 12)).astype(np.int64)
+    module = tvm_sparse.compile(model, "llvm", measure=False, input_shapes={"ids": (1, 12)})
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(module.run(ids), want, rtol=1e-6)
+
+
+def test_specialize_inputs_keeps_a_model_that_already_has_the_shapes():
+    from tvm_sparse.onnx_fold import specialize_inputs
+
+    model = _dynamic_sequence_model()
+    fixed = specialize_inputs(model, {"ids": (1, 12)})
+    assert fixed is not model and specialize_inputs(fixed, {"ids": (1, 12)}) is fixed
+    dims = [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 12]
+    assert not any(
+        d.HasField("dim_value") for d in fixed.graph.output[0].type.tensor_type.shape.dim
+    )

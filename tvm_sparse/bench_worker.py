@@ -93,7 +93,7 @@ def _run_config(spec: dict, config: dict, events: _Events) -> dict:
     start = time.perf_counter()
     try:
         module = tvm_sparse.compile(
-            config["model"],
+            config.get("compile_model", config["model"]),
             spec["target"],
             input_shapes={i["name"]: tuple(i["shape"]) for i in config["inputs"]},
             sparse=spec["sparse"],

@@ -21,6 +21,7 @@ class UnsupportedModelError(TvmSparseError):
         super().__init__(message)
         self.node = node
         self.op = op
+        self.frontend_detail: str | None = None  # TVM's own error, when its importer failed
 
 
 class InputShapeError(TvmSparseError):

@@ -22,7 +22,7 @@ from tvm import relax
 from .errors import InputShapeError, ModelLoadError, UnsupportedModelError, error_detail
 from .ir.layers import layer_key
 from .onnx_fixes import fix_model
-from .onnx_fold import fold_constants
+from .onnx_fold import fold_constants, fold_specialized, specialize_inputs
 from .run_guards import FullLengthGuard, RunGuard
 
 ShapeDict = dict[str, tuple[int, ...]]
@@ -373,8 +373,35 @@ def import_onnx(
 ) -> ImportedModel:
     """Import an ONNX model into Relax with weights as constants; dims ``shapes`` does not fix
     stay as the model declares them (symbolic where it names them)."""
+    specialized = specialize_inputs(model, shapes or {})
+    if specialized is not model:
+        # compiled for shapes other than the declared ones (dynamic dims, or another batch):
+        # the shape plumbing folds whole for them (fold_specialized) before TVM sees it
+        model = fold_specialized(specialized)
+    try:
+        return _import_folded(fold_constants(model), shapes, source)
+    except UnsupportedModelError as first:
+        if first.frontend_detail is None or not shapes:
+            raise
+        # compiled for the shapes given (a model exported with dynamic dims, --input-shapes or
+        # a benchmark batch): its shape plumbing (position ids from Range(Shape), reshapes
+        # from Shape) can fold whole, which TVM then imports. Not without shapes: ONNX's
+        # expanded attention tests (static, fp16 / bf16, fully masked rows) fold into models
+        # that compile but differ from the reference, where unfolded they are refused.
+        folded = fold_specialized(model)
+        if folded is model:
+            raise
+        try:
+            return _import_folded(folded, shapes, source)
+        except UnsupportedModelError:
+            raise first from None
+
+
+def _import_folded(model: onnx.ModelProto, shapes: ShapeDict | None, source: str
+                   ) -> ImportedModel:  # fmt: skip
+    """``import_onnx``'s import of ``model``, its constants folded."""
     # constant subgraphs (PyTorch's position-id / ConstantOfShape plumbing) crash TVM's importer
-    model = _sorted_topk(fold_constants(model))
+    model = _sorted_topk(model)
     model, guards = fix_model(model, source)  # what TVM's frontend converts wrongly
     _check_supported_ops(model, source)
     specs = onnx_input_specs(model, shapes, source)
@@ -390,7 +417,9 @@ def import_onnx(
         )
     except Exception as err:
         detail = error_detail(err)
-        raise UnsupportedModelError(f"{source}: TVM's ONNX frontend failed: {detail}") from err
+        error = UnsupportedModelError(f"{source}: TVM's ONNX frontend failed: {detail}")
+        error.frontend_detail = detail
+        raise error from err
     return ImportedModel(mod, specs, source, _weighted_nodes(model), guards)
 
 

@@ -117,9 +117,10 @@ def _static_shape_of(
     shapes: dict[str, tuple[int, ...]],
     graph_outputs: set[str],
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]],
+    any_use: bool = False,
 ) -> np.ndarray | None:
     """The value of a ``Shape`` node whose input has a static shape and which only feeds slice
-    bounds (``_feeds_only_slice_bounds``), else None.
+    bounds (``_feeds_only_slice_bounds``; with ``any_use``, whatever it feeds), else None.
 
     Why: exporters compute slice bounds from ``Shape`` (PyTorch's ``chunk``: Shape -> Gather ->
     Div -> Slice); with the shape a constant, the chain folds and TVM's frontend sees static
@@ -129,7 +130,7 @@ def _static_shape_of(
         return None
     if node.input[0] not in shapes or node.output[0] in graph_outputs:
         return None
-    if not _feeds_only_slice_bounds(node.output[0], consumers):
+    if not any_use and not _feeds_only_slice_bounds(node.output[0], consumers):
         return None
     shape = shapes[node.input[0]]
     start, end = 0, len(shape)
@@ -141,10 +142,67 @@ def _static_shape_of(
     return np.array(shape[slice(start, end)], dtype=np.int64)
 
 
+def _input_dims(vi: onnx.ValueInfoProto) -> tuple | None:
+    """A graph input's declared dims (None for a dynamic one), or None when it has no shape."""
+    if vi.type.WhichOneof("value") != "tensor_type" or not vi.type.tensor_type.HasField("shape"):
+        return None
+    return tuple(
+        d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim
+    )
+
+
+def specialize_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
+                      ) -> onnx.ModelProto:  # fmt: skip
+    """``model`` compiled for ``shapes``: a copy whose graph inputs named there have those dims,
+    the outputs' dims cleared and ``value_info`` dropped (hints for the old shapes, which shape
+    inference would find in conflict); ``model`` itself when its inputs already have them (or a
+    rank differs: the caller reports that by name)."""
+    changed = {}
+    for vi in model.graph.input:
+        dims, given = _input_dims(vi), shapes.get(vi.name)
+        if dims is not None and given is not None and len(dims) == len(given):
+            if dims != tuple(int(v) for v in given):
+                changed[vi.name] = given
+    if not changed:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in out.graph.input:
+        if vi.name in changed:
+            for dim, value in zip(vi.type.tensor_type.shape.dim, changed[vi.name], strict=True):
+                dim.Clear()
+                dim.dim_value = int(value)
+    for vi in out.graph.output:
+        if vi.type.WhichOneof("value") == "tensor_type":
+            for dim in vi.type.tensor_type.shape.dim:
+                dim.Clear()
+    del out.graph.value_info[:]
+    return out
+
+
+def fold_specialized(model: onnx.ModelProto, rounds: int = 8) -> onnx.ModelProto:
+    """``fold_constants`` for a model whose dynamic dims the user fixed (``--input-shapes``):
+    every ``Shape`` of a statically shaped value folds, whatever it feeds, and folding repeats
+    while shape inference learns more (a Reshape's target computed from ``Shape`` is static only
+    once that chain folded).
+
+    Why: a GPT-2 exported with a dynamic sequence builds its position ids as
+    ``Range(0, Gather(Shape(x), 1))`` and its head reshapes from ``Shape``; imported unfolded,
+    TVM's frontend fails on them ("shape_of expects a tensor input, but received R.Shape"),
+    specialized or not. Static models keep ``fold_constants``' narrower rule."""
+    for _ in range(rounds):
+        folded = fold_constants(model, any_shape_use=True)
+        if folded is model:
+            break
+        model = folded
+    return model
+
+
 def fold_constants(
-    model: onnx.ModelProto, max_elements: int = MAX_FOLDED_ELEMENTS
+    model: onnx.ModelProto, max_elements: int = MAX_FOLDED_ELEMENTS, any_shape_use: bool = False
 ) -> onnx.ModelProto:
-    """A copy of ``model`` with every constant-only node replaced by an initializer."""
+    """A copy of ``model`` with every constant-only node replaced by an initializer (``model``
+    itself when nothing folds). ``any_shape_use``: see ``fold_specialized``."""
     graph = model.graph
     overridable = {vi.name for vi in graph.input}  # an initializer listed as input may be fed
     known = {
@@ -157,7 +215,7 @@ def fold_constants(
     shapes = _static_shapes(model) if any(n.op_type == "Shape" for n in graph.node) else {}
     consumers = _consumers(graph) if shapes else {}
     for node in graph.node:
-        value = _static_shape_of(node, shapes, graph_outputs, consumers)
+        value = _static_shape_of(node, shapes, graph_outputs, consumers, any_shape_use)
         if value is not None:  # Shape of a tensor whose shape is static: a constant
             known[node.output[0]] = folded[node.output[0]] = value
             continue

@@ -74,19 +74,11 @@ class _GeluPattern:
         return bound.get(erf_x, erf_x), bound[found[p["inner"]]]
 
 
-class _GeluTanhPattern:
+class _GeluTanhPattern(_GeluPattern):
     """``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`` (GPT-2's NewGELU, PyTorch's
     ``gelu(approximate="tanh")`` below opset 20) in each grouping of its three outer factors;
     ``x^3`` as ``(x * x) * x`` or ``x * (x * x)`` (``integer_powers`` writes ``Pow(x, 3)``
     so)."""
-
-    _GROUPINGS = _GeluPattern._GROUPINGS
-
-    def __init__(self):
-        self.groupings = [self._grouping(inner, last) for inner, last in self._GROUPINGS]
-        self.pattern: DFPattern = self.groupings[0]["root"]
-        for grouping in self.groupings[1:]:
-            self.pattern = self.pattern | grouping["root"]
 
     @staticmethod
     def _grouping(inner: tuple[str, str], last: str) -> dict[str, DFPattern]:

@@ -1,6 +1,6 @@
 """FuseRecurrentCell: ONNX LSTM and GRU nodes, unrolled by the frontend, compile with each
 direction's steps in one fused kernel and equal onnxruntime (ONNX's reference for layout 1);
-the forms it does not fuse (peepholes, other activations, batches over MAX_BATCH, GRU with
+the forms it does not fuse (other activations, batches over MAX_BATCH, GRU with
 linear_before_reset 0) still compile, unfused."""
 
 from __future__ import annotations
@@ -53,12 +53,11 @@ def test_zero_initial_state_leaves_the_first_step_unfused(batch, caplog):
 @pytest.mark.parametrize(
     "case",
     [
-        {"peepholes": True},
         {"activations": ["Sigmoid", "Tanh", "Relu"]},
         {"batch": 4},
         {"weights_as_inputs": True},
     ],
-    ids=["peepholes", "relu_output", "batch4", "weights_as_inputs"],
+    ids=["relu_output", "batch4", "weights_as_inputs"],
 )
 def test_other_forms_compile_unfused(case, caplog):
     args = {"steps": 4, "batch": 2, "hidden": 8, **case}
@@ -116,3 +115,12 @@ def test_dense_baseline_fuses_too(caplog):
     """``sparse=False`` (the dense baseline) fuses the dense products."""
     model, feeds = _model("LSTM", steps=4, batch=1, hidden=16)
     assert _compile_and_check(model, feeds, caplog, sparse=False) == (3, 1)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_lstm_with_peepholes_fuses(direction, batch, caplog):
+    model, feeds = _model("LSTM", steps=5, batch=batch, hidden=24, direction=direction,
+                          peepholes=True)  # fmt: skip
+    dirs = 2 if direction == "bidirectional" else 1
+    assert _compile_and_check(model, feeds, caplog) == (4 * dirs, dirs)

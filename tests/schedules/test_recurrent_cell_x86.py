@@ -36,7 +36,7 @@ def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-def _reference(spec: CellSpec, h0, c0, xw, r_t, rbh):
+def _reference(spec: CellSpec, h0, c0, xw, r_t, aux):
     """Every step's (h, c), as the unfused graph computes them (c is None for a GRU)."""
     gates = [slice(q, q + spec.hidden) for q in spec.gates]
     h, c, hs, cs = h0, c0, [h0], [c0]
@@ -50,13 +50,15 @@ def _reference(spec: CellSpec, h0, c0, xw, r_t, rbh):
         if spec.cell == "lstm":
             i, f, g, o = gates
             pre = row + hr
-            c = _sigmoid(pre[:, f]) * c + _sigmoid(pre[:, i]) * np.tanh(pre[:, g])
-            h = _sigmoid(pre[:, o]) * np.tanh(c)
+            p_i, p_f, p_o = aux if spec.peepholes else (0, 0, 0)
+            pre_i, pre_f = pre[:, i] + c * p_i, pre[:, f] + c * p_f
+            c = _sigmoid(pre_f) * c + _sigmoid(pre_i) * np.tanh(pre[:, g])
+            h = _sigmoid(pre[:, o] + c * p_o) * np.tanh(c)
             cs.append(c)
         else:
             z_, r_, n_ = gates
             z = _sigmoid(row[:, z_] + hr[:, z_])
-            n = np.tanh(row[:, n_] + _sigmoid(row[:, r_] + hr[:, r_]) * (hr[:, n_] + rbh))
+            n = np.tanh(row[:, n_] + _sigmoid(row[:, r_] + hr[:, r_]) * (hr[:, n_] + aux))
             h = n + z * (h - n)
         hs.append(h)
     return np.concatenate(hs), (np.concatenate(cs) if spec.cell == "lstm" else None)
@@ -68,24 +70,28 @@ def _run(spec: CellSpec, density: float = 1.0, seed: int = 0, weights: str = "de
     r_t = rng.standard_normal((hidden, roles * hidden)).astype(np.float32) * 0.4
     r_t *= rng.random(r_t.shape) < density
     h0, c0 = (rng.standard_normal((batch, hidden)).astype(np.float32) for _ in range(2))
-    rbh = rng.standard_normal(hidden).astype(np.float32) if spec.cell == "gru" else None
+    if spec.cell == "gru":
+        aux = rng.standard_normal(hidden).astype(np.float32)
+    else:
+        aux = rng.standard_normal((3, hidden)).astype(np.float32) if spec.peepholes else None
     xw = rng.standard_normal(spec.x_shape).astype(np.float32)
     if weights == "dense":
-        call = dense_cell_call(r_t, spec, rbh)
+        call = dense_cell_call(r_t, spec, aux)
     else:
-        call = csr_cell_call(*pack_cell_rows(r_t), spec, rbh)
+        call = csr_cell_call(*pack_cell_rows(r_t), spec, aux)
     states = 2 if spec.cell == "lstm" else 1
     outs = [tvm.runtime.tensor(np.zeros(call.out_shape, np.float32)) for _ in range(states)]
     first = (h0, c0) if spec.cell == "lstm" else (h0,)
     ins = [tvm.runtime.tensor(a) for a in (*first, xw, *call.consts)]
     build_kernel(call, TARGET)(*ins, *outs)
-    want_h, want_c = _reference(spec, h0, c0, xw, r_t, rbh)
+    want_h, want_c = _reference(spec, h0, c0, xw, r_t, aux)
     if want_c is not None:
         np.testing.assert_allclose(outs[1].numpy(), want_c, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(outs[0].numpy(), want_h, rtol=2e-5, atol=2e-5)
 
 
-def _spec(hidden, batch, order=ONNX_ORDER, steps=4, axis=0, stride=1, mode="step"):
+def _spec(hidden, batch, order=ONNX_ORDER, steps=4, axis=0, stride=1, mode="step",
+          peepholes=False):  # fmt: skip
     cell = "lstm" if len(order) == 4 else "gru"
     width = len(order) * hidden
     total = steps + 2
@@ -97,7 +103,7 @@ def _spec(hidden, batch, order=ONNX_ORDER, steps=4, axis=0, stride=1, mode="step
     return CellSpec(
         cell=cell, hidden=hidden, batch=batch, units=block_units(hidden, 16),
         gates=_gates(order, hidden), x_mode=mode, x_shape=shape, time_axis=axis, first=first,
-        steps=steps, stride=stride,
+        steps=steps, stride=stride, peepholes=peepholes,
     )  # fmt: skip
 
 
@@ -151,3 +157,9 @@ def test_block_units_are_two_vectors_or_the_layer():
     assert block_units(20, 16) == 32
     assert block_units(5, 16) == 8
     assert block_units(1, 16) == 1
+
+
+@pytest.mark.parametrize("weights", ["dense", "csr"])
+@pytest.mark.parametrize("hidden, batch", [(20, 1), (64, 3)])
+def test_lstm_peepholes(hidden, batch, weights):
+    _run(_spec(hidden, batch, steps=5, peepholes=True), density=0.4, weights=weights)

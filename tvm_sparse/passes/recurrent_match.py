@@ -7,6 +7,7 @@ any gate order, from the ops ``onnx_recurrent`` writes::
           s_q  = strided_slice(pre, axis 1, [q, q + H])   four slices, at {0, H, 2H, 3H}
           cell = add(multiply(sigmoid(s_f), c), multiply(sigmoid(s_i), tanh(s_g)))
           h'   = multiply(sigmoid(s_o), tanh(cell))
+          (with peepholes, s_i + c * P_i, s_f + c * P_f and s_o + cell * P_o: all or none)
 
     GRU   hr   = h @ R^T                            (linear_before_reset = 1, PyTorch's GRU)
           z    = sigmoid(add(x_z, hr_z)),   r = sigmoid(add(x_r, hr_r))
@@ -22,6 +23,7 @@ which is read from the graph, so ONNX's gate orders and PyTorch's both match.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -48,17 +50,22 @@ from ..schedules.sparse_rows_x86 import SPEC_ATTR as CSR_ROWS_ATTR
 class Weights:
     """The recurrent weight as the step's product kernel holds it: dense ``R^T`` ([H, G * H]),
     or the CSR row kernel's packed ``R`` (values, index words, chunk pointers, indices a
-    word); ``rbh`` the GRU's recurrent bias of the n gate (None: none)."""
+    word); ``aux`` the GRU's recurrent bias of the n gate or the LSTM's peepholes (rows P_i,
+    P_f, P_o), None for none."""
 
     dense: np.ndarray | None
     csr: tuple | None
     key: bytes  # a digest of the weights: the steps of one direction have equal ones
-    rbh: np.ndarray | None = None
+    aux: np.ndarray | None = None
 
     def kernel(self, spec: CellSpec):
         if self.dense is not None:
-            return dense_cell_call(self.dense, spec, self.rbh)
-        return csr_cell_call(*self.csr, spec, self.rbh)
+            return dense_cell_call(self.dense, spec, self.aux)
+        return csr_cell_call(*self.csr, spec, self.aux)
+
+    def with_aux(self, aux: np.ndarray | None) -> Weights:
+        key = self.key + (aux.tobytes() if aux is not None else b"")
+        return Weights(self.dense, self.csr, key, aux)
 
 
 @dataclass(frozen=True)
@@ -211,20 +218,42 @@ def _state_dims(h_var: relax.Var) -> tuple[int, int] | None:
     return shape if 1 <= shape[0] <= MAX_BATCH else None
 
 
+def _peephole_gate(expr: relax.Expr, bindings: Bindings, hidden: int, state: relax.Expr):
+    """``(source, offset, P)`` of a single-use ``sigmoid(slice)`` (P None) or
+    ``sigmoid(slice + state * P)`` (an LSTM peephole: P a float32 constant of H values)."""
+    plain = _activated_gate(expr, bindings, "relax.sigmoid", hidden, 4 * hidden)
+    if plain is not None:
+        return (*plain, None)
+    call = _call_of(expr, bindings, "relax.sigmoid")
+    if call is None or not _single_use(expr, bindings):
+        return None
+    for part, term in _pairs(call.args[0], bindings, "relax.add"):
+        found = _gate_slice(part, bindings, hidden, 4 * hidden)
+        if found is None:
+            continue
+        for seen, peep in _pairs(term, bindings, "relax.multiply"):
+            value = const_array(peep)
+            if seen.same_as(state) and value is not None and value.dtype == np.float32:
+                if value.size == hidden and value.shape[-1] == hidden:
+                    return (*found, value.reshape(hidden))
+    return None
+
+
 def _lstm_cell_terms(cell: relax.Call, bindings: Bindings, batch: int, hidden: int):
-    """``(c_prev, gates)`` of ``add(sigmoid(f) * c, sigmoid(i) * tanh(g))``; ``gates`` maps
-    i, f, g to ``(pre, offset)``."""
-    width = 4 * hidden
+    """``(c_prev, gates)`` of ``add(sigmoid(f) * c, sigmoid(i) * tanh(g))`` (i and f may see c
+    through peepholes); ``gates`` maps i, f, g to ``(pre, offset, P or None)``."""
     for forget, update in (cell.args, cell.args[::-1]):
-        for sig_i, tanh_g in _pairs(update, bindings, "relax.multiply"):
-            gi = _activated_gate(sig_i, bindings, "relax.sigmoid", hidden, width)
-            gg = _activated_gate(tanh_g, bindings, "relax.tanh", hidden, width)
-            if gi is None or gg is None:
+        for sig_f, c_prev in _pairs(forget, bindings, "relax.multiply"):
+            if static_shape(c_prev) != (batch, hidden):
                 continue
-            for sig_f, c_prev in _pairs(forget, bindings, "relax.multiply"):
-                gf = _activated_gate(sig_f, bindings, "relax.sigmoid", hidden, width)
-                if gf is not None and static_shape(c_prev) == (batch, hidden):
-                    return c_prev, {"i": gi, "f": gf, "g": gg}
+            gf = _peephole_gate(sig_f, bindings, hidden, c_prev)
+            if gf is None:
+                continue
+            for sig_i, tanh_g in _pairs(update, bindings, "relax.multiply"):
+                gi = _peephole_gate(sig_i, bindings, hidden, c_prev)
+                gg = _activated_gate(tanh_g, bindings, "relax.tanh", hidden, 4 * hidden)
+                if gi is not None and gg is not None:
+                    return c_prev, {"i": gi, "f": gf, "g": (*gg, None)}
     return None
 
 
@@ -235,21 +264,26 @@ def match_lstm_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes:
         return None
     batch, hidden = dims
     for sig_o, tanh_cell in (h_call.args, h_call.args[::-1]):
-        go = _activated_gate(sig_o, bindings, "relax.sigmoid", hidden, 4 * hidden)
         tanh = _call_of(tanh_cell, bindings, "relax.tanh")
-        if go is None or tanh is None or not _single_use(tanh_cell, bindings):
+        if tanh is None or not _single_use(tanh_cell, bindings):
             continue
         cell_var = tanh.args[0]
+        go = _peephole_gate(sig_o, bindings, hidden, cell_var)
+        if go is None:
+            continue
         cell = _call_of(cell_var, bindings, "relax.add")
         terms = _lstm_cell_terms(cell, bindings, batch, hidden) if cell is not None else None
         if terms is None:
             continue
         c_prev, gates = terms
         gates["o"] = go
-        pres = {pre for pre, _ in gates.values()}
-        offsets = sorted(offset for _, offset in gates.values())
+        pres = {pre for pre, _, _ in gates.values()}
+        offsets = sorted(offset for _, offset, _ in gates.values())
         if len(pres) != 1 or offsets != [0, hidden, 2 * hidden, 3 * hidden]:
             continue
+        peeps = [gates[role][2] for role in ("i", "f", "o")]
+        if any(p is None for p in peeps) and any(p is not None for p in peeps):
+            continue  # some gates see the state and some not: not an ONNX LSTM
         pre = pres.pop()
         add = _call_of(pre, bindings, "relax.add")
         if add is None or bindings.uses[pre] != 4:
@@ -260,8 +294,11 @@ def match_lstm_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes:
                 continue
             h_prev, weights = found
             xw, mode, t, axis = _step_row(xt, bindings, batch, 4 * hidden)
-            offsets = {role: offset for role, (_, offset) in gates.items()}
+            offsets = {role: offset for role, (_, offset, _) in gates.items()}
             spec = _spec("lstm", batch, hidden, offsets, xw, mode, axis, lanes)
+            if peeps[0] is not None:
+                spec = dataclasses.replace(spec, peepholes=True)
+                weights = weights.with_aux(np.stack(peeps))
             return Step(h_var, cell_var, h_prev, c_prev, xw, t, weights, spec)
     return None
 
@@ -320,8 +357,7 @@ def match_gru_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes: 
             h_prev, weights = product
             if not sub.args[0].same_as(h_prev):
                 continue
-            key = weights.key + (rbh.tobytes() if rbh is not None else b"")
-            weights = Weights(weights.dense, weights.csr, key, rbh)
+            weights = weights.with_aux(rbh)
             xw, mode, t, axis = _step_row(xt, bindings, batch, 3 * hidden)
             spec = _spec("gru", batch, hidden, offsets, xw, mode, axis, lanes)
             return Step(h_var, None, h_prev, None, xw, t, weights, spec)

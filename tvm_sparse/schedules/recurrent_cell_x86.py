@@ -17,8 +17,9 @@ place from the projection of the whole sequence (``x_mode`` "step": ``xw[t, r, :
 ``xw[r, t, :]`` for a time axis of 0 or 1, ``t = first + s * stride`` at step ``s``), or comes
 as a ``[batch, G * H]`` tensor ("row", one step).
 
-Arguments: LSTM ``h0, c0, xw, *weights`` and the outputs ``hs, cs``; GRU ``h0, xw, *weights,
-rbh`` (the recurrent bias of the n gate, inside ``r * (h Rn^T + rbh)``) and the output ``hs``.
+Arguments: LSTM ``h0, c0, xw, *weights, peep`` (peepholes P_i, P_f, P_o, or one unused float)
+and the outputs ``hs, cs``; GRU ``h0, xw, *weights, rbh`` (the recurrent bias of the n gate,
+inside ``r * (h Rn^T + rbh)``) and the output ``hs``.
 ``hs`` / ``cs`` are ``[(steps + 1) * batch, H]``: the first ``batch`` rows the initial state,
 then each step's. The math is the unfused graph's, op for op, with TVM's own ``sigmoid`` /
 ``tanh`` intrinsics: LSTM ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``, ``h' = sigmoid(o) *
@@ -57,6 +58,7 @@ class CellSpec:
     first: int = 0  # "step": the time index of the first step
     steps: int = 1
     stride: int = 1  # "step": +1 forward, -1 reverse
+    peepholes: bool = False  # LSTM: i and f see c, o sees c' (ONNX's P: an aux [3, H] const)
 
     @property
     def roles(self) -> int:
@@ -139,21 +141,34 @@ class _Index:
 
 
 def _lstm_update(spec: CellSpec):
-    """``update(acc, xw, hs, cs, s, r, blk, uu)``: an LSTM step's state update for batch row
-    ``r``, unit ``blk * units + uu``, from the block's products ``acc``."""
+    """``update(acc, xw, hs, cs, peep, s, r, blk, uu)``: an LSTM step's state update for batch
+    row ``r``, unit ``blk * units + uu``, from the block's products ``acc``; with
+    ``spec.peepholes``, ``peep`` rows i, f, o add ``c * P_i``, ``c * P_f``, ``c' * P_o``."""
     gi, gf, gg, go = spec.gates
     read, ix = _x_reader(spec), _Index(spec)
     unit, pre, row = ix.unit, ix.pre, ix.row
+    peepholes = spec.peepholes
 
     @T.macro
-    def update(acc, xw, hs, cs, s, r, blk, uu):
+    def update(acc, xw, hs, cs, peep, s, r, blk, uu):
         acc[pre(r, 0, uu)] = acc[pre(r, 0, uu)] + read(xw, s, r, gi + unit(blk, uu))
         acc[pre(r, 1, uu)] = acc[pre(r, 1, uu)] + read(xw, s, r, gf + unit(blk, uu))
         acc[pre(r, 2, uu)] = acc[pre(r, 2, uu)] + read(xw, s, r, gg + unit(blk, uu))
         acc[pre(r, 3, uu)] = acc[pre(r, 3, uu)] + read(xw, s, r, go + unit(blk, uu))
+        if peepholes:
+            acc[pre(r, 0, uu)] = (
+                acc[pre(r, 0, uu)] + cs[row(s, r), unit(blk, uu)] * peep[0, unit(blk, uu)]
+            )
+            acc[pre(r, 1, uu)] = (
+                acc[pre(r, 1, uu)] + cs[row(s, r), unit(blk, uu)] * peep[1, unit(blk, uu)]
+            )
         cs[row(s + 1, r), unit(blk, uu)] = T.sigmoid(acc[pre(r, 1, uu)]) * cs[
             row(s, r), unit(blk, uu)
         ] + T.sigmoid(acc[pre(r, 0, uu)]) * T.tanh(acc[pre(r, 2, uu)])
+        if peepholes:
+            acc[pre(r, 3, uu)] = (
+                acc[pre(r, 3, uu)] + cs[row(s + 1, r), unit(blk, uu)] * peep[2, unit(blk, uu)]
+            )
         hs[row(s + 1, r), unit(blk, uu)] = T.sigmoid(acc[pre(r, 3, uu)]) * T.tanh(
             cs[row(s + 1, r), unit(blk, uu)]
         )
@@ -168,7 +183,7 @@ def _gru_update(spec: CellSpec):
     unit, pre, row = ix.unit, ix.pre, ix.row
 
     @T.macro
-    def update(acc, xw, hs, rbh, s, r, blk, uu):
+    def update(acc, xw, hs, rbh, _unused, s, r, blk, uu):
         acc[pre(r, 0, uu)] = acc[pre(r, 0, uu)] + read(xw, s, r, gz + unit(blk, uu))
         acc[pre(r, 1, uu)] = acc[pre(r, 1, uu)] + read(xw, s, r, gr + unit(blk, uu))
         acc[pre(r, 2, uu)] = T.tanh(
@@ -189,14 +204,14 @@ def _block_units(spec: CellSpec, update):
     full = hidden // units
 
     @T.macro
-    def each(acc, xw, hs, state, s, blk):
+    def each(acc, xw, hs, state, aux, s, blk):
         for r in T.unroll(batch):
             if blk < full:
                 for uu in T.vectorized(units):
-                    update(acc, xw, hs, state, s, r, blk, uu)
+                    update(acc, xw, hs, state, aux, s, r, blk, uu)
             else:
                 for uu in range(hidden - full * units):
-                    update(acc, xw, hs, state, s, r, blk, uu)
+                    update(acc, xw, hs, state, aux, s, r, blk, uu)
 
     return each
 
@@ -265,6 +280,11 @@ def _csr_product(spec: CellSpec, per_word: int):
     return product3
 
 
+def _peep_shape(spec: CellSpec) -> tuple[int, ...]:
+    """The LSTM's peephole const: rows P_i, P_f, P_o; one unused float without peepholes."""
+    return (3, spec.hidden) if spec.peepholes else (1,)
+
+
 def _csr_sizes(nchunks: int, per_word: int) -> tuple[int, int]:
     nval = max(nchunks * 8, 8)
     return nval, max(nval // per_word, 1)
@@ -280,6 +300,7 @@ def _lstm_dense_kernel(spec: CellSpec):
         c0: T.Buffer((batch, hidden), "float32"),
         xw: T.Buffer(spec.x_shape, "float32"),
         panels: T.Buffer((blocks, hidden, width), "float32"),
+        peep: T.Buffer(_peep_shape(spec), "float32"),
         hs: T.Buffer(spec.states_shape, "float32"),
         cs: T.Buffer(spec.states_shape, "float32"),
     ):
@@ -289,7 +310,7 @@ def _lstm_dense_kernel(spec: CellSpec):
         for s, blk in T.grid(spec.steps, blocks):
             acc = T.alloc_buffer((batch * width,), "float32", scope="local")
             product(acc, panels, hs, s, blk)
-            each(acc, xw, hs, cs, s, blk)
+            each(acc, xw, hs, cs, peep, s, blk)
 
     return kernel
 
@@ -307,6 +328,7 @@ def _lstm_csr_kernel(spec: CellSpec, nchunks: int, per_word: int):
         vals: T.Buffer((nval,), "float32"),
         words: T.Buffer((nwords,), "int64"),
         ptr: T.Buffer((spec.roles * hidden + 1,), "int32"),
+        peep: T.Buffer(_peep_shape(spec), "float32"),
         hs: T.Buffer(spec.states_shape, "float32"),
         cs: T.Buffer(spec.states_shape, "float32"),
     ):
@@ -316,7 +338,7 @@ def _lstm_csr_kernel(spec: CellSpec, nchunks: int, per_word: int):
         for s, blk in T.grid(spec.steps, blocks):
             acc = T.alloc_buffer((batch * width,), "float32", scope="local")
             product(acc, vals, words, ptr, hs, s, blk)
-            each(acc, xw, hs, cs, s, blk)
+            each(acc, xw, hs, cs, peep, s, blk)
 
     return kernel
 
@@ -338,7 +360,7 @@ def _gru_dense_kernel(spec: CellSpec):
         for s, blk in T.grid(spec.steps, blocks):
             acc = T.alloc_buffer((batch * width,), "float32", scope="local")
             product(acc, panels, hs, s, blk)
-            each(acc, xw, hs, rbh, s, blk)
+            each(acc, xw, hs, rbh, rbh, s, blk)
 
     return kernel
 
@@ -363,7 +385,7 @@ def _gru_csr_kernel(spec: CellSpec, nchunks: int, per_word: int):
         for s, blk in T.grid(spec.steps, blocks):
             acc = T.alloc_buffer((batch * width,), "float32", scope="local")
             product(acc, vals, words, ptr, hs, s, blk)
-            each(acc, xw, hs, rbh, s, blk)
+            each(acc, xw, hs, rbh, rbh, s, blk)
 
     return kernel
 
@@ -373,15 +395,16 @@ def _info(spec: CellSpec, weights: str, stored: int) -> dict:
             "macs": stored * spec.steps * spec.batch}  # fmt: skip
 
 
-def dense_cell_call(r_t: np.ndarray, spec: CellSpec, rbh: np.ndarray | None = None
+def dense_cell_call(r_t: np.ndarray, spec: CellSpec, aux: np.ndarray | None = None
                     ) -> KernelCall:  # fmt: skip
-    """The fused steps with a dense ``R^T`` ([H, G * H]); consts: the panels (and for a GRU
-    its ``rbh``, zeros when None)."""
+    """The fused steps with a dense ``R^T`` ([H, G * H]); consts: the panels, then ``aux``: a
+    GRU's ``rbh`` (zeros when None), an LSTM's peepholes (``_aux``)."""
     panels = pack_cell_panels(np.asarray(r_t, np.float32), spec)
     if spec.cell == "lstm":
-        func, consts = _lstm_dense_kernel(spec), (panels,)
+        func = _lstm_dense_kernel(spec)
     else:
-        func, consts = _gru_dense_kernel(spec), (panels, _rbh(rbh, spec))
+        func = _gru_dense_kernel(spec)
+    consts = (panels, _aux(aux, spec))
     return KernelCall(
         func=_finish(func),
         name=f"{spec.cell}_dense_h{spec.hidden}_s{spec.steps}",
@@ -392,16 +415,16 @@ def dense_cell_call(r_t: np.ndarray, spec: CellSpec, rbh: np.ndarray | None = No
 
 
 def csr_cell_call(vals: np.ndarray, words: np.ndarray, chunk_ptr: np.ndarray, per_word: int,
-                  spec: CellSpec, rbh: np.ndarray | None = None) -> KernelCall:  # fmt: skip
+                  spec: CellSpec, aux: np.ndarray | None = None) -> KernelCall:  # fmt: skip
     """The fused steps on ``R`` packed by ``pack_cell_rows`` (or taken from the CSR row kernel
-    the choice made for the step's product); consts: values, words, chunk pointers (and
-    ``rbh`` for a GRU)."""
+    the choice made for the step's product); consts: values, words, chunk pointers, then
+    ``aux`` as ``dense_cell_call`` takes it."""
     nchunks = int(chunk_ptr[-1])
     if spec.cell == "lstm":
-        func, consts = _lstm_csr_kernel(spec, nchunks, per_word), (vals, words, chunk_ptr)
+        func = _lstm_csr_kernel(spec, nchunks, per_word)
     else:
         func = _gru_csr_kernel(spec, nchunks, per_word)
-        consts = (vals, words, chunk_ptr, _rbh(rbh, spec))
+    consts = (vals, words, chunk_ptr, _aux(aux, spec))
     return KernelCall(
         func=_finish(func),
         name=f"{spec.cell}_csr_h{spec.hidden}_s{spec.steps}",
@@ -411,7 +434,13 @@ def csr_cell_call(vals: np.ndarray, words: np.ndarray, chunk_ptr: np.ndarray, pe
     )
 
 
-def _rbh(rbh: np.ndarray | None, spec: CellSpec) -> np.ndarray:
-    if rbh is None:
-        return np.zeros(spec.hidden, np.float32)
-    return np.ascontiguousarray(np.asarray(rbh, np.float32).reshape(spec.hidden))
+def _aux(aux: np.ndarray | None, spec: CellSpec) -> np.ndarray:
+    """The kernel's aux const: a GRU's rbh ([H], zeros for None); an LSTM's peepholes ([3, H]
+    rows P_i, P_f, P_o) or one unused zero."""
+    if spec.cell == "gru":
+        if aux is None:
+            return np.zeros(spec.hidden, np.float32)
+        return np.ascontiguousarray(np.asarray(aux, np.float32).reshape(spec.hidden))
+    if not spec.peepholes:
+        return np.zeros(1, np.float32)
+    return np.ascontiguousarray(np.asarray(aux, np.float32).reshape(3, spec.hidden))

@@ -230,13 +230,11 @@ def model_batch(specs: Sequence) -> int:
 
 
 def has_dynamic_dims(model) -> bool:
-    """Whether a graph input of ``model`` declares a dim without a value."""
-    return any(
-        not d.HasField("dim_value")
-        for vi in model.graph.input
-        if vi.type.WhichOneof("value") == "tensor_type"
-        for d in vi.type.tensor_type.shape.dim
-    )
+    """Whether a graph input of ``model`` (initializers aside) declares a dim without a
+    value."""
+    from .frontend import onnx_input_specs
+
+    return any(not spec.is_static for spec in onnx_input_specs(model, None))
 
 
 def with_input_shapes(model, shapes: dict[str, tuple[int, ...]]):

@@ -377,17 +377,18 @@ def import_onnx(
     if specialized is not model:
         # compiled for shapes other than the declared ones (dynamic dims, or another batch):
         # the shape plumbing folds whole for them (fold_specialized) before TVM sees it
-        model = fold_specialized(specialized)
+        return _import_folded(fold_specialized(specialized), shapes, source)
+    model = fold_constants(model)
     try:
-        return _import_folded(fold_constants(model), shapes, source)
+        return _import_folded(model, shapes, source)
     except UnsupportedModelError as first:
         if first.frontend_detail is None or not shapes:
             raise
-        # compiled for the shapes given (a model exported with dynamic dims, --input-shapes or
-        # a benchmark batch): its shape plumbing (position ids from Range(Shape), reshapes
-        # from Shape) can fold whole, which TVM then imports. Not without shapes: ONNX's
-        # expanded attention tests (static, fp16 / bf16, fully masked rows) fold into models
-        # that compile but differ from the reference, where unfolded they are refused.
+        # compiled for the shapes given (--input-shapes or a benchmark batch, equal to the
+        # declared ones): its shape plumbing (position ids from Range(Shape), reshapes from
+        # Shape) can fold whole, which TVM then imports. Not without shapes: ONNX's expanded
+        # attention tests (static, fp16 / bf16, fully masked rows) fold into models that
+        # compile but differ from the reference, where unfolded they are refused.
         folded = fold_specialized(model)
         if folded is model:
             raise

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,21 @@ def op_name(expr: relax.Expr) -> str | None:
     """``relax.nn.conv2d`` etc. for an operator call, else None."""
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
         return str(expr.op.name)
+    return None
+
+
+def kernel_spec(call: relax.Call, mod: tvm.IRModule, attrs: Iterable[str]
+                ) -> tuple[str, dict] | None:  # fmt: skip
+    """``(attribute, spec)`` of the first of ``attrs`` that the PrimFunc ``call`` (a call_tir)
+    calls carries: the JSON spec a hand-scheduled kernel keeps for the passes that rebuild or
+    fuse it; None when it carries none of them."""
+    gvar = call.args[0]
+    func = mod[gvar] if isinstance(gvar, tvm.ir.GlobalVar) and gvar in mod.functions else None
+    if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None:
+        return None
+    for attr in attrs:
+        if attr in func.attrs:
+            return attr, json.loads(str(func.attrs[attr]))
     return None
 
 

@@ -15,7 +15,6 @@ shortcut as its residual input.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import dtype_of, op_name, static_shape
+from ..ir.relax_utils import dtype_of, kernel_spec, op_name, static_shape
 from ..ir.rewrite import Bindings, PlannedRewriter
 from ..schedules.isolation import compile_check
 from ..schedules.kernel import KernelCall
@@ -80,16 +79,13 @@ def _fusable_call(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule):
     call = bindings.var2val.get(expr)
     if op_name(call) != "relax.call_tir":
         return None
-    gvar = call.args[0]
-    func = mod[gvar] if isinstance(gvar, tvm.ir.GlobalVar) and gvar in mod.functions else None
-    attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None else {}
-    for fusable in FUSABLE:
-        if fusable.attr in attrs:
-            spec = json.loads(str(attrs[fusable.attr]))
-            if spec.get("residual") or spec.get("activation") is not None:
-                return None
-            return call, fusable, spec
-    return None
+    found = kernel_spec(call, mod, (fusable.attr for fusable in FUSABLE))
+    if found is None:
+        return None
+    attr, spec = found
+    if spec.get("residual") or spec.get("activation") is not None:
+        return None
+    return call, next(f for f in FUSABLE if f.attr == attr), spec
 
 
 def _match(var: relax.Var, add: relax.Call, bindings: Bindings, mod: tvm.IRModule):

@@ -25,14 +25,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from ..ir.relax_utils import const_array, dtype_of, int_tuple, op_name, static_shape
+from ..ir.relax_utils import (
+    const_array,
+    dtype_of,
+    int_tuple,
+    kernel_spec,
+    op_name,
+    static_shape,
+)
 from ..ir.rewrite import Bindings
 from ..schedules.dense_x86 import SPEC_ATTR as DENSE_LINEAR_ATTR
 from ..schedules.recurrent_cell_x86 import (
@@ -135,17 +141,6 @@ def _activated_gate(expr: relax.Expr, bindings: Bindings, act: str, hidden: int,
     return _gate_slice(call.args[0], bindings, hidden, width)
 
 
-def _kernel_spec(call: relax.Call, mod: tvm.IRModule) -> tuple[str, dict] | None:
-    """``(attribute, spec)`` of the dense_linear or CSR row kernel ``call`` calls."""
-    gvar = call.args[0]
-    func = mod[gvar] if isinstance(gvar, tvm.ir.GlobalVar) and gvar in mod.functions else None
-    attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None else {}
-    for attr in (DENSE_LINEAR_ATTR, CSR_ROWS_ATTR):
-        if attr in attrs:
-            return attr, json.loads(str(attrs[attr]))
-    return None
-
-
 def _product(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule, batch: int, hidden: int,
              outputs: int, uses: int):  # fmt: skip
     """``(h_prev, Weights)`` when ``expr`` is a call of a dense_linear or CSR row kernel,
@@ -154,7 +149,7 @@ def _product(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule, batch: int
     call = _call_of(expr, bindings, "relax.call_tir")
     if call is None or bindings.uses[expr] != uses:
         return None
-    found = _kernel_spec(call, mod)
+    found = kernel_spec(call, mod, (DENSE_LINEAR_ATTR, CSR_ROWS_ATTR))
     if found is None:
         return None
     attr, spec = found
@@ -218,6 +213,14 @@ def _state_dims(h_var: relax.Var) -> tuple[int, int] | None:
     return shape if 1 <= shape[0] <= MAX_BATCH else None
 
 
+def _per_unit(expr: relax.Expr, hidden: int) -> np.ndarray | None:
+    """``expr`` as H float32 values when it is such a constant (shape [H], [1, H], ...)."""
+    value = const_array(expr)
+    if value is None or value.dtype != np.float32 or value.size != hidden:
+        return None
+    return value.reshape(hidden) if value.shape[-1] == hidden else None
+
+
 def _peephole_gate(expr: relax.Expr, bindings: Bindings, hidden: int, state: relax.Expr):
     """``(source, offset, P)`` of a single-use ``sigmoid(slice)`` (P None) or
     ``sigmoid(slice + state * P)`` (an LSTM peephole: P a float32 constant of H values)."""
@@ -232,10 +235,9 @@ def _peephole_gate(expr: relax.Expr, bindings: Bindings, hidden: int, state: rel
         if found is None:
             continue
         for seen, peep in _pairs(term, bindings, "relax.multiply"):
-            value = const_array(peep)
-            if seen.same_as(state) and value is not None and value.dtype == np.float32:
-                if value.size == hidden and value.shape[-1] == hidden:
-                    return (*found, value.reshape(hidden))
+            value = _per_unit(peep, hidden)
+            if seen.same_as(state) and value is not None:
+                return (*found, value)
     return None
 
 
@@ -323,10 +325,9 @@ def _gru_recurrent_n(expr: relax.Expr, bindings: Bindings, hidden: int):
         return (*found, None)
     for part, bias in _pairs(expr, bindings, "relax.add"):
         found = _gate_slice(part, bindings, hidden, 3 * hidden)
-        rbh = const_array(bias)
-        if found is not None and rbh is not None and rbh.size == hidden:
-            if rbh.shape[-1] == hidden and rbh.dtype == np.float32:
-                return (*found, rbh.reshape(hidden))
+        rbh = _per_unit(bias, hidden)
+        if found is not None and rbh is not None:
+            return (*found, rbh)
     return None
 
 

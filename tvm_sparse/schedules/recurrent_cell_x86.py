@@ -36,7 +36,7 @@ from tvm.script import tirx as T
 from ..formats.csr import CSR
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .sparse_rows_x86 import index_words, pack_gather_rows, row_dot_macro
+from .sparse_rows_x86 import chunk_buffer_sizes, pack_row_chunks, row_dot_macro
 
 ROLES = {"lstm": ("i", "f", "g", "o"), "gru": ("z", "r", "n")}
 MAX_BATCH = 3  # 8 accumulator vectors a row; at 4 rows and more the GEMM's reuse of each weight
@@ -102,12 +102,7 @@ def pack_cell_panels(r_t: np.ndarray, spec: CellSpec) -> np.ndarray:
 def pack_cell_rows(r_t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """``R`` (``r_t.T``, [G * H, H]) packed as the CSR row kernel packs a weight: ``(values,
     index words, chunk pointers, indices per word)``."""
-    csr = CSR.from_dense(np.ascontiguousarray(np.asarray(r_t, np.float32).T))
-    vals, cols, chunk_ptr = pack_gather_rows(csr, 8)
-    if vals.size == 0:  # keep buffers non-empty
-        vals, cols = np.zeros(8, np.float32), np.zeros(8, csr.indices.dtype)
-    words, per_word = index_words(cols)
-    return vals, words, chunk_ptr.astype(np.int32), per_word
+    return pack_row_chunks(CSR.from_dense(np.ascontiguousarray(np.asarray(r_t, np.float32).T)))
 
 
 def _x_reader(spec: CellSpec):
@@ -285,11 +280,6 @@ def _peep_shape(spec: CellSpec) -> tuple[int, ...]:
     return (3, spec.hidden) if spec.peepholes else (1,)
 
 
-def _csr_sizes(nchunks: int, per_word: int) -> tuple[int, int]:
-    nval = max(nchunks * 8, 8)
-    return nval, max(nval // per_word, 1)
-
-
 def _lstm_dense_kernel(spec: CellSpec):
     batch, hidden, blocks, width = spec.batch, spec.hidden, spec.blocks, spec.width
     product, each = _dense_product(spec), _block_units(spec, _lstm_update(spec))
@@ -317,7 +307,7 @@ def _lstm_dense_kernel(spec: CellSpec):
 
 def _lstm_csr_kernel(spec: CellSpec, nchunks: int, per_word: int):
     batch, hidden, blocks, width = spec.batch, spec.hidden, spec.blocks, spec.width
-    nval, nwords = _csr_sizes(nchunks, per_word)
+    nval, nwords = chunk_buffer_sizes(nchunks, per_word)
     product, each = _csr_product(spec, per_word), _block_units(spec, _lstm_update(spec))
 
     @T.prim_func
@@ -367,7 +357,7 @@ def _gru_dense_kernel(spec: CellSpec):
 
 def _gru_csr_kernel(spec: CellSpec, nchunks: int, per_word: int):
     batch, hidden, blocks, width = spec.batch, spec.hidden, spec.blocks, spec.width
-    nval, nwords = _csr_sizes(nchunks, per_word)
+    nval, nwords = chunk_buffer_sizes(nchunks, per_word)
     product, each = _csr_product(spec, per_word), _block_units(spec, _gru_update(spec))
 
     @T.prim_func

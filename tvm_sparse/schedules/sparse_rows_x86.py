@@ -48,7 +48,7 @@ def pack_gather_rows(csr: CSR, lanes: int = 8) -> tuple[np.ndarray, np.ndarray, 
     return values, columns, chunk_ptr
 
 
-def index_words(cols: np.ndarray) -> tuple[np.ndarray, int]:
+def _index_words(cols: np.ndarray) -> tuple[np.ndarray, int]:
     """Column indices reinterpreted as int64 words: ``(words, indices per word)``.
 
     The row kernel loads one word and splits it with shifts in general-purpose registers, so
@@ -65,6 +65,22 @@ def _word_index(word, lane: int, per_word: int):
     if lane == 0:
         return T.Cast("int32", T.bitwise_and(word, mask))
     return T.Cast("int32", T.bitwise_and(T.shift_right(word, T.int64(bits * lane)), mask))
+
+
+def pack_row_chunks(csr: CSR) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``csr`` as the row kernel reads it: ``(values, index words, chunk pointers, indices per
+    word)`` (``pack_gather_rows`` then ``_index_words``; never empty buffers)."""
+    vals, cols, chunk_ptr = pack_gather_rows(csr, 8)
+    if vals.size == 0:  # keep buffers non-empty
+        vals, cols = np.zeros(8, np.float32), np.zeros(8, csr.indices.dtype)
+    words, per_word = _index_words(cols)
+    return vals, words, chunk_ptr.astype(np.int32), per_word
+
+
+def chunk_buffer_sizes(nchunks: int, per_word: int) -> tuple[int, int]:
+    """The lengths of the values and index-word buffers of ``nchunks`` chunks."""
+    nval = max(nchunks * 8, 8)
+    return nval, max(nval // per_word, 1)
 
 
 def row_dot_macro(m: int, per_word: int, unroll: int, mb: int):
@@ -135,8 +151,7 @@ def row_dot_macro(m: int, per_word: int, unroll: int, mb: int):
 def _rows_kernel(m, n, k, nchunks, per_word, nbias, has_bias, activation, unroll, mb, parallel):
     """CSR rows x dense x: one output is a dot product of a row's non-zeros with gathered x
     (``row_dot_macro``)."""
-    nval = max(nchunks * 8, 8)
-    nwords = max(nval // per_word, 1)
+    nval, nwords = chunk_buffer_sizes(nchunks, per_word)
     rows = T.parallel if parallel else T.serial
     lanes = 8 * unroll
     nbo = -(-m // mb)
@@ -182,18 +197,14 @@ def csr_rows_call(
 ) -> KernelCall:
     """The row kernel for ``csr`` at batch ``m`` and its packed constants."""
     n, k = csr.shape
-    vals, cols, chunk_ptr = pack_gather_rows(csr, 8)
-    if vals.size == 0:  # keep buffers non-empty
-        vals, cols = np.zeros(8, np.float32), np.zeros(8, csr.indices.dtype)
-    chunk_ptr = chunk_ptr.astype(np.int32)
+    vals, words, chunk_ptr, per_word = pack_row_chunks(csr)
     nchunks = int(chunk_ptr[-1])
-    words, per_word = index_words(cols)
     unroll, mb = (2, 1) if m == 1 else (1, min(m, row_batch))
     func = _rows_kernel(
         m, n, k, nchunks, per_word, bias_arr.size, has_bias, activation, unroll, mb, parallel
     )
     info = _linear_info(
-        "csr_rows", m, n, k, csr.nnz, nchunks * 8, vals.nbytes + cols.nbytes + chunk_ptr.nbytes,
+        "csr_rows", m, n, k, csr.nnz, nchunks * 8, vals.nbytes + words.nbytes + chunk_ptr.nbytes,
         {"format": csr.stats(), "row_batch": mb},
     )  # fmt: skip
     spec = {"m": m, "n": n, "k": k, "per_word": per_word, "bias": has_bias,

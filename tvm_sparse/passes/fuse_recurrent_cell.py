@@ -24,6 +24,7 @@ a step with ``vgatherdps``, 16.5 with scalar loads (Zen 4, LSTM 256 units at 10%
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -34,11 +35,14 @@ from tvm.relax.expr_functor import mutator
 from ..ir.relax_utils import constant, op_name
 from ..ir.rewrite import Bindings, PlannedRewriter
 from ..schedules.isolation import compile_check
+from ..schedules.kernel import KernelCall
 from ..target import vector_lanes
 from .cpu_only import CpuRewrite
 from .recurrent_match import Step, match_gru_step, match_lstm_step
 
 log = logging.getLogger("tvm_sparse")
+# the op that computes a step's new h -> the matcher of that cell
+_MATCHERS = {"relax.multiply": match_lstm_step, "relax.add": match_gru_step}
 
 
 def _chains(steps: list[Step]) -> list[list[Step]]:
@@ -85,7 +89,7 @@ class _Chain:
 
     steps: tuple[Step, ...]
     name: str
-    kernel: object  # KernelCall
+    kernel: KernelCall
 
 
 @mutator
@@ -96,14 +100,16 @@ class _ChainRewriter(PlannedRewriter):
     def __init__(self, plan: dict, mod: tvm.IRModule):
         super().__init__(plan, mod)
         self.outputs: dict[str, tuple] = {}  # chain name -> (hs, cs or None)
-        self.consts: dict[bytes, list] = {}  # one Relax constant of each packed weight
+        self.consts: dict[bytes, list] = {}  # one Relax constant of each packed weight set
 
     def _emit_chain(self, chain: _Chain) -> tuple[relax.Var, relax.Var]:
         first, kernel = chain.steps[0], chain.kernel
         gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", chain.name),
                                       chain.name)  # fmt: skip
-        key = first.weights.key
-        consts = self.consts.setdefault(key, [constant(c) for c in kernel.consts])
+        digest = hashlib.sha1()
+        for array in kernel.consts:
+            digest.update(array.tobytes())
+        consts = self.consts.setdefault(digest.digest(), [constant(c) for c in kernel.consts])
         rows = relax.TensorType(kernel.out_shape, "float32")
         if first.spec.cell == "gru":
             args = [self.visit_expr(first.h_prev), self.visit_expr(first.xw)]
@@ -138,25 +144,23 @@ class FuseRecurrentCell(CpuRewrite):
         lanes = vector_lanes(target)
         steps = []
         for var, value in bindings.var2val.items():
-            match = {"relax.multiply": match_lstm_step, "relax.add": match_gru_step}.get(
-                op_name(value)
-            )
+            match = _MATCHERS.get(op_name(value))
             step = match(var, value, bindings, mod, lanes) if match is not None else None
             if step is not None:
                 steps.append(step)
-        plan, names = {}, []
+        plan, names, fused = {}, [], 0
         for chain_steps in _chains(steps):
             chain = _fused_chain(chain_steps, len(names), target)
             if chain is None:
                 continue
             names.append(chain.name)
+            fused += len(chain_steps)
             for position, step in enumerate(chain_steps):
                 plan[step.h_var] = (chain, position)
                 if step.cell_var is not None:
                     plan[step.cell_var] = (chain, position)
         if not plan:
             return None
-        fused = sum(len(chain.steps) for chain in {c.name: c for c, _ in plan.values()}.values())
         log.info("recurrent: %d steps fused into %d kernels (%s)", fused, len(names),
                  ", ".join(names))  # fmt: skip
         return _ChainRewriter(plan, mod)

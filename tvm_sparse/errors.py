@@ -32,6 +32,11 @@ class RunInputError(TvmSparseError):
     """Inputs at run time do not match the compiled module (count, shape or dtype)."""
 
 
+class RunError(TvmSparseError):
+    """The compiled model stopped during a run: one of its run-time checks failed on these
+    inputs (a gather index out of range, for instance)."""
+
+
 class TargetError(TvmSparseError):
     """The target cannot be understood or built for."""
 

@@ -17,7 +17,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import ArtifactError, RunInputError
+from .errors import ArtifactError, RunError, RunInputError, error_detail
 from .frontend import TensorSpec
 from .phases import PhaseTimes
 from .report import Report
@@ -111,7 +111,10 @@ class CompiledModule:
         arrays = self._check_inputs(inputs)
         main = self._main  # first: names a missing device before any transfer
         args = [tvm.runtime.tensor(a, self.device) for a in arrays]
-        return _to_numpy(main(*args))
+        try:
+            return _to_numpy(main(*args))
+        except RuntimeError as err:  # a failed run-time check (TVM raises RuntimeError)
+            raise RunError(f"the model failed on these inputs: {error_detail(err)}") from err
 
     def device_call(self, *inputs: Any) -> Callable[[], None]:
         """A no-argument call of the model on ``inputs`` copied to the device once, then a

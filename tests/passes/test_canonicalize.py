@@ -129,12 +129,16 @@ def test_folding_leaves_the_callers_module_as_it_was():
     assert not folded["main"].same_as(main)
 
 
-def test_gathers_clamp_their_indices_and_tvm_prints_no_fast_mode_warning(capfd):
+def test_gathers_clamp_then_check_their_indices_and_tvm_prints_no_fast_mode_warning(capfd):
     """ONNX Gather with runtime indices: TVM's fast mode warned on every compile and reads out
-    of bounds on a bad index; after canonicalize every take clamps, with the same values."""
+    of bounds on a bad index; after canonicalize every take clamps, with the same values, and
+    the compiled model raises on an index out of range, as onnxruntime does (clamped, it read
+    the last row silently)."""
     import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
     import tvm_sparse
+    from tvm_sparse.errors import RunError
 
     data = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "data")
     graph = helper.make_graph(
@@ -153,12 +157,14 @@ def test_gathers_clamp_their_indices_and_tvm_prints_no_fast_mode_warning(capfd):
     capfd.readouterr()
     compiled = tvm_sparse.compile(model, "llvm")
     assert "Fast mode segfaults" not in capfd.readouterr().err
-    i = np.array([2, 0], np.int64)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_array_equal(compiled.run(i), session.run(None, {"i": i})[0])
-    # out of range (onnxruntime raises): clamped to the last row, not read past the data
-    last = np.arange(12, dtype=np.float32).reshape(3, 4)[2]
-    np.testing.assert_array_equal(compiled.run(np.array([7, 1], np.int64))[0], last)
+    for i in (np.array([2, 0], np.int64), np.array([-3, -1], np.int64)):  # negatives: ONNX's
+        np.testing.assert_array_equal(compiled.run(i), session.run(None, {"i": i})[0])
+    for bad in (np.array([3, 1], np.int64), np.array([0, -4], np.int64)):
+        with pytest.raises(InvalidArgument, match="out of data bounds"):
+            session.run(None, {"i": bad})
+        with pytest.raises(RunError, match=r"Gather: an index is out of range.*\[-3, 2\]"):
+            compiled.run(bad)
 
 
 def test_constant_comparisons_fold_in_numpy():

@@ -11,7 +11,8 @@
                  conv's epilogue (tap-plane sparse conv), an LSTM step (recurrent
                  product + gates + state update) -> one kernel, mean over trailing axes
                  (global average pooling) -> a vector row sum
-4. Legalize      library dispatch, remaining Relax ops -> TIR (TVM), fused
+4. Legalize      gathers' run-time indices range-checked, library dispatch, remaining Relax
+                 ops -> TIR (TVM), fused
 5. Schedule      tuned records first, then rules for dense leftovers (dlight + ours)
 6. Lower         TVM's VM lowering (memory planning, shape lowering); on x86 every kernel
                  runs with subnormals flushed to zero (``flush_denormals``)
@@ -44,6 +45,7 @@ from . import flush_denormals, one_core
 from .analyze_sparsity import AnalyzeLayers
 from .canonicalize import canonicalize_passes
 from .chain_layouts import ChainLayouts
+from .check_take_indices import CheckTakeIndices
 from .choose_kernels import ChooseKernels
 from .dedupe_kernels import DedupeKernels
 from .fuse_add_layernorm import FuseAddLayerNorm
@@ -141,7 +143,14 @@ def pre_schedule_passes(
         _phase("Canonicalize", canonicalize_passes()),
         _phase("Sparsify", sparsify_passes(target, options)),
         _phase("FuseKernels", fusion_passes(target)),
-        _phase("Legalize", [*tvm_pipeline.library_dispatch_passes(target), *legalize_passes()]),
+        _phase(
+            "Legalize",
+            [
+                CheckTakeIndices(target),  # run-time gather indices: out of range raises
+                *tvm_pipeline.library_dispatch_passes(target),
+                *legalize_passes(),
+            ],
+        ),
     ]
 
 

@@ -4,7 +4,8 @@ Why: TVM's ONNX frontend writes Gather as ``take(..., mode="fast")``, which read
 out-of-range index points at (a segfault, TVM warns: "Fast mode segfaults when there are
 out-of-bounds indices", printed on every compile, several times a model). With in-range
 indices ``clip`` gives the same values, and an index from a bad input is clamped instead of
-taking the process down; the cost is a min and a max per index. Applied first, so constant
+taking the process down; the cost is a min and a max per index. ``CheckTakeIndices`` (Legalize
+phase) then makes such an index an error at run time, as onnxruntime does. Applied first, so constant
 folding never legalizes (and warns about) a fast-mode gather either.
 """
 

@@ -151,6 +151,60 @@ def test_dynamic_dims_beyond_the_batch_need_input_shapes():
     assert benchmark.batch_shapes([TensorSpec("x", ("N", 8), "float32")], 4, "m") == {"x": (4, 8)}
 
 
+@pytest.mark.parametrize("layout", [0, 1])
+def test_a_recurrent_models_batch_is_the_axis_its_lstm_reads(layout):
+    """An LSTM at layout 0 (ONNX's default) reads X as [seq, batch, in] and initial_h as
+    [directions, batch, hidden]: the benchmark's batch goes there, not in the first dim (which
+    made a "batch 2" run a 2-step sequence, and batch 1 a one-direction initial state)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvm_sparse.frontend import onnx_input_specs
+
+    seq, batch, feat, hidden, dirs = 5, 1, 3, 4, 2
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((dirs, 4 * hidden, feat)).astype(np.float32)
+    r = rng.standard_normal((dirs, 4 * hidden, hidden)).astype(np.float32)
+    x_shape = [seq, batch, feat] if layout == 0 else [batch, seq, feat]
+    h_shape = [dirs, batch, hidden] if layout == 0 else [batch, dirs, hidden]
+    y_shape = [seq, dirs, batch, hidden] if layout == 0 else [batch, seq, dirs, hidden]
+    node = helper.make_node(
+        "LSTM", ["x", "W", "R", "", "", "h0"], ["y"], hidden_size=hidden,
+        direction="bidirectional", layout=layout,
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [node],
+        "lstm",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
+            helper.make_tensor_value_info("h0", TensorProto.FLOAT, h_shape),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    axes = benchmark.batch_axes(model)
+    assert axes == ({"x": 1, "h0": 1} if layout == 0 else {})
+    specs = onnx_input_specs(model, None)
+    assert benchmark.model_batch(specs, axes) == 1
+    shapes = benchmark.batch_shapes(specs, 3, "lstm.onnx", axes)
+    at3 = {"x": [seq, 3, feat], "h0": [dirs, 3, hidden]}
+    if layout == 1:
+        at3 = {"x": [3, seq, feat], "h0": [3, dirs, hidden]}
+    assert {k: list(v) for k, v in shapes.items()} == at3
+    rewritten = benchmark.with_input_shapes(model, shapes)
+    onnx.checker.check_model(rewritten)
+    if layout == 1:
+        return  # onnxruntime: "Batchwise recurrent operations (layout == 1) are not supported"
+    feeds = benchmark.random_inputs(
+        [{"name": n, "shape": list(v), "dtype": "float32"} for n, v in shapes.items()]
+    )
+    sess = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, dict(zip(shapes, feeds)))
+    assert y.shape == (seq, dirs, 3, hidden)
+
+
 def test_benchmark_at_batch_3_runs_the_rewritten_model(tmp_path):
     path = _mlp(tmp_path)
     out = tmp_path / "b3.json"

@@ -27,9 +27,10 @@ TVM sizes its thread pool when it is imported, so each thread count runs in its 
 process (``tvm_sparse.bench_worker``, ``TVM_NUM_THREADS`` set) that compiles the model for each
 batch size there (the kernel choice depends on the thread count); onnxruntime gets as many
 intra-op threads, DeepSparse as many cores. For a batch size other than the model's own, the
-model is copied with its graph inputs' first dim set to it (outputs' first dim cleared, value_info
-dropped) so onnxruntime and DeepSparse take it too; a model that cannot take it (a Reshape to a
-fixed batch) fails that configuration, with the error, and the others go on.
+model is copied with its graph inputs' batch dim set to it (the first dim; the second of an
+input an LSTM / GRU / RNN reads at layout 0; outputs' dims cleared, value_info dropped) so
+onnxruntime and DeepSparse take it too; a model that cannot take it (a Reshape to a fixed
+batch) fails that configuration, with the error, and the others go on.
 
 Exit status: 0 when every configuration ran and tvm-sparse's outputs matched; 1 when one failed
 or mismatched (the table and JSON still say which); 2 for bad input (the usual error line).
@@ -174,7 +175,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument(
         "--input-shapes",
         metavar="NAME:DxD,...",
-        help="static input shapes (their first dim is replaced by each batch size)",
+        help="static input shapes (their batch dim is replaced by each batch size)",
     )
     b.add_argument("--json", metavar="FILE", help="write every number here")
     b.add_argument(
@@ -199,33 +200,64 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 # Inputs and the batch rewrite
 # --------------------------------------------------------------------------------------------
-def batch_shapes(specs: Sequence, batch: int, source: str) -> dict[str, tuple[int, ...]]:
-    """Every input's static shape at ``batch``: its first dim replaced; other dims must be
-    static (the model's or ``--input-shapes``'). Scalar inputs keep their shape."""
+# inputs of a recurrent node that carry the batch: X, sequence_lens, initial_h (, initial_c)
+_RECURRENT_BATCHED = {"LSTM": (0, 4, 5, 6), "GRU": (0, 4, 5), "RNN": (0, 4, 5)}
+
+
+def batch_axes(model) -> dict[str, int]:
+    """The batch axis of the graph inputs where it is not the first: an input a recurrent node
+    (LSTM, GRU, RNN) reads as X (``[seq, batch, in]``) or initial_h / initial_c (``[directions,
+    batch, hidden]``) has it second at ``layout`` 0, ONNX's default. Other inputs: axis 0."""
+    axes = {}
+    for node in model.graph.node:
+        slots = _RECURRENT_BATCHED.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if not slots:
+            continue
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        for position, name in enumerate(node.input):
+            if name and position in slots and position != 4 and layout == 0:
+                axes[name] = 1
+    return axes
+
+
+def batch_shapes(
+    specs: Sequence, batch: int, source: str, axes: dict[str, int] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Every input's static shape at ``batch``: its batch dim (``axes``, else the first)
+    replaced; other dims must be static (the model's or ``--input-shapes``'). Scalar inputs
+    keep their shape."""
     from .errors import InputShapeError
 
+    axes = axes or {}
     shapes = {}
     for spec in specs:
         if spec.shape is None:
             raise InputShapeError(
                 f"{source}: input {spec.name!r} has no declared shape: give it with --input-shapes"
             )
-        rest = spec.shape[1:]
+        axis = axes.get(spec.name, 0)
+        rest = [d for i, d in enumerate(spec.shape) if i != axis]
         if any(not isinstance(d, int) for d in rest):
             example = "x".join(str(d) for d in spec.example_shape())
             raise InputShapeError(
                 f"{source}: input {spec.name!r} has dynamic dims {spec.shape_text()} beyond the "
                 f"batch: give them with --input-shapes {spec.name}:{example}"
             )
-        shapes[spec.name] = (batch, *rest) if spec.shape else ()
+        shape = list(spec.shape)
+        if axis < len(shape):
+            shape[axis] = batch
+        shapes[spec.name] = tuple(shape)
     return shapes
 
 
-def model_batch(specs: Sequence) -> int:
-    """The batch the model declares (first dim of its first input with a static one), else 1."""
+def model_batch(specs: Sequence, axes: dict[str, int] | None = None) -> int:
+    """The batch the model declares (the batch dim of its first input with a static one, axis
+    0 unless ``axes`` says otherwise), else 1."""
+    axes = axes or {}
     for spec in specs:
-        if spec.shape and isinstance(spec.shape[0], int):
-            return spec.shape[0]
+        axis = axes.get(spec.name, 0)
+        if spec.shape and axis < len(spec.shape) and isinstance(spec.shape[axis], int):
+            return spec.shape[axis]
     return 1
 
 
@@ -238,9 +270,10 @@ def has_dynamic_dims(model) -> bool:
 
 
 def with_input_shapes(model, shapes: dict[str, tuple[int, ...]]):
-    """A copy of ``model`` whose graph inputs have ``shapes``, with the outputs' first dims
-    cleared and ``value_info`` dropped (shape hints for the old batch that onnxruntime would
-    refuse); None when the inputs already have those shapes (the file can be used as it is)."""
+    """A copy of ``model`` whose graph inputs have ``shapes``, with the outputs' dims cleared
+    (the batch is not always their first: an RNN's Y is ``[seq, directions, batch, hidden]``)
+    and ``value_info`` dropped (shape hints for the old batch that onnxruntime would refuse);
+    None when the inputs already have those shapes (the file can be used as it is)."""
     import onnx
 
     def dims(vi) -> tuple:
@@ -259,8 +292,9 @@ def with_input_shapes(model, shapes: dict[str, tuple[int, ...]]):
             for extent in shapes[vi.name]:
                 shape.dim.add().dim_value = extent
     for vi in copy.graph.output:
-        if vi.type.tensor_type.HasField("shape") and vi.type.tensor_type.shape.dim:
-            vi.type.tensor_type.shape.dim[0].Clear()
+        if vi.type.tensor_type.HasField("shape"):
+            for dim in vi.type.tensor_type.shape.dim:
+                dim.Clear()
     del copy.graph.value_info[:]
     return copy
 
@@ -709,9 +743,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     model = load_onnx(args.model)
     specs = onnx_input_specs(model, parse_input_shapes(args.input_shapes), args.model)
-    batches = args.batch_sizes or [model_batch(specs)]
+    axes = batch_axes(model)
+    batches = args.batch_sizes or [model_batch(specs, axes)]
     threads = args.threads or default_threads()
-    shapes = {b: batch_shapes(specs, b, args.model) for b in batches}
+    shapes = {b: batch_shapes(specs, b, args.model, axes) for b in batches}
     ds_python, ds_note = _deepsparse_python(args)
     ort_mode, ort_note = _onnxruntime_mode(args)
     progress = Progress(len(batches) * len(threads), enabled=not getattr(args, "quiet", False))

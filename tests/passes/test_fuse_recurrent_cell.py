@@ -1,7 +1,7 @@
 """FuseRecurrentCell: ONNX LSTM and GRU nodes, unrolled by the frontend, compile with each
 direction's steps in one fused kernel and equal onnxruntime (ONNX's reference for layout 1);
-the forms it does not fuse (other activations, batches over MAX_BATCH, GRU with
-linear_before_reset 0) still compile, unfused."""
+the forms it does not fuse (other activations, batches over MAX_BATCH) still compile,
+unfused."""
 
 from __future__ import annotations
 
@@ -105,10 +105,27 @@ def test_pruned_gru_fuses_with_its_csr_product(caplog):
     assert "gru_csr" in caplog.text
 
 
-def test_gru_with_reset_before_the_product_is_left_unfused(caplog):
-    """linear_before_reset = 0 (ONNX's default) has two products a step."""
-    model, feeds = _model("GRU", steps=4, batch=1, hidden=8)
-    assert _compile_and_check(model, feeds, caplog) == (0, 0)
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gru_with_reset_before_the_product_fuses(direction, layout, batch, caplog):
+    """linear_before_reset = 0 (ONNX's default, and Keras's reset_after=False): two products
+    a step, both in the fused kernel."""
+    model, feeds = _model("GRU", steps=5, batch=batch, hidden=20, direction=direction,
+                          layout=layout)  # fmt: skip
+    dirs = 2 if direction == "bidirectional" else 1
+    assert _compile_and_check(model, feeds, caplog) == (4 * dirs, dirs)
+    assert "gru0_dense" in caplog.text
+
+
+def test_pruned_gru_with_reset_before_the_product_fuses_with_csr_products(caplog):
+    model, feeds = _model("GRU", steps=6, batch=1, hidden=64)
+    weight = next(init for init in model.graph.initializer if init.name == "R")
+    r = numpy_helper.to_array(weight).copy()
+    r[np.random.default_rng(1).random(r.shape) < 0.9] = 0.0
+    weight.CopyFrom(numpy_helper.from_array(r, "R"))
+    assert _compile_and_check(model, feeds, caplog) == (5, 1)
+    assert "gru0_csr" in caplog.text
 
 
 def test_dense_baseline_fuses_too(caplog):

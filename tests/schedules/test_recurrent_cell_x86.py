@@ -163,3 +163,57 @@ def test_block_units_are_two_vectors_or_the_layer():
 @pytest.mark.parametrize("hidden, batch", [(20, 1), (64, 3)])
 def test_lstm_peepholes(hidden, batch, weights):
     _run(_spec(hidden, batch, steps=5, peepholes=True), density=0.4, weights=weights)
+
+
+def _gru0_case(hidden, batch, steps, density, zr_offsets, rng):
+    """A linear_before_reset = 0 GRU step chain: spec, inputs, the two weights and numpy's
+    every-step h (z, r, n read from ONNX's z r h columns of the projection)."""
+    r_zr = (rng.standard_normal((hidden, 2 * hidden)) * 0.3).astype(np.float32)
+    r_n = (rng.standard_normal((hidden, hidden)) * 0.3).astype(np.float32)
+    for r in (r_zr, r_n):
+        r[rng.random(r.shape) >= density] = 0.0
+    xw = rng.standard_normal((steps + 1, batch, 3 * hidden)).astype(np.float32)
+    h0 = rng.standard_normal((batch, hidden)).astype(np.float32)
+    spec = CellSpec(
+        cell="gru", hidden=hidden, batch=batch, units=block_units(hidden, 16),
+        gates=(0, hidden, 2 * hidden), x_mode="step", x_shape=xw.shape, first=1, steps=steps,
+        linear_before_reset=False, zr_offsets=zr_offsets,
+    )  # fmt: skip
+    z_cols, r_cols = (slice(q, q + hidden) for q in zr_offsets)
+    h, hs = h0, [h0]
+    for s in range(steps):
+        x, hzr = xw[1 + s], h @ r_zr
+        z = _sigmoid(x[:, :hidden] + hzr[:, z_cols])
+        r = _sigmoid(x[:, hidden : 2 * hidden] + hzr[:, r_cols])
+        n = np.tanh(x[:, 2 * hidden :] + (r * h) @ r_n)
+        h = n + z * (h - n)
+        hs.append(h)
+    return spec, (h0, xw), (r_zr, r_n), np.concatenate(hs)
+
+
+@pytest.mark.parametrize("weights", ["dense", "csr", "mixed"])
+@pytest.mark.parametrize(
+    "hidden, batch, density", [(1, 1, 1.0), (20, 2, 1.0), (33, 3, 0.3), (64, 1, 0.1), (64, 1, 0.0)]
+)
+@pytest.mark.parametrize("zr_offsets", [(0, "H"), ("H", 0)])
+def test_gru_with_reset_before_the_product(hidden, batch, density, weights, zr_offsets):
+    """linear_before_reset = 0: n = tanh(x_n + (r * h) @ R_n^T), two products a step. "mixed":
+    R_zr dense, R_n CSR (the choice can make them differ), both run as CSR then."""
+    from tvm_sparse.passes.recurrent_match import Weights
+    from tvm_sparse.schedules.recurrent_cell_x86 import gru0_csr_call, gru0_dense_call
+
+    offsets = tuple(hidden if q == "H" else q for q in zr_offsets)
+    spec, (h0, xw), (r_zr, r_n), want = _gru0_case(
+        hidden, batch, 4, density, offsets, np.random.default_rng(hidden + batch)
+    )
+    if weights == "dense":
+        call = gru0_dense_call(r_zr, r_n, spec)
+    elif weights == "csr":
+        call = gru0_csr_call(pack_cell_rows(r_zr), pack_cell_rows(r_n), spec)
+    else:
+        zr = Weights(r_zr, None, b"zr")
+        call = zr.with_second(Weights(None, pack_cell_rows(r_n), b"n")).kernel(spec)
+    func = build_kernel(call, TARGET)["main"]
+    out = tvm.runtime.tensor(np.zeros(spec.states_shape, np.float32))
+    func(*(tvm.runtime.tensor(a) for a in (h0, xw, *call.consts)), out)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=2e-6)

@@ -15,9 +15,10 @@ becomes a slice of them (dead, and removed, where only the next step read it).
 The fused product is the one the choice made for the step's product: dense (``R^T`` regrouped
 by unit block) or CSR (the row kernel's packed weight, one dot product a pre-activation; an
 LSTM of 256 units at 10%: 9.0 us a step against 12 dense, Zen 4). Not fused: other sparse
-products (BSR, N:M), activations other than the defaults, GRU with
-``linear_before_reset = 0`` (two products a step), a cell written out by hand with ``Split``
-(its gates are not strided slices). A fused sliced-ELLPACK product was tried and dropped: 14 us
+products (BSR, N:M), activations other than the defaults, a cell written out by hand with
+``Split`` (its gates are not strided slices). A GRU with ``linear_before_reset = 0`` (two
+products a step) fuses too: 0.60-0.68x onnxruntime unfused, 1.8-2.0x fused (hidden 64, 20
+steps, batch 1, Zen 4). A fused sliced-ELLPACK product was tried and dropped: 14 us
 a step with ``vgatherdps``, 16.5 with scalar loads (Zen 4, LSTM 256 units at 10%).
 """
 

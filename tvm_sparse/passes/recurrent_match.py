@@ -14,8 +14,14 @@ any gate order, from the ops ``onnx_recurrent`` writes::
           n    = tanh(add(x_n, multiply(r, hr_n [+ rbh])))
           h'   = add(n, multiply(z, subtract(h, n)))
 
-``mm`` / ``hr`` is a dense_linear or CSR row kernel without bias or activation, read only by
-the step; ``x_q`` / ``hr_q`` are strided slices of ``xt`` / ``hr`` at the same gate offsets;
+    GRU   hzr  = h @ R_zr^T                         (linear_before_reset = 0, ONNX's default)
+          z, r as above from hzr's two slices
+          n    = tanh(add(x_n, multiply(r, h) @ R_n^T))
+          h'   = add(n, multiply(z, subtract(h, n)))
+
+``mm`` / ``hr`` (and a reset-before GRU's two products) is a dense_linear or CSR row kernel
+without bias or activation, read only by the step; ``x_q`` / ``hr_q`` are strided slices of
+``xt`` / ``hr`` at the same gate offsets;
 ``xt`` is ``reshape(strided_slice(xw, time axis, [t, t + 1]))`` of the sequence's input
 projection (read in place by the fused kernel) or any ``[batch, G * H]`` tensor. Which gate is
 which is read from the graph, so ONNX's gate orders and PyTorch's both match.
@@ -48,6 +54,9 @@ from ..schedules.recurrent_cell_x86 import (
     block_units,
     csr_cell_call,
     dense_cell_call,
+    gru0_csr_call,
+    gru0_dense_call,
+    pack_cell_rows,
 )
 from ..schedules.sparse_rows_x86 import SPEC_ATTR as CSR_ROWS_ATTR
 
@@ -63,11 +72,25 @@ class Weights:
     csr: tuple | None
     key: bytes  # a digest of the weights: the steps of one direction have equal ones
     aux: np.ndarray | None = None
+    # a linear_before_reset = 0 GRU: these weights are R_zr's, ``second`` R_n's
+    second: Weights | None = None
 
     def kernel(self, spec: CellSpec):
+        if self.second is not None:
+            if self.dense is not None and self.second.dense is not None:
+                return gru0_dense_call(self.dense, self.second.dense, spec)
+            return gru0_csr_call(self.packed(), self.second.packed(), spec)
         if self.dense is not None:
             return dense_cell_call(self.dense, spec, self.aux)
         return csr_cell_call(*self.csr, spec, self.aux)
+
+    def packed(self) -> tuple:
+        """The CSR row packing (a dense product's ``R^T`` packed now: where the choice made one
+        of a GRU's two products dense and the other CSR, both run as CSR)."""
+        return self.csr if self.csr is not None else pack_cell_rows(self.dense)
+
+    def with_second(self, second: Weights) -> Weights:
+        return Weights(self.dense, self.csr, self.key + second.key, self.aux, second)
 
     def with_aux(self, aux: np.ndarray | None) -> Weights:
         key = self.key + (aux.tobytes() if aux is not None else b"")
@@ -350,6 +373,9 @@ def match_gru_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes: 
                 continue
             found = _gru_rest(n_call, z_sig, bindings, hidden)
             if found is None:
+                step = _gru_reset_before(h_var, n_call, z_sig, sub, bindings, mod, lanes, batch)
+                if step is not None:
+                    return step
                 continue
             xt, hr, offsets, rbh = found
             product = _product(hr, bindings, mod, batch, hidden, 3 * hidden, uses=3)
@@ -388,4 +414,60 @@ def _gru_rest(n_call: relax.Call, z_sig: relax.Call, bindings: Bindings, hidden:
             if len(sources[0]) == 1 and len(sources[1]) == 1:
                 if sorted(offsets.values()) == [0, hidden, 2 * hidden]:
                     return z[0], z[1], offsets, n[2]
+    return None
+
+
+def _gru0_gate(expr: relax.Expr, bindings: Bindings, hidden: int):
+    """``(xt, q, hzr, p)`` of a single-use ``add(slice(xt, q), slice(hzr, p))`` (either
+    order): a linear_before_reset = 0 GRU's z or r pre-activation, ``hzr`` its first product
+    (z and r: 2H columns)."""
+    for a, b in _pairs(expr, bindings, "relax.add"):
+        x_part = _gate_slice(a, bindings, hidden, 3 * hidden)
+        h_part = _gate_slice(b, bindings, hidden, 2 * hidden)
+        if x_part is not None and h_part is not None:
+            if _call_of(h_part[0], bindings, "relax.call_tir") is not None:
+                return x_part[0], x_part[1], h_part[0], h_part[1]
+    return None
+
+
+def _gru_reset_before(h_var, n_call, z_sig, sub, bindings: Bindings, mod, lanes: int, batch: int):
+    """The ``Step`` of a linear_before_reset = 0 GRU (ONNX's default):
+    ``n = tanh(add(slice(xt, q_n), (sigmoid(r) * h) @ R_n^T))`` with ``r`` and ``z`` from one
+    product ``h @ R_zr^T``; ``sub`` is the blend's ``h - n``. None when it is not one."""
+    hidden = static_shape(h_var)[1]
+    z = _gru0_gate(z_sig.args[0], bindings, hidden)
+    if z is None:
+        return None
+    for x_n, reset in _pairs(n_call.args[0], bindings, "relax.add"):
+        x_part = _gate_slice(x_n, bindings, hidden, 3 * hidden)
+        second = _product(reset, bindings, mod, batch, hidden, hidden, uses=1)
+        if x_part is None or second is None:
+            continue
+        rh, weights_n = second
+        for sig_r, h_seen in _pairs(rh, bindings, "relax.multiply"):
+            r_sig = _call_of(sig_r, bindings, "relax.sigmoid")
+            if r_sig is None or not _single_use(sig_r, bindings):
+                continue
+            r = _gru0_gate(r_sig.args[0], bindings, hidden)
+            if r is None or not r[2].same_as(z[2]) or len({z[0], r[0], x_part[0]}) != 1:
+                continue
+            first = _product(z[2], bindings, mod, batch, hidden, 2 * hidden, uses=2)
+            if first is None:
+                continue
+            h_prev, weights_zr = first
+            if not (h_seen.same_as(h_prev) and sub.args[0].same_as(h_prev)):
+                continue
+            offsets = {"z": z[1], "r": r[1], "n": x_part[1]}
+            if sorted(offsets.values()) != [0, hidden, 2 * hidden]:
+                continue
+            if sorted((z[3], r[3])) != [0, hidden]:
+                continue
+            xt = z[0]
+            if static_shape(xt) != (batch, 3 * hidden):
+                continue
+            xw, mode, t, axis = _step_row(xt, bindings, batch, 3 * hidden)
+            spec = _spec("gru", batch, hidden, offsets, xw, mode, axis, lanes)
+            spec = dataclasses.replace(spec, linear_before_reset=False, zr_offsets=(z[3], r[3]))
+            weights = weights_zr.with_second(weights_n)
+            return Step(h_var, None, h_prev, None, xw, t, weights, spec)
     return None

@@ -5,8 +5,8 @@ out-of-range index points at (a segfault, TVM warns: "Fast mode segfaults when t
 out-of-bounds indices", printed on every compile, several times a model). With in-range
 indices ``clip`` gives the same values, and an index from a bad input is clamped instead of
 taking the process down; the cost is a min and a max per index. ``CheckTakeIndices`` (Legalize
-phase) then makes such an index an error at run time, as onnxruntime does. Applied first, so constant
-folding never legalizes (and warns about) a fast-mode gather either.
+phase) then makes such an index an error at run time, as onnxruntime does. Applied first, so
+constant folding never legalizes (and warns about) a fast-mode gather either.
 """
 
 from __future__ import annotations

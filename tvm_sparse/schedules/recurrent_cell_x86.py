@@ -1,6 +1,8 @@
 """Recurrent steps in one kernel: the product ``h @ R^T`` (dense or CSR), the input projection's
 row, the gates and the state update of every step of a chain (LSTM, and GRU as PyTorch writes
-it, ``linear_before_reset = 1``).
+it, ``linear_before_reset = 1``; ONNX's default GRU, ``linear_before_reset = 0``, in
+``gru0_*_call``: per step, every block's z and r from ``h @ R_zr^T``, then every block's n from
+``(r * h) @ R_n^T`` and the update, ``r * h`` and ``z`` kept in two scratch rows).
 
 Why: unrolled (``onnx_recurrent``), a step is a matrix-vector product and two small elementwise
 kernels. At batch 1 the elementwise kernels, their calls and allocations cost as much as the
@@ -28,6 +30,7 @@ tanh(c')``; GRU ``n = tanh(x_n + sigmoid(r) * (hr_n + rbh))``, ``h' = n + sigmoi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +41,9 @@ from .kernel import KernelCall
 from .kernel import finish as _finish
 from .sparse_rows_x86 import chunk_buffer_sizes, pack_row_chunks, row_dot_macro
 
-ROLES = {"lstm": ("i", "f", "g", "o"), "gru": ("z", "r", "n")}
+ROLES = {"lstm": ("i", "f", "g", "o"), "gru": ("z", "r", "n"),
+         # a linear_before_reset = 0 GRU's two products: h @ R_zr^T, then (r * h) @ R_n^T
+         "gru_zr": ("z", "r"), "gru_n": ("n",)}  # fmt: skip
 MAX_BATCH = 3  # 8 accumulator vectors a row; at 4 rows and more the GEMM's reuse of each weight
 # load matters more than the calls saved, and the unfused product (a GEMM) is kept
 
@@ -59,6 +64,10 @@ class CellSpec:
     steps: int = 1
     stride: int = 1  # "step": +1 forward, -1 reverse
     peepholes: bool = False  # LSTM: i and f see c, o sees c' (ONNX's P: an aux [3, H] const)
+    # GRU: False for linear_before_reset = 0, n = tanh(x_n + (r * h) @ R_n^T): two products a
+    # step, ``zr_offsets`` the z and r columns of the first one's output
+    linear_before_reset: bool = True
+    zr_offsets: tuple[int, int] = (0, 0)
 
     @property
     def roles(self) -> int:
@@ -234,15 +243,16 @@ def _dense_product(spec: CellSpec):
     return product
 
 
-def _csr_product(spec: CellSpec, per_word: int):
+def _csr_product(spec: CellSpec, per_word: int, rows: int | None = None):
     """``product(acc, vals, words, ptr, hs, s, blk)``: the block's products of step ``s``, each
-    one CSR row's dot product with h (``sparse_rows_x86.row_dot_macro``)."""
+    one CSR row's dot product with h (``sparse_rows_x86.row_dot_macro``); ``hs`` has ``rows``
+    rows (default: the states')."""
     hidden, units, batch, width = spec.hidden, spec.units, spec.batch, spec.width
     # one chunk in flight: with two (the CSR row kernel's choice at batch 1) LLVM builds the
     # 16 gathered activations with masked broadcasts here, 1.7x slower (Zen 4, 256 units)
     unroll = 1
     lanes = 8 * unroll
-    row_dot = row_dot_macro(spec.states_shape[0], per_word, unroll, batch)
+    row_dot = row_dot_macro(rows or spec.states_shape[0], per_word, unroll, batch)
 
     @T.macro
     def gate_rows(acc, vals, words, ptr, hs, s, blk, offset, q):
@@ -265,6 +275,22 @@ def _csr_product(spec: CellSpec, per_word: int):
             gate_rows(acc, vals, words, ptr, hs, s, blk, gates[3], 3)
 
         return product
+
+    if spec.roles == 2:
+
+        @T.macro
+        def product2(acc, vals, words, ptr, hs, s, blk):
+            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[0], 0)
+            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[1], 1)
+
+        return product2
+    if spec.roles == 1:
+
+        @T.macro
+        def product1(acc, vals, words, ptr, hs, s, blk):
+            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[0], 0)
+
+        return product1
 
     @T.macro
     def product3(acc, vals, words, ptr, hs, s, blk):
@@ -378,6 +404,147 @@ def _gru_csr_kernel(spec: CellSpec, nchunks: int, per_word: int):
             each(acc, xw, hs, rbh, rbh, s, blk)
 
     return kernel
+
+
+def product_specs(spec: CellSpec) -> tuple[CellSpec, CellSpec]:
+    """A linear_before_reset = 0 GRU's two products as cell specs: z and r (at
+    ``spec.zr_offsets`` of the first product's output), then n."""
+    zr = dataclasses.replace(spec, cell="gru_zr", gates=spec.zr_offsets)
+    return zr, dataclasses.replace(spec, cell="gru_n", gates=(0,))
+
+
+def _gru0_updates(spec: CellSpec):
+    """``update_zr(acc, xw, hs, zb, rh, s, r, blk, uu)``: sigmoid(z) into ``zb``, sigmoid(r) * h
+    into ``rh`` (the second product's input); ``update_n(acc, xw, hs, zb, _, s, r, blk, uu)``:
+    ``n = tanh(x_n + (r * h) @ R_n^T)``, ``h' = n + z * (h - n)``."""
+    gz, gr, gn = spec.gates
+    read = _x_reader(spec)
+    zr_spec, n_spec = product_specs(spec)
+    zr_ix, n_ix, ix = _Index(zr_spec), _Index(n_spec), _Index(spec)
+    unit, row = ix.unit, ix.row
+
+    @T.macro
+    def update_zr(acc, xw, hs, zb, rh, s, r, blk, uu):
+        zb[r, unit(blk, uu)] = T.sigmoid(
+            read(xw, s, r, gz + unit(blk, uu)) + acc[zr_ix.pre(r, 0, uu)]
+        )
+        rh[r, unit(blk, uu)] = (
+            T.sigmoid(read(xw, s, r, gr + unit(blk, uu)) + acc[zr_ix.pre(r, 1, uu)])
+            * hs[row(s, r), unit(blk, uu)]
+        )
+
+    @T.macro
+    def update_n(acc, xw, hs, zb, _unused, s, r, blk, uu):
+        acc[n_ix.pre(r, 0, uu)] = T.tanh(
+            read(xw, s, r, gn + unit(blk, uu)) + acc[n_ix.pre(r, 0, uu)]
+        )
+        hs[row(s + 1, r), unit(blk, uu)] = acc[n_ix.pre(r, 0, uu)] + zb[r, unit(blk, uu)] * (
+            hs[row(s, r), unit(blk, uu)] - acc[n_ix.pre(r, 0, uu)]
+        )
+
+    return update_zr, update_n
+
+
+def _gru0_dense_kernel(spec: CellSpec):
+    batch, hidden, blocks = spec.batch, spec.hidden, spec.blocks
+    zr_spec, n_spec = product_specs(spec)
+    product_zr, product_n = _dense_product(zr_spec), _dense_product(n_spec)
+    update_zr, update_n = _gru0_updates(spec)
+    each_zr, each_n = _block_units(spec, update_zr), _block_units(spec, update_n)
+
+    @T.prim_func
+    def kernel(
+        h0: T.Buffer((batch, hidden), "float32"),
+        xw: T.Buffer(spec.x_shape, "float32"),
+        panels_zr: T.Buffer((blocks, hidden, zr_spec.width), "float32"),
+        panels_n: T.Buffer((blocks, hidden, n_spec.width), "float32"),
+        hs: T.Buffer(spec.states_shape, "float32"),
+    ):
+        zb = T.alloc_buffer((batch, hidden), "float32", scope="global")
+        rh = T.alloc_buffer((batch, hidden), "float32", scope="global")
+        for r, u in T.grid(batch, hidden):
+            hs[r, u] = h0[r, u]
+        for s in range(spec.steps):
+            for blk in range(blocks):
+                acc = T.alloc_buffer((batch * zr_spec.width,), "float32", scope="local")
+                product_zr(acc, panels_zr, hs, s, blk)
+                each_zr(acc, xw, hs, zb, rh, s, blk)
+            for blk in range(blocks):
+                acc_n = T.alloc_buffer((batch * n_spec.width,), "float32", scope="local")
+                product_n(acc_n, panels_n, rh, 0, blk)
+                each_n(acc_n, xw, hs, zb, zb, s, blk)
+
+    return kernel
+
+
+def _gru0_csr_kernel(spec: CellSpec, zr_packing: tuple[int, int], n_packing: tuple[int, int]):
+    """``*_packing``: (chunks, indices a word) of the two packed weights."""
+    batch, hidden, blocks = spec.batch, spec.hidden, spec.blocks
+    zr_spec, n_spec = product_specs(spec)
+    product_zr = _csr_product(zr_spec, zr_packing[1])
+    product_n = _csr_product(n_spec, n_packing[1], rows=batch)
+    nval_zr, nwords_zr = chunk_buffer_sizes(*zr_packing)
+    nval_n, nwords_n = chunk_buffer_sizes(*n_packing)
+    update_zr, update_n = _gru0_updates(spec)
+    each_zr, each_n = _block_units(spec, update_zr), _block_units(spec, update_n)
+
+    @T.prim_func
+    def kernel(
+        h0: T.Buffer((batch, hidden), "float32"),
+        xw: T.Buffer(spec.x_shape, "float32"),
+        vals_zr: T.Buffer((nval_zr,), "float32"),
+        words_zr: T.Buffer((nwords_zr,), "int64"),
+        ptr_zr: T.Buffer((2 * hidden + 1,), "int32"),
+        vals_n: T.Buffer((nval_n,), "float32"),
+        words_n: T.Buffer((nwords_n,), "int64"),
+        ptr_n: T.Buffer((hidden + 1,), "int32"),
+        hs: T.Buffer(spec.states_shape, "float32"),
+    ):
+        zb = T.alloc_buffer((batch, hidden), "float32", scope="global")
+        rh = T.alloc_buffer((batch, hidden), "float32", scope="global")
+        for r, u in T.grid(batch, hidden):
+            hs[r, u] = h0[r, u]
+        for s in range(spec.steps):
+            for blk in range(blocks):
+                acc = T.alloc_buffer((batch * zr_spec.width,), "float32", scope="local")
+                product_zr(acc, vals_zr, words_zr, ptr_zr, hs, s, blk)
+                each_zr(acc, xw, hs, zb, rh, s, blk)
+            for blk in range(blocks):
+                acc_n = T.alloc_buffer((batch * n_spec.width,), "float32", scope="local")
+                product_n(acc_n, vals_n, words_n, ptr_n, rh, 0, blk)
+                each_n(acc_n, xw, hs, zb, zb, s, blk)
+
+    return kernel
+
+
+def gru0_dense_call(r_t_zr: np.ndarray, r_t_n: np.ndarray, spec: CellSpec) -> KernelCall:
+    """A linear_before_reset = 0 GRU's fused steps with dense ``R_zr^T`` ([H, 2H], z and r at
+    ``spec.zr_offsets``) and ``R_n^T`` ([H, H])."""
+    zr_spec, n_spec = product_specs(spec)
+    consts = (
+        pack_cell_panels(np.asarray(r_t_zr, np.float32), zr_spec),
+        pack_cell_panels(np.asarray(r_t_n, np.float32), n_spec),
+    )
+    return KernelCall(
+        func=_finish(_gru0_dense_kernel(spec)),
+        name=f"gru0_dense_h{spec.hidden}_s{spec.steps}",
+        consts=consts,
+        out_shape=spec.states_shape,
+        info=_info(spec, "dense", 3 * spec.hidden * spec.hidden),
+    )
+
+
+def gru0_csr_call(zr: tuple, n: tuple, spec: CellSpec) -> KernelCall:
+    """The same on the two weights packed as the CSR row kernel packs them: ``(values, index
+    words, chunk pointers, indices a word)`` each (``pack_cell_rows``)."""
+    zr_packing, n_packing = (int(zr[2][-1]), zr[3]), (int(n[2][-1]), n[3])
+    return KernelCall(
+        func=_finish(_gru0_csr_kernel(spec, zr_packing, n_packing)),
+        name=f"gru0_csr_h{spec.hidden}_s{spec.steps}",
+        consts=(*zr[:3], *n[:3]),
+        out_shape=spec.states_shape,
+        info=_info(spec, "csr", (zr_packing[0] + n_packing[0]) * 8),
+    )
 
 
 def _info(spec: CellSpec, weights: str, stored: int) -> dict:

@@ -311,3 +311,38 @@ def test_specialize_inputs_keeps_a_model_that_already_has_the_shapes():
     assert not any(
         d.HasField("dim_value") for d in fixed.graph.output[0].type.tensor_type.shape.dim
     )
+
+
+def test_static_model_with_a_reshape_built_from_shape_compiles_without_input_shapes():
+    """CLIP's pooling, ``x[arange(B), ids.argmax(-1)]``, exported by TorchScript: its index
+    math reshapes by a shape made from ``Shape`` of a run-time tensor, which TVM's frontend
+    refuses ("Reshape requires the input new shape to be Shape"). The inputs are static, so the
+    shape plumbing folds and the model compiles with no --input-shapes; outputs equal torch's
+    and onnxruntime's."""
+    import io
+
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+
+    class Pool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 16)
+            self.norm = torch.nn.LayerNorm(16)
+
+        def forward(self, ids):
+            x = self.norm(self.emb(ids))
+            return x[torch.arange(x.shape[0]), ids.argmax(dim=-1)]
+
+    torch.manual_seed(0)
+    module, ids = Pool().eval(), torch.randint(0, 50, (2, 7))
+    buf = io.BytesIO()
+    torch.onnx.export(module, (ids,), buf, input_names=["ids"], opset_version=17, dynamo=False)
+    model = onnx.load_from_string(buf.getvalue())
+    compiled = tvm_sparse.compile(model, "llvm")
+    feed = ids.numpy()
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"ids": feed})[0]
+    np.testing.assert_allclose(compiled.run(feed), want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(want, module(ids).numpy(), rtol=1e-5, atol=1e-6)

@@ -54,6 +54,7 @@ from .fuse_channel_layernorm import FuseChannelLayerNorm
 from .fuse_recurrent_cell import FuseRecurrentCell
 from .fuse_residual import FuseResidual
 from .layer_plan import LayerPlan, SparsifyOptions
+from .legalize_extrema import float_extrema_legalizations
 from .rewrite_kwta import RewriteKwta
 from .rewrite_layers import RewriteLayers
 from .rewrite_row_reductions import RewriteRowReductions
@@ -89,7 +90,7 @@ def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
 
 def legalize_passes() -> list[tvm.transform.Pass]:
     return [
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(float_extrema_legalizations()),  # max over -inf: -inf
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

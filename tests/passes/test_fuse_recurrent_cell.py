@@ -1,7 +1,7 @@
 """FuseRecurrentCell: ONNX LSTM and GRU nodes, unrolled by the frontend, compile with each
 direction's steps in one fused kernel and equal onnxruntime (ONNX's reference for layout 1);
-the forms it does not fuse (other activations, batches over MAX_BATCH) still compile,
-unfused."""
+the forms it does not fuse (other activations, batches whose accumulators would not fit in
+registers) still compile, unfused."""
 
 from __future__ import annotations
 
@@ -54,15 +54,22 @@ def test_zero_initial_state_leaves_the_first_step_unfused(batch, caplog):
     "case",
     [
         {"activations": ["Sigmoid", "Tanh", "Relu"]},
-        {"batch": 4},
+        {"batch": 7},
         {"weights_as_inputs": True},
     ],
-    ids=["relu_output", "batch4", "weights_as_inputs"],
+    ids=["relu_output", "batch7", "weights_as_inputs"],
 )
 def test_other_forms_compile_unfused(case, caplog):
     args = {"steps": 4, "batch": 2, "hidden": 8, **case}
     model, feeds = _model("LSTM", **args)
     assert _compile_and_check(model, feeds, caplog) == (0, 0)
+
+
+@pytest.mark.parametrize("cell, batch", [("LSTM", 6), ("GRU", 8)])
+def test_the_widest_batches_whose_accumulators_fit_fuse(cell, batch, caplog):
+    """One vector a gate from 4 rows on: an LSTM's 4 x 6 and a GRU's 3 x 8 accumulators."""
+    model, feeds = _model(cell, steps=4, batch=batch, hidden=24)
+    assert _compile_and_check(model, feeds, caplog) == (3, 1)
 
 
 def test_only_the_last_state_read(caplog):

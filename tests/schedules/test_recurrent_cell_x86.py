@@ -101,7 +101,7 @@ def _spec(hidden, batch, order=ONNX_ORDER, steps=4, axis=0, stride=1, mode="step
     else:
         shape = (total, batch, width) if axis == 0 else (batch, total, width)
     return CellSpec(
-        cell=cell, hidden=hidden, batch=batch, units=block_units(hidden, 16),
+        cell=cell, hidden=hidden, batch=batch, units=block_units(hidden, 16, batch, len(order)),
         gates=_gates(order, hidden), x_mode=mode, x_shape=shape, time_axis=axis, first=first,
         steps=steps, stride=stride, peepholes=peepholes,
     )  # fmt: skip
@@ -110,8 +110,9 @@ def _spec(hidden, batch, order=ONNX_ORDER, steps=4, axis=0, stride=1, mode="step
 @pytest.mark.parametrize("order", [ONNX_ORDER, GRU_ONNX_ORDER], ids=["lstm", "gru"])
 @pytest.mark.parametrize("weights", ["dense", "csr"])
 @pytest.mark.parametrize("hidden", [1, 5, 16, 20, 32, 33, 64, 100])
-@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 6])
 def test_hidden_sizes_and_batches(hidden, batch, weights, order):
+    """Batches 4 and 6: one vector a gate (``block_units``)."""
     spec = _spec(hidden, batch, order)
     _run(spec, density=0.3 if weights == "csr" else 1.0, weights=weights)
 
@@ -152,6 +153,11 @@ def test_panels_regroup_each_units_gates():
 
 
 def test_block_units_are_two_vectors_or_the_layer():
+    """Two vectors a gate up to 3 rows, then one while roles x rows accumulators fit in 3/4
+    of the registers (24 zmm, 12 ymm), then none (the kernel is not used)."""
+    assert [block_units(256, 16, b, 4) for b in (3, 4, 6, 7)] == [32, 16, 16, None]
+    assert [block_units(256, 16, b, 3) for b in (3, 4, 8, 9)] == [32, 16, 16, None]
+    assert [block_units(256, 8, b, 3) for b in (3, 4, 5)] == [16, 8, None]
     assert block_units(256, 16) == 32
     assert block_units(256, 8) == 16
     assert block_units(20, 16) == 32

@@ -1,6 +1,7 @@
 """Find the steps of unrolled LSTMs and GRUs in a Relax function (for ``FuseRecurrentCell``).
 
-A step is matched after Sparsify (float32, batch 1 to ``MAX_BATCH``), in any operand order and
+A step is matched after Sparsify (float32, batch 1 to what ``block_units`` fits in registers:
+3 rows with two vectors a gate, up to 6 (LSTM) / 8 (GRU) with one), in any operand order and
 any gate order, from the ops ``onnx_recurrent`` writes::
 
     LSTM  pre  = add(xt, mm)                        mm = h @ R^T: the step's product kernel
@@ -221,7 +222,7 @@ def _spec(cell: str, batch: int, hidden: int, gates: dict, xw, mode: str, axis: 
         cell=cell,
         hidden=hidden,
         batch=batch,
-        units=block_units(hidden, lanes),
+        units=block_units(hidden, lanes, batch, len(ROLES[cell])),
         gates=tuple(gates[role] for role in ROLES[cell]),
         x_mode=mode,
         x_shape=tuple(static_shape(xw)),
@@ -288,6 +289,8 @@ def match_lstm_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes:
     if dims is None or op_name(h_call) != "relax.multiply":
         return None
     batch, hidden = dims
+    if block_units(hidden, lanes, batch, len(ROLES["lstm"])) is None:
+        return None
     for sig_o, tanh_cell in (h_call.args, h_call.args[::-1]):
         tanh = _call_of(tanh_cell, bindings, "relax.tanh")
         if tanh is None or not _single_use(tanh_cell, bindings):
@@ -360,6 +363,8 @@ def match_gru_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes: 
     if dims is None or op_name(h_call) != "relax.add":
         return None
     batch, hidden = dims
+    if block_units(hidden, lanes, batch, len(ROLES["gru"])) is None:
+        return None
     for n_var, zd in (h_call.args, h_call.args[::-1]):
         n_call = _call_of(n_var, bindings, "relax.tanh")
         if n_call is None or bindings.uses[n_var] != 2:

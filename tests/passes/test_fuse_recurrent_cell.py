@@ -102,14 +102,16 @@ def test_gru_as_pytorch_writes_it_fuses(direction, layout, bias, caplog):
     assert "gru_dense" in caplog.text
 
 
-def test_pruned_gru_fuses_with_its_csr_product(caplog):
-    model, feeds = _model("GRU", steps=6, batch=1, hidden=64, linear_before_reset=1)
+@pytest.mark.parametrize("lbr, kernel", [(1, "gru_csr"), (0, "gru0_csr")])
+def test_pruned_gru_fuses_with_its_csr_products(lbr, kernel, caplog):
+    """Either form of the GRU; linear_before_reset = 0 with both its products CSR."""
+    model, feeds = _model("GRU", steps=6, batch=1, hidden=64, linear_before_reset=lbr)
     weight = next(init for init in model.graph.initializer if init.name == "R")
     r = numpy_helper.to_array(weight).copy()
     r[np.random.default_rng(1).random(r.shape) < 0.9] = 0.0
     weight.CopyFrom(numpy_helper.from_array(r, "R"))
     assert _compile_and_check(model, feeds, caplog) == (5, 1)
-    assert "gru_csr" in caplog.text
+    assert kernel in caplog.text
 
 
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
@@ -123,16 +125,6 @@ def test_gru_with_reset_before_the_product_fuses(direction, layout, batch, caplo
     dirs = 2 if direction == "bidirectional" else 1
     assert _compile_and_check(model, feeds, caplog) == (4 * dirs, dirs)
     assert "gru0_dense" in caplog.text
-
-
-def test_pruned_gru_with_reset_before_the_product_fuses_with_csr_products(caplog):
-    model, feeds = _model("GRU", steps=6, batch=1, hidden=64)
-    weight = next(init for init in model.graph.initializer if init.name == "R")
-    r = numpy_helper.to_array(weight).copy()
-    r[np.random.default_rng(1).random(r.shape) < 0.9] = 0.0
-    weight.CopyFrom(numpy_helper.from_array(r, "R"))
-    assert _compile_and_check(model, feeds, caplog) == (5, 1)
-    assert "gru0_csr" in caplog.text
 
 
 def test_dense_baseline_fuses_too(caplog):

@@ -274,41 +274,23 @@ def _csr_product(spec: CellSpec, per_word: int, rows: int | None = None):
             for r in T.unroll(batch):
                 acc[r * width + q * units + uu] = part[r * lanes] + part[r * lanes + 1]
 
-    gates = spec.gates
-    if spec.roles == 4:
+    return _each_gate(gate_rows, spec.gates)
 
-        @T.macro
-        def product(acc, vals, words, ptr, hs, s, blk):
-            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[0], 0)
-            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[1], 1)
-            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[2], 2)
-            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[3], 3)
 
-        return product
-
-    if spec.roles == 2:
-
-        @T.macro
-        def product2(acc, vals, words, ptr, hs, s, blk):
-            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[0], 0)
-            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[1], 1)
-
-        return product2
-    if spec.roles == 1:
-
-        @T.macro
-        def product1(acc, vals, words, ptr, hs, s, blk):
-            gate_rows(acc, vals, words, ptr, hs, s, blk, gates[0], 0)
-
-        return product1
+def _each_gate(gate_rows, gates: tuple[int, ...]):
+    """``product(acc, vals, words, ptr, hs, s, blk)``: ``gate_rows`` for each gate in turn
+    (a macro cannot index a Python tuple with a loop variable: one call a gate, chained)."""
+    *before, offset = gates
+    role = len(before)
+    earlier = _each_gate(gate_rows, tuple(before)) if before else None
 
     @T.macro
-    def product3(acc, vals, words, ptr, hs, s, blk):
-        gate_rows(acc, vals, words, ptr, hs, s, blk, gates[0], 0)
-        gate_rows(acc, vals, words, ptr, hs, s, blk, gates[1], 1)
-        gate_rows(acc, vals, words, ptr, hs, s, blk, gates[2], 2)
+    def product(acc, vals, words, ptr, hs, s, blk):
+        if earlier is not None:
+            earlier(acc, vals, words, ptr, hs, s, blk)
+        gate_rows(acc, vals, words, ptr, hs, s, blk, offset, role)
 
-    return product3
+    return product
 
 
 def _peep_shape(spec: CellSpec) -> tuple[int, ...]:

@@ -100,3 +100,16 @@ def test_cli_run_reports_the_bad_index_without_a_traceback(tmp_path):
     assert done.returncode == 2
     assert "Gather: an index is out of range" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_failed_check_leaves_the_callers_subnormals_alone():
+    """The check kernel runs outside FlushDenormals: a failed check returns early, and inside
+    it the calling thread kept FTZ / DAZ set (numpy then flushed subnormals to zero; hypothesis
+    tests after it in the same process failed)."""
+    compiled = tvm_sparse.compile(_gather_model([3]), "llvm")
+    tiny = np.array([1e-40], np.float32)  # a subnormal
+    assert tiny[0] != 0 and (tiny * np.float32(1.0))[0] != 0
+    with pytest.raises(RunError):
+        compiled.run(np.array([0, 1, 99], np.int64), np.zeros((10, 4), np.float32))
+    assert (tiny * np.float32(1.0))[0] != 0, "the calling thread was left flushing subnormals"
+    assert np.float32(1e-39) / np.float32(10) != 0

@@ -24,6 +24,7 @@ from ..errors import UnsupportedModelError
 from ..ir.relax_utils import _shape_dims, const_array, dtype_of, op_name
 from ..schedules.kernel import finish_opaque
 from ..target import is_cpu
+from .flush_denormals import KEEP_FP_MODE
 
 
 def _shape_text(dims: list) -> str:
@@ -34,7 +35,9 @@ def check_kernel(dtype: str, extent: int, message: str, count: int | None) -> ti
     """``(idx, out)``, 1-D of ``count`` elements (None: any): ``out = idx``, failing the call
     (with ``message``) at the first index outside ``[0, extent)``. Opaque to FuseOps: fused
     with a reshape, FuseTIR met a static and a symbolic buffer for one var and failed. A root
-    block: RewriteDataflowReshape inspects every one-input call_tir and wants one."""
+    block: RewriteDataflowReshape inspects every one-input call_tir and wants one. Outside
+    FlushDenormals (``KEEP_FP_MODE``): a failed check returns before the caller's floating-point
+    mode would be restored."""
     lo, hi = tirx.const(0, dtype), tirx.const(extent, dtype)
     if count is None:
 
@@ -57,7 +60,7 @@ def check_kernel(dtype: str, extent: int, message: str, count: int | None) -> ti
                     assert lo <= idx[i] and idx[i] < hi, message
                     out[i] = idx[i]
 
-    return finish_opaque(check)
+    return finish_opaque(check).with_attr(KEEP_FP_MODE, True)
 
 
 def _element_count(dims: list):

@@ -24,6 +24,10 @@ from ..ir.parallel_loops import map_parallel_loops, prim_func_pass, with_body
 from ..target import has_cpu_features, is_cpu, num_cores
 
 FTZ_DAZ = 0x8040  # MXCSR bits: flush-to-zero (15) and denormals-are-zero (6)
+# a PrimFunc attribute: leave the caller's mode alone. For kernels that may fail a run-time
+# check: a failed assert returns before the mode is restored, and left the calling thread (and
+# numpy after it) flushing subnormals
+KEEP_FP_MODE = "tvm_sparse.keep_fp_mode"
 _SAVE = "llvm.x86.sse.stmxcsr"
 _LOAD = "llvm.x86.sse.ldmxcsr"
 
@@ -59,7 +63,10 @@ def _flushing(body: tirx.Stmt, mode: tirx.Buffer) -> tirx.Stmt:
 
 def flush_denormals_in(func: tirx.PrimFunc, tasks: int = 1) -> tirx.PrimFunc:
     """``func`` with FTZ/DAZ set while it runs, on its own thread and in every parallel task
-    (``tasks``: how many a parallel loop is cut into, the target's cores)."""
+    (``tasks``: how many a parallel loop is cut into, the target's cores); unchanged when it
+    carries ``KEEP_FP_MODE``."""
+    if func.attrs is not None and KEEP_FP_MODE in func.attrs:
+        return func
     caller = _mode_buffer("mxcsr")
     body = _launches_flushing(func.body, caller, max(tasks, 1))
     return func.with_body(_flushing(body, caller))

@@ -72,7 +72,7 @@ def constant(array: np.ndarray) -> relax.Expr:
     return relax.const(tvm.runtime.tensor(np.ascontiguousarray(array).reshape(array.shape)))
 
 
-def _shape_dims(expr: relax.Expr) -> list | None:
+def shape_dims(expr: relax.Expr) -> list | None:
     """The dims (IntImm or symbolic PrimExpr) of a tensor expression of known rank, else None."""
     ty = getattr(expr, "ty", None)
     if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
@@ -82,7 +82,7 @@ def _shape_dims(expr: relax.Expr) -> list | None:
 
 def static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
     """The static shape of a tensor expression, or None when unknown or symbolic."""
-    dims = _shape_dims(expr)
+    dims = shape_dims(expr)
     if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
         return None
     return tuple(int(d.value) for d in dims)
@@ -92,7 +92,7 @@ def representative_shape(expr: relax.Expr) -> tuple[int, ...] | None:
     """The shape of a tensor whose only unknowns are symbolic leading dims (a dynamic batch or
     sequence axis), those dims taken as 1, the size a kernel is chosen and timed at; None when
     the rank is unknown or the last dim is symbolic."""
-    dims = _shape_dims(expr)
+    dims = shape_dims(expr)
     if not dims or not isinstance(dims[-1], tvm.tirx.IntImm):
         return None
     return tuple(int(d.value) if isinstance(d, tvm.tirx.IntImm) else 1 for d in dims)

@@ -21,7 +21,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
 
 from ..errors import UnsupportedModelError
-from ..ir.relax_utils import _shape_dims, const_array, dtype_of, op_name
+from ..ir.relax_utils import const_array, dtype_of, op_name, shape_dims
 from ..schedules.kernel import finish_opaque
 from ..target import is_cpu
 from .flush_denormals import KEEP_FP_MODE
@@ -91,7 +91,7 @@ class _CheckTakes(PyExprMutator):
         if op_name(call) != "relax.take" or str(call.attrs.mode) != "clip":
             return call
         x, indices = call.args
-        x_dims, dims, dtype = _shape_dims(x), _shape_dims(indices), dtype_of(indices)
+        x_dims, dims, dtype = shape_dims(x), shape_dims(indices), dtype_of(indices)
         if x_dims is None or dims is None or dtype not in ("int32", "int64") or not x_dims:
             return call
         axis = 0 if call.attrs.axis is None else int(call.attrs.axis) % len(x_dims)

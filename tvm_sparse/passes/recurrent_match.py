@@ -331,15 +331,19 @@ def match_lstm_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes:
     return None
 
 
-def _gru_gate(expr: relax.Expr, bindings: Bindings, hidden: int):
-    """``(xt, hr, offset)`` of a single-use ``add(slice(xt, q), slice(hr, q))`` (either order),
-    the two slices at one gate offset."""
+def _gru_gate(expr: relax.Expr, bindings: Bindings, hidden: int, h_width: int,
+              same_offset: bool):  # fmt: skip
+    """``(xt, q, hr, p)`` of a single-use ``add(slice(xt, q), slice(hr, p))`` (either order):
+    a GRU's z or r pre-activation, ``xt`` its 3H columns of input, ``hr`` the recurrent
+    product's ``h_width`` columns (3H at linear_before_reset = 1, where ``same_offset``: q ==
+    p; 2H, z and r only, at linear_before_reset = 0)."""
     for a, b in _pairs(expr, bindings, "relax.add"):
         x_part = _gate_slice(a, bindings, hidden, 3 * hidden)
-        h_part = _gate_slice(b, bindings, hidden, 3 * hidden)
-        if x_part is not None and h_part is not None and x_part[1] == h_part[1]:
-            if _call_of(h_part[0], bindings, "relax.call_tir") is not None:
-                return x_part[0], h_part[0], x_part[1]
+        h_part = _gate_slice(b, bindings, hidden, h_width)
+        if x_part is None or h_part is None or (same_offset and x_part[1] != h_part[1]):
+            continue
+        if _call_of(h_part[0], bindings, "relax.call_tir") is not None:
+            return x_part[0], x_part[1], h_part[0], h_part[1]
     return None
 
 
@@ -399,7 +403,7 @@ def match_gru_step(h_var, h_call, bindings: Bindings, mod: tvm.IRModule, lanes: 
 def _gru_rest(n_call: relax.Call, z_sig: relax.Call, bindings: Bindings, hidden: int):
     """``(xt, hr, {z, r, n: offset}, rbh)`` of a GRU step's gates, from its ``tanh`` (n) and
     its z ``sigmoid``, when all read one ``xt`` and one ``hr`` at matching offsets."""
-    z = _gru_gate(z_sig.args[0], bindings, hidden)
+    z = _gru_gate(z_sig.args[0], bindings, hidden, 3 * hidden, same_offset=True)
     if z is None:
         return None
     for x_n, rmul in _pairs(n_call.args[0], bindings, "relax.add"):
@@ -410,28 +414,15 @@ def _gru_rest(n_call: relax.Call, z_sig: relax.Call, bindings: Bindings, hidden:
             r_sig = _call_of(sig_r, bindings, "relax.sigmoid")
             if r_sig is None or not _single_use(sig_r, bindings):
                 continue
-            r = _gru_gate(r_sig.args[0], bindings, hidden)
+            r = _gru_gate(r_sig.args[0], bindings, hidden, 3 * hidden, same_offset=True)
             n = _gru_recurrent_n(rec, bindings, hidden)
             if r is None or n is None or n[1] != x_part[1]:
                 continue
-            sources = {z[0], r[0], x_part[0]}, {z[1], r[1], n[0]}
-            offsets = {"z": z[2], "r": r[2], "n": n[1]}
+            sources = {z[0], r[0], x_part[0]}, {z[2], r[2], n[0]}
+            offsets = {"z": z[1], "r": r[1], "n": n[1]}
             if len(sources[0]) == 1 and len(sources[1]) == 1:
                 if sorted(offsets.values()) == [0, hidden, 2 * hidden]:
-                    return z[0], z[1], offsets, n[2]
-    return None
-
-
-def _gru0_gate(expr: relax.Expr, bindings: Bindings, hidden: int):
-    """``(xt, q, hzr, p)`` of a single-use ``add(slice(xt, q), slice(hzr, p))`` (either
-    order): a linear_before_reset = 0 GRU's z or r pre-activation, ``hzr`` its first product
-    (z and r: 2H columns)."""
-    for a, b in _pairs(expr, bindings, "relax.add"):
-        x_part = _gate_slice(a, bindings, hidden, 3 * hidden)
-        h_part = _gate_slice(b, bindings, hidden, 2 * hidden)
-        if x_part is not None and h_part is not None:
-            if _call_of(h_part[0], bindings, "relax.call_tir") is not None:
-                return x_part[0], x_part[1], h_part[0], h_part[1]
+                    return z[0], z[2], offsets, n[2]
     return None
 
 
@@ -440,7 +431,7 @@ def _gru_reset_before(h_var, n_call, z_sig, sub, bindings: Bindings, mod, lanes:
     ``n = tanh(add(slice(xt, q_n), (sigmoid(r) * h) @ R_n^T))`` with ``r`` and ``z`` from one
     product ``h @ R_zr^T``; ``sub`` is the blend's ``h - n``. None when it is not one."""
     hidden = static_shape(h_var)[1]
-    z = _gru0_gate(z_sig.args[0], bindings, hidden)
+    z = _gru_gate(z_sig.args[0], bindings, hidden, 2 * hidden, same_offset=False)
     if z is None:
         return None
     for x_n, reset in _pairs(n_call.args[0], bindings, "relax.add"):
@@ -453,7 +444,7 @@ def _gru_reset_before(h_var, n_call, z_sig, sub, bindings: Bindings, mod, lanes:
             r_sig = _call_of(sig_r, bindings, "relax.sigmoid")
             if r_sig is None or not _single_use(sig_r, bindings):
                 continue
-            r = _gru0_gate(r_sig.args[0], bindings, hidden)
+            r = _gru_gate(r_sig.args[0], bindings, hidden, 2 * hidden, same_offset=False)
             if r is None or not r[2].same_as(z[2]) or len({z[0], r[0], x_part[0]}) != 1:
                 continue
             first = _product(z[2], bindings, mod, batch, hidden, 2 * hidden, uses=2)

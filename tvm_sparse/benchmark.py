@@ -274,29 +274,12 @@ def with_input_shapes(model, shapes: dict[str, tuple[int, ...]]):
     (the batch is not always their first: an RNN's Y is ``[seq, directions, batch, hidden]``)
     and ``value_info`` dropped (shape hints for the old batch that onnxruntime would refuse);
     None when the inputs already have those shapes (the file can be used as it is)."""
-    import onnx
-
-    def dims(vi) -> tuple:
-        tensor = vi.type.tensor_type
-        return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    from .onnx_fold import input_dims, with_input_dims
 
     inputs = [vi for vi in model.graph.input if vi.name in shapes]
-    if all(vi.type.tensor_type.HasField("shape") and dims(vi) == shapes[vi.name] for vi in inputs):
+    if all(input_dims(vi) == tuple(shapes[vi.name]) for vi in inputs):
         return None
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for vi in copy.graph.input:
-        if vi.name in shapes:
-            shape = vi.type.tensor_type.shape
-            del shape.dim[:]
-            for extent in shapes[vi.name]:
-                shape.dim.add().dim_value = extent
-    for vi in copy.graph.output:
-        if vi.type.tensor_type.HasField("shape"):
-            for dim in vi.type.tensor_type.shape.dim:
-                dim.Clear()
-    del copy.graph.value_info[:]
-    return copy
+    return with_input_dims(model, shapes)
 
 
 def random_inputs(inputs: Sequence[dict], seed: int = 0) -> list[np.ndarray]:

@@ -142,7 +142,7 @@ def _static_shape_of(
     return np.array(shape[slice(start, end)], dtype=np.int64)
 
 
-def _input_dims(vi: onnx.ValueInfoProto) -> tuple | None:
+def input_dims(vi: onnx.ValueInfoProto) -> tuple | None:
     """A graph input's declared dims (None for a dynamic one), or None when it has no shape."""
     if vi.type.WhichOneof("value") != "tensor_type" or not vi.type.tensor_type.HasField("shape"):
         return None
@@ -153,25 +153,31 @@ def _input_dims(vi: onnx.ValueInfoProto) -> tuple | None:
 
 def specialize_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
                       ) -> onnx.ModelProto:  # fmt: skip
-    """``model`` compiled for ``shapes``: a copy whose graph inputs named there have those dims,
-    the outputs' dims cleared and ``value_info`` dropped (hints for the old shapes, which shape
-    inference would find in conflict); ``model`` itself when its inputs already have them (or a
-    rank differs: the caller reports that by name)."""
+    """``model`` compiled for ``shapes``: ``with_input_dims`` for the inputs whose declared dims
+    differ; ``model`` itself when its inputs already have them (or a rank differs: the caller
+    reports that by name)."""
     changed = {}
     for vi in model.graph.input:
-        dims, given = _input_dims(vi), shapes.get(vi.name)
+        dims, given = input_dims(vi), shapes.get(vi.name)
         if dims is not None and given is not None and len(dims) == len(given):
             if dims != tuple(int(v) for v in given):
                 changed[vi.name] = given
-    if not changed:
-        return model
+    return with_input_dims(model, changed) if changed else model
+
+
+def with_input_dims(model: onnx.ModelProto, dims: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph inputs named in ``dims`` have those static dims, every
+    output's dims cleared (they follow the inputs, on whichever axis: an RNN's Y has its batch
+    third) and ``value_info`` dropped (hints for the old shapes, which shape inference and
+    onnxruntime would find in conflict)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for vi in out.graph.input:
-        if vi.name in changed:
-            for dim, value in zip(vi.type.tensor_type.shape.dim, changed[vi.name], strict=True):
-                dim.Clear()
-                dim.dim_value = int(value)
+        if vi.name in dims:
+            shape = vi.type.tensor_type.shape
+            del shape.dim[:]
+            for extent in dims[vi.name]:
+                shape.dim.add().dim_value = int(extent)
     for vi in out.graph.output:
         if vi.type.WhichOneof("value") == "tensor_type":
             for dim in vi.type.tensor_type.shape.dim:

@@ -37,16 +37,18 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_flat_layout_matches_dense(case, with_bias):
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_flat_layout_matches_dense(case, with_bias, lanes):
     x_shape, w_shape, density, strides, padding, dilation, activation = case
     rng = np.random.default_rng(3)
     w = sparse_weight(rng, w_shape, density)
     bias = rng.standard_normal(w_shape[0]).astype(np.float32) if with_bias else None
     x = rng.standard_normal(x_shape).astype(np.float32)
     call = sparse_conv2d(
-        x_shape, w, bias, ConvAttrs(strides, padding, dilation), activation, TARGET
+        x_shape, w, bias, ConvAttrs(strides, padding, dilation), activation, TARGET, lanes=lanes
     )
     assert call.info["layout"] == "flat"  # the default with a unit row stride
+    assert call.info["lanes"] == lanes
     check(call, x, conv_ref(x, w, bias, strides, padding, dilation, activation))
 
 
@@ -57,6 +59,10 @@ def test_flat_layout_matches_dense(case, with_bias):
         {"vectors": 3, "cblock": 1, "oblock": 3},  # A's rest and B apart; oblock not dividing O
         {"vectors": 5, "cblock": 2, "oblock": 64},
         {"vectors": 15, "cblock": 64, "parallel": False},
+        {"lanes": 16, "vectors": 1},  # a 16-lane vector spans two 8-wide plane rows
+        {"lanes": 16, "vectors": 2, "cblock": 1, "oblock": 5},
+        {"lanes": 16, "vectors": 28, "oblock": 7},
+        {"lanes": 8, "oblock": 7},
     ],
     ids=str,
 )
@@ -121,12 +127,29 @@ def test_flat_random_shapes(h, wd, k, sw, dw, pad, seed):
     check(call, x, conv_ref(x, w, None, (1, sw), padding, (dw, dw)))
 
 
+@pytest.mark.parametrize("cores", [1, 2])
+def test_flat_default_knobs_follow_the_target(cores):
+    """16 lanes on a whole-512-bit AVX-512 core, 8 on AVX2 and Zen 4; on one core every
+    output channel shares a channel block, on two the groups split over the cores."""
+    w = sparse_weight(np.random.default_rng(0), (64, 16, 3, 3), 0.2)
+    x_shape = (1, 16, 16, 16)
+    lanes_of = {"skylake-avx512": 16, "znver4": 8, "haswell": 8}
+    for mcpu, lanes in lanes_of.items():
+        target = resolve_target({"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
+        call = sparse_conv2d(x_shape, w, target=target, layout="flat")
+        vectors, _, oblock = call.info["tile"]
+        assert call.info["lanes"] == lanes and vectors == {8: 14, 16: 28}[lanes]
+        assert oblock == (8 if lanes == 8 else 64 // cores)
+
+
 def test_flat_rejects_row_strides_and_bad_knobs():
     w = np.ones((2, 1, 3, 3), np.float32)
     with pytest.raises(ValueError, match="row stride"):
         sparse_conv2d((1, 1, 8, 8), w, conv=ConvAttrs(strides=(2, 1)), layout="flat")
     with pytest.raises(ValueError, match="vectors"):
         sparse_conv2d((1, 1, 8, 8), w, layout="flat", vectors=0)
+    with pytest.raises(ValueError, match="lanes"):
+        sparse_conv2d((1, 1, 8, 8), w, layout="flat", lanes=4)
     with pytest.raises(ValueError, match="layout"):
         sparse_conv2d((1, 1, 8, 8), w, layout="im2col")
 

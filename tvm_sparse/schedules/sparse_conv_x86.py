@@ -247,15 +247,18 @@ def sparse_conv2d(
     x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
     tile: tuple[int, int] | None = None, parallel: bool = True, layout: str | None = None,
-    vectors: int = 14, cblock: int | None = None, oblock: int = 8,
+    vectors: int | None = None, cblock: int | None = None, oblock: int | None = None,
+    lanes: int | None = None,
 ) -> KernelCall:  # fmt: skip
     """y = act(conv2d(x, weight) + bias), NCHW / OIHW, ``padding=(top, left, bottom, right)``.
 
     ``layout`` is one of ``LAYOUTS`` (module docstring); None picks ``flat`` when the row stride
     is 1 and no ``tile`` is given, else the tiled kernel (the wide tile where it applies).
-    ``flat`` knobs: ``vectors`` 8-wide accumulators per register tile (at most 15 fit the 16
-    ymm registers with the broadcast weight), ``cblock`` input channels per L1 block (default:
-    their planes fit 16 KiB), ``oblock`` output channels that share a block before the next.
+    ``flat`` knobs: ``vectors`` accumulators per register tile, as wide as the target's
+    vectors (None: 14 ymm on AVX2, 28 zmm on AVX-512), ``lanes`` 8 or 16 to override that
+    width, ``cblock`` input channels per L1 block (default:
+    their planes fit 16 KiB), ``oblock`` output channels that share a block before the next
+    (None: ``default_oblock``).
     Consts: ``(vals, tap rows, segment starts, bias)``.
     ``wide`` / ``tiled``: each non-zero weight is stored with its flat offset into the padded
     input, ``c * Hp * Wp + kh * dh * Wp + kw * dw``; ``tile=(rows, cols)`` of output positions
@@ -277,7 +280,7 @@ def sparse_conv2d(
     if layout == "flat":
         return flat_conv_call(
             (bn, ci, h, wd), csr, (kh, kw), (oh, ow), (hp, wp), (top, left), (sh, sw), (dh, dw),
-            bias_arr, has_bias, activation, vectors, cblock, oblock, parallel, target,
+            bias_arr, has_bias, activation, vectors, cblock, oblock, parallel, target, lanes,
         )  # fmt: skip
     tile = _checked_tile(layout, tile, (oh, ow), wp, (sh, sw))
     vals, offs, ptr = padded_offset_consts(csr, ci, (kh, kw), (hp, wp), (dh, dw))

@@ -16,6 +16,12 @@ def act(v: np.ndarray, activation: str | None) -> np.ndarray:
         return np.where(v < 0, 0.0, v)
     if activation == "gelu":
         return 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))
+    if activation == "gelu_tanh":  # GPT-2's tanh approximation
+        return 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
+    if activation in ("sigmoid", "silu"):
+        with np.errstate(over="ignore"):
+            gate = 1.0 / (1.0 + np.exp(-v))
+        return gate if activation == "sigmoid" else v * gate
     if activation == "relu6":  # NaN stays NaN, as with ReLU
         return np.where(v < 0, 0.0, np.where(v > 6, 6.0, v))
     if activation in ("hardswish", "hardsigmoid"):  # torch's relu6(v + 3) / 6; NaN stays NaN

@@ -362,6 +362,35 @@ def test_panel_kernel_tile_layouts(layout, m, density, block, panel_cols):
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "silu", "sigmoid"])
+@pytest.mark.parametrize("m, m_tile", [(64, 64), (40, 16), (48, 32), (16, 8)])
+def test_heavy_epilogue_at_16_lanes_equals_8(activation, m, m_tile):
+    """A heavy activation written to y's tiles at 16 lanes gives the 8-lane kernel's values
+    and the reference's; an 8-row tile and the row layout keep 8 lanes, and a partial last
+    tile (40 rows in 16s) stores only its rows."""
+    rng = np.random.default_rng(m * 7 + m_tile)
+    w = sparse_weight(rng, (64, 48), 0.2)
+    w[3] = 0.0  # an empty row: bias and activation only
+    bias = rng.standard_normal(64).astype(np.float32)
+    x = rng.standard_normal((m, 48)).astype(np.float32) * 2
+    ref = linear_ref(x, w, bias, activation)
+    bsr = BSR.from_dense(w, (1, 1))
+    outs = {}
+    for lanes in (8, 16):
+        call = panel_call("csr_linear", m, bsr, bias, True, activation, m_tile, None, 16, True,
+                          epilogue_lanes=lanes)  # fmt: skip
+        assert call.info["epilogue_lanes"] == 8  # rows: after the 8 x 8 transposes
+        outs[lanes, "rows"] = run_kernel(call, TARGET, x)
+        if call.relayout is not None:
+            tiled = call.relayout(False, True)
+            assert tiled.info["epilogue_lanes"] == (lanes if m_tile % lanes == 0 else 8)
+            outs[lanes, "tiles"] = run_kernel(tiled, TARGET, x)
+    for (_, layout), out in outs.items():
+        expected = to_tiles(ref, m_tile) if layout == "tiles" else ref
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out, outs[8, layout], rtol=1e-6, atol=1e-7)
+
+
 def test_tile_layout_needs_whole_tiles():
     """A batch that is no multiple of the tile has no tile form (the layout would need padding);
     the row kernel (small batches) has none either."""

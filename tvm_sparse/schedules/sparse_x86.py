@@ -31,6 +31,7 @@ import numpy as np
 
 from ..formats.bsr import BSR
 from ..formats.csr import CSR
+from ..target import vector_lanes
 from ._epilogue import ACTIVATIONS
 from ._epilogue import bias_const as _bias_const
 from ._epilogue import check_activation as _check_activation
@@ -40,6 +41,12 @@ from .sparse_block_x86 import bsr_block_call
 from .sparse_conv_x86 import sparse_conv2d
 from .sparse_panel_x86 import panel_call, tiles_shape
 from .sparse_rows_x86 import csr_rows_call
+
+
+def epilogue_lanes(target) -> int:
+    """The panel kernel's width for a heavy activation: 16 lanes where the target has AVX-512
+    (Zen 4 included: its 512-bit ops cost two halves, as two ymm ops would), else 8."""
+    return 16 if vector_lanes(target) >= 16 else 8
 
 
 def csr_linear(
@@ -83,6 +90,7 @@ def csr_linear(
             panel_cols,
             row_block,
             parallel,
+            epilogue_lanes=epilogue_lanes(target),
         )
     return csr_rows_call(m, csr, bias_arr, has_bias, activation, row_batch, parallel)
 
@@ -125,6 +133,7 @@ def bsr_linear(
             row_block,
             parallel,
             widest_tile=max(8, (64 // r) // 8 * 8),
+            epilogue_lanes=epilogue_lanes(target),
         )
     return bsr_block_call(m, bsr, bias_arr, has_bias, activation, parallel)
 

@@ -23,12 +23,13 @@ def test_tiling_choices_keep_enough_accumulators():
     assert choose_tiling(64, 2048).mr in (4, 5, 6)
     # AVX-512: two zmm vectors a row and up to 8 rows (16 of the 32 registers accumulate)
     wide = choose_tiling(128, 384, lanes=16)
-    assert (wide.mr, wide.nb) == (8, 32)
+    assert (wide.mr, wide.nb, wide.k_unroll) == (8, 32, 4)  # K unrolled 4 on whole zmm units
+    assert choose_tiling(128, 384, lanes=8).k_unroll == 1
     assert choose_tiling(1, 2048, lanes=16).nb == 128  # still 8 vectors in flight
     assert choose_tiling(7, 12, lanes=16).nb == 16
     # 512-bit ops in two halves (Zen 4): four vectors a row, four rows
     split = choose_tiling(128, 384, lanes=16, zmm_split=True)
-    assert (split.mr, split.nb) == (4, 64)
+    assert (split.mr, split.nb, split.k_unroll) == (4, 64, 1)
     assert choose_tiling(64, 20, lanes=16, zmm_split=True).nb == 32
 
 

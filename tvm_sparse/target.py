@@ -163,6 +163,12 @@ class CpuIsa:
         return self.name == "avx512"
 
     @property
+    def whole_zmm(self) -> bool:
+        """AVX-512 with whole 512-bit units (Intel), where the kernels' Intel-measured 16-lane
+        defaults apply; Zen 4 (``zmm_split``) and AVX2 keep the ones measured there."""
+        return self.lanes >= 16 and not self.zmm_split
+
+    @property
     def avx2(self) -> bool:
         """AVX2 instructions are there (true on every AVX-512 CPU too)."""
         return self.name in ("avx2", "avx512")

@@ -403,8 +403,7 @@ def default_lanes(target) -> int:
     """16 on an AVX-512 core with whole 512-bit units, else 8. Zen 4 (512-bit ops as two
     halves) keeps 8: the 16-lane form was measured on an Intel core only (it cut 9-20% off the
     GSC's and ResNet-50's 3x3 / 5x5 convs there)."""
-    isa = cpu_isa(target)
-    return 16 if isa.lanes >= 16 and not isa.zmm_split else 8
+    return 16 if cpu_isa(target).whole_zmm else 8
 
 
 def default_oblock(o: int, lanes: int, out_hw: tuple[int, int]) -> int:
@@ -458,12 +457,12 @@ def flat_conv_call(x_shape, csr: CSR, k_hw, out_hw, padded_hw, pads, strides, di
         str(seg.dtype), bias_arr.size, has_bias, activation, vectors, cblock, oblock, parallel,
         lanes=lanes,
     )  # fmt: skip
-    in_parallel = samples_in_parallel(bn, target, spec.scratch_bytes)
-    spec = dataclasses.replace(spec, batch_parallel=bool(parallel) and in_parallel)
+    batch_parallel = bool(parallel) and samples_in_parallel(bn, target, spec.scratch_bytes)
     cores = num_cores(target) if target is not None else 1
-    if default_groups and parallel and not spec.batch_parallel and cores > 1:
+    if default_groups and parallel and not batch_parallel and cores > 1:
         # the threads split the output-channel groups: at least one group a core
-        spec = dataclasses.replace(spec, oblock=min(oblock, -(-o // cores)))
+        oblock = min(oblock, -(-o // cores))
+    spec = dataclasses.replace(spec, batch_parallel=batch_parallel, oblock=oblock)
     func = _flat_kernel(spec)
     positions = bn * oh * ow
     weight_bytes = int(vals.nbytes + offs.nbytes + seg.nbytes)

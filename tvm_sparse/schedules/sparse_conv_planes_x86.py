@@ -609,8 +609,7 @@ def default_cblock(target, taps: int, ci: int) -> int:
     16 (us): 64 3x3 at 56x56 537 / 484, 128 3x3 at 28x28 496 / 373; but 1x1 256 -> 64 at 56x56
     417 / 499 and 128 -> 512 at 28x28 113 / 296. On Zen 4 blocks won on 64 3x3 at 56x56 only
     (1.19x) and lost on most other shapes, so AVX2 and Zen 4 keep none."""
-    isa = cpu_isa(target)
-    return 16 if taps > 1 and ci > 16 and isa.lanes >= 16 and not isa.zmm_split else 0
+    return 16 if taps > 1 and ci > 16 and cpu_isa(target).whole_zmm else 0
 
 
 def default_share(lanes: int, vectors: int, nnz_per_channel: float) -> int:

@@ -1,5 +1,6 @@
 """FuseResidual: relu(conv(x) + shortcut) becomes one kernel with the same result, for each
-kernel that can take the shortcut (sparse tap planes, dense Winograd, dense 1x1 pointwise)."""
+kernel that can take the shortcut (sparse tap planes, sparse 1x1 panels, dense Winograd, dense 1x1
+pointwise)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tvm import relax
 from tvm_sparse.passes.fuse_residual import FuseResidual
 from tvm_sparse.schedules._conv_dims import ConvAttrs
 from tvm_sparse.schedules.dense_x86 import dense_conv2d
+from tvm_sparse.schedules.sparse_conv_panel_x86 import sparse_conv2d_panel
 from tvm_sparse.schedules.sparse_conv_planes_x86 import sparse_conv2d_planes
 from tvm_sparse.target import resolve_target
 
@@ -33,7 +35,7 @@ def _module(weight, bias, *, relu: bool, shortcut_shape=None, conv_read_twice=Fa
     with bb.function("main", [x, s]):
         with bb.dataflow():
             gvar = bb.add_func(kernel.func.with_attr("global_symbol", "conv"), "conv")
-            consts = [relax.const(c) for c in kernel.consts]
+            consts = [relax.const(tvm.runtime.tensor(c)) for c in kernel.consts]
             y = bb.emit(relax.call_tir(gvar, [x, *consts], relax.TensorType(out_shape, "float32")))
             z = bb.emit(relax.op.add(y, s))
             if relu:
@@ -138,4 +140,26 @@ def test_dense_kernels_take_the_shortcut(layout, x_shape, w_shape, conv, relu):
     expected = conv_ref(x, w, bias, conv.strides, conv.padding, conv.dilation) + s
     if relu:
         expected = np.maximum(expected, 0)
+    np.testing.assert_allclose(_run(fused, x, s), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "x_shape, conv, panel_cols",
+    [
+        ((1, 12, 7, 9), ConvAttrs(), None),  # 63 positions: a tail over the copy's padding
+        ((2, 12, 8, 8), ConvAttrs((2, 2)), 5),  # downsample, three panels
+    ],
+)
+def test_sparse_panel_conv_takes_the_shortcut(x_shape, conv, panel_cols):
+    """The shortcut is the new argument before y, added after the last panel."""
+    rng = np.random.default_rng(6)
+    w = sparse_weight(rng, (16, 12, 1, 1), 0.3)
+    bias = rng.standard_normal(16).astype(np.float32)
+    kernel = sparse_conv2d_panel(x_shape, w, bias, conv, None, TARGET, panel_cols=panel_cols)
+    mod, out_shape = _module(w, bias, relu=True, kernel=kernel, x_shape=x_shape)
+    fused = FuseResidual(TARGET)(mod)
+    assert len(_fused_kernels(fused)) == 1 and "R.add(" not in fused["main"].script()
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    s = rng.standard_normal(out_shape).astype(np.float32)
+    expected = np.maximum(conv_ref(x, w, bias, conv.strides) + s, 0)
     np.testing.assert_allclose(_run(fused, x, s), expected, rtol=1e-4, atol=1e-4)

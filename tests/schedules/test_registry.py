@@ -142,6 +142,25 @@ def test_every_cpu_conv_family_computes_the_layer(target, rng):
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=family.name)
 
 
+def test_pointwise_convs_get_the_panel_conv(target, rng):
+    """An unpadded 1x1 conv (any stride) is also offered as the panel sparse GEMM, which
+    computes it; a padded one is not."""
+    w = sparse_weight(rng, (8, 16, 1, 1), 0.2)
+    attrs = {"strides": (2, 2), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1}
+    layer = LayerSpec(0, CONV2D, (1, 16, 9, 9), (1, 8, 5, 5), w, None, "relu", None, None,
+                      conv_attrs=attrs, name="conv1x1")  # fmt: skip
+    families = {f.name: f for f in registry.families_for(layer, target)}
+    family = families["sparse_conv_panel"]
+    x = rng.standard_normal(layer.x_shape).astype(np.float32)
+    expected = conv_ref(x, w, None, strides=(2, 2), activation="relu")
+    for knobs in family.knob_space(layer, target)[:KNOB_SETTINGS_BUILT]:
+        got = run_kernel(family.build(layer, target, **knobs), target, x)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    padded = LayerSpec(0, CONV2D, (1, 16, 9, 9), (1, 8, 6, 6), w, None, "relu", None, None,
+                       conv_attrs={**attrs, "padding": (1, 1, 1, 1)}, name="padded")  # fmt: skip
+    assert "sparse_conv_panel" not in [f.name for f in registry.families_for(padded, target)]
+
+
 def test_cuda_candidates_list_dense_first_and_build():
     w = _weight(64, 128, 0.05)
     layer = LayerSpec(0, LINEAR, (1, 128), (1, 64), w, None, None, None, None)

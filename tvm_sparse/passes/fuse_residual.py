@@ -6,10 +6,10 @@ passes over a tensor of up to 256x56x56 floats, ~10% of a pruned ResNet-50. The 
 already holds each output tile in registers, so it adds the shortcut and applies the ReLU there.
 
 Matched (after Sparsify, CPU only): ``add(a, b)`` where ``a`` or ``b`` is the output of a
-kernel in ``FUSABLE`` (the tap-plane sparse conv, the dense Winograd and 1x1 pointwise convs)
-with no activation and no residual yet, read only by the add,
-and both operands have the output's shape and dtype (no broadcasting); a ``relu`` that is the
-add's only reader is taken in too. The kernel is rebuilt from the spec it carries with the
+kernel in ``FUSABLE`` (the tap-plane and 1x1 panel sparse convs, the dense Winograd and 1x1
+pointwise convs) with no activation and no residual yet, read only by the add, and both
+operands have the output's shape and dtype (no broadcasting); a ``relu`` that is the add's only
+reader is taken in too. The kernel is rebuilt from the spec it carries with the
 shortcut as its residual input.
 """
 
@@ -29,6 +29,8 @@ from ..schedules.isolation import compile_check
 from ..schedules.kernel import KernelCall
 from ..schedules.pointwise_conv_x86 import SPEC_ATTR as POINTWISE_ATTR
 from ..schedules.pointwise_conv_x86 import pointwise_kernel
+from ..schedules.sparse_conv_panel_x86 import SPEC_ATTR as PANEL_ATTR
+from ..schedules.sparse_conv_panel_x86 import PanelConvSpec, panel_conv_kernel
 from ..schedules.sparse_conv_planes_x86 import SPEC_ATTR as PLANES_ATTR
 from ..schedules.sparse_conv_planes_x86 import PlaneConvSpec, plane_kernel
 from ..schedules.winograd_conv_x86 import SPEC_ATTR as WINOGRAD_ATTR
@@ -55,6 +57,13 @@ def _rebuild_planes(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
     return plane_kernel(PlaneConvSpec(**{**fields, "residual": True, "activation": activation}))
 
 
+def _rebuild_panel(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    return panel_conv_kernel(
+        PanelConvSpec(**{**fields, "residual": True, "activation": activation})
+    )
+
+
 def _rebuild_winograd(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
     return winograd_kernel(**{**fields, "residual": True, "activation": activation})
@@ -66,6 +75,7 @@ def _rebuild_pointwise(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
 
 FUSABLE = (
     _Fusable("sparse_conv2d_planes", PLANES_ATTR, _rebuild_planes, placeholder=True),
+    _Fusable("sparse_conv2d_panel", PANEL_ATTR, _rebuild_panel, placeholder=False),
     _Fusable("dense_conv2d_winograd", WINOGRAD_ATTR, _rebuild_winograd, placeholder=True),
     _Fusable("dense_conv2d_pointwise", POINTWISE_ATTR, _rebuild_pointwise, placeholder=False),
 )

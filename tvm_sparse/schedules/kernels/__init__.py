@@ -15,6 +15,7 @@ from .cpu_dynamic import DynamicCsrLinear, DynamicDenseLinear
 from .cpu_nm import NMLinear
 from .cpu_sparse_conv import SparseConv2d
 from .cpu_sparse_conv_batch import SparseConv2dBatchLanes
+from .cpu_sparse_conv_panel import SparseConv2dPanel
 from .cpu_sparse_conv_planes import SparseConv2dPlanes
 from .cpu_sparse_sparse import SparseSparseConv2d, SparseSparseLinear
 from .cuda_bsr import CudaBsrLinear
@@ -28,6 +29,7 @@ FAMILIES: tuple[KernelFamily, ...] = (
     CsrLinear(),
     SparseConv2d(),
     SparseConv2dPlanes(),
+    SparseConv2dPanel(),
     SparseConv2dBatchLanes(),
     SparseSparseLinear(),
     SparseSparseConv2d(),

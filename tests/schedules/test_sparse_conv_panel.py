@@ -1,0 +1,166 @@
+"""The 1x1 panel sparse conv (NCHW sparse GEMM over channels) against a float64 numpy conv:
+positions that fill whole tiles, leave a tail or need the aligned copy, strides, batches,
+densities from none to full, every knob and both vector widths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvm_sparse.schedules._conv_dims import ConvAttrs
+from tvm_sparse.schedules.kernel import run_kernel
+from tvm_sparse.schedules.sparse_conv_panel_x86 import (
+    SPEC_ATTR,
+    PanelConvSpec,
+    is_pointwise,
+    sparse_conv2d_panel,
+    tile_widths,
+)
+from tvm_sparse.target import resolve_target
+
+from .isa import host_runs, isa_target
+from .reference import check_conv, conv_ref, sparse_weight
+
+TARGET = resolve_target("llvm")
+
+CASES = [
+    # x shape, output channels, density, strides, activation
+    ((1, 16, 8, 8), 24, 0.1, (1, 1), "relu"),  # 64 positions: one whole tile
+    ((1, 8, 14, 14), 12, 0.3, (1, 1), None),  # 196: 3 tiles + a 16-wide tail, copied
+    ((2, 12, 7, 7), 9, 0.5, (1, 1), "relu"),  # 49: one 64-wide tail, padding read
+    ((1, 5, 4, 8), 7, 0.4, (1, 1), "gelu"),  # 32: uncopied tail of whole vectors
+    ((1, 6, 3, 4), 5, 1.0, (1, 1), None),  # 12 positions: copied, full weights
+    ((3, 10, 13, 11), 6, 0.3, (2, 2), "relu"),  # strided (downsample), odd sizes
+    ((1, 9, 12, 12), 4, 0.2, (3, 2), None),  # unequal strides
+    ((1, 8, 8, 8), 8, 0.0, (1, 1), "relu"),  # no non-zero
+    ((1, 16, 28, 28), 32, "one", (1, 1), None),  # a single non-zero
+]
+
+
+def _check(x_shape, w, bias, conv, activation, target=TARGET, **knobs):
+    return check_conv(sparse_conv2d_panel, x_shape, w, bias, conv, activation, target, **knobs)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matches_dense(case, with_bias):
+    x_shape, o, density, strides, activation = case
+    rng = np.random.default_rng(3)
+    w = sparse_weight(rng, (o, x_shape[1], 1, 1), density)
+    bias = rng.standard_normal(o).astype(np.float32) if with_bias else None
+    _check(x_shape, w, bias, ConvAttrs(strides), activation)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"m_tile": 8},
+        {"m_tile": 16, "panel_cols": 3},
+        {"m_tile": 32, "panel_cols": 1, "row_block": 3},
+        {"panel_cols": 5, "row_block": 1, "parallel": False},
+        {"row_block": 7, "parallel": True},
+    ],
+    ids=lambda k: json.dumps(k),
+)
+@pytest.mark.parametrize("case", CASES[:6], ids=lambda c: f"{c[0]}-{c[3]}")
+def test_knobs_keep_results(case, knobs):
+    """Tile widths, panels of one to a few channels (many panels: partial sums kept in y or the
+    tail scratch between them) and row blocks that do not divide the channels."""
+    x_shape, o, density, strides, activation = case
+    rng = np.random.default_rng(7)
+    w = sparse_weight(rng, (o, x_shape[1], 1, 1), density)
+    bias = rng.standard_normal(o).astype(np.float32)
+    _check(x_shape, w, bias, ConvAttrs(strides), activation, **knobs)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_each_vector_width_matches_dense(isa):
+    """AVX2 tails are 8 wide, AVX-512 tails 16: both are built, run where the host can."""
+    target = isa_target(isa)
+    rng = np.random.default_rng(11)
+    w = sparse_weight(rng, (10, 12, 1, 1), 0.3)
+    x_shape = (1, 12, 10, 10)  # 100 positions: a 64 tile and a 36-position tail
+    call = sparse_conv2d_panel(x_shape, w, None, ConvAttrs(), "relu", target)
+    assert call.info["tile"] == (64, 40 if isa == "avx2" else 48)
+    if host_runs(isa):
+        _check(x_shape, w, None, ConvAttrs(), "relu", target)
+
+
+def test_residual_epilogue_adds_the_shortcut_before_the_activation():
+    """The spec ``passes.fuse_residual`` rebuilds: act(conv + bias + shortcut), shortcut as the
+    argument before y; with many panels it is added once, after the last."""
+    from tvm_sparse.schedules.kernel import KernelCall
+    from tvm_sparse.schedules.sparse_conv_panel_x86 import panel_conv_kernel
+
+    rng = np.random.default_rng(5)
+    x_shape, w = (2, 20, 7, 9), sparse_weight(rng, (6, 20, 1, 1), 0.4)
+    bias = rng.standard_normal(6).astype(np.float32)
+    call = sparse_conv2d_panel(x_shape, w, bias, ConvAttrs(), None, TARGET, panel_cols=4)
+    spec = PanelConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))
+    fused = panel_conv_kernel(PanelConvSpec(**{**spec.__dict__, "residual": True,
+                                               "activation": "relu"}))  # fmt: skip
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    shortcut = rng.standard_normal(call.out_shape).astype(np.float32)
+    fused_call = KernelCall(fused, "fused", (*call.consts, shortcut), call.out_shape)
+    out = run_kernel(fused_call, TARGET, x)
+    expected = np.maximum(conv_ref(x, w, bias) + shortcut, 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "positions, copied, widths",
+    [
+        (3136, False, (64, 0)),  # ResNet's 56x56: whole tiles
+        (784, False, (64, 16)),  # 28x28: a whole-vector tail, no copy
+        (196, True, (64, 16)),  # 14x14: 4 positions in a 16-wide tail
+        (49, True, (64, 64)),  # 7x7: one 64-wide tail
+        (8, True, (64, 16)),  # fewer positions than lanes: a 16-wide tail over padding
+    ],
+)
+def test_tile_widths(positions, copied, widths):
+    assert tile_widths(positions, None, 16, copied) == widths
+
+
+def test_tails_wider_than_the_rest_need_the_copy():
+    with pytest.raises(ValueError, match="must be copied"):
+        tile_widths(196, None, 16, copied=False)
+    with pytest.raises(ValueError, match="at least 8 positions"):
+        tile_widths(6)
+
+
+def test_only_unpadded_pointwise_convs_are_taken():
+    rng = np.random.default_rng(2)
+    assert is_pointwise((4, 3, 1, 1), ConvAttrs((2, 2)))
+    assert not is_pointwise((4, 3, 3, 3), ConvAttrs())
+    assert not is_pointwise((4, 3, 1, 1), ConvAttrs(padding=(1, 1, 1, 1)))
+    with pytest.raises(ValueError, match="unpadded 1x1"):
+        sparse_conv2d_panel((1, 3, 8, 8), sparse_weight(rng, (4, 3, 3, 3), 0.5))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 40),
+    out_channels=st.integers(1, 20),
+    height=st.integers(2, 17),
+    width=st.integers(4, 17),
+    stride=st.integers(1, 2),
+    density=st.sampled_from([0.0, 0.02, 0.1, 0.3, 1.0]),
+    m_tile=st.sampled_from([None, 8, 16, 32]),
+    panel_cols=st.sampled_from([None, 1, 7, 16]),
+    row_block=st.sampled_from([None, 1, 5]),
+)
+def test_random_convs(batch, channels, out_channels, height, width, stride, density, m_tile,
+                      panel_cols, row_block):  # fmt: skip
+    oh, ow = -(-height // stride), -(-width // stride)
+    if oh * ow < 8:
+        return
+    rng = np.random.default_rng(height * 31 + width * 7 + channels)
+    w = sparse_weight(rng, (out_channels, channels, 1, 1), density)
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    _check((batch, channels, height, width), w, bias, ConvAttrs((stride, stride)), "relu",
+           m_tile=m_tile, panel_cols=panel_cols, row_block=row_block)  # fmt: skip

@@ -1,0 +1,439 @@
+"""1x1 convolutions on NCHW as the transposed-panel sparse GEMM over channels (x86).
+
+Why: a 1x1 conv is ``y[o, p] = sum_c w[o, c] x[c, p]`` over the positions ``p``, and an NCHW
+sample ``x[C, P]`` is already the transposed activation ``xT[K, m]`` the panel kernel
+(``sparse_panel_x86``) multiplies, with row stride ``P`` instead of a tile's width. The tap-plane
+conv (``sparse_conv_planes_x86``) streams every input channel of a 24-vector position tile past
+its registers (256 channels x 384 positions: 384 KiB, from L2); here a panel of ``panel_w``
+channels x ``m_tile`` positions (128 x 64: 32 KiB) stays in L1 while every output channel's
+non-zeros in it stream past, each one record load, ``m_tile / 16`` vector loads and FMAs.
+Intel Xeon (AVX-512), 90% weights, 1 thread, planes / panel (us): 256 -> 64 at 56x56 431 / 196,
+512 -> 128 at 28x28 244 / 124, 1024 -> 256 at 14x14 162 / 98 (isolated kernels).
+
+Positions: ``P // m_tile`` whole tiles, then the rest as one tail tile rounded up to whole
+vectors. Partial sums accumulate in ``y`` itself between panels (a slot's first panel starts
+from zero, its last writes ``act(acc + bias [+ residual])``); a tail tile wider than the
+positions it holds keeps them in a scratch and writes only those. Row blocks (disjoint output
+channels) run in parallel.
+
+Where x's channels do not start on a cache line (14x14, 7x7) or the conv is strided (ResNet's
+downsampling shortcuts), a sample is first copied to a scratch whose channels do (``x_stride``),
+its padding zeroed: every tile load is then one aligned line, and the tail reads padding, not
+the next channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from ..formats.bsr import BSR
+from ..target import num_cores, vector_lanes
+from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
+from ._epilogue import bias_const, plus_bias
+from ._epilogue import epilogue as _epilogue
+from ._prefetch import prefetch as prefetch_line
+from .kernel import KernelCall
+from .kernel import finish as _finish
+from .panel_packing import pack_row_panels, panel_records
+from .sparse_panel_x86 import RECORDS_AHEAD, RECORDS_PER_LINE
+
+# The PrimFunc attribute that carries the kernel's spec (``passes.fuse_residual`` rebuilds it).
+SPEC_ATTR = "tvm_sparse.conv_panel"
+# Positions per whole tile at most: 64 (four zmm accumulators) measured best on the panel
+# kernel (32: 10-20% slower on ResNet-50's 1x1 shapes; 128 with 64-channel panels: the same).
+WIDEST_TILE = 64
+# The narrowest tile: one AVX2 vector.
+NARROWEST_TILE = 8
+
+
+@dataclass(frozen=True)
+class PanelConvSpec:
+    """What one kernel is specialized to: shapes, packing and knobs (JSON in ``SPEC_ATTR``)."""
+
+    x_shape: tuple[int, int, int, int]
+    o: int
+    out_hw: tuple[int, int]
+    strides: tuple[int, int]
+    nnz: int
+    npanels: int
+    panel_w: int
+    row_block: int
+    ptr_dtype: str
+    row_dtype: str
+    nbias: int
+    has_bias: bool
+    activation: str | None
+    m_tile: int
+    tail_tile: int  # 0: the positions are whole tiles
+    lanes: int  # the epilogue's vector width
+    parallel: bool
+    rec_ahead: int = RECORDS_AHEAD
+    residual: bool = False  # a tensor of the output's shape added before the activation
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PanelConvSpec:
+        fields = json.loads(text)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+    @property
+    def positions(self) -> int:
+        return self.out_hw[0] * self.out_hw[1]
+
+    @property
+    def strided(self) -> bool:
+        return self.strides != (1, 1)
+
+    @property
+    def copied(self) -> bool:
+        """Whether a sample is first copied to the scratch: strided, or rows of x that do not
+        start on a cache line (see ``x_stride``)."""
+        return self.strided or self.positions % 16 != 0
+
+    @property
+    def x_stride(self) -> int:
+        """Floats between two channels of the x the tiles read: ``P`` in x itself, ``P``
+        rounded up to a cache line in the scratch. Why: with 14x14 rows (784 bytes) 3 of 4
+        tile loads straddle two lines; 1024 -> 256 at 10%, Intel: 184 us, against 107 at 8x24
+        (768-byte rows)."""
+        return -(-self.positions // 16) * 16 if self.copied else self.positions
+
+    @property
+    def whole_tiles(self) -> int:
+        return self.positions // self.m_tile
+
+    @property
+    def nrb(self) -> int:
+        """Row blocks (output channels ``rb * row_block`` on)."""
+        return -(-self.o // self.row_block)
+
+    @property
+    def nslots(self) -> int:
+        return max(self.npanels * self.o, 1)
+
+
+def tile_widths(positions: int, m_tile: int | None = None, lanes: int = 16,
+                copied: bool = True) -> tuple[int, int]:  # fmt: skip
+    """``(m_tile, tail_tile)`` for ``positions``: whole tiles of ``m_tile`` (None:
+    ``WIDEST_TILE``; a power of two from ``NARROWEST_TILE``), then the rest as a tail tile of
+    whole ``lanes`` vectors (0 when nothing is left).
+
+    Why whole vectors: LLVM kept an 8-wide tail's accumulators as halves of zmm registers, an
+    insert and an extract around every FMA (1024 -> 256 at 8x25, Intel: 47 us for the 8-wide
+    tail, 8 us for a 16-wide one at 4x52). A tail wider than the rest reads the scratch's
+    padding, so only a ``copied`` sample may have one."""
+    if positions < NARROWEST_TILE:
+        raise ValueError(f"the panel conv needs at least {NARROWEST_TILE} positions")
+    wanted = WIDEST_TILE if m_tile is None else int(m_tile)
+    tile = NARROWEST_TILE
+    while tile * 2 <= wanted:
+        tile *= 2
+    rest = positions % tile
+    tail = -(-rest // lanes) * lanes
+    if tail != rest and not copied:
+        raise ValueError(f"{positions} positions leave a tail of {rest}: x must be copied")
+    return tile, tail
+
+
+def accumulator_sets(width: int) -> int:
+    """Independent accumulator sets a slot cycles its non-zeros through: each non-zero's FMAs
+    wait on the previous one's (4 cycles on Intel), so a narrow tile is latency-bound. Intel
+    Xeon, records from L1, cycles a non-zero at 1 / 2 / 4 sets: 64 positions (4 zmm) 4.4 /
+    3.8, 32 positions 4.3 / 2.2, 16 positions 4.3 / - / 1.3 (a microbenchmark)."""
+    return 2 if width >= 32 else 4
+
+
+def _store_macro(spec: PanelConvSpec, count: int, step: int):
+    """Macro: ``y[at + v] = act(acc[v] + bias [+ residual])`` for ``count`` positions from
+    ``first``, ``step`` lanes a store (``count`` a multiple of ``step``; 1: scalars)."""
+    has_bias, activation, residual = spec.has_bias, spec.activation, spec.residual
+
+    def lanes_at(start):
+        return start if step == 1 else T.ramp(start, 1, step)
+
+    def spread(value):
+        return value if step == 1 else T.broadcast(value, step)
+
+    @T.macro
+    def store(acc, bias, res, yf, ib, at, first):
+        for vb in T.unroll(count // step):
+            v0: T.let = first + vb * step
+            if residual:
+                yf[lanes_at(at + v0)] = _epilogue(
+                    plus_bias(acc[lanes_at(v0)], spread(bias[ib]), has_bias)
+                    + res[lanes_at(at + v0)],
+                    activation,
+                    step,
+                )
+            else:
+                yf[lanes_at(at + v0)] = _epilogue(
+                    plus_bias(acc[lanes_at(v0)], spread(bias[ib]), has_bias),
+                    activation,
+                    step,
+                )
+
+    return store
+
+
+def _slot_macro(spec: PanelConvSpec, width: int, valid: int):
+    """Macro: one slot (an output channel's non-zeros in one panel) over ``width`` positions at
+    ``base``, of which the first ``valid`` exist, its partial sums in registers
+    (``accumulator_sets`` of them, summed at the end); between panels in ``y`` itself, or in the
+    scratch ``ys`` (a row of ``width`` an output channel) where the tile is wider than ``y``."""
+    n, p_all = spec.o, spec.positions
+    ci, x_stride = spec.x_shape[1], spec.x_stride
+    row_block, npanels = spec.row_block, spec.npanels
+    lanes = min(spec.lanes, width)
+    rec_ahead, nrec = spec.rec_ahead, max(spec.nnz, 1)
+    copied, in_y = spec.copied, valid == width
+    sets = accumulator_sets(width)
+    whole = valid // lanes * lanes
+    store_vectors = _store_macro(spec, whole, lanes)
+    store_rest = _store_macro(spec, valid - whole, 1)
+
+    @T.macro
+    def slot_pass(recs, seg, slot_rows, bias, res, xf, yf, ys, b, base, rb, p, rl, s):
+        slot: T.let = rb * row_block * npanels + p * rl + s
+        ib: T.let = T.Cast("int32", slot_rows[slot])
+        lo: T.let = T.Cast("int32", seg[slot])
+        hi: T.let = T.Cast("int32", seg[slot + 1])
+        at: T.let = (b * n + ib) * p_all + base
+        acc = T.alloc_buffer((sets * width,), "float32", scope="global")
+        for v in T.vectorized(sets * width):
+            acc[v] = T.float32(0)
+        if p > 0:
+            for v in T.vectorized(width):
+                acc[v] = yf[at + v] if in_y else ys[ib * width + v]
+        if rec_ahead > 0:
+            for h in T.unroll(2):
+                ahead: T.let = T.min(lo + rec_ahead + h * RECORDS_PER_LINE, nrec - 1)
+                T.evaluate(prefetch_line(recs[ahead]))
+        # the scratch holds one sample; x itself every sample
+        xbase: T.let = T.Cast("int64", base if copied else b * ci * x_stride + base)
+        rounds: T.let = (hi - lo) // sets
+        for jj in range(rounds):
+            for a in T.unroll(sets):
+                rec: T.let = recs[lo + jj * sets + a]
+                off: T.let = T.shift_right(rec, T.int64(32)) + xbase
+                w1: T.let = T.reinterpret("float32", T.Cast("int32", rec))
+                for v in T.vectorized(width):
+                    acc[a * width + v] = acc[a * width + v] + w1 * xf[off + T.Cast("int64", v)]
+        for j in range(lo + rounds * sets, hi):
+            rec1: T.let = recs[j]
+            off1: T.let = T.shift_right(rec1, T.int64(32)) + xbase
+            w2: T.let = T.reinterpret("float32", T.Cast("int32", rec1))
+            for v in T.vectorized(width):
+                acc[v] = acc[v] + w2 * xf[off1 + T.Cast("int64", v)]
+        for a in T.unroll(1, sets):
+            for v in T.vectorized(width):
+                acc[v] = acc[v] + acc[a * width + v]
+        if p == npanels - 1:
+            store_vectors(acc, bias, res, yf, ib, at, 0)
+            if whole < valid:
+                store_rest(acc, bias, res, yf, ib, at, whole)
+        elif in_y:
+            for v in T.vectorized(width):
+                yf[at + v] = acc[v]
+        else:
+            for v in T.vectorized(width):
+                ys[ib * width + v] = acc[v]
+
+    return slot_pass
+
+
+def _copy_macro(spec: PanelConvSpec):
+    """Macro: sample ``b``'s (strided) positions into the scratch, one channel every
+    ``x_stride`` floats (a cache line boundary)."""
+    _, ci, h, w = spec.x_shape
+    (oh, ow), (sh, sw) = spec.out_hw, spec.strides
+    p_all, x_stride, strided = spec.positions, spec.x_stride, spec.strided
+    rows = T.parallel if spec.parallel else T.serial
+
+    @T.macro
+    def copy(xf, xs, b):
+        for c in rows(ci):
+            if strided:
+                for r in range(oh):
+                    for q in T.vectorized(ow):
+                        xs[c * x_stride + r * ow + q] = xf[((b * ci + c) * h + r * sh) * w + q * sw]
+            else:
+                for v in T.vectorized(p_all):
+                    xs[c * x_stride + v] = xf[(b * ci + c) * p_all + v]
+            for v in range(p_all, x_stride):  # padding a wide tail reads: zeros, not garbage
+                xs[c * x_stride + v] = T.float32(0)
+
+    return copy
+
+
+def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
+    """The PrimFunc ``(x, records, seg, slot_rows, bias, [residual,] y)`` for ``spec``."""
+    bn, ci, h, w = spec.x_shape
+    n, p_all, m_tile, tail = spec.o, spec.positions, spec.m_tile, spec.tail_tile
+    nrb, row_block, npanels = spec.nrb, spec.row_block, spec.npanels
+    whole, copied = spec.whole_tiles, spec.copied
+    rest = p_all - whole * m_tile
+    y_shape = (bn, n, *spec.out_hw)
+    nrec, nslots = max(spec.nnz, 1), spec.nslots
+    ptr_dtype, row_dtype = spec.ptr_dtype, spec.row_dtype
+    rows = T.parallel if spec.parallel else T.serial
+    main = _slot_macro(spec, m_tile, m_tile)
+    tail_pass = _slot_macro(spec, max(tail, 1), rest)
+    copy = _copy_macro(spec)
+    ys_size = n * tail if 0 < rest < tail else 1
+
+    @T.macro
+    def sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b):
+        for rb in rows(nrb):
+            rl: T.let = T.min(row_block, n - rb * row_block)
+            for t in range(whole):
+                for p in range(npanels):
+                    for s in range(rl):
+                        main(recs, seg, slot_rows, bias, res, xf, yf, ys, b, t * m_tile, rb, p,
+                             rl, s)  # fmt: skip
+            if tail > 0:
+                for p in range(npanels):
+                    for s in range(rl):
+                        tail_pass(recs, seg, slot_rows, bias, res, xf, yf, ys, b,
+                                  whole * m_tile, rb, p, rl, s)  # fmt: skip
+
+    @T.macro
+    def body(x, recs, seg, slot_rows, bias, res, y):
+        xf = T.decl_buffer((bn * ci * h * w,), "float32", data=x.data)
+        yf = T.decl_buffer((bn * n * p_all,), "float32", data=y.data)
+        ys = T.alloc_buffer((ys_size,), "float32", scope="global")
+        if copied:
+            xs = T.alloc_buffer((ci * spec.x_stride,), "float32", scope="global")
+            for b in range(bn):
+                copy(xf, xs, b)
+                sample(recs, seg, slot_rows, bias, res, xs, yf, ys, b)
+        else:
+            for b in range(bn):
+                sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b)
+
+    if spec.residual:
+
+        @T.prim_func
+        def kernel(
+            x: T.Buffer((bn, ci, h, w), "float32"),
+            recs: T.Buffer((nrec,), "int64"),
+            seg: T.Buffer((nslots + 1,), ptr_dtype),
+            slot_rows: T.Buffer((nslots,), row_dtype),
+            bias: T.Buffer((spec.nbias,), "float32"),
+            residual: T.Buffer(y_shape, "float32"),
+            y: T.Buffer(y_shape, "float32"),
+        ):
+            rf = T.decl_buffer((bn * n * p_all,), "float32", data=residual.data)
+            body(x, recs, seg, slot_rows, bias, rf, y)
+
+    else:
+
+        @T.prim_func
+        def kernel(
+            x: T.Buffer((bn, ci, h, w), "float32"),
+            recs: T.Buffer((nrec,), "int64"),
+            seg: T.Buffer((nslots + 1,), ptr_dtype),
+            slot_rows: T.Buffer((nslots,), row_dtype),
+            bias: T.Buffer((spec.nbias,), "float32"),
+            y: T.Buffer(y_shape, "float32"),
+        ):
+            body(x, recs, seg, slot_rows, bias, bias, y)
+
+    return _finish(kernel).with_attr(SPEC_ATTR, spec.to_json())
+
+
+def is_pointwise(weight_shape, conv: ConvAttrs) -> bool:
+    """Whether the panel conv computes this conv: 1x1, unpadded, one group."""
+    _, _, kh, kw = weight_shape
+    return (kh, kw) == (1, 1) and conv.groups == 1 and not any(conv.padding)
+
+
+def default_row_block(o: int, parallel: bool, cores: int) -> int:
+    """Output channels a row block: all of them up to 512 (their partial sums, 512 x 64
+    positions, stay in L2 while the panels pass), split so each core gets a block."""
+    block = min(o, 512)
+    if parallel and cores > 1:
+        block = min(block, -(-o // cores))
+    return max(block, 1)
+
+
+def sparse_conv2d_panel(
+    x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
+    conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
+    m_tile: int | None = None, panel_cols: int | None = None, row_block: int | None = None,
+    parallel: bool = True,
+) -> KernelCall:  # fmt: skip
+    """y = act(conv2d(x, weight) + bias) for a 1x1 unpadded conv, NCHW / OIHW, any stride.
+
+    Knobs: ``m_tile`` positions a whole tile (a power of two, 8-64; default 64 or what the
+    positions fill), ``panel_cols`` input channels a panel (default: 128 x 64 positions, 32 KiB
+    of x in L1), ``row_block`` output channels a row block (default ``default_row_block``),
+    ``parallel`` row blocks over the cores. Consts: ``(records, seg, slot_rows, bias)``;
+    ``passes.fuse_residual`` adds the shortcut as a new argument before ``y``.
+    """
+    weight, dims = checked_groups1_conv("sparse_conv2d_panel", x_shape, weight_oihw, conv,
+                                        activation)  # fmt: skip
+    if not is_pointwise(weight.shape, conv):
+        raise ValueError(
+            f"sparse_conv2d_panel takes unpadded 1x1 convs, got kernel {weight.shape[2:]} "
+            f"with padding {conv.padding}"
+        )
+    (bn, ci, _, _), (o, _, _) = dims.x, dims.kernel
+    positions = dims.out_hw[0] * dims.out_hw[1]
+    copied = dims.strides != (1, 1) or positions % 16 != 0
+    m_tile, tail = tile_widths(positions, m_tile, vector_lanes(target), copied)
+    if panel_cols is None:
+        panel_cols = max(16, 8192 // m_tile)
+    panel_cols = max(1, min(int(panel_cols), ci))
+    row_block = row_block or default_row_block(o, parallel, num_cores(target))
+    row_block = max(1, min(int(row_block), o))
+    bsr = BSR.from_dense(weight.reshape(o, ci), (1, 1))
+    vals, cols, seg, slot_rows, npanels = pack_row_panels(bsr, panel_cols, row_block)
+    if bsr.nblocks == 0:
+        vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
+    bias_arr, has_bias = bias_const(bias, o)
+    spec = PanelConvSpec(
+        dims.x, o, dims.out_hw, dims.strides, bsr.nnz, npanels, panel_cols, row_block,
+        str(seg.dtype), str(slot_rows.dtype), bias_arr.size, has_bias, activation, m_tile, tail,
+        vector_lanes(target), bool(parallel),
+    )  # fmt: skip
+    recs = panel_records(vals, cols, spec.x_stride)  # x offsets: channel * stride
+    weight_bytes = int(recs.nbytes + seg.nbytes + slot_rows.nbytes)
+    computed = spec.whole_tiles * m_tile + tail
+    info = {
+        "kernel": "conv_panel",
+        "nnz": bsr.nnz,
+        "density": bsr.nnz / max(weight.size, 1),
+        "macs_sparse": bsr.nnz * bn * positions,
+        "macs_dense": o * ci * bn * positions,
+        "bytes": weight_bytes + 4 * (bn * positions * o + int(np.prod(dims.x))),
+        "weight_bytes": weight_bytes,
+        "tile": (m_tile, tail),
+        "positions_computed": computed,
+        "panels": npanels,
+        "row_block": row_block,
+    }
+    return KernelCall(
+        func=panel_conv_kernel(spec),
+        name="sparse_conv2d_panel",
+        consts=(recs, seg, slot_rows, bias_arr),
+        out_shape=(bn, o, *dims.out_hw),
+        info=info,
+    )
+
+
+__all__ = [
+    "SPEC_ATTR",
+    "PanelConvSpec",
+    "is_pointwise",
+    "panel_conv_kernel",
+    "sparse_conv2d_panel",
+    "tile_widths",
+]

@@ -38,6 +38,7 @@ from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
 from ._epilogue import bias_const, plus_bias
 from ._epilogue import epilogue as _epilogue
 from ._prefetch import prefetch as prefetch_line
+from ._prefetch import prefetch_write
 from .kernel import KernelCall
 from .kernel import finish as _finish
 from .panel_packing import pack_row_panels, panel_records
@@ -50,6 +51,11 @@ SPEC_ATTR = "tvm_sparse.conv_panel"
 WIDEST_TILE = 64
 # The narrowest tile: one AVX2 vector.
 NARROWEST_TILE = 8
+# Slots ahead whose output row a slot prefetches: the shortcut's lines before the last panel
+# reads them, y's before the first panel writes them. Slots run in order of their non-zero
+# count, so these rows are random to the hardware prefetcher, and in a model the shortcut was
+# written three convs ago (L3 or DRAM).
+ROWS_AHEAD = 6
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,7 @@ def _store_macro(spec: PanelConvSpec, count: int, step: int):
     return store
 
 
-def _slot_macro(spec: PanelConvSpec, width: int, valid: int):
+def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0):
     """Macro: one slot (an output channel's non-zeros in one panel) over ``width`` positions at
     ``base``, of which the first ``valid`` exist, its partial sums in registers
     (``accumulator_sets`` of them, summed at the end); between panels in ``y`` itself, or in the
@@ -194,6 +200,9 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int):
     lanes = min(spec.lanes, width)
     rec_ahead, nrec = spec.rec_ahead, max(spec.nnz, 1)
     copied, in_y = spec.copied, valid == width
+    nslots, residual = spec.nslots, spec.residual
+    lines = -(-valid // 16)  # cache lines of an output row's positions in the tile
+    m_tile, vlines = spec.m_tile, spec.m_tile // 16
     sets = accumulator_sets(width)
     whole = valid // lanes * lanes
     store_vectors = _store_macro(spec, whole, lanes)
@@ -216,8 +225,28 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int):
             for h in T.unroll(2):
                 ahead: T.let = T.min(lo + rec_ahead + h * RECORDS_PER_LINE, nrec - 1)
                 T.evaluate(prefetch_line(recs[ahead]))
+        if residual:
+            if p == npanels - 1:
+                row_r: T.let = T.Cast("int32", slot_rows[T.min(slot + ROWS_AHEAD, nslots - 1)])
+                for h in T.unroll(lines):
+                    T.evaluate(prefetch_line(res[(b * n + row_r) * p_all + base + h * 16]))
+        if in_y:
+            if p == 0:
+                row_y: T.let = T.Cast("int32", slot_rows[T.min(slot + ROWS_AHEAD, nslots - 1)])
+                for h in T.unroll(lines):
+                    T.evaluate(prefetch_write(yf[(b * n + row_y) * p_all + base + h * 16]))
         # the scratch holds one sample; x itself every sample
         xbase: T.let = T.Cast("int64", base if copied else b * ci * x_stride + base)
+        if next_lines > 0:
+            # this slot's share of the next tile's x lines, into L2 (see ``prefetch_next``)
+            q: T.let = p * rl + s
+            for h in T.unroll(next_lines):
+                line: T.let = T.min(q * next_lines + h, ci * vlines - 1)
+                T.evaluate(
+                    prefetch_line(
+                        xf[xbase + m_tile + (line // vlines) * x_stride + line % vlines * 16], 2
+                    )
+                )
         rounds: T.let = (hi - lo) // sets
         for jj in range(rounds):
             for a in T.unroll(sets):
@@ -247,6 +276,18 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int):
                 ys[ib * width + v] = acc[v]
 
     return slot_pass
+
+
+def prefetch_next(spec: PanelConvSpec) -> int:
+    """x lines of the next whole tile each slot of a tile prefetches into L2 (0: none): the
+    tile's channels x 64 positions, shared out over its slots. Why: slots run in order of their
+    non-zero count, so a panel's first reads of each x row are random to the hardware
+    prefetcher; a 56x56 sample (3 MiB at 256 channels) comes from L3."""
+    if spec.whole_tiles < 2 or spec.m_tile % 16:
+        return 0
+    lines = spec.x_shape[1] * (spec.m_tile // 16)
+    slots = spec.npanels * min(spec.row_block, spec.o)
+    return min(-(-lines // max(slots, 1)), 16)
 
 
 def _copy_macro(spec: PanelConvSpec):
@@ -284,7 +325,8 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     nrec, nslots = max(spec.nnz, 1), spec.nslots
     ptr_dtype, row_dtype = spec.ptr_dtype, spec.row_dtype
     rows = T.parallel if spec.parallel else T.serial
-    main = _slot_macro(spec, m_tile, m_tile)
+    main = _slot_macro(spec, m_tile, m_tile, prefetch_next(spec))
+    last = _slot_macro(spec, m_tile, m_tile)
     tail_pass = _slot_macro(spec, max(tail, 1), rest)
     copy = _copy_macro(spec)
     ys_size = n * tail if 0 < rest < tail else 1
@@ -294,10 +336,16 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
         for rb in rows(nrb):
             rl: T.let = T.min(row_block, n - rb * row_block)
             for t in range(whole):
-                for p in range(npanels):
-                    for s in range(rl):
-                        main(recs, seg, slot_rows, bias, res, xf, yf, ys, b, t * m_tile, rb, p,
-                             rl, s)  # fmt: skip
+                if t + 1 < whole:
+                    for p in range(npanels):
+                        for s in range(rl):
+                            main(recs, seg, slot_rows, bias, res, xf, yf, ys, b, t * m_tile,
+                                 rb, p, rl, s)  # fmt: skip
+                else:
+                    for p in range(npanels):
+                        for s in range(rl):
+                            last(recs, seg, slot_rows, bias, res, xf, yf, ys, b, t * m_tile,
+                                 rb, p, rl, s)  # fmt: skip
             if tail > 0:
                 for p in range(npanels):
                     for s in range(rl):

@@ -1,6 +1,7 @@
-"""The 1x1 panel sparse conv (NCHW sparse GEMM over channels) against a float64 numpy conv:
-positions that fill whole tiles, leave a tail or need the aligned copy, strides, batches,
-densities from none to full, every knob and both vector widths."""
+"""The panel sparse conv (NCHW sparse GEMM over channels, or over taps read from tap planes)
+against a float64 numpy conv: positions that fill whole tiles, leave a tail or need the aligned
+copy, strides, padding, dilation, batches, densities from none to full, every knob and both
+vector widths."""
 
 from __future__ import annotations
 
@@ -132,35 +133,64 @@ def test_tails_wider_than_the_rest_need_the_copy():
         tile_widths(6)
 
 
-def test_only_unpadded_pointwise_convs_are_taken():
-    rng = np.random.default_rng(2)
+def test_only_unpadded_1x1_convs_read_x_itself():
     assert is_pointwise((4, 3, 1, 1), ConvAttrs((2, 2)))
     assert not is_pointwise((4, 3, 3, 3), ConvAttrs())
     assert not is_pointwise((4, 3, 1, 1), ConvAttrs(padding=(1, 1, 1, 1)))
-    with pytest.raises(ValueError, match="unpadded 1x1"):
-        sparse_conv2d_panel((1, 3, 8, 8), sparse_weight(rng, (4, 3, 3, 3), 0.5))
 
 
-@settings(max_examples=25, deadline=None)
+TAP_CASES = [
+    # x shape, weight shape, density, strides, padding, dilation
+    ((1, 8, 7, 7), (12, 8, 3, 3), 0.2, (1, 1), (1, 1, 1, 1), (1, 1)),  # ResNet's 7x7 stage
+    ((2, 6, 14, 14), (5, 6, 3, 3), 0.3, (2, 2), (1, 1, 1, 1), (1, 1)),  # strided 3x3
+    ((1, 4, 10, 12), (6, 4, 5, 5), 0.4, (1, 1), (2, 2, 2, 2), (1, 1)),  # GSC's 5x5
+    ((1, 5, 11, 9), (7, 5, 3, 2), 0.5, (2, 1), (1, 0, 1, 1), (2, 1)),  # uneven everything
+    ((1, 6, 9, 9), (4, 6, 1, 1), 0.5, (1, 1), (1, 1, 1, 1), (1, 1)),  # padded 1x1
+    ((1, 3, 16, 16), (8, 3, 7, 7), 1.0, (2, 2), (3, 3, 3, 3), (1, 1)),  # a stem, full
+    ((1, 8, 8, 8), (8, 8, 3, 3), 0.0, (1, 1), (1, 1, 1, 1), (1, 1)),  # no non-zero
+]
+
+
+@pytest.mark.parametrize("expanded", [None, False, True])
+@pytest.mark.parametrize("case", TAP_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+def test_convs_with_taps_match_dense(case, expanded):
+    """Any conv but an unpadded 1x1 reads its taps from tap planes: one per tap column (runs
+    shifted by rows) or one per tap (``expanded``); the tail tile reads past a run's end."""
+    x_shape, w_shape, density, strides, padding, dilation = case
+    rng = np.random.default_rng(13)
+    w = sparse_weight(rng, w_shape, density)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    call = _check(x_shape, w, bias, ConvAttrs(strides, padding, dilation), "relu",
+                  expanded=expanded)  # fmt: skip
+    if expanded is not None:
+        assert call.info["tap_planes"] == ("expanded" if expanded else "columns")
+
+
+@settings(max_examples=30, deadline=None)
 @given(
     batch=st.integers(1, 3),
     channels=st.integers(1, 40),
     out_channels=st.integers(1, 20),
     height=st.integers(2, 17),
     width=st.integers(4, 17),
+    kernel=st.sampled_from([1, 1, 2, 3]),
     stride=st.integers(1, 2),
+    pad=st.integers(0, 1),
     density=st.sampled_from([0.0, 0.02, 0.1, 0.3, 1.0]),
     m_tile=st.sampled_from([None, 8, 16, 32]),
     panel_cols=st.sampled_from([None, 1, 7, 16]),
     row_block=st.sampled_from([None, 1, 5]),
+    expanded=st.sampled_from([None, False, True]),
 )
-def test_random_convs(batch, channels, out_channels, height, width, stride, density, m_tile,
-                      panel_cols, row_block):  # fmt: skip
-    oh, ow = -(-height // stride), -(-width // stride)
-    if oh * ow < 8:
+def test_random_convs(batch, channels, out_channels, height, width, kernel, stride, pad,
+                      density, m_tile, panel_cols, row_block, expanded):  # fmt: skip
+    oh = (height + 2 * pad - kernel) // stride + 1
+    ow = (width + 2 * pad - kernel) // stride + 1
+    if oh < 1 or ow < 1 or oh * ow < 8:
         return
     rng = np.random.default_rng(height * 31 + width * 7 + channels)
-    w = sparse_weight(rng, (out_channels, channels, 1, 1), density)
+    w = sparse_weight(rng, (out_channels, channels, kernel, kernel), density)
     bias = rng.standard_normal(out_channels).astype(np.float32)
-    _check((batch, channels, height, width), w, bias, ConvAttrs((stride, stride)), "relu",
-           m_tile=m_tile, panel_cols=panel_cols, row_block=row_block)  # fmt: skip
+    conv = ConvAttrs((stride, stride), (pad,) * 4)
+    _check((batch, channels, height, width), w, bias, conv, "relu", m_tile=m_tile,
+           panel_cols=panel_cols, row_block=row_block, expanded=expanded)  # fmt: skip

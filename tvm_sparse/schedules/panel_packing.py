@@ -89,7 +89,13 @@ def panel_records(vals: np.ndarray, cols: np.ndarray, m_tile: int) -> np.ndarray
     scratch, so the kernel needs no shift; the low word is the float32 value's bit pattern
     (NaN payloads and infinities survive).
     """
-    offsets = np.asarray(cols, dtype=np.int64) * m_tile
+    return offset_records(vals, np.asarray(cols, dtype=np.int64) * m_tile)
+
+
+def offset_records(vals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Non-zeros as int64 records: the float32 value's bits low, ``offsets`` (where the
+    kernel reads the activations the value multiplies) high."""
+    offsets = np.asarray(offsets, dtype=np.int64)
     if offsets.size and offsets.max() >= 2**31:
         raise ValueError("the panel kernel's xT offsets must fit int32 (K * m_tile < 2**31)")
     bits = np.ascontiguousarray(vals, dtype=np.float32).view(np.uint32).astype(np.int64)

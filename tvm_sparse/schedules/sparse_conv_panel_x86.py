@@ -41,7 +41,8 @@ from ._prefetch import prefetch as prefetch_line
 from ._prefetch import prefetch_write
 from .kernel import KernelCall
 from .kernel import finish as _finish
-from .panel_packing import pack_row_panels, panel_records
+from .panel_packing import offset_records, pack_row_panels
+from .sparse_conv_planes_x86 import PlaneConvSpec, plane_offsets, tap_planes_macro
 from .sparse_panel_x86 import RECORDS_AHEAD, RECORDS_PER_LINE
 
 # The PrimFunc attribute that carries the kernel's spec (``passes.fuse_residual`` rebuilds it).
@@ -81,6 +82,11 @@ class PanelConvSpec:
     parallel: bool
     rec_ahead: int = RECORDS_AHEAD
     residual: bool = False  # a tensor of the output's shape added before the activation
+    # any other conv: its taps are read from the tap planes of ``sparse_conv_planes_x86``
+    kernel_hw: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    expanded: bool = True  # one plane per tap, each aligned (else per tap column)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -99,10 +105,29 @@ class PanelConvSpec:
         return self.strides != (1, 1)
 
     @property
+    def on_planes(self) -> bool:
+        """Whether the taps are read from tap planes (any conv but an unpadded 1x1)."""
+        return self.kernel_hw != (1, 1) or any(self.pads)
+
+    @property
+    def plane_spec(self) -> PlaneConvSpec:
+        """The tap-plane geometry (``sparse_conv_planes_x86``) the planes are filled by."""
+        return PlaneConvSpec(
+            self.x_shape, self.o, self.kernel_hw, self.out_hw, self.pads, self.strides,
+            self.dilation, self.nnz, "int32", "int32", self.nbias, self.has_bias,
+            self.activation, self.lanes, 1, self.o, self.parallel, expanded=self.expanded,
+        )  # fmt: skip
+
+    @property
     def copied(self) -> bool:
-        """Whether a sample is first copied to the scratch: strided, or rows of x that do not
-        start on a cache line (see ``x_stride``)."""
-        return self.strided or self.positions % 16 != 0
+        """Whether a sample is first copied to a scratch: tap planes, strided, or rows of x
+        that do not start on a cache line (see ``x_stride``)."""
+        return self.on_planes or self.strided or self.positions % 16 != 0
+
+    @property
+    def x_rows(self) -> int:
+        """Rows of the x the tiles read (channels, or tap planes), ``x_stride`` apart."""
+        return self.plane_spec.planes if self.on_planes else self.x_shape[1]
 
     @property
     def x_stride(self) -> int:
@@ -110,6 +135,8 @@ class PanelConvSpec:
         rounded up to a cache line in the scratch. Why: with 14x14 rows (784 bytes) 3 of 4
         tile loads straddle two lines; 1024 -> 256 at 10%, Intel: 184 us, against 107 at 8x24
         (768-byte rows)."""
+        if self.on_planes:
+            return self.plane_spec.plane_size
         return -(-self.positions // 16) * 16 if self.copied else self.positions
 
     @property
@@ -202,7 +229,7 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
     copied, in_y = spec.copied, valid == width
     nslots, residual = spec.nslots, spec.residual
     lines = -(-valid // 16)  # cache lines of an output row's positions in the tile
-    m_tile, vlines = spec.m_tile, spec.m_tile // 16
+    m_tile, vlines, x_rows = spec.m_tile, spec.m_tile // 16, spec.x_rows
     sets = accumulator_sets(width)
     whole = valid // lanes * lanes
     store_vectors = _store_macro(spec, whole, lanes)
@@ -241,7 +268,7 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
             # this slot's share of the next tile's x lines, into L2 (see ``prefetch_next``)
             q: T.let = p * rl + s
             for h in T.unroll(next_lines):
-                line: T.let = T.min(q * next_lines + h, ci * vlines - 1)
+                line: T.let = T.min(q * next_lines + h, x_rows * vlines - 1)
                 T.evaluate(
                     prefetch_line(
                         xf[xbase + m_tile + (line // vlines) * x_stride + line % vlines * 16], 2
@@ -285,7 +312,7 @@ def prefetch_next(spec: PanelConvSpec) -> int:
     prefetcher; a 56x56 sample (3 MiB at 256 channels) comes from L3."""
     if spec.whole_tiles < 2 or spec.m_tile % 16:
         return 0
-    lines = spec.x_shape[1] * (spec.m_tile // 16)
+    lines = spec.x_rows * (spec.m_tile // 16)
     slots = spec.npanels * min(spec.row_block, spec.o)
     return min(-(-lines // max(slots, 1)), 16)
 
@@ -329,6 +356,13 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     last = _slot_macro(spec, m_tile, m_tile)
     tail_pass = _slot_macro(spec, max(tail, 1), rest)
     copy = _copy_macro(spec)
+    on_planes = spec.on_planes
+    if on_planes:
+        pspec = spec.plane_spec
+        fill = tap_planes_macro(pspec)
+        planes_total = pspec.planes * pspec.plane_size
+        hp, wp = pspec.padded_hw
+        padded = ci * hp * wp if pspec.needs_pad else 1
     ys_size = n * tail if 0 < rest < tail else 1
 
     @T.macro
@@ -357,7 +391,14 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
         xf = T.decl_buffer((bn * ci * h * w,), "float32", data=x.data)
         yf = T.decl_buffer((bn * n * p_all,), "float32", data=y.data)
         ys = T.alloc_buffer((ys_size,), "float32", scope="global")
-        if copied:
+        if on_planes:
+            # a tail tile reads up to a tile past a run's last position: slack, never a fault
+            xs = T.alloc_buffer((planes_total + m_tile,), "float32", scope="global")
+            xp = T.alloc_buffer((padded,), "float32", scope="global")
+            for b in range(bn):
+                fill(x, xf, xp, xs, b)
+                sample(recs, seg, slot_rows, bias, res, xs, yf, ys, b)
+        elif copied:
             xs = T.alloc_buffer((ci * spec.x_stride,), "float32", scope="global")
             for b in range(bn):
                 copy(xf, xs, b)
@@ -398,9 +439,21 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
 
 
 def is_pointwise(weight_shape, conv: ConvAttrs) -> bool:
-    """Whether the panel conv computes this conv: 1x1, unpadded, one group."""
+    """Whether the conv is an unpadded 1x1 one group (read straight from x, no tap planes)."""
     _, _, kh, kw = weight_shape
     return (kh, kw) == (1, 1) and conv.groups == 1 and not any(conv.padding)
+
+
+def expands_by_default(spec: PanelConvSpec) -> bool:
+    """Whether the tap planes are one per tap (aligned runs, ``KH`` times the planes) by
+    default: for strided convs, whose tap-column planes have row phases (short, unaligned
+    runs), and where the expanded planes fit ~1.5 MiB. 90% weights, Intel, 1 thread, tap
+    columns / expanded (us): 3x3 stride 2 128 at 56x56 668 / 635, 256 at 28x28 554 / 485, 512
+    at 14x14 439 / 410; stride 1 512 at 7x7 (1.2 MiB expanded) 440 / 393, but 256 at 14x14
+    (1.9 MiB) 402 / 412, 128 at 28x28 391 / 473, 64 at 56x56 513 / 735."""
+    expanded = dataclasses.replace(spec, expanded=True).plane_spec
+    fits = 4 * expanded.planes * expanded.plane_size <= 3 << 19
+    return max(spec.strides) > 1 or fits
 
 
 def default_row_block(o: int, parallel: bool, cores: int) -> int:
@@ -416,57 +469,66 @@ def sparse_conv2d_panel(
     x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
     m_tile: int | None = None, panel_cols: int | None = None, row_block: int | None = None,
-    parallel: bool = True,
+    parallel: bool = True, expanded: bool | None = None,
 ) -> KernelCall:  # fmt: skip
-    """y = act(conv2d(x, weight) + bias) for a 1x1 unpadded conv, NCHW / OIHW, any stride.
+    """y = act(conv2d(x, weight) + bias), NCHW / OIHW, any stride, padding and dilation: an
+    unpadded 1x1 conv reads x itself, any other the tap planes of ``sparse_conv_planes_x86``
+    (its weight columns the taps ``(c, kh, kw)``).
 
-    Knobs: ``m_tile`` positions a whole tile (a power of two, 8-64; default 64 or what the
-    positions fill), ``panel_cols`` input channels a panel (default: 128 x 64 positions, 32 KiB
-    of x in L1), ``row_block`` output channels a row block (default ``default_row_block``),
-    ``parallel`` row blocks over the cores. Consts: ``(records, seg, slot_rows, bias)``;
-    ``passes.fuse_residual`` adds the shortcut as a new argument before ``y``.
+    Knobs: ``m_tile`` positions a whole tile (a power of two, 8-64; default 64), ``panel_cols``
+    weight columns a panel (default: 128 x 64 positions, 32 KiB of x in L1), ``row_block``
+    output channels a row block (default ``default_row_block``), ``parallel`` row blocks over
+    the cores, ``expanded`` one tap plane per tap (default ``expands_by_default``). Consts:
+    ``(records, seg, slot_rows, bias)``; ``passes.fuse_residual`` adds the shortcut as a new
+    argument before ``y``.
     """
     weight, dims = checked_groups1_conv("sparse_conv2d_panel", x_shape, weight_oihw, conv,
                                         activation)  # fmt: skip
-    if not is_pointwise(weight.shape, conv):
-        raise ValueError(
-            f"sparse_conv2d_panel takes unpadded 1x1 convs, got kernel {weight.shape[2:]} "
-            f"with padding {conv.padding}"
-        )
-    (bn, ci, _, _), (o, _, _) = dims.x, dims.kernel
+    (bn, ci, _, _), (o, kh, kw) = dims.x, dims.kernel
     positions = dims.out_hw[0] * dims.out_hw[1]
-    copied = dims.strides != (1, 1) or positions % 16 != 0
-    m_tile, tail = tile_widths(positions, m_tile, vector_lanes(target), copied)
+    k = ci * kh * kw
+    bsr = BSR.from_dense(weight.reshape(o, k), (1, 1))
+    bias_arr, has_bias = bias_const(bias, o)
+    probe = PanelConvSpec(
+        dims.x, o, dims.out_hw, dims.strides, bsr.nnz, 1, 1, 1, "int32", "int32",
+        bias_arr.size, has_bias, activation, 64, 0, vector_lanes(target), bool(parallel),
+        kernel_hw=(kh, kw), pads=dims.pads, dilation=dims.dilation,
+    )  # fmt: skip
+    if expanded is None:
+        expanded = expands_by_default(probe) if probe.on_planes else True
+    probe = dataclasses.replace(probe, expanded=bool(expanded))
+    m_tile, tail = tile_widths(positions, m_tile, vector_lanes(target), probe.copied)
     if panel_cols is None:
         panel_cols = max(16, 8192 // m_tile)
-    panel_cols = max(1, min(int(panel_cols), ci))
+    panel_cols = max(1, min(int(panel_cols), k))
     row_block = row_block or default_row_block(o, parallel, num_cores(target))
     row_block = max(1, min(int(row_block), o))
-    bsr = BSR.from_dense(weight.reshape(o, ci), (1, 1))
     vals, cols, seg, slot_rows, npanels = pack_row_panels(bsr, panel_cols, row_block)
     if bsr.nblocks == 0:
         vals, cols = np.zeros(1, np.float32), np.zeros(1, cols.dtype)
-    bias_arr, has_bias = bias_const(bias, o)
-    spec = PanelConvSpec(
-        dims.x, o, dims.out_hw, dims.strides, bsr.nnz, npanels, panel_cols, row_block,
-        str(seg.dtype), str(slot_rows.dtype), bias_arr.size, has_bias, activation, m_tile, tail,
-        vector_lanes(target), bool(parallel),
+    spec = dataclasses.replace(
+        probe, npanels=npanels, panel_w=panel_cols, row_block=row_block,
+        ptr_dtype=str(seg.dtype), row_dtype=str(slot_rows.dtype), m_tile=m_tile, tail_tile=tail,
     )  # fmt: skip
-    recs = panel_records(vals, cols, spec.x_stride)  # x offsets: channel * stride
+    if spec.on_planes:  # where each tap's run starts in the planes
+        offsets = plane_offsets(cols, spec.plane_spec)
+    else:  # channel * stride
+        offsets = np.asarray(cols, dtype=np.int64) * spec.x_stride
+    recs = offset_records(vals, offsets)
     weight_bytes = int(recs.nbytes + seg.nbytes + slot_rows.nbytes)
-    computed = spec.whole_tiles * m_tile + tail
     info = {
         "kernel": "conv_panel",
         "nnz": bsr.nnz,
         "density": bsr.nnz / max(weight.size, 1),
         "macs_sparse": bsr.nnz * bn * positions,
-        "macs_dense": o * ci * bn * positions,
+        "macs_dense": o * k * bn * positions,
         "bytes": weight_bytes + 4 * (bn * positions * o + int(np.prod(dims.x))),
         "weight_bytes": weight_bytes,
         "tile": (m_tile, tail),
-        "positions_computed": computed,
+        "positions_computed": spec.whole_tiles * m_tile + tail,
         "panels": npanels,
         "row_block": row_block,
+        "tap_planes": ("expanded" if spec.expanded else "columns") if spec.on_planes else None,
     }
     return KernelCall(
         func=panel_conv_kernel(spec),
@@ -480,6 +542,7 @@ def sparse_conv2d_panel(
 __all__ = [
     "SPEC_ATTR",
     "PanelConvSpec",
+    "expands_by_default",
     "is_pointwise",
     "panel_conv_kernel",
     "sparse_conv2d_panel",

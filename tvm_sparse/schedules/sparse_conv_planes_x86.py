@@ -504,12 +504,12 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     return _finish(kernel).with_attr(SPEC_ATTR, spec.to_json())
 
 
-def _plane_offsets(csr: CSR, spec: PlaneConvSpec) -> np.ndarray:
-    """Each non-zero ``(c, kh, kw)`` as its tap run's start: plane ``(c, kw, (kh*dh) % sh)``
-    times the plane size, plus ``(kh*dh) // sh`` rows."""
+def plane_offsets(cols: np.ndarray, spec: PlaneConvSpec) -> np.ndarray:
+    """Each weight column ``(c, kh, kw)`` (OIHW order) as its tap run's start: plane
+    ``(c, kw, (kh*dh) % sh)`` times the plane size, plus ``(kh*dh) // sh`` rows."""
     kh, kw = spec.kernel_hw
     sh, dh = spec.strides[0], spec.dilation[0]
-    cols = csr.indices.astype(np.int64)
+    cols = np.asarray(cols).astype(np.int64)
     c_idx, rem = cols // (kh * kw), cols % (kh * kw)
     tap_h, tap_w = rem // kw, rem % kw
     if spec.expanded:
@@ -678,7 +678,7 @@ def sparse_conv2d_planes(
         expanded=bool(expanded) and kh > 1, aligned=bool(aligned) and kh == 1,
     )  # fmt: skip
     total = probe.planes * probe.plane_size
-    offs = as_index(_plane_offsets(csr, probe), max(total - 1, 0))
+    offs = as_index(plane_offsets(csr.indices, probe), max(total - 1, 0))
     ptr = np.ascontiguousarray(csr.indptr)
     vals = np.asarray(csr.data, dtype=np.float32)
     if share is None:
@@ -745,6 +745,7 @@ __all__ = [
     "default_share",
     "default_vectors",
     "plane_kernel",
+    "plane_offsets",
     "share_runs",
     "sparse_conv2d_planes",
 ]

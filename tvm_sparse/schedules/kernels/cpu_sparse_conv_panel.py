@@ -1,6 +1,7 @@
-"""The panel sparse GEMM over channels for 1x1 convolutions on x86 (weights sparse, activations
-dense, NCHW): ResNet's pointwise layers, where a panel of input channels stays in L1 while every
-output channel's non-zeros in it stream past (``sparse_conv_panel_x86``)."""
+"""The panel sparse GEMM over channels (1x1) or taps (any other conv, read from tap planes) on
+x86 (weights sparse, activations dense, NCHW): a panel of input channels or taps stays in L1
+while every output channel's non-zeros in it stream past (``sparse_conv_panel_x86``). It wins on
+ResNet's 1x1 layers and on its strided and 7x7 3x3 layers."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import tvm
 
 from ...ir.layers import LayerSpec
 from ...target import num_cores, vector_lanes
-from .._conv_dims import ConvAttrs
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
-from ..sparse_conv_panel_x86 import NARROWEST_TILE, is_pointwise, sparse_conv2d_panel, tile_widths
+from ..sparse_conv_panel_x86 import NARROWEST_TILE, sparse_conv2d_panel, tile_widths
 from .base import build_conv, conv_io_bytes
 from .cpu_sparse_conv import SparseConv2d
 from .knobs import parallel_choices, product, settings_for
@@ -24,18 +24,14 @@ _PANEL_GMACS = 40.0
 
 
 class SparseConv2dPanel(SparseConv2d):
-    """Takes the unpadded 1x1 convs ``sparse_conv`` takes; its own estimate and knobs."""
+    """Takes the convs ``sparse_conv`` takes with at least a vector of output positions; its
+    own estimate and knobs."""
 
     name = "sparse_conv_panel"
 
     def fits(self, layer: LayerSpec) -> bool:
         positions = layer.out_shape[2] * layer.out_shape[3]
-        conv = ConvAttrs.of(layer.conv_attrs)
-        return (
-            super().fits(layer)
-            and is_pointwise(layer.weight.shape, conv)
-            and positions >= NARROWEST_TILE
-        )
+        return super().fits(layer) and positions >= NARROWEST_TILE
 
     def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
                  ) -> float:  # fmt: skip
@@ -49,9 +45,11 @@ class SparseConv2dPanel(SparseConv2d):
         )
 
     def knob_space(self, layer: LayerSpec, target: tvm.target.Target) -> list[dict]:
-        ci = layer.weight.shape[1]
-        panels = sorted({min(c, ci) for c in (64, 128, 256)})
-        space = product(m_tile=[64, 32], panel_cols=panels,
+        k = int(np.prod(layer.weight.shape[1:]))
+        panels = sorted({min(c, k) for c in (64, 128, 256)})
+        taps = layer.weight.shape[2] * layer.weight.shape[3] > 1
+        expanded = [False, True] if taps else [None]
+        space = product(m_tile=[64, 32], panel_cols=panels, expanded=expanded,
                         parallel=parallel_choices(num_cores(target)))  # fmt: skip
         return settings_for(sparse_conv2d_panel, space)
 

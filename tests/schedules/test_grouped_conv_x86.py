@@ -149,7 +149,9 @@ def test_sparse_conv_families_take_pruned_grouped_convs(target, case):
     expected = grouped_ref(x, w, b, conv.strides, conv.padding, conv.groups, "relu")
     families = registry.families_for(layer, target)
     names = [f.name for f in families]
-    assert names[0] == "dense" and {"sparse_conv", "sparse_conv_planes"} <= set(names)
+    assert names[0] == "dense" and {"sparse_conv_planes", "sparse_conv_panel"} <= set(names)
+    pointwise = w.shape[2:] == (1, 1) and not any(conv.padding)
+    assert ("sparse_conv" in names) != pointwise  # 1x1: the planes and the panel take those
     for family in families:
         for knobs in family.knob_space(layer, target)[:2]:
             got = run_kernel(family.build(layer, target, **knobs), target, x)

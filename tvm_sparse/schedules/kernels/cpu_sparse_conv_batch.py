@@ -13,7 +13,7 @@ from ..cost_model import MachineModel
 from ..kernel import KernelCall
 from ..sparse_conv_batch_x86 import MAX_VECTORS, sparse_conv2d_batch_lanes
 from .base import build_conv, conv_io_bytes
-from .cpu_sparse_conv import SparseConv2d
+from .cpu_sparse_conv import SparseConv2d, sparse_groups1
 from .knobs import product, settings_for
 
 # The transposed input and output of one group of samples (a vector per channel and position)
@@ -37,7 +37,7 @@ class SparseConv2dBatchLanes(SparseConv2d):
         o, oh, ow = layer.out_shape[1:]
         vector = 16 * 4
         return (
-            super().fits(layer)
+            sparse_groups1(layer)
             and batch >= 8
             and ci * h * w * vector <= _MAX_SCRATCH
             and o * oh * ow * vector <= _MAX_SCRATCH

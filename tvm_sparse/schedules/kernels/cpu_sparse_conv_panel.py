@@ -14,7 +14,7 @@ from ..cost_model import MachineModel
 from ..kernel import KernelCall
 from ..sparse_conv_panel_x86 import NARROWEST_TILE, sparse_conv2d_panel, tile_widths
 from .base import build_conv, conv_io_bytes
-from .cpu_sparse_conv import SparseConv2d
+from .cpu_sparse_conv import SparseConv2d, sparse_groups1
 from .knobs import parallel_choices, product, settings_for
 
 # Non-zeros x tile passes a second a core, in 64-lane units: a pass over a tile costs about
@@ -31,7 +31,7 @@ class SparseConv2dPanel(SparseConv2d):
 
     def fits(self, layer: LayerSpec) -> bool:
         positions = layer.out_shape[2] * layer.out_shape[3]
-        return super().fits(layer) and positions >= NARROWEST_TILE
+        return sparse_groups1(layer) and positions >= NARROWEST_TILE
 
     def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
                  ) -> float:  # fmt: skip

@@ -18,7 +18,7 @@ from ..sparse_conv_planes_x86 import (
     sparse_conv2d_planes,
 )
 from .base import build_conv, conv_io_bytes
-from .cpu_sparse_conv import SparseConv2d
+from .cpu_sparse_conv import SparseConv2d, sparse_groups1
 from .knobs import parallel_choices, product, settings_for
 
 # Streamed MACs per second per core over the lanes a tile computes (measured on Zen 4 with
@@ -27,10 +27,13 @@ _PLANES_GMACS = 18.0
 
 
 class SparseConv2dPlanes(SparseConv2d):
-    """Takes the layers ``sparse_conv`` takes (``fits`` is inherited); its own loop order,
-    estimate and knobs."""
+    """Takes every weight-sparse groups=1 conv (1x1 too); its own loop order, estimate and
+    knobs."""
 
     name = "sparse_conv_planes"
+
+    def fits(self, layer: LayerSpec) -> bool:
+        return sparse_groups1(layer)
 
     def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
                  ) -> float:  # fmt: skip

@@ -1,4 +1,4 @@
-"""1x1 convolutions on NCHW as the transposed-panel sparse GEMM over channels (x86).
+"""Convolutions on NCHW as the transposed-panel sparse GEMM over channels or taps (x86).
 
 Why: a 1x1 conv is ``y[o, p] = sum_c w[o, c] x[c, p]`` over the positions ``p``, and an NCHW
 sample ``x[C, P]`` is already the transposed activation ``xT[K, m]`` the panel kernel
@@ -7,8 +7,11 @@ conv (``sparse_conv_planes_x86``) streams every input channel of a 24-vector pos
 its registers (256 channels x 384 positions: 384 KiB, from L2); here a panel of ``panel_w``
 channels x ``m_tile`` positions (128 x 64: 32 KiB) stays in L1 while every output channel's
 non-zeros in it stream past, each one record load, ``m_tile / 16`` vector loads and FMAs.
-Intel Xeon (AVX-512), 90% weights, 1 thread, planes / panel (us): 256 -> 64 at 56x56 431 / 196,
-512 -> 128 at 28x28 244 / 124, 1024 -> 256 at 14x14 162 / 98 (isolated kernels).
+Intel Xeon (AVX-512), 90% weights, 1 thread, isolated, planes / panel (us): 256 -> 64 at 56x56
+426 / 166, 64 -> 256 at 56x56 241 / 168, 512 -> 128 at 28x28 239 / 145, 1024 -> 256 at 14x14
+172 / 140. Any other conv reads its taps ``(c, kh, kw)`` as the panel's columns from the tap
+planes of ``sparse_conv_planes_x86`` (a tap's run starts where ``plane_offsets`` says): 3x3 512
+at 14x14 stride 2 planes 589 / panel 410, 512 at 7x7 flat 478 / panel 393.
 
 Positions: ``P // m_tile`` whole tiles, then the rest as one tail tile rounded up to whole
 vectors. Partial sums accumulate in ``y`` itself between panels (a slot's first panel starts

@@ -52,21 +52,23 @@ class _Fusable:
     placeholder: bool
 
 
-def _rebuild_planes(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
+def _with_residual(spec: dict, activation: str | None) -> dict:
+    """A kernel's JSON spec as keyword arguments (lists back to tuples), with the residual
+    epilogue and ``activation``."""
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
-    return plane_kernel(PlaneConvSpec(**{**fields, "residual": True, "activation": activation}))
+    return {**fields, "residual": True, "activation": activation}
+
+
+def _rebuild_planes(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
+    return plane_kernel(PlaneConvSpec(**_with_residual(spec, activation)))
 
 
 def _rebuild_panel(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
-    return panel_conv_kernel(
-        PanelConvSpec(**{**fields, "residual": True, "activation": activation})
-    )
+    return panel_conv_kernel(PanelConvSpec(**_with_residual(spec, activation)))
 
 
 def _rebuild_winograd(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
-    return winograd_kernel(**{**fields, "residual": True, "activation": activation})
+    return winograd_kernel(**_with_residual(spec, activation))
 
 
 def _rebuild_pointwise(spec: dict, activation: str | None) -> tvm.tirx.PrimFunc:

@@ -7,8 +7,10 @@ import tvm
 
 from ...ir.layers import CONV2D, LayerSpec
 from ...target import num_cores
+from .._conv_dims import ConvAttrs
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
+from ..sparse_conv_panel_x86 import is_pointwise
 from ..sparse_conv_x86 import sparse_conv2d
 from .base import CpuKernel, TakesGroupedConvs, build_conv, conv_io_bytes, skips_work
 from .knobs import parallel_choices, product, settings_for
@@ -25,11 +27,6 @@ def sparse_groups1(layer: LayerSpec) -> bool:
     return layer.conv_attrs["groups"] == 1 and skips_work(int(np.count_nonzero(w)), w.size)
 
 
-def is_pointwise_layer(layer: LayerSpec) -> bool:
-    """An unpadded 1x1 conv: a sparse GEMM over channels."""
-    return tuple(layer.weight.shape[2:]) == (1, 1) and not any(layer.conv_attrs["padding"])
-
-
 class SparseConv2d(TakesGroupedConvs, CpuKernel):
     """Grouped convs (not depthwise) come as their block-diagonal groups=1 view
     (``TakesGroupedConvs``); the subclasses inherit that."""
@@ -42,7 +39,9 @@ class SparseConv2d(TakesGroupedConvs, CpuKernel):
         at 90%, Intel, measured in the compile: 256 -> 64 at 56x56 4.1 ms against 0.22; 1024 ->
         256 at 14x14 0.29 against 0.14; 2048 -> 512 at 7x7 0.33 against 0.17), and timing a
         hopeless candidate costs compile time."""
-        return sparse_groups1(layer) and not is_pointwise_layer(layer)
+        return sparse_groups1(layer) and not is_pointwise(
+            layer.weight.shape, ConvAttrs.of(layer.conv_attrs)
+        )
 
     def estimate(self, layer: LayerSpec, target: tvm.target.Target, machine: MachineModel
                  ) -> float:  # fmt: skip

@@ -163,3 +163,157 @@ def test_sparse_panel_conv_takes_the_shortcut(x_shape, conv, panel_cols):
     s = rng.standard_normal(out_shape).astype(np.float32)
     expected = np.maximum(conv_ref(x, w, bias, conv.strides) + s, 0)
     np.testing.assert_allclose(_run(fused, x, s), expected, rtol=1e-4, atol=1e-4)
+
+
+# In place: the fused conv writes its output over the shortcut where nothing reads it after.
+
+C = 8  # channels of every tensor of the chain modules below
+CHAIN_X = (1, C, 9, 11)
+
+
+def _planes(rng, density=0.4):
+    w = sparse_weight(rng, (C, C, 3, 3), density)
+    bias = rng.standard_normal(C).astype(np.float32)
+    return w, bias, sparse_conv2d_planes(CHAIN_X, w, bias, CONV, None, TARGET)
+
+
+def _panel(rng, density=0.4):
+    w = sparse_weight(rng, (C, C, 1, 1), density)
+    bias = rng.standard_normal(C).astype(np.float32)
+    return w, bias, sparse_conv2d_panel(CHAIN_X, w, bias, ConvAttrs(), None, TARGET)
+
+
+class _Chain:
+    """A Relax function built binding by binding, each kernel's reference kept beside it."""
+
+    def __init__(self, x_shape=CHAIN_X):
+        self.bb = relax.BlockBuilder()
+        self.x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+        self.count = 0
+
+    def conv(self, kernel, arg):
+        name = f"conv{self.count}"
+        self.count += 1
+        gvar = self.bb.add_func(kernel.func.with_attr("global_symbol", name), name)
+        consts = [relax.const(tvm.runtime.tensor(c)) for c in kernel.consts]
+        out = relax.TensorType(kernel.out_shape, "float32")
+        return self.bb.emit(relax.call_tir(gvar, [arg, *consts], out))
+
+
+def _ref_conv(x, w, bias):
+    pads = CONV.padding if w.shape[2] == 3 else (0, 0, 0, 0)
+    return conv_ref(x, w, bias, (1, 1), pads)
+
+
+def _inplace_calls(mod) -> int:
+    return mod["main"].script().count("R.call_tir_inplace(")
+
+
+def _pointwise(x_shape):
+    def make(rng):
+        w = rng.standard_normal((C, C, 1, 1)).astype(np.float32)
+        bias = rng.standard_normal(C).astype(np.float32)
+        return w, bias, dense_conv2d(x_shape, w, bias, ConvAttrs(), None, TARGET, layout="pointwise")
+
+    return make
+
+
+def _residual_chain(make_conv, x_shape=CHAIN_X):
+    """Two ResNet-style blocks: b = relu(x); y = relu(conv2(conv1(b)) + b);
+    z = relu(conv4(conv3(y)) + y). Each shortcut is read by the block's first conv only, so
+    both fused convs may write over it; x (a parameter) must stay as it was."""
+    rng = np.random.default_rng(7)
+    convs = [make_conv(rng) for _ in range(4)]
+    chain = _Chain(x_shape)
+    bb = chain.bb
+    with bb.function("main", [chain.x]):
+        with bb.dataflow():
+            b = bb.emit(relax.op.nn.relu(chain.x))
+            y = bb.emit(relax.op.add(chain.conv(convs[1][2], chain.conv(convs[0][2], b)), b))
+            y = bb.emit(relax.op.nn.relu(y))
+            z = bb.emit(relax.op.add(chain.conv(convs[3][2], chain.conv(convs[2][2], y)), y))
+            out = bb.emit_output(relax.op.nn.relu(z))
+        bb.emit_func_output(out)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    rb = np.maximum(x, 0)
+    ry = np.maximum(_ref_conv(_ref_conv(rb, *convs[0][:2]), *convs[1][:2]) + rb, 0)
+    rz = np.maximum(_ref_conv(_ref_conv(ry, *convs[2][:2]), *convs[3][:2]) + ry, 0)
+    return bb.get(), x, rz
+
+
+@pytest.mark.parametrize(
+    "make_conv, x_shape, inplace",
+    [
+        (_planes, CHAIN_X, 2),
+        (_panel, CHAIN_X, 2),
+        (_pointwise((1, C, 8, 8)), (1, C, 8, 8), 2),
+        # 99 pixels: the last pixel tile overlaps the one before, stored twice: not in place
+        (_pointwise(CHAIN_X), CHAIN_X, 0),
+    ],
+    ids=["planes", "panel", "pointwise", "pointwise-overlapping-tiles"],
+)
+def test_chain_of_blocks_writes_over_each_shortcut(make_conv, x_shape, inplace):
+    mod, x, expected = _residual_chain(make_conv, x_shape)
+    fused = FuseResidual(TARGET)(mod)
+    assert len(_fused_kernels(fused)) == 2 and _inplace_calls(fused) == inplace
+    x_before = x.copy()
+    x_arg = tvm.runtime.tensor(x)
+    with TARGET:
+        ex = tvm.compile(fused, target=TARGET)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    atol = 1e-5 * np.abs(expected).max()
+    for _ in range(2):  # a second run sees the same planned buffers again
+        np.testing.assert_allclose(vm["main"](x_arg).numpy(), expected, rtol=1e-4, atol=atol)
+    np.testing.assert_array_equal(x_arg.numpy(), x_before)
+
+
+def test_parameter_shortcut_is_not_overwritten():
+    rng = np.random.default_rng(8)
+    w, bias, kernel = _planes(rng)
+    mod, out_shape = _module(w, bias, relu=True, kernel=kernel, x_shape=CHAIN_X)
+    fused = FuseResidual(TARGET)(mod)
+    assert len(_fused_kernels(fused)) == 1 and _inplace_calls(fused) == 0
+    x = rng.standard_normal(CHAIN_X).astype(np.float32)
+    s = rng.standard_normal(out_shape).astype(np.float32)
+    s_arg = tvm.runtime.tensor(s)
+    with TARGET:
+        ex = tvm.compile(fused, target=TARGET)
+    relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x), s_arg)
+    np.testing.assert_array_equal(s_arg.numpy(), s)
+
+
+def _shortcut_read_later(late_reader: str):
+    """b = relu(x); y = relu(conv2(x) + b), with b read again after the fused conv: by a
+    multiply (``"op"``), or by a conv whose own residual add (so where it runs once fused)
+    comes after y (``"fused conv"``)."""
+    rng = np.random.default_rng(9)
+    (w1, b1, k1), (w2, b2, k2) = _planes(rng), _planes(rng)
+    chain = _Chain()
+    bb = chain.bb
+    with bb.function("main", [chain.x]):
+        with bb.dataflow():
+            b = bb.emit(relax.op.nn.relu(chain.x))
+            late = chain.conv(k1, b) if late_reader == "fused conv" else None
+            y = bb.emit(relax.op.nn.relu(relax.op.add(chain.conv(k2, chain.x), b)))
+            if late is None:
+                out = bb.emit(relax.op.multiply(y, b))
+            else:
+                out = bb.emit(relax.op.nn.relu(relax.op.add(late, y)))
+            out = bb.emit_output(out)
+        bb.emit_func_output(out)
+    x = rng.standard_normal(CHAIN_X).astype(np.float32)
+    rb = np.maximum(x, 0)
+    ry = np.maximum(_ref_conv(x, w2, b2) + rb, 0)
+    if late is None:
+        return bb.get(), x, ry * rb, 0
+    return bb.get(), x, np.maximum(_ref_conv(rb, w1, b1) + ry, 0), 1
+
+
+@pytest.mark.parametrize("late_reader", ["op", "fused conv"])
+def test_shortcut_read_after_the_conv_is_not_overwritten(late_reader):
+    mod, x, expected, inplace = _shortcut_read_later(late_reader)
+    fused = FuseResidual(TARGET)(mod)
+    # the second module's last block may write over y: nothing reads y after it
+    assert _inplace_calls(fused) == inplace
+    atol = 1e-5 * np.abs(expected).max()
+    np.testing.assert_allclose(_run(fused, x), expected, rtol=1e-4, atol=atol)

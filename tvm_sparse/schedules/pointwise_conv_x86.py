@@ -211,6 +211,7 @@ def _kernel(
     parallel: bool,
     strided: bool = True,
     prefetch: bool = False,
+    inplace: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """The TIR of one conv with every param (x, w_packed, bias, residual, out); the caller
     drops the unused ones. ``prefetch``: each k step prefetches the next channel tile's
@@ -265,7 +266,10 @@ def _kernel(
     ):
         xf = T.decl_buffer((batch * ci * h * w,), "float32", data=x.data)
         wf = T.decl_buffer((co_tiles * ci * mr,), "float32", data=w_packed.data)
-        of = T.decl_buffer((batch * co * pixels,), "float32", data=out.data)
+        if inplace:  # the output written over the residual (``pointwise_kernel``)
+            of = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
+        else:
+            of = T.decl_buffer((batch * co * pixels,), "float32", data=out.data)
         # strided: the pixels it reads, row by row (``row_copy_macro``: a stride-2 row is the
         # even lanes of contiguous loads), as a stride-1 input of the output's size
         x_used = T.alloc_buffer((batch * ci * pixels if strided else 1,), "float32")
@@ -340,6 +344,7 @@ def _channel_kernel(
     residual: bool,
     parallel: bool,
     prefetch: bool = False,
+    inplace: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """The ``channels`` form: ``nb`` output channels in the vector lanes, ``mr`` pixels
     broadcast straight from the NCHW input (no packing), the weight packed ``[Co/nb, Ci, nb]``.
@@ -380,7 +385,10 @@ def _channel_kernel(
     ):
         xf = T.decl_buffer((batch * ci * h * w,), "float32", data=x.data)
         wf = T.decl_buffer((co_panels * ci * nb,), "float32", data=w_packed.data)
-        of = T.decl_buffer((batch * co * pixels,), "float32", data=out.data)
+        if inplace:  # the output written over the residual (``pointwise_kernel``)
+            of = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
+        else:
+            of = T.decl_buffer((batch * co * pixels,), "float32", data=out.data)
         for t in loop(batch * co_panels * groups):
             n: T.let = t // (co_panels * groups)
             panel: T.let = t // groups % co_panels
@@ -452,15 +460,40 @@ def _channel_kernel(
 SPEC_ATTR = "tvm_sparse.conv_pointwise"
 
 
+def _pixel_tile(spec: dict) -> int:
+    """Output pixels a tile of the spec's kernel stores at once."""
+    geo = ConvGeometry(*(tuple(v) if isinstance(v, list) else v for v in spec["geometry"]))
+    tiling = GemmTiling(**spec["tiling"])
+    pixels = geo.out_hw[0] * geo.out_hw[1]
+    if (spec.get("order") or "panel") == "channels":
+        return min(tiling.mr, pixels)
+    return panel_width(tiling.nb, pixels)
+
+
+def can_write_over_residual(spec: dict) -> bool:
+    """Whether the kernel may store its output over its residual (``"inplace"``): only where
+    no two pixel tiles overlap. An overlapping last tile (``OVERLAP_OWNERSHIP``) stores some
+    outputs twice, and the second time would add a residual already overwritten."""
+    geo = ConvGeometry(*(tuple(v) if isinstance(v, list) else v for v in spec["geometry"]))
+    return geo.out_hw[0] * geo.out_hw[1] % _pixel_tile(spec) == 0
+
+
 def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
     """The kernel of a spec: ``{"geometry": ConvGeometry fields, "tiling": GemmTiling fields,
-    "has_bias", "activation", "residual", "order"}``; params ``[x, w_packed, bias?,
-    residual?, out]`` (NCHW ``x``, ``residual`` and ``out``). The spec is kept on the
-    function, so ``passes.fuse_residual`` can rebuild it with the shortcut in the epilogue."""
+    "has_bias", "activation", "residual", "order", "inplace"?}``; params ``[x, w_packed,
+    bias?, residual?, out]`` (NCHW ``x``, ``residual`` and ``out``), no ``out`` where the
+    output is stored over the residual (``inplace``, for ``call_tir_inplace``). The spec is
+    kept on the function, so ``passes.fuse_residual`` can rebuild it with the shortcut in the
+    epilogue."""
     geo = ConvGeometry(*(tuple(v) if isinstance(v, list) else v for v in spec["geometry"]))
     tiling = GemmTiling(**spec["tiling"])
     pixels = geo.out_hw[0] * geo.out_hw[1]
     has_bias, residual = bool(spec["has_bias"]), bool(spec.get("residual", False))
+    inplace = bool(spec.get("inplace", False))
+    if inplace and not (residual and can_write_over_residual(spec)):
+        raise ValueError(
+            "pointwise conv: in place needs a residual and pixel tiles that do not overlap"
+        )
     prefetch = wants_prefetch(4 * geo.w_shape[0] * geo.x_shape[1], tiling.parallel)
     order = spec.get("order") or "panel"
     if order not in ORDERS:
@@ -468,8 +501,9 @@ def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
     if order == "channels":
         mr = min(tiling.mr, pixels)
         func = _channel_kernel(
-            geo, mr, tiling.nb, has_bias, spec["activation"], residual, tiling.parallel, prefetch
-        )
+            geo, mr, tiling.nb, has_bias, spec["activation"], residual, tiling.parallel, prefetch,
+            inplace,
+        )  # fmt: skip
     else:
         nb = panel_width(tiling.nb, pixels)
         func = _kernel(
@@ -483,9 +517,11 @@ def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
             tiling.parallel,
             strided=geo.strides != (1, 1),
             prefetch=prefetch,
+            inplace=inplace,
         )
     unused = {"bias"} if not has_bias else set()
     unused |= {"residual_in"} if not residual else set()
+    unused |= {"out"} if inplace else set()
     params = [p for p in func.params if p.name not in unused]
     func = tvm.tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
     return finish(func).with_attr(SPEC_ATTR, json.dumps(spec))

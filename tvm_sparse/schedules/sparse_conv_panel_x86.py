@@ -90,6 +90,8 @@ class PanelConvSpec:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     dilation: tuple[int, int] = (1, 1)
     expanded: bool = True  # one plane per tap, each aligned (else per tap column)
+    # the output written over the residual (no y argument): see ``partials_in_y``
+    inplace: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -141,6 +143,13 @@ class PanelConvSpec:
         if self.on_planes:
             return self.plane_spec.plane_size
         return -(-self.positions // 16) * 16 if self.copied else self.positions
+
+    @property
+    def partials_in_y(self) -> bool:
+        """Whether a whole tile's partial sums wait in ``y`` between panels (else in the
+        scratch ``ys``). Not when y is the residual (``inplace``): the first panel's partial
+        sums would overwrite the shortcut the last one adds."""
+        return not self.inplace
 
     @property
     def whole_tiles(self) -> int:
@@ -229,7 +238,7 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
     row_block, npanels = spec.row_block, spec.npanels
     lanes = min(spec.lanes, width)
     rec_ahead, nrec = spec.rec_ahead, max(spec.nnz, 1)
-    copied, in_y = spec.copied, valid == width
+    copied, in_y = spec.copied, valid == width and spec.partials_in_y
     nslots, residual = spec.nslots, spec.residual
     lines = -(-valid // 16)  # cache lines of an output row's positions in the tile
     m_tile, vlines, x_rows = spec.m_tile, spec.m_tile // 16, spec.x_rows
@@ -345,7 +354,11 @@ def _copy_macro(spec: PanelConvSpec):
 
 
 def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
-    """The PrimFunc ``(x, records, seg, slot_rows, bias, [residual,] y)`` for ``spec``."""
+    """The PrimFunc ``(x, records, seg, slot_rows, bias, [residual,] y)`` for ``spec``;
+    ``(x, records, seg, slot_rows, bias, residual)`` where the output overwrites the residual
+    (``inplace``, for ``call_tir_inplace``)."""
+    if spec.inplace and not spec.residual:
+        raise ValueError("an in-place panel conv writes over its residual: it needs one")
     bn, ci, h, w = spec.x_shape
     n, p_all, m_tile, tail = spec.o, spec.positions, spec.m_tile, spec.tail_tile
     nrb, row_block, npanels = spec.nrb, spec.row_block, spec.npanels
@@ -367,6 +380,8 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
         hp, wp = pspec.padded_hw
         padded = ci * hp * wp if pspec.needs_pad else 1
     ys_size = n * tail if 0 < rest < tail else 1
+    if not spec.partials_in_y and npanels > 1:
+        ys_size = n * max(m_tile, tail)
 
     @T.macro
     def sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b):
@@ -410,7 +425,21 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
             for b in range(bn):
                 sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b)
 
-    if spec.residual:
+    if spec.inplace:
+
+        @T.prim_func
+        def kernel(
+            x: T.Buffer((bn, ci, h, w), "float32"),
+            recs: T.Buffer((nrec,), "int64"),
+            seg: T.Buffer((nslots + 1,), ptr_dtype),
+            slot_rows: T.Buffer((nslots,), row_dtype),
+            bias: T.Buffer((spec.nbias,), "float32"),
+            residual: T.Buffer(y_shape, "float32"),
+        ):
+            rf = T.decl_buffer((bn * n * p_all,), "float32", data=residual.data)
+            body(x, recs, seg, slot_rows, bias, rf, residual)
+
+    elif spec.residual:
 
         @T.prim_func
         def kernel(

@@ -87,6 +87,9 @@ class PlaneConvSpec:
     # 1 thread, weights from DRAM: 64 -> 64 3x3 at 56x56 1.19x faster with 16 channels a block,
     # but 128 -> 128 3x3 at 28x28 1.00x, 512 -> 512 3x3 at 7x7 0.90x (64), 1x1 convs 0.4-0.9x.
     cblock: int = 0
+    # the output written over the residual (no y argument, for ``call_tir_inplace``): each
+    # residual element is read once, where the output element at its index is stored
+    inplace: bool = False
 
     def to_json(self) -> str:
         """The spec as the kernel's ``tvm_sparse.conv_planes`` attribute, so a later pass
@@ -440,7 +443,11 @@ def _tile_macro(spec: PlaneConvSpec, vectors: int, narrow: int = 0):
 
 def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     """The kernel: per sample, pad and re-lay the input as tap planes, then for every
-    (position tile, output-channel group) run the group's channels over the tile."""
+    (position tile, output-channel group) run the group's channels over the tile. Params
+    ``(x, vals, offs, ptr, bias, res, y)``, without ``y`` where the output overwrites ``res``
+    (``inplace``)."""
+    if spec.inplace and not spec.residual:
+        raise ValueError("an in-place tap-plane conv writes over its residual: it needs one")
     bn, ci, h, wd = spec.x_shape
     o, (oh, ow) = spec.o, spec.out_hw
     hp, wp = spec.padded_hw
@@ -464,18 +471,8 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     last_tile = _tile_macro(spec, tail_vectors, narrow)
     last_p0 = (ntiles - 1) * tile
 
-    @T.prim_func
-    def kernel(
-        x: T.Buffer((bn, ci, h, wd), "float32"),
-        vals: T.Buffer((nval,), "float32"),
-        offs: T.Buffer((noffs,), spec.idx_dtype),
-        ptr: T.Buffer((nptr,), spec.ptr_dtype),
-        bias: T.Buffer((spec.nbias,), "float32"),
-        res: T.Buffer(res_shape, "float32"),
-        y: T.Buffer((bn, o, oh, ow), "float32"),
-    ):
-        yf = T.decl_buffer((bn * o * npos,), "float32", data=y.data)
-        rf = T.decl_buffer((res_size,), "float32", data=res.data)
+    @T.macro
+    def body(x, vals, offs, ptr, bias, yf, rf):
         xflat = T.decl_buffer((bn * chw,), "float32", data=x.data)
         for nb in samples(bn):
             # a tile past the last position reads up to `tile` floats beyond the last plane
@@ -500,6 +497,36 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
                             else:
                                 channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, part,
                                              nb, blk, bl, p0, cb)  # fmt: skip
+
+    if spec.inplace:
+
+        @T.prim_func
+        def kernel(
+            x: T.Buffer((bn, ci, h, wd), "float32"),
+            vals: T.Buffer((nval,), "float32"),
+            offs: T.Buffer((noffs,), spec.idx_dtype),
+            ptr: T.Buffer((nptr,), spec.ptr_dtype),
+            bias: T.Buffer((spec.nbias,), "float32"),
+            res: T.Buffer(res_shape, "float32"),
+        ):
+            rf = T.decl_buffer((res_size,), "float32", data=res.data)
+            body(x, vals, offs, ptr, bias, rf, rf)
+
+    else:
+
+        @T.prim_func
+        def kernel(
+            x: T.Buffer((bn, ci, h, wd), "float32"),
+            vals: T.Buffer((nval,), "float32"),
+            offs: T.Buffer((noffs,), spec.idx_dtype),
+            ptr: T.Buffer((nptr,), spec.ptr_dtype),
+            bias: T.Buffer((spec.nbias,), "float32"),
+            res: T.Buffer(res_shape, "float32"),
+            y: T.Buffer((bn, o, oh, ow), "float32"),
+        ):
+            yf = T.decl_buffer((bn * o * npos,), "float32", data=y.data)
+            rf = T.decl_buffer((res_size,), "float32", data=res.data)
+            body(x, vals, offs, ptr, bias, yf, rf)
 
     return _finish(kernel).with_attr(SPEC_ATTR, spec.to_json())
 

@@ -9,15 +9,18 @@ import json
 
 import numpy as np
 import pytest
+import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_sparse.schedules._conv_dims import ConvAttrs
-from tvm_sparse.schedules.kernel import run_kernel
+from tvm_sparse.schedules.kernel import KernelCall, build_kernel, run_kernel
 from tvm_sparse.schedules.sparse_conv_panel_x86 import (
     SPEC_ATTR,
     PanelConvSpec,
+    default_band_rows,
     is_pointwise,
+    panel_conv_kernel,
     sparse_conv2d_panel,
     tile_widths,
 )
@@ -94,9 +97,6 @@ def test_each_vector_width_matches_dense(isa):
 def test_residual_epilogue_adds_the_shortcut_before_the_activation():
     """The spec ``passes.fuse_residual`` rebuilds: act(conv + bias + shortcut), shortcut as the
     argument before y; with many panels it is added once, after the last."""
-    from tvm_sparse.schedules.kernel import KernelCall
-    from tvm_sparse.schedules.sparse_conv_panel_x86 import panel_conv_kernel
-
     rng = np.random.default_rng(5)
     x_shape, w = (2, 20, 7, 9), sparse_weight(rng, (6, 20, 1, 1), 0.4)
     bias = rng.standard_normal(6).astype(np.float32)
@@ -181,9 +181,10 @@ def test_convs_with_taps_match_dense(case, expanded):
     panel_cols=st.sampled_from([None, 1, 7, 16]),
     row_block=st.sampled_from([None, 1, 5]),
     expanded=st.sampled_from([None, False, True]),
+    band_rows=st.sampled_from([None, 0, 1, 2, 3, 5]),
 )
 def test_random_convs(batch, channels, out_channels, height, width, kernel, stride, pad,
-                      density, m_tile, panel_cols, row_block, expanded):  # fmt: skip
+                      density, m_tile, panel_cols, row_block, expanded, band_rows):  # fmt: skip
     oh = (height + 2 * pad - kernel) // stride + 1
     ow = (width + 2 * pad - kernel) // stride + 1
     if oh < 1 or ow < 1 or oh * ow < 8:
@@ -193,4 +194,85 @@ def test_random_convs(batch, channels, out_channels, height, width, kernel, stri
     bias = rng.standard_normal(out_channels).astype(np.float32)
     conv = ConvAttrs((stride, stride), (pad,) * 4)
     _check((batch, channels, height, width), w, bias, conv, "relu", m_tile=m_tile,
-           panel_cols=panel_cols, row_block=row_block, expanded=expanded)  # fmt: skip
+           panel_cols=panel_cols, row_block=row_block, expanded=expanded,
+           band_rows=band_rows)  # fmt: skip
+
+
+BAND_CASES = [
+    # x shape, weight shape, strides, band rows, knobs
+    ((1, 6, 16, 16), (8, 6, 3, 3), (1, 1), 4, {}),  # 64 positions a band: whole tiles
+    ((2, 5, 14, 14), (7, 5, 3, 3), (1, 1), 3, {}),  # 42 a band, the last 2 rows: tails
+    ((1, 6, 17, 12), (5, 6, 3, 3), (2, 2), 2, {"expanded": True}),  # strided, 9 rows
+    ((1, 6, 13, 10), (5, 6, 3, 3), (2, 2), 4, {"expanded": False}),  # row phases
+    ((1, 9, 12, 12), (6, 9, 3, 3), (1, 1), 5, {"panel_cols": 10, "m_tile": 16}),  # panels
+    ((1, 4, 10, 12), (6, 4, 5, 5), (1, 1), 1, {}),  # one row a band, 5x5 halo
+]
+
+
+@pytest.mark.parametrize("case", BAND_CASES, ids=lambda c: f"{c[0]}-{c[2]}-rows{c[3]}")
+def test_bands_of_tap_planes_match_dense(case):
+    """Tap planes filled a band of output rows at a time: each band's tiles, its own tail, the
+    last band shorter, halo rows filled again for each band."""
+    x_shape, w_shape, strides, band_rows, knobs = case
+    rng = np.random.default_rng(17)
+    w = sparse_weight(rng, w_shape, 0.4)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    pad = w_shape[2] // 2
+    call = _check(x_shape, w, bias, ConvAttrs(strides, (pad,) * 4), "relu",
+                  band_rows=band_rows, **knobs)  # fmt: skip
+    spec = PanelConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))
+    assert spec.banded and spec.nbands == -(-call.out_shape[2] // band_rows)
+
+
+@pytest.mark.parametrize("band_rows", [0, 3])
+@pytest.mark.parametrize("panel_cols", [None, 7])
+def test_residual_written_over_in_place(band_rows, panel_cols):
+    """The in-place variant (``call_tir_inplace``): the output lands in the residual's buffer,
+    and with several panels the partial sums wait in the scratch, not over the shortcut."""
+    rng = np.random.default_rng(19)
+    x_shape, w = (2, 12, 11, 9), sparse_weight(rng, (6, 12, 3, 3), 0.4)
+    bias = rng.standard_normal(6).astype(np.float32)
+    conv = ConvAttrs(padding=(1, 1, 1, 1))
+    call = sparse_conv2d_panel(x_shape, w, bias, conv, None, TARGET, panel_cols=panel_cols,
+                               band_rows=band_rows)  # fmt: skip
+    spec = PanelConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))
+    assert spec.npanels > 1 or panel_cols is None
+    fused = panel_conv_kernel(PanelConvSpec(**{**spec.__dict__, "residual": True,
+                                               "activation": "relu", "inplace": True}))  # fmt: skip
+    assert len(fused.params) == 6  # no y
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    shortcut = rng.standard_normal(call.out_shape).astype(np.float32)
+    f = build_kernel(KernelCall(fused, "fused", (), call.out_shape), TARGET)["main"]
+    out = tvm.runtime.tensor(shortcut)
+    f(tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in call.consts], out)
+    expected = np.maximum(conv_ref(x, w, bias, conv.strides, conv.padding) + shortcut, 0)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_in_place_needs_a_residual():
+    rng = np.random.default_rng(2)
+    call = sparse_conv2d_panel((1, 4, 8, 8), sparse_weight(rng, (4, 4, 1, 1), 0.5))
+    spec = PanelConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))
+    with pytest.raises(ValueError, match="needs one"):
+        panel_conv_kernel(PanelConvSpec(**{**spec.__dict__, "inplace": True}))
+
+
+@pytest.mark.parametrize(
+    "x_shape, strides, banded",
+    [
+        ((1, 64, 56, 56), (1, 1), True),  # ResNet-50 layer1: 2.5 MiB of planes, 8-row bands
+        ((1, 128, 56, 56), (2, 2), True),  # layer2's stride-2 conv: 3.6 MiB expanded
+        ((1, 256, 14, 14), (1, 1), False),  # 0.7 MiB: filled whole
+        ((1, 512, 7, 7), (1, 1), False),  # one tile: a band would be a fraction of one
+    ],
+)
+def test_bands_where_the_planes_pass_l2(x_shape, strides, banded):
+    c = x_shape[1]
+    call = sparse_conv2d_panel(x_shape, sparse_weight(np.random.default_rng(1), (c, c, 3, 3), 0.01),
+                               None, ConvAttrs(strides, (1, 1, 1, 1)), "relu", TARGET)  # fmt: skip
+    spec = PanelConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))
+    assert spec.banded == banded
+    assert default_band_rows(spec) == spec.band_rows
+    if banded:
+        planes = spec.plane_spec
+        assert 4 * planes.planes * planes.plane_size <= 1 << 20

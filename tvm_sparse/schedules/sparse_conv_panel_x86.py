@@ -45,7 +45,7 @@ from ._prefetch import prefetch_write
 from .kernel import KernelCall
 from .kernel import finish as _finish
 from .panel_packing import offset_records, pack_row_panels
-from .sparse_conv_planes_x86 import PlaneConvSpec, plane_offsets, tap_planes_macro
+from .sparse_conv_planes_x86 import PlaneConvSpec, pad_macro, plane_offsets, planes_macro
 from .sparse_panel_x86 import RECORDS_AHEAD, RECORDS_PER_LINE
 
 # The PrimFunc attribute that carries the kernel's spec (``passes.fuse_residual`` rebuilds it).
@@ -92,6 +92,9 @@ class PanelConvSpec:
     expanded: bool = True  # one plane per tap, each aligned (else per tap column)
     # the output written over the residual (no y argument): see ``partials_in_y``
     inplace: bool = False
+    # output rows whose tap planes are filled at a time (0: the whole sample's at once; the
+    # last band may be shorter): see ``default_band_rows``
+    band_rows: int = 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -115,10 +118,40 @@ class PanelConvSpec:
         return self.kernel_hw != (1, 1) or any(self.pads)
 
     @property
+    def banded(self) -> bool:
+        """Whether the tap planes are filled a band of ``band_rows`` output rows at a time."""
+        return self.on_planes and 0 < self.band_rows < self.out_hw[0]
+
+    @property
+    def band_hw(self) -> tuple[int, int]:
+        """Output rows and columns of a band (the whole output unless ``banded``)."""
+        oh, ow = self.out_hw
+        return (self.band_rows if self.banded else oh), ow
+
+    @property
+    def nbands(self) -> int:
+        return -(-self.out_hw[0] // self.band_hw[0])
+
+    @property
+    def band_shapes(self) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """``(whole tiles, positions left, tail width)`` of a band and of the last band (the
+        same unbanded): each band's positions are its own tiles, its tail its own."""
+        oh, ow = self.out_hw
+        rows = self.band_hw[0]
+
+        def shape(positions: int) -> tuple[int, int, int]:
+            rest = positions % self.m_tile
+            return positions // self.m_tile, rest, -(-rest // self.lanes) * self.lanes
+
+        last = oh - (self.nbands - 1) * rows
+        return shape(rows * ow), shape(last * ow)
+
+    @property
     def plane_spec(self) -> PlaneConvSpec:
-        """The tap-plane geometry (``sparse_conv_planes_x86``) the planes are filled by."""
+        """The tap-plane geometry (``sparse_conv_planes_x86``) the planes of one band are
+        filled by."""
         return PlaneConvSpec(
-            self.x_shape, self.o, self.kernel_hw, self.out_hw, self.pads, self.strides,
+            self.x_shape, self.o, self.kernel_hw, self.band_hw, self.pads, self.strides,
             self.dilation, self.nnz, "int32", "int32", self.nbias, self.has_bias,
             self.activation, self.lanes, 1, self.o, self.parallel, expanded=self.expanded,
         )  # fmt: skip
@@ -230,7 +263,8 @@ def _store_macro(spec: PanelConvSpec, count: int, step: int):
 
 def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0):
     """Macro: one slot (an output channel's non-zeros in one panel) over ``width`` positions at
-    ``base``, of which the first ``valid`` exist, its partial sums in registers
+    ``base`` (``xpos`` in the x it reads: a band's planes start at the band), of which the
+    first ``valid`` exist, its partial sums in registers
     (``accumulator_sets`` of them, summed at the end); between panels in ``y`` itself, or in the
     scratch ``ys`` (a row of ``width`` an output channel) where the tile is wider than ``y``."""
     n, p_all = spec.o, spec.positions
@@ -248,7 +282,7 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
     store_rest = _store_macro(spec, valid - whole, 1)
 
     @T.macro
-    def slot_pass(recs, seg, slot_rows, bias, res, xf, yf, ys, b, base, rb, p, rl, s):
+    def slot_pass(recs, seg, slot_rows, bias, res, xf, yf, ys, b, base, xpos, rb, p, rl, s):
         slot: T.let = rb * row_block * npanels + p * rl + s
         ib: T.let = T.Cast("int32", slot_rows[slot])
         lo: T.let = T.Cast("int32", seg[slot])
@@ -274,8 +308,8 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
                 row_y: T.let = T.Cast("int32", slot_rows[T.min(slot + ROWS_AHEAD, nslots - 1)])
                 for h in T.unroll(lines):
                     T.evaluate(prefetch_write(yf[(b * n + row_y) * p_all + base + h * 16]))
-        # the scratch holds one sample; x itself every sample
-        xbase: T.let = T.Cast("int64", base if copied else b * ci * x_stride + base)
+        # the scratch holds one sample (one band of it); x itself every sample
+        xbase: T.let = T.Cast("int64", xpos if copied else b * ci * x_stride + xpos)
         if next_lines > 0:
             # this slot's share of the next tile's x lines, into L2 (see ``prefetch_next``)
             q: T.let = p * rl + s
@@ -353,6 +387,38 @@ def _copy_macro(spec: PanelConvSpec):
     return copy
 
 
+def _band_macro(spec: PanelConvSpec, whole: int, rest: int, tail: int):
+    """Macro: every slot of row block ``rb`` over one band's tiles (``whole`` of ``m_tile``
+    positions, then a tail of ``tail`` for the ``rest``), the band starting at position ``y0``
+    of y and at position 0 of the x it reads (its tap planes; x itself unbanded)."""
+    n, m_tile, npanels, row_block = spec.o, spec.m_tile, spec.npanels, spec.row_block
+    main = _slot_macro(spec, m_tile, m_tile, prefetch_next(spec))
+    last = _slot_macro(spec, m_tile, m_tile)
+    tail_pass = _slot_macro(spec, max(tail, 1), rest)
+
+    @T.macro
+    def band(recs, seg, slot_rows, bias, res, xf, yf, ys, b, y0, rb):
+        rl: T.let = T.min(row_block, n - rb * row_block)
+        for t in range(whole):
+            if t + 1 < whole:
+                for p in range(npanels):
+                    for s in range(rl):
+                        main(recs, seg, slot_rows, bias, res, xf, yf, ys, b, y0 + t * m_tile,
+                             t * m_tile, rb, p, rl, s)  # fmt: skip
+            else:
+                for p in range(npanels):
+                    for s in range(rl):
+                        last(recs, seg, slot_rows, bias, res, xf, yf, ys, b, y0 + t * m_tile,
+                             t * m_tile, rb, p, rl, s)  # fmt: skip
+        if tail > 0:
+            for p in range(npanels):
+                for s in range(rl):
+                    tail_pass(recs, seg, slot_rows, bias, res, xf, yf, ys, b,
+                              y0 + whole * m_tile, whole * m_tile, rb, p, rl, s)  # fmt: skip
+
+    return band
+
+
 def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(x, records, seg, slot_rows, bias, [residual,] y)`` for ``spec``;
     ``(x, records, seg, slot_rows, bias, residual)`` where the output overwrites the residual
@@ -360,49 +426,39 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     if spec.inplace and not spec.residual:
         raise ValueError("an in-place panel conv writes over its residual: it needs one")
     bn, ci, h, w = spec.x_shape
-    n, p_all, m_tile, tail = spec.o, spec.positions, spec.m_tile, spec.tail_tile
-    nrb, row_block, npanels = spec.nrb, spec.row_block, spec.npanels
-    whole, copied = spec.whole_tiles, spec.copied
-    rest = p_all - whole * m_tile
+    n, p_all, m_tile = spec.o, spec.positions, spec.m_tile
+    nrb, npanels, copied = spec.nrb, spec.npanels, spec.copied
+    nbands, band_rows = spec.nbands, spec.band_hw[0]
+    band_p = band_rows * spec.out_hw[1]
+    (whole_b, rest_b, tail_b), (whole_l, rest_l, tail_l) = spec.band_shapes
     y_shape = (bn, n, *spec.out_hw)
     nrec, nslots = max(spec.nnz, 1), spec.nslots
     ptr_dtype, row_dtype = spec.ptr_dtype, spec.row_dtype
     rows = T.parallel if spec.parallel else T.serial
-    main = _slot_macro(spec, m_tile, m_tile, prefetch_next(spec))
-    last = _slot_macro(spec, m_tile, m_tile)
-    tail_pass = _slot_macro(spec, max(tail, 1), rest)
+    tiles_b = _band_macro(spec, whole_b, rest_b, tail_b)
+    tiles_l = _band_macro(spec, whole_l, rest_l, tail_l)
     copy = _copy_macro(spec)
     on_planes = spec.on_planes
     if on_planes:
         pspec = spec.plane_spec
-        fill = tap_planes_macro(pspec)
+        pad, fill_planes = pad_macro(pspec), planes_macro(pspec)
+        needs_pad = pspec.needs_pad
         planes_total = pspec.planes * pspec.plane_size
         hp, wp = pspec.padded_hw
-        padded = ci * hp * wp if pspec.needs_pad else 1
-    ys_size = n * tail if 0 < rest < tail else 1
+        padded = ci * hp * wp if needs_pad else 1
+    # a tail wider than its positions keeps its partial sums in ys, as do all tiles where y is
+    # the residual
+    ys_size = max([n * t for r, t in ((rest_b, tail_b), (rest_l, tail_l)) if 0 < r < t] + [1])
     if not spec.partials_in_y and npanels > 1:
-        ys_size = n * max(m_tile, tail)
+        ys_size = n * max(m_tile, tail_b, tail_l)
 
     @T.macro
-    def sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b):
+    def sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b, band):
         for rb in rows(nrb):
-            rl: T.let = T.min(row_block, n - rb * row_block)
-            for t in range(whole):
-                if t + 1 < whole:
-                    for p in range(npanels):
-                        for s in range(rl):
-                            main(recs, seg, slot_rows, bias, res, xf, yf, ys, b, t * m_tile,
-                                 rb, p, rl, s)  # fmt: skip
-                else:
-                    for p in range(npanels):
-                        for s in range(rl):
-                            last(recs, seg, slot_rows, bias, res, xf, yf, ys, b, t * m_tile,
-                                 rb, p, rl, s)  # fmt: skip
-            if tail > 0:
-                for p in range(npanels):
-                    for s in range(rl):
-                        tail_pass(recs, seg, slot_rows, bias, res, xf, yf, ys, b,
-                                  whole * m_tile, rb, p, rl, s)  # fmt: skip
+            if band + 1 < nbands:
+                tiles_b(recs, seg, slot_rows, bias, res, xf, yf, ys, b, band * band_p, rb)
+            else:
+                tiles_l(recs, seg, slot_rows, bias, res, xf, yf, ys, b, band * band_p, rb)
 
     @T.macro
     def body(x, recs, seg, slot_rows, bias, res, y):
@@ -414,16 +470,22 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
             xs = T.alloc_buffer((planes_total + m_tile,), "float32", scope="global")
             xp = T.alloc_buffer((padded,), "float32", scope="global")
             for b in range(bn):
-                fill(x, xf, xp, xs, b)
-                sample(recs, seg, slot_rows, bias, res, xs, yf, ys, b)
+                if needs_pad:
+                    pad(xf, xp, b)
+                for band in range(nbands):
+                    if needs_pad:
+                        fill_planes(xp, 0, xs, band * band_rows)
+                    else:
+                        fill_planes(xf, b * ci * h * w, xs, band * band_rows)
+                    sample(recs, seg, slot_rows, bias, res, xs, yf, ys, b, band)
         elif copied:
             xs = T.alloc_buffer((ci * spec.x_stride,), "float32", scope="global")
             for b in range(bn):
                 copy(xf, xs, b)
-                sample(recs, seg, slot_rows, bias, res, xs, yf, ys, b)
+                sample(recs, seg, slot_rows, bias, res, xs, yf, ys, b, 0)
         else:
             for b in range(bn):
-                sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b)
+                sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b, 0)
 
     if spec.inplace:
 
@@ -488,6 +550,48 @@ def expands_by_default(spec: PanelConvSpec) -> bool:
     return max(spec.strides) > 1 or fits
 
 
+# Bytes of tap planes a band may fill at most (``default_band_rows``): half a 2 MiB L2.
+BAND_BYTES = 1 << 20
+
+
+def default_band_rows(spec: PanelConvSpec) -> int:
+    """Output rows whose tap planes are filled at a time: 0 (the whole sample's at once) where
+    they fit ``BAND_BYTES``, else the most rows whose planes do.
+
+    Why: a 56x56 sample's planes are 2.5 MiB (64 channels, tap columns) to 3.6 MiB (128,
+    expanded, stride 2), past L2. Filled whole, they are written to L3 and read back from it;
+    a band's are read from L2 while they are still there. Bands are whole rows: each plane
+    row is filled once (bands of whole tiles overlap rows: the stride-2 conv below took 767 us
+    so), at the cost of a tail tile a band. Intel Xeon, 90% weights, 1 thread, isolated, whole
+    / banded (us): 64 -> 64 3x3 at 56x56 599-643 / 510-530 (8 rows), 128 -> 128 3x3 stride 2
+    at 56x56 694 / 572 (2 rows)."""
+    if not spec.on_planes:
+        return 0
+
+    def planes_bytes(rows: int) -> int:
+        band = dataclasses.replace(spec, band_rows=rows).plane_spec
+        return 4 * band.planes * band.plane_size
+
+    oh = spec.out_hw[0]
+    if planes_bytes(oh) <= BAND_BYTES:
+        return 0
+    fitting = [r for r in range(1, oh) if planes_bytes(r) <= BAND_BYTES] or [1]
+    passes = {r: _passes(dataclasses.replace(spec, band_rows=r)) for r in fitting}
+    rows = min(fitting, key=lambda r: (passes[r], r))
+    # bands may cost a tenth more tile passes (their tails), not more: at 14x14 and below a
+    # band is a tile or less
+    return rows if passes[rows] <= 1.1 * _passes(spec) else 0
+
+
+def _passes(spec: PanelConvSpec) -> int:
+    """Tile passes over the records a sample takes: every band's whole tiles and tail. Why the
+    measure: a tail tile streams all records for fewer positions; 128 -> 128 3x3 stride 2 at
+    56x56 (28x28 out) ran 575 us in bands of 2 rows (56 positions: one tile) and 742 us in
+    bands of 4 (112: a tile and a 48-wide tail), Intel, 1 thread."""
+    (whole_b, _, tail_b), (whole_l, _, tail_l) = spec.band_shapes
+    return (spec.nbands - 1) * (whole_b + (tail_b > 0)) + whole_l + (tail_l > 0)
+
+
 def default_row_block(o: int, parallel: bool, cores: int) -> int:
     """Output channels a row block: all of them up to 512 (their partial sums, 512 x 64
     positions, stay in L2 while the panels pass), split so each core gets a block."""
@@ -501,7 +605,7 @@ def sparse_conv2d_panel(
     x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
     m_tile: int | None = None, panel_cols: int | None = None, row_block: int | None = None,
-    parallel: bool = True, expanded: bool | None = None,
+    parallel: bool = True, expanded: bool | None = None, band_rows: int | None = None,
 ) -> KernelCall:  # fmt: skip
     """y = act(conv2d(x, weight) + bias), NCHW / OIHW, any stride, padding and dilation: an
     unpadded 1x1 conv reads x itself, any other the tap planes of ``sparse_conv_planes_x86``
@@ -510,7 +614,9 @@ def sparse_conv2d_panel(
     Knobs: ``m_tile`` positions a whole tile (a power of two, 8-64; default 64), ``panel_cols``
     weight columns a panel (default: 128 x 64 positions, 32 KiB of x in L1), ``row_block``
     output channels a row block (default ``default_row_block``), ``parallel`` row blocks over
-    the cores, ``expanded`` one tap plane per tap (default ``expands_by_default``). Consts:
+    the cores, ``expanded`` one tap plane per tap (default ``expands_by_default``),
+    ``band_rows`` output rows whose tap planes are filled at a time (0: the whole sample's;
+    default ``default_band_rows``). Consts:
     ``(records, seg, slot_rows, bias)``; ``passes.fuse_residual`` adds the shortcut as a new
     argument before ``y``.
     """
@@ -530,6 +636,10 @@ def sparse_conv2d_panel(
         expanded = expands_by_default(probe) if probe.on_planes else True
     probe = dataclasses.replace(probe, expanded=bool(expanded))
     m_tile, tail = tile_widths(positions, m_tile, vector_lanes(target), probe.copied)
+    probe = dataclasses.replace(probe, m_tile=m_tile, tail_tile=tail)
+    if band_rows is None:
+        band_rows = default_band_rows(probe)
+    probe = dataclasses.replace(probe, band_rows=max(0, int(band_rows)))
     if panel_cols is None:
         panel_cols = max(16, 8192 // m_tile)
     panel_cols = max(1, min(int(panel_cols), k))
@@ -574,6 +684,7 @@ def sparse_conv2d_panel(
 __all__ = [
     "SPEC_ATTR",
     "PanelConvSpec",
+    "default_band_rows",
     "expands_by_default",
     "is_pointwise",
     "panel_conv_kernel",

@@ -205,7 +205,7 @@ class PlaneConvSpec:
         return self.kernel_hw == (1, 1) and self.strides == (1, 1) and not self.needs_pad
 
 
-def _pad_macro(spec: PlaneConvSpec):
+def pad_macro(spec: PlaneConvSpec):
     """Macro: ``xp`` = one sample of x zero padded (borders zeroed, interior rows copied)."""
     _, ci, h, wd = spec.x_shape
     hp, wp = spec.padded_hw
@@ -231,8 +231,10 @@ def _pad_macro(spec: PlaneConvSpec):
     return pad
 
 
-def _planes_macro(spec: PlaneConvSpec):
-    """Macro: the tap planes of one sample from the padded input ``xp``."""
+def planes_macro(spec: PlaneConvSpec):
+    """Macro: the tap planes of one sample from the padded input ``xp`` (at ``base``), from
+    output row ``row0`` on: ``spec.out_hw[0]`` rows of outputs (a band of them, see
+    ``sparse_conv_panel_x86``)."""
     ci = spec.x_shape[1]
     kw_, ph_ = spec.kernel_hw[1], spec.phases
     sh, sw = spec.strides
@@ -247,7 +249,7 @@ def _planes_macro(spec: PlaneConvSpec):
     copy_row = row_copy_macro(ow, sw, spec.lanes)
 
     @T.macro
-    def planes(xp, base, xs):
+    def planes(xp, base, xs, row0):
         for pl in loop(ci * kw_ * ph_):
             c: T.let = pl // (kw_ * ph_)
             k: T.let = pl // ph_ % kw_
@@ -255,7 +257,7 @@ def _planes_macro(spec: PlaneConvSpec):
             for e in range(pad_tail):
                 xs[pl * size + rows_ * ow + e] = T.float32(0)
             for r in range(rows_):
-                src: T.let = r * sh + phase
+                src: T.let = (row0 + r) * sh + phase
                 row: T.let = base + (c * hp + src) * wp + k * dw
                 if src < hp:
                     copy_row(xs, pl * size + r * ow, xp, row)
@@ -275,8 +277,8 @@ def tap_planes_macro(spec: PlaneConvSpec):
     npos, size = spec.positions, spec.plane_size
     identity, needs_pad = spec.identity_planes, spec.needs_pad
     loop = spec.inner_loop
-    pad = _pad_macro(spec)
-    planes = _planes_macro(spec)
+    pad = pad_macro(spec)
+    planes = planes_macro(spec)
 
     @T.macro
     def fill(x, xflat, xp, xs, nb):
@@ -289,9 +291,9 @@ def tap_planes_macro(spec: PlaneConvSpec):
                         xs[c * size + npos + v] = T.float32(0)
         elif needs_pad:
             pad(xflat, xp, nb)
-            planes(xp, 0, xs)
+            planes(xp, 0, xs, 0)
         else:
-            planes(xflat, nb * chw, xs)
+            planes(xflat, nb * chw, xs, 0)
 
     return fill
 

@@ -213,7 +213,8 @@ def _pointwise(x_shape):
     def make(rng):
         w = rng.standard_normal((C, C, 1, 1)).astype(np.float32)
         bias = rng.standard_normal(C).astype(np.float32)
-        return w, bias, dense_conv2d(x_shape, w, bias, ConvAttrs(), None, TARGET, layout="pointwise")
+        conv = dense_conv2d(x_shape, w, bias, ConvAttrs(), None, TARGET, layout="pointwise")
+        return w, bias, conv
 
     return make
 

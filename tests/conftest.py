@@ -39,6 +39,21 @@ def ort_run(model, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
+def fused_text(model, target: str = "llvm") -> str:
+    """An ONNX model's Relax module after the Canonicalize, Sparsify and FuseKernels phases, as
+    text: what a fusion pass left or made."""
+    from tvm_sparse.frontend import import_onnx
+    from tvm_sparse.passes.pipeline import pre_schedule_passes
+    from tvm_sparse.target import resolve_target
+
+    resolved = resolve_target(target)
+    mod = import_onnx(model).mod
+    with resolved:
+        for phase in pre_schedule_passes(resolved)[:3]:
+            mod = phase(mod)
+    return mod.script()
+
+
 def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-3) -> None:
     """Relative to the output's scale: k-WTA/ReLU outputs contain many exact zeros."""
     scale = max(float(np.max(np.abs(expected))), 1e-6)

@@ -11,12 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_sparse
-from tvm_sparse.frontend import import_onnx
 from tvm_sparse.passes.fuse_concat_affine import _fold
-from tvm_sparse.passes.pipeline import pre_schedule_passes
-from tvm_sparse.target import resolve_target
 
-from ..conftest import assert_close, ort_run
+from ..conftest import assert_close, fused_text, ort_run
 
 
 def _model(in_channels, hw, tail_nodes, consts=()) -> onnx.ModelProto:
@@ -58,20 +55,10 @@ def _batch_norm(total: int, rng) -> tuple[list, list]:
     return nodes, consts
 
 
-def _fused_text(model: onnx.ModelProto, target: str = "llvm") -> str:
-    """The module after the Canonicalize, Sparsify and FuseKernels phases."""
-    target = resolve_target(target)
-    mod = import_onnx(model).mod
-    with target:
-        for p in pre_schedule_passes(target)[:3]:
-            mod = p(mod)
-    return mod.script()
-
-
 def _check(tmp_path, model: onnx.ModelProto, fused: bool) -> None:
     path = str(tmp_path / "concat.onnx")
     onnx.save(model, path)
-    text = _fused_text(model)
+    text = fused_text(model)
     assert ("concat_affine" in text) == fused
     assert ("R.concat(" not in text) == fused
     x = np.random.default_rng(0).standard_normal((1, 3, *model_hw(model))).astype(np.float32)
@@ -120,33 +107,30 @@ def test_affine_chain_with_the_constant_on_either_side(tmp_path):
     _check(tmp_path, _model((3, 4), (5, 5), nodes, consts), fused=True)
 
 
-def test_constant_divided_by_the_concat_stays(tmp_path):
-    """k / x is not affine: the concat is fused alone, the division stays an op."""
-    nodes = [helper.make_node("Div", ["k", "cat"], ["out"])]
-    model = _model((3, 4), (4, 4), nodes, [("k", np.full((7, 1, 1), 2.0))])
-    path = str(tmp_path / "div.onnx")
+@pytest.mark.parametrize(
+    "node, const, op",
+    [
+        # k / x is not affine: the concat is fused alone, the division stays an op
+        (helper.make_node("Div", ["k", "cat"], ["out"]), np.full((7, 1, 1), 2.0), "R.divide("),
+        # a constant that varies along the columns is not per channel: the add stays
+        (helper.make_node("Add", ["cat", "k"], ["out"]), np.arange(4.0).reshape(1, 1, 1, 4),
+         "R.add("),
+    ],
+    ids=["k-over-x", "per-column"],
+)  # fmt: skip
+def test_ops_that_are_not_per_channel_affine_stay(tmp_path, node, const, op):
+    model = _model((3, 4), (4, 4), [node], [("k", const)])
+    path = str(tmp_path / "stay.onnx")
     onnx.save(model, path)
-    text = _fused_text(model)
-    assert "concat_affine" in text and "R.divide(" in text
-    x = np.random.default_rng(0).standard_normal((1, 3, 4, 4)).astype(np.float32)
-    assert_close(tvm_sparse.compile(path, "llvm").run(x), ort_run(path, x))
-
-
-def test_per_position_constant_ends_the_chain(tmp_path):
-    """A constant that varies along the columns is not per channel: the add stays."""
-    nodes = [helper.make_node("Add", ["cat", "k"], ["out"])]
-    model = _model((2, 2), (4, 4), nodes, [("k", np.arange(4.0).reshape(1, 1, 1, 4))])
-    path = str(tmp_path / "add.onnx")
-    onnx.save(model, path)
-    text = _fused_text(model)
-    assert "concat_affine" in text and "R.add(" in text
+    text = fused_text(model)
+    assert "concat_affine" in text and op in text
     x = np.random.default_rng(0).standard_normal((1, 3, 4, 4)).astype(np.float32)
     assert_close(tvm_sparse.compile(path, "llvm").run(x), ort_run(path, x))
 
 
 def test_other_targets_keep_the_concat():
     nodes, consts = _batch_norm(7, np.random.default_rng(1))
-    assert "concat_affine" not in _fused_text(_model((3, 4), (4, 4), nodes, consts), "cuda")
+    assert "concat_affine" not in fused_text(_model((3, 4), (4, 4), nodes, consts), "cuda")
 
 
 def test_fold_refuses_a_zero_divisor_and_a_constant_over_the_value():

@@ -12,12 +12,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import tvm_sparse
-from tvm_sparse.frontend import import_onnx
-from tvm_sparse.passes.pipeline import pre_schedule_passes
 from tvm_sparse.passes.separable_pool import average_divisor
-from tvm_sparse.target import resolve_target
 
-from ..conftest import ort_run
+from ..conftest import fused_text, ort_run
 
 
 def _pool_model(x_shape, op: str, out_hw, **attrs) -> onnx.ModelProto:
@@ -82,7 +79,7 @@ def test_pool_matches_onnxruntime(tmp_path, op, x_shape, kernel, strides, pads, 
     path = str(tmp_path / "pool.onnx")
     onnx.save(model, path)
     x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
-    text = _fused_text(model)
+    text = fused_text(model)
     assert "nn.max_pool2d" not in text and "nn.avg_pool2d" not in text
     if strides[1] == 2:
         assert "pool2d_s2_" in text
@@ -92,20 +89,10 @@ def test_pool_matches_onnxruntime(tmp_path, op, x_shape, kernel, strides, pads, 
     np.testing.assert_allclose(compiled.run(x), ort_run(path, x), rtol=1e-5, atol=1e-5)
 
 
-def _fused_text(model: onnx.ModelProto, target: str = "llvm") -> str:
-    """The module after the Canonicalize, Sparsify and FuseKernels phases."""
-    target = resolve_target(target)
-    mod = import_onnx(model).mod
-    with target:
-        for p in pre_schedule_passes(target)[:3]:
-            mod = p(mod)
-    return mod.script()
-
-
 def test_pools_stay_for_other_targets():
     """The FPGA and CUDA backends read the pool ops themselves: left alone there."""
     model = _pool_model((1, 2, 8, 8), "MaxPool", (7, 7), kernel_shape=[2, 2], strides=[1, 1])
-    assert "max_pool2d" in _fused_text(model, "cuda")
+    assert "max_pool2d" in fused_text(model, "cuda")
 
 
 def test_average_divisor_counts_the_inside_taps():

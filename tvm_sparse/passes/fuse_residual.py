@@ -215,6 +215,10 @@ class FuseResidual(CpuRewrite):
             if kernel is None:
                 kernel = m.fusable.rebuild(m.spec, m.activation)
             fused = _fused_kernel(m.fusable, kernel, static_shape(m.add_var), target)
+            if fused is None and inplace:  # the in-place variant failed: the fresh output
+                inplace = False
+                kernel = m.fusable.rebuild(m.spec, m.activation)
+                fused = _fused_kernel(m.fusable, kernel, static_shape(m.add_var), target)
             if fused is not None:
                 plan[m.target_var] = (m.call, m.fusable, fused, m.shortcut, inplace)
         return _ResidualRewriter(plan, mod) if plan else None

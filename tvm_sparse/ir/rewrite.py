@@ -35,6 +35,16 @@ class Bindings:
         var2val = relax.analysis.get_var2val(func)
         return Bindings(var2val, bound_vars(var2val), use_counts(func))
 
+    def single_reader(self, var: relax.Var) -> relax.Var | None:
+        """The var whose value is the only expression reading ``var`` (None if not exactly one
+        binding reads it)."""
+        if self.uses[var] != 1:
+            return None
+        for other, value in self.var2val.items():
+            if isinstance(value, relax.Call) and any(arg.same_as(var) for arg in value.args):
+                return other
+        return None
+
     def matches(self, pattern: DFPattern) -> Iterator[tuple[relax.Var, relax.Call, dict]]:
         """``(var, call, found)`` for each bound call that ``pattern`` matches, in binding
         order; ``found`` maps each sub-pattern to what it matched (values, not vars: dpl follows

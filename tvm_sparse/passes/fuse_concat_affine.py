@@ -53,16 +53,6 @@ def _fold(op: str, scale, shift, k: np.ndarray, value_on_left: bool):
     return None
 
 
-def _reader(var: relax.Var, bindings: Bindings):
-    """``(var, value)`` of the one binding that reads ``var`` (None if not exactly one)."""
-    if bindings.uses[var] != 1:
-        return None
-    for other, value in bindings.var2val.items():
-        if isinstance(value, relax.Call) and any(arg.same_as(var) for arg in value.args):
-            return other, value
-    return None
-
-
 def _plan_entry(var: relax.Var, value: relax.Expr, bindings: Bindings):
     """``(end var, [inputs], scale, shift, activation)`` for a concat this pass takes."""
     if op_name(value) != "relax.concat" or not isinstance(value.args[0], relax.Tuple):
@@ -80,10 +70,10 @@ def _plan_entry(var: relax.Var, value: relax.Expr, bindings: Bindings):
     scale, shift = np.ones(channels), np.zeros(channels)
     end, activation = var, None
     while True:
-        found = _reader(end, bindings)
-        if found is None:
+        reader = bindings.single_reader(end)
+        if reader is None:
             break
-        reader, call = found
+        call = bindings.var2val[reader]
         name = op_name(call)
         if name == "relax.nn.relu":
             end, activation = reader, "relu"

@@ -193,7 +193,7 @@ class FuseResidual(CpuRewrite):
             if found is None:
                 continue
             target_var, activation = var, None
-            user = _single_reader(var, bindings)
+            user = bindings.single_reader(var)
             if user is not None and op_name(bindings.var2val[user]) == "relax.nn.relu":
                 target_var, activation = user, "relu"
             call, fusable, spec, shortcut = found
@@ -249,16 +249,6 @@ def _fused_kernel(fusable: _Fusable, fused: tvm.tirx.PrimFunc, out_shape, target
         log.warning("residual fusion skipped: the fused conv failed to compile (%s)", failure)
         return None
     return fused
-
-
-def _single_reader(var: relax.Var, bindings: Bindings) -> relax.Var | None:
-    """The var whose value is the only expression reading ``var`` (None if several read it)."""
-    if bindings.uses[var] != 1:
-        return None
-    for other, value in bindings.var2val.items():
-        if isinstance(value, relax.Call) and any(arg.same_as(var) for arg in value.args):
-            return other
-    return None
 
 
 def _execution_order(func: relax.Function, matches: list[_Residual]) -> dict[relax.Var, int]:

@@ -30,7 +30,7 @@ from ._prefetch import prefetch_l2, spread_offset, wants_prefetch
 from ._transpose8 import transpose8
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling
-from .kernel import finish
+from .kernel import finish, without_params
 
 
 def clips_taps(geo: ConvGeometry) -> bool:
@@ -213,8 +213,4 @@ def implicit_gemm_kernel(
                         plus_bias(acc[across(j)], bcast(bias[c]), has_bias), activation, mr
                     )
 
-    func = kernel
-    if not has_bias:
-        params = [p for p in func.params if p.name != "bias"]
-        func = tvm.tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
-    return finish(func)
+    return finish(without_params(kernel, set() if has_bias else {"bias"}))

@@ -26,6 +26,16 @@ def finish(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     return func.with_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
 
 
+def without_params(func: tvm.tirx.PrimFunc, names: set[str]) -> tvm.tirx.PrimFunc:
+    """``func`` without the parameters ``names``, which its body must not read. Why:
+    TVMScript has no optional parameters, so a kernel whose bias, residual or output is
+    optional is written once with all of them and the unused ones dropped."""
+    if not names:
+        return func
+    params = [p for p in func.params if p.name not in names]
+    return tvm.tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
+
+
 def finish_opaque(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """``finish``, and opaque to FuseOps: fusing an elementwise op into a hand-scheduled kernel
     breaks FuseTIR ("Inconsistent buffers"), and block-free TIR cannot be pattern-analyzed."""

@@ -45,7 +45,7 @@ from ._lanes import row_copy_macro, run, splat
 from ._prefetch import prefetch_l2, spread_offset, wants_prefetch
 from .dense_conv_x86 import ConvGeometry
 from .gemm_x86 import GemmTiling, round_up
-from .kernel import finish
+from .kernel import finish, without_params
 
 ORDERS = ("panel", "cotile", "channels")
 # the channel tile outer order: for expanding convs (Co >= 4 Ci) whose input, one sample's,
@@ -522,8 +522,7 @@ def pointwise_kernel(spec: dict) -> tvm.tirx.PrimFunc:
     unused = {"bias"} if not has_bias else set()
     unused |= {"residual_in"} if not residual else set()
     unused |= {"out"} if inplace else set()
-    params = [p for p in func.params if p.name not in unused]
-    func = tvm.tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
+    func = without_params(func, unused)
     return finish(func).with_attr(SPEC_ATTR, json.dumps(spec))
 
 

@@ -42,7 +42,7 @@ from ._epilogue import bias_const, plus_bias
 from ._epilogue import epilogue as _epilogue
 from ._prefetch import prefetch as prefetch_line
 from ._prefetch import prefetch_write
-from .kernel import KernelCall
+from .kernel import KernelCall, without_params
 from .kernel import finish as _finish
 from .panel_packing import offset_records, pack_row_panels
 from .sparse_conv_planes_x86 import PlaneConvSpec, pad_macro, plane_offsets, planes_macro
@@ -487,49 +487,29 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
             for b in range(bn):
                 sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b, 0)
 
-    if spec.inplace:
+    inplace, has_residual = spec.inplace, spec.residual
 
-        @T.prim_func
-        def kernel(
-            x: T.Buffer((bn, ci, h, w), "float32"),
-            recs: T.Buffer((nrec,), "int64"),
-            seg: T.Buffer((nslots + 1,), ptr_dtype),
-            slot_rows: T.Buffer((nslots,), row_dtype),
-            bias: T.Buffer((spec.nbias,), "float32"),
-            residual: T.Buffer(y_shape, "float32"),
-        ):
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((bn, ci, h, w), "float32"),
+        recs: T.Buffer((nrec,), "int64"),
+        seg: T.Buffer((nslots + 1,), ptr_dtype),
+        slot_rows: T.Buffer((nslots,), row_dtype),
+        bias: T.Buffer((spec.nbias,), "float32"),
+        residual: T.Buffer(y_shape, "float32"),
+        y: T.Buffer(y_shape, "float32"),
+    ):
+        if inplace:
             rf = T.decl_buffer((bn * n * p_all,), "float32", data=residual.data)
             body(x, recs, seg, slot_rows, bias, rf, residual)
-
-    elif spec.residual:
-
-        @T.prim_func
-        def kernel(
-            x: T.Buffer((bn, ci, h, w), "float32"),
-            recs: T.Buffer((nrec,), "int64"),
-            seg: T.Buffer((nslots + 1,), ptr_dtype),
-            slot_rows: T.Buffer((nslots,), row_dtype),
-            bias: T.Buffer((spec.nbias,), "float32"),
-            residual: T.Buffer(y_shape, "float32"),
-            y: T.Buffer(y_shape, "float32"),
-        ):
+        elif has_residual:
             rf = T.decl_buffer((bn * n * p_all,), "float32", data=residual.data)
             body(x, recs, seg, slot_rows, bias, rf, y)
-
-    else:
-
-        @T.prim_func
-        def kernel(
-            x: T.Buffer((bn, ci, h, w), "float32"),
-            recs: T.Buffer((nrec,), "int64"),
-            seg: T.Buffer((nslots + 1,), ptr_dtype),
-            slot_rows: T.Buffer((nslots,), row_dtype),
-            bias: T.Buffer((spec.nbias,), "float32"),
-            y: T.Buffer(y_shape, "float32"),
-        ):
+        else:
             body(x, recs, seg, slot_rows, bias, bias, y)
 
-    return _finish(kernel).with_attr(SPEC_ATTR, spec.to_json())
+    unused = {"y"} if inplace else set() if has_residual else {"residual"}
+    return _finish(without_params(kernel, unused)).with_attr(SPEC_ATTR, spec.to_json())
 
 
 def is_pointwise(weight_shape, conv: ConvAttrs) -> bool:

@@ -33,7 +33,7 @@ from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv, samples_i
 from ._epilogue import bias_const
 from ._epilogue import epilogue as _epilogue
 from ._lanes import row_copy_macro
-from .kernel import KernelCall
+from .kernel import KernelCall, without_params
 from .kernel import finish as _finish
 
 # The PrimFunc attribute that carries the kernel's spec (see PlaneConvSpec.to_json).
@@ -500,37 +500,27 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
                                 channel_tile(xs, vals, offs, ptr, bias, rf, yf, tail, part,
                                              nb, blk, bl, p0, cb)  # fmt: skip
 
-    if spec.inplace:
+    inplace = spec.inplace
 
-        @T.prim_func
-        def kernel(
-            x: T.Buffer((bn, ci, h, wd), "float32"),
-            vals: T.Buffer((nval,), "float32"),
-            offs: T.Buffer((noffs,), spec.idx_dtype),
-            ptr: T.Buffer((nptr,), spec.ptr_dtype),
-            bias: T.Buffer((spec.nbias,), "float32"),
-            res: T.Buffer(res_shape, "float32"),
-        ):
-            rf = T.decl_buffer((res_size,), "float32", data=res.data)
+    @T.prim_func
+    def kernel(
+        x: T.Buffer((bn, ci, h, wd), "float32"),
+        vals: T.Buffer((nval,), "float32"),
+        offs: T.Buffer((noffs,), spec.idx_dtype),
+        ptr: T.Buffer((nptr,), spec.ptr_dtype),
+        bias: T.Buffer((spec.nbias,), "float32"),
+        res: T.Buffer(res_shape, "float32"),
+        y: T.Buffer((bn, o, oh, ow), "float32"),
+    ):
+        rf = T.decl_buffer((res_size,), "float32", data=res.data)
+        if inplace:
             body(x, vals, offs, ptr, bias, rf, rf)
-
-    else:
-
-        @T.prim_func
-        def kernel(
-            x: T.Buffer((bn, ci, h, wd), "float32"),
-            vals: T.Buffer((nval,), "float32"),
-            offs: T.Buffer((noffs,), spec.idx_dtype),
-            ptr: T.Buffer((nptr,), spec.ptr_dtype),
-            bias: T.Buffer((spec.nbias,), "float32"),
-            res: T.Buffer(res_shape, "float32"),
-            y: T.Buffer((bn, o, oh, ow), "float32"),
-        ):
+        else:
             yf = T.decl_buffer((bn * o * npos,), "float32", data=y.data)
-            rf = T.decl_buffer((res_size,), "float32", data=res.data)
             body(x, vals, offs, ptr, bias, yf, rf)
 
-    return _finish(kernel).with_attr(SPEC_ATTR, spec.to_json())
+    func = without_params(kernel, {"y"} if inplace else set())
+    return _finish(func).with_attr(SPEC_ATTR, spec.to_json())
 
 
 def plane_offsets(cols: np.ndarray, spec: PlaneConvSpec) -> np.ndarray:

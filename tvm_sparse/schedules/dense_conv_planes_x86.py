@@ -27,6 +27,10 @@ from .kernel import KernelCall, as_weight
 from .kernel import finish as _finish
 from .sparse_conv_planes_x86 import PlaneConvSpec, tap_planes_macro
 
+# The PrimFunc attribute that carries the kernel's spec (``passes.fuse_conv_pool`` rebuilds it
+# with the max pool after it; the spec's ``nnz`` is the taps of one output channel).
+SPEC_ATTR = "tvm_sparse.dense_conv_planes"
+
 # (mr output channels, vectors of positions) per vector width. 4 x 4 (16 zmm accumulators)
 # measured best on Zen 4 for the ResNet stem and 3x3 convs; 24-accumulator tiles (4x6, 3x8,
 # 8x3) ran up to 2x slower there (the accumulators, the input vectors and the broadcast do not
@@ -34,9 +38,11 @@ from .sparse_conv_planes_x86 import PlaneConvSpec, tap_planes_macro
 DEFAULT_TILE = {16: (4, 4), 8: (3, 3), 4: (3, 3)}
 
 
-def _tile_macro(spec: PlaneConvSpec, taps: int):
+def tile_macro(spec: PlaneConvSpec, taps: int, out_at=None):
     """Macro: ``mr`` output channels of channel tile ``g`` over the position tile at ``p0``.
-    Grouped: a channel tile never spans two conv groups, and reads its group's ``taps``."""
+    Grouped: a channel tile never spans two conv groups, and reads its group's ``taps``.
+    ``out_at(nb, oc, p0)``: where channel ``oc``'s outputs of the tile go in ``yf`` (default:
+    NCHW ``y``; another layout only with whole tiles and an activation in registers)."""
     lanes, n, mr = spec.lanes, spec.vectors, spec.ogroup
     o, npos, tile = spec.o, spec.positions, spec.tile
     o_g = o // spec.groups
@@ -44,8 +50,16 @@ def _tile_macro(spec: PlaneConvSpec, taps: int):
     hb = int(spec.has_bias)
     activation = spec.activation
     in_registers = register_activation(activation)
+    custom_out = out_at is not None
+    if not custom_out:
+
+        def out_at(nb, oc, p0):
+            return (nb * o + oc) * npos + p0
+
     # the next position tile's output lines of these channels, owned before their stores
-    prefetch = wants_output_prefetch(4 * spec.x_shape[0] * o * npos, spec.parallel)
+    prefetch = not custom_out and wants_output_prefetch(
+        4 * spec.x_shape[0] * o * npos, spec.parallel
+    )
     last_out = spec.x_shape[0] * o * npos - 1
 
     @T.macro
@@ -81,7 +95,7 @@ def _tile_macro(spec: PlaneConvSpec, taps: int):
             oc: T.let = cg * o_g + first + r
             if first + r < o_g:
                 bv: T.let = T.broadcast(bias[oc * hb], lanes)
-                out: T.let = (nb * o + oc) * npos + p0
+                out: T.let = out_at(nb, oc, p0)
                 if p0 + tile <= npos:
                     for u in T.unroll(n):
                         yf[T.ramp(out + u * lanes, 1, lanes)] = _epilogue(
@@ -116,7 +130,7 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
     needs_pad = spec.needs_pad
     chw = ci * h * wd
     fill = tap_planes_macro(spec)
-    channel_tile = _tile_macro(spec, taps)
+    channel_tile = tile_macro(spec, taps)
 
     @T.prim_func
     def kernel(
@@ -217,7 +231,7 @@ def dense_conv2d_planes(
         "batch_parallel": spec.batch_parallel,
     }
     return KernelCall(
-        func=dense_planes_kernel(spec, taps),
+        func=dense_planes_kernel(spec, taps).with_attr(SPEC_ATTR, spec.to_json()),
         name="dense_conv2d_planes_" + "x".join(map(str, x_shape)),
         consts=(pack_planes_weight(weight, mr, groups), tap_offsets(spec), bias_arr),
         out_shape=(bn, o) + tuple(dims.out_hw),

@@ -107,6 +107,13 @@ def pack_conv_weight(weight: np.ndarray, nb: int, groups: int = 1) -> np.ndarray
     )
 
 
+def unpack_conv_weight(packed: np.ndarray, w_shape: tuple[int, int, int, int]) -> np.ndarray:
+    """``pack_conv_weight``'s inverse for an ungrouped conv: the OIHW weight of ``w_shape``."""
+    co, ci, kh, kw = w_shape
+    rows = packed.transpose(0, 2, 1).reshape(-1, kh * kw * ci)[:co]
+    return np.ascontiguousarray(rows.reshape(co, kh, kw, ci).transpose(0, 3, 1, 2))
+
+
 def conv_direct_compute(
     geo: ConvGeometry, has_bias: bool, activation: str | None
 ) -> list[te.Tensor]:

@@ -206,6 +206,12 @@ def default_grouped_layout(geo: ConvGeometry, lanes: int) -> str:
     return "planes"
 
 
+# The attribute an ungrouped implicit-GEMM conv carries: its geometry, activation and panel
+# width, so a pass can unpack its weight (``unpack_conv_weight``) and rebuild it as another
+# kernel (``passes.fuse_conv_pool``: the stem conv with the max pool after it).
+IMPLICIT_GEMM_ATTR = "tvm_sparse.dense_conv_implicit_gemm"
+
+
 def default_conv_layout(geo: ConvGeometry) -> str:
     """The groups=1 kernel a conv gets unless told: 1x1 pointwise, few channels planes (short
     reductions), 3x3 stride 1 Winograd (1.5x onnxruntime on ResNet's 3x3 convs, Zen 4), else
@@ -322,7 +328,12 @@ def dense_conv2d(
         tiling = tiling or choose_conv_tiling(
             geo.out_hw[1], num_cores(target), vector_lanes(target), co
         )
-        func = implicit_gemm_kernel(geo, tiling, bias is not None, activation)
+        func = implicit_gemm_kernel(geo, tiling, bias is not None, activation).with_attr(
+            IMPLICIT_GEMM_ATTR,
+            json.dumps(
+                {"geometry": dataclasses.astuple(geo), "activation": activation, "nb": tiling.nb}
+            ),
+        )
         consts = [pack_conv_weight(weight, tiling.nb)]
         info.update(tiling=tiling, layout="implicit_gemm")
         ow = geo.out_hw[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import re
 
@@ -716,3 +718,55 @@ def test_implicit_gemm_whole_row_tiles(x_shape, co, stride, mr):
     call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, layout="implicit_gemm", tiling=tiling)
     ref = _ref_conv(x, w, b, (stride, stride), (1, 1, 1, 1), (1, 1), 1, "relu")
     np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])  # silu: overlapping tiles merged
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize(
+    "x_shape, co, kc, parallel",
+    [
+        ((1, 256, 7, 7), 130, 128, False),  # two chunks, 49 pixels: the last tile overlaps
+        ((2, 384, 5, 6), 64, 96, True),  # four chunks, two samples, parallel panels
+        ((1, 512, 14, 14), 70, 64, True),  # eight chunks, a padded last panel
+    ],
+)
+def test_pointwise_channels_form_in_chunks_matches_numpy(
+    x_shape, co, kc, parallel, residual, activation
+):
+    """The channels form taking the input channels ``kc`` at a time (partial sums in a scratch
+    slot per pixel tile) gives the unchunked kernel's result, shortcut and activation last."""
+    from tvm_sparse.schedules.pointwise_conv_x86 import (
+        SPEC_ATTR,
+        pointwise_kernel,
+        pointwise_weight,
+    )
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((co, x_shape[1], 1, 1), dtype=np.float32)
+    b = rng.standard_normal(co, dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    shortcut_shape = (x_shape[0], co, *x_shape[2:])
+    shortcut = rng.standard_normal(shortcut_shape, dtype=np.float32)
+    tiling = GemmTiling(mr=7, nb=32, parallel=parallel)
+    call = dense_conv2d(x_shape, w, b, ConvAttrs((1, 1), (0,) * 4), activation, TARGET,
+                        tiling=tiling, pointwise_order="channels")  # fmt: skip
+    spec = {**json.loads(str(call.func.attrs[SPEC_ATTR])), "kc": kc, "residual": residual}
+    consts = [pointwise_weight(w, spec), b] + ([shortcut] if residual else [])
+    chunked = dataclasses.replace(call, func=pointwise_kernel(spec), consts=tuple(consts))
+    ref = _ref_conv(x, w, b, (1, 1), (0, 0, 0, 0), (1, 1), 1, None)
+    ref = ref + shortcut if residual else ref
+    ref = np.maximum(ref, 0) if activation == "relu" else ref / (1 + np.exp(-ref))
+    np.testing.assert_allclose(run_kernel(chunked, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_chunks_need_the_channels_form_and_a_divisor():
+    from tvm_sparse.schedules.pointwise_conv_x86 import SPEC_ATTR, pointwise_kernel
+
+    w = np.zeros((16, 256, 1, 1), np.float32)
+    call = dense_conv2d((1, 256, 7, 7), w, target=TARGET, pointwise_order="channels")
+    spec = json.loads(str(call.func.attrs[SPEC_ATTR]))
+    assert spec["kc"] == 128  # the default: 256 input channels, two chunks
+    with pytest.raises(ValueError, match="divide"):
+        pointwise_kernel({**spec, "kc": 100})
+    with pytest.raises(ValueError, match="channels form"):
+        pointwise_kernel({**spec, "kc": 128, "order": "panel"})

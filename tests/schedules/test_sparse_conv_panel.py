@@ -275,3 +275,30 @@ def test_bands_where_the_planes_pass_l2(x_shape, strides, banded):
     if banded:
         planes = spec.plane_spec
         assert 4 * planes.planes * planes.plane_size <= 1 << 20
+
+
+FLAT_FILL_CASES = [
+    # x shape, weight shape, padding (top, left, bottom, right), knobs
+    ((2, 5, 12, 16), (6, 5, 3, 3), (1, 1, 1, 1), {}),  # two samples: each its own base
+    ((1, 4, 9, 20), (7, 4, 3, 5), (0, 2, 2, 2), {"expanded": True}),  # 3x5, no top padding
+    ((1, 3, 11, 16), (5, 3, 5, 3), (3, 0, 1, 2), {"expanded": False}),  # shifts 0..2, right
+    ((1, 6, 14, 24), (8, 6, 3, 3), (1, 2, 1, 0), {"band_rows": 5, "expanded": False}),
+    ((1, 2, 16, 20), (3, 2, 2, 4), (1, 1, 0, 2), {"band_rows": 7, "expanded": True}),
+]
+
+
+@pytest.mark.parametrize("case", FLAT_FILL_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_planes_filled_straight_from_the_input_match_dense(case):
+    """Stride 1 with the output as wide as the input: each plane is filled as one shifted run
+    of the input (``flat_planes_macro``), the columns the shift wraps in and the rows past the
+    input zeroed; any padding split (no top row, all on the right), expanded or tap columns,
+    in bands, two samples."""
+    from tvm_sparse.schedules.sparse_conv_planes_x86 import flat_fill_applies
+
+    x_shape, w_shape, padding, knobs = case
+    rng = np.random.default_rng(23)
+    w = sparse_weight(rng, w_shape, 0.5)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    call = _check(x_shape, w, bias, ConvAttrs((1, 1), padding), None, **knobs)
+    spec = PanelConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))
+    assert flat_fill_applies(spec.plane_spec)

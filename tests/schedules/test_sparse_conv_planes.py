@@ -325,3 +325,29 @@ def test_samples_in_parallel_match_dense(batch):
     out = run_kernel(call, two_cores, x)
     expected = conv_ref(x, w, None, conv.strides, conv.padding, conv.dilation, "relu")
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, padding",
+    [
+        ((2, 3, 12, 16), (5, 3, 3, 3), (1, 1, 1, 1)),  # two samples
+        ((1, 2, 10, 18), (4, 2, 5, 3), (0, 0, 4, 2)),  # all padding below and right
+        ((1, 1, 9, 24), (6, 1, 3, 5), (2, 4, 0, 0)),  # all above and left: shifts -4..0
+    ],
+)
+def test_planes_filled_straight_from_the_input(x_shape, w_shape, padding, dense):
+    """The sparse and the dense tap-plane kernels fill stride-1 same-width planes as shifted
+    runs of the input (``flat_planes_macro``), with no padded copy."""
+    from tvm_sparse.schedules.dense_conv_planes_x86 import SPEC_ATTR as DENSE_ATTR
+    from tvm_sparse.schedules.dense_conv_planes_x86 import dense_conv2d_planes
+    from tvm_sparse.schedules.sparse_conv_planes_x86 import SPEC_ATTR as SPARSE_ATTR
+    from tvm_sparse.schedules.sparse_conv_planes_x86 import PlaneConvSpec, flat_fill_applies
+
+    rng = np.random.default_rng(29)
+    w = sparse_weight(rng, w_shape, 1.0 if dense else 0.4)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    builder = dense_conv2d_planes if dense else sparse_conv2d_planes
+    call = check_conv(builder, x_shape, w, bias, ConvAttrs((1, 1), padding), "relu", TARGET)
+    attr = DENSE_ATTR if dense else SPARSE_ATTR
+    assert flat_fill_applies(PlaneConvSpec.from_json(str(call.func.attrs[attr])))

@@ -45,7 +45,14 @@ from ._prefetch import prefetch_write
 from .kernel import KernelCall, without_params
 from .kernel import finish as _finish
 from .panel_packing import offset_records, pack_row_panels
-from .sparse_conv_planes_x86 import PlaneConvSpec, pad_macro, plane_offsets, planes_macro
+from .sparse_conv_planes_x86 import (
+    PlaneConvSpec,
+    flat_fill_applies,
+    flat_planes_macro,
+    pad_macro,
+    plane_offsets,
+    planes_macro,
+)
 from .sparse_panel_x86 import RECORDS_AHEAD, RECORDS_PER_LINE
 
 # The PrimFunc attribute that carries the kernel's spec (``passes.fuse_residual`` rebuilds it).
@@ -442,7 +449,8 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     if on_planes:
         pspec = spec.plane_spec
         pad, fill_planes = pad_macro(pspec), planes_macro(pspec)
-        needs_pad = pspec.needs_pad
+        flat, fill_flat = flat_fill_applies(pspec), flat_planes_macro(pspec)
+        needs_pad = pspec.needs_pad and not flat
         planes_total = pspec.planes * pspec.plane_size
         hp, wp = pspec.padded_hw
         padded = ci * hp * wp if needs_pad else 1
@@ -473,7 +481,9 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
                 if needs_pad:
                     pad(xf, xp, b)
                 for band in range(nbands):
-                    if needs_pad:
+                    if flat:
+                        fill_flat(xf, b * ci * h * w, xs, band * band_rows)
+                    elif needs_pad:
                         fill_planes(xp, 0, xs, band * band_rows)
                     else:
                         fill_planes(xf, b * ci * h * w, xs, band * band_rows)

@@ -141,3 +141,13 @@ def keep_unfused(builder: relax.BlockBuilder, var: relax.Var) -> None:
     inlined, it would be recomputed for every output of the second stage."""
     gvar = builder.lookup_binding(var).args[0]
     builder.update_func(gvar, builder.get()[gvar].with_attr("op_pattern", OPAQUE))
+
+
+def call_kernel(
+    builder: relax.BlockBuilder, func: tvm.tirx.PrimFunc, name: str, args: list,
+    out_shape, dtype: str = "float32",
+) -> relax.Call:  # fmt: skip
+    """A ``call_tir`` of the kernel ``func``, added to ``builder``'s module under ``name`` (its
+    global symbol too): how a rewriting pass swaps ops for one of its kernels."""
+    gvar = builder.add_func(func.with_attr("global_symbol", name), name)
+    return relax.call_tir(gvar, args, relax.TensorType(tuple(out_shape), dtype))

@@ -24,7 +24,7 @@ from tvm.relax.dpl import is_op, wildcard
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import dtype_of, static_shape
-from ..ir.rewrite import Bindings, PlannedRewriter
+from ..ir.rewrite import Bindings, PlannedRewriter, call_kernel
 from ..schedules.layernorm_x86 import channels_first_layer_norm_kernel, layer_norm_kernel
 from .cpu_only import CpuRewrite
 
@@ -104,9 +104,8 @@ class _LayerNormRewriter(PlannedRewriter):
         kernel = make(shape, eps, target=self.target)
         name = f"{kernel.name}_{self.count}"
         self.count += 1
-        gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", name), name)
         args = [self.visit_expr(e) for e in (x, gamma, beta)]
-        return relax.call_tir(gvar, args, relax.TensorType(shape, "float32"))
+        return call_kernel(self.builder_, kernel.func, name, args, shape)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseChannelLayerNorm")

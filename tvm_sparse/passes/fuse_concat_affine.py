@@ -20,7 +20,7 @@ from tvm import relax
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import const_array, dtype_of, op_name, static_shape
-from ..ir.rewrite import Bindings, PlannedRewriter
+from ..ir.rewrite import Bindings, PlannedRewriter, call_kernel
 from ..schedules.concat_affine_x86 import concat_affine
 from ..target import num_cores, vector_lanes
 from .cpu_only import CpuRewrite
@@ -108,9 +108,8 @@ class _Rewriter(PlannedRewriter):
         )
         name = f"{kernel.name}_{self.count}"
         self.count += 1
-        gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", name), name)
         args = [self.visit_expr(x) for x in xs] + [relax.const(c) for c in kernel.consts]
-        return relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, "float32"))
+        return call_kernel(self.builder_, kernel.func, name, args, kernel.out_shape)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseConcatAffine")

@@ -21,7 +21,7 @@ from tvm import relax
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import const_array, int_tuple, kernel_spec, op_name, static_shape
-from ..ir.rewrite import Bindings, PlannedRewriter
+from ..ir.rewrite import Bindings, PlannedRewriter, call_kernel
 from ..schedules._conv_dims import ConvAttrs
 from ..schedules.conv_maxpool_x86 import (
     POOL_PADDING,
@@ -120,9 +120,8 @@ class _Rewriter(PlannedRewriter):
             log.warning("conv + max pool fusion skipped: the fused kernel failed (%s)", failure)
             return self.visit_expr(pool)
         self.count += 1
-        gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", name), name)
         args = [self.visit_expr(x), *(self.visit_expr(c) for c in consts)]
-        return relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32"))
+        return call_kernel(self.builder_, kernel.func, name, args, out_shape)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseConvPool")

@@ -14,7 +14,7 @@ from tvm import relax
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import dtype_of, iter_bindings, op_name, static_shape
-from ..ir.rewrite import PlannedRewriter
+from ..ir.rewrite import PlannedRewriter, call_kernel
 from ..schedules.row_reduce_x86 import row_reduce
 from .cpu_only import CpuRewrite
 
@@ -47,10 +47,8 @@ class _RowReduceRewriter(PlannedRewriter):
         x, axes, mean = match
         out_shape = static_shape(var)
         kernel = row_reduce(static_shape(x), out_shape, axes, mean, target=self.target)
-        gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", kernel.name),
-                                      kernel.name)  # fmt: skip
         args = [self.visit_expr(x), *(relax.const(c) for c in kernel.consts)]
-        return relax.call_tir(gvar, args, relax.TensorType(out_shape, "float32"))
+        return call_kernel(self.builder_, kernel.func, kernel.name, args, out_shape)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.RewriteRowReductions")

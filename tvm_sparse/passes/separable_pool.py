@@ -33,7 +33,7 @@ from tvm import relax, te, tirx
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import dtype_of, int_tuple, op_name, static_shape
-from ..ir.rewrite import PlannedRewriter, keep_unfused, plan_bindings
+from ..ir.rewrite import PlannedRewriter, call_kernel, keep_unfused, plan_bindings
 from ..schedules.pool_x86 import strided_pool
 from ..target import num_cores, vector_lanes
 from .cpu_only import CpuRewrite
@@ -166,11 +166,8 @@ class _Rewriter(PlannedRewriter):
             shape, out_hw, kind, window, strides[0], padding, divisor,
             vector_lanes(self.target), num_cores(self.target),
         )  # fmt: skip
-        gvar = self.builder_.add_func(
-            kernel.func.with_attr("global_symbol", kernel.name), kernel.name
-        )
         args = [x, *(relax.const(c) for c in kernel.consts)]
-        return relax.call_tir(gvar, args, relax.TensorType(kernel.out_shape, "float32"))
+        return call_kernel(self.builder_, kernel.func, kernel.name, args, kernel.out_shape)
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.SeparablePool")

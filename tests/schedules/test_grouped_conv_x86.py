@@ -160,3 +160,42 @@ def test_sparse_conv_families_take_pruned_grouped_convs(target, case):
     dense_layer = _layer(*_case(case, seed=5))
     assert [f.name for f in registry.families_for(dense_layer, target)] == ["dense"]
     assert all(f.skips_zeros for f in FAMILIES if f.name.startswith("sparse_conv"))
+
+
+@pytest.mark.parametrize("flush", [False, True])
+@pytest.mark.parametrize(
+    "x_shape, groups, activation, overlaps",
+    [
+        ((1, 32, 12, 11), 4, "relu", True),  # 132 positions: the last tile overlaps
+        ((2, 16, 9, 9), 8, None, True),  # 81 positions, two samples
+        ((1, 32, 12, 11), 4, "silu", False),  # a heavy activation keeps the tail scratch
+        ((1, 16, 5, 5), 2, "relu", False),  # 25 positions: fewer than one tile
+    ],
+)
+def test_grouped_planes_conv_last_tile(target, x_shape, groups, activation, overlaps, flush):
+    """The dense tap-plane conv runs its channel tiles outer for grouped convs, and its last
+    position tile overlaps the one before where that stores the same values twice; checked
+    with the FlushDenormals wrapper too (it made LLVM keep the tail path's accumulators on the
+    stack)."""
+    import dataclasses
+
+    from tvm_sparse.passes.flush_denormals import flush_denormals_in
+    from tvm_sparse.schedules.dense_conv_planes_x86 import (
+        SPEC_ATTR,
+        dense_conv2d_planes,
+        overlaps_last_tile,
+    )
+    from tvm_sparse.schedules.sparse_conv_planes_x86 import PlaneConvSpec
+
+    rng = np.random.default_rng(31)
+    ci = x_shape[1]
+    w = rng.standard_normal((ci, ci // groups, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(ci).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    conv = ConvAttrs((1, 1), (1, 1, 1, 1), (1, 1), groups)
+    call = dense_conv2d_planes(x_shape, w, b, conv, activation, target)
+    assert overlaps_last_tile(PlaneConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))) == overlaps
+    if flush:
+        call = dataclasses.replace(call, func=flush_denormals_in(call.func, 2))
+    expected = grouped_ref(x, w, b, (1, 1), (1, 1, 1, 1), groups, activation)
+    np.testing.assert_allclose(run_kernel(call, target, x), expected, rtol=1e-4, atol=1e-4)

@@ -21,7 +21,7 @@ from tvm import relax
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import const_array, int_tuple, kernel_spec, op_name, static_shape
-from ..ir.rewrite import Bindings, PlannedRewriter, call_kernel
+from ..ir.rewrite import Bindings, PlannedRewriter, call_kernel, plan_bindings
 from ..schedules._conv_dims import ConvAttrs
 from ..schedules.conv_maxpool_x86 import (
     POOL_PADDING,
@@ -75,9 +75,7 @@ def _plan_entry(var: relax.Var, value: relax.Expr, bindings: Bindings, mod: tvm.
         return None
     x, *consts = conv.args[1].fields
     if found[0] == SPEC_ATTR:
-        spec = PlaneConvSpec(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in found[1].items()}
-        )
+        spec = PlaneConvSpec.from_dict(found[1])
     else:
         planes = _as_planes(found[1], consts, target)
         if planes is None:
@@ -132,9 +130,7 @@ class FuseConvPool(CpuRewrite):
         self, func: relax.Function, mod: tvm.IRModule, target: tvm.target.Target
     ) -> _Rewriter | None:
         bindings = Bindings.of(func)
-        plan = {}
-        for var, value in bindings.var2val.items():
-            found = _plan_entry(var, value, bindings, mod, target)
-            if found is not None:
-                plan[var] = found
+        plan = plan_bindings(
+            func, lambda var, value: _plan_entry(var, value, bindings, mod, target)
+        )
         return _Rewriter(plan, mod, target) if plan else None

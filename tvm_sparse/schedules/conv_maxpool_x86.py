@@ -76,7 +76,7 @@ def conv_maxpool_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     band_tiles = rows * ow // tile
     nbands = oh // rows
     total = spec.planes * spec.plane_size
-    needs_pad = spec.needs_pad
+    padded_copy = spec.padded_copy
     hp, wp_ = spec.padded_hw
     loop, samples = spec.inner_loop, spec.sample_loop
     chw = ci * h * wd
@@ -111,7 +111,7 @@ def conv_maxpool_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
         xflat = T.decl_buffer((bn * chw,), "float32", data=x.data)
         for nb in samples(bn):
             xs = T.alloc_buffer((total + tile,), "float32", scope="global")
-            xp = T.alloc_buffer((ci * hp * wp_ if needs_pad else 1,), "float32", scope="global")
+            xp = T.alloc_buffer((ci * hp * wp_ if padded_copy else 1,), "float32", scope="global")
             band = T.alloc_buffer((o * kept * ow,), "float32", scope="global")
             for e in T.vectorized(tile):
                 xs[total + e] = T.float32(0)

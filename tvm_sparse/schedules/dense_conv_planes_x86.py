@@ -143,7 +143,7 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
     total = spec.planes * spec.plane_size
     loop = spec.inner_loop
     samples = spec.sample_loop
-    needs_pad = spec.needs_pad
+    padded_copy = spec.padded_copy
     chw = ci * h * wd
     fill = tap_planes_macro(spec)
     channel_tile = tile_macro(spec, taps)
@@ -167,7 +167,7 @@ def dense_planes_kernel(spec: PlaneConvSpec, taps: int) -> tvm.tirx.PrimFunc:
         for nb in samples(bn):
             # a tile past the last position reads up to `tile` floats beyond the last plane
             xs = T.alloc_buffer((total + tile,), "float32", scope="global")
-            xp = T.alloc_buffer((ci * hp * wp_ if needs_pad else 1,), "float32", scope="global")
+            xp = T.alloc_buffer((ci * hp * wp_ if padded_copy else 1,), "float32", scope="global")
             for e in T.vectorized(tile):
                 xs[total + e] = T.float32(0)
             fill(x, xflat, xp, xs, nb)

@@ -47,7 +47,6 @@ from .kernel import finish as _finish
 from .panel_packing import offset_records, pack_row_panels
 from .sparse_conv_planes_x86 import (
     PlaneConvSpec,
-    flat_fill_applies,
     flat_planes_macro,
     pad_macro,
     plane_offsets,
@@ -449,11 +448,12 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     if on_planes:
         pspec = spec.plane_spec
         pad, fill_planes = pad_macro(pspec), planes_macro(pspec)
-        flat, fill_flat = flat_fill_applies(pspec), flat_planes_macro(pspec)
-        needs_pad = pspec.needs_pad and not flat
+        fill_flat = flat_planes_macro(pspec)
+        # padded: through a padded copy, or (stride 1, as wide as x) straight from x
+        padded_copy, flat = pspec.padded_copy, pspec.needs_pad and not pspec.padded_copy
         planes_total = pspec.planes * pspec.plane_size
         hp, wp = pspec.padded_hw
-        padded = ci * hp * wp if needs_pad else 1
+        padded = ci * hp * wp if padded_copy else 1
     # a tail wider than its positions keeps its partial sums in ys, as do all tiles where y is
     # the residual
     ys_size = max([n * t for r, t in ((rest_b, tail_b), (rest_l, tail_l)) if 0 < r < t] + [1])
@@ -478,12 +478,12 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
             xs = T.alloc_buffer((planes_total + m_tile,), "float32", scope="global")
             xp = T.alloc_buffer((padded,), "float32", scope="global")
             for b in range(bn):
-                if needs_pad:
+                if padded_copy:
                     pad(xf, xp, b)
                 for band in range(nbands):
                     if flat:
                         fill_flat(xf, b * ci * h * w, xs, band * band_rows)
-                    elif needs_pad:
+                    elif padded_copy:
                         fill_planes(xp, 0, xs, band * band_rows)
                     else:
                         fill_planes(xf, b * ci * h * w, xs, band * band_rows)

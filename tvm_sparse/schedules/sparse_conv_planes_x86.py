@@ -98,7 +98,11 @@ class PlaneConvSpec:
 
     @classmethod
     def from_json(cls, text: str) -> PlaneConvSpec:
-        fields = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> PlaneConvSpec:
+        """The spec of a decoded ``to_json`` (JSON lists back to tuples)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
     @property
@@ -165,6 +169,12 @@ class PlaneConvSpec:
     @property
     def needs_pad(self) -> bool:
         return any(self.pads)
+
+    @property
+    def padded_copy(self) -> bool:
+        """Whether the planes are filled through a zero-padded copy of the sample (``xp``):
+        a padded conv whose planes ``flat_planes_macro`` does not fill straight from x."""
+        return self.needs_pad and not flat_fill_applies(self)
 
     @property
     def blocks(self) -> int:
@@ -344,11 +354,10 @@ def tap_planes_macro(spec: PlaneConvSpec):
     _, ci, h, wd = spec.x_shape
     chw = ci * h * wd
     npos, size = spec.positions, spec.plane_size
-    identity, needs_pad = spec.identity_planes, spec.needs_pad
+    identity, padded_copy = spec.identity_planes, spec.padded_copy
     loop = spec.inner_loop
     pad = pad_macro(spec)
     planes = planes_macro(spec)
-    flat = flat_fill_applies(spec)
     flat_planes = flat_planes_macro(spec)
 
     @T.macro
@@ -360,11 +369,11 @@ def tap_planes_macro(spec: PlaneConvSpec):
                 if size > npos:  # aligned planes' padding: zeros, never NaN or denormal
                     for v in T.vectorized(size - npos):
                         xs[c * size + npos + v] = T.float32(0)
-        elif flat:
-            flat_planes(xflat, nb * chw, xs, 0)
-        elif needs_pad:
+        elif padded_copy:
             pad(xflat, xp, nb)
             planes(xp, 0, xs, 0)
+        elif spec.needs_pad:  # stride 1, as wide as the input: no padded copy
+            flat_planes(xflat, nb * chw, xs, 0)
         else:
             planes(xflat, nb * chw, xs, 0)
 
@@ -535,7 +544,7 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
     nval, noffs, nptr = spec.const_sizes
     loop = spec.inner_loop
     samples = spec.sample_loop
-    needs_pad = spec.needs_pad
+    padded_copy = spec.padded_copy
     chw = ci * h * wd
     # without a residual the parameter is a 1-float placeholder (the last constant)
     res_shape = (bn, o, oh, ow) if spec.residual else (1,)
@@ -552,7 +561,7 @@ def plane_kernel(spec: PlaneConvSpec) -> tvm.tirx.PrimFunc:
         for nb in samples(bn):
             # a tile past the last position reads up to `tile` floats beyond the last plane
             xs = T.alloc_buffer((total + tile,), "float32", scope="global")
-            xp = T.alloc_buffer((ci * hp * wp if needs_pad else 1,), "float32", scope="global")
+            xp = T.alloc_buffer((ci * hp * wp if padded_copy else 1,), "float32", scope="global")
             for e in T.vectorized(tile):
                 xs[total + e] = T.float32(0)
             fill(x, xflat, xp, xs, nb)

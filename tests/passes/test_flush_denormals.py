@@ -163,3 +163,23 @@ def test_cli_keep_denormals_reaches_the_kernels(tmp_path, keep):
     assert done.returncode == 0, done.stderr[-2000:]
     out = np.load(tmp_path / "out.npz")["output_0"]
     assert np.all(out > 0) if keep else np.all(out == 0)
+
+
+@T.prim_func(private=True)
+def _halved(a: T.Buffer((64,), "float32"), b: T.Buffer((64,), "float32")):
+    for i in T.parallel(64):
+        b[i] = a[i] * T.float32(0.5)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_kernel_timed_alone_runs_in_the_models_mode(target, flush):
+    """``build_kernel`` (the candidates' timing build) applies the model's FTZ/DAZ rewrite, so a
+    candidate is timed on the code the model runs; ``flush_denormals=False`` leaves it."""
+    from tvm_sparse.schedules.kernel import KernelCall, build_kernel
+
+    call = KernelCall(func=_halved, name="halved", consts=(), out_shape=(64,))
+    module = build_kernel(call, target, flush_denormals=flush)
+    out = tvm.runtime.tensor(np.ones(64, np.float32))
+    module["main"](tvm.runtime.tensor(np.full(64, 2e-38, np.float32)), out)
+    assert np.all(out.numpy() == 0) == flush  # 1e-38 is subnormal: flushed, or kept
+    assert _ieee_still_in_numpy()

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 
+from ..ir import fp_mode
 from ..ir.parallel_loops import serial_on_one_core
+from ..target import num_cores
 
 # relax OpPatternKind kOpaque: FuseOps leaves the call alone, and AnnotateTIROpPattern does not
 # analyze it (its reshape check asserts block-based TIR on two-argument functions)
@@ -93,12 +95,19 @@ class KernelCall:
         return int(sum(c.nbytes for c in self.consts))
 
 
-def build_kernel(call: KernelCall, target: tvm.target.Target) -> tvm.runtime.Module:
-    """Compile a kernel alone (for tests, measurement and the per-layer choice).
+def build_kernel(
+    call: KernelCall, target: tvm.target.Target, flush_denormals: bool = True
+) -> tvm.runtime.Module:
+    """Compile a kernel alone (for tests, measurement and the per-layer choice), rewritten as
+    the model's build rewrites it (one core: serial loops; x86: denormals flushed, the
+    default ``compile`` option), so a candidate is timed on the machine code the model runs.
 
     Returns the loaded runtime module (``Executable.jit()``): it has ``time_evaluator``.
     """
-    func = serial_on_one_core(call.func, target).with_attr("global_symbol", "main")
+    func = serial_on_one_core(call.func, target)
+    if flush_denormals and fp_mode.applies(target):
+        func = fp_mode.flush_denormals_in(func, num_cores(target))
+    func = func.with_attr("global_symbol", "main")
     return tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
 
 

@@ -164,6 +164,7 @@ def _summary(row: dict) -> str:
     parts += [f"ort {ms('ort_ms')}", f"deepsparse {ms('deepsparse_ms')}"]
     if isinstance(row.get("x_ort"), float):
         parts.append(f"x_ort {row['x_ort']:.2f}")
+    parts += [f"{key}: {value}" for key, value in row.items() if key.endswith("_check")]
     return ", ".join(parts)
 
 

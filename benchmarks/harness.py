@@ -53,6 +53,36 @@ def close(out: np.ndarray, ref: np.ndarray) -> bool:
     return bool(np.allclose(out, ref, rtol=1e-3, atol=1e-3 * scale))
 
 
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """The largest difference, over the output's largest magnitude."""
+    scale = max(float(np.abs(ref).max()), 1e-6)
+    return float(np.abs(np.asarray(out, np.float64) - ref).max()) / scale
+
+
+def onnxruntime_spread(path: str, inputs: Sequence[np.ndarray], ref: np.ndarray) -> float:
+    """How far onnxruntime disagrees with itself on these inputs: its output without graph
+    optimizations against ``ref`` (with all of them), as ``relative_error``. Pruned networks
+    with random weights can be ill-conditioned (EfficientNet-B0 at 80%: logits ~4000, and the
+    two onnxruntime outputs differ by 4.5e-3 of that), so a 1e-3 check fails any float
+    reordering there; an error within this spread is one onnxruntime makes too."""
+    return relative_error(OrtRunner(path, optimize=False).run(inputs)[0], ref)
+
+
+def checked(label: str, out: np.ndarray, ref: np.ndarray, spread, row: dict) -> bool:
+    """Whether ``out`` agrees with onnxruntime's ``ref``: ``close``, or (an ill-conditioned
+    model) within onnxruntime's own spread (``spread()``, computed on first need), which the
+    row then records; else the row's ``<label>_ms`` says MISMATCH and by how much."""
+    if close(out, ref):
+        return True
+    err = relative_error(out, ref)
+    own = spread()
+    if err <= own:
+        row[f"{label}_check"] = f"error {err:.1e} within onnxruntime's own {own:.1e}"
+        return True
+    row[f"{label}_ms"] = f"MISMATCH ({err:.1e}; onnxruntime's own {own:.1e})"
+    return False
+
+
 def _module_timer(module, args):
     """``timer(seconds)`` -> median seconds per call of a compiled module's main."""
     main = module._main  # looked up once (a lookup costs ~18 us)
@@ -82,21 +112,18 @@ def compare_runtimes(
     row["compile_s"] = round(time.perf_counter() - start, 1)
     dense = tvm_sparse.compile(path, "llvm", sparse=False, measure=False)
     args = [tvm.runtime.tensor(a) for a in inputs]
+    spread = functools.cache(lambda: onnxruntime_spread(path, inputs, ref))
     for label, module in (("tvm_sparse", sparse), ("tvm_dense", dense)):
-        if close(module.run(*inputs), ref):
+        if checked(label, module.run(*inputs), ref, spread, row):
             timers[label] = _module_timer(module, args)
-        else:
-            row[f"{label}_ms"] = "MISMATCH"
     row["module"] = sparse
 
     ds = DeepSparseRunner(path, threads=threads) if deepsparse else None
     try:
         outs = ds.start(inputs) if ds is not None else None
         if outs is not None:
-            if close(outs[0], ref):
+            if checked("deepsparse", outs[0], ref, spread, row):
                 timers["deepsparse"] = ds.time_for
-            else:
-                row["deepsparse_ms"] = "MISMATCH"
         samples = take_turns(
             {k: functools.partial(t, round_time) for k, t in timers.items()}, rounds
         )

@@ -110,14 +110,17 @@ class OrtRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, model: Any, threads: int = 1):
+    def __init__(self, model: Any, threads: int = 1, optimize: bool = True):
+        """``optimize=False``: no graph optimization (no fusion, no constant folding), the
+        graph's own order of float operations: onnxruntime's second opinion on an output."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = ort.GraphOptimizationLevel
+        opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
         is_path = isinstance(model, (str, os.PathLike))
         source = os.fspath(model) if is_path else model.SerializeToString()
         self.session = ort.InferenceSession(

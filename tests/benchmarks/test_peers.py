@@ -85,3 +85,47 @@ def test_deepsparse_server_failure_names_the_cause(tmp_path):
     with pytest.raises(RuntimeError, match="(?s)server failed.*No module named 'deepsparse'"):
         runner.start(np.zeros((1, 4), np.float32))
     runner.close()
+
+
+def test_an_output_is_checked_against_onnxruntime_and_its_own_spread():
+    """Within 1e-3 of the output's scale: accepted, onnxruntime's second opinion never asked;
+    past it but within what onnxruntime's unoptimized graph differs by (an ill-conditioned
+    model): accepted and said in the row; past both: MISMATCH with both errors."""
+    from harness import checked
+
+    ref = np.array([1000.0, -2.0, 3.0], np.float32)
+    asked = []
+
+    def spread() -> float:
+        asked.append(1)
+        return 4e-3
+
+    row: dict = {}
+    assert checked("tvm_sparse", ref + 0.5, ref, spread, row) and not asked and row == {}
+    assert checked("tvm_sparse", ref + np.array([0, 3.0, 0]), ref, spread, row)
+    assert row["tvm_sparse_check"] == "error 3.0e-03 within onnxruntime's own 4.0e-03"
+    assert not checked("tvm_dense", ref + np.array([0, 0, 5.0]), ref, spread, row)
+    assert row["tvm_dense_ms"] == "MISMATCH (5.0e-03; onnxruntime's own 4.0e-03)"
+
+
+def test_onnxruntime_unoptimized_is_a_second_opinion(tmp_path):
+    """``OrtRunner(optimize=False)`` runs the graph as written, and gives its answer."""
+    from onnx import TensorProto, helper, save
+
+    from tvm_sparse.peers import OrtRunner
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, tmp_path / "relu.onnx")
+    import onnxruntime as ort
+
+    data = np.array([[-1, 2, -3], [4, -5, 6]], np.float32)
+    levels = {True: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              False: ort.GraphOptimizationLevel.ORT_DISABLE_ALL}  # fmt: skip
+    for optimize, level in levels.items():
+        runner = OrtRunner(str(tmp_path / "relu.onnx"), optimize=optimize)
+        assert runner.session.get_session_options().graph_optimization_level == level
+        np.testing.assert_array_equal(runner.run([data])[0], np.maximum(data, 0))

@@ -114,21 +114,24 @@ def test_other_targets_are_left_alone():
 
 
 @pytest.mark.parametrize(
-    "layout, x_shape, w_shape, conv",
+    "layout, x_shape, w_shape, conv, knobs",
     [
-        ("winograd", (2, 6, 9, 26), (8, 6, 3, 3), CONV),  # 24 output columns: a row tail
-        ("winograd", (2, 6, 13, 14), (8, 6, 3, 3), CONV),  # 14 wide: 2 tile rows a panel
-        ("winograd", (1, 6, 16, 16), (8, 6, 3, 3), CONV),  # 16 wide: stacked, whole vectors
-        ("pointwise", (1, 12, 7, 9), (16, 12, 1, 1), ConvAttrs()),
-        ("pointwise", (2, 12, 8, 8), (10, 12, 1, 1), ConvAttrs((2, 2))),  # downsample
+        ("winograd", (2, 6, 9, 26), (8, 6, 3, 3), CONV, {}),  # 24 output columns: a row tail
+        ("winograd", (2, 6, 13, 14), (8, 6, 3, 3), CONV, {}),  # 14 wide: 2 tile rows a panel
+        ("winograd", (1, 6, 16, 16), (8, 6, 3, 3), CONV, {}),  # 16 wide: stacked, whole vectors
+        # F(4x4, 3x3): a 4-row tail of the 24 output columns' panel; 4 tile rows stacked
+        ("winograd", (2, 6, 9, 26), (8, 6, 3, 3), CONV, {"winograd_tile": (8, 2, 4)}),
+        ("winograd", (1, 6, 16, 16), (8, 6, 3, 3), CONV, {"winograd_tile": (4, 4, 4)}),
+        ("pointwise", (1, 12, 7, 9), (16, 12, 1, 1), ConvAttrs(), {}),
+        ("pointwise", (2, 12, 8, 8), (10, 12, 1, 1), ConvAttrs((2, 2)), {}),  # downsample
     ],
 )
 @pytest.mark.parametrize("relu", [True, False])
-def test_dense_kernels_take_the_shortcut(layout, x_shape, w_shape, conv, relu):
+def test_dense_kernels_take_the_shortcut(layout, x_shape, w_shape, conv, knobs, relu):
     rng = np.random.default_rng(5)
     w = rng.standard_normal(w_shape).astype(np.float32)
     bias = rng.standard_normal(w_shape[0]).astype(np.float32)
-    kernel = dense_conv2d(x_shape, w, bias, conv, None, TARGET, layout=layout)
+    kernel = dense_conv2d(x_shape, w, bias, conv, None, TARGET, layout=layout, **knobs)
     mod, out_shape = _module(w, bias, relu=relu, kernel=kernel, x_shape=x_shape)
     fused = FuseResidual(TARGET)(mod)
     assert len(_fused_kernels(fused)) == 1

@@ -266,9 +266,9 @@ def dense_conv2d(
     ``implicit_gemm`` (pixels x channels micro-kernel over an NHWC copy, ``tiling`` = pixels x
     channels; consts ``(weight packed as [Co/nb, KH*KW*Ci, nb], bias?)``) or ``planes``
     (positions in the lanes over tap planes, ``planes_tile`` = (channels, vectors); consts
-    ``(packed weight, tap offsets, bias)``) or ``winograd`` (3x3 stride 1 by F(2x2, 3x3),
-    ``winograd_tile`` = (channels, tile panels); consts ``(transformed weight, bias, residual
-    placeholder)``).
+    ``(packed weight, tap offsets, bias)``) or ``winograd`` (3x3 stride 1 by F(2x2, 3x3) or
+    F(4x4, 3x3), ``winograd_tile`` = (channels, tile panels[, output tile side]); consts
+    ``(transformed weight, bias, residual placeholder)``).
     Depthwise convs (stride 1 or 2) run ``depthwise_conv_x86`` (consts ``(weight, bias)``);
     other groups>1 convs a direct loop nest (consts = ``(weight, bias?)``).
     """

@@ -1,29 +1,36 @@
-"""Dense 3x3 stride-1 convolution by Winograd F(2x2, 3x3): 2.25x fewer multiply-adds.
+"""Dense 3x3 stride-1 convolution by Winograd F(2x2, 3x3) or F(4x4, 3x3): 2.25x or 4x fewer
+multiply-adds.
 
 Why: on ResNet's 3x3 convs onnxruntime's direct kernel (MLAS) runs at ~99% of the FMA peak of
 an AVX-512 core, and the implicit GEMM here at ~94%: no direct kernel can be much faster than
-the dense engine. F(2x2, 3x3) computes each 2x2 output tile from a 4x4 input tile with 16
-multiplies per (input, output) channel pair instead of 36, so the same FMA rate finishes the
-conv in well under the direct time, at the cost of three cheap passes (exact in float32 up to
-rounding: the transforms use only 0, +-1 and 1/2).
+the dense engine. F(m x m, 3x3) computes each m x m output tile from an (m+2) x (m+2) input
+tile with (m+2)^2 multiplies per (input, output) channel pair instead of 9 m^2, so the same
+FMA rate finishes the conv in well under the direct time, at the cost of three cheap passes.
+F(2x2)'s transforms use only 0, +-1 and 1/2 (exact up to rounding); F(4x4)'s multiply by up to
+8 (relative error ~1e-5 against ~1e-7 on 64-512 channels), and its 36 GEMMs do 2.25 multiplies
+an output against F(2x2)'s 4: ResNet's 64 channels at 56x56 1040 -> 787 us, 128 at 28x28 836
+-> 631, VGG's 256 at 56x56 16.8 -> 9.4 ms (Intel Xeon, AVX-512, 1 thread). It takes the layers
+whose tiles fill the GEMMs' register tile (``default_out_tile``): at 14x14 its 16 tiles make
+one panel, half an 8 x 2 register tile, and F(2x2) is faster (826 against 993 us).
 
-The kernel, per sample and in NCHW (no layout change outside):
+The kernel, per sample and in NCHW (no layout change outside), ``m`` the output tile side:
 
-0. **Planes**: the zero-padded input split by column parity, ``plane[c, f, r, q] = xpad[c, r,
-   2q + f]``, so the four columns ``2tx + j`` of a tile are ``plane[c, j % 2, r, tx + j // 2]``:
-   unit-stride vector loads over ``lanes`` horizontally adjacent tiles.
-1. **Input transform**: ``V = B^T d B`` for every tile and channel (adds only), stored as 16
-   GEMM operands ``V[p][panel][c][lanes]``, a panel being ``lanes`` adjacent tiles of one row.
-2. **16 GEMMs** ``M[p][k][tile] = sum_c U[p][k][c] * V[p][c][tile]``: the register micro-kernel
-   of the tap-plane conv (``mr`` output channels broadcast x ``vectors`` panels of tiles).
-   ``U = G g G^T`` is the transformed weight, a constant packed as ``[p][Co/mr][C][mr]``.
-3. **Output transform** ``Y = A^T M A`` + bias + activation: each 2x2 tile's outputs are
+0. **Planes**: the zero-padded input split by column modulo ``m``, ``plane[c, f, r, q] =
+   xpad[c, r, m q + f]``, so the columns ``m tx + j`` of a tile are ``plane[c, j % m, r, tx +
+   j // m]``: unit-stride vector loads over ``lanes`` horizontally adjacent tiles.
+1. **Input transform**: ``V = B^T d B`` for every tile and channel, stored as (m+2)^2 GEMM
+   operands ``V[p][panel][c][lanes]``, a panel being ``lanes`` adjacent tiles of one row.
+2. **(m+2)^2 GEMMs** ``M[p][k][tile] = sum_c U[p][k][c] * V[p][c][tile]``: the register
+   micro-kernel of the tap-plane conv (``mr`` output channels broadcast x ``vectors`` panels of
+   tiles). ``U = G g G^T`` is the transformed weight, a constant packed as
+   ``[p][Co/mr][C][mr]``.
+3. **Output transform** ``Y = A^T M A`` + bias + activation: each tile row's ``m`` outputs are
    interleaved (``Shuffle``) into whole output row segments and stored.
 
-Tiles are ``lanes`` per panel along a row (56x56: 28 tiles per row pad to 32); a row of at
-most ``lanes / 2`` tiles is padded to a power of two and several rows share a panel (14x14 on
-AVX-512: 2 rows of 7 tiles in 16 lanes), their output row segments stored one by one.
-Outputs narrower than ``MIN_OUT_W`` waste too much of a panel and stay direct.
+Tiles are ``lanes`` per panel along a row (56x56 with F(2x2): 28 tiles per row pad to 32); a
+row of at most ``lanes / 2`` tiles is padded to a power of two and several rows share a panel
+(14x14 on AVX-512: 2 rows of 7 tiles in 16 lanes), their output row segments stored one by
+one. Outputs narrower than ``MIN_OUT_W`` waste too much of a panel and stay direct.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from .kernel import KernelCall
 from .kernel import finish as _finish
 
 MIN_OUT_W = 12  # narrower outputs leave most lanes of a tile panel empty
-# F(2x2, 3x3): V = BT d BT^T, U = G g G^T, Y = AT M AT^T (Lavin & Gray, 2016)
+# F(2x2, 3x3): V = BT d BT^T, U = G g G^T, Y = AT M AT^T (Lavin & Gray, 2016); G, the weight's
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 
 
@@ -62,61 +69,125 @@ def winograd_applies(x_shape, w_shape, conv: ConvAttrs) -> bool:
     )
 
 
-def transform_weight(weight: np.ndarray, mr: int) -> np.ndarray:
-    """OIHW 3x3 -> ``U = G g G^T`` packed flat as ``[16][ceil(O/mr)][C][mr]`` (zero padded)."""
+def transform_weight(weight: np.ndarray, mr: int, out_tile: int = 2) -> np.ndarray:
+    """OIHW 3x3 -> ``U = G g G^T`` packed flat as ``[alpha^2][ceil(O/mr)][C][mr]`` (zero
+    padded; ``alpha = out_tile + 2``), computed in float64."""
     o, c = weight.shape[:2]
-    u = np.einsum("ai,ocij,bj->abco", _G, weight.astype(np.float64), _G)  # [4, 4, C, O]
+    g = _G if out_tile == 2 else _G4
+    ops = g.shape[0] ** 2
+    u = np.einsum("ai,ocij,bj->abco", g, weight.astype(np.float64), g)  # [a, a, C, O]
     groups = -(-o // mr)
-    padded = np.zeros((16, c, groups * mr), dtype=np.float64)
-    padded[:, :, :o] = u.reshape(16, c, o)
-    packed = padded.reshape(16, c, groups, mr).transpose(0, 2, 1, 3)
+    padded = np.zeros((ops, c, groups * mr), dtype=np.float64)
+    padded[:, :, :o] = u.reshape(ops, c, o)
+    packed = padded.reshape(ops, c, groups, mr).transpose(0, 2, 1, 3)
     return np.ascontiguousarray(packed, dtype=np.float32).reshape(-1)
-
-
-def _interleave(lanes: int) -> list[int]:
-    """Shuffle indices that zip two ``lanes``-wide vectors: a0 b0 a1 b1 ..."""
-    return [i // 2 + (i % 2) * lanes for i in range(2 * lanes)]
 
 
 # The PrimFunc attribute that carries the kernel's spec (winograd_kernel's arguments)
 SPEC_ATTR = "tvm_sparse.conv_winograd"
 
 
+# F(4x4, 3x3)'s G; its B^T and A^T are written out in _input_row and _output_row
+_G4 = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+OUT_TILES = (2, 4)
+
+
+def _input_row(m: int, r: int, x: list, c):
+    """Row ``r`` of ``B^T x`` (``x``: the ``m + 2`` values of one tile column or row), with
+    ``c(value)`` a constant of the vector's width: F(2x2) adds only; F(4x4) shares terms."""
+    if m == 2:
+        return (x[0] - x[2], x[1] + x[2], x[2] - x[1], x[1] - x[3])[r]
+    if r == 0:
+        return c(4.0) * x[0] - c(5.0) * x[2] + x[4]
+    if r == 5:
+        return c(4.0) * x[1] - c(5.0) * x[3] + x[5]
+    if r in (1, 2):
+        near, far = x[4] - c(4.0) * x[2], x[3] - c(4.0) * x[1]
+    else:
+        near, far = x[4] - x[2], c(2.0) * (x[3] - x[1])
+    return near + far if r in (1, 3) else near - far
+
+
+def _output_row(m: int, r: int, x: list, c):
+    """Row ``r`` of ``A^T x`` (``x``: ``m + 2`` values)."""
+    if m == 2:
+        return (x[0] + x[1] + x[2], x[1] - x[2] - x[3])[r]
+    if r == 0:
+        return x[0] + x[1] + x[2] + x[3] + x[4]
+    if r == 1:
+        return x[1] - x[2] + c(2.0) * (x[3] - x[4])
+    if r == 2:
+        return x[1] + x[2] + c(4.0) * (x[3] + x[4])
+    return x[1] - x[2] + c(8.0) * (x[3] - x[4]) + x[5]
+
+
+def _zip(parts: int, lanes: int) -> list[int]:
+    """Shuffle indices that interleave ``parts`` vectors of ``lanes``: a0 b0 c0 d0 a1 ..."""
+    return [(i % parts) * lanes + i // parts for i in range(parts * lanes)]
+
+
 def winograd_kernel(
     x_shape, o: int, pads, activation, has_bias: bool, nbias: int, lanes: int, mr: int,
-    vectors: int, parallel: bool, residual: bool = False,
+    vectors: int, parallel: bool, residual: bool = False, out_tile: int = 2,
 ) -> tvm.tirx.PrimFunc:  # fmt: skip
     """The kernel (params ``x, u, bias, residual?, y``); ``residual`` adds a tensor of the
-    output's shape before the activation (``passes.fuse_residual``)."""
+    output's shape before the activation (``passes.fuse_residual``); ``out_tile``: F(2x2, 3x3)
+    or F(4x4, 3x3) (``OUT_TILES``)."""
     spec = dict(locals())
+    if out_tile not in OUT_TILES:
+        raise ValueError(f"winograd: out_tile must be one of {OUT_TILES}, got {out_tile}")
     bn, ci, h, wd = x_shape
     top, left, bottom, right = pads
     oh, ow = h + top + bottom - 2, wd + left + right - 2
-    th, tw = -(-oh // 2), -(-ow // 2)
+    mt = out_tile  # outputs per tile side
+    alpha = mt + 2  # input tile side
+    ops = alpha * alpha  # transformed operands: one GEMM each
+    wide = alpha > 4  # F(4x4): two more rows and columns in the transforms
+    th, tw = -(-oh // mt), -(-ow // mt)
     sub, stack, per_row, tpanels = panel_layout(th, tw, lanes)
     panels = bn * tpanels * per_row
     groups = -(-o // mr)
-    block = winograd_block(panels, vectors, ci, groups * mr, lanes)
+    block = winograd_block(panels, vectors, ci, groups * mr, lanes, ops)
     nblocks = -(-panels // block)
     # plane extent: every tile's window inside, the stacked rows past the last tile row too
-    rows, cols = 2 * tpanels * stack + 2, per_row * sub + 1
+    rows, cols = mt * tpanels * stack + 2, per_row * sub + 1
     plane = rows * cols
     concat = list(range(lanes))
     hb = int(has_bias)
-    zip_idx = _interleave(lanes)
+    L = lanes
+    zip_idx = _zip(mt, L)
+    seg = mt * L  # the outputs of one row of a panel's tiles
     # without a residual the parameter is a 1-float placeholder (the last constant)
     res_shape = (bn, o, oh, ow) if residual else (1,)
     res_size = bn * o * oh * ow if residual else 1
     loop = T.parallel if parallel else T.serial
-    L = lanes
-    last_u = 16 * groups * mr * ci - 1
+    last_u = ops * groups * mr * ci - 1
     # the transformed weights, prefetched a channel group ahead when big (see _prefetch)
-    prefetch = wants_prefetch(4 * 16 * groups * mr * ci, parallel)
+    prefetch = wants_prefetch(4 * ops * groups * mr * ci, parallel)
+    # F(2x2)'s 1 KiB tiles stay "global" (a stack array: TVM keeps those up to 1 KiB there);
+    # F(4x4)'s are larger, and "global" would allocate them on every iteration
+    scratch = "global" if mt == 2 else "local"
+
+    def c(value: float):
+        return T.broadcast(T.float32(value), L)
+
+    def vec(first):
+        return T.ramp(first, 1, L)
 
     @T.prim_func
     def kernel(
         x: T.Buffer((bn, ci, h, wd), "float32"),
-        u: T.Buffer((16 * groups * ci * mr,), "float32"),
+        u: T.Buffer((ops * groups * ci * mr,), "float32"),
         bias: T.Buffer((nbias,), "float32"),
         res: T.Buffer(res_shape, "float32"),
         y: T.Buffer((bn, o, oh, ow), "float32"),
@@ -124,17 +195,17 @@ def winograd_kernel(
         xf = T.decl_buffer((bn * ci * h * wd,), "float32", data=x.data)
         yf = T.decl_buffer((bn * o * oh * ow,), "float32", data=y.data)
         rf = T.decl_buffer((res_size,), "float32", data=res.data)
-        planes = T.alloc_buffer((bn * ci * 2 * plane,), "float32", scope="global")
-        v = T.alloc_buffer((16 * block * ci * L,), "float32", scope="global")
-        m = T.alloc_buffer((16 * groups * mr * block * L,), "float32", scope="global")
-        # 0. column-parity planes of the zero-padded input
+        planes = T.alloc_buffer((bn * ci * mt * plane,), "float32", scope="global")
+        v = T.alloc_buffer((ops * block * ci * L,), "float32", scope="global")
+        m = T.alloc_buffer((ops * groups * mr * block * L,), "float32", scope="global")
+        # 0. the zero-padded input split by column modulo the tile side
         for nc in loop(bn * ci):
-            for f in range(2):
+            for f in range(mt):
                 for r in range(rows):
                     for q in range(cols):
                         src_r: T.let = r - top
-                        src_c: T.let = 2 * q + f - left
-                        planes[(nc * 2 + f) * plane + r * cols + q] = T.if_then_else(
+                        src_c: T.let = mt * q + f - left
+                        planes[(nc * mt + f) * plane + r * cols + q] = T.if_then_else(
                             src_r >= 0 and src_r < h and src_c >= 0 and src_c < wd,
                             xf[nc * h * wd + src_r * wd + src_c],
                             T.float32(0),
@@ -145,34 +216,32 @@ def winograd_kernel(
             # 1. input transform, one panel of `lanes` tiles and one channel at a time
             for gc in loop(block * ci):
                 g: T.let = blk * block + gc // ci
-                c: T.let = gc % ci
-                d = T.alloc_buffer((16 * L,), "float32", scope="global")
-                s = T.alloc_buffer((16 * L,), "float32", scope="global")
+                c_in: T.let = gc % ci
+                d = T.alloc_buffer((ops * L,), "float32", scope=scratch)
+                s = T.alloc_buffer((ops * L,), "float32", scope=scratch)
                 if g < panels:
                     nb: T.let = g // (tpanels * per_row)
                     ty: T.let = g // per_row % tpanels * stack
                     tx0: T.let = g % per_row * L
-                    for i in T.unroll(4):
-                        for j in T.unroll(4):
+                    for i in T.unroll(alpha):
+                        for j in T.unroll(alpha):
                             if stack == 1:
-                                d[T.ramp((i * 4 + j) * L, 1, L)] = planes[
-                                    T.ramp(
-                                        ((nb * ci + c) * 2 + j % 2) * plane
-                                        + (2 * ty + i) * cols
+                                d[vec((i * alpha + j) * L)] = planes[
+                                    vec(
+                                        ((nb * ci + c_in) * mt + j % mt) * plane
+                                        + (mt * ty + i) * cols
                                         + tx0
-                                        + j // 2,
-                                        1,
-                                        L,
+                                        + j // mt
                                     )
                                 ]
                             else:  # `stack` tile rows of `sub` tiles, one vector
-                                d[T.ramp((i * 4 + j) * L, 1, L)] = T.Shuffle(
+                                d[vec((i * alpha + j) * L)] = T.Shuffle(
                                     [
                                         planes[
                                             T.ramp(
-                                                ((nb * ci + c) * 2 + j % 2) * plane
-                                                + (2 * (ty + r) + i) * cols
-                                                + j // 2,
+                                                ((nb * ci + c_in) * mt + j % mt) * plane
+                                                + (mt * (ty + r) + i) * cols
+                                                + j // mt,
                                                 1,
                                                 sub,
                                             )
@@ -182,114 +251,93 @@ def winograd_kernel(
                                     concat,
                                 )
                 else:
-                    for e in T.unroll(16):
-                        d[T.ramp(e * L, 1, L)] = T.broadcast(T.float32(0), L)
-                for j in T.unroll(4):  # rows: s = BT d
-                    s[T.ramp(j * L, 1, L)] = d[T.ramp(j * L, 1, L)] - d[T.ramp((8 + j) * L, 1, L)]
-                    s[T.ramp((4 + j) * L, 1, L)] = (
-                        d[T.ramp((4 + j) * L, 1, L)] + d[T.ramp((8 + j) * L, 1, L)]
-                    )
-                    s[T.ramp((8 + j) * L, 1, L)] = (
-                        d[T.ramp((8 + j) * L, 1, L)] - d[T.ramp((4 + j) * L, 1, L)]
-                    )
-                    s[T.ramp((12 + j) * L, 1, L)] = (
-                        d[T.ramp((4 + j) * L, 1, L)] - d[T.ramp((12 + j) * L, 1, L)]
-                    )
-                for e in T.unroll(4):  # columns: V = s BT^T, stored as GEMM operand p = 4e + u
-                    base: T.let = gc * L  # the panel in the block, channel c
+                    for e in T.unroll(ops):
+                        d[vec(e * L)] = T.broadcast(T.float32(0), L)
+                for j in T.unroll(alpha):  # rows: s = BT d, column j
+                    col = T.meta_var([d[vec((k * alpha + j) * L)] for k in range(alpha)])
+                    s[vec(j * L)] = _input_row(mt, 0, col, c)
+                    s[vec((alpha + j) * L)] = _input_row(mt, 1, col, c)
+                    s[vec((2 * alpha + j) * L)] = _input_row(mt, 2, col, c)
+                    s[vec((3 * alpha + j) * L)] = _input_row(mt, 3, col, c)
+                    if wide:
+                        s[vec((4 * alpha + j) * L)] = _input_row(mt, 4, col, c)
+                        s[vec((5 * alpha + j) * L)] = _input_row(mt, 5, col, c)
+                for e in T.unroll(alpha):  # columns: V = s BT^T, GEMM operand p = alpha e + u
+                    base: T.let = gc * L  # the panel in the block, channel c_in
                     stride: T.let = block * ci * L
-                    v[T.ramp((4 * e) * stride + base, 1, L)] = (
-                        s[T.ramp((4 * e) * L, 1, L)] - s[T.ramp((4 * e + 2) * L, 1, L)]
-                    )
-                    v[T.ramp((4 * e + 1) * stride + base, 1, L)] = (
-                        s[T.ramp((4 * e + 1) * L, 1, L)] + s[T.ramp((4 * e + 2) * L, 1, L)]
-                    )
-                    v[T.ramp((4 * e + 2) * stride + base, 1, L)] = (
-                        s[T.ramp((4 * e + 2) * L, 1, L)] - s[T.ramp((4 * e + 1) * L, 1, L)]
-                    )
-                    v[T.ramp((4 * e + 3) * stride + base, 1, L)] = (
-                        s[T.ramp((4 * e + 1) * L, 1, L)] - s[T.ramp((4 * e + 3) * L, 1, L)]
-                    )
-            # 2. sixteen GEMMs: mr output channels x `vectors` panels per register tile
-            for task in loop(16 * (block // vectors) * groups):
+                    row_e = T.meta_var([s[vec((e * alpha + k) * L)] for k in range(alpha)])
+                    v[vec((alpha * e) * stride + base)] = _input_row(mt, 0, row_e, c)
+                    v[vec((alpha * e + 1) * stride + base)] = _input_row(mt, 1, row_e, c)
+                    v[vec((alpha * e + 2) * stride + base)] = _input_row(mt, 2, row_e, c)
+                    v[vec((alpha * e + 3) * stride + base)] = _input_row(mt, 3, row_e, c)
+                    if wide:
+                        v[vec((alpha * e + 4) * stride + base)] = _input_row(mt, 4, row_e, c)
+                        v[vec((alpha * e + 5) * stride + base)] = _input_row(mt, 5, row_e, c)
+            # 2. one GEMM per operand: mr output channels x `vectors` panels per register tile
+            for task in loop(ops * (block // vectors) * groups):
                 p: T.let = task // ((block // vectors) * groups)
                 go: T.let = task // groups % (block // vectors)
                 io: T.let = task % groups
                 acc = T.alloc_buffer((mr * vectors * L,), "float32", scope="global")
                 for a in T.unroll(mr * vectors):
-                    acc[T.ramp(a * L, 1, L)] = T.broadcast(T.float32(0), L)
-                for c in range(ci):
+                    acc[vec(a * L)] = T.broadcast(T.float32(0), L)
+                for ch in range(ci):
                     if prefetch:  # the next channel group's transformed weights
                         T.evaluate(
-                            prefetch_l2(u[T.min(((p * groups + io + 1) * ci + c) * mr, last_u)])
+                            prefetch_l2(u[T.min(((p * groups + io + 1) * ci + ch) * mr, last_u)])
                         )
                     for r in T.unroll(mr):
-                        ww: T.let = T.broadcast(u[((p * groups + io) * ci + c) * mr + r], L)
+                        ww: T.let = T.broadcast(u[((p * groups + io) * ci + ch) * mr + r], L)
                         for w in T.unroll(vectors):
-                            acc[T.ramp((r * vectors + w) * L, 1, L)] = (
-                                acc[T.ramp((r * vectors + w) * L, 1, L)]
-                                + ww
-                                * v[T.ramp(((p * block + go * vectors + w) * ci + c) * L, 1, L)]
+                            acc[vec((r * vectors + w) * L)] = (
+                                acc[vec((r * vectors + w) * L)]
+                                + ww * v[vec(((p * block + go * vectors + w) * ci + ch) * L)]
                             )
                 for r in T.unroll(mr):
                     for w in T.unroll(vectors):
-                        m[T.ramp(((p * groups * mr + io * mr + r) * block + go * vectors + w) * L,
-                                 1, L)] = acc[T.ramp((r * vectors + w) * L, 1, L)]  # fmt: skip
-            # 3. output transform, bias, activation; 2x2 tiles zipped into output rows
+                        m[vec(((p * groups * mr + io * mr + r) * block + go * vectors + w) * L)] = (
+                            acc[vec((r * vectors + w) * L)]
+                        )
+            # 3. output transform, bias, activation; the tiles' rows zipped into output rows
             for kg in loop(o * block):
                 k: T.let = kg // block
                 g: T.let = blk * block + kg % block
                 if g < panels:  # the last block's tail
                     nb: T.let = g // (tpanels * per_row)
                     ty: T.let = g // per_row % tpanels * stack
-                    col0: T.let = g % per_row * L * 2
-                    t = T.alloc_buffer((8 * L,), "float32", scope="global")
-                    row = T.alloc_buffer((2 * L,), "float32", scope="global")
+                    col0: T.let = g % per_row * seg
+                    t = T.alloc_buffer((mt * alpha * L,), "float32", scope=scratch)
+                    row = T.alloc_buffer((seg,), "float32", scope=scratch)
                     mk: T.let = (k * block + kg % block) * L
                     mstride: T.let = groups * mr * block * L
-                    for uu in T.unroll(4):  # t = AT M over the rows e
-                        t[T.ramp(uu * L, 1, L)] = (
-                            m[T.ramp(uu * mstride + mk, 1, L)]
-                            + m[T.ramp((4 + uu) * mstride + mk, 1, L)]
-                            + m[T.ramp((8 + uu) * mstride + mk, 1, L)]
+                    for e in T.unroll(alpha):  # t = AT M, column e
+                        m_e = T.meta_var(
+                            [m[vec((i * alpha + e) * mstride + mk)] for i in range(alpha)]
                         )
-                        t[T.ramp((4 + uu) * L, 1, L)] = (
-                            m[T.ramp((4 + uu) * mstride + mk, 1, L)]
-                            - m[T.ramp((8 + uu) * mstride + mk, 1, L)]
-                            - m[T.ramp((12 + uu) * mstride + mk, 1, L)]
-                        )
-                    bv: T.let = T.broadcast(bias[k * hb], L)
-                    for a in T.unroll(2):
-                        y0: T.let = (
-                            t[T.ramp((4 * a) * L, 1, L)]
-                            + t[T.ramp((4 * a + 1) * L, 1, L)]
-                            + t[T.ramp((4 * a + 2) * L, 1, L)]
-                            + bv
-                        )
-                        y1: T.let = (
-                            t[T.ramp((4 * a + 1) * L, 1, L)]
-                            - t[T.ramp((4 * a + 2) * L, 1, L)]
-                            - t[T.ramp((4 * a + 3) * L, 1, L)]
-                            + bv
+                        t[vec(e * L)] = _output_row(mt, 0, m_e, c)
+                        t[vec((alpha + e) * L)] = _output_row(mt, 1, m_e, c)
+                        if wide:
+                            t[vec((2 * alpha + e) * L)] = _output_row(mt, 2, m_e, c)
+                            t[vec((3 * alpha + e) * L)] = _output_row(mt, 3, m_e, c)
+                    bv: T.let = T.broadcast(bias[k * hb], seg)
+                    for a in T.unroll(mt):  # output row a of every tile: Y = t AT^T
+                        t_a = T.meta_var([t[vec((a * alpha + e) * L)] for e in range(alpha)])
+                        zipped: T.let = (
+                            T.Shuffle([_output_row(mt, b, t_a, c) for b in range(mt)], zip_idx) + bv
                         )
                         if stack == 1:
-                            out_r: T.let = 2 * ty + a
+                            out_r: T.let = mt * ty + a
                             if out_r < oh:
                                 out: T.let = ((nb * o + k) * oh + out_r) * ow + col0
-                                if col0 + 2 * L <= ow:
+                                if col0 + seg <= ow:
                                     if residual:
-                                        yf[T.ramp(out, 1, 2 * L)] = _epilogue(
-                                            T.Shuffle([y0, y1], zip_idx)
-                                            + rf[T.ramp(out, 1, 2 * L)],
-                                            activation,
-                                            2 * L,
+                                        yf[T.ramp(out, 1, seg)] = _epilogue(
+                                            zipped + rf[T.ramp(out, 1, seg)], activation, seg
                                         )
                                     else:
-                                        yf[T.ramp(out, 1, 2 * L)] = _epilogue(
-                                            T.Shuffle([y0, y1], zip_idx), activation, 2 * L
-                                        )
+                                        yf[T.ramp(out, 1, seg)] = _epilogue(zipped, activation, seg)
                                 else:
-                                    row[T.ramp(0, 1, 2 * L)] = T.Shuffle([y0, y1], zip_idx)
+                                    row[T.ramp(0, 1, seg)] = zipped
                                     for e in range(ow - col0):
                                         if residual:
                                             yf[out + e] = _epilogue(
@@ -297,37 +345,35 @@ def winograd_kernel(
                                             )
                                         else:
                                             yf[out + e] = _epilogue(row[e], activation)
-                        else:  # `stack` output row segments of 2 * sub, one per stacked tile row
+                        else:  # `stack` output row segments of mt * sub, one per tile row
                             if residual:
-                                row[T.ramp(0, 1, 2 * L)] = T.Shuffle([y0, y1], zip_idx)
+                                row[T.ramp(0, 1, seg)] = zipped
                             else:
-                                row[T.ramp(0, 1, 2 * L)] = _epilogue(
-                                    T.Shuffle([y0, y1], zip_idx), activation, 2 * L
-                                )
+                                row[T.ramp(0, 1, seg)] = _epilogue(zipped, activation, seg)
                             for r in T.unroll(stack):
-                                stacked_r: T.let = 2 * (ty + r) + a
+                                stacked_r: T.let = mt * (ty + r) + a
                                 if stacked_r < oh:
                                     at: T.let = ((nb * o + k) * oh + stacked_r) * ow
-                                    if 2 * sub == ow:
+                                    if mt * sub == ow:
                                         if residual:
-                                            yf[T.ramp(at, 1, 2 * sub)] = _epilogue(
-                                                row[T.ramp(2 * sub * r, 1, 2 * sub)]
-                                                + rf[T.ramp(at, 1, 2 * sub)],
+                                            yf[T.ramp(at, 1, mt * sub)] = _epilogue(
+                                                row[T.ramp(mt * sub * r, 1, mt * sub)]
+                                                + rf[T.ramp(at, 1, mt * sub)],
                                                 activation,
-                                                2 * sub,
+                                                mt * sub,
                                             )
                                         else:
-                                            yf[T.ramp(at, 1, 2 * sub)] = row[
-                                                T.ramp(2 * sub * r, 1, 2 * sub)
+                                            yf[T.ramp(at, 1, mt * sub)] = row[
+                                                T.ramp(mt * sub * r, 1, mt * sub)
                                             ]
                                     else:
                                         for e in range(ow):
                                             if residual:
                                                 yf[at + e] = _epilogue(
-                                                    row[2 * sub * r + e] + rf[at + e], activation
+                                                    row[mt * sub * r + e] + rf[at + e], activation
                                                 )
                                             else:
-                                                yf[at + e] = row[2 * sub * r + e]
+                                                yf[at + e] = row[mt * sub * r + e]
 
     return _finish(kernel).with_attr(SPEC_ATTR, json.dumps(spec))
 
@@ -337,7 +383,9 @@ def winograd_kernel(
 WINOGRAD_BLOCK_BYTES = 512 << 10
 
 
-def winograd_block(panels: int, vectors: int, ci: int, co_padded: int, lanes: int) -> int:
+def winograd_block(
+    panels: int, vectors: int, ci: int, co_padded: int, lanes: int, ops: int = 16
+) -> int:
     """Panels per block (a multiple of ``vectors``): as many as keep the block's transformed
     input (``16 x ci`` vectors a panel) and GEMM output (``16 x co``) within
     ``WINOGRAD_BLOCK_BYTES``. Whole-image stages wrote and re-read tens of MB on big images
@@ -347,12 +395,12 @@ def winograd_block(panels: int, vectors: int, ci: int, co_padded: int, lanes: in
     block (``WINOGRAD_WEIGHTS_IN_L2``) comes from L3 again per block, so blocks are only used
     where that costs less than writing and reading V and M whole (512 channels at 14x14,
     16 MB of U: 3832 us in 2 blocks against 3693 in one)."""
-    per_panel = 16 * lanes * 4 * (ci + co_padded)
+    per_panel = ops * lanes * 4 * (ci + co_padded)
     whole = -(-panels // vectors) * vectors
     fit = max(1, WINOGRAD_BLOCK_BYTES // per_panel // vectors) * vectors
     if fit >= whole:
         return whole
-    weight_bytes = 16 * ci * co_padded * 4
+    weight_bytes = ops * ci * co_padded * 4
     rereads = (-(-panels // fit) - 1) * weight_bytes
     if weight_bytes > WINOGRAD_WEIGHTS_IN_L2 and rereads >= 2 * per_panel * panels:
         return whole
@@ -395,14 +443,21 @@ def winograd_conv2d(
     x_shape: tuple[int, int, int, int], weight_oihw: np.ndarray, bias: np.ndarray | None = None,
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
     lanes: int | None = None, tile: tuple[int, int] | None = None, parallel: bool = True,
+    out_tile: int | None = None,
 ) -> KernelCall:  # fmt: skip
-    """``y = act(conv2d(x, weight) + bias)`` for a 3x3 stride-1 conv by F(2x2, 3x3).
+    """``y = act(conv2d(x, weight) + bias)`` for a 3x3 stride-1 conv by F(2x2, 3x3) or
+    F(4x4, 3x3) (``out_tile``; default ``default_out_tile``).
 
     ``lanes`` (tiles per panel): 16 with AVX-512, else 8; rows of at most ``lanes / 2`` tiles
-    are stacked into a panel (``panel_layout``).
+    are stacked into a panel (``panel_layout``). ``tile``: ``(mr, vectors)`` of the GEMMs'
+    register tile, or ``(mr, vectors, out_tile)`` (the tuner's knob).
     Consts: ``(transformed weight, bias, residual placeholder)``; the last is replaced by a
     tensor of the output's shape when ``passes.fuse_residual`` fuses an add."""
     from ..target import num_cores, vector_lanes
+
+    if tile is not None and len(tile) == 3:
+        out_tile = out_tile or tile[2]
+        tile = (tile[0], tile[1])
 
     weight, dims = checked_groups1_conv("winograd_conv2d", x_shape, weight_oihw, conv, activation)
     if not winograd_applies(dims.x, weight.shape, conv):
@@ -412,29 +467,49 @@ def winograd_conv2d(
         )
     (bn, ci, _, _), o = dims.x, weight.shape[0]
     oh, ow = dims.out_hw
-    tiles_per_row = -(-ow // 2)
     if lanes is None:
         lanes = 16 if vector_lanes(target) >= 16 else 8
-    _, _, per_row, tpanels = panel_layout(-(-oh // 2), tiles_per_row, lanes)
-    panels = bn * tpanels * per_row
-    mr, vectors = tile or default_tile(lanes, panels, vector_lanes(target) >= 16)
+    wide_isa = vector_lanes(target) >= 16
+    mt = out_tile or default_out_tile(bn, oh, ow, lanes, wide_isa)
+    if mt not in OUT_TILES:
+        raise ValueError(f"winograd_conv2d: out_tile must be one of {OUT_TILES}, got {mt}")
+    panels = winograd_panels(bn, oh, ow, lanes, mt)
+    mr, vectors = tile or default_tile(lanes, panels, wide_isa)
     bias_arr, has_bias = bias_const(bias, o)
     func = winograd_kernel(
         dims.x, o, dims.pads, activation, has_bias, bias_arr.size, lanes, mr, vectors,
-        parallel and num_cores(target) > 1,
+        parallel and num_cores(target) > 1, out_tile=mt,
     )  # fmt: skip
+    ops = (mt + 2) ** 2
     info = {
         "kind": "dense_conv2d",
         "layout": "winograd",
         "macs": o * ci * 9 * bn * oh * ow,
-        "macs_padded": 16 * -(-o // mr) * mr * ci * -(-panels // vectors) * vectors * lanes,
+        "macs_padded": ops * -(-o // mr) * mr * ci * -(-panels // vectors) * vectors * lanes,
         "activation": activation,
         "tile": (mr, vectors, lanes),
+        "out_tile": mt,
     }
     return KernelCall(
         func=func,
         name="dense_conv2d_winograd_" + "x".join(map(str, x_shape)),
-        consts=(transform_weight(weight, mr), bias_arr, np.zeros(1, np.float32)),
+        consts=(transform_weight(weight, mr, mt), bias_arr, np.zeros(1, np.float32)),
         out_shape=(bn, o, oh, ow),
         info=info,
     )
+
+
+def winograd_panels(batch: int, oh: int, ow: int, lanes: int, out_tile: int) -> int:
+    """Tile panels of ``lanes`` tiles the kernel computes for the whole batch."""
+    th, tw = -(-oh // out_tile), -(-ow // out_tile)
+    _, _, per_row, tpanels = panel_layout(th, tw, lanes)
+    return batch * tpanels * per_row
+
+
+def default_out_tile(batch: int, oh: int, ow: int, lanes: int, wide_isa: bool) -> int:
+    """F(4x4, 3x3) where its panels fill the register tile's panel count at least twice
+    over, else F(2x2, 3x3). F(4x4) does 2.25 multiplies an output against F(2x2)'s 4."""
+    mt = 4
+    panels = winograd_panels(batch, oh, ow, lanes, mt)
+    _, vectors = default_tile(lanes, panels, wide_isa)
+    return mt if panels >= 2 * vectors else 2

@@ -19,8 +19,11 @@ from .knobs import parallel_choices, product, round_up, settings_for
 
 # (output channels, position vectors) of the tap-plane conv's register tile
 PLANES_TILES = [(4, 4), (6, 4), (4, 3), (3, 3), (2, 6)]
-# (output channels, tile panels) of the Winograd GEMMs' register tile
-WINOGRAD_TILES = [(4, 4), (6, 4), (8, 2), (4, 3)]
+# (output channels, tile panels) of the Winograd GEMMs' register tile, and the output tile
+# side (F(2x2, 3x3) or F(4x4, 3x3))
+WINOGRAD_TILES = [
+    (mr, vectors, m) for m in (2, 4) for mr, vectors in ((4, 4), (6, 4), (8, 2), (4, 3))
+]
 
 
 def _tiling(knobs: dict) -> dict:

@@ -20,7 +20,7 @@ from tvm_sparse.schedules.dense_x86 import (
     dense_linear,
 )
 from tvm_sparse.schedules.kernel import run_kernel
-from tvm_sparse.target import resolve_target
+from tvm_sparse.target import resolve_target, vector_lanes
 
 TARGET = resolve_target("llvm")
 _erf = np.vectorize(math.erf)
@@ -574,19 +574,31 @@ def test_winograd_default_tile_follows_isa_and_panels():
     assert default_tile(8, panels=7, wide_isa=False) == (4, 4)  # AVX2: 16 registers
 
 
-def test_winograd_takes_4x4_output_tiles_where_its_panels_fill_the_register_tile():
-    """F(4x4, 3x3) on ResNet's 56x56 and 28x28 (14 and 4 panels at batch 1); on 14x14 its 16
-    tiles make one panel, half of an 8 x 2 register tile: F(2x2) there, F(4x4) at batch 4."""
-    from tvm_sparse.schedules.winograd_conv_x86 import default_out_tile
+def test_winograd_takes_4x4_output_tiles_with_a_register_tile_for_its_panels():
+    """F(4x4, 3x3) where its panels fill the register tile's twice: ResNet's 56x56 and 28x28
+    (14 and 4 panels at batch 1) with 8 x 2 register tiles on AVX-512; 14x14 (its 16 tiles
+    make one panel) keeps F(2x2) at batch 1, and F(4x4) with a 16 x 1 tile is the tuner's."""
+    from tvm_sparse.schedules.winograd_conv_x86 import default_out_tile, default_tile
 
     assert default_out_tile(1, 56, 56, 16, wide_isa=True) == 4
     assert default_out_tile(1, 28, 28, 16, wide_isa=True) == 4
     assert default_out_tile(1, 14, 14, 16, wide_isa=True) == 2
     assert default_out_tile(4, 14, 14, 16, wide_isa=True) == 4
-    assert default_out_tile(1, 14, 14, 8, wide_isa=False) == 2  # AVX2: 4 x 4 tiles of 2 panels
+    assert default_tile(16, panels=4, wide_isa=True) == (8, 2)
+    assert default_tile(16, panels=1, wide_isa=True) == (16, 1)
+    assert default_out_tile(1, 56, 56, 8, wide_isa=False) == 4  # 28 panels of 8 tiles
+    assert default_out_tile(1, 28, 28, 8, wide_isa=False) == 2  # 7 panels: under 2 x 4
     w = np.ones((8, 32, 3, 3), np.float32)
-    call = dense_conv2d((1, 32, 28, 28), w, None, ConvAttrs((1, 1), (1, 1, 1, 1)), None, TARGET)
-    assert call.info["out_tile"] == 4
+    for side, expected in ((28, (4, (8, 2, 16))), (14, (2, (8, 2, 16)))):
+        conv = ConvAttrs((1, 1), (1, 1, 1, 1))
+        call = dense_conv2d((1, 32, side, side), w, None, conv, None, TARGET)
+        if vector_lanes(TARGET) >= 16:
+            assert (call.info["out_tile"], call.info["tile"]) == expected
+    forced = dense_conv2d((1, 32, 14, 14), w, None, conv, None, TARGET, layout="winograd",
+                          winograd_tile=(16, 1, 4))  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((1, 32, 14, 14)).astype(np.float32)
+    ref = _ref_conv(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, None)
+    np.testing.assert_allclose(run_kernel(forced, TARGET, x), ref, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize(

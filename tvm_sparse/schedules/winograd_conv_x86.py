@@ -42,7 +42,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
-from ._epilogue import bias_const
+from ._epilogue import bias_const, register_activation
 from ._epilogue import epilogue as _epilogue
 from ._prefetch import prefetch_l2, wants_prefetch
 from .kernel import KernelCall
@@ -177,6 +177,9 @@ def winograd_kernel(
     # F(2x2)'s 1 KiB tiles stay "global" (a stack array: TVM keeps those up to 1 KiB there);
     # F(4x4)'s are larger, and "global" would allocate them on every iteration
     scratch = "global" if mt == 2 else "local"
+    # an activation computed in registers at any vector width (ReLU, ReLU6, none): the
+    # stacked rows' residual epilogue runs on an ``ow``-wide vector instead of scalars
+    light = register_activation(activation) == activation
 
     def c(value: float):
         return T.broadcast(T.float32(value), L)
@@ -366,14 +369,20 @@ def winograd_kernel(
                                             yf[T.ramp(at, 1, mt * sub)] = row[
                                                 T.ramp(mt * sub * r, 1, mt * sub)
                                             ]
+                                    elif not residual:  # the row's first ow: one vector
+                                        yf[T.ramp(at, 1, ow)] = row[T.ramp(mt * sub * r, 1, ow)]
+                                    elif light:
+                                        yf[T.ramp(at, 1, ow)] = _epilogue(
+                                            row[T.ramp(mt * sub * r, 1, ow)]
+                                            + rf[T.ramp(at, 1, ow)],
+                                            activation,
+                                            ow,
+                                        )
                                     else:
                                         for e in range(ow):
-                                            if residual:
-                                                yf[at + e] = _epilogue(
-                                                    row[mt * sub * r + e] + rf[at + e], activation
-                                                )
-                                            else:
-                                                yf[at + e] = row[mt * sub * r + e]
+                                            yf[at + e] = _epilogue(
+                                                row[mt * sub * r + e] + rf[at + e], activation
+                                            )
 
     return _finish(kernel).with_attr(SPEC_ATTR, json.dumps(spec))
 
@@ -430,7 +439,11 @@ def default_tile(lanes: int, panels: int = 0, wide_isa: bool = False) -> tuple[i
     ``SMALL_GEMM_PANELS`` panels (batch 1), 8 channels x 2 panels (ResNet's 128 channels at 28x28:
     940 against 1280 us for 4 x 4; 256 at 14x14: 1593 against 1798, Sapphire Rapids); with more
     panels (batch 16) 4 x 4 ran 15-20% faster (64 channels at 28x28: 3749 against 4604 us on two
-    threads). 4 x 4 on AVX2 (16 registers), as the tap-plane conv measured best there."""
+    threads). 4 x 4 on AVX2 (16 registers), as the tap-plane conv measured best there. Fewer
+    than 4 panels (F(4x4) at 14x14, batch 1: one) take 16 channels x 1 panel, where 8 x 2
+    computes a panel of zeros (256 channels: 756 against 993 us)."""
+    if wide_isa and panels < 2 * 2:
+        return (16, 1)
     if wide_isa and panels <= SMALL_GEMM_PANELS:
         return (8, 2)
     return (4, 4) if lanes >= 8 else (3, 3)
@@ -507,9 +520,13 @@ def winograd_panels(batch: int, oh: int, ow: int, lanes: int, out_tile: int) -> 
 
 
 def default_out_tile(batch: int, oh: int, ow: int, lanes: int, wide_isa: bool) -> int:
-    """F(4x4, 3x3) where its panels fill the register tile's panel count at least twice
-    over, else F(2x2, 3x3). F(4x4) does 2.25 multiplies an output against F(2x2)'s 4."""
+    """F(4x4, 3x3), 2.25 multiplies an output against F(2x2, 3x3)'s 4, where its panels fill
+    the register tile's at least twice over, else F(2x2). Its transformed weight is 2.25x
+    F(2x2)'s and each of its floats serves one multiply per tile of the panels: at 14x14,
+    batch 1 (one panel, a 16 x 1 register tile) F(4x4) won alone (256 channels: 756 against
+    950 us, 802 against 950 with the weights in DRAM) and lost in ResNet-50 (1292-1314 against
+    1178-1234 us a layer), whose weights come from memory another core is loading too."""
     mt = 4
     panels = winograd_panels(batch, oh, ow, lanes, mt)
     _, vectors = default_tile(lanes, panels, wide_isa)
-    return mt if panels >= 2 * vectors else 2
+    return mt if panels >= 2 * max(vectors, 2) else 2

@@ -22,7 +22,7 @@ PLANES_TILES = [(4, 4), (6, 4), (4, 3), (3, 3), (2, 6)]
 # (output channels, tile panels) of the Winograd GEMMs' register tile, and the output tile
 # side (F(2x2, 3x3) or F(4x4, 3x3))
 WINOGRAD_TILES = [
-    (mr, vectors, m) for m in (2, 4) for mr, vectors in ((4, 4), (6, 4), (8, 2), (4, 3))
+    (mr, vectors, m) for m in (2, 4) for mr, vectors in ((4, 4), (6, 4), (8, 2), (4, 3), (16, 1))
 ]
 
 

@@ -44,6 +44,7 @@ from tvm.script import tirx as T
 from ._conv_dims import DEFAULT_CONV, ConvAttrs, checked_groups1_conv
 from ._epilogue import bias_const, register_activation
 from ._epilogue import epilogue as _epilogue
+from ._lanes import row_copy_macro
 from ._prefetch import prefetch_l2, wants_prefetch
 from .kernel import KernelCall
 from .kernel import finish as _finish
@@ -159,9 +160,14 @@ def winograd_kernel(
     groups = -(-o // mr)
     block = winograd_block(panels, vectors, ci, groups * mr, lanes, ops)
     nblocks = -(-panels // block)
-    # plane extent: every tile's window inside, the stacked rows past the last tile row too
+    # plane extent: every tile's window inside, the stacked rows past the last tile row too;
+    # a plane row is filled in whole vectors, the last one spilling into the next row (filled
+    # after it) or, past the last row, into ``lanes`` floats of slack
     rows, cols = mt * tpanels * stack + 2, per_row * sub + 1
-    plane = rows * cols
+    row_vectors = -(-cols // lanes)
+    row_len = cols
+    plane = rows * row_len + lanes
+    padded_row = mt * row_vectors * lanes  # a zero-padded input row: every column read
     concat = list(range(lanes))
     hb = int(has_bias)
     L = lanes
@@ -187,6 +193,37 @@ def winograd_kernel(
     def vec(first):
         return T.ramp(first, 1, L)
 
+    copy_row = row_copy_macro(wd, 1, L)
+
+    def tile_value(planes, nb, c_in, ty, tx0, k, j):
+        """Row ``k``, column ``j`` of the input tiles of a panel: one vector of ``L`` tiles
+        (``stack`` rows of ``sub`` tiles where rows are short)."""
+        first = ((nb * ci + c_in) * mt + j % mt) * plane + j // mt
+        if stack == 1:
+            return planes[vec(first + (mt * ty + k) * row_len + tx0)]
+        return T.Shuffle(
+            [planes[T.ramp(first + (mt * (ty + r) + k) * row_len, 1, sub)] for r in range(stack)],
+            concat,
+        )
+
+    @T.macro
+    def transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, e):
+        """Row ``e`` of ``s = B^T d`` (every column of the tiles, in registers), then the
+        operands ``alpha e + u`` of ``V = s B``: no 36-vector tile or ``s`` kept in memory
+        (with both, LLVM spilled, and this stage took a quarter of the kernel)."""
+        for j in T.unroll(alpha):
+            srow[vec(j * L)] = _input_row(
+                mt, e, [tile_value(planes, nb, c_in, ty, tx0, k, j) for k in range(alpha)], c
+            )
+        s_e = T.meta_var([srow[vec(k * L)] for k in range(alpha)])
+        v[vec((alpha * e) * stride + base)] = _input_row(mt, 0, s_e, c)
+        v[vec((alpha * e + 1) * stride + base)] = _input_row(mt, 1, s_e, c)
+        v[vec((alpha * e + 2) * stride + base)] = _input_row(mt, 2, s_e, c)
+        v[vec((alpha * e + 3) * stride + base)] = _input_row(mt, 3, s_e, c)
+        if wide:
+            v[vec((alpha * e + 4) * stride + base)] = _input_row(mt, 4, s_e, c)
+            v[vec((alpha * e + 5) * stride + base)] = _input_row(mt, 5, s_e, c)
+
     @T.prim_func
     def kernel(
         x: T.Buffer((bn, ci, h, wd), "float32"),
@@ -201,81 +238,79 @@ def winograd_kernel(
         planes = T.alloc_buffer((bn * ci * mt * plane,), "float32", scope="global")
         v = T.alloc_buffer((ops * block * ci * L,), "float32", scope="global")
         m = T.alloc_buffer((ops * groups * mr * block * L,), "float32", scope="global")
-        # 0. the zero-padded input split by column modulo the tile side
+        # 0. the zero-padded input split by column modulo the tile side: each input row is
+        # copied into a zero-padded row, whose columns f, f + mt, ... are one shuffle of mt
+        # contiguous vectors per plane vector. Two padded rows take turns, so a row is
+        # shuffled an iteration after its copy (read right after its unaligned stores, the
+        # loads waited on store forwarding: the fill took 15% of the kernel)
         for nc in loop(bn * ci):
-            for f in range(mt):
-                for r in range(rows):
-                    for q in range(cols):
-                        src_r: T.let = r - top
-                        src_c: T.let = mt * q + f - left
-                        planes[(nc * mt + f) * plane + r * cols + q] = T.if_then_else(
-                            src_r >= 0 and src_r < h and src_c >= 0 and src_c < wd,
-                            xf[nc * h * wd + src_r * wd + src_c],
-                            T.float32(0),
-                        )
+            prow = T.alloc_buffer((2 * padded_row,), "float32", scope="global")
+            for e in range(2 * padded_row // L):
+                prow[vec(e * L)] = T.broadcast(T.float32(0), L)
+            for r in range(rows + 1):
+                if r < rows:  # row r into padded row r % 2
+                    at: T.let = r % 2 * padded_row + left
+                    if r >= top and r - top < h:
+                        copy_row(prow, at, xf, (nc * h + r - top) * wd)
+                    else:
+                        for e in T.vectorized(wd):
+                            prow[at + e] = T.float32(0)
+                if r > 0:  # row r - 1 into the planes
+                    src: T.let = (r - 1) % 2 * padded_row
+                    for f in T.unroll(mt):
+                        for q in range(row_vectors):
+                            planes[vec((nc * mt + f) * plane + (r - 1) * row_len + q * L)] = (
+                                T.Shuffle(
+                                    [prow[T.ramp(src + q * L * mt, 1, L * mt)]],
+                                    [f + mt * i for i in range(L)],
+                                )
+                            )
         # stages 1-3 block by block of panels, so the transformed tiles (V) and the GEMM
         # outputs (M) of one block stay in L2 (``winograd_block``)
         for blk in range(nblocks):
-            # 1. input transform, one panel of `lanes` tiles and one channel at a time
+            # 1. input transform, one panel of `lanes` tiles and one channel at a time: F(4x4)
+            # a row of s at a time (``transform_row``); F(2x2)'s 16-vector tile fits in
+            # registers, and read again per row its stacked rows' shuffles cost 2-8%
             for gc in loop(block * ci):
                 g: T.let = blk * block + gc // ci
                 c_in: T.let = gc % ci
-                d = T.alloc_buffer((ops * L,), "float32", scope=scratch)
-                s = T.alloc_buffer((ops * L,), "float32", scope=scratch)
+                base: T.let = gc * L  # the panel in the block, channel c_in
+                stride: T.let = block * ci * L
+                srow = T.alloc_buffer((alpha * L,), "float32", scope="local")
+                d = T.alloc_buffer((ops * L if not wide else 1,), "float32", scope=scratch)
+                s = T.alloc_buffer((ops * L if not wide else 1,), "float32", scope=scratch)
                 if g < panels:
                     nb: T.let = g // (tpanels * per_row)
                     ty: T.let = g // per_row % tpanels * stack
                     tx0: T.let = g % per_row * L
-                    for i in T.unroll(alpha):
-                        for j in T.unroll(alpha):
-                            if stack == 1:
-                                d[vec((i * alpha + j) * L)] = planes[
-                                    vec(
-                                        ((nb * ci + c_in) * mt + j % mt) * plane
-                                        + (mt * ty + i) * cols
-                                        + tx0
-                                        + j // mt
-                                    )
-                                ]
-                            else:  # `stack` tile rows of `sub` tiles, one vector
-                                d[vec((i * alpha + j) * L)] = T.Shuffle(
-                                    [
-                                        planes[
-                                            T.ramp(
-                                                ((nb * ci + c_in) * mt + j % mt) * plane
-                                                + (mt * (ty + r) + i) * cols
-                                                + j // mt,
-                                                1,
-                                                sub,
-                                            )
-                                        ]
-                                        for r in range(stack)
-                                    ],
-                                    concat,
+                    if wide:  # F(4x4): a row of s at a time, from the planes
+                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 0)
+                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 1)
+                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 2)
+                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 3)
+                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 4)
+                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 5)
+                    else:  # F(2x2): the 16-vector tile, s, then V
+                        for i in T.unroll(alpha):
+                            for j in T.unroll(alpha):
+                                d[vec((i * alpha + j) * L)] = tile_value(
+                                    planes, nb, c_in, ty, tx0, i, j
                                 )
-                else:
+                        for j in T.unroll(alpha):  # rows: s = BT d, column j
+                            col = T.meta_var([d[vec((k * alpha + j) * L)] for k in range(alpha)])
+                            s[vec(j * L)] = _input_row(mt, 0, col, c)
+                            s[vec((alpha + j) * L)] = _input_row(mt, 1, col, c)
+                            s[vec((2 * alpha + j) * L)] = _input_row(mt, 2, col, c)
+                            s[vec((3 * alpha + j) * L)] = _input_row(mt, 3, col, c)
+                        for e in T.unroll(alpha):  # columns: V = s BT^T, operand alpha e + u
+                            row_e = T.meta_var([s[vec((e * alpha + k) * L)] for k in range(alpha)])
+                            v[vec((alpha * e) * stride + base)] = _input_row(mt, 0, row_e, c)
+                            v[vec((alpha * e + 1) * stride + base)] = _input_row(mt, 1, row_e, c)
+                            v[vec((alpha * e + 2) * stride + base)] = _input_row(mt, 2, row_e, c)
+                            v[vec((alpha * e + 3) * stride + base)] = _input_row(mt, 3, row_e, c)
+                else:  # past the last panel: zero operands
                     for e in T.unroll(ops):
-                        d[vec(e * L)] = T.broadcast(T.float32(0), L)
-                for j in T.unroll(alpha):  # rows: s = BT d, column j
-                    col = T.meta_var([d[vec((k * alpha + j) * L)] for k in range(alpha)])
-                    s[vec(j * L)] = _input_row(mt, 0, col, c)
-                    s[vec((alpha + j) * L)] = _input_row(mt, 1, col, c)
-                    s[vec((2 * alpha + j) * L)] = _input_row(mt, 2, col, c)
-                    s[vec((3 * alpha + j) * L)] = _input_row(mt, 3, col, c)
-                    if wide:
-                        s[vec((4 * alpha + j) * L)] = _input_row(mt, 4, col, c)
-                        s[vec((5 * alpha + j) * L)] = _input_row(mt, 5, col, c)
-                for e in T.unroll(alpha):  # columns: V = s BT^T, GEMM operand p = alpha e + u
-                    base: T.let = gc * L  # the panel in the block, channel c_in
-                    stride: T.let = block * ci * L
-                    row_e = T.meta_var([s[vec((e * alpha + k) * L)] for k in range(alpha)])
-                    v[vec((alpha * e) * stride + base)] = _input_row(mt, 0, row_e, c)
-                    v[vec((alpha * e + 1) * stride + base)] = _input_row(mt, 1, row_e, c)
-                    v[vec((alpha * e + 2) * stride + base)] = _input_row(mt, 2, row_e, c)
-                    v[vec((alpha * e + 3) * stride + base)] = _input_row(mt, 3, row_e, c)
-                    if wide:
-                        v[vec((alpha * e + 4) * stride + base)] = _input_row(mt, 4, row_e, c)
-                        v[vec((alpha * e + 5) * stride + base)] = _input_row(mt, 5, row_e, c)
+                        v[vec(e * stride + base)] = T.broadcast(T.float32(0), L)
             # 2. one GEMM per operand: mr output channels x `vectors` panels per register tile
             for task in loop(ops * (block // vectors) * groups):
                 p: T.let = task // ((block // vectors) * groups)

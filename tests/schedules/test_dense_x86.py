@@ -366,6 +366,14 @@ def test_pointwise_tiling_follows_vector_width_and_shape():
     assert choose_pointwise(geo, 16)[1] != "channels"  # 96 channels would pad to 128
     geo = conv_geometry((1, 512, 28, 28), (1024, 512, 1, 1), ConvAttrs((2, 2)))
     assert choose_pointwise(geo, 16)[1] != "channels"  # the stride-2 downsample
+    # ... and Inception's 17x17 (32-pixel panels compute 320 of 289) with an input under 1 MB,
+    # not 28x28 (panels overcompute 2%) nor a 17x17 input of 1.2 MB
+    geo = conv_geometry((1, 768, 17, 17), (192, 768, 1, 1), ConvAttrs())
+    assert choose_pointwise(geo, 16) == (GemmTiling(mr=6, nb=64, parallel=False), "channels")
+    geo = conv_geometry((1, 512, 28, 28), (128, 512, 1, 1), ConvAttrs())
+    assert choose_pointwise(geo, 16)[1] == "panel"
+    geo = conv_geometry((1, 1088, 17, 17), (192, 1088, 1, 1), ConvAttrs())
+    assert choose_pointwise(geo, 16)[1] == "panel"
     # a padded 1x1 is not pointwise: it keeps the implicit GEMM (many channels) or the tap
     # planes (few channels, as a stem)
     w = np.ones((4, 32, 1, 1), np.float32)

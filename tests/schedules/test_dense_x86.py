@@ -812,3 +812,27 @@ def test_pointwise_chunks_need_the_channels_form_and_a_divisor():
         pointwise_kernel({**spec, "kc": 100})
     with pytest.raises(ValueError, match="channels form"):
         pointwise_kernel({**spec, "kc": 128, "order": "panel"})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_winograd_random_shapes_match_numpy(seed):
+    """Random batches, channels, sizes, asymmetric padding, activations and register tiles,
+    F(2x2) and F(4x4): every tail and stacking of the tile panels against the direct conv."""
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(3):
+        n, ci, co = int(rng.integers(1, 3)), int(rng.integers(1, 20)), int(rng.integers(1, 24))
+        h, w = int(rng.integers(8, 40)), int(rng.integers(14, 40))
+        pads = tuple(int(v) for v in rng.integers(0, 2, 4))
+        act = [None, "relu", "silu", "relu6"][int(rng.integers(0, 4))]
+        tile = [(8, 2, 4), (4, 4, 4), (16, 1, 4), (6, 4, 4), (8, 2, 2)][int(rng.integers(0, 5))]
+        x = rng.standard_normal((n, ci, h, w)).astype(np.float32)
+        wt = rng.standard_normal((co, ci, 3, 3)).astype(np.float32)
+        b = rng.standard_normal(co).astype(np.float32)
+        conv = ConvAttrs((1, 1), pads)
+        call = dense_conv2d(x.shape, wt, b, conv, act, TARGET, layout="winograd",
+                            winograd_tile=tile)  # fmt: skip
+        ref = _ref_conv(x, wt, b, (1, 1), pads, (1, 1), 1, act)
+        what = f"{x.shape} -> {co}, pads {pads}, {act}, {tile}"
+        atol = 5e-5 * np.abs(ref).max()
+        np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=atol,
+                                   err_msg=what)  # fmt: skip

@@ -165,8 +165,7 @@ def winograd_kernel(
     # after it) or, past the last row, into ``lanes`` floats of slack
     rows, cols = mt * tpanels * stack + 2, per_row * sub + 1
     row_vectors = -(-cols // lanes)
-    row_len = cols
-    plane = rows * row_len + lanes
+    plane = rows * cols + lanes
     padded_row = mt * row_vectors * lanes  # a zero-padded input row: every column read
     concat = list(range(lanes))
     hb = int(has_bias)
@@ -184,7 +183,8 @@ def winograd_kernel(
     # F(4x4)'s are larger, and "global" would allocate them on every iteration
     scratch = "global" if mt == 2 else "local"
     # an activation computed in registers at any vector width (ReLU, ReLU6, none): the
-    # stacked rows' residual epilogue runs on an ``ow``-wide vector instead of scalars
+    # stacked rows' residual epilogue runs on an ``ow``-wide vector instead of scalars (a
+    # heavy one only where the rows fill the segment, ``mt * sub == ow``, as before)
     light = register_activation(activation) == activation
 
     def c(value: float):
@@ -200,9 +200,9 @@ def winograd_kernel(
         (``stack`` rows of ``sub`` tiles where rows are short)."""
         first = ((nb * ci + c_in) * mt + j % mt) * plane + j // mt
         if stack == 1:
-            return planes[vec(first + (mt * ty + k) * row_len + tx0)]
+            return planes[vec(first + (mt * ty + k) * cols + tx0)]
         return T.Shuffle(
-            [planes[T.ramp(first + (mt * (ty + r) + k) * row_len, 1, sub)] for r in range(stack)],
+            [planes[T.ramp(first + (mt * (ty + r) + k) * cols, 1, sub)] for r in range(stack)],
             concat,
         )
 
@@ -242,7 +242,7 @@ def winograd_kernel(
         # copied into a zero-padded row, whose columns f, f + mt, ... are one shuffle of mt
         # contiguous vectors per plane vector. Two padded rows take turns, so a row is
         # shuffled an iteration after its copy (read right after its unaligned stores, the
-        # loads waited on store forwarding: the fill took 15% of the kernel)
+        # first loads waited on store forwarding)
         for nc in loop(bn * ci):
             prow = T.alloc_buffer((2 * padded_row,), "float32", scope="global")
             for e in range(2 * padded_row // L):
@@ -259,11 +259,9 @@ def winograd_kernel(
                     src: T.let = (r - 1) % 2 * padded_row
                     for f in T.unroll(mt):
                         for q in range(row_vectors):
-                            planes[vec((nc * mt + f) * plane + (r - 1) * row_len + q * L)] = (
-                                T.Shuffle(
-                                    [prow[T.ramp(src + q * L * mt, 1, L * mt)]],
-                                    [f + mt * i for i in range(L)],
-                                )
+                            planes[vec((nc * mt + f) * plane + (r - 1) * cols + q * L)] = T.Shuffle(
+                                [prow[T.ramp(src + q * L * mt, 1, L * mt)]],
+                                [f + mt * i for i in range(L)],
                             )
         # stages 1-3 block by block of panels, so the transformed tiles (V) and the GEMM
         # outputs (M) of one block stay in L2 (``winograd_block``)
@@ -276,14 +274,12 @@ def winograd_kernel(
                 c_in: T.let = gc % ci
                 base: T.let = gc * L  # the panel in the block, channel c_in
                 stride: T.let = block * ci * L
-                srow = T.alloc_buffer((alpha * L,), "float32", scope="local")
-                d = T.alloc_buffer((ops * L if not wide else 1,), "float32", scope=scratch)
-                s = T.alloc_buffer((ops * L if not wide else 1,), "float32", scope=scratch)
                 if g < panels:
                     nb: T.let = g // (tpanels * per_row)
                     ty: T.let = g // per_row % tpanels * stack
                     tx0: T.let = g % per_row * L
                     if wide:  # F(4x4): a row of s at a time, from the planes
+                        srow = T.alloc_buffer((alpha * L,), "float32", scope="local")
                         transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 0)
                         transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 1)
                         transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 2)
@@ -291,6 +287,8 @@ def winograd_kernel(
                         transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 4)
                         transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 5)
                     else:  # F(2x2): the 16-vector tile, s, then V
+                        d = T.alloc_buffer((ops * L,), "float32", scope=scratch)
+                        s = T.alloc_buffer((ops * L,), "float32", scope=scratch)
                         for i in T.unroll(alpha):
                             for j in T.unroll(alpha):
                                 d[vec((i * alpha + j) * L)] = tile_value(
@@ -390,23 +388,11 @@ def winograd_kernel(
                                 row[T.ramp(0, 1, seg)] = _epilogue(zipped, activation, seg)
                             for r in T.unroll(stack):
                                 stacked_r: T.let = mt * (ty + r) + a
-                                if stacked_r < oh:
+                                if stacked_r < oh:  # its first ow outputs, one vector
                                     at: T.let = ((nb * o + k) * oh + stacked_r) * ow
-                                    if mt * sub == ow:
-                                        if residual:
-                                            yf[T.ramp(at, 1, mt * sub)] = _epilogue(
-                                                row[T.ramp(mt * sub * r, 1, mt * sub)]
-                                                + rf[T.ramp(at, 1, mt * sub)],
-                                                activation,
-                                                mt * sub,
-                                            )
-                                        else:
-                                            yf[T.ramp(at, 1, mt * sub)] = row[
-                                                T.ramp(mt * sub * r, 1, mt * sub)
-                                            ]
-                                    elif not residual:  # the row's first ow: one vector
+                                    if not residual:
                                         yf[T.ramp(at, 1, ow)] = row[T.ramp(mt * sub * r, 1, ow)]
-                                    elif light:
+                                    elif light or mt * sub == ow:
                                         yf[T.ramp(at, 1, ow)] = _epilogue(
                                             row[T.ramp(mt * sub * r, 1, ow)]
                                             + rf[T.ramp(at, 1, ow)],
@@ -477,7 +463,7 @@ def default_tile(lanes: int, panels: int = 0, wide_isa: bool = False) -> tuple[i
     threads). 4 x 4 on AVX2 (16 registers), as the tap-plane conv measured best there. Fewer
     than 4 panels (F(4x4) at 14x14, batch 1: one) take 16 channels x 1 panel, where 8 x 2
     computes a panel of zeros (256 channels: 756 against 993 us)."""
-    if wide_isa and panels < 2 * 2:
+    if wide_isa and panels < 4:
         return (16, 1)
     if wide_isa and panels <= SMALL_GEMM_PANELS:
         return (8, 2)

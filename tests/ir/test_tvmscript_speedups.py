@@ -52,3 +52,34 @@ def test_the_fast_stack_has_every_frame_of_the_real_one():
     fast = [(f.filename, f.lineno, f.function) for f in tvmscript_stack.fast_stack()]
     real = [(f.filename, f.lineno, f.function) for f in inspect.stack()]
     assert fast[1:] == real[1:]
+
+
+def test_the_fast_outer_frames_are_the_real_ones():
+    frame = inspect.currentframe()
+    fast = tvmscript_stack.fast_outer_frames(frame)
+    real = inspect.getouterframes(frame)
+    assert [(f.frame, f.function) for f in fast] == [(f.frame, f.function) for f in real]
+    assert [f.lineno for f in fast[1:]] == [f.lineno for f in real[1:]]  # [0] is still moving
+
+
+def _macro_kernel(n: int):
+    @T.macro
+    def double(buf, i):
+        buf[i] = buf[i] * T.float32(2)
+
+    @T.prim_func(s_tir=True)
+    def func(y: T.Buffer((n,), "float32")):
+        for i in range(n):
+            double(y, i)
+
+    return func
+
+
+def test_a_macro_finds_its_parser_through_the_fast_frames(monkeypatch):
+    from tvm.script.parser.core import parser
+
+    assert parser.inspect.getouterframes is tvmscript_stack.fast_outer_frames
+    fast = _macro_kernel(8)
+    monkeypatch.setattr(parser, "inspect", inspect)
+    assert tvm_ffi.structural_equal(fast, _macro_kernel(8))
+    assert "y[i] = y[i] * T.float32(2.0)" in fast.script()

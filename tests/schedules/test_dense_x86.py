@@ -319,6 +319,29 @@ def test_pointwise_conv_prefetches_a_big_input_only():
     assert not prefetches((1, 64, 46, 46), "cotile")
 
 
+def test_pointwise_conv_stages_an_input_up_to_half_an_l2_whole_and_still_computes_it():
+    """Between 512 KB and 1 MB the input is prefetched whole, in memory order, before the
+    first panel (a loop of prefetches over every line); the result is unchanged."""
+
+    def staged(call):  # small weights: no weight prefetch
+        script = call.func.script()
+        return script.count("llvm.prefetch") == 2  # staging + the next panel's input
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 192, 35, 35)).astype(np.float32)  # 940 KB
+    w = rng.standard_normal((32, 192, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    tiling = GemmTiling(mr=8, nb=32, parallel=False)
+    call = dense_conv2d(x.shape, w, b, ConvAttrs(), "relu", TARGET, tiling=tiling,
+                        pointwise_order="panel")  # fmt: skip
+    assert staged(call)
+    ref = _ref_conv(x, w, b, (1, 1), (0, 0, 0, 0), (1, 1), 1, "relu")
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+    bigger = dense_conv2d((1, 256, 56, 56), w[:, :1].repeat(256, 1), b, ConvAttrs(), "relu",
+                          TARGET, tiling=tiling, pointwise_order="panel")  # fmt: skip
+    assert not staged(bigger)  # 3.2 MB: past half an L2
+
+
 def test_pointwise_tiling_follows_vector_width_and_shape():
     from tvm_sparse.schedules.dense_x86 import conv_geometry
     from tvm_sparse.schedules.pointwise_conv_x86 import (

@@ -97,6 +97,9 @@ WIDE_CHANNELS_MIN_INPUT = 256
 WIDE_CHANNELS_MIN_OVERCOMPUTE = 1.05
 WIDE_CHANNELS_MAX_INPUT_BYTES = 1 << 20
 PREFETCH_MIN_INPUT_BYTES = 512 << 10
+# ... and up to this size it is first prefetched whole into L2, in memory order, before the
+# first panel (``_kernel``'s ``stage_input``)
+STAGE_MAX_INPUT_BYTES = 1 << 20
 # the channels form's input channels per chunk: a 64-channel panel's 128 x 64 weights (32 KiB)
 # stay in L1 while every pixel tile takes them, the partial sums waiting in a scratch. Intel
 # Xeon (AVX-512), 1 thread, alone: 1024->256 at 14x14 691 -> 665 us, 256->1024 at 14x14 with
@@ -256,6 +259,12 @@ def _kernel(
         and not parallel
         and 4 * batch * ci * h * w >= PREFETCH_MIN_INPUT_BYTES
     )
+    # Where it fits in half an L2 it is first prefetched whole, line after line in memory
+    # order: a panel reads a line or two of each of ci channel rows, more streams than the
+    # hardware prefetcher follows, so from L3 each line waited its own miss; in memory order
+    # the rows stream. Inception-v3's 35x35 1x1 convs in the model, their input written
+    # several layers before: 192->32 341 -> 223 us, 256->48 491 -> 321 (Intel Xeon, AVX-512).
+    stage_input = prefetch_input and 4 * batch * ci * h * w <= STAGE_MAX_INPUT_BYTES
     # a heavy activation with an overlapping last panel: one task runs the last two panels
     merged = in_registers != activation and panels > 1 and pixels % nb != 0
     groups = panels - 1 if merged else panels
@@ -285,6 +294,9 @@ def _kernel(
             of = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
         else:
             of = T.decl_buffer((batch * co * pixels,), "float32", data=out.data)
+        if stage_input:
+            for line in range(batch * ci * h * w // 16):
+                T.evaluate(prefetch_l2(xf[line * 16]))
         # strided: the pixels it reads, row by row (``row_copy_macro``: a stride-2 row is the
         # even lanes of contiguous loads), as a stride-1 input of the output's size
         x_used = T.alloc_buffer((batch * ci * pixels if strided else 1,), "float32")

@@ -25,15 +25,14 @@ import types
 _CONTEXT_FRAMES = 4  # the parser reads frames[2].code_context; a margin beyond it
 
 
-def fast_stack(context: int = 1) -> list[inspect.FrameInfo]:
-    """``inspect.stack(context)`` from the caller up, source lines for the innermost frames."""
+def _frame_infos(frame: types.FrameType | None, lines_for: int) -> list[inspect.FrameInfo]:
+    """``frame`` and every frame outside it, source lines for the innermost ``lines_for``."""
     frames = []
-    frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
         lineno = frame.f_lineno
         lines = None
-        if context > 0 and len(frames) < _CONTEXT_FRAMES:
+        if len(frames) < lines_for:
             line = linecache.getline(code.co_filename, lineno, frame.f_globals)
             lines = [line] if line else None
         frames.append(
@@ -45,15 +44,14 @@ def fast_stack(context: int = 1) -> list[inspect.FrameInfo]:
     return frames
 
 
+def fast_stack(context: int = 1) -> list[inspect.FrameInfo]:
+    """``inspect.stack(context)`` from the caller up, source lines for the innermost frames."""
+    return _frame_infos(sys._getframe(1), _CONTEXT_FRAMES if context > 0 else 0)
+
+
 def fast_outer_frames(frame: types.FrameType, context: int = 1) -> list[inspect.FrameInfo]:
     """``inspect.getouterframes(frame)`` without source lines (its callers read frames only)."""
-    frames = []
-    while frame is not None:
-        code = frame.f_code
-        frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name,
-                                        None, None))  # fmt: skip
-        frame = frame.f_back
-    return frames
+    return _frame_infos(frame, 0)
 
 
 class _InspectWithFastStack(types.ModuleType):

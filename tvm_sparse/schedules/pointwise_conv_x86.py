@@ -253,18 +253,16 @@ def _kernel(
     # nb / 16 channel tiles of a panel prefetch one line of each row of the next panel
     # (ResNet-50's 256->64 at 56x56 in the model: 940 -> 815 us, 512->128 at 28x28: 780 -> 680).
     # One thread only, as for the weights (``wants_prefetch``).
+    input_bytes = 4 * batch * ci * h * w
     prefetch_input = (
-        not strided
-        and not cotile
-        and not parallel
-        and 4 * batch * ci * h * w >= PREFETCH_MIN_INPUT_BYTES
+        not strided and not cotile and not parallel and input_bytes >= PREFETCH_MIN_INPUT_BYTES
     )
     # Where it fits in half an L2 it is first prefetched whole, line after line in memory
     # order: a panel reads a line or two of each of ci channel rows, more streams than the
     # hardware prefetcher follows, so from L3 each line waited its own miss; in memory order
     # the rows stream. Inception-v3's 35x35 1x1 convs in the model, their input written
     # several layers before: 192->32 341 -> 223 us, 256->48 491 -> 321 (Intel Xeon, AVX-512).
-    stage_input = prefetch_input and 4 * batch * ci * h * w <= STAGE_MAX_INPUT_BYTES
+    stage_input = prefetch_input and input_bytes <= STAGE_MAX_INPUT_BYTES
     # a heavy activation with an overlapping last panel: one task runs the last two panels
     merged = in_registers != activation and panels > 1 and pixels % nb != 0
     groups = panels - 1 if merged else panels

@@ -323,9 +323,8 @@ def test_pointwise_conv_stages_an_input_up_to_half_an_l2_whole_and_still_compute
     """Between 512 KB and 1 MB the input is prefetched whole, in memory order, before the
     first panel (a loop of prefetches over every line); the result is unchanged."""
 
-    def staged(call):  # small weights: no weight prefetch
-        script = call.func.script()
-        return script.count("llvm.prefetch") == 2  # staging + the next panel's input
+    def staged(call):  # the loop of prefetches over every line of the input
+        return "for line in range(" in call.func.script()
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 192, 35, 35)).astype(np.float32)  # 940 KB
@@ -859,3 +858,139 @@ def test_winograd_random_shapes_match_numpy(seed):
         atol = 5e-5 * np.abs(ref).max()
         np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=atol,
                                    err_msg=what)  # fmt: skip
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])  # silu: overlapping panels merged
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize(
+    "x_shape, co, tiling",
+    [
+        ((2, 40, 7, 9), 20, GemmTiling(mr=12, nb=32)),  # 63-float rows, two samples, parallel
+        ((1, 24, 5, 5), 30, GemmTiling(mr=8, nb=16, parallel=False)),  # 25 pixels, co tail
+        # 1.25 MB, rows of 1225 floats: the copy prefetches the next panel's lines
+        ((1, 256, 35, 35), 48, GemmTiling(mr=12, nb=32, parallel=False)),
+    ],
+)
+def test_pointwise_panel_copies_unaligned_rows_to_an_aligned_scratch(
+    x_shape, co, tiling, residual, activation
+):
+    """Where input channel rows do not start on a cache line, each pixel panel is copied to an
+    aligned scratch before its channel tiles; shortcut, activation and the overlapping last
+    panel come out as the reference's."""
+    from tvm_sparse.schedules.dense_x86 import conv_geometry
+    from tvm_sparse.schedules.pointwise_conv_x86 import (
+        SPEC_ATTR,
+        aligned_panel,
+        pointwise_kernel,
+        pointwise_weight,
+    )
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((co, x_shape[1], 1, 1), dtype=np.float32)
+    b = rng.standard_normal(co, dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    shortcut = rng.standard_normal((x_shape[0], co, *x_shape[2:]), dtype=np.float32)
+    conv = ConvAttrs((1, 1), (0,) * 4)
+    assert aligned_panel(conv_geometry(x_shape, w.shape, conv), "panel")
+    call = dense_conv2d(x_shape, w, b, conv, activation, TARGET, tiling=tiling,
+                        pointwise_order="panel")  # fmt: skip
+    spec = {**json.loads(str(call.func.attrs[SPEC_ATTR])), "residual": residual}
+    consts = [pointwise_weight(w, spec), b] + ([shortcut] if residual else [])
+    built = dataclasses.replace(call, func=pointwise_kernel(spec), consts=tuple(consts))
+    ref = _ref_conv(x, w, b, (1, 1), (0, 0, 0, 0), (1, 1), 1, None)
+    ref = _act(ref + shortcut if residual else ref, activation)
+    np.testing.assert_allclose(run_kernel(built, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_panel_copies_only_unaligned_stride_1_rows():
+    from tvm_sparse.schedules.dense_x86 import conv_geometry
+    from tvm_sparse.schedules.pointwise_conv_x86 import aligned_panel
+
+    def copies(x_shape, stride=1, order="panel"):
+        geo = conv_geometry(x_shape, (8, x_shape[1], 1, 1), ConvAttrs((stride, stride)))
+        return aligned_panel(geo, order)
+
+    assert copies((1, 8, 35, 35))
+    assert not copies((1, 8, 8, 8))  # 64-float rows start on a line
+    assert not copies((1, 8, 56, 56))
+    assert not copies((1, 8, 35, 35), stride=2)  # strided: copied row by row already
+    assert not copies((1, 8, 35, 35), order="cotile")
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, padding, mr",
+    [
+        ((2, 24, 17, 17), (20, 24, 7, 1), (3, 0, 3, 0), 6),  # 289 pixels: tiles cross rows
+        ((1, 16, 8, 8), (40, 16, 3, 1), (1, 0, 1, 0), 14),  # 64 pixels, the last tile overlaps
+        ((1, 8, 5, 3), (8, 8, 3, 1), (0, 0, 0, 0), 14),  # 9 pixels < mr: one whole tile
+    ],
+)
+def test_implicit_gemm_takes_flat_pixel_tiles_for_kx1_convs(x_shape, w_shape, padding, mr):
+    """A kh x 1 conv at stride 1 without column padding tiles the image's pixels across rows
+    (consecutive outputs read consecutive inputs for every tap)."""
+    from tvm_sparse.schedules.dense_x86 import conv_geometry
+    from tvm_sparse.schedules.implicit_gemm_conv_x86 import flat_pixels
+
+    conv = ConvAttrs((1, 1), padding)
+    assert flat_pixels(conv_geometry(x_shape, w_shape, conv))
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+    b = rng.standard_normal(w_shape[0], dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    tiling = GemmTiling(mr=mr, nb=32, parallel=False)
+    call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, layout="implicit_gemm", tiling=tiling)
+    ref = _ref_conv(x, w, b, (1, 1), padding, (1, 1), 1, "relu")
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_flat_pixel_tiles_need_kx1_stride_1_and_no_column_padding():
+    from tvm_sparse.schedules.dense_x86 import conv_geometry
+    from tvm_sparse.schedules.implicit_gemm_conv_x86 import flat_pixels
+
+    def flat(w_shape, strides=(1, 1), padding=(0, 0, 0, 0)):
+        return flat_pixels(conv_geometry((1, 8, 17, 17), w_shape, ConvAttrs(strides, padding)))
+
+    assert flat((8, 8, 7, 1), padding=(3, 0, 3, 0))
+    assert not flat((8, 8, 1, 7), padding=(0, 3, 0, 3))  # row taps: rows are separate
+    assert not flat((8, 8, 3, 1), strides=(2, 2))
+    assert not flat((8, 8, 3, 1), padding=(1, 1, 1, 1))  # padded columns between rows
+
+
+def test_reduction_chunks_keep_a_panels_chunk_of_weights_in_l1():
+    from tvm_sparse.schedules.implicit_gemm_conv_x86 import reduction_chunk
+
+    assert reduction_chunk(192, 64, 7 * 192, 49) == 96  # 96 x 64 floats: 24 KB
+    assert reduction_chunk(64, 32, 9 * 64, 10) == 64  # a whole tap's channels fit
+    assert reduction_chunk(448, 64, 9 * 448, 8) == 64  # the largest divisor of 448 <= 96
+    assert reduction_chunk(24, 32, 9 * 24, 10) == 0  # 27 KB of panel weights: in L1 anyway
+    assert reduction_chunk(192, 64, 7 * 192, 1) == 0  # one tile: nothing to share
+    assert reduction_chunk(97, 64, 9 * 97, 10) == 0  # prime: only chunks of 1 fit
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, strides, padding, tiling",
+    [
+        ((2, 64, 9, 9), (40, 64, 3, 3), (2, 2), (1, 1, 1, 1), GemmTiling(mr=6, nb=32)),
+        ((1, 67, 10, 10), (70, 67, 3, 3), (1, 1), (1, 1, 1, 1), GemmTiling(mr=7, nb=64)),
+        ((1, 48, 17, 17), (36, 48, 7, 1), (1, 1), (3, 0, 3, 0), GemmTiling(mr=6, nb=64)),
+    ],
+)
+def test_implicit_gemm_in_reduction_chunks_matches_numpy(x_shape, w_shape, strides, padding,
+                                                         tiling):  # fmt: skip
+    """On one thread the reduction runs in chunks of one tap's channels over every pixel tile
+    of a panel, the partial sums in a scratch: two samples, a padded channel panel, flat
+    tiles."""
+    from tvm_sparse.schedules.implicit_gemm_conv_x86 import reduction_chunk
+
+    tiling = dataclasses.replace(tiling, parallel=False)
+    conv = ConvAttrs(strides, padding)
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+    b = rng.standard_normal(w_shape[0], dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    call = dense_conv2d(x_shape, w, b, conv, "relu", TARGET, layout="implicit_gemm", tiling=tiling)
+    reduce = w_shape[1] * w_shape[2] * w_shape[3]
+    assert reduction_chunk(w_shape[1], tiling.nb, reduce, 4) > 0
+    assert "partial" in call.func.script()
+    ref = _ref_conv(x, w, b, strides, padding, (1, 1), 1, "relu")
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=1e-4)

@@ -44,6 +44,37 @@ def clips_taps(geo: ConvGeometry) -> bool:
     return (dh > 1 and max(top, bottom) >= dh) or (dw > 1 and max(left, right) >= dw)
 
 
+def flat_pixels(geo: ConvGeometry) -> bool:
+    """Whether a tile may take any ``mr`` consecutive output pixels of the image, across rows:
+    for a ``kh x 1`` conv at stride 1 without column padding an output row is as wide as the
+    input row, so consecutive output pixels read consecutive input pixels for every tap.
+    Inception-v3's 7x1 convs at 17x17: row tiles of 6 or 7 pixels computed 18-21 pixels a
+    row of 17."""
+    _, _, _, kw = geo.w_shape
+    _, left, _, right = geo.padding
+    return kw == 1 and geo.strides == (1, 1) and left == right == 0 and not clips_taps(geo)
+
+
+# the most bytes of weights a reduction chunk keeps in L1 (half of a 48 KiB L1D), and the
+# fewest a panel must have before chunking pays for the partial sums' loads and stores
+CHUNK_WEIGHT_BYTES = 24 << 10
+CHUNK_MIN_PANEL_BYTES = 64 << 10
+
+
+def reduction_chunk(ci_g: int, nb: int, reduce: int, tiles: int) -> int:
+    """Input channels per reduction chunk (0: no chunks): the most that divide ``ci_g`` and
+    keep ``kc x nb`` weights within ``CHUNK_WEIGHT_BYTES``, where a panel's weights
+    (``reduce x nb``) are past ``CHUNK_MIN_PANEL_BYTES`` and several tiles take them.
+
+    Why: unchunked, every pixel tile streams its panel's whole weights from L2 (192 -> 192
+    7x1 at 17x17: 344 KB a tile of 6 pixels, 4 vector loads a step from L2)."""
+    if tiles < 2 or 4 * reduce * nb < CHUNK_MIN_PANEL_BYTES:
+        return 0
+    most = CHUNK_WEIGHT_BYTES // (4 * nb)
+    kc = max((d for d in range(1, min(ci_g, most) + 1) if ci_g % d == 0), default=0)
+    return kc if kc >= 16 else 0
+
+
 def _tap_bounds(taps: int, dilation: int, stride: int, before: int, size: int, span: int,
                 clip: bool):  # fmt: skip
     """Two functions of a tile's first output row (or column) ``first``: the first tap and one
@@ -80,17 +111,22 @@ def implicit_gemm_kernel(
     sh, sw = geo.strides
     dh, dw = geo.dilation
     oh, ow = geo.out_hw
-    rows = min(tiling.mr // ow, oh) if tiling.mr >= 2 * ow else 1  # whole rows per tile
-    mr, nb = (rows * ow if rows > 1 else min(tiling.mr, ow)), tiling.nb
     hp, wp = h + top + bottom, w + left + right
     clip = clips_taps(geo)
+    flat = flat_pixels(geo) and tiling.mr < oh * ow
+    rows = min(tiling.mr // ow, oh) if tiling.mr >= 2 * ow and not flat else 1  # whole rows
+    mr, nb = (rows * ow if rows > 1 else min(tiling.mr, oh * ow if flat else ow)), tiling.nb
     reduce = kh * kw * ci_g
     group_panels = -(-co_g // nb)  # a panel never spans two groups
     panels = groups * group_panels
     row_tiles = -(-ow // mr)  # tiles per output row (1 for whole-row tiles)
     tiles = -(-oh // rows) if rows > 1 else oh * row_tiles  # per sample and channel panel
+    if flat:
+        tiles = -(-(oh * ow) // mr)
 
     def offset(i):  # pixel i of a tile, in the padded NHWC input, from the tile's first
+        if flat:
+            return i * ci
         if rows > 1:
             return ((i // ow) * sh * wp + i % ow * sw) * ci
         return i * sw * ci
@@ -107,6 +143,21 @@ def implicit_gemm_kernel(
     # eights (one float at a time it took ~1/3 of a 32-channel grouped conv at 112x112)
     blocked = ci % 8 == 0 and w >= 8
 
+    # serial, the reduction in chunks of kc channels of one tap whose kc x nb weights stay in
+    # L1 while every pixel tile of the panel takes them (``reduction_chunk``)
+    kc = 0 if tiling.parallel or clip else reduction_chunk(ci_g, nb, reduce, tiles)
+    cblocks = ci_g // kc if kc else 1
+    chunks = kh * kw * cblocks
+    chunked = kc > 0
+
+    def origin(tt):
+        """Tile ``tt``'s first output pixel (row, column) in the image."""
+        if flat:
+            return T.min(tt * mr, oh * ow - mr) // ow, T.min(tt * mr, oh * ow - mr) % ow
+        if rows > 1:
+            return T.min(tt * rows, oh - rows), 0
+        return tt // row_tiles, T.min(tt % row_tiles * mr, ow - mr)
+
     def pixels_of(first):  # mr consecutive output pixels
         return run(first, mr)
 
@@ -115,6 +166,18 @@ def implicit_gemm_kernel(
 
     def bcast(value):
         return splat(value, mr)
+
+    @T.macro
+    def store_tile(of, bias, acc, g, c0, n, y, z0):
+        """The tile's accumulators, each channel's ``mr`` pixels gathered into one vector, with
+        bias and activation, into NCHW from output pixel (``y``, ``z0``)."""
+        for j in T.unroll(nb):
+            if c0 + j < co_g:
+                c: T.let = g * co_g + c0 + j
+                at: T.let = ((n * co + c) * oh + y) * ow + z0
+                of[pixels_of(at)] = _epilogue(
+                    plus_bias(acc[across(j)], bcast(bias[c]), has_bias), activation, mr
+                )
 
     @T.prim_func
     def kernel(
@@ -164,53 +227,109 @@ def implicit_gemm_kernel(
                             x_nhwc[(nr * wp + v) * ci + c] = xf[
                                 ((n_r * ci + c) * h + r - top) * w + v - left
                             ]
-        for t in loop(panels * batch * tiles):
-            panel: T.let = t // (batch * tiles)
-            g: T.let = panel // group_panels
-            c0: T.let = panel % group_panels * nb  # the panel's first channel in its group
-            n: T.let = t // tiles % batch
-            y: T.let = T.min(t % tiles * rows, oh - rows) if rows > 1 else t % tiles // row_tiles
-            z0: T.let = T.min(t % row_tiles * mr, ow - mr) if rows == 1 else 0
-            acc = T.alloc_buffer((mr * nb,), "float32", scope="local")
-            for i in T.unroll(mr):
-                acc[T.ramp(i * nb, 1, nb)] = T.broadcast(T.float32(0), nb)
-            for rh in range(rows_from(y), rows_to(y)):
-                for rw in range(cols_from(z0), cols_to(z0)):
-                    for rc in range(ci_g):
-                        k: T.let = (rh * kw + rw) * ci_g + rc
-                        if prefetch:  # the next panel's weights, spread over its tiles
-                            T.evaluate(
-                                prefetch_l2(
-                                    wf[
-                                        T.min(
-                                            (panel + 1) * reduce * nb
-                                            + spread_offset(
-                                                t % (batch * tiles) * reduce + k,
-                                                batch * tiles * reduce,
-                                                reduce * nb,
-                                            ),
-                                            last_weight,
-                                        )
-                                    ]
+        if chunked:
+            for task in range(panels * batch):
+                panel: T.let = task // batch
+                g: T.let = panel // group_panels
+                c0: T.let = panel % group_panels * nb
+                n: T.let = task % batch
+                partial = T.alloc_buffer((tiles * mr * nb,), "float32")
+                for chunk in range(chunks):
+                    rh: T.let = chunk // cblocks // kw
+                    rw: T.let = chunk // cblocks % kw
+                    rc0: T.let = chunk % cblocks * kc
+                    for tt in range(tiles):
+                        y: T.let = origin(tt)[0]
+                        z0: T.let = origin(tt)[1]
+                        acc = T.alloc_buffer((mr * nb,), "float32", scope="local")
+                        if chunk == 0:
+                            for i in T.unroll(mr):
+                                acc[T.ramp(i * nb, 1, nb)] = T.broadcast(T.float32(0), nb)
+                        else:
+                            for i in T.unroll(mr):
+                                acc[T.ramp(i * nb, 1, nb)] = partial[
+                                    T.ramp((tt * mr + i) * nb, 1, nb)
+                                ]
+                        for kk in range(kc):
+                            k: T.let = (rh * kw + rw) * ci_g + rc0 + kk
+                            if prefetch:  # the next panel's weights, spread over this one's steps
+                                T.evaluate(
+                                    prefetch_l2(
+                                        wf[
+                                            T.min(
+                                                (panel + 1) * reduce * nb
+                                                + spread_offset(
+                                                    ((n * chunks + chunk) * tiles + tt) * kc + kk,
+                                                    batch * tiles * reduce,
+                                                    reduce * nb,
+                                                ),
+                                                last_weight,
+                                            )
+                                        ]
+                                    )
                                 )
+                            pixel: T.let = (
+                                ((n * hp + y * sh + rh * dh) * wp + z0 * sw + rw * dw) * ci
+                                + g * ci_g
+                                + rc0
+                                + kk
                             )
-                        pixel: T.let = (
-                            ((n * hp + y * sh + rh * dh) * wp + z0 * sw + rw * dw) * ci
-                            + g * ci_g
-                            + rc
-                        )
-                        for i in T.unroll(mr):
-                            acc[T.ramp(i * nb, 1, nb)] = (
-                                acc[T.ramp(i * nb, 1, nb)]
-                                + T.broadcast(x_nhwc[pixel + offset(i)], nb)
-                                * wf[T.ramp((panel * reduce + k) * nb, 1, nb)]
+                            for i in T.unroll(mr):
+                                acc[T.ramp(i * nb, 1, nb)] = (
+                                    acc[T.ramp(i * nb, 1, nb)]
+                                    + T.broadcast(x_nhwc[pixel + offset(i)], nb)
+                                    * wf[T.ramp((panel * reduce + k) * nb, 1, nb)]
+                                )
+                        if chunk < chunks - 1:
+                            for i in T.unroll(mr):
+                                partial[T.ramp((tt * mr + i) * nb, 1, nb)] = acc[
+                                    T.ramp(i * nb, 1, nb)
+                                ]
+                        else:
+                            store_tile(of, bias, acc, g, c0, n, y, z0)
+        else:
+            for t in loop(panels * batch * tiles):
+                panel: T.let = t // (batch * tiles)
+                g: T.let = panel // group_panels
+                c0: T.let = panel % group_panels * nb  # the panel's first channel in its group
+                n: T.let = t // tiles % batch
+                # the tile's first output pixel: row y, column z0 (flat: anywhere in the image)
+                y: T.let = origin(t % tiles)[0]
+                z0: T.let = origin(t % tiles)[1]
+                acc = T.alloc_buffer((mr * nb,), "float32", scope="local")
+                for i in T.unroll(mr):
+                    acc[T.ramp(i * nb, 1, nb)] = T.broadcast(T.float32(0), nb)
+                for rh in range(rows_from(y), rows_to(y)):
+                    for rw in range(cols_from(z0), cols_to(z0)):
+                        for rc in range(ci_g):
+                            k: T.let = (rh * kw + rw) * ci_g + rc
+                            if prefetch:  # the next panel's weights, spread over its tiles
+                                T.evaluate(
+                                    prefetch_l2(
+                                        wf[
+                                            T.min(
+                                                (panel + 1) * reduce * nb
+                                                + spread_offset(
+                                                    t % (batch * tiles) * reduce + k,
+                                                    batch * tiles * reduce,
+                                                    reduce * nb,
+                                                ),
+                                                last_weight,
+                                            )
+                                        ]
+                                    )
+                                )
+                            pixel: T.let = (
+                                ((n * hp + y * sh + rh * dh) * wp + z0 * sw + rw * dw) * ci
+                                + g * ci_g
+                                + rc
                             )
-            for j in T.unroll(nb):
-                if c0 + j < co_g:
-                    c: T.let = g * co_g + c0 + j
-                    at: T.let = ((n * co + c) * oh + y) * ow + z0
-                    of[pixels_of(at)] = _epilogue(
-                        plus_bias(acc[across(j)], bcast(bias[c]), has_bias), activation, mr
-                    )
+                            for i in T.unroll(mr):
+                                acc[T.ramp(i * nb, 1, nb)] = (
+                                    acc[T.ramp(i * nb, 1, nb)]
+                                    + T.broadcast(x_nhwc[pixel + offset(i)], nb)
+                                    * wf[T.ramp((panel * reduce + k) * nb, 1, nb)]
+                                )
+                store_tile(of, bias, acc, g, c0, n, y, z0)
 
     return finish(without_params(kernel, set() if has_bias else {"bias"}))

@@ -202,6 +202,15 @@ def pack_pointwise_weight(weight: np.ndarray, mr: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(-1, mr, ci).transpose(0, 2, 1))
 
 
+def aligned_panel(geo: ConvGeometry, order: str) -> bool:
+    """Whether the pixel-panel form copies each panel to an aligned scratch first: at stride 1
+    where an input channel row is not a whole number of cache lines, so the panel's loads
+    would mostly straddle two lines. 256->48 at 35x35 (rows of 1225 floats) took 220 us
+    where the same conv on 1232-pixel rows took 169 (Intel Xeon, AVX-512, 1 thread)."""
+    _, _, h, w = geo.x_shape
+    return order == "panel" and geo.strides == (1, 1) and (h * w) % 16 != 0
+
+
 def _input_offset(geo: ConvGeometry):
     """Output pixel ``p`` -> the offset of its input pixel in one input channel (the stride
     applied), as a TIR expression."""
@@ -263,6 +272,11 @@ def _kernel(
     # the rows stream. Inception-v3's 35x35 1x1 convs in the model, their input written
     # several layers before: 192->32 341 -> 223 us, 256->48 491 -> 321 (Intel Xeon, AVX-512).
     stage_input = prefetch_input and input_bytes <= STAGE_MAX_INPUT_BYTES
+    # channel rows that do not start on a cache line (35x35: 1225 floats) made most nb-pixel
+    # loads split across lines, in every channel tile: the panel's ci x nb pixels are first
+    # copied to an aligned scratch, once per panel (``aligned_panel``)
+    pack = aligned_panel(geo, order)
+    tile_prefetch = prefetch_input and not pack  # packed: the copy prefetches instead
     # a heavy activation with an overlapping last panel: one task runs the last two panels
     merged = in_registers != activation and panels > 1 and pixels % nb != 0
     groups = panels - 1 if merged else panels
@@ -273,10 +287,74 @@ def _kernel(
     def bcast(value):
         return splat(value, nb)
 
-    def panel_row(x_used, xf, n, k, start):  # the nb pixels of input channel k
-        if strided:
-            return x_used[vec((n * ci + k) * pixels + start)]
-        return xf[vec((n * ci + k) * h * w + start)]
+    @T.macro
+    def panel_tile(xf, wf, bias, residual_in, of, src, base, stride, n, tile, pn, start):
+        """Channel tile ``tile`` of pixel panel ``pn`` (from ``start``), its input channel k's
+        pixels at ``src[base + k * stride]``, and its epilogue."""
+        acc = T.alloc_buffer((mr * nb,), "float32", scope="local")
+        for i in T.unroll(mr):
+            acc[vec(i * nb)] = bcast(T.float32(0))
+        for k in range(ci):
+            if prefetch:
+                T.evaluate(prefetch_l2(wf[T.min(((tile + 1) * ci + k) * mr, last_weight)]))
+            if tile_prefetch and tile < nb // 16:  # the next panel, a line a tile
+                T.evaluate(
+                    prefetch_l2(
+                        xf[(n * ci + k) * h * w + T.min(pn * nb + nb, pixels - nb) + tile * 16]
+                    )
+                )
+            for i in T.unroll(mr):
+                acc[vec(i * nb)] = (
+                    acc[vec(i * nb)]
+                    + bcast(wf[(tile * ci + k) * mr + i]) * src[vec(base + k * stride)]
+                )
+        for i in T.unroll(mr):
+            if tile * mr + i < co:
+                c: T.let = tile * mr + i
+                at: T.let = (n * co + c) * pixels + start
+                value: T.let = acc[vec(i * nb)]
+                if residual:
+                    rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
+                    of[vec(at)] = _epilogue(
+                        plus_bias(value, bcast(bias[c]), has_bias) + rf[vec(at)], in_registers, nb
+                    )
+                else:
+                    of[vec(at)] = _epilogue(
+                        plus_bias(value, bcast(bias[c]), has_bias), in_registers, nb
+                    )
+        if in_registers != activation:  # the heavy activation, over the tile in L1
+            for i in range(mr):
+                if tile * mr + i < co:
+                    row: T.let = (n * co + tile * mr + i) * pixels + start
+                    for u in range(nb // piece):
+                        of[run(row + u * piece, piece)] = _epilogue(
+                            of[run(row + u * piece, piece)], activation, piece
+                        )
+
+    @T.macro
+    def packed_panel(xf, wf, bias, residual_in, of, t):
+        """Panel group ``t``: each panel's pixels copied to an aligned scratch (the next
+        panel's lines prefetched meanwhile, a panel of compute ahead), then every channel tile
+        on it."""
+        n: T.let = t // groups
+        group: T.let = t % groups
+        xp = T.alloc_buffer((ci * nb,), "float32", scope="global", align=64)
+        for pn in range(group, group + 1 + (T.Cast("int32", group == groups - 1) if merged else 0)):
+            start: T.let = T.min(pn * nb, pixels - nb)
+            for k in range(ci):
+                xp[vec(k * nb)] = xf[vec((n * ci + k) * h * w + start)]
+                if prefetch_input and not stage_input:
+                    for j in T.unroll(nb // 16 + 1):
+                        T.evaluate(
+                            prefetch_l2(
+                                xf[
+                                    (n * ci + k) * h * w
+                                    + T.min(T.min(pn * nb + nb, pixels - nb) + j * 16, pixels - 1)
+                                ]
+                            )
+                        )
+            for tile in range(co_tiles):
+                panel_tile(xf, wf, bias, residual_in, of, xp, 0, nb, n, tile, pn, start)
 
     @T.prim_func
     def kernel(
@@ -301,61 +379,29 @@ def _kernel(
         if strided:
             for row in loop(batch * ci * oh):
                 decimate(x_used, row * ow, xf, (row // oh * h + row % oh * sh) * w)
-        for t in loop(batch * groups * co_tiles):
-            n: T.let = t // (groups * co_tiles)
-            group: T.let = t % groups if cotile else t // co_tiles % groups
-            tile: T.let = t // groups % co_tiles if cotile else t % co_tiles
-            # the last group is the last two panels, one after the other (OVERLAP_OWNERSHIP)
-            for pn in range(
-                group, group + 1 + (T.Cast("int32", group == groups - 1) if merged else 0)
-            ):
-                start: T.let = T.min(pn * nb, pixels - nb)
-                acc = T.alloc_buffer((mr * nb,), "float32", scope="local")
-                for i in T.unroll(mr):
-                    acc[vec(i * nb)] = bcast(T.float32(0))
-                for k in range(ci):
-                    if prefetch:
-                        T.evaluate(prefetch_l2(wf[T.min(((tile + 1) * ci + k) * mr, last_weight)]))
-                    if prefetch_input and tile < nb // 16:  # the next panel, a line a tile
-                        T.evaluate(
-                            prefetch_l2(
-                                xf[
-                                    (n * ci + k) * h * w
-                                    + T.min(pn * nb + nb, pixels - nb)
-                                    + tile * 16
-                                ]
-                            )
-                        )
-                    for i in T.unroll(mr):
-                        acc[vec(i * nb)] = acc[vec(i * nb)] + bcast(
-                            wf[(tile * ci + k) * mr + i]
-                        ) * panel_row(x_used, xf, n, k, start)
-                for i in T.unroll(mr):
-                    if tile * mr + i < co:
-                        c: T.let = tile * mr + i
-                        at: T.let = (n * co + c) * pixels + start
-                        value: T.let = acc[vec(i * nb)]
-                        if residual:
-                            rf = T.decl_buffer(
-                                (batch * co * pixels,), "float32", data=residual_in.data
-                            )
-                            of[vec(at)] = _epilogue(
-                                plus_bias(value, bcast(bias[c]), has_bias) + rf[vec(at)],
-                                in_registers,
-                                nb,
-                            )
-                        else:
-                            of[vec(at)] = _epilogue(
-                                plus_bias(value, bcast(bias[c]), has_bias), in_registers, nb
-                            )
-                if in_registers != activation:  # the heavy activation, over the tile in L1
-                    for i in range(mr):
-                        if tile * mr + i < co:
-                            row: T.let = (n * co + tile * mr + i) * pixels + start
-                            for u in range(nb // piece):
-                                of[run(row + u * piece, piece)] = _epilogue(
-                                    of[run(row + u * piece, piece)], activation, piece
-                                )
+        if pack:
+            for t in loop(batch * groups):
+                packed_panel(xf, wf, bias, residual_in, of, t)
+        else:
+            for t in loop(batch * groups * co_tiles):
+                n: T.let = t // (groups * co_tiles)
+                group: T.let = t % groups if cotile else t // co_tiles % groups
+                tile: T.let = t // groups % co_tiles if cotile else t % co_tiles
+                # the last group is the last two panels, one after the other (OVERLAP_OWNERSHIP)
+                for pn in range(
+                    group, group + 1 + (T.Cast("int32", group == groups - 1) if merged else 0)
+                ):
+                    start: T.let = T.min(pn * nb, pixels - nb)
+                    if strided:
+                        panel_tile(
+                            xf, wf, bias, residual_in, of, x_used, n * ci * pixels + start, pixels,
+                            n, tile, pn, start,
+                        )  # fmt: skip
+                    else:
+                        panel_tile(
+                            xf, wf, bias, residual_in, of, xf, n * ci * h * w + start, h * w,
+                            n, tile, pn, start,
+                        )  # fmt: skip
 
     return kernel
 

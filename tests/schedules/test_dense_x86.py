@@ -562,6 +562,52 @@ def test_winograd_blocks_of_panels(monkeypatch, x_shape, co, padding, tile):
     np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("out_tile", [2, 4])
+@pytest.mark.parametrize(
+    "x_shape, co, padding",
+    [
+        ((3, 5, 20, 40), 7, (1, 1, 1, 1)),  # rows of 10-20 tiles: one or two panels a row
+        ((3, 4, 12, 14), 6, (0, 1, 1, 0)),  # short rows stacked into a panel
+    ],
+)
+def test_winograd_plane_ring_wraps_across_blocks_and_samples(
+    monkeypatch, x_shape, co, padding, out_tile, parallel
+):
+    """The planes are a ring of the rows one block reads, filled block by block: with tiny
+    blocks the ring wraps many times and crosses samples, and the conv is unchanged."""
+    from tvm_sparse.schedules import winograd_conv_x86 as wg
+
+    monkeypatch.setattr(wg, "WINOGRAD_BLOCK_BYTES", 1)  # blocks of `vectors` panels
+    n, _, h, w_in = x_shape
+    top, left, bottom, right = padding
+    oh, ow = h + top + bottom - 2, w_in + left + right - 2
+    th, tw = -(-oh // out_tile), -(-ow // out_tile)
+    _, stack, per_row, tpanels = wg.panel_layout(th, tw, 16)
+    rows = out_tile * tpanels * stack + 2
+    assert wg.plane_ring(n, th, tw, 16, out_tile, 2) < n * rows  # it wraps
+    rng = np.random.default_rng(8)
+    wt = rng.standard_normal((co, x_shape[1], 3, 3), dtype=np.float32)
+    b = rng.standard_normal(co, dtype=np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    conv = ConvAttrs((1, 1), padding)
+    call = wg.winograd_conv2d(
+        x_shape, wt, b, conv, "relu", TARGET, lanes=16, tile=(8, 2), parallel=parallel,
+        out_tile=out_tile,
+    )  # fmt: skip
+    ref = _ref_conv(x, wt, b, (1, 1), padding, (1, 1), 1, "relu")
+    np.testing.assert_allclose(run_kernel(call, TARGET, x), ref, rtol=1e-4, atol=2e-4)
+
+
+def test_winograd_plane_ring_holds_a_blocks_rows():
+    from tvm_sparse.schedules.winograd_conv_x86 import plane_ring
+
+    # 147x147 outputs by F(4x4): 37 tile rows of 3 panels; 4 panels span at most 2 tile rows
+    assert plane_ring(1, 37, 37, 16, 4, 4) == 2 * 4 + 2 + 1
+    assert plane_ring(1, 37, 37, 16, 4, 111) == 4 * 37 + 2  # one block: every row, no wrap
+    assert plane_ring(2, 37, 37, 16, 4, 222) == 2 * (4 * 37 + 2)
+
+
 def test_winograd_block_fits_the_budget():
     from tvm_sparse.schedules.winograd_conv_x86 import WINOGRAD_BLOCK_BYTES, winograd_block
 

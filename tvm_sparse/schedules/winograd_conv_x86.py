@@ -17,7 +17,10 @@ The kernel, per sample and in NCHW (no layout change outside), ``m`` the output 
 
 0. **Planes**: the zero-padded input split by column modulo ``m``, ``plane[c, f, r, q] =
    xpad[c, r, m q + f]``, so the columns ``m tx + j`` of a tile are ``plane[c, j % m, r, tx +
-   j // m]``: unit-stride vector loads over ``lanes`` horizontally adjacent tiles.
+   j // m]``: unit-stride vector loads over ``lanes`` horizontally adjacent tiles. Only the
+   rows one block of panels reads are kept, a ring filled block by block (``plane_ring``):
+   whole-image planes went to memory and back (32 channels at 149x149: 1947 -> 1681 us
+   alone, 80 at 73x73 6363 -> 5367, Intel Xeon AVX-512).
 1. **Input transform**: ``V = B^T d B`` for every tile and channel, stored as (m+2)^2 GEMM
    operands ``V[p][panel][c][lanes]``, a panel being ``lanes`` adjacent tiles of one row.
 2. **(m+2)^2 GEMMs** ``M[p][k][tile] = sum_c U[p][k][c] * V[p][c][tile]``: the register
@@ -165,7 +168,12 @@ def winograd_kernel(
     # after it) or, past the last row, into ``lanes`` floats of slack
     rows, cols = mt * tpanels * stack + 2, per_row * sub + 1
     row_vectors = -(-cols // lanes)
-    plane = rows * cols + lanes
+    # the planes hold a ring of ``ring`` plane rows (global row G = sample * rows + row at
+    # G % ring), filled block by block with the rows the block's panels read first
+    # (``plane_ring``): a whole image's planes were written to memory and read back (2.9 MB
+    # for 32 channels at 149x149), a ring of a block's rows stays in L2
+    ring = plane_ring(bn, th, tw, lanes, mt, block)
+    plane = ring * cols + lanes
     padded_row = mt * row_vectors * lanes  # a zero-padded input row: every column read
     concat = list(range(lanes))
     hb = int(has_bias)
@@ -195,16 +203,52 @@ def winograd_kernel(
 
     copy_row = row_copy_macro(wd, 1, L)
 
+    def ring_row(nb, row):
+        """Where plane row ``row`` of sample ``nb`` sits in the ring (in floats)."""
+        return (nb * rows + row) % ring * cols
+
     def tile_value(planes, nb, c_in, ty, tx0, k, j):
         """Row ``k``, column ``j`` of the input tiles of a panel: one vector of ``L`` tiles
         (``stack`` rows of ``sub`` tiles where rows are short)."""
-        first = ((nb * ci + c_in) * mt + j % mt) * plane + j // mt
+        first = (c_in * mt + j % mt) * plane + j // mt
         if stack == 1:
-            return planes[vec(first + (mt * ty + k) * cols + tx0)]
+            return planes[vec(first + ring_row(nb, mt * ty + k) + tx0)]
         return T.Shuffle(
-            [planes[T.ramp(first + (mt * (ty + r) + k) * cols, 1, sub)] for r in range(stack)],
+            [planes[T.ramp(first + ring_row(nb, mt * (ty + r) + k), 1, sub)] for r in range(stack)],
             concat,
         )
+
+    def rows_needed(blk):
+        """One past the last global plane row the panels of blocks ``0..blk`` read."""
+        g = T.min((blk + 1) * block, panels) - 1
+        ty = g // per_row % tpanels * stack
+        return g // (tpanels * per_row) * rows + mt * (ty + stack - 1) + alpha
+
+    @T.macro
+    def fill_rows(xf, planes, prow, chan, lo, hi):
+        """Global plane rows ``lo..hi - 1`` of input channel ``chan``: each input row is copied
+        into a zero-padded row, whose columns f, f + mt, ... are one shuffle of mt contiguous
+        vectors per plane vector. Two padded rows take turns, so a row is shuffled an
+        iteration after its copy (read right after its unaligned stores, the first loads
+        waited on store forwarding)."""
+        for r in range(lo, hi + 1):
+            if r < hi:  # row r into padded row r % 2
+                at: T.let = r % 2 * padded_row + left
+                in_row: T.let = r % rows - top
+                if in_row >= 0 and in_row < h:
+                    copy_row(prow, at, xf, ((r // rows * ci + chan) * h + in_row) * wd)
+                else:
+                    for e in T.vectorized(wd):
+                        prow[at + e] = T.float32(0)
+            if r > lo:  # row r - 1 into the planes
+                src: T.let = (r - 1) % 2 * padded_row
+                dst: T.let = (r - 1) % ring * cols
+                for f in T.unroll(mt):
+                    for q in range(row_vectors):
+                        planes[vec((chan * mt + f) * plane + dst + q * L)] = T.Shuffle(
+                            [prow[T.ramp(src + q * L * mt, 1, L * mt)]],
+                            [f + mt * i for i in range(L)],
+                        )
 
     @T.macro
     def transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, e):
@@ -235,37 +279,29 @@ def winograd_kernel(
         xf = T.decl_buffer((bn * ci * h * wd,), "float32", data=x.data)
         yf = T.decl_buffer((bn * o * oh * ow,), "float32", data=y.data)
         rf = T.decl_buffer((res_size,), "float32", data=res.data)
-        planes = T.alloc_buffer((bn * ci * mt * plane,), "float32", scope="global")
+        planes = T.alloc_buffer((ci * mt * plane,), "float32", scope="global")
         v = T.alloc_buffer((ops * block * ci * L,), "float32", scope="global")
         m = T.alloc_buffer((ops * groups * mr * block * L,), "float32", scope="global")
-        # 0. the zero-padded input split by column modulo the tile side: each input row is
-        # copied into a zero-padded row, whose columns f, f + mt, ... are one shuffle of mt
-        # contiguous vectors per plane vector. Two padded rows take turns, so a row is
-        # shuffled an iteration after its copy (read right after its unaligned stores, the
-        # first loads waited on store forwarding)
-        for nc in loop(bn * ci):
-            prow = T.alloc_buffer((2 * padded_row,), "float32", scope="global")
+        # the padded rows' pad columns stay zero: each copy writes the input's columns only
+        prow0 = T.alloc_buffer((2 * padded_row if not parallel else 1,), "float32")
+        if not parallel:
             for e in range(2 * padded_row // L):
-                prow[vec(e * L)] = T.broadcast(T.float32(0), L)
-            for r in range(rows + 1):
-                if r < rows:  # row r into padded row r % 2
-                    at: T.let = r % 2 * padded_row + left
-                    if r >= top and r - top < h:
-                        copy_row(prow, at, xf, (nc * h + r - top) * wd)
-                    else:
-                        for e in T.vectorized(wd):
-                            prow[at + e] = T.float32(0)
-                if r > 0:  # row r - 1 into the planes
-                    src: T.let = (r - 1) % 2 * padded_row
-                    for f in T.unroll(mt):
-                        for q in range(row_vectors):
-                            planes[vec((nc * mt + f) * plane + (r - 1) * cols + q * L)] = T.Shuffle(
-                                [prow[T.ramp(src + q * L * mt, 1, L * mt)]],
-                                [f + mt * i for i in range(L)],
-                            )
-        # stages 1-3 block by block of panels, so the transformed tiles (V) and the GEMM
-        # outputs (M) of one block stay in L2 (``winograd_block``)
+                prow0[vec(e * L)] = T.broadcast(T.float32(0), L)
+        # stages 0-3 block by block of panels, so the block's plane rows, transformed tiles
+        # (V) and GEMM outputs (M) stay in L2 (``winograd_block``, ``plane_ring``)
         for blk in range(nblocks):
+            # 0. the plane rows this block reads first: the zero-padded input split by column
+            # modulo the tile side
+            lo: T.let = T.if_then_else(blk == 0, 0, rows_needed(blk - 1))
+            hi: T.let = rows_needed(blk)
+            for chan in loop(ci):
+                if parallel:
+                    prow = T.alloc_buffer((2 * padded_row,), "float32", scope="global")
+                    for e in range(2 * padded_row // L):
+                        prow[vec(e * L)] = T.broadcast(T.float32(0), L)
+                    fill_rows(xf, planes, prow, chan, lo, hi)
+                else:
+                    fill_rows(xf, planes, prow0, chan, lo, hi)
             # 1. input transform, one panel of `lanes` tiles and one channel at a time: F(4x4)
             # a row of s at a time (``transform_row``); F(2x2)'s 16-vector tile fits in
             # registers, and read again per row its stacked rows' shuffles cost 2-8%
@@ -411,6 +447,26 @@ def winograd_kernel(
 # V and M of one block of panels: at most this many bytes (half the smallest L2 of the CPUs
 # measured), so stages 1-3 pass them through L2 instead of L3 or memory
 WINOGRAD_BLOCK_BYTES = 512 << 10
+
+
+def plane_ring(batch: int, th: int, tw: int, lanes: int, mt: int, block: int) -> int:
+    """Plane rows the kernel keeps (a ring): the most that one block of ``block`` panels
+    reads, from its first panel's first row to its last panel's last (global rows: sample *
+    rows + row), plus one, so that a row's last vector spilling into the next ring row never
+    lands on a row the block still reads. At most every row of the batch (no wrap)."""
+    sub, stack, per_row, tpanels = panel_layout(th, tw, lanes)
+    rows = mt * tpanels * stack + 2
+    panels = batch * tpanels * per_row
+
+    def row_of(g: int, last: bool) -> int:
+        ty = g // per_row % tpanels * stack
+        first_row = g // (tpanels * per_row) * rows + mt * ty
+        return first_row + mt * (stack - 1) + mt + 2 if last else first_row
+
+    window = max(
+        row_of(min(b + block, panels) - 1, True) - row_of(b, False) for b in range(0, panels, block)
+    )
+    return min(window + 1, batch * rows)
 
 
 def winograd_block(

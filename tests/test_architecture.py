@@ -32,6 +32,7 @@ LAYERS = [
         "phases",
         "context",
         "run_guards",
+        "huge_pages",
         "peers",
     ),
     ("ir",),

@@ -17,6 +17,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from . import huge_pages
 from .errors import ArtifactError, RunError, RunInputError, error_detail
 from .frontend import TensorSpec
 from .phases import PhaseTimes
@@ -67,7 +68,10 @@ class CompiledModule:
                     "(export it and run it where one is)"
                 )
             vm = relax.VirtualMachine(self.executable, self.device)
-            self._vm_main = vm["main"]  # looked up once: a lookup costs ~18 us
+            main = vm["main"]  # looked up once: a lookup costs ~18 us
+            if huge_pages.wanted(self.device):  # the weights on 2 MiB pages after a first run
+                main = huge_pages.collapse_on_first_call(self.executable, self.device, main)
+            self._vm_main = main
         return self._vm_main
 
     # -- running ---------------------------------------------------------------------------

@@ -168,6 +168,32 @@ def implicit_gemm_kernel(
         return splat(value, mr)
 
     @T.macro
+    def reduce_step(acc, wf, x_nhwc, panel, n, g, y, z0, rh, rw, rc, step):
+        """Reduction step (tap ``rh, rw``, channel ``rc``) of a tile: the next panel's weights
+        prefetched, a line every so many of the panel's steps (``step`` of them, see
+        ``spread_offset``), then ``mr`` pixels x ``nb`` channels of FMAs."""
+        k: T.let = (rh * kw + rw) * ci_g + rc
+        if prefetch:
+            T.evaluate(
+                prefetch_l2(
+                    wf[
+                        T.min(
+                            (panel + 1) * reduce * nb
+                            + spread_offset(step, batch * tiles * reduce, reduce * nb),
+                            last_weight,
+                        )
+                    ]
+                )
+            )
+        pixel: T.let = ((n * hp + y * sh + rh * dh) * wp + z0 * sw + rw * dw) * ci + g * ci_g + rc
+        for i in T.unroll(mr):
+            acc[T.ramp(i * nb, 1, nb)] = (
+                acc[T.ramp(i * nb, 1, nb)]
+                + T.broadcast(x_nhwc[pixel + offset(i)], nb)
+                * wf[T.ramp((panel * reduce + k) * nb, 1, nb)]
+            )
+
+    @T.macro
     def store_tile(of, bias, acc, g, c0, n, y, z0):
         """The tile's accumulators, each channel's ``mr`` pixels gathered into one vector, with
         bias and activation, into NCHW from output pixel (``y``, ``z0``)."""
@@ -251,35 +277,10 @@ def implicit_gemm_kernel(
                                     T.ramp((tt * mr + i) * nb, 1, nb)
                                 ]
                         for kk in range(kc):
-                            k: T.let = (rh * kw + rw) * ci_g + rc0 + kk
-                            if prefetch:  # the next panel's weights, spread over this one's steps
-                                T.evaluate(
-                                    prefetch_l2(
-                                        wf[
-                                            T.min(
-                                                (panel + 1) * reduce * nb
-                                                + spread_offset(
-                                                    ((n * chunks + chunk) * tiles + tt) * kc + kk,
-                                                    batch * tiles * reduce,
-                                                    reduce * nb,
-                                                ),
-                                                last_weight,
-                                            )
-                                        ]
-                                    )
-                                )
-                            pixel: T.let = (
-                                ((n * hp + y * sh + rh * dh) * wp + z0 * sw + rw * dw) * ci
-                                + g * ci_g
-                                + rc0
-                                + kk
-                            )
-                            for i in T.unroll(mr):
-                                acc[T.ramp(i * nb, 1, nb)] = (
-                                    acc[T.ramp(i * nb, 1, nb)]
-                                    + T.broadcast(x_nhwc[pixel + offset(i)], nb)
-                                    * wf[T.ramp((panel * reduce + k) * nb, 1, nb)]
-                                )
+                            reduce_step(
+                                acc, wf, x_nhwc, panel, n, g, y, z0, rh, rw, rc0 + kk,
+                                ((n * chunks + chunk) * tiles + tt) * kc + kk,
+                            )  # fmt: skip
                         if chunk < chunks - 1:
                             for i in T.unroll(mr):
                                 partial[T.ramp((tt * mr + i) * nb, 1, nb)] = acc[
@@ -302,34 +303,10 @@ def implicit_gemm_kernel(
                 for rh in range(rows_from(y), rows_to(y)):
                     for rw in range(cols_from(z0), cols_to(z0)):
                         for rc in range(ci_g):
-                            k: T.let = (rh * kw + rw) * ci_g + rc
-                            if prefetch:  # the next panel's weights, spread over its tiles
-                                T.evaluate(
-                                    prefetch_l2(
-                                        wf[
-                                            T.min(
-                                                (panel + 1) * reduce * nb
-                                                + spread_offset(
-                                                    t % (batch * tiles) * reduce + k,
-                                                    batch * tiles * reduce,
-                                                    reduce * nb,
-                                                ),
-                                                last_weight,
-                                            )
-                                        ]
-                                    )
-                                )
-                            pixel: T.let = (
-                                ((n * hp + y * sh + rh * dh) * wp + z0 * sw + rw * dw) * ci
-                                + g * ci_g
-                                + rc
-                            )
-                            for i in T.unroll(mr):
-                                acc[T.ramp(i * nb, 1, nb)] = (
-                                    acc[T.ramp(i * nb, 1, nb)]
-                                    + T.broadcast(x_nhwc[pixel + offset(i)], nb)
-                                    * wf[T.ramp((panel * reduce + k) * nb, 1, nb)]
-                                )
+                            reduce_step(
+                                acc, wf, x_nhwc, panel, n, g, y, z0, rh, rw, rc,
+                                t % (batch * tiles) * reduce + (rh * kw + rw) * ci_g + rc,
+                            )  # fmt: skip
                 store_tile(of, bias, acc, g, c0, n, y, z0)
 
     return finish(without_params(kernel, set() if has_bias else {"bias"}))

@@ -911,7 +911,7 @@ def test_winograd_random_shapes_match_numpy(seed):
 @pytest.mark.parametrize(
     "x_shape, co, tiling",
     [
-        ((2, 40, 7, 9), 20, GemmTiling(mr=12, nb=32)),  # 63-float rows, two samples, parallel
+        ((2, 40, 7, 9), 20, GemmTiling(mr=12, nb=32, parallel=False)),  # 63-float rows, 2 samples
         ((1, 24, 5, 5), 30, GemmTiling(mr=8, nb=16, parallel=False)),  # 25 pixels, co tail
         # 1.25 MB, rows of 1225 floats: the copy prefetches the next panel's lines
         ((1, 256, 35, 35), 48, GemmTiling(mr=12, nb=32, parallel=False)),
@@ -940,12 +940,24 @@ def test_pointwise_panel_copies_unaligned_rows_to_an_aligned_scratch(
     assert aligned_panel(conv_geometry(x_shape, w.shape, conv), "panel")
     call = dense_conv2d(x_shape, w, b, conv, activation, TARGET, tiling=tiling,
                         pointwise_order="panel")  # fmt: skip
+    assert "xp = T.alloc_buffer" in call.func.script()  # the aligned scratch
     spec = {**json.loads(str(call.func.attrs[SPEC_ATTR])), "residual": residual}
     consts = [pointwise_weight(w, spec), b] + ([shortcut] if residual else [])
     built = dataclasses.replace(call, func=pointwise_kernel(spec), consts=tuple(consts))
     ref = _ref_conv(x, w, b, (1, 1), (0, 0, 0, 0), (1, 1), 1, None)
     ref = _act(ref + shortcut if residual else ref, activation)
     np.testing.assert_allclose(run_kernel(built, TARGET, x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_panels_are_not_copied_by_parallel_kernels():
+    """A copied panel is one task for all its channel tiles: on several threads the kernel
+    keeps one task per (panel, channel tile)."""
+    w = np.ones((64, 32, 1, 1), np.float32)
+    for parallel, copied in ((False, True), (True, False)):
+        tiling = GemmTiling(mr=12, nb=32, parallel=parallel)
+        call = dense_conv2d((1, 32, 13, 13), w, None, ConvAttrs(), None, TARGET, tiling=tiling,
+                            pointwise_order="panel")  # fmt: skip
+        assert ("xp = T.alloc_buffer" in call.func.script()) == copied
 
 
 def test_pointwise_panel_copies_only_unaligned_stride_1_rows():

@@ -274,8 +274,10 @@ def _kernel(
     stage_input = prefetch_input and input_bytes <= STAGE_MAX_INPUT_BYTES
     # channel rows that do not start on a cache line (35x35: 1225 floats) made most nb-pixel
     # loads split across lines, in every channel tile: the panel's ci x nb pixels are first
-    # copied to an aligned scratch, once per panel (``aligned_panel``)
-    pack = aligned_panel(geo, order)
+    # copied to an aligned scratch, once per panel (``aligned_panel``). One thread only: a
+    # packed panel is one task for all its channel tiles, and small images have few panels
+    # (13x13: 6, where the unpacked form has 6 x Co / mr tasks for the threads to share)
+    pack = aligned_panel(geo, order) and not parallel
     tile_prefetch = prefetch_input and not pack  # packed: the copy prefetches instead
     # a heavy activation with an overlapping last panel: one task runs the last two panels
     merged = in_registers != activation and panels > 1 and pixels % nb != 0

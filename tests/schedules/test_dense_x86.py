@@ -873,7 +873,9 @@ def test_pointwise_chunks_need_the_channels_form_and_a_divisor():
     from tvm_sparse.schedules.pointwise_conv_x86 import SPEC_ATTR, pointwise_kernel
 
     w = np.zeros((16, 256, 1, 1), np.float32)
-    call = dense_conv2d((1, 256, 7, 7), w, target=TARGET, pointwise_order="channels")
+    tiling = GemmTiling(mr=7, nb=32, parallel=False)
+    call = dense_conv2d((1, 256, 7, 7), w, target=TARGET, tiling=tiling,
+                        pointwise_order="channels")  # fmt: skip
     spec = json.loads(str(call.func.attrs[SPEC_ATTR]))
     assert spec["kc"] == 128  # the default: 256 input channels, two chunks
     with pytest.raises(ValueError, match="divide"):
@@ -958,6 +960,23 @@ def test_pointwise_panels_are_not_copied_by_parallel_kernels():
         call = dense_conv2d((1, 32, 13, 13), w, None, ConvAttrs(), None, TARGET, tiling=tiling,
                             pointwise_order="panel")  # fmt: skip
         assert ("xp = T.alloc_buffer" in call.func.script()) == copied
+
+
+def test_pointwise_chunks_on_several_threads_only_where_the_panels_share_evenly():
+    """A chunked channels-form task is a whole channel panel: on several threads the kernel
+    chunks only where the panels divide among the threads (3 panels on 2 threads: no)."""
+    from tvm_sparse.schedules.dense_x86 import conv_geometry
+    from tvm_sparse.schedules.pointwise_conv_x86 import default_channel_chunk
+
+    def chunk(co, threads, batch=1):
+        geo = conv_geometry((batch, 768, 17, 17), (co, 768, 1, 1), ConvAttrs())
+        return default_channel_chunk(geo, "channels", 64, threads)
+
+    assert chunk(192, 1) == 128  # one thread: always
+    assert chunk(192, 2) == 0  # 3 panels
+    assert chunk(128, 2) == 128  # 2 panels
+    assert chunk(192, 2, batch=2) == 128  # 6 tasks
+    assert chunk(256, 16) == 0
 
 
 def test_pointwise_panel_copies_only_unaligned_stride_1_rows():

@@ -319,7 +319,9 @@ def dense_conv2d(
                 geo, isa.lanes, num_cores(target), isa.zmm_split
             )
             pointwise_order = pointwise_order or default_order
-        spec = pointwise_spec(geo, tiling, bias is not None, activation, pointwise_order)
+        spec = pointwise_spec(
+            geo, tiling, bias is not None, activation, pointwise_order, num_cores(target)
+        )
         func = pointwise_kernel(spec)
         consts = [pointwise_weight(weight, spec)]
         info.update(tiling=tiling, layout="pointwise", order=spec["order"])

@@ -184,6 +184,10 @@ def winograd_kernel(
     res_shape = (bn, o, oh, ow) if residual else (1,)
     res_size = bn * o * oh * ow if residual else 1
     loop = T.parallel if parallel else T.serial
+    # on several threads, enough blocks run one a thread, each filling its own planes (a
+    # parallel loop per stage and block synchronized the threads four times a block)
+    by_block = parallel and nblocks >= BLOCKS_PER_THREAD_MIN
+    stage_loop = T.serial if by_block else loop
     last_u = ops * groups * mr * ci - 1
     # the transformed weights, prefetched a channel group ahead when big (see _prefetch)
     prefetch = wants_prefetch(4 * ops * groups * mr * ci, parallel)
@@ -217,6 +221,11 @@ def winograd_kernel(
             [planes[T.ramp(first + ring_row(nb, mt * (ty + r) + k), 1, sub)] for r in range(stack)],
             concat,
         )
+
+    def rows_from(blk):
+        """The first global plane row the panels of block ``blk`` read."""
+        g = blk * block
+        return g // (tpanels * per_row) * rows + mt * (g // per_row % tpanels * stack)
 
     def rows_needed(blk):
         """One past the last global plane row the panels of blocks ``0..blk`` read."""
@@ -268,6 +277,156 @@ def winograd_kernel(
             v[vec((alpha * e + 4) * stride + base)] = _input_row(mt, 4, s_e, c)
             v[vec((alpha * e + 5) * stride + base)] = _input_row(mt, 5, s_e, c)
 
+    @T.macro
+    def block_stages(xf, yf, rf, u, bias, planes, v, m, prow, blk, lo):
+        """Block ``blk`` of panels, stages 0-3: its plane rows from global row ``lo`` on
+        (``prow``: a zero-padded row pair, or a placeholder where each channel takes its
+        own), the input transform, the GEMMs and the output transform."""
+        # 0. the plane rows this block reads first: the zero-padded input split by column
+        # modulo the tile side
+        hi: T.let = rows_needed(blk)
+        for chan in stage_loop(ci):
+            if parallel and not by_block:
+                prow_c = T.alloc_buffer((2 * padded_row,), "float32", scope="global")
+                for e in range(2 * padded_row // L):
+                    prow_c[vec(e * L)] = T.broadcast(T.float32(0), L)
+                fill_rows(xf, planes, prow_c, chan, lo, hi)
+            else:
+                fill_rows(xf, planes, prow, chan, lo, hi)
+        # 1. input transform, one panel of `lanes` tiles and one channel at a time: F(4x4)
+        # a row of s at a time (``transform_row``); F(2x2)'s 16-vector tile fits in
+        # registers, and read again per row its stacked rows' shuffles cost 2-8%
+        for gc in stage_loop(block * ci):
+            g: T.let = blk * block + gc // ci
+            c_in: T.let = gc % ci
+            base: T.let = gc * L  # the panel in the block, channel c_in
+            stride: T.let = block * ci * L
+            if g < panels:
+                nb: T.let = g // (tpanels * per_row)
+                ty: T.let = g // per_row % tpanels * stack
+                tx0: T.let = g % per_row * L
+                if wide:  # F(4x4): a row of s at a time, from the planes
+                    srow = T.alloc_buffer((alpha * L,), "float32", scope="local")
+                    transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 0)
+                    transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 1)
+                    transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 2)
+                    transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 3)
+                    transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 4)
+                    transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 5)
+                else:  # F(2x2): the 16-vector tile, s, then V
+                    d = T.alloc_buffer((ops * L,), "float32", scope=scratch)
+                    s = T.alloc_buffer((ops * L,), "float32", scope=scratch)
+                    for i in T.unroll(alpha):
+                        for j in T.unroll(alpha):
+                            d[vec((i * alpha + j) * L)] = tile_value(
+                                planes, nb, c_in, ty, tx0, i, j
+                            )
+                    for j in T.unroll(alpha):  # rows: s = BT d, column j
+                        col = T.meta_var([d[vec((k * alpha + j) * L)] for k in range(alpha)])
+                        s[vec(j * L)] = _input_row(mt, 0, col, c)
+                        s[vec((alpha + j) * L)] = _input_row(mt, 1, col, c)
+                        s[vec((2 * alpha + j) * L)] = _input_row(mt, 2, col, c)
+                        s[vec((3 * alpha + j) * L)] = _input_row(mt, 3, col, c)
+                    for e in T.unroll(alpha):  # columns: V = s BT^T, operand alpha e + u
+                        row_e = T.meta_var([s[vec((e * alpha + k) * L)] for k in range(alpha)])
+                        v[vec((alpha * e) * stride + base)] = _input_row(mt, 0, row_e, c)
+                        v[vec((alpha * e + 1) * stride + base)] = _input_row(mt, 1, row_e, c)
+                        v[vec((alpha * e + 2) * stride + base)] = _input_row(mt, 2, row_e, c)
+                        v[vec((alpha * e + 3) * stride + base)] = _input_row(mt, 3, row_e, c)
+            else:  # past the last panel: zero operands
+                for e in T.unroll(ops):
+                    v[vec(e * stride + base)] = T.broadcast(T.float32(0), L)
+        # 2. one GEMM per operand: mr output channels x `vectors` panels per register tile
+        for task in stage_loop(ops * (block // vectors) * groups):
+            p: T.let = task // ((block // vectors) * groups)
+            go: T.let = task // groups % (block // vectors)
+            io: T.let = task % groups
+            acc = T.alloc_buffer((mr * vectors * L,), "float32", scope="global")
+            for a in T.unroll(mr * vectors):
+                acc[vec(a * L)] = T.broadcast(T.float32(0), L)
+            for ch in range(ci):
+                if prefetch:  # the next channel group's transformed weights
+                    T.evaluate(
+                        prefetch_l2(u[T.min(((p * groups + io + 1) * ci + ch) * mr, last_u)])
+                    )
+                for r in T.unroll(mr):
+                    ww: T.let = T.broadcast(u[((p * groups + io) * ci + ch) * mr + r], L)
+                    for w in T.unroll(vectors):
+                        acc[vec((r * vectors + w) * L)] = (
+                            acc[vec((r * vectors + w) * L)]
+                            + ww * v[vec(((p * block + go * vectors + w) * ci + ch) * L)]
+                        )
+            for r in T.unroll(mr):
+                for w in T.unroll(vectors):
+                    m[vec(((p * groups * mr + io * mr + r) * block + go * vectors + w) * L)] = acc[
+                        vec((r * vectors + w) * L)
+                    ]
+        # 3. output transform, bias, activation; the tiles' rows zipped into output rows
+        for kg in stage_loop(o * block):
+            k: T.let = kg // block
+            g: T.let = blk * block + kg % block
+            if g < panels:  # the last block's tail
+                nb: T.let = g // (tpanels * per_row)
+                ty: T.let = g // per_row % tpanels * stack
+                col0: T.let = g % per_row * seg
+                t = T.alloc_buffer((mt * alpha * L,), "float32", scope=scratch)
+                row = T.alloc_buffer((seg,), "float32", scope=scratch)
+                mk: T.let = (k * block + kg % block) * L
+                mstride: T.let = groups * mr * block * L
+                for e in T.unroll(alpha):  # t = AT M, column e
+                    m_e = T.meta_var([m[vec((i * alpha + e) * mstride + mk)] for i in range(alpha)])
+                    t[vec(e * L)] = _output_row(mt, 0, m_e, c)
+                    t[vec((alpha + e) * L)] = _output_row(mt, 1, m_e, c)
+                    if wide:
+                        t[vec((2 * alpha + e) * L)] = _output_row(mt, 2, m_e, c)
+                        t[vec((3 * alpha + e) * L)] = _output_row(mt, 3, m_e, c)
+                bv: T.let = T.broadcast(bias[k * hb], seg)
+                for a in T.unroll(mt):  # output row a of every tile: Y = t AT^T
+                    t_a = T.meta_var([t[vec((a * alpha + e) * L)] for e in range(alpha)])
+                    zipped: T.let = (
+                        T.Shuffle([_output_row(mt, b, t_a, c) for b in range(mt)], zip_idx) + bv
+                    )
+                    if stack == 1:
+                        out_r: T.let = mt * ty + a
+                        if out_r < oh:
+                            out: T.let = ((nb * o + k) * oh + out_r) * ow + col0
+                            if col0 + seg <= ow:
+                                if residual:
+                                    yf[T.ramp(out, 1, seg)] = _epilogue(
+                                        zipped + rf[T.ramp(out, 1, seg)], activation, seg
+                                    )
+                                else:
+                                    yf[T.ramp(out, 1, seg)] = _epilogue(zipped, activation, seg)
+                            else:
+                                row[T.ramp(0, 1, seg)] = zipped
+                                for e in range(ow - col0):
+                                    if residual:
+                                        yf[out + e] = _epilogue(row[e] + rf[out + e], activation)
+                                    else:
+                                        yf[out + e] = _epilogue(row[e], activation)
+                    else:  # `stack` output row segments of mt * sub, one per tile row
+                        if residual:
+                            row[T.ramp(0, 1, seg)] = zipped
+                        else:
+                            row[T.ramp(0, 1, seg)] = _epilogue(zipped, activation, seg)
+                        for r in T.unroll(stack):
+                            stacked_r: T.let = mt * (ty + r) + a
+                            if stacked_r < oh:  # its first ow outputs, one vector
+                                at: T.let = ((nb * o + k) * oh + stacked_r) * ow
+                                if not residual:
+                                    yf[T.ramp(at, 1, ow)] = row[T.ramp(mt * sub * r, 1, ow)]
+                                elif light or mt * sub == ow:
+                                    yf[T.ramp(at, 1, ow)] = _epilogue(
+                                        row[T.ramp(mt * sub * r, 1, ow)] + rf[T.ramp(at, 1, ow)],
+                                        activation,
+                                        ow,
+                                    )
+                                else:
+                                    for e in range(ow):
+                                        yf[at + e] = _epilogue(
+                                            row[mt * sub * r + e] + rf[at + e], activation
+                                        )
+
     @T.prim_func
     def kernel(
         x: T.Buffer((bn, ci, h, wd), "float32"),
@@ -279,171 +438,36 @@ def winograd_kernel(
         xf = T.decl_buffer((bn * ci * h * wd,), "float32", data=x.data)
         yf = T.decl_buffer((bn * o * oh * ow,), "float32", data=y.data)
         rf = T.decl_buffer((res_size,), "float32", data=res.data)
-        planes = T.alloc_buffer((ci * mt * plane,), "float32", scope="global")
-        v = T.alloc_buffer((ops * block * ci * L,), "float32", scope="global")
-        m = T.alloc_buffer((ops * groups * mr * block * L,), "float32", scope="global")
-        # the padded rows' pad columns stay zero: each copy writes the input's columns only
-        prow0 = T.alloc_buffer((2 * padded_row if not parallel else 1,), "float32")
-        if not parallel:
-            for e in range(2 * padded_row // L):
-                prow0[vec(e * L)] = T.broadcast(T.float32(0), L)
-        # stages 0-3 block by block of panels, so the block's plane rows, transformed tiles
-        # (V) and GEMM outputs (M) stay in L2 (``winograd_block``, ``plane_ring``)
-        for blk in range(nblocks):
-            # 0. the plane rows this block reads first: the zero-padded input split by column
-            # modulo the tile side
-            lo: T.let = T.if_then_else(blk == 0, 0, rows_needed(blk - 1))
-            hi: T.let = rows_needed(blk)
-            for chan in loop(ci):
-                if parallel:
-                    prow = T.alloc_buffer((2 * padded_row,), "float32", scope="global")
-                    for e in range(2 * padded_row // L):
-                        prow[vec(e * L)] = T.broadcast(T.float32(0), L)
-                    fill_rows(xf, planes, prow, chan, lo, hi)
-                else:
-                    fill_rows(xf, planes, prow0, chan, lo, hi)
-            # 1. input transform, one panel of `lanes` tiles and one channel at a time: F(4x4)
-            # a row of s at a time (``transform_row``); F(2x2)'s 16-vector tile fits in
-            # registers, and read again per row its stacked rows' shuffles cost 2-8%
-            for gc in loop(block * ci):
-                g: T.let = blk * block + gc // ci
-                c_in: T.let = gc % ci
-                base: T.let = gc * L  # the panel in the block, channel c_in
-                stride: T.let = block * ci * L
-                if g < panels:
-                    nb: T.let = g // (tpanels * per_row)
-                    ty: T.let = g // per_row % tpanels * stack
-                    tx0: T.let = g % per_row * L
-                    if wide:  # F(4x4): a row of s at a time, from the planes
-                        srow = T.alloc_buffer((alpha * L,), "float32", scope="local")
-                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 0)
-                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 1)
-                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 2)
-                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 3)
-                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 4)
-                        transform_row(planes, v, srow, nb, c_in, ty, tx0, base, stride, 5)
-                    else:  # F(2x2): the 16-vector tile, s, then V
-                        d = T.alloc_buffer((ops * L,), "float32", scope=scratch)
-                        s = T.alloc_buffer((ops * L,), "float32", scope=scratch)
-                        for i in T.unroll(alpha):
-                            for j in T.unroll(alpha):
-                                d[vec((i * alpha + j) * L)] = tile_value(
-                                    planes, nb, c_in, ty, tx0, i, j
-                                )
-                        for j in T.unroll(alpha):  # rows: s = BT d, column j
-                            col = T.meta_var([d[vec((k * alpha + j) * L)] for k in range(alpha)])
-                            s[vec(j * L)] = _input_row(mt, 0, col, c)
-                            s[vec((alpha + j) * L)] = _input_row(mt, 1, col, c)
-                            s[vec((2 * alpha + j) * L)] = _input_row(mt, 2, col, c)
-                            s[vec((3 * alpha + j) * L)] = _input_row(mt, 3, col, c)
-                        for e in T.unroll(alpha):  # columns: V = s BT^T, operand alpha e + u
-                            row_e = T.meta_var([s[vec((e * alpha + k) * L)] for k in range(alpha)])
-                            v[vec((alpha * e) * stride + base)] = _input_row(mt, 0, row_e, c)
-                            v[vec((alpha * e + 1) * stride + base)] = _input_row(mt, 1, row_e, c)
-                            v[vec((alpha * e + 2) * stride + base)] = _input_row(mt, 2, row_e, c)
-                            v[vec((alpha * e + 3) * stride + base)] = _input_row(mt, 3, row_e, c)
-                else:  # past the last panel: zero operands
-                    for e in T.unroll(ops):
-                        v[vec(e * stride + base)] = T.broadcast(T.float32(0), L)
-            # 2. one GEMM per operand: mr output channels x `vectors` panels per register tile
-            for task in loop(ops * (block // vectors) * groups):
-                p: T.let = task // ((block // vectors) * groups)
-                go: T.let = task // groups % (block // vectors)
-                io: T.let = task % groups
-                acc = T.alloc_buffer((mr * vectors * L,), "float32", scope="global")
-                for a in T.unroll(mr * vectors):
-                    acc[vec(a * L)] = T.broadcast(T.float32(0), L)
-                for ch in range(ci):
-                    if prefetch:  # the next channel group's transformed weights
-                        T.evaluate(
-                            prefetch_l2(u[T.min(((p * groups + io + 1) * ci + ch) * mr, last_u)])
-                        )
-                    for r in T.unroll(mr):
-                        ww: T.let = T.broadcast(u[((p * groups + io) * ci + ch) * mr + r], L)
-                        for w in T.unroll(vectors):
-                            acc[vec((r * vectors + w) * L)] = (
-                                acc[vec((r * vectors + w) * L)]
-                                + ww * v[vec(((p * block + go * vectors + w) * ci + ch) * L)]
-                            )
-                for r in T.unroll(mr):
-                    for w in T.unroll(vectors):
-                        m[vec(((p * groups * mr + io * mr + r) * block + go * vectors + w) * L)] = (
-                            acc[vec((r * vectors + w) * L)]
-                        )
-            # 3. output transform, bias, activation; the tiles' rows zipped into output rows
-            for kg in loop(o * block):
-                k: T.let = kg // block
-                g: T.let = blk * block + kg % block
-                if g < panels:  # the last block's tail
-                    nb: T.let = g // (tpanels * per_row)
-                    ty: T.let = g // per_row % tpanels * stack
-                    col0: T.let = g % per_row * seg
-                    t = T.alloc_buffer((mt * alpha * L,), "float32", scope=scratch)
-                    row = T.alloc_buffer((seg,), "float32", scope=scratch)
-                    mk: T.let = (k * block + kg % block) * L
-                    mstride: T.let = groups * mr * block * L
-                    for e in T.unroll(alpha):  # t = AT M, column e
-                        m_e = T.meta_var(
-                            [m[vec((i * alpha + e) * mstride + mk)] for i in range(alpha)]
-                        )
-                        t[vec(e * L)] = _output_row(mt, 0, m_e, c)
-                        t[vec((alpha + e) * L)] = _output_row(mt, 1, m_e, c)
-                        if wide:
-                            t[vec((2 * alpha + e) * L)] = _output_row(mt, 2, m_e, c)
-                            t[vec((3 * alpha + e) * L)] = _output_row(mt, 3, m_e, c)
-                    bv: T.let = T.broadcast(bias[k * hb], seg)
-                    for a in T.unroll(mt):  # output row a of every tile: Y = t AT^T
-                        t_a = T.meta_var([t[vec((a * alpha + e) * L)] for e in range(alpha)])
-                        zipped: T.let = (
-                            T.Shuffle([_output_row(mt, b, t_a, c) for b in range(mt)], zip_idx) + bv
-                        )
-                        if stack == 1:
-                            out_r: T.let = mt * ty + a
-                            if out_r < oh:
-                                out: T.let = ((nb * o + k) * oh + out_r) * ow + col0
-                                if col0 + seg <= ow:
-                                    if residual:
-                                        yf[T.ramp(out, 1, seg)] = _epilogue(
-                                            zipped + rf[T.ramp(out, 1, seg)], activation, seg
-                                        )
-                                    else:
-                                        yf[T.ramp(out, 1, seg)] = _epilogue(zipped, activation, seg)
-                                else:
-                                    row[T.ramp(0, 1, seg)] = zipped
-                                    for e in range(ow - col0):
-                                        if residual:
-                                            yf[out + e] = _epilogue(
-                                                row[e] + rf[out + e], activation
-                                            )
-                                        else:
-                                            yf[out + e] = _epilogue(row[e], activation)
-                        else:  # `stack` output row segments of mt * sub, one per tile row
-                            if residual:
-                                row[T.ramp(0, 1, seg)] = zipped
-                            else:
-                                row[T.ramp(0, 1, seg)] = _epilogue(zipped, activation, seg)
-                            for r in T.unroll(stack):
-                                stacked_r: T.let = mt * (ty + r) + a
-                                if stacked_r < oh:  # its first ow outputs, one vector
-                                    at: T.let = ((nb * o + k) * oh + stacked_r) * ow
-                                    if not residual:
-                                        yf[T.ramp(at, 1, ow)] = row[T.ramp(mt * sub * r, 1, ow)]
-                                    elif light or mt * sub == ow:
-                                        yf[T.ramp(at, 1, ow)] = _epilogue(
-                                            row[T.ramp(mt * sub * r, 1, ow)]
-                                            + rf[T.ramp(at, 1, ow)],
-                                            activation,
-                                            ow,
-                                        )
-                                    else:
-                                        for e in range(ow):
-                                            yf[at + e] = _epilogue(
-                                                row[mt * sub * r + e] + rf[at + e], activation
-                                            )
+        if by_block:  # each thread a whole block, with its own planes, V and M
+            for blk in T.parallel(nblocks):
+                planes = T.alloc_buffer((ci * mt * plane,), "float32", scope="global")
+                v = T.alloc_buffer((ops * block * ci * L,), "float32", scope="global")
+                m = T.alloc_buffer((ops * groups * mr * block * L,), "float32", scope="global")
+                prow = T.alloc_buffer((2 * padded_row,), "float32", scope="global")
+                for e in range(2 * padded_row // L):
+                    prow[vec(e * L)] = T.broadcast(T.float32(0), L)
+                block_stages(xf, yf, rf, u, bias, planes, v, m, prow, blk, rows_from(blk))
+        else:
+            planes = T.alloc_buffer((ci * mt * plane,), "float32", scope="global")
+            v = T.alloc_buffer((ops * block * ci * L,), "float32", scope="global")
+            m = T.alloc_buffer((ops * groups * mr * block * L,), "float32", scope="global")
+            # the padded rows' pad columns stay zero: each copy writes the input's columns only
+            prow = T.alloc_buffer((2 * padded_row if not parallel else 1,), "float32")
+            if not parallel:
+                for e in range(2 * padded_row // L):
+                    prow[vec(e * L)] = T.broadcast(T.float32(0), L)
+            # stages 0-3 block by block of panels, so the block's plane rows, transformed
+            # tiles (V) and GEMM outputs (M) stay in L2 (``winograd_block``, ``plane_ring``);
+            # each block fills the ring from the rows the blocks before it filled
+            for blk in range(nblocks):
+                lo: T.let = T.if_then_else(blk == 0, 0, rows_needed(blk - 1))
+                block_stages(xf, yf, rf, u, bias, planes, v, m, prow, blk, lo)
 
     return _finish(kernel).with_attr(SPEC_ATTR, json.dumps(spec))
 
 
+# the fewest blocks a parallel kernel runs one per thread (fewer: each stage in parallel)
+BLOCKS_PER_THREAD_MIN = 8
 # V and M of one block of panels: at most this many bytes (half the smallest L2 of the CPUs
 # measured), so stages 1-3 pass them through L2 instead of L3 or memory
 WINOGRAD_BLOCK_BYTES = 512 << 10

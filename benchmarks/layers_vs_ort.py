@@ -1,7 +1,7 @@
 """Each conv of a compiled model against onnxruntime's node for it, both timed inside their
-models (1 thread).
+models.
 
-    python benchmarks/layers_vs_ort.py MODEL.onnx MODULE.so [--runs 30] [--top 40]
+    python benchmarks/layers_vs_ort.py MODEL.onnx MODULE.so [--runs 30] [--top 40] [--threads 1]
 
 Why: a whole-model ratio says that a model loses, not where. onnxruntime's profiler times each
 node in its model (its own layout, NCHWc, and its own cache state), and ``tvm_sparse.profile``
@@ -11,7 +11,8 @@ convs, 1.5-2x onnxruntime's time each, were rows the whole-model number hid). Ke
 a weight shape in their name (Winograd, fused, pooling) and onnxruntime's other nodes are
 listed unmatched, largest first.
 
-Build the module for one thread (``TVM_NUM_THREADS=1 tvm-sparse compile ...``).
+Build the module for the thread count you compare (``TVM_NUM_THREADS=1 tvm-sparse compile
+...`` for one thread).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("module", help="library written by 'tvm-sparse compile' for that file")
     p.add_argument("--runs", type=int, default=30, help="profiled runs of each runtime")
     p.add_argument("--top", type=int, default=40, help="rows shown in each table")
+    p.add_argument("--threads", type=int, default=1, help="both runtimes' threads")
     return p.parse_args()
 
 
@@ -56,13 +58,13 @@ def same_conv(ours: tuple[str, str], theirs: tuple) -> bool:
     return rest == rest_ort and co <= co_ort < co + 16
 
 
-def ort_nodes(onnx_path: str, x, runs: int) -> dict[tuple, list[float]]:
+def ort_nodes(onnx_path: str, x, runs: int, threads: int = 1) -> dict[tuple, list[float]]:
     """onnxruntime's per-node times (us, median over runs), keyed like ``conv_key`` for
     convs and by (op, input shape) for the rest; a list per key, one entry a node."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
@@ -102,14 +104,14 @@ def ours(module_path: str, x, runs: int) -> list[tuple[str, float, int]]:
 
 def main() -> int:
     args = _parse()
-    os.environ.setdefault("TVM_NUM_THREADS", "1")
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm starts its pool
     import numpy as np
     import onnx
 
     graph_input = onnx.load(args.onnx, load_external_data=False).graph.input[0]
     dims = [d.dim_value or 1 for d in graph_input.type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
-    theirs = ort_nodes(args.onnx, x, args.runs)
+    theirs = ort_nodes(args.onnx, x, args.runs, args.threads)
     mine = ours(args.module, x, max(3, args.runs // 3))
     matched, unmatched = [], []
     for symbol, us, calls in mine:

@@ -979,6 +979,22 @@ def test_pointwise_chunks_on_several_threads_only_where_the_panels_share_evenly(
     assert chunk(256, 16) == 0
 
 
+def test_pointwise_takes_channel_tiles_outer_on_several_threads_for_big_weights():
+    """On several threads a pixel-panel conv with 1 MB of weights or more runs its channel
+    tiles outer (each thread a share of the weights); one thread, or small weights, keep the
+    panels outer."""
+    from tvm_sparse.schedules.dense_x86 import conv_geometry
+    from tvm_sparse.schedules.pointwise_conv_x86 import choose_pointwise
+
+    def form(ci, co, cores, hw=8):
+        geo = conv_geometry((1, ci, hw, hw), (co, ci, 1, 1), ConvAttrs())
+        return choose_pointwise(geo, 16, cores)[1]
+
+    assert form(2048, 448, 2) == "cotile"  # 3.7 MB
+    assert form(2048, 448, 1) == "panel"
+    assert form(256, 64, 2) == "panel"  # 64 KB
+
+
 def test_pointwise_panel_copies_only_unaligned_stride_1_rows():
     from tvm_sparse.schedules.dense_x86 import conv_geometry
     from tvm_sparse.schedules.pointwise_conv_x86 import aligned_panel

@@ -224,14 +224,12 @@ def winograd_kernel(
 
     def rows_from(blk):
         """The first global plane row the panels of block ``blk`` read."""
-        g = blk * block
-        return g // (tpanels * per_row) * rows + mt * (g // per_row % tpanels * stack)
+        return panel_plane_rows(blk * block, mt, per_row, tpanels, stack)[0]
 
     def rows_needed(blk):
         """One past the last global plane row the panels of blocks ``0..blk`` read."""
-        g = T.min((blk + 1) * block, panels) - 1
-        ty = g // per_row % tpanels * stack
-        return g // (tpanels * per_row) * rows + mt * (ty + stack - 1) + alpha
+        last = T.min((blk + 1) * block, panels) - 1
+        return panel_plane_rows(last, mt, per_row, tpanels, stack)[1]
 
     @T.macro
     def fill_rows(xf, planes, prow, chan, lo, hi):
@@ -478,19 +476,25 @@ def plane_ring(batch: int, th: int, tw: int, lanes: int, mt: int, block: int) ->
     reads, from its first panel's first row to its last panel's last (global rows: sample *
     rows + row), plus one, so that a row's last vector spilling into the next ring row never
     lands on a row the block still reads. At most every row of the batch (no wrap)."""
-    sub, stack, per_row, tpanels = panel_layout(th, tw, lanes)
-    rows = mt * tpanels * stack + 2
+    _, stack, per_row, tpanels = panel_layout(th, tw, lanes)
     panels = batch * tpanels * per_row
 
-    def row_of(g: int, last: bool) -> int:
-        ty = g // per_row % tpanels * stack
-        first_row = g // (tpanels * per_row) * rows + mt * ty
-        return first_row + mt * (stack - 1) + mt + 2 if last else first_row
+    def rows_of(g: int) -> tuple[int, int]:
+        return panel_plane_rows(g, mt, per_row, tpanels, stack)
 
     window = max(
-        row_of(min(b + block, panels) - 1, True) - row_of(b, False) for b in range(0, panels, block)
+        rows_of(min(b + block, panels) - 1)[1] - rows_of(b)[0] for b in range(0, panels, block)
     )
-    return min(window + 1, batch * rows)
+    return min(window + 1, batch * (mt * tpanels * stack + 2))
+
+
+def panel_plane_rows(g, mt: int, per_row: int, tpanels: int, stack: int) -> tuple:
+    """The global plane rows panel ``g`` reads (an int or a TIR expression): its first, and one
+    past its last. A sample has ``mt * tpanels * stack + 2`` rows; the panel's ``stack`` tile
+    rows start at ``mt * ty`` and the last reads ``mt + 2`` rows."""
+    rows = mt * tpanels * stack + 2
+    first = g // (tpanels * per_row) * rows + mt * (g // per_row % tpanels * stack)
+    return first, first + mt * (stack - 1) + mt + 2
 
 
 def winograd_block(

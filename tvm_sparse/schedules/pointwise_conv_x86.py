@@ -148,10 +148,13 @@ def choose_pointwise_tiling(
     return GemmTiling(mr=mr, nb=nb, parallel=num_cores > 1)
 
 
-def choose_pointwise_order(geo: ConvGeometry, nb: int) -> str:
+def choose_pointwise_order(geo: ConvGeometry, nb: int, parallel: bool = False) -> str:
     """The pixel-panel order: ``cotile`` for an expanding conv whose input fits in about half
-    an L2, else ``panel``."""
+    an L2, or on several threads for weights of ``PARALLEL_COTILE_MIN_WEIGHT_BYTES`` or more
+    (each thread a share of the channel tiles, so of the weights), else ``panel``."""
     ci, co = geo.x_shape[1], geo.w_shape[0]
+    if parallel and 4 * co * ci >= PARALLEL_COTILE_MIN_WEIGHT_BYTES:
+        return "cotile"
     pixels = geo.out_hw[0] * geo.out_hw[1]
     small = 4 * ci * pixels_computed(pixels, nb) <= COTILE_MAX_INPUT_BYTES
     return "cotile" if small and co >= COTILE_MIN_EXPANSION * ci else "panel"
@@ -183,10 +186,7 @@ def choose_pointwise(
     small_input = 4 * geo.x_shape[1] * pixels <= WIDE_CHANNELS_MAX_INPUT_BYTES
     if lanes >= 16 and wide and small_input and overcompute >= WIDE_CHANNELS_MIN_OVERCOMPUTE:
         return GemmTiling(mr=6, nb=4 * lanes, parallel=num_cores > 1), "channels"
-    order = choose_pointwise_order(geo, tiling.nb)
-    if num_cores > 1 and 4 * co * geo.x_shape[1] >= PARALLEL_COTILE_MIN_WEIGHT_BYTES:
-        order = "cotile"  # each thread a share of the channel tiles: of the weights
-    return tiling, order
+    return tiling, choose_pointwise_order(geo, tiling.nb, num_cores > 1)
 
 
 # on several threads, pixel panels outer split the pixels among the threads, and every thread
@@ -667,7 +667,7 @@ def pointwise_spec(
 ) -> dict:
     """The spec ``pointwise_kernel`` builds from; ``order`` defaults by the input's size;
     ``threads``: the parallel loop's (the target's cores)."""
-    order = order or choose_pointwise_order(geo, tiling.nb)
+    order = order or choose_pointwise_order(geo, tiling.nb, tiling.parallel)
     return {
         "geometry": list(dataclasses.astuple(geo)),
         "tiling": dataclasses.asdict(tiling),

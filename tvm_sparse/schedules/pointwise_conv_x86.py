@@ -240,6 +240,28 @@ def _piece(nb: int) -> int:
     return next((p for p in (16, 8) if nb % p == 0), nb)
 
 
+def _row_store_macro(outputs: int, has_bias: bool, residual: bool, in_registers: str | None):
+    """Macro ``store_row(of, residual_in, bias, value, c, at, lanes)``: ``lanes`` outputs of
+    channel ``c`` from ``at``, bias, shortcut (``residual``) and the activation computed in
+    registers applied, as every form of the kernel stores a channel's run of pixels."""
+
+    @T.macro
+    def store_row(of, residual_in, bias, value, c, at, lanes):
+        if residual:
+            rf = T.decl_buffer((outputs,), "float32", data=residual_in.data)
+            of[run(at, lanes)] = _epilogue(
+                plus_bias(value, splat(bias[c], lanes), has_bias) + rf[run(at, lanes)],
+                in_registers,
+                lanes,
+            )
+        else:
+            of[run(at, lanes)] = _epilogue(
+                plus_bias(value, splat(bias[c], lanes), has_bias), in_registers, lanes
+            )
+
+    return store_row
+
+
 def _kernel(
     geo: ConvGeometry,
     mr: int,
@@ -292,6 +314,7 @@ def _kernel(
     # (13x13: 6, where the unpacked form has 6 x Co / mr tasks for the threads to share)
     pack = aligned_panel(geo, order) and not parallel
     tile_prefetch = prefetch_input and not pack  # packed: the copy prefetches instead
+    store_row = _row_store_macro(batch * co * pixels, has_bias, residual, in_registers)
     # a heavy activation with an overlapping last panel: one task runs the last two panels
     merged = in_registers != activation and panels > 1 and pixels % nb != 0
     groups = panels - 1 if merged else panels
@@ -327,16 +350,7 @@ def _kernel(
             if tile * mr + i < co:
                 c: T.let = tile * mr + i
                 at: T.let = (n * co + c) * pixels + start
-                value: T.let = acc[vec(i * nb)]
-                if residual:
-                    rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
-                    of[vec(at)] = _epilogue(
-                        plus_bias(value, bcast(bias[c]), has_bias) + rf[vec(at)], in_registers, nb
-                    )
-                else:
-                    of[vec(at)] = _epilogue(
-                        plus_bias(value, bcast(bias[c]), has_bias), in_registers, nb
-                    )
+                store_row(of, residual_in, bias, acc[vec(i * nb)], c, at, nb)
         if in_registers != activation:  # the heavy activation, over the tile in L1
             for i in range(mr):
                 if tile * mr + i < co:
@@ -460,14 +474,13 @@ def _channel_kernel(
     tasks = batch * co_panels * (1 if chunks > 1 else groups)
     steps = chunks * groups if chunks > 1 else 1
 
+    store_row = _row_store_macro(batch * co * pixels, has_bias, residual, in_registers)
+
     def pixels_of(first):  # mr consecutive output pixels
         return run(first, mr)
 
     def across(j):  # the mr accumulators of lane j
         return run(j, mr, stride=nb)
-
-    def bcast(value):
-        return splat(value, mr)
 
     @T.macro
     def channel_tile(xf, wf, bias, residual_in, of, partial, n, panel, group, tt, chunk):
@@ -510,18 +523,7 @@ def _channel_kernel(
                 if panel * nb + j < co:
                     c: T.let = panel * nb + j
                     at: T.let = (n * co + c) * pixels + start
-                    value: T.let = acc[across(j)]
-                    if residual:
-                        rf = T.decl_buffer((batch * co * pixels,), "float32", data=residual_in.data)
-                        of[pixels_of(at)] = _epilogue(
-                            plus_bias(value, bcast(bias[c]), has_bias) + rf[pixels_of(at)],
-                            in_registers,
-                            mr,
-                        )
-                    else:
-                        of[pixels_of(at)] = _epilogue(
-                            plus_bias(value, bcast(bias[c]), has_bias), in_registers, mr
-                        )
+                    store_row(of, residual_in, bias, acc[across(j)], c, at, mr)
             if in_registers != activation:  # the heavy activation, over the tile in L1
                 for j in range(nb):
                     if panel * nb + j < co:

@@ -20,6 +20,7 @@ from tvm_sparse.schedules.sparse_conv_panel_x86 import (
     PanelConvSpec,
     default_band_rows,
     is_pointwise,
+    merges_tail,
     panel_conv_kernel,
     sparse_conv2d_panel,
     tile_widths,
@@ -126,6 +127,26 @@ def test_tile_widths(positions, copied, widths):
     assert tile_widths(positions, None, 16, copied) == widths
 
 
+def test_one_vector_tails_run_with_the_last_whole_tile():
+    assert merges_tail(3, 16, 16)  # 14x14: 3 tiles of 64 and a 16-wide tail
+    assert merges_tail(24, 16, 16)  # m_tile 8: the 24-wide last tile runs as three 8-wide vectors
+    assert not merges_tail(0, 64, 16)  # 7x7: the tail is the only tile
+    assert not merges_tail(3, 0, 16)  # no tail
+    assert not merges_tail(2, 32, 16)  # two vectors: a pass of its own
+
+
+@pytest.mark.parametrize("positions_hw", [(14, 14), (28, 28), (4, 17)])
+def test_merged_tails_match_dense(positions_hw):
+    """A last tile ``m_tile + tail`` wide (5 vectors at 14x14, only 4 of the last 16
+    positions real; 28x28 all real, its partial sums in y) gives the dense conv's result."""
+    rng = np.random.default_rng(23)
+    w, bias = sparse_weight(rng, (20, 24, 1, 1), 0.3), rng.standard_normal(20).astype(np.float32)
+    call = check_conv(sparse_conv2d_panel, (2, 24, *positions_hw), w, bias, ConvAttrs(), "relu",
+                      TARGET, panel_cols=8)  # fmt: skip
+    spec = PanelConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))
+    assert merges_tail(spec.whole_tiles, spec.tail_tile, spec.lanes)
+
+
 def test_tails_wider_than_the_rest_need_the_copy():
     with pytest.raises(ValueError, match="must be copied"):
         tile_widths(196, None, 16, copied=False)
@@ -224,14 +245,23 @@ def test_bands_of_tap_planes_match_dense(case):
     assert spec.banded and spec.nbands == -(-call.out_shape[2] // band_rows)
 
 
-@pytest.mark.parametrize("panel_cols, band_rows", [(None, 0), (7, 3)])  # 1 panel; 3, banded
-def test_residual_written_over_in_place(panel_cols, band_rows):
+@pytest.mark.parametrize(
+    "x_shape, w_shape, panel_cols, band_rows",
+    [
+        ((2, 12, 11, 9), (6, 12, 3, 3), None, 0),  # 1 panel
+        ((2, 12, 11, 9), (6, 12, 3, 3), 7, 3),  # banded
+        ((1, 40, 14, 14), (24, 40, 1, 1), 16, 0),  # 3 tiles, the 4-position tail merged
+    ],
+)
+def test_residual_written_over_in_place(x_shape, w_shape, panel_cols, band_rows):
     """The in-place variant (``call_tir_inplace``): the output lands in the residual's buffer,
-    and with several panels the partial sums wait in the scratch, not over the shortcut."""
+    and with several panels the partial sums wait in the scratch, not over the shortcut (a
+    merged tail's too: the scratch holds the last tile's ``m_tile + tail`` positions)."""
     rng = np.random.default_rng(19)
-    x_shape, w = (2, 12, 11, 9), sparse_weight(rng, (6, 12, 3, 3), 0.4)
-    bias = rng.standard_normal(6).astype(np.float32)
-    conv = ConvAttrs(padding=(1, 1, 1, 1))
+    w = sparse_weight(rng, w_shape, 0.4)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    pad = w_shape[2] // 2
+    conv = ConvAttrs(padding=(pad,) * 4)
     call = sparse_conv2d_panel(x_shape, w, bias, conv, None, TARGET, panel_cols=panel_cols,
                                band_rows=band_rows)  # fmt: skip
     spec = PanelConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))

@@ -342,18 +342,19 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
                 w1: T.let = T.reinterpret("float32", T.Cast("int32", rec))
                 for vc in T.unroll(nchunk):
                     for v in T.vectorized(chunk):
-                        acc[a * width + vc * chunk + v] = acc[a * width + vc * chunk + v] + w1 * xf[
-                            off + T.Cast("int64", vc * chunk + v)
-                        ]
+                        acc[a * width + vc * chunk + v] = (
+                            acc[a * width + vc * chunk + v]
+                            + w1 * xf[off + T.Cast("int64", vc * chunk + v)]
+                        )
         for j in range(lo + rounds * sets, hi):
             rec1: T.let = recs[j]
             off1: T.let = T.shift_right(rec1, T.int64(32)) + xbase
             w2: T.let = T.reinterpret("float32", T.Cast("int32", rec1))
             for vc in T.unroll(nchunk):
                 for v in T.vectorized(chunk):
-                    acc[vc * chunk + v] = acc[vc * chunk + v] + w2 * xf[
-                        off1 + T.Cast("int64", vc * chunk + v)
-                    ]
+                    acc[vc * chunk + v] = (
+                        acc[vc * chunk + v] + w2 * xf[off1 + T.Cast("int64", vc * chunk + v)]
+                    )
         for a in T.unroll(1, sets):
             for vc in T.unroll(nchunk):
                 for v in T.vectorized(chunk):
@@ -487,11 +488,13 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
         padded = ci * hp * wp if padded_copy else 1
     # a tail wider than its positions keeps its partial sums in ys, as do all tiles where y is
     # the residual
+    # (a merged tail: the last tile's, ``m_tile + tail`` wide)
     ys_size = max([n * t for r, t in ((rest_b, tail_b), (rest_l, tail_l)) if 0 < r < t] + [1])
-    merged = [t for w_, t in ((whole_b, tail_b), (whole_l, tail_l)) if merges_tail(w_, t, spec.lanes)]
-    ys_size = max([ys_size] + [n * (m_tile + t) for t in merged])
     if not spec.partials_in_y and npanels > 1:
         ys_size = n * max(m_tile, tail_b, tail_l)
+    for whole, tail in ((whole_b, tail_b), (whole_l, tail_l)):
+        if merges_tail(whole, tail, spec.lanes):
+            ys_size = max(ys_size, n * (m_tile + tail))
 
     @T.macro
     def sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b, band):

@@ -332,3 +332,41 @@ def test_planes_filled_straight_from_the_input_match_dense(case):
     call = _check(x_shape, w, bias, ConvAttrs((1, 1), padding), None, **knobs)
     spec = PanelConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))
     assert flat_fill_applies(spec.plane_spec)
+
+
+@pytest.mark.parametrize(
+    "x_shape, x2_shape, x2_strides, o",
+    [
+        ((1, 16, 14, 14), (1, 24, 14, 14), (1, 1), 40),  # ResNet's layer1.0: the same grid
+        ((2, 16, 7, 7), (2, 8, 14, 14), (2, 2), 24),  # a downsampling shortcut: stride 2
+        ((1, 16, 8, 8), (1, 8, 15, 15), (2, 2), 12),  # odd input: ceil(15 / 2) = 8
+    ],
+)
+def test_second_input_adds_its_conv(x_shape, x2_shape, x2_strides, o):
+    """``second_input``: conv(x, w[:, :C]) + conv(x2, w[:, C:], stride) + bias in one kernel,
+    with x2's channels after x's in the scratch."""
+    rng = np.random.default_rng(31)
+    ca, cb = x_shape[1], x2_shape[1]
+    w = sparse_weight(rng, (o, ca + cb, 1, 1), 0.3)
+    bias = rng.standard_normal(o).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    x2 = rng.standard_normal(x2_shape).astype(np.float32)
+    call = sparse_conv2d_panel(x_shape, w, bias, ConvAttrs(), "relu", TARGET, panel_cols=8,
+                               second_input=(x2_shape, x2_strides))  # fmt: skip
+    f = build_kernel(call, TARGET)["main"]
+    out = tvm.runtime.tensor(np.zeros(call.out_shape, np.float32))
+    f(tvm.runtime.tensor(x), tvm.runtime.tensor(x2), *[tvm.runtime.tensor(c) for c in call.consts],
+      out)  # fmt: skip
+    expected = np.maximum(
+        conv_ref(x, w[:, :ca], bias, (1, 1), (0, 0, 0, 0))
+        + conv_ref(x2, w[:, ca:], None, x2_strides, (0, 0, 0, 0)),
+        0,
+    )
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_second_input_needs_a_1x1_conv_on_its_grid():
+    w = np.ones((4, 12, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="second input"):
+        sparse_conv2d_panel((1, 8, 7, 7), w, None, ConvAttrs(), None, TARGET,
+                            second_input=((1, 4, 7, 7), (2, 2)))  # fmt: skip

@@ -53,6 +53,7 @@ from .fuse_attention import FuseAttention
 from .fuse_channel_layernorm import FuseChannelLayerNorm
 from .fuse_concat_affine import FuseConcatAffine
 from .fuse_conv_pool import FuseConvPool
+from .fuse_projection import FuseProjection
 from .fuse_recurrent_cell import FuseRecurrentCell
 from .fuse_residual import FuseResidual
 from .layer_plan import LayerPlan, SparsifyOptions
@@ -83,6 +84,7 @@ def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         FuseAttention(target),  # softmax(Q K^T + mask) V per head: one kernel
         FuseAddLayerNorm(target),  # residual add + layer norm: one pass over each row
         FuseChannelLayerNorm(target),  # permute -> layer norm -> permute back: over axis 1
+        FuseProjection(target),  # relu(conv3(x2) + downsample(x0)): one two-input sparse conv
         FuseResidual(target),  # relu(conv + shortcut): the add in the conv's epilogue
         FuseConcatAffine(target),  # relu(BN(concat(xs))): one copy per input, no select chain
         FuseConvPool(target),  # max_pool(stem conv): the pool over each band of rows in L2

@@ -101,6 +101,10 @@ class PanelConvSpec:
     # output rows whose tap planes are filled at a time (0: the whole sample's at once; the
     # last band may be shorter): see ``default_band_rows``
     band_rows: int = 0
+    # a second input (1x1 convs only): the shape and strides of the input whose channels follow
+    # x's as the weight's columns (a projection shortcut taken in, ``passes.fuse_projection``)
+    x2_shape: tuple = ()
+    x2_strides: tuple[int, int] = (1, 1)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -164,14 +168,20 @@ class PanelConvSpec:
 
     @property
     def copied(self) -> bool:
-        """Whether a sample is first copied to a scratch: tap planes, strided, or rows of x
-        that do not start on a cache line (see ``x_stride``)."""
-        return self.on_planes or self.strided or self.positions % 16 != 0
+        """Whether a sample is first copied to a scratch: tap planes, strided, rows of x
+        that do not start on a cache line (see ``x_stride``), or two inputs (one scratch holds
+        both's channels)."""
+        return self.on_planes or self.strided or self.positions % 16 != 0 or bool(self.x2_shape)
+
+    @property
+    def channels(self) -> int:
+        """The weight's input channels: x's, and the second input's after them."""
+        return self.x_shape[1] + (self.x2_shape[1] if self.x2_shape else 0)
 
     @property
     def x_rows(self) -> int:
         """Rows of the x the tiles read (channels, or tap planes), ``x_stride`` apart."""
-        return self.plane_spec.planes if self.on_planes else self.x_shape[1]
+        return self.plane_spec.planes if self.on_planes else self.channels
 
     @property
     def x_stride(self) -> int:
@@ -387,26 +397,31 @@ def prefetch_next(spec: PanelConvSpec) -> int:
     return min(-(-lines // max(slots, 1)), 16)
 
 
-def _copy_macro(spec: PanelConvSpec):
+def _copy_macro(spec: PanelConvSpec, second: bool = False):
     """Macro: sample ``b``'s (strided) positions into the scratch, one channel every
-    ``x_stride`` floats (a cache line boundary)."""
-    _, ci, h, w = spec.x_shape
-    (oh, ow), (sh, sw) = spec.out_hw, spec.strides
-    p_all, x_stride, strided = spec.positions, spec.x_stride, spec.strided
+    ``x_stride`` floats (a cache line boundary); ``second``: the second input's, into the
+    channels after x's."""
+    x_shape, (sh, sw) = (spec.x2_shape, spec.x2_strides) if second else (spec.x_shape, spec.strides)
+    _, ci, h, w = x_shape
+    first = spec.x_shape[1] if second else 0
+    oh, ow = spec.out_hw
+    p_all, x_stride, strided = spec.positions, spec.x_stride, (sh, sw) != (1, 1)
     rows = T.parallel if spec.parallel else T.serial
 
     @T.macro
-    def copy(xf, xs, b):
+    def copy(x, xs, b):
+        xf = T.decl_buffer((int(np.prod(x_shape)),), "float32", data=x.data)
         for c in rows(ci):
+            at: T.let = (first + c) * x_stride
             if strided:
                 for r in range(oh):
                     for q in T.vectorized(ow):
-                        xs[c * x_stride + r * ow + q] = xf[((b * ci + c) * h + r * sh) * w + q * sw]
+                        xs[at + r * ow + q] = xf[((b * ci + c) * h + r * sh) * w + q * sw]
             else:
                 for v in T.vectorized(p_all):
-                    xs[c * x_stride + v] = xf[(b * ci + c) * p_all + v]
+                    xs[at + v] = xf[(b * ci + c) * p_all + v]
             for v in range(p_all, x_stride):  # padding a wide tail reads: zeros, not garbage
-                xs[c * x_stride + v] = T.float32(0)
+                xs[at + v] = T.float32(0)
 
     return copy
 
@@ -476,7 +491,12 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     tiles_b = _band_macro(spec, whole_b, rest_b, tail_b)
     tiles_l = _band_macro(spec, whole_l, rest_l, tail_l)
     copy = _copy_macro(spec)
+    two_inputs = bool(spec.x2_shape)
+    x2_shape = spec.x2_shape or (1, 1, 1, 1)
+    copy_second = _copy_macro(spec, second=True) if two_inputs else copy
     on_planes = spec.on_planes
+    if two_inputs and (on_planes or spec.x2_shape[0] != bn):
+        raise ValueError("a second input needs an unpadded 1x1 conv of the same batch")
     if on_planes:
         pspec = spec.plane_spec
         pad, fill_planes = pad_macro(pspec), planes_macro(pspec)
@@ -505,7 +525,7 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
                 tiles_l(recs, seg, slot_rows, bias, res, xf, yf, ys, b, band * band_p, rb)
 
     @T.macro
-    def body(x, recs, seg, slot_rows, bias, res, y):
+    def body(x, x2, recs, seg, slot_rows, bias, res, y):
         xf = T.decl_buffer((bn * ci * h * w,), "float32", data=x.data)
         yf = T.decl_buffer((bn * n * p_all,), "float32", data=y.data)
         ys = T.alloc_buffer((ys_size,), "float32", scope="global")
@@ -525,9 +545,11 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
                         fill_planes(xf, b * ci * h * w, xs, band * band_rows)
                     sample(recs, seg, slot_rows, bias, res, xs, yf, ys, b, band)
         elif copied:
-            xs = T.alloc_buffer((ci * spec.x_stride,), "float32", scope="global")
+            xs = T.alloc_buffer((spec.channels * spec.x_stride,), "float32", scope="global")
             for b in range(bn):
-                copy(xf, xs, b)
+                copy(x, xs, b)
+                if two_inputs:
+                    copy_second(x2, xs, b)
                 sample(recs, seg, slot_rows, bias, res, xs, yf, ys, b, 0)
         else:
             for b in range(bn):
@@ -538,6 +560,7 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     @T.prim_func
     def kernel(
         x: T.Buffer((bn, ci, h, w), "float32"),
+        x2: T.Buffer(x2_shape, "float32"),
         recs: T.Buffer((nrec,), "int64"),
         seg: T.Buffer((nslots + 1,), ptr_dtype),
         slot_rows: T.Buffer((nslots,), row_dtype),
@@ -547,14 +570,16 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     ):
         if inplace:
             rf = T.decl_buffer((bn * n * p_all,), "float32", data=residual.data)
-            body(x, recs, seg, slot_rows, bias, rf, residual)
+            body(x, x2, recs, seg, slot_rows, bias, rf, residual)
         elif has_residual:
             rf = T.decl_buffer((bn * n * p_all,), "float32", data=residual.data)
-            body(x, recs, seg, slot_rows, bias, rf, y)
+            body(x, x2, recs, seg, slot_rows, bias, rf, y)
         else:
-            body(x, recs, seg, slot_rows, bias, bias, y)
+            body(x, x2, recs, seg, slot_rows, bias, bias, y)
 
     unused = {"y"} if inplace else set() if has_residual else {"residual"}
+    if not two_inputs:
+        unused.add("x2")
     return _finish(without_params(kernel, unused)).with_attr(SPEC_ATTR, spec.to_json())
 
 
@@ -633,6 +658,7 @@ def sparse_conv2d_panel(
     conv: ConvAttrs = DEFAULT_CONV, activation: str | None = None, target=None, *,
     m_tile: int | None = None, panel_cols: int | None = None, row_block: int | None = None,
     parallel: bool = True, expanded: bool | None = None, band_rows: int | None = None,
+    second_input: tuple[tuple[int, int, int, int], tuple[int, int]] | None = None,
 ) -> KernelCall:  # fmt: skip
     """y = act(conv2d(x, weight) + bias), NCHW / OIHW, any stride, padding and dilation: an
     unpadded 1x1 conv reads x itself, any other the tap planes of ``sparse_conv_planes_x86``
@@ -646,10 +672,26 @@ def sparse_conv2d_panel(
     default ``default_band_rows``). Consts:
     ``(records, seg, slot_rows, bias)``; ``passes.fuse_residual`` adds the shortcut as a new
     argument before ``y``.
+
+    ``second_input``: ``(shape, strides)`` of a second input for an unpadded 1x1 conv, whose
+    channels follow x's as the weight's input channels: the kernel (arguments ``x, x2,
+    consts...``) is ``conv(x, w[:, :C]) + conv_strides(x2, w[:, C:])``, both copied into one
+    scratch (a ResNet block's last conv with its projection shortcut: ``fuse_projection``).
     """
-    weight, dims = checked_groups1_conv("sparse_conv2d_panel", x_shape, weight_oihw, conv,
+    check_shape = x_shape
+    if second_input is not None:
+        check_shape = (x_shape[0], x_shape[1] + second_input[0][1], *x_shape[2:])
+    weight, dims = checked_groups1_conv("sparse_conv2d_panel", check_shape, weight_oihw, conv,
                                         activation)  # fmt: skip
     (bn, ci, _, _), (o, kh, kw) = dims.x, dims.kernel
+    if second_input is not None:
+        x2_shape, x2_strides = (tuple(int(d) for d in v) for v in second_input)
+        x2_out = tuple(-(-x2_shape[2 + a] // x2_strides[a]) for a in (0, 1))
+        if (kh, kw) != (1, 1) or any(dims.pads) or x2_out != dims.out_hw or x2_shape[0] != bn:
+            raise ValueError(
+                f"sparse_conv2d_panel: a second input {x2_shape} (strides {x2_strides}) needs "
+                f"an unpadded 1x1 conv with its output grid {dims.out_hw} and batch {bn}"
+            )
     positions = dims.out_hw[0] * dims.out_hw[1]
     k = ci * kh * kw
     bsr = BSR.from_dense(weight.reshape(o, k), (1, 1))
@@ -659,6 +701,10 @@ def sparse_conv2d_panel(
         bias_arr.size, has_bias, activation, 64, 0, vector_lanes(target), bool(parallel),
         kernel_hw=(kh, kw), pads=dims.pads, dilation=dims.dilation,
     )  # fmt: skip
+    if second_input is not None:
+        probe = dataclasses.replace(
+            probe, x_shape=tuple(x_shape), x2_shape=x2_shape, x2_strides=x2_strides
+        )
     if expanded is None:
         expanded = expands_by_default(probe) if probe.on_planes else True
     probe = dataclasses.replace(probe, expanded=bool(expanded))

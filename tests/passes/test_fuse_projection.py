@@ -19,6 +19,7 @@ from tvm_sparse.schedules.sparse_conv_planes_x86 import sparse_conv2d_planes
 from tvm_sparse.target import resolve_target
 
 from ..schedules.reference import conv_ref, sparse_weight
+from .relax_run import run_main
 
 TARGET = resolve_target("llvm")
 
@@ -47,10 +48,7 @@ def _block(conv_a, conv_b, *, relu=True, read_b_twice=False):
 
 
 def _run(mod, *inputs):
-    with TARGET:
-        ex = tvm.compile(mod, target=TARGET)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+    return run_main(mod, TARGET, *inputs)
 
 
 def _projections(mod) -> list[str]:

@@ -17,6 +17,7 @@ from tvm_sparse.schedules.sparse_conv_planes_x86 import sparse_conv2d_planes
 from tvm_sparse.target import resolve_target
 
 from ..schedules.reference import conv_ref, sparse_weight
+from .relax_run import run_main
 
 TARGET = resolve_target("llvm")
 X_SHAPE = (1, 6, 9, 9)
@@ -48,10 +49,7 @@ def _module(weight, bias, *, relu: bool, shortcut_shape=None, conv_read_twice=Fa
 
 
 def _run(mod, *inputs):
-    with TARGET:
-        ex = tvm.compile(mod, target=TARGET)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+    return run_main(mod, TARGET, *inputs)
 
 
 def _fused_kernels(mod) -> list[str]:

@@ -17,7 +17,7 @@ from tvm import relax
 from tvm.relax.dpl import DFPattern
 from tvm.relax.expr_functor import PyExprMutator
 
-from .relax_utils import binding_map, bound_vars, use_counts
+from .relax_utils import binding_map, bound_vars, op_name, use_counts
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,16 @@ def keep_unfused(builder: relax.BlockBuilder, var: relax.Var) -> None:
     inlined, it would be recomputed for every output of the second stage."""
     gvar = builder.lookup_binding(var).args[0]
     builder.update_func(gvar, builder.get()[gvar].with_attr("op_pattern", OPAQUE))
+
+
+def relu_after(bindings: Bindings, var: relax.Var) -> tuple[relax.Var, str | None]:
+    """``(the var a fused kernel binds to, its activation)`` for an op bound to ``var``: the
+    ReLU's var and ``"relu"`` when a ReLU is the op's only reader (taken into the kernel's
+    epilogue), else ``var`` and None."""
+    user = bindings.single_reader(var)
+    if user is not None and op_name(bindings.var2val[user]) == "relax.nn.relu":
+        return user, "relu"
+    return var, None
 
 
 def call_kernel(

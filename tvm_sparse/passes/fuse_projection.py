@@ -18,7 +18,6 @@ conv3's residual. The weights come back from the kernels' packed records (``pane
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -34,7 +33,7 @@ from ..ir.relax_utils import (
     op_name,
     static_shape,
 )
-from ..ir.rewrite import Bindings, PlannedRewriter
+from ..ir.rewrite import Bindings, PlannedRewriter, call_kernel, relu_after
 from ..schedules._conv_dims import ConvAttrs
 from ..schedules.isolation import compile_check
 from ..schedules.sparse_conv_panel_x86 import SPEC_ATTR as PANEL_ATTR
@@ -73,7 +72,7 @@ def _panel_1x1(expr: relax.Expr, bindings: Bindings, mod: tvm.IRModule):
     found = kernel_spec(call, mod, [PANEL_ATTR])
     if found is None:
         return None
-    spec = PanelConvSpec.from_json(json.dumps(found[1]))
+    spec = PanelConvSpec.from_dict(found[1])
     plain = not (spec.residual or spec.activation or spec.x2_shape or spec.inplace)
     if not plain or spec.on_planes:
         return None
@@ -126,12 +125,9 @@ class _ProjectionRewriter(PlannedRewriter):
         (call_a, call_b), kernel = entry
         name = f"sparse_conv2d_projection_{self.count}"
         self.count += 1
-        gvar = self.builder_.add_func(kernel.func.with_attr("global_symbol", name), name)
         inputs = [self.visit_expr(c.args[1].fields[0]) for c in (call_a, call_b)]
         consts = [constant(c) for c in kernel.consts]
-        return relax.call_tir(
-            gvar, [*inputs, *consts], relax.TensorType(static_shape(var), "float32")
-        )
+        return call_kernel(self.builder_, kernel.func, name, [*inputs, *consts], static_shape(var))
 
 
 @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.FuseProjection")
@@ -149,10 +145,7 @@ class FuseProjection(CpuRewrite):
             pair = _pair(var, value, bindings, mod)
             if pair is None:
                 continue
-            target_var, activation = var, None
-            user = bindings.single_reader(var)
-            if user is not None and op_name(bindings.var2val[user]) == "relax.nn.relu":
-                target_var, activation = user, "relu"
+            target_var, activation = relu_after(bindings, var)
             kernel = fused_projection(pair, activation, target)
             if kernel is not None:
                 plan[target_var] = ((pair[0][0], pair[1][0]), kernel)

@@ -30,7 +30,7 @@ from tvm import relax
 from tvm.relax.expr_functor import mutator
 
 from ..ir.relax_utils import dtype_of, iter_bindings, kernel_spec, op_name, static_shape
-from ..ir.rewrite import Bindings, PlannedRewriter
+from ..ir.rewrite import Bindings, PlannedRewriter, relu_after
 from ..schedules.isolation import compile_check
 from ..schedules.kernel import KernelCall
 from ..schedules.pointwise_conv_x86 import SPEC_ATTR as POINTWISE_ATTR
@@ -192,10 +192,7 @@ class FuseResidual(CpuRewrite):
             found = _match(var, value, bindings, mod)
             if found is None:
                 continue
-            target_var, activation = var, None
-            user = bindings.single_reader(var)
-            if user is not None and op_name(bindings.var2val[user]) == "relax.nn.relu":
-                target_var, activation = user, "relu"
+            target_var, activation = relu_after(bindings, var)
             call, fusable, spec, shortcut = found
             a, b = value.args
             conv_var = b if shortcut.same_as(a) else a

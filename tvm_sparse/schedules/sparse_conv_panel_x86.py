@@ -111,8 +111,25 @@ class PanelConvSpec:
 
     @classmethod
     def from_json(cls, text: str) -> PanelConvSpec:
-        fields = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> PanelConvSpec:
+        """The spec of a decoded ``to_json`` (JSON lists back to tuples)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+    def check_second_input(self) -> None:
+        """Raise ValueError unless a second input (if any) fits: an unpadded 1x1 conv, the
+        same batch, and the second input's strided grid the output's."""
+        if not self.x2_shape:
+            return
+        x2_out = tuple(-(-self.x2_shape[2 + a] // self.x2_strides[a]) for a in (0, 1))
+        if self.on_planes or x2_out != tuple(self.out_hw) or self.x2_shape[0] != self.x_shape[0]:
+            raise ValueError(
+                f"sparse_conv2d_panel: a second input {tuple(self.x2_shape)} (strides "
+                f"{tuple(self.x2_strides)}) needs an unpadded 1x1 conv with its output grid "
+                f"{tuple(self.out_hw)} and batch {self.x_shape[0]}"
+            )
 
     @property
     def positions(self) -> int:
@@ -495,8 +512,7 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
     x2_shape = spec.x2_shape or (1, 1, 1, 1)
     copy_second = _copy_macro(spec, second=True) if two_inputs else copy
     on_planes = spec.on_planes
-    if two_inputs and (on_planes or spec.x2_shape[0] != bn):
-        raise ValueError("a second input needs an unpadded 1x1 conv of the same batch")
+    spec.check_second_input()
     if on_planes:
         pspec = spec.plane_spec
         pad, fill_planes = pad_macro(pspec), planes_macro(pspec)
@@ -684,14 +700,6 @@ def sparse_conv2d_panel(
     weight, dims = checked_groups1_conv("sparse_conv2d_panel", check_shape, weight_oihw, conv,
                                         activation)  # fmt: skip
     (bn, ci, _, _), (o, kh, kw) = dims.x, dims.kernel
-    if second_input is not None:
-        x2_shape, x2_strides = (tuple(int(d) for d in v) for v in second_input)
-        x2_out = tuple(-(-x2_shape[2 + a] // x2_strides[a]) for a in (0, 1))
-        if (kh, kw) != (1, 1) or any(dims.pads) or x2_out != dims.out_hw or x2_shape[0] != bn:
-            raise ValueError(
-                f"sparse_conv2d_panel: a second input {x2_shape} (strides {x2_strides}) needs "
-                f"an unpadded 1x1 conv with its output grid {dims.out_hw} and batch {bn}"
-            )
     positions = dims.out_hw[0] * dims.out_hw[1]
     k = ci * kh * kw
     bsr = BSR.from_dense(weight.reshape(o, k), (1, 1))
@@ -702,9 +710,11 @@ def sparse_conv2d_panel(
         kernel_hw=(kh, kw), pads=dims.pads, dilation=dims.dilation,
     )  # fmt: skip
     if second_input is not None:
+        x2_shape, x2_strides = (tuple(int(d) for d in v) for v in second_input)
         probe = dataclasses.replace(
             probe, x_shape=tuple(x_shape), x2_shape=x2_shape, x2_strides=x2_strides
         )
+        probe.check_second_input()  # before the packing reads the planes of a padded conv
     if expanded is None:
         expanded = expands_by_default(probe) if probe.on_planes else True
     probe = dataclasses.replace(probe, expanded=bool(expanded))

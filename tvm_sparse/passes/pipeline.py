@@ -52,6 +52,7 @@ from .fuse_add_layernorm import FuseAddLayerNorm
 from .fuse_attention import FuseAttention
 from .fuse_channel_layernorm import FuseChannelLayerNorm
 from .fuse_concat_affine import FuseConcatAffine
+from .fuse_concat_producers import FuseConcatProducers
 from .fuse_conv_pool import FuseConvPool
 from .fuse_projection import FuseProjection
 from .fuse_recurrent_cell import FuseRecurrentCell
@@ -86,11 +87,12 @@ def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         FuseChannelLayerNorm(target),  # permute -> layer norm -> permute back: over axis 1
         FuseProjection(target),  # relu(conv3(x2) + downsample(x0)): one two-input sparse conv
         FuseResidual(target),  # relu(conv + shortcut): the add in the conv's epilogue
-        FuseConcatAffine(target),  # relu(BN(concat(xs))): one copy per input, no select chain
         FuseConvPool(target),  # max_pool(stem conv): the pool over each band of rows in L2
         FuseRecurrentCell(target),  # an LSTM step (product, gates, state update): one kernel
         RewriteRowReductions(target),  # global average pooling: a vector sum per channel
         SeparablePool(target),  # max / average pooling: a row stage, then a column stage
+        FuseConcatProducers(target),  # concat(kernels): each writes its slice, no copy
+        FuseConcatAffine(target),  # relu(BN(concat(xs))): one copy per input, no select chain
     ]
 
 

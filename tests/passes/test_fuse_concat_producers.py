@@ -133,3 +133,13 @@ def test_a_concat_of_linears(tmp_path):
         helper.make_node("Concat", ["a", "b"], ["out"], axis=1),
     ]
     _check(tmp_path, _graph(nodes, inits, (1, 64), (1, 128)), in_place=True)
+
+
+def test_a_merged_kernel_that_fails_to_build_leaves_the_concat(tmp_path, monkeypatch, caplog):
+    """Never crash: a merged kernel the isolated compile check refuses keeps the concat."""
+    from tvm_sparse.passes import fuse_concat_producers
+
+    monkeypatch.setattr(fuse_concat_producers, "compile_check", lambda *_: "LLVM ERROR (test)")
+    text = _check(tmp_path, _fire(16, 8, (16, 16)), in_place=False)
+    assert "concat_affine" in text
+    assert "concat in place skipped" in caplog.text

@@ -15,6 +15,7 @@ a concat with no input to compute in place is left to ``FuseConcatAffine``.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -26,9 +27,13 @@ from ..ir.relax_utils import dtype_of, op_name, static_shape
 from ..ir.rewrite import OPAQUE, Bindings, PlannedRewriter, call_kernel
 from ..ir.slice_writers import slice_aligned, write_into_slices
 from ..schedules.concat_affine_x86 import concat_affine
+from ..schedules.isolation import compile_check
+from ..schedules.kernel import KernelCall
 from ..target import num_cores, vector_lanes
 from .cpu_only import CpuRewrite
 from .fuse_concat_affine import _plan_entry as _concat_affine_entry
+
+log = logging.getLogger("tvm_sparse")
 
 CALL_TIR = "relax.call_tir"
 
@@ -51,7 +56,7 @@ def _producer(x: relax.Expr, bindings: Bindings, mod: tvm.IRModule, block_vars: 
 
 
 def _plan_entry(var, value, bindings: Bindings, mod: tvm.IRModule, block_vars: set):
-    """``[(x, producer or None, offset)]`` for a concat this pass takes, else None."""
+    """``(value, [(x, producer or None, offset)])`` for a concat this pass takes, else None."""
     if op_name(value) != "relax.concat" or not isinstance(value.args[0], relax.Tuple):
         return None
     shape = static_shape(var)
@@ -75,7 +80,7 @@ def _plan_entry(var, value, bindings: Bindings, mod: tvm.IRModule, block_vars: s
         offset += math.prod(x_shape)
     if all(producer is None for _, producer, _ in members):
         return None
-    return members
+    return value, members
 
 
 @mutator
@@ -86,8 +91,9 @@ class _Rewriter(PlannedRewriter):
         self.count = 0
 
     def replacement(self, var: relax.Var, entry) -> relax.Expr:
+        concat, members = entry
         funcs, offsets, args = [], [], []
-        for x, producer, offset in entry:
+        for x, producer, offset in members:
             if producer is None:  # copied into its run, by a copy kernel among the members
                 copy = concat_affine(
                     [static_shape(x)], np.ones(static_shape(x)[1]), np.zeros(static_shape(x)[1]),
@@ -101,6 +107,10 @@ class _Rewriter(PlannedRewriter):
         shape = static_shape(var)
         merged = write_into_slices(funcs, offsets, shape).with_attr("op_pattern", OPAQUE)
         name = f"concat_in_place_{self.count}"
+        failure = compile_check(name, KernelCall(merged, name, (), shape), self.target)
+        if failure is not None:  # the concat stays (FuseConcatAffine copies it)
+            log.warning("concat in place skipped: the merged kernel failed (%s)", failure)
+            return self.visit_expr(concat)
         self.count += 1
         return call_kernel(self.builder_, merged, name, args, shape)
 

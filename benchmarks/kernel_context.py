@@ -2,6 +2,10 @@
 
     python benchmarks/kernel_context.py MODULE.so --shape 1,3,299,299 [--match conv2d ...]
                                         [--sweep-mb 256] [--reps 15]
+    python benchmarks/kernel_context.py MODULE.so --inputs feeds.npz ...
+
+``--shape`` runs a model of one float32 input on random values; ``--inputs`` gives every input
+by name (``numpy.savez``), for models of several or integer inputs (BERT's ids and mask).
 
 Why: kernels run up to 1.3-4x slower in a model than timed alone (session 35: Inception-v3's
 35x35 1x1 convs 2x, its big-image Winograd layers 1.2-1.4x), and a kernel timed alone with cold
@@ -24,13 +28,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("module", help="library written by 'tvm-sparse compile'")
-    p.add_argument("--shape", required=True, help="the input's shape, e.g. 1,3,224,224")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--shape", help="the one float32 input's shape, e.g. 1,3,224,224")
+    given.add_argument("--inputs", help="an .npz holding every input by its name")
     p.add_argument("--match", nargs="*", default=[], help="only kernels whose name has one")
     p.add_argument("--sweep-mb", type=int, default=256)
     p.add_argument("--reps", type=int, default=15)
@@ -48,7 +55,7 @@ from tvm import relax  # noqa: E402
 import tvm_sparse  # noqa: E402
 
 
-def capture(module, x: np.ndarray, runs: int):
+def capture(module, xs: list[np.ndarray], runs: int):
     """Every kernel call of a run, in order: (symbol, function, tensors), and its median time
     over ``runs`` runs of the model."""
     vm = relax.VirtualMachine(module.executable, module.device)
@@ -71,7 +78,7 @@ def capture(module, x: np.ndarray, runs: int):
 
     vm.set_instrument(instrument)
     main = vm["main"]
-    args = [tvm.runtime.tensor(x, module.device)]
+    args = [tvm.runtime.tensor(x, module.device) for x in xs]
     main(*args)
     recording[0] = False
     times.clear()
@@ -109,11 +116,22 @@ def contexts(func, call_args, sweep: np.ndarray, reps: int) -> dict[str, float]:
     return result
 
 
+def model_inputs(module) -> list[np.ndarray]:
+    """The module's inputs in its order: from ``--inputs`` by name, or one random float32
+    tensor of ``--shape``."""
+    if ARGS.shape:
+        shape = tuple(int(v) for v in ARGS.shape.split(","))
+        return [np.random.default_rng(0).standard_normal(shape).astype(np.float32)]
+    saved = np.load(ARGS.inputs)
+    missing = [spec.name for spec in module.inputs if spec.name not in saved.files]
+    if missing:
+        sys.exit(f"{ARGS.inputs} has no array for input(s) {missing} (it has {saved.files})")
+    return [saved[spec.name] for spec in module.inputs]
+
+
 def main() -> None:
     module = tvm_sparse.load(ARGS.module)
-    shape = tuple(int(v) for v in ARGS.shape.split(","))
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    calls, in_model = capture(module, x, ARGS.reps)
+    calls, in_model = capture(module, model_inputs(module), ARGS.reps)
     sweep = np.zeros(ARGS.sweep_mb << 18, np.float32)
     rows = []
     seen = set()

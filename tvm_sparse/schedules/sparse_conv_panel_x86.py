@@ -299,7 +299,8 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
     ``base`` (``xpos`` in the x it reads: a band's planes start at the band), of which the
     first ``valid`` exist, its partial sums in registers
     (``accumulator_sets`` of them, summed at the end); between panels in ``y`` itself, or in the
-    scratch ``ys`` (a row of ``width`` an output channel) where the tile is wider than ``y``."""
+    scratch ``ys`` (a row of ``scratch_row`` an output channel) where the tile is wider than
+    ``y`` or y is the residual."""
     n, p_all = spec.o, spec.positions
     ci, x_stride = spec.x_shape[1], spec.x_stride
     row_block, npanels = spec.row_block, spec.npanels
@@ -310,6 +311,7 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
     lines = -(-valid // 16)  # cache lines of an output row's positions in the tile
     m_tile, vlines, x_rows = spec.m_tile, spec.m_tile // 16, spec.x_rows
     sets = accumulator_sets(width)
+    ys_row = scratch_row(spec)  # each output channel's share of ys, for every tile width
     whole = valid // lanes * lanes
     store_vectors = _store_macro(spec, whole, lanes)
     store_rest = _store_macro(spec, valid - whole, 1)
@@ -333,7 +335,7 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
             for vc in T.unroll(nchunk):
                 for v in T.vectorized(chunk):
                     acc[vc * chunk + v] = (
-                        yf[at + vc * chunk + v] if in_y else ys[ib * width + vc * chunk + v]
+                        yf[at + vc * chunk + v] if in_y else ys[ib * ys_row + vc * chunk + v]
                     )
         if rec_ahead > 0:
             for h in T.unroll(2):
@@ -397,7 +399,7 @@ def _slot_macro(spec: PanelConvSpec, width: int, valid: int, next_lines: int = 0
         else:
             for vc in T.unroll(nchunk):
                 for v in T.vectorized(chunk):
-                    ys[ib * width + vc * chunk + v] = acc[vc * chunk + v]
+                    ys[ib * ys_row + vc * chunk + v] = acc[vc * chunk + v]
 
     return slot_pass
 
@@ -453,6 +455,27 @@ def merges_tail(whole: int, tail: int, lanes: int) -> bool:
     return whole > 0 and 0 < tail <= lanes
 
 
+def scratch_row(spec: PanelConvSpec) -> int:
+    """Floats of the partial-sum scratch ``ys`` each output channel owns: the widest tile that
+    keeps its partial sums there between panels (a tail wider than its positions; every tile
+    where y is the residual; a merged tail, ``m_tile + tail`` wide), 1 if none does.
+
+    One stride for every tile width: row ``c`` owns ``ys[c * row : (c + 1) * row]`` whatever
+    tile runs, so row blocks on different threads, at tiles of different widths, never share
+    a float (indexed by each tile's own width, a merged 80-wide tile's rows overlapped the
+    64-wide rows of the next row block: wrong sums, now and then, on 2 threads)."""
+    (whole_b, rest_b, tail_b), (whole_l, rest_l, tail_l) = spec.band_shapes
+    widths = [t for r, t in ((rest_b, tail_b), (rest_l, tail_l)) if 0 < r < t]
+    if not spec.partials_in_y and spec.npanels > 1:
+        widths += [spec.m_tile, tail_b, tail_l]
+    widths += [
+        spec.m_tile + tail
+        for whole, tail in ((whole_b, tail_b), (whole_l, tail_l))
+        if merges_tail(whole, tail, spec.lanes)
+    ]
+    return max(widths + [1])
+
+
 def _band_macro(spec: PanelConvSpec, whole: int, rest: int, tail: int):
     """Macro: every slot of row block ``rb`` over one band's tiles (``whole`` of ``m_tile``
     positions, then a tail of ``tail`` for the ``rest``), the band starting at position ``y0``
@@ -497,7 +520,7 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
         raise ValueError("an in-place panel conv writes over its residual: it needs one")
     bn, ci, h, w = spec.x_shape
     n, p_all, m_tile = spec.o, spec.positions, spec.m_tile
-    nrb, npanels, copied = spec.nrb, spec.npanels, spec.copied
+    nrb, copied = spec.nrb, spec.copied
     nbands, band_rows = spec.nbands, spec.band_hw[0]
     band_p = band_rows * spec.out_hw[1]
     (whole_b, rest_b, tail_b), (whole_l, rest_l, tail_l) = spec.band_shapes
@@ -522,15 +545,7 @@ def panel_conv_kernel(spec: PanelConvSpec) -> tvm.tirx.PrimFunc:
         planes_total = pspec.planes * pspec.plane_size
         hp, wp = pspec.padded_hw
         padded = ci * hp * wp if padded_copy else 1
-    # a tail wider than its positions keeps its partial sums in ys, as do all tiles where y is
-    # the residual
-    # (a merged tail: the last tile's, ``m_tile + tail`` wide)
-    ys_size = max([n * t for r, t in ((rest_b, tail_b), (rest_l, tail_l)) if 0 < r < t] + [1])
-    if not spec.partials_in_y and npanels > 1:
-        ys_size = n * max(m_tile, tail_b, tail_l)
-    for whole, tail in ((whole_b, tail_b), (whole_l, tail_l)):
-        if merges_tail(whole, tail, spec.lanes):
-            ys_size = max(ys_size, n * (m_tile + tail))
+    ys_size = n * scratch_row(spec)
 
     @T.macro
     def sample(recs, seg, slot_rows, bias, res, xf, yf, ys, b, band):

@@ -110,14 +110,20 @@ def op_name(expr: relax.Expr) -> str | None:
     return None
 
 
+def called_prim_func(call: relax.Call, mod: tvm.IRModule) -> tvm.tirx.PrimFunc | None:
+    """The PrimFunc of ``mod`` that ``call`` (a call_tir) calls, else None."""
+    gvar = call.args[0]
+    func = mod[gvar] if isinstance(gvar, tvm.ir.GlobalVar) and gvar in mod.functions else None
+    return func if isinstance(func, tvm.tirx.PrimFunc) else None
+
+
 def kernel_spec(call: relax.Call, mod: tvm.IRModule, attrs: Iterable[str]
                 ) -> tuple[str, dict] | None:  # fmt: skip
     """``(attribute, spec)`` of the first of ``attrs`` that the PrimFunc ``call`` (a call_tir)
     calls carries: the JSON spec a hand-scheduled kernel keeps for the passes that rebuild or
     fuse it; None when it carries none of them."""
-    gvar = call.args[0]
-    func = mod[gvar] if isinstance(gvar, tvm.ir.GlobalVar) and gvar in mod.functions else None
-    if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None:
+    func = called_prim_func(call, mod)
+    if func is None or func.attrs is None:
         return None
     for attr in attrs:
         if attr in func.attrs:

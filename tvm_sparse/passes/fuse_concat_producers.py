@@ -23,7 +23,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import dtype_of, op_name, static_shape
+from ..ir.relax_utils import called_prim_func, constant, dtype_of, op_name, static_shape
 from ..ir.rewrite import OPAQUE, Bindings, PlannedRewriter, call_kernel
 from ..ir.slice_writers import slice_aligned, write_into_slices
 from ..schedules.concat_affine_x86 import concat_affine
@@ -46,9 +46,8 @@ def _producer(x: relax.Expr, bindings: Bindings, mod: tvm.IRModule, block_vars: 
     call = bindings.var2val.get(x)
     if op_name(call) != CALL_TIR or len(call.args) != 2:
         return None
-    gvar, args = call.args
-    func = mod[gvar] if isinstance(gvar, tvm.ir.GlobalVar) and gvar in mod.functions else None
-    if not isinstance(func, tvm.tirx.PrimFunc) or not isinstance(args, relax.Tuple):
+    func, args = called_prim_func(call, mod), call.args[1]
+    if func is None or not isinstance(args, relax.Tuple):
         return None
     if len(func.params) != len(args.fields) + 1:
         return None
@@ -73,8 +72,10 @@ def _plan_entry(var, value, bindings: Bindings, mod: tvm.IRModule, block_vars: s
         x_shape = static_shape(x)
         if x_shape is None or dtype_of(x) != "float32":
             return None
-        producer = _producer(x, bindings, mod, block_vars) if slice_aligned(offset) else None
-        if producer is None and (len(x_shape) != 4 or not slice_aligned(offset)):
+        if not slice_aligned(offset):
+            return None  # neither computed in place nor copied there
+        producer = _producer(x, bindings, mod, block_vars)
+        if producer is None and len(x_shape) != 4:
             return None  # no copy kernel for it
         members.append((x, producer, offset))
         offset += math.prod(x_shape)
@@ -95,11 +96,12 @@ class _Rewriter(PlannedRewriter):
         funcs, offsets, args = [], [], []
         for x, producer, offset in members:
             if producer is None:  # copied into its run, by a copy kernel among the members
+                x_shape = static_shape(x)
                 copy = concat_affine(
-                    [static_shape(x)], np.ones(static_shape(x)[1]), np.zeros(static_shape(x)[1]),
-                    None, vector_lanes(self.target), num_cores(self.target),
+                    [x_shape], np.ones(x_shape[1]), np.zeros(x_shape[1]), None,
+                    vector_lanes(self.target), num_cores(self.target),
                 )  # fmt: skip
-                producer = copy.func, [x, *(relax.const(c) for c in copy.consts)]
+                producer = copy.func, [x, *(constant(c) for c in copy.consts)]
             func, inputs = producer
             funcs.append(func)
             offsets.append(offset)

@@ -29,7 +29,14 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from ..ir.relax_utils import dtype_of, iter_bindings, kernel_spec, op_name, static_shape
+from ..ir.relax_utils import (
+    called_prim_func,
+    dtype_of,
+    iter_bindings,
+    kernel_spec,
+    op_name,
+    static_shape,
+)
 from ..ir.rewrite import Bindings, PlannedRewriter, relu_after
 from ..schedules.isolation import compile_check
 from ..schedules.kernel import KernelCall
@@ -301,11 +308,11 @@ def _fresh(value: relax.Expr | None, mod: tvm.IRModule) -> bool:
         return False
     if op_name(value) != "relax.call_tir":
         return True
-    args, callee = value.args[1], value.args[0]
+    args = value.args[1]
     if not isinstance(args, relax.Tuple) or len(args.fields) != 1:
         return isinstance(args, relax.Tuple)
-    func = mod[callee] if callee in mod.functions else None
-    if not isinstance(func, tvm.tirx.PrimFunc):
+    func = called_prim_func(value, mod)
+    if func is None:
         return False
     try:
         return not relax.analysis.has_reshape_pattern(func)

@@ -192,7 +192,12 @@ def count_and_compact_macro(spec: KwtaSpec):
 def _count_and_compact_avx512(spec: KwtaSpec):
     """``count_and_compact`` at 16 lanes: the compares give mask registers, ``vcompressps``
     packs the values inside the bracket (no lane table, no permute), the counts add the masks'
-    ``popcnt`` (LLVM's form of the sum of a zero-extended mask)."""
+    ``popcnt`` (LLVM's form of the sum of a zero-extended mask).
+
+    Two compares a vector, both on port 5 with the compress: ``v <= hi`` (ordered) and ``v >=
+    lo`` masked by it. The values above the bracket are the rest of ``v <= hi``'s lanes (NaN
+    included), counted as ``lanes * nvec`` minus its popcounts: a separate unordered compare and
+    an ``isnan`` compare cost two more port-5 uops a vector (the pass was port-5 bound)."""
     n, nvec = spec.n, spec.nvec
     ranked_vec = spec.ranked_vec
     lanes = spec.lanes  # 16
@@ -201,8 +206,8 @@ def _count_and_compact_avx512(spec: KwtaSpec):
     def inside(v, lo, hi):
         return T.And(v >= bcast(lo, lanes), v <= bcast(hi, lanes))  # ordered: NaN is not inside
 
-    def above(v, hi):  # NaN is above; not "not (v <= hi)": TIR simplifies it to an ordered >
-        return T.Or(v > bcast(hi, lanes), T.isnan(v))
+    def not_above(v, hi):  # ordered: NaN fails it, so NaN counts as above
+        return v <= bcast(hi, lanes)
 
     def count(mask):
         return T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add", T.Cast("int32x16", mask))
@@ -226,7 +231,8 @@ def _count_and_compact_avx512(spec: KwtaSpec):
                 inside(v, lo, hi),
             )
             state[NC] = state[NC] + count(inside(v, lo, hi))
-            state[NHI] = state[NHI] + count(above(v, hi))
+            state[NHI] = state[NHI] + count(not_above(v, hi))
+        state[NHI] = nvec * lanes - state[NHI]
         tail_and_keys(xf, boost, b, cand, candf, state, lo, hi)
 
     return count_and_compact

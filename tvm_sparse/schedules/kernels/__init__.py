@@ -17,6 +17,7 @@ from .cpu_sparse_conv import SparseConv2d
 from .cpu_sparse_conv_batch import SparseConv2dBatchLanes
 from .cpu_sparse_conv_panel import SparseConv2dPanel
 from .cpu_sparse_conv_planes import SparseConv2dPlanes
+from .cpu_sparse_conv_rows import SparseConv2dRows
 from .cpu_sparse_sparse import SparseSparseConv2d, SparseSparseLinear
 from .cuda_bsr import CudaBsrLinear
 from .cuda_csr import CudaCsrLinear
@@ -30,6 +31,7 @@ FAMILIES: tuple[KernelFamily, ...] = (
     SparseConv2d(),
     SparseConv2dPlanes(),
     SparseConv2dPanel(),
+    SparseConv2dRows(),
     SparseConv2dBatchLanes(),
     SparseSparseLinear(),
     SparseSparseConv2d(),

@@ -125,6 +125,37 @@ def test_chunked_parallel_loop_covers_every_iteration_once(target, tasks, lo, n)
     np.testing.assert_array_equal(out.numpy(), expected)
 
 
+@T.prim_func(private=True)
+def _row_sums(p: T.handle, v: T.handle, s: T.handle, lo: T.int32, n: T.int32):
+    ptr = T.match_buffer(p, (201,), "int32")
+    vals = T.match_buffer(v, (400,), "float32")
+    sums = T.match_buffer(s, (200,), "float32")
+    for i in T.parallel(lo, lo + n):
+        sums[i] = T.float32(0)
+        for j in range(ptr[i], ptr[i + 1]):  # bounds read the parallel loop's variable
+            sums[i] = sums[i] + vals[j]
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 3])
+@pytest.mark.parametrize(("lo", "n"), [(0, 7), (3, 17), (10, 190)])
+def test_loops_nested_in_a_chunked_loop_see_the_right_iteration(target, tasks, lo, n):
+    """A CSR row loop inside a parallel loop (``for j in range(ptr[i], ptr[i + 1])``): each
+    chunk's loop starts at 0 and binds ``i`` with a let. A chunk loop starting at its first
+    iteration made TVM 0.27 read ``ptr[i - first]`` in the nested loop's bounds: every task
+    but the first summed another row's values."""
+    func = flush_denormals.flush_denormals_in(_row_sums.with_attr("global_symbol", "sums"), tasks)
+    kernel = tvm.tirx.build(func, target=target)
+    lengths = np.arange(200) % 4
+    ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    vals = np.linspace(-1, 1, 400, dtype=np.float32)  # ptr[200] = 300 values
+    out = tvm.runtime.tensor(np.full(200, -7, np.float32))
+    kernel(tvm.runtime.tensor(ptr), tvm.runtime.tensor(vals), out, lo, n)
+    expected = np.full(200, -7, np.float32)
+    for i in range(lo, lo + n):
+        expected[i] = vals[ptr[i] : ptr[i + 1]].sum()
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_every_kernel_of_a_model_sets_the_mode_and_none_without_it(target):
     from tvm_sparse import models
     from tvm_sparse.frontend import import_model

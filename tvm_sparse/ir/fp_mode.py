@@ -96,8 +96,11 @@ def _flushing_tasks(loop: tirx.For, tasks: int) -> tirx.For:
     """The parallel ``loop`` as ``tasks`` parallel chunks of serial iterations, each chunk
     flushing: MXCSR is set and restored once a chunk, not once an iteration (four MXCSR
     instructions cost ~30 cycles; a depthwise row is a few hundred). The chunks are the ones
-    TVM's pool cuts (contiguous, ``ceil(extent / tasks)`` each), and the loop var keeps its
-    name, so the body needs no substitution."""
+    TVM's pool cuts (contiguous, ``ceil(extent / tasks)`` each). Each chunk's loop starts at 0
+    and binds the original loop var with a let (``var = min + first + i``), so the body needs
+    no substitution, and no loop starts at a symbolic offset: TVM 0.27 miscompiles a loop nested
+    in one that does when the inner loop's bounds read the outer var (``for oc in range(lo,
+    n): for j in range(ptr[oc], ...)`` ran every ``oc`` with ``ptr[oc - lo]``)."""
     extent = loop.extent
     stepped = loop.step is not None and not _is_one(loop.step)
     if stepped or (isinstance(extent, tirx.IntImm) and extent.value <= tasks):
@@ -107,9 +110,11 @@ def _flushing_tasks(loop: tirx.For, tasks: int) -> tirx.For:
     one = tirx.const(1, dtype)
     chunk = tirx.max(tirx.floordiv(extent + (tasks - 1), tirx.const(tasks, dtype)), one)
     task = tirx.Var(f"{loop.loop_var.name}_task", dtype)
+    step = tirx.Var(f"{loop.loop_var.name}_step", dtype)
     first = task * chunk
-    serial = tirx.For(loop.loop_var, loop.min + first, tirx.min(chunk, extent - first),
-                      tirx.ForKind.SERIAL, loop.body, None, loop.annotations)  # fmt: skip
+    body = tirx.SeqStmt([tirx.Bind(loop.loop_var, loop.min + first + step), loop.body])
+    serial = tirx.For(step, tirx.const(0, dtype), tirx.min(chunk, extent - first),
+                      tirx.ForKind.SERIAL, body, None, loop.annotations)  # fmt: skip
     chunks = tirx.floordiv(extent + chunk - one, chunk)  # tasks, fewer for a short loop, 0
     return tirx.For(task, tirx.const(0, dtype), chunks, tirx.ForKind.PARALLEL,
                     _flushing(serial, _mode_buffer("mxcsr_task")))  # fmt: skip

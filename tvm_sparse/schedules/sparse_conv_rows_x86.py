@@ -105,12 +105,7 @@ def _tile_macro(nrows: int, segs: int, stride: int, lanes: int, ow: int, o: int,
         acc = T.alloc_buffer((nacc * lanes,), "float32", scope="global")
         for u in T.unroll(nacc):
             acc[T.ramp(u * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
-        # the bounds as lets: a loop whose bounds read the parallel loop's variable directly
-        # ran every task's channels with the first task's non-zeros (TVM 0.27's parallel
-        # lowering rebased the variable in the body, not in the nested loop's bounds)
-        lo: T.let = T.Cast("int32", ptr[oc])
-        hi: T.let = T.Cast("int32", ptr[oc + 1])
-        for j in range(lo, hi):
+        for j in range(T.Cast("int32", ptr[oc]), T.Cast("int32", ptr[oc + 1])):
             w: T.let = T.broadcast(vals[j], lanes)
             at: T.let = T.Cast("int32", offs[j]) + r0 * stride
             for r in T.unroll(nrows):

@@ -20,15 +20,32 @@ def host_cpu() -> str:
     return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
+def _affinity_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+# The process's affinity as it started, read before TVM's thread pool exists: the pool pins the
+# calling thread to one core when it starts (a module run, ``runtime.NumThreads``), after which
+# ``sched_getaffinity(0)`` on that thread says 1, and a compile in the same process built
+# serial kernels for a multi-core machine.
+_STARTING_CORES = _affinity_cores()
+
+
+def process_cores() -> int:
+    """Cores this process may run on (its affinity mask at start), whatever TVM_NUM_THREADS
+    says, and whatever TVM's thread pool did to the calling thread's mask since."""
+    return _STARTING_CORES
+
+
 def host_num_cores() -> int:
     """Cores this process may use (respects affinity and TVM_NUM_THREADS)."""
     env = os.environ.get("TVM_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
+    return process_cores()
 
 
 def resolve_target(target: Any = "llvm") -> tvm.target.Target:

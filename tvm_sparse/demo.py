@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
     threads = int(os.environ.get("TVM_NUM_THREADS", "0")) or (os.cpu_count() or 1)
+    # both engines on the same threads: unset, TVM's pool takes half the vCPUs on some
+    # machines (1 of 2 on a 2-vCPU VM) while onnxruntime got all of them; set before the
+    # pool starts (it reads the variable once, at its first parallel launch)
+    os.environ["TVM_NUM_THREADS"] = str(threads)
     chosen = {
         "mlp": lambda: models.pruned_mlp(layers=4, hidden=1024, density=0.1, batch=args.batch),
         "gsc": lambda: models.gsc_sparse_cnn(super_sparse=True, batch=args.batch),

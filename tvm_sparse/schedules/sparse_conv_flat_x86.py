@@ -157,6 +157,11 @@ class FlatConvSpec:
         return hp + hp % 2
 
     @property
+    def plane_rows(self) -> int:
+        """Rows of all (channel, kw) planes of one region, one copy."""
+        return self.x_shape[1] * self.kw * self.hq
+
+    @property
     def shift(self) -> int:
         """Plane rows between the two copies of the planes (0: one copy).
 
@@ -167,25 +172,20 @@ class FlatConvSpec:
         boundaries, and the kernel's addressing is unchanged. GSC's cnn2 alone: 55.6 -> 53-54
         us (Xeon, AVX-512). Only where one copy of the planes takes at most ``_SHIFT_BYTES``:
         the copy doubles the scratch, which larger layers would push out of L2."""
-        rows = self.x_shape[1] * self.kw * self.hq
-        one_copy = 4 * rows * sum(self.regions)
+        one_copy = 4 * self.plane_rows * sum(self.regions)
         if self.lanes == 16 and self.regions[0] % 16 == 8 and one_copy <= _SHIFT_BYTES:
-            return rows + 1  # Hq even: odd
+            return self.plane_rows + 1  # Hq even: odd
         return 0
 
     @property
     def base_b(self) -> int:
         """Where region B's planes start in the scratch (64-byte aligned)."""
-        rows = self.x_shape[1] * self.kw * self.hq
-        if self.shift:
-            return 2 * self.shift * self.regions[0]
-        return rows * self.regions[0]
+        return (2 * self.shift if self.shift else self.plane_rows) * self.regions[0]
 
     @property
     def total(self) -> int:
         """Floats of all planes of one sample (both copies)."""
-        rows = self.x_shape[1] * self.kw * self.hq
-        return self.base_b + (self.shift + rows if self.shift else rows) * self.regions[1]
+        return self.base_b + (self.shift + self.plane_rows) * self.regions[1]
 
     @property
     def vectors_ab(self) -> tuple[int, int]:
@@ -478,11 +478,6 @@ def flat_conv_call(x_shape, csr: CSR, k_hw, out_hw, padded_hw, pads, strides, di
         cblock = max(_L1_PLANES // (4 * kw * hq * ow), 1)
     cblock = min(cblock, ci)
     offs, seg = _flat_consts(csr, ci, k_hw, dilation[0], hq, cblock)
-    shift = FlatConvSpec(x_shape, o, out_hw, padded_hw, pads, strides, dilation, kw, 0, "",
-                         "", 1, False, None, 1, 1, 1, False, lanes=lanes).shift  # fmt: skip
-    if shift:  # odd tap rows read the second copy (FlatConvSpec.shift)
-        q = offs.astype(np.int64)
-        offs = as_index(q + (q & 1) * shift, max(2 * shift - 1, 0))
     vals = np.asarray(csr.data, dtype=np.float32)
     if vals.size == 0:
         vals, offs = np.zeros(1, np.float32), np.zeros(1, offs.dtype)
@@ -491,6 +486,10 @@ def flat_conv_call(x_shape, csr: CSR, k_hw, out_hw, padded_hw, pads, strides, di
         str(seg.dtype), bias_arr.size, has_bias, activation, vectors, cblock, oblock, parallel,
         lanes=lanes,
     )  # fmt: skip
+    if spec.shift:  # odd tap rows read the second copy (FlatConvSpec.shift)
+        q = offs.astype(np.int64)
+        offs = as_index(q + (q & 1) * spec.shift, max(2 * spec.shift - 1, 0))
+        spec = dataclasses.replace(spec, idx_dtype=str(offs.dtype))
     batch_parallel = bool(parallel) and samples_in_parallel(bn, target, spec.scratch_bytes)
     cores = num_cores(target) if target is not None else 1
     if default_groups and parallel and not batch_parallel and cores > 1:

@@ -84,9 +84,14 @@ def fits_rows(x_shape, kernel_hw, conv: ConvAttrs, lanes: int) -> bool:
     )
 
 
+def max_rows(segments: int, lanes: int) -> int:
+    """The most output rows of ``segments`` vectors whose accumulators fit the registers."""
+    return max(1, _MAX_VECTORS.get(lanes, 14) // segments)
+
+
 def default_rows(oh: int, segments: int, lanes: int) -> int:
-    """The most output rows whose accumulators fit the registers, evened out over ``oh``."""
-    most = max(1, _MAX_VECTORS.get(lanes, 14) // segments)
+    """``max_rows`` evened out over ``oh`` (30 rows at 14 a tile: three tiles of 10)."""
+    most = max_rows(segments, lanes)
     blocks = -(-oh // most)
     return -(-oh // blocks)
 
@@ -251,4 +256,11 @@ def sparse_conv2d_rows(
     )
 
 
-__all__ = ["fits_rows", "default_rows", "plane_bytes", "row_geometry", "sparse_conv2d_rows"]
+__all__ = [
+    "default_rows",
+    "fits_rows",
+    "max_rows",
+    "plane_bytes",
+    "row_geometry",
+    "sparse_conv2d_rows",
+]

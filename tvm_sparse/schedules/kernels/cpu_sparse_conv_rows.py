@@ -12,14 +12,14 @@ from .._conv_dims import ConvAttrs
 from ..cost_model import MachineModel
 from ..kernel import KernelCall
 from ..sparse_conv_rows_x86 import (
-    _MAX_VECTORS,
     default_rows,
     fits_rows,
+    max_rows,
     row_geometry,
     sparse_conv2d_rows,
 )
 from .base import build_conv, conv_io_bytes
-from .cpu_sparse_conv import SparseConv2d, sparse_groups1
+from .cpu_sparse_conv import SparseConv2d
 from .knobs import parallel_choices, product, settings_for
 
 # Lanes computed per second per core (GSC's first conv on an AVX-512 Xeon: 688K lanes of
@@ -35,8 +35,7 @@ class SparseConv2dRows(SparseConv2d):
 
     def applies(self, layer: LayerSpec, target: tvm.target.Target) -> bool:
         return (
-            super().applies(layer, target)
-            and sparse_groups1(layer)
+            super().applies(layer, target)  # weight-sparse, groups=1 view, not 1x1
             and fits_rows(
                 tuple(layer.x_shape),
                 tuple(layer.weight.shape[2:]),
@@ -58,7 +57,7 @@ class SparseConv2dRows(SparseConv2d):
         lanes = vector_lanes(target)
         oh, ow = layer.out_shape[2], layer.out_shape[3]
         _, segs = row_geometry(ow, lanes)
-        most = max(1, _MAX_VECTORS.get(lanes, 14) // segs)
+        most = max_rows(segs, lanes)
         rows = sorted({min(r, oh) for r in (default_rows(oh, segs, lanes), most, 4, 7, 8)
                        if r <= most})  # fmt: skip
         space = product(rows=rows, parallel=parallel_choices(num_cores(target)))

@@ -16,11 +16,15 @@ from tvm_sparse.codegen.fpga.calibration import calibrate
 from tvm_sparse.codegen.fpga.cycle_check import agreement_table, cycle_agreement
 from tvm_sparse.codegen.fpga.cycles import (
     FLOAT_ADD_CYCLES,
+    FLOAT_COMPARE_CYCLES,
     PHASE_DEPTH,
     accumulate_ii,
+    accumulator_copies,
+    pool_ii,
     row_steps,
     sparse_write_iterations,
     stage_total,
+    update_latency,
 )
 from tvm_sparse.codegen.fpga.estimator import estimate
 from tvm_sparse.codegen.fpga.hw_model import HwLayer, HwModel, WeightStore
@@ -42,20 +46,49 @@ def test_every_pipelined_loop_ticks_its_ii():
         assert tick and tick.group(1) == m.group(1), NNET[m.start() : m.end() + 200]
 
 
-def test_dependence_false_only_where_packing_proves_it():
-    """``DEPENDENCE ... false`` appears only in the sparse-sparse engines, on the accumulators a
-    packed column's distinct owners write (intra-iteration), never inter-iteration."""
+def _body(function: str) -> str:
+    """The body of the function whose signature starts ``function`` (a name, or a name and
+    the start of its parameters to pick an overload)."""
+    start = NNET.index(f" {function}" if "(" in function else f" {function}(")
+    return NNET[start : NNET.index("\n}\n", start)]
+
+
+def test_dependence_pragmas_only_where_the_code_proves_them():
+    """Every ``DEPENDENCE`` pragma, and the engine whose code makes it true:
+
+    - ``acc intra false``: the sparse-sparse engines, where a packed column's owners are
+      distinct, so one step's scatter-adds never meet;
+    - ``acc inter RAW distance = acc_copies true``: the sparse-sparse conv, whose step i adds
+      into partial-sum copy i mod acc_copies (a copy is read again acc_copies steps later);
+    - ``hist`` / ``mx`` / ``cnt intra RAW false``: the run registers of the k-WTA histogram
+      and the sparse max-pool, which write back one address and read another in a step (the
+      else branch of ``bin == run_bin`` / ``p != run_p``). No ``inter false`` anywhere."""
     pragmas = re.findall(r"#pragma HLS DEPENDENCE ([^\n]+)", NNET)
-    assert pragmas == ["variable = acc intra false"] * 2
-    for engine in ("linear_sparse_sparse", "conv2d_sparse_sparse"):
-        start = NNET.index(f"void {engine}(")
-        body = NNET[start : NNET.index("\n}\n", start)]
-        assert "DEPENDENCE variable = acc intra false" in body
+    expected = {
+        "variable = acc intra false": ("linear_sparse_sparse", "conv2d_sparse_sparse"),
+        "variable = acc inter RAW distance = CONFIG_T::acc_copies true": ("conv2d_sparse_sparse",),
+        "variable = hist intra RAW false": ("kth_largest_key",),
+        "variable = mx intra RAW false": ("maxpool2d(hls::stream<elem",),
+        "variable = cnt intra RAW false": ("maxpool2d(hls::stream<elem",),
+    }
+    assert sorted(pragmas) == sorted(p for p, where in expected.items() for _ in where)
+    for pragma, functions in expected.items():
+        for function in functions:
+            assert f"DEPENDENCE {pragma}" in _body(function), (pragma, function)
+    assert "inter false" not in NNET
+    conv = _body("conv2d_sparse_sparse")
+    assert "acc[copy]" in conv and "if (++copy == CONFIG_T::acc_copies) copy = 0;" in conv
 
 
-def test_kwta_histograms_are_lane_private():
+def test_kwta_histograms_are_lane_private_runs():
+    """A lane's histogram is its own; the lane keeps its current bin's count in registers and
+    touches its RAM only when the bin changes (write one bin, read another), and FindDigit
+    takes the register for the bin a lane's run is on."""
     assert "static unsigned hist[CONFIG_T::lanes][256];" in NNET
-    assert "hist[l][(key[j] >> shift) & 255u]++" in NNET
+    body = _body("kth_largest_key")
+    assert "if (run_bin[l] < 256) hist[l][run_bin[l]] = run_count[l];" in body
+    assert "run_count[l] = hist[l][bin] + 1;" in body
+    assert "count += run_bin[l] == (unsigned)d ? run_count[l] : hist[l][d];" in body
 
 
 # --- hand-computed cycle counts ----------------------------------------------------------------
@@ -101,12 +134,71 @@ def test_fixed_point_accumulates_at_ii_1():
 
 
 def test_kwta_cycles_by_hand():
-    # n = 100, 8 lanes: 13 steps; rank 13 + 4 x (histogram 13 at II 2 + scan 256) + select 13;
+    # n = 100, 8 lanes: 13 steps; rank 13 + 4 x (histogram 13 at II 1 + scan 256) + select 13;
     # read 100 + write 100 (pack 1); 12 loops of fill
     layer = HwLayer(0, "k", "k", "kwta", "kwta", (100,), (100,), {"k": 10})
     layer.lanes = 8
-    compute = 13 + 4 * (2 * 13 + 256) + 13
+    compute = 13 + 4 * (13 + 256) + 13
     assert stage_total(_model(layer), layer, 8) == 100 + compute + 100 + 12 * PHASE_DEPTH
+
+
+def test_sparse_maxpool_cycles_by_hand():
+    # 2 x 4 x 4 sparse input, 3 x 3 windows at stride 1 -> 2 x 2 x 2, 2 lanes, dense output.
+    # Windows per input row position: 0 -> 1, 1 -> 2, 2 -> 2, 3 -> 1 (same for columns), so the
+    # corner (0, 0) lies in 1 window, (1, 1) in 4. Active: (0, 0) always, (1, 1) half the time.
+    pool = {"pool": (3, 3), "stride": (1, 1)}
+    layer = HwLayer(0, "p", "p", "maxpool2d", "maxpool", (2, 4, 4), (2, 2, 2), pool)
+    layer.in_sparse, layer.lanes = True, 2
+    freq = np.zeros(32)
+    freq[0], freq[5] = 1.0, 0.5
+    layer.activity = {"in_freq": freq}
+    layer.in_t = layer.out_t = "ap_fixed<8,3,AP_RND,AP_SAT>"
+    # clear 4 steps + (1 x 1 + 0.5 x 4 windows + the end marker) at II 1 + emit 4 + write 8
+    assert stage_total(_model(layer, "int8"), layer, 2) == 4 + 4 + 4 + 8 + 4 * PHASE_DEPTH
+    assert pool_ii(layer) == 1
+    layer.in_t = "float"  # the running max's float compare is carried: II 2
+    assert pool_ii(layer) == FLOAT_COMPARE_CYCLES == 2
+    assert stage_total(_model(layer), layer, 2) == 4 + 2 * 4 + 4 + 8 + 4 * PHASE_DEPTH
+
+
+def _packed_conv(accum_t: str) -> HwLayer:
+    """A 1 -> 2 channel 2 x 2 sparse-sparse conv over 3 x 3, one packed slot per column."""
+    n_kin = 4
+    store = WeightStore(
+        "packed",
+        {
+            "val": np.ones(n_kin, np.float32),
+            "owner": np.array([0, 1, 0, 1], np.uint8),
+            "rptr": np.zeros(n_kin + 1, np.uint32),
+            "ridx": np.zeros(0, np.uint8),
+            "rval": np.zeros(0, np.float32),
+        },
+        n_kin,
+        n_groups=1,
+    )
+    layer = HwLayer(
+        0, "c", "c", "conv2d", "sparse_sparse", (1, 3, 3), (2, 2, 2), {"kernel": (2, 2)},
+        weights=store,
+    )  # fmt: skip
+    layer.in_sparse, layer.accum_t, layer.lanes = True, accum_t, 1
+    return layer
+
+
+def test_sparse_sparse_conv_interleaves_partial_sums():
+    """Fixed point: as many accumulator copies as the read-modify-write takes (RAM read 1 +
+    add 1), so the ActiveInputs loop runs at II 1; float keeps one copy at II 1 + 4."""
+    fixed = _packed_conv("ap_fixed<24,12,AP_RND,AP_SAT>")
+    assert update_latency(fixed) == 2
+    assert accumulator_copies(fixed) == 2 and accumulate_ii(fixed) == 1
+    flt = _packed_conv("float")
+    assert accumulator_copies(flt) == 1 and accumulate_ii(flt) == 1 + FLOAT_ADD_CYCLES
+    # one active input in the corner, every sample: 4 taps one at a time (1 lane), 1 step each
+    # (one slot per column): 4 steps + the end marker. Clear 4 pixels, finish 4, write 8.
+    fixed.activity = {"in_freq": np.eye(1, 9).ravel()}
+    model = _model(fixed, "int8")
+    assert stage_total(model, fixed, 1) == 4 + 5 + 4 + 8 + 4 * PHASE_DEPTH
+    flt.activity = fixed.activity
+    assert stage_total(_model(flt), flt, 1) == 4 + 5 * 5 + 4 + 8 + 4 * PHASE_DEPTH
 
 
 def test_sparse_write_iterations_by_hand():

@@ -188,13 +188,15 @@ def test_kwta_resources_by_hand():
         # (one BRAM36 512x72 would be 1/2,688 of the device against 640/1,728,000)
         + 4 * (4 * 5 * 8)  # histograms: 4 lanes x 256 x 32 bits: 4 x ceil(32/7) x 8 each
         + 4 * 32  # merge of the lanes' counts per bin
+        + 4 * (9 + 32)  # each lane's run: the bin compare and the count's increment
         + 8 * 3 * 8  # selected values, as the values
         + 8
         + 20  # output FIFO
     )
-    assert res["lut"] == lut == 2844
+    assert res["lut"] == lut == 2844 + 164
     assert res["bram36"] == 0
-    assert res["ff"] == 1000 + 4 * 2 * 8 + 20
+    # control, compare lanes, the runs' bin (9 bits) and count (32) registers, the FIFO
+    assert res["ff"] == 1000 + 4 * 2 * 8 + 4 * (9 + 32) + 20
     assert res["dsp"] == 0 and res["uram"] == 0
 
 

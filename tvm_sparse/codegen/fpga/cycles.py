@@ -22,8 +22,10 @@ from .hw_model import HwLayer, HwModel, max_row_nnz, split
 PHASE_DEPTH = 20  # pipeline fill of one loop (NNET_PIPELINE_DEPTH)
 FLOAT_ADD_CYCLES = 4  # latency of a float add at 300 MHz (Vitis fadd): a float running sum's II
 RAM_READ_CYCLES = 1  # a RAM read's latency, before a read-modify-write can add
-HISTOGRAM_II = 2  # k-WTA lane histograms: read-modify-write of a RAM counter per cycle
-POOL_II = 2  # sparse max-pool: read-modify-write of a window's max and count
+# k-WTA lane histograms: each lane counts the bin it saw last in a register and touches its RAM
+# only when the bin changes (write the old, read the new: UG1399's histogram), so II = 1
+HISTOGRAM_II = 1
+FLOAT_COMPARE_CYCLES = 2  # a float compare-and-select carried from one iteration to the next
 MAX_LANES = 4096
 
 
@@ -41,13 +43,37 @@ class Loop:
         return self.iterations * self.ii
 
 
-def accumulate_ii(layer: HwLayer) -> int:
-    """II of a loop that adds into the same accumulator every iteration: 1 for fixed point in
-    registers; a float add's latency; a RAM read first for the banked sparse-sparse conv."""
+def update_latency(layer: HwLayer) -> int:
+    """Cycles from reading an accumulator to when its sum can be read again: a float add's
+    latency or one fixed-point cycle, after a RAM read for the banked sparse-sparse conv."""
     add = FLOAT_ADD_CYCLES if layer.accum_t == "float" else 1
     if layer.engine == "sparse_sparse" and layer.op == CONV2D:
         return RAM_READ_CYCLES + add
     return add
+
+
+def accumulator_copies(layer: HwLayer) -> int:
+    """Interleaved partial-sum copies of the sparse-sparse conv's RAM accumulators: fixed point
+    keeps ``update_latency`` of them and iteration i adds into copy i mod copies, so no
+    iteration reads a sum the one before it is still writing (II 1; Finish adds the copies).
+    Float keeps one (the copies' sum would cost out_c float adders per extra copy)."""
+    if layer.engine == "sparse_sparse" and layer.op == CONV2D and layer.accum_t != "float":
+        return update_latency(layer)
+    return 1
+
+
+def accumulate_ii(layer: HwLayer) -> int:
+    """II of a loop that adds into the same accumulator every iteration: 1 for fixed point (in
+    registers, or the sparse-sparse conv's RAM banks in interleaved copies); a float add's
+    latency, after a RAM read for the banked sparse-sparse conv."""
+    return -(-update_latency(layer) // accumulator_copies(layer))
+
+
+def pool_ii(layer: HwLayer) -> int:
+    """II of the sparse max-pool's loop: the window it updates is held in registers (written
+    back when the window changes), so the carried step is the running max: a fixed-point
+    compare (one cycle) or a float compare."""
+    return FLOAT_COMPARE_CYCLES if layer.in_t == "float" else 1
 
 
 def _cached(layer: HwLayer, key: str, fn):
@@ -202,7 +228,10 @@ def stage_loops(model: HwModel, layer: HwLayer, lanes: int) -> list[Loop]:
             compute = [
                 Loop("ClearCounts", "compute", out_steps),
                 Loop(
-                    "ActiveInputs", "compute", _active_sum(layer, pool_windows(layer)) + 1, POOL_II
+                    "ActiveInputs",
+                    "compute",
+                    _active_sum(layer, pool_windows(layer)) + 1,
+                    pool_ii(layer),
                 ),
                 Loop("Emit", "compute", out_steps),
             ]

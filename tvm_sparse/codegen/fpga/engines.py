@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...safe_text import comment_text
-from .cycles import FLOAT_ADD_CYCLES, accumulate_ii, row_steps
+from .cycles import FLOAT_ADD_CYCLES, accumulate_ii, accumulator_copies, pool_ii, row_steps
 from .hw_model import HwLayer, split
 from .number_formats import boost_store_t
 
@@ -123,6 +123,7 @@ def _packed(layer: HwLayer) -> Values:
         "slots": par.slots,
         "res_lanes": par.res_lanes,
         "acc_ii": accumulate_ii(layer),
+        "acc_copies": accumulator_copies(layer),
     }
 
 
@@ -145,7 +146,7 @@ def _softmax(layer: HwLayer) -> Values:
 
 
 def _pool(layer: HwLayer) -> Values:
-    return _hw("pool", layer.attrs["pool"])
+    return {**_hw("pool", layer.attrs["pool"]), "pool_ii": pool_ii(layer)}
 
 
 def _residual(layer: HwLayer) -> Values:

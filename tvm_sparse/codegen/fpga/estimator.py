@@ -12,11 +12,15 @@ Timing
 
 1. Every loop of an engine is pipelined at the II its pragma states: 1, except where an iteration
    reads back what the one before wrote: a float running sum (II = ``FLOAT_ADD_CYCLES`` = 4, a
-   float add's latency at 300 MHz: no partial-sum interleaving is generated, so none is assumed),
-   a read-modify-write of RAM (sparse-sparse conv accumulators: a read, then the add; k-WTA
-   histograms and sparse max-pool windows: II 2). Each loop adds ``PHASE_DEPTH`` = 20 cycles of
-   pipeline fill each time it runs. The C simulation counts exactly these iterations and fills
-   (``NNET_COUNT_CYCLES``); ``cycle_check`` sets the two side by side.
+   float add's latency at 300 MHz), a float read-modify-write of the sparse-sparse conv's RAM
+   accumulators (a read, then the add: II 5), a float running max (the sparse max-pool: II 2).
+   Fixed-point RAM updates run at II 1: the sparse-sparse conv adds into as many interleaved
+   partial-sum copies as its read-modify-write takes cycles (step i into copy i mod copies;
+   Finish adds them), the k-WTA histograms and the sparse max-pool keep the bin / window they
+   update in registers and write it back when the next one differs (UG1399's histogram: one
+   port writes the old address, the other reads the new). Each loop adds ``PHASE_DEPTH`` = 20
+   cycles of pipeline fill each time it runs. The C simulation counts exactly these iterations
+   and fills (``NNET_COUNT_CYCLES``); ``cycle_check`` sets the two side by side.
 2. A stage processes one sample at a time and its loops run one after the other, as in the
    generated code: ``cycles = sum over loops (iterations * II + PHASE_DEPTH)``. Stages overlap
    across samples (DATAFLOW), so the network's initiation interval is the slowest stage and the
@@ -43,11 +47,11 @@ Timing
    after ReLU). Linear accumulators are registers; conv accumulators are RAM banks, cleared and
    drained one output pixel per cycle.
 6. k-WTA: rank (``ceil(n / lanes)``), a 4-pass radix select with 8-bit digits (each pass a
-   histogram loop of ``ceil(n / lanes)`` at II 2 into lane-private histograms, ``lanes x 256``
+   histogram loop of ``ceil(n / lanes)`` at II 1 into lane-private histograms, ``lanes x 256``
    counters, then a 256-bin scan that merges the lanes and clears them), then the selection:
-   ``2 * ceil(n / lanes) + 4 * (2 * ceil(n / lanes) + 256)`` cycles. Max-pool: ``lanes`` windows
+   ``2 * ceil(n / lanes) + 4 * (ceil(n / lanes) + 256)`` cycles. Max-pool: ``lanes`` windows
    per cycle, each window's values read in parallel; sparse max-pool: clear and emit ``lanes``
-   windows per cycle, and one cycle at II 2 per (active input, window holding it). With
+   windows per cycle, and one cycle (two in float) per (active input, window holding it). With
    ``exact`` (TopK's exactly-k form), the selection keeps ties up to k, lowest index first, in
    the same pass. A final (log-)softmax: in float, a pass for the max, one for the sum of
    exponentials (a running sum: II = ``FLOAT_ADD_CYCLES``), one for the outputs.
@@ -85,10 +89,12 @@ Resources (per copy)
    twice is duplicated), BRAM in its best aspect ratio (BRAM36 512x72 ... 32Kx1, or BRAM18 at
    half a BRAM36) or URAM (4096 x 72, words packed ``floor(72 / bits)`` a row). Weights are ROMs
    (``static const``): URAM cannot be initialized by the bitstream, so they live in BRAM or
-   LUTRAM. The k-WTA keeps values, uint32 keys, selected values and one 256-counter (32-bit)
-   histogram per lane, merged by an adder per lane. The fold search may make the scarcest
-   resource dearer (``HwModel.memory_prices``). Nothing is fetched from DDR per sample but the
-   inputs and outputs.
+   LUTRAM. The sparse-sparse conv's partial-sum copies are each a set of banks, and Finish adds
+   an adder per extra copy and output channel. The k-WTA keeps values, uint32 keys, selected
+   values and one 256-counter (32-bit) histogram per lane, merged by an adder per lane, and
+   each lane's run (bin and count) in registers; the sparse max-pool its window in registers.
+   The fold search may make the scarcest resource dearer (``HwModel.memory_prices``). Nothing
+   is fetched from DDR per sample but the inputs and outputs.
 10. Copies: independent kernels (compute units), each with its own AXI ports, placed inside one
     super logic region (SLR): the U250 has 4, each a quarter of the device less the static
     shell's share (10% for a DDR4 controller in SLR0, 2, 3; 55% in SLR1 for PCIe, XDMA and the

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .cycles import accumulator_copies
 from .hw_model import HwLayer, HwModel, Split, split
 from .number_formats import BOOST_BITS, SCALE_BITS, fixed_format
 
@@ -254,11 +255,14 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
             stages = math.ceil(math.log2(banks))
             res["lut"] += mac_lanes * abits * stages
             res["ff"] += mac_lanes * abits * stages
-            # accumulators: a bank per output channel, taps pixels read and written per cycle
-            add(place(banks * layer.out_pixels, abits, 2 * banks * par.taps, scattered=True))
+            # accumulators: a bank per output channel, taps pixels read and written per cycle,
+            # in each interleaved partial-sum copy (conv: its own banks)
+            copies = accumulator_copies(layer)
+            for _ in range(copies):
+                add(place(banks * layer.out_pixels, abits, 2 * banks * par.taps, scattered=True))
             # finish: conv, all channels of one pixel at once; linear, lanes outputs per cycle
-            # (bias constants fold into the adders)
-            res["lut"] += finishing * (abits + bits)
+            # (bias constants fold into the adders), an adder per extra copy
+            res["lut"] += finishing * (abits + bits + (copies - 1) * abits)
             add(place(layer.n_out, bits, 2 * finishing, scattered=layer.op == "conv2d"))
         else:
             add(place(layer.out_shape[0], abits, 2, rom=True))  # bias
@@ -290,6 +294,10 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
             # cycle, merged by an adder over the lanes per bin
             add(place(256 * lanes, 32, 2 * lanes, scattered=True))
             res["lut"] += lanes * 32
+            # each lane's run: its bin (9 bits) and count (32) in registers, the bin compare
+            # and the count's increment
+            res["ff"] += lanes * (9 + 32)
+            res["lut"] += lanes * (9 + 32)
             add(place(layer.n_in, bits, lanes))  # selected values
         elif layer.op == "softmax":
             # one float exp and one float add (the running sum), a float log and divide once per
@@ -303,9 +311,18 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
             if not layer.in_sparse:
                 pool = math.prod(layer.attrs["pool"])
                 add(place(layer.n_in, bits, lanes * pool, scattered=True))
+                add(place(layer.n_out, bits, lanes))
             else:
-                add(place(layer.n_out, 8, lanes))  # counts
-            add(place(layer.n_out, bits, lanes))
+                # counts and maxes: Emit reads lanes windows a cycle, ActiveInputs writes one
+                # window back and reads another; the window in registers (its index, max and
+                # count) and Emit's compare of each lane's window with it
+                ports = max(lanes, 2)
+                add(place(layer.n_out, 8, ports))
+                add(place(layer.n_out, bits, ports))
+                add(place(layer.n_out, bits, lanes))  # the outputs
+                index_bits = max(1, math.ceil(math.log2(layer.n_out + 1)))
+                res["ff"] += index_bits + bits + 8
+                res["lut"] += lanes * index_bits
         else:
             add(place(layer.n_in, bits, lanes))
             add(place(layer.n_out, bits, lanes))

@@ -10,5 +10,5 @@ struct config_{{name}} {
     static const unsigned slots = {{slots}};
     static const bool relu = {{relu}};
     static const unsigned lanes = {{lanes}}, res_lanes = {{res_lanes}};
-    static const unsigned acc_ii = {{acc_ii}};
+    static const unsigned acc_ii = {{acc_ii}}, acc_copies = {{acc_copies}};
 };

@@ -8,4 +8,5 @@ struct config_{{name}} {
     static const unsigned stride_h = {{stride_h}}, stride_w = {{stride_w}};
     static const unsigned pool_h = {{pool_h}}, pool_w = {{pool_w}};
     static const unsigned lanes = {{lanes}};
+    static const unsigned pool_ii = {{pool_ii}};  // the sparse engine's loop
 };

@@ -425,7 +425,7 @@ void linear_sparse_dense(IN_S &in, OUT_S &out, const typename CONFIG_T::weight_t
 // The owners one step writes are distinct (complementary packing puts each owner in at most one
 // slot of a column, and the residual holds the column's other owners): that is what makes the
 // step's writes independent (DEPENDENCE intra false), and it holds for one column only, so
-// successive steps keep their true dependence (II = acc_ii).
+// successive steps keep their true dependence (II = acc_ii; the conv rotates partial-sum copies).
 template <class CONFIG_T> struct packed_columns {
     const typename CONFIG_T::weight_t *val;
     const typename CONFIG_T::owner_t *owner;
@@ -520,9 +520,12 @@ Finish:  // lanes outputs per cycle: bias, ReLU and the output format
     write_all<CONFIG_T::lanes>(y, out);
 }
 
-// Accumulators in out_c banks of OH*OW words (RAM): a step reads, adds and writes them back, so
-// II = acc_ii covers that read-modify-write. Per active input, taps kernel positions at a time
-// (each its own output pixel) times the steps of the longest of their columns.
+// Accumulators in out_c banks of OH*OW words (RAM), in acc_copies interleaved partial-sum copies:
+// step i reads, adds and writes back copy i mod acc_copies, so a step never reads a sum the
+// step before it is still writing. Fixed point keeps as many copies as that read-modify-write
+// takes cycles (RAM read + add) and runs at II 1; float keeps one copy at II = acc_ii. Finish
+// adds the copies. Per active input, taps kernel positions at a time (each its own output
+// pixel) times the steps of the longest of their columns.
 template <class CONFIG_T, class OUT_S>
 void conv2d_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S &out,
                           const typename CONFIG_T::weight_t val[CONFIG_T::n_kin * CONFIG_T::groups],
@@ -534,23 +537,27 @@ void conv2d_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S
     const unsigned OHW = CONFIG_T::out_h * CONFIG_T::out_w;
     const unsigned TAPS = CONFIG_T::kern_h * CONFIG_T::kern_w;
     const unsigned TAP_GROUPS = (TAPS + CONFIG_T::taps - 1) / CONFIG_T::taps;
-    typename CONFIG_T::accum_t acc[CONFIG_T::out_c * CONFIG_T::out_h * CONFIG_T::out_w];
-#pragma HLS ARRAY_PARTITION variable = acc block factor = CONFIG_T::acc_banks
+    typename CONFIG_T::accum_t
+        acc[CONFIG_T::acc_copies][CONFIG_T::out_c * CONFIG_T::out_h * CONFIG_T::out_w];
+#pragma HLS ARRAY_PARTITION variable = acc complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = acc block factor = CONFIG_T::acc_banks dim = 2
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
 ClearAccumulators:
     for (unsigned p = 0; p < OHW; p++) {
 #pragma HLS PIPELINE II = 1
         NNET_TICK(1);
-        for (unsigned o = 0; o < CONFIG_T::out_c; o++) acc[o * OHW + p] = 0;  // one per bank
+        for (unsigned i = 0; i < CONFIG_T::acc_copies; i++)
+            for (unsigned o = 0; o < CONFIG_T::out_c; o++) acc[i][o * OHW + p] = 0;  // one per bank
     }
     NNET_LOOP_DONE();
     const packed_columns<CONFIG_T> columns = {val, owner, rptr, ridx, rval};
     elem<typename CONFIG_T::in_t> e;
-    unsigned c = 0, y_in = 0, x_in = 0, tg = 0, s = 0, n = 0;
+    unsigned c = 0, y_in = 0, x_in = 0, tg = 0, s = 0, n = 0, copy = 0;
 ActiveInputs:
     for (;;) {
 #pragma HLS PIPELINE II = CONFIG_T::acc_ii
 #pragma HLS DEPENDENCE variable = acc intra false
+#pragma HLS DEPENDENCE variable = acc inter RAW distance = CONFIG_T::acc_copies true
         NNET_TICK(CONFIG_T::acc_ii);
         if (tg == 0 && s == 0) {
             if (!next_nonzero(in, e)) break;
@@ -582,9 +589,10 @@ ActiveInputs:
             if (ty < 0 || tx < 0 || ty % CONFIG_T::stride_h || tx % CONFIG_T::stride_w) continue;
             const unsigned oy = ty / CONFIG_T::stride_h, ox = tx / CONFIG_T::stride_w;
             if (oy >= CONFIG_T::out_h || ox >= CONFIG_T::out_w) continue;
-            columns.template scatter<CONFIG_T::slots>(acc, OHW, oy * CONFIG_T::out_w + ox,
+            columns.template scatter<CONFIG_T::slots>(acc[copy], OHW, oy * CONFIG_T::out_w + ox,
                                                       c * TAPS + tap, s, e.val);
         }
+        if (++copy == CONFIG_T::acc_copies) copy = 0;
         if (++s == n) {
             s = 0;
             if (++tg == TAP_GROUPS) tg = 0;
@@ -595,8 +603,11 @@ Finish:
     for (unsigned p = 0; p < OHW; p++) {
 #pragma HLS PIPELINE II = 1
         NNET_TICK(1);
-        for (unsigned o = 0; o < CONFIG_T::out_c; o++)
-            y[o * OHW + p] = finish<CONFIG_T>(acc[o * OHW + p] + b[o], o);
+        for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
+            typename CONFIG_T::accum_t sum = b[o];
+            for (unsigned i = 0; i < CONFIG_T::acc_copies; i++) sum += acc[i][o * OHW + p];
+            y[o * OHW + p] = finish<CONFIG_T>(sum, o);
+        }
     }
     NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
@@ -611,11 +622,14 @@ Finish:
 // 8-bit digits of the order-preserving float key: O(n) per pass, no sort.
 //
 // Each lane owns a 256-bin histogram (LANES x 256 counters), so the lanes never write the same
-// counter; a lane's increment is a read-modify-write of its RAM, so the histogram loop runs at
-// II = 2. FindDigit reads bin d of every lane (an adder tree), clears it for the next pass, and
-// always walks all 256 bins (a fixed-length loop; the digit is latched when found).
-// hist is the caller's (static, zero at start): FindDigit clears every bin it reads. ties: how
-// many keys equal to the k-th must win for exactly k (k minus those above it).
+// counter. A lane counts the bin it saw last in a register (run_bin, run_count) and touches its
+// RAM only when the bin changes: it writes the finished run back and reads the new bin's count
+// (two ports, two different bins: UG1399's histogram), so the loop runs at II = 1. FindDigit
+// reads bin d of every lane, the register where a lane's run is on d (an adder tree), clears
+// it for the next pass, and always walks all 256 bins (a fixed-length loop; the digit is
+// latched when found). hist is the caller's (static, zero at start): FindDigit clears every
+// bin it reads. ties: how many keys equal to the k-th must win for exactly k (k minus those
+// above it).
 template <unsigned N, unsigned LANES>
 uint32_t kth_largest_key(const uint32_t (&key)[N], unsigned (&hist)[LANES][256], unsigned k,
                          unsigned &ties) {
@@ -624,14 +638,32 @@ uint32_t kth_largest_key(const uint32_t (&key)[N], unsigned (&hist)[LANES][256],
 RadixPasses:
     for (int pass = 0; pass < 4; pass++) {
         const int shift = 24 - 8 * pass;
+        unsigned run_bin[LANES], run_count[LANES];  // 256: no run yet
+#pragma HLS ARRAY_PARTITION variable = run_bin complete
+#pragma HLS ARRAY_PARTITION variable = run_count complete
+        for (unsigned l = 0; l < LANES; l++) {
+#pragma HLS UNROLL
+            run_bin[l] = 256;
+            run_count[l] = 0;
+        }
     Histogram:
         for (unsigned i = 0; i < (N + LANES - 1) / LANES; i++) {
-#pragma HLS PIPELINE II = 2
-            NNET_TICK(2);
+#pragma HLS PIPELINE II = 1
+#pragma HLS DEPENDENCE variable = hist intra RAW false
+            NNET_TICK(1);
             for (unsigned l = 0; l < LANES; l++) {
 #pragma HLS UNROLL
                 const unsigned j = i * LANES + l;
-                if (j < N && (key[j] & mask) == prefix) hist[l][(key[j] >> shift) & 255u]++;
+                if (j < N && (key[j] & mask) == prefix) {
+                    const unsigned bin = (key[j] >> shift) & 255u;
+                    if (bin == run_bin[l]) {
+                        run_count[l]++;
+                    } else {  // the run ends: write it back, start one on bin
+                        if (run_bin[l] < 256) hist[l][run_bin[l]] = run_count[l];
+                        run_count[l] = hist[l][bin] + 1;
+                        run_bin[l] = bin;
+                    }
+                }
             }
         }
         NNET_LOOP_DONE();
@@ -645,7 +677,7 @@ RadixPasses:
             unsigned count = 0;
             for (unsigned l = 0; l < LANES; l++) {
 #pragma HLS UNROLL
-                count += hist[l][d];
+                count += run_bin[l] == (unsigned)d ? run_count[l] : hist[l][d];
                 hist[l][d] = 0;
             }
             if (!found) {
@@ -749,9 +781,11 @@ Windows:
 }
 
 // Sparse in, sparse out: absent inputs are zeros, so a window with fewer present values than
-// its size also contains a 0. One cycle per (active input, window holding it), at II = 2: the
-// window's running max and count are a read-modify-write of RAM, and the next input may hit
-// the same window. Clearing the counts and emitting take LANES windows per cycle.
+// its size also contains a 0. One cycle per (active input, window holding it): the window being
+// updated lives in registers (run_p, run_max, run_count) and goes back to RAM when the next
+// input hits another window, in the cycle that window is read (two ports, two windows), so the
+// carried step is the running max's compare: II = pool_ii (1 in fixed point). Clearing the
+// counts and emitting take LANES windows per cycle; Emit takes the registers for run_p.
 template <class CONFIG_T, class OUT_S>
 void maxpool2d(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S &out) {
     const unsigned STEPS = (CONFIG_T::n_out + CONFIG_T::lanes - 1) / CONFIG_T::lanes;
@@ -772,10 +806,15 @@ ClearCounts:
     unsigned c = 0;
     int oy0 = 0, oy1 = -1, ox0 = 0, ox1 = -1, oy = 0, ox = 0;
     bool fresh = true;
+    unsigned run_p = CONFIG_T::n_out;  // none yet
+    typename CONFIG_T::in_t run_max = 0;
+    uint8_t run_count = 0;
 ActiveInputs:
     for (;;) {
-#pragma HLS PIPELINE II = 2
-        NNET_TICK(2);
+#pragma HLS PIPELINE II = CONFIG_T::pool_ii
+#pragma HLS DEPENDENCE variable = mx intra RAW false
+#pragma HLS DEPENDENCE variable = cnt intra RAW false
+        NNET_TICK(CONFIG_T::pool_ii);
         if (fresh) {
             if (!next_nonzero(in, e)) break;
             c = e.idx / (CONFIG_T::in_h * CONFIG_T::in_w);
@@ -797,8 +836,17 @@ ActiveInputs:
         }
         if (oy <= oy1 && ox <= ox1) {
             const unsigned p = (c * CONFIG_T::out_h + oy) * CONFIG_T::out_w + ox;
-            if (cnt[p] == 0 || e.val > mx[p]) mx[p] = e.val;
-            cnt[p]++;
+            if (p != run_p) {  // another window: write the run back, read this one
+                if (run_p < CONFIG_T::n_out) {
+                    mx[run_p] = run_max;
+                    cnt[run_p] = run_count;
+                }
+                run_p = p;
+                run_count = cnt[p];
+                run_max = run_count ? mx[p] : e.val;
+            }
+            if (run_count == 0 || e.val > run_max) run_max = e.val;
+            run_count++;
         }
         fresh = false;
         if (++ox > ox1) {
@@ -816,9 +864,12 @@ Emit:
 #pragma HLS UNROLL
             const unsigned p = i * CONFIG_T::lanes + l;
             if (p >= CONFIG_T::n_out) continue;
+            const bool run = p == run_p;
+            const unsigned count = run ? run_count : cnt[p];
+            const typename CONFIG_T::in_t m =
+                run ? run_max : count ? mx[p] : (typename CONFIG_T::in_t)0;
             typename CONFIG_T::out_t v = 0;
-            if (cnt[p] == CONFIG_T::pool_h * CONFIG_T::pool_w || (cnt[p] > 0 && mx[p] > 0))
-                v = mx[p];
+            if (count == CONFIG_T::pool_h * CONFIG_T::pool_w || (count > 0 && m > 0)) v = m;
             y[p] = v;
         }
     }

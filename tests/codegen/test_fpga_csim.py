@@ -9,6 +9,7 @@ import pytest
 
 from tvm_sparse import models
 from tvm_sparse.codegen.fpga import compile_fpga, golden_outputs
+from tvm_sparse.codegen.fpga.hw_model import accumulator_pixel_banks, split
 from tvm_sparse.errors import TvmSparseError
 
 from .test_fpga_cycles import assert_estimate_agrees
@@ -162,18 +163,25 @@ def _overlapping_pools_cnn() -> object:
     return g.model("overlap", [1, 1, 12, 12], x, [1, 10])
 
 
-@pytest.mark.parametrize("precision", ["float", "int8"])
-def test_overlapping_sparse_pools_csim(tmp_path, precision):
+@pytest.mark.parametrize(
+    "precision,taps", [("float", None), ("int8", None), ("float", 9), ("int8", 9)]
+)
+def test_overlapping_sparse_pools_csim(tmp_path, precision, taps):
     """The sparse max-pool's and k-WTA histogram's run registers and the sparse-sparse conv's
     interleaved partial sums on inputs that revisit windows and pixels: float C simulation
-    equals the CPU module; int8 keeps its top-1, and both count the cycles the estimate says."""
+    equals the CPU module; int8 keeps its top-1, and both count the cycles the estimate says.
+    With ``taps`` the conv takes that many kernel positions a step (its accumulator planes
+    then cut into pixel banks)."""
     model = _overlapping_pools_cnn()
     rng = np.random.default_rng(3)
     x = rng.standard_normal((6, 1, 12, 12)).astype(np.float32)
     golden = golden_outputs(model, x)
+    target = {"kind": "fpga", "precision": precision}
+    if taps:  # every slot of taps columns a step
+        target["parallelism"] = {"c1": 1024}
     project = compile_fpga(
         model,
-        {"kind": "fpga", "precision": precision},
+        target,
         output_dir=tmp_path,
         variant="sparse-sparse",
         tb_data=(x, golden),
@@ -181,6 +189,9 @@ def test_overlapping_sparse_pools_csim(tmp_path, precision):
     )
     engines = {layer.name: layer.engine for layer in project.hw.layers}
     assert engines["c1"] == "sparse_sparse"
+    c1 = project.hw.layer("c1")
+    if taps:
+        assert split(c1).taps == taps and accumulator_pixel_banks(c1) > 1
     pools = [layer for layer in project.hw.layers if layer.op == "maxpool2d"]
     assert [layer.in_sparse for layer in pools] == [True, True]
     result = project.csim_result

@@ -27,7 +27,13 @@ from tvm_sparse.codegen.fpga.cycles import (
     update_latency,
 )
 from tvm_sparse.codegen.fpga.estimator import estimate
-from tvm_sparse.codegen.fpga.hw_model import HwLayer, HwModel, WeightStore
+from tvm_sparse.codegen.fpga.hw_model import (
+    HwLayer,
+    HwModel,
+    WeightStore,
+    accumulator_pixel_banks,
+    split,
+)
 from tvm_sparse.codegen.fpga.target import parse_fpga_target
 from tvm_sparse.codegen.fpga.writer import TEMPLATES
 
@@ -199,6 +205,102 @@ def test_sparse_sparse_conv_interleaves_partial_sums():
     assert stage_total(model, fixed, 1) == 4 + 5 + 4 + 8 + 4 * PHASE_DEPTH
     flt.activity = fixed.activity
     assert stage_total(_model(flt), flt, 1) == 4 + 5 * 5 + 4 + 8 + 4 * PHASE_DEPTH
+
+
+def _conv_taps(kernel, stride, dilation, pad, in_hw, lanes_taps) -> tuple[HwLayer, int]:
+    """A 1 -> 1 channel sparse-sparse conv (one packed slot per column) whose split takes
+    ``lanes_taps`` taps a step."""
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl) = kernel, stride, dilation, pad
+    h, w = in_hw
+    oh = (h + 2 * pt - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pl - dw * (kw - 1) - 1) // sw + 1
+    n_kin = kh * kw
+    store = WeightStore(
+        "packed",
+        {
+            "val": np.ones(n_kin, np.float32),
+            "owner": np.zeros(n_kin, np.uint8),
+            "rptr": np.zeros(n_kin + 1, np.uint32),
+            "ridx": np.zeros(1, np.uint8),
+            "rval": np.zeros(1, np.float32),
+        },
+        n_kin,
+        n_groups=1,
+    )
+    attrs = {"kernel": kernel, "stride": stride, "dilation": dilation, "pad": pad}
+    layer = HwLayer(0, "c", "c", "conv2d", "sparse_sparse", (1, h, w), (1, oh, ow), attrs,
+                    weights=store)  # fmt: skip
+    return layer, lanes_taps  # slots = 1: lanes = taps
+
+
+def _tap_pixels_by_loop(layer: HwLayer, taps: int, y: int, x: int) -> list[list[int]]:
+    """The engine's Taps loop, written out: per tap group, the output pixels the valid taps of
+    input (y, x) scatter to."""
+    kh_n, kw_n = layer.kernel
+    (sh, sw), (dh, dw) = layer.attrs["stride"], layer.attrs["dilation"]
+    pt, pl = layer.attrs["pad"]
+    _, oh, ow = layer.out_shape
+    groups = []
+    for tg in range(-(-kh_n * kw_n // taps)):
+        pixels = []
+        for t in range(taps):
+            tap = tg * taps + t
+            if tap >= kh_n * kw_n:
+                continue
+            ty, tx = y + pt - tap // kw_n * dh, x + pl - tap % kw_n * dw
+            if ty < 0 or tx < 0 or ty % sh or tx % sw or ty // sh >= oh or tx // sw >= ow:
+                continue
+            pixels.append(ty // sh * ow + tx // sw)
+        groups.append(pixels)
+    return groups
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,dilation,pad,in_hw,taps",
+    [
+        ((5, 5), (1, 1), (1, 1), (0, 0), (14, 14), 9),  # the GSC cnn2 fold
+        ((5, 5), (1, 1), (1, 1), (0, 0), (14, 14), 2),
+        ((3, 3), (1, 1), (1, 1), (1, 1), (8, 8), 3),
+        ((3, 3), (2, 2), (1, 1), (1, 1), (9, 9), 9),
+        ((3, 3), (1, 1), (2, 2), (2, 2), (7, 7), 4),
+        ((1, 7), (1, 1), (1, 1), (0, 3), (1, 12), 7),
+        ((3, 3), (1, 1), (1, 1), (0, 0), (3, 3), 9),  # one output pixel
+    ],
+)
+def test_accumulator_pixel_banks_keep_a_steps_taps_apart(kernel, stride, dilation, pad, in_hw,
+                                                         taps):  # fmt: skip
+    """With ``pixel mod banks`` banks, the taps one step scatters never share a bank at any
+    input position (so each bank takes one read-modify-write a cycle), and one bank fewer
+    would let two of them meet somewhere (unless it is already the taps' or pixels' count)."""
+    layer, lanes = _conv_taps(kernel, stride, dilation, pad, in_hw, taps)
+    assert split(layer, lanes).taps == taps
+    banks = accumulator_pixel_banks(layer, lanes)
+    fewest = min(taps, layer.out_pixels)  # a step's taps reach at most every pixel
+    assert fewest <= banks <= layer.out_pixels
+
+    def clash(b: int) -> bool:
+        for y in range(in_hw[0]):
+            for x in range(in_hw[1]):
+                for pixels in _tap_pixels_by_loop(layer, taps, y, x):
+                    if len({p % b for p in pixels}) < len(pixels):
+                        return True
+        return False
+
+    assert not clash(banks)
+    assert banks == fewest or clash(banks - 1)
+
+
+def test_accumulator_planes_are_partitioned_as_counted():
+    """The conv's accumulators: copies and output channels completely partitioned, each plane
+    cyclic by acc_pixel_banks: the banks the estimator charges (out_c x pixel banks per copy)."""
+    conv = _body("conv2d_sparse_sparse")
+    assert "acc[CONFIG_T::acc_copies][CONFIG_T::out_c][CONFIG_T::out_h * CONFIG_T::out_w]" in conv
+    for pragma in (
+        "variable = acc complete dim = 1",
+        "variable = acc complete dim = 2",
+        "variable = acc cyclic factor = CONFIG_T::acc_pixel_banks dim = 3",
+    ):
+        assert f"#pragma HLS ARRAY_PARTITION {pragma}\n" in conv
 
 
 def test_sparse_write_iterations_by_hand():

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...safe_text import comment_text
 from .cycles import FLOAT_ADD_CYCLES, accumulate_ii, accumulator_copies, pool_ii, row_steps
-from .hw_model import HwLayer, split
+from .hw_model import HwLayer, accumulator_pixel_banks, split
 from .number_formats import boost_store_t
 
 Values = dict[str, object]
@@ -118,7 +118,7 @@ def _packed(layer: HwLayer) -> Values:
     return {
         "owner_t": _C_INT.get(owner.dtype, "uint32_t"),
         "groups": layer.weights.n_groups,
-        "acc_banks": layer.out_shape[0],
+        "acc_pixel_banks": accumulator_pixel_banks(layer),
         "taps": par.taps,
         "slots": par.slots,
         "res_lanes": par.res_lanes,

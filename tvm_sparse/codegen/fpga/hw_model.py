@@ -159,6 +159,50 @@ def max_column_residual(layer: HwLayer) -> int:
     return int(np.diff(layer.weights.arrays["rptr"].astype(np.int64)).max(initial=0))
 
 
+def _tap_pixels(layer: HwLayer, taps: int) -> np.ndarray:
+    """[positions, tap groups, taps]: the output pixel each tap of a group puts an input
+    position on (``-1``: that tap's window misses it), as the sparse-sparse conv computes it."""
+    _, h, w = layer.in_shape
+    _, oh, ow = layer.out_shape
+    kh_n, kw_n = layer.kernel
+    (sh, sw), (dh, dw) = layer.attrs["stride"], layer.attrs["dilation"]
+    pad_top, pad_left = layer.attrs["pad"]
+    groups = -(-kh_n * kw_n // taps)
+    tap = np.arange(groups * taps)
+    kh, kw = tap // kw_n, tap % kw_n
+    y = np.arange(h)[:, None, None] + pad_top - kh * dh  # [h, 1, taps]
+    x = np.arange(w)[None, :, None] + pad_left - kw * dw  # [1, w, taps]
+    oy, ox = y // sh, x // sw
+    ok_y = (y >= 0) & (y % sh == 0) & (oy < oh)
+    ok_x = (x >= 0) & (x % sw == 0) & (ox < ow)
+    ok = ok_y & ok_x & (tap < kh_n * kw_n)
+    pixels = np.where(ok, oy * ow + ox, -1)
+    return pixels.reshape(h * w, groups, taps)
+
+
+def accumulator_pixel_banks(layer: HwLayer, lanes: int | None = None) -> int:
+    """Banks (cyclic, ``pixel mod B``) of each output channel's accumulator plane in the
+    sparse-sparse conv: the fewest with which the taps one step scatters to never meet in a
+    bank, for any input position (so each bank takes one read-modify-write a cycle). 1 when a
+    step takes one tap; at most the plane's pixels (distinct taps of one input always put it
+    on distinct pixels)."""
+    taps = split(layer, lanes).taps
+    if taps == 1:
+        return 1
+    cache = layer.attrs.setdefault("_pixel_banks", {})
+    if taps not in cache:
+        pixels = _tap_pixels(layer, taps)
+        valid = pixels >= 0
+        n = layer.out_pixels
+        for banks in range(min(taps, n), n + 1):  # n banks: every pixel its own
+            bank = np.where(valid, pixels % banks, -1 - np.arange(taps))  # misses never clash
+            ordered = np.sort(bank, axis=2)
+            if not (ordered[..., 1:] == ordered[..., :-1]).any():
+                break
+        cache[taps] = banks
+    return cache[taps]
+
+
 def split(layer: HwLayer, lanes: int | None = None) -> Split:
     """The loop parallelism of ``layer`` with ``lanes`` lanes (default: its own)."""
     lanes = layer.lanes if lanes is None else lanes

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .cycles import accumulator_copies
-from .hw_model import HwLayer, HwModel, Split, split
+from .hw_model import HwLayer, HwModel, Split, accumulator_pixel_banks, split
 from .number_formats import BOOST_BITS, SCALE_BITS, fixed_format
 
 STAGE_LUT = 800
@@ -251,15 +251,17 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
             add(mem)
         finishing = finishing_lanes(layer, lanes)
         if layer.engine == "sparse_sparse":
-            banks = layer.out_shape[0]  # empty slots write nothing: no extra bank
-            stages = math.ceil(math.log2(banks))
+            # accumulators: per output channel a plane cut into pixel banks (the taps of a step
+            # never share one), each read and written once a cycle; each interleaved
+            # partial-sum copy has its own (empty slots write nothing: no extra bank)
+            banks = layer.out_shape[0] * accumulator_pixel_banks(layer)
+            stages = math.ceil(math.log2(banks)) if banks > 1 else 0
             res["lut"] += mac_lanes * abits * stages
             res["ff"] += mac_lanes * abits * stages
-            # accumulators: a bank per output channel, taps pixels read and written per cycle,
-            # in each interleaved partial-sum copy (conv: its own banks)
             copies = accumulator_copies(layer)
             for _ in range(copies):
-                add(place(banks * layer.out_pixels, abits, 2 * banks * par.taps, scattered=True))
+                add(place(banks * math.ceil(layer.out_pixels / (banks // layer.out_shape[0])),
+                          abits, 2 * banks, scattered=True))  # fmt: skip
             # finish: conv, all channels of one pixel at once; linear, lanes outputs per cycle
             # (bias constants fold into the adders), an adder per extra copy
             res["lut"] += finishing * (abits + bits + (copies - 1) * abits)

@@ -442,10 +442,10 @@ template <class CONFIG_T> struct packed_columns {
         return n ? n : 1;
     }
 
-    // Step s of column k: scatter-add activation v; output o's accumulator is
-    // acc[o * stride + pix] (conv: one plane of stride pixels per output channel).
-    template <unsigned SLOTS, int N>
-    void scatter(typename CONFIG_T::accum_t (&acc)[N], unsigned stride, unsigned pix, uint32_t k,
+    // Step s of column k: scatter-add activation v; output o's accumulator is acc[o][pix]
+    // (conv: a plane of P pixels per output channel; linear: P = 1).
+    template <unsigned SLOTS, int P>
+    void scatter(typename CONFIG_T::accum_t (&acc)[CONFIG_T::out_c][P], unsigned pix, uint32_t k,
                  unsigned s, typename CONFIG_T::in_t v) const {
 #pragma HLS INLINE
     PackedSlots:
@@ -454,14 +454,14 @@ template <class CONFIG_T> struct packed_columns {
             const unsigned g = s * SLOTS + j;
             if (g < CONFIG_T::groups) {
                 const unsigned o = owner[k * CONFIG_T::groups + g];
-                if (o < CONFIG_T::out_c) acc[o * stride + pix] += val[k * CONFIG_T::groups + g] * v;
+                if (o < CONFIG_T::out_c) acc[o][pix] += val[k * CONFIG_T::groups + g] * v;
             }
         }
     Residual:
         for (unsigned j = 0; j < CONFIG_T::res_lanes; j++) {
 #pragma HLS UNROLL
             const uint32_t r = rptr[k] + s * CONFIG_T::res_lanes + j;
-            if (r < rptr[k + 1]) acc[ridx[r] * stride + pix] += rval[r] * v;
+            if (r < rptr[k + 1]) acc[ridx[r]][pix] += rval[r] * v;
         }
     }
 };
@@ -483,13 +483,13 @@ void linear_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S
                           const typename CONFIG_T::weight_t rval[],
                           const typename CONFIG_T::bias_t b[CONFIG_T::out_c]) {
     const packed_columns<CONFIG_T> columns = {val, owner, rptr, ridx, rval};
-    typename CONFIG_T::accum_t acc[CONFIG_T::out_c];
-#pragma HLS ARRAY_PARTITION variable = acc complete
+    typename CONFIG_T::accum_t acc[CONFIG_T::out_c][1];
+#pragma HLS ARRAY_PARTITION variable = acc complete dim = 0
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
     NNET_TICK(1);
     for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
 #pragma HLS UNROLL
-        acc[o] = 0;
+        acc[o][0] = 0;
     }
     elem<typename CONFIG_T::in_t> e;
     unsigned s = 0, n = 0;
@@ -502,7 +502,7 @@ ActiveInputs:
             if (!next_nonzero(in, e)) break;
             n = columns.template steps<CONFIG_T::slots>(e.idx);
         }
-        columns.template scatter<CONFIG_T::slots>(acc, 1, 0, e.idx, s, e.val);
+        columns.template scatter<CONFIG_T::slots>(acc, 0, e.idx, s, e.val);
         if (++s == n) s = 0;
     }
     NNET_LOOP_DONE();
@@ -513,14 +513,17 @@ Finish:  // lanes outputs per cycle: bias, ReLU and the output format
         for (unsigned l = 0; l < CONFIG_T::lanes; l++) {
 #pragma HLS UNROLL
             const unsigned o = i * CONFIG_T::lanes + l;
-            if (o < CONFIG_T::out_c) y[o] = finish<CONFIG_T>(acc[o] + b[o], o);
+            if (o < CONFIG_T::out_c) y[o] = finish<CONFIG_T>(acc[o][0] + b[o], o);
         }
     }
     NNET_LOOP_DONE();
     write_all<CONFIG_T::lanes>(y, out);
 }
 
-// Accumulators in out_c banks of OH*OW words (RAM), in acc_copies interleaved partial-sum copies:
+// Accumulators: a plane of OH*OW words (RAM) per output channel, cut into acc_pixel_banks banks
+// (pixel mod banks), so the taps of one step, each on its own output pixel, never share a bank
+// (the compiler chose the count from every input position's taps), in acc_copies interleaved
+// partial-sum copies:
 // step i reads, adds and writes back copy i mod acc_copies, so a step never reads a sum the
 // step before it is still writing. Fixed point keeps as many copies as that read-modify-write
 // takes cycles (RAM read + add) and runs at II 1; float keeps one copy at II = acc_ii. Finish
@@ -538,16 +541,17 @@ void conv2d_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S
     const unsigned TAPS = CONFIG_T::kern_h * CONFIG_T::kern_w;
     const unsigned TAP_GROUPS = (TAPS + CONFIG_T::taps - 1) / CONFIG_T::taps;
     typename CONFIG_T::accum_t
-        acc[CONFIG_T::acc_copies][CONFIG_T::out_c * CONFIG_T::out_h * CONFIG_T::out_w];
+        acc[CONFIG_T::acc_copies][CONFIG_T::out_c][CONFIG_T::out_h * CONFIG_T::out_w];
 #pragma HLS ARRAY_PARTITION variable = acc complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = acc block factor = CONFIG_T::acc_banks dim = 2
+#pragma HLS ARRAY_PARTITION variable = acc complete dim = 2
+#pragma HLS ARRAY_PARTITION variable = acc cyclic factor = CONFIG_T::acc_pixel_banks dim = 3
     typename CONFIG_T::out_t y[CONFIG_T::n_out];
 ClearAccumulators:
     for (unsigned p = 0; p < OHW; p++) {
 #pragma HLS PIPELINE II = 1
         NNET_TICK(1);
         for (unsigned i = 0; i < CONFIG_T::acc_copies; i++)
-            for (unsigned o = 0; o < CONFIG_T::out_c; o++) acc[i][o * OHW + p] = 0;  // one per bank
+            for (unsigned o = 0; o < CONFIG_T::out_c; o++) acc[i][o][p] = 0;  // one per bank
     }
     NNET_LOOP_DONE();
     const packed_columns<CONFIG_T> columns = {val, owner, rptr, ridx, rval};
@@ -589,7 +593,7 @@ ActiveInputs:
             if (ty < 0 || tx < 0 || ty % CONFIG_T::stride_h || tx % CONFIG_T::stride_w) continue;
             const unsigned oy = ty / CONFIG_T::stride_h, ox = tx / CONFIG_T::stride_w;
             if (oy >= CONFIG_T::out_h || ox >= CONFIG_T::out_w) continue;
-            columns.template scatter<CONFIG_T::slots>(acc[copy], OHW, oy * CONFIG_T::out_w + ox,
+            columns.template scatter<CONFIG_T::slots>(acc[copy], oy * CONFIG_T::out_w + ox,
                                                       c * TAPS + tap, s, e.val);
         }
         if (++copy == CONFIG_T::acc_copies) copy = 0;
@@ -605,7 +609,7 @@ Finish:
         NNET_TICK(1);
         for (unsigned o = 0; o < CONFIG_T::out_c; o++) {
             typename CONFIG_T::accum_t sum = b[o];
-            for (unsigned i = 0; i < CONFIG_T::acc_copies; i++) sum += acc[i][o * OHW + p];
+            for (unsigned i = 0; i < CONFIG_T::acc_copies; i++) sum += acc[i][o][p];
             y[o * OHW + p] = finish<CONFIG_T>(sum, o);
         }
     }

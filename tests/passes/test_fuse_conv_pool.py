@@ -18,7 +18,7 @@ from tvm_sparse.schedules.dense_conv_planes_x86 import SPEC_ATTR, dense_conv2d_p
 from tvm_sparse.schedules.dense_conv_x86 import pack_conv_weight, unpack_conv_weight
 from tvm_sparse.schedules.kernel import KernelCall, build_kernel
 from tvm_sparse.schedules.sparse_conv_planes_x86 import PlaneConvSpec
-from tvm_sparse.target import resolve_target
+from tvm_sparse.target import cpu_isa, resolve_target
 
 from ..conftest import assert_close, fused_text, ort_run
 
@@ -85,11 +85,20 @@ def _model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+# The fused kernel needs a band of whole position tiles: AVX-512's 64-wide tile admits one for
+# these outputs; AVX2's 24-wide tile (3 vectors of 8) admits none (an even band dividing 32 or
+# 112 output rows is never 3k rows), so on an AVX2 host the pair stays apart there, and the
+# fusion decision is checked on the AVX-512 target (built, not run).
+AVX512 = {"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 1}
+HOST_TILES_BAND = cpu_isa("llvm").lanes == 16
+
+
 def _check(tmp_path, model: onnx.ModelProto, fused: bool) -> None:
     path = str(tmp_path / "stem.onnx")
     onnx.save(model, path)
-    text = fused_text(model)
-    assert ("dense_conv2d_maxpool" in text) == fused
+    assert ("dense_conv2d_maxpool" in fused_text(model, AVX512)) == fused
+    if HOST_TILES_BAND:
+        assert ("dense_conv2d_maxpool" in fused_text(model)) == fused
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
     compiled = tvm_sparse.compile(path, "llvm")
@@ -179,6 +188,8 @@ def test_kernel_matches_numpy(x_shape, co, kernel, stride, activation):
     conv = ConvAttrs(strides=(stride, stride), padding=(kernel // 2,) * 4)
     call = dense_conv2d_planes(x_shape, w, b, conv, activation, target)
     spec = PlaneConvSpec.from_json(str(call.func.attrs[SPEC_ATTR]))
+    if not HOST_TILES_BAND and not applies(spec):
+        pytest.skip(f"{spec.tile}-wide position tiles on this CPU: no band for {spec.out_hw}")
     assert applies(spec), band_rows(spec)
     expected = _reference(x, w, b, stride, kernel // 2, activation)
     fused = KernelCall(conv_maxpool_kernel(spec), "conv_pool", call.consts, expected.shape)

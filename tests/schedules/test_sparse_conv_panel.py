@@ -25,7 +25,7 @@ from tvm_sparse.schedules.sparse_conv_panel_x86 import (
     sparse_conv2d_panel,
     tile_widths,
 )
-from tvm_sparse.target import resolve_target
+from tvm_sparse.target import cpu_isa, resolve_target
 
 from .isa import host_runs, isa_target
 from .reference import check_conv, conv_ref, sparse_weight
@@ -135,10 +135,15 @@ def test_one_vector_tails_run_with_the_last_whole_tile():
     assert not merges_tail(2, 32, 16)  # two vectors: a pass of its own
 
 
-@pytest.mark.parametrize("positions_hw", [(14, 14), (28, 28), (4, 17)])
+# 12 tiles of 64 and one vector of real positions: 28x28 with 16 lanes, 8x97 with 8
+_ONE_REAL_VECTOR_TAIL = (28, 28) if cpu_isa(TARGET).lanes == 16 else (8, 97)
+
+
+@pytest.mark.parametrize("positions_hw", [(14, 14), _ONE_REAL_VECTOR_TAIL, (4, 17)])
 def test_merged_tails_match_dense(positions_hw):
-    """A last tile ``m_tile + tail`` wide (5 vectors at 14x14, only 4 of the last 16
-    positions real; 28x28 all real, its partial sums in y) gives the dense conv's result."""
+    """A last tile ``m_tile + tail`` wide (at 14x14 only 4 of the last vector's positions
+    real; 12 x 64 + one vector all real, its partial sums in y) gives the dense conv's result.
+    The shapes follow this machine's lanes, so the tail is one vector on each."""
     rng = np.random.default_rng(23)
     w, bias = sparse_weight(rng, (20, 24, 1, 1), 0.3), rng.standard_normal(20).astype(np.float32)
     call = check_conv(sparse_conv2d_panel, (2, 24, *positions_hw), w, bias, ConvAttrs(), "relu",

@@ -254,14 +254,15 @@ def stage_resources(model: HwModel, layer: HwLayer) -> dict[str, float]:
             # accumulators: per output channel a plane cut into pixel banks (the taps of a step
             # never share one), each read and written once a cycle; each interleaved
             # partial-sum copy has its own (empty slots write nothing: no extra bank)
-            banks = layer.out_shape[0] * accumulator_pixel_banks(layer)
+            pixel_banks = accumulator_pixel_banks(layer)
+            banks = layer.out_shape[0] * pixel_banks
+            words = banks * math.ceil(layer.out_pixels / pixel_banks)
             stages = math.ceil(math.log2(banks)) if banks > 1 else 0
             res["lut"] += mac_lanes * abits * stages
             res["ff"] += mac_lanes * abits * stages
             copies = accumulator_copies(layer)
             for _ in range(copies):
-                add(place(banks * math.ceil(layer.out_pixels / (banks // layer.out_shape[0])),
-                          abits, 2 * banks, scattered=True))  # fmt: skip
+                add(place(words, abits, 2 * banks, scattered=True))
             # finish: conv, all channels of one pixel at once; linear, lanes outputs per cycle
             # (bias constants fold into the adders), an adder per extra copy
             res["lut"] += finishing * (abits + bits + (copies - 1) * abits)

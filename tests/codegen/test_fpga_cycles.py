@@ -167,49 +167,11 @@ def test_sparse_maxpool_cycles_by_hand():
     assert stage_total(_model(layer), layer, 2) == 4 + 2 * 4 + 4 + 8 + 4 * PHASE_DEPTH
 
 
-def _packed_conv(accum_t: str) -> HwLayer:
-    """A 1 -> 2 channel 2 x 2 sparse-sparse conv over 3 x 3, one packed slot per column."""
-    n_kin = 4
-    store = WeightStore(
-        "packed",
-        {
-            "val": np.ones(n_kin, np.float32),
-            "owner": np.array([0, 1, 0, 1], np.uint8),
-            "rptr": np.zeros(n_kin + 1, np.uint32),
-            "ridx": np.zeros(0, np.uint8),
-            "rval": np.zeros(0, np.float32),
-        },
-        n_kin,
-        n_groups=1,
-    )
-    layer = HwLayer(
-        0, "c", "c", "conv2d", "sparse_sparse", (1, 3, 3), (2, 2, 2), {"kernel": (2, 2)},
-        weights=store,
-    )  # fmt: skip
-    layer.in_sparse, layer.accum_t, layer.lanes = True, accum_t, 1
-    return layer
-
-
-def test_sparse_sparse_conv_interleaves_partial_sums():
-    """Fixed point: as many accumulator copies as the read-modify-write takes (RAM read 1 +
-    add 1), so the ActiveInputs loop runs at II 1; float keeps one copy at II 1 + 4."""
-    fixed = _packed_conv("ap_fixed<24,12,AP_RND,AP_SAT>")
-    assert update_latency(fixed) == 2
-    assert accumulator_copies(fixed) == 2 and accumulate_ii(fixed) == 1
-    flt = _packed_conv("float")
-    assert accumulator_copies(flt) == 1 and accumulate_ii(flt) == 1 + FLOAT_ADD_CYCLES
-    # one active input in the corner, every sample: 4 taps one at a time (1 lane), 1 step each
-    # (one slot per column): 4 steps + the end marker. Clear 4 pixels, finish 4, write 8.
-    fixed.activity = {"in_freq": np.eye(1, 9).ravel()}
-    model = _model(fixed, "int8")
-    assert stage_total(model, fixed, 1) == 4 + 5 + 4 + 8 + 4 * PHASE_DEPTH
-    flt.activity = fixed.activity
-    assert stage_total(_model(flt), flt, 1) == 4 + 5 * 5 + 4 + 8 + 4 * PHASE_DEPTH
-
-
-def _conv_taps(kernel, stride, dilation, pad, in_hw, lanes_taps) -> tuple[HwLayer, int]:
-    """A 1 -> 1 channel sparse-sparse conv (one packed slot per column) whose split takes
-    ``lanes_taps`` taps a step."""
+def _packed_conv(
+    kernel=(2, 2), in_hw=(3, 3), out_c=2, stride=(1, 1), dilation=(1, 1), pad=(0, 0)
+) -> HwLayer:
+    """A 1 -> ``out_c`` channel sparse-sparse conv, one packed slot per column (owners in
+    turn), no residual; sparse input, one lane."""
     (kh, kw), (sh, sw), (dh, dw), (pt, pl) = kernel, stride, dilation, pad
     h, w = in_hw
     oh = (h + 2 * pt - dh * (kh - 1) - 1) // sh + 1
@@ -219,7 +181,7 @@ def _conv_taps(kernel, stride, dilation, pad, in_hw, lanes_taps) -> tuple[HwLaye
         "packed",
         {
             "val": np.ones(n_kin, np.float32),
-            "owner": np.zeros(n_kin, np.uint8),
+            "owner": (np.arange(n_kin) % out_c).astype(np.uint8),
             "rptr": np.zeros(n_kin + 1, np.uint32),
             "ridx": np.zeros(1, np.uint8),
             "rval": np.zeros(1, np.float32),
@@ -228,9 +190,28 @@ def _conv_taps(kernel, stride, dilation, pad, in_hw, lanes_taps) -> tuple[HwLaye
         n_groups=1,
     )
     attrs = {"kernel": kernel, "stride": stride, "dilation": dilation, "pad": pad}
-    layer = HwLayer(0, "c", "c", "conv2d", "sparse_sparse", (1, h, w), (1, oh, ow), attrs,
+    layer = HwLayer(0, "c", "c", "conv2d", "sparse_sparse", (1, h, w), (out_c, oh, ow), attrs,
                     weights=store)  # fmt: skip
-    return layer, lanes_taps  # slots = 1: lanes = taps
+    layer.in_sparse = True
+    return layer
+
+
+def test_sparse_sparse_conv_interleaves_partial_sums():
+    """Fixed point: as many accumulator copies as the read-modify-write takes (RAM read 1 +
+    add 1), so the ActiveInputs loop runs at II 1; float keeps one copy at II 1 + 4."""
+    fixed = _packed_conv()
+    fixed.accum_t = "ap_fixed<24,12,AP_RND,AP_SAT>"
+    assert update_latency(fixed) == 2
+    assert accumulator_copies(fixed) == 2 and accumulate_ii(fixed) == 1
+    flt = _packed_conv()  # accum_t float
+    assert accumulator_copies(flt) == 1 and accumulate_ii(flt) == 1 + FLOAT_ADD_CYCLES
+    # one active input in the corner, every sample: 4 taps one at a time (1 lane), 1 step each
+    # (one slot per column): 4 steps + the end marker. Clear 4 pixels, finish 4, write 8.
+    fixed.activity = {"in_freq": np.eye(1, 9).ravel()}
+    model = _model(fixed, "int8")
+    assert stage_total(model, fixed, 1) == 4 + 5 + 4 + 8 + 4 * PHASE_DEPTH
+    flt.activity = fixed.activity
+    assert stage_total(_model(flt), flt, 1) == 4 + 5 * 5 + 4 + 8 + 4 * PHASE_DEPTH
 
 
 def _tap_pixels_by_loop(layer: HwLayer, taps: int, y: int, x: int) -> list[list[int]]:
@@ -272,7 +253,8 @@ def test_accumulator_pixel_banks_keep_a_steps_taps_apart(kernel, stride, dilatio
     """With ``pixel mod banks`` banks, the taps one step scatters never share a bank at any
     input position (so each bank takes one read-modify-write a cycle), and one bank fewer
     would let two of them meet somewhere (unless it is already the taps' or pixels' count)."""
-    layer, lanes = _conv_taps(kernel, stride, dilation, pad, in_hw, taps)
+    layer = _packed_conv(kernel, in_hw, 1, stride, dilation, pad)
+    lanes = taps  # one slot a column: a lane a tap
     assert split(layer, lanes).taps == taps
     banks = accumulator_pixel_banks(layer, lanes)
     fewest = min(taps, layer.out_pixels)  # a step's taps reach at most every pixel

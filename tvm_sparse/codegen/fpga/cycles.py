@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ir.layers import CONV2D
-from .hw_model import HwLayer, HwModel, max_row_nnz, split
+from .hw_model import HwLayer, HwModel, layer_cached, max_row_nnz, split
 
 PHASE_DEPTH = 20  # pipeline fill of one loop (NNET_PIPELINE_DEPTH)
 FLOAT_ADD_CYCLES = 4  # latency of a float add at 300 MHz (Vitis fadd): a float running sum's II
@@ -76,19 +76,14 @@ def pool_ii(layer: HwLayer) -> int:
     return FLOAT_COMPARE_CYCLES if layer.in_t == "float" else 1
 
 
-def _cached(layer: HwLayer, key: str, fn):
-    cache = layer.attrs.setdefault("_estimator", {})
-    if key not in cache:
-        cache[key] = fn()
-    return cache[key]
-
-
 def _row_nnz(layer: HwLayer) -> np.ndarray:
-    return _cached(layer, "rows", lambda: np.diff(layer.weights.arrays["ptr"].astype(np.int64)))
+    ptr = layer.weights.arrays["ptr"]
+    return layer_cached(layer, "rows", lambda: np.diff(ptr.astype(np.int64)))
 
 
 def _col_residual(layer: HwLayer) -> np.ndarray:
-    return _cached(layer, "res", lambda: np.diff(layer.weights.arrays["rptr"].astype(np.int64)))
+    rptr = layer.weights.arrays["rptr"]
+    return layer_cached(layer, "res", lambda: np.diff(rptr.astype(np.int64)))
 
 
 def row_steps(layer: HwLayer, lanes: int | None = None) -> int:

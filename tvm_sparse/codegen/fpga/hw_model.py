@@ -159,6 +159,15 @@ def max_column_residual(layer: HwLayer) -> int:
     return int(np.diff(layer.weights.arrays["rptr"].astype(np.int64)).max(initial=0))
 
 
+def layer_cached(layer: HwLayer, key: str, fn):
+    """``fn()``, computed once per layer and ``key``: what the fold search asks of a layer's
+    weights or geometry at every lane count it tries."""
+    cache = layer.attrs.setdefault("_estimator", {})
+    if key not in cache:
+        cache[key] = fn()
+    return cache[key]
+
+
 def _tap_pixels(layer: HwLayer, taps: int) -> np.ndarray:
     """[positions, tap groups, taps]: the output pixel each tap of a group puts an input
     position on (``-1``: that tap's window misses it), as the sparse-sparse conv computes it."""
@@ -189,18 +198,19 @@ def accumulator_pixel_banks(layer: HwLayer, lanes: int | None = None) -> int:
     taps = split(layer, lanes).taps
     if taps == 1:
         return 1
-    cache = layer.attrs.setdefault("_pixel_banks", {})
-    if taps not in cache:
-        pixels = _tap_pixels(layer, taps)
-        valid = pixels >= 0
-        n = layer.out_pixels
-        for banks in range(min(taps, n), n + 1):  # n banks: every pixel its own
-            bank = np.where(valid, pixels % banks, -1 - np.arange(taps))  # misses never clash
-            ordered = np.sort(bank, axis=2)
-            if not (ordered[..., 1:] == ordered[..., :-1]).any():
-                break
-        cache[taps] = banks
-    return cache[taps]
+    return layer_cached(layer, f"pixel_banks_{taps}", lambda: _fewest_pixel_banks(layer, taps))
+
+
+def _fewest_pixel_banks(layer: HwLayer, taps: int) -> int:
+    pixels = _tap_pixels(layer, taps)
+    valid = pixels >= 0
+    n = layer.out_pixels
+    for banks in range(min(taps, n), n):
+        bank = np.where(valid, pixels % banks, -1 - np.arange(taps))  # misses never clash
+        ordered = np.sort(bank, axis=2)
+        if not (ordered[..., 1:] == ordered[..., :-1]).any():
+            return banks
+    return n  # every pixel its own bank
 
 
 def split(layer: HwLayer, lanes: int | None = None) -> Split:

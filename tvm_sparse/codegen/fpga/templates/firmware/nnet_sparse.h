@@ -522,13 +522,12 @@ Finish:  // lanes outputs per cycle: bias, ReLU and the output format
 
 // Accumulators: a plane of OH*OW words (RAM) per output channel, cut into acc_pixel_banks banks
 // (pixel mod banks), so the taps of one step, each on its own output pixel, never share a bank
-// (the compiler chose the count from every input position's taps), in acc_copies interleaved
-// partial-sum copies:
-// step i reads, adds and writes back copy i mod acc_copies, so a step never reads a sum the
-// step before it is still writing. Fixed point keeps as many copies as that read-modify-write
-// takes cycles (RAM read + add) and runs at II 1; float keeps one copy at II = acc_ii. Finish
-// adds the copies. Per active input, taps kernel positions at a time (each its own output
-// pixel) times the steps of the longest of their columns.
+// (the compiler chose the count from every input position's taps). They are kept in acc_copies
+// interleaved partial-sum copies: step i reads, adds and writes back copy i mod acc_copies, so
+// a step never reads a sum the step before it is still writing. Fixed point keeps as many
+// copies as that read-modify-write takes cycles (RAM read + add) and runs at II 1; float keeps
+// one copy at II = acc_ii. Finish adds the copies. Per active input, taps kernel positions at
+// a time (each its own output pixel) times the steps of the longest of their columns.
 template <class CONFIG_T, class OUT_S>
 void conv2d_sparse_sparse(hls::stream<elem<typename CONFIG_T::in_t> > &in, OUT_S &out,
                           const typename CONFIG_T::weight_t val[CONFIG_T::n_kin * CONFIG_T::groups],
